@@ -1,0 +1,18 @@
+//! Domain types of neocloud, shared by every other crate.
+//!
+//! This crate is pure: no I/O, no async. It fixes the words of the domain (sites, blocks,
+//! nodes, GPUs, tenants, keys, events), typed ids that cannot be mixed up, exact money and
+//! timestamps, so that the allocator, the store, the API and the simulator all speak the
+//! same language.
+
+pub mod fleet;
+pub mod id;
+pub mod money;
+pub mod tenancy;
+pub mod time;
+
+pub use fleet::*;
+pub use id::*;
+pub use money::Money;
+pub use tenancy::*;
+pub use time::Timestamp;

@@ -260,3 +260,36 @@ pub fn builtin_gpu_models() -> Vec<GpuModel> {
         m("MI300X", "AMD", 192, 750),
     ]
 }
+
+/// What a fleet import changed (or, for a dry run, would change).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImportReport {
+    /// True when nothing was written.
+    pub dry_run: bool,
+    /// GPU models added to the catalog.
+    pub gpu_models_added: u64,
+    /// GPU models whose figures changed.
+    pub gpu_models_updated: u64,
+    /// Sites created.
+    pub sites_added: u64,
+    /// Sites whose fields changed.
+    pub sites_updated: u64,
+    /// Blocks created.
+    pub blocks_added: u64,
+    /// Blocks whose kind or parent changed.
+    pub blocks_updated: u64,
+    /// Blocks removed (no longer in the file).
+    pub blocks_removed: u64,
+    /// Nodes created.
+    pub nodes_added: u64,
+    /// Nodes whose fields changed.
+    pub nodes_updated: u64,
+    /// Nodes removed (no longer in the file).
+    pub nodes_removed: u64,
+    /// Nodes already as the file says.
+    pub nodes_unchanged: u64,
+    /// GPUs added (new nodes, or more GPUs in a node).
+    pub gpus_added: u64,
+    /// GPUs removed.
+    pub gpus_removed: u64,
+}

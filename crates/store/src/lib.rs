@@ -1,0 +1,309 @@
+//! neocloud's datastore.
+//!
+//! The database is the source of truth (DESIGN.md §4). One schema and one set of migrations
+//! serve both backends: embedded SQLite (a file in the data directory, zero set-up) and
+//! PostgreSQL (production, several replicas). Queries are written once in the SQL both
+//! understand and run through sqlx's `Any` driver; ids are text, times and money are 64-bit
+//! integers, so nothing depends on a backend's type system.
+//!
+//! Methods are noun-first (`tenant_create`, `node_list`). Reads take `&self`; every change
+//! runs inside a [`WriteTx`] that the caller commits, so a change and its audit event land
+//! together or not at all.
+
+mod fleet;
+mod tenancy;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+pub use fleet::*;
+pub use tenancy::*;
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row asked for does not exist.
+    #[error("{kind} '{id}' not found")]
+    NotFound {
+        /// Kind of resource, e.g. "tenant".
+        kind: &'static str,
+        /// The id or name looked up.
+        id: String,
+    },
+    /// A uniqueness rule or a state rule refused the change.
+    #[error("{0}")]
+    Conflict(String),
+    /// The change is invalid against what the database holds (e.g. a fleet import that would
+    /// remove a node that holds GPUs).
+    #[error("{0}")]
+    Invalid(String),
+    /// A stored value could not be read back (corruption or a newer schema).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The database failed or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Result of a store operation.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which database is behind the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// The datastore: a connection pool plus what is needed to use it safely.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    /// SQLite allows one writer at a time; serialising writers in-process turns lock
+    /// contention into a queue instead of `SQLITE_BUSY` errors.
+    write_lock: Option<Arc<Mutex<()>>>,
+}
+
+/// An open write transaction. Dropping it without [`WriteTx::commit`] rolls it back.
+pub struct WriteTx {
+    tx: sqlx::Transaction<'static, Any>,
+    _guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    /// Commits every change made in this transaction.
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// The connection the transaction runs on.
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+}
+
+/// The migrations, in order. Each runs once, in its own transaction; the version applied is
+/// recorded in `schema_migrations`.
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "fleet_tenancy",
+    include_str!("../migrations/0001_fleet_tenancy.sql"),
+)];
+
+impl Store {
+    /// Opens the database at `url` (`sqlite://PATH` or `postgres://…`) and applies pending
+    /// migrations.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Invalid(format!(
+                "unsupported database URL '{}': use sqlite://PATH or postgres://…",
+                redact_url(url)
+            )));
+        };
+        let options: AnyConnectOptions = url.parse()?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 8,
+                Backend::Postgres => 16,
+            })
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the writer; NORMAL sync is durable
+                        // across process crashes (the WAL is fsynced at checkpoints).
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        let store = Store {
+            pool,
+            backend,
+            write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Which database this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The connection pool, for tests and tools that need raw SQL.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin_write(&self) -> Result<WriteTx> {
+        let guard = match &self.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = self.pool.begin().await?;
+        Ok(WriteTx { tx, _guard: guard })
+    }
+
+    /// Checks that the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        conn.ping().await?;
+        Ok(())
+    }
+
+    /// The migration versions applied, in order.
+    pub async fn migrations_applied(&self) -> Result<Vec<i64>> {
+        let rows = sqlx::query("SELECT version FROM schema_migrations ORDER BY version")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get::<i64, _>(0).map_err(StoreError::from))
+            .collect()
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        tx.conn()
+            .execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version BIGINT PRIMARY KEY, description TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+            )
+            .await?;
+        tx.commit().await?;
+        let applied = self.migrations_applied().await?;
+        for (version, description, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            let mut tx = self.begin_write().await?;
+            // Both backends accept several statements in one simple query.
+            tx.conn().execute(*sql).await?;
+            sqlx::query(
+                "INSERT INTO schema_migrations (version, description, applied_at) VALUES ($1, $2, $3)",
+            )
+            .bind(*version)
+            .bind(*description)
+            .bind(neocloud_types::Timestamp::now().micros())
+            .execute(tx.conn())
+            .await?;
+            tx.commit().await?;
+            tracing::info!(version, description, "applied migration");
+        }
+        Ok(())
+    }
+
+    /// Reads a value from the `meta` table.
+    pub async fn meta_get(&self, key: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT value FROM meta WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get::<String, _>(0)?),
+            None => None,
+        })
+    }
+
+    /// Writes a value to the `meta` table.
+    pub async fn meta_put(tx: &mut WriteTx, key: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(tx.conn())
+        .await?;
+        Ok(())
+    }
+}
+
+/// A database URL without its password, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Whether an error is a violated uniqueness constraint.
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.is_unique_violation()
+                || db.message().contains("UNIQUE constraint failed")
+                || db.code().as_deref() == Some("23505")
+        }
+        _ => false,
+    }
+}
+
+/// Decodes a column that holds one of the domain's string enums.
+pub(crate) fn enum_col<T: std::str::FromStr<Err = String>>(
+    row: &sqlx::any::AnyRow,
+    col: &str,
+) -> Result<T> {
+    let s: String = row.try_get(col)?;
+    s.parse().map_err(|e: String| StoreError::Corrupt(format!("{col}: {e}")))
+}
+
+/// Decodes a column that holds one of the typed ids.
+pub(crate) fn id_col<T: std::str::FromStr<Err = neocloud_types::IdParseError>>(
+    row: &sqlx::any::AnyRow,
+    col: &str,
+) -> Result<T> {
+    let s: String = row.try_get(col)?;
+    s.parse().map_err(|e: neocloud_types::IdParseError| StoreError::Corrupt(e.to_string()))
+}
+
+/// Decodes a nullable id column.
+pub(crate) fn opt_id_col<T: std::str::FromStr<Err = neocloud_types::IdParseError>>(
+    row: &sqlx::any::AnyRow,
+    col: &str,
+) -> Result<Option<T>> {
+    let s: Option<String> = row.try_get(col)?;
+    s.map(|s| s.parse().map_err(|e: neocloud_types::IdParseError| StoreError::Corrupt(e.to_string())))
+        .transpose()
+}
+
+/// Decodes an unsigned 32-bit count stored as BIGINT.
+pub(crate) fn u32_col(row: &sqlx::any::AnyRow, col: &str) -> Result<u32> {
+    let v: i64 = row.try_get(col)?;
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col}: {v} out of range")))
+}
+
+/// A page of results and the cursor for the next one.
+#[derive(Clone, Debug)]
+pub struct Page<T> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// Pass this as `cursor` to get the next page; none when this is the last page.
+    pub next_cursor: Option<String>,
+}

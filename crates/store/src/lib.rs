@@ -23,6 +23,9 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 pub use fleet::*;
 pub use tenancy::*;
 
+/// The database driver's error, for callers that classify failures.
+pub use sqlx::Error as sqlx_error;
+
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,0 +1,100 @@
+//! Request extractors that turn every malformed input into a problem+json 400, never a
+//! plain-text rejection.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, header};
+use neocloud_service::{Idempotency, Principal, auth};
+use serde::de::DeserializeOwned;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// The authenticated caller.
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let presented = match parts.headers.get(header::AUTHORIZATION) {
+            None => None,
+            Some(v) => {
+                let v = v.to_str().map_err(|_| {
+                    ApiError(neocloud_service::Error::unauthenticated("invalid API key"))
+                })?;
+                let token = v
+                    .strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+                    .ok_or_else(|| {
+                        ApiError(neocloud_service::Error::unauthenticated(
+                            "the Authorization header must be 'Bearer KEY'",
+                        ))
+                    })?;
+                Some(token.trim().to_string())
+            }
+        };
+        Ok(Auth(state.svc.authenticate(presented.as_deref()).await?))
+    }
+}
+
+/// Query parameters; a bad one is a problem+json 400 naming it.
+pub struct Q<T>(pub T);
+
+impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Q<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(Q(v)),
+            Err(e @ QueryRejection::FailedToDeserializeQueryString(_)) => {
+                Err(ApiError::invalid(format!("invalid query string: {}", e.body_text())))
+            }
+            Err(e) => Err(ApiError::invalid(e.body_text())),
+        }
+    }
+}
+
+/// Parses a JSON request body, requiring a JSON content type and naming what is wrong.
+pub fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.starts_with("application/json") {
+        return Err(ApiError::invalid(
+            "the request body must be JSON with 'Content-Type: application/json'",
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                "malformed JSON"
+            }
+            _ => "invalid request body",
+        };
+        ApiError::invalid(format!("{what}: {e}"))
+    })
+}
+
+/// The Idempotency-Key header of a create, with a fingerprint of the request.
+pub fn idempotency(
+    headers: &HeaderMap,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Result<Option<Idempotency>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = v
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| {
+            ApiError::invalid("Idempotency-Key must be 1-255 printable ASCII characters")
+        })?;
+    let mut data = Vec::with_capacity(body.len() + path.len() + 8);
+    data.extend_from_slice(method.as_str().as_bytes());
+    data.push(b' ');
+    data.extend_from_slice(path.as_bytes());
+    data.push(b'\n');
+    data.extend_from_slice(body);
+    Ok(Some(Idempotency { key: key.to_string(), fingerprint: auth::sha256_hex(&data) }))
+}

@@ -1,0 +1,113 @@
+//! neocloud's HTTP API.
+//!
+//! Handlers are thin: parse, authenticate, call the service, map the error. Each handler is
+//! bound to its path through `utoipa-axum`, so the served OpenAPI document
+//! (`/v1/openapi.json`) and the router cannot disagree; the committed copy in `openapi/`
+//! is checked against the code by a test.
+
+mod error;
+mod extract;
+mod routes;
+
+use std::future::Future;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use neocloud_service::Service;
+use tokio::net::TcpListener;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+
+pub use error::{ApiError, Problem};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The service.
+    pub svc: Service,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "neocloud",
+        description = "Control plane of a GPU cloud: fleet, tenants, keys and the audit trail. \
+            Authenticate with `Authorization: Bearer KEY`. Errors are `application/problem+json` \
+            with a stable `code`. Creates accept an `Idempotency-Key` header: a retry with the \
+            same key and body returns the first result (with `Idempotent-Replayed: true`).",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "system", description = "Health and the API description."),
+        (name = "fleet", description = "GPU models, sites, blocks, nodes and fleet-file import."),
+        (name = "tenancy", description = "Tenants, API keys and the audit trail.")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+fn api() -> OpenApiRouter<AppState> {
+    routes::register(OpenApiRouter::with_openapi(ApiDoc::openapi()))
+}
+
+/// The OpenAPI document, generated from the handlers.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, doc) = api().split_for_parts();
+    doc
+}
+
+/// The OpenAPI document as pretty JSON (what `/v1/openapi.json` serves and what is
+/// committed in `openapi/neocloud.json`).
+pub fn openapi_json() -> String {
+    openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// The whole HTTP application.
+pub fn app(svc: Service) -> Router {
+    let (router, doc) = api().split_for_parts();
+    let doc_json = doc.to_pretty_json().unwrap_or_default();
+    router
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(move || {
+                let body = doc_json.clone();
+                async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], body) }
+            }),
+        )
+        .fallback(|| async {
+            ApiError(neocloud_service::Error::new(
+                neocloud_service::ErrorCode::NotFound,
+                "no such endpoint; see /v1/openapi.json",
+            ))
+        })
+        .method_not_allowed_fallback(|| async {
+            let mut resp = ApiError::invalid("method not allowed on this endpoint").into_response();
+            *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            resp
+        })
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(AppState { svc })
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    svc: Service,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(svc)).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,433 @@
+//! The handlers, one per operation, each bound to its path and documented for OpenAPI.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use neocloud_service::{
+    ApiKeyCreated, CreateApiKey, CreateGpuModel, CreateTenant, Created, UpdateTenant,
+};
+use neocloud_store::{EventFilter, NodeFilter};
+use neocloud_types::{
+    ApiKey, Block, Event, GpuModel, ImportReport, Node, NodeState, Site, Tenant,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::error::{ApiError, Problem};
+use crate::extract::{Auth, Q, idempotency, json_body};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    r.routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(gpu_model_list, gpu_model_create))
+        .routes(routes!(gpu_model_get))
+        .routes(routes!(site_list))
+        .routes(routes!(site_get))
+        .routes(routes!(block_list))
+        .routes(routes!(block_get))
+        .routes(routes!(node_list))
+        .routes(routes!(node_get))
+        .routes(routes!(fleet_import))
+        .routes(routes!(tenant_list, tenant_create))
+        .routes(routes!(tenant_get, tenant_update))
+        .routes(routes!(api_key_list, api_key_create))
+        .routes(routes!(api_key_get, api_key_revoke))
+        .routes(routes!(event_list))
+}
+
+/// A list of items.
+#[derive(Serialize, ToSchema)]
+pub struct List<T> {
+    /// The items.
+    pub items: Vec<T>,
+}
+
+/// One page of a list; follow `next_cursor` for the next.
+#[derive(Serialize, ToSchema)]
+pub struct Paged<T> {
+    /// The items of this page.
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+impl<T> From<neocloud_store::Page<T>> for Paged<T> {
+    fn from(p: neocloud_store::Page<T>) -> Self {
+        Paged { items: p.items, next_cursor: p.next_cursor }
+    }
+}
+
+/// Paging parameters.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageParams {
+    /// Cursor from a previous page's `next_cursor`.
+    cursor: Option<String>,
+    /// Items per page, 1-1000 (default 100).
+    limit: Option<u32>,
+}
+
+fn created<T: Serialize>(c: Created<T>) -> Response {
+    let mut resp = (StatusCode::CREATED, Json(c.value)).into_response();
+    if c.replayed {
+        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "system",
+    responses((status = 200, description = "The server is alive", body = String)))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the database answers.
+#[utoipa::path(get, path = "/readyz", tag = "system",
+    responses((status = 200, description = "Ready to serve", body = String),
+              (status = 503, description = "The database is unreachable", body = Problem)))]
+async fn readyz(State(st): State<AppState>) -> ApiResult<&'static str> {
+    st.svc.store().ping().await.map_err(|e| {
+        let mut err: neocloud_service::Error = e.into();
+        err.code = neocloud_service::ErrorCode::Unavailable;
+        err.message = "the database is unavailable".into();
+        ApiError(err)
+    })?;
+    Ok("ready")
+}
+
+// ---- GPU models -------------------------------------------------------------------------
+
+/// List the GPU model catalog.
+#[utoipa::path(get, path = "/v1/gpu-models", tag = "fleet", security(("bearer" = [])),
+    responses((status = 200, body = List<GpuModel>), (status = 401, body = Problem)))]
+async fn gpu_model_list(State(st): State<AppState>, Auth(p): Auth) -> ApiResult<Json<List<GpuModel>>> {
+    Ok(Json(List { items: st.svc.gpu_model_list(&p).await? }))
+}
+
+/// Add a GPU model to the catalog (operator-admin).
+#[utoipa::path(post, path = "/v1/gpu-models", tag = "fleet", security(("bearer" = [])),
+    request_body = CreateGpuModel,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe")),
+    responses((status = 201, body = GpuModel), (status = 400, body = Problem),
+              (status = 409, body = Problem)))]
+async fn gpu_model_create(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let idem = idempotency(&headers, &method, uri.path(), &body)?;
+    let req: CreateGpuModel = json_body(&headers, &body)?;
+    Ok(created(st.svc.gpu_model_create(&p, req, idem.as_ref()).await?))
+}
+
+/// Read one GPU model.
+#[utoipa::path(get, path = "/v1/gpu-models/{name}", tag = "fleet", security(("bearer" = [])),
+    params(("name" = String, Path, description = "GPU model name")),
+    responses((status = 200, body = GpuModel), (status = 404, body = Problem)))]
+async fn gpu_model_get(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+) -> ApiResult<Json<GpuModel>> {
+    Ok(Json(st.svc.gpu_model_get(&p, &name).await?))
+}
+
+// ---- sites, blocks, nodes ---------------------------------------------------------------
+
+/// List sites with node, GPU and power totals.
+#[utoipa::path(get, path = "/v1/sites", tag = "fleet", security(("bearer" = [])),
+    responses((status = 200, body = List<Site>)))]
+async fn site_list(State(st): State<AppState>, Auth(p): Auth) -> ApiResult<Json<List<Site>>> {
+    Ok(Json(List { items: st.svc.site_list(&p).await? }))
+}
+
+/// Read one site by id or name.
+#[utoipa::path(get, path = "/v1/sites/{site}", tag = "fleet", security(("bearer" = [])),
+    params(("site" = String, Path, description = "Site id or name")),
+    responses((status = 200, body = Site), (status = 404, body = Problem)))]
+async fn site_get(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(site): Path<String>,
+) -> ApiResult<Json<Site>> {
+    Ok(Json(st.svc.site_get(&p, &site).await?))
+}
+
+/// Filters for listing blocks.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct BlockParams {
+    /// Only blocks of this site (id or name).
+    site: Option<String>,
+}
+
+/// List topology blocks (pods, leaf groups, NVLink domains) with totals.
+#[utoipa::path(get, path = "/v1/blocks", tag = "fleet", security(("bearer" = [])),
+    params(BlockParams), responses((status = 200, body = List<Block>)))]
+async fn block_list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Q(q): Q<BlockParams>,
+) -> ApiResult<Json<List<Block>>> {
+    Ok(Json(List { items: st.svc.block_list(&p, q.site.as_deref()).await? }))
+}
+
+/// Read one block.
+#[utoipa::path(get, path = "/v1/blocks/{id}", tag = "fleet", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Block id")),
+    responses((status = 200, body = Block), (status = 404, body = Problem)))]
+async fn block_get(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Block>> {
+    Ok(Json(st.svc.block_get(&p, &id).await?))
+}
+
+/// Filters and paging for listing nodes.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct NodeParams {
+    /// Only nodes of this site (id or name).
+    site: Option<String>,
+    /// Only nodes inside this block (id, or name/path within `site`), nested blocks included.
+    block: Option<String>,
+    /// Only nodes in this state.
+    state: Option<NodeState>,
+    /// Only nodes with this GPU model.
+    gpu_model: Option<String>,
+    /// Cursor from a previous page's `next_cursor`.
+    cursor: Option<String>,
+    /// Items per page, 1-1000 (default 100).
+    limit: Option<u32>,
+}
+
+/// List nodes, filtered, a page at a time (ordered by name).
+#[utoipa::path(get, path = "/v1/nodes", tag = "fleet", security(("bearer" = [])),
+    params(NodeParams), responses((status = 200, body = Paged<Node>), (status = 400, body = Problem)))]
+async fn node_list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Q(q): Q<NodeParams>,
+) -> ApiResult<Json<Paged<Node>>> {
+    let filter =
+        NodeFilter { site: q.site, block: q.block, state: q.state, gpu_model: q.gpu_model };
+    let page = st.svc.node_list(&p, &filter, q.cursor.as_deref(), q.limit).await?;
+    Ok(Json(page.into()))
+}
+
+/// Read one node by id or name, with its GPUs.
+#[utoipa::path(get, path = "/v1/nodes/{node}", tag = "fleet", security(("bearer" = [])),
+    params(("node" = String, Path, description = "Node id or name")),
+    responses((status = 200, body = Node), (status = 404, body = Problem)))]
+async fn node_get(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(node): Path<String>,
+) -> ApiResult<Json<Node>> {
+    Ok(Json(st.svc.node_get(&p, &node).await?))
+}
+
+/// Options of a fleet import.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ImportParams {
+    /// Validate and report what would change, writing nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Import a fleet file (TOML, see docs/fleet-file.md): adds what is new, updates what
+/// changed, removes nodes of the file's sites that it no longer lists (never one that holds
+/// allocated GPUs). Errors name the line and field.
+#[utoipa::path(post, path = "/v1/fleet/import", tag = "fleet", security(("bearer" = [])),
+    params(ImportParams),
+    request_body(content = String, content_type = "application/toml", description = "A fleet file"),
+    responses((status = 200, body = ImportReport), (status = 422, body = Problem)))]
+async fn fleet_import(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Q(q): Q<ImportParams>,
+    body: Bytes,
+) -> ApiResult<Json<ImportReport>> {
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::invalid("the fleet file must be UTF-8 text"))?;
+    Ok(Json(st.svc.fleet_import(Some(&p), text, q.dry_run).await?))
+}
+
+// ---- tenants ----------------------------------------------------------------------------
+
+/// List tenants (a tenant key sees only its own).
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenancy", security(("bearer" = [])),
+    params(PageParams), responses((status = 200, body = Paged<Tenant>)))]
+async fn tenant_list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Q(q): Q<PageParams>,
+) -> ApiResult<Json<Paged<Tenant>>> {
+    Ok(Json(st.svc.tenant_list(&p, q.cursor.as_deref(), q.limit).await?.into()))
+}
+
+/// Create a tenant (operator-admin).
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenancy", security(("bearer" = [])),
+    request_body = CreateTenant,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe")),
+    responses((status = 201, body = Tenant), (status = 400, body = Problem),
+              (status = 409, body = Problem)))]
+async fn tenant_create(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let idem = idempotency(&headers, &method, uri.path(), &body)?;
+    let req: CreateTenant = json_body(&headers, &body)?;
+    Ok(created(st.svc.tenant_create(&p, req, idem.as_ref()).await?))
+}
+
+/// Read a tenant by id or name.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenancy", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "Tenant id or name")),
+    responses((status = 200, body = Tenant), (status = 404, body = Problem)))]
+async fn tenant_get(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(tenant): Path<String>,
+) -> ApiResult<Json<Tenant>> {
+    Ok(Json(st.svc.tenant_get(&p, &tenant).await?))
+}
+
+/// Change a tenant's display name, status or credit limit (operator-admin).
+#[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenancy", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "Tenant id or name")),
+    request_body = UpdateTenant,
+    responses((status = 200, body = Tenant), (status = 404, body = Problem)))]
+async fn tenant_update(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Tenant>> {
+    let req: UpdateTenant = json_body(&headers, &body)?;
+    Ok(Json(st.svc.tenant_update(&p, &tenant, req).await?))
+}
+
+// ---- API keys ---------------------------------------------------------------------------
+
+/// Filters and paging for listing keys.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct KeyParams {
+    /// Only keys of this tenant (id or name).
+    tenant: Option<String>,
+    /// Cursor from a previous page's `next_cursor`.
+    cursor: Option<String>,
+    /// Items per page, 1-1000 (default 100).
+    limit: Option<u32>,
+}
+
+/// List API keys, newest first (never their secrets).
+#[utoipa::path(get, path = "/v1/api-keys", tag = "tenancy", security(("bearer" = [])),
+    params(KeyParams), responses((status = 200, body = Paged<ApiKey>)))]
+async fn api_key_list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Q(q): Q<KeyParams>,
+) -> ApiResult<Json<Paged<ApiKey>>> {
+    let page =
+        st.svc.api_key_list(&p, q.tenant.as_deref(), q.cursor.as_deref(), q.limit).await?;
+    Ok(Json(page.into()))
+}
+
+/// Create an API key. The response's `secret` is shown this once.
+#[utoipa::path(post, path = "/v1/api-keys", tag = "tenancy", security(("bearer" = [])),
+    request_body = CreateApiKey,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe")),
+    responses((status = 201, body = ApiKeyCreated), (status = 400, body = Problem)))]
+async fn api_key_create(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let idem = idempotency(&headers, &method, uri.path(), &body)?;
+    let req: CreateApiKey = json_body(&headers, &body)?;
+    let mut resp = created(st.svc.api_key_create(&p, req, idem.as_ref()).await?);
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// Read an API key.
+#[utoipa::path(get, path = "/v1/api-keys/{id}", tag = "tenancy", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Key id")),
+    responses((status = 200, body = ApiKey), (status = 404, body = Problem)))]
+async fn api_key_get(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ApiKey>> {
+    Ok(Json(st.svc.api_key_get(&p, &id).await?))
+}
+
+/// Revoke an API key; it stops working at once.
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "tenancy", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Key id")),
+    responses((status = 200, body = ApiKey), (status = 404, body = Problem)))]
+async fn api_key_revoke(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ApiKey>> {
+    Ok(Json(st.svc.api_key_revoke(&p, &id).await?))
+}
+
+// ---- events -----------------------------------------------------------------------------
+
+/// Filters and paging for the audit trail.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventParams {
+    /// Only events of this tenant (id or name; operators only, tenants always see their own).
+    tenant: Option<String>,
+    /// Only events about this resource id or name.
+    resource_id: Option<String>,
+    /// Only events whose action starts with this, e.g. `tenant.`.
+    action: Option<String>,
+    /// Cursor from a previous page's `next_cursor`.
+    cursor: Option<String>,
+    /// Items per page, 1-1000 (default 100).
+    limit: Option<u32>,
+}
+
+/// List audit events, newest first.
+#[utoipa::path(get, path = "/v1/events", tag = "tenancy", security(("bearer" = [])),
+    params(EventParams), responses((status = 200, body = Paged<Event>)))]
+async fn event_list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Q(q): Q<EventParams>,
+) -> ApiResult<Json<Paged<Event>>> {
+    let tenant_id = match &q.tenant {
+        Some(t) => Some(st.svc.tenant_get(&p, t).await?.id),
+        None => None,
+    };
+    let filter = EventFilter { tenant_id, resource_id: q.resource_id, action_prefix: q.action };
+    Ok(Json(st.svc.event_list(&p, filter, q.cursor.as_deref(), q.limit).await?.into()))
+}

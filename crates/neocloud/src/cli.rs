@@ -1,0 +1,696 @@
+//! Command-line parsing and the client subcommands (`neocloud <resource> <verb>`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Parser, Subcommand, ValueEnum};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::client::{Body, Client};
+use crate::serve::{self, ServeArgs};
+
+/// neocloud — the control plane of a GPU cloud.
+///
+/// `neocloud serve` runs the control plane; every other command is a client of its API.
+/// Client settings come from flags, then the environment (NEOCLOUD_URL, NEOCLOUD_API_KEY),
+/// then the config file (~/.config/neocloud/config.toml with `url` and `api_key`), then
+/// ./neocloud-data/operator.key when present.
+#[derive(Parser, Debug)]
+#[command(name = "neocloud", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    global: Global,
+}
+
+#[derive(clap::Args, Debug)]
+struct Global {
+    /// API address of the control plane.
+    #[arg(long, global = true, env = "NEOCLOUD_URL", value_name = "URL")]
+    url: Option<String>,
+    /// API key (sent as a Bearer token).
+    #[arg(long, global = true, env = "NEOCLOUD_API_KEY", value_name = "KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// Human-readable tables.
+    Table,
+    /// JSON, as the API returns it.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the control plane: API on --listen, database in --data-dir or --database-url.
+    Serve(ServeArgs),
+    /// Import fleet files, or print the demo fleet.
+    #[command(subcommand)]
+    Fleet(FleetCmd),
+    /// The GPU model catalog.
+    #[command(subcommand, name = "gpu-models")]
+    GpuModels(GpuModelCmd),
+    /// Sites (data centers) and their capacity.
+    #[command(subcommand)]
+    Sites(SiteCmd),
+    /// Topology blocks: pods, leaf groups, NVLink domains.
+    #[command(subcommand)]
+    Blocks(BlockCmd),
+    /// Nodes (servers) and their GPUs.
+    #[command(subcommand)]
+    Nodes(NodeCmd),
+    /// Tenants: customers and the operator's own lab.
+    #[command(subcommand)]
+    Tenants(TenantCmd),
+    /// API keys.
+    #[command(subcommand)]
+    Keys(KeyCmd),
+    /// The audit trail.
+    #[command(subcommand)]
+    Events(EventCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum FleetCmd {
+    /// Validate and apply a fleet file (see docs/fleet-file.md).
+    Import {
+        /// The fleet file (TOML); `-` reads standard input.
+        file: PathBuf,
+        /// Only report what would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the Memphis demo fleet as a fleet file.
+    Demo {
+        /// Shrink factor, 0 < F <= 1.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GpuModelCmd {
+    /// List the catalog.
+    List,
+    /// Show one model.
+    Show { name: String },
+    /// Add a model (operator-admin).
+    Create {
+        /// Catalog name, e.g. MI325X.
+        name: String,
+        /// Maker.
+        #[arg(long)]
+        vendor: Option<String>,
+        /// Device memory, GiB.
+        #[arg(long)]
+        memory_gib: u32,
+        /// Power at full load, watts.
+        #[arg(long)]
+        tdp_watts: u32,
+        /// Makes a retry safe: the same key never creates twice.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SiteCmd {
+    /// List sites with node, GPU and power totals.
+    List,
+    /// Show one site (id or name).
+    Show { site: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum BlockCmd {
+    /// List blocks.
+    List {
+        /// Only blocks of this site.
+        #[arg(long)]
+        site: Option<String>,
+    },
+    /// Show one block.
+    Show { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// List nodes (by name), filtered.
+    List {
+        /// Only nodes of this site.
+        #[arg(long)]
+        site: Option<String>,
+        /// Only nodes inside this block (id, name or path within --site).
+        #[arg(long)]
+        block: Option<String>,
+        /// Only nodes in this state (available, allocated, cordoned, draining, …).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only nodes with this GPU model.
+        #[arg(long)]
+        gpu_model: Option<String>,
+        /// Nodes per page (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Start after this cursor (from a previous page).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Fetch every page.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one node (id or name) with its GPUs.
+    Show { node: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum TenantCmd {
+    /// List tenants.
+    List,
+    /// Show one tenant (id or name).
+    Show { tenant: String },
+    /// Create a tenant (operator-admin).
+    Create {
+        /// Unique name: lowercase letters, digits and '-'.
+        name: String,
+        /// Display name.
+        #[arg(long)]
+        display_name: Option<String>,
+        /// internal (the operator's lab) or external (a customer).
+        #[arg(long, default_value = "external")]
+        kind: String,
+        /// Credit limit in US dollars, e.g. 250000.
+        #[arg(long)]
+        credit_limit: Option<String>,
+        /// Makes a retry safe: the same key never creates twice.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Change a tenant.
+    Update {
+        /// Tenant id or name.
+        tenant: String,
+        /// New display name.
+        #[arg(long)]
+        display_name: Option<String>,
+        /// active or suspended.
+        #[arg(long)]
+        status: Option<String>,
+        /// New credit limit in US dollars; `none` removes it.
+        #[arg(long)]
+        credit_limit: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// List keys (never their secrets).
+    List {
+        /// Only keys of this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Show one key.
+    Show { id: String },
+    /// Create a key; its secret is printed once.
+    Create {
+        /// Label, e.g. ci-pipeline.
+        #[arg(long)]
+        name: String,
+        /// operator-admin, operator-viewer, tenant-admin, tenant-member or node-agent.
+        #[arg(long)]
+        role: String,
+        /// Tenant id or name (tenant roles).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Expiry, RFC 3339 (e.g. 2027-01-01T00:00:00Z).
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// Makes a retry safe: the same key never creates twice.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Revoke a key at once.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum EventCmd {
+    /// List audit events, newest first.
+    List {
+        /// Only events of this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only events about this resource id.
+        #[arg(long)]
+        resource: Option<String>,
+        /// Only actions starting with this, e.g. `tenant.`.
+        #[arg(long)]
+        action: Option<String>,
+        /// Events to show (1-1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ConfigFile {
+    url: Option<String>,
+    api_key: Option<String>,
+}
+
+fn config_file() -> Result<ConfigFile> {
+    let path = match std::env::var_os("NEOCLOUD_CONFIG") {
+        Some(p) => PathBuf::from(p),
+        None => match std::env::var_os("XDG_CONFIG_HOME") {
+            Some(d) => PathBuf::from(d).join("neocloud/config.toml"),
+            None => match std::env::var_os("HOME") {
+                Some(h) => PathBuf::from(h).join(".config/neocloud/config.toml"),
+                None => return Ok(ConfigFile::default()),
+            },
+        },
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml_config(&text).with_context(|| format!("reading {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Reads `key = "value"` lines of the config file (a TOML subset: two string keys).
+fn toml_config(text: &str) -> Result<ConfigFile> {
+    let mut c = ConfigFile::default();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .ok_or_else(|| anyhow!("line {}: expected key = \"value\"", i + 1))?;
+        let v = v.trim().trim_matches('"').to_string();
+        match k.trim() {
+            "url" => c.url = Some(v),
+            "api_key" => c.api_key = Some(v),
+            other => return Err(anyhow!("line {}: unknown setting '{other}'", i + 1)),
+        }
+    }
+    Ok(c)
+}
+
+fn client(g: &Global) -> Result<Client> {
+    let file = config_file()?;
+    let url = g
+        .url
+        .clone()
+        .or(file.url)
+        .unwrap_or_else(|| "http://127.0.0.1:8080".to_string());
+    let key = g.api_key.clone().or(file.api_key).or_else(|| {
+        std::fs::read_to_string("neocloud-data/operator.key").ok().map(|s| s.trim().to_string())
+    });
+    Client::new(&url, key)
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Fleet(FleetCmd::Demo { scale }) => {
+            print!("{}", neocloud_fleet::demo_fleet_toml(scale).map_err(anyhow::Error::msg)?);
+            Ok(())
+        }
+        Command::Fleet(FleetCmd::Import { file, dry_run }) => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            let v = client(g)?
+                .call(
+                    Method::POST,
+                    "/v1/fleet/import",
+                    &[("dry_run", dry_run.to_string())],
+                    Some(Body::Toml(text)),
+                    None,
+                )
+                .await?;
+            show(g, &v, |v| {
+                let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+                let verb = if dry_run { "would change" } else { "changed" };
+                println!(
+                    "fleet import {verb}: sites +{} ~{}, blocks +{} ~{} -{}, nodes +{} ~{} -{} ({} unchanged), GPUs +{} -{}, GPU models +{} ~{}",
+                    n("sites_added"), n("sites_updated"), n("blocks_added"), n("blocks_updated"),
+                    n("blocks_removed"), n("nodes_added"), n("nodes_updated"), n("nodes_removed"),
+                    n("nodes_unchanged"), n("gpus_added"), n("gpus_removed"),
+                    n("gpu_models_added"), n("gpu_models_updated")
+                );
+            })
+        }
+        Command::GpuModels(cmd) => gpu_models(g, cmd).await,
+        Command::Sites(cmd) => sites(g, cmd).await,
+        Command::Blocks(cmd) => blocks(g, cmd).await,
+        Command::Nodes(cmd) => nodes(g, cmd).await,
+        Command::Tenants(cmd) => tenants(g, cmd).await,
+        Command::Keys(cmd) => keys(g, cmd).await,
+        Command::Events(cmd) => events(g, cmd).await,
+    }
+}
+
+/// Prints JSON when asked, else the table that `human` prints.
+fn show(g: &Global, v: &Value, human: impl FnOnce(&Value)) -> Result<()> {
+    match g.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        Output::Table => human(v),
+    }
+    Ok(())
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// Prints `items` as a table with the given (header, field) columns.
+fn table(items: &[Value], cols: &[(&str, &dyn Fn(&Value) -> String)]) {
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    t.set_header(cols.iter().map(|(h, _)| *h));
+    for item in items {
+        t.add_row(cols.iter().map(|(_, f)| f(item)));
+    }
+    println!("{t}");
+}
+
+fn field(name: &'static str) -> impl Fn(&Value) -> String {
+    move |v: &Value| cell(v.get(name).unwrap_or(&Value::Null))
+}
+
+fn items(v: &Value) -> &[Value] {
+    v.get("items").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+}
+
+/// Prints one object as `key: value` lines.
+fn record(v: &Value) {
+    if let Some(obj) = v.as_object() {
+        let width = obj.keys().map(String::len).max().unwrap_or(0);
+        for (k, val) in obj {
+            if val.is_array() && val.as_array().is_some_and(|a| a.iter().any(Value::is_object)) {
+                continue;
+            }
+            println!("{k:width$}  {}", cell(val));
+        }
+    }
+}
+
+fn mw(watts: &Value) -> String {
+    match watts.as_i64() {
+        Some(w) => format!("{:.1}", w as f64 / 1e6),
+        None => "-".into(),
+    }
+}
+
+async fn gpu_models(g: &Global, cmd: GpuModelCmd) -> Result<()> {
+    let c = client(g)?;
+    let cols: &[(&str, &dyn Fn(&Value) -> String)] = &[
+        ("NAME", &field("name")),
+        ("VENDOR", &field("vendor")),
+        ("MEMORY GiB", &field("memory_gib")),
+        ("TDP W", &field("tdp_watts")),
+        ("BUILT-IN", &field("builtin")),
+    ];
+    match cmd {
+        GpuModelCmd::List => {
+            let v = c.call(Method::GET, "/v1/gpu-models", &[], None, None).await?;
+            show(g, &v, |v| table(items(v), cols))
+        }
+        GpuModelCmd::Show { name } => {
+            let v = c.call(Method::GET, &format!("/v1/gpu-models/{}", enc(&name)), &[], None, None).await?;
+            show(g, &v, record)
+        }
+        GpuModelCmd::Create { name, vendor, memory_gib, tdp_watts, idempotency_key } => {
+            let body = json!({"name": name, "vendor": vendor, "memory_gib": memory_gib, "tdp_watts": tdp_watts});
+            let v = c
+                .call(Method::POST, "/v1/gpu-models", &[], Some(Body::Json(body)), idempotency_key.as_deref())
+                .await?;
+            show(g, &v, record)
+        }
+    }
+}
+
+/// Percent-encodes a path segment.
+fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn sites(g: &Global, cmd: SiteCmd) -> Result<()> {
+    let c = client(g)?;
+    let models = |v: &Value| {
+        v.get("gpus_by_model")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|m| format!("{}×{}", cell(&m["gpus"]), cell(&m["gpu_model"])))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    let power = |v: &Value| format!("{} / {}", mw(&v["peak_power_watts"]), mw(&v["power_budget_watts"]));
+    let cols: &[(&str, &dyn Fn(&Value) -> String)] = &[
+        ("NAME", &field("name")),
+        ("REGION", &field("region")),
+        ("KIND", &field("kind")),
+        ("NODES", &field("node_count")),
+        ("GPUS", &field("gpu_count")),
+        ("MODELS", &models),
+        ("PEAK/BUDGET MW", &power),
+    ];
+    match cmd {
+        SiteCmd::List => {
+            let v = c.call(Method::GET, "/v1/sites", &[], None, None).await?;
+            show(g, &v, |v| table(items(v), cols))
+        }
+        SiteCmd::Show { site } => {
+            let v = c.call(Method::GET, &format!("/v1/sites/{}", enc(&site)), &[], None, None).await?;
+            show(g, &v, |v| {
+                record(v);
+                println!("{:18}  {}", "gpus_by_model", models(v));
+            })
+        }
+    }
+}
+
+async fn blocks(g: &Global, cmd: BlockCmd) -> Result<()> {
+    let c = client(g)?;
+    let cols: &[(&str, &dyn Fn(&Value) -> String)] = &[
+        ("PATH", &field("path")),
+        ("KIND", &field("kind")),
+        ("NODES", &field("node_count")),
+        ("GPUS", &field("gpu_count")),
+        ("ID", &field("id")),
+    ];
+    match cmd {
+        BlockCmd::List { site } => {
+            let q: Vec<(&str, String)> = site.into_iter().map(|s| ("site", s)).collect();
+            let v = c.call(Method::GET, "/v1/blocks", &q, None, None).await?;
+            show(g, &v, |v| table(items(v), cols))
+        }
+        BlockCmd::Show { id } => {
+            let v = c.call(Method::GET, &format!("/v1/blocks/{}", enc(&id)), &[], None, None).await?;
+            show(g, &v, record)
+        }
+    }
+}
+
+async fn nodes(g: &Global, cmd: NodeCmd) -> Result<()> {
+    let c = client(g)?;
+    let cols: &[(&str, &dyn Fn(&Value) -> String)] = &[
+        ("NAME", &field("name")),
+        ("SITE", &field("site")),
+        ("BLOCK", &field("block_path")),
+        ("MODEL", &field("gpu_model")),
+        ("GPUS", &field("gpu_count")),
+        ("STATE", &field("state")),
+    ];
+    match cmd {
+        NodeCmd::List { site, block, state, gpu_model, limit, cursor, all } => {
+            let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            for (k, v) in [("site", site), ("block", block), ("state", state), ("gpu_model", gpu_model)] {
+                if let Some(v) = v {
+                    q.push((k, v));
+                }
+            }
+            let mut cursor = cursor;
+            let mut all_items: Vec<Value> = Vec::new();
+            let mut next;
+            loop {
+                let mut page_q = q.clone();
+                if let Some(cur) = &cursor {
+                    page_q.push(("cursor", cur.clone()));
+                }
+                let v = c.call(Method::GET, "/v1/nodes", &page_q, None, None).await?;
+                all_items.extend(items(&v).iter().cloned());
+                next = v.get("next_cursor").and_then(Value::as_str).map(str::to_string);
+                if !all || next.is_none() {
+                    break;
+                }
+                cursor = next.clone();
+            }
+            let mut v = json!({"items": all_items});
+            if let Some(n) = &next {
+                v["next_cursor"] = json!(n);
+            }
+            show(g, &v, |v| {
+                table(items(v), cols);
+                if let Some(n) = &next {
+                    eprintln!("(more nodes: add --cursor {n}, or --all)");
+                }
+            })
+        }
+        NodeCmd::Show { node } => {
+            let v = c.call(Method::GET, &format!("/v1/nodes/{}", enc(&node)), &[], None, None).await?;
+            show(g, &v, |v| {
+                record(v);
+                if let Some(gpus) = v.get("gpus").and_then(Value::as_array) {
+                    println!();
+                    table(
+                        gpus,
+                        &[("GPU", &field("index")), ("UUID", &field("uuid")), ("HEALTH", &field("health"))],
+                    );
+                }
+            })
+        }
+    }
+}
+
+async fn tenants(g: &Global, cmd: TenantCmd) -> Result<()> {
+    let c = client(g)?;
+    let cols: &[(&str, &dyn Fn(&Value) -> String)] = &[
+        ("NAME", &field("name")),
+        ("KIND", &field("kind")),
+        ("STATUS", &field("status")),
+        ("CREDIT LIMIT $", &field("credit_limit")),
+        ("ID", &field("id")),
+    ];
+    match cmd {
+        TenantCmd::List => {
+            let v = c.call(Method::GET, "/v1/tenants", &[("limit", "1000".into())], None, None).await?;
+            show(g, &v, |v| table(items(v), cols))
+        }
+        TenantCmd::Show { tenant } => {
+            let v = c.call(Method::GET, &format!("/v1/tenants/{}", enc(&tenant)), &[], None, None).await?;
+            show(g, &v, record)
+        }
+        TenantCmd::Create { name, display_name, kind, credit_limit, idempotency_key } => {
+            let body = json!({"name": name, "display_name": display_name, "kind": kind, "credit_limit": credit_limit});
+            let v = c
+                .call(Method::POST, "/v1/tenants", &[], Some(Body::Json(body)), idempotency_key.as_deref())
+                .await?;
+            show(g, &v, record)
+        }
+        TenantCmd::Update { tenant, display_name, status, credit_limit } => {
+            let mut body = json!({});
+            if let Some(d) = display_name {
+                body["display_name"] = json!(d);
+            }
+            if let Some(s) = status {
+                body["status"] = json!(s);
+            }
+            if let Some(cl) = credit_limit {
+                body["credit_limit"] = if cl == "none" { Value::Null } else { json!(cl) };
+            }
+            let v = c
+                .call(Method::PATCH, &format!("/v1/tenants/{}", enc(&tenant)), &[], Some(Body::Json(body)), None)
+                .await?;
+            show(g, &v, record)
+        }
+    }
+}
+
+async fn keys(g: &Global, cmd: KeyCmd) -> Result<()> {
+    let c = client(g)?;
+    let cols: &[(&str, &dyn Fn(&Value) -> String)] = &[
+        ("ID", &field("id")),
+        ("NAME", &field("name")),
+        ("ROLE", &field("role")),
+        ("TENANT", &field("tenant_id")),
+        ("PREFIX", &field("prefix")),
+        ("EXPIRES", &field("expires_at")),
+        ("REVOKED", &field("revoked_at")),
+        ("LAST USED", &field("last_used_at")),
+    ];
+    match cmd {
+        KeyCmd::List { tenant } => {
+            let mut q: Vec<(&str, String)> = vec![("limit", "1000".into())];
+            if let Some(t) = tenant {
+                q.push(("tenant", t));
+            }
+            let v = c.call(Method::GET, "/v1/api-keys", &q, None, None).await?;
+            show(g, &v, |v| table(items(v), cols))
+        }
+        KeyCmd::Show { id } => {
+            let v = c.call(Method::GET, &format!("/v1/api-keys/{}", enc(&id)), &[], None, None).await?;
+            show(g, &v, record)
+        }
+        KeyCmd::Create { name, role, tenant, expires_at, idempotency_key } => {
+            let body = json!({"name": name, "role": role, "tenant_id": tenant, "expires_at": expires_at});
+            let v = c
+                .call(Method::POST, "/v1/api-keys", &[], Some(Body::Json(body)), idempotency_key.as_deref())
+                .await?;
+            show(g, &v, |v| {
+                record(v);
+                if v.get("secret").is_some_and(|s| !s.is_null()) {
+                    eprintln!("\nStore the secret now: it is not shown again.");
+                }
+            })
+        }
+        KeyCmd::Revoke { id } => {
+            let v = c.call(Method::DELETE, &format!("/v1/api-keys/{}", enc(&id)), &[], None, None).await?;
+            show(g, &v, record)
+        }
+    }
+}
+
+async fn events(g: &Global, cmd: EventCmd) -> Result<()> {
+    let c = client(g)?;
+    let EventCmd::List { tenant, resource, action, limit } = cmd;
+    let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+    for (k, v) in [("tenant", tenant), ("resource_id", resource), ("action", action)] {
+        if let Some(v) = v {
+            q.push((k, v));
+        }
+    }
+    let v = c.call(Method::GET, "/v1/events", &q, None, None).await?;
+    show(g, &v, |v| {
+        table(
+            items(v),
+            &[
+                ("AT", &field("at")),
+                ("ACTION", &field("action")),
+                ("RESOURCE", &field("resource_id")),
+                ("TENANT", &field("tenant_id")),
+                ("ACTOR KEY", &field("actor_key_id")),
+            ],
+        )
+    })
+}

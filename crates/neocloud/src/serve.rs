@@ -1,0 +1,149 @@
+//! `neocloud serve`: opens the database, loads the fleet, and serves the API.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use neocloud_service::Service;
+use neocloud_types::TenantKind;
+
+/// Options of `neocloud serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "NEOCLOUD_LISTEN")]
+    pub listen: SocketAddr,
+    /// Directory for the embedded database and the operator key.
+    #[arg(long, default_value = "./neocloud-data", env = "NEOCLOUD_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Use this database instead of the embedded one (postgres://user:pass@host/db).
+    #[arg(long, env = "NEOCLOUD_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Apply this fleet file at start (skipped when it is the file applied last time).
+    #[arg(long, value_name = "FLEET.toml")]
+    pub fleet: Option<PathBuf>,
+    /// Load the Memphis demo: two sites (220,000 H100 + 72,000 GB200) and two tenants.
+    #[arg(long)]
+    pub demo: bool,
+    /// Shrink the demo fleet by this factor (0 < F <= 1), e.g. 0.01 for a laptop.
+    #[arg(long, value_name = "F", default_value_t = 1.0, requires = "demo")]
+    pub demo_scale: f64,
+}
+
+fn write_operator_key(dir: &Path, secret: &str) -> Result<PathBuf> {
+    use std::io::Write;
+    let path = dir.join("operator.key");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&path).with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{secret}")?;
+    Ok(path)
+}
+
+/// Runs the control plane until SIGINT or SIGTERM.
+pub async fn run(args: ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if args.demo && !(args.demo_scale > 0.0 && args.demo_scale <= 1.0) {
+        bail!("--demo-scale must be greater than 0 and at most 1 (got {})", args.demo_scale);
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+    let url = match &args.database_url {
+        Some(u) => u.clone(),
+        None => format!("sqlite://{}?mode=rwc", args.data_dir.join("neocloud.db").display()),
+    };
+    let started = std::time::Instant::now();
+    let svc = Service::open(&url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.internal.unwrap_or(e.message)))
+        .with_context(|| {
+            format!("opening the database {}", neocloud_store_redact(&url))
+        })?;
+    if let Some(secret) = svc.bootstrap_operator_key().await.map_err(svc_err)? {
+        let path = write_operator_key(&args.data_dir, &secret)?;
+        println!("Created the operator-admin API key (shown once, also written to {}):", path.display());
+        println!("  {secret}");
+    }
+    if args.demo {
+        let toml = neocloud_fleet::demo_fleet_toml(args.demo_scale).map_err(anyhow::Error::msg)?;
+        if let Some(r) = svc.fleet_import_at_start(&toml).await.map_err(svc_err)? {
+            tracing::info!(nodes_added = r.nodes_added, gpus_added = r.gpus_added, "loaded demo fleet");
+        }
+        svc.tenant_ensure("frontier-lab", "Frontier Lab", TenantKind::External)
+            .await
+            .map_err(svc_err)?;
+        svc.tenant_ensure("home-lab", "Home Lab (operator's own)", TenantKind::Internal)
+            .await
+            .map_err(svc_err)?;
+    }
+    if let Some(path) = &args.fleet {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading fleet file {}", path.display()))?;
+        match svc.fleet_import_at_start(&text).await {
+            Ok(Some(r)) => tracing::info!(
+                file = %path.display(), nodes_added = r.nodes_added,
+                nodes_updated = r.nodes_updated, nodes_removed = r.nodes_removed,
+                "applied fleet file"),
+            Ok(None) => {}
+            Err(e) => {
+                let mut msg = format!("{}: {}", path.display(), e.message);
+                for f in e.field_errors.iter().skip(1).take(20) {
+                    msg.push_str(&format!(
+                        "\n  line {}, column {}: {}: {}",
+                        f.line.unwrap_or(0), f.column.unwrap_or(0), f.field, f.message
+                    ));
+                }
+                bail!(msg);
+            }
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, startup_ms = started.elapsed().as_millis() as u64, "neocloud is serving");
+    println!("neocloud is serving on http://{addr} (API under /v1, description at /v1/openapi.json)");
+    neocloud_api::serve(listener, svc, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn neocloud_store_redact(url: &str) -> String {
+    neocloud_service::redact_database_url(url)
+}
+
+fn svc_err(e: neocloud_service::Error) -> anyhow::Error {
+    anyhow::anyhow!("{}", e.internal.unwrap_or(e.message))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

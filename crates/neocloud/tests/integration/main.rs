@@ -1,0 +1,19 @@
+//! Integration tests: the real HTTP server on a real port, real SQLite and real PostgreSQL,
+//! the real `neocloud` binary for CLI tests. One test binary (linking dominates build time).
+//!
+//! Tests written with [`both_backends!`] run twice: `…::sqlite` and `…::postgres`. The
+//! PostgreSQL run needs `NEOCLOUD_TEST_POSTGRES_URL` (an admin URL; each test creates its own
+//! database); `scripts/test.sh` starts a throwaway PostgreSQL and sets it. Without it the
+//! PostgreSQL variants fail, unless `NEOCLOUD_TEST_SKIP_POSTGRES=1` says to skip them.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod ctx;
+
+mod api_auth;
+mod api_errors;
+mod api_fleet;
+mod api_tenancy;
+mod cli;
+mod openapi;
+mod store;

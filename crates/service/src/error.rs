@@ -1,0 +1,162 @@
+//! The service's error type: a stable code for programs, a message for people, and the
+//! internal detail for logs only.
+
+use neocloud_store::StoreError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Stable error codes. Clients may match on them; their spelling never changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or a field is invalid.
+    InvalidRequest,
+    /// No valid API key was given.
+    Unauthenticated,
+    /// The key is valid but its role may not do this.
+    Forbidden,
+    /// The resource does not exist, or belongs to someone else.
+    NotFound,
+    /// The change conflicts with the current state (e.g. a name already taken).
+    Conflict,
+    /// An Idempotency-Key was reused with a different request.
+    IdempotencyKeyReused,
+    /// The fleet file is invalid or cannot be applied.
+    InvalidFleetFile,
+    /// The request body is larger than allowed.
+    PayloadTooLarge,
+    /// The server failed; the detail is in its logs.
+    Internal,
+    /// A dependency (the database) is not reachable.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The stable spelling of the code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::InvalidFleetFile => "invalid_fleet_file",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+
+    /// The HTTP status that goes with the code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidRequest => 400,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+            ErrorCode::IdempotencyKeyReused | ErrorCode::InvalidFleetFile => 422,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+        }
+    }
+}
+
+/// One problem found in a fleet file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    /// 1-based column in the file, when known.
+    pub column: Option<usize>,
+    /// Path of the field, e.g. `sites[0].nodes[3].gpu_model`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// An error of the service layer.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// What a user should read.
+    pub message: String,
+    /// Details for individual fields, if any.
+    pub field_errors: Vec<FieldError>,
+    /// What only the logs should see.
+    pub internal: Option<String>,
+}
+
+impl Error {
+    /// An error with a code and a user-facing message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error { code, message: message.into(), field_errors: Vec::new(), internal: None }
+    }
+
+    /// 400 invalid request.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message)
+    }
+
+    /// 404 for a resource kind and the id that was asked for.
+    pub fn not_found(kind: &str, id: &str) -> Self {
+        Self::new(ErrorCode::NotFound, format!("{kind} '{id}' not found"))
+    }
+
+    /// 403 forbidden.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
+    }
+
+    /// 401 unauthenticated.
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthenticated, message)
+    }
+
+    /// 500 with internal detail kept for the logs.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Error {
+            code: ErrorCode::Internal,
+            message: "internal error; the server log has the details".into(),
+            field_errors: Vec::new(),
+            internal: Some(detail.into()),
+        }
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { kind, id } => Error::not_found(kind, &id),
+            StoreError::Conflict(m) => Error::new(ErrorCode::Conflict, m),
+            StoreError::Invalid(m) => Error::new(ErrorCode::InvalidFleetFile, m),
+            StoreError::Database(sqlx_err) => {
+                let detail = sqlx_err.to_string();
+                let unavailable = matches!(
+                    sqlx_err,
+                    neocloud_store::sqlx_error::PoolTimedOut
+                        | neocloud_store::sqlx_error::Io(_)
+                        | neocloud_store::sqlx_error::PoolClosed
+                );
+                if unavailable {
+                    Error {
+                        code: ErrorCode::Unavailable,
+                        message: "the database is unavailable; retry shortly".into(),
+                        field_errors: Vec::new(),
+                        internal: Some(detail),
+                    }
+                } else {
+                    Error::internal(detail)
+                }
+            }
+            StoreError::Corrupt(m) => Error::internal(m),
+        }
+    }
+}
+
+/// Result of a service call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,628 @@
+//! neocloud's business rules, below HTTP and above SQL.
+//!
+//! Every operation takes the caller's [`Principal`], checks the authorization table, confines
+//! tenant callers to their own tenant (another tenant's resource reads as not found, never
+//! forbidden: DESIGN.md §3.7), validates input, and runs each change and its audit event in
+//! one transaction. Creates honour an Idempotency-Key: a retry returns the first result.
+
+pub mod auth;
+pub mod error;
+mod requests;
+
+use neocloud_store::{
+    EventFilter, IdempotencyRecord, NewEvent, NodeFilter, Page, Store, WriteTx,
+};
+use neocloud_types::{
+    ApiKey, ApiKeyId, Block, BlockId, Event, GpuModel, ImportReport, Node, Role, Site, Tenant,
+    TenantId, TenantKind, Timestamp,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use auth::{Action, Principal};
+pub use error::{Error, ErrorCode, FieldError, Result};
+pub use requests::*;
+
+/// Most items a list returns in one page.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// Items a list returns when no limit is given.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+
+/// An Idempotency-Key presented with a create, and a hash of the request it came with.
+#[derive(Clone, Debug)]
+pub struct Idempotency {
+    /// The client's key.
+    pub key: String,
+    /// Hash of method, path and body: the same key with another request is refused.
+    pub fingerprint: String,
+}
+
+/// The result of a create: the resource, and whether it is a replay of an earlier create.
+#[derive(Clone, Debug)]
+pub struct Created<T> {
+    /// The resource as first created.
+    pub value: T,
+    /// True when the Idempotency-Key matched an earlier request and nothing new was made.
+    pub replayed: bool,
+}
+
+/// The service: owns the store and applies the rules.
+#[derive(Clone)]
+pub struct Service {
+    store: Store,
+}
+
+fn page_limit(limit: Option<u32>) -> Result<u32> {
+    match limit {
+        None => Ok(DEFAULT_PAGE_SIZE),
+        Some(0) => Err(Error::invalid("limit must be at least 1")),
+        Some(n) if n > MAX_PAGE_SIZE => {
+            Err(Error::invalid(format!("limit must be at most {MAX_PAGE_SIZE}")))
+        }
+        Some(n) => Ok(n),
+    }
+}
+
+impl Service {
+    /// Opens the database at `url`, applies migrations and seeds the built-in GPU catalog.
+    pub async fn open(url: &str) -> Result<Service> {
+        let store = Store::open(url).await?;
+        store.gpu_model_seed_builtins().await?;
+        Ok(Service { store })
+    }
+
+    /// The store underneath (for readiness checks and tests).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// On first start, when no key exists at all, creates an operator-admin key and returns
+    /// its secret (to be shown once). Returns `None` when keys exist.
+    pub async fn bootstrap_operator_key(&self) -> Result<Option<String>> {
+        if self.store.api_key_any().await? {
+            return Ok(None);
+        }
+        let minted = auth::mint_key()?;
+        let key = ApiKey {
+            id: ApiKeyId::new(),
+            name: "bootstrap operator key".into(),
+            role: Role::OperatorAdmin,
+            tenant_id: None,
+            prefix: minted.prefix.clone(),
+            created_at: Timestamp::now(),
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        let mut tx = self.store.begin_write().await?;
+        Store::api_key_create(&mut tx, &key, &minted.hash).await?;
+        Store::event_insert(
+            &mut tx,
+            NewEvent {
+                actor: None,
+                tenant_id: None,
+                action: "api_key.created",
+                resource_kind: "api_key",
+                resource_id: key.id.to_string(),
+                before: None,
+                after: serde_json::to_value(&key).ok(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(minted.secret))
+    }
+
+    /// Turns a presented bearer key into a principal, or says why it is refused.
+    pub async fn authenticate(&self, presented: Option<&str>) -> Result<Principal> {
+        let Some(presented) = presented else {
+            return Err(Error::unauthenticated(
+                "missing API key: send the header 'Authorization: Bearer KEY'",
+            ));
+        };
+        let invalid = || Error::unauthenticated("invalid API key");
+        let prefix = auth::key_prefix(presented).ok_or_else(invalid)?;
+        let (key, hash) = self.store.api_key_by_prefix(prefix).await?.ok_or_else(invalid)?;
+        if !auth::key_matches(presented, &hash) {
+            return Err(invalid());
+        }
+        let now = Timestamp::now();
+        if key.revoked_at.is_some() {
+            return Err(Error::unauthenticated("API key has been revoked"));
+        }
+        if auth::expired(key.expires_at, now) {
+            return Err(Error::unauthenticated("API key has expired"));
+        }
+        // Last-used is a hint for operators; writing it on every request would turn every
+        // read into a write, so it is refreshed at most once a minute.
+        let stale = key.last_used_at.is_none_or(|t| t.plus_seconds(60) < now);
+        if stale && let Err(e) = self.store.api_key_touch(key.id, now).await {
+            tracing::warn!(error = %e, "could not record key use");
+        }
+        Ok(Principal { key_id: key.id, role: key.role, tenant_id: key.tenant_id })
+    }
+
+    // ---- idempotency -------------------------------------------------------------------
+
+    async fn idem_lookup<T: DeserializeOwned>(
+        tx: &mut WriteTx,
+        p: &Principal,
+        idem: Option<&Idempotency>,
+    ) -> Result<Option<Created<T>>> {
+        let Some(idem) = idem else { return Ok(None) };
+        let Some(rec) = Store::idempotency_get(tx, &p.key_id.to_string(), &idem.key).await? else {
+            return Ok(None);
+        };
+        if rec.fingerprint != idem.fingerprint {
+            return Err(Error::new(
+                ErrorCode::IdempotencyKeyReused,
+                format!(
+                    "Idempotency-Key '{}' was already used for a different request",
+                    idem.key
+                ),
+            ));
+        }
+        let value = serde_json::from_str(&rec.body)
+            .map_err(|e| Error::internal(format!("stored idempotent response: {e}")))?;
+        Ok(Some(Created { value, replayed: true }))
+    }
+
+    async fn idem_store<T: Serialize>(
+        tx: &mut WriteTx,
+        p: &Principal,
+        idem: Option<&Idempotency>,
+        value: &T,
+    ) -> Result<()> {
+        let Some(idem) = idem else { return Ok(()) };
+        let body = serde_json::to_string(value).map_err(|e| Error::internal(e.to_string()))?;
+        Store::idempotency_put(
+            tx,
+            &p.key_id.to_string(),
+            &idem.key,
+            &IdempotencyRecord { fingerprint: idem.fingerprint.clone(), status: 201, body },
+        )
+        .await?;
+        Ok(())
+    }
+
+    // ---- catalog -----------------------------------------------------------------------
+
+    /// Lists the GPU model catalog.
+    pub async fn gpu_model_list(&self, p: &Principal) -> Result<Vec<GpuModel>> {
+        auth::authorize(p, Action::ReadCatalog)?;
+        Ok(self.store.gpu_model_list().await?)
+    }
+
+    /// Reads one GPU model.
+    pub async fn gpu_model_get(&self, p: &Principal, name: &str) -> Result<GpuModel> {
+        auth::authorize(p, Action::ReadCatalog)?;
+        Ok(self.store.gpu_model_get(name).await?)
+    }
+
+    /// Adds a GPU model to the catalog.
+    pub async fn gpu_model_create(
+        &self,
+        p: &Principal,
+        req: CreateGpuModel,
+        idem: Option<&Idempotency>,
+    ) -> Result<Created<GpuModel>> {
+        auth::authorize(p, Action::WriteCatalog)?;
+        let model = req.validate()?;
+        let mut tx = self.store.begin_write().await?;
+        if let Some(c) = Self::idem_lookup(&mut tx, p, idem).await? {
+            return Ok(c);
+        }
+        Store::gpu_model_create(&mut tx, &model).await?;
+        Store::event_insert(
+            &mut tx,
+            NewEvent {
+                actor: Some(p.key_id),
+                tenant_id: None,
+                action: "gpu_model.created",
+                resource_kind: "gpu_model",
+                resource_id: model.name.clone(),
+                before: None,
+                after: serde_json::to_value(&model).ok(),
+            },
+        )
+        .await?;
+        Self::idem_store(&mut tx, p, idem, &model).await?;
+        tx.commit().await?;
+        Ok(Created { value: model, replayed: false })
+    }
+
+    // ---- fleet -------------------------------------------------------------------------
+
+    /// Lists sites with their totals.
+    pub async fn site_list(&self, p: &Principal) -> Result<Vec<Site>> {
+        auth::authorize(p, Action::ReadSites)?;
+        Ok(self.store.site_list().await?)
+    }
+
+    /// Reads one site by id or name.
+    pub async fn site_get(&self, p: &Principal, id_or_name: &str) -> Result<Site> {
+        auth::authorize(p, Action::ReadSites)?;
+        Ok(self.store.site_get(id_or_name).await?)
+    }
+
+    /// Lists blocks, optionally of one site.
+    pub async fn block_list(&self, p: &Principal, site: Option<&str>) -> Result<Vec<Block>> {
+        auth::authorize(p, Action::ReadFleet)?;
+        let site = match site {
+            Some(s) => Some(self.store.site_get(s).await?),
+            None => None,
+        };
+        Ok(self.store.block_list(site.as_ref()).await?)
+    }
+
+    /// Reads one block.
+    pub async fn block_get(&self, p: &Principal, id: &str) -> Result<Block> {
+        auth::authorize(p, Action::ReadFleet)?;
+        let id: BlockId = id.parse().map_err(|_| Error::not_found("block", id))?;
+        Ok(self.store.block_get(id).await?)
+    }
+
+    /// Lists nodes matching a filter, a page at a time.
+    pub async fn node_list(
+        &self,
+        p: &Principal,
+        filter: &NodeFilter,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<Node>> {
+        auth::authorize(p, Action::ReadFleet)?;
+        let limit = page_limit(limit)?;
+        Ok(self.store.node_list(filter, cursor, limit).await?)
+    }
+
+    /// Reads one node, with its GPUs.
+    pub async fn node_get(&self, p: &Principal, id_or_name: &str) -> Result<Node> {
+        auth::authorize(p, Action::ReadFleet)?;
+        Ok(self.store.node_get(id_or_name).await?)
+    }
+
+    /// Validates and applies a fleet file. With `dry_run`, reports what would change and
+    /// writes nothing.
+    pub async fn fleet_import(
+        &self,
+        p: Option<&Principal>,
+        source: &str,
+        dry_run: bool,
+    ) -> Result<ImportReport> {
+        if let Some(p) = p {
+            auth::authorize(p, Action::WriteFleet)?;
+        }
+        let catalog = self.store.gpu_model_list().await?;
+        let spec = neocloud_fleet::parse(source, &catalog).map_err(|errs| {
+            let n = errs.0.len();
+            let mut e = Error::new(
+                ErrorCode::InvalidFleetFile,
+                format!(
+                    "the fleet file has {n} error{}: {}",
+                    if n == 1 { "" } else { "s" },
+                    errs.0.first().map(|f| f.to_string()).unwrap_or_default()
+                ),
+            );
+            e.field_errors = errs
+                .0
+                .iter()
+                .map(|f| FieldError {
+                    line: Some(f.line),
+                    column: Some(f.column),
+                    field: f.field.clone(),
+                    message: f.message.clone(),
+                })
+                .collect();
+            e
+        })?;
+        let mut tx = self.store.begin_write().await?;
+        let mut report = Store::fleet_import(&mut tx, &spec, p.map(|p| p.key_id)).await?;
+        if dry_run {
+            report.dry_run = true;
+            drop(tx);
+        } else {
+            Store::meta_put(&mut tx, "fleet_file_sha256", &auth::sha256_hex(source.as_bytes()))
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(report)
+    }
+
+    /// Applies a fleet file at start-up unless the very same file was the last one applied
+    /// (so restarting `serve --demo` on an existing data directory is quick).
+    pub async fn fleet_import_at_start(&self, source: &str) -> Result<Option<ImportReport>> {
+        let hash = auth::sha256_hex(source.as_bytes());
+        if self.store.meta_get("fleet_file_sha256").await?.as_deref() == Some(hash.as_str()) {
+            return Ok(None);
+        }
+        self.fleet_import(None, source, false).await.map(Some)
+    }
+
+    // ---- tenants -----------------------------------------------------------------------
+
+    /// Creates a tenant.
+    pub async fn tenant_create(
+        &self,
+        p: &Principal,
+        req: CreateTenant,
+        idem: Option<&Idempotency>,
+    ) -> Result<Created<Tenant>> {
+        auth::authorize(p, Action::WriteTenants)?;
+        let req = req.validate()?;
+        let mut tx = self.store.begin_write().await?;
+        if let Some(c) = Self::idem_lookup(&mut tx, p, idem).await? {
+            return Ok(c);
+        }
+        let display = req.display_name.clone().unwrap_or_else(|| req.name.clone());
+        let t = Store::tenant_create(&mut tx, &req.name, &display, req.kind, req.credit_limit)
+            .await?;
+        Store::event_insert(
+            &mut tx,
+            NewEvent {
+                actor: Some(p.key_id),
+                tenant_id: Some(t.id),
+                action: "tenant.created",
+                resource_kind: "tenant",
+                resource_id: t.id.to_string(),
+                before: None,
+                after: serde_json::to_value(&t).ok(),
+            },
+        )
+        .await?;
+        Self::idem_store(&mut tx, p, idem, &t).await?;
+        tx.commit().await?;
+        Ok(Created { value: t, replayed: false })
+    }
+
+    /// Creates a tenant for the operator itself (demo set-up); no-op if the name exists.
+    pub async fn tenant_ensure(&self, name: &str, display: &str, kind: TenantKind) -> Result<Tenant> {
+        match self.store.tenant_get(name).await {
+            Ok(t) => Ok(t),
+            Err(neocloud_store::StoreError::NotFound { .. }) => {
+                let mut tx = self.store.begin_write().await?;
+                let t = Store::tenant_create(&mut tx, name, display, kind, None).await?;
+                Store::event_insert(
+                    &mut tx,
+                    NewEvent {
+                        actor: None,
+                        tenant_id: Some(t.id),
+                        action: "tenant.created",
+                        resource_kind: "tenant",
+                        resource_id: t.id.to_string(),
+                        before: None,
+                        after: serde_json::to_value(&t).ok(),
+                    },
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(t)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Resolves a tenant the caller may see, or reports it not found.
+    async fn visible_tenant(&self, p: &Principal, id_or_name: &str) -> Result<Tenant> {
+        let t = self
+            .store
+            .tenant_get(id_or_name)
+            .await
+            .map_err(|_| Error::not_found("tenant", id_or_name))?;
+        match p.tenant_scope() {
+            Some(own) if own != t.id => Err(Error::not_found("tenant", id_or_name)),
+            _ => Ok(t),
+        }
+    }
+
+    /// Reads a tenant (a tenant key sees only its own).
+    pub async fn tenant_get(&self, p: &Principal, id_or_name: &str) -> Result<Tenant> {
+        auth::authorize(p, Action::ReadTenants)?;
+        self.visible_tenant(p, id_or_name).await
+    }
+
+    /// Lists tenants (a tenant key sees only its own).
+    pub async fn tenant_list(
+        &self,
+        p: &Principal,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<Tenant>> {
+        auth::authorize(p, Action::ReadTenants)?;
+        let limit = page_limit(limit)?;
+        let only = if p.role.is_tenant_role() {
+            Some(p.tenant_id.ok_or_else(|| Error::internal("tenant key without tenant"))?)
+        } else {
+            None
+        };
+        Ok(self.store.tenant_list(only, cursor, limit).await?)
+    }
+
+    /// Changes a tenant's display name, status or credit limit.
+    pub async fn tenant_update(
+        &self,
+        p: &Principal,
+        id_or_name: &str,
+        req: UpdateTenant,
+    ) -> Result<Tenant> {
+        auth::authorize(p, Action::WriteTenants)?;
+        let changes = req.validate()?;
+        let t = self.visible_tenant(p, id_or_name).await?;
+        let mut tx = self.store.begin_write().await?;
+        let (before, after) = Store::tenant_update(&mut tx, t.id, &changes).await?;
+        Store::event_insert(
+            &mut tx,
+            NewEvent {
+                actor: Some(p.key_id),
+                tenant_id: Some(t.id),
+                action: "tenant.updated",
+                resource_kind: "tenant",
+                resource_id: t.id.to_string(),
+                before: serde_json::to_value(&before).ok(),
+                after: serde_json::to_value(&after).ok(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    // ---- API keys ----------------------------------------------------------------------
+
+    /// Creates an API key; the response carries the secret, once.
+    pub async fn api_key_create(
+        &self,
+        p: &Principal,
+        req: CreateApiKey,
+        idem: Option<&Idempotency>,
+    ) -> Result<Created<ApiKeyCreated>> {
+        auth::authorize(p, Action::WriteKeys)?;
+        let req = req.validate(Timestamp::now())?;
+        // Tenant admins mint keys for their own tenant only, and never operator keys.
+        let tenant_id = if p.role.is_tenant_role() {
+            if !req.role.is_tenant_role() {
+                return Err(Error::forbidden(format!(
+                    "a tenant admin can only create tenant-admin or tenant-member keys, not '{}'",
+                    req.role.as_str()
+                )));
+            }
+            match &req.tenant_id {
+                None => p.tenant_id,
+                Some(t) => Some(self.visible_tenant(p, t).await?.id),
+            }
+        } else if req.role.is_tenant_role() {
+            let Some(t) = &req.tenant_id else {
+                return Err(Error::invalid(format!(
+                    "a '{}' key needs tenant_id",
+                    req.role.as_str()
+                )));
+            };
+            Some(self.visible_tenant(p, t).await?.id)
+        } else {
+            if req.tenant_id.is_some() {
+                return Err(Error::invalid(format!(
+                    "a '{}' key does not belong to a tenant; leave tenant_id out",
+                    req.role.as_str()
+                )));
+            }
+            None
+        };
+        let mut tx = self.store.begin_write().await?;
+        if let Some(c) = Self::idem_lookup(&mut tx, p, idem).await? {
+            return Ok(c);
+        }
+        let minted = auth::mint_key()?;
+        let key = ApiKey {
+            id: ApiKeyId::new(),
+            name: req.name.clone(),
+            role: req.role,
+            tenant_id,
+            prefix: minted.prefix.clone(),
+            created_at: Timestamp::now(),
+            expires_at: req.expires_at,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        Store::api_key_create(&mut tx, &key, &minted.hash).await?;
+        Store::event_insert(
+            &mut tx,
+            NewEvent {
+                actor: Some(p.key_id),
+                tenant_id,
+                action: "api_key.created",
+                resource_kind: "api_key",
+                resource_id: key.id.to_string(),
+                before: None,
+                after: serde_json::to_value(&key).ok(),
+            },
+        )
+        .await?;
+        // Secrets are never stored, not even for idempotent replays: a replay returns the
+        // key without its secret.
+        Self::idem_store(&mut tx, p, idem, &ApiKeyCreated { key: key.clone(), secret: None })
+            .await?;
+        tx.commit().await?;
+        Ok(Created { value: ApiKeyCreated { key, secret: Some(minted.secret) }, replayed: false })
+    }
+
+    async fn visible_key(&self, p: &Principal, id: &str) -> Result<ApiKey> {
+        let not_found = || Error::not_found("API key", id);
+        let key_id: ApiKeyId = id.parse().map_err(|_| not_found())?;
+        let key = self.store.api_key_get(key_id).await.map_err(|_| not_found())?;
+        match p.tenant_scope() {
+            Some(own) if key.tenant_id != Some(own) => Err(not_found()),
+            _ => Ok(key),
+        }
+    }
+
+    /// Lists keys (a tenant admin sees its tenant's).
+    pub async fn api_key_list(
+        &self,
+        p: &Principal,
+        tenant: Option<&str>,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<ApiKey>> {
+        auth::authorize(p, Action::ReadKeys)?;
+        let limit = page_limit(limit)?;
+        let tenant_id: Option<TenantId> = match (p.tenant_scope(), tenant) {
+            (Some(own), None) => Some(own),
+            (_, Some(t)) => Some(self.visible_tenant(p, t).await?.id),
+            (None, None) => None,
+        };
+        Ok(self.store.api_key_list(tenant_id, cursor, limit).await?)
+    }
+
+    /// Reads a key.
+    pub async fn api_key_get(&self, p: &Principal, id: &str) -> Result<ApiKey> {
+        auth::authorize(p, Action::ReadKeys)?;
+        self.visible_key(p, id).await
+    }
+
+    /// Revokes a key at once; it fails authentication from then on.
+    pub async fn api_key_revoke(&self, p: &Principal, id: &str) -> Result<ApiKey> {
+        auth::authorize(p, Action::WriteKeys)?;
+        let key = self.visible_key(p, id).await?;
+        let mut tx = self.store.begin_write().await?;
+        let (before, after) = Store::api_key_revoke(&mut tx, key.id).await?;
+        if before.revoked_at.is_none() {
+            Store::event_insert(
+                &mut tx,
+                NewEvent {
+                    actor: Some(p.key_id),
+                    tenant_id: key.tenant_id,
+                    action: "api_key.revoked",
+                    resource_kind: "api_key",
+                    resource_id: key.id.to_string(),
+                    before: serde_json::to_value(&before).ok(),
+                    after: serde_json::to_value(&after).ok(),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(after)
+    }
+
+    // ---- events ------------------------------------------------------------------------
+
+    /// Lists audit events, newest first (a tenant key sees its tenant's).
+    pub async fn event_list(
+        &self,
+        p: &Principal,
+        mut filter: EventFilter,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<Event>> {
+        auth::authorize(p, Action::ReadEvents)?;
+        let limit = page_limit(limit)?;
+        if let Some(own) = p.tenant_scope() {
+            filter.tenant_id = Some(own);
+        }
+        Ok(self.store.event_list(&filter, cursor, limit).await?)
+    }
+}
+
+/// A database URL with its password hidden, for messages.
+pub fn redact_database_url(url: &str) -> String {
+    neocloud_store::redact_url(url)
+}

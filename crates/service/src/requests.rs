@@ -1,0 +1,197 @@
+//! Request bodies of the API and their validation. Unknown fields are refused so that a typo
+//! is an error, not a silently ignored setting.
+
+use neocloud_store::TenantChanges;
+use neocloud_types::{ApiKey, GpuModel, Money, Role, TenantKind, TenantStatus, Timestamp};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::{Error, Result};
+
+/// Checks a resource name: 1–63 characters of lowercase letters, digits and `-`, starting
+/// with a letter or digit (so it is safe in URLs, hostnames and file names).
+pub fn validate_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "{what} '{name}' is invalid: use 1-63 lowercase letters, digits and '-', not starting with '-'"
+        )))
+    }
+}
+
+fn validate_label(what: &str, s: &str) -> Result<()> {
+    if s.trim().is_empty() || s.chars().count() > 200 || s.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "{what} must be 1-200 printable characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Body of `POST /v1/gpu-models`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGpuModel {
+    /// Catalog name, e.g. `MI325X`: 1-63 letters, digits, `.`, `_` or `-`.
+    pub name: String,
+    /// Maker.
+    #[serde(default)]
+    pub vendor: Option<String>,
+    /// Device memory in GiB (1-65536).
+    pub memory_gib: u32,
+    /// Power at full load in watts (1-100000).
+    pub tdp_watts: u32,
+}
+
+impl CreateGpuModel {
+    pub(crate) fn validate(self) -> Result<GpuModel> {
+        let ok = !self.name.is_empty()
+            && self.name.len() <= 63
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            return Err(Error::invalid(format!(
+                "GPU model name '{}' is invalid: use 1-63 letters, digits, '.', '_' or '-'",
+                self.name
+            )));
+        }
+        if !(1..=65_536).contains(&self.memory_gib) {
+            return Err(Error::invalid("memory_gib must be between 1 and 65536"));
+        }
+        if !(1..=100_000).contains(&self.tdp_watts) {
+            return Err(Error::invalid("tdp_watts must be between 1 and 100000"));
+        }
+        let vendor = self.vendor.unwrap_or_else(|| "unknown".into());
+        validate_label("vendor", &vendor)?;
+        Ok(GpuModel {
+            name: self.name,
+            vendor,
+            memory_gib: self.memory_gib,
+            tdp_watts: self.tdp_watts,
+            builtin: false,
+        })
+    }
+}
+
+/// Body of `POST /v1/tenants`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    /// Unique name: 1-63 lowercase letters, digits and `-`.
+    pub name: String,
+    /// Display name; defaults to the name.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// `external` (a customer, the default) or `internal` (the operator's own lab).
+    #[serde(default = "default_kind")]
+    pub kind: TenantKind,
+    /// Largest unpaid balance allowed, US dollars as a decimal string; none means unlimited.
+    #[serde(default)]
+    pub credit_limit: Option<Money>,
+}
+
+fn default_kind() -> TenantKind {
+    TenantKind::External
+}
+
+impl CreateTenant {
+    pub(crate) fn validate(self) -> Result<Self> {
+        validate_name("tenant name", &self.name)?;
+        if let Some(d) = &self.display_name {
+            validate_label("display_name", d)?;
+        }
+        if self.credit_limit.is_some_and(|c| c < Money::ZERO) {
+            return Err(Error::invalid("credit_limit must not be negative"));
+        }
+        Ok(self)
+    }
+}
+
+/// Body of `PATCH /v1/tenants/{id}`; absent fields stay as they are.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenant {
+    /// New display name.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// `active` or `suspended`.
+    #[serde(default)]
+    pub status: Option<TenantStatus>,
+    /// New credit limit; `null` removes the limit.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<Money>)]
+    pub credit_limit: Option<Option<Money>>,
+}
+
+/// Tells "absent" (outer None) from "null" (Some(None)).
+fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Money>>, D::Error> {
+    Option::<Money>::deserialize(d).map(Some)
+}
+
+impl UpdateTenant {
+    pub(crate) fn validate(self) -> Result<TenantChanges> {
+        if let Some(d) = &self.display_name {
+            validate_label("display_name", d)?;
+        }
+        if let Some(Some(c)) = self.credit_limit
+            && c < Money::ZERO
+        {
+            return Err(Error::invalid("credit_limit must not be negative"));
+        }
+        if self.display_name.is_none() && self.status.is_none() && self.credit_limit.is_none() {
+            return Err(Error::invalid(
+                "nothing to change: give display_name, status or credit_limit",
+            ));
+        }
+        Ok(TenantChanges {
+            display_name: self.display_name,
+            status: self.status,
+            credit_limit: self.credit_limit,
+        })
+    }
+}
+
+/// Body of `POST /v1/api-keys`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    /// Human label, e.g. `ci-pipeline`.
+    pub name: String,
+    /// What the key may do.
+    pub role: Role,
+    /// Tenant id or name; required for tenant roles, refused for the others. Tenant admins
+    /// may leave it out (their own tenant).
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// When the key stops working (RFC 3339, in the future); none means never.
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+}
+
+impl CreateApiKey {
+    pub(crate) fn validate(self, now: Timestamp) -> Result<Self> {
+        validate_label("name", &self.name)?;
+        if self.expires_at.is_some_and(|e| e <= now) {
+            return Err(Error::invalid("expires_at must be in the future"));
+        }
+        Ok(self)
+    }
+}
+
+/// Response of `POST /v1/api-keys`: the key and, this once, its secret.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyCreated {
+    /// The key as it will be listed.
+    #[serde(flatten)]
+    pub key: ApiKey,
+    /// The whole key, to send as `Authorization: Bearer …`. Shown only in the first
+    /// response: it is stored hashed, so an idempotent replay returns `null` here.
+    pub secret: Option<String>,
+}

@@ -64,8 +64,8 @@ impl IntoResponse for ApiError {
         if let Some(internal) = &e.internal {
             tracing::error!(code = e.code.as_str(), detail = %internal, "request failed");
         }
-        let status = StatusCode::from_u16(e.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = Problem {
             type_uri: format!("urn:neocloud:problem:{}", e.code.as_str()),
             title: title(e.code).to_string(),

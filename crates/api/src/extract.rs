@@ -48,9 +48,9 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Q<T> {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match Query::<T>::from_request_parts(parts, state).await {
             Ok(Query(v)) => Ok(Q(v)),
-            Err(e @ QueryRejection::FailedToDeserializeQueryString(_)) => {
-                Err(ApiError::invalid(format!("invalid query string: {}", e.body_text())))
-            }
+            Err(e @ QueryRejection::FailedToDeserializeQueryString(_)) => Err(ApiError::invalid(
+                format!("invalid query string: {}", e.body_text()),
+            )),
             Err(e) => Err(ApiError::invalid(e.body_text())),
         }
     }
@@ -58,7 +58,10 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Q<T> {
 
 /// Parses a JSON request body, requiring a JSON content type and naming what is wrong.
 pub fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !ct.starts_with("application/json") {
         return Err(ApiError::invalid(
             "the request body must be JSON with 'Content-Type: application/json'",
@@ -82,7 +85,9 @@ pub fn idempotency(
     path: &str,
     body: &[u8],
 ) -> Result<Option<Idempotency>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
     let key = v
         .to_str()
         .ok()
@@ -96,5 +101,8 @@ pub fn idempotency(
     data.extend_from_slice(path.as_bytes());
     data.push(b'\n');
     data.extend_from_slice(body);
-    Ok(Some(Idempotency { key: key.to_string(), fingerprint: auth::sha256_hex(&data) }))
+    Ok(Some(Idempotency {
+        key: key.to_string(),
+        fingerprint: auth::sha256_hex(&data),
+    }))
 }

@@ -73,7 +73,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The OpenAPI document as pretty JSON (what `/v1/openapi.json` serves and what is
 /// committed in `openapi/neocloud.json`).
 pub fn openapi_json() -> String {
-    openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
 /// The whole HTTP application.
@@ -85,7 +87,12 @@ pub fn app(svc: Service) -> Router {
             "/v1/openapi.json",
             axum::routing::get(move || {
                 let body = doc_json.clone();
-                async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], body) }
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        body,
+                    )
+                }
             }),
         )
         .fallback(|| async {
@@ -109,5 +116,7 @@ pub async fn serve(
     svc: Service,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(svc)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app(svc))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

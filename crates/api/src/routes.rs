@@ -9,9 +9,7 @@ use neocloud_service::{
     ApiKeyCreated, CreateApiKey, CreateGpuModel, CreateTenant, Created, UpdateTenant,
 };
 use neocloud_store::{EventFilter, NodeFilter};
-use neocloud_types::{
-    ApiKey, Block, Event, GpuModel, ImportReport, Node, NodeState, Site, Tenant,
-};
+use neocloud_types::{ApiKey, Block, Event, GpuModel, ImportReport, Node, NodeState, Site, Tenant};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -61,7 +59,10 @@ pub struct Paged<T> {
 
 impl<T> From<neocloud_store::Page<T>> for Paged<T> {
     fn from(p: neocloud_store::Page<T>) -> Self {
-        Paged { items: p.items, next_cursor: p.next_cursor }
+        Paged {
+            items: p.items,
+            next_cursor: p.next_cursor,
+        }
     }
 }
 
@@ -78,7 +79,8 @@ pub struct PageParams {
 fn created<T: Serialize>(c: Created<T>) -> Response {
     let mut resp = (StatusCode::CREATED, Json(c.value)).into_response();
     if c.replayed {
-        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     resp
 }
@@ -109,8 +111,13 @@ async fn readyz(State(st): State<AppState>) -> ApiResult<&'static str> {
 /// List the GPU model catalog.
 #[utoipa::path(get, path = "/v1/gpu-models", tag = "fleet", security(("bearer" = [])),
     responses((status = 200, body = List<GpuModel>), (status = 401, body = Problem)))]
-async fn gpu_model_list(State(st): State<AppState>, Auth(p): Auth) -> ApiResult<Json<List<GpuModel>>> {
-    Ok(Json(List { items: st.svc.gpu_model_list(&p).await? }))
+async fn gpu_model_list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+) -> ApiResult<Json<List<GpuModel>>> {
+    Ok(Json(List {
+        items: st.svc.gpu_model_list(&p).await?,
+    }))
 }
 
 /// Add a GPU model to the catalog (operator-admin).
@@ -129,7 +136,9 @@ async fn gpu_model_create(
 ) -> ApiResult<Response> {
     let idem = idempotency(&headers, &method, uri.path(), &body)?;
     let req: CreateGpuModel = json_body(&headers, &body)?;
-    Ok(created(st.svc.gpu_model_create(&p, req, idem.as_ref()).await?))
+    Ok(created(
+        st.svc.gpu_model_create(&p, req, idem.as_ref()).await?,
+    ))
 }
 
 /// Read one GPU model.
@@ -150,7 +159,9 @@ async fn gpu_model_get(
 #[utoipa::path(get, path = "/v1/sites", tag = "fleet", security(("bearer" = [])),
     responses((status = 200, body = List<Site>)))]
 async fn site_list(State(st): State<AppState>, Auth(p): Auth) -> ApiResult<Json<List<Site>>> {
-    Ok(Json(List { items: st.svc.site_list(&p).await? }))
+    Ok(Json(List {
+        items: st.svc.site_list(&p).await?,
+    }))
 }
 
 /// Read one site by id or name.
@@ -181,7 +192,9 @@ async fn block_list(
     Auth(p): Auth,
     Q(q): Q<BlockParams>,
 ) -> ApiResult<Json<List<Block>>> {
-    Ok(Json(List { items: st.svc.block_list(&p, q.site.as_deref()).await? }))
+    Ok(Json(List {
+        items: st.svc.block_list(&p, q.site.as_deref()).await?,
+    }))
 }
 
 /// Read one block.
@@ -222,9 +235,16 @@ async fn node_list(
     Auth(p): Auth,
     Q(q): Q<NodeParams>,
 ) -> ApiResult<Json<Paged<Node>>> {
-    let filter =
-        NodeFilter { site: q.site, block: q.block, state: q.state, gpu_model: q.gpu_model };
-    let page = st.svc.node_list(&p, &filter, q.cursor.as_deref(), q.limit).await?;
+    let filter = NodeFilter {
+        site: q.site,
+        block: q.block,
+        state: q.state,
+        gpu_model: q.gpu_model,
+    };
+    let page = st
+        .svc
+        .node_list(&p, &filter, q.cursor.as_deref(), q.limit)
+        .await?;
     Ok(Json(page.into()))
 }
 
@@ -277,7 +297,12 @@ async fn tenant_list(
     Auth(p): Auth,
     Q(q): Q<PageParams>,
 ) -> ApiResult<Json<Paged<Tenant>>> {
-    Ok(Json(st.svc.tenant_list(&p, q.cursor.as_deref(), q.limit).await?.into()))
+    Ok(Json(
+        st.svc
+            .tenant_list(&p, q.cursor.as_deref(), q.limit)
+            .await?
+            .into(),
+    ))
 }
 
 /// Create a tenant (operator-admin).
@@ -349,8 +374,10 @@ async fn api_key_list(
     Auth(p): Auth,
     Q(q): Q<KeyParams>,
 ) -> ApiResult<Json<Paged<ApiKey>>> {
-    let page =
-        st.svc.api_key_list(&p, q.tenant.as_deref(), q.cursor.as_deref(), q.limit).await?;
+    let page = st
+        .svc
+        .api_key_list(&p, q.tenant.as_deref(), q.cursor.as_deref(), q.limit)
+        .await?;
     Ok(Json(page.into()))
 }
 
@@ -370,7 +397,8 @@ async fn api_key_create(
     let idem = idempotency(&headers, &method, uri.path(), &body)?;
     let req: CreateApiKey = json_body(&headers, &body)?;
     let mut resp = created(st.svc.api_key_create(&p, req, idem.as_ref()).await?);
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
 }
 
@@ -428,6 +456,15 @@ async fn event_list(
         Some(t) => Some(st.svc.tenant_get(&p, t).await?.id),
         None => None,
     };
-    let filter = EventFilter { tenant_id, resource_id: q.resource_id, action_prefix: q.action };
-    Ok(Json(st.svc.event_list(&p, filter, q.cursor.as_deref(), q.limit).await?.into()))
+    let filter = EventFilter {
+        tenant_id,
+        resource_id: q.resource_id,
+        action_prefix: q.action,
+    };
+    Ok(Json(
+        st.svc
+            .event_list(&p, filter, q.cursor.as_deref(), q.limit)
+            .await?
+            .into(),
+    ))
 }

@@ -18,17 +18,66 @@ struct Model {
 }
 
 const MODELS: &[Model] = &[
-    Model { code: "T4", vendor: "NVIDIA", memory_gib: 16, tdp_watts: 70, note: "Tesla T4" },
-    Model { code: "P100", vendor: "NVIDIA", memory_gib: 16, tdp_watts: 250, note: "Tesla P100 16 GB" },
-    Model { code: "V100M16", vendor: "NVIDIA", memory_gib: 16, tdp_watts: 300, note: "Tesla V100 16 GB" },
-    Model { code: "V100M32", vendor: "NVIDIA", memory_gib: 32, tdp_watts: 300, note: "Tesla V100 32 GB" },
-    Model { code: "A10", vendor: "NVIDIA", memory_gib: 24, tdp_watts: 150, note: "A10" },
-    Model { code: "G1", vendor: "unknown", memory_gib: 32, tdp_watts: 300, note: ASSUMED },
-    Model { code: "G2", vendor: "unknown", memory_gib: 32, tdp_watts: 300, note: ASSUMED },
-    Model { code: "G3", vendor: "unknown", memory_gib: 32, tdp_watts: 300, note: ASSUMED },
+    Model {
+        code: "T4",
+        vendor: "NVIDIA",
+        memory_gib: 16,
+        tdp_watts: 70,
+        note: "Tesla T4",
+    },
+    Model {
+        code: "P100",
+        vendor: "NVIDIA",
+        memory_gib: 16,
+        tdp_watts: 250,
+        note: "Tesla P100 16 GB",
+    },
+    Model {
+        code: "V100M16",
+        vendor: "NVIDIA",
+        memory_gib: 16,
+        tdp_watts: 300,
+        note: "Tesla V100 16 GB",
+    },
+    Model {
+        code: "V100M32",
+        vendor: "NVIDIA",
+        memory_gib: 32,
+        tdp_watts: 300,
+        note: "Tesla V100 32 GB",
+    },
+    Model {
+        code: "A10",
+        vendor: "NVIDIA",
+        memory_gib: 24,
+        tdp_watts: 150,
+        note: "A10",
+    },
+    Model {
+        code: "G1",
+        vendor: "unknown",
+        memory_gib: 32,
+        tdp_watts: 300,
+        note: ASSUMED,
+    },
+    Model {
+        code: "G2",
+        vendor: "unknown",
+        memory_gib: 32,
+        tdp_watts: 300,
+        note: ASSUMED,
+    },
+    Model {
+        code: "G3",
+        vendor: "unknown",
+        memory_gib: 32,
+        tdp_watts: 300,
+        note: ASSUMED,
+    },
 ];
 
-const ASSUMED: &str = "undisclosed by Alibaba: memory and TDP are assumed, not published";
+const ASSUMED: &str =
+    "Model undisclosed by Alibaba: memory_gib and tdp_watts are assumed, not published.";
 
 const COLUMNS: [&str; 5] = ["sn", "cpu_milli", "memory_mib", "gpu", "model"];
 
@@ -59,7 +108,10 @@ pub fn alibaba_nodes_to_fleet_toml(csv: &str) -> Result<String, String> {
     let mut col = [0usize; 5];
     for (slot, name) in col.iter_mut().zip(COLUMNS) {
         *slot = header.iter().position(|h| *h == name).ok_or_else(|| {
-            format!("line 1: missing column '{name}' (expected {})", COLUMNS.join(","))
+            format!(
+                "line 1: missing column '{name}' (expected {})",
+                COLUMNS.join(",")
+            )
         })?;
     }
 
@@ -81,19 +133,23 @@ pub fn alibaba_nodes_to_fleet_toml(csv: &str) -> Result<String, String> {
         let [sn, cpu_milli, memory_mib, gpu, model] = col.map(|c| fields[c]);
         check_name(sn).map_err(|e| format!("line {line}: sn: {e}"))?;
         if let Some(first) = seen.insert(sn, line) {
-            return Err(format!("line {line}: duplicate sn '{sn}' (first on line {first})"));
+            return Err(format!(
+                "line {line}: duplicate sn '{sn}' (first on line {first})"
+            ));
         }
         let number = |name: &str, v: &str| {
-            v.parse::<u64>().map_err(|_| {
-                format!("line {line}: {name}: '{v}' is not a non-negative integer")
-            })
+            v.parse::<u64>()
+                .map_err(|_| format!("line {line}: {name}: '{v}' is not a non-negative integer"))
         };
         let cpu_milli = number("cpu_milli", cpu_milli)?;
         let memory_mib = number("memory_mib", memory_mib)?;
         let gpus = number("gpu", gpu)?;
         let model = MODELS.iter().find(|m| m.code == model).ok_or_else(|| {
             let known: Vec<&str> = MODELS.iter().map(|m| m.code).collect();
-            format!("line {line}: unknown GPU model code '{model}' (known: {})", known.join(", "))
+            format!(
+                "line {line}: unknown GPU model code '{model}' (known: {})",
+                known.join(", ")
+            )
         })?;
         if gpus == 0 {
             cpu_only += 1;
@@ -107,7 +163,9 @@ pub fn alibaba_nodes_to_fleet_toml(csv: &str) -> Result<String, String> {
             ("memory_mib / 1024", ram_gib, u64::from(MAX_RAM_GIB)),
         ] {
             if !(1..=max).contains(&v) {
-                return Err(format!("line {line}: {name} must be between 1 and {max}, got {v}"));
+                return Err(format!(
+                    "line {line}: {name} must be between 1 and {max}, got {v}"
+                ));
             }
         }
         rows.push(Row {
@@ -188,6 +246,8 @@ fn render(rows: &[Row<'_>], cpu_only: u64) -> String {
 }
 
 #[cfg(test)]
+// A panic is how a test fails; the lint guards the server against user input.
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::parse;
@@ -197,7 +257,8 @@ mod tests {
     const HEADER: &str = "sn,cpu_milli,memory_mib,gpu,model\n";
 
     fn example_path() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/alibaba-gpu-v2023.fleet.toml")
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/alibaba-gpu-v2023.fleet.toml")
     }
 
     #[test]
@@ -224,16 +285,46 @@ mod tests {
     fn malformed_rows_name_their_line() {
         for (csv, want) in [
             ("", "the CSV is empty"),
-            ("sn,cpu_milli,gpu,model\n", "line 1: missing column 'memory_mib'"),
-            ("sn,cpu_milli,memory_mib,gpu,model\na,1000,1024,1\n", "line 2: expected 5 fields, found 4"),
-            ("sn,cpu_milli,memory_mib,gpu,model\na,1000,1024,1,T4\nb,1k,1024,1,T4\n", "line 3: cpu_milli: '1k'"),
-            ("sn,cpu_milli,memory_mib,gpu,model\na,1000,-1,1,T4\n", "line 2: memory_mib: '-1'"),
-            ("sn,cpu_milli,memory_mib,gpu,model\na,1000,1024,1,H100\n", "line 2: unknown GPU model code 'H100'"),
-            ("sn,cpu_milli,memory_mib,gpu,model\na b,1000,1024,1,T4\n", "line 2: sn: 'a b' is not a valid name"),
-            ("sn,cpu_milli,memory_mib,gpu,model\na,1000,1024,1,T4\n\na,1000,1024,1,T4\n", "line 4: duplicate sn 'a' (first on line 2)"),
-            ("sn,cpu_milli,memory_mib,gpu,model\na,0,1024,1,T4\n", "line 2: cpu_milli / 1000 must be between 1"),
-            ("sn,cpu_milli,memory_mib,gpu,model\na,1000,1024,65,T4\n", "line 2: gpu must be between 1 and 64"),
-            ("sn,cpu_milli,memory_mib,gpu,model\na,1000,1024,0,T4\n", "no GPU nodes"),
+            (
+                "sn,cpu_milli,gpu,model\n",
+                "line 1: missing column 'memory_mib'",
+            ),
+            (
+                "sn,cpu_milli,memory_mib,gpu,model\na,1000,1024,1\n",
+                "line 2: expected 5 fields, found 4",
+            ),
+            (
+                "sn,cpu_milli,memory_mib,gpu,model\na,1000,1024,1,T4\nb,1k,1024,1,T4\n",
+                "line 3: cpu_milli: '1k'",
+            ),
+            (
+                "sn,cpu_milli,memory_mib,gpu,model\na,1000,-1,1,T4\n",
+                "line 2: memory_mib: '-1'",
+            ),
+            (
+                "sn,cpu_milli,memory_mib,gpu,model\na,1000,1024,1,H100\n",
+                "line 2: unknown GPU model code 'H100'",
+            ),
+            (
+                "sn,cpu_milli,memory_mib,gpu,model\na b,1000,1024,1,T4\n",
+                "line 2: sn: 'a b' is not a valid name",
+            ),
+            (
+                "sn,cpu_milli,memory_mib,gpu,model\na,1000,1024,1,T4\n\na,1000,1024,1,T4\n",
+                "line 4: duplicate sn 'a' (first on line 2)",
+            ),
+            (
+                "sn,cpu_milli,memory_mib,gpu,model\na,0,1024,1,T4\n",
+                "line 2: cpu_milli / 1000 must be between 1",
+            ),
+            (
+                "sn,cpu_milli,memory_mib,gpu,model\na,1000,1024,65,T4\n",
+                "line 2: gpu must be between 1 and 64",
+            ),
+            (
+                "sn,cpu_milli,memory_mib,gpu,model\na,1000,1024,0,T4\n",
+                "no GPU nodes",
+            ),
         ] {
             let err = alibaba_nodes_to_fleet_toml(csv).unwrap_err();
             assert!(err.contains(want), "{csv:?}: {err}");
@@ -273,7 +364,10 @@ mod tests {
         let csv_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../../shared/data/alibaba-gpu-v2023/openb_node_list_gpu_node.csv");
         let Ok(csv) = std::fs::read_to_string(&csv_path) else {
-            eprintln!("note: {} not found; skipping the comparison", csv_path.display());
+            eprintln!(
+                "note: {} not found; skipping the comparison",
+                csv_path.display()
+            );
             return;
         };
         let generated = alibaba_nodes_to_fleet_toml(&csv).unwrap();

@@ -98,7 +98,8 @@ pub(crate) struct Group {
     pub pattern: Pattern,
     pub name_at: Range<usize>,
     pub name_field: String,
-    pub count: u64,
+    /// Wide enough for any layout's capacity, so that the size guard sees true totals.
+    pub count: u128,
     pub count_at: Range<usize>,
     pub path: String,
     pub parent_block: Option<String>,
@@ -128,7 +129,7 @@ impl Item {
         }
     }
 
-    fn nodes(&self) -> u64 {
+    fn nodes(&self) -> u128 {
         match self {
             Item::Group(g) => g.count,
             Item::Node(_) => 1,
@@ -207,12 +208,11 @@ pub(crate) fn parse(source: &str, catalog: &[GpuModel]) -> Result<FleetSpec, Fle
         sites.push(site);
     }
 
-    let small_enough = size_guard(&mut d, &sites);
+    if !size_guard(&mut d, &sites) {
+        return Err(d.into_errors());
+    }
     for site in &sites {
         power_check(&mut d, site);
-    }
-    if !small_enough {
-        return Err(d.into_errors());
     }
     let spec = crate::expand::expand(&mut d, &sites, models.file);
     if d.count() > 0 {
@@ -229,7 +229,11 @@ fn read_models(d: &mut Diag<'_>, root: &Table<'_, '_>, catalog: &[GpuModel]) -> 
         file: Vec::new(),
     };
     for m in catalog {
-        if models.tdp.insert(m.name.clone(), Some(m.tdp_watts)).is_none() {
+        if models
+            .tdp
+            .insert(m.name.clone(), Some(m.tdp_watts))
+            .is_none()
+        {
             models.names.push(m.name.clone());
         }
     }
@@ -239,7 +243,11 @@ fn read_models(d: &mut Diag<'_>, root: &Table<'_, '_>, catalog: &[GpuModel]) -> 
         let before = d.count();
         let name = valid_name(d, &t, "name");
         let vendor = match t.opt_str(d, "vendor") {
-            Some(v) if v.value.is_empty() || v.value.len() > 63 || v.value.contains(char::is_control) => {
+            Some(v)
+                if v.value.is_empty()
+                    || v.value.len() > 63
+                    || v.value.contains(char::is_control) =>
+            {
                 d.push(&v.span, t.field("vendor"), "must be 1–63 characters");
                 None
             }
@@ -253,7 +261,10 @@ fn read_models(d: &mut Diag<'_>, root: &Table<'_, '_>, catalog: &[GpuModel]) -> 
             d.push(
                 &name.span,
                 t.field("name"),
-                format!("duplicate GPU model '{}' (first defined on line {line})", name.value),
+                format!(
+                    "duplicate GPU model '{}' (first defined on line {line})",
+                    name.value
+                ),
             );
             continue;
         }
@@ -272,9 +283,10 @@ fn read_models(d: &mut Diag<'_>, root: &Table<'_, '_>, catalog: &[GpuModel]) -> 
             tdp_watts: tdp.value,
         };
         match catalog.iter().find(|c| c.name == spec.name) {
-            Some(c) if c.vendor == spec.vendor
-                && c.memory_gib == spec.memory_gib
-                && c.tdp_watts == spec.tdp_watts => {}
+            Some(c)
+                if c.vendor == spec.vendor
+                    && c.memory_gib == spec.memory_gib
+                    && c.tdp_watts == spec.tdp_watts => {}
             Some(c) => d.push(
                 &name.span,
                 t.field("name"),
@@ -319,14 +331,19 @@ fn read_site(
             d.push(
                 &name.span,
                 t.field("name"),
-                format!("duplicate site name '{}' (first defined on line {line})", name.value),
+                format!(
+                    "duplicate site name '{}' (first defined on line {line})",
+                    name.value
+                ),
             );
         } else {
             site_names.insert(name.value.clone(), d.line_of(name.span.start));
         }
     }
     let name = name.map(|n| n.value).unwrap_or_default();
-    let region = valid_name(d, t, "region").map(|r| r.value).unwrap_or_default();
+    let region = valid_name(d, t, "region")
+        .map(|r| r.value)
+        .unwrap_or_default();
     let kind = match t.opt_str(d, "kind") {
         None => SiteKind::Terrestrial,
         Some(k) => SiteKind::from_str(&k.value).unwrap_or_else(|e| {
@@ -381,7 +398,7 @@ fn read_power(d: &mut Diag<'_>, t: &Table<'_, '_>) -> Option<At<i64>> {
                 t.field("power_mw"),
                 format!(
                     "must be more than 0 and at most {} (megawatts), got {}",
-                    thousands(100_000),
+                    thousands(100_000u32),
                     mw.value
                 ),
             );
@@ -514,19 +531,19 @@ fn read_blocks(
                 b.ok = false;
             }
             Some(Some(pk)) => {
-                if let Some(k) = &b.kind {
-                    if pk.depth() >= k.value.depth() {
-                        d.push(
-                            &parent.span,
-                            b.parent_field.clone(),
-                            format!(
-                                "parent block '{}' is a {pk}, which is not shallower than \
-                                 this {} (blocks nest {ORDER})",
-                                parent.value, k.value
-                            ),
-                        );
-                        b.ok = false;
-                    }
+                if let Some(k) = &b.kind
+                    && pk.depth() >= k.value.depth()
+                {
+                    d.push(
+                        &parent.span,
+                        b.parent_field.clone(),
+                        format!(
+                            "parent block '{}' is a {pk}, which is not shallower than \
+                             this {} (blocks nest {ORDER})",
+                            parent.value, k.value
+                        ),
+                    );
+                    b.ok = false;
                 }
             }
             Some(None) => b.ok = false,
@@ -612,7 +629,7 @@ fn read_hardware(d: &mut Diag<'_>, t: &Table<'_, '_>, models: &Models) -> Option
                             "the default peak power ({} W) is over the limit of {} W; \
                              set peak_watts",
                             thousands(default),
-                            thousands(MAX_NODE_WATTS.into())
+                            thousands(MAX_NODE_WATTS)
                         ),
                     );
                     return None;
@@ -625,7 +642,10 @@ fn read_hardware(d: &mut Diag<'_>, t: &Table<'_, '_>, models: &Models) -> Option
             d.push(
                 &i.span,
                 t.field("idle_watts"),
-                format!("idle_watts ({}) is more than peak_watts ({peak_watts})", i.value),
+                format!(
+                    "idle_watts ({}) is more than peak_watts ({peak_watts})",
+                    i.value
+                ),
             );
             return None;
         }
@@ -653,17 +673,17 @@ fn read_node(
     let before = d.count();
     let name = valid_name(d, t, "name");
     let block = t.opt_str(d, "block");
-    if let Some(b) = &block {
-        if !blocks.contains_key(&b.value) {
-            d.push(
-                &b.span,
-                t.field("block"),
-                format!(
-                    "unknown block '{}' (no [[sites.blocks]] of site '{site}' has that name)",
-                    b.value
-                ),
-            );
-        }
+    if let Some(b) = &block
+        && !blocks.contains_key(&b.value)
+    {
+        d.push(
+            &b.span,
+            t.field("block"),
+            format!(
+                "unknown block '{}' (no [[sites.blocks]] of site '{site}' has that name)",
+                b.value
+            ),
+        );
     }
     let hw = read_hardware(d, t, models);
     if d.count() != before {
@@ -723,11 +743,11 @@ fn read_group(
 
     // Only a layout whose levels are all valid has a capacity worth comparing with.
     let capacity = match &nodes_per_block {
-        Some(npb) if !levels.is_empty() => Some(
-            levels
-                .iter()
-                .fold(npb.value, |acc, l| acc.saturating_mul(l.count)),
-        ),
+        Some(npb) if !levels.is_empty() => {
+            Some(levels.iter().fold(u128::from(npb.value), |acc, l| {
+                acc.saturating_mul(l.count.into())
+            }))
+        }
         _ => None,
     };
     let count = if has_layout {
@@ -736,24 +756,24 @@ fn read_group(
         t.require(d, "count", " (required when there is no layout)");
         t.opt_uint(d, "count", 1, MAX_NODES)
     };
-    if let (Some(count), Some(capacity), Some(npb)) = (&count, capacity, &nodes_per_block) {
-        if count.value > capacity {
-            let factors: Vec<String> = levels
-                .iter()
-                .map(|l| thousands(l.count))
-                .chain(std::iter::once(thousands(npb.value)))
-                .collect();
-            d.push(
-                &count.span,
-                t.field("count"),
-                format!(
-                    "count {} is more than the layout holds ({} = {} nodes)",
-                    thousands(count.value),
-                    factors.join(" × "),
-                    thousands(capacity)
-                ),
-            );
-        }
+    if let (Some(count), Some(capacity), Some(npb)) = (&count, capacity, &nodes_per_block)
+        && u128::from(count.value) > capacity
+    {
+        let factors: Vec<String> = levels
+            .iter()
+            .map(|l| thousands(l.count))
+            .chain(std::iter::once(thousands(npb.value)))
+            .collect();
+        d.push(
+            &count.span,
+            t.field("count"),
+            format!(
+                "count {} is more than the layout holds ({} = {} nodes)",
+                thousands(count.value),
+                factors.join(" × "),
+                thousands(capacity)
+            ),
+        );
     }
 
     let in_block = has_layout || parent_block.is_some();
@@ -767,14 +787,16 @@ fn read_group(
     if d.count() != before {
         return None;
     }
-    let count_at = count.as_ref().map_or_else(|| t.span.clone(), |c| c.span.clone());
+    let count_at = count
+        .as_ref()
+        .map_or_else(|| t.span.clone(), |c| c.span.clone());
     Some(Group {
         span: t.span.clone(),
         hw: hw?,
         pattern: pattern?,
         name_at,
         name_field: t.field("name"),
-        count: count.map(|c| c.value).or(capacity)?,
+        count: count.map(|c| u128::from(c.value)).or(capacity)?,
         count_at,
         path: t.path.clone(),
         parent_block: parent_block.map(|p| p.value),
@@ -796,7 +818,11 @@ fn read_layout(
     let before = d.count();
     let tables = t.tables(d, "layout");
     if tables.is_empty() && d.count() == before {
-        d.push(&layout_span, t.field("layout"), "a layout needs at least one level");
+        d.push(
+            &layout_span,
+            t.field("layout"),
+            "a layout needs at least one level",
+        );
     }
     let mut levels = Vec::new();
     let mut above = parent_kind;
@@ -804,21 +830,21 @@ fn read_layout(
         lt.check_keys(d, LEVEL_KEYS);
         let kind = read_kind(d, lt, "kind");
         let count = lt.req_uint(d, "count", 1, MAX_LAYOUT_COUNT);
-        if let (Some(kind), Some(above)) = (&kind, above) {
-            if kind.value.depth() <= above.depth() {
-                let what = match (k, parent_block) {
-                    (0, Some(p)) => format!("parent_block '{}' ({above})", p.value),
-                    _ => format!("the level above it ({above})"),
-                };
-                d.push(
-                    &kind.span,
-                    lt.field("kind"),
-                    format!(
-                        "layout level '{}' is not deeper than {what}; levels go {ORDER}",
-                        kind.value
-                    ),
-                );
-            }
+        if let (Some(kind), Some(above)) = (&kind, above)
+            && kind.value.depth() <= above.depth()
+        {
+            let what = match (k, parent_block) {
+                (0, Some(p)) => format!("parent_block '{}' ({above})", p.value),
+                _ => format!("the level above it ({above})"),
+            };
+            d.push(
+                &kind.span,
+                lt.field("kind"),
+                format!(
+                    "layout level '{}' is not deeper than {what}; levels go {ORDER}",
+                    kind.value
+                ),
+            );
         }
         if let Some(kind) = &kind {
             above = Some(kind.value);
@@ -830,9 +856,15 @@ fn read_layout(
             Some(BlockKind::NvlinkDomain) => "nvl",
         };
         let (allowed, default): (&[Var], String) = if has_parent {
-            (&[Var::Site, Var::Parent, Var::N, Var::I], format!("{{parent}}-{short}{{n}}"))
+            (
+                &[Var::Site, Var::Parent, Var::N, Var::I],
+                format!("{{parent}}-{short}{{n}}"),
+            )
         } else {
-            (&[Var::Site, Var::N, Var::I], format!("{{site}}-{short}{{n}}"))
+            (
+                &[Var::Site, Var::N, Var::I],
+                format!("{{site}}-{short}{{n}}"),
+            )
         };
         let (pattern, name_at) = compile_pattern(d, lt, "name", &default, allowed);
         if let (Some(kind), Some(count), Some(pattern)) = (kind, count, pattern) {
@@ -879,7 +911,7 @@ fn compile_pattern(
 fn size_guard(d: &mut Diag<'_>, sites: &[Site]) -> bool {
     let nodes_ok = within_limit(d, sites, MAX_NODES, "nodes", Item::nodes);
     let gpus_ok = within_limit(d, sites, MAX_GPUS, "GPUs", |i| {
-        i.nodes().saturating_mul(u64::from(i.hw().gpus))
+        i.nodes().saturating_mul(i.hw().gpus.into())
     });
     nodes_ok && gpus_ok
 }
@@ -890,14 +922,15 @@ fn within_limit(
     sites: &[Site],
     limit: u64,
     what: &str,
-    per_item: impl Fn(&Item) -> u64,
+    per_item: impl Fn(&Item) -> u128,
 ) -> bool {
     let items = || sites.iter().flat_map(|s| &s.items);
-    let total = items().fold(0u64, |acc, i| acc.saturating_add(per_item(i)));
+    let total = items().fold(0u128, |acc, i| acc.saturating_add(per_item(i)));
+    let limit = u128::from(limit);
     if total <= limit {
         return true;
     }
-    let mut running = 0u64;
+    let mut running = 0u128;
     let crossing = items().find(|i| {
         running = running.saturating_add(per_item(i));
         running > limit
@@ -927,9 +960,9 @@ fn power_check(d: &mut Diag<'_>, site: &Site) {
     let peak: u128 = site
         .items
         .iter()
-        .map(|i| u128::from(i.nodes()) * u128::from(i.hw().peak_watts))
-        .sum();
-    let draw = (peak * u128::from(pue_milli)).div_ceil(1000);
+        .map(|i| i.nodes().saturating_mul(i.hw().peak_watts.into()))
+        .fold(0u128, u128::saturating_add);
+    let draw = peak.saturating_mul(pue_milli.into()).div_ceil(1000);
     let budget_w = u128::try_from(budget.value).unwrap_or(0);
     if draw <= budget_w {
         return;
@@ -986,6 +1019,8 @@ pub(crate) fn round_to_i64(x: f64) -> Option<i64> {
 }
 
 #[cfg(test)]
+// A panic is how a test fails; the lint guards the server against user input.
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

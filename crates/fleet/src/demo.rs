@@ -101,6 +101,8 @@ fn power_mw(full_watts: u64, count: u64, full_count: u32) -> String {
 }
 
 #[cfg(test)]
+// A panic is how a test fails; the lint guards the server against user input.
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::parse;
@@ -137,7 +139,11 @@ mod tests {
         assert_eq!(m2.power_budget_watts, 150_000_000);
         assert_eq!(m2.pue_milli, 1100);
         assert_eq!(m2.nodes.len(), 18_000);
-        assert!(m2.nodes.iter().all(|n| n.gpu_model == "GB200" && n.gpu_count == 4));
+        assert!(
+            m2.nodes
+                .iter()
+                .all(|n| n.gpu_model == "GB200" && n.gpu_count == 4)
+        );
         assert_eq!(count_kind(m2, BlockKind::Pod), 10);
         assert_eq!(count_kind(m2, BlockKind::LeafGroup), 100);
         assert_eq!(count_kind(m2, BlockKind::NvlinkDomain), 1000);

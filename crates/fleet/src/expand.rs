@@ -83,7 +83,10 @@ fn explicit_node(
         d.push(
             &n.name.span,
             format!("{}.name", n.path),
-            format!("duplicate node name '{}' (first defined on line {line})", n.name.value),
+            format!(
+                "duplicate node name '{}' (first defined on line {line})",
+                n.name.value
+            ),
         );
         return;
     }
@@ -129,7 +132,10 @@ impl Problems {
     fn report(self, d: &mut Diag<'_>, span: &Range<usize>, field: &str, what: &str) {
         let Some(first) = self.first else { return };
         let message = if self.count > 1 {
-            format!("{first} ({} {what} of this pattern have problems)", thousands(self.count))
+            format!(
+                "{first} ({} {what} of this pattern have problems)",
+                thousands(self.count)
+            )
         } else {
             first
         };
@@ -154,8 +160,10 @@ impl Generator<'_, '_> {
     fn run(&mut self, parent: Option<(&str, &str)>) {
         let g = self.group;
         let (parent_name, parent_path) = parent.unwrap_or(("", ""));
+        // The size guard has passed, so the count is at most MAX_NODES.
+        let count = u64::try_from(g.count).unwrap_or(0);
         if g.levels.is_empty() {
-            for i in 1..=g.count {
+            for i in 1..=count {
                 self.node(parent_name, parent_path, i, i);
             }
             return;
@@ -165,9 +173,10 @@ impl Generator<'_, '_> {
         for k in (0..g.levels.len().saturating_sub(1)).rev() {
             blocks_below[k] = blocks_below[k + 1].saturating_mul(g.levels[k + 1].count);
         }
-        let innermost = g.count.div_ceil(g.nodes_per_block);
+        let innermost = count.div_ceil(g.nodes_per_block);
         // The current block at each level: (name, path).
-        let mut current: Vec<(String, String)> = vec![(String::new(), String::new()); g.levels.len()];
+        let mut current: Vec<(String, String)> =
+            vec![(String::new(), String::new()); g.levels.len()];
         for b in 0..innermost {
             for (k, level) in g.levels.iter().enumerate() {
                 if b % blocks_below[k] != 0 {
@@ -207,7 +216,7 @@ impl Generator<'_, '_> {
                 current[k] = (name, path);
             }
             let first = b * g.nodes_per_block;
-            let last = (first + g.nodes_per_block).min(g.count);
+            let last = (first + g.nodes_per_block).min(count);
             let (block, block_path) = current.last().map_or(("", ""), |(n, p)| (n, p));
             // Cloned so that `self` can be borrowed mutably while generating.
             let (block, block_path) = (block.to_string(), block_path.to_string());
@@ -227,12 +236,12 @@ impl Generator<'_, '_> {
             i,
         });
         if let Err(e) = check_name(&name) {
-            self.node_problems.add(|| format!("generates an invalid node name: {e}"));
+            self.node_problems
+                .add(|| format!("generates an invalid node name: {e}"));
         } else if let Some(first) = self.node_names.get(&name) {
             let line = self.d.line_of(*first);
-            self.node_problems.add(|| {
-                format!("generates node name '{name}', already used (line {line})")
-            });
+            self.node_problems
+                .add(|| format!("generates node name '{name}', already used (line {line})"));
         } else {
             self.node_names.insert(name.clone(), g.name_at.start);
         }

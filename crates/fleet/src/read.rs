@@ -78,7 +78,10 @@ impl<'a, 'i> Table<'a, 'i> {
         d.push(
             &v.span(),
             self.field(key),
-            format!("expected {expected}, found {}", article(v.get_ref().type_str())),
+            format!(
+                "expected {expected}, found {}",
+                article(v.get_ref().type_str())
+            ),
         );
     }
 
@@ -134,7 +137,13 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// An optional integer that must lie in `lo..=hi`.
-    pub(crate) fn opt_uint(&self, d: &mut Diag<'_>, key: &str, lo: u64, hi: u64) -> Option<At<u64>> {
+    pub(crate) fn opt_uint(
+        &self,
+        d: &mut Diag<'_>,
+        key: &str,
+        lo: u64,
+        hi: u64,
+    ) -> Option<At<u64>> {
         let At { value, span } = self.opt_i64(d, key)?;
         match u64::try_from(value) {
             Ok(v) if (lo..=hi).contains(&v) => Some(At { value: v, span }),
@@ -153,7 +162,13 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    pub(crate) fn req_uint(&self, d: &mut Diag<'_>, key: &str, lo: u64, hi: u64) -> Option<At<u64>> {
+    pub(crate) fn req_uint(
+        &self,
+        d: &mut Diag<'_>,
+        key: &str,
+        lo: u64,
+        hi: u64,
+    ) -> Option<At<u64>> {
         if self.require(d, key, "") {
             self.opt_uint(d, key, lo, hi)
         } else {
@@ -185,8 +200,7 @@ impl<'a, 'i> Table<'a, 'i> {
             DeValue::Integer(_) => {
                 // Integers go through the integer path so that 0x… and overflow are handled.
                 return self.opt_i64(d, key).map(|At { value, span }| At {
-                    // An i64 fits an f64 closely enough for megawatts and PUE.
-                    #[allow(clippy::cast_precision_loss)]
+                    // Exact up to 2^53, far beyond any sensible megawatts or PUE.
                     value: value as f64,
                     span,
                 });
@@ -219,7 +233,14 @@ impl<'a, 'i> Table<'a, 'i> {
             return Vec::new();
         };
         let DeValue::Array(items) = v.get_ref() else {
-            self.wrong_type(d, key, v, &format!("an array of tables ([[{key}]])"));
+            // The header an operator would write: sites[0].nodes → [[sites.nodes]].
+            let field = self.field(key);
+            let header: Vec<&str> = field
+                .split('.')
+                .map(|part| part.split('[').next().unwrap_or(part))
+                .collect();
+            let expected = format!("an array of tables ([[{}]])", header.join("."));
+            self.wrong_type(d, key, v, &expected);
             return Vec::new();
         };
         let mut out = Vec::new();

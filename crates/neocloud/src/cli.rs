@@ -17,7 +17,12 @@ use crate::serve::{self, ServeArgs};
 /// then the config file (~/.config/neocloud/config.toml with `url` and `api_key`), then
 /// ./neocloud-data/operator.key when present.
 #[derive(Parser, Debug)]
-#[command(name = "neocloud", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "neocloud",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,7 +36,13 @@ struct Global {
     #[arg(long, global = true, env = "NEOCLOUD_URL", value_name = "URL")]
     url: Option<String>,
     /// API key (sent as a Bearer token).
-    #[arg(long, global = true, env = "NEOCLOUD_API_KEY", value_name = "KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "NEOCLOUD_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
     api_key: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
@@ -312,7 +323,9 @@ fn client(g: &Global) -> Result<Client> {
         .or(file.url)
         .unwrap_or_else(|| "http://127.0.0.1:8080".to_string());
     let key = g.api_key.clone().or(file.api_key).or_else(|| {
-        std::fs::read_to_string("neocloud-data/operator.key").ok().map(|s| s.trim().to_string())
+        std::fs::read_to_string("neocloud-data/operator.key")
+            .ok()
+            .map(|s| s.trim().to_string())
     });
     Client::new(&url, key)
 }
@@ -323,7 +336,10 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Fleet(FleetCmd::Demo { scale }) => {
-            print!("{}", neocloud_fleet::demo_fleet_toml(scale).map_err(anyhow::Error::msg)?);
+            print!(
+                "{}",
+                neocloud_fleet::demo_fleet_toml(scale).map_err(anyhow::Error::msg)?
+            );
             Ok(())
         }
         Command::Fleet(FleetCmd::Import { file, dry_run }) => {
@@ -347,10 +363,19 @@ pub async fn run(cli: Cli) -> Result<()> {
                 let verb = if dry_run { "would change" } else { "changed" };
                 println!(
                     "fleet import {verb}: sites +{} ~{}, blocks +{} ~{} -{}, nodes +{} ~{} -{} ({} unchanged), GPUs +{} -{}, GPU models +{} ~{}",
-                    n("sites_added"), n("sites_updated"), n("blocks_added"), n("blocks_updated"),
-                    n("blocks_removed"), n("nodes_added"), n("nodes_updated"), n("nodes_removed"),
-                    n("nodes_unchanged"), n("gpus_added"), n("gpus_removed"),
-                    n("gpu_models_added"), n("gpu_models_updated")
+                    n("sites_added"),
+                    n("sites_updated"),
+                    n("blocks_added"),
+                    n("blocks_updated"),
+                    n("blocks_removed"),
+                    n("nodes_added"),
+                    n("nodes_updated"),
+                    n("nodes_removed"),
+                    n("nodes_unchanged"),
+                    n("gpus_added"),
+                    n("gpus_removed"),
+                    n("gpu_models_added"),
+                    n("gpu_models_updated")
                 );
             })
         }
@@ -382,8 +407,11 @@ fn cell(v: &Value) -> String {
     }
 }
 
+/// A table column: its header and how to render a cell from an item.
+type Column<'a> = (&'a str, &'a dyn Fn(&Value) -> String);
+
 /// Prints `items` as a table with the given (header, field) columns.
-fn table(items: &[Value], cols: &[(&str, &dyn Fn(&Value) -> String)]) {
+fn table(items: &[Value], cols: &[Column]) {
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::NOTHING);
     t.set_header(cols.iter().map(|(h, _)| *h));
@@ -398,7 +426,10 @@ fn field(name: &'static str) -> impl Fn(&Value) -> String {
 }
 
 fn items(v: &Value) -> &[Value] {
-    v.get("items").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    v.get("items")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 /// Prints one object as `key: value` lines.
@@ -406,7 +437,11 @@ fn record(v: &Value) {
     if let Some(obj) = v.as_object() {
         let width = obj.keys().map(String::len).max().unwrap_or(0);
         for (k, val) in obj {
-            if val.is_array() && val.as_array().is_some_and(|a| a.iter().any(Value::is_object)) {
+            if val.is_array()
+                && val
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(Value::is_object))
+            {
                 continue;
             }
             println!("{k:width$}  {}", cell(val));
@@ -423,7 +458,7 @@ fn mw(watts: &Value) -> String {
 
 async fn gpu_models(g: &Global, cmd: GpuModelCmd) -> Result<()> {
     let c = client(g)?;
-    let cols: &[(&str, &dyn Fn(&Value) -> String)] = &[
+    let cols: &[Column] = &[
         ("NAME", &field("name")),
         ("VENDOR", &field("vendor")),
         ("MEMORY GiB", &field("memory_gib")),
@@ -432,17 +467,39 @@ async fn gpu_models(g: &Global, cmd: GpuModelCmd) -> Result<()> {
     ];
     match cmd {
         GpuModelCmd::List => {
-            let v = c.call(Method::GET, "/v1/gpu-models", &[], None, None).await?;
+            let v = c
+                .call(Method::GET, "/v1/gpu-models", &[], None, None)
+                .await?;
             show(g, &v, |v| table(items(v), cols))
         }
         GpuModelCmd::Show { name } => {
-            let v = c.call(Method::GET, &format!("/v1/gpu-models/{}", enc(&name)), &[], None, None).await?;
+            let v = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/gpu-models/{}", enc(&name)),
+                    &[],
+                    None,
+                    None,
+                )
+                .await?;
             show(g, &v, record)
         }
-        GpuModelCmd::Create { name, vendor, memory_gib, tdp_watts, idempotency_key } => {
+        GpuModelCmd::Create {
+            name,
+            vendor,
+            memory_gib,
+            tdp_watts,
+            idempotency_key,
+        } => {
             let body = json!({"name": name, "vendor": vendor, "memory_gib": memory_gib, "tdp_watts": tdp_watts});
             let v = c
-                .call(Method::POST, "/v1/gpu-models", &[], Some(Body::Json(body)), idempotency_key.as_deref())
+                .call(
+                    Method::POST,
+                    "/v1/gpu-models",
+                    &[],
+                    Some(Body::Json(body)),
+                    idempotency_key.as_deref(),
+                )
                 .await?;
             show(g, &v, record)
         }
@@ -475,8 +532,14 @@ async fn sites(g: &Global, cmd: SiteCmd) -> Result<()> {
             })
             .unwrap_or_default()
     };
-    let power = |v: &Value| format!("{} / {}", mw(&v["peak_power_watts"]), mw(&v["power_budget_watts"]));
-    let cols: &[(&str, &dyn Fn(&Value) -> String)] = &[
+    let power = |v: &Value| {
+        format!(
+            "{} / {}",
+            mw(&v["peak_power_watts"]),
+            mw(&v["power_budget_watts"])
+        )
+    };
+    let cols: &[Column] = &[
         ("NAME", &field("name")),
         ("REGION", &field("region")),
         ("KIND", &field("kind")),
@@ -491,7 +554,15 @@ async fn sites(g: &Global, cmd: SiteCmd) -> Result<()> {
             show(g, &v, |v| table(items(v), cols))
         }
         SiteCmd::Show { site } => {
-            let v = c.call(Method::GET, &format!("/v1/sites/{}", enc(&site)), &[], None, None).await?;
+            let v = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/sites/{}", enc(&site)),
+                    &[],
+                    None,
+                    None,
+                )
+                .await?;
             show(g, &v, |v| {
                 record(v);
                 println!("{:18}  {}", "gpus_by_model", models(v));
@@ -502,7 +573,7 @@ async fn sites(g: &Global, cmd: SiteCmd) -> Result<()> {
 
 async fn blocks(g: &Global, cmd: BlockCmd) -> Result<()> {
     let c = client(g)?;
-    let cols: &[(&str, &dyn Fn(&Value) -> String)] = &[
+    let cols: &[Column] = &[
         ("PATH", &field("path")),
         ("KIND", &field("kind")),
         ("NODES", &field("node_count")),
@@ -516,7 +587,15 @@ async fn blocks(g: &Global, cmd: BlockCmd) -> Result<()> {
             show(g, &v, |v| table(items(v), cols))
         }
         BlockCmd::Show { id } => {
-            let v = c.call(Method::GET, &format!("/v1/blocks/{}", enc(&id)), &[], None, None).await?;
+            let v = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/blocks/{}", enc(&id)),
+                    &[],
+                    None,
+                    None,
+                )
+                .await?;
             show(g, &v, record)
         }
     }
@@ -524,7 +603,7 @@ async fn blocks(g: &Global, cmd: BlockCmd) -> Result<()> {
 
 async fn nodes(g: &Global, cmd: NodeCmd) -> Result<()> {
     let c = client(g)?;
-    let cols: &[(&str, &dyn Fn(&Value) -> String)] = &[
+    let cols: &[Column] = &[
         ("NAME", &field("name")),
         ("SITE", &field("site")),
         ("BLOCK", &field("block_path")),
@@ -533,9 +612,22 @@ async fn nodes(g: &Global, cmd: NodeCmd) -> Result<()> {
         ("STATE", &field("state")),
     ];
     match cmd {
-        NodeCmd::List { site, block, state, gpu_model, limit, cursor, all } => {
+        NodeCmd::List {
+            site,
+            block,
+            state,
+            gpu_model,
+            limit,
+            cursor,
+            all,
+        } => {
             let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
-            for (k, v) in [("site", site), ("block", block), ("state", state), ("gpu_model", gpu_model)] {
+            for (k, v) in [
+                ("site", site),
+                ("block", block),
+                ("state", state),
+                ("gpu_model", gpu_model),
+            ] {
                 if let Some(v) = v {
                     q.push((k, v));
                 }
@@ -548,9 +640,14 @@ async fn nodes(g: &Global, cmd: NodeCmd) -> Result<()> {
                 if let Some(cur) = &cursor {
                     page_q.push(("cursor", cur.clone()));
                 }
-                let v = c.call(Method::GET, "/v1/nodes", &page_q, None, None).await?;
+                let v = c
+                    .call(Method::GET, "/v1/nodes", &page_q, None, None)
+                    .await?;
                 all_items.extend(items(&v).iter().cloned());
-                next = v.get("next_cursor").and_then(Value::as_str).map(str::to_string);
+                next = v
+                    .get("next_cursor")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
                 if !all || next.is_none() {
                     break;
                 }
@@ -568,14 +665,26 @@ async fn nodes(g: &Global, cmd: NodeCmd) -> Result<()> {
             })
         }
         NodeCmd::Show { node } => {
-            let v = c.call(Method::GET, &format!("/v1/nodes/{}", enc(&node)), &[], None, None).await?;
+            let v = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/nodes/{}", enc(&node)),
+                    &[],
+                    None,
+                    None,
+                )
+                .await?;
             show(g, &v, |v| {
                 record(v);
                 if let Some(gpus) = v.get("gpus").and_then(Value::as_array) {
                     println!();
                     table(
                         gpus,
-                        &[("GPU", &field("index")), ("UUID", &field("uuid")), ("HEALTH", &field("health"))],
+                        &[
+                            ("GPU", &field("index")),
+                            ("UUID", &field("uuid")),
+                            ("HEALTH", &field("health")),
+                        ],
                     );
                 }
             })
@@ -585,7 +694,7 @@ async fn nodes(g: &Global, cmd: NodeCmd) -> Result<()> {
 
 async fn tenants(g: &Global, cmd: TenantCmd) -> Result<()> {
     let c = client(g)?;
-    let cols: &[(&str, &dyn Fn(&Value) -> String)] = &[
+    let cols: &[Column] = &[
         ("NAME", &field("name")),
         ("KIND", &field("kind")),
         ("STATUS", &field("status")),
@@ -594,21 +703,54 @@ async fn tenants(g: &Global, cmd: TenantCmd) -> Result<()> {
     ];
     match cmd {
         TenantCmd::List => {
-            let v = c.call(Method::GET, "/v1/tenants", &[("limit", "1000".into())], None, None).await?;
+            let v = c
+                .call(
+                    Method::GET,
+                    "/v1/tenants",
+                    &[("limit", "1000".into())],
+                    None,
+                    None,
+                )
+                .await?;
             show(g, &v, |v| table(items(v), cols))
         }
         TenantCmd::Show { tenant } => {
-            let v = c.call(Method::GET, &format!("/v1/tenants/{}", enc(&tenant)), &[], None, None).await?;
-            show(g, &v, record)
-        }
-        TenantCmd::Create { name, display_name, kind, credit_limit, idempotency_key } => {
-            let body = json!({"name": name, "display_name": display_name, "kind": kind, "credit_limit": credit_limit});
             let v = c
-                .call(Method::POST, "/v1/tenants", &[], Some(Body::Json(body)), idempotency_key.as_deref())
+                .call(
+                    Method::GET,
+                    &format!("/v1/tenants/{}", enc(&tenant)),
+                    &[],
+                    None,
+                    None,
+                )
                 .await?;
             show(g, &v, record)
         }
-        TenantCmd::Update { tenant, display_name, status, credit_limit } => {
+        TenantCmd::Create {
+            name,
+            display_name,
+            kind,
+            credit_limit,
+            idempotency_key,
+        } => {
+            let body = json!({"name": name, "display_name": display_name, "kind": kind, "credit_limit": credit_limit});
+            let v = c
+                .call(
+                    Method::POST,
+                    "/v1/tenants",
+                    &[],
+                    Some(Body::Json(body)),
+                    idempotency_key.as_deref(),
+                )
+                .await?;
+            show(g, &v, record)
+        }
+        TenantCmd::Update {
+            tenant,
+            display_name,
+            status,
+            credit_limit,
+        } => {
             let mut body = json!({});
             if let Some(d) = display_name {
                 body["display_name"] = json!(d);
@@ -620,7 +762,13 @@ async fn tenants(g: &Global, cmd: TenantCmd) -> Result<()> {
                 body["credit_limit"] = if cl == "none" { Value::Null } else { json!(cl) };
             }
             let v = c
-                .call(Method::PATCH, &format!("/v1/tenants/{}", enc(&tenant)), &[], Some(Body::Json(body)), None)
+                .call(
+                    Method::PATCH,
+                    &format!("/v1/tenants/{}", enc(&tenant)),
+                    &[],
+                    Some(Body::Json(body)),
+                    None,
+                )
                 .await?;
             show(g, &v, record)
         }
@@ -629,7 +777,7 @@ async fn tenants(g: &Global, cmd: TenantCmd) -> Result<()> {
 
 async fn keys(g: &Global, cmd: KeyCmd) -> Result<()> {
     let c = client(g)?;
-    let cols: &[(&str, &dyn Fn(&Value) -> String)] = &[
+    let cols: &[Column] = &[
         ("ID", &field("id")),
         ("NAME", &field("name")),
         ("ROLE", &field("role")),
@@ -649,13 +797,34 @@ async fn keys(g: &Global, cmd: KeyCmd) -> Result<()> {
             show(g, &v, |v| table(items(v), cols))
         }
         KeyCmd::Show { id } => {
-            let v = c.call(Method::GET, &format!("/v1/api-keys/{}", enc(&id)), &[], None, None).await?;
+            let v = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/api-keys/{}", enc(&id)),
+                    &[],
+                    None,
+                    None,
+                )
+                .await?;
             show(g, &v, record)
         }
-        KeyCmd::Create { name, role, tenant, expires_at, idempotency_key } => {
-            let body = json!({"name": name, "role": role, "tenant_id": tenant, "expires_at": expires_at});
+        KeyCmd::Create {
+            name,
+            role,
+            tenant,
+            expires_at,
+            idempotency_key,
+        } => {
+            let body =
+                json!({"name": name, "role": role, "tenant_id": tenant, "expires_at": expires_at});
             let v = c
-                .call(Method::POST, "/v1/api-keys", &[], Some(Body::Json(body)), idempotency_key.as_deref())
+                .call(
+                    Method::POST,
+                    "/v1/api-keys",
+                    &[],
+                    Some(Body::Json(body)),
+                    idempotency_key.as_deref(),
+                )
                 .await?;
             show(g, &v, |v| {
                 record(v);
@@ -665,7 +834,15 @@ async fn keys(g: &Global, cmd: KeyCmd) -> Result<()> {
             })
         }
         KeyCmd::Revoke { id } => {
-            let v = c.call(Method::DELETE, &format!("/v1/api-keys/{}", enc(&id)), &[], None, None).await?;
+            let v = c
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/api-keys/{}", enc(&id)),
+                    &[],
+                    None,
+                    None,
+                )
+                .await?;
             show(g, &v, record)
         }
     }
@@ -673,9 +850,18 @@ async fn keys(g: &Global, cmd: KeyCmd) -> Result<()> {
 
 async fn events(g: &Global, cmd: EventCmd) -> Result<()> {
     let c = client(g)?;
-    let EventCmd::List { tenant, resource, action, limit } = cmd;
+    let EventCmd::List {
+        tenant,
+        resource,
+        action,
+        limit,
+    } = cmd;
     let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
-    for (k, v) in [("tenant", tenant), ("resource_id", resource), ("action", action)] {
+    for (k, v) in [
+        ("tenant", tenant),
+        ("resource_id", resource),
+        ("action", action),
+    ] {
         if let Some(v) = v {
             q.push((k, v));
         }

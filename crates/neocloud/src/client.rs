@@ -16,7 +16,9 @@ impl Client {
     pub fn new(base: &str, key: Option<String>) -> Result<Client> {
         let base = base.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(anyhow!("--url must start with http:// or https:// (got '{base}')"));
+            return Err(anyhow!(
+                "--url must start with http:// or https:// (got '{base}')"
+            ));
         }
         let http = reqwest::Client::builder()
             .user_agent(concat!("neocloud-cli/", env!("CARGO_PKG_VERSION")))
@@ -64,8 +66,7 @@ impl Client {
             if text.is_empty() {
                 return Ok(Value::Null);
             }
-            return serde_json::from_str(&text)
-                .or_else(|_| Ok(Value::String(text.clone())));
+            return serde_json::from_str(&text).or_else(|_| Ok(Value::String(text.clone())));
         }
         Err(problem_error(status, &text))
     }
@@ -83,7 +84,10 @@ fn problem_error(status: StatusCode, text: &str) -> anyhow::Error {
     let Ok(p) = serde_json::from_str::<Value>(text) else {
         return anyhow!("HTTP {status}: {}", text.trim());
     };
-    let detail = p.get("detail").and_then(Value::as_str).unwrap_or("request failed");
+    let detail = p
+        .get("detail")
+        .and_then(Value::as_str)
+        .unwrap_or("request failed");
     let code = p.get("code").and_then(Value::as_str).unwrap_or("unknown");
     let mut msg = format!("{detail} ({code}, HTTP {})", status.as_u16());
     if let Some(errors) = p.get("errors").and_then(Value::as_array) {

@@ -40,7 +40,9 @@ fn write_operator_key(dir: &Path, secret: &str) -> Result<PathBuf> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(&path).with_context(|| format!("writing {}", path.display()))?;
+    let mut f = opts
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
     writeln!(f, "{secret}")?;
     Ok(path)
 }
@@ -55,37 +57,52 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     if args.demo && !(args.demo_scale > 0.0 && args.demo_scale <= 1.0) {
-        bail!("--demo-scale must be greater than 0 and at most 1 (got {})", args.demo_scale);
+        bail!(
+            "--demo-scale must be greater than 0 and at most 1 (got {})",
+            args.demo_scale
+        );
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
     let url = match &args.database_url {
         Some(u) => u.clone(),
-        None => format!("sqlite://{}?mode=rwc", args.data_dir.join("neocloud.db").display()),
+        None => format!(
+            "sqlite://{}?mode=rwc",
+            args.data_dir.join("neocloud.db").display()
+        ),
     };
     let started = std::time::Instant::now();
     let svc = Service::open(&url)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.internal.unwrap_or(e.message)))
-        .with_context(|| {
-            format!("opening the database {}", neocloud_store_redact(&url))
-        })?;
+        .with_context(|| format!("opening the database {}", neocloud_store_redact(&url)))?;
     if let Some(secret) = svc.bootstrap_operator_key().await.map_err(svc_err)? {
         let path = write_operator_key(&args.data_dir, &secret)?;
-        println!("Created the operator-admin API key (shown once, also written to {}):", path.display());
+        println!(
+            "Created the operator-admin API key (shown once, also written to {}):",
+            path.display()
+        );
         println!("  {secret}");
     }
     if args.demo {
         let toml = neocloud_fleet::demo_fleet_toml(args.demo_scale).map_err(anyhow::Error::msg)?;
         if let Some(r) = svc.fleet_import_at_start(&toml).await.map_err(svc_err)? {
-            tracing::info!(nodes_added = r.nodes_added, gpus_added = r.gpus_added, "loaded demo fleet");
+            tracing::info!(
+                nodes_added = r.nodes_added,
+                gpus_added = r.gpus_added,
+                "loaded demo fleet"
+            );
         }
         svc.tenant_ensure("frontier-lab", "Frontier Lab", TenantKind::External)
             .await
             .map_err(svc_err)?;
-        svc.tenant_ensure("home-lab", "Home Lab (operator's own)", TenantKind::Internal)
-            .await
-            .map_err(svc_err)?;
+        svc.tenant_ensure(
+            "home-lab",
+            "Home Lab (operator's own)",
+            TenantKind::Internal,
+        )
+        .await
+        .map_err(svc_err)?;
     }
     if let Some(path) = &args.fleet {
         let text = std::fs::read_to_string(path)
@@ -101,7 +118,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 for f in e.field_errors.iter().skip(1).take(20) {
                     msg.push_str(&format!(
                         "\n  line {}, column {}: {}: {}",
-                        f.line.unwrap_or(0), f.column.unwrap_or(0), f.field, f.message
+                        f.line.unwrap_or(0),
+                        f.column.unwrap_or(0),
+                        f.field,
+                        f.message
                     ));
                 }
                 bail!(msg);
@@ -112,8 +132,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, startup_ms = started.elapsed().as_millis() as u64, "neocloud is serving");
-    println!("neocloud is serving on http://{addr} (API under /v1, description at /v1/openapi.json)");
+    tracing::info!(%addr, startup_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "neocloud is serving");
+    println!(
+        "neocloud is serving on http://{addr} (API under /v1, description at /v1/openapi.json)"
+    );
     neocloud_api::serve(listener, svc, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

@@ -24,7 +24,11 @@ pub struct Principal {
 impl Principal {
     /// The tenant whose data this principal is confined to; `None` for operator roles.
     pub fn tenant_scope(&self) -> Option<TenantId> {
-        if self.role.is_tenant_role() { self.tenant_id } else { None }
+        if self.role.is_tenant_role() {
+            self.tenant_id
+        } else {
+            None
+        }
     }
 }
 
@@ -117,7 +121,11 @@ pub fn mint_key() -> Result<MintedKey> {
     let prefix = format!("nck_{}", hex(&buf[..6]));
     let secret = format!("{prefix}_{}", hex(&buf[6..]));
     let hash = sha256_hex(secret.as_bytes());
-    Ok(MintedKey { secret, prefix, hash })
+    Ok(MintedKey {
+        secret,
+        prefix,
+        hash,
+    })
 }
 
 /// Splits a presented key into its prefix, or refuses it as malformed.

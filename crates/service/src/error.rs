@@ -94,7 +94,12 @@ pub struct Error {
 impl Error {
     /// An error with a code and a user-facing message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Error { code, message: message.into(), field_errors: Vec::new(), internal: None }
+        Error {
+            code,
+            message: message.into(),
+            field_errors: Vec::new(),
+            internal: None,
+        }
     }
 
     /// 400 invalid request.

@@ -9,9 +9,7 @@ pub mod auth;
 pub mod error;
 mod requests;
 
-use neocloud_store::{
-    EventFilter, IdempotencyRecord, NewEvent, NodeFilter, Page, Store, WriteTx,
-};
+use neocloud_store::{EventFilter, IdempotencyRecord, NewEvent, NodeFilter, Page, Store, WriteTx};
 use neocloud_types::{
     ApiKey, ApiKeyId, Block, BlockId, Event, GpuModel, ImportReport, Node, Role, Site, Tenant,
     TenantId, TenantKind, Timestamp,
@@ -56,9 +54,9 @@ fn page_limit(limit: Option<u32>) -> Result<u32> {
     match limit {
         None => Ok(DEFAULT_PAGE_SIZE),
         Some(0) => Err(Error::invalid("limit must be at least 1")),
-        Some(n) if n > MAX_PAGE_SIZE => {
-            Err(Error::invalid(format!("limit must be at most {MAX_PAGE_SIZE}")))
-        }
+        Some(n) if n > MAX_PAGE_SIZE => Err(Error::invalid(format!(
+            "limit must be at most {MAX_PAGE_SIZE}"
+        ))),
         Some(n) => Ok(n),
     }
 }
@@ -122,7 +120,11 @@ impl Service {
         };
         let invalid = || Error::unauthenticated("invalid API key");
         let prefix = auth::key_prefix(presented).ok_or_else(invalid)?;
-        let (key, hash) = self.store.api_key_by_prefix(prefix).await?.ok_or_else(invalid)?;
+        let (key, hash) = self
+            .store
+            .api_key_by_prefix(prefix)
+            .await?
+            .ok_or_else(invalid)?;
         if !auth::key_matches(presented, &hash) {
             return Err(invalid());
         }
@@ -139,7 +141,11 @@ impl Service {
         if stale && let Err(e) = self.store.api_key_touch(key.id, now).await {
             tracing::warn!(error = %e, "could not record key use");
         }
-        Ok(Principal { key_id: key.id, role: key.role, tenant_id: key.tenant_id })
+        Ok(Principal {
+            key_id: key.id,
+            role: key.role,
+            tenant_id: key.tenant_id,
+        })
     }
 
     // ---- idempotency -------------------------------------------------------------------
@@ -164,7 +170,10 @@ impl Service {
         }
         let value = serde_json::from_str(&rec.body)
             .map_err(|e| Error::internal(format!("stored idempotent response: {e}")))?;
-        Ok(Some(Created { value, replayed: true }))
+        Ok(Some(Created {
+            value,
+            replayed: true,
+        }))
     }
 
     async fn idem_store<T: Serialize>(
@@ -179,7 +188,11 @@ impl Service {
             tx,
             &p.key_id.to_string(),
             &idem.key,
-            &IdempotencyRecord { fingerprint: idem.fingerprint.clone(), status: 201, body },
+            &IdempotencyRecord {
+                fingerprint: idem.fingerprint.clone(),
+                status: 201,
+                body,
+            },
         )
         .await?;
         Ok(())
@@ -228,7 +241,10 @@ impl Service {
         .await?;
         Self::idem_store(&mut tx, p, idem, &model).await?;
         tx.commit().await?;
-        Ok(Created { value: model, replayed: false })
+        Ok(Created {
+            value: model,
+            replayed: false,
+        })
     }
 
     // ---- fleet -------------------------------------------------------------------------
@@ -321,8 +337,12 @@ impl Service {
             report.dry_run = true;
             drop(tx);
         } else {
-            Store::meta_put(&mut tx, "fleet_file_sha256", &auth::sha256_hex(source.as_bytes()))
-                .await?;
+            Store::meta_put(
+                &mut tx,
+                "fleet_file_sha256",
+                &auth::sha256_hex(source.as_bytes()),
+            )
+            .await?;
             tx.commit().await?;
         }
         Ok(report)
@@ -354,8 +374,8 @@ impl Service {
             return Ok(c);
         }
         let display = req.display_name.clone().unwrap_or_else(|| req.name.clone());
-        let t = Store::tenant_create(&mut tx, &req.name, &display, req.kind, req.credit_limit)
-            .await?;
+        let t =
+            Store::tenant_create(&mut tx, &req.name, &display, req.kind, req.credit_limit).await?;
         Store::event_insert(
             &mut tx,
             NewEvent {
@@ -371,11 +391,19 @@ impl Service {
         .await?;
         Self::idem_store(&mut tx, p, idem, &t).await?;
         tx.commit().await?;
-        Ok(Created { value: t, replayed: false })
+        Ok(Created {
+            value: t,
+            replayed: false,
+        })
     }
 
     /// Creates a tenant for the operator itself (demo set-up); no-op if the name exists.
-    pub async fn tenant_ensure(&self, name: &str, display: &str, kind: TenantKind) -> Result<Tenant> {
+    pub async fn tenant_ensure(
+        &self,
+        name: &str,
+        display: &str,
+        kind: TenantKind,
+    ) -> Result<Tenant> {
         match self.store.tenant_get(name).await {
             Ok(t) => Ok(t),
             Err(neocloud_store::StoreError::NotFound { .. }) => {
@@ -430,7 +458,10 @@ impl Service {
         auth::authorize(p, Action::ReadTenants)?;
         let limit = page_limit(limit)?;
         let only = if p.role.is_tenant_role() {
-            Some(p.tenant_id.ok_or_else(|| Error::internal("tenant key without tenant"))?)
+            Some(
+                p.tenant_id
+                    .ok_or_else(|| Error::internal("tenant key without tenant"))?,
+            )
         } else {
             None
         };
@@ -538,16 +569,34 @@ impl Service {
         .await?;
         // Secrets are never stored, not even for idempotent replays: a replay returns the
         // key without its secret.
-        Self::idem_store(&mut tx, p, idem, &ApiKeyCreated { key: key.clone(), secret: None })
-            .await?;
+        Self::idem_store(
+            &mut tx,
+            p,
+            idem,
+            &ApiKeyCreated {
+                key: key.clone(),
+                secret: None,
+            },
+        )
+        .await?;
         tx.commit().await?;
-        Ok(Created { value: ApiKeyCreated { key, secret: Some(minted.secret) }, replayed: false })
+        Ok(Created {
+            value: ApiKeyCreated {
+                key,
+                secret: Some(minted.secret),
+            },
+            replayed: false,
+        })
     }
 
     async fn visible_key(&self, p: &Principal, id: &str) -> Result<ApiKey> {
         let not_found = || Error::not_found("API key", id);
         let key_id: ApiKeyId = id.parse().map_err(|_| not_found())?;
-        let key = self.store.api_key_get(key_id).await.map_err(|_| not_found())?;
+        let key = self
+            .store
+            .api_key_get(key_id)
+            .await
+            .map_err(|_| not_found())?;
         match p.tenant_scope() {
             Some(own) if key.tenant_id != Some(own) => Err(not_found()),
             _ => Ok(key),

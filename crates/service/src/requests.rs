@@ -13,7 +13,9 @@ use crate::error::{Error, Result};
 pub fn validate_name(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-');
     if ok {
         Ok(())
@@ -131,7 +133,9 @@ pub struct UpdateTenant {
 }
 
 /// Tells "absent" (outer None) from "null" (Some(None)).
-fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Money>>, D::Error> {
+fn double_option<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<Money>>, D::Error> {
     Option::<Money>::deserialize(d).map(Some)
 }
 

@@ -158,7 +158,10 @@ impl Store {
         .await?;
         match row {
             Some(r) => gpu_model_from_row(&r),
-            None => Err(StoreError::NotFound { kind: "GPU model", id: name.to_string() }),
+            None => Err(StoreError::NotFound {
+                kind: "GPU model",
+                id: name.to_string(),
+            }),
         }
     }
 
@@ -188,8 +191,12 @@ impl Store {
 
     /// Makes sure the built-in catalog is present (run at every start; adds new built-ins).
     pub async fn gpu_model_seed_builtins(&self) -> Result<()> {
-        let existing: HashSet<String> =
-            self.gpu_model_list().await?.into_iter().map(|m| m.name).collect();
+        let existing: HashSet<String> = self
+            .gpu_model_list()
+            .await?
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
         let missing: Vec<GpuModel> = neocloud_types::builtin_gpu_models()
             .into_iter()
             .filter(|m| !existing.contains(&m.name))
@@ -215,7 +222,10 @@ impl Store {
             .await?
             .into_iter()
             .next()
-            .ok_or_else(|| StoreError::NotFound { kind: "site", id: id_or_name.to_string() })
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "site",
+                id: id_or_name.to_string(),
+            })
     }
 
     async fn sites_where(&self, clause: &str, arg: &str) -> Result<Vec<Site>> {
@@ -249,7 +259,11 @@ impl Store {
         if sites.is_empty() {
             return Ok(sites);
         }
-        let only = if sites.len() == 1 { sites[0].id.to_string() } else { String::new() };
+        let only = if sites.len() == 1 {
+            sites[0].id.to_string()
+        } else {
+            String::new()
+        };
         let totals = sqlx::query(
             "SELECT site_id, gpu_model, COUNT(*) AS nodes, SUM(gpu_count) AS gpus,
                     SUM(peak_watts) AS peak
@@ -259,12 +273,17 @@ impl Store {
         .bind(&only)
         .fetch_all(&self.pool)
         .await?;
-        let index: HashMap<String, usize> =
-            sites.iter().enumerate().map(|(i, s)| (s.id.to_string(), i)).collect();
+        let index: HashMap<String, usize> = sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.to_string(), i))
+            .collect();
         let mut peak_it: Vec<i64> = vec![0; sites.len()];
         for r in &totals {
             let site_id: String = r.try_get("site_id")?;
-            let Some(&i) = index.get(&site_id) else { continue };
+            let Some(&i) = index.get(&site_id) else {
+                continue;
+            };
             let nodes: i64 = r.try_get("nodes")?;
             let gpus: i64 = r.try_get("gpus")?;
             let peak: i64 = r.try_get("peak")?;
@@ -272,7 +291,10 @@ impl Store {
             s.node_count += nodes;
             s.gpu_count += gpus;
             peak_it[i] += peak;
-            s.gpus_by_model.push(ModelCount { gpu_model: r.try_get("gpu_model")?, gpus });
+            s.gpus_by_model.push(ModelCount {
+                gpu_model: r.try_get("gpu_model")?,
+                gpus,
+            });
         }
         for (s, peak) in sites.iter_mut().zip(peak_it) {
             s.peak_power_watts = peak.saturating_mul(i64::from(s.pue_milli)) / 1000;
@@ -347,7 +369,10 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = row else {
-            return Err(StoreError::NotFound { kind: "block", id: id.to_string() });
+            return Err(StoreError::NotFound {
+                kind: "block",
+                id: id.to_string(),
+            });
         };
         let site_id: String = row.try_get("site_id")?;
         let site = self.site_get(&site_id).await?;
@@ -355,7 +380,10 @@ impl Store {
             .await?
             .into_iter()
             .find(|b| b.id == id)
-            .ok_or_else(|| StoreError::NotFound { kind: "block", id: id.to_string() })
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "block",
+                id: id.to_string(),
+            })
     }
 
     /// Lists nodes by name, a page at a time.
@@ -380,7 +408,10 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
             let Some(row) = row else {
-                return Err(StoreError::NotFound { kind: "block", id: block.clone() });
+                return Err(StoreError::NotFound {
+                    kind: "block",
+                    id: block.clone(),
+                });
             };
             site_id = row.try_get("site_id")?;
             path = row.try_get("path")?;
@@ -417,13 +448,17 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {
-            return Err(StoreError::NotFound { kind: "node", id: id_or_name.to_string() });
+            return Err(StoreError::NotFound {
+                kind: "node",
+                id: id_or_name.to_string(),
+            });
         };
         let mut node = node_from_row(&row)?;
-        let gpus = sqlx::query("SELECT idx, uuid, health FROM gpus WHERE node_id = $1 ORDER BY idx")
-            .bind(node.id.to_string())
-            .fetch_all(&self.pool)
-            .await?;
+        let gpus =
+            sqlx::query("SELECT idx, uuid, health FROM gpus WHERE node_id = $1 ORDER BY idx")
+                .bind(node.id.to_string())
+                .fetch_all(&self.pool)
+                .await?;
         node.gpus = Some(
             gpus.iter()
                 .map(|r| {
@@ -453,11 +488,10 @@ impl Store {
 
         // GPU models.
         let existing_models: HashMap<String, GpuModel> = {
-            let rows = sqlx::query(
-                "SELECT name, vendor, memory_gib, tdp_watts, builtin FROM gpu_models",
-            )
-            .fetch_all(tx.conn())
-            .await?;
+            let rows =
+                sqlx::query("SELECT name, vendor, memory_gib, tdp_watts, builtin FROM gpu_models")
+                    .fetch_all(tx.conn())
+                    .await?;
             rows.iter()
                 .map(|r| gpu_model_from_row(r).map(|m| (m.name.clone(), m)))
                 .collect::<Result<_>>()?
@@ -540,7 +574,9 @@ impl Store {
                 .collect::<Result<_>>()?
         };
         let site_names: HashMap<String, String> = {
-            let rows = sqlx::query("SELECT id, name FROM sites").fetch_all(tx.conn()).await?;
+            let rows = sqlx::query("SELECT id, name FROM sites")
+                .fetch_all(tx.conn())
+                .await?;
             rows.iter()
                 .map(|r| Ok((r.try_get("id")?, r.try_get("name")?)))
                 .collect::<Result<_>>()?
@@ -571,9 +607,13 @@ impl Store {
                         report.nodes_added += 1;
                     }
                     Some(e) => {
-                        if e.site_id != site_id && !spec.sites.iter().any(|s| {
-                            site_names.get(&e.site_id).is_some_and(|name| name == &s.name)
-                        }) {
+                        if e.site_id != site_id
+                            && !spec.sites.iter().any(|s| {
+                                site_names
+                                    .get(&e.site_id)
+                                    .is_some_and(|name| name == &s.name)
+                            })
+                        {
                             problems.push(format!(
                                 "node '{}' already exists in site '{}'",
                                 n.name,
@@ -663,14 +703,31 @@ impl Store {
             tx.conn(),
             "nodes",
             &[
-                "id", "name", "site_id", "block_id", "block_path", "gpu_model", "gpu_count",
-                "cpu_cores", "ram_gib", "idle_watts", "peak_watts", "state", "created_at",
+                "id",
+                "name",
+                "site_id",
+                "block_id",
+                "block_path",
+                "gpu_model",
+                "gpu_count",
+                "cpu_cores",
+                "ram_gib",
+                "idle_watts",
+                "peak_watts",
+                "state",
+                "created_at",
                 "updated_at",
             ],
             new_nodes,
         )
         .await?;
-        bulk_insert(tx.conn(), "gpus", &["node_id", "idx", "uuid", "health"], new_gpus).await?;
+        bulk_insert(
+            tx.conn(),
+            "gpus",
+            &["node_id", "idx", "uuid", "health"],
+            new_gpus,
+        )
+        .await?;
 
         // Blocks of the file's sites that the file no longer lists, innermost first.
         for site_id in &spec_site_ids {
@@ -685,7 +742,7 @@ impl Store {
                 .into_iter()
                 .filter(|(_, id)| !keep_blocks.contains(id))
                 .collect();
-            stale.sort_by(|a, b| b.0.matches('/').count().cmp(&a.0.matches('/').count()));
+            stale.sort_by_key(|b| std::cmp::Reverse(b.0.matches('/').count()));
             for (_, id) in stale {
                 sqlx::query("DELETE FROM blocks WHERE id = $1")
                     .bind(&id)
@@ -785,10 +842,11 @@ impl Store {
         now: i64,
         report: &mut ImportReport,
     ) -> Result<BTreeMap<String, String>> {
-        let rows = sqlx::query("SELECT id, name, kind, parent_id, path FROM blocks WHERE site_id = $1")
-            .bind(site_id)
-            .fetch_all(tx.conn())
-            .await?;
+        let rows =
+            sqlx::query("SELECT id, name, kind, parent_id, path FROM blocks WHERE site_id = $1")
+                .bind(site_id)
+                .fetch_all(tx.conn())
+                .await?;
         let mut existing: HashMap<String, ExistingBlock> = HashMap::new();
         for r in &rows {
             existing.insert(
@@ -843,7 +901,15 @@ impl Store {
         bulk_insert(
             tx.conn(),
             "blocks",
-            &["id", "site_id", "name", "kind", "parent_id", "path", "created_at"],
+            &[
+                "id",
+                "site_id",
+                "name",
+                "kind",
+                "parent_id",
+                "path",
+                "created_at",
+            ],
             new_rows,
         )
         .await?;

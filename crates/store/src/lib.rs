@@ -274,7 +274,8 @@ pub(crate) fn enum_col<T: std::str::FromStr<Err = String>>(
     col: &str,
 ) -> Result<T> {
     let s: String = row.try_get(col)?;
-    s.parse().map_err(|e: String| StoreError::Corrupt(format!("{col}: {e}")))
+    s.parse()
+        .map_err(|e: String| StoreError::Corrupt(format!("{col}: {e}")))
 }
 
 /// Decodes a column that holds one of the typed ids.
@@ -283,7 +284,8 @@ pub(crate) fn id_col<T: std::str::FromStr<Err = neocloud_types::IdParseError>>(
     col: &str,
 ) -> Result<T> {
     let s: String = row.try_get(col)?;
-    s.parse().map_err(|e: neocloud_types::IdParseError| StoreError::Corrupt(e.to_string()))
+    s.parse()
+        .map_err(|e: neocloud_types::IdParseError| StoreError::Corrupt(e.to_string()))
 }
 
 /// Decodes a nullable id column.
@@ -292,8 +294,11 @@ pub(crate) fn opt_id_col<T: std::str::FromStr<Err = neocloud_types::IdParseError
     col: &str,
 ) -> Result<Option<T>> {
     let s: Option<String> = row.try_get(col)?;
-    s.map(|s| s.parse().map_err(|e: neocloud_types::IdParseError| StoreError::Corrupt(e.to_string())))
-        .transpose()
+    s.map(|s| {
+        s.parse()
+            .map_err(|e: neocloud_types::IdParseError| StoreError::Corrupt(e.to_string()))
+    })
+    .transpose()
 }
 
 /// Decodes an unsigned 32-bit count stored as BIGINT.

@@ -154,7 +154,10 @@ impl Store {
         .await?;
         match row {
             Some(r) => tenant_from_row(&r),
-            None => Err(StoreError::NotFound { kind: "tenant", id: id_or_name.to_string() }),
+            None => Err(StoreError::NotFound {
+                kind: "tenant",
+                id: id_or_name.to_string(),
+            }),
         }
     }
 
@@ -174,7 +177,10 @@ impl Store {
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.pool)
         .await?;
-        let mut items = rows.iter().map(tenant_from_row).collect::<Result<Vec<_>>>()?;
+        let mut items = rows
+            .iter()
+            .map(tenant_from_row)
+            .collect::<Result<Vec<_>>>()?;
         Ok(paginate(&mut items, limit, |t| t.name.clone()))
     }
 
@@ -190,7 +196,12 @@ impl Store {
             .await?;
         let before = match row {
             Some(r) => tenant_from_row(&r)?,
-            None => return Err(StoreError::NotFound { kind: "tenant", id: id.to_string() }),
+            None => {
+                return Err(StoreError::NotFound {
+                    kind: "tenant",
+                    id: id.to_string(),
+                });
+            }
         };
         let mut after = before.clone();
         if let Some(d) = &changes.display_name {
@@ -260,7 +271,10 @@ impl Store {
             .await?;
         match row {
             Some(r) => key_from_row(&r),
-            None => Err(StoreError::NotFound { kind: "API key", id: id.to_string() }),
+            None => Err(StoreError::NotFound {
+                kind: "API key",
+                id: id.to_string(),
+            }),
         }
     }
 
@@ -293,7 +307,12 @@ impl Store {
             .await?;
         let before = match row {
             Some(r) => key_from_row(&r)?,
-            None => return Err(StoreError::NotFound { kind: "API key", id: id.to_string() }),
+            None => {
+                return Err(StoreError::NotFound {
+                    kind: "API key",
+                    id: id.to_string(),
+                });
+            }
         };
         let mut after = before.clone();
         if after.revoked_at.is_none() {
@@ -320,7 +339,9 @@ impl Store {
 
     /// Whether any key exists (first start creates the operator key when none does).
     pub async fn api_key_any(&self) -> Result<bool> {
-        let row = sqlx::query("SELECT COUNT(*) FROM api_keys").fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT COUNT(*) FROM api_keys")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get::<i64, _>(0)? > 0)
     }
 
@@ -366,7 +387,11 @@ impl Store {
         .bind(filter.action_prefix.clone().unwrap_or_default())
         .bind(format!(
             "{}%",
-            filter.action_prefix.as_deref().unwrap_or("").replace(['%', '_'], "")
+            filter
+                .action_prefix
+                .as_deref()
+                .unwrap_or("")
+                .replace(['%', '_'], "")
         ))
         .bind(cursor.unwrap_or(""))
         .bind(i64::from(limit) + 1)
@@ -462,5 +487,8 @@ pub(crate) fn paginate<T>(items: &mut Vec<T>, limit: u32, key: impl Fn(&T) -> St
     } else {
         None
     };
-    Page { items: std::mem::take(items), next_cursor }
+    Page {
+        items: std::mem::take(items),
+        next_cursor,
+    }
 }

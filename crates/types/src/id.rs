@@ -143,7 +143,11 @@ mod tests {
         assert_eq!(err.kind, "node");
         assert!("ten_xyz".parse::<TenantId>().is_err());
         assert!("ten_".parse::<TenantId>().is_err());
-        assert!(format!("ten_{}", "g".repeat(32)).parse::<TenantId>().is_err());
+        assert!(
+            format!("ten_{}", "g".repeat(32))
+                .parse::<TenantId>()
+                .is_err()
+        );
     }
 
     #[test]

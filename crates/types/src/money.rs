@@ -71,8 +71,7 @@ impl FromStr for Money {
         if whole.is_empty() || frac.len() > 6 || (body.contains('.') && frac.is_empty()) {
             return Err(err());
         }
-        if !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit())
-        {
+        if !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
             return Err(err());
         }
         let whole: i64 = whole.parse().map_err(|_| err())?;
@@ -107,7 +106,9 @@ impl utoipa::PartialSchema for Money {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
             .pattern(Some(r"^-?[0-9]+(\.[0-9]{1,6})?$"))
-            .description(Some("US dollars as an exact decimal string (at most 6 decimals)."))
+            .description(Some(
+                "US dollars as an exact decimal string (at most 6 decimals).",
+            ))
             .examples([serde_json::json!("2.85")])
             .into()
     }
@@ -137,7 +138,18 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_overflow() {
-        for s in ["", ".", "1.", ".5", "1.0000001", "1e3", "abc", "--1", "1,5", "99999999999999"] {
+        for s in [
+            "",
+            ".",
+            "1.",
+            ".5",
+            "1.0000001",
+            "1e3",
+            "abc",
+            "--1",
+            "1,5",
+            "99999999999999",
+        ] {
             assert!(s.parse::<Money>().is_err(), "{s} should be rejected");
         }
     }

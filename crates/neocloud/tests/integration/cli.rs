@@ -1,1 +1,272 @@
-//! placeholder
+//! The real `neocloud` binary: client subcommands against a live server, and `serve` itself.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+
+use crate::ctx::{Db, TestContext, temp_dir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_neocloud");
+
+/// Runs the binary with `args` against `ctx` (off the async runtime's threads).
+async fn neocloud(ctx: &TestContext, key: &str, args: &[&str]) -> Output {
+    let url = ctx.url("");
+    let key = key.to_string();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args(&args)
+            .env("NEOCLOUD_URL", url)
+            .env("NEOCLOUD_API_KEY", key)
+            .env("NEOCLOUD_CONFIG", "/nonexistent/neocloud.toml")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_manages_tenants_and_keys_and_reports_errors() {
+    let ctx = TestContext::start(Db::Sqlite).await;
+    let op = ctx.operator_key.clone();
+
+    let o = neocloud(
+        &ctx,
+        &op,
+        &[
+            "tenants",
+            "create",
+            "acme",
+            "--kind",
+            "internal",
+            "--credit-limit",
+            "1000",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("acme"));
+
+    let o = neocloud(&ctx, &op, &["-o", "json", "tenants", "list"]).await;
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["items"][0]["name"], "acme");
+    assert_eq!(v["items"][0]["kind"], "internal");
+
+    let o = neocloud(
+        &ctx,
+        &op,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "ci",
+            "--role",
+            "tenant-member",
+            "--tenant",
+            "acme",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("nck_"), "the secret is printed once");
+    assert!(stderr(&o).contains("not shown again"));
+
+    // Errors: one clear line and a non-zero exit.
+    let o = neocloud(&ctx, &op, &["tenants", "show", "nope"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o).trim(),
+        "error: tenant 'nope' not found (not_found, HTTP 404)"
+    );
+    let o = neocloud(
+        &ctx,
+        "nck_000000000000_000000000000000000000000000000000000000000000000",
+        &["sites", "list"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("invalid API key (unauthenticated, HTTP 401)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = neocloud(&ctx, &op, &["tenants", "create", "Bad Name"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("invalid_request"));
+    // Usage errors come from the argument parser (exit 2).
+    let o = neocloud(&ctx, &op, &["tenants", "frobnicate"]).await;
+    assert_eq!(o.status.code(), Some(2));
+    // An unreachable server.
+    let o = tokio::task::spawn_blocking(|| {
+        Command::new(BIN)
+            .args([
+                "--url",
+                "http://127.0.0.1:9",
+                "--api-key",
+                "x",
+                "sites",
+                "list",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot reach neocloud"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_imports_fleet_files_and_lists_nodes() {
+    let ctx = TestContext::start(Db::Sqlite).await;
+    let op = ctx.operator_key.clone();
+    let dir = temp_dir();
+    let demo = neocloud(&ctx, &op, &["fleet", "demo", "--scale", "0.002"]).await;
+    assert!(demo.status.success());
+    let file = dir.join("fleet.toml");
+    std::fs::write(&file, &demo.stdout).unwrap();
+    let o = neocloud(&ctx, &op, &["fleet", "import", file.to_str().unwrap()]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("nodes +91"), "{}", stdout(&o));
+
+    let o = neocloud(&ctx, &op, &["sites", "list"]).await;
+    let out = stdout(&o);
+    assert!(
+        out.contains("memphis-1") && out.contains("440×H100-SXM-80GB"),
+        "{out}"
+    );
+
+    let o = neocloud(
+        &ctx,
+        &op,
+        &[
+            "nodes",
+            "list",
+            "--site",
+            "memphis-2",
+            "--all",
+            "--limit",
+            "10",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).lines().filter(|l| l.contains("GB200")).count(),
+        36
+    );
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[[sites]]\nname = \"s\"\nregion = \"r\"\npower_mw = 1\n[[sites.nodes]]\nname = \"n\"\ngpu_model = \"H900\"\ngpus = 8\n").unwrap();
+    let o = neocloud(&ctx, &op, &["fleet", "import", bad.to_str().unwrap()]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("line 7"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("H900"));
+}
+
+/// `neocloud serve` as an operator runs it: first start makes and stores the operator key,
+/// a restart reuses the database and prints no new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_bootstraps_an_operator_key_and_restarts_cleanly() {
+    let dir = temp_dir();
+    let start = |dir: std::path::PathBuf| {
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--demo",
+                "--demo-scale",
+                "0.01",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(&dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut printed = Vec::new();
+        let addr = loop {
+            let line = lines.next().expect("serve exited early").unwrap();
+            if let Some(rest) = line.strip_prefix("neocloud is serving on http://") {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+            printed.push(line);
+        };
+        (child, addr, printed)
+    };
+    let (mut child, addr, printed) = {
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || start(d)).await.unwrap()
+    };
+    let key_file = dir.join("operator.key");
+    let key = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        printed.iter().any(|l| l.contains(&key)),
+        "the key is printed once: {printed:?}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let run = |addr: String, key: String, args: Vec<&'static str>| {
+        Command::new(BIN)
+            .args(["--url", &format!("http://{addr}"), "--api-key", &key])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let (a, k) = (addr.clone(), key.clone());
+    let o = tokio::task::spawn_blocking(move || run(a, k, vec!["sites", "list"]))
+        .await
+        .unwrap();
+    let out = stdout(&o);
+    assert!(out.contains("memphis-1") && out.contains("2200"), "{out}");
+    let (a, k) = (addr.clone(), key.clone());
+    let o = tokio::task::spawn_blocking(move || run(a, k, vec!["tenants", "list"]))
+        .await
+        .unwrap();
+    assert!(stdout(&o).contains("frontier-lab") && stdout(&o).contains("home-lab"));
+    // SIGTERM stops it cleanly.
+    Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let (mut child, addr, printed) = {
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || start(d)).await.unwrap()
+    };
+    assert!(
+        printed.iter().all(|l| !l.contains("nck_")),
+        "no second key: {printed:?}"
+    );
+    let o = tokio::task::spawn_blocking(move || run(addr, key, vec!["sites", "list"]))
+        .await
+        .unwrap();
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("2200"));
+    child.kill().unwrap();
+    let _ = child.wait();
+}

@@ -29,7 +29,9 @@ macro_rules! both_backends {
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                let Some(ctx) = $crate::ctx::TestContext::start_postgres().await else { return };
+                let Some(ctx) = $crate::ctx::TestContext::start_postgres().await else {
+                    return;
+                };
                 ($body)(ctx).await;
             }
         }
@@ -53,7 +55,10 @@ pub fn temp_dir() -> PathBuf {
 /// A fresh database URL for `db`.
 pub async fn fresh_database_url(db: Db) -> Option<String> {
     match db {
-        Db::Sqlite => Some(format!("sqlite://{}?mode=rwc", temp_dir().join("neocloud.db").display())),
+        Db::Sqlite => Some(format!(
+            "sqlite://{}?mode=rwc",
+            temp_dir().join("neocloud.db").display()
+        )),
         Db::Postgres => {
             let admin = match std::env::var("NEOCLOUD_TEST_POSTGRES_URL") {
                 Ok(u) => u,
@@ -82,10 +87,8 @@ pub async fn fresh_database_url(db: Db) -> Option<String> {
 
 /// A running control plane and an HTTP client for it.
 pub struct TestContext {
-    pub db: Db,
     pub addr: SocketAddr,
     pub svc: Service,
-    pub database_url: String,
     /// The operator-admin key created on first start.
     pub operator_key: String,
     http: reqwest::Client,
@@ -123,7 +126,10 @@ impl Resp {
         assert_eq!(ct, "application/problem+json", "body: {body}");
         assert_eq!(body["code"], code, "body: {body}");
         assert_eq!(body["status"], status, "body: {body}");
-        assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "body: {body}");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "body: {body}"
+        );
         body
     }
 }
@@ -145,13 +151,13 @@ impl TestContext {
         let addr = listener.local_addr().unwrap();
         let server_svc = svc.clone();
         tokio::spawn(async move {
-            neocloud_api::serve(listener, server_svc, std::future::pending()).await.unwrap();
+            neocloud_api::serve(listener, server_svc, std::future::pending())
+                .await
+                .unwrap();
         });
         Some(TestContext {
-            db,
             addr,
             svc,
-            database_url: url,
             operator_key,
             http: reqwest::Client::new(),
         })
@@ -185,7 +191,11 @@ impl TestContext {
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap();
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Resp { status, headers, body }
+        Resp {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str, key: &str) -> Resp {
@@ -232,9 +242,13 @@ impl TestContext {
 
     /// Creates a tenant as the operator and returns it.
     pub async fn tenant(&self, name: &str) -> Value {
-        self.post("/v1/tenants", &self.operator_key, &serde_json::json!({"name": name}))
-            .await
-            .expect(201)
+        self.post(
+            "/v1/tenants",
+            &self.operator_key,
+            &serde_json::json!({"name": name}),
+        )
+        .await
+        .expect(201)
     }
 
     /// Creates a key with `role` (for `tenant`, if given) as the operator; returns the secret
@@ -248,6 +262,9 @@ impl TestContext {
             )
             .await
             .expect(201);
-        (v["secret"].as_str().unwrap().to_string(), v["id"].as_str().unwrap().to_string())
+        (
+            v["secret"].as_str().unwrap().to_string(),
+            v["id"].as_str().unwrap().to_string(),
+        )
     }
 }

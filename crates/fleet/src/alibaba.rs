@@ -246,8 +246,6 @@ fn render(rows: &[Row<'_>], cpu_only: u64) -> String {
 }
 
 #[cfg(test)]
-// A panic is how a test fails; the lint guards the server against user input.
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::parse;

@@ -284,21 +284,28 @@ fn read_models(d: &mut Diag<'_>, root: &Table<'_, '_>, catalog: &[GpuModel]) -> 
         };
         match catalog.iter().find(|c| c.name == spec.name) {
             Some(c)
-                if c.vendor == spec.vendor
-                    && c.memory_gib == spec.memory_gib
-                    && c.tdp_watts == spec.tdp_watts => {}
-            Some(c) => d.push(
-                &name.span,
-                t.field("name"),
-                format!(
-                    "GPU model '{}' is already in the catalog as {}, {} GiB, {} W; \
-                     a fleet file may only repeat it identically",
-                    c.name, c.vendor, c.memory_gib, c.tdp_watts
-                ),
-            ),
-            None => {
+                if c.builtin
+                    && (c.vendor != spec.vendor
+                        || c.memory_gib != spec.memory_gib
+                        || c.tdp_watts != spec.tdp_watts) =>
+            {
+                d.push(
+                    &name.span,
+                    t.field("name"),
+                    format!(
+                        "GPU model '{}' is built in as {}, {} GiB, {} W; a fleet file may \
+                         only repeat it identically",
+                        c.name, c.vendor, c.memory_gib, c.tdp_watts
+                    ),
+                );
+            }
+            found => {
+                // A model added earlier (by a previous import or the API) takes the file's
+                // figures: the importer updates it, so nodes must be checked against them.
+                if found.is_none() {
+                    models.names.push(spec.name.clone());
+                }
                 models.tdp.insert(spec.name.clone(), Some(spec.tdp_watts));
-                models.names.push(spec.name.clone());
                 models.file.push(spec);
             }
         }
@@ -1019,8 +1026,6 @@ pub(crate) fn round_to_i64(x: f64) -> Option<i64> {
 }
 
 #[cfg(test)]
-// A panic is how a test fails; the lint guards the server against user input.
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

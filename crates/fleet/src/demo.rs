@@ -101,8 +101,6 @@ fn power_mw(full_watts: u64, count: u64, full_count: u32) -> String {
 }
 
 #[cfg(test)]
-// A panic is how a test fails; the lint guards the server against user input.
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::parse;

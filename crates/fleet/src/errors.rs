@@ -144,8 +144,6 @@ pub(crate) fn thousands(n: impl Into<u128>) -> String {
 }
 
 #[cfg(test)]
-// A panic is how a test fails; the lint guards the server against user input.
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -36,8 +36,9 @@ pub const MAX_GPUS: u64 = 10_000_000;
 /// A fleet file, checked and expanded: every block and node spelled out.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FleetSpec {
-    /// GPU models the file defines that are not already in the catalog given to [`parse`]
-    /// (a file may repeat a catalog model identically; such entries are left out here).
+    /// Every GPU model the file defines, in file order. One that is already in the catalog
+    /// given to [`parse`] is either built in and repeated identically, or added earlier and
+    /// redefined: the file's figures then apply (and nodes were checked against them).
     pub gpu_models: Vec<GpuModelSpec>,
     /// Sites, in file order.
     pub sites: Vec<SiteSpec>,

@@ -195,8 +195,6 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
-// A panic is how a test fails; the lint guards the server against user input.
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

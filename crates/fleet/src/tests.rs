@@ -1,8 +1,5 @@
 //! Tests of `parse`: the format, its defaults, and every check with the line it reports.
 
-// A panic is how a test fails; the lint guards the server against user input.
-#![allow(clippy::unwrap_used)]
-
 use neocloud_types::{BlockKind, GpuModel, Money, SiteKind, builtin_gpu_models};
 
 use crate::{FleetError, FleetSpec, MAX_ERRORS, parse};
@@ -554,28 +551,43 @@ fn unknown_gpu_model_lists_the_known_ones() {
 }
 
 #[test]
-fn catalog_models_may_only_be_repeated_identically() {
+fn catalog_models_built_in_may_only_be_repeated_identically() {
     let spec = ok(
         "[[gpu_models]]\nname = \"B200\"\nvendor = \"NVIDIA\"\nmemory_gib = 180\ntdp_watts = 1000\n",
     );
-    assert!(spec.gpu_models.is_empty());
+    assert_eq!(spec.gpu_models.len(), 1);
     one_error(
         "[[gpu_models]]\nname = \"B200\"\nvendor = \"NVIDIA\"\nmemory_gib = 192\ntdp_watts = 1000\n",
         2,
         "gpu_models[0].name",
-        "already in the catalog as NVIDIA, 180 GiB, 1000 W",
+        "GPU model 'B200' is built in as NVIDIA, 180 GiB, 1000 W; a fleet file may only repeat it identically",
     );
-    // The catalog is whatever the caller passes.
-    let catalog = vec![GpuModel {
+}
+
+#[test]
+fn catalog_models_added_earlier_take_the_files_figures() {
+    // The catalog is whatever the caller passes: here one model added by an earlier import.
+    let mut catalog = builtin_gpu_models();
+    catalog.push(GpuModel {
         name: "T4".into(),
         vendor: "NVIDIA".into(),
         memory_gib: 16,
         tdp_watts: 70,
         builtin: false,
-    }];
-    let file = format!("{SITE}[[sites.nodes]]\nname = \"n\"\ngpu_model = \"T4\"\ngpus = 1\n");
-    assert!(parse(&file, &catalog).is_ok());
+    });
+    let node = "[[sites.nodes]]\nname = \"n\"\ngpu_model = \"T4\"\ngpus = 1\n";
+    let file = format!("{SITE}{node}");
+    let spec = parse(&file, &catalog).unwrap();
+    assert!(spec.gpu_models.is_empty());
+    // 70 + 250 + 1000
+    assert_eq!(spec.sites[0].nodes[0].peak_watts, 1320);
     assert!(parse(&file, &builtin_gpu_models()).is_err());
+
+    let redefined =
+        format!("[[gpu_models]]\nname = \"T4\"\nmemory_gib = 16\ntdp_watts = 80\n{SITE}{node}");
+    let spec = parse(&redefined, &catalog).unwrap();
+    assert_eq!(spec.gpu_models[0].tdp_watts, 80);
+    assert_eq!(spec.sites[0].nodes[0].peak_watts, 1330);
 }
 
 #[test]

@@ -265,8 +265,8 @@ impl Store {
             String::new()
         };
         let totals = sqlx::query(
-            "SELECT site_id, gpu_model, COUNT(*) AS nodes, SUM(gpu_count) AS gpus,
-                    SUM(peak_watts) AS peak
+            "SELECT site_id, gpu_model, COUNT(*) AS nodes, CAST(SUM(gpu_count) AS BIGINT) AS gpus,
+                    CAST(SUM(peak_watts) AS BIGINT) AS peak
              FROM nodes WHERE ($1 = '' OR site_id = $1)
              GROUP BY site_id, gpu_model ORDER BY site_id, gpu_model",
         )
@@ -329,7 +329,7 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         // Totals per exact path, then rolled up to every enclosing path.
         let totals = sqlx::query(
-            "SELECT site_id, block_path, COUNT(*) AS nodes, SUM(gpu_count) AS gpus FROM nodes
+            "SELECT site_id, block_path, COUNT(*) AS nodes, CAST(SUM(gpu_count) AS BIGINT) AS gpus FROM nodes
              WHERE ($1 = '' OR site_id = $1) AND block_path <> ''
              GROUP BY site_id, block_path",
         )

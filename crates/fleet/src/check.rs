@@ -245,7 +245,7 @@ fn read_models(d: &mut Diag<'_>, root: &Table<'_, '_>, catalog: &[GpuModel]) -> 
         let vendor = match t.opt_str(d, "vendor") {
             Some(v)
                 if v.value.is_empty()
-                    || v.value.len() > 63
+                    || v.value.chars().count() > 63
                     || v.value.contains(char::is_control) =>
             {
                 d.push(&v.span, t.field("vendor"), "must be 1–63 characters");

@@ -1139,3 +1139,67 @@ fn errors_display_one_per_line() {
     let boxed: Box<dyn std::error::Error> = Box::new(e);
     assert!(boxed.to_string().contains("region"));
 }
+
+#[test]
+fn every_prefix_of_a_layout_creates_exactly_the_blocks_it_fills() {
+    for pods in 1..=3u64 {
+        for leaves in 1..=3u64 {
+            for per_block in 1..=3u64 {
+                for count in 1..=pods * leaves * per_block {
+                    let spec = ok(&format!(
+                        "{SITE}[[sites.node_groups]]\ncount = {count}\ngpu_model = \"B200\"\n\
+                         gpus = 1\nnodes_per_block = {per_block}\nlayout = [\n\
+                         {{ kind = \"pod\", count = {pods} }},\n\
+                         {{ kind = \"leaf_group\", count = {leaves} }},\n]\n"
+                    ));
+                    let site = &spec.sites[0];
+                    let case = format!("{pods}×{leaves}×{per_block}, count {count}");
+                    assert_eq!(site.nodes.len() as u64, count, "{case}");
+                    let of = |kind| site.blocks.iter().filter(|b| b.kind == kind).count() as u64;
+                    assert_eq!(
+                        of(BlockKind::LeafGroup),
+                        count.div_ceil(per_block),
+                        "{case}"
+                    );
+                    assert_eq!(
+                        of(BlockKind::Pod),
+                        count.div_ceil(per_block * leaves),
+                        "{case}"
+                    );
+                    for b in &site.blocks {
+                        let prefix = format!("{}/", b.path);
+                        let filled = site
+                            .nodes
+                            .iter()
+                            .any(|n| n.block_path == b.path || n.block_path.starts_with(&prefix));
+                        assert!(filled, "{case}: empty block {}", b.path);
+                    }
+                    // Blocks fill in order: node k sits in leaf block k / per_block.
+                    for (k, n) in site.nodes.iter().enumerate() {
+                        let leaf = k as u64 / per_block;
+                        let want = format!(
+                            "s1-pod{}/s1-pod{}-leaf{}",
+                            leaf / leaves + 1,
+                            leaf / leaves + 1,
+                            leaf % leaves + 1
+                        );
+                        assert_eq!(n.block_path, want, "{case}: node {k}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_documented_example_is_valid() {
+    let doc_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/fleet-file.md");
+    let doc = std::fs::read_to_string(doc_path).unwrap();
+    let start = doc.find("```toml\n").unwrap() + "```toml\n".len();
+    let end = start + doc[start..].find("```").unwrap();
+    let spec = ok(&doc[start..end]);
+    assert_eq!(spec.node_count(), 27_501);
+    assert_eq!(spec.gpu_count(), 220_004);
+    assert_eq!(spec.sites[0].blocks.len(), 1 + 25 + 500);
+    assert_eq!(spec.sites[0].nodes[0].name, "m1-pod01-leaf01-n001");
+}

@@ -119,7 +119,11 @@ async fn bulk_insert(
         }
         q.execute(&mut *conn).await?;
     }
-    tracing::debug!(table, elapsed_ms = started.elapsed().as_millis(), "bulk insert");
+    tracing::debug!(
+        table,
+        elapsed_ms = started.elapsed().as_millis(),
+        "bulk insert"
+    );
     Ok(())
 }
 

@@ -124,6 +124,14 @@ typed_id!(
     ApiKeyId, "key", "API key"
 );
 typed_id!(
+    /// Identifies an instance (an allocation a tenant runs).
+    InstanceId, "inst", "instance"
+);
+typed_id!(
+    /// Identifies a contract (reserved capacity).
+    ContractId, "ctr", "contract"
+);
+typed_id!(
     /// Identifies an audit event.
     EventId, "evt", "event"
 );

@@ -8,11 +8,13 @@
 pub mod fleet;
 pub mod id;
 pub mod money;
+pub mod placement;
 pub mod tenancy;
 pub mod time;
 
 pub use fleet::*;
 pub use id::*;
 pub use money::Money;
+pub use placement::*;
 pub use tenancy::*;
 pub use time::Timestamp;

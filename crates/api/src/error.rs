@@ -49,6 +49,7 @@ fn title(code: ErrorCode) -> &'static str {
         ErrorCode::Unauthenticated => "Unauthenticated",
         ErrorCode::Forbidden => "Forbidden",
         ErrorCode::NotFound => "Not found",
+        ErrorCode::MethodNotAllowed => "Method not allowed",
         ErrorCode::Conflict => "Conflict",
         ErrorCode::IdempotencyKeyReused => "Idempotency key reused",
         ErrorCode::InvalidFleetFile => "Invalid fleet file",

@@ -106,3 +106,26 @@ pub fn idempotency(
         fingerprint: auth::sha256_hex(&data),
     }))
 }
+
+/// The raw request body; a body over the route's limit is a problem+json 413.
+pub struct RawBody(pub axum::body::Bytes);
+
+impl axum::extract::FromRequest<AppState> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, ApiError> {
+        match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => Ok(RawBody(b)),
+            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError(neocloud_service::Error::new(
+                    neocloud_service::ErrorCode::PayloadTooLarge,
+                    "the request body is too large",
+                )))
+            }
+            Err(e) => Err(ApiError::invalid(format!(
+                "could not read the request body: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}

@@ -12,8 +12,6 @@ mod routes;
 use std::future::Future;
 
 use axum::Router;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use neocloud_service::Service;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
@@ -102,9 +100,10 @@ pub fn app(svc: Service) -> Router {
             ))
         })
         .method_not_allowed_fallback(|| async {
-            let mut resp = ApiError::invalid("method not allowed on this endpoint").into_response();
-            *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-            resp
+            ApiError(neocloud_service::Error::new(
+                neocloud_service::ErrorCode::MethodNotAllowed,
+                "this endpoint does not support that method; see /v1/openapi.json",
+            ))
         })
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(AppState { svc })

@@ -1,7 +1,6 @@
 //! The handlers, one per operation, each bound to its path and documented for OpenAPI.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -17,9 +16,12 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::{ApiError, Problem};
-use crate::extract::{Auth, Q, idempotency, json_body};
+use crate::extract::{Auth, Q, RawBody, idempotency, json_body};
 
 type ApiResult<T> = Result<T, ApiError>;
+
+/// Largest fleet file accepted by `POST /v1/fleet/import`.
+pub const FLEET_FILE_LIMIT: usize = 64 << 20;
 
 pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
     r.routes(routes!(healthz))
@@ -32,7 +34,13 @@ pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(block_get))
         .routes(routes!(node_list))
         .routes(routes!(node_get))
-        .routes(routes!(fleet_import))
+        // Fleet files of explicit node lists run to megabytes; other bodies keep the 2 MiB
+        // default.
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(fleet_import))
+                .layer(axum::extract::DefaultBodyLimit::max(FLEET_FILE_LIMIT)),
+        )
         .routes(routes!(tenant_list, tenant_create))
         .routes(routes!(tenant_get, tenant_update))
         .routes(routes!(api_key_list, api_key_create))
@@ -132,7 +140,7 @@ async fn gpu_model_create(
     method: Method,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> ApiResult<Response> {
     let idem = idempotency(&headers, &method, uri.path(), &body)?;
     let req: CreateGpuModel = json_body(&headers, &body)?;
@@ -280,7 +288,7 @@ async fn fleet_import(
     State(st): State<AppState>,
     Auth(p): Auth,
     Q(q): Q<ImportParams>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> ApiResult<Json<ImportReport>> {
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid("the fleet file must be UTF-8 text"))?;
@@ -317,7 +325,7 @@ async fn tenant_create(
     method: Method,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> ApiResult<Response> {
     let idem = idempotency(&headers, &method, uri.path(), &body)?;
     let req: CreateTenant = json_body(&headers, &body)?;
@@ -346,7 +354,7 @@ async fn tenant_update(
     Auth(p): Auth,
     Path(tenant): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> ApiResult<Json<Tenant>> {
     let req: UpdateTenant = json_body(&headers, &body)?;
     Ok(Json(st.svc.tenant_update(&p, &tenant, req).await?))
@@ -392,7 +400,7 @@ async fn api_key_create(
     method: Method,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> ApiResult<Response> {
     let idem = idempotency(&headers, &method, uri.path(), &body)?;
     let req: CreateApiKey = json_body(&headers, &body)?;

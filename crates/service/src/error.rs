@@ -17,6 +17,8 @@ pub enum ErrorCode {
     Forbidden,
     /// The resource does not exist, or belongs to someone else.
     NotFound,
+    /// The endpoint exists but not with this HTTP method.
+    MethodNotAllowed,
     /// The change conflicts with the current state (e.g. a name already taken).
     Conflict,
     /// An Idempotency-Key was reused with a different request.
@@ -39,6 +41,7 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::InvalidFleetFile => "invalid_fleet_file",
@@ -55,6 +58,7 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::IdempotencyKeyReused | ErrorCode::InvalidFleetFile => 422,
             ErrorCode::PayloadTooLarge => 413,

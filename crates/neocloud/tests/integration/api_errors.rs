@@ -268,3 +268,22 @@ both_backends!(
         assert_eq!(events["items"].as_array().unwrap().len(), 2);
     }
 );
+
+both_backends!(
+    oversized_bodies_are_413_problems,
+    |ctx: TestContext| async move {
+        let big = format!("{{\"name\": \"{}\"}}", "a".repeat(3 << 20));
+        ctx.send(
+            Method::POST,
+            "/v1/tenants",
+            Some(&ctx.operator_key),
+            Some(("application/json", big.into_bytes())),
+            &[],
+        )
+        .await
+        .problem(413, "payload_too_large");
+        // A 3 MiB fleet file is fine (it is mostly a comment here).
+        let file = format!("# {}\n", "x".repeat(3 << 20));
+        ctx.import(&file).await.expect(200);
+    }
+);

@@ -344,6 +344,9 @@ impl Service {
             )
             .await?;
             tx.commit().await?;
+            if let Err(e) = self.store.analyze().await {
+                tracing::warn!(error = %e, "could not refresh planner statistics");
+            }
         }
         Ok(report)
     }

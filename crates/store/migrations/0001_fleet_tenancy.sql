@@ -50,8 +50,9 @@ CREATE TABLE nodes (
     created_at  BIGINT NOT NULL,
     updated_at  BIGINT NOT NULL
 );
-CREATE INDEX nodes_by_site_path ON nodes (site_id, block_path);
-CREATE INDEX nodes_by_model ON nodes (gpu_model);
+CREATE INDEX nodes_by_site_name ON nodes (site_id, name);
+CREATE INDEX nodes_by_site_path ON nodes (site_id, block_path, name);
+CREATE INDEX nodes_by_model ON nodes (gpu_model, name);
 
 -- One row per GPU. `holder` names what the GPU is allocated to (an instance, later); a node
 -- with a held GPU cannot be removed or reshaped by a fleet import.

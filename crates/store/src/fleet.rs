@@ -373,6 +373,21 @@ impl Store {
         Ok(blocks)
     }
 
+    /// The id of a site given by id or name.
+    pub async fn site_id_of(&self, id_or_name: &str) -> Result<String> {
+        let row = sqlx::query("SELECT id FROM sites WHERE id = $1 OR name = $1")
+            .bind(id_or_name)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => Ok(r.try_get("id")?),
+            None => Err(StoreError::NotFound {
+                kind: "site",
+                id: id_or_name.to_string(),
+            }),
+        }
+    }
+
     /// Reads one block by id.
     pub async fn block_get(&self, id: BlockId) -> Result<Block> {
         let row = sqlx::query("SELECT site_id FROM blocks WHERE id = $1")
@@ -406,7 +421,7 @@ impl Store {
     ) -> Result<Page<Node>> {
         let mut site_id = String::new();
         if let Some(site) = &filter.site {
-            site_id = self.site_get(site).await?.id.to_string();
+            site_id = self.site_id_of(site).await?;
         }
         let mut path = String::new();
         if let Some(block) = &filter.block {
@@ -427,24 +442,39 @@ impl Store {
             site_id = row.try_get("site_id")?;
             path = row.try_get("path")?;
         }
-        let rows = sqlx::query(&format!(
-            "SELECT {NODE_COLS} FROM nodes n JOIN sites s ON s.id = n.site_id
-             WHERE ($1 = '' OR n.site_id = $1)
-               AND ($2 = '' OR n.block_path = $2 OR n.block_path LIKE $3)
-               AND ($4 = '' OR n.state = $4)
-               AND ($5 = '' OR n.gpu_model = $5)
-               AND n.name > $6
-             ORDER BY n.name LIMIT $7"
-        ))
-        .bind(&site_id)
-        .bind(&path)
-        .bind(format!("{path}/%"))
-        .bind(filter.state.map(|s| s.as_str()).unwrap_or(""))
-        .bind(filter.gpu_model.clone().unwrap_or_default())
-        .bind(cursor.unwrap_or(""))
-        .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
-        .await?;
+        // Only the filters given go into the statement, so each shape of query gets a plan
+        // that uses its index (site and name, or site and block path) instead of a scan.
+        let mut sql = format!(
+            "SELECT {NODE_COLS} FROM nodes n JOIN sites s ON s.id = n.site_id WHERE n.name > $1"
+        );
+        let mut args: Vec<String> = vec![cursor.unwrap_or("").to_string()];
+        let mut arg = |sql: &mut String, clause: &str, value: String| {
+            args.push(value);
+            sql.push_str(&clause.replace('?', &format!("${}", args.len())));
+        };
+        if !site_id.is_empty() {
+            arg(&mut sql, " AND n.site_id = ?", site_id);
+        }
+        if !path.is_empty() {
+            // Nodes in the block itself or in any block below it: '/' + 1 is '0'.
+            arg(&mut sql, " AND n.block_path >= ?", path.clone());
+            arg(&mut sql, " AND n.block_path < ?", format!("{path}0"));
+            let below = format!("{path}/");
+            arg(&mut sql, " AND (n.block_path = ?", path);
+            arg(&mut sql, " OR n.block_path >= ?)", below);
+        }
+        if let Some(state) = filter.state {
+            arg(&mut sql, " AND n.state = ?", state.as_str().to_string());
+        }
+        if let Some(model) = &filter.gpu_model {
+            arg(&mut sql, " AND n.gpu_model = ?", model.clone());
+        }
+        sql.push_str(&format!(" ORDER BY n.name LIMIT {}", i64::from(limit) + 1));
+        let mut q = sqlx::query(&sql);
+        for a in &args {
+            q = q.bind(a.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
         let mut items = rows.iter().map(node_from_row).collect::<Result<Vec<_>>>()?;
         Ok(paginate(&mut items, limit, |n| n.name.clone()))
     }

@@ -216,6 +216,17 @@ impl Store {
         Ok(())
     }
 
+    /// Refreshes the query planner's statistics; run after bulk changes (a fleet import) so
+    /// that filtered node lists use the right index.
+    pub async fn analyze(&self) -> Result<()> {
+        let sql = match self.backend {
+            Backend::Sqlite => "ANALYZE",
+            Backend::Postgres => "ANALYZE nodes, gpus, blocks, sites",
+        };
+        sqlx::query(sql).execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Reads a value from the `meta` table.
     pub async fn meta_get(&self, key: &str) -> Result<Option<String>> {
         let row = sqlx::query("SELECT value FROM meta WHERE key = $1")

@@ -1,0 +1,296 @@
+//! Self-checks and snapshots.
+//!
+//! [`Allocator::check_invariants`] recomputes everything the allocator keeps incrementally
+//! (GPU masks, indexes, power) from the nodes and the allocations alone, and checks the
+//! DESIGN.md §3 invariants on the allocations; property tests call it after every step.
+//! [`Snapshot`] is the allocator's state in a form that does not depend on the order in
+//! which it was built, so that a test can say "rebuilt after a restart == before".
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write};
+
+use neocloud_types::{
+    BlockId, BlockKind, Class, ContractId, FleetPolicy, InstanceId, NodeId, Shape, SiteId,
+    TenantId,
+};
+
+use crate::allocator::Allocator;
+use crate::index::{Scopes, apply};
+use crate::node::{SHAPES, facility_watts, indexes_of, is_aligned_group, mask_of};
+use crate::{Allocation, PlacementPolicy, SiteSpec};
+
+/// One node as a snapshot sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSnapshot {
+    /// Node id.
+    pub id: NodeId,
+    /// Site.
+    pub site: SiteId,
+    /// GPU model.
+    pub gpu_model: String,
+    /// GPU count.
+    pub gpus: u32,
+    /// Blocks, outermost first.
+    pub blocks: Vec<(BlockKind, BlockId)>,
+    /// Idle watts.
+    pub idle_watts: u32,
+    /// Peak watts.
+    pub peak_watts: u32,
+    /// Whether tenants may share it.
+    pub shareable: bool,
+    /// The pool it is pinned to.
+    pub pool: Option<ContractId>,
+    /// Whether it takes new placements.
+    pub schedulable: bool,
+    /// Indexes of unhealthy GPUs.
+    pub unhealthy_gpus: Vec<u32>,
+}
+
+/// The whole state of an allocator, independent of the order it was built in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Fleet policy.
+    pub policy: FleetPolicy,
+    /// Placement policy.
+    pub placement: PlacementPolicy,
+    /// Sites, by id.
+    pub sites: Vec<SiteSpec>,
+    /// Nodes, by id.
+    pub nodes: Vec<NodeSnapshot>,
+    /// Allocations, by instance id.
+    pub allocations: Vec<Allocation>,
+}
+
+/// Two FNV-1a hashes with different offsets: a 128-bit digest without a hashing crate.
+/// Not cryptographic; it only has to tell two states apart in tests and logs.
+struct Digest(u64, u64);
+
+impl Write for Digest {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for &b in s.as_bytes() {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            self.1 = (self.1 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Ok(())
+    }
+}
+
+impl Allocator {
+    /// The state as a [`Snapshot`].
+    pub fn snapshot(&self) -> Snapshot {
+        let mut nodes: Vec<NodeSnapshot> = self
+            .nodes
+            .iter()
+            .map(|n| NodeSnapshot {
+                id: n.id,
+                site: n.site,
+                gpu_model: self.model_name(n.model).to_string(),
+                gpus: n.gpus,
+                blocks: [BlockKind::Pod, BlockKind::LeafGroup, BlockKind::NvlinkDomain]
+                    .into_iter()
+                    .filter_map(|k| n.blocks[usize::from(k.depth())].map(|b| (k, b)))
+                    .collect(),
+                idle_watts: n.idle_watts,
+                peak_watts: n.peak_watts,
+                shareable: n.shareable,
+                pool: n.pool,
+                schedulable: n.schedulable,
+                unhealthy_gpus: indexes_of(n.unhealthy),
+            })
+            .collect();
+        nodes.sort_by_key(|n| n.id);
+        Snapshot {
+            policy: self.policy,
+            placement: self.placement,
+            sites: self.sites.values().map(|s| s.spec.clone()).collect(),
+            nodes,
+            allocations: self.allocations.values().cloned().collect(),
+        }
+    }
+
+    /// A short digest of [`Allocator::snapshot`]: equal states give equal fingerprints.
+    pub fn fingerprint(&self) -> String {
+        let mut d = Digest(0xcbf2_9ce4_8422_2325, 0x6c62_272e_07bb_0142);
+        // Writing into a digest cannot fail.
+        let _ = write!(d, "{:?}", self.snapshot());
+        format!("{:016x}{:016x}", d.0, d.1)
+    }
+
+    pub(crate) fn model_name(&self, model: u32) -> &str {
+        usize::try_from(model)
+            .ok()
+            .and_then(|m| self.models.get(m))
+            .map_or("", String::as_str)
+    }
+
+    /// Recomputes every index from the nodes and allocations and compares, and checks the
+    /// invariants: a GPU is held at most once (§3.1), work runs only where its class and
+    /// pool allow, an unshared node holds one tenant's work (§3.4). Power (§3.5) is checked
+    /// at placement: a lowered limit keeps running work, so the draw may exceed it here.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if self.slots.len() != self.nodes.len() {
+            return Err("node lookup and node list differ in length".to_string());
+        }
+        for (slot, n) in self.nodes.iter().enumerate() {
+            if self.slots.get(&n.id) != Some(&slot) {
+                return Err(format!("node {} is not found at its slot", n.id));
+            }
+        }
+        let mut used = vec![0u64; self.nodes.len()];
+        let mut held: Vec<Vec<(InstanceId, TenantId)>> = vec![Vec::new(); self.nodes.len()];
+        for (id, a) in &self.allocations {
+            self.check_allocation(*id, a, &mut used, &mut held)?;
+        }
+        for (slot, n) in self.nodes.iter().enumerate() {
+            if n.used != used[slot] {
+                return Err(format!(
+                    "node {}: GPUs held {:?}, allocations say {:?}",
+                    n.id,
+                    indexes_of(n.used),
+                    indexes_of(used[slot])
+                ));
+            }
+            if n.allocs != held[slot] {
+                return Err(format!("node {}: allocation list is stale", n.id));
+            }
+            if !n.shareable && n.allocs.iter().any(|&(_, t)| Some(t) != n.owner()) {
+                return Err(format!(
+                    "node {} is not shareable but holds work of two tenants (invariant 4)",
+                    n.id
+                ));
+            }
+        }
+        let mut fresh = Scopes::default();
+        for n in &self.nodes {
+            apply(&mut fresh, n, true, self.placement);
+        }
+        for a in self.allocations.values() {
+            for (node, _) in &a.gpus {
+                if let Some(&slot) = self.slots.get(node) {
+                    fresh.alloc_ref(&self.nodes[slot].scope_key(), a.class, a.id, true);
+                }
+            }
+        }
+        if fresh != self.scopes {
+            let keys = |s: &Scopes| -> Vec<_> {
+                s.map
+                    .iter()
+                    .flat_map(|(k, m)| m.keys().map(move |k2| (*k, *k2)))
+                    .collect()
+            };
+            let detail = keys(&fresh)
+                .into_iter()
+                .zip(keys(&self.scopes))
+                .find(|(a, b)| a != b)
+                .map_or(String::new(), |(a, b)| format!(" (first differing scope {a:?} / {b:?})"));
+            let bucket_detail = fresh
+                .map
+                .iter()
+                .flat_map(|(k, m)| m.iter().map(move |(k2, b)| ((*k, *k2), b)))
+                .find(|((k, k2), b)| {
+                    self.scopes.map.get(k).and_then(|m| m.get(k2)) != Some(*b)
+                })
+                .map_or(String::new(), |(k, b)| {
+                    let now = self.scopes.map.get(&k.0).and_then(|m| m.get(&k.1));
+                    format!(" scope {k:?}: rebuilt {b:?}, kept {now:?}")
+                });
+            return Err(format!(
+                "the free-capacity index differs from a rebuild{detail}{bucket_detail}"
+            ));
+        }
+        let mut it: BTreeMap<SiteId, i64> = BTreeMap::new();
+        let mut sizes: BTreeMap<u32, BTreeMap<u32, u32>> = BTreeMap::new();
+        let mut pools: BTreeMap<ContractId, u32> = BTreeMap::new();
+        for n in &self.nodes {
+            *it.entry(n.site).or_default() += n.draw_watts();
+            *sizes.entry(n.model).or_default().entry(n.gpus).or_default() += 1;
+            if let Some(p) = n.pool {
+                *pools.entry(p).or_default() += 1;
+            }
+        }
+        for (id, s) in &self.sites {
+            let want = it.get(id).copied().unwrap_or(0);
+            if s.it_watts != want {
+                return Err(format!(
+                    "site {id}: kept draw {} W, nodes draw {want} W",
+                    s.it_watts
+                ));
+            }
+            // Facility watts are derived, never stored; computing them must not overflow.
+            let _ = facility_watts(s.it_watts, s.spec.pue_milli);
+        }
+        if sizes != self.model_sizes {
+            return Err("node counts per model and GPU count are stale".to_string());
+        }
+        if pools != self.pools {
+            return Err("node counts per pool are stale".to_string());
+        }
+        Ok(())
+    }
+
+    fn check_allocation(
+        &self,
+        id: InstanceId,
+        a: &Allocation,
+        used: &mut [u64],
+        held: &mut [Vec<(InstanceId, TenantId)>],
+    ) -> Result<(), String> {
+        if a.id != id || a.gpus.is_empty() {
+            return Err(format!("allocation {id} is malformed"));
+        }
+        if !a.gpus.windows(2).all(|w| w[0].0 < w[1].0) {
+            return Err(format!("allocation {id}: nodes are not sorted and distinct"));
+        }
+        match (a.class, a.pool) {
+            (Class::Reserved, Some(_)) | (Class::Internal | Class::OnDemand | Class::Spot, None) => {
+            }
+            _ => return Err(format!("allocation {id}: class and pool disagree")),
+        }
+        for (node_id, indexes) in &a.gpus {
+            let slot = *self
+                .slots
+                .get(node_id)
+                .ok_or_else(|| format!("allocation {id}: node {node_id} is not known"))?;
+            let n = &self.nodes[slot];
+            if n.site != a.site || self.model_name(n.model) != a.gpu_model {
+                return Err(format!("allocation {id}: node {node_id} has another site or model"));
+            }
+            if !indexes.windows(2).all(|w| w[0] < w[1]) || indexes.iter().any(|&g| g >= n.gpus) {
+                return Err(format!("allocation {id}: bad GPU indexes {indexes:?}"));
+            }
+            let mask = mask_of(indexes);
+            if used[slot] & mask != 0 {
+                return Err(format!(
+                    "GPU(s) {:?} of node {node_id} are held twice (invariant 1)",
+                    indexes_of(used[slot] & mask)
+                ));
+            }
+            used[slot] |= mask;
+            held[slot].push((a.id, a.tenant));
+            if a.class != Class::Spot && n.pool != a.pool {
+                return Err(format!(
+                    "allocation {id}: a {} allocation on node {node_id} of pool {:?}",
+                    a.class, n.pool
+                ));
+            }
+            match a.shape {
+                Shape::Gpus { gpus } => {
+                    if a.gpus.len() != 1
+                        || !SHAPES.contains(&gpus)
+                        || !is_aligned_group(mask, n.gpus, gpus)
+                    {
+                        return Err(format!("allocation {id}: not one aligned group of {gpus}"));
+                    }
+                }
+                Shape::Nodes { count, .. } => {
+                    if a.gpus.len() != usize::try_from(count).unwrap_or(usize::MAX)
+                        || mask != n.full()
+                    {
+                        return Err(format!("allocation {id}: not {count} whole nodes"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,297 @@
+//! The indexes that let a decision find free capacity without scanning the fleet.
+//!
+//! Nodes are grouped into scopes: (model, pool, site, GPUs per node). A request only ever
+//! looks at the scopes it may use, and inside a scope:
+//!
+//! - partly free nodes sit in one ordered set per sub-node shape (1, 2, 4, 8 GPUs) that they
+//!   can still host, keyed by (free GPUs, score, node id), so the best fit is the first
+//!   entry. Nodes of one tenant that must not be shared are kept apart, per tenant, so
+//!   that other tenants never see them;
+//! - entirely free nodes sit in per-level block sets (NVLink domain, leaf group, pod, site
+//!   and each node's innermost block) with an ordered set of (free whole nodes, block), so
+//!   that the best-fitting block for a gang is one range lookup.
+//!
+//! Every change to a node is "remove its contributions, change it, add them back" through
+//! [`apply`]; `check_invariants` rebuilds these indexes from scratch with the same function
+//! and compares.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use neocloud_types::{Class, ContractId, InstanceId, NodeId, SiteId, TenantId};
+
+use crate::PlacementPolicy;
+use crate::node::{BlockKey, LEVELS, Node, SHAPES, choose_group};
+
+/// A group of interchangeable nodes: same model, same pool, same site, same GPU count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct ScopeKey {
+    pub model: u32,
+    pub pool: Option<ContractId>,
+    pub site: SiteId,
+    pub gpus: u32,
+}
+
+impl Node {
+    pub fn scope_key(&self) -> ScopeKey {
+        ScopeKey {
+            model: self.model,
+            pool: self.pool,
+            site: self.site,
+            gpus: self.gpus,
+        }
+    }
+}
+
+/// A partly free node in a shape set: (free GPUs, score of the group it would give, id).
+/// First-fit keys every node as (0, 0, id) so that the first entry is the lowest id.
+pub(crate) type PartialKey = (u8, u8, NodeId);
+
+/// Entirely free nodes of one level, per block.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Level {
+    /// (free whole nodes, block) for every block with at least one.
+    pub by_count: BTreeSet<(u32, BlockKey)>,
+    /// The free whole nodes of each block, in id order (the order gangs take them in).
+    pub blocks: BTreeMap<BlockKey, BTreeSet<NodeId>>,
+}
+
+impl Level {
+    fn insert(&mut self, key: BlockKey, node: NodeId) {
+        let set = self.blocks.entry(key).or_default();
+        let before = count(set);
+        if set.insert(node) {
+            if before > 0 {
+                self.by_count.remove(&(before, key));
+            }
+            self.by_count.insert((before + 1, key));
+        }
+    }
+
+    fn remove(&mut self, key: BlockKey, node: NodeId) {
+        let Some(set) = self.blocks.get_mut(&key) else {
+            return;
+        };
+        let before = count(set);
+        if set.remove(&node) {
+            self.by_count.remove(&(before, key));
+            if before > 1 {
+                self.by_count.insert((before - 1, key));
+            } else {
+                self.blocks.remove(&key);
+            }
+        }
+    }
+
+    /// Free whole nodes in a block.
+    pub fn count(&self, key: &BlockKey) -> u32 {
+        self.blocks.get(key).map_or(0, count)
+    }
+
+    /// The most free whole nodes in one block.
+    pub fn largest(&self) -> u32 {
+        self.by_count.last().map_or(0, |&(c, _)| c)
+    }
+}
+
+fn count(set: &BTreeSet<NodeId>) -> u32 {
+    u32::try_from(set.len()).unwrap_or(u32::MAX)
+}
+
+/// One set per sub-node shape.
+pub(crate) type ShapeSets = [BTreeSet<PartialKey>; 4];
+
+/// The index of one scope.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Bucket {
+    /// Nodes in the scope, schedulable or not.
+    pub nodes: u32,
+    /// Healthy, schedulable, unallocated GPUs.
+    pub free_gpus: u64,
+    /// Partly free nodes any tenant may use.
+    pub open: ShapeSets,
+    /// Partly free nodes that only their one tenant may use (not shareable, holding work).
+    pub owned: BTreeMap<TenantId, ShapeSets>,
+    /// Entirely free nodes, per level (see `node::LEVELS`).
+    pub levels: [Level; LEVELS],
+    /// Nodes per (peak − idle) watts: bounds what a placement can add to the site's draw.
+    pub spans: BTreeMap<u32, u32>,
+    /// Allocations holding GPUs in this scope, with how many of their nodes are here.
+    pub allocs: BTreeMap<(Class, InstanceId), u32>,
+}
+
+impl Bucket {
+    /// The largest IT watts one node of this scope adds when fully allocated.
+    pub fn max_span(&self) -> u32 {
+        self.spans.last_key_value().map_or(0, |(&w, _)| w)
+    }
+
+    /// Free whole nodes in the scope.
+    pub fn whole_free_nodes(&self) -> u32 {
+        self.levels[crate::node::LEVEL_SITE].count(&None)
+    }
+}
+
+/// Every scope's index: (model, pool) → (site, GPUs per node) → bucket. The outer key lets
+/// a request take exactly the pool scopes it may use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Scopes {
+    pub map: BTreeMap<(u32, Option<ContractId>), BTreeMap<(SiteId, u32), Bucket>>,
+}
+
+impl Scopes {
+    pub fn get(&self, key: &ScopeKey) -> Option<&Bucket> {
+        self.map
+            .get(&(key.model, key.pool))
+            .and_then(|m| m.get(&(key.site, key.gpus)))
+    }
+
+    fn entry(&mut self, key: &ScopeKey) -> &mut Bucket {
+        self.map
+            .entry((key.model, key.pool))
+            .or_default()
+            .entry((key.site, key.gpus))
+            .or_default()
+    }
+
+    /// Drops a scope that holds nothing any more, so that a rebuilt index compares equal.
+    pub fn prune(&mut self, key: &ScopeKey) {
+        let outer = (key.model, key.pool);
+        let Some(inner) = self.map.get_mut(&outer) else {
+            return;
+        };
+        if inner
+            .get(&(key.site, key.gpus))
+            .is_some_and(|b| b.nodes == 0 && b.allocs.is_empty())
+        {
+            inner.remove(&(key.site, key.gpus));
+        }
+        if inner.is_empty() {
+            self.map.remove(&outer);
+        }
+    }
+
+    /// Counts one more (or one fewer) node of an allocation in a scope.
+    pub fn alloc_ref(&mut self, key: &ScopeKey, class: Class, id: InstanceId, add: bool) {
+        let bucket = self.entry(key);
+        let k = (class, id);
+        if add {
+            *bucket.allocs.entry(k).or_default() += 1;
+        } else if let Some(n) = bucket.allocs.get_mut(&k) {
+            *n -= 1;
+            if *n == 0 {
+                bucket.allocs.remove(&k);
+            }
+        }
+        if !add {
+            self.prune(key);
+        }
+    }
+
+    /// The buckets of one (model, pool), optionally of one site only, in site order.
+    pub fn buckets(
+        &self,
+        model: u32,
+        pool: Option<ContractId>,
+        site: Option<SiteId>,
+    ) -> impl Iterator<Item = (ScopeKey, &Bucket)> {
+        self.map
+            .get(&(model, pool))
+            .into_iter()
+            .flat_map(|m| m.iter())
+            .filter(move |((s, _), _)| site.is_none_or(|want| *s == want))
+            .map(move |(&(s, gpus), b)| {
+                (
+                    ScopeKey {
+                        model,
+                        pool,
+                        site: s,
+                        gpus,
+                    },
+                    b,
+                )
+            })
+    }
+
+    /// The pools (`Some`) that have nodes of a model.
+    pub fn pools_of(&self, model: u32) -> Vec<Option<ContractId>> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        self.map
+            .range((Excluded((model, None)), Unbounded))
+            .take_while(|((m, _), _)| *m == model)
+            .map(|((_, p), _)| *p)
+            .collect()
+    }
+}
+
+/// Adds (or removes) every contribution of one node to the indexes.
+pub(crate) fn apply(scopes: &mut Scopes, node: &Node, add: bool, placement: PlacementPolicy) {
+    let key = node.scope_key();
+    let bucket = scopes.entry(&key);
+    let span = node.peak_watts.saturating_sub(node.idle_watts);
+    if add {
+        bucket.nodes += 1;
+        *bucket.spans.entry(span).or_default() += 1;
+    } else {
+        bucket.nodes = bucket.nodes.saturating_sub(1);
+        if let Some(n) = bucket.spans.get_mut(&span) {
+            *n -= 1;
+            if *n == 0 {
+                bucket.spans.remove(&span);
+            }
+        }
+    }
+    if node.schedulable {
+        let free = node.free();
+        let free_count = free.count_ones();
+        if add {
+            bucket.free_gpus += u64::from(free_count);
+        } else {
+            bucket.free_gpus = bucket.free_gpus.saturating_sub(u64::from(free_count));
+        }
+        let whole = node.whole_free();
+        if whole {
+            for (level, index) in bucket.levels.iter_mut().enumerate() {
+                if let Some(block) = node.level_key(level) {
+                    if add {
+                        index.insert(block, node.id);
+                    } else {
+                        index.remove(block, node.id);
+                    }
+                }
+            }
+        }
+        if free != 0 && (!whole || placement == PlacementPolicy::FirstFit) {
+            let owner = node.owner();
+            let sets = match owner {
+                Some(t) => bucket.owned.entry(t).or_default(),
+                None => &mut bucket.open,
+            };
+            let free_u8 = u8::try_from(free_count).unwrap_or(u8::MAX);
+            for (i, &k) in SHAPES.iter().enumerate() {
+                if let Some((_, score)) = choose_group(free, node.gpus, k, placement) {
+                    let pk = match placement {
+                        PlacementPolicy::FirstFit => (0, 0, node.id),
+                        _ => (free_u8, score, node.id),
+                    };
+                    if add {
+                        sets[i].insert(pk);
+                    } else {
+                        sets[i].remove(&pk);
+                    }
+                }
+            }
+            if let Some(t) = owner
+                && !add
+                && bucket
+                    .owned
+                    .get(&t)
+                    .is_some_and(|s| s.iter().all(BTreeSet::is_empty))
+            {
+                bucket.owned.remove(&t);
+            }
+        }
+    }
+    if !add {
+        scopes.prune(&key);
+    }
+}

@@ -1,0 +1,330 @@
+//! Preemption plans: which lower-class allocations to release so that a request fits.
+//!
+//! Only allocations of a strictly lower class (DESIGN.md §3.3, ordered by the fleet policy)
+//! in the scopes the request may use are victims; for a reserved request that means the
+//! spot work borrowing its pool. The plan is a heuristic that prefers the fewest preempted
+//! GPUs, per site:
+//!
+//! - one node's GPUs: every node that holds a victim is examined, every aligned group on it
+//!   priced at the GPUs of the allocations that overlap it (plus, on a node that is not
+//!   shareable, the other tenants' work); the cheapest group wins. A gang victim costs all
+//!   its GPUs, so a 1-GPU request does not tear down a 64-node job when a spot single will
+//!   do;
+//! - a gang: per block of the requested level, the free whole nodes plus the nodes that
+//!   become free when their victims go, cheapest nodes first (priced at each victim's GPUs
+//!   per node); the cheapest block wins;
+//! - then power: when the site would still be over its limit, further victims of the same
+//!   scopes are added, smallest first, until it is not.
+//!
+//! The plan is exact about feasibility (a plan it returns makes the request placeable) but
+//! greedy about cost. It reads only the victims' nodes, never the whole fleet.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use neocloud_types::{Class, InstanceId, NodeId, Shape, SiteId};
+
+use crate::allocator::Allocator;
+use crate::index::{Bucket, ScopeKey};
+use crate::node::{SHAPES, draw_watts, facility_watts, group_mask, mask_of};
+use crate::{GangLevel, Refusal, Request};
+
+/// Victims chosen so far, and the most IT watts the placement itself may add.
+type Plan = (BTreeSet<InstanceId>, i64);
+
+impl Allocator {
+    /// The lower-class allocations whose release would make `req` placeable: empty when it
+    /// fits already, `None` when even releasing every eligible victim would not do.
+    /// Deterministic; see the module documentation for how victims are chosen.
+    pub fn preemption_plan(&self, req: &Request) -> Option<Vec<InstanceId>> {
+        let scope = self.scope_of(req).ok()?;
+        match self.try_place(req) {
+            Ok(_) => return Some(Vec::new()),
+            Err(Refusal::NoCapacity { .. } | Refusal::PowerLimit { .. }) => {}
+            Err(_) => return None,
+        }
+        let mut by_site: BTreeMap<SiteId, Vec<(ScopeKey, &Bucket)>> = BTreeMap::new();
+        for (key, b) in self.scope_buckets(req, &scope) {
+            by_site.entry(key.site).or_default().push((key, b));
+        }
+        let mut best: Option<(u64, SiteId, BTreeSet<InstanceId>)> = None;
+        for (site, buckets) in by_site {
+            let plan = match req.shape {
+                Shape::Gpus { gpus } => self.plan_gpus(req, gpus, &buckets),
+                Shape::Nodes { count, level } => self.plan_nodes(req, count, level, &buckets),
+            };
+            let Some((victims, delta_max)) = plan else {
+                continue;
+            };
+            let Some(victims) = self.plan_power(req, site, victims, delta_max, &buckets) else {
+                continue;
+            };
+            let cost = self.cost(&victims);
+            if best.as_ref().is_none_or(|(c, s, _)| (cost, site) < (*c, *s)) {
+                best = Some((cost, site, victims));
+            }
+        }
+        best.map(|(_, _, v)| v.into_iter().collect())
+    }
+
+    fn eligible(&self, req: &Request, class: Class) -> bool {
+        req.class.can_preempt(class, self.policy)
+    }
+
+    fn cost(&self, victims: &BTreeSet<InstanceId>) -> u64 {
+        victims
+            .iter()
+            .filter_map(|v| self.allocations.get(v))
+            .map(|a| a.gpu_count())
+            .sum()
+    }
+
+    /// The GPUs an allocation holds on one node.
+    fn mask_on(&self, inst: InstanceId, node: NodeId) -> u64 {
+        self.allocations.get(&inst).map_or(0, |a| {
+            a.gpus
+                .binary_search_by(|(n, _)| n.cmp(&node))
+                .map_or(0, |i| mask_of(&a.gpus[i].1))
+        })
+    }
+
+    /// Nodes of a scope holding eligible victims, in id order.
+    fn victim_nodes(&self, req: &Request, key: &ScopeKey, b: &Bucket) -> BTreeSet<NodeId> {
+        let mut nodes = BTreeSet::new();
+        for &(class, inst) in b.allocs.keys() {
+            if !self.eligible(req, class) {
+                continue;
+            }
+            let Some(a) = self.allocations.get(&inst) else {
+                continue;
+            };
+            for (node, _) in &a.gpus {
+                if self
+                    .slots
+                    .get(node)
+                    .is_some_and(|&s| self.nodes[s].scope_key() == *key)
+                {
+                    nodes.insert(*node);
+                }
+            }
+        }
+        nodes
+    }
+
+    fn plan_gpus(&self, req: &Request, k: u32, buckets: &[(ScopeKey, &Bucket)]) -> Option<Plan> {
+        let ki = SHAPES.iter().position(|&s| s == k)?;
+        let mut delta_max = 0i64;
+        let mut candidates = BTreeSet::new();
+        for &(key, b) in buckets {
+            if key.gpus < k {
+                continue;
+            }
+            // A placement of k GPUs on a node of this scope adds at most ⌈span·k/gpus⌉.
+            let bound = (i64::from(b.max_span()) * i64::from(k)).div_ceil(i64::from(key.gpus));
+            delta_max = delta_max.max(bound);
+            // Nodes that fit already (the request failed on power, not on GPUs).
+            let owned = b.owned.get(&req.tenant).map(|s| &s[ki]);
+            for set in [Some(&b.open[ki]), owned].into_iter().flatten() {
+                candidates.extend(set.first().map(|&(_, _, id)| id));
+            }
+            let level = &b.levels[crate::node::LEVEL_SITE];
+            candidates.extend(level.blocks.get(&None).and_then(|s| s.first()).copied());
+            candidates.extend(self.victim_nodes(req, &key, b));
+        }
+        let mut best: Option<(u64, BTreeSet<InstanceId>)> = None;
+        for id in candidates {
+            let Some(found) = self.slots.get(&id).and_then(|&s| self.node_plan(req, s, k)) else {
+                continue;
+            };
+            if best.as_ref().is_none_or(|(c, _)| found.0 < *c) {
+                let done = found.0 == 0;
+                best = Some(found);
+                if done {
+                    break;
+                }
+            }
+        }
+        best.map(|(_, v)| (v, delta_max))
+    }
+
+    /// The cheapest way to free an aligned group of `k` GPUs on one node for `req`.
+    fn node_plan(&self, req: &Request, slot: usize, k: u32) -> Option<(u64, BTreeSet<InstanceId>)> {
+        let node = &self.nodes[slot];
+        if !node.schedulable || node.gpus < k {
+            return None;
+        }
+        let held: Vec<(InstanceId, u64, bool, bool, u64)> = node
+            .allocs
+            .iter()
+            .filter_map(|&(inst, tenant)| {
+                let a = self.allocations.get(&inst)?;
+                Some((
+                    inst,
+                    self.mask_on(inst, node.id),
+                    self.eligible(req, a.class),
+                    tenant == req.tenant,
+                    a.gpu_count(),
+                ))
+            })
+            .collect();
+        let mut best: Option<(u64, BTreeSet<InstanceId>)> = None;
+        let mut offset = 0;
+        while offset + k <= node.gpus {
+            let group = group_mask(offset, k);
+            offset += k;
+            if node.unhealthy & group != 0 {
+                continue;
+            }
+            let mut victims = BTreeSet::new();
+            let mut cost = 0;
+            let mut ok = true;
+            for &(inst, mask, eligible, same_tenant, gpus) in &held {
+                let in_the_way = mask & group != 0 || (!node.shareable && !same_tenant);
+                if !in_the_way {
+                    continue;
+                }
+                if !eligible {
+                    ok = false;
+                    break;
+                }
+                victims.insert(inst);
+                cost += gpus;
+            }
+            if ok && best.as_ref().is_none_or(|(c, _)| cost < *c) {
+                best = Some((cost, victims));
+            }
+        }
+        best
+    }
+
+    fn plan_nodes(
+        &self,
+        req: &Request,
+        count: u32,
+        level: GangLevel,
+        buckets: &[(ScopeKey, &Bucket)],
+    ) -> Option<Plan> {
+        let li = match level {
+            GangLevel::NvlinkDomain => 0,
+            GangLevel::LeafGroup => 1,
+            GangLevel::Pod => 2,
+            GangLevel::Site => crate::node::LEVEL_SITE,
+        };
+        let need_all = usize::try_from(count).unwrap_or(usize::MAX);
+        let delta_max = buckets
+            .iter()
+            .map(|(_, b)| i64::from(b.max_span()) * i64::from(count))
+            .max()
+            .unwrap_or(0);
+        let mut best: Option<(u64, BTreeSet<InstanceId>)> = None;
+        for &(key, b) in buckets {
+            let index = &b.levels[li];
+            if index.largest() >= count {
+                return Some((BTreeSet::new(), delta_max));
+            }
+            // Nodes that become entirely free once their victims go, per block.
+            let mut freeable: BTreeMap<_, Vec<(u64, NodeId, Vec<InstanceId>)>> = BTreeMap::new();
+            for id in self.victim_nodes(req, &key, b) {
+                let Some(&slot) = self.slots.get(&id) else {
+                    continue;
+                };
+                let node = &self.nodes[slot];
+                if !node.schedulable || node.unhealthy != 0 {
+                    continue;
+                }
+                let Some(block) = node.level_key(li) else {
+                    continue;
+                };
+                let mut share = 0u64;
+                let mut victims = Vec::with_capacity(node.allocs.len());
+                let mut ok = true;
+                for (inst, _) in &node.allocs {
+                    match self.allocations.get(inst) {
+                        Some(a) if self.eligible(req, a.class) => {
+                            let nodes = a.gpus.len().max(1) as u64;
+                            share += a.gpu_count().div_ceil(nodes);
+                            victims.push(*inst);
+                        }
+                        _ => ok = false,
+                    }
+                }
+                if ok {
+                    freeable.entry(block).or_default().push((share, id, victims));
+                }
+            }
+            for (block, mut nodes) in freeable {
+                let free = index.blocks.get(&block).map_or(0, BTreeSet::len);
+                if free + nodes.len() < need_all {
+                    continue;
+                }
+                nodes.sort_unstable();
+                let victims: BTreeSet<InstanceId> = nodes
+                    .iter()
+                    .take(need_all - free)
+                    .flat_map(|(_, _, v)| v.iter().copied())
+                    .collect();
+                let cost = self.cost(&victims);
+                if best.as_ref().is_none_or(|(c, _)| cost < *c) {
+                    best = Some((cost, victims));
+                }
+            }
+        }
+        best.map(|(_, v)| (v, delta_max))
+    }
+
+    /// Adds victims until the site has room for the placement's power; `None` if releasing
+    /// every eligible allocation of these scopes would not make room.
+    fn plan_power(
+        &self,
+        req: &Request,
+        site: SiteId,
+        mut victims: BTreeSet<InstanceId>,
+        delta_max: i64,
+        buckets: &[(ScopeKey, &Bucket)],
+    ) -> Option<BTreeSet<InstanceId>> {
+        let s = self.sites.get(&site)?;
+        // GPUs released per node so far, and the site's IT watts once they are.
+        let mut removed: BTreeMap<usize, u64> = BTreeMap::new();
+        let mut it = s.it_watts;
+        let mut release = |inst: &InstanceId, it: &mut i64| {
+            let Some(a) = self.allocations.get(inst) else {
+                return;
+            };
+            for (node, indexes) in &a.gpus {
+                let Some(&slot) = self.slots.get(node) else {
+                    continue;
+                };
+                let n = &self.nodes[slot];
+                let gone = removed.entry(slot).or_default();
+                let before = (n.used & !*gone).count_ones();
+                *gone |= mask_of(indexes);
+                let after = (n.used & !*gone).count_ones();
+                *it += draw_watts(n.idle_watts, n.peak_watts, n.gpus, after)
+                    - draw_watts(n.idle_watts, n.peak_watts, n.gpus, before);
+            }
+        };
+        for v in &victims {
+            release(v, &mut it);
+        }
+        let fits =
+            |it: i64| facility_watts(it + delta_max, s.spec.pue_milli) <= s.spec.power_limit_watts;
+        if fits(it) {
+            return Some(victims);
+        }
+        let mut extra: Vec<(u64, InstanceId)> = buckets
+            .iter()
+            .flat_map(|(_, b)| b.allocs.keys())
+            .filter(|(class, inst)| self.eligible(req, *class) && !victims.contains(inst))
+            .filter_map(|(_, inst)| self.allocations.get(inst).map(|a| (a.gpu_count(), *inst)))
+            .collect();
+        extra.sort_unstable();
+        extra.dedup();
+        for (_, inst) in extra {
+            release(&inst, &mut it);
+            victims.insert(inst);
+            if fits(it) {
+                return Some(victims);
+            }
+        }
+        None
+    }
+}

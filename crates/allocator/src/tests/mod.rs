@@ -1,0 +1,1 @@
+//! Tests of the placement rules and property tests of the invariants.

@@ -101,7 +101,7 @@ pub struct Request {
 }
 
 /// GPUs given to one instance.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Allocation {
     /// The instance.
     pub id: InstanceId,

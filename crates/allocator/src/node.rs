@@ -109,7 +109,7 @@ pub(crate) fn is_aligned_group(mask: u64, gpus: u32, k: u32) -> bool {
 
 /// Facility watts of `it_watts` of IT load at `pue_milli`, rounded up.
 pub(crate) fn facility_watts(it_watts: i64, pue_milli: u32) -> i64 {
-    let w = (i128::from(it_watts) * i128::from(pue_milli)).div_ceil(1000);
+    let w = ceil_div(i128::from(it_watts) * i128::from(pue_milli), 1000);
     i64::try_from(w).unwrap_or(i64::MAX)
 }
 
@@ -180,7 +180,14 @@ impl Node {
 pub(crate) fn draw_watts(idle: u32, peak: u32, gpus: u32, used: u32) -> i64 {
     let span = i64::from(peak.saturating_sub(idle));
     let gpus = i64::from(gpus.max(1));
-    i64::from(idle) + (span * i64::from(used)).div_ceil(gpus)
+    let extra = ceil_div(i128::from(span) * i128::from(used), i128::from(gpus));
+    i64::from(idle) + i64::try_from(extra).unwrap_or(i64::MAX)
+}
+
+/// `a / b` rounded toward positive infinity, for `b > 0` (signed `div_ceil` is unstable).
+pub(crate) fn ceil_div(a: i128, b: i128) -> i128 {
+    let q = a / b;
+    if a % b > 0 { q + 1 } else { q }
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use neocloud_types::{Class, InstanceId, NodeId, Shape, SiteId};
 
 use crate::allocator::Allocator;
 use crate::index::{Bucket, ScopeKey};
-use crate::node::{SHAPES, draw_watts, facility_watts, group_mask, mask_of};
+use crate::node::{SHAPES, ceil_div, draw_watts, facility_watts, group_mask, mask_of};
 use crate::{GangLevel, Refusal, Request};
 
 /// Victims chosen so far, and the most IT watts the placement itself may add.
@@ -119,7 +119,11 @@ impl Allocator {
                 continue;
             }
             // A placement of k GPUs on a node of this scope adds at most ⌈span·k/gpus⌉.
-            let bound = (i64::from(b.max_span()) * i64::from(k)).div_ceil(i64::from(key.gpus));
+            let bound = ceil_div(
+                i128::from(b.max_span()) * i128::from(k),
+                i128::from(key.gpus),
+            );
+            let bound = i64::try_from(bound).unwrap_or(i64::MAX);
             delta_max = delta_max.max(bound);
             // Nodes that fit already (the request failed on power, not on GPUs).
             let owned = b.owned.get(&req.tenant).map(|s| &s[ki]);

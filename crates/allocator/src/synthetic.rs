@@ -162,7 +162,7 @@ impl Grid {
         let mut nodes = Vec::new();
         let mut serial = 0u64;
         let mut blocks = 0u64;
-        let mut block = |blocks: &mut u64| {
+        let block = |blocks: &mut u64| {
             *blocks += 1;
             block_id(base | *blocks)
         };

@@ -15,8 +15,8 @@ use neocloud_types::{Class, ContractId, FleetPolicy, InstanceId, NodeId, Shape, 
 
 use crate::index::{Bucket, ScopeKey, Scopes, apply};
 use crate::node::{
-    BlockKey, LEVEL_INNERMOST, LEVEL_SITE, Node, SHAPES, choose_group, draw_watts,
-    facility_watts, full_mask, group_mask, indexes_of, is_aligned_group, mask_of,
+    BlockKey, LEVEL_INNERMOST, LEVEL_SITE, Node, SHAPES, choose_group, draw_watts, facility_watts,
+    full_mask, group_mask, indexes_of, is_aligned_group, mask_of,
 };
 use crate::{
     Allocation, Fragmentation, GangLevel, NodeSpec, PlacementPolicy, PowerUse, Refusal, Request,
@@ -457,11 +457,10 @@ impl Allocator {
         if a.gpus.is_empty() {
             return Err(format!("instance {id}: the allocation holds no GPU"));
         }
-        let model = self
-            .model_ids
-            .get(&a.gpu_model)
-            .copied()
-            .ok_or_else(|| format!("instance {id}: GPU model '{}' is not known", a.gpu_model))?;
+        let model =
+            self.model_ids.get(&a.gpu_model).copied().ok_or_else(|| {
+                format!("instance {id}: GPU model '{}' is not known", a.gpu_model)
+            })?;
         for (_, indexes) in &mut a.gpus {
             indexes.sort_unstable();
         }
@@ -480,7 +479,9 @@ impl Allocator {
             if i > 0 && a.gpus[i - 1].0 == *node_id {
                 return Err(format!("instance {id}: node {node_id} is listed twice"));
             }
-            let slot = self.slot(*node_id).map_err(|e| format!("instance {id}: {e}"))?;
+            let slot = self
+                .slot(*node_id)
+                .map_err(|e| format!("instance {id}: {e}"))?;
             let node = &self.nodes[slot];
             if node.site != a.site || node.model != model {
                 return Err(format!(
@@ -622,11 +623,13 @@ impl Allocator {
 
     /// A site's power: IT and facility watts drawn, and its limit. Zero for unknown sites.
     pub fn site_power(&self, site: SiteId) -> PowerUse {
-        self.sites.get(&site).map_or_else(PowerUse::default, |s| PowerUse {
-            it_watts: s.it_watts,
-            allocated_watts: facility_watts(s.it_watts, s.spec.pue_milli),
-            limit_watts: s.spec.power_limit_watts,
-        })
+        self.sites
+            .get(&site)
+            .map_or_else(PowerUse::default, |s| PowerUse {
+                it_watts: s.it_watts,
+                allocated_watts: facility_watts(s.it_watts, s.spec.pue_milli),
+                limit_watts: s.spec.power_limit_watts,
+            })
     }
 
     /// Checks a request and says which scopes it may use.
@@ -822,11 +825,15 @@ impl Allocator {
         if let Some(r) = power_refusal {
             return Err(r);
         }
-        let free_gpus = self.scope_buckets(req, scope).map(|(_, b)| b.free_gpus).sum();
-        let site_words = req
-            .site
-            .map_or(String::new(), |s| format!(" in site {s}"));
-        let who = if self.scope_buckets(req, scope).any(|(_, b)| !b.owned.is_empty()) {
+        let free_gpus = self
+            .scope_buckets(req, scope)
+            .map(|(_, b)| b.free_gpus)
+            .sum();
+        let site_words = req.site.map_or(String::new(), |s| format!(" in site {s}"));
+        let who = if self
+            .scope_buckets(req, scope)
+            .any(|(_, b)| !b.owned.is_empty())
+        {
             " that this tenant may use (nodes that are not shareable hold other tenants' work)"
         } else {
             ""
@@ -913,7 +920,10 @@ impl Allocator {
         if let Some(r) = power_refusal {
             return Err(r);
         }
-        let free_gpus = self.scope_buckets(req, scope).map(|(_, b)| b.free_gpus).sum();
+        let free_gpus = self
+            .scope_buckets(req, scope)
+            .map(|(_, b)| b.free_gpus)
+            .sum();
         let reason = match (level, req.site) {
             (GangLevel::Site, Some(site)) => format!(
                 "site {site} has {largest} free whole nodes of {}; the gang needs {count}",

@@ -234,7 +234,12 @@ impl Calendar {
     pub fn check(&self) -> Result<(), String> {
         let mut fresh: BTreeMap<CapacityKey, Line> = BTreeMap::new();
         for c in self.contracts.values() {
-            add(fresh.entry(c.key.clone()).or_default(), c.start, c.end, c.gpus);
+            add(
+                fresh.entry(c.key.clone()).or_default(),
+                c.start,
+                c.end,
+                c.gpus,
+            );
         }
         fresh.retain(|_, l| !l.is_empty());
         if fresh != self.lines {
@@ -282,7 +287,8 @@ mod tests {
         assert_eq!(c.max_count(&k, 0, 200, 50), 0);
         // 50 GPUs for 60 µs under 100: blocked while 60 and 90 are committed; from 100 on 30.
         assert_eq!(c.earliest_start(&k, 0, 60, 50, 100), Some(100));
-        assert_eq!(c.earliest_start(&k, 0, 60, 40, 100), Some(0));
+        assert_eq!(c.earliest_start(&k, 0, 60, 10, 100), Some(0));
+        assert_eq!(c.earliest_start(&k, 0, 60, 40, 100), Some(100));
         assert_eq!(c.earliest_start(&k, 0, 10, 200, 100), None);
         assert_eq!(
             c.series(&k, 0, 200),

@@ -10,8 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt::{self, Write};
 
 use neocloud_types::{
-    BlockId, BlockKind, Class, ContractId, FleetPolicy, InstanceId, NodeId, Shape, SiteId,
-    TenantId,
+    BlockId, BlockKind, Class, ContractId, FleetPolicy, InstanceId, NodeId, Shape, SiteId, TenantId,
 };
 
 use crate::allocator::Allocator;
@@ -86,10 +85,14 @@ impl Allocator {
                 site: n.site,
                 gpu_model: self.model_name(n.model).to_string(),
                 gpus: n.gpus,
-                blocks: [BlockKind::Pod, BlockKind::LeafGroup, BlockKind::NvlinkDomain]
-                    .into_iter()
-                    .filter_map(|k| n.blocks[usize::from(k.depth())].map(|b| (k, b)))
-                    .collect(),
+                blocks: [
+                    BlockKind::Pod,
+                    BlockKind::LeafGroup,
+                    BlockKind::NvlinkDomain,
+                ]
+                .into_iter()
+                .filter_map(|k| n.blocks[usize::from(k.depth())].map(|b| (k, b)))
+                .collect(),
                 idle_watts: n.idle_watts,
                 peak_watts: n.peak_watts,
                 shareable: n.shareable,
@@ -182,14 +185,14 @@ impl Allocator {
                 .into_iter()
                 .zip(keys(&self.scopes))
                 .find(|(a, b)| a != b)
-                .map_or(String::new(), |(a, b)| format!(" (first differing scope {a:?} / {b:?})"));
+                .map_or(String::new(), |(a, b)| {
+                    format!(" (first differing scope {a:?} / {b:?})")
+                });
             let bucket_detail = fresh
                 .map
                 .iter()
                 .flat_map(|(k, m)| m.iter().map(move |(k2, b)| ((*k, *k2), b)))
-                .find(|((k, k2), b)| {
-                    self.scopes.map.get(k).and_then(|m| m.get(k2)) != Some(*b)
-                })
+                .find(|((k, k2), b)| self.scopes.map.get(k).and_then(|m| m.get(k2)) != Some(*b))
                 .map_or(String::new(), |(k, b)| {
                     let now = self.scopes.map.get(&k.0).and_then(|m| m.get(&k.1));
                     format!(" scope {k:?}: rebuilt {b:?}, kept {now:?}")
@@ -239,11 +242,13 @@ impl Allocator {
             return Err(format!("allocation {id} is malformed"));
         }
         if !a.gpus.windows(2).all(|w| w[0].0 < w[1].0) {
-            return Err(format!("allocation {id}: nodes are not sorted and distinct"));
+            return Err(format!(
+                "allocation {id}: nodes are not sorted and distinct"
+            ));
         }
         match (a.class, a.pool) {
-            (Class::Reserved, Some(_)) | (Class::Internal | Class::OnDemand | Class::Spot, None) => {
-            }
+            (Class::Reserved, Some(_))
+            | (Class::Internal | Class::OnDemand | Class::Spot, None) => {}
             _ => return Err(format!("allocation {id}: class and pool disagree")),
         }
         for (node_id, indexes) in &a.gpus {
@@ -253,7 +258,9 @@ impl Allocator {
                 .ok_or_else(|| format!("allocation {id}: node {node_id} is not known"))?;
             let n = &self.nodes[slot];
             if n.site != a.site || self.model_name(n.model) != a.gpu_model {
-                return Err(format!("allocation {id}: node {node_id} has another site or model"));
+                return Err(format!(
+                    "allocation {id}: node {node_id} has another site or model"
+                ));
             }
             if !indexes.windows(2).all(|w| w[0] < w[1]) || indexes.iter().any(|&g| g >= n.gpus) {
                 return Err(format!("allocation {id}: bad GPU indexes {indexes:?}"));
@@ -292,5 +299,38 @@ impl Allocator {
             }
         }
         Ok(())
+    }
+}
+
+impl Allocator {
+    /// An allocator in the state a snapshot describes: sites, nodes with their pool, health
+    /// and cordon, then every allocation restored. This is what a restart does with the
+    /// rows of the database.
+    pub fn from_snapshot(s: &Snapshot) -> Result<Allocator, String> {
+        let mut a = Allocator::new(s.policy, s.placement);
+        for site in &s.sites {
+            a.add_site(site.clone());
+        }
+        for n in &s.nodes {
+            a.add_node(crate::NodeSpec {
+                id: n.id,
+                site: n.site,
+                gpu_model: n.gpu_model.clone(),
+                gpus: n.gpus,
+                blocks: n.blocks.clone(),
+                idle_watts: n.idle_watts,
+                peak_watts: n.peak_watts,
+                shareable: n.shareable,
+            })?;
+            a.set_pool(n.id, n.pool)?;
+            a.set_schedulable(n.id, n.schedulable);
+            for &g in &n.unhealthy_gpus {
+                a.set_gpu_healthy(n.id, g, false);
+            }
+        }
+        for alloc in &s.allocations {
+            a.restore(alloc.clone())?;
+        }
+        Ok(a)
     }
 }

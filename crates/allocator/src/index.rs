@@ -131,11 +131,14 @@ impl Bucket {
     }
 }
 
+/// The buckets of one (model, pool), by (site, GPUs per node).
+pub(crate) type SiteBuckets = BTreeMap<(SiteId, u32), Bucket>;
+
 /// Every scope's index: (model, pool) → (site, GPUs per node) → bucket. The outer key lets
 /// a request take exactly the pool scopes it may use.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Scopes {
-    pub map: BTreeMap<(u32, Option<ContractId>), BTreeMap<(SiteId, u32), Bucket>>,
+    pub map: BTreeMap<(u32, Option<ContractId>), SiteBuckets>,
 }
 
 impl Scopes {

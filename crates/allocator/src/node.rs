@@ -104,7 +104,7 @@ pub(crate) fn is_aligned_group(mask: u64, gpus: u32, k: u32) -> bool {
         return false;
     }
     let offset = mask.trailing_zeros();
-    offset % k == 0 && offset + k <= gpus && mask == group_mask(offset, k)
+    offset.is_multiple_of(k) && offset + k <= gpus && mask == group_mask(offset, k)
 }
 
 /// Facility watts of `it_watts` of IT load at `pue_milli`, rounded up.
@@ -160,7 +160,12 @@ impl Node {
 
     /// IT watts drawn: idle plus the allocated share of (peak − idle), rounded up.
     pub fn draw_watts(&self) -> i64 {
-        draw_watts(self.idle_watts, self.peak_watts, self.gpus, self.used.count_ones())
+        draw_watts(
+            self.idle_watts,
+            self.peak_watts,
+            self.gpus,
+            self.used.count_ones(),
+        )
     }
 
     /// The node's block at a level index (see [`LEVELS`]); `None` when the node has no

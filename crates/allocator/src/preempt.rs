@@ -59,7 +59,10 @@ impl Allocator {
                 continue;
             };
             let cost = self.cost(&victims);
-            if best.as_ref().is_none_or(|(c, s, _)| (cost, site) < (*c, *s)) {
+            if best
+                .as_ref()
+                .is_none_or(|(c, s, _)| (cost, site) < (*c, *s))
+            {
                 best = Some((cost, site, victims));
             }
         }
@@ -252,7 +255,10 @@ impl Allocator {
                     }
                 }
                 if ok {
-                    freeable.entry(block).or_default().push((share, id, victims));
+                    freeable
+                        .entry(block)
+                        .or_default()
+                        .push((share, id, victims));
                 }
             }
             for (block, mut nodes) in freeable {

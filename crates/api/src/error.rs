@@ -51,6 +51,8 @@ fn title(code: ErrorCode) -> &'static str {
         ErrorCode::NotFound => "Not found",
         ErrorCode::MethodNotAllowed => "Method not allowed",
         ErrorCode::Conflict => "Conflict",
+        ErrorCode::InsufficientCapacity => "Insufficient capacity",
+        ErrorCode::QuotaExceeded => "Quota exceeded",
         ErrorCode::IdempotencyKeyReused => "Idempotency key reused",
         ErrorCode::InvalidFleetFile => "Invalid fleet file",
         ErrorCode::PayloadTooLarge => "Payload too large",

@@ -41,7 +41,8 @@ pub struct AppState {
     tags(
         (name = "system", description = "Health and the API description."),
         (name = "fleet", description = "GPU models, sites, blocks, nodes and fleet-file import."),
-        (name = "tenancy", description = "Tenants, API keys and the audit trail.")
+        (name = "tenancy", description = "Tenants, API keys and the audit trail."),
+        (name = "instances", description = "Instances, quotas and the queue.")
     )
 )]
 struct ApiDoc;

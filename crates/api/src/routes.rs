@@ -5,10 +5,14 @@ use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use neocloud_service::{
-    ApiKeyCreated, CreateApiKey, CreateGpuModel, CreateTenant, Created, UpdateTenant,
+    ApiKeyCreated, CreateApiKey, CreateGpuModel, CreateTenant, Created, LaunchInstance, SetQuota,
+    UpdateTenant,
 };
 use neocloud_store::{EventFilter, NodeFilter};
-use neocloud_types::{ApiKey, Block, Event, GpuModel, ImportReport, Node, NodeState, Site, Tenant};
+use neocloud_types::{
+    ApiKey, Block, Event, GpuModel, ImportReport, Instance, InstanceState, Node, NodeState, Quota,
+    Site, Tenant,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -46,6 +50,10 @@ pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(api_key_list, api_key_create))
         .routes(routes!(api_key_get, api_key_revoke))
         .routes(routes!(event_list))
+        .routes(routes!(instance_list, instance_launch))
+        .routes(routes!(instance_get))
+        .routes(routes!(instance_terminate))
+        .routes(routes!(quota_list, quota_set))
 }
 
 /// A list of items.
@@ -475,4 +483,126 @@ async fn event_list(
             .await?
             .into(),
     ))
+}
+
+// ---- instances --------------------------------------------------------------------------
+
+/// Filters and paging for listing instances.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceParams {
+    /// Only instances of this tenant (id or name; operators only, tenants always see their own).
+    tenant: Option<String>,
+    /// Only instances in this state.
+    state: Option<InstanceState>,
+    /// Cursor from a previous page's `next_cursor`.
+    cursor: Option<String>,
+    /// Items per page, 1-1000 (default 100).
+    limit: Option<u32>,
+}
+
+/// List instances, newest first.
+#[utoipa::path(get, path = "/v1/instances", tag = "instances", security(("bearer" = [])),
+    params(InstanceParams), responses((status = 200, body = Paged<Instance>)))]
+async fn instance_list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Q(q): Q<InstanceParams>,
+) -> ApiResult<Json<Paged<Instance>>> {
+    let page = st
+        .svc
+        .instance_list(
+            &p,
+            q.tenant.as_deref(),
+            q.state,
+            q.cursor.as_deref(),
+            q.limit,
+        )
+        .await?;
+    Ok(Json(page.into()))
+}
+
+/// Launch an instance. It is placed at once (`running`), queued (`pending`: it asked to
+/// wait, or lower-priority work is being preempted for it), or refused with the reason
+/// (`insufficient_capacity`, `quota_exceeded`).
+#[utoipa::path(post, path = "/v1/instances", tag = "instances", security(("bearer" = [])),
+    request_body = LaunchInstance,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe")),
+    responses((status = 201, body = Instance), (status = 400, body = Problem),
+              (status = 409, body = Problem)))]
+async fn instance_launch(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Response> {
+    let idem = idempotency(&headers, &method, uri.path(), &body)?;
+    let req: LaunchInstance = json_body(&headers, &body)?;
+    Ok(created(
+        st.svc.instance_launch(&p, req, idem.as_ref()).await?,
+    ))
+}
+
+/// Read an instance.
+#[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Instance id")),
+    responses((status = 200, body = Instance), (status = 404, body = Problem)))]
+async fn instance_get(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Instance>> {
+    Ok(Json(st.svc.instance_get(&p, &id).await?))
+}
+
+/// Terminate an instance; its GPUs are freed at once.
+#[utoipa::path(post, path = "/v1/instances/{id}/terminate", tag = "instances",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Instance id")),
+    responses((status = 200, body = Instance), (status = 404, body = Problem)))]
+async fn instance_terminate(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Instance>> {
+    Ok(Json(st.svc.instance_terminate(&p, &id).await?))
+}
+
+/// Filters for quotas.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaParams {
+    /// Only this tenant's quotas (operators; tenants see their own).
+    tenant: Option<String>,
+}
+
+/// List quotas.
+#[utoipa::path(get, path = "/v1/quotas", tag = "instances", security(("bearer" = [])),
+    params(QuotaParams), responses((status = 200, body = List<Quota>)))]
+async fn quota_list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Q(q): Q<QuotaParams>,
+) -> ApiResult<Json<List<Quota>>> {
+    Ok(Json(List {
+        items: st.svc.quota_list(&p, q.tenant.as_deref()).await?,
+    }))
+}
+
+/// Set (or with `max_gpus: null` remove) a tenant's quota for a GPU model and class
+/// (operator-admin). Returns the tenant's quotas.
+#[utoipa::path(put, path = "/v1/quotas", tag = "instances", security(("bearer" = [])),
+    request_body = SetQuota, responses((status = 200, body = List<Quota>)))]
+async fn quota_set(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Json<List<Quota>>> {
+    let req: SetQuota = json_body(&headers, &body)?;
+    Ok(Json(List {
+        items: st.svc.quota_set(&p, req).await?,
+    }))
 }

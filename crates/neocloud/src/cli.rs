@@ -85,6 +85,93 @@ enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Events(EventCmd),
+    /// Instances: GPUs a tenant runs.
+    #[command(subcommand)]
+    Instances(InstanceCmd),
+    /// Per-tenant quotas (max GPUs held at once per model and class).
+    #[command(subcommand)]
+    Quotas(QuotaCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum InstanceCmd {
+    /// Launch an instance: GPUs in one node (--gpus) or a gang of whole nodes (--nodes).
+    Launch {
+        /// GPU model, e.g. H100-SXM-80GB.
+        #[arg(long)]
+        gpu_model: String,
+        /// GPUs in one node: 1, 2, 4 or 8.
+        #[arg(long, conflicts_with = "nodes")]
+        gpus: Option<u32>,
+        /// A gang of this many whole nodes.
+        #[arg(long)]
+        nodes: Option<u32>,
+        /// For gangs: nvlink_domain, leaf_group, pod or site (default).
+        #[arg(long, requires = "nodes")]
+        gang_level: Option<String>,
+        /// on-demand (default), spot, internal or reserved.
+        #[arg(long, default_value = "on-demand")]
+        class: String,
+        /// Tenant (operator keys must name one).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Site to run in.
+        #[arg(long)]
+        site: Option<String>,
+        /// Contract whose reserved pool to use (class reserved).
+        #[arg(long)]
+        contract: Option<String>,
+        /// Wait up to this many seconds for capacity instead of failing at once.
+        #[arg(long)]
+        wait: Option<u32>,
+        /// A label.
+        #[arg(long)]
+        name: Option<String>,
+        /// Makes a retry safe: the same key never launches twice.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// List instances, newest first.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only in this state (pending, running, preempting, terminated, …).
+        #[arg(long)]
+        state: Option<String>,
+        /// Instances to show (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one instance and where it runs.
+    Show { id: String },
+    /// Terminate an instance.
+    Terminate { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum QuotaCmd {
+    /// List quotas.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Set a quota (operator-admin); --max-gpus none removes it.
+    Set {
+        /// Tenant id or name.
+        #[arg(long)]
+        tenant: String,
+        /// GPU model.
+        #[arg(long)]
+        gpu_model: String,
+        /// Class: reserved, internal, on-demand or spot.
+        #[arg(long)]
+        class: String,
+        /// Most GPUs held at once, or `none`.
+        #[arg(long)]
+        max_gpus: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -386,6 +473,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Tenants(cmd) => tenants(g, cmd).await,
         Command::Keys(cmd) => keys(g, cmd).await,
         Command::Events(cmd) => events(g, cmd).await,
+        Command::Instances(cmd) => instances(g, cmd).await,
+        Command::Quotas(cmd) => quotas(g, cmd).await,
     }
 }
 
@@ -879,4 +968,161 @@ async fn events(g: &Global, cmd: EventCmd) -> Result<()> {
             ],
         )
     })
+}
+
+fn placement_cell(v: &Value) -> String {
+    v.get("placement")
+        .and_then(Value::as_array)
+        .map(|a| {
+            let nodes: Vec<String> = a
+                .iter()
+                .map(|p| {
+                    let gpus = p["gpus"].as_array().map(|g| g.len()).unwrap_or(0);
+                    format!("{}[{}]", cell(&p["node"]), gpus)
+                })
+                .collect();
+            if nodes.len() > 3 {
+                format!("{} … (+{} nodes)", nodes[..3].join(" "), nodes.len() - 3)
+            } else {
+                nodes.join(" ")
+            }
+        })
+        .unwrap_or_default()
+}
+
+fn shape_cell(v: &Value) -> String {
+    let s = &v["shape"];
+    match s["kind"].as_str() {
+        Some("gpus") => format!("{} GPU", cell(&s["gpus"])),
+        Some("nodes") => format!("{} nodes in {}", cell(&s["count"]), cell(&s["level"])),
+        _ => "-".into(),
+    }
+}
+
+async fn instances(g: &Global, cmd: InstanceCmd) -> Result<()> {
+    let c = client(g)?;
+    let cols: &[Column] = &[
+        ("ID", &field("id")),
+        ("CLASS", &field("class")),
+        ("MODEL", &field("gpu_model")),
+        ("SHAPE", &shape_cell),
+        ("STATE", &field("state")),
+        ("PLACEMENT", &placement_cell),
+        ("REASON", &field("reason")),
+    ];
+    match cmd {
+        InstanceCmd::Launch {
+            gpu_model,
+            gpus,
+            nodes,
+            gang_level,
+            class,
+            tenant,
+            site,
+            contract,
+            wait,
+            name,
+            idempotency_key,
+        } => {
+            let body = json!({
+                "gpu_model": gpu_model, "gpus": gpus, "nodes": nodes, "gang_level": gang_level,
+                "class": class, "tenant_id": tenant, "site": site, "contract_id": contract,
+                "wait_seconds": wait, "name": name,
+            });
+            let v = c
+                .call(
+                    Method::POST,
+                    "/v1/instances",
+                    &[],
+                    Some(Body::Json(body)),
+                    idempotency_key.as_deref(),
+                )
+                .await?;
+            show(g, &v, |v| {
+                record(v);
+                println!("{:18}  {}", "placement", placement_cell(v));
+            })
+        }
+        InstanceCmd::List {
+            tenant,
+            state,
+            limit,
+        } => {
+            let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            if let Some(t) = tenant {
+                q.push(("tenant", t));
+            }
+            if let Some(s) = state {
+                q.push(("state", s));
+            }
+            let v = c.call(Method::GET, "/v1/instances", &q, None, None).await?;
+            show(g, &v, |v| table(items(v), cols))
+        }
+        InstanceCmd::Show { id } => {
+            let v = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/instances/{}", enc(&id)),
+                    &[],
+                    None,
+                    None,
+                )
+                .await?;
+            show(g, &v, |v| {
+                record(v);
+                if let Some(p) = v.get("placement").and_then(Value::as_array) {
+                    println!();
+                    table(p, &[("NODE", &field("node")), ("GPUS", &field("gpus"))]);
+                }
+            })
+        }
+        InstanceCmd::Terminate { id } => {
+            let v = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/instances/{}/terminate", enc(&id)),
+                    &[],
+                    None,
+                    None,
+                )
+                .await?;
+            show(g, &v, record)
+        }
+    }
+}
+
+async fn quotas(g: &Global, cmd: QuotaCmd) -> Result<()> {
+    let c = client(g)?;
+    let cols: &[Column] = &[
+        ("TENANT", &field("tenant_id")),
+        ("MODEL", &field("gpu_model")),
+        ("CLASS", &field("class")),
+        ("MAX GPUS", &field("max_gpus")),
+    ];
+    let v = match cmd {
+        QuotaCmd::List { tenant } => {
+            let q: Vec<(&str, String)> = tenant.into_iter().map(|t| ("tenant", t)).collect();
+            c.call(Method::GET, "/v1/quotas", &q, None, None).await?
+        }
+        QuotaCmd::Set {
+            tenant,
+            gpu_model,
+            class,
+            max_gpus,
+        } => {
+            let max: Value = if max_gpus == "none" {
+                Value::Null
+            } else {
+                json!(
+                    max_gpus
+                        .parse::<u32>()
+                        .map_err(|_| anyhow!("--max-gpus must be a number or `none`"))?
+                )
+            };
+            let body = json!({"tenant_id": tenant, "gpu_model": gpu_model, "class": class, "max_gpus": max});
+            c.call(Method::PUT, "/v1/quotas", &[], Some(Body::Json(body)), None)
+                .await?
+        }
+    };
+    show(g, &v, |v| table(items(v), cols))
 }

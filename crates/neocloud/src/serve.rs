@@ -28,6 +28,21 @@ pub struct ServeArgs {
     /// Shrink the demo fleet by this factor (0 < F <= 1), e.g. 0.01 for a laptop.
     #[arg(long, value_name = "F", default_value_t = 1.0, requires = "demo")]
     pub demo_scale: f64,
+    /// Who wins when capacity is short: the operator's lab (lab-first) or on-demand
+    /// customers (cloud-first). Reserved always wins; spot always yields.
+    #[arg(long, default_value = "lab-first", value_parser = parse_policy)]
+    pub fleet_policy: neocloud_types::FleetPolicy,
+    /// Notice, in seconds, that a preempted instance gets before its GPUs are taken.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub preemption_grace: u32,
+    /// Let different tenants share a node (sub-node shapes). Off by default: an external
+    /// tenant never shares a node with another tenant.
+    #[arg(long)]
+    pub shared_nodes: bool,
+}
+
+fn parse_policy(s: &str) -> Result<neocloud_types::FleetPolicy, String> {
+    s.parse()
 }
 
 fn write_operator_key(dir: &Path, secret: &str) -> Result<PathBuf> {
@@ -72,7 +87,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         ),
     };
     let started = std::time::Instant::now();
-    let svc = Service::open(&url)
+    let config = neocloud_service::SchedulerConfig {
+        fleet_policy: args.fleet_policy,
+        preemption_grace_secs: i64::from(args.preemption_grace),
+        shared_nodes: args.shared_nodes,
+        ..Default::default()
+    };
+    let svc = Service::open_with(&url, config)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.internal.unwrap_or(e.message)))
         .with_context(|| format!("opening the database {}", neocloud_store_redact(&url)))?;
@@ -136,6 +157,18 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     println!(
         "neocloud is serving on http://{addr} (API under /v1, description at /v1/openapi.json)"
     );
+    // The scheduler's clock: preemption notices run out and queued instances start here.
+    let ticker = svc.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if let Err(e) = ticker.tick(neocloud_types::Timestamp::now()).await {
+                tracing::warn!(error = %e.internal.unwrap_or(e.message), "scheduler tick failed");
+            }
+        }
+    });
     neocloud_api::serve(listener, svc, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

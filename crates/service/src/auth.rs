@@ -55,6 +55,16 @@ pub enum Action {
     WriteKeys,
     /// Read the audit trail (own tenant's for tenant roles).
     ReadEvents,
+    /// Read instances (own tenant's for tenant roles).
+    ReadInstances,
+    /// Launch and terminate instances (own tenant's for tenant roles).
+    WriteInstances,
+    /// Read quotas (own tenant's for tenant roles).
+    ReadQuotas,
+    /// Set quotas.
+    WriteQuotas,
+    /// Read capacity, fragmentation and power.
+    ReadCapacity,
 }
 
 /// The authorization table: which roles may do what. Every endpoint names its action, and a
@@ -66,13 +76,38 @@ pub fn allowed(role: Role, action: Action) -> bool {
         OperatorAdmin => true,
         OperatorViewer => matches!(
             action,
-            ReadCatalog | ReadSites | ReadFleet | ReadTenants | ReadKeys | ReadEvents
+            ReadCatalog
+                | ReadSites
+                | ReadFleet
+                | ReadTenants
+                | ReadKeys
+                | ReadEvents
+                | ReadInstances
+                | ReadQuotas
+                | ReadCapacity
         ),
         TenantAdmin => matches!(
             action,
-            ReadCatalog | ReadSites | ReadTenants | ReadKeys | WriteKeys | ReadEvents
+            ReadCatalog
+                | ReadSites
+                | ReadTenants
+                | ReadKeys
+                | WriteKeys
+                | ReadEvents
+                | ReadInstances
+                | WriteInstances
+                | ReadQuotas
         ),
-        TenantMember => matches!(action, ReadCatalog | ReadSites | ReadTenants | ReadEvents),
+        TenantMember => matches!(
+            action,
+            ReadCatalog
+                | ReadSites
+                | ReadTenants
+                | ReadEvents
+                | ReadInstances
+                | WriteInstances
+                | ReadQuotas
+        ),
         NodeAgent => false,
     }
 }

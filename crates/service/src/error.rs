@@ -21,6 +21,10 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The change conflicts with the current state (e.g. a name already taken).
     Conflict,
+    /// No capacity fits the request now (the message says why).
+    InsufficientCapacity,
+    /// The request would take the tenant over a quota.
+    QuotaExceeded,
     /// An Idempotency-Key was reused with a different request.
     IdempotencyKeyReused,
     /// The fleet file is invalid or cannot be applied.
@@ -43,6 +47,8 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::InsufficientCapacity => "insufficient_capacity",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::InvalidFleetFile => "invalid_fleet_file",
             ErrorCode::PayloadTooLarge => "payload_too_large",
@@ -59,7 +65,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::Conflict => 409,
+            ErrorCode::Conflict | ErrorCode::InsufficientCapacity | ErrorCode::QuotaExceeded => 409,
             ErrorCode::IdempotencyKeyReused | ErrorCode::InvalidFleetFile => 422,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Internal => 500,

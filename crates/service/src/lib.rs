@@ -7,7 +7,9 @@
 
 pub mod auth;
 pub mod error;
+mod instances;
 mod requests;
+mod scheduler;
 
 use neocloud_store::{EventFilter, IdempotencyRecord, NewEvent, NodeFilter, Page, Store, WriteTx};
 use neocloud_types::{
@@ -19,7 +21,9 @@ use serde::de::DeserializeOwned;
 
 pub use auth::{Action, Principal};
 pub use error::{Error, ErrorCode, FieldError, Result};
+pub use neocloud_allocator::PlacementPolicy;
 pub use requests::*;
+pub use scheduler::SchedulerConfig;
 
 /// Most items a list returns in one page.
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -44,13 +48,14 @@ pub struct Created<T> {
     pub replayed: bool,
 }
 
-/// The service: owns the store and applies the rules.
+/// The service: owns the store and the scheduler, and applies the rules.
 #[derive(Clone)]
 pub struct Service {
     store: Store,
+    sched: std::sync::Arc<tokio::sync::Mutex<scheduler::Sched>>,
 }
 
-fn page_limit(limit: Option<u32>) -> Result<u32> {
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32> {
     match limit {
         None => Ok(DEFAULT_PAGE_SIZE),
         Some(0) => Err(Error::invalid("limit must be at least 1")),
@@ -62,11 +67,27 @@ fn page_limit(limit: Option<u32>) -> Result<u32> {
 }
 
 impl Service {
-    /// Opens the database at `url`, applies migrations and seeds the built-in GPU catalog.
+    /// Opens the database at `url` with the default scheduler settings.
     pub async fn open(url: &str) -> Result<Service> {
+        Self::open_with(url, SchedulerConfig::default()).await
+    }
+
+    /// Opens the database at `url`, applies migrations, seeds the built-in GPU catalog and
+    /// rebuilds the allocator from the database.
+    pub async fn open_with(url: &str, config: SchedulerConfig) -> Result<Service> {
         let store = Store::open(url).await?;
         store.gpu_model_seed_builtins().await?;
-        Ok(Service { store })
+        let sched = scheduler::Sched::rebuild(&store, config).await?;
+        Ok(Service {
+            store,
+            sched: std::sync::Arc::new(tokio::sync::Mutex::new(sched)),
+        })
+    }
+
+    /// A fingerprint of the allocator's state (allocations and free GPUs), to compare the
+    /// state before and after a restart.
+    pub async fn allocator_fingerprint(&self) -> String {
+        self.sched.lock().await.alloc.fingerprint()
     }
 
     /// The store underneath (for readiness checks and tests).
@@ -150,7 +171,7 @@ impl Service {
 
     // ---- idempotency -------------------------------------------------------------------
 
-    async fn idem_lookup<T: DeserializeOwned>(
+    pub(crate) async fn idem_lookup<T: DeserializeOwned>(
         tx: &mut WriteTx,
         p: &Principal,
         idem: Option<&Idempotency>,
@@ -176,7 +197,7 @@ impl Service {
         }))
     }
 
-    async fn idem_store<T: Serialize>(
+    pub(crate) async fn idem_store<T: Serialize>(
         tx: &mut WriteTx,
         p: &Principal,
         idem: Option<&Idempotency>,
@@ -331,6 +352,8 @@ impl Service {
                 .collect();
             e
         })?;
+        // No placement may run while nodes change under the allocator.
+        let mut sched = self.sched.lock().await;
         let mut tx = self.store.begin_write().await?;
         let mut report = Store::fleet_import(&mut tx, &spec, p.map(|p| p.key_id)).await?;
         if dry_run {
@@ -347,6 +370,8 @@ impl Service {
             if let Err(e) = self.store.analyze().await {
                 tracing::warn!(error = %e, "could not refresh planner statistics");
             }
+            let config = sched.config.clone();
+            *sched = scheduler::Sched::rebuild(&self.store, config).await?;
         }
         Ok(report)
     }
@@ -433,7 +458,7 @@ impl Service {
     }
 
     /// Resolves a tenant the caller may see, or reports it not found.
-    async fn visible_tenant(&self, p: &Principal, id_or_name: &str) -> Result<Tenant> {
+    pub(crate) async fn visible_tenant(&self, p: &Principal, id_or_name: &str) -> Result<Tenant> {
         let t = self
             .store
             .tenant_get(id_or_name)

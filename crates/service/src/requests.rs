@@ -199,3 +199,97 @@ pub struct ApiKeyCreated {
     /// response: it is stored hashed, so an idempotent replay returns `null` here.
     pub secret: Option<String>,
 }
+
+/// Body of `POST /v1/instances`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LaunchInstance {
+    /// Tenant id or name. Tenant keys launch for their own tenant and may leave it out;
+    /// operator keys must name one.
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// Optional label (1-200 printable characters).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `on-demand` (default), `spot`, `internal` (internal tenants only) or `reserved`
+    /// (needs `contract_id`).
+    #[serde(default = "default_class")]
+    pub class: neocloud_types::Class,
+    /// GPU model, e.g. `H100-SXM-80GB`.
+    pub gpu_model: String,
+    /// GPUs in one node: 1, 2, 4 or 8. Give this or `nodes`.
+    #[serde(default)]
+    pub gpus: Option<u32>,
+    /// A gang of this many whole nodes. Give this or `gpus`.
+    #[serde(default)]
+    pub nodes: Option<u32>,
+    /// For gangs: the block level all nodes must share (`nvlink_domain`, `leaf_group`,
+    /// `pod`, or `site`, the default).
+    #[serde(default)]
+    pub gang_level: Option<neocloud_types::GangLevel>,
+    /// Site id or name to run in; any site by default.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Contract whose reserved pool to run in (class `reserved`).
+    #[serde(default)]
+    pub contract_id: Option<neocloud_types::ContractId>,
+    /// Wait up to this many seconds for capacity instead of failing at once (max 604800).
+    #[serde(default)]
+    pub wait_seconds: Option<u32>,
+}
+
+fn default_class() -> neocloud_types::Class {
+    neocloud_types::Class::OnDemand
+}
+
+impl LaunchInstance {
+    pub(crate) fn shape(&self) -> Result<neocloud_types::Shape> {
+        use neocloud_types::{GangLevel, Shape};
+        if let Some(n) = &self.name {
+            validate_label("name", n)?;
+        }
+        if self.wait_seconds.is_some_and(|w| w > 604_800) {
+            return Err(Error::invalid(
+                "wait_seconds must be at most 604800 (7 days)",
+            ));
+        }
+        match (self.gpus, self.nodes) {
+            (Some(g), None) => {
+                if !matches!(g, 1 | 2 | 4 | 8) {
+                    return Err(Error::invalid(format!(
+                        "gpus must be 1, 2, 4 or 8 (got {g}); for more, ask for whole nodes with `nodes`"
+                    )));
+                }
+                if self.gang_level.is_some() {
+                    return Err(Error::invalid("gang_level applies only to `nodes`"));
+                }
+                Ok(Shape::Gpus { gpus: g })
+            }
+            (None, Some(n)) => {
+                if n == 0 || n > 200_000 {
+                    return Err(Error::invalid("nodes must be between 1 and 200000"));
+                }
+                Ok(Shape::Nodes {
+                    count: n,
+                    level: self.gang_level.unwrap_or(GangLevel::Site),
+                })
+            }
+            (Some(_), Some(_)) => Err(Error::invalid("give either gpus or nodes, not both")),
+            (None, None) => Err(Error::invalid("give gpus (1, 2, 4 or 8) or nodes (a gang)")),
+        }
+    }
+}
+
+/// Body of `PUT /v1/quotas`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetQuota {
+    /// Tenant id or name.
+    pub tenant_id: String,
+    /// GPU model.
+    pub gpu_model: String,
+    /// Class of service.
+    pub class: neocloud_types::Class,
+    /// Most GPUs held at once; `null` removes the quota.
+    pub max_gpus: Option<u32>,
+}

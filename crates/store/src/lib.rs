@@ -10,7 +10,9 @@
 //! runs inside a [`WriteTx`] that the caller commits, so a change and its audit event land
 //! together or not at all.
 
+mod contracts;
 mod fleet;
+mod instances;
 mod tenancy;
 
 use std::sync::Arc;
@@ -20,7 +22,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+pub use contracts::*;
 pub use fleet::*;
+pub use instances::*;
 pub use tenancy::*;
 
 /// The database driver's error, for callers that classify failures.
@@ -95,11 +99,18 @@ impl WriteTx {
 
 /// The migrations, in order. Each runs once, in its own transaction; the version applied is
 /// recorded in `schema_migrations`.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "fleet_tenancy",
-    include_str!("../migrations/0001_fleet_tenancy.sql"),
-)];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "fleet_tenancy",
+        include_str!("../migrations/0001_fleet_tenancy.sql"),
+    ),
+    (
+        2,
+        "instances",
+        include_str!("../migrations/0002_instances.sql"),
+    ),
+];
 
 impl Store {
     /// Opens the database at `url` (`sqlite://PATH` or `postgres://…`) and applies pending

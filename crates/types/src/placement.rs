@@ -81,3 +81,153 @@ pub enum Shape {
         level: GangLevel,
     },
 }
+
+string_enum!(
+    /// Lifecycle of an instance.
+    InstanceState {
+        /// Accepted, waiting for capacity (queued) or for preempted work to leave.
+        Pending = "pending",
+        /// Placed on GPUs and running.
+        Running = "running",
+        /// Being stopped at the tenant's request.
+        Terminating = "terminating",
+        /// Stopped at the tenant's request; its GPUs are free.
+        Terminated = "terminated",
+        /// Notified of preemption; it stops when the grace period ends.
+        Preempting = "preempting",
+        /// Stopped by preemption; its GPUs went to higher-priority work.
+        Preempted = "preempted",
+        /// Could not be placed (or its queue deadline passed).
+        Failed = "failed",
+    }
+);
+
+impl InstanceState {
+    /// Whether the instance holds GPUs in this state.
+    pub fn holds_gpus(self) -> bool {
+        matches!(
+            self,
+            InstanceState::Running | InstanceState::Terminating | InstanceState::Preempting
+        )
+    }
+
+    /// Whether the instance has ended for good.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            InstanceState::Terminated | InstanceState::Preempted | InstanceState::Failed
+        )
+    }
+}
+
+/// GPUs of one node held by an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PlacedNode {
+    /// Node id.
+    pub node_id: crate::NodeId,
+    /// Node name.
+    pub node: String,
+    /// GPU indexes on that node.
+    pub gpus: Vec<u32>,
+}
+
+/// An allocation a tenant runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Instance {
+    /// Instance id.
+    pub id: crate::InstanceId,
+    /// Owner.
+    pub tenant_id: crate::TenantId,
+    /// Optional label.
+    pub name: Option<String>,
+    /// Class of service.
+    pub class: Class,
+    /// GPU model.
+    pub gpu_model: String,
+    /// What was asked for.
+    pub shape: Shape,
+    /// GPUs the instance holds (or will hold).
+    pub gpu_count: u32,
+    /// Site asked for, if any.
+    pub requested_site_id: Option<crate::SiteId>,
+    /// Site it runs in, once placed.
+    pub site_id: Option<crate::SiteId>,
+    /// Contract whose reserved pool it runs in (reserved class).
+    pub contract_id: Option<crate::ContractId>,
+    /// Lifecycle state.
+    pub state: InstanceState,
+    /// Why it is pending, failed or preempted.
+    pub reason: Option<String>,
+    /// Where it runs.
+    pub placement: Vec<PlacedNode>,
+    /// When it was accepted.
+    pub created_at: crate::Timestamp,
+    /// When it started running.
+    pub started_at: Option<crate::Timestamp>,
+    /// When it ended.
+    pub ended_at: Option<crate::Timestamp>,
+    /// For a preempting instance: when it will be stopped.
+    pub preempt_at: Option<crate::Timestamp>,
+    /// For a queued instance: when it gives up waiting.
+    pub wait_until: Option<crate::Timestamp>,
+}
+
+/// A limit on how many GPUs a tenant may hold at once, per GPU model and class.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Quota {
+    /// Tenant.
+    pub tenant_id: crate::TenantId,
+    /// GPU model.
+    pub gpu_model: String,
+    /// Class of service.
+    pub class: Class,
+    /// Most GPUs held at once (running, terminating or preempting instances).
+    pub max_gpus: u32,
+}
+
+string_enum!(
+    /// Lifecycle of a contract.
+    ContractState {
+        /// Signed: its GPUs are promised on the capacity calendar; it has not started yet.
+        Signed = "signed",
+        /// Running: its reserved pool is pinned.
+        Active = "active",
+        /// Past its end.
+        Ended = "ended",
+        /// Cancelled before its end.
+        Cancelled = "cancelled",
+    }
+);
+
+/// Reserved capacity: N GPUs of a model in a site for a time window at a fixed rate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Contract {
+    /// Contract id.
+    pub id: crate::ContractId,
+    /// Tenant.
+    pub tenant_id: crate::TenantId,
+    /// GPU model.
+    pub gpu_model: String,
+    /// GPUs reserved.
+    pub gpu_count: u32,
+    /// Site.
+    pub site_id: crate::SiteId,
+    /// If set, the pool must sit inside one block of this level.
+    pub single_block: Option<GangLevel>,
+    /// Start of the reservation.
+    pub start_at: crate::Timestamp,
+    /// End of the reservation (exclusive).
+    pub end_at: crate::Timestamp,
+    /// Price per GPU-hour.
+    pub price_per_gpu_hour: crate::Money,
+    /// Availability promised, percent (e.g. "99.9").
+    pub sla_percent: String,
+    /// Lifecycle state.
+    pub state: ContractState,
+    /// GPUs × hours × price over the whole term.
+    pub total_value: crate::Money,
+    /// When it was signed.
+    pub created_at: crate::Timestamp,
+    /// When it last changed.
+    pub updated_at: crate::Timestamp,
+}

@@ -1,0 +1,524 @@
+//! Property tests: random operation sequences on a small mixed fleet.
+//!
+//! After every step the allocator's own self-check must pass, and the DESIGN.md §3
+//! invariants are checked again here from the list of allocations alone, without the
+//! allocator's indexes: 1 (no GPU twice), 3 (preemption only of strictly lower classes, and
+//! a plan really makes room), 4 (one tenant per unshared node), 5 (no placement takes a site
+//! over its limit). A rebuild from a snapshot, allocations restored in reverse order, must
+//! give the same fingerprint.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use neocloud_types::{BlockKind, Class, FleetPolicy, GangLevel, NodeId, Shape, SiteId};
+use proptest::prelude::*;
+
+use super::{GB200, H100};
+use crate::node::{draw_watts, facility_watts};
+use crate::synthetic::{block_id, contract_id, instance_id, node_id, site_id, tenant_id};
+use crate::{Allocation, Allocator, NodeSpec, PlacementPolicy, Refusal, Request, SiteSpec};
+
+#[derive(Clone, Debug)]
+struct Req {
+    tenant: u8,
+    class: u8,
+    shape: u8,
+    model: u8,
+    site: u8,
+    pool: u8,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Place(Req),
+    Release(usize),
+    PreemptAndPlace(Req),
+    Schedulable(usize, bool),
+    Healthy(usize, u32, bool),
+    Pool(usize, u8),
+    PowerLimit(usize, u8),
+    RemoveAndAdd(usize),
+}
+
+/// A request; `classes` are indexes into [`CLASSES`] and `shapes` shape numbers (see
+/// [`World::request`]), repeated to weigh them.
+fn req(classes: &'static [u8], shapes: &'static [u8]) -> impl Strategy<Value = Req> {
+    let class = proptest::sample::select(classes);
+    let shape = proptest::sample::select(shapes);
+    (0u8..3, class, shape, 0u8..4, 0u8..3, 0u8..8).prop_map(
+        |(tenant, class, shape, model, site, pool)| Req {
+            tenant,
+            class,
+            shape,
+            model,
+            site,
+            pool,
+        },
+    )
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        // Plenty of spot work, so that preemption has victims to choose from.
+        8 => req(&[0, 1, 2, 3, 3, 3], &[0, 1, 2, 3, 4, 5, 6, 7]).prop_map(Op::Place),
+        2 => any::<usize>().prop_map(Op::Release),
+        4 => req(&[0, 0, 1, 2, 2, 3], &[1, 2, 3, 3, 4, 5, 6, 7]).prop_map(Op::PreemptAndPlace),
+        1 => (any::<usize>(), any::<bool>()).prop_map(|(n, y)| Op::Schedulable(n, y)),
+        1 => (any::<usize>(), 0u32..8, any::<bool>()).prop_map(|(n, g, y)| Op::Healthy(n, g, y)),
+        1 => (any::<usize>(), 0u8..3).prop_map(|(n, p)| Op::Pool(n, p)),
+        1 => (0usize..2, 40u8..110).prop_map(|(s, p)| Op::PowerLimit(s, p)),
+        1 => any::<usize>().prop_map(Op::RemoveAndAdd),
+    ]
+}
+
+struct World {
+    a: Allocator,
+    sites: Vec<SiteSpec>,
+    specs: BTreeMap<NodeId, NodeSpec>,
+    order: Vec<NodeId>,
+    next_id: u64,
+}
+
+fn node(
+    n: u64,
+    site: SiteId,
+    model: &str,
+    gpus: u32,
+    blocks: Vec<(BlockKind, u64)>,
+    watts: (u32, u32),
+    shareable: bool,
+) -> NodeSpec {
+    NodeSpec {
+        id: node_id(n),
+        site,
+        gpu_model: model.to_string(),
+        gpus,
+        blocks: blocks.into_iter().map(|(k, b)| (k, block_id(b))).collect(),
+        idle_watts: watts.0,
+        peak_watts: watts.1,
+        shareable,
+    }
+}
+
+/// Two sites; site 1: two pods of H100 nodes (8 GPUs) and two NVLink domains of GB200 trays
+/// (4 GPUs); site 2: one leaf group of H100 nodes with another power profile. Odd nodes are
+/// shareable.
+fn world(policy: FleetPolicy, placement: PlacementPolicy) -> World {
+    let (s1, s2) = (site_id(1), site_id(2));
+    let mut specs = Vec::new();
+    for n in 1..=9u64 {
+        let (pod, leaf) = match n {
+            1..=3 => (10, 11),
+            4..=6 => (10, 12),
+            _ => (20, 21),
+        };
+        let path = vec![(BlockKind::Pod, pod), (BlockKind::LeafGroup, leaf)];
+        specs.push(node(n, s1, H100, 8, path, (1000, 9000), n % 2 == 1));
+    }
+    for n in 10..=15u64 {
+        let domain = if n <= 12 { 30 } else { 31 };
+        let path = vec![(BlockKind::NvlinkDomain, domain)];
+        specs.push(node(n, s1, GB200, 4, path, (800, 5000), true));
+    }
+    for n in 16..=19u64 {
+        let path = vec![(BlockKind::Pod, 40), (BlockKind::LeafGroup, 41)];
+        specs.push(node(n, s2, H100, 8, path, (1500, 8000), n % 2 == 1));
+    }
+    let peak = |site| -> i64 {
+        specs
+            .iter()
+            .filter(|n| n.site == site)
+            .map(|n| i64::from(n.peak_watts))
+            .sum()
+    };
+    let sites = vec![
+        SiteSpec {
+            id: s1,
+            power_limit_watts: facility_watts(peak(s1), 1100),
+            pue_milli: 1100,
+        },
+        SiteSpec {
+            id: s2,
+            power_limit_watts: facility_watts(peak(s2), 1000),
+            pue_milli: 1000,
+        },
+    ];
+    let mut a = Allocator::new(policy, placement);
+    for s in &sites {
+        a.add_site(s.clone());
+    }
+    for n in &specs {
+        a.add_node(n.clone()).unwrap();
+    }
+    // Reserved pools from the start: pod 20 and NVLink domain 31 for contract 1, a node of
+    // leaf 12 and two of site 2 for contract 2.
+    for (n, c) in [
+        (7, 1),
+        (8, 1),
+        (9, 1),
+        (13, 1),
+        (14, 1),
+        (15, 1),
+        (6, 2),
+        (17, 2),
+        (19, 2),
+    ] {
+        a.set_pool(node_id(n), Some(contract_id(c))).unwrap();
+    }
+    World {
+        a,
+        sites,
+        order: specs.iter().map(|n| n.id).collect(),
+        specs: specs.into_iter().map(|n| (n.id, n)).collect(),
+        next_id: 0,
+    }
+}
+
+const CLASSES: [Class; 4] = [
+    Class::Reserved,
+    Class::Internal,
+    Class::OnDemand,
+    Class::Spot,
+];
+
+impl World {
+    fn request(&mut self, r: &Req) -> Request {
+        self.next_id += 1;
+        let class = CLASSES[usize::from(r.class)];
+        let shape = match r.shape {
+            k @ 0..=3 => Shape::Gpus { gpus: 1 << k },
+            4 => Shape::Nodes {
+                count: 2,
+                level: GangLevel::LeafGroup,
+            },
+            5 => Shape::Nodes {
+                count: 3,
+                level: GangLevel::Pod,
+            },
+            6 => Shape::Nodes {
+                count: 1,
+                level: GangLevel::Site,
+            },
+            _ => Shape::Nodes {
+                count: 2,
+                level: GangLevel::NvlinkDomain,
+            },
+        };
+        // Mostly well-formed pools; now and then a reserved request without one or another
+        // class with one, which must be refused.
+        let pool = match (class, r.pool) {
+            (Class::Reserved, 0) => None,
+            (Class::Reserved, p) => Some(contract_id(u64::from(p % 2) + 1)),
+            (_, 7) => Some(contract_id(1)),
+            _ => None,
+        };
+        Request {
+            id: instance_id(self.next_id),
+            tenant: tenant_id(u64::from(r.tenant)),
+            class,
+            gpu_model: if r.model == 3 { GB200 } else { H100 }.to_string(),
+            shape,
+            site: match r.site {
+                0 => None,
+                s => Some(site_id(u64::from(s))),
+            },
+            pool,
+        }
+    }
+
+    fn nth(&self, i: usize) -> NodeId {
+        self.order[i % self.order.len()]
+    }
+
+    /// Checks one new allocation against the request and the node states before it.
+    fn check_new(&self, before: &crate::Snapshot, req: &Request, got: &Allocation) {
+        let nodes: BTreeMap<NodeId, &crate::NodeSnapshot> =
+            before.nodes.iter().map(|n| (n.id, n)).collect();
+        assert_eq!(got.id, req.id);
+        assert_eq!(got.class, req.class);
+        assert_eq!(got.shape, req.shape);
+        if let Some(site) = req.site {
+            assert_eq!(got.site, site);
+        }
+        let mut blocks = BTreeSet::new();
+        for (id, gpus) in &got.gpus {
+            let n = nodes[id];
+            assert_eq!(n.gpu_model, req.gpu_model);
+            assert_eq!(n.site, got.site);
+            assert!(n.schedulable, "placed on a cordoned node");
+            assert!(
+                gpus.iter().all(|g| !n.unhealthy_gpus.contains(g)),
+                "placed on an unhealthy GPU"
+            );
+            match req.class {
+                Class::Reserved => assert_eq!(n.pool, req.pool),
+                Class::Spot => {}
+                _ => assert_eq!(n.pool, None, "non-spot work on a pinned node"),
+            }
+            if let Shape::Nodes { level, .. } = req.shape {
+                let kind = match level {
+                    GangLevel::NvlinkDomain => Some(BlockKind::NvlinkDomain),
+                    GangLevel::LeafGroup => Some(BlockKind::LeafGroup),
+                    GangLevel::Pod => Some(BlockKind::Pod),
+                    GangLevel::Site => None,
+                };
+                let block = kind.map(|k| {
+                    n.blocks
+                        .iter()
+                        .find(|(bk, _)| *bk == k)
+                        .map(|(_, b)| *b)
+                        .expect("gang node has a block of its level")
+                });
+                blocks.insert(block);
+                assert_eq!(gpus.len(), n.gpus as usize, "a gang takes whole nodes");
+            } else {
+                let k = u32::try_from(gpus.len()).unwrap();
+                assert!(gpus[0] % k == 0 && gpus.windows(2).all(|w| w[1] == w[0] + 1));
+            }
+        }
+        assert!(blocks.len() <= 1, "gang spans blocks: {blocks:?}");
+        // Invariant 5, recomputed from the allocations.
+        let site = self.sites.iter().find(|s| s.id == got.site).unwrap();
+        let limit = self.a.site_power(site.id).limit_watts;
+        assert!(
+            self.facility(site.id) <= limit,
+            "site over its limit after a placement"
+        );
+    }
+
+    /// A site's facility draw from the allocations and the fleet spec alone.
+    fn facility(&self, site: SiteId) -> i64 {
+        let mut used: BTreeMap<NodeId, u32> = BTreeMap::new();
+        for a in self.a.allocations() {
+            for (n, g) in &a.gpus {
+                *used.entry(*n).or_default() += u32::try_from(g.len()).unwrap();
+            }
+        }
+        let present: BTreeSet<NodeId> = self.a.snapshot().nodes.iter().map(|n| n.id).collect();
+        let it: i64 = self
+            .specs
+            .values()
+            .filter(|n| n.site == site && present.contains(&n.id))
+            .map(|n| {
+                draw_watts(
+                    n.idle_watts,
+                    n.peak_watts,
+                    n.gpus,
+                    used.get(&n.id).copied().unwrap_or(0),
+                )
+            })
+            .sum();
+        let pue = self.sites.iter().find(|s| s.id == site).unwrap().pue_milli;
+        let f = facility_watts(it, pue);
+        assert_eq!(f, self.a.site_power(site).allocated_watts);
+        f
+    }
+
+    /// Invariants 1 and 4 from the allocation list, free counts from the snapshot.
+    fn check_all(&self) {
+        self.a.check_invariants().unwrap();
+        let mut held = BTreeSet::new();
+        let mut tenants: BTreeMap<NodeId, BTreeSet<_>> = BTreeMap::new();
+        for a in self.a.allocations() {
+            for (n, gpus) in &a.gpus {
+                for g in gpus {
+                    assert!(held.insert((*n, *g)), "GPU {g} of {n} held twice");
+                }
+                tenants.entry(*n).or_default().insert(a.tenant);
+            }
+        }
+        for (n, t) in &tenants {
+            if !self.specs[n].shareable {
+                assert!(t.len() <= 1, "unshared node {n} holds tenants {t:?}");
+            }
+        }
+        let snap = self.a.snapshot();
+        for model in [H100, GB200] {
+            let free: u64 = snap
+                .nodes
+                .iter()
+                .filter(|n| n.gpu_model == model && n.schedulable)
+                .map(|n| {
+                    (0..n.gpus)
+                        .filter(|g| !n.unhealthy_gpus.contains(g) && !held.contains(&(n.id, *g)))
+                        .count() as u64
+                })
+                .sum();
+            assert_eq!(self.a.free_gpus(None, model), free);
+        }
+        for s in &self.sites {
+            self.facility(s.id);
+        }
+        // A restart: the same rows, allocations in another order, give the same allocator.
+        let mut snap = snap;
+        snap.allocations.reverse();
+        let rebuilt = Allocator::from_snapshot(&snap).unwrap();
+        assert_eq!(rebuilt.fingerprint(), self.a.fingerprint());
+        rebuilt.check_invariants().unwrap();
+    }
+
+    /// "No plan" must mean that even releasing every eligible victim in the request's
+    /// scope (its model, its site, the nodes its pool rules let it use) does not make room.
+    fn check_no_plan(&self, req: &Request) {
+        let snap = self.a.snapshot();
+        let usable: BTreeSet<NodeId> = snap
+            .nodes
+            .iter()
+            .filter(|n| {
+                n.gpu_model == req.gpu_model
+                    && req.site.is_none_or(|s| s == n.site)
+                    && match req.class {
+                        Class::Reserved => n.pool == req.pool,
+                        Class::Spot => true,
+                        _ => n.pool.is_none(),
+                    }
+            })
+            .map(|n| n.id)
+            .collect();
+        let mut all = self.a.clone();
+        for a in self.a.allocations() {
+            if req.class.can_preempt(a.class, self.a.policy())
+                && a.gpus.iter().any(|(n, _)| usable.contains(n))
+            {
+                all.release(a.id);
+            }
+        }
+        if let Ok(got) = all.try_place(req) {
+            panic!("no plan for {req:?}, but releasing every victim places it: {got:?}");
+        }
+    }
+
+    fn step(&mut self, op: &Op) {
+        match op {
+            Op::Place(r) => {
+                let req = self.request(r);
+                let before = self.a.snapshot();
+                let tried = self.a.try_place(&req);
+                match self.a.place(&req) {
+                    Ok(got) => {
+                        assert_eq!(tried.as_ref(), Ok(&got));
+                        self.check_new(&before, &req, &got);
+                    }
+                    Err(e) => {
+                        assert_eq!(tried, Err(e.clone()));
+                        assert_eq!(self.a.snapshot(), before, "a refusal changed state");
+                        if let Refusal::PowerLimit {
+                            allocated_watts,
+                            limit_watts,
+                            needed_watts,
+                            ..
+                        } = e
+                        {
+                            assert!(allocated_watts + needed_watts > limit_watts);
+                        }
+                    }
+                }
+            }
+            Op::Release(i) => {
+                let ids: Vec<_> = self.a.allocations().map(|a| a.id).collect();
+                if !ids.is_empty() {
+                    let id = ids[i % ids.len()];
+                    assert_eq!(self.a.release(id).map(|a| a.id), Some(id));
+                    assert!(self.a.release(id).is_none());
+                }
+            }
+            Op::PreemptAndPlace(r) => {
+                let req = self.request(r);
+                let Some(victims) = self.a.preemption_plan(&req) else {
+                    self.check_no_plan(&req);
+                    return;
+                };
+                for v in &victims {
+                    let a = self.a.allocation(*v).expect("victims exist").clone();
+                    assert!(
+                        req.class.can_preempt(a.class, self.a.policy()),
+                        "{} preempts {} (invariant 3)",
+                        req.class,
+                        a.class
+                    );
+                    self.a.release(*v);
+                    self.check_all();
+                }
+                let before = self.a.snapshot();
+                let got = self
+                    .a
+                    .place(&req)
+                    .unwrap_or_else(|e| panic!("plan {victims:?} did not make room: {e}"));
+                self.check_new(&before, &req, &got);
+            }
+            Op::Schedulable(n, yes) => self.a.set_schedulable(self.nth(*n), *yes),
+            Op::Healthy(n, g, yes) => self.a.set_gpu_healthy(self.nth(*n), *g, *yes),
+            Op::Pool(n, p) => {
+                let pool = match p {
+                    0 => None,
+                    p => Some(contract_id(u64::from(*p))),
+                };
+                let _ = self.a.set_pool(self.nth(*n), pool);
+            }
+            Op::PowerLimit(s, percent) => {
+                let site = self.sites[*s].clone();
+                let peak: i64 = self
+                    .specs
+                    .values()
+                    .filter(|n| n.site == site.id)
+                    .map(|n| i64::from(n.peak_watts))
+                    .sum();
+                let watts = facility_watts(peak, site.pue_milli) * i64::from(*percent) / 100;
+                self.a.set_power_limit(site.id, watts);
+            }
+            Op::RemoveAndAdd(n) => {
+                let id = self.nth(*n);
+                if self.a.remove_node(id).is_ok() {
+                    self.a.check_invariants().unwrap();
+                    self.a.add_node(self.specs[&id].clone()).unwrap();
+                }
+            }
+        }
+        self.check_all();
+    }
+}
+
+fn placement() -> impl Strategy<Value = PlacementPolicy> {
+    prop_oneof![
+        2 => Just(PlacementPolicy::BestFit),
+        1 => Just(PlacementPolicy::FirstFit),
+        1 => Just(PlacementPolicy::WorstFit),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn invariants_hold_under_random_operations(
+        cloud_first in any::<bool>(),
+        placement in placement(),
+        ops in proptest::collection::vec(op(), 1..60),
+    ) {
+        let policy = if cloud_first { FleetPolicy::CloudFirst } else { FleetPolicy::LabFirst };
+        let mut w = world(policy, placement);
+        for op in &ops {
+            w.step(op);
+        }
+    }
+
+    /// A fleet filled with lower-class work first, then higher-class requests that need
+    /// preemption: every plan must name only strictly lower classes and make room.
+    #[test]
+    fn preemption_plans_are_sound_on_a_full_fleet(
+        cloud_first in any::<bool>(),
+        placement in placement(),
+        fill in proptest::collection::vec(req(&[1, 2, 3, 3, 3], &[0, 1, 2, 3, 3, 4, 6, 7]), 40..80),
+        claims in proptest::collection::vec(req(&[0, 0, 1, 2], &[0, 1, 2, 3, 4, 5, 6, 7]), 1..20),
+    ) {
+        let policy = if cloud_first { FleetPolicy::CloudFirst } else { FleetPolicy::LabFirst };
+        let mut w = world(policy, placement);
+        for r in &fill {
+            let req = w.request(r);
+            let _ = w.a.place(&req);
+        }
+        w.check_all();
+        for r in &claims {
+            w.step(&Op::PreemptAndPlace(r.clone()));
+        }
+    }
+}

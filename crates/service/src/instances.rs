@@ -1,0 +1,364 @@
+//! Instances: launch, read, terminate; quotas; the periodic tick.
+
+use neocloud_store::{InstanceFilter, Page, Store};
+use neocloud_types::{
+    Class, Instance, InstanceId, InstanceState, Quota, TenantKind, TenantStatus, Timestamp,
+};
+
+use crate::auth::{self, Action, Principal};
+use crate::error::{Error, ErrorCode, Result};
+use crate::scheduler::{self, Queued, request_of};
+use crate::{Created, Idempotency, LaunchInstance, Service, SetQuota, page_limit};
+
+impl Service {
+    /// Launches an instance: places it now, queues it (when it asked to wait, or when
+    /// lower-priority work is being preempted for it), or refuses with the reason.
+    pub async fn instance_launch(
+        &self,
+        p: &Principal,
+        req: LaunchInstance,
+        idem: Option<&Idempotency>,
+    ) -> Result<Created<Instance>> {
+        auth::authorize(p, Action::WriteInstances)?;
+        let shape = req.shape()?;
+        let tenant = match (&req.tenant_id, p.tenant_scope()) {
+            (Some(t), _) => self.visible_tenant(p, t).await?,
+            (None, Some(own)) => self.store.tenant_get(&own.to_string()).await?,
+            (None, None) => {
+                return Err(Error::invalid(
+                    "tenant_id is required when an operator key launches",
+                ));
+            }
+        };
+        if tenant.status == TenantStatus::Suspended {
+            return Err(Error::forbidden(format!(
+                "tenant '{}' is suspended",
+                tenant.name
+            )));
+        }
+        match (req.class, tenant.kind) {
+            (Class::Internal, TenantKind::External) => {
+                return Err(Error::invalid(
+                    "class internal is only for internal tenants",
+                ));
+            }
+            (Class::Reserved, _) if req.contract_id.is_none() => {
+                return Err(Error::invalid("class reserved needs contract_id"));
+            }
+            (c, _) if c != Class::Reserved && req.contract_id.is_some() => {
+                return Err(Error::invalid("contract_id is only for class reserved"));
+            }
+            _ => {}
+        }
+        self.store
+            .gpu_model_get(&req.gpu_model)
+            .await
+            .map_err(|_| Error::invalid(format!("unknown GPU model '{}'", req.gpu_model)))?;
+        let site = match &req.site {
+            Some(s) => Some(self.store.site_get(s).await?.id),
+            None => None,
+        };
+        if let Some(c) = req.contract_id {
+            let contract = self
+                .store
+                .contract_get(c)
+                .await
+                .map_err(|_| Error::not_found("contract", &c.to_string()))?;
+            if contract.tenant_id != tenant.id {
+                return Err(Error::not_found("contract", &c.to_string()));
+            }
+        }
+        let now = Timestamp::now();
+        let mut inst = Instance {
+            id: InstanceId::new(),
+            tenant_id: tenant.id,
+            name: req.name.clone(),
+            class: req.class,
+            gpu_model: req.gpu_model.clone(),
+            shape,
+            gpu_count: 0,
+            requested_site_id: site,
+            site_id: None,
+            contract_id: req.contract_id,
+            state: InstanceState::Pending,
+            reason: None,
+            placement: Vec::new(),
+            created_at: now,
+            started_at: None,
+            ended_at: None,
+            preempt_at: None,
+            wait_until: req.wait_seconds.map(|w| now.plus_seconds(i64::from(w))),
+        };
+        let mut sched = self.sched.lock().await;
+        // A replay answers before any capacity is looked at.
+        {
+            let mut tx = self.store.begin_write().await?;
+            if let Some(c) = Self::idem_lookup::<Instance>(&mut tx, p, idem).await? {
+                return Ok(c);
+            }
+        }
+        let request = request_of(&inst);
+        let placed = sched.alloc.place(&request);
+        // GPUs this instance will hold: known from the placement, or from the shape and the
+        // node size of the model.
+        inst.gpu_count = match &placed {
+            Ok(a) => u32::try_from(a.gpu_count()).unwrap_or(u32::MAX),
+            Err(_) => self.shape_gpus(&inst).await?,
+        };
+        if let Err(e) = self.check_quota(&inst).await {
+            if let Ok(a) = &placed {
+                sched.alloc.release(a.id);
+            }
+            return Err(e);
+        }
+        match placed {
+            Ok(a) => {
+                inst.state = InstanceState::Running;
+                inst.site_id = Some(a.site);
+                inst.started_at = Some(now);
+                inst.wait_until = None;
+                let result = async {
+                    let mut tx = self.store.begin_write().await?;
+                    Store::instance_insert(&mut tx, &inst).await?;
+                    Store::instance_hold_gpus(&mut tx, inst.id, &a.gpus).await?;
+                    scheduler::event(
+                        &mut tx,
+                        Some(p.key_id),
+                        &inst,
+                        "instance.running",
+                        None,
+                        None,
+                    )
+                    .await?;
+                    let mut view = inst.clone();
+                    view.placement = Store::instance_placement_tx(&mut tx, inst.id).await?;
+                    Self::idem_store(&mut tx, p, idem, &view).await?;
+                    tx.commit().await?;
+                    Ok::<_, Error>(view)
+                }
+                .await;
+                match result {
+                    Ok(view) => Ok(Created {
+                        value: view,
+                        replayed: false,
+                    }),
+                    Err(e) => {
+                        sched.alloc.release(inst.id);
+                        Err(e)
+                    }
+                }
+            }
+            Err(refusal) => {
+                let victims = if req.class != Class::Spot {
+                    sched.alloc.preemption_plan(&request)
+                } else {
+                    None
+                };
+                if victims.is_none() && inst.wait_until.is_none() {
+                    return Err(scheduler::refusal_error(refusal));
+                }
+                inst.reason = Some(match &victims {
+                    Some(v) => format!(
+                        "waiting for {} lower-priority instance(s) to be preempted (notice {} s)",
+                        v.len(),
+                        sched.config.preemption_grace_secs
+                    ),
+                    None => format!("queued: {refusal}"),
+                });
+                if let Some(v) = &victims {
+                    let deadline = sched.notify_victims(&self.store, v, inst.id, now).await?;
+                    // It waits at least until the victims are gone.
+                    let need = deadline.plus_seconds(60);
+                    inst.wait_until = Some(inst.wait_until.map_or(need, |w| w.max(need)));
+                }
+                let mut tx = self.store.begin_write().await?;
+                Store::instance_insert(&mut tx, &inst).await?;
+                scheduler::event(
+                    &mut tx,
+                    Some(p.key_id),
+                    &inst,
+                    "instance.pending",
+                    None,
+                    None,
+                )
+                .await?;
+                Self::idem_store(&mut tx, p, idem, &inst).await?;
+                tx.commit().await?;
+                let prio = inst.class.priority(sched.config.fleet_policy);
+                sched.queue.insert(
+                    (std::cmp::Reverse(prio), inst.id),
+                    Queued {
+                        request,
+                        wait_until: inst.wait_until,
+                    },
+                );
+                Ok(Created {
+                    value: inst,
+                    replayed: false,
+                })
+            }
+        }
+    }
+
+    async fn shape_gpus(&self, inst: &Instance) -> Result<u32> {
+        Ok(match inst.shape {
+            neocloud_types::Shape::Gpus { gpus } => gpus,
+            neocloud_types::Shape::Nodes { count, .. } => {
+                let per_node = self
+                    .store
+                    .gpu_model_node_size(&inst.gpu_model)
+                    .await?
+                    .unwrap_or(8);
+                count.saturating_mul(per_node)
+            }
+        })
+    }
+
+    async fn check_quota(&self, inst: &Instance) -> Result<()> {
+        let quotas = self.store.quota_list(Some(inst.tenant_id)).await?;
+        let Some(q) = quotas
+            .iter()
+            .find(|q| q.gpu_model == inst.gpu_model && q.class == inst.class)
+        else {
+            return Ok(());
+        };
+        let used: i64 = self
+            .store
+            .instance_usage(inst.tenant_id)
+            .await?
+            .into_iter()
+            .filter(|(m, c, _)| *m == inst.gpu_model && *c == inst.class)
+            .map(|(_, _, g)| g)
+            .sum();
+        if used + i64::from(inst.gpu_count) > i64::from(q.max_gpus) {
+            return Err(Error::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "quota for {} {} GPUs is {}; {} are in use and this asks for {}",
+                    inst.class, inst.gpu_model, q.max_gpus, used, inst.gpu_count
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn visible_instance(&self, p: &Principal, id: &str) -> Result<Instance> {
+        let not_found = || Error::not_found("instance", id);
+        let iid: InstanceId = id.parse().map_err(|_| not_found())?;
+        let inst = self
+            .store
+            .instance_get(iid)
+            .await
+            .map_err(|_| not_found())?;
+        match p.tenant_scope() {
+            Some(own) if own != inst.tenant_id => Err(not_found()),
+            _ => Ok(inst),
+        }
+    }
+
+    /// Reads an instance.
+    pub async fn instance_get(&self, p: &Principal, id: &str) -> Result<Instance> {
+        auth::authorize(p, Action::ReadInstances)?;
+        self.visible_instance(p, id).await
+    }
+
+    /// Lists instances, newest first (a tenant key sees its own).
+    pub async fn instance_list(
+        &self,
+        p: &Principal,
+        tenant: Option<&str>,
+        state: Option<InstanceState>,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<Instance>> {
+        auth::authorize(p, Action::ReadInstances)?;
+        let limit = page_limit(limit)?;
+        let tenant_id = match (p.tenant_scope(), tenant) {
+            (_, Some(t)) => Some(self.visible_tenant(p, t).await?.id),
+            (Some(own), None) => Some(own),
+            (None, None) => None,
+        };
+        Ok(self
+            .store
+            .instance_list(&InstanceFilter { tenant_id, state }, cursor, limit)
+            .await?)
+    }
+
+    /// Terminates an instance: its GPUs are freed at once and the queue is served.
+    pub async fn instance_terminate(&self, p: &Principal, id: &str) -> Result<Instance> {
+        auth::authorize(p, Action::WriteInstances)?;
+        let mut inst = self.visible_instance(p, id).await?;
+        if inst.state.is_final() {
+            return Ok(inst);
+        }
+        let mut sched = self.sched.lock().await;
+        let now = Timestamp::now();
+        let before = serde_json::to_value(&inst).ok();
+        let held = inst.state.holds_gpus();
+        inst.state = InstanceState::Terminated;
+        inst.ended_at = Some(now);
+        if !held {
+            inst.reason = Some("terminated before it was placed".into());
+        }
+        let mut tx = self.store.begin_write().await?;
+        Store::instance_update(&mut tx, &inst).await?;
+        Store::instance_release_gpus(&mut tx, inst.id).await?;
+        scheduler::event(
+            &mut tx,
+            Some(p.key_id),
+            &inst,
+            "instance.terminated",
+            before,
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        sched.alloc.release(inst.id);
+        sched.queue.retain(|(_, qid), _| *qid != inst.id);
+        sched.tick(&self.store, now).await?;
+        drop(sched);
+        Ok(self.store.instance_get(inst.id).await?)
+    }
+
+    /// Runs the scheduler's periodic work at `now`: ends preemption notices that ran out,
+    /// expires queued instances past their deadline, and starts queued instances that fit.
+    pub async fn tick(&self, now: Timestamp) -> Result<usize> {
+        let mut sched = self.sched.lock().await;
+        sched.tick(&self.store, now).await
+    }
+
+    /// Sets or removes a quota.
+    pub async fn quota_set(&self, p: &Principal, req: SetQuota) -> Result<Vec<Quota>> {
+        auth::authorize(p, Action::WriteQuotas)?;
+        let tenant = self.visible_tenant(p, &req.tenant_id).await?;
+        self.store.gpu_model_get(&req.gpu_model).await?;
+        let mut tx = self.store.begin_write().await?;
+        Store::quota_put(&mut tx, tenant.id, &req.gpu_model, req.class, req.max_gpus).await?;
+        Store::event_insert(
+            &mut tx,
+            neocloud_store::NewEvent {
+                actor: Some(p.key_id),
+                tenant_id: Some(tenant.id),
+                action: "quota.set",
+                resource_kind: "quota",
+                resource_id: format!("{}/{}/{}", tenant.id, req.gpu_model, req.class),
+                before: None,
+                after: Some(serde_json::json!({"max_gpus": req.max_gpus})),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(self.store.quota_list(Some(tenant.id)).await?)
+    }
+
+    /// Lists quotas (a tenant key sees its own).
+    pub async fn quota_list(&self, p: &Principal, tenant: Option<&str>) -> Result<Vec<Quota>> {
+        auth::authorize(p, Action::ReadQuotas)?;
+        let t = match (p.tenant_scope(), tenant) {
+            (_, Some(t)) => Some(self.visible_tenant(p, t).await?.id),
+            (Some(own), None) => Some(own),
+            (None, None) => None,
+        };
+        Ok(self.store.quota_list(t).await?)
+    }
+}

@@ -1,0 +1,321 @@
+//! Placing instances: the allocator behind a lock, the queue, preemption with notice, and
+//! the durable record of every decision.
+//!
+//! One [`Sched`] per control plane holds the in-memory allocator. Every allocation change
+//! is decided under its lock and committed to the database (instance state, GPU holders,
+//! audit event) in one transaction *before* it is acknowledged; if the commit fails, the
+//! in-memory decision is undone. At start the allocator is rebuilt from the database
+//! ([`Sched::rebuild`]), so a crash loses no committed allocation and cannot double-assign
+//! a GPU (the `holder` column refuses a second holder on its own).
+
+use std::collections::BTreeMap;
+
+use neocloud_allocator::{Allocation, Allocator, NodeSpec, PlacementPolicy, Request, SiteSpec};
+use neocloud_store::{NewEvent, Store, WriteTx};
+use neocloud_types::{
+    ApiKeyId, FleetPolicy, Instance, InstanceId, InstanceState, NodeState, Timestamp,
+};
+
+use crate::error::{Error, ErrorCode, Result};
+
+/// Scheduling settings of a control plane.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Who wins between the operator's lab and on-demand customers.
+    pub fleet_policy: FleetPolicy,
+    /// How placements are chosen.
+    pub placement: PlacementPolicy,
+    /// Notice a preempted instance gets before its GPUs are taken, seconds.
+    pub preemption_grace_secs: i64,
+    /// Share of each site's GPUs never sold by contracts, in thousandths (20 = 2%).
+    pub spare_buffer_milli: u32,
+    /// Whether different tenants may share a node (sub-node shapes). Off by default:
+    /// DESIGN.md §3.4.
+    pub shared_nodes: bool,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            fleet_policy: FleetPolicy::LabFirst,
+            placement: PlacementPolicy::BestFit,
+            preemption_grace_secs: 30,
+            spare_buffer_milli: 20,
+            shared_nodes: false,
+        }
+    }
+}
+
+/// A pending instance waiting in the queue.
+#[derive(Clone, Debug)]
+pub(crate) struct Queued {
+    pub(crate) request: Request,
+    pub(crate) wait_until: Option<Timestamp>,
+}
+
+/// The allocator, the queue, and the settings. Guarded by one lock in the service.
+pub(crate) struct Sched {
+    pub(crate) alloc: Allocator,
+    pub(crate) config: SchedulerConfig,
+    /// Pending instances by (priority descending, arrival): served in that order.
+    pub(crate) queue: BTreeMap<(std::cmp::Reverse<u8>, InstanceId), Queued>,
+}
+
+pub(crate) fn request_of(i: &Instance) -> Request {
+    Request {
+        id: i.id,
+        tenant: i.tenant_id,
+        class: i.class,
+        gpu_model: i.gpu_model.clone(),
+        shape: i.shape,
+        site: i.requested_site_id,
+        pool: i.contract_id,
+    }
+}
+
+fn node_schedulable(state: NodeState) -> bool {
+    matches!(state, NodeState::Available | NodeState::Allocated)
+}
+
+impl Sched {
+    /// Rebuilds the allocator and the queue from the database.
+    pub(crate) async fn rebuild(store: &Store, config: SchedulerConfig) -> Result<Sched> {
+        let mut alloc = Allocator::new(config.fleet_policy, config.placement);
+        let (sites, nodes) = store.allocator_fleet().await?;
+        for s in sites {
+            alloc.add_site(SiteSpec {
+                id: s.id,
+                power_limit_watts: s.power_budget_watts,
+                pue_milli: s.pue_milli,
+            });
+        }
+        for n in nodes {
+            let id = n.id;
+            alloc
+                .add_node(NodeSpec {
+                    id,
+                    site: n.site_id,
+                    gpu_model: n.gpu_model,
+                    gpus: n.gpus,
+                    blocks: n.blocks,
+                    idle_watts: n.idle_watts,
+                    peak_watts: n.peak_watts,
+                    shareable: config.shared_nodes,
+                })
+                .map_err(Error::internal)?;
+            if !node_schedulable(n.state) {
+                alloc.set_schedulable(id, false);
+            }
+            for g in n.unhealthy_gpus {
+                alloc.set_gpu_healthy(id, g, false);
+            }
+            if n.pool.is_some() {
+                alloc.set_pool(id, n.pool).map_err(Error::internal)?;
+            }
+        }
+        let mut queue = BTreeMap::new();
+        for i in store.instance_list_live().await? {
+            if i.state.holds_gpus() {
+                let a = Allocation {
+                    id: i.id,
+                    tenant: i.tenant_id,
+                    class: i.class,
+                    gpu_model: i.gpu_model.clone(),
+                    shape: i.shape,
+                    site: i
+                        .site_id
+                        .ok_or_else(|| Error::internal(format!("{} has no site", i.id)))?,
+                    pool: i.contract_id,
+                    gpus: i
+                        .placement
+                        .iter()
+                        .map(|p| (p.node_id, p.gpus.clone()))
+                        .collect(),
+                };
+                alloc
+                    .restore(a)
+                    .map_err(|e| Error::internal(format!("restoring {}: {e}", i.id)))?;
+            } else if i.state == InstanceState::Pending {
+                let prio = i.class.priority(config.fleet_policy);
+                queue.insert(
+                    (std::cmp::Reverse(prio), i.id),
+                    Queued {
+                        request: request_of(&i),
+                        wait_until: i.wait_until,
+                    },
+                );
+            }
+        }
+        Ok(Sched {
+            alloc,
+            config,
+            queue,
+        })
+    }
+
+    /// Places a pending instance now if it fits; on success commits it as running.
+    /// Returns whether it was placed.
+    pub(crate) async fn try_start(
+        &mut self,
+        store: &Store,
+        mut inst: Instance,
+        actor: Option<ApiKeyId>,
+        now: Timestamp,
+    ) -> Result<Option<Instance>> {
+        let req = request_of(&inst);
+        let Ok(a) = self.alloc.place(&req) else {
+            return Ok(None);
+        };
+        let before = serde_json::to_value(&inst).ok();
+        inst.state = InstanceState::Running;
+        inst.reason = None;
+        inst.site_id = Some(a.site);
+        inst.started_at = Some(now);
+        inst.wait_until = None;
+        let result = async {
+            let mut tx = store.begin_write().await?;
+            Store::instance_update(&mut tx, &inst).await?;
+            Store::instance_hold_gpus(&mut tx, inst.id, &a.gpus).await?;
+            event(&mut tx, actor, &inst, "instance.running", before, None).await?;
+            tx.commit().await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.alloc.release(inst.id);
+            return Err(e);
+        }
+        Ok(Some(inst))
+    }
+
+    /// Moves instances whose preemption notice ran out to `preempted`, frees their GPUs,
+    /// expires queued instances past their deadline, and starts queued instances that now
+    /// fit, highest priority first. Returns how many instances changed.
+    pub(crate) async fn tick(&mut self, store: &Store, now: Timestamp) -> Result<usize> {
+        let mut changed = 0;
+        // Preemptions whose grace period is over.
+        let live = store.instance_list_live().await?;
+        for mut i in live.into_iter().filter(|i| {
+            i.state == InstanceState::Preempting && i.preempt_at.is_some_and(|t| t <= now)
+        }) {
+            let before = serde_json::to_value(&i).ok();
+            i.state = InstanceState::Preempted;
+            i.ended_at = Some(now);
+            i.reason = Some(
+                i.reason
+                    .clone()
+                    .unwrap_or_else(|| "preempted by higher-priority work".into()),
+            );
+            let mut tx = store.begin_write().await?;
+            Store::instance_update(&mut tx, &i).await?;
+            Store::instance_release_gpus(&mut tx, i.id).await?;
+            event(&mut tx, None, &i, "instance.preempted", before, None).await?;
+            tx.commit().await?;
+            self.alloc.release(i.id);
+            changed += 1;
+        }
+        // The queue, in priority order.
+        let keys: Vec<_> = self.queue.keys().cloned().collect();
+        for key in keys {
+            let Some(q) = self.queue.get(&key).cloned() else {
+                continue;
+            };
+            let inst = store.instance_get(q.request.id).await?;
+            if inst.state != InstanceState::Pending {
+                self.queue.remove(&key);
+                continue;
+            }
+            if self.alloc.try_place(&q.request).is_ok() {
+                if self.try_start(store, inst, None, now).await?.is_some() {
+                    self.queue.remove(&key);
+                    changed += 1;
+                }
+                continue;
+            }
+            if q.wait_until.is_some_and(|t| t <= now) {
+                let mut i = inst;
+                let before = serde_json::to_value(&i).ok();
+                i.state = InstanceState::Failed;
+                i.ended_at = Some(now);
+                i.reason = Some(format!(
+                    "no capacity before its deadline {}",
+                    q.wait_until.map(|t| t.to_string()).unwrap_or_default()
+                ));
+                let mut tx = store.begin_write().await?;
+                Store::instance_update(&mut tx, &i).await?;
+                event(&mut tx, None, &i, "instance.failed", before, None).await?;
+                tx.commit().await?;
+                self.queue.remove(&key);
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Puts victims into `preempting` with a notice; their GPUs are taken when it runs out.
+    pub(crate) async fn notify_victims(
+        &mut self,
+        store: &Store,
+        victims: &[InstanceId],
+        by: InstanceId,
+        now: Timestamp,
+    ) -> Result<Timestamp> {
+        let deadline = now.plus_seconds(self.config.preemption_grace_secs);
+        let mut latest = now;
+        let mut tx = store.begin_write().await?;
+        for v in victims {
+            let mut i = store.instance_get(*v).await?;
+            if i.state == InstanceState::Preempting {
+                latest = latest.max(i.preempt_at.unwrap_or(now));
+                continue;
+            }
+            let before = serde_json::to_value(&i).ok();
+            i.state = InstanceState::Preempting;
+            i.preempt_at = Some(deadline);
+            i.reason = Some(format!("preempted for {by}; stops at {deadline}"));
+            Store::instance_update(&mut tx, &i).await?;
+            event(&mut tx, None, &i, "instance.preempting", before, None).await?;
+            latest = latest.max(deadline);
+        }
+        tx.commit().await?;
+        Ok(latest)
+    }
+}
+
+/// Writes an instance's audit event.
+pub(crate) async fn event(
+    tx: &mut WriteTx,
+    actor: Option<ApiKeyId>,
+    i: &Instance,
+    action: &str,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
+) -> Result<()> {
+    Store::event_insert(
+        tx,
+        NewEvent {
+            actor,
+            tenant_id: Some(i.tenant_id),
+            action,
+            resource_kind: "instance",
+            resource_id: i.id.to_string(),
+            before,
+            after: after.or_else(|| serde_json::to_value(i).ok()),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// A refusal as the service's error.
+pub(crate) fn refusal_error(r: neocloud_allocator::Refusal) -> Error {
+    use neocloud_allocator::Refusal::*;
+    match r {
+        UnknownModel { .. } | BadShape { .. } | UnknownSite { .. } => Error::invalid(r.to_string()),
+        UnknownPool { .. } => Error::new(ErrorCode::InsufficientCapacity, r.to_string()),
+        Duplicate { .. } => Error::new(ErrorCode::Conflict, r.to_string()),
+        NoCapacity { .. } | PowerLimit { .. } => {
+            Error::new(ErrorCode::InsufficientCapacity, r.to_string())
+        }
+    }
+}

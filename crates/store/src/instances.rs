@@ -1,0 +1,550 @@
+//! Instances and the GPUs they hold, quotas, and what the allocator is rebuilt from.
+
+use std::collections::HashMap;
+
+use neocloud_types::{
+    BlockId, BlockKind, Class, ContractId, GangLevel, Instance, InstanceId, InstanceState, NodeId,
+    NodeState, PlacedNode, Quota, Shape, SiteId, TenantId, Timestamp,
+};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::tenancy::paginate;
+use crate::{Page, Result, Store, StoreError, WriteTx, enum_col, id_col, opt_id_col, u32_col};
+
+const INSTANCE_COLS: &str = "id, tenant_id, name, class, gpu_model, shape_kind, shape_gpus, \
+     shape_count, shape_level, gpu_count, requested_site_id, site_id, contract_id, state, reason, \
+     created_at, started_at, ended_at, preempt_at, wait_until";
+
+fn ts(r: &AnyRow, c: &str) -> Result<Option<Timestamp>> {
+    Ok(r.try_get::<Option<i64>, _>(c)?.map(Timestamp::from_micros))
+}
+
+fn instance_from_row(r: &AnyRow) -> Result<Instance> {
+    let kind: String = r.try_get("shape_kind")?;
+    let shape = match kind.as_str() {
+        "gpus" => Shape::Gpus {
+            gpus: u32::try_from(r.try_get::<Option<i64>, _>("shape_gpus")?.unwrap_or(0))
+                .map_err(|_| StoreError::Corrupt("shape_gpus".into()))?,
+        },
+        "nodes" => Shape::Nodes {
+            count: u32::try_from(r.try_get::<Option<i64>, _>("shape_count")?.unwrap_or(0))
+                .map_err(|_| StoreError::Corrupt("shape_count".into()))?,
+            level: r
+                .try_get::<Option<String>, _>("shape_level")?
+                .unwrap_or_default()
+                .parse::<GangLevel>()
+                .map_err(StoreError::Corrupt)?,
+        },
+        other => return Err(StoreError::Corrupt(format!("shape_kind {other}"))),
+    };
+    Ok(Instance {
+        id: id_col(r, "id")?,
+        tenant_id: id_col(r, "tenant_id")?,
+        name: r.try_get("name")?,
+        class: enum_col::<Class>(r, "class")?,
+        gpu_model: r.try_get("gpu_model")?,
+        shape,
+        gpu_count: u32_col(r, "gpu_count")?,
+        requested_site_id: opt_id_col(r, "requested_site_id")?,
+        site_id: opt_id_col(r, "site_id")?,
+        contract_id: opt_id_col(r, "contract_id")?,
+        state: enum_col::<InstanceState>(r, "state")?,
+        reason: r.try_get("reason")?,
+        placement: Vec::new(),
+        created_at: Timestamp::from_micros(r.try_get("created_at")?),
+        started_at: ts(r, "started_at")?,
+        ended_at: ts(r, "ended_at")?,
+        preempt_at: ts(r, "preempt_at")?,
+        wait_until: ts(r, "wait_until")?,
+    })
+}
+
+/// Filters for listing instances.
+#[derive(Clone, Debug, Default)]
+pub struct InstanceFilter {
+    /// Only this tenant's.
+    pub tenant_id: Option<TenantId>,
+    /// Only in this state.
+    pub state: Option<InstanceState>,
+}
+
+/// A node as the allocator needs it.
+#[derive(Clone, Debug)]
+pub struct AllocatorNode {
+    /// Node id.
+    pub id: NodeId,
+    /// Site.
+    pub site_id: SiteId,
+    /// Enclosing blocks, outermost first.
+    pub blocks: Vec<(BlockKind, BlockId)>,
+    /// GPU model.
+    pub gpu_model: String,
+    /// GPUs.
+    pub gpus: u32,
+    /// Idle draw, watts.
+    pub idle_watts: u32,
+    /// Full-load draw, watts.
+    pub peak_watts: u32,
+    /// Lifecycle state (only available/allocated nodes take new work).
+    pub state: NodeState,
+    /// Contract pool the node is pinned to.
+    pub pool: Option<ContractId>,
+    /// Indexes of GPUs that are not healthy.
+    pub unhealthy_gpus: Vec<u32>,
+}
+
+/// A site as the allocator needs it.
+#[derive(Clone, Debug)]
+pub struct AllocatorSite {
+    /// Site id.
+    pub id: SiteId,
+    /// Power budget, watts.
+    pub power_budget_watts: i64,
+    /// PUE in thousandths.
+    pub pue_milli: u32,
+}
+
+impl Store {
+    /// Inserts an instance (without placement).
+    pub async fn instance_insert(tx: &mut WriteTx, i: &Instance) -> Result<()> {
+        let (kind, gpus, count, level) = match i.shape {
+            Shape::Gpus { gpus } => ("gpus", Some(i64::from(gpus)), None, None),
+            Shape::Nodes { count, level } => {
+                ("nodes", None, Some(i64::from(count)), Some(level.as_str()))
+            }
+        };
+        let t = |t: Option<Timestamp>| t.map(|t| t.micros());
+        sqlx::query(&format!(
+            "INSERT INTO instances ({INSTANCE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
+             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+        ))
+        .bind(i.id.to_string())
+        .bind(i.tenant_id.to_string())
+        .bind(i.name.clone())
+        .bind(i.class.as_str())
+        .bind(&i.gpu_model)
+        .bind(kind)
+        .bind(gpus)
+        .bind(count)
+        .bind(level)
+        .bind(i64::from(i.gpu_count))
+        .bind(i.requested_site_id.map(|s| s.to_string()))
+        .bind(i.site_id.map(|s| s.to_string()))
+        .bind(i.contract_id.map(|c| c.to_string()))
+        .bind(i.state.as_str())
+        .bind(i.reason.clone())
+        .bind(i.created_at.micros())
+        .bind(t(i.started_at))
+        .bind(t(i.ended_at))
+        .bind(t(i.preempt_at))
+        .bind(t(i.wait_until))
+        .execute(tx.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Writes an instance's state, reason, site and times.
+    pub async fn instance_update(tx: &mut WriteTx, i: &Instance) -> Result<()> {
+        let t = |t: Option<Timestamp>| t.map(|t| t.micros());
+        sqlx::query(
+            "UPDATE instances SET state = $1, reason = $2, site_id = $3, started_at = $4,
+             ended_at = $5, preempt_at = $6, wait_until = $7 WHERE id = $8",
+        )
+        .bind(i.state.as_str())
+        .bind(i.reason.clone())
+        .bind(i.site_id.map(|s| s.to_string()))
+        .bind(t(i.started_at))
+        .bind(t(i.ended_at))
+        .bind(t(i.preempt_at))
+        .bind(t(i.wait_until))
+        .bind(i.id.to_string())
+        .execute(tx.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Marks GPUs as held by `id`. Refuses (and the caller rolls back) if any of them is
+    /// held already: the database enforces invariant 1 on its own, whatever the allocator
+    /// decided.
+    pub async fn instance_hold_gpus(
+        tx: &mut WriteTx,
+        id: InstanceId,
+        gpus: &[(NodeId, Vec<u32>)],
+    ) -> Result<()> {
+        let holder = id.to_string();
+        for (node, idxs) in gpus {
+            let (Some(&lo), Some(&hi)) = (idxs.iter().min(), idxs.iter().max()) else {
+                continue;
+            };
+            let contiguous = usize::try_from(hi - lo + 1).ok() == Some(idxs.len());
+            let done = if contiguous {
+                sqlx::query(
+                    "UPDATE gpus SET holder = $1
+                     WHERE node_id = $2 AND idx >= $3 AND idx <= $4 AND holder IS NULL",
+                )
+                .bind(&holder)
+                .bind(node.to_string())
+                .bind(i64::from(lo))
+                .bind(i64::from(hi))
+                .execute(tx.conn())
+                .await?
+                .rows_affected()
+            } else {
+                let mut n = 0;
+                for idx in idxs {
+                    n += sqlx::query(
+                        "UPDATE gpus SET holder = $1 WHERE node_id = $2 AND idx = $3 AND holder IS NULL",
+                    )
+                    .bind(&holder)
+                    .bind(node.to_string())
+                    .bind(i64::from(*idx))
+                    .execute(tx.conn())
+                    .await?
+                    .rows_affected();
+                }
+                n
+            };
+            if usize::try_from(done).ok() != Some(idxs.len()) {
+                return Err(StoreError::Conflict(format!(
+                    "GPUs {idxs:?} of node {node} are not all free"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The placement of `id` as the open transaction sees it (with node names).
+    pub async fn instance_placement_tx(
+        tx: &mut WriteTx,
+        id: InstanceId,
+    ) -> Result<Vec<PlacedNode>> {
+        let rows = sqlx::query(
+            "SELECT g.node_id, n.name, g.idx FROM gpus g JOIN nodes n ON n.id = g.node_id
+             WHERE g.holder = $1 ORDER BY n.name, g.idx",
+        )
+        .bind(id.to_string())
+        .fetch_all(tx.conn())
+        .await?;
+        let mut out: Vec<PlacedNode> = Vec::new();
+        for r in &rows {
+            let node_id: NodeId = id_col(r, "node_id")?;
+            let idx = u32_col(r, "idx")?;
+            match out.last_mut() {
+                Some(p) if p.node_id == node_id => p.gpus.push(idx),
+                _ => out.push(PlacedNode {
+                    node_id,
+                    node: r.try_get("name")?,
+                    gpus: vec![idx],
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Frees every GPU held by `id`.
+    pub async fn instance_release_gpus(tx: &mut WriteTx, id: InstanceId) -> Result<u64> {
+        Ok(
+            sqlx::query("UPDATE gpus SET holder = NULL WHERE holder = $1")
+                .bind(id.to_string())
+                .execute(tx.conn())
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    async fn placements_of(&self, ids: &[String]) -> Result<HashMap<String, Vec<PlacedNode>>> {
+        let mut out: HashMap<String, Vec<PlacedNode>> = HashMap::new();
+        for chunk in ids.chunks(500) {
+            if chunk.is_empty() {
+                continue;
+            }
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT g.holder, g.node_id, n.name, g.idx FROM gpus g JOIN nodes n ON n.id = g.node_id
+                 WHERE g.holder IN ({}) ORDER BY g.holder, n.name, g.idx",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                let holder: String = r.try_get("holder")?;
+                let node_id: NodeId = id_col(&r, "node_id")?;
+                let idx = u32_col(&r, "idx")?;
+                let list = out.entry(holder).or_default();
+                match list.last_mut() {
+                    Some(p) if p.node_id == node_id => p.gpus.push(idx),
+                    _ => list.push(PlacedNode {
+                        node_id,
+                        node: r.try_get("name")?,
+                        gpus: vec![idx],
+                    }),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads an instance with its placement.
+    pub async fn instance_get(&self, id: InstanceId) -> Result<Instance> {
+        let row = sqlx::query(&format!(
+            "SELECT {INSTANCE_COLS} FROM instances WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound {
+                kind: "instance",
+                id: id.to_string(),
+            });
+        };
+        let mut i = instance_from_row(&row)?;
+        i.placement = self
+            .placements_of(&[i.id.to_string()])
+            .await?
+            .remove(&i.id.to_string())
+            .unwrap_or_default();
+        Ok(i)
+    }
+
+    /// Lists instances, newest first, with placements.
+    pub async fn instance_list(
+        &self,
+        filter: &InstanceFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<Instance>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {INSTANCE_COLS} FROM instances
+             WHERE ($1 = '' OR tenant_id = $1) AND ($2 = '' OR state = $2) AND ($3 = '' OR id < $3)
+             ORDER BY id DESC LIMIT $4"
+        ))
+        .bind(filter.tenant_id.map(|t| t.to_string()).unwrap_or_default())
+        .bind(filter.state.map(|s| s.as_str()).unwrap_or(""))
+        .bind(cursor.unwrap_or(""))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = rows
+            .iter()
+            .map(instance_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let mut page = paginate(&mut items, limit, |i| i.id.to_string());
+        let ids: Vec<String> = page
+            .items
+            .iter()
+            .filter(|i| i.state.holds_gpus())
+            .map(|i| i.id.to_string())
+            .collect();
+        let mut placements = self.placements_of(&ids).await?;
+        for i in &mut page.items {
+            if let Some(p) = placements.remove(&i.id.to_string()) {
+                i.placement = p;
+            }
+        }
+        Ok(page)
+    }
+
+    /// Every instance that is not final (pending, running, terminating, preempting), oldest
+    /// first, with placements: what the allocator and the queue are rebuilt from.
+    pub async fn instance_list_live(&self) -> Result<Vec<Instance>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {INSTANCE_COLS} FROM instances
+             WHERE state IN ('pending', 'running', 'terminating', 'preempting') ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = rows
+            .iter()
+            .map(instance_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let rows = sqlx::query(
+            "SELECT g.holder, g.node_id, n.name, g.idx FROM gpus g JOIN nodes n ON n.id = g.node_id
+             WHERE g.holder IS NOT NULL ORDER BY g.holder, n.name, g.idx",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_holder: HashMap<String, Vec<PlacedNode>> = HashMap::new();
+        for r in &rows {
+            let holder: String = r.try_get("holder")?;
+            let node_id: NodeId = id_col(r, "node_id")?;
+            let idx = u32_col(r, "idx")?;
+            let list = by_holder.entry(holder).or_default();
+            match list.last_mut() {
+                Some(p) if p.node_id == node_id => p.gpus.push(idx),
+                _ => list.push(PlacedNode {
+                    node_id,
+                    node: r.try_get("name")?,
+                    gpus: vec![idx],
+                }),
+            }
+        }
+        for i in &mut items {
+            if let Some(p) = by_holder.remove(&i.id.to_string()) {
+                i.placement = p;
+            }
+        }
+        Ok(items)
+    }
+
+    /// GPUs held per (tenant, model, class) by live instances, for quota checks.
+    pub async fn instance_usage(&self, tenant: TenantId) -> Result<Vec<(String, Class, i64)>> {
+        let rows = sqlx::query(
+            "SELECT gpu_model, class, CAST(SUM(gpu_count) AS BIGINT) AS gpus FROM instances
+             WHERE tenant_id = $1 AND state IN ('pending', 'running', 'terminating', 'preempting')
+             GROUP BY gpu_model, class",
+        )
+        .bind(tenant.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("gpu_model")?,
+                    enum_col::<Class>(r, "class")?,
+                    r.try_get("gpus")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Sets (or, with `max_gpus` none, removes) a quota.
+    pub async fn quota_put(
+        tx: &mut WriteTx,
+        tenant: TenantId,
+        model: &str,
+        class: Class,
+        max_gpus: Option<u32>,
+    ) -> Result<()> {
+        sqlx::query("DELETE FROM quotas WHERE tenant_id = $1 AND gpu_model = $2 AND class = $3")
+            .bind(tenant.to_string())
+            .bind(model)
+            .bind(class.as_str())
+            .execute(tx.conn())
+            .await?;
+        if let Some(max) = max_gpus {
+            sqlx::query(
+                "INSERT INTO quotas (tenant_id, gpu_model, class, max_gpus) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(tenant.to_string())
+            .bind(model)
+            .bind(class.as_str())
+            .bind(i64::from(max))
+            .execute(tx.conn())
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Lists quotas (of one tenant, or all).
+    pub async fn quota_list(&self, tenant: Option<TenantId>) -> Result<Vec<Quota>> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, gpu_model, class, max_gpus FROM quotas
+             WHERE ($1 = '' OR tenant_id = $1) ORDER BY tenant_id, gpu_model, class",
+        )
+        .bind(tenant.map(|t| t.to_string()).unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Quota {
+                    tenant_id: id_col(r, "tenant_id")?,
+                    gpu_model: r.try_get("gpu_model")?,
+                    class: enum_col::<Class>(r, "class")?,
+                    max_gpus: u32_col(r, "max_gpus")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Sites and nodes as the allocator needs them.
+    pub async fn allocator_fleet(&self) -> Result<(Vec<AllocatorSite>, Vec<AllocatorNode>)> {
+        let sites = sqlx::query("SELECT id, power_budget_watts, pue_milli FROM sites ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(AllocatorSite {
+                    id: id_col(r, "id")?,
+                    power_budget_watts: r.try_get("power_budget_watts")?,
+                    pue_milli: u32_col(r, "pue_milli")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut blocks: HashMap<String, (BlockKind, BlockId, Option<String>)> = HashMap::new();
+        for r in sqlx::query("SELECT id, kind, parent_id FROM blocks")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let id: String = r.try_get("id")?;
+            blocks.insert(
+                id.clone(),
+                (
+                    enum_col::<BlockKind>(&r, "kind")?,
+                    id_col(&r, "id")?,
+                    r.try_get("parent_id")?,
+                ),
+            );
+        }
+        let mut unhealthy: HashMap<String, Vec<u32>> = HashMap::new();
+        for r in sqlx::query("SELECT node_id, idx FROM gpus WHERE health <> 'healthy'")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            unhealthy
+                .entry(r.try_get("node_id")?)
+                .or_default()
+                .push(u32_col(&r, "idx")?);
+        }
+        let rows = sqlx::query(
+            "SELECT id, site_id, block_id, gpu_model, gpu_count, idle_watts, peak_watts, state,
+                    pool_contract_id FROM nodes ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut nodes = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.try_get("id")?;
+            let mut chain = Vec::new();
+            let mut cur: Option<String> = r.try_get("block_id")?;
+            while let Some(b) = cur {
+                let Some((kind, bid, parent)) = blocks.get(&b) else {
+                    break;
+                };
+                chain.push((*kind, *bid));
+                cur = parent.clone();
+            }
+            chain.reverse();
+            nodes.push(AllocatorNode {
+                id: id_col(r, "id")?,
+                site_id: id_col(r, "site_id")?,
+                blocks: chain,
+                gpu_model: r.try_get("gpu_model")?,
+                gpus: u32_col(r, "gpu_count")?,
+                idle_watts: u32_col(r, "idle_watts")?,
+                peak_watts: u32_col(r, "peak_watts")?,
+                state: enum_col::<NodeState>(r, "state")?,
+                pool: opt_id_col(r, "pool_contract_id")?,
+                unhealthy_gpus: unhealthy.remove(&id).unwrap_or_default(),
+            });
+        }
+        Ok((sites, nodes))
+    }
+
+    /// Pins a node to a contract's reserved pool (or unpins it).
+    pub async fn node_set_pool(
+        tx: &mut WriteTx,
+        node: NodeId,
+        pool: Option<ContractId>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE nodes SET pool_contract_id = $1 WHERE id = $2")
+            .bind(pool.map(|p| p.to_string()))
+            .bind(node.to_string())
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    }
+}

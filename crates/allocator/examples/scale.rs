@@ -47,13 +47,13 @@ fn warm(a: &mut Allocator, share: f64, rng: &mut Rng) -> (Vec<u64>, u64) {
 
 fn percentiles(name: &str, mut d: Vec<Duration>) {
     d.sort_unstable();
-    let at = |p: f64| d[((d.len() as f64 - 1.0) * p) as usize];
+    let at = |per_mille: usize| d[(d.len() - 1) * per_mille / 1000];
     println!(
         "  {name:<28} n={:<7} p50 {:>7.2?}  p99 {:>7.2?}  p99.9 {:>7.2?}  max {:>7.2?}",
         d.len(),
-        at(0.5),
-        at(0.99),
-        at(0.999),
+        at(500),
+        at(990),
+        at(999),
         d[d.len() - 1]
     );
 }

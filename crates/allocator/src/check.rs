@@ -107,7 +107,7 @@ impl Allocator {
             placement: self.placement,
             sites: self.sites.values().map(|s| s.spec.clone()).collect(),
             nodes,
-            allocations: self.allocations.values().cloned().collect(),
+            allocations: self.allocations().cloned().collect(),
         }
     }
 
@@ -144,6 +144,9 @@ impl Allocator {
         for (id, a) in &self.allocations {
             self.check_allocation(*id, a, &mut used, &mut held)?;
         }
+        for list in &mut held {
+            list.sort_unstable();
+        }
         for (slot, n) in self.nodes.iter().enumerate() {
             if n.used != used[slot] {
                 return Err(format!(
@@ -165,9 +168,9 @@ impl Allocator {
         }
         let mut fresh = Scopes::default();
         for n in &self.nodes {
-            apply(&mut fresh, n, true, self.placement);
+            apply(&mut fresh, n, true, true, self.placement);
         }
-        for a in self.allocations.values() {
+        for a in self.allocations() {
             for (node, _) in &a.gpus {
                 if let Some(&slot) = self.slots.get(node) {
                     fresh.alloc_ref(&self.nodes[slot].scope_key(), a.class, a.id, true);

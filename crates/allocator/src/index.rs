@@ -7,9 +7,9 @@
 //!   can still host, keyed by (free GPUs, score, node id), so the best fit is the first
 //!   entry. Nodes of one tenant that must not be shared are kept apart, per tenant, so
 //!   that other tenants never see them;
-//! - entirely free nodes sit in per-level block sets (NVLink domain, leaf group, pod, site
-//!   and each node's innermost block) with an ordered set of (free whole nodes, block), so
-//!   that the best-fitting block for a gang is one range lookup.
+//! - entirely free nodes sit in per-level block sets (NVLink domain, leaf group, pod, site)
+//!   with an ordered set of (free whole nodes, block), so that the best-fitting block for a
+//!   gang is one range lookup.
 //!
 //! Every change to a node is "remove its contributions, change it, add them back" through
 //! [`apply`]; `check_invariants` rebuilds these indexes from scratch with the same function
@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use neocloud_types::{Class, ContractId, InstanceId, NodeId, SiteId, TenantId};
 
 use crate::PlacementPolicy;
+use crate::allocator::IdMap;
 use crate::node::{BlockKey, LEVELS, Node, SHAPES, choose_group};
 
 /// A group of interchangeable nodes: same model, same pool, same site, same GPU count.
@@ -115,8 +116,18 @@ pub(crate) struct Bucket {
     pub levels: [Level; LEVELS],
     /// Nodes per (peak − idle) watts: bounds what a placement can add to the site's draw.
     pub spans: BTreeMap<u32, u32>,
-    /// Allocations holding GPUs in this scope, with how many of their nodes are here.
-    pub allocs: BTreeMap<(Class, InstanceId), u32>,
+    /// Allocations holding GPUs in this scope, with how many of their nodes are here: the
+    /// candidates for preemption. Hashed: preemption orders what it takes from here.
+    pub allocs: IdMap<(Class, InstanceId), u32>,
+}
+
+/// Which pool scopes of a model a request looks at, in one pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tier {
+    /// One pool (`None`: the unpinned nodes).
+    Pool(Option<ContractId>),
+    /// Every pool (spot borrowing).
+    AllPools,
 }
 
 impl Bucket {
@@ -148,6 +159,12 @@ impl Scopes {
             .and_then(|m| m.get(&(key.site, key.gpus)))
     }
 
+    fn get_mut(&mut self, key: &ScopeKey) -> Option<&mut Bucket> {
+        self.map
+            .get_mut(&(key.model, key.pool))
+            .and_then(|m| m.get_mut(&(key.site, key.gpus)))
+    }
+
     fn entry(&mut self, key: &ScopeKey) -> &mut Bucket {
         self.map
             .entry((key.model, key.pool))
@@ -175,66 +192,83 @@ impl Scopes {
 
     /// Counts one more (or one fewer) node of an allocation in a scope.
     pub fn alloc_ref(&mut self, key: &ScopeKey, class: Class, id: InstanceId, add: bool) {
-        let bucket = self.entry(key);
-        let k = (class, id);
         if add {
-            *bucket.allocs.entry(k).or_default() += 1;
-        } else if let Some(n) = bucket.allocs.get_mut(&k) {
-            *n -= 1;
-            if *n == 0 {
-                bucket.allocs.remove(&k);
-            }
+            *self.entry(key).allocs.entry((class, id)).or_default() += 1;
+            return;
         }
-        if !add {
+        let Some(bucket) = self.get_mut(key) else {
+            return;
+        };
+        let Some(n) = bucket.allocs.get_mut(&(class, id)) else {
+            return;
+        };
+        if *n > 1 {
+            *n -= 1;
+            return;
+        }
+        bucket.allocs.remove(&(class, id));
+        if bucket.nodes == 0 && bucket.allocs.is_empty() {
             self.prune(key);
         }
     }
 
-    /// The buckets of one (model, pool), optionally of one site only, in site order.
+    /// The buckets of a model in one tier, optionally of one site only, in (pool, site)
+    /// order.
     pub fn buckets(
         &self,
         model: u32,
-        pool: Option<ContractId>,
+        tier: Tier,
         site: Option<SiteId>,
     ) -> impl Iterator<Item = (ScopeKey, &Bucket)> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let from = match tier {
+            Tier::Pool(pool) => Included((model, pool)),
+            Tier::AllPools => Excluded((model, None)),
+        };
         self.map
-            .get(&(model, pool))
-            .into_iter()
-            .flat_map(|m| m.iter())
-            .filter(move |((s, _), _)| site.is_none_or(|want| *s == want))
-            .map(move |(&(s, gpus), b)| {
-                (
-                    ScopeKey {
-                        model,
-                        pool,
-                        site: s,
-                        gpus,
-                    },
-                    b,
-                )
+            .range((from, Unbounded))
+            .take_while(move |((m, p), _)| {
+                *m == model
+                    && match tier {
+                        Tier::Pool(want) => *p == want,
+                        Tier::AllPools => true,
+                    }
             })
-    }
-
-    /// The pools (`Some`) that have nodes of a model.
-    pub fn pools_of(&self, model: u32) -> Vec<Option<ContractId>> {
-        use std::ops::Bound::{Excluded, Unbounded};
-        self.map
-            .range((Excluded((model, None)), Unbounded))
-            .take_while(|((m, _), _)| *m == model)
-            .map(|((_, p), _)| *p)
-            .collect()
+            .flat_map(move |(&(_, pool), inner)| {
+                inner
+                    .iter()
+                    .filter(move |((s, _), _)| site.is_none_or(|want| *s == want))
+                    .map(move |(&(s, gpus), b)| {
+                        (
+                            ScopeKey {
+                                model,
+                                pool,
+                                site: s,
+                                gpus,
+                            },
+                            b,
+                        )
+                    })
+            })
     }
 }
 
-/// Adds (or removes) every contribution of one node to the indexes.
-pub(crate) fn apply(scopes: &mut Scopes, node: &Node, add: bool, placement: PlacementPolicy) {
+/// Adds (or removes) the contributions of one node to the indexes: its free capacity, and
+/// with `member` its membership of the scope (joining, leaving, changing pool).
+pub(crate) fn apply(
+    scopes: &mut Scopes,
+    node: &Node,
+    add: bool,
+    member: bool,
+    placement: PlacementPolicy,
+) {
     let key = node.scope_key();
     let bucket = scopes.entry(&key);
     let span = node.peak_watts.saturating_sub(node.idle_watts);
-    if add {
+    if member && add {
         bucket.nodes += 1;
         *bucket.spans.entry(span).or_default() += 1;
-    } else {
+    } else if member {
         bucket.nodes = bucket.nodes.saturating_sub(1);
         if let Some(n) = bucket.spans.get_mut(&span) {
             *n -= 1;
@@ -294,7 +328,7 @@ pub(crate) fn apply(scopes: &mut Scopes, node: &Node, add: bool, placement: Plac
             }
         }
     }
-    if !add {
+    if member && !add {
         scopes.prune(&key);
     }
 }

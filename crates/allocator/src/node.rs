@@ -11,11 +11,9 @@ use crate::PlacementPolicy;
 /// The sub-node shapes, smallest first; an index into this array names a shape in indexes.
 pub(crate) const SHAPES: [u32; 4] = [1, 2, 4, 8];
 
-/// Gang levels in index order: NVLink domain, leaf group, pod, site; then the innermost
-/// block of each node, which only the sub-node search uses.
-pub(crate) const LEVELS: usize = 5;
+/// Gang levels in index order: NVLink domain, leaf group, pod, site.
+pub(crate) const LEVELS: usize = 4;
 pub(crate) const LEVEL_SITE: usize = 3;
-pub(crate) const LEVEL_INNERMOST: usize = 4;
 
 /// A block at one level; `None` is the whole site (the pseudo-block of level "site", or the
 /// innermost block of a node that sits in no block).
@@ -175,8 +173,7 @@ impl Node {
             0 => self.blocks[2].map(Some),
             1 => self.blocks[1].map(Some),
             2 => self.blocks[0].map(Some),
-            LEVEL_SITE => Some(None),
-            _ => Some(self.blocks[2].or(self.blocks[1]).or(self.blocks[0])),
+            _ => Some(None),
         }
     }
 }

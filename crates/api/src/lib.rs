@@ -42,7 +42,8 @@ pub struct AppState {
         (name = "system", description = "Health and the API description."),
         (name = "fleet", description = "GPU models, sites, blocks, nodes and fleet-file import."),
         (name = "tenancy", description = "Tenants, API keys and the audit trail."),
-        (name = "instances", description = "Instances, quotas and the queue.")
+        (name = "instances", description = "Instances, quotas and the queue."),
+        (name = "contracts", description = "Quotes, contracts and the capacity calendar.")
     )
 )]
 struct ApiDoc;

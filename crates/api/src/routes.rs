@@ -5,13 +5,13 @@ use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use neocloud_service::{
-    ApiKeyCreated, CreateApiKey, CreateGpuModel, CreateTenant, Created, LaunchInstance, SetQuota,
-    UpdateTenant,
+    ApiKeyCreated, CapacityLine, ContractTerms, CreateApiKey, CreateGpuModel, CreateTenant,
+    Created, LaunchInstance, Quote, SetQuota, UpdateTenant,
 };
 use neocloud_store::{EventFilter, NodeFilter};
 use neocloud_types::{
-    ApiKey, Block, Event, GpuModel, ImportReport, Instance, InstanceState, Node, NodeState, Quota,
-    Site, Tenant,
+    ApiKey, Block, Contract, Event, GpuModel, ImportReport, Instance, InstanceState, Node,
+    NodeState, Quota, Site, Tenant,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -54,6 +54,11 @@ pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(instance_get))
         .routes(routes!(instance_terminate))
         .routes(routes!(quota_list, quota_set))
+        .routes(routes!(quote_create))
+        .routes(routes!(contract_list, contract_sign))
+        .routes(routes!(contract_get))
+        .routes(routes!(contract_cancel))
+        .routes(routes!(capacity))
 }
 
 /// A list of items.
@@ -605,4 +610,122 @@ async fn quota_set(
     Ok(Json(List {
         items: st.svc.quota_set(&p, req).await?,
     }))
+}
+
+// ---- contracts and capacity -------------------------------------------------------------
+
+/// Ask whether reserved capacity fits: the answer says if it fits, the earliest start at
+/// which it would, the most GPUs that fit in the window, and the price for the term.
+#[utoipa::path(post, path = "/v1/quotes", tag = "contracts", security(("bearer" = [])),
+    request_body = ContractTerms, responses((status = 200, body = Quote), (status = 400, body = Problem)))]
+async fn quote_create(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Json<Quote>> {
+    let req: ContractTerms = json_body(&headers, &body)?;
+    Ok(Json(st.svc.quote(&p, req).await?))
+}
+
+/// Sign a contract: the terms are re-checked atomically against the capacity calendar, so
+/// two signs racing for the last capacity cannot both win (`insufficient_capacity`).
+#[utoipa::path(post, path = "/v1/contracts", tag = "contracts", security(("bearer" = [])),
+    request_body = ContractTerms,
+    responses((status = 201, body = Contract), (status = 409, body = Problem)))]
+async fn contract_sign(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Response> {
+    let req: ContractTerms = json_body(&headers, &body)?;
+    let c = st.svc.contract_sign(&p, req).await?;
+    Ok((StatusCode::CREATED, Json(c)).into_response())
+}
+
+/// Paging for contracts.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ContractParams {
+    /// Only this tenant's (operators; tenants see their own).
+    tenant: Option<String>,
+    /// Cursor from a previous page's `next_cursor`.
+    cursor: Option<String>,
+    /// Items per page, 1-1000 (default 100).
+    limit: Option<u32>,
+}
+
+/// List contracts, newest first.
+#[utoipa::path(get, path = "/v1/contracts", tag = "contracts", security(("bearer" = [])),
+    params(ContractParams), responses((status = 200, body = Paged<Contract>)))]
+async fn contract_list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Q(q): Q<ContractParams>,
+) -> ApiResult<Json<Paged<Contract>>> {
+    let page = st
+        .svc
+        .contract_list(&p, q.tenant.as_deref(), q.cursor.as_deref(), q.limit)
+        .await?;
+    Ok(Json(page.into()))
+}
+
+/// Read a contract.
+#[utoipa::path(get, path = "/v1/contracts/{id}", tag = "contracts", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Contract id")),
+    responses((status = 200, body = Contract), (status = 404, body = Problem)))]
+async fn contract_get(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Contract>> {
+    Ok(Json(st.svc.contract_get(&p, &id).await?))
+}
+
+/// Cancel a contract: its promise leaves the calendar, its pool is released and its
+/// reserved instances are terminated.
+#[utoipa::path(post, path = "/v1/contracts/{id}/cancel", tag = "contracts",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Contract id")),
+    responses((status = 200, body = Contract), (status = 404, body = Problem)))]
+async fn contract_cancel(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Contract>> {
+    Ok(Json(st.svc.contract_cancel(&p, &id).await?))
+}
+
+/// Filters for the capacity report.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CapacityParams {
+    /// Only this site (id or name).
+    site: Option<String>,
+    /// Only this GPU model.
+    gpu_model: Option<String>,
+    /// Days of committed capacity to show (default 1095, at most 7300).
+    horizon_days: Option<u32>,
+}
+
+/// Capacity per site and GPU model: sellable vs committed over time, allocation by class,
+/// fragmentation (stranded free GPUs, largest gang per level) and power.
+#[utoipa::path(get, path = "/v1/capacity", tag = "contracts", security(("bearer" = [])),
+    params(CapacityParams), responses((status = 200, body = List<CapacityLine>)))]
+async fn capacity(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Q(q): Q<CapacityParams>,
+) -> ApiResult<Json<List<CapacityLine>>> {
+    let items = st
+        .svc
+        .capacity(
+            &p,
+            q.site.as_deref(),
+            q.gpu_model.as_deref(),
+            q.horizon_days,
+        )
+        .await?;
+    Ok(Json(List { items }))
 }

@@ -91,6 +91,96 @@ enum Command {
     /// Per-tenant quotas (max GPUs held at once per model and class).
     #[command(subcommand)]
     Quotas(QuotaCmd),
+    /// Ask what reserved capacity fits, when, and at what price.
+    #[command(subcommand)]
+    Quotes(QuoteCmd),
+    /// Contracts: reserved capacity on the calendar.
+    #[command(subcommand)]
+    Contracts(ContractCmd),
+    /// Capacity per site and model: sellable, committed, allocated, fragmentation, power.
+    Capacity {
+        /// Only this site.
+        #[arg(long)]
+        site: Option<String>,
+        /// Only this GPU model.
+        #[arg(long)]
+        gpu_model: Option<String>,
+    },
+}
+
+/// Terms of a quote or a contract.
+#[derive(clap::Args, Debug)]
+struct TermsArgs {
+    /// Tenant id or name.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// GPU model.
+    #[arg(long)]
+    gpu_model: String,
+    /// GPUs (a multiple of the model's GPUs per node).
+    #[arg(long)]
+    gpus: u32,
+    /// Start, RFC 3339 (e.g. 2027-01-01T00:00:00Z), or `now`.
+    #[arg(long, default_value = "now")]
+    start: String,
+    /// End, RFC 3339; or give --years.
+    #[arg(long, conflicts_with = "years")]
+    end: Option<String>,
+    /// Length of the term in years (365-day years).
+    #[arg(long)]
+    years: Option<u32>,
+    /// Site id or name.
+    #[arg(long)]
+    site: Option<String>,
+    /// Keep the pool in one block of this level: nvlink_domain, leaf_group or pod.
+    #[arg(long)]
+    single_block: Option<String>,
+    /// Availability promised, percent (default 99.5).
+    #[arg(long)]
+    sla: Option<String>,
+}
+
+impl TermsArgs {
+    fn body(&self) -> Result<Value> {
+        let now = neocloud_types::Timestamp::now();
+        let start: neocloud_types::Timestamp = if self.start == "now" {
+            now
+        } else {
+            self.start.parse().map_err(|e| anyhow!("--start: {e}"))?
+        };
+        let end: neocloud_types::Timestamp = match (&self.end, self.years) {
+            (Some(e), _) => e.parse().map_err(|e| anyhow!("--end: {e}"))?,
+            (None, Some(y)) => start.plus_seconds(i64::from(y) * 365 * 24 * 3600),
+            (None, None) => return Err(anyhow!("give --end or --years")),
+        };
+        Ok(json!({
+            "tenant_id": self.tenant, "gpu_model": self.gpu_model, "gpu_count": self.gpus,
+            "start_at": start.to_string(), "end_at": end.to_string(), "site": self.site,
+            "single_block": self.single_block, "sla_percent": self.sla,
+        }))
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum QuoteCmd {
+    /// Quote reserved capacity.
+    Create(TermsArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ContractCmd {
+    /// Sign a contract (re-checked atomically against the calendar).
+    Sign(TermsArgs),
+    /// List contracts.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Show a contract.
+    Show { id: String },
+    /// Cancel a contract.
+    Cancel { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -475,6 +565,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Events(cmd) => events(g, cmd).await,
         Command::Instances(cmd) => instances(g, cmd).await,
         Command::Quotas(cmd) => quotas(g, cmd).await,
+        Command::Quotes(cmd) => quotes(g, cmd).await,
+        Command::Contracts(cmd) => contracts(g, cmd).await,
+        Command::Capacity { site, gpu_model } => capacity(g, site, gpu_model).await,
     }
 }
 
@@ -1125,4 +1218,138 @@ async fn quotas(g: &Global, cmd: QuotaCmd) -> Result<()> {
         }
     };
     show(g, &v, |v| table(items(v), cols))
+}
+
+async fn quotes(g: &Global, cmd: QuoteCmd) -> Result<()> {
+    let c = client(g)?;
+    let QuoteCmd::Create(terms) = cmd;
+    let v = c
+        .call(
+            Method::POST,
+            "/v1/quotes",
+            &[],
+            Some(Body::Json(terms.body()?)),
+            None,
+        )
+        .await?;
+    show(g, &v, record)
+}
+
+async fn contracts(g: &Global, cmd: ContractCmd) -> Result<()> {
+    let c = client(g)?;
+    let cols: &[Column] = &[
+        ("ID", &field("id")),
+        ("TENANT", &field("tenant_id")),
+        ("MODEL", &field("gpu_model")),
+        ("GPUS", &field("gpu_count")),
+        ("START", &field("start_at")),
+        ("END", &field("end_at")),
+        ("$/GPU-H", &field("price_per_gpu_hour")),
+        ("VALUE $", &field("total_value")),
+        ("STATE", &field("state")),
+    ];
+    match cmd {
+        ContractCmd::Sign(terms) => {
+            let v = c
+                .call(
+                    Method::POST,
+                    "/v1/contracts",
+                    &[],
+                    Some(Body::Json(terms.body()?)),
+                    None,
+                )
+                .await?;
+            show(g, &v, record)
+        }
+        ContractCmd::List { tenant } => {
+            let mut q: Vec<(&str, String)> = vec![("limit", "1000".into())];
+            if let Some(t) = tenant {
+                q.push(("tenant", t));
+            }
+            let v = c.call(Method::GET, "/v1/contracts", &q, None, None).await?;
+            show(g, &v, |v| table(items(v), cols))
+        }
+        ContractCmd::Show { id } => {
+            let v = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/contracts/{}", enc(&id)),
+                    &[],
+                    None,
+                    None,
+                )
+                .await?;
+            show(g, &v, record)
+        }
+        ContractCmd::Cancel { id } => {
+            let v = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/contracts/{}/cancel", enc(&id)),
+                    &[],
+                    None,
+                    None,
+                )
+                .await?;
+            show(g, &v, record)
+        }
+    }
+}
+
+async fn capacity(g: &Global, site: Option<String>, gpu_model: Option<String>) -> Result<()> {
+    let c = client(g)?;
+    let mut q: Vec<(&str, String)> = Vec::new();
+    if let Some(s) = site {
+        q.push(("site", s));
+    }
+    if let Some(m) = gpu_model {
+        q.push(("gpu_model", m));
+    }
+    let v = c.call(Method::GET, "/v1/capacity", &q, None, None).await?;
+    let allocated = |v: &Value| {
+        v["allocated"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| format!("{}={}", cell(&c["class"]), cell(&c["gpus"])))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    let gang = |v: &Value| {
+        v["largest_gang"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| format!("{}:{}", cell(&c["level"]), cell(&c["nodes"])))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    let power = |v: &Value| {
+        format!(
+            "{} / {}",
+            mw(&v["site_power_watts"]),
+            mw(&v["site_power_limit_watts"])
+        )
+    };
+    show(g, &v, |v| {
+        table(
+            items(v),
+            &[
+                ("SITE", &field("site")),
+                ("MODEL", &field("gpu_model")),
+                ("TOTAL", &field("total_gpus")),
+                ("SELLABLE", &field("sellable_gpus")),
+                ("COMMITTED", &field("committed_gpus_now")),
+                ("ALLOCATED", &allocated),
+                ("FREE", &field("free_gpus")),
+                ("STRANDED", &field("stranded_free_gpus")),
+                ("LARGEST GANG (nodes)", &gang),
+                ("POWER MW", &power),
+            ],
+        )
+    })
 }

@@ -65,6 +65,10 @@ pub enum Action {
     WriteQuotas,
     /// Read capacity, fragmentation and power.
     ReadCapacity,
+    /// Read contracts and ask for quotes (own tenant's for tenant roles).
+    ReadContracts,
+    /// Sign and cancel contracts (own tenant's for tenant admins).
+    WriteContracts,
 }
 
 /// The authorization table: which roles may do what. Every endpoint names its action, and a
@@ -85,6 +89,7 @@ pub fn allowed(role: Role, action: Action) -> bool {
                 | ReadInstances
                 | ReadQuotas
                 | ReadCapacity
+                | ReadContracts
         ),
         TenantAdmin => matches!(
             action,
@@ -97,6 +102,8 @@ pub fn allowed(role: Role, action: Action) -> bool {
                 | ReadInstances
                 | WriteInstances
                 | ReadQuotas
+                | ReadContracts
+                | WriteContracts
         ),
         TenantMember => matches!(
             action,
@@ -107,6 +114,7 @@ pub fn allowed(role: Role, action: Action) -> bool {
                 | ReadInstances
                 | WriteInstances
                 | ReadQuotas
+                | ReadContracts
         ),
         NodeAgent => false,
     }

@@ -98,7 +98,7 @@ impl Service {
             }
         }
         let request = request_of(&inst);
-        let placed = sched.alloc.place(&request);
+        let placed = scheduler::place_checked(&self.store, &mut sched, &request, now).await?;
         // GPUs this instance will hold: known from the placement, or from the shape and the
         // node size of the model.
         inst.gpu_count = match &placed {
@@ -148,9 +148,12 @@ impl Service {
                     }
                 }
             }
-            Err(refusal) => {
-                let victims = if req.class != Class::Spot {
-                    sched.alloc.preemption_plan(&request)
+            Err((refusal, preemption_may_help)) => {
+                let victims = if req.class != Class::Spot && preemption_may_help {
+                    sched
+                        .alloc
+                        .preemption_plan(&request)
+                        .filter(|v| !v.is_empty())
                 } else {
                     None
                 };
@@ -324,6 +327,7 @@ impl Service {
     /// expires queued instances past their deadline, and starts queued instances that fit.
     pub async fn tick(&self, now: Timestamp) -> Result<usize> {
         let mut sched = self.sched.lock().await;
+        self.contracts_advance(&mut sched, now).await?;
         sched.tick(&self.store, now).await
     }
 

@@ -6,6 +6,7 @@
 //! one transaction. Creates honour an Idempotency-Key: a retry returns the first result.
 
 pub mod auth;
+mod contracts;
 pub mod error;
 mod instances;
 mod requests;
@@ -20,6 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use auth::{Action, Principal};
+pub use contracts::{CapacityLine, ClassCount, Committed, GangRoom, reserved_rate};
 pub use error::{Error, ErrorCode, FieldError, Result};
 pub use neocloud_allocator::PlacementPolicy;
 pub use requests::*;

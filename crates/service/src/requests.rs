@@ -293,3 +293,60 @@ pub struct SetQuota {
     /// Most GPUs held at once; `null` removes the quota.
     pub max_gpus: Option<u32>,
 }
+
+/// Body of `POST /v1/quotes` and `POST /v1/contracts`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContractTerms {
+    /// Tenant id or name (required to sign; tenant keys default to their own).
+    #[serde(default)]
+    pub tenant_id: Option<String>,
+    /// GPU model.
+    pub gpu_model: String,
+    /// GPUs to reserve: a multiple of the model's GPUs per node (pools are whole nodes).
+    pub gpu_count: u32,
+    /// Start (RFC 3339); may be in the past only by a minute (then it means "now").
+    pub start_at: Timestamp,
+    /// End (RFC 3339), after the start, at most 10 years later.
+    pub end_at: Timestamp,
+    /// Site id or name; any site with the model by default.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Keep the whole pool inside one block of this level (e.g. `pod`).
+    #[serde(default)]
+    pub single_block: Option<neocloud_types::GangLevel>,
+    /// Availability promised, percent, e.g. "99.9" (default 99.5; 90-100).
+    #[serde(default)]
+    pub sla_percent: Option<String>,
+}
+
+/// The answer to a quote: whether the terms fit, and if not, what would.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Quote {
+    /// Whether the GPUs are free on the capacity calendar for the whole window.
+    pub fits: bool,
+    /// Site evaluated (the one that fits, or the one that fits earliest).
+    pub site_id: Option<neocloud_types::SiteId>,
+    /// Its name.
+    pub site: Option<String>,
+    /// GPU model.
+    pub gpu_model: String,
+    /// GPUs asked for.
+    pub gpu_count: u32,
+    /// Start asked for.
+    pub start_at: Timestamp,
+    /// End asked for.
+    pub end_at: Timestamp,
+    /// The earliest start at which the same count fits for the same duration, if ever.
+    pub earliest_start: Option<Timestamp>,
+    /// The most GPUs (whole nodes) that fit in the asked window.
+    pub max_gpus_in_window: u32,
+    /// GPUs the site sells for this model: all GPUs minus the spare buffer.
+    pub sellable_gpus: u32,
+    /// Reserved rate for this term, per GPU-hour.
+    pub price_per_gpu_hour: neocloud_types::Money,
+    /// gpu_count × hours × rate.
+    pub total_value: neocloud_types::Money,
+    /// Why it does not fit, in words.
+    pub reason: Option<String>,
+}

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use neocloud_allocator::{Allocation, Allocator, NodeSpec, PlacementPolicy, Request, SiteSpec};
 use neocloud_store::{NewEvent, Store, WriteTx};
 use neocloud_types::{
-    ApiKeyId, FleetPolicy, Instance, InstanceId, InstanceState, NodeState, Timestamp,
+    ApiKeyId, Class, FleetPolicy, Instance, InstanceId, InstanceState, NodeState, Timestamp,
 };
 
 use crate::error::{Error, ErrorCode, Result};
@@ -56,6 +56,8 @@ pub(crate) struct Queued {
 /// The allocator, the queue, and the settings. Guarded by one lock in the service.
 pub(crate) struct Sched {
     pub(crate) alloc: Allocator,
+    /// GPUs promised by signed and active contracts, over time.
+    pub(crate) calendar: neocloud_allocator::calendar::Calendar,
     pub(crate) config: SchedulerConfig,
     /// Pending instances by (priority descending, arrival): served in that order.
     pub(crate) queue: BTreeMap<(std::cmp::Reverse<u8>, InstanceId), Queued>,
@@ -146,8 +148,22 @@ impl Sched {
                 );
             }
         }
+        let mut calendar = neocloud_allocator::calendar::Calendar::new();
+        for c in store.contract_list_live().await? {
+            let key = neocloud_allocator::calendar::CapacityKey::new(c.site_id, &c.gpu_model);
+            calendar
+                .commit(
+                    &key,
+                    c.id,
+                    c.start_at.micros(),
+                    c.end_at.micros(),
+                    i64::from(c.gpu_count),
+                )
+                .map_err(Error::internal)?;
+        }
         Ok(Sched {
             alloc,
+            calendar,
             config,
             queue,
         })
@@ -225,11 +241,14 @@ impl Sched {
                 self.queue.remove(&key);
                 continue;
             }
-            if self.alloc.try_place(&q.request).is_ok() {
-                if self.try_start(store, inst, None, now).await?.is_some() {
-                    self.queue.remove(&key);
-                    changed += 1;
-                }
+            if self.alloc.try_place(&q.request).is_ok()
+                && self
+                    .try_start(store, inst.clone(), None, now)
+                    .await?
+                    .is_some()
+            {
+                self.queue.remove(&key);
+                changed += 1;
                 continue;
             }
             if q.wait_until.is_some_and(|t| t <= now) {
@@ -280,6 +299,112 @@ impl Sched {
         tx.commit().await?;
         Ok(latest)
     }
+}
+
+/// Places on-demand and internal work only within what contracts leave of a site's
+/// sellable capacity (all GPUs minus the spare buffer kept for failover), so the same
+/// GPU-hour is never sold twice; spot may use anything idle, reserved runs in its pool.
+/// Without a site in the request, each site with the model is tried in turn.
+pub(crate) async fn place_checked(
+    store: &Store,
+    sched: &mut Sched,
+    req: &neocloud_allocator::Request,
+    now: Timestamp,
+) -> Result<std::result::Result<Allocation, (neocloud_allocator::Refusal, bool)>> {
+    if !matches!(req.class, Class::OnDemand | Class::Internal) {
+        return Ok(sched.alloc.place(req).map_err(|e| (e, true)));
+    }
+    let mut tried: Vec<neocloud_types::SiteId> = Vec::new();
+    let mut last_refusal = None;
+    let sites = store.site_list().await?;
+    loop {
+        let mut r = req.clone();
+        if r.site.is_none() && !tried.is_empty() {
+            // Pin the next untried site that has the model.
+            let next = sites.iter().find(|s| {
+                !tried.contains(&s.id)
+                    && s.gpus_by_model.iter().any(|m| m.gpu_model == req.gpu_model)
+            });
+            match next {
+                Some(s) => r.site = Some(s.id),
+                None => break,
+            }
+        }
+        let a = match sched.alloc.place(&r) {
+            Ok(a) => a,
+            Err(e) => match (req.site, r.site) {
+                // Pinned by us to one more site: remember and go on to the next.
+                (None, Some(s)) => {
+                    tried.push(s);
+                    last_refusal = Some(last_refusal.unwrap_or((e, true)));
+                    continue;
+                }
+                _ => return Ok(Err(last_refusal.unwrap_or((e, true)))),
+            },
+        };
+        let Some(site) = sites.iter().find(|s| s.id == a.site) else {
+            return Ok(Ok(a));
+        };
+        let sellable = sellable(&sched.config, site, &req.gpu_model);
+        let key = neocloud_allocator::calendar::CapacityKey::new(site.id, &req.gpu_model);
+        let committed = sched
+            .calendar
+            .committed_peak(&key, now.micros(), now.micros() + 1);
+        // TODO-perf: keep per-(site, model) counters instead of walking allocations.
+        let in_use: u64 = sched
+            .alloc
+            .allocations()
+            .filter(|x| {
+                x.site == site.id
+                    && x.gpu_model == req.gpu_model
+                    && x.pool.is_none()
+                    && matches!(x.class, Class::OnDemand | Class::Internal)
+            })
+            .map(|x| x.gpu_count())
+            .sum();
+        if i64::try_from(in_use).unwrap_or(i64::MAX) + committed <= sellable {
+            return Ok(Ok(a));
+        }
+        sched.alloc.release(a.id);
+        last_refusal = Some((
+            neocloud_allocator::Refusal::NoCapacity {
+                free_gpus: sched.alloc.free_gpus(Some(site.id), &req.gpu_model),
+                reason: format!(
+                    "{}'s sellable {} capacity is taken: {} of {} sellable GPUs are reserved by contracts and {} are in use by on-demand and internal work (the spare buffer is kept for failover)",
+                    site.name,
+                    req.gpu_model,
+                    committed,
+                    sellable,
+                    in_use - a.gpu_count()
+                ),
+            },
+            false,
+        ));
+        if req.site.is_some() {
+            break;
+        }
+        tried.push(site.id);
+    }
+    Ok(Err(last_refusal.unwrap_or((
+        neocloud_allocator::Refusal::NoCapacity {
+            free_gpus: 0,
+            reason: "no site has room".into(),
+        },
+        true,
+    ))))
+}
+
+/// GPUs of a model in a site that may be sold (to contracts, on-demand and internal work):
+/// all minus the spare buffer kept for failover.
+pub(crate) fn sellable(config: &SchedulerConfig, site: &neocloud_types::Site, model: &str) -> i64 {
+    let total: i64 = site
+        .gpus_by_model
+        .iter()
+        .filter(|m| m.gpu_model == model)
+        .map(|m| m.gpus)
+        .sum();
+    let spare = (total * i64::from(config.spare_buffer_milli) + 999) / 1000;
+    total - spare
 }
 
 /// Writes an instance's audit event.

@@ -1,0 +1,710 @@
+//! Contracts: honest quotes from the capacity calendar, atomic signing, reserved pools of
+//! whole nodes pinned at the start, release at the end or on cancellation.
+
+use neocloud_allocator::calendar::CapacityKey;
+use neocloud_allocator::{PlacementPolicy, Request};
+use neocloud_store::{NewEvent, Page, Store, contract_value};
+use neocloud_types::{
+    Class, Contract, ContractId, ContractState, GangLevel, InstanceId, InstanceState, Money, Shape,
+    Site, TenantId, Timestamp,
+};
+
+use crate::auth::{self, Action, Principal};
+use crate::error::{Error, ErrorCode, Result};
+use crate::scheduler::{self, Sched};
+use crate::{ContractTerms, Quote, Service, page_limit};
+
+const HOUR_US: i64 = 3_600_000_000;
+const YEAR_US: i64 = 365 * 24 * HOUR_US;
+
+/// The on-demand list price per GPU-hour of a model, in micro-dollars. A fixed table until
+/// the price book lands (billing issue); reserved terms are discounted from it.
+fn list_price_micros(model: &str) -> i64 {
+    match model {
+        "A100-SXM-80GB" => 1_800_000,
+        "H100-SXM-80GB" => 3_000_000,
+        "H200-SXM-141GB" => 3_600_000,
+        "B200" => 5_000_000,
+        "GB200" => 6_000_000,
+        "L40S" => 1_000_000,
+        "MI300X" => 2_500_000,
+        _ => 2_000_000,
+    }
+}
+
+/// Reserved rate for a term: 15% off list under a year, 25% off for 1-3 years, 35% off for
+/// three years or more.
+pub fn reserved_rate(model: &str, start: Timestamp, end: Timestamp) -> Money {
+    let term = end.micros() - start.micros();
+    let pct: i64 = if term >= 3 * YEAR_US {
+        65
+    } else if term >= YEAR_US {
+        75
+    } else {
+        85
+    };
+    Money::from_micros(list_price_micros(model) * pct / 100)
+}
+
+fn parse_sla(s: Option<&str>) -> Result<i64> {
+    let s = s.unwrap_or("99.5");
+    let m: Money = s
+        .parse()
+        .map_err(|_| Error::invalid(format!("sla_percent '{s}' is not a number")))?;
+    // Percent with up to three decimals, as thousandths.
+    let milli = m.micros() / 1000;
+    if m.micros() % 1000 != 0 || !(90_000..=100_000).contains(&milli) {
+        return Err(Error::invalid(
+            "sla_percent must be between 90 and 100 with at most 3 decimals",
+        ));
+    }
+    Ok(milli)
+}
+
+struct Checked {
+    tenant: Option<TenantId>,
+    sites: Vec<Site>,
+    node_size: u32,
+    start: Timestamp,
+    end: Timestamp,
+}
+
+impl Service {
+    async fn check_terms(
+        &self,
+        p: &Principal,
+        t: &ContractTerms,
+        now: Timestamp,
+    ) -> Result<Checked> {
+        let tenant = match (&t.tenant_id, p.tenant_scope()) {
+            (Some(id), _) => Some(self.visible_tenant(p, id).await?.id),
+            (None, own) => own,
+        };
+        self.store
+            .gpu_model_get(&t.gpu_model)
+            .await
+            .map_err(|_| Error::invalid(format!("unknown GPU model '{}'", t.gpu_model)))?;
+        let Some(node_size) = self.store.gpu_model_node_size(&t.gpu_model).await? else {
+            return Err(Error::invalid(format!(
+                "no node has GPU model '{}'",
+                t.gpu_model
+            )));
+        };
+        if t.gpu_count == 0 || t.gpu_count % node_size != 0 {
+            return Err(Error::invalid(format!(
+                "gpu_count must be a positive multiple of {node_size} ({} nodes have {node_size} GPUs; reserved pools are whole nodes)",
+                t.gpu_model
+            )));
+        }
+        if t.end_at <= t.start_at {
+            return Err(Error::invalid("end_at must be after start_at"));
+        }
+        if t.start_at < now.plus_seconds(-60) {
+            return Err(Error::invalid("start_at is in the past"));
+        }
+        if t.end_at.micros() - t.start_at.micros() > 10 * YEAR_US {
+            return Err(Error::invalid("a contract runs at most 10 years"));
+        }
+        // "now" within the last minute means now.
+        let start = t.start_at.max(now);
+        let sites = match &t.site {
+            Some(s) => vec![self.store.site_get(s).await?],
+            None => self.store.site_list().await?,
+        };
+        let sites: Vec<Site> = sites
+            .into_iter()
+            .filter(|s| s.gpus_by_model.iter().any(|m| m.gpu_model == t.gpu_model))
+            .collect();
+        if sites.is_empty() {
+            return Err(Error::invalid(format!(
+                "no site{} has GPU model '{}'",
+                t.site
+                    .as_ref()
+                    .map(|s| format!(" named '{s}'"))
+                    .unwrap_or_default(),
+                t.gpu_model
+            )));
+        }
+        Ok(Checked {
+            tenant,
+            sites,
+            node_size,
+            start,
+            end: t.end_at,
+        })
+    }
+
+    fn sellable(sched: &Sched, site: &Site, model: &str) -> i64 {
+        scheduler::sellable(&sched.config, site, model)
+    }
+
+    fn quote_in(sched: &Sched, t: &ContractTerms, c: &Checked) -> Quote {
+        let duration = c.end.micros() - c.start.micros();
+        let rate = reserved_rate(&t.gpu_model, c.start, c.end);
+        let gpus = i64::from(t.gpu_count);
+        let mut best: Option<Quote> = None;
+        for site in &c.sites {
+            let key = CapacityKey::new(site.id, &t.gpu_model);
+            let cap = Self::sellable(sched, site, &t.gpu_model);
+            let fits = sched
+                .calendar
+                .fits(&key, c.start.micros(), c.end.micros(), gpus, cap);
+            let max = sched
+                .calendar
+                .max_count(&key, c.start.micros(), c.end.micros(), cap)
+                .max(0);
+            let max = max - max % i64::from(c.node_size);
+            let earliest = sched
+                .calendar
+                .earliest_start(&key, c.start.micros(), duration, gpus, cap)
+                .map(Timestamp::from_micros);
+            let q = Quote {
+                fits,
+                site_id: Some(site.id),
+                site: Some(site.name.clone()),
+                gpu_model: t.gpu_model.clone(),
+                gpu_count: t.gpu_count,
+                start_at: c.start,
+                end_at: c.end,
+                earliest_start: earliest,
+                max_gpus_in_window: u32::try_from(max).unwrap_or(u32::MAX),
+                sellable_gpus: u32::try_from(cap.max(0)).unwrap_or(u32::MAX),
+                price_per_gpu_hour: rate,
+                total_value: contract_value(t.gpu_count, c.start, c.end, rate),
+                reason: (!fits).then(|| {
+                    format!(
+                        "{} has {cap} sellable {} GPUs; at most {max} are free on the calendar for the whole window{}",
+                        site.name,
+                        t.gpu_model,
+                        earliest.map(|e| format!("; the earliest start for {} GPUs is {e}", t.gpu_count)).unwrap_or_else(|| "; they never fit".into())
+                    )
+                }),
+            };
+            if q.fits {
+                return q;
+            }
+            let better = match &best {
+                None => true,
+                Some(b) => match (q.earliest_start, b.earliest_start) {
+                    (Some(a), Some(b)) => a < b,
+                    (Some(_), None) => true,
+                    _ => false,
+                },
+            };
+            if better {
+                best = Some(q);
+            }
+        }
+        best.unwrap_or_else(|| Quote {
+            fits: false,
+            site_id: None,
+            site: None,
+            gpu_model: t.gpu_model.clone(),
+            gpu_count: t.gpu_count,
+            start_at: c.start,
+            end_at: c.end,
+            earliest_start: None,
+            max_gpus_in_window: 0,
+            sellable_gpus: 0,
+            price_per_gpu_hour: rate,
+            total_value: Money::ZERO,
+            reason: Some("no site has this model".into()),
+        })
+    }
+
+    /// Answers whether reserved capacity fits, the earliest start at which it would, the
+    /// largest count that fits in the window, and the price.
+    pub async fn quote(&self, p: &Principal, t: ContractTerms) -> Result<Quote> {
+        auth::authorize(p, Action::ReadContracts)?;
+        let c = self.check_terms(p, &t, Timestamp::now()).await?;
+        let sched = self.sched.lock().await;
+        Ok(Self::quote_in(&sched, &t, &c))
+    }
+
+    /// Signs a contract: re-checks the calendar under the scheduler's lock and commits the
+    /// promise atomically, so two signs racing for the last capacity cannot both win.
+    pub async fn contract_sign(&self, p: &Principal, t: ContractTerms) -> Result<Contract> {
+        auth::authorize(p, Action::WriteContracts)?;
+        let now = Timestamp::now();
+        let sla = parse_sla(t.sla_percent.as_deref())?;
+        let c = self.check_terms(p, &t, now).await?;
+        let Some(tenant) = c.tenant else {
+            return Err(Error::invalid("tenant_id is required to sign a contract"));
+        };
+        if let Some(level) = t.single_block {
+            self.check_single_block(&c, &t, level).await?;
+        }
+        let mut sched = self.sched.lock().await;
+        let q = Self::quote_in(&sched, &t, &c);
+        let (true, Some(site_id)) = (q.fits, q.site_id) else {
+            return Err(Error::new(
+                ErrorCode::InsufficientCapacity,
+                q.reason.unwrap_or_else(|| "does not fit".into()),
+            ));
+        };
+        let contract = Contract {
+            id: ContractId::new(),
+            tenant_id: tenant,
+            gpu_model: t.gpu_model.clone(),
+            gpu_count: t.gpu_count,
+            site_id,
+            single_block: t.single_block,
+            start_at: c.start,
+            end_at: c.end,
+            price_per_gpu_hour: q.price_per_gpu_hour,
+            sla_percent: t.sla_percent.clone().unwrap_or_else(|| "99.5".into()),
+            state: ContractState::Signed,
+            total_value: q.total_value,
+            created_at: now,
+            updated_at: now,
+        };
+        let key = CapacityKey::new(site_id, &t.gpu_model);
+        sched
+            .calendar
+            .commit(
+                &key,
+                contract.id,
+                c.start.micros(),
+                c.end.micros(),
+                i64::from(t.gpu_count),
+            )
+            .map_err(Error::internal)?;
+        let result = async {
+            let mut tx = self.store.begin_write().await?;
+            Store::contract_insert(&mut tx, &contract, sla).await?;
+            Store::event_insert(
+                &mut tx,
+                NewEvent {
+                    actor: Some(p.key_id),
+                    tenant_id: Some(tenant),
+                    action: "contract.signed",
+                    resource_kind: "contract",
+                    resource_id: contract.id.to_string(),
+                    before: None,
+                    after: serde_json::to_value(&contract).ok(),
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            sched.calendar.remove(contract.id);
+            return Err(e);
+        }
+        // A contract that starts now gets its pool at once.
+        self.contracts_advance(&mut sched, now).await?;
+        drop(sched);
+        Ok(self.store.contract_get(contract.id).await?)
+    }
+
+    async fn check_single_block(
+        &self,
+        c: &Checked,
+        t: &ContractTerms,
+        level: GangLevel,
+    ) -> Result<()> {
+        if level == GangLevel::Site {
+            return Ok(());
+        }
+        let nodes_needed = t.gpu_count / c.node_size;
+        let mut largest = 0;
+        for site in &c.sites {
+            for b in self.store.block_list(Some(site)).await? {
+                if b.kind.as_str() == level.as_str() {
+                    largest = largest.max(b.node_count);
+                }
+            }
+        }
+        if i64::from(nodes_needed) > largest {
+            return Err(Error::new(
+                ErrorCode::InsufficientCapacity,
+                format!(
+                    "no single {level} holds {nodes_needed} nodes; the largest holds {largest}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn visible_contract(&self, p: &Principal, id: &str) -> Result<Contract> {
+        let not_found = || Error::not_found("contract", id);
+        let cid: ContractId = id.parse().map_err(|_| not_found())?;
+        let c = self
+            .store
+            .contract_get(cid)
+            .await
+            .map_err(|_| not_found())?;
+        match p.tenant_scope() {
+            Some(own) if own != c.tenant_id => Err(not_found()),
+            _ => Ok(c),
+        }
+    }
+
+    /// Reads a contract.
+    pub async fn contract_get(&self, p: &Principal, id: &str) -> Result<Contract> {
+        auth::authorize(p, Action::ReadContracts)?;
+        self.visible_contract(p, id).await
+    }
+
+    /// Lists contracts, newest first.
+    pub async fn contract_list(
+        &self,
+        p: &Principal,
+        tenant: Option<&str>,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<Contract>> {
+        auth::authorize(p, Action::ReadContracts)?;
+        let limit = page_limit(limit)?;
+        let t = match (p.tenant_scope(), tenant) {
+            (_, Some(t)) => Some(self.visible_tenant(p, t).await?.id),
+            (own, None) => own,
+        };
+        Ok(self.store.contract_list(t, cursor, limit).await?)
+    }
+
+    /// Cancels a contract: its promise leaves the calendar, its pool is unpinned and its
+    /// reserved instances are terminated.
+    pub async fn contract_cancel(&self, p: &Principal, id: &str) -> Result<Contract> {
+        auth::authorize(p, Action::WriteContracts)?;
+        let c = self.visible_contract(p, id).await?;
+        if matches!(c.state, ContractState::Ended | ContractState::Cancelled) {
+            return Ok(c);
+        }
+        let mut sched = self.sched.lock().await;
+        self.contract_close(
+            &mut sched,
+            &c,
+            ContractState::Cancelled,
+            Some(p.key_id),
+            Timestamp::now(),
+        )
+        .await?;
+        drop(sched);
+        Ok(self.store.contract_get(c.id).await?)
+    }
+
+    async fn contract_close(
+        &self,
+        sched: &mut Sched,
+        c: &Contract,
+        state: ContractState,
+        actor: Option<neocloud_types::ApiKeyId>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let live = self.store.instance_list_live().await?;
+        let mut tx = self.store.begin_write().await?;
+        for mut i in live.into_iter().filter(|i| i.contract_id == Some(c.id)) {
+            let before = serde_json::to_value(&i).ok();
+            i.state = InstanceState::Terminated;
+            i.ended_at = Some(now);
+            i.reason = Some(format!("contract {} {}", c.id, state));
+            neocloud_store::Store::instance_update(&mut tx, &i).await?;
+            neocloud_store::Store::instance_release_gpus(&mut tx, i.id).await?;
+            scheduler::event(&mut tx, actor, &i, "instance.terminated", before, None).await?;
+        }
+        for n in self.store.contract_pool_nodes(c.id).await? {
+            Store::node_set_pool(&mut tx, n, None).await?;
+        }
+        Store::contract_set_state(&mut tx, c.id, state).await?;
+        Store::event_insert(
+            &mut tx,
+            NewEvent {
+                actor,
+                tenant_id: Some(c.tenant_id),
+                action: if state == ContractState::Cancelled {
+                    "contract.cancelled"
+                } else {
+                    "contract.ended"
+                },
+                resource_kind: "contract",
+                resource_id: c.id.to_string(),
+                before: serde_json::to_value(c).ok(),
+                after: None,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        // The database is the truth: rebuild the allocator and calendar from it.
+        let config = sched.config.clone();
+        *sched = Sched::rebuild(&self.store, config).await?;
+        Ok(())
+    }
+
+    /// Starts contracts whose start has come (pins their pools, preempting lower classes on
+    /// the nodes they need) and ends those past their end.
+    pub(crate) async fn contracts_advance(&self, sched: &mut Sched, now: Timestamp) -> Result<()> {
+        for c in self.store.contract_list_live().await? {
+            if c.end_at <= now {
+                self.contract_close(sched, &c, ContractState::Ended, None, now)
+                    .await?;
+                continue;
+            }
+            if c.start_at > now {
+                continue;
+            }
+            self.contract_fill_pool(sched, &c, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Pins whole free nodes to an active contract's pool until it has its GPUs; if too few
+    /// are free, notifies lower-class instances on other nodes of the site for preemption.
+    async fn contract_fill_pool(
+        &self,
+        sched: &mut Sched,
+        c: &Contract,
+        now: Timestamp,
+    ) -> Result<()> {
+        let node_size = self
+            .store
+            .gpu_model_node_size(&c.gpu_model)
+            .await?
+            .unwrap_or(8)
+            .max(1);
+        let pinned = self.store.contract_pool_nodes(c.id).await?.len();
+        let want = usize::try_from(c.gpu_count / node_size).unwrap_or(usize::MAX);
+        if c.state == ContractState::Signed || pinned < want {
+            let mut need = want.saturating_sub(pinned);
+            let level = c.single_block.unwrap_or(GangLevel::Site);
+            let mut picked = Vec::new();
+            // Ask the allocator for free whole nodes, the largest gang it can find first.
+            while need > 0 {
+                let frag = sched.alloc.fragmentation(c.site_id, &c.gpu_model);
+                let avail = frag
+                    .largest_gang_by_level
+                    .iter()
+                    .find(|(l, _)| *l == level)
+                    .map(|(_, n)| *n as usize)
+                    .unwrap_or(0);
+                let take = need.min(avail);
+                if take == 0 {
+                    break;
+                }
+                let probe = Request {
+                    id: InstanceId::new(),
+                    tenant: c.tenant_id,
+                    class: Class::Internal,
+                    gpu_model: c.gpu_model.clone(),
+                    shape: Shape::Nodes {
+                        count: u32::try_from(take).unwrap_or(u32::MAX),
+                        level,
+                    },
+                    site: Some(c.site_id),
+                    pool: None,
+                };
+                let Ok(a) = sched.alloc.try_place(&probe) else {
+                    break;
+                };
+                for (node, _) in &a.gpus {
+                    sched
+                        .alloc
+                        .set_pool(*node, Some(c.id))
+                        .map_err(Error::internal)?;
+                    picked.push(*node);
+                }
+                need -= a.gpus.len();
+            }
+            let mut tx = self.store.begin_write().await?;
+            for n in &picked {
+                Store::node_set_pool(&mut tx, *n, Some(c.id)).await?;
+            }
+            if c.state == ContractState::Signed {
+                Store::contract_set_state(&mut tx, c.id, ContractState::Active).await?;
+                Store::event_insert(
+                    &mut tx,
+                    NewEvent {
+                        actor: None,
+                        tenant_id: Some(c.tenant_id),
+                        action: "contract.activated",
+                        resource_kind: "contract",
+                        resource_id: c.id.to_string(),
+                        before: None,
+                        after: Some(serde_json::json!({"pinned_nodes": pinned + picked.len(), "wanted_nodes": want})),
+                    },
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            if need > 0 {
+                // Take nodes from lower-class work. The probe asks as the higher of internal
+                // and on-demand under the fleet policy, so it may preempt spot and the lower
+                // of the two; work of the peer class is waited out.
+                let class = if sched.config.fleet_policy == neocloud_types::FleetPolicy::LabFirst {
+                    Class::Internal
+                } else {
+                    Class::OnDemand
+                };
+                let probe = Request {
+                    id: InstanceId::new(),
+                    tenant: c.tenant_id,
+                    class,
+                    gpu_model: c.gpu_model.clone(),
+                    shape: Shape::Nodes {
+                        count: u32::try_from(need).unwrap_or(u32::MAX),
+                        level,
+                    },
+                    site: Some(c.site_id),
+                    pool: None,
+                };
+                if let Some(victims) = sched.alloc.preemption_plan(&probe) {
+                    sched
+                        .notify_victims(&self.store, &victims, probe.id, now)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The placement policy in use (for the capacity report).
+pub(crate) fn policy_name(p: PlacementPolicy) -> &'static str {
+    match p {
+        PlacementPolicy::BestFit => "best-fit",
+        PlacementPolicy::FirstFit => "first-fit",
+        PlacementPolicy::WorstFit => "worst-fit",
+    }
+}
+
+/// GPUs of one class.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ClassCount {
+    /// Class.
+    pub class: Class,
+    /// GPUs allocated to running, terminating or preempting instances of it.
+    pub gpus: u64,
+}
+
+/// Largest gang that fits now at a level.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct GangRoom {
+    /// Level.
+    pub level: GangLevel,
+    /// Most free whole nodes inside one block of that level.
+    pub nodes: u32,
+}
+
+/// Committed GPUs from a time on.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Committed {
+    /// From this time.
+    pub at: Timestamp,
+    /// GPUs promised by signed and active contracts.
+    pub gpus: i64,
+}
+
+/// Capacity of one GPU model in one site: now, and committed over time.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct CapacityLine {
+    /// Site id.
+    pub site_id: neocloud_types::SiteId,
+    /// Site name.
+    pub site: String,
+    /// GPU model.
+    pub gpu_model: String,
+    /// GPUs of the model in the site.
+    pub total_gpus: i64,
+    /// GPUs never sold by contracts (the spare buffer).
+    pub spare_buffer_gpus: i64,
+    /// GPUs contracts may promise: total minus the spare buffer.
+    pub sellable_gpus: i64,
+    /// GPUs promised by contracts now.
+    pub committed_gpus_now: i64,
+    /// Committed GPUs over the horizon asked for (a step function).
+    pub committed: Vec<Committed>,
+    /// GPUs allocated now, by class.
+    pub allocated: Vec<ClassCount>,
+    /// Healthy, schedulable, unallocated GPUs now.
+    pub free_gpus: u64,
+    /// Free GPUs on partly used nodes (they cannot host a whole-node shape).
+    pub stranded_free_gpus: u64,
+    /// stranded_free_gpus / free_gpus.
+    pub stranded_share: f64,
+    /// Largest gang placeable now, per level.
+    pub largest_gang: Vec<GangRoom>,
+    /// Facility power allocated in the site now, watts (all models).
+    pub site_power_watts: i64,
+    /// The site's power limit, watts.
+    pub site_power_limit_watts: i64,
+    /// Placement policy in use.
+    pub placement_policy: String,
+}
+
+impl Service {
+    /// Capacity per site and GPU model: sellable vs committed over time, allocation by class,
+    /// fragmentation and power.
+    pub async fn capacity(
+        &self,
+        p: &Principal,
+        site: Option<&str>,
+        model: Option<&str>,
+        horizon_days: Option<u32>,
+    ) -> Result<Vec<CapacityLine>> {
+        auth::authorize(p, Action::ReadCapacity)?;
+        let horizon = i64::from(horizon_days.unwrap_or(3 * 365).min(20 * 365));
+        let sites = match site {
+            Some(s) => vec![self.store.site_get(s).await?],
+            None => self.store.site_list().await?,
+        };
+        let now = Timestamp::now();
+        let sched = self.sched.lock().await;
+        let mut out = Vec::new();
+        for s in &sites {
+            for m in &s.gpus_by_model {
+                if model.is_some_and(|x| x != m.gpu_model) {
+                    continue;
+                }
+                let key = CapacityKey::new(s.id, &m.gpu_model);
+                let sellable = Self::sellable(&sched, s, &m.gpu_model);
+                let to = now.micros().saturating_add(horizon * 24 * HOUR_US);
+                let series = sched.calendar.series(&key, now.micros(), to);
+                let frag = sched.alloc.fragmentation(s.id, &m.gpu_model);
+                let mut by_class: std::collections::BTreeMap<Class, u64> = Default::default();
+                for a in sched.alloc.allocations() {
+                    if a.site == s.id && a.gpu_model == m.gpu_model {
+                        *by_class.entry(a.class).or_default() += a.gpu_count();
+                    }
+                }
+                let power = sched.alloc.site_power(s.id);
+                out.push(CapacityLine {
+                    site_id: s.id,
+                    site: s.name.clone(),
+                    gpu_model: m.gpu_model.clone(),
+                    total_gpus: m.gpus,
+                    spare_buffer_gpus: m.gpus - sellable,
+                    sellable_gpus: sellable,
+                    committed_gpus_now: series.first().map(|x| x.1).unwrap_or(0),
+                    committed: series
+                        .iter()
+                        .map(|(t, g)| Committed {
+                            at: Timestamp::from_micros(*t),
+                            gpus: *g,
+                        })
+                        .collect(),
+                    allocated: by_class
+                        .into_iter()
+                        .map(|(class, gpus)| ClassCount { class, gpus })
+                        .collect(),
+                    free_gpus: frag.free_gpus,
+                    stranded_free_gpus: frag.free_gpus_not_in_full_free_node,
+                    stranded_share: frag.stranded_share,
+                    largest_gang: frag
+                        .largest_gang_by_level
+                        .iter()
+                        .map(|(level, nodes)| GangRoom {
+                            level: *level,
+                            nodes: *nodes,
+                        })
+                        .collect(),
+                    site_power_watts: power.allocated_watts,
+                    site_power_limit_watts: power.limit_watts,
+                    placement_policy: policy_name(sched.config.placement).to_string(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}

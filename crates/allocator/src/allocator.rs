@@ -834,19 +834,8 @@ impl Allocator {
                     // First-fit keeps whole nodes in the shape sets too.
                     continue;
                 }
-                // A whole node from the block with the fewest (worst-fit: most) free
-                // whole nodes, at the innermost level the scope has.
-                let Some(level) = b.levels.iter().find(|l| !l.by_count.is_empty()) else {
-                    continue;
-                };
-                let block = if worst {
-                    level.by_count.last()
-                } else {
-                    level.by_count.first()
-                };
-                if let Some(&(count, block)) = block
-                    && let Some(&id) = level.blocks.get(&block).and_then(|s| s.first())
-                {
+                // A whole node, opened where it breaks the fewest free blocks.
+                if let Some((count, block, id)) = b.whole_pick(worst) {
                     let rank = if worst {
                         (0, u32::MAX - count, 0, block, id)
                     } else {

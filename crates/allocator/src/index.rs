@@ -21,6 +21,8 @@ use neocloud_types::{Class, ContractId, InstanceId, NodeId, SiteId, TenantId};
 
 use crate::PlacementPolicy;
 use crate::allocator::IdMap;
+use neocloud_types::BlockId;
+
 use crate::node::{BlockKey, LEVELS, Node, SHAPES, choose_group};
 
 /// A group of interchangeable nodes: same model, same pool, same site, same GPU count.
@@ -98,6 +100,51 @@ fn count(set: &BTreeSet<NodeId>) -> u32 {
     u32::try_from(set.len()).unwrap_or(u32::MAX)
 }
 
+/// Free whole nodes of one level, counted per (parent path, block), so that a search can
+/// descend from the emptiest pod into its emptiest leaf group and NVLink domain.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Tree {
+    counts: BTreeMap<(Parent, BlockId), u32>,
+    /// (parent, free whole nodes, block) for every count above zero.
+    order: BTreeSet<(Parent, u32, BlockKey)>,
+}
+
+/// The blocks above a block: (pod, leaf group), `None` where the node has none.
+pub(crate) type Parent = (Option<BlockId>, Option<BlockId>);
+
+impl Tree {
+    fn change(&mut self, parent: Parent, block: BlockId, add: bool) {
+        let count = self.counts.entry((parent, block)).or_default();
+        let before = *count;
+        if before > 0 {
+            self.order.remove(&(parent, before, Some(block)));
+        }
+        *count = if add {
+            before + 1
+        } else {
+            before.saturating_sub(1)
+        };
+        if *count > 0 {
+            self.order.insert((parent, *count, Some(block)));
+        } else {
+            self.counts.remove(&(parent, block));
+        }
+    }
+
+    /// The child of `parent` with the fewest (`most`: the most) free whole nodes.
+    fn child(&self, parent: Parent, most: bool) -> Option<BlockId> {
+        let mut under = self
+            .order
+            .range((parent, 1, None)..(parent, u32::MAX, None));
+        let found = if most {
+            under.next_back()
+        } else {
+            under.next()
+        };
+        found.and_then(|&(_, _, b)| b)
+    }
+}
+
 /// One set per sub-node shape.
 pub(crate) type ShapeSets = [BTreeSet<PartialKey>; 4];
 
@@ -114,6 +161,9 @@ pub(crate) struct Bucket {
     pub owned: BTreeMap<TenantId, ShapeSets>,
     /// Entirely free nodes, per level (see `node::LEVELS`).
     pub levels: [Level; LEVELS],
+    /// The same, per parent: NVLink domains under (pod, leaf group), leaf groups under
+    /// (pod, -).
+    pub trees: [Tree; 2],
     /// Nodes per (peak − idle) watts: bounds what a placement can add to the site's draw.
     pub spans: BTreeMap<u32, u32>,
     /// Allocations holding GPUs in this scope, with how many of their nodes are here: the
@@ -139,6 +189,40 @@ impl Bucket {
     /// Free whole nodes in the scope.
     pub fn whole_free_nodes(&self) -> u32 {
         self.levels[crate::node::LEVEL_SITE].count(&None)
+    }
+
+    /// The free whole node a sub-node shape should open: best-fit descends from the pod
+    /// with the fewest free whole nodes into its leaf group and NVLink domain with the
+    /// fewest, so that work packs into blocks already in use and whole pods, leaf groups
+    /// and domains stay free for gangs; worst-fit takes the most at every step. Returns
+    /// (free whole nodes of the pod or, without pods, of the block picked, block, node).
+    pub fn whole_pick(&self, most: bool) -> Option<(u32, BlockKey, NodeId)> {
+        if std::env::var("VARIANT").is_ok_and(|v| v == "A") {
+            let level = self.levels.iter().find(|l| !l.by_count.is_empty())?;
+            let block = if most {
+                level.by_count.last()
+            } else {
+                level.by_count.first()
+            };
+            let &(count, block) = block?;
+            let id = *level.blocks.get(&block)?.first()?;
+            return Some((count, block, id));
+        }
+        let pods = &self.levels[2].by_count;
+        let pod = if most { pods.last() } else { pods.first() };
+        let pod_id = pod.and_then(|&(_, b)| b);
+        let leaf = self.trees[1].child((pod_id, None), most);
+        let domain = self.trees[0].child((pod_id, leaf), most);
+        let (level, block) = match (domain, leaf, pod_id) {
+            (Some(d), _, _) => (0, Some(d)),
+            (None, Some(l), _) => (1, Some(l)),
+            (None, None, Some(p)) => (2, Some(p)),
+            (None, None, None) => (crate::node::LEVEL_SITE, None),
+        };
+        let index = &self.levels[level];
+        let node = *index.blocks.get(&block)?.first()?;
+        let count = pod.map_or_else(|| index.count(&block), |&(c, _)| c);
+        Some((count, block, node))
     }
 }
 
@@ -296,6 +380,13 @@ pub(crate) fn apply(
                     }
                 }
             }
+            let [pod, leaf, domain] = node.blocks;
+            if let Some(d) = domain {
+                bucket.trees[0].change((pod, leaf), d, add);
+            }
+            if let Some(l) = leaf {
+                bucket.trees[1].change((pod, None), l, add);
+            }
         }
         if free != 0 && (!whole || placement == PlacementPolicy::FirstFit) {
             let owner = node.owner();
@@ -308,6 +399,9 @@ pub(crate) fn apply(
                 if let Some((_, score)) = choose_group(free, node.gpus, k, placement) {
                     let pk = match placement {
                         PlacementPolicy::FirstFit => (0, 0, node.id),
+                        _ if std::env::var("KEY").is_ok_and(|v| v == "S") => {
+                            (score, free_u8, node.id)
+                        }
                         _ => (free_u8, score, node.id),
                     };
                     if add {

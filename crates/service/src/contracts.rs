@@ -140,7 +140,8 @@ impl Service {
 
     fn quote_in(sched: &Sched, t: &ContractTerms, c: &Checked) -> Quote {
         let duration = c.end.micros() - c.start.micros();
-        let rate = reserved_rate(&t.gpu_model, c.start, c.end);
+        // The term is what was asked for, even when "now" moved the start by a moment.
+        let rate = reserved_rate(&t.gpu_model, t.start_at, t.end_at);
         let gpus = i64::from(t.gpu_count);
         let mut best: Option<Quote> = None;
         for site in &c.sites {

@@ -89,6 +89,7 @@ pub async fn fresh_database_url(db: Db) -> Option<String> {
 pub struct TestContext {
     pub addr: SocketAddr,
     pub svc: Service,
+    database_url: String,
     /// The operator-admin key created on first start.
     pub operator_key: String,
     http: reqwest::Client,
@@ -158,9 +159,15 @@ impl TestContext {
         Some(TestContext {
             addr,
             svc,
+            database_url: url,
             operator_key,
             http: reqwest::Client::new(),
         })
+    }
+
+    /// The database this control plane runs on.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone()
     }
 
     pub fn url(&self, path: &str) -> String {

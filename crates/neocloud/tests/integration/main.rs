@@ -13,6 +13,7 @@ mod ctx;
 mod api_auth;
 mod api_errors;
 mod api_fleet;
+mod api_instances;
 mod api_tenancy;
 mod cli;
 mod openapi;

@@ -1,0 +1,636 @@
+//! Instances, preemption, quotas, the queue, contracts and the Memphis scenario, through
+//! HTTP on both databases.
+
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::ctx::TestContext;
+
+/// Two sites: `east` with 4 leaf groups × 4 nodes of 8 H100 (128 GPUs, 2 pods), `west` with
+/// 2 NVL racks × 4 nodes of 4 GB200.
+const FLEET: &str = r#"
+[[sites]]
+name = "east"
+region = "us-east"
+power_mw = 2
+pue = 1.1
+[[sites.node_groups]]
+gpu_model = "H100-SXM-80GB"
+gpus = 8
+peak_watts = 10000
+idle_watts = 2000
+nodes_per_block = 4
+layout = [
+  { kind = "pod", count = 2, name = "e-p{n}" },
+  { kind = "leaf_group", count = 2, name = "{parent}-l{n}" },
+]
+name = "{block}-n{n}"
+
+[[sites]]
+name = "west"
+region = "us-west"
+power_mw = 1
+pue = 1.1
+[[sites.node_groups]]
+gpu_model = "GB200"
+gpus = 4
+peak_watts = 7000
+idle_watts = 1800
+nodes_per_block = 4
+layout = [ { kind = "nvlink_domain", count = 2, name = "w-rack{n}" } ]
+name = "{block}-n{n}"
+"#;
+
+async fn setup(ctx: &TestContext) -> (String, String, String) {
+    ctx.import(FLEET).await.expect(200);
+    let a = ctx.tenant("acme").await;
+    let b = ctx.tenant("bravo").await;
+    ctx.post(
+        "/v1/tenants",
+        &ctx.operator_key,
+        &json!({"name": "home-lab", "kind": "internal"}),
+    )
+    .await
+    .expect(201);
+    let (ka, _) = ctx.key("tenant-admin", a["id"].as_str()).await;
+    let (kb, _) = ctx.key("tenant-admin", b["id"].as_str()).await;
+    (ka, kb, b["id"].as_str().unwrap().to_string())
+}
+
+fn gpus_of(v: &Value) -> Vec<(String, Vec<u64>)> {
+    v["placement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["node"].as_str().unwrap().to_string(),
+                p["gpus"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|g| g.as_u64().unwrap())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+both_backends!(
+    launch_every_shape_and_terminate,
+    |ctx: TestContext| async move {
+        let (ka, kb, _) = setup(&ctx).await;
+        let i1 = ctx
+            .post(
+                "/v1/instances",
+                &ka,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 2}),
+            )
+            .await
+            .expect(201);
+        assert_eq!(i1["state"], "running");
+        assert_eq!(i1["class"], "on-demand");
+        assert_eq!(i1["gpu_count"], 2);
+        let p1 = gpus_of(&i1);
+        assert_eq!(p1.len(), 1);
+        assert!(p1[0].1 == vec![0, 1], "aligned pair: {p1:?}");
+        // Best fit: the next pair lands on the same node, aligned.
+        let i2 = ctx
+            .post(
+                "/v1/instances",
+                &ka,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 2}),
+            )
+            .await
+            .expect(201);
+        let p2 = gpus_of(&i2);
+        assert_eq!(p2[0].0, p1[0].0);
+        assert_eq!(p2[0].1, vec![2, 3]);
+        // Another tenant never shares that node (sharing is off by default).
+        let j = ctx
+            .post(
+                "/v1/instances",
+                &kb,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 4}),
+            )
+            .await
+            .expect(201);
+        assert_ne!(gpus_of(&j)[0].0, p1[0].0);
+        // A gang of 4 whole nodes in one leaf group, and one of 4 GB200 trays in one NVL rack.
+        let g = ctx
+            .post(
+                "/v1/instances",
+                &ka,
+                &json!({"gpu_model": "H100-SXM-80GB", "nodes": 4, "gang_level": "leaf_group"}),
+            )
+            .await
+            .expect(201);
+        let gp = gpus_of(&g);
+        assert_eq!(gp.len(), 4);
+        let leaf: Vec<String> = gp
+            .iter()
+            .map(|(n, _)| n.rsplit_once('-').unwrap().0.to_string())
+            .collect();
+        assert!(leaf.iter().all(|l| *l == leaf[0]), "one leaf group: {gp:?}");
+        assert_eq!(g["gpu_count"], 32);
+        let r = ctx
+            .post(
+                "/v1/instances",
+                &ka,
+                &json!({"gpu_model": "GB200", "nodes": 4, "gang_level": "nvlink_domain"}),
+            )
+            .await
+            .expect(201);
+        assert_eq!(gpus_of(&r).len(), 4);
+        // A gang larger than any block is refused with the reason.
+        let b = ctx
+            .post(
+                "/v1/instances",
+                &ka,
+                &json!({"gpu_model": "H100-SXM-80GB", "nodes": 5, "gang_level": "leaf_group"}),
+            )
+            .await
+            .problem(409, "insufficient_capacity");
+        assert!(b["detail"].as_str().unwrap().contains("leaf_group"), "{b}");
+
+        // Show, list, terminate.
+        let id = i1["id"].as_str().unwrap();
+        let shown = ctx
+            .get(&format!("/v1/instances/{id}"), &ka)
+            .await
+            .expect(200);
+        assert_eq!(gpus_of(&shown), p1);
+        let t = ctx
+            .post(&format!("/v1/instances/{id}/terminate"), &ka, &json!({}))
+            .await
+            .expect(200);
+        assert_eq!(t["state"], "terminated");
+        assert!(t["placement"].as_array().unwrap().is_empty());
+        // The freed pair is reused.
+        let again = ctx
+            .post(
+                "/v1/instances",
+                &ka,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 2}),
+            )
+            .await
+            .expect(201);
+        assert_eq!(gpus_of(&again), p1);
+        let list = ctx
+            .get("/v1/instances?state=running", &ka)
+            .await
+            .expect(200);
+        assert_eq!(list["items"].as_array().unwrap().len(), 4);
+        let events = ctx
+            .get(&format!("/v1/events?resource_id={id}"), &ka)
+            .await
+            .expect(200);
+        let actions: Vec<&str> = events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(actions, vec!["instance.terminated", "instance.running"]);
+    }
+);
+
+both_backends!(
+    bad_launches_are_refused_and_change_nothing,
+    |ctx: TestContext| async move {
+        let (ka, kb, _) = setup(&ctx).await;
+        for bad in [
+            json!({"gpu_model": "H100-SXM-80GB", "gpus": 3}),
+            json!({"gpu_model": "H100-SXM-80GB", "gpus": 0}),
+            json!({"gpu_model": "H100-SXM-80GB", "gpus": 16}),
+            json!({"gpu_model": "H100-SXM-80GB", "nodes": 0}),
+            json!({"gpu_model": "H100-SXM-80GB"}),
+            json!({"gpu_model": "H100-SXM-80GB", "gpus": 2, "nodes": 1}),
+            json!({"gpu_model": "H100-SXM-80GB", "gpus": -2}),
+            json!({"gpu_model": "H900", "gpus": 1}),
+            json!({"gpu_model": "H100-SXM-80GB", "gpus": 1, "class": "internal"}),
+            json!({"gpu_model": "H100-SXM-80GB", "gpus": 1, "class": "reserved"}),
+            json!({"gpu_model": "H100-SXM-80GB", "gpus": 1, "class": "gold"}),
+            json!({"gpu_model": "H100-SXM-80GB", "gpus": 1, "wait_seconds": 99999999}),
+        ] {
+            ctx.post("/v1/instances", &ka, &bad)
+                .await
+                .problem(400, "invalid_request");
+        }
+        ctx.post(
+            "/v1/instances",
+            &ka,
+            &json!({"gpu_model": "H100-SXM-80GB", "gpus": 1, "site": "nowhere"}),
+        )
+        .await
+        .problem(404, "not_found");
+        ctx.post(
+            "/v1/instances",
+            &ka,
+            &json!({"gpu_model": "H100-SXM-80GB", "gpus": 1, "tenant_id": "bravo"}),
+        )
+        .await
+        .problem(404, "not_found");
+        // Nothing exists after all that; and B's instance is not A's to see or stop.
+        assert_eq!(
+            ctx.get("/v1/instances", &ka).await.expect(200)["items"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
+        let bi = ctx
+            .post(
+                "/v1/instances",
+                &kb,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 1}),
+            )
+            .await
+            .expect(201);
+        let bid = bi["id"].as_str().unwrap();
+        ctx.get(&format!("/v1/instances/{bid}"), &ka)
+            .await
+            .problem(404, "not_found");
+        ctx.post(&format!("/v1/instances/{bid}/terminate"), &ka, &json!({}))
+            .await
+            .problem(404, "not_found");
+        assert_eq!(
+            ctx.get(&format!("/v1/instances/{bid}"), &kb)
+                .await
+                .expect(200)["state"],
+            "running"
+        );
+    }
+);
+
+both_backends!(
+    spot_is_preempted_with_notice_then_the_queue_serves,
+    |ctx: TestContext| async move {
+        let (ka, kb, _) = setup(&ctx).await;
+        // Spot fills every H100 node of east.
+        let spot = ctx
+            .post(
+                "/v1/instances",
+                &kb,
+                &json!({"gpu_model": "H100-SXM-80GB", "nodes": 16, "class": "spot"}),
+            )
+            .await
+            .expect(201);
+        let sid = spot["id"].as_str().unwrap();
+        // On-demand outranks spot: the spot instance gets a notice, the new one waits.
+        let od = ctx
+            .post(
+                "/v1/instances",
+                &ka,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 8}),
+            )
+            .await
+            .expect(201);
+        assert_eq!(od["state"], "pending");
+        assert!(od["reason"].as_str().unwrap().contains("preempted"), "{od}");
+        let s = ctx
+            .get(&format!("/v1/instances/{sid}"), &kb)
+            .await
+            .expect(200);
+        assert_eq!(s["state"], "preempting");
+        let deadline: neocloud_types::Timestamp =
+            s["preempt_at"].as_str().unwrap().parse().unwrap();
+        // Before the notice runs out nothing moves.
+        ctx.svc.tick(deadline.plus_seconds(-1)).await.unwrap();
+        assert_eq!(
+            ctx.get(&format!("/v1/instances/{sid}"), &kb)
+                .await
+                .expect(200)["state"],
+            "preempting"
+        );
+        // After it, spot is preempted and the on-demand instance runs on the freed GPUs.
+        ctx.svc.tick(deadline).await.unwrap();
+        let s = ctx
+            .get(&format!("/v1/instances/{sid}"), &kb)
+            .await
+            .expect(200);
+        assert_eq!(s["state"], "preempted");
+        assert!(s["placement"].as_array().unwrap().is_empty());
+        let od = ctx
+            .get(
+                &format!("/v1/instances/{}", od["id"].as_str().unwrap()),
+                &ka,
+            )
+            .await
+            .expect(200);
+        assert_eq!(od["state"], "running");
+        // Spot never preempts anyone: with no room it is refused at once.
+        ctx.post(
+            "/v1/instances",
+            &kb,
+            &json!({"gpu_model": "GB200", "nodes": 9, "class": "spot"}),
+        )
+        .await
+        .problem(409, "insufficient_capacity");
+    }
+);
+
+both_backends!(
+    queue_waits_until_a_deadline_and_quotas_hold,
+    |ctx: TestContext| async move {
+        let (ka, kb, bravo) = setup(&ctx).await;
+        // 7 of the 8 GB200 nodes: the eighth is held back by the spare buffer (2% of 32 GPUs).
+        let all = ctx
+            .post(
+                "/v1/instances",
+                &ka,
+                &json!({"gpu_model": "GB200", "nodes": 7}),
+            )
+            .await
+            .expect(201);
+        // No room and no one to preempt (same class): refused at once by default...
+        ctx.post(
+            "/v1/instances",
+            &kb,
+            &json!({"gpu_model": "GB200", "gpus": 4}),
+        )
+        .await
+        .problem(409, "insufficient_capacity");
+        // ...or queued when it agrees to wait.
+        let w = ctx
+            .post(
+                "/v1/instances",
+                &kb,
+                &json!({"gpu_model": "GB200", "gpus": 4, "wait_seconds": 60}),
+            )
+            .await
+            .expect(201);
+        assert_eq!(w["state"], "pending");
+        let w2 = ctx
+            .post(
+                "/v1/instances",
+                &kb,
+                &json!({"gpu_model": "GB200", "gpus": 4, "wait_seconds": 1}),
+            )
+            .await
+            .expect(201);
+        let until: neocloud_types::Timestamp = w2["wait_until"].as_str().unwrap().parse().unwrap();
+        ctx.svc.tick(until).await.unwrap();
+        let w2 = ctx
+            .get(
+                &format!("/v1/instances/{}", w2["id"].as_str().unwrap()),
+                &kb,
+            )
+            .await
+            .expect(200);
+        assert_eq!(w2["state"], "failed");
+        assert!(w2["reason"].as_str().unwrap().contains("deadline"));
+        // Capacity frees: the waiting one starts.
+        ctx.post(
+            &format!("/v1/instances/{}/terminate", all["id"].as_str().unwrap()),
+            &ka,
+            &json!({}),
+        )
+        .await
+        .expect(200);
+        let w = ctx
+            .get(&format!("/v1/instances/{}", w["id"].as_str().unwrap()), &kb)
+            .await
+            .expect(200);
+        assert_eq!(w["state"], "running", "{w}");
+
+        // Quotas: 8 on-demand H100 GPUs at most for bravo.
+        ctx.send(reqwest::Method::PUT, "/v1/quotas", Some(&kb),
+        Some(("application/json", serde_json::to_vec(&json!({"tenant_id": bravo, "gpu_model": "H100-SXM-80GB", "class": "on-demand", "max_gpus": 8})).unwrap())), &[])
+        .await
+        .problem(403, "forbidden");
+        let q = ctx.send(reqwest::Method::PUT, "/v1/quotas", Some(&ctx.operator_key),
+        Some(("application/json", serde_json::to_vec(&json!({"tenant_id": bravo, "gpu_model": "H100-SXM-80GB", "class": "on-demand", "max_gpus": 8})).unwrap())), &[])
+        .await
+        .expect(200);
+        assert_eq!(q["items"][0]["max_gpus"], 8);
+        ctx.post(
+            "/v1/instances",
+            &kb,
+            &json!({"gpu_model": "H100-SXM-80GB", "gpus": 4}),
+        )
+        .await
+        .expect(201);
+        ctx.post(
+            "/v1/instances",
+            &kb,
+            &json!({"gpu_model": "H100-SXM-80GB", "gpus": 4}),
+        )
+        .await
+        .expect(201);
+        let b = ctx
+            .post(
+                "/v1/instances",
+                &kb,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 1}),
+            )
+            .await
+            .problem(409, "quota_exceeded");
+        assert!(b["detail"].as_str().unwrap().contains("quota"));
+        // Spot is another class: not bound by the on-demand quota.
+        ctx.post(
+            "/v1/instances",
+            &kb,
+            &json!({"gpu_model": "H100-SXM-80GB", "gpus": 1, "class": "spot"}),
+        )
+        .await
+        .expect(201);
+        let mine = ctx.get("/v1/quotas", &kb).await.expect(200);
+        assert_eq!(mine["items"].as_array().unwrap().len(), 1);
+    }
+);
+
+both_backends!(
+    a_restart_rebuilds_the_same_allocator,
+    |ctx: TestContext| async move {
+        let (ka, kb, _) = setup(&ctx).await;
+        for (k, body) in [
+            (&ka, json!({"gpu_model": "H100-SXM-80GB", "gpus": 2})),
+            (
+                &ka,
+                json!({"gpu_model": "H100-SXM-80GB", "nodes": 3, "gang_level": "pod"}),
+            ),
+            (
+                &kb,
+                json!({"gpu_model": "H100-SXM-80GB", "gpus": 8, "class": "spot"}),
+            ),
+            (&kb, json!({"gpu_model": "GB200", "gpus": 1})),
+        ] {
+            ctx.post("/v1/instances", k, &body).await.expect(201);
+        }
+        let before = ctx.svc.allocator_fingerprint().await;
+        // A second control plane on the same database rebuilds from it.
+        let url = ctx.database_url();
+        let again = neocloud_service::Service::open(&url).await.unwrap();
+        assert_eq!(again.allocator_fingerprint().await, before);
+        // The database refuses a second holder for a held GPU on its own.
+        let held: (String, i64) =
+            sqlx::query_as("SELECT node_id, idx FROM gpus WHERE holder IS NOT NULL LIMIT 1")
+                .fetch_one(ctx.svc.store().pool())
+                .await
+                .unwrap();
+        let mut tx = ctx.svc.store().begin_write().await.unwrap();
+        let r = neocloud_store::Store::instance_hold_gpus(
+            &mut tx,
+            neocloud_types::InstanceId::new(),
+            &[(
+                held.0.parse().unwrap(),
+                vec![u32::try_from(held.1).unwrap()],
+            )],
+        )
+        .await;
+        assert!(r.is_err(), "double assignment must fail");
+    }
+);
+
+both_backends!(
+    contracts_quotes_and_the_racing_sign,
+    |ctx: TestContext| async move {
+        let (ka, kb, bravo) = setup(&ctx).await;
+        let now = neocloud_types::Timestamp::now();
+        let later = |days: i64| now.plus_seconds(days * 86400).to_string();
+        // east sells 128 GPUs minus a 2% spare buffer (3 GPUs): 125, so 15 whole nodes (120).
+        let q = ctx.post("/v1/quotes", &ka, &json!({"gpu_model": "H100-SXM-80GB", "gpu_count": 120, "start_at": later(1), "end_at": later(400), "site": "east"})).await.expect(200);
+        assert_eq!(q["fits"], true, "{q}");
+        assert_eq!(q["sellable_gpus"], 125);
+        assert_eq!(q["max_gpus_in_window"], 120);
+        assert_eq!(q["price_per_gpu_hour"], "2.25"); // 1-3 years: 25% off the $3.00 list price
+        // Bad terms.
+        for bad in [
+            json!({"gpu_model": "H100-SXM-80GB", "gpu_count": 12, "start_at": later(1), "end_at": later(2)}),
+            json!({"gpu_model": "H100-SXM-80GB", "gpu_count": 0, "start_at": later(1), "end_at": later(2)}),
+            json!({"gpu_model": "H100-SXM-80GB", "gpu_count": 8, "start_at": later(2), "end_at": later(1)}),
+            json!({"gpu_model": "H100-SXM-80GB", "gpu_count": 8, "start_at": later(-2), "end_at": later(1)}),
+            json!({"gpu_model": "H900", "gpu_count": 8, "start_at": later(1), "end_at": later(2)}),
+            json!({"gpu_model": "H100-SXM-80GB", "gpu_count": 8, "start_at": "tomorrow", "end_at": later(2)}),
+        ] {
+            ctx.post("/v1/quotes", &ka, &bad)
+                .await
+                .problem(400, "invalid_request");
+        }
+        // Two tenants race to sign 120 GPUs each: exactly one wins.
+        let terms = |t: &str| json!({"tenant_id": t, "gpu_model": "H100-SXM-80GB", "gpu_count": 120, "start_at": later(1), "end_at": later(400), "site": "east"});
+        let (ta, tb) = (terms("acme"), terms("bravo"));
+        let (a, b) = tokio::join!(
+            ctx.post("/v1/contracts", &ka, &ta),
+            ctx.post("/v1/contracts", &kb, &tb)
+        );
+        let statuses = [a.status.as_u16(), b.status.as_u16()];
+        assert!(
+            statuses.contains(&201) && statuses.contains(&409),
+            "{statuses:?}"
+        );
+        let (winner, key, loser_key) = if a.status.as_u16() == 201 {
+            (a.body, &ka, &kb)
+        } else {
+            (b.body, &kb, &ka)
+        };
+        assert_eq!(winner["state"], "signed");
+        let cid = winner["id"].as_str().unwrap();
+        // The loser cannot see the winner's contract.
+        ctx.get(&format!("/v1/contracts/{cid}"), loser_key)
+            .await
+            .problem(404, "not_found");
+        ctx.post(
+            &format!("/v1/contracts/{cid}/cancel"),
+            loser_key,
+            &json!({}),
+        )
+        .await
+        .problem(404, "not_found");
+        // A quote now says when it would fit: after the contract.
+        let q = ctx.post("/v1/quotes", loser_key, &json!({"gpu_model": "H100-SXM-80GB", "gpu_count": 120, "start_at": later(1), "end_at": later(30), "site": "east"})).await.expect(200);
+        assert_eq!(q["fits"], false);
+        assert_eq!(q["max_gpus_in_window"], 0);
+        assert_eq!(
+            q["earliest_start"].as_str().unwrap(),
+            winner["end_at"].as_str().unwrap()
+        );
+        // Capacity shows the commitment.
+        let cap = ctx
+            .get("/v1/capacity?site=east&horizon_days=500", &ctx.operator_key)
+            .await
+            .expect(200);
+        let line = &cap["items"][0];
+        assert_eq!(line["sellable_gpus"], 125);
+        assert!(
+            line["committed"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["gpus"] == 120),
+            "{line}"
+        );
+        // Tenants cannot read fleet-wide capacity.
+        ctx.get("/v1/capacity", key).await.problem(403, "forbidden");
+        // Cancel releases it; the loser can then sign.
+        let c = ctx
+            .post(&format!("/v1/contracts/{cid}/cancel"), key, &json!({}))
+            .await
+            .expect(200);
+        assert_eq!(c["state"], "cancelled");
+        let t = if loser_key == &ka {
+            "acme".to_string()
+        } else {
+            bravo.clone()
+        };
+        ctx.post("/v1/contracts", loser_key, &terms(&t))
+            .await
+            .expect(201);
+    }
+);
+
+both_backends!(the_memphis_scenario, |ctx: TestContext| async move {
+    let k = ctx.operator_key.clone();
+    let demo = neocloud_fleet::demo_fleet_toml(0.01).unwrap();
+    ctx.import(&demo).await.expect(200);
+    for (name, kind) in [
+        ("frontier-lab", "external"),
+        ("home-lab", "internal"),
+        ("acme", "external"),
+    ] {
+        ctx.post("/v1/tenants", &k, &json!({"name": name, "kind": kind}))
+            .await
+            .expect(201);
+    }
+    let now = neocloud_types::Timestamp::now();
+    let three_years = now.plus_seconds(3 * 365 * 86400).to_string();
+    // frontier-lab signs for every sellable GPU of memphis-1 for three years.
+    let q = ctx.post("/v1/quotes", &k, &json!({"gpu_model": "H100-SXM-80GB", "gpu_count": 8, "start_at": now.to_string(), "end_at": three_years, "site": "memphis-1"})).await.expect(200);
+    let all = q["max_gpus_in_window"].as_u64().unwrap();
+    assert_eq!(all, 2152, "2,200 GPUs minus the 2% spare, in whole nodes");
+    let c = ctx.post("/v1/contracts", &k, &json!({"tenant_id": "frontier-lab", "gpu_model": "H100-SXM-80GB", "gpu_count": all, "start_at": now.to_string(), "end_at": three_years, "site": "memphis-1", "sla_percent": "99.9"})).await.expect(201);
+    assert_eq!(
+        c["state"], "active",
+        "a contract starting now is active at once: {c}"
+    );
+    assert_eq!(c["price_per_gpu_hour"], "1.95"); // three years: 35% off list
+    let cid = c["id"].as_str().unwrap();
+    // Its pool is pinned; frontier-lab runs a 64-node gang in it.
+    let g = ctx.post("/v1/instances", &k, &json!({"tenant_id": "frontier-lab", "class": "reserved", "contract_id": cid, "gpu_model": "H100-SXM-80GB", "nodes": 64, "gang_level": "pod"})).await.expect(201);
+    assert_eq!(g["state"], "running");
+    // home-lab trains on memphis-2.
+    let h = ctx.post("/v1/instances", &k, &json!({"tenant_id": "home-lab", "class": "internal", "gpu_model": "GB200", "nodes": 18, "gang_level": "nvlink_domain"})).await.expect(201);
+    assert_eq!(h["state"], "running");
+    // On-demand H100 in memphis-1 is refused, with the reason.
+    let b = ctx.post("/v1/instances", &k, &json!({"tenant_id": "acme", "gpu_model": "H100-SXM-80GB", "gpus": 8, "site": "memphis-1"})).await.problem(409, "insufficient_capacity");
+    assert!(
+        b["detail"]
+            .as_str()
+            .unwrap()
+            .contains("reserved by contracts"),
+        "{b}"
+    );
+    // A quote for memphis-1 answers with the earliest start: after the lease.
+    let q = ctx.post("/v1/quotes", &k, &json!({"gpu_model": "H100-SXM-80GB", "gpu_count": 800, "start_at": now.plus_seconds(86400).to_string(), "end_at": now.plus_seconds(366 * 86400).to_string(), "site": "memphis-1"})).await.expect(200);
+    assert_eq!(q["fits"], false);
+    assert_eq!(
+        q["earliest_start"].as_str().unwrap(),
+        c["end_at"].as_str().unwrap()
+    );
+    // Capacity: committed, allocated by class.
+    let cap = ctx.get("/v1/capacity?site=memphis-1", &k).await.expect(200);
+    assert_eq!(cap["items"][0]["committed_gpus_now"], 2152);
+    assert_eq!(cap["items"][0]["allocated"][0]["class"], "reserved");
+    assert_eq!(cap["items"][0]["allocated"][0]["gpus"], 512);
+});

@@ -114,11 +114,21 @@ fn shape_name(s: Shape) -> String {
     }
 }
 
+/// Model time in integer nanoseconds, so that departures order exactly.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "model times are positive and far below 2^64 ns"
+)]
+fn nanos(t: f64) -> u64 {
+    (t * 1e9) as u64
+}
+
 fn simulate(grid: &Grid, placement: PlacementPolicy, jobs: &[Job], warmup: usize) -> Outcome {
     let mut a = allocator(std::slice::from_ref(grid), FleetPolicy::LabFirst, placement);
     // Departures by (time as integer nanoseconds of the model clock, id): ordered, exact.
     let mut ends: BTreeMap<(u64, InstanceId), ()> = BTreeMap::new();
-    let key = |t: f64| (t * 1e9) as u64;
+    let key = nanos;
     let mut out = Outcome::default();
     let mut held = 0u64;
     let mut last = 0.0;

@@ -158,6 +158,57 @@ fn run(grid: &Grid, placement: PlacementPolicy) {
         percentiles(&format!("gang {count} nodes @{level}"), times);
     }
 
+    // Preemption: fill what is left with spot work, then ask for on-demand capacity.
+    let mut full = a.clone();
+    let mut misses = 0;
+    while misses < 1000 {
+        let r = Request {
+            class: Class::Spot,
+            ..sub_node(next, &mut rng)
+        };
+        next += 1;
+        if full.place(&r).is_ok() {
+            misses = 0;
+        } else {
+            misses += 1;
+        }
+    }
+    for shape in [
+        Shape::Gpus { gpus: 1 },
+        Shape::Gpus { gpus: 8 },
+        Shape::Nodes {
+            count: 64,
+            level: GangLevel::Pod,
+        },
+    ] {
+        let r = Request {
+            shape,
+            ..sub_node(next, &mut rng)
+        };
+        next += 1;
+        let t = Instant::now();
+        let plan = full.preemption_plan(&r);
+        let took = t.elapsed();
+        let gpus: u64 = plan
+            .iter()
+            .flatten()
+            .filter_map(|v| full.allocation(*v))
+            .map(|a| a.gpu_count())
+            .sum();
+        println!(
+            "  preemption plan {:<12} {took:>9.2?} ({} victims, {gpus} GPUs; {} spot allocations, {} free GPUs)",
+            match shape {
+                Shape::Gpus { gpus } => format!("{gpus} GPU"),
+                Shape::Nodes { count, .. } => format!("{count} nodes"),
+            },
+            plan.as_ref().map_or(0, Vec::len),
+            full.allocations()
+                .filter(|a| a.class == Class::Spot)
+                .count(),
+            full.free_gpus(None, "H100-SXM-80GB"),
+        );
+    }
+
     let snap = a.snapshot();
     let t = Instant::now();
     let b = Allocator::from_snapshot(&snap).expect("rebuild");

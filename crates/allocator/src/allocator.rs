@@ -14,10 +14,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use neocloud_types::{Class, ContractId, FleetPolicy, InstanceId, NodeId, Shape, SiteId};
 
-use crate::index::{Bucket, ScopeKey, Scopes, Tier, apply};
+use crate::index::{Bucket, ScopeKey, Scopes, Tier, apply, apply_whole_many};
 use crate::node::{
-    BlockKey, LEVEL_SITE, Node, SHAPES, choose_group, draw_watts, facility_watts, full_mask,
-    group_mask, indexes_of, is_aligned_group, mask_of,
+    BlockKey, LEVEL_SITE, Load, Node, SHAPES, choose_group, facility_watts, full_mask, group_mask,
+    indexes_of, is_aligned_group, mask_of,
 };
 use crate::{
     Allocation, Fragmentation, GangLevel, NodeSpec, PlacementPolicy, PowerUse, Refusal, Request,
@@ -28,8 +28,8 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SiteState {
     pub spec: SiteSpec,
-    /// Σ node draw, IT watts.
-    pub it_watts: i64,
+    /// What its nodes draw.
+    pub load: Load,
 }
 
 /// Where a decision puts an allocation: nodes (by slot) and the GPUs taken on each.
@@ -169,7 +169,7 @@ impl Allocator {
                     s.id,
                     SiteState {
                         spec: s,
-                        it_watts: 0,
+                        load: Load::default(),
                     },
                 );
             }
@@ -243,7 +243,7 @@ impl Allocator {
             .entry(n.gpus)
             .or_default() += 1;
         if let Some(site) = self.sites.get_mut(&n.site) {
-            site.it_watts += node.draw_watts();
+            site.load.idle += i64::from(node.idle_watts);
         }
         apply(&mut self.scopes, &node, true, true, self.placement);
         self.slots.insert(n.id, self.nodes.len());
@@ -273,7 +273,7 @@ impl Allocator {
         }
         apply(&mut self.scopes, node, false, true, self.placement);
         if let Some(site) = self.sites.get_mut(&node.site) {
-            site.it_watts -= node.draw_watts();
+            site.load.idle -= i64::from(node.idle_watts);
         }
         if let Some(sizes) = self.model_sizes.get_mut(&node.model) {
             if let Some(c) = sizes.get_mut(&node.gpus) {
@@ -392,12 +392,12 @@ impl Allocator {
             .filter_map(|(i, _)| self.allocations.get(i).map(|a| (a.class, *i)))
             .collect();
         for &(class, inst) in &refs {
-            self.scopes.alloc_ref(&old_key, class, inst, false);
+            self.scopes.alloc_ref(&old_key, class, inst, false, 1);
         }
         self.update_node(slot, true, |n| n.pool = pool);
         let new_key = self.nodes[slot].scope_key();
         for &(class, inst) in &refs {
-            self.scopes.alloc_ref(&new_key, class, inst, true);
+            self.scopes.alloc_ref(&new_key, class, inst, true, 1);
         }
         self.scopes.prune(&old_key);
         if let Some(p) = old {
@@ -449,45 +449,99 @@ impl Allocator {
 
     /// Marks GPUs as held by `a` (not yet in `allocations`), with indexes and power.
     fn hold(&mut self, a: &Allocation, picks: &[(usize, u64)]) {
-        for &(slot, mask) in picks {
-            let before = self.nodes[slot].draw_watts();
-            let (id, tenant) = (a.id, a.tenant);
-            self.update_node(slot, false, |n| {
-                n.used |= mask;
-                let at = n.allocs.partition_point(|&(i, _)| i < id);
-                n.allocs.insert(at, (id, tenant));
-            });
-            let node = &self.nodes[slot];
-            let after = node.draw_watts();
-            if let Some(site) = self.sites.get_mut(&node.site) {
-                site.it_watts += after - before;
+        let (id, tenant) = (a.id, a.tenant);
+        let Some(key) = self.gang_scope(picks, true) else {
+            for &(slot, mask) in picks {
+                let fresh = mask & !self.nodes[slot].used;
+                self.update_node(slot, false, |n| {
+                    n.used |= mask;
+                    let at = n.allocs.partition_point(|&(i, _)| i < id);
+                    n.allocs.insert(at, (id, tenant));
+                });
+                let node = &self.nodes[slot];
+                let busy = node.span_watts() * i64::from(fresh.count_ones());
+                if let Some(site) = self.sites.get_mut(&node.site) {
+                    site.load.add(node.gpus, busy);
+                }
+                let key = node.scope_key();
+                self.scopes.alloc_ref(&key, a.class, a.id, true, 1);
             }
-            let key = node.scope_key();
-            self.scopes.alloc_ref(&key, a.class, a.id, true);
+            return;
+        };
+        let nodes: Vec<&Node> = picks.iter().map(|&(slot, _)| &self.nodes[slot]).collect();
+        apply_whole_many(&mut self.scopes, &key, &nodes, false, self.placement);
+        let mut busy = 0;
+        for &(slot, mask) in picks {
+            let n = &mut self.nodes[slot];
+            n.used |= mask;
+            n.allocs.push((id, tenant));
+            busy += n.span_watts() * i64::from(mask.count_ones());
         }
+        if let Some(site) = self.sites.get_mut(&key.site) {
+            site.load.add(key.gpus, busy);
+        }
+        let count = u32::try_from(picks.len()).unwrap_or(u32::MAX);
+        self.scopes.alloc_ref(&key, a.class, a.id, true, count);
+    }
+
+    /// The scope of a gang that takes (`take`) or gives back every GPU of entirely free,
+    /// healthy, schedulable nodes of one scope: such a change can go through
+    /// [`apply_whole_many`]. `None` for anything else, which goes node by node.
+    fn gang_scope(&self, picks: &[(usize, u64)], take: bool) -> Option<ScopeKey> {
+        let (first, _) = *picks.first()?;
+        let key = self.nodes[first].scope_key();
+        let whole = |&(slot, mask): &(usize, u64)| {
+            let n = &self.nodes[slot];
+            let empty = if take { n.used == 0 } else { n.used == mask };
+            mask == n.full()
+                && empty
+                && n.schedulable
+                && n.unhealthy == 0
+                && n.allocs.len() == usize::from(!take)
+                && n.scope_key() == key
+        };
+        (picks.len() > 1 && picks.iter().all(whole)).then_some(key)
     }
 
     /// Releases an instance's GPUs; `None` when it holds none.
     pub fn release(&mut self, id: InstanceId) -> Option<Allocation> {
         let a = self.allocations.remove(&id)?;
-        for (node_id, indexes) in &a.gpus {
-            let Some(&slot) = self.slots.get(node_id) else {
-                continue;
-            };
-            let mask = mask_of(indexes);
-            let before = self.nodes[slot].draw_watts();
-            let key = self.nodes[slot].scope_key();
-            self.scopes.alloc_ref(&key, a.class, a.id, false);
-            self.update_node(slot, false, |n| {
-                n.used &= !mask;
-                n.allocs.retain(|&(i, _)| i != id);
-            });
-            let node = &self.nodes[slot];
-            let after = node.draw_watts();
-            if let Some(site) = self.sites.get_mut(&node.site) {
-                site.it_watts += after - before;
+        let picks: Vec<(usize, u64)> = a
+            .gpus
+            .iter()
+            .filter_map(|(node, indexes)| Some((*self.slots.get(node)?, mask_of(indexes))))
+            .collect();
+        let Some(key) = self.gang_scope(&picks, false) else {
+            for &(slot, mask) in &picks {
+                let gone = mask & self.nodes[slot].used;
+                let key = self.nodes[slot].scope_key();
+                self.scopes.alloc_ref(&key, a.class, a.id, false, 1);
+                self.update_node(slot, false, |n| {
+                    n.used &= !mask;
+                    n.allocs.retain(|&(i, _)| i != id);
+                });
+                let node = &self.nodes[slot];
+                let busy = node.span_watts() * i64::from(gone.count_ones());
+                if let Some(site) = self.sites.get_mut(&node.site) {
+                    site.load.add(node.gpus, -busy);
+                }
             }
+            return Some(a);
+        };
+        let count = u32::try_from(picks.len()).unwrap_or(u32::MAX);
+        self.scopes.alloc_ref(&key, a.class, a.id, false, count);
+        let mut busy = 0;
+        for &(slot, mask) in &picks {
+            let n = &mut self.nodes[slot];
+            n.used &= !mask;
+            n.allocs.clear();
+            busy += n.span_watts() * i64::from(mask.count_ones());
         }
+        if let Some(site) = self.sites.get_mut(&key.site) {
+            site.load.add(key.gpus, -busy);
+        }
+        let nodes: Vec<&Node> = picks.iter().map(|&(slot, _)| &self.nodes[slot]).collect();
+        apply_whole_many(&mut self.scopes, &key, &nodes, true, self.placement);
         Some(a)
     }
 
@@ -684,8 +738,8 @@ impl Allocator {
         self.sites
             .get(&site)
             .map_or_else(PowerUse::default, |s| PowerUse {
-                it_watts: s.it_watts,
-                allocated_watts: facility_watts(s.it_watts, s.spec.pue_milli),
+                it_watts: s.load.it_watts(),
+                allocated_watts: facility_watts(s.load.it_watts(), s.spec.pue_milli),
                 limit_watts: s.spec.power_limit_watts,
             })
     }
@@ -778,13 +832,14 @@ impl Allocator {
         }
     }
 
-    /// Whether `delta_it` more IT watts fit under the site's limit; the refusal if not.
-    pub(crate) fn power_check(&self, site: SiteId, delta_it: i64) -> Result<(), Refusal> {
+    /// Whether `busy` more (peak − idle) × GPUs on nodes of `gpus` GPUs fit under the site's
+    /// limit; the refusal if not.
+    pub(crate) fn power_check(&self, site: SiteId, gpus: u32, busy: i64) -> Result<(), Refusal> {
         let Some(s) = self.sites.get(&site) else {
             return Ok(());
         };
-        let now = facility_watts(s.it_watts, s.spec.pue_milli);
-        let after = facility_watts(s.it_watts + delta_it, s.spec.pue_milli);
+        let now = facility_watts(s.load.it_watts(), s.spec.pue_milli);
+        let after = facility_watts(s.load.it_watts_with(gpus, busy), s.spec.pue_milli);
         if after <= s.spec.power_limit_watts {
             Ok(())
         } else {
@@ -814,15 +869,15 @@ impl Allocator {
                     .filter_map(|s| if worst { s.last() } else { s.first() })
                     .copied();
                 let partial = if worst { partial.max() } else { partial.min() };
-                if let Some((free, score, id)) = partial {
+                if let Some((score, free, id)) = partial {
                     let rank = match self.placement {
                         PlacementPolicy::BestFit => {
-                            (0, u32::from(free), u32::from(score), None, id)
+                            (0, u32::from(score), u32::from(free), None, id)
                         }
                         PlacementPolicy::WorstFit => (
                             1,
-                            u32::MAX - u32::from(free),
                             u32::MAX - u32::from(score),
+                            u32::MAX - u32::from(free),
                             None,
                             id,
                         ),
@@ -855,10 +910,8 @@ impl Allocator {
                     continue;
                 };
                 let mask = group_mask(offset, k);
-                let used = node.used.count_ones();
-                let delta = draw_watts(node.idle_watts, node.peak_watts, node.gpus, used + k)
-                    - node.draw_watts();
-                match self.power_check(node.site, delta) {
+                let busy = node.span_watts() * i64::from(k);
+                match self.power_check(node.site, node.gpus, busy) {
                     Ok(()) => {
                         return Ok(Decision {
                             site: node.site,
@@ -943,15 +996,15 @@ impl Allocator {
                     continue;
                 };
                 let mut picks = Vec::with_capacity(usize_of(count));
-                let mut delta = 0i64;
+                let mut busy = 0i64;
                 for id in set.iter().take(usize_of(count)) {
                     if let Some(&slot) = self.slots.get(id) {
                         let n = &self.nodes[slot];
-                        delta += i64::from(n.peak_watts) - n.draw_watts();
+                        busy += n.span_watts() * i64::from(n.gpus);
                         picks.push((slot, full_mask(n.gpus)));
                     }
                 }
-                match self.power_check(key.site, delta) {
+                match self.power_check(key.site, key.gpus, busy) {
                     Ok(()) => {
                         return Ok(Decision {
                             site: key.site,

@@ -15,7 +15,7 @@ use neocloud_types::{
 
 use crate::allocator::Allocator;
 use crate::index::{Scopes, apply};
-use crate::node::{SHAPES, facility_watts, indexes_of, is_aligned_group, mask_of};
+use crate::node::{Load, SHAPES, indexes_of, is_aligned_group, mask_of};
 use crate::{Allocation, PlacementPolicy, SiteSpec};
 
 /// One node as a snapshot sees it.
@@ -173,7 +173,7 @@ impl Allocator {
         for a in self.allocations() {
             for (node, _) in &a.gpus {
                 if let Some(&slot) = self.slots.get(node) {
-                    fresh.alloc_ref(&self.nodes[slot].scope_key(), a.class, a.id, true);
+                    fresh.alloc_ref(&self.nodes[slot].scope_key(), a.class, a.id, true, 1);
                 }
             }
         }
@@ -204,26 +204,27 @@ impl Allocator {
                 "the free-capacity index differs from a rebuild{detail}{bucket_detail}"
             ));
         }
-        let mut it: BTreeMap<SiteId, i64> = BTreeMap::new();
+        let mut loads: BTreeMap<SiteId, Load> = BTreeMap::new();
         let mut sizes: BTreeMap<u32, BTreeMap<u32, u32>> = BTreeMap::new();
         let mut pools: BTreeMap<ContractId, u32> = BTreeMap::new();
         for n in &self.nodes {
-            *it.entry(n.site).or_default() += n.draw_watts();
+            let load = loads.entry(n.site).or_default();
+            load.idle += i64::from(n.idle_watts);
+            load.add(n.gpus, n.span_watts() * i64::from(n.used.count_ones()));
             *sizes.entry(n.model).or_default().entry(n.gpus).or_default() += 1;
             if let Some(p) = n.pool {
                 *pools.entry(p).or_default() += 1;
             }
         }
         for (id, s) in &self.sites {
-            let want = it.get(id).copied().unwrap_or(0);
-            if s.it_watts != want {
+            let want = loads.remove(id).unwrap_or_default();
+            if s.load != want {
                 return Err(format!(
-                    "site {id}: kept draw {} W, nodes draw {want} W",
-                    s.it_watts
+                    "site {id}: kept draw {} W, nodes draw {} W",
+                    s.load.it_watts(),
+                    want.it_watts()
                 ));
             }
-            // Facility watts are derived, never stored; computing them must not overflow.
-            let _ = facility_watts(s.it_watts, s.spec.pue_milli);
         }
         if sizes != self.model_sizes {
             return Err("node counts per model and GPU count are stale".to_string());

@@ -4,7 +4,7 @@
 //! looks at the scopes it may use, and inside a scope:
 //!
 //! - partly free nodes sit in one ordered set per sub-node shape (1, 2, 4, 8 GPUs) that they
-//!   can still host, keyed by (free GPUs, score, node id), so the best fit is the first
+//!   can still host, keyed by (score, free GPUs, node id), so the best fit is the first
 //!   entry. Nodes of one tenant that must not be shared are kept apart, per tenant, so
 //!   that other tenants never see them;
 //! - entirely free nodes sit in per-level block sets (NVLink domain, leaf group, pod, site)
@@ -21,8 +21,6 @@ use neocloud_types::{Class, ContractId, InstanceId, NodeId, SiteId, TenantId};
 
 use crate::PlacementPolicy;
 use crate::allocator::IdMap;
-use neocloud_types::BlockId;
-
 use crate::node::{BlockKey, LEVELS, Node, SHAPES, choose_group};
 
 /// A group of interchangeable nodes: same model, same pool, same site, same GPU count.
@@ -45,8 +43,12 @@ impl Node {
     }
 }
 
-/// A partly free node in a shape set: (free GPUs, score of the group it would give, id).
-/// First-fit keys every node as (0, 0, id) so that the first entry is the lowest id.
+/// A partly free node in a shape set: (score of the group it would give, free GPUs, id).
+/// The score is the size class of the free block the group would be cut from: a node
+/// where the shape fills a hole comes before one where it breaks a larger free block, and
+/// among those the node with the fewest free GPUs. (Free GPUs first measured slightly
+/// worse in `examples/quality.rs`.) First-fit keys every node as (0, 0, id) so that the
+/// first entry is the lowest id.
 pub(crate) type PartialKey = (u8, u8, NodeId);
 
 /// Entirely free nodes of one level, per block.
@@ -85,6 +87,28 @@ impl Level {
         }
     }
 
+    /// Adds or removes many nodes of one block, re-keying the block once.
+    fn change_many(&mut self, key: BlockKey, nodes: &[NodeId], add: bool) {
+        let set = self.blocks.entry(key).or_default();
+        let before = count(set);
+        for id in nodes {
+            if add {
+                set.insert(*id);
+            } else {
+                set.remove(id);
+            }
+        }
+        let after = count(set);
+        if before > 0 {
+            self.by_count.remove(&(before, key));
+        }
+        if after > 0 {
+            self.by_count.insert((after, key));
+        } else {
+            self.blocks.remove(&key);
+        }
+    }
+
     /// Free whole nodes in a block.
     pub fn count(&self, key: &BlockKey) -> u32 {
         self.blocks.get(key).map_or(0, count)
@@ -98,51 +122,6 @@ impl Level {
 
 fn count(set: &BTreeSet<NodeId>) -> u32 {
     u32::try_from(set.len()).unwrap_or(u32::MAX)
-}
-
-/// Free whole nodes of one level, counted per (parent path, block), so that a search can
-/// descend from the emptiest pod into its emptiest leaf group and NVLink domain.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Tree {
-    counts: BTreeMap<(Parent, BlockId), u32>,
-    /// (parent, free whole nodes, block) for every count above zero.
-    order: BTreeSet<(Parent, u32, BlockKey)>,
-}
-
-/// The blocks above a block: (pod, leaf group), `None` where the node has none.
-pub(crate) type Parent = (Option<BlockId>, Option<BlockId>);
-
-impl Tree {
-    fn change(&mut self, parent: Parent, block: BlockId, add: bool) {
-        let count = self.counts.entry((parent, block)).or_default();
-        let before = *count;
-        if before > 0 {
-            self.order.remove(&(parent, before, Some(block)));
-        }
-        *count = if add {
-            before + 1
-        } else {
-            before.saturating_sub(1)
-        };
-        if *count > 0 {
-            self.order.insert((parent, *count, Some(block)));
-        } else {
-            self.counts.remove(&(parent, block));
-        }
-    }
-
-    /// The child of `parent` with the fewest (`most`: the most) free whole nodes.
-    fn child(&self, parent: Parent, most: bool) -> Option<BlockId> {
-        let mut under = self
-            .order
-            .range((parent, 1, None)..(parent, u32::MAX, None));
-        let found = if most {
-            under.next_back()
-        } else {
-            under.next()
-        };
-        found.and_then(|&(_, _, b)| b)
-    }
 }
 
 /// One set per sub-node shape.
@@ -161,9 +140,6 @@ pub(crate) struct Bucket {
     pub owned: BTreeMap<TenantId, ShapeSets>,
     /// Entirely free nodes, per level (see `node::LEVELS`).
     pub levels: [Level; LEVELS],
-    /// The same, per parent: NVLink domains under (pod, leaf group), leaf groups under
-    /// (pod, -).
-    pub trees: [Tree; 2],
     /// Nodes per (peak − idle) watts: bounds what a placement can add to the site's draw.
     pub spans: BTreeMap<u32, u32>,
     /// Allocations holding GPUs in this scope, with how many of their nodes are here: the
@@ -191,37 +167,22 @@ impl Bucket {
         self.levels[crate::node::LEVEL_SITE].count(&None)
     }
 
-    /// The free whole node a sub-node shape should open: best-fit descends from the pod
-    /// with the fewest free whole nodes into its leaf group and NVLink domain with the
-    /// fewest, so that work packs into blocks already in use and whole pods, leaf groups
-    /// and domains stay free for gangs; worst-fit takes the most at every step. Returns
-    /// (free whole nodes of the pod or, without pods, of the block picked, block, node).
+    /// The free whole node a sub-node shape should open: best-fit takes it from the block
+    /// with the fewest free whole nodes at the innermost level the scope has (packing work
+    /// into blocks already in use keeps other blocks whole for gangs), worst-fit from the
+    /// one with the most. Returns (that block's free whole nodes, block, node).
+    ///
+    /// Measured against descending from the emptiest pod into its emptiest leaf group
+    /// (`examples/quality.rs`): the innermost block alone refused slightly less.
     pub fn whole_pick(&self, most: bool) -> Option<(u32, BlockKey, NodeId)> {
-        if std::env::var("VARIANT").is_ok_and(|v| v == "A") {
-            let level = self.levels.iter().find(|l| !l.by_count.is_empty())?;
-            let block = if most {
-                level.by_count.last()
-            } else {
-                level.by_count.first()
-            };
-            let &(count, block) = block?;
-            let id = *level.blocks.get(&block)?.first()?;
-            return Some((count, block, id));
-        }
-        let pods = &self.levels[2].by_count;
-        let pod = if most { pods.last() } else { pods.first() };
-        let pod_id = pod.and_then(|&(_, b)| b);
-        let leaf = self.trees[1].child((pod_id, None), most);
-        let domain = self.trees[0].child((pod_id, leaf), most);
-        let (level, block) = match (domain, leaf, pod_id) {
-            (Some(d), _, _) => (0, Some(d)),
-            (None, Some(l), _) => (1, Some(l)),
-            (None, None, Some(p)) => (2, Some(p)),
-            (None, None, None) => (crate::node::LEVEL_SITE, None),
+        let level = self.levels.iter().find(|l| !l.by_count.is_empty())?;
+        let found = if most {
+            level.by_count.last()
+        } else {
+            level.by_count.first()
         };
-        let index = &self.levels[level];
-        let node = *index.blocks.get(&block)?.first()?;
-        let count = pod.map_or_else(|| index.count(&block), |&(c, _)| c);
+        let &(count, block) = found?;
+        let node = *level.blocks.get(&block)?.first()?;
         Some((count, block, node))
     }
 }
@@ -274,10 +235,17 @@ impl Scopes {
         }
     }
 
-    /// Counts one more (or one fewer) node of an allocation in a scope.
-    pub fn alloc_ref(&mut self, key: &ScopeKey, class: Class, id: InstanceId, add: bool) {
+    /// Counts `nodes` more (or fewer) nodes of an allocation in a scope.
+    pub fn alloc_ref(
+        &mut self,
+        key: &ScopeKey,
+        class: Class,
+        id: InstanceId,
+        add: bool,
+        nodes: u32,
+    ) {
         if add {
-            *self.entry(key).allocs.entry((class, id)).or_default() += 1;
+            *self.entry(key).allocs.entry((class, id)).or_default() += nodes;
             return;
         }
         let Some(bucket) = self.get_mut(key) else {
@@ -286,8 +254,8 @@ impl Scopes {
         let Some(n) = bucket.allocs.get_mut(&(class, id)) else {
             return;
         };
-        if *n > 1 {
-            *n -= 1;
+        if *n > nodes {
+            *n -= nodes;
             return;
         }
         bucket.allocs.remove(&(class, id));
@@ -380,13 +348,6 @@ pub(crate) fn apply(
                     }
                 }
             }
-            let [pod, leaf, domain] = node.blocks;
-            if let Some(d) = domain {
-                bucket.trees[0].change((pod, leaf), d, add);
-            }
-            if let Some(l) = leaf {
-                bucket.trees[1].change((pod, None), l, add);
-            }
         }
         if free != 0 && (!whole || placement == PlacementPolicy::FirstFit) {
             let owner = node.owner();
@@ -399,10 +360,7 @@ pub(crate) fn apply(
                 if let Some((_, score)) = choose_group(free, node.gpus, k, placement) {
                     let pk = match placement {
                         PlacementPolicy::FirstFit => (0, 0, node.id),
-                        _ if std::env::var("KEY").is_ok_and(|v| v == "S") => {
-                            (score, free_u8, node.id)
-                        }
-                        _ => (free_u8, score, node.id),
+                        _ => (score, free_u8, node.id),
                     };
                     if add {
                         sets[i].insert(pk);
@@ -424,5 +382,49 @@ pub(crate) fn apply(
     }
     if member && !add {
         scopes.prune(&key);
+    }
+}
+
+/// What [`apply`] does for nodes that are entirely free before (`add == false`) or after
+/// (`add == true`) a change, for many nodes of one scope at once: a gang re-keys each of
+/// its blocks once instead of once per node.
+pub(crate) fn apply_whole_many(
+    scopes: &mut Scopes,
+    key: &ScopeKey,
+    nodes: &[&Node],
+    add: bool,
+    placement: PlacementPolicy,
+) {
+    let bucket = scopes.entry(key);
+    let gpus: u64 = nodes.iter().map(|n| u64::from(n.gpus)).sum();
+    if add {
+        bucket.free_gpus += gpus;
+    } else {
+        bucket.free_gpus = bucket.free_gpus.saturating_sub(gpus);
+    }
+    for (level, index) in bucket.levels.iter_mut().enumerate() {
+        let mut groups: BTreeMap<BlockKey, Vec<NodeId>> = BTreeMap::new();
+        for n in nodes {
+            if let Some(block) = n.level_key(level) {
+                groups.entry(block).or_default().push(n.id);
+            }
+        }
+        for (block, ids) in groups {
+            index.change_many(block, &ids, add);
+        }
+    }
+    if placement == PlacementPolicy::FirstFit {
+        // First-fit keeps entirely free nodes in the shape sets too.
+        for n in nodes {
+            for (i, &k) in SHAPES.iter().enumerate() {
+                if k <= n.gpus {
+                    if add {
+                        bucket.open[i].insert((0, 0, n.id));
+                    } else {
+                        bucket.open[i].remove(&(0, 0, n.id));
+                    }
+                }
+            }
+        }
     }
 }

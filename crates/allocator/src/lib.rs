@@ -34,9 +34,12 @@ pub use neocloud_types::{FleetPolicy, GangLevel, Shape};
 /// How the allocator chooses among nodes and blocks that all fit a request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PlacementPolicy {
-    /// Ours: fill partly used nodes and blocks first (the node with the fewest free GPUs that
-    /// still fits, the block with the fewest free whole nodes that still fits), so that whole
-    /// nodes and whole blocks stay free for large shapes and gangs.
+    /// Ours: fill partly used nodes and blocks first, so that whole nodes and whole blocks
+    /// stay free for large shapes and gangs. A sub-node shape goes where it fills a hole (an
+    /// aligned free group inside an already broken block, buddy-allocator style), then to
+    /// the node with the fewest free GPUs, and opens a whole node only when no used node
+    /// fits, from the block with the fewest free whole nodes. A gang takes the block of its
+    /// level with the fewest free whole nodes that still has enough.
     #[default]
     BestFit,
     /// The naive baseline, kept for measurements: the first node or block in id order that

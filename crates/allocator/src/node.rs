@@ -4,6 +4,8 @@
 //! a multiple of k. Keeping groups aligned is what lets a freed pair or quad be reused by
 //! the next pair or quad, the way a buddy allocator keeps memory reusable.
 
+use std::collections::BTreeMap;
+
 use neocloud_types::{BlockId, ContractId, InstanceId, NodeId, SiteId, TenantId};
 
 use crate::PlacementPolicy;
@@ -156,14 +158,9 @@ impl Node {
         }
     }
 
-    /// IT watts drawn: idle plus the allocated share of (peak − idle), rounded up.
-    pub fn draw_watts(&self) -> i64 {
-        draw_watts(
-            self.idle_watts,
-            self.peak_watts,
-            self.gpus,
-            self.used.count_ones(),
-        )
+    /// Watts between idle and peak.
+    pub fn span_watts(&self) -> i64 {
+        i64::from(self.peak_watts.saturating_sub(self.idle_watts))
     }
 
     /// The node's block at a level index (see [`LEVELS`]); `None` when the node has no
@@ -178,12 +175,45 @@ impl Node {
     }
 }
 
-/// IT watts of a node with `used` of its `gpus` GPUs allocated.
-pub(crate) fn draw_watts(idle: u32, peak: u32, gpus: u32, used: u32) -> i64 {
-    let span = i64::from(peak.saturating_sub(idle));
-    let gpus = i64::from(gpus.max(1));
-    let extra = ceil_div(i128::from(span) * i128::from(used), i128::from(gpus));
-    i64::from(idle) + i64::try_from(extra).unwrap_or(i64::MAX)
+/// What a site's nodes draw: a node draws idle + (peak − idle) × allocated GPUs / GPUs.
+///
+/// The fractional part is summed per GPU count and rounded up once per site, not per node:
+/// then what a placement adds depends only on the node's power figures, never on how full
+/// the node already is, so any node of a scope costs the same and a preemption plan can
+/// promise what the placement after it will draw. It differs from rounding every node by
+/// less than one watt per node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Load {
+    /// Σ idle watts.
+    pub idle: i64,
+    /// Per GPU count: Σ (peak − idle) × allocated GPUs over nodes of that count.
+    pub busy: BTreeMap<u32, i64>,
+}
+
+impl Load {
+    /// IT watts.
+    pub fn it_watts(&self) -> i64 {
+        self.idle + self.busy.iter().map(|(&g, &b)| share(b, g)).sum::<i64>()
+    }
+
+    /// IT watts once `extra` more (peak − idle) × GPUs are allocated on nodes of `gpus` GPUs.
+    pub fn it_watts_with(&self, gpus: u32, extra: i64) -> i64 {
+        let now = self.busy.get(&gpus).copied().unwrap_or(0);
+        self.it_watts() - share(now, gpus) + share(now + extra, gpus)
+    }
+
+    /// Records `busy` more (or, negative, fewer) (peak − idle) × GPUs on nodes of `gpus`.
+    pub fn add(&mut self, gpus: u32, busy: i64) {
+        let b = self.busy.entry(gpus).or_default();
+        *b += busy;
+        if *b == 0 {
+            self.busy.remove(&gpus);
+        }
+    }
+}
+
+fn share(busy: i64, gpus: u32) -> i64 {
+    i64::try_from(ceil_div(i128::from(busy), i128::from(gpus.max(1)))).unwrap_or(i64::MAX)
 }
 
 /// `a / b` rounded toward positive infinity, for `b > 0` (signed `div_ceil` is unstable).
@@ -238,10 +268,27 @@ mod tests {
     }
 
     #[test]
-    fn draw_rounds_up() {
-        assert_eq!(draw_watts(2500, 10200, 8, 0), 2500);
-        assert_eq!(draw_watts(2500, 10200, 8, 8), 10200);
-        assert_eq!(draw_watts(2500, 10200, 8, 1), 2500 + 963); // 962.5 up
+    fn load_rounds_up_once_per_site() {
+        let mut l = Load {
+            idle: 2500,
+            ..Load::default()
+        };
+        assert_eq!(l.it_watts(), 2500);
+        // One GPU of an 8-GPU node spanning 7700 W: 962.5 W, rounded up.
+        l.add(8, 7700);
+        assert_eq!(l.it_watts(), 2500 + 963);
+        // A second one costs 962 W: together exactly 1925.
+        assert_eq!(l.it_watts_with(8, 7700), 2500 + 1925);
+        l.add(8, 7 * 7700);
+        assert_eq!(l.it_watts(), 10200);
+        l.add(8, -8 * 7700);
+        assert_eq!(
+            l,
+            Load {
+                idle: 2500,
+                ..Load::default()
+            }
+        );
         assert_eq!(facility_watts(1000, 1050), 1050);
         assert_eq!(facility_watts(1001, 1050), 1052); // 1051.05 up
     }

@@ -459,14 +459,20 @@ impl Service {
         c: &Contract,
         now: Timestamp,
     ) -> Result<()> {
-        let node_size = self
-            .store
-            .gpu_model_node_size(&c.gpu_model)
-            .await?
+        if c.state == ContractState::Active && sched.pools_full.contains(&c.id) {
+            return Ok(());
+        }
+        let node_size = sched
+            .node_size
+            .get(&c.gpu_model)
+            .copied()
             .unwrap_or(8)
             .max(1);
         let pinned = self.store.contract_pool_nodes(c.id).await?.len();
         let want = usize::try_from(c.gpu_count / node_size).unwrap_or(usize::MAX);
+        if pinned >= want {
+            sched.pools_full.insert(c.id);
+        }
         if c.state == ContractState::Signed || pinned < want {
             let mut need = want.saturating_sub(pinned);
             let level = c.single_block.unwrap_or(GangLevel::Site);

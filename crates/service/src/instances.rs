@@ -55,7 +55,13 @@ impl Service {
             .await
             .map_err(|_| Error::invalid(format!("unknown GPU model '{}'", req.gpu_model)))?;
         let site = match &req.site {
-            Some(s) => Some(self.store.site_get(s).await?.id),
+            Some(s) => Some(
+                self.store
+                    .site_id_of(s)
+                    .await?
+                    .parse()
+                    .map_err(|_| Error::not_found("site", s))?,
+            ),
             None => None,
         };
         if let Some(c) = req.contract_id {
@@ -98,7 +104,7 @@ impl Service {
             }
         }
         let request = request_of(&inst);
-        let placed = scheduler::place_checked(&self.store, &mut sched, &request, now).await?;
+        let placed = scheduler::place_checked(&mut sched, &request, now).await?;
         // GPUs this instance will hold: known from the placement, or from the shape and the
         // node size of the model.
         inst.gpu_count = match &placed {

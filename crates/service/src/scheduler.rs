@@ -61,6 +61,12 @@ pub(crate) struct Sched {
     pub(crate) config: SchedulerConfig,
     /// Pending instances by (priority descending, arrival): served in that order.
     pub(crate) queue: BTreeMap<(std::cmp::Reverse<u8>, InstanceId), Queued>,
+    /// Sites with their GPU totals; they change only with fleet imports, which rebuild this.
+    pub(crate) sites: Vec<neocloud_types::Site>,
+    /// GPUs per node of each model (the largest node of that model).
+    pub(crate) node_size: BTreeMap<String, u32>,
+    /// Active contracts whose pool has all its nodes: nothing to do for them until the end.
+    pub(crate) pools_full: std::collections::BTreeSet<neocloud_types::ContractId>,
 }
 
 pub(crate) fn request_of(i: &Instance) -> Request {
@@ -91,8 +97,11 @@ impl Sched {
                 pue_milli: s.pue_milli,
             });
         }
+        let mut node_size: BTreeMap<String, u32> = BTreeMap::new();
         for n in nodes {
             let id = n.id;
+            let size = node_size.entry(n.gpu_model.clone()).or_default();
+            *size = (*size).max(n.gpus);
             alloc
                 .add_node(NodeSpec {
                     id,
@@ -161,11 +170,15 @@ impl Sched {
                 )
                 .map_err(Error::internal)?;
         }
+        let sites = store.site_list().await?;
         Ok(Sched {
             alloc,
             calendar,
             config,
             queue,
+            sites,
+            node_size,
+            pools_full: Default::default(),
         })
     }
 
@@ -210,10 +223,7 @@ impl Sched {
     pub(crate) async fn tick(&mut self, store: &Store, now: Timestamp) -> Result<usize> {
         let mut changed = 0;
         // Preemptions whose grace period is over.
-        let live = store.instance_list_live().await?;
-        for mut i in live.into_iter().filter(|i| {
-            i.state == InstanceState::Preempting && i.preempt_at.is_some_and(|t| t <= now)
-        }) {
+        for mut i in store.instance_list_preemptions_due(now).await? {
             let before = serde_json::to_value(&i).ok();
             i.state = InstanceState::Preempted;
             i.ended_at = Some(now);
@@ -236,12 +246,18 @@ impl Sched {
             let Some(q) = self.queue.get(&key).cloned() else {
                 continue;
             };
+            // In-memory checks first: most ticks touch the database for nothing.
+            let fits = self.alloc.try_place(&q.request).is_ok();
+            let expired = q.wait_until.is_some_and(|t| t <= now);
+            if !fits && !expired {
+                continue;
+            }
             let inst = store.instance_get(q.request.id).await?;
             if inst.state != InstanceState::Pending {
                 self.queue.remove(&key);
                 continue;
             }
-            if self.alloc.try_place(&q.request).is_ok()
+            if fits
                 && self
                     .try_start(store, inst.clone(), None, now)
                     .await?
@@ -251,7 +267,7 @@ impl Sched {
                 changed += 1;
                 continue;
             }
-            if q.wait_until.is_some_and(|t| t <= now) {
+            if expired {
                 let mut i = inst;
                 let before = serde_json::to_value(&i).ok();
                 i.state = InstanceState::Failed;
@@ -306,7 +322,6 @@ impl Sched {
 /// GPU-hour is never sold twice; spot may use anything idle, reserved runs in its pool.
 /// Without a site in the request, each site with the model is tried in turn.
 pub(crate) async fn place_checked(
-    store: &Store,
     sched: &mut Sched,
     req: &neocloud_allocator::Request,
     now: Timestamp,
@@ -316,7 +331,7 @@ pub(crate) async fn place_checked(
     }
     let mut tried: Vec<neocloud_types::SiteId> = Vec::new();
     let mut last_refusal = None;
-    let sites = store.site_list().await?;
+    let sites = sched.sites.clone();
     loop {
         let mut r = req.clone();
         if r.site.is_none() && !tried.is_empty() {

@@ -26,7 +26,7 @@ CREATE TABLE instances (
 );
 CREATE INDEX instances_by_tenant ON instances (tenant_id, id);
 CREATE INDEX instances_by_state ON instances (state, id);
-CREATE INDEX gpus_by_holder ON gpus (holder);
+CREATE INDEX gpus_by_holder ON gpus (holder) WHERE holder IS NOT NULL;
 
 CREATE TABLE contracts (
     id             TEXT PRIMARY KEY,
@@ -46,6 +46,7 @@ CREATE TABLE contracts (
 CREATE INDEX contracts_by_tenant ON contracts (tenant_id, id);
 
 ALTER TABLE nodes ADD COLUMN pool_contract_id TEXT;
+CREATE INDEX nodes_by_pool ON nodes (pool_contract_id);
 
 CREATE TABLE quotas (
     tenant_id  TEXT NOT NULL REFERENCES tenants(id),

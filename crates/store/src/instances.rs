@@ -390,6 +390,18 @@ impl Store {
         Ok(items)
     }
 
+    /// Preempting instances whose notice has run out at `now`.
+    pub async fn instance_list_preemptions_due(&self, now: Timestamp) -> Result<Vec<Instance>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {INSTANCE_COLS} FROM instances
+             WHERE state = 'preempting' AND preempt_at <= $1 ORDER BY id"
+        ))
+        .bind(now.micros())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(instance_from_row).collect()
+    }
+
     /// GPUs held per (tenant, model, class) by live instances, for quota checks.
     pub async fn instance_usage(&self, tenant: TenantId) -> Result<Vec<(String, Class, i64)>> {
         let rows = sqlx::query(

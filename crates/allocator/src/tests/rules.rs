@@ -99,43 +99,59 @@ fn four_gpu_trays_take_one_two_or_four() {
     assert!(err.to_string().contains("at most 4 GPUs"), "{err}");
 }
 
+/// Restores a sub-node allocation of tenant 1 on a node of site 1.
+fn hold(a: &mut Allocator, id: u64, node: u64, gpus: Vec<u32>) {
+    let k = u32::try_from(gpus.len()).unwrap();
+    a.restore(Allocation {
+        id: instance_id(id),
+        tenant: tenant(1),
+        class: Class::OnDemand,
+        gpu_model: H100.into(),
+        shape: Shape::Gpus { gpus: k },
+        site: crate::synthetic::site_id(1),
+        pool: None,
+        gpus: vec![(node_id(node), gpus)],
+    })
+    .unwrap();
+}
+
 #[test]
 fn best_fit_prefers_the_fullest_node_and_first_fit_the_lowest_id() {
     for placement in [PlacementPolicy::BestFit, PlacementPolicy::FirstFit] {
         let (mut a, _) = two_leaves(placement, 2);
-        // Node 1: 6 GPUs used by two quads' worth; node 2: 4 used.
-        let n1 = node_id(1);
-        let n2 = node_id(2);
-        a.restore(Allocation {
-            id: instance_id(10),
-            tenant: tenant(1),
-            class: Class::OnDemand,
-            gpu_model: H100.into(),
-            shape: Shape::Gpus { gpus: 4 },
-            site: crate::synthetic::site_id(1),
-            pool: None,
-            gpus: vec![(n2, vec![0, 1, 2, 3])],
-        })
-        .unwrap();
-        a.restore(Allocation {
-            id: instance_id(11),
-            tenant: tenant(1),
-            class: Class::OnDemand,
-            gpu_model: H100.into(),
-            shape: Shape::Gpus { gpus: 2 },
-            site: crate::synthetic::site_id(1),
-            pool: None,
-            gpus: vec![(n1, vec![0, 1])],
-        })
-        .unwrap();
-        let got = on(&a.place(&gpus(1, 1, Class::OnDemand, 2)).unwrap()).0;
+        // Node 1: a pair used (6 free). Node 2: a pair and a quad used (2 free). Both have a
+        // free pair at 2-3 in a broken quad.
+        hold(&mut a, 10, 1, vec![0, 1]);
+        hold(&mut a, 11, 2, vec![0, 1]);
+        hold(&mut a, 12, 2, vec![4, 5, 6, 7]);
+        let got = on(&a.place(&gpus(1, 1, Class::OnDemand, 2)).unwrap());
         match placement {
-            // Node 2 has 4 free, node 1 has 6: best-fit fills node 2.
-            PlacementPolicy::BestFit => assert_eq!(got, n2),
-            _ => assert_eq!(got, n1),
+            PlacementPolicy::BestFit => assert_eq!(got, (node_id(2), vec![2, 3])),
+            _ => assert_eq!(got, (node_id(1), vec![2, 3])),
         }
         a.check_invariants().unwrap();
     }
+}
+
+#[test]
+fn best_fit_fills_holes_before_breaking_free_blocks() {
+    let (mut a, _) = two_leaves(PlacementPolicy::BestFit, 2);
+    // Node 1: a quad used, its free GPUs are one whole quad. Node 2: one GPU used, so GPU 1
+    // is a hole and 2-3 a lone pair.
+    hold(&mut a, 10, 1, vec![0, 1, 2, 3]);
+    hold(&mut a, 11, 2, vec![0]);
+    // Node 2 has more free GPUs, but the single and the pair fill its holes and keep the
+    // quad of node 1 whole for the next quad.
+    let one = on(&a.place(&gpus(1, 1, Class::OnDemand, 1)).unwrap());
+    assert_eq!(one, (node_id(2), vec![1]));
+    let two = on(&a.place(&gpus(2, 1, Class::OnDemand, 2)).unwrap());
+    assert_eq!(two, (node_id(2), vec![2, 3]));
+    // Node 2 now has 4 free (one quad), node 1 too: the tie goes to the lower id.
+    let four = on(&a.place(&gpus(3, 1, Class::OnDemand, 4)).unwrap());
+    assert_eq!(four, (node_id(1), vec![4, 5, 6, 7]));
+    let four = on(&a.place(&gpus(4, 1, Class::OnDemand, 4)).unwrap());
+    assert_eq!(four, (node_id(2), vec![4, 5, 6, 7]));
+    a.check_invariants().unwrap();
 }
 
 #[test]

@@ -25,11 +25,13 @@ use neocloud_types::{Class, InstanceId, NodeId, Shape, SiteId};
 
 use crate::allocator::Allocator;
 use crate::index::{Bucket, ScopeKey};
-use crate::node::{SHAPES, ceil_div, draw_watts, facility_watts, group_mask, mask_of};
+use crate::node::{SHAPES, facility_watts, group_mask, mask_of};
 use crate::{GangLevel, Refusal, Request};
 
-/// Victims chosen so far, and the most IT watts the placement itself may add.
-type Plan = (BTreeSet<InstanceId>, i64);
+/// Victims chosen so far, and what the placement may add to the site's draw: one
+/// (GPUs per node, (peak − idle) × GPUs) per scope it could land in; the site must have
+/// room for each.
+type Plan = (BTreeSet<InstanceId>, Vec<(u32, i64)>);
 
 impl Allocator {
     /// The lower-class allocations whose release would make `req` placeable: empty when it
@@ -52,10 +54,10 @@ impl Allocator {
                 Shape::Gpus { gpus } => self.plan_gpus(req, gpus, &buckets),
                 Shape::Nodes { count, level } => self.plan_nodes(req, count, level, &buckets),
             };
-            let Some((victims, delta_max)) = plan else {
+            let Some((victims, adds)) = plan else {
                 continue;
             };
-            let Some(victims) = self.plan_power(req, site, victims, delta_max, &buckets) else {
+            let Some(victims) = self.plan_power(req, site, victims, &adds, &buckets) else {
                 continue;
             };
             let cost = self.cost(&victims);
@@ -115,19 +117,13 @@ impl Allocator {
 
     fn plan_gpus(&self, req: &Request, k: u32, buckets: &[(ScopeKey, &Bucket)]) -> Option<Plan> {
         let ki = SHAPES.iter().position(|&s| s == k)?;
-        let mut delta_max = 0i64;
+        let mut adds = Vec::new();
         let mut candidates = BTreeSet::new();
         for &(key, b) in buckets {
             if key.gpus < k {
                 continue;
             }
-            // A placement of k GPUs on a node of this scope adds at most ⌈span·k/gpus⌉.
-            let bound = ceil_div(
-                i128::from(b.max_span()) * i128::from(k),
-                i128::from(key.gpus),
-            );
-            let bound = i64::try_from(bound).unwrap_or(i64::MAX);
-            delta_max = delta_max.max(bound);
+            adds.push((key.gpus, i64::from(b.max_span()) * i64::from(k)));
             // Nodes that fit already (the request failed on power, not on GPUs).
             let owned = b.owned.get(&req.tenant).map(|s| &s[ki]);
             for set in [Some(&b.open[ki]), owned].into_iter().flatten() {
@@ -150,7 +146,7 @@ impl Allocator {
                 }
             }
         }
-        best.map(|(_, v)| (v, delta_max))
+        best.map(|(_, v)| (v, adds))
     }
 
     /// The cheapest way to free an aligned group of `k` GPUs on one node for `req`.
@@ -217,16 +213,18 @@ impl Allocator {
             GangLevel::Site => crate::node::LEVEL_SITE,
         };
         let need_all = usize::try_from(count).unwrap_or(usize::MAX);
-        let delta_max = buckets
+        let adds: Vec<(u32, i64)> = buckets
             .iter()
-            .map(|(_, b)| i64::from(b.max_span()) * i64::from(count))
-            .max()
-            .unwrap_or(0);
+            .map(|(key, b)| {
+                let per_node = i64::from(b.max_span()) * i64::from(key.gpus);
+                (key.gpus, per_node * i64::from(count))
+            })
+            .collect();
         let mut best: Option<(u64, BTreeSet<InstanceId>)> = None;
         for &(key, b) in buckets {
             let index = &b.levels[li];
             if index.largest() >= count {
-                return Some((BTreeSet::new(), delta_max));
+                return Some((BTreeSet::new(), adds));
             }
             // Nodes that become entirely free once their victims go, per block.
             let mut freeable: BTreeMap<_, Vec<(u64, NodeId, Vec<InstanceId>)>> = BTreeMap::new();
@@ -278,7 +276,7 @@ impl Allocator {
                 }
             }
         }
-        best.map(|(_, v)| (v, delta_max))
+        best.map(|(_, v)| (v, adds))
     }
 
     /// Adds victims until the site has room for the placement's power; `None` if releasing
@@ -288,36 +286,34 @@ impl Allocator {
         req: &Request,
         site: SiteId,
         mut victims: BTreeSet<InstanceId>,
-        delta_max: i64,
+        adds: &[(u32, i64)],
         buckets: &[(ScopeKey, &Bucket)],
     ) -> Option<BTreeSet<InstanceId>> {
         let s = self.sites.get(&site)?;
-        // GPUs released per node so far, and the site's IT watts once they are.
-        let mut removed: BTreeMap<usize, u64> = BTreeMap::new();
-        let mut it = s.it_watts;
-        let mut release = |inst: &InstanceId, it: &mut i64| {
+        // The site's draw once the victims are gone.
+        let mut load = s.load.clone();
+        let release = |inst: &InstanceId, load: &mut crate::node::Load| {
             let Some(a) = self.allocations.get(inst) else {
                 return;
             };
             for (node, indexes) in &a.gpus {
-                let Some(&slot) = self.slots.get(node) else {
-                    continue;
-                };
-                let n = &self.nodes[slot];
-                let gone = removed.entry(slot).or_default();
-                let before = (n.used & !*gone).count_ones();
-                *gone |= mask_of(indexes);
-                let after = (n.used & !*gone).count_ones();
-                *it += draw_watts(n.idle_watts, n.peak_watts, n.gpus, after)
-                    - draw_watts(n.idle_watts, n.peak_watts, n.gpus, before);
+                if let Some(&slot) = self.slots.get(node) {
+                    let n = &self.nodes[slot];
+                    let gpus = i64::try_from(indexes.len()).unwrap_or(i64::MAX);
+                    load.add(n.gpus, -n.span_watts() * gpus);
+                }
             }
         };
         for v in &victims {
-            release(v, &mut it);
+            release(v, &mut load);
         }
-        let fits =
-            |it: i64| facility_watts(it + delta_max, s.spec.pue_milli) <= s.spec.power_limit_watts;
-        if fits(it) {
+        let fits = |load: &crate::node::Load| {
+            adds.iter().all(|&(gpus, busy)| {
+                facility_watts(load.it_watts_with(gpus, busy), s.spec.pue_milli)
+                    <= s.spec.power_limit_watts
+            })
+        };
+        if fits(&load) {
             return Some(victims);
         }
         let mut extra: Vec<(u64, InstanceId)> = buckets
@@ -329,9 +325,9 @@ impl Allocator {
         extra.sort_unstable();
         extra.dedup();
         for (_, inst) in extra {
-            release(&inst, &mut it);
+            release(&inst, &mut load);
             victims.insert(inst);
-            if fits(it) {
+            if fits(&load) {
                 return Some(victims);
             }
         }

@@ -13,7 +13,7 @@ use neocloud_types::{BlockKind, Class, FleetPolicy, GangLevel, NodeId, Shape, Si
 use proptest::prelude::*;
 
 use super::{GB200, H100};
-use crate::node::{draw_watts, facility_watts};
+use crate::node::facility_watts;
 use crate::synthetic::{block_id, contract_id, instance_id, node_id, site_id, tenant_id};
 use crate::{Allocation, Allocator, NodeSpec, PlacementPolicy, Refusal, Request, SiteSpec};
 
@@ -285,30 +285,32 @@ impl World {
         );
     }
 
-    /// A site's facility draw from the allocations and the fleet spec alone.
+    /// A site's facility draw from the allocations and the fleet spec alone: idle watts,
+    /// plus per GPU count Σ (peak − idle) × allocated GPUs / GPUs rounded up, × PUE.
     fn facility(&self, site: SiteId) -> i64 {
-        let mut used: BTreeMap<NodeId, u32> = BTreeMap::new();
+        let mut used: BTreeMap<NodeId, i64> = BTreeMap::new();
         for a in self.a.allocations() {
             for (n, g) in &a.gpus {
-                *used.entry(*n).or_default() += u32::try_from(g.len()).unwrap();
+                *used.entry(*n).or_default() += i64::try_from(g.len()).unwrap();
             }
         }
         let present: BTreeSet<NodeId> = self.a.snapshot().nodes.iter().map(|n| n.id).collect();
-        let it: i64 = self
-            .specs
-            .values()
-            .filter(|n| n.site == site && present.contains(&n.id))
-            .map(|n| {
-                draw_watts(
-                    n.idle_watts,
-                    n.peak_watts,
-                    n.gpus,
-                    used.get(&n.id).copied().unwrap_or(0),
-                )
-            })
-            .sum();
+        let mut idle = 0i64;
+        let mut busy: BTreeMap<u32, i64> = BTreeMap::new();
+        for n in self.specs.values() {
+            if n.site == site && present.contains(&n.id) {
+                idle += i64::from(n.idle_watts);
+                *busy.entry(n.gpus).or_default() +=
+                    i64::from(n.peak_watts - n.idle_watts) * used.get(&n.id).copied().unwrap_or(0);
+            }
+        }
+        let it = idle
+            + busy
+                .iter()
+                .map(|(&g, &b)| (b + i64::from(g) - 1) / i64::from(g))
+                .sum::<i64>();
         let pue = self.sites.iter().find(|s| s.id == site).unwrap().pue_milli;
-        let f = facility_watts(it, pue);
+        let f = (it * i64::from(pue) + 999) / 1000;
         assert_eq!(f, self.a.site_power(site).allocated_watts);
         f
     }

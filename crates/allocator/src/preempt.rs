@@ -93,8 +93,8 @@ impl Allocator {
     }
 
     /// Nodes of a scope holding eligible victims, in id order.
-    fn victim_nodes(&self, req: &Request, key: &ScopeKey, b: &Bucket) -> BTreeSet<NodeId> {
-        let mut nodes = BTreeSet::new();
+    fn victim_nodes(&self, req: &Request, key: &ScopeKey, b: &Bucket) -> Vec<NodeId> {
+        let mut nodes = Vec::new();
         for &(class, inst) in b.allocs.keys() {
             if !self.eligible(req, class) {
                 continue;
@@ -108,10 +108,13 @@ impl Allocator {
                     .get(node)
                     .is_some_and(|&s| self.nodes[s].scope_key() == *key)
                 {
-                    nodes.insert(*node);
+                    nodes.push(*node);
                 }
             }
         }
+        // Sorted, not hashed order: the plan must not depend on the hash map's order.
+        nodes.sort_unstable();
+        nodes.dedup();
         nodes
     }
 

@@ -96,12 +96,13 @@ impl Service {
             wait_until: req.wait_seconds.map(|w| now.plus_seconds(i64::from(w))),
         };
         let mut sched = self.sched.lock().await;
-        // A replay answers before any capacity is looked at.
+        // A replay answers before any capacity is looked at. The same transaction records a
+        // placement, so a launch costs one commit.
+        let mut open_tx = Some(self.store.begin_write().await?);
+        if let Some(tx) = open_tx.as_mut()
+            && let Some(c) = Self::idem_lookup::<Instance>(tx, p, idem).await?
         {
-            let mut tx = self.store.begin_write().await?;
-            if let Some(c) = Self::idem_lookup::<Instance>(&mut tx, p, idem).await? {
-                return Ok(c);
-            }
+            return Ok(c);
         }
         let request = request_of(&inst);
         let placed = scheduler::place_checked(&mut sched, &request, now).await?;
@@ -124,7 +125,10 @@ impl Service {
                 inst.started_at = Some(now);
                 inst.wait_until = None;
                 let result = async {
-                    let mut tx = self.store.begin_write().await?;
+                    let mut tx = match open_tx.take() {
+                        Some(tx) => tx,
+                        None => self.store.begin_write().await?,
+                    };
                     Store::instance_insert(&mut tx, &inst).await?;
                     Store::instance_hold_gpus(&mut tx, inst.id, &a.gpus).await?;
                     scheduler::event(
@@ -155,6 +159,7 @@ impl Service {
                 }
             }
             Err((refusal, preemption_may_help)) => {
+                drop(open_tx.take());
                 let victims = if req.class != Class::Spot && preemption_may_help {
                     sched
                         .alloc

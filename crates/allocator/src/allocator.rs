@@ -16,8 +16,8 @@ use neocloud_types::{Class, ContractId, FleetPolicy, InstanceId, NodeId, Shape, 
 
 use crate::index::{Bucket, ScopeKey, Scopes, Tier, apply, apply_whole_many};
 use crate::node::{
-    BlockKey, LEVEL_SITE, Load, Node, SHAPES, choose_group, facility_watts, full_mask, group_mask,
-    indexes_of, is_aligned_group, mask_of,
+    BlockKey, Load, Node, SHAPES, choose_group, facility_watts, full_mask, group_mask, indexes_of,
+    is_aligned_group, level_index, mask_of,
 };
 use crate::{
     Allocation, Fragmentation, GangLevel, NodeSpec, PlacementPolicy, PowerUse, Refusal, Request,
@@ -117,15 +117,6 @@ fn group_words(k: u32) -> String {
         2 => "a free aligned pair of GPUs (0-1, 2-3, …)".to_string(),
         4 => "a free aligned quad of GPUs (0-3 or 4-7)".to_string(),
         _ => format!("{k} free GPUs"),
-    }
-}
-
-fn level_index(level: GangLevel) -> usize {
-    match level {
-        GangLevel::NvlinkDomain => 0,
-        GangLevel::LeafGroup => 1,
-        GangLevel::Pod => 2,
-        GangLevel::Site => LEVEL_SITE,
     }
 }
 
@@ -934,7 +925,7 @@ impl Allocator {
         let site_words = req.site.map_or(String::new(), |s| format!(" in site {s}"));
         let who = if self
             .scope_buckets(req, scope)
-            .any(|(_, b)| !b.owned.is_empty())
+            .any(|(_, b)| b.owned.keys().any(|t| *t != req.tenant))
         {
             " that this tenant may use (nodes that are not shareable hold other tenants' work)"
         } else {

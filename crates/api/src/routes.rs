@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use neocloud_service::{
     ApiKeyCreated, CapacityLine, ContractTerms, CreateApiKey, CreateGpuModel, CreateTenant,
-    Created, LaunchInstance, Quote, SetQuota, UpdateTenant,
+    Created, LaunchInstance, Quote, SetPowerCap, SetQuota, UpdateTenant,
 };
 use neocloud_store::{EventFilter, NodeFilter};
 use neocloud_types::{
@@ -34,6 +34,7 @@ pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(gpu_model_get))
         .routes(routes!(site_list))
         .routes(routes!(site_get))
+        .routes(routes!(site_power_cap))
         .routes(routes!(block_list))
         .routes(routes!(block_get))
         .routes(routes!(node_list))
@@ -195,6 +196,23 @@ async fn site_get(
     Path(site): Path<String>,
 ) -> ApiResult<Json<Site>> {
     Ok(Json(st.svc.site_get(&p, &site).await?))
+}
+
+/// Cap a site's power below its budget (operator-admin); `{"watts": null}` removes the cap.
+/// New placements keep the site under it; running work is not stopped.
+#[utoipa::path(put, path = "/v1/sites/{site}/power-cap", tag = "fleet", security(("bearer" = [])),
+    params(("site" = String, Path, description = "Site id or name")),
+    request_body = SetPowerCap,
+    responses((status = 200, body = Site), (status = 400, body = Problem)))]
+async fn site_power_cap(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(site): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Json<Site>> {
+    let req: SetPowerCap = json_body(&headers, &body)?;
+    Ok(Json(st.svc.site_set_power_cap(&p, &site, req).await?))
 }
 
 /// Filters for listing blocks.

@@ -313,6 +313,14 @@ enum SiteCmd {
     List,
     /// Show one site (id or name).
     Show { site: String },
+    /// Cap a site's power below its budget (operator-admin); new placements stay under it.
+    PowerCap {
+        /// Site id or name.
+        site: String,
+        /// Facility watts, or `none` to remove the cap.
+        #[arg(long)]
+        watts: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -734,6 +742,28 @@ async fn sites(g: &Global, cmd: SiteCmd) -> Result<()> {
         SiteCmd::List => {
             let v = c.call(Method::GET, "/v1/sites", &[], None, None).await?;
             show(g, &v, |v| table(items(v), cols))
+        }
+        SiteCmd::PowerCap { site, watts } => {
+            let w: Value = if watts == "none" {
+                Value::Null
+            } else {
+                json!(
+                    watts
+                        .parse::<i64>()
+                        .map_err(|_| anyhow!("--watts must be a number or `none`"))?
+                )
+            };
+            let path = format!("/v1/sites/{}/power-cap", enc(&site));
+            let v = c
+                .call(
+                    Method::PUT,
+                    &path,
+                    &[],
+                    Some(Body::Json(json!({"watts": w}))),
+                    None,
+                )
+                .await?;
+            show(g, &v, record)
         }
         SiteCmd::Show { site } => {
             let v = c

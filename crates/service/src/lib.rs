@@ -284,6 +284,51 @@ impl Service {
         Ok(self.store.site_get(id_or_name).await?)
     }
 
+    /// Caps a site's power below its budget (or removes the cap). New placements keep the
+    /// site under the cap; running work is not stopped.
+    pub async fn site_set_power_cap(
+        &self,
+        p: &Principal,
+        site: &str,
+        req: SetPowerCap,
+    ) -> Result<Site> {
+        auth::authorize(p, Action::WriteFleet)?;
+        let before = self.store.site_get(site).await?;
+        if let Some(w) = req.watts
+            && !(0..=before.power_budget_watts).contains(&w)
+        {
+            return Err(Error::invalid(format!(
+                "watts must be between 0 and the site's budget of {} W",
+                before.power_budget_watts
+            )));
+        }
+        let mut sched = self.sched.lock().await;
+        let mut tx = self.store.begin_write().await?;
+        Store::site_set_power_cap(&mut tx, before.id, req.watts).await?;
+        Store::event_insert(
+            &mut tx,
+            NewEvent {
+                actor: Some(p.key_id),
+                tenant_id: None,
+                action: "site.power_capped",
+                resource_kind: "site",
+                resource_id: before.id.to_string(),
+                before: serde_json::to_value(&before).ok(),
+                after: Some(serde_json::json!({"power_cap_watts": req.watts})),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        sched
+            .alloc
+            .set_power_limit(before.id, req.watts.unwrap_or(before.power_budget_watts));
+        let after = self.store.site_get(site).await?;
+        if let Some(s) = sched.sites.iter_mut().find(|s| s.id == after.id) {
+            *s = after.clone();
+        }
+        Ok(after)
+    }
+
     /// Lists blocks, optionally of one site.
     pub async fn block_list(&self, p: &Principal, site: Option<&str>) -> Result<Vec<Block>> {
         auth::authorize(p, Action::ReadFleet)?;

@@ -350,3 +350,12 @@ pub struct Quote {
     /// Why it does not fit, in words.
     pub reason: Option<String>,
 }
+
+/// Body of `PUT /v1/sites/{site}/power-cap`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPowerCap {
+    /// Facility watts the site may draw from now on (at most its budget); `null` removes
+    /// the cap.
+    pub watts: Option<i64>,
+}

@@ -46,6 +46,8 @@ CREATE TABLE contracts (
 CREATE INDEX contracts_by_tenant ON contracts (tenant_id, id);
 
 ALTER TABLE nodes ADD COLUMN pool_contract_id TEXT;
+-- An operator's power cap below the budget (demand response, a failed feed); none = the budget.
+ALTER TABLE sites ADD COLUMN power_cap_watts BIGINT;
 CREATE INDEX nodes_by_pool ON nodes (pool_contract_id);
 
 CREATE TABLE quotas (

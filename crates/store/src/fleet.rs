@@ -241,7 +241,8 @@ impl Store {
 
     async fn sites_where(&self, clause: &str, arg: &str) -> Result<Vec<Site>> {
         let sql = format!(
-            "SELECT id, name, region, kind, power_budget_watts, pue_milli, energy_micros_per_mwh,
+            "SELECT id, name, region, kind, power_budget_watts, power_cap_watts, pue_milli,
+                    energy_micros_per_mwh,
                     created_at FROM sites {clause} ORDER BY name"
         );
         let mut q = sqlx::query(&sql);
@@ -258,6 +259,7 @@ impl Store {
                 region: r.try_get("region")?,
                 kind: enum_col::<SiteKind>(r, "kind")?,
                 power_budget_watts: r.try_get("power_budget_watts")?,
+                power_cap_watts: r.try_get("power_cap_watts")?,
                 pue_milli,
                 energy_usd_per_mwh: Money::from_micros(r.try_get("energy_micros_per_mwh")?),
                 node_count: 0,
@@ -371,6 +373,20 @@ impl Store {
             }
         }
         Ok(blocks)
+    }
+
+    /// Sets (or with `None` removes) a site's power cap.
+    pub async fn site_set_power_cap(
+        tx: &mut WriteTx,
+        id: SiteId,
+        watts: Option<i64>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE sites SET power_cap_watts = $1 WHERE id = $2")
+            .bind(watts)
+            .bind(id.to_string())
+            .execute(tx.conn())
+            .await?;
+        Ok(())
     }
 
     /// The id of a site given by id or name.

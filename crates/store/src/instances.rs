@@ -99,7 +99,7 @@ pub struct AllocatorNode {
 pub struct AllocatorSite {
     /// Site id.
     pub id: SiteId,
-    /// Power budget, watts.
+    /// Power limit, watts: the operator's cap if set, else the budget.
     pub power_budget_watts: i64,
     /// PUE in thousandths.
     pub pue_milli: u32,
@@ -474,18 +474,22 @@ impl Store {
 
     /// Sites and nodes as the allocator needs them.
     pub async fn allocator_fleet(&self) -> Result<(Vec<AllocatorSite>, Vec<AllocatorNode>)> {
-        let sites = sqlx::query("SELECT id, power_budget_watts, pue_milli FROM sites ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(AllocatorSite {
-                    id: id_col(r, "id")?,
-                    power_budget_watts: r.try_get("power_budget_watts")?,
-                    pue_milli: u32_col(r, "pue_milli")?,
-                })
+        let sites = sqlx::query(
+            "SELECT id, power_budget_watts, power_cap_watts, pue_milli FROM sites ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(AllocatorSite {
+                id: id_col(r, "id")?,
+                power_budget_watts: r
+                    .try_get::<Option<i64>, _>("power_cap_watts")?
+                    .unwrap_or(r.try_get("power_budget_watts")?),
+                pue_milli: u32_col(r, "pue_milli")?,
             })
-            .collect::<Result<Vec<_>>>()?;
+        })
+        .collect::<Result<Vec<_>>>()?;
         let mut blocks: HashMap<String, (BlockKind, BlockId, Option<String>)> = HashMap::new();
         for r in sqlx::query("SELECT id, kind, parent_id FROM blocks")
             .fetch_all(&self.pool)

@@ -144,6 +144,8 @@ pub struct Site {
     pub kind: SiteKind,
     /// Power the site may draw, in watts, facility overhead (PUE) included.
     pub power_budget_watts: i64,
+    /// An operator's cap below the budget, watts; placements keep the site under it.
+    pub power_cap_watts: Option<i64>,
     /// Power usage effectiveness, in thousandths (1250 = PUE 1.25).
     pub pue_milli: u32,
     /// Price of energy, US dollars per MWh.

@@ -634,3 +634,76 @@ both_backends!(the_memphis_scenario, |ctx: TestContext| async move {
     assert_eq!(cap["items"][0]["allocated"][0]["class"], "reserved");
     assert_eq!(cap["items"][0]["allocated"][0]["gpus"], 512);
 });
+
+both_backends!(
+    a_power_cap_refuses_placements_over_it,
+    |ctx: TestContext| async move {
+        let (ka, _, _) = setup(&ctx).await;
+        let k = ctx.operator_key.clone();
+        // east idles at 16 nodes × 2,000 W × PUE 1.1 = 35,200 W; a full 8-GPU node adds 8,800 W.
+        let put = |body: Value| {
+            let ctx = &ctx;
+            let k = k.clone();
+            async move {
+                ctx.send(
+                    reqwest::Method::PUT,
+                    "/v1/sites/east/power-cap",
+                    Some(&k),
+                    Some(("application/json", serde_json::to_vec(&body).unwrap())),
+                    &[],
+                )
+                .await
+            }
+        };
+        put(json!({"watts": 10_000_000}))
+            .await
+            .problem(400, "invalid_request");
+        put(json!({"watts": -1}))
+            .await
+            .problem(400, "invalid_request");
+        ctx.send(
+            reqwest::Method::PUT,
+            "/v1/sites/east/power-cap",
+            Some(&ka),
+            Some(("application/json", b"{\"watts\": 1}".to_vec())),
+            &[],
+        )
+        .await
+        .problem(403, "forbidden");
+        let site = put(json!({"watts": 40_000})).await.expect(200);
+        assert_eq!(site["power_cap_watts"], 40_000);
+        let b = ctx
+            .post(
+                "/v1/instances",
+                &ka,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 8}),
+            )
+            .await
+            .problem(409, "insufficient_capacity");
+        assert!(b["detail"].as_str().unwrap().contains("power"), "{b}");
+        // Half a node fits under the cap.
+        ctx.post(
+            "/v1/instances",
+            &ka,
+            &json!({"gpu_model": "H100-SXM-80GB", "gpus": 4}),
+        )
+        .await
+        .expect(201);
+        let cap = ctx.get("/v1/capacity?site=east", &k).await.expect(200);
+        assert!(
+            cap["items"][0]["site_power_watts"].as_i64().unwrap() <= 40_000,
+            "{cap}"
+        );
+        // Lifting the cap lets it through; the change is audited.
+        put(json!({"watts": null})).await.expect(200);
+        ctx.post(
+            "/v1/instances",
+            &ka,
+            &json!({"gpu_model": "H100-SXM-80GB", "gpus": 8}),
+        )
+        .await
+        .expect(201);
+        let ev = ctx.get("/v1/events?action=site.", &k).await.expect(200);
+        assert_eq!(ev["items"].as_array().unwrap().len(), 2);
+    }
+);

@@ -4,7 +4,7 @@
 //! measures every decision on its own and prints p50/p99/p99.9, for best-fit and first-fit:
 //!
 //! ```text
-//! cargo run --release -p neocloud-allocator --example scale [-- million]
+//! cargo run --release -p neocloud-allocator --example scale [-- million] [unshared]
 //! ```
 
 use std::time::{Duration, Instant};
@@ -234,11 +234,13 @@ fn grid_site() -> neocloud_types::SiteId {
 
 fn main() {
     let million = std::env::args().any(|a| a == "million");
-    let grid = if million {
+    let mut grid = if million {
         Grid::million()
     } else {
         Grid::memphis_1()
     };
+    // `unshared`: one tenant per node (serve's default), 50 tenants.
+    grid.shareable = !std::env::args().any(|a| a == "unshared");
     for placement in [PlacementPolicy::BestFit, PlacementPolicy::FirstFit] {
         run(&grid, placement);
     }

@@ -59,6 +59,7 @@ pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(contract_list, contract_sign))
         .routes(routes!(contract_get))
         .routes(routes!(contract_cancel))
+        .routes(routes!(contract_amend))
         .routes(routes!(capacity))
 }
 
@@ -713,6 +714,24 @@ async fn contract_cancel(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Contract>> {
     Ok(Json(st.svc.contract_cancel(&p, &id).await?))
+}
+
+/// Amend a contract: more GPUs and/or a later end (a renewal), re-checked against the
+/// capacity calendar like a new contract. The rate stays.
+#[utoipa::path(post, path = "/v1/contracts/{id}/amend", tag = "contracts",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Contract id")),
+    request_body = neocloud_service::AmendContract,
+    responses((status = 200, body = Contract), (status = 409, body = Problem)))]
+async fn contract_amend(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Json<Contract>> {
+    let req: neocloud_service::AmendContract = json_body(&headers, &body)?;
+    Ok(Json(st.svc.contract_amend(&p, &id, req).await?))
 }
 
 /// Filters for the capacity report.

@@ -181,6 +181,17 @@ enum ContractCmd {
     Show { id: String },
     /// Cancel a contract.
     Cancel { id: String },
+    /// Amend a contract: more GPUs and/or a later end (a renewal).
+    Amend {
+        /// Contract id.
+        id: String,
+        /// New GPU count (at least the current one).
+        #[arg(long)]
+        gpus: Option<u32>,
+        /// New end, RFC 3339 (at or after the current end).
+        #[arg(long)]
+        end: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -1308,6 +1319,14 @@ async fn contracts(g: &Global, cmd: ContractCmd) -> Result<()> {
                     None,
                     None,
                 )
+                .await?;
+            show(g, &v, record)
+        }
+        ContractCmd::Amend { id, gpus, end } => {
+            let body = json!({"gpu_count": gpus, "end_at": end});
+            let path = format!("/v1/contracts/{}/amend", enc(&id));
+            let v = c
+                .call(Method::POST, &path, &[], Some(Body::Json(body)), None)
                 .await?;
             show(g, &v, record)
         }

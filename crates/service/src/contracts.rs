@@ -300,6 +300,140 @@ impl Service {
         Ok(self.store.contract_get(contract.id).await?)
     }
 
+    /// Amends a signed or active contract: more GPUs and/or a later end, checked against the
+    /// calendar the same way a new contract is (its own promise counts once). The rate
+    /// stays; the value grows with the GPU-hours.
+    pub async fn contract_amend(
+        &self,
+        p: &Principal,
+        id: &str,
+        req: crate::AmendContract,
+    ) -> Result<Contract> {
+        auth::authorize(p, Action::WriteContracts)?;
+        let c = self.visible_contract(p, id).await?;
+        if !matches!(c.state, ContractState::Signed | ContractState::Active) {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!("contract {} is {}", c.id, c.state),
+            ));
+        }
+        let count = req.gpu_count.unwrap_or(c.gpu_count);
+        let end = req.end_at.unwrap_or(c.end_at);
+        if req.gpu_count.is_none() && req.end_at.is_none() {
+            return Err(Error::invalid(
+                "nothing to amend: give gpu_count, end_at or both",
+            ));
+        }
+        if count < c.gpu_count {
+            return Err(Error::invalid(format!(
+                "gpu_count can only grow (the contract has {}); cancel and sign anew to shrink",
+                c.gpu_count
+            )));
+        }
+        if end < c.end_at {
+            return Err(Error::invalid(format!(
+                "end_at can only move later (the contract ends {})",
+                c.end_at
+            )));
+        }
+        if end.micros() - c.start_at.micros() > 10 * YEAR_US {
+            return Err(Error::invalid("a contract runs at most 10 years"));
+        }
+        let mut sched = self.sched.lock().await;
+        let node_size = sched
+            .node_size
+            .get(&c.gpu_model)
+            .copied()
+            .unwrap_or(8)
+            .max(1);
+        if !count.is_multiple_of(node_size) {
+            return Err(Error::invalid(format!(
+                "gpu_count must be a multiple of {node_size} (reserved pools are whole nodes)"
+            )));
+        }
+        let site = sched
+            .sites
+            .iter()
+            .find(|s| s.id == c.site_id)
+            .cloned()
+            .ok_or_else(|| Error::internal("contract site missing"))?;
+        let cap = Self::sellable(&sched, &site, &c.gpu_model);
+        let key = CapacityKey::new(c.site_id, &c.gpu_model);
+        let old = sched.calendar.remove(c.id);
+        let fits = sched.calendar.fits(
+            &key,
+            c.start_at.micros(),
+            end.micros(),
+            i64::from(count),
+            cap,
+        );
+        if !fits {
+            let max = sched
+                .calendar
+                .max_count(&key, c.start_at.micros(), end.micros(), cap);
+            if let Some(o) = old {
+                sched
+                    .calendar
+                    .commit(&o.key, c.id, o.start, o.end, o.gpus)
+                    .map_err(Error::internal)?;
+            }
+            return Err(Error::new(
+                ErrorCode::InsufficientCapacity,
+                format!(
+                    "{} {} GPUs until {end} do not fit: at most {} (this contract's included) are free on the calendar for that window",
+                    count,
+                    c.gpu_model,
+                    max - max % i64::from(node_size)
+                ),
+            ));
+        }
+        sched
+            .calendar
+            .commit(
+                &key,
+                c.id,
+                c.start_at.micros(),
+                end.micros(),
+                i64::from(count),
+            )
+            .map_err(Error::internal)?;
+        let result = async {
+            let mut tx = self.store.begin_write().await?;
+            Store::contract_update_terms(&mut tx, c.id, count, end).await?;
+            Store::event_insert(
+                &mut tx,
+                NewEvent {
+                    actor: Some(p.key_id),
+                    tenant_id: Some(c.tenant_id),
+                    action: "contract.amended",
+                    resource_kind: "contract",
+                    resource_id: c.id.to_string(),
+                    before: serde_json::to_value(&c).ok(),
+                    after: Some(serde_json::json!({"gpu_count": count, "end_at": end})),
+                },
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            sched.calendar.remove(c.id);
+            if let Some(o) = old {
+                sched
+                    .calendar
+                    .commit(&o.key, c.id, o.start, o.end, o.gpus)
+                    .map_err(Error::internal)?;
+            }
+            return Err(e);
+        }
+        // A bigger active pool fills on the next pass.
+        sched.pools_full.remove(&c.id);
+        self.contracts_advance(&mut sched, Timestamp::now()).await?;
+        drop(sched);
+        Ok(self.store.contract_get(c.id).await?)
+    }
+
     async fn check_single_block(
         &self,
         c: &Checked,

@@ -359,3 +359,16 @@ pub struct SetPowerCap {
     /// the cap.
     pub watts: Option<i64>,
 }
+
+/// Body of `POST /v1/contracts/{id}/amend`: more GPUs, a later end, or both (a renewal is a
+/// later end). The contract keeps its rate.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AmendContract {
+    /// New GPU count: at least the current one, a multiple of the model's GPUs per node.
+    #[serde(default)]
+    pub gpu_count: Option<u32>,
+    /// New end: at or after the current one.
+    #[serde(default)]
+    pub end_at: Option<Timestamp>,
+}

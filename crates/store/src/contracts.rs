@@ -104,6 +104,25 @@ impl Store {
         Ok(())
     }
 
+    /// Changes a contract's GPU count and end (amendment or renewal).
+    pub async fn contract_update_terms(
+        tx: &mut WriteTx,
+        id: ContractId,
+        gpu_count: u32,
+        end_at: Timestamp,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE contracts SET gpu_count = $1, end_at = $2, updated_at = $3 WHERE id = $4",
+        )
+        .bind(i64::from(gpu_count))
+        .bind(end_at.micros())
+        .bind(Timestamp::now().micros())
+        .bind(id.to_string())
+        .execute(tx.conn())
+        .await?;
+        Ok(())
+    }
+
     /// Reads a contract.
     pub async fn contract_get(&self, id: ContractId) -> Result<Contract> {
         let row = sqlx::query(&format!("SELECT {COLS} FROM contracts WHERE id = $1"))

@@ -707,3 +707,68 @@ both_backends!(
         assert_eq!(ev["items"].as_array().unwrap().len(), 2);
     }
 );
+
+both_backends!(
+    contracts_are_amended_and_renewed_through_the_calendar,
+    |ctx: TestContext| async move {
+        let (ka, kb, _) = setup(&ctx).await;
+        let now = neocloud_types::Timestamp::now();
+        let at = |days: i64| now.plus_seconds(days * 86400).to_string();
+        let c = ctx.post("/v1/contracts", &ka, &json!({"gpu_model": "H100-SXM-80GB", "gpu_count": 32, "start_at": now.to_string(), "end_at": at(30), "site": "east"})).await.expect(201);
+        assert_eq!(c["state"], "active");
+        let id = c["id"].as_str().unwrap();
+        let amend = |body: Value| {
+            let ctx = &ctx;
+            let ka = ka.clone();
+            async move {
+                ctx.post(&format!("/v1/contracts/{id}/amend"), &ka, &body)
+                    .await
+            }
+        };
+        amend(json!({})).await.problem(400, "invalid_request");
+        amend(json!({"gpu_count": 16}))
+            .await
+            .problem(400, "invalid_request");
+        amend(json!({"gpu_count": 36}))
+            .await
+            .problem(400, "invalid_request");
+        amend(json!({"end_at": at(10)}))
+            .await
+            .problem(400, "invalid_request");
+        amend(json!({"gpu_count": 128}))
+            .await
+            .problem(409, "insufficient_capacity");
+        ctx.post(
+            &format!("/v1/contracts/{id}/amend"),
+            &kb,
+            &json!({"gpu_count": 64}),
+        )
+        .await
+        .problem(404, "not_found");
+        // More GPUs: the calendar and the pool grow; the rate stays.
+        let a = amend(json!({"gpu_count": 64})).await.expect(200);
+        assert_eq!(a["gpu_count"], 64);
+        assert_eq!(a["price_per_gpu_hour"], c["price_per_gpu_hour"]);
+        let r = ctx.post("/v1/instances", &ka, &json!({"class": "reserved", "contract_id": id, "gpu_model": "H100-SXM-80GB", "nodes": 8})).await.expect(201);
+        assert_eq!(r["state"], "running");
+        // Renewal: a later end; the commitment follows.
+        let a = amend(json!({"end_at": at(90)})).await.expect(200);
+        assert_eq!(a["end_at"].as_str().unwrap(), at(90));
+        let q = ctx.post("/v1/quotes", &kb, &json!({"gpu_model": "H100-SXM-80GB", "gpu_count": 64, "start_at": at(1), "end_at": at(60), "site": "east"})).await.expect(200);
+        assert_eq!(
+            q["max_gpus_in_window"], 56,
+            "125 sellable − 64 committed, in whole nodes: {q}"
+        );
+        let ev = ctx
+            .get(&format!("/v1/events?resource_id={id}"), &ka)
+            .await
+            .expect(200);
+        let n = ev["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "contract.amended")
+            .count();
+        assert_eq!(n, 2);
+    }
+);

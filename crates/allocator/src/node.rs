@@ -52,7 +52,13 @@ pub(crate) fn mask_of(indexes: &[u32]) -> u64 {
 
 /// The indexes set in a mask, ascending.
 pub(crate) fn indexes_of(mask: u64) -> Vec<u32> {
-    (0..64).filter(|i| mask & (1u64 << i) != 0).collect()
+    let mut out = Vec::with_capacity(usize::try_from(mask.count_ones()).unwrap_or(0));
+    let mut rest = mask;
+    while rest != 0 {
+        out.push(rest.trailing_zeros());
+        rest &= rest - 1;
+    }
+    out
 }
 
 /// Size class of the largest free aligned block that contains the group at `offset` (log2

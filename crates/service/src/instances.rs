@@ -112,7 +112,7 @@ impl Service {
             Ok(a) => u32::try_from(a.gpu_count()).unwrap_or(u32::MAX),
             Err(_) => self.shape_gpus(&inst).await?,
         };
-        if let Err(e) = self.check_quota(&inst).await {
+        if let Err(e) = self.check_quota(&sched.quotas, &inst).await {
             if let Ok(a) = &placed {
                 sched.alloc.release(a.id);
             }
@@ -141,7 +141,15 @@ impl Service {
                     )
                     .await?;
                     let mut view = inst.clone();
-                    view.placement = Store::instance_placement_tx(&mut tx, inst.id).await?;
+                    view.placement = a
+                        .gpus
+                        .iter()
+                        .map(|(n, g)| neocloud_types::PlacedNode {
+                            node_id: *n,
+                            node: sched.node_names.get(n).cloned().unwrap_or_default(),
+                            gpus: g.clone(),
+                        })
+                        .collect();
                     Self::idem_store(&mut tx, p, idem, &view).await?;
                     tx.commit().await?;
                     Ok::<_, Error>(view)
@@ -228,12 +236,10 @@ impl Service {
         })
     }
 
-    async fn check_quota(&self, inst: &Instance) -> Result<()> {
-        let quotas = self.store.quota_list(Some(inst.tenant_id)).await?;
-        let Some(q) = quotas
-            .iter()
-            .find(|q| q.gpu_model == inst.gpu_model && q.class == inst.class)
-        else {
+    async fn check_quota(&self, quotas: &[Quota], inst: &Instance) -> Result<()> {
+        let Some(q) = quotas.iter().find(|q| {
+            q.tenant_id == inst.tenant_id && q.gpu_model == inst.gpu_model && q.class == inst.class
+        }) else {
             return Ok(());
         };
         let used: i64 = self
@@ -347,6 +353,8 @@ impl Service {
         auth::authorize(p, Action::WriteQuotas)?;
         let tenant = self.visible_tenant(p, &req.tenant_id).await?;
         self.store.gpu_model_get(&req.gpu_model).await?;
+        // Same lock order as launches: scheduler first, then the write transaction.
+        let mut sched = self.sched.lock().await;
         let mut tx = self.store.begin_write().await?;
         Store::quota_put(&mut tx, tenant.id, &req.gpu_model, req.class, req.max_gpus).await?;
         Store::event_insert(
@@ -363,6 +371,8 @@ impl Service {
         )
         .await?;
         tx.commit().await?;
+        sched.quotas = self.store.quota_list(None).await?;
+        drop(sched);
         Ok(self.store.quota_list(Some(tenant.id)).await?)
     }
 

@@ -65,6 +65,10 @@ pub(crate) struct Sched {
     pub(crate) sites: Vec<neocloud_types::Site>,
     /// GPUs per node of each model (the largest node of that model).
     pub(crate) node_size: BTreeMap<String, u32>,
+    /// Node names by id, to show placements without a query.
+    pub(crate) node_names: std::collections::HashMap<neocloud_types::NodeId, String>,
+    /// Every quota; refreshed when one is set.
+    pub(crate) quotas: Vec<neocloud_types::Quota>,
     /// Active contracts whose pool has all its nodes: nothing to do for them until the end.
     pub(crate) pools_full: std::collections::BTreeSet<neocloud_types::ContractId>,
 }
@@ -98,8 +102,10 @@ impl Sched {
             });
         }
         let mut node_size: BTreeMap<String, u32> = BTreeMap::new();
+        let mut node_names = std::collections::HashMap::with_capacity(nodes.len());
         for n in nodes {
             let id = n.id;
+            node_names.insert(id, n.name.clone());
             let size = node_size.entry(n.gpu_model.clone()).or_default();
             *size = (*size).max(n.gpus);
             alloc
@@ -178,6 +184,8 @@ impl Sched {
             queue,
             sites,
             node_size,
+            node_names,
+            quotas: store.quota_list(None).await?,
             pools_full: Default::default(),
         })
     }

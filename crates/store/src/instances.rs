@@ -74,6 +74,8 @@ pub struct InstanceFilter {
 pub struct AllocatorNode {
     /// Node id.
     pub id: NodeId,
+    /// Node name.
+    pub name: String,
     /// Site.
     pub site_id: SiteId,
     /// Enclosing blocks, outermost first.
@@ -516,8 +518,8 @@ impl Store {
                 .push(u32_col(&r, "idx")?);
         }
         let rows = sqlx::query(
-            "SELECT id, site_id, block_id, gpu_model, gpu_count, idle_watts, peak_watts, state,
-                    pool_contract_id FROM nodes ORDER BY id",
+            "SELECT id, name, site_id, block_id, gpu_model, gpu_count, idle_watts, peak_watts,
+                    state, pool_contract_id FROM nodes ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -536,6 +538,7 @@ impl Store {
             chain.reverse();
             nodes.push(AllocatorNode {
                 id: id_col(r, "id")?,
+                name: r.try_get("name")?,
                 site_id: id_col(r, "site_id")?,
                 blocks: chain,
                 gpu_model: r.try_get("gpu_model")?,

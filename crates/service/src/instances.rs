@@ -114,7 +114,7 @@ impl Service {
         };
         if let Err(e) = self.check_quota(&sched.quotas, &inst).await {
             if let Ok(a) = &placed {
-                sched.alloc.release(a.id);
+                sched.release(a.id);
             }
             return Err(e);
         }
@@ -161,7 +161,7 @@ impl Service {
                         replayed: false,
                     }),
                     Err(e) => {
-                        sched.alloc.release(inst.id);
+                        sched.release(inst.id);
                         Err(e)
                     }
                 }
@@ -333,7 +333,7 @@ impl Service {
         )
         .await?;
         tx.commit().await?;
-        sched.alloc.release(inst.id);
+        sched.release(inst.id);
         sched.queue.retain(|(_, qid), _| *qid != inst.id);
         sched.tick(&self.store, now).await?;
         drop(sched);

@@ -65,6 +65,9 @@ pub(crate) struct Sched {
     pub(crate) sites: Vec<neocloud_types::Site>,
     /// GPUs per node of each model (the largest node of that model).
     pub(crate) node_size: BTreeMap<String, u32>,
+    /// GPUs held by on-demand and internal work outside pools, per (site, model): what the
+    /// sellable check counts. Kept in step by [`Sched::place`] and [`Sched::release`].
+    pub(crate) sold: std::collections::HashMap<(neocloud_types::SiteId, String), u64>,
     /// Node names by id, to show placements without a query.
     pub(crate) node_names: std::collections::HashMap<neocloud_types::NodeId, String>,
     /// Every quota; refreshed when one is set.
@@ -177,7 +180,7 @@ impl Sched {
                 .map_err(Error::internal)?;
         }
         let sites = store.site_list().await?;
-        Ok(Sched {
+        let mut sched = Sched {
             alloc,
             calendar,
             config,
@@ -185,9 +188,43 @@ impl Sched {
             sites,
             node_size,
             node_names,
+            sold: Default::default(),
             quotas: store.quota_list(None).await?,
             pools_full: Default::default(),
-        })
+        };
+        let allocations: Vec<Allocation> = sched.alloc.allocations().cloned().collect();
+        for a in &allocations {
+            if let Some(k) = sold_key(a) {
+                *sched.sold.entry(k).or_default() += a.gpu_count();
+            }
+        }
+        Ok(sched)
+    }
+
+    /// Places through the allocator and keeps the sellable counters in step.
+    pub(crate) fn place(
+        &mut self,
+        req: &Request,
+    ) -> Result<Allocation, neocloud_allocator::Refusal> {
+        let r = self.alloc.place(req);
+        if let Ok(a) = &r
+            && let Some(k) = sold_key(a)
+        {
+            *self.sold.entry(k).or_default() += a.gpu_count();
+        }
+        r
+    }
+
+    /// Releases through the allocator and keeps the sellable counters in step.
+    pub(crate) fn release(&mut self, id: InstanceId) -> Option<Allocation> {
+        let a = self.alloc.release(id);
+        if let Some(a) = &a
+            && let Some(k) = sold_key(a)
+        {
+            let e = self.sold.entry(k).or_default();
+            *e = e.saturating_sub(a.gpu_count());
+        }
+        a
     }
 
     /// Places a pending instance now if it fits; on success commits it as running.
@@ -200,7 +237,7 @@ impl Sched {
         now: Timestamp,
     ) -> Result<Option<Instance>> {
         let req = request_of(&inst);
-        let Ok(a) = self.alloc.place(&req) else {
+        let Ok(a) = place_checked(self, &req, now).await? else {
             return Ok(None);
         };
         let before = serde_json::to_value(&inst).ok();
@@ -219,7 +256,7 @@ impl Sched {
         }
         .await;
         if let Err(e) = result {
-            self.alloc.release(inst.id);
+            self.release(inst.id);
             return Err(e);
         }
         Ok(Some(inst))
@@ -245,7 +282,7 @@ impl Sched {
             Store::instance_release_gpus(&mut tx, i.id).await?;
             event(&mut tx, None, &i, "instance.preempted", before, None).await?;
             tx.commit().await?;
-            self.alloc.release(i.id);
+            self.release(i.id);
             changed += 1;
         }
         // The queue, in priority order.
@@ -335,7 +372,7 @@ pub(crate) async fn place_checked(
     now: Timestamp,
 ) -> Result<std::result::Result<Allocation, (neocloud_allocator::Refusal, bool)>> {
     if !matches!(req.class, Class::OnDemand | Class::Internal) {
-        return Ok(sched.alloc.place(req).map_err(|e| (e, true)));
+        return Ok(sched.place(req).map_err(|e| (e, true)));
     }
     let mut tried: Vec<neocloud_types::SiteId> = Vec::new();
     let mut last_refusal = None;
@@ -353,7 +390,7 @@ pub(crate) async fn place_checked(
                 None => break,
             }
         }
-        let a = match sched.alloc.place(&r) {
+        let a = match sched.place(&r) {
             Ok(a) => a,
             Err(e) => match (req.site, r.site) {
                 // Pinned by us to one more site: remember and go on to the next.
@@ -373,22 +410,15 @@ pub(crate) async fn place_checked(
         let committed = sched
             .calendar
             .committed_peak(&key, now.micros(), now.micros() + 1);
-        // TODO-perf: keep per-(site, model) counters instead of walking allocations.
         let in_use: u64 = sched
-            .alloc
-            .allocations()
-            .filter(|x| {
-                x.site == site.id
-                    && x.gpu_model == req.gpu_model
-                    && x.pool.is_none()
-                    && matches!(x.class, Class::OnDemand | Class::Internal)
-            })
-            .map(|x| x.gpu_count())
-            .sum();
+            .sold
+            .get(&(site.id, req.gpu_model.clone()))
+            .copied()
+            .unwrap_or(0);
         if i64::try_from(in_use).unwrap_or(i64::MAX) + committed <= sellable {
             return Ok(Ok(a));
         }
-        sched.alloc.release(a.id);
+        sched.release(a.id);
         last_refusal = Some((
             neocloud_allocator::Refusal::NoCapacity {
                 free_gpus: sched.alloc.free_gpus(Some(site.id), &req.gpu_model),
@@ -415,6 +445,12 @@ pub(crate) async fn place_checked(
         },
         true,
     ))))
+}
+
+/// The sellable counter an allocation counts in, if any.
+fn sold_key(a: &Allocation) -> Option<(neocloud_types::SiteId, String)> {
+    (a.pool.is_none() && matches!(a.class, Class::OnDemand | Class::Internal))
+        .then(|| (a.site, a.gpu_model.clone()))
 }
 
 /// GPUs of a model in a site that may be sold (to contracts, on-demand and internal work):

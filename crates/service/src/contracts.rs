@@ -529,6 +529,8 @@ impl Service {
         actor: Option<neocloud_types::ApiKeyId>,
         now: Timestamp,
     ) -> Result<()> {
+        // Launches already decided must be committed before the rebuild below.
+        let _settled = self.inflight.write().await;
         let live = self.store.instance_list_live().await?;
         let mut tx = self.store.begin_write().await?;
         for mut i in live.into_iter().filter(|i| i.contract_id == Some(c.id)) {

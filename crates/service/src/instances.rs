@@ -95,15 +95,16 @@ impl Service {
             preempt_at: None,
             wait_until: req.wait_seconds.map(|w| now.plus_seconds(i64::from(w))),
         };
-        let mut sched = self.sched.lock().await;
-        // A replay answers before any capacity is looked at. The same transaction records a
-        // placement, so a launch costs one commit.
-        let mut open_tx = Some(self.store.begin_write().await?);
-        if let Some(tx) = open_tx.as_mut()
-            && let Some(c) = Self::idem_lookup::<Instance>(tx, p, idem).await?
+        // A replay answers before any capacity is looked at.
+        if let Some(idem) = idem
+            && let Some(rec) = self
+                .store
+                .idempotency_find(&p.key_id.to_string(), &idem.key)
+                .await?
         {
-            return Ok(c);
+            return Self::replay(rec, idem);
         }
+        let mut sched = self.sched.lock().await;
         let request = request_of(&inst);
         let placed = scheduler::place_checked(&mut sched, &request, now).await?;
         // GPUs this instance will hold: known from the placement, or from the shape and the
@@ -124,50 +125,61 @@ impl Service {
                 inst.site_id = Some(a.site);
                 inst.started_at = Some(now);
                 inst.wait_until = None;
-                let result = async {
-                    let mut tx = match open_tx.take() {
-                        Some(tx) => tx,
-                        None => self.store.begin_write().await?,
-                    };
-                    Store::instance_insert(&mut tx, &inst).await?;
-                    Store::instance_hold_gpus(&mut tx, inst.id, &a.gpus).await?;
-                    scheduler::event(
-                        &mut tx,
-                        Some(p.key_id),
-                        &inst,
-                        "instance.running",
-                        None,
-                        None,
-                    )
-                    .await?;
-                    let mut view = inst.clone();
-                    view.placement = a
-                        .gpus
-                        .iter()
-                        .map(|(n, g)| neocloud_types::PlacedNode {
-                            node_id: *n,
-                            node: sched.node_names.get(n).cloned().unwrap_or_default(),
-                            gpus: g.clone(),
-                        })
-                        .collect();
-                    Self::idem_store(&mut tx, p, idem, &view).await?;
-                    tx.commit().await?;
-                    Ok::<_, Error>(view)
+                let mut view = inst.clone();
+                view.placement = a
+                    .gpus
+                    .iter()
+                    .map(|(n, g)| neocloud_types::PlacedNode {
+                        node_id: *n,
+                        node: sched.node_names.get(n).cloned().unwrap_or_default(),
+                        gpus: g.clone(),
+                    })
+                    .collect();
+                let idem_rec = match idem {
+                    Some(i) => Some((
+                        p.key_id.to_string(),
+                        i.key.clone(),
+                        neocloud_store::IdempotencyRecord {
+                            fingerprint: i.fingerprint.clone(),
+                            status: 201,
+                            body: serde_json::to_string(&view)
+                                .map_err(|e| Error::internal(e.to_string()))?,
+                        },
+                    )),
+                    None => None,
+                };
+                // Decided: hand the records to the group-commit writer and let the next
+                // launch decide while this one is written.
+                let settled = self.inflight.clone().read_owned().await;
+                let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+                let job = crate::writer::LaunchWrite {
+                    inst: inst.clone(),
+                    gpus: a.gpus.clone(),
+                    actor: p.key_id,
+                    idem: idem_rec,
+                    done: done_tx,
+                };
+                if self.writer.send(job).await.is_err() {
+                    sched.release(inst.id);
+                    return Err(Error::internal("the launch writer has stopped"));
                 }
-                .await;
-                match result {
-                    Ok(view) => Ok(Created {
+                drop(sched);
+                let written = done_rx
+                    .await
+                    .unwrap_or_else(|_| Err(Error::internal("the launch writer has stopped")));
+                drop(settled);
+                match written {
+                    Ok(()) => Ok(Created {
                         value: view,
                         replayed: false,
                     }),
                     Err(e) => {
-                        sched.release(inst.id);
+                        self.sched.lock().await.release(inst.id);
                         Err(e)
                     }
                 }
             }
             Err((refusal, preemption_may_help)) => {
-                drop(open_tx.take());
                 let victims = if req.class != Class::Spot && preemption_may_help {
                     sched
                         .alloc
@@ -220,6 +232,28 @@ impl Service {
                 })
             }
         }
+    }
+
+    /// The stored first response of a create, if the same request is retried.
+    fn replay(
+        rec: neocloud_store::IdempotencyRecord,
+        idem: &Idempotency,
+    ) -> Result<Created<Instance>> {
+        if rec.fingerprint != idem.fingerprint {
+            return Err(Error::new(
+                ErrorCode::IdempotencyKeyReused,
+                format!(
+                    "Idempotency-Key '{}' was already used for a different request",
+                    idem.key
+                ),
+            ));
+        }
+        let value = serde_json::from_str(&rec.body)
+            .map_err(|e| Error::internal(format!("stored idempotent response: {e}")))?;
+        Ok(Created {
+            value,
+            replayed: true,
+        })
     }
 
     async fn shape_gpus(&self, inst: &Instance) -> Result<u32> {

@@ -11,6 +11,7 @@ pub mod error;
 mod instances;
 mod requests;
 mod scheduler;
+mod writer;
 
 use neocloud_store::{EventFilter, IdempotencyRecord, NewEvent, NodeFilter, Page, Store, WriteTx};
 use neocloud_types::{
@@ -55,6 +56,11 @@ pub struct Created<T> {
 pub struct Service {
     store: Store,
     sched: std::sync::Arc<tokio::sync::Mutex<scheduler::Sched>>,
+    /// Launches decided but not yet committed hold this for reading; rebuilding the
+    /// allocator from the database takes it for writing, so it never misses one.
+    inflight: std::sync::Arc<tokio::sync::RwLock<()>>,
+    /// The group-commit writer for launches.
+    writer: tokio::sync::mpsc::Sender<writer::LaunchWrite>,
 }
 
 pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32> {
@@ -80,9 +86,12 @@ impl Service {
         let store = Store::open(url).await?;
         store.gpu_model_seed_builtins().await?;
         let sched = scheduler::Sched::rebuild(&store, config).await?;
+        let writer = writer::spawn(store.clone());
         Ok(Service {
             store,
             sched: std::sync::Arc::new(tokio::sync::Mutex::new(sched)),
+            inflight: Default::default(),
+            writer,
         })
     }
 
@@ -399,8 +408,10 @@ impl Service {
                 .collect();
             e
         })?;
-        // No placement may run while nodes change under the allocator.
+        // No placement may run while nodes change under the allocator, and every launch
+        // already decided must be committed before the allocator is rebuilt.
         let mut sched = self.sched.lock().await;
+        let _settled = self.inflight.write().await;
         let mut tx = self.store.begin_write().await?;
         let mut report = Store::fleet_import(&mut tx, &spec, p.map(|p| p.key_id)).await?;
         if dry_run {

@@ -238,6 +238,12 @@ impl Store {
         Ok(())
     }
 
+    /// Runs one statement without parameters inside a transaction (savepoints).
+    pub async fn raw_execute(tx: &mut WriteTx, sql: &str) -> Result<()> {
+        tx.conn().execute(sql).await?;
+        Ok(())
+    }
+
     /// Reads a value from the `meta` table.
     pub async fn meta_get(&self, key: &str) -> Result<Option<String>> {
         let row = sqlx::query("SELECT value FROM meta WHERE key = $1")

@@ -445,6 +445,30 @@ impl Store {
         }
     }
 
+    /// Reads the stored response for an Idempotency-Key outside any transaction.
+    pub async fn idempotency_find(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>> {
+        let row = sqlx::query(
+            "SELECT fingerprint, status, body FROM idempotency_keys WHERE scope = $1 AND idem_key = $2",
+        )
+        .bind(scope)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => Ok(Some(IdempotencyRecord {
+                fingerprint: r.try_get("fingerprint")?,
+                status: u16::try_from(r.try_get::<i64, _>("status")?)
+                    .map_err(|_| StoreError::Corrupt("idempotency status".into()))?,
+                body: r.try_get("body")?,
+            })),
+            None => Ok(None),
+        }
+    }
+
     /// Stores the response to a create made with an Idempotency-Key, in the create's
     /// transaction. A concurrent create with the same key makes this a `Conflict`.
     pub async fn idempotency_put(

@@ -772,3 +772,54 @@ both_backends!(
         assert_eq!(n, 2);
     }
 );
+
+both_backends!(
+    concurrent_retries_of_a_launch_make_one_instance,
+    |ctx: TestContext| async move {
+        let (ka, _, _) = setup(&ctx).await;
+        let mut handles = Vec::new();
+        for _ in 0..12 {
+            let url = ctx.url("/v1/instances");
+            let k = ka.clone();
+            handles.push(tokio::spawn(async move {
+                let r = reqwest::Client::new()
+                    .post(url)
+                    .bearer_auth(k)
+                    .header("idempotency-key", "launch-1")
+                    .json(&json!({"gpu_model": "H100-SXM-80GB", "gpus": 1}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap())
+            }));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for h in handles {
+            let (status, body) = h.await.unwrap();
+            assert!(status == 201 || status == 409, "{status} {body}");
+            if status == 201 {
+                ids.insert(body["id"].as_str().unwrap().to_string());
+            }
+        }
+        assert_eq!(
+            ids.len(),
+            1,
+            "every success names the same instance: {ids:?}"
+        );
+        let list = ctx.get("/v1/instances", &ka).await.expect(200);
+        assert_eq!(list["items"].as_array().unwrap().len(), 1);
+        // GPUs held in memory and in the database agree: one GPU.
+        let held: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM gpus WHERE holder IS NOT NULL")
+            .fetch_one(ctx.svc.store().pool())
+            .await
+            .unwrap();
+        assert_eq!(held.0, 1);
+        let url = ctx.database_url();
+        let again = neocloud_service::Service::open(&url).await.unwrap();
+        assert_eq!(
+            again.allocator_fingerprint().await,
+            ctx.svc.allocator_fingerprint().await
+        );
+    }
+);

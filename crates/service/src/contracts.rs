@@ -493,10 +493,7 @@ impl Service {
     ) -> Result<Page<Contract>> {
         auth::authorize(p, Action::ReadContracts)?;
         let limit = page_limit(limit)?;
-        let t = match (p.tenant_scope(), tenant) {
-            (_, Some(t)) => Some(self.visible_tenant(p, t).await?.id),
-            (own, None) => own,
-        };
+        let t = self.scoped_tenant(p, tenant).await?;
         Ok(self.store.contract_list(t, cursor, limit).await?)
     }
 

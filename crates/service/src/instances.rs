@@ -327,11 +327,7 @@ impl Service {
     ) -> Result<Page<Instance>> {
         auth::authorize(p, Action::ReadInstances)?;
         let limit = page_limit(limit)?;
-        let tenant_id = match (p.tenant_scope(), tenant) {
-            (_, Some(t)) => Some(self.visible_tenant(p, t).await?.id),
-            (Some(own), None) => Some(own),
-            (None, None) => None,
-        };
+        let tenant_id = self.scoped_tenant(p, tenant).await?;
         Ok(self
             .store
             .instance_list(&InstanceFilter { tenant_id, state }, cursor, limit)
@@ -413,11 +409,7 @@ impl Service {
     /// Lists quotas (a tenant key sees its own).
     pub async fn quota_list(&self, p: &Principal, tenant: Option<&str>) -> Result<Vec<Quota>> {
         auth::authorize(p, Action::ReadQuotas)?;
-        let t = match (p.tenant_scope(), tenant) {
-            (_, Some(t)) => Some(self.visible_tenant(p, t).await?.id),
-            (Some(own), None) => Some(own),
-            (None, None) => None,
-        };
+        let t = self.scoped_tenant(p, tenant).await?;
         Ok(self.store.quota_list(t).await?)
     }
 }

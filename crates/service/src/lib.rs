@@ -528,6 +528,19 @@ impl Service {
         }
     }
 
+    /// The tenant a list is confined to: the one named (if the caller may see it), else the
+    /// caller's own tenant for tenant keys, else none (operators see all).
+    pub(crate) async fn scoped_tenant(
+        &self,
+        p: &Principal,
+        tenant: Option<&str>,
+    ) -> Result<Option<TenantId>> {
+        match tenant {
+            Some(t) => Ok(Some(self.visible_tenant(p, t).await?.id)),
+            None => Ok(p.tenant_scope()),
+        }
+    }
+
     /// Reads a tenant (a tenant key sees only its own).
     pub async fn tenant_get(&self, p: &Principal, id_or_name: &str) -> Result<Tenant> {
         auth::authorize(p, Action::ReadTenants)?;
@@ -699,11 +712,7 @@ impl Service {
     ) -> Result<Page<ApiKey>> {
         auth::authorize(p, Action::ReadKeys)?;
         let limit = page_limit(limit)?;
-        let tenant_id: Option<TenantId> = match (p.tenant_scope(), tenant) {
-            (Some(own), None) => Some(own),
-            (_, Some(t)) => Some(self.visible_tenant(p, t).await?.id),
-            (None, None) => None,
-        };
+        let tenant_id: Option<TenantId> = self.scoped_tenant(p, tenant).await?;
         Ok(self.store.api_key_list(tenant_id, cursor, limit).await?)
     }
 

@@ -60,6 +60,34 @@ fn instance_from_row(r: &AnyRow) -> Result<Instance> {
     })
 }
 
+/// Groups `(holder, node_id, name, idx)` rows, ordered by holder, node and index, into each
+/// holder's placement.
+fn group_placements(
+    rows: &[AnyRow],
+    with_holder: bool,
+) -> Result<HashMap<String, Vec<PlacedNode>>> {
+    let mut out: HashMap<String, Vec<PlacedNode>> = HashMap::new();
+    for r in rows {
+        let holder: String = if with_holder {
+            r.try_get("holder")?
+        } else {
+            String::new()
+        };
+        let node_id: NodeId = id_col(r, "node_id")?;
+        let idx = u32_col(r, "idx")?;
+        let list = out.entry(holder).or_default();
+        match list.last_mut() {
+            Some(p) if p.node_id == node_id => p.gpus.push(idx),
+            _ => list.push(PlacedNode {
+                node_id,
+                node: r.try_get("name")?,
+                gpus: vec![idx],
+            }),
+        }
+    }
+    Ok(out)
+}
+
 /// Filters for listing instances.
 #[derive(Clone, Debug, Default)]
 pub struct InstanceFilter {
@@ -228,20 +256,9 @@ impl Store {
         .bind(id.to_string())
         .fetch_all(tx.conn())
         .await?;
-        let mut out: Vec<PlacedNode> = Vec::new();
-        for r in &rows {
-            let node_id: NodeId = id_col(r, "node_id")?;
-            let idx = u32_col(r, "idx")?;
-            match out.last_mut() {
-                Some(p) if p.node_id == node_id => p.gpus.push(idx),
-                _ => out.push(PlacedNode {
-                    node_id,
-                    node: r.try_get("name")?,
-                    gpus: vec![idx],
-                }),
-            }
-        }
-        Ok(out)
+        Ok(group_placements(&rows, false)?
+            .remove("")
+            .unwrap_or_default())
     }
 
     /// Frees every GPU held by `id`.
@@ -271,20 +288,8 @@ impl Store {
             for id in chunk {
                 q = q.bind(id.as_str());
             }
-            for r in q.fetch_all(&self.pool).await? {
-                let holder: String = r.try_get("holder")?;
-                let node_id: NodeId = id_col(&r, "node_id")?;
-                let idx = u32_col(&r, "idx")?;
-                let list = out.entry(holder).or_default();
-                match list.last_mut() {
-                    Some(p) if p.node_id == node_id => p.gpus.push(idx),
-                    _ => list.push(PlacedNode {
-                        node_id,
-                        node: r.try_get("name")?,
-                        gpus: vec![idx],
-                    }),
-                }
-            }
+            let rows = q.fetch_all(&self.pool).await?;
+            out.extend(group_placements(&rows, true)?);
         }
         Ok(out)
     }
@@ -369,21 +374,7 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut by_holder: HashMap<String, Vec<PlacedNode>> = HashMap::new();
-        for r in &rows {
-            let holder: String = r.try_get("holder")?;
-            let node_id: NodeId = id_col(r, "node_id")?;
-            let idx = u32_col(r, "idx")?;
-            let list = by_holder.entry(holder).or_default();
-            match list.last_mut() {
-                Some(p) if p.node_id == node_id => p.gpus.push(idx),
-                _ => list.push(PlacedNode {
-                    node_id,
-                    node: r.try_get("name")?,
-                    gpus: vec![idx],
-                }),
-            }
-        }
+        let mut by_holder = group_placements(&rows, true)?;
         for i in &mut items {
             if let Some(p) = by_holder.remove(&i.id.to_string()) {
                 i.placement = p;

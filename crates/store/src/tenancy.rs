@@ -435,12 +435,7 @@ impl Store {
         .fetch_optional(tx.conn())
         .await?;
         match row {
-            Some(r) => Ok(Some(IdempotencyRecord {
-                fingerprint: r.try_get("fingerprint")?,
-                status: u16::try_from(r.try_get::<i64, _>("status")?)
-                    .map_err(|_| StoreError::Corrupt("idempotency status".into()))?,
-                body: r.try_get("body")?,
-            })),
+            Some(r) => idempotency_from_row(&r).map(Some),
             None => Ok(None),
         }
     }
@@ -459,12 +454,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         match row {
-            Some(r) => Ok(Some(IdempotencyRecord {
-                fingerprint: r.try_get("fingerprint")?,
-                status: u16::try_from(r.try_get::<i64, _>("status")?)
-                    .map_err(|_| StoreError::Corrupt("idempotency status".into()))?,
-                body: r.try_get("body")?,
-            })),
+            Some(r) => idempotency_from_row(&r).map(Some),
             None => Ok(None),
         }
     }
@@ -500,6 +490,15 @@ impl Store {
         })?;
         Ok(())
     }
+}
+
+fn idempotency_from_row(r: &AnyRow) -> Result<IdempotencyRecord> {
+    Ok(IdempotencyRecord {
+        fingerprint: r.try_get("fingerprint")?,
+        status: u16::try_from(r.try_get::<i64, _>("status")?)
+            .map_err(|_| StoreError::Corrupt("idempotency status".into()))?,
+        body: r.try_get("body")?,
+    })
 }
 
 /// Trims a fetched `limit + 1` rows to `limit` and derives the next cursor.

@@ -317,3 +317,38 @@ both_backends!(
             .problem(422, "invalid_fleet_file");
     }
 );
+
+/// The node list of the public Alibaba GPU trace (1,213 heterogeneous nodes, 6,212 GPUs of
+/// seven models, 2 or 8 GPUs a node) imports through the API as a fleet file, and its nodes
+/// take instances of their own models.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alibaba_trace_fleet_imports_and_places() {
+    let ctx = TestContext::start(crate::ctx::Db::Sqlite).await;
+    let k = &ctx.operator_key;
+    let file = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/alibaba-gpu-v2023.fleet.toml"
+    ))
+    .unwrap();
+    let r = ctx.import(&file).await.expect(200);
+    assert_eq!(r["nodes_added"], 1213);
+    assert_eq!(r["gpus_added"], 6212);
+    let site = ctx.get("/v1/sites/alibaba-openb", k).await.expect(200);
+    assert_eq!(site["gpu_count"], 6212);
+    assert_eq!(site["gpus_by_model"].as_array().unwrap().len(), 7);
+    let t = ctx.tenant("trace").await;
+    let v100 = ctx
+        .post(
+            "/v1/instances",
+            k,
+            &serde_json::json!({"tenant_id": t["id"], "gpu_model": "V100M32", "gpus": 2}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(v100["state"], "running");
+    let node = v100["placement"][0]["node"].as_str().unwrap();
+    assert_eq!(
+        ctx.get(&format!("/v1/nodes/{node}"), k).await.expect(200)["gpu_model"],
+        "V100M32"
+    );
+}

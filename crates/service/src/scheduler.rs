@@ -421,7 +421,13 @@ pub(crate) async fn place_checked(
         sched.release(a.id);
         last_refusal = Some((
             neocloud_allocator::Refusal::NoCapacity {
-                free_gpus: sched.alloc.free_gpus(Some(site.id), &req.gpu_model),
+                // What is left to sell on demand, not the pool GPUs that sit idle.
+                free_gpus: u64::try_from(
+                    sellable
+                        - committed
+                        - i64::try_from(in_use - a.gpu_count()).unwrap_or(i64::MAX),
+                )
+                .unwrap_or(0),
                 reason: format!(
                     "{}'s sellable {} capacity is taken: {} of {} sellable GPUs are reserved by contracts and {} are in use by on-demand and internal work (the spare buffer is kept for failover)",
                     site.name,

@@ -823,3 +823,79 @@ both_backends!(
         );
     }
 );
+
+both_backends!(
+    spot_borrows_an_idle_pool_and_gives_it_back,
+    |ctx: TestContext| async move {
+        let (ka, kb, _) = setup(&ctx).await;
+        let now = neocloud_types::Timestamp::now();
+        let c = ctx
+        .post("/v1/contracts", &ka, &json!({"gpu_model": "H100-SXM-80GB", "gpu_count": 32, "start_at": now.to_string(), "end_at": now.plus_seconds(30 * 86400).to_string(), "site": "east"}))
+        .await
+        .expect(201);
+        let cid = c["id"].as_str().unwrap();
+        // On-demand takes what contracts leave to sell: 125 − 32 = 93 GPUs, 11 whole nodes.
+        for _ in 0..11 {
+            ctx.post(
+                "/v1/instances",
+                &kb,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 8}),
+            )
+            .await
+            .expect(201);
+        }
+        ctx.post(
+            "/v1/instances",
+            &kb,
+            &json!({"gpu_model": "H100-SXM-80GB", "gpus": 8}),
+        )
+        .await
+        .problem(409, "insufficient_capacity");
+        // Spot uses the last unpinned node, then borrows the idle pool.
+        let mut spot = Vec::new();
+        for _ in 0..5 {
+            let s = ctx
+                .post(
+                    "/v1/instances",
+                    &kb,
+                    &json!({"gpu_model": "H100-SXM-80GB", "gpus": 8, "class": "spot"}),
+                )
+                .await
+                .expect(201);
+            assert_eq!(s["state"], "running");
+            spot.push(s["id"].as_str().unwrap().to_string());
+        }
+        // The pool's tenant needs its nodes: the borrowers get a notice, the gang waits.
+        let r = ctx
+        .post("/v1/instances", &ka, &json!({"class": "reserved", "contract_id": cid, "gpu_model": "H100-SXM-80GB", "nodes": 4}))
+        .await
+        .expect(201);
+        assert_eq!(r["state"], "pending", "{r}");
+        let mut notified = 0;
+        let mut deadline = None;
+        for id in &spot {
+            let s = ctx
+                .get(&format!("/v1/instances/{id}"), &kb)
+                .await
+                .expect(200);
+            if s["state"] == "preempting" {
+                notified += 1;
+                deadline = Some(
+                    s["preempt_at"]
+                        .as_str()
+                        .unwrap()
+                        .parse::<neocloud_types::Timestamp>()
+                        .unwrap(),
+                );
+            }
+        }
+        assert_eq!(notified, 4, "only the four borrowers are preempted");
+        ctx.svc.tick(deadline.unwrap()).await.unwrap();
+        let r = ctx
+            .get(&format!("/v1/instances/{}", r["id"].as_str().unwrap()), &ka)
+            .await
+            .expect(200);
+        assert_eq!(r["state"], "running", "{r}");
+        assert_eq!(r["gpu_count"], 32);
+    }
+);

@@ -43,7 +43,8 @@ pub struct AppState {
         (name = "fleet", description = "GPU models, sites, blocks, nodes and fleet-file import."),
         (name = "tenancy", description = "Tenants, API keys and the audit trail."),
         (name = "instances", description = "Instances, quotas and the queue."),
-        (name = "contracts", description = "Quotes, contracts and the capacity calendar.")
+        (name = "contracts", description = "Quotes, contracts and the capacity calendar."),
+        (name = "billing", description = "The price book and the usage ledger.")
     )
 )]
 struct ApiDoc;

@@ -6,12 +6,12 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use neocloud_service::{
     ApiKeyCreated, CapacityLine, ContractTerms, CreateApiKey, CreateGpuModel, CreateTenant,
-    Created, LaunchInstance, Quote, SetPowerCap, SetQuota, UpdateTenant,
+    Created, LaunchInstance, Quote, SetPowerCap, SetPrice, SetQuota, UpdateTenant,
 };
 use neocloud_store::{EventFilter, NodeFilter};
 use neocloud_types::{
-    ApiKey, Block, Contract, Event, GpuModel, ImportReport, Instance, InstanceState, Node,
-    NodeState, Quota, Site, Tenant,
+    ApiKey, Block, Class, Contract, Event, GpuModel, ImportReport, Instance, InstanceId,
+    InstanceState, Node, NodeState, Price, Quota, Site, Tenant, UsageRecord,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -61,6 +61,8 @@ pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(contract_cancel))
         .routes(routes!(contract_amend))
         .routes(routes!(capacity))
+        .routes(routes!(price_list, price_set))
+        .routes(routes!(usage_list))
 }
 
 /// A list of items.
@@ -765,4 +767,138 @@ async fn capacity(
         )
         .await?;
     Ok(Json(List { items }))
+}
+
+// ---- prices and usage -------------------------------------------------------------------
+
+/// Filters for the price book.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PriceParams {
+    /// Only this GPU model.
+    gpu_model: Option<String>,
+}
+
+/// The price book: every entry with the time it takes effect (any key may read it).
+#[utoipa::path(get, path = "/v1/prices", tag = "billing", security(("bearer" = [])),
+    params(PriceParams), responses((status = 200, body = List<Price>)))]
+async fn price_list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Q(q): Q<PriceParams>,
+) -> ApiResult<Json<List<Price>>> {
+    Ok(Json(List {
+        items: st.svc.price_list(&p, q.gpu_model.as_deref()).await?,
+    }))
+}
+
+/// Add a price (operator-admin), effective now or later — never in the past, so a change
+/// never alters a past interval or a signed contract's rate.
+#[utoipa::path(post, path = "/v1/prices", tag = "billing", security(("bearer" = [])),
+    request_body = SetPrice,
+    responses((status = 201, body = Price), (status = 400, body = Problem),
+              (status = 409, body = Problem)))]
+async fn price_set(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Response> {
+    let req: SetPrice = json_body(&headers, &body)?;
+    let price = st.svc.price_set(&p, req).await?;
+    Ok((StatusCode::CREATED, Json(price)).into_response())
+}
+
+/// Filters, paging and format for the usage ledger.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UsageParams {
+    /// Only this tenant's (operators; tenants see their own).
+    tenant: Option<String>,
+    /// Only this month, `YYYY-MM`.
+    month: Option<String>,
+    /// Only this instance's.
+    instance: Option<InstanceId>,
+    /// Only this class.
+    class: Option<Class>,
+    /// Cursor from a previous page's `next_cursor`.
+    cursor: Option<String>,
+    /// Items per page, 1-1000 (default 100).
+    limit: Option<u32>,
+    /// `json` (default) or `csv`.
+    format: Option<String>,
+}
+
+/// The usage ledger: metered intervals, to the second, with rate and amount.
+#[utoipa::path(get, path = "/v1/usage", tag = "billing", security(("bearer" = [])),
+    params(UsageParams),
+    responses((status = 200, body = Paged<UsageRecord>,
+               description = "JSON, or CSV with `format=csv`")))]
+async fn usage_list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Q(q): Q<UsageParams>,
+) -> ApiResult<Response> {
+    if let Some(m) = &q.month {
+        let ok = m.len() == 7
+            && m.as_bytes()[4] == b'-'
+            && m[..4].bytes().all(|b| b.is_ascii_digit())
+            && matches!(m[5..].parse::<u8>(), Ok(1..=12));
+        if !ok {
+            return Err(ApiError::invalid(format!("month '{m}' is not YYYY-MM")));
+        }
+    }
+    let filter = neocloud_store::UsageFilter {
+        tenant_id: None,
+        month: q.month.clone(),
+        instance_id: q.instance,
+        class: q.class,
+    };
+    let page = st
+        .svc
+        .usage_list(
+            &p,
+            q.tenant.as_deref(),
+            filter,
+            q.cursor.as_deref(),
+            q.limit,
+        )
+        .await?;
+    match q.format.as_deref() {
+        None | Some("json") => Ok(Json(Paged::from(page)).into_response()),
+        Some("csv") => {
+            let mut out = String::from(
+                "instance_id,tenant_id,class,gpu_model,site_id,contract_id,gpus,month,start_at,end_at,gpu_seconds,rate,amount\n",
+            );
+            for u in &page.items {
+                out.push_str(&format!(
+                    "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                    u.instance_id,
+                    u.tenant_id,
+                    u.class,
+                    u.gpu_model,
+                    u.site_id,
+                    u.contract_id.map(|c| c.to_string()).unwrap_or_default(),
+                    u.gpus,
+                    u.month,
+                    u.start_at,
+                    u.end_at,
+                    u.gpu_seconds,
+                    u.rate,
+                    u.amount
+                ));
+            }
+            let mut resp =
+                ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response();
+            if let Some(c) = page.next_cursor
+                && let Ok(v) = HeaderValue::from_str(&c)
+            {
+                resp.headers_mut().insert("x-next-cursor", v);
+            }
+            Ok(resp)
+        }
+        Some(other) => Err(ApiError::invalid(format!(
+            "format '{other}' is not json or csv"
+        ))),
+    }
 }

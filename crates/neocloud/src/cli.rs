@@ -97,6 +97,12 @@ enum Command {
     /// Contracts: reserved capacity on the calendar.
     #[command(subcommand)]
     Contracts(ContractCmd),
+    /// The price book.
+    #[command(subcommand)]
+    Prices(PriceCmd),
+    /// The usage ledger (metered to the second).
+    #[command(subcommand)]
+    Usage(UsageCmd),
     /// Capacity per site and model: sellable, committed, allocated, fragmentation, power.
     Capacity {
         /// Only this site.
@@ -159,6 +165,60 @@ impl TermsArgs {
             "single_block": self.single_block, "sla_percent": self.sla,
         }))
     }
+}
+
+#[derive(Subcommand, Debug)]
+enum PriceCmd {
+    /// List the price book.
+    List {
+        /// Only this GPU model.
+        #[arg(long)]
+        gpu_model: Option<String>,
+    },
+    /// Add a price, effective now or later (operator-admin).
+    Set {
+        /// GPU model.
+        #[arg(long)]
+        gpu_model: String,
+        /// on-demand, reserved-lt-1y, reserved-1-3y, reserved-ge-3y, spot-floor,
+        /// spot-ceiling or internal-shadow.
+        #[arg(long)]
+        kind: String,
+        /// US dollars per GPU-hour, e.g. 2.85.
+        #[arg(long)]
+        price: String,
+        /// Site (all sites by default).
+        #[arg(long)]
+        site: Option<String>,
+        /// When it takes effect, RFC 3339 (now by default).
+        #[arg(long)]
+        effective_from: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UsageCmd {
+    /// List metered usage.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this month, YYYY-MM.
+        #[arg(long)]
+        month: Option<String>,
+        /// Only this instance's.
+        #[arg(long)]
+        instance: Option<String>,
+        /// Only this class.
+        #[arg(long)]
+        class: Option<String>,
+        /// Records to show (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print CSV (for spreadsheets) instead of a table.
+        #[arg(long)]
+        csv: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -587,6 +647,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Quotes(cmd) => quotes(g, cmd).await,
         Command::Contracts(cmd) => contracts(g, cmd).await,
         Command::Capacity { site, gpu_model } => capacity(g, site, gpu_model).await,
+        Command::Prices(cmd) => prices(g, cmd).await,
+        Command::Usage(cmd) => usage(g, cmd).await,
     }
 }
 
@@ -1398,6 +1460,91 @@ async fn capacity(g: &Global, site: Option<String>, gpu_model: Option<String>) -
                 ("STRANDED", &field("stranded_free_gpus")),
                 ("LARGEST GANG (nodes)", &gang),
                 ("POWER MW", &power),
+            ],
+        )
+    })
+}
+
+async fn prices(g: &Global, cmd: PriceCmd) -> Result<()> {
+    let c = client(g)?;
+    let cols: &[Column] = &[
+        ("MODEL", &field("gpu_model")),
+        ("SITE", &field("site_id")),
+        ("KIND", &field("kind")),
+        ("$/GPU-H", &field("price_per_gpu_hour")),
+        ("FROM", &field("effective_from")),
+    ];
+    match cmd {
+        PriceCmd::List { gpu_model } => {
+            let q: Vec<(&str, String)> = gpu_model.into_iter().map(|m| ("gpu_model", m)).collect();
+            let v = c.call(Method::GET, "/v1/prices", &q, None, None).await?;
+            show(g, &v, |v| table(items(v), cols))
+        }
+        PriceCmd::Set {
+            gpu_model,
+            kind,
+            price,
+            site,
+            effective_from,
+        } => {
+            let body = json!({"gpu_model": gpu_model, "kind": kind, "price_per_gpu_hour": price,
+                              "site": site, "effective_from": effective_from});
+            let v = c
+                .call(
+                    Method::POST,
+                    "/v1/prices",
+                    &[],
+                    Some(Body::Json(body)),
+                    None,
+                )
+                .await?;
+            show(g, &v, record)
+        }
+    }
+}
+
+async fn usage(g: &Global, cmd: UsageCmd) -> Result<()> {
+    let c = client(g)?;
+    let UsageCmd::List {
+        tenant,
+        month,
+        instance,
+        class,
+        limit,
+        csv,
+    } = cmd;
+    let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+    for (k, v) in [
+        ("tenant", tenant),
+        ("month", month),
+        ("instance", instance),
+        ("class", class),
+    ] {
+        if let Some(v) = v {
+            q.push((k, v));
+        }
+    }
+    if csv {
+        q.push(("format", "csv".into()));
+        let v = c.call(Method::GET, "/v1/usage", &q, None, None).await?;
+        print!("{}", v.as_str().unwrap_or_default());
+        return Ok(());
+    }
+    let v = c.call(Method::GET, "/v1/usage", &q, None, None).await?;
+    show(g, &v, |v| {
+        table(
+            items(v),
+            &[
+                ("INSTANCE", &field("instance_id")),
+                ("CLASS", &field("class")),
+                ("MODEL", &field("gpu_model")),
+                ("GPUS", &field("gpus")),
+                ("MONTH", &field("month")),
+                ("START", &field("start_at")),
+                ("END", &field("end_at")),
+                ("GPU-S", &field("gpu_seconds")),
+                ("$/GPU-H", &field("rate")),
+                ("AMOUNT $", &field("amount")),
             ],
         )
     })

@@ -529,13 +529,23 @@ impl Service {
         // Launches already decided must be committed before the rebuild below.
         let _settled = self.inflight.write().await;
         let live = self.store.instance_list_live().await?;
+        let book = self.price_book().await?;
+        let mut metered = std::collections::HashMap::new();
+        for i in live.iter().filter(|i| i.contract_id == Some(c.id)) {
+            metered.insert(i.id, self.store.instance_metered_until(i.id).await?);
+        }
         let mut tx = self.store.begin_write().await?;
         for mut i in live.into_iter().filter(|i| i.contract_id == Some(c.id)) {
             let before = serde_json::to_value(&i).ok();
+            let held = i.state.holds_gpus();
             i.state = InstanceState::Terminated;
             i.ended_at = Some(now);
             i.reason = Some(format!("contract {} {}", c.id, state));
             neocloud_store::Store::instance_update(&mut tx, &i).await?;
+            if held {
+                let m = metered.get(&i.id).copied().flatten();
+                crate::billing::meter(&mut tx, &book, &i, m, now).await?;
+            }
             neocloud_store::Store::instance_release_gpus(&mut tx, i.id).await?;
             scheduler::event(&mut tx, actor, &i, "instance.terminated", before, None).await?;
         }

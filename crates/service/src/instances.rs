@@ -350,8 +350,13 @@ impl Service {
         if !held {
             inst.reason = Some("terminated before it was placed".into());
         }
+        let book = self.price_book().await?;
+        let metered = self.store.instance_metered_until(inst.id).await?;
         let mut tx = self.store.begin_write().await?;
         Store::instance_update(&mut tx, &inst).await?;
+        if held {
+            crate::billing::meter(&mut tx, &book, &inst, metered, now).await?;
+        }
         Store::instance_release_gpus(&mut tx, inst.id).await?;
         scheduler::event(
             &mut tx,
@@ -365,7 +370,7 @@ impl Service {
         tx.commit().await?;
         sched.release(inst.id);
         sched.queue.retain(|(_, qid), _| *qid != inst.id);
-        sched.tick(&self.store, now).await?;
+        sched.tick(&self.store, &book, now).await?;
         drop(sched);
         Ok(self.store.instance_get(inst.id).await?)
     }
@@ -373,9 +378,10 @@ impl Service {
     /// Runs the scheduler's periodic work at `now`: ends preemption notices that ran out,
     /// expires queued instances past their deadline, and starts queued instances that fit.
     pub async fn tick(&self, now: Timestamp) -> Result<usize> {
+        let book = self.price_book().await?;
         let mut sched = self.sched.lock().await;
         self.contracts_advance(&mut sched, now).await?;
-        sched.tick(&self.store, now).await
+        sched.tick(&self.store, &book, now).await
     }
 
     /// Sets or removes a quota.

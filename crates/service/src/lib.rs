@@ -6,6 +6,7 @@
 //! one transaction. Creates honour an Idempotency-Key: a retry returns the first result.
 
 pub mod auth;
+mod billing;
 mod contracts;
 pub mod error;
 mod instances;
@@ -85,6 +86,7 @@ impl Service {
     pub async fn open_with(url: &str, config: SchedulerConfig) -> Result<Service> {
         let store = Store::open(url).await?;
         store.gpu_model_seed_builtins().await?;
+        Self::price_seed_defaults(&store).await?;
         let sched = scheduler::Sched::rebuild(&store, config).await?;
         let writer = writer::spawn(store.clone());
         Ok(Service {
@@ -273,6 +275,7 @@ impl Service {
         .await?;
         Self::idem_store(&mut tx, p, idem, &model).await?;
         tx.commit().await?;
+        Self::price_seed_defaults(&self.store).await?;
         Ok(Created {
             value: model,
             replayed: false,
@@ -430,6 +433,7 @@ impl Service {
             }
             let config = sched.config.clone();
             *sched = scheduler::Sched::rebuild(&self.store, config).await?;
+            Self::price_seed_defaults(&self.store).await?;
         }
         Ok(report)
     }

@@ -372,3 +372,22 @@ pub struct AmendContract {
     #[serde(default)]
     pub end_at: Option<Timestamp>,
 }
+
+/// Body of `POST /v1/prices`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPrice {
+    /// GPU model.
+    pub gpu_model: String,
+    /// Site id or name; every site without its own price by default.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// `on-demand`, `reserved-lt-1y`, `reserved-1-3y`, `reserved-ge-3y`, `spot-floor`,
+    /// `spot-ceiling` or `internal-shadow`.
+    pub kind: String,
+    /// US dollars per GPU-hour, a decimal string (at most 6 decimals, not negative).
+    pub price_per_gpu_hour: Money,
+    /// When it takes effect (RFC 3339, not in the past); now by default.
+    #[serde(default)]
+    pub effective_from: Option<Timestamp>,
+}

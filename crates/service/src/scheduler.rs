@@ -265,7 +265,12 @@ impl Sched {
     /// Moves instances whose preemption notice ran out to `preempted`, frees their GPUs,
     /// expires queued instances past their deadline, and starts queued instances that now
     /// fit, highest priority first. Returns how many instances changed.
-    pub(crate) async fn tick(&mut self, store: &Store, now: Timestamp) -> Result<usize> {
+    pub(crate) async fn tick(
+        &mut self,
+        store: &Store,
+        book: &neocloud_billing::prices::PriceBook,
+        now: Timestamp,
+    ) -> Result<usize> {
         let mut changed = 0;
         // Preemptions whose grace period is over.
         for mut i in store.instance_list_preemptions_due(now).await? {
@@ -277,8 +282,10 @@ impl Sched {
                     .clone()
                     .unwrap_or_else(|| "preempted by higher-priority work".into()),
             );
+            let metered = store.instance_metered_until(i.id).await?;
             let mut tx = store.begin_write().await?;
             Store::instance_update(&mut tx, &i).await?;
+            crate::billing::meter(&mut tx, book, &i, metered, now).await?;
             Store::instance_release_gpus(&mut tx, i.id).await?;
             event(&mut tx, None, &i, "instance.preempted", before, None).await?;
             tx.commit().await?;

@@ -10,6 +10,7 @@
 //! runs inside a [`WriteTx`] that the caller commits, so a change and its audit event land
 //! together or not at all.
 
+mod billing;
 mod contracts;
 mod fleet;
 mod instances;
@@ -22,6 +23,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+pub use billing::*;
 pub use contracts::*;
 pub use fleet::*;
 pub use instances::*;
@@ -110,6 +112,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "instances",
         include_str!("../migrations/0002_instances.sql"),
     ),
+    (3, "billing", include_str!("../migrations/0003_billing.sql")),
 ];
 
 impl Store {

@@ -5,6 +5,7 @@
 //! timestamps, so that the allocator, the store, the API and the simulator all speak the
 //! same language.
 
+pub mod billing;
 pub mod fleet;
 pub mod id;
 pub mod money;
@@ -12,6 +13,7 @@ pub mod placement;
 pub mod tenancy;
 pub mod time;
 
+pub use billing::*;
 pub use fleet::*;
 pub use id::*;
 pub use money::Money;

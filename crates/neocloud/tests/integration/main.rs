@@ -11,6 +11,7 @@
 mod ctx;
 
 mod api_auth;
+mod api_billing;
 mod api_errors;
 mod api_fleet;
 mod api_instances;

@@ -1,0 +1,241 @@
+//! The price book and the usage ledger through HTTP, on both databases.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::both_backends;
+use crate::ctx::TestContext;
+
+const FLEET: &str = r#"
+[[sites]]
+name = "east"
+region = "us-east"
+power_mw = 1
+[[sites.nodes]]
+name = "e1"
+gpu_model = "H100-SXM-80GB"
+gpus = 8
+[[sites.nodes]]
+name = "e2"
+gpu_model = "H100-SXM-80GB"
+gpus = 8
+"#;
+
+fn secs(ts: &Value) -> i64 {
+    let t: neocloud_types::Timestamp = ts.as_str().unwrap().parse().unwrap();
+    t.micros().div_euclid(1_000_000)
+}
+
+both_backends!(
+    the_price_book_is_seeded_and_guarded,
+    |ctx: TestContext| async move {
+        let k = ctx.operator_key.clone();
+        let t = ctx.tenant("acme").await;
+        let (tk, _) = ctx.key("tenant-member", t["id"].as_str()).await;
+        // Seeded defaults, readable by tenants.
+        let book = ctx
+            .get("/v1/prices?gpu_model=H100-SXM-80GB", &tk)
+            .await
+            .expect(200);
+        let od = book["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["kind"] == "on-demand")
+            .unwrap()
+            .clone();
+        assert_eq!(od["price_per_gpu_hour"], "3");
+        assert_eq!(book["items"].as_array().unwrap().len(), 7);
+        // Bad prices change nothing.
+        let now = neocloud_types::Timestamp::now();
+        for (bad, status, code) in [
+            (
+                json!({"gpu_model": "H100-SXM-80GB", "kind": "on-demand", "price_per_gpu_hour": "-1"}),
+                400,
+                "invalid_request",
+            ),
+            (
+                json!({"gpu_model": "H100-SXM-80GB", "kind": "on-demand", "price_per_gpu_hour": "abc"}),
+                400,
+                "invalid_request",
+            ),
+            (
+                json!({"gpu_model": "H100-SXM-80GB", "kind": "on-demand", "price_per_gpu_hour": 2.5}),
+                400,
+                "invalid_request",
+            ),
+            (
+                json!({"gpu_model": "H100-SXM-80GB", "kind": "gold", "price_per_gpu_hour": "2"}),
+                400,
+                "invalid_request",
+            ),
+            (
+                json!({"gpu_model": "H900", "kind": "on-demand", "price_per_gpu_hour": "2"}),
+                400,
+                "invalid_request",
+            ),
+            (
+                json!({"gpu_model": "H100-SXM-80GB", "kind": "on-demand", "price_per_gpu_hour": "2", "effective_from": now.plus_seconds(-86400).to_string()}),
+                400,
+                "invalid_request",
+            ),
+        ] {
+            ctx.post("/v1/prices", &k, &bad).await.problem(status, code);
+        }
+        ctx.post(
+            "/v1/prices",
+            &tk,
+            &json!({"gpu_model": "H100-SXM-80GB", "kind": "on-demand", "price_per_gpu_hour": "2"}),
+        )
+        .await
+        .problem(403, "forbidden");
+        let later = now.plus_seconds(86400).to_string();
+        let p = json!({"gpu_model": "H100-SXM-80GB", "kind": "on-demand", "price_per_gpu_hour": "2.85", "effective_from": later});
+        ctx.post("/v1/prices", &k, &p).await.expect(201);
+        ctx.post("/v1/prices", &k, &p)
+            .await
+            .problem(409, "conflict");
+        let book = ctx
+            .get("/v1/prices?gpu_model=H100-SXM-80GB", &k)
+            .await
+            .expect(200);
+        assert_eq!(book["items"].as_array().unwrap().len(), 8);
+    }
+);
+
+both_backends!(
+    usage_is_metered_to_the_second_when_an_instance_stops,
+    |ctx: TestContext| async move {
+        let k = ctx.operator_key.clone();
+        ctx.import(FLEET).await.expect(200);
+        let a = ctx.tenant("acme").await;
+        let b = ctx.tenant("bravo").await;
+        let (ka, _) = ctx.key("tenant-admin", a["id"].as_str()).await;
+        let (kb, _) = ctx.key("tenant-admin", b["id"].as_str()).await;
+        let i = ctx
+            .post(
+                "/v1/instances",
+                &ka,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 8}),
+            )
+            .await
+            .expect(201);
+        let id = i["id"].as_str().unwrap().to_string();
+        // Nothing is metered while it runs...
+        let u = ctx.get("/v1/usage", &ka).await.expect(200);
+        assert_eq!(u["items"].as_array().unwrap().len(), 0);
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        // ...and everything when it stops.
+        let t = ctx
+            .post(&format!("/v1/instances/{id}/terminate"), &ka, &json!({}))
+            .await
+            .expect(200);
+        let u = ctx.get("/v1/usage", &ka).await.expect(200);
+        let recs = u["items"].as_array().unwrap();
+        assert_eq!(recs.len(), 1, "{u}");
+        let r = &recs[0];
+        let seconds = secs(&t["ended_at"]) - secs(&t["started_at"]);
+        assert!(seconds >= 1);
+        assert_eq!(r["gpu_seconds"], 8 * seconds);
+        assert_eq!(r["rate"], "3");
+        assert_eq!(r["class"], "on-demand");
+        // 8 GPUs × s seconds × $3/GPU-hour, in micro-dollars, rounded half to even.
+        let num = 8 * seconds * 3_000_000;
+        let (q, rem) = (num / 3600, num % 3600);
+        let q = if 2 * rem > 3600 || (2 * rem == 3600 && q % 2 == 1) {
+            q + 1
+        } else {
+            q
+        };
+        let expected = neocloud_types::Money::from_micros(q);
+        assert_eq!(r["amount"], expected.to_string());
+        // Terminating again (a replayed state change) adds nothing.
+        ctx.post(&format!("/v1/instances/{id}/terminate"), &ka, &json!({}))
+            .await
+            .expect(200);
+        assert_eq!(
+            ctx.get("/v1/usage", &ka).await.expect(200)["items"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        // Tenants see only their own usage; operators filter by tenant; CSV export.
+        assert_eq!(
+            ctx.get("/v1/usage", &kb).await.expect(200)["items"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
+        ctx.get("/v1/usage?tenant=acme", &kb)
+            .await
+            .problem(404, "not_found");
+        let all = ctx.get("/v1/usage?tenant=acme", &k).await.expect(200);
+        assert_eq!(all["items"].as_array().unwrap().len(), 1);
+        ctx.get("/v1/usage?month=2026-13", &k)
+            .await
+            .problem(400, "invalid_request");
+        ctx.get("/v1/usage?format=xml", &k)
+            .await
+            .problem(400, "invalid_request");
+        let csv = ctx
+            .send(Method::GET, "/v1/usage?format=csv", Some(&ka), None, &[])
+            .await;
+        assert_eq!(
+            csv.headers.get("content-type").unwrap(),
+            "text/csv; charset=utf-8"
+        );
+        let text = csv.body.as_str().unwrap().to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].starts_with("instance_id,tenant_id,class"));
+        assert!(lines[1].starts_with(&id));
+    }
+);
+
+both_backends!(
+    preempted_spot_is_metered_at_the_spot_price,
+    |ctx: TestContext| async move {
+        ctx.import(FLEET).await.expect(200);
+        let a = ctx.tenant("acme").await;
+        let b = ctx.tenant("bravo").await;
+        let (ka, _) = ctx.key("tenant-admin", a["id"].as_str()).await;
+        let (kb, _) = ctx.key("tenant-admin", b["id"].as_str()).await;
+        let s = ctx
+            .post(
+                "/v1/instances",
+                &kb,
+                &json!({"gpu_model": "H100-SXM-80GB", "nodes": 2, "class": "spot"}),
+            )
+            .await
+            .expect(201);
+        ctx.post(
+            "/v1/instances",
+            &ka,
+            &json!({"gpu_model": "H100-SXM-80GB", "gpus": 8}),
+        )
+        .await
+        .expect(201);
+        let s = ctx
+            .get(&format!("/v1/instances/{}", s["id"].as_str().unwrap()), &kb)
+            .await
+            .expect(200);
+        let deadline: neocloud_types::Timestamp =
+            s["preempt_at"].as_str().unwrap().parse().unwrap();
+        ctx.svc.tick(deadline).await.unwrap();
+        let u = ctx.get("/v1/usage", &kb).await.expect(200);
+        let r = &u["items"][0];
+        assert_eq!(r["class"], "spot");
+        assert_eq!(r["gpus"], 16);
+        assert_eq!(r["rate"], "0.9", "spot floor: 30% of the $3.00 list price");
+        let ended = ctx
+            .get(&format!("/v1/instances/{}", s["id"].as_str().unwrap()), &kb)
+            .await
+            .expect(200);
+        assert_eq!(
+            r["gpu_seconds"],
+            16 * (secs(&ended["ended_at"]) - secs(&ended["started_at"]))
+        );
+    }
+);

@@ -1,0 +1,252 @@
+//! Billing in the service: the price book, and metering instances into the usage ledger
+//! when they stop running.
+
+use neocloud_billing::ledger::{UsageInterval, rate_interval};
+use neocloud_billing::prices::{PriceBook, PriceEntry, PriceKind};
+use neocloud_store::{Page, Store, UsageFilter, WriteTx};
+use neocloud_types::{Class, Instance, Money, Price, Timestamp, UsageRecord};
+
+use crate::auth::{self, Action, Principal};
+use crate::error::{Error, Result};
+use crate::{Service, SetPrice, page_limit};
+
+/// List prices per GPU-hour of the built-in models, in micro-dollars, seeded into an empty
+/// price book; operators change them with `POST /v1/prices`.
+fn list_price_micros(model: &str) -> i64 {
+    match model {
+        "A100-SXM-80GB" => 1_800_000,
+        "H100-SXM-80GB" => 3_000_000,
+        "H200-SXM-141GB" => 3_600_000,
+        "B200" => 5_000_000,
+        "GB200" => 6_000_000,
+        "L40S" => 1_000_000,
+        "MI300X" => 2_500_000,
+        _ => 2_000_000,
+    }
+}
+
+/// The default book for a model: reserved 15/25/35% off list by term, spot between 30% and
+/// 80% of list, the internal shadow price at 60% of list.
+fn default_prices(model: &str) -> Vec<(PriceKind, i64)> {
+    let list = list_price_micros(model);
+    vec![
+        (PriceKind::OnDemand, list),
+        (PriceKind::ReservedUnder1y, list * 85 / 100),
+        (PriceKind::Reserved1To3y, list * 75 / 100),
+        (PriceKind::ReservedOver3y, list * 65 / 100),
+        (PriceKind::SpotFloor, list * 30 / 100),
+        (PriceKind::SpotCeiling, list * 80 / 100),
+        (PriceKind::InternalShadow, list * 60 / 100),
+    ]
+}
+
+pub(crate) fn book_from(prices: &[Price]) -> Result<PriceBook> {
+    let entries = prices
+        .iter()
+        .map(|p| {
+            Ok(PriceEntry {
+                gpu_model: p.gpu_model.clone(),
+                site: p.site_id,
+                kind: p.kind.parse::<PriceKind>().map_err(Error::internal)?,
+                price: p.price_per_gpu_hour,
+                effective_from: p.effective_from,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    PriceBook::new(entries).map_err(|e| Error::internal(e.to_string()))
+}
+
+impl Service {
+    /// Seeds the default price of every catalog model that has none (first start, new
+    /// models), effective from the beginning of time.
+    pub(crate) async fn price_seed_defaults(store: &Store) -> Result<()> {
+        let have: std::collections::BTreeSet<String> = store
+            .price_list()
+            .await?
+            .into_iter()
+            .map(|p| p.gpu_model)
+            .collect();
+        let missing: Vec<String> = store
+            .gpu_model_list()
+            .await?
+            .into_iter()
+            .map(|m| m.name)
+            .filter(|m| !have.contains(m))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut tx = store.begin_write().await?;
+        for m in &missing {
+            for (kind, micros) in default_prices(m) {
+                Store::price_insert(
+                    &mut tx,
+                    &Price {
+                        gpu_model: m.clone(),
+                        site_id: None,
+                        kind: kind.as_str().to_string(),
+                        price_per_gpu_hour: Money::from_micros(micros),
+                        effective_from: Timestamp::from_micros(0),
+                    },
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The price book as it stands.
+    pub(crate) async fn price_book(&self) -> Result<PriceBook> {
+        book_from(&self.store.price_list().await?)
+    }
+
+    /// Lists the price book (every key may read the prices it pays).
+    pub async fn price_list(&self, p: &Principal, model: Option<&str>) -> Result<Vec<Price>> {
+        auth::authorize(p, Action::ReadCatalog)?;
+        let mut prices = self.store.price_list().await?;
+        if let Some(m) = model {
+            prices.retain(|x| x.gpu_model == m);
+        }
+        Ok(prices)
+    }
+
+    /// Adds a price, effective from now or a later time. Past intervals and signed contracts
+    /// never change: a price cannot take effect in the past.
+    pub async fn price_set(&self, p: &Principal, req: SetPrice) -> Result<Price> {
+        auth::authorize(p, Action::WriteCatalog)?;
+        let now = Timestamp::now();
+        let kind: PriceKind = req.kind.parse().map_err(|e: String| Error::invalid(e))?;
+        if req.price_per_gpu_hour < Money::ZERO {
+            return Err(Error::invalid("price_per_gpu_hour must not be negative"));
+        }
+        self.store
+            .gpu_model_get(&req.gpu_model)
+            .await
+            .map_err(|_| Error::invalid(format!("unknown GPU model '{}'", req.gpu_model)))?;
+        let site = match &req.site {
+            Some(s) => Some(
+                self.store
+                    .site_id_of(s)
+                    .await?
+                    .parse()
+                    .map_err(|_| Error::not_found("site", s))?,
+            ),
+            None => None,
+        };
+        let from = req.effective_from.unwrap_or(now);
+        if from < now.plus_seconds(-60) {
+            return Err(Error::invalid(
+                "effective_from is in the past: a price change never alters a past interval",
+            ));
+        }
+        let price = Price {
+            gpu_model: req.gpu_model.clone(),
+            site_id: site,
+            kind: kind.as_str().to_string(),
+            price_per_gpu_hour: req.price_per_gpu_hour,
+            effective_from: from,
+        };
+        let mut tx = self.store.begin_write().await?;
+        Store::price_insert(&mut tx, &price).await?;
+        Store::event_insert(
+            &mut tx,
+            neocloud_store::NewEvent {
+                actor: Some(p.key_id),
+                tenant_id: None,
+                action: "price.set",
+                resource_kind: "price",
+                resource_id: format!("{}/{}", price.gpu_model, price.kind),
+                before: None,
+                after: serde_json::to_value(&price).ok(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(price)
+    }
+
+    /// Reads the usage ledger (a tenant key sees its own).
+    pub async fn usage_list(
+        &self,
+        p: &Principal,
+        tenant: Option<&str>,
+        mut filter: UsageFilter,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<UsageRecord>> {
+        auth::authorize(p, Action::ReadInstances)?;
+        let limit = page_limit(limit)?;
+        filter.tenant_id = self.scoped_tenant(p, tenant).await?;
+        Ok(self.store.usage_list(&filter, cursor, limit).await?)
+    }
+}
+
+/// Meters a running instance into the ledger from where it was last metered (or its start)
+/// up to `until`, in the caller's transaction, so the records commit with the state change
+/// that ended the interval.
+pub(crate) async fn meter(
+    tx: &mut WriteTx,
+    book: &PriceBook,
+    inst: &Instance,
+    metered_until: Option<Timestamp>,
+    until: Timestamp,
+) -> Result<()> {
+    let (Some(started), Some(site)) = (inst.started_at, inst.site_id) else {
+        return Ok(());
+    };
+    let from = metered_until.unwrap_or(started).max(started);
+    if until <= from {
+        return Ok(());
+    }
+    let iv = UsageInterval {
+        instance: inst.id,
+        tenant: inst.tenant_id,
+        class: inst.class,
+        gpu_model: inst.gpu_model.clone(),
+        site,
+        contract: inst.contract_id,
+        gpus: inst.gpu_count,
+        start: from,
+        end: until,
+    };
+    // Until spot prices move with utilization, spot is charged at its floor.
+    let spot: Vec<(Timestamp, Money)> = if inst.class == Class::Spot {
+        // From the beginning of time: the rating rounds the start down to the second, so the
+        // series must cover the moment before `from` too.
+        book.segments(
+            &inst.gpu_model,
+            site,
+            PriceKind::SpotFloor,
+            Timestamp::from_micros(0),
+            until,
+        )
+        .into_iter()
+        .map(|(s, _, p)| (s, p))
+        .collect()
+    } else {
+        Vec::new()
+    };
+    let records = rate_interval(&iv, book, &spot).map_err(|e| Error::internal(e.to_string()))?;
+    let rows: Vec<UsageRecord> = records
+        .into_iter()
+        .map(|r| UsageRecord {
+            instance_id: r.instance,
+            tenant_id: r.tenant,
+            class: r.class,
+            gpu_model: r.gpu_model,
+            site_id: r.site,
+            contract_id: r.contract,
+            gpus: r.gpus,
+            month: r.month.to_string(),
+            start_at: r.start,
+            end_at: r.end,
+            gpu_seconds: r.gpu_seconds,
+            rate: r.rate,
+            amount: r.amount,
+        })
+        .collect();
+    Store::usage_append(tx, &rows).await?;
+    Store::instance_set_metered_until(tx, inst.id, until).await?;
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! The price book, the usage ledger, downtime and invoices.
+
+use neocloud_types::{
+    Class, ContractId, InstanceId, Money, Price, SiteId, TenantId, Timestamp, UsageRecord,
+};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::tenancy::paginate;
+use crate::{
+    Page, Result, Store, StoreError, WriteTx, enum_col, id_col, is_unique_violation, opt_id_col,
+    u32_col,
+};
+
+const USAGE_COLS: &str = "instance_id, start_at, end_at, tenant_id, class, gpu_model, site_id, \
+     contract_id, gpus, month, gpu_seconds, rate_micros, amount_micros";
+
+fn usage_from_row(r: &AnyRow) -> Result<UsageRecord> {
+    Ok(UsageRecord {
+        instance_id: id_col(r, "instance_id")?,
+        tenant_id: id_col(r, "tenant_id")?,
+        class: enum_col::<Class>(r, "class")?,
+        gpu_model: r.try_get("gpu_model")?,
+        site_id: id_col(r, "site_id")?,
+        contract_id: opt_id_col(r, "contract_id")?,
+        gpus: u32_col(r, "gpus")?,
+        month: r.try_get("month")?,
+        start_at: Timestamp::from_micros(r.try_get("start_at")?),
+        end_at: Timestamp::from_micros(r.try_get("end_at")?),
+        gpu_seconds: r.try_get("gpu_seconds")?,
+        rate: Money::from_micros(r.try_get("rate_micros")?),
+        amount: Money::from_micros(r.try_get("amount_micros")?),
+    })
+}
+
+/// Filters for reading the ledger.
+#[derive(Clone, Debug, Default)]
+pub struct UsageFilter {
+    /// Only this tenant's.
+    pub tenant_id: Option<TenantId>,
+    /// Only this month (`YYYY-MM`).
+    pub month: Option<String>,
+    /// Only this instance's.
+    pub instance_id: Option<InstanceId>,
+    /// Only this class.
+    pub class: Option<Class>,
+}
+
+/// A downtime record: GPUs of a contract unavailable over an interval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DowntimeRow {
+    /// Contract.
+    pub contract_id: ContractId,
+    /// Start.
+    pub start_at: Timestamp,
+    /// End (exclusive).
+    pub end_at: Timestamp,
+    /// GPUs unavailable.
+    pub gpus: u32,
+}
+
+impl Store {
+    /// Adds a price to the book. Two prices for the same model, site, kind and effective
+    /// time are refused as overlapping.
+    pub async fn price_insert(tx: &mut WriteTx, p: &Price) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO prices (gpu_model, site_key, kind, price_micros, effective_from, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&p.gpu_model)
+        .bind(p.site_id.map(|s| s.to_string()).unwrap_or_default())
+        .bind(&p.kind)
+        .bind(p.price_per_gpu_hour.micros())
+        .bind(p.effective_from.micros())
+        .bind(Timestamp::now().micros())
+        .execute(tx.conn())
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!(
+                    "a {} price for {} effective {} already exists (overlapping validity)",
+                    p.kind, p.gpu_model, p.effective_from
+                ))
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(())
+    }
+
+    /// The whole price book, by model, site, kind and time.
+    pub async fn price_list(&self) -> Result<Vec<Price>> {
+        let rows = sqlx::query(
+            "SELECT gpu_model, site_key, kind, price_micros, effective_from FROM prices
+             ORDER BY gpu_model, site_key, kind, effective_from",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let site: String = r.try_get("site_key")?;
+                Ok(Price {
+                    gpu_model: r.try_get("gpu_model")?,
+                    site_id: if site.is_empty() {
+                        None
+                    } else {
+                        Some(site.parse().map_err(|e: neocloud_types::IdParseError| {
+                            StoreError::Corrupt(e.to_string())
+                        })?)
+                    },
+                    kind: r.try_get("kind")?,
+                    price_per_gpu_hour: Money::from_micros(r.try_get("price_micros")?),
+                    effective_from: Timestamp::from_micros(r.try_get("effective_from")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Appends ledger records; a record already there (same instance and start) is skipped,
+    /// so replaying a state change adds nothing. Returns how many were new.
+    pub async fn usage_append(tx: &mut WriteTx, records: &[UsageRecord]) -> Result<u64> {
+        let mut added = 0;
+        let now = Timestamp::now().micros();
+        for u in records {
+            added += sqlx::query(&format!(
+                "INSERT INTO usage_records ({USAGE_COLS}, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                 ON CONFLICT (instance_id, start_at) DO NOTHING"
+            ))
+            .bind(u.instance_id.to_string())
+            .bind(u.start_at.micros())
+            .bind(u.end_at.micros())
+            .bind(u.tenant_id.to_string())
+            .bind(u.class.as_str())
+            .bind(&u.gpu_model)
+            .bind(u.site_id.to_string())
+            .bind(u.contract_id.map(|c| c.to_string()))
+            .bind(i64::from(u.gpus))
+            .bind(&u.month)
+            .bind(u.gpu_seconds)
+            .bind(u.rate.micros())
+            .bind(u.amount.micros())
+            .bind(now)
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+        }
+        Ok(added)
+    }
+
+    /// Reads the ledger, ordered by start, a page at a time.
+    pub async fn usage_list(
+        &self,
+        f: &UsageFilter,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<UsageRecord>> {
+        // The cursor is "start_at:instance_id" of the last record returned.
+        let (c_start, c_inst) = match cursor.and_then(|c| c.split_once(':')) {
+            Some((s, i)) => (s.parse::<i64>().unwrap_or(i64::MIN), i.to_string()),
+            None => (i64::MIN, String::new()),
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT {USAGE_COLS} FROM usage_records
+             WHERE ($1 = '' OR tenant_id = $1) AND ($2 = '' OR month = $2)
+               AND ($3 = '' OR instance_id = $3) AND ($4 = '' OR class = $4)
+               AND (start_at > $5 OR (start_at = $5 AND instance_id > $6))
+             ORDER BY start_at, instance_id LIMIT $7"
+        ))
+        .bind(f.tenant_id.map(|t| t.to_string()).unwrap_or_default())
+        .bind(f.month.clone().unwrap_or_default())
+        .bind(f.instance_id.map(|i| i.to_string()).unwrap_or_default())
+        .bind(f.class.map(|c| c.as_str()).unwrap_or(""))
+        .bind(c_start)
+        .bind(c_inst)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut items = rows
+            .iter()
+            .map(usage_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(paginate(&mut items, limit, |u| {
+            format!("{}:{}", u.start_at.micros(), u.instance_id)
+        }))
+    }
+
+    /// Records how far an instance has been metered.
+    pub async fn instance_set_metered_until(
+        tx: &mut WriteTx,
+        id: InstanceId,
+        until: Timestamp,
+    ) -> Result<()> {
+        sqlx::query("UPDATE instances SET metered_until = $1 WHERE id = $2")
+            .bind(until.micros())
+            .bind(id.to_string())
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// How far an instance has been metered, if at all.
+    pub async fn instance_metered_until(&self, id: InstanceId) -> Result<Option<Timestamp>> {
+        let row = sqlx::query("SELECT metered_until FROM instances WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r
+                .try_get::<Option<i64>, _>("metered_until")?
+                .map(Timestamp::from_micros),
+            None => None,
+        })
+    }
+
+    /// Records downtime of a contract's GPUs.
+    pub async fn downtime_insert(tx: &mut WriteTx, d: &DowntimeRow, note: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO downtime (id, contract_id, start_at, end_at, gpus, note, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(format!(
+            "dt_{}",
+            neocloud_types::EventId::new().uuid().simple()
+        ))
+        .bind(d.contract_id.to_string())
+        .bind(d.start_at.micros())
+        .bind(d.end_at.micros())
+        .bind(i64::from(d.gpus))
+        .bind(note)
+        .bind(Timestamp::now().micros())
+        .execute(tx.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Downtime of the given contracts overlapping `[from, to)`.
+    pub async fn downtime_list(&self, from: Timestamp, to: Timestamp) -> Result<Vec<DowntimeRow>> {
+        let rows = sqlx::query(
+            "SELECT contract_id, start_at, end_at, gpus FROM downtime
+             WHERE start_at < $1 AND end_at > $2 ORDER BY contract_id, start_at",
+        )
+        .bind(to.micros())
+        .bind(from.micros())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DowntimeRow {
+                    contract_id: id_col(r, "contract_id")?,
+                    start_at: Timestamp::from_micros(r.try_get("start_at")?),
+                    end_at: Timestamp::from_micros(r.try_get("end_at")?),
+                    gpus: u32_col(r, "gpus")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Sites named in the ledger (for reports); kept here so the SQL stays in the store.
+    pub async fn usage_sites(&self) -> Result<Vec<SiteId>> {
+        let rows = sqlx::query("SELECT DISTINCT site_id FROM usage_records ORDER BY site_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| id_col(r, "site_id")).collect()
+    }
+}

@@ -1,0 +1,53 @@
+//! Billing views: prices, usage records, invoices.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{Class, ContractId, InstanceId, Money, SiteId, TenantId, Timestamp};
+
+/// One entry of the price book.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Price {
+    /// GPU model.
+    pub gpu_model: String,
+    /// Site it applies to; none means every site without a price of its own.
+    pub site_id: Option<SiteId>,
+    /// `on-demand`, `reserved-lt-1y`, `reserved-1-3y`, `reserved-ge-3y`, `spot-floor`,
+    /// `spot-ceiling` or `internal-shadow`.
+    pub kind: String,
+    /// US dollars per GPU-hour.
+    pub price_per_gpu_hour: Money,
+    /// In force from this time until the next entry of the same model, site and kind.
+    pub effective_from: Timestamp,
+}
+
+/// One metered interval of the usage ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UsageRecord {
+    /// Instance.
+    pub instance_id: InstanceId,
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Class of service.
+    pub class: Class,
+    /// GPU model.
+    pub gpu_model: String,
+    /// Site.
+    pub site_id: SiteId,
+    /// Contract (reserved usage).
+    pub contract_id: Option<ContractId>,
+    /// GPUs held.
+    pub gpus: u32,
+    /// Calendar month (UTC), `YYYY-MM`.
+    pub month: String,
+    /// Start of the interval.
+    pub start_at: Timestamp,
+    /// End of the interval (exclusive).
+    pub end_at: Timestamp,
+    /// GPUs × whole seconds.
+    pub gpu_seconds: i64,
+    /// Price per GPU-hour applied.
+    pub rate: Money,
+    /// Amount, exact to the micro-dollar.
+    pub amount: Money,
+}

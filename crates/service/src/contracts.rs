@@ -17,35 +17,6 @@ use crate::{ContractTerms, Quote, Service, page_limit};
 const HOUR_US: i64 = 3_600_000_000;
 const YEAR_US: i64 = 365 * 24 * HOUR_US;
 
-/// The on-demand list price per GPU-hour of a model, in micro-dollars. A fixed table until
-/// the price book lands (billing issue); reserved terms are discounted from it.
-fn list_price_micros(model: &str) -> i64 {
-    match model {
-        "A100-SXM-80GB" => 1_800_000,
-        "H100-SXM-80GB" => 3_000_000,
-        "H200-SXM-141GB" => 3_600_000,
-        "B200" => 5_000_000,
-        "GB200" => 6_000_000,
-        "L40S" => 1_000_000,
-        "MI300X" => 2_500_000,
-        _ => 2_000_000,
-    }
-}
-
-/// Reserved rate for a term: 15% off list under a year, 25% off for 1-3 years, 35% off for
-/// three years or more.
-pub fn reserved_rate(model: &str, start: Timestamp, end: Timestamp) -> Money {
-    let term = end.micros() - start.micros();
-    let pct: i64 = if term >= 3 * YEAR_US {
-        65
-    } else if term >= YEAR_US {
-        75
-    } else {
-        85
-    };
-    Money::from_micros(list_price_micros(model) * pct / 100)
-}
-
 fn parse_sla(s: Option<&str>) -> Result<i64> {
     let s = s.unwrap_or("99.5");
     let m: Money = s
@@ -138,13 +109,32 @@ impl Service {
         scheduler::sellable(&sched.config, site, model)
     }
 
-    fn quote_in(sched: &Sched, t: &ContractTerms, c: &Checked) -> Quote {
+    fn quote_in(
+        sched: &Sched,
+        book: &neocloud_billing::prices::PriceBook,
+        t: &ContractTerms,
+        c: &Checked,
+    ) -> Result<Quote> {
         let duration = c.end.micros() - c.start.micros();
-        // The term is what was asked for, even when "now" moved the start by a moment.
-        let rate = reserved_rate(&t.gpu_model, t.start_at, t.end_at);
         let gpus = i64::from(t.gpu_count);
         let mut best: Option<Quote> = None;
+        let mut rate = Money::ZERO;
         for site in &c.sites {
+            // The term is what was asked for, even when "now" moved the start by a moment;
+            // the price is the book's for that term, in force at the start.
+            rate = book
+                .reserved_price(&t.gpu_model, site.id, t.start_at, t.end_at)
+                .ok_or_else(|| {
+                    let kind = neocloud_billing::prices::PriceBook::reserved_kind(
+                        t.end_at.micros() - t.start_at.micros(),
+                    );
+                    Error::invalid(format!(
+                        "the price book has no {} price for {} at {}; add one with POST /v1/prices",
+                        kind.as_str(),
+                        t.gpu_model,
+                        site.name
+                    ))
+                })?;
             let key = CapacityKey::new(site.id, &t.gpu_model);
             let cap = Self::sellable(sched, site, &t.gpu_model);
             let fits = sched
@@ -182,7 +172,7 @@ impl Service {
                 }),
             };
             if q.fits {
-                return q;
+                return Ok(q);
             }
             let better = match &best {
                 None => true,
@@ -196,7 +186,7 @@ impl Service {
                 best = Some(q);
             }
         }
-        best.unwrap_or_else(|| Quote {
+        Ok(best.unwrap_or_else(|| Quote {
             fits: false,
             site_id: None,
             site: None,
@@ -210,7 +200,7 @@ impl Service {
             price_per_gpu_hour: rate,
             total_value: Money::ZERO,
             reason: Some("no site has this model".into()),
-        })
+        }))
     }
 
     /// Answers whether reserved capacity fits, the earliest start at which it would, the
@@ -218,8 +208,9 @@ impl Service {
     pub async fn quote(&self, p: &Principal, t: ContractTerms) -> Result<Quote> {
         auth::authorize(p, Action::ReadContracts)?;
         let c = self.check_terms(p, &t, Timestamp::now()).await?;
+        let book = self.price_book().await?;
         let sched = self.sched.lock().await;
-        Ok(Self::quote_in(&sched, &t, &c))
+        Self::quote_in(&sched, &book, &t, &c)
     }
 
     /// Signs a contract: re-checks the calendar under the scheduler's lock and commits the
@@ -235,8 +226,9 @@ impl Service {
         if let Some(level) = t.single_block {
             self.check_single_block(&c, &t, level).await?;
         }
+        let book = self.price_book().await?;
         let mut sched = self.sched.lock().await;
-        let q = Self::quote_in(&sched, &t, &c);
+        let q = Self::quote_in(&sched, &book, &t, &c)?;
         let (true, Some(site_id)) = (q.fits, q.site_id) else {
             return Err(Error::new(
                 ErrorCode::InsufficientCapacity,

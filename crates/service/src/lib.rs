@@ -23,7 +23,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use auth::{Action, Principal};
-pub use contracts::{CapacityLine, ClassCount, Committed, GangRoom, reserved_rate};
+pub use contracts::{CapacityLine, ClassCount, Committed, GangRoom};
 pub use error::{Error, ErrorCode, FieldError, Result};
 pub use neocloud_allocator::PlacementPolicy;
 pub use requests::*;

@@ -239,3 +239,36 @@ both_backends!(
         );
     }
 );
+
+both_backends!(
+    quotes_price_from_the_book_and_signed_rates_stay,
+    |ctx: TestContext| async move {
+        let k = ctx.operator_key.clone();
+        ctx.import(FLEET).await.expect(200);
+        ctx.tenant("acme").await;
+        let now = neocloud_types::Timestamp::now();
+        let terms = |n: u32| json!({"tenant_id": "acme", "gpu_model": "H100-SXM-80GB", "gpu_count": n, "start_at": now.to_string(), "end_at": now.plus_seconds(400 * 86400).to_string(), "site": "east"});
+        let c = ctx.post("/v1/contracts", &k, &terms(8)).await.expect(201);
+        assert_eq!(
+            c["price_per_gpu_hour"], "2.25",
+            "1-3 years: 25% off the $3.00 list"
+        );
+        // A new 1-3 year price for east only, in force from now.
+        ctx.post("/v1/prices", &k, &json!({"gpu_model": "H100-SXM-80GB", "site": "east", "kind": "reserved-1-3y", "price_per_gpu_hour": "2.05"}))
+        .await
+        .expect(201);
+        // A quote starting after the change gets the new price.
+        let later = neocloud_types::Timestamp::now().plus_seconds(60);
+        let q = ctx
+        .post("/v1/quotes", &k, &json!({"gpu_model": "H100-SXM-80GB", "gpu_count": 8, "start_at": later.to_string(), "end_at": later.plus_seconds(400 * 86400).to_string(), "site": "east"}))
+        .await
+        .expect(200);
+        assert_eq!(q["price_per_gpu_hour"], "2.05");
+        // The signed contract keeps its rate.
+        let again = ctx
+            .get(&format!("/v1/contracts/{}", c["id"].as_str().unwrap()), &k)
+            .await
+            .expect(200);
+        assert_eq!(again["price_per_gpu_hour"], "2.25");
+    }
+);

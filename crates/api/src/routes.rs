@@ -63,6 +63,10 @@ pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(capacity))
         .routes(routes!(price_list, price_set))
         .routes(routes!(usage_list))
+        .routes(routes!(invoice_list, invoice_generate))
+        .routes(routes!(invoice_get))
+        .routes(routes!(invoice_finalize))
+        .routes(routes!(downtime_add))
 }
 
 /// A list of items.
@@ -901,4 +905,90 @@ async fn usage_list(
             "format '{other}' is not json or csv"
         ))),
     }
+}
+
+// ---- invoices -----------------------------------------------------------------------------
+
+/// Filters for invoices.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceParams {
+    /// Only this tenant's (operators; tenants see their own).
+    tenant: Option<String>,
+}
+
+/// List invoices, newest month first.
+#[utoipa::path(get, path = "/v1/invoices", tag = "billing", security(("bearer" = [])),
+    params(InvoiceParams), responses((status = 200, body = List<neocloud_types::Invoice>)))]
+async fn invoice_list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Q(q): Q<InvoiceParams>,
+) -> ApiResult<Json<List<neocloud_types::Invoice>>> {
+    Ok(Json(List {
+        items: st.svc.invoice_list(&p, q.tenant.as_deref()).await?,
+    }))
+}
+
+/// Generate (or regenerate) a tenant's draft invoice for a month (operator-admin). A month
+/// that is over is closed first: running instances are metered up to its end. A finalized
+/// invoice is returned unchanged.
+#[utoipa::path(post, path = "/v1/invoices", tag = "billing", security(("bearer" = [])),
+    request_body = neocloud_service::GenerateInvoice,
+    responses((status = 200, body = neocloud_types::Invoice), (status = 400, body = Problem)))]
+async fn invoice_generate(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Json<neocloud_types::Invoice>> {
+    let req: neocloud_service::GenerateInvoice = json_body(&headers, &body)?;
+    Ok(Json(
+        st.svc
+            .invoice_generate(&p, &req.tenant_id, &req.month)
+            .await?,
+    ))
+}
+
+/// Read an invoice.
+#[utoipa::path(get, path = "/v1/invoices/{id}", tag = "billing", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Invoice id")),
+    responses((status = 200, body = neocloud_types::Invoice), (status = 404, body = Problem)))]
+async fn invoice_get(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<neocloud_types::Invoice>> {
+    Ok(Json(st.svc.invoice_get(&p, &id).await?))
+}
+
+/// Finalize a draft invoice of a month that is over; it never changes again.
+#[utoipa::path(post, path = "/v1/invoices/{id}/finalize", tag = "billing",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Invoice id")),
+    responses((status = 200, body = neocloud_types::Invoice), (status = 400, body = Problem)))]
+async fn invoice_finalize(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<neocloud_types::Invoice>> {
+    Ok(Json(st.svc.invoice_finalize(&p, &id).await?))
+}
+
+/// Record downtime of a contract's GPUs (operator-admin); SLA credits come from it.
+#[utoipa::path(post, path = "/v1/contracts/{id}/downtime", tag = "billing",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Contract id")),
+    request_body = neocloud_service::AddDowntime,
+    responses((status = 204, description = "Recorded"), (status = 400, body = Problem)))]
+async fn downtime_add(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<StatusCode> {
+    let req: neocloud_service::AddDowntime = json_body(&headers, &body)?;
+    st.svc.downtime_add(&p, &id, req).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -103,6 +103,9 @@ enum Command {
     /// The usage ledger (metered to the second).
     #[command(subcommand)]
     Usage(UsageCmd),
+    /// Monthly invoices.
+    #[command(subcommand)]
+    Invoices(InvoiceCmd),
     /// Capacity per site and model: sellable, committed, allocated, fragmentation, power.
     Capacity {
         /// Only this site.
@@ -194,6 +197,29 @@ enum PriceCmd {
         #[arg(long)]
         effective_from: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum InvoiceCmd {
+    /// List invoices.
+    List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Show an invoice and its lines.
+    Show { id: String },
+    /// Generate (or regenerate) a draft invoice (operator-admin).
+    Generate {
+        /// Tenant id or name.
+        #[arg(long)]
+        tenant: String,
+        /// Month, YYYY-MM.
+        #[arg(long)]
+        month: String,
+    },
+    /// Finalize an invoice of a month that is over.
+    Finalize { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -649,6 +675,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Capacity { site, gpu_model } => capacity(g, site, gpu_model).await,
         Command::Prices(cmd) => prices(g, cmd).await,
         Command::Usage(cmd) => usage(g, cmd).await,
+        Command::Invoices(cmd) => invoices(g, cmd).await,
     }
 }
 
@@ -1548,4 +1575,74 @@ async fn usage(g: &Global, cmd: UsageCmd) -> Result<()> {
             ],
         )
     })
+}
+
+async fn invoices(g: &Global, cmd: InvoiceCmd) -> Result<()> {
+    let c = client(g)?;
+    let print_invoice = |v: &Value| {
+        println!(
+            "{}  {}  {}  total ${}  (shadow ${})",
+            cell(&v["id"]),
+            cell(&v["month"]),
+            cell(&v["state"]),
+            cell(&v["total"]),
+            cell(&v["shadow_total"])
+        );
+        if let Some(lines) = v.get("lines").and_then(Value::as_array) {
+            table(
+                lines,
+                &[
+                    ("KIND", &field("kind")),
+                    ("DESCRIPTION", &field("description")),
+                    ("GPU-S", &field("quantity_gpu_seconds")),
+                    ("AMOUNT $", &field("amount")),
+                    ("BILLED", &field("billed")),
+                ],
+            );
+        }
+    };
+    let v = match cmd {
+        InvoiceCmd::List { tenant } => {
+            let q: Vec<(&str, String)> = tenant.into_iter().map(|t| ("tenant", t)).collect();
+            let v = c.call(Method::GET, "/v1/invoices", &q, None, None).await?;
+            return show(g, &v, |v| {
+                table(
+                    items(v),
+                    &[
+                        ("ID", &field("id")),
+                        ("TENANT", &field("tenant_id")),
+                        ("MONTH", &field("month")),
+                        ("STATE", &field("state")),
+                        ("TOTAL $", &field("total")),
+                    ],
+                )
+            });
+        }
+        InvoiceCmd::Show { id } => {
+            c.call(
+                Method::GET,
+                &format!("/v1/invoices/{}", enc(&id)),
+                &[],
+                None,
+                None,
+            )
+            .await?
+        }
+        InvoiceCmd::Generate { tenant, month } => {
+            let body = json!({"tenant_id": tenant, "month": month});
+            c.call(
+                Method::POST,
+                "/v1/invoices",
+                &[],
+                Some(Body::Json(body)),
+                None,
+            )
+            .await?
+        }
+        InvoiceCmd::Finalize { id } => {
+            let path = format!("/v1/invoices/{}/finalize", enc(&id));
+            c.call(Method::POST, &path, &[], None, None).await?
+        }
+    };
+    show(g, &v, print_invoice)
 }

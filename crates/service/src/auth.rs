@@ -69,6 +69,10 @@ pub enum Action {
     ReadContracts,
     /// Sign and cancel contracts (own tenant's for tenant admins).
     WriteContracts,
+    /// Read invoices (own tenant's for tenant roles).
+    ReadInvoices,
+    /// Generate and finalize invoices, record downtime.
+    WriteInvoices,
 }
 
 /// The authorization table: which roles may do what. Every endpoint names its action, and a
@@ -90,6 +94,7 @@ pub fn allowed(role: Role, action: Action) -> bool {
                 | ReadQuotas
                 | ReadCapacity
                 | ReadContracts
+                | ReadInvoices
         ),
         TenantAdmin => matches!(
             action,
@@ -104,6 +109,7 @@ pub fn allowed(role: Role, action: Action) -> bool {
                 | ReadQuotas
                 | ReadContracts
                 | WriteContracts
+                | ReadInvoices
         ),
         TenantMember => matches!(
             action,
@@ -115,6 +121,7 @@ pub fn allowed(role: Role, action: Action) -> bool {
                 | WriteInstances
                 | ReadQuotas
                 | ReadContracts
+                | ReadInvoices
         ),
         NodeAgent => false,
     }

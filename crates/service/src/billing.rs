@@ -250,3 +250,305 @@ pub(crate) async fn meter(
     Store::instance_set_metered_until(tx, inst.id, until).await?;
     Ok(())
 }
+
+fn line_view(l: &neocloud_billing::invoice::InvoiceLine) -> neocloud_types::InvoiceLine {
+    neocloud_types::InvoiceLine {
+        kind: l.kind.as_str().to_string(),
+        description: l.description.clone(),
+        contract_id: l.contract,
+        class: l.class,
+        gpu_model: l.gpu_model.clone(),
+        site_id: l.site,
+        quantity_gpu_seconds: l.quantity_gpu_seconds,
+        amount: l.amount,
+        billed: l.billed,
+    }
+}
+
+impl Service {
+    /// Generates (or regenerates) a tenant's draft invoice for a month from the contracts,
+    /// the ledger and recorded downtime. For a month that is over, running instances are
+    /// first metered up to its end, so the ledger holds the whole month. A finalized invoice
+    /// is returned as it is: it never changes.
+    pub async fn invoice_generate(
+        &self,
+        p: &Principal,
+        tenant: &str,
+        month: &str,
+    ) -> Result<neocloud_types::Invoice> {
+        auth::authorize(p, Action::WriteInvoices)?;
+        let tenant = self.visible_tenant(p, tenant).await?;
+        let month: neocloud_billing::period::Month =
+            month
+                .parse()
+                .map_err(|e: neocloud_billing::period::MonthParseError| {
+                    Error::invalid(e.to_string())
+                })?;
+        let now = Timestamp::now();
+        if month.start() > now {
+            return Err(Error::invalid(format!(
+                "{month} has not started: no invoice for a future period"
+            )));
+        }
+        if let Some(inv) = self
+            .store
+            .invoice_for(tenant.id, &month.to_string())
+            .await?
+            && inv.state == "finalized"
+        {
+            return Ok(inv);
+        }
+        let book = self.price_book().await?;
+        if month.end() <= now {
+            // Close the month for this tenant's running instances, under the scheduler's
+            // lock so no stop meters the same interval at the same time.
+            let _sched = self.sched.lock().await;
+            let live = self.store.instance_list_live().await?;
+            for i in live
+                .iter()
+                .filter(|i| i.tenant_id == tenant.id && i.state.holds_gpus())
+            {
+                let metered = self.store.instance_metered_until(i.id).await?;
+                if metered.is_some_and(|m| m >= month.end()) {
+                    continue;
+                }
+                let mut tx = self.store.begin_write().await?;
+                meter(&mut tx, &book, i, metered, month.end()).await?;
+                tx.commit().await?;
+            }
+        }
+        let contracts: Vec<neocloud_billing::invoice::ContractTerms> = self
+            .store
+            .contract_list(Some(tenant.id), None, crate::MAX_PAGE_SIZE)
+            .await?
+            .items
+            .into_iter()
+            .filter(|c| c.state != neocloud_types::ContractState::Cancelled)
+            .map(|c| neocloud_billing::invoice::ContractTerms {
+                id: c.id,
+                tenant: c.tenant_id,
+                gpu_model: c.gpu_model.clone(),
+                site: c.site_id,
+                gpus: c.gpu_count,
+                start: c.start_at,
+                end: c.end_at,
+                rate: c.price_per_gpu_hour,
+                sla_milli: sla_milli(&c.sla_percent),
+            })
+            .collect();
+        let usage: Vec<neocloud_billing::ledger::UsageRecord> = self
+            .store
+            .usage_for_month(tenant.id, &month.to_string())
+            .await?
+            .into_iter()
+            .map(|u| neocloud_billing::ledger::UsageRecord {
+                instance: u.instance_id,
+                tenant: u.tenant_id,
+                class: u.class,
+                gpu_model: u.gpu_model,
+                site: u.site_id,
+                contract: u.contract_id,
+                gpus: u.gpus,
+                month,
+                start: u.start_at,
+                end: u.end_at,
+                gpu_seconds: u.gpu_seconds,
+                rate: u.rate,
+                amount: u.amount,
+            })
+            .collect();
+        let downtime: Vec<neocloud_billing::invoice::Downtime> = self
+            .store
+            .downtime_list(month.start(), month.end())
+            .await?
+            .into_iter()
+            .map(|d| neocloud_billing::invoice::Downtime {
+                contract: d.contract_id,
+                start: d.start_at,
+                end: d.end_at,
+                gpus: d.gpus,
+            })
+            .collect();
+        let built = neocloud_billing::invoice::build_invoice(
+            tenant.id,
+            tenant.kind == neocloud_types::TenantKind::Internal,
+            month,
+            &contracts,
+            &usage,
+            &downtime,
+            &neocloud_billing::invoice::SlaPolicy::default(),
+        );
+        let id = match self
+            .store
+            .invoice_for(tenant.id, &month.to_string())
+            .await?
+        {
+            Some(existing) => existing.id,
+            None => format!("inv_{}", neocloud_types::EventId::new().uuid().simple()),
+        };
+        let inv = neocloud_types::Invoice {
+            id,
+            tenant_id: tenant.id,
+            month: month.to_string(),
+            state: "draft".into(),
+            lines: built.lines.iter().map(line_view).collect(),
+            total: built.total,
+            shadow_total: built.shadow_total,
+            created_at: now,
+            finalized_at: None,
+        };
+        let mut tx = self.store.begin_write().await?;
+        Store::invoice_put_draft(&mut tx, &inv).await?;
+        Store::event_insert(
+            &mut tx,
+            neocloud_store::NewEvent {
+                actor: Some(p.key_id),
+                tenant_id: Some(tenant.id),
+                action: "invoice.generated",
+                resource_kind: "invoice",
+                resource_id: inv.id.clone(),
+                before: None,
+                after: Some(serde_json::json!({"month": inv.month, "total": inv.total})),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(self.store.invoice_get(&inv.id).await?)
+    }
+
+    async fn visible_invoice(&self, p: &Principal, id: &str) -> Result<neocloud_types::Invoice> {
+        let inv = self
+            .store
+            .invoice_get(id)
+            .await
+            .map_err(|_| Error::not_found("invoice", id))?;
+        match p.tenant_scope() {
+            Some(own) if own != inv.tenant_id => Err(Error::not_found("invoice", id)),
+            _ => Ok(inv),
+        }
+    }
+
+    /// Reads an invoice (a tenant key sees its own).
+    pub async fn invoice_get(&self, p: &Principal, id: &str) -> Result<neocloud_types::Invoice> {
+        auth::authorize(p, Action::ReadInvoices)?;
+        self.visible_invoice(p, id).await
+    }
+
+    /// Lists invoices, newest month first (a tenant key sees its own).
+    pub async fn invoice_list(
+        &self,
+        p: &Principal,
+        tenant: Option<&str>,
+    ) -> Result<Vec<neocloud_types::Invoice>> {
+        auth::authorize(p, Action::ReadInvoices)?;
+        let t = self.scoped_tenant(p, tenant).await?;
+        Ok(self.store.invoice_list(t).await?)
+    }
+
+    /// Finalizes a draft invoice of a month that is over; from then on it never changes.
+    pub async fn invoice_finalize(
+        &self,
+        p: &Principal,
+        id: &str,
+    ) -> Result<neocloud_types::Invoice> {
+        auth::authorize(p, Action::WriteInvoices)?;
+        let inv = self.visible_invoice(p, id).await?;
+        if inv.state == "finalized" {
+            return Ok(inv);
+        }
+        let month: neocloud_billing::period::Month =
+            inv.month
+                .parse()
+                .map_err(|e: neocloud_billing::period::MonthParseError| {
+                    Error::internal(e.to_string())
+                })?;
+        let now = Timestamp::now();
+        if month.end() > now {
+            return Err(Error::invalid(format!(
+                "{} is not over yet: finalize after {}",
+                inv.month,
+                month.end()
+            )));
+        }
+        let mut tx = self.store.begin_write().await?;
+        Store::invoice_finalize(&mut tx, &inv.id, now).await?;
+        Store::event_insert(
+            &mut tx,
+            neocloud_store::NewEvent {
+                actor: Some(p.key_id),
+                tenant_id: Some(inv.tenant_id),
+                action: "invoice.finalized",
+                resource_kind: "invoice",
+                resource_id: inv.id.clone(),
+                before: None,
+                after: Some(serde_json::json!({"total": inv.total})),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(self.store.invoice_get(&inv.id).await?)
+    }
+
+    /// Records downtime of a contract's GPUs (until the health issue records it from node
+    /// failures); SLA credits are computed from it.
+    pub async fn downtime_add(
+        &self,
+        p: &Principal,
+        contract: &str,
+        req: crate::AddDowntime,
+    ) -> Result<()> {
+        auth::authorize(p, Action::WriteInvoices)?;
+        let cid: neocloud_types::ContractId = contract
+            .parse()
+            .map_err(|_| Error::not_found("contract", contract))?;
+        let c = self
+            .store
+            .contract_get(cid)
+            .await
+            .map_err(|_| Error::not_found("contract", contract))?;
+        if req.end_at <= req.start_at {
+            return Err(Error::invalid("end_at must be after start_at"));
+        }
+        if req.gpus == 0 || req.gpus > c.gpu_count {
+            return Err(Error::invalid(format!(
+                "gpus must be between 1 and the contract's {}",
+                c.gpu_count
+            )));
+        }
+        let mut tx = self.store.begin_write().await?;
+        Store::downtime_insert(
+            &mut tx,
+            &neocloud_store::DowntimeRow {
+                contract_id: c.id,
+                start_at: req.start_at,
+                end_at: req.end_at,
+                gpus: req.gpus,
+            },
+            req.note.as_deref().unwrap_or(""),
+        )
+        .await?;
+        Store::event_insert(
+            &mut tx,
+            neocloud_store::NewEvent {
+                actor: Some(p.key_id),
+                tenant_id: Some(c.tenant_id),
+                action: "contract.downtime_recorded",
+                resource_kind: "contract",
+                resource_id: c.id.to_string(),
+                before: None,
+                after: Some(serde_json::json!({"start_at": req.start_at, "end_at": req.end_at, "gpus": req.gpus})),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// "99.9" → 99_900 thousandths of a percent.
+fn sla_milli(s: &str) -> u32 {
+    s.parse::<Money>()
+        .ok()
+        .and_then(|m| u32::try_from(m.micros() / 1000).ok())
+        .unwrap_or(99_500)
+}

@@ -391,3 +391,28 @@ pub struct SetPrice {
     #[serde(default)]
     pub effective_from: Option<Timestamp>,
 }
+
+/// Body of `POST /v1/contracts/{id}/downtime`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddDowntime {
+    /// Start of the outage.
+    pub start_at: Timestamp,
+    /// End of the outage (exclusive).
+    pub end_at: Timestamp,
+    /// GPUs of the contract that were unavailable.
+    pub gpus: u32,
+    /// What happened.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// Body of `POST /v1/invoices`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateInvoice {
+    /// Tenant id or name.
+    pub tenant_id: String,
+    /// Month, `YYYY-MM` (UTC), started already.
+    pub month: String,
+}

@@ -264,3 +264,120 @@ impl Store {
         rows.iter().map(|r| id_col(r, "site_id")).collect()
     }
 }
+
+fn invoice_from_row(r: &AnyRow) -> Result<neocloud_types::Invoice> {
+    let lines: String = r.try_get("lines_json")?;
+    Ok(neocloud_types::Invoice {
+        id: r.try_get("id")?,
+        tenant_id: id_col(r, "tenant_id")?,
+        month: r.try_get("month")?,
+        state: r.try_get("state")?,
+        lines: serde_json::from_str(&lines).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        total: Money::from_micros(r.try_get("total_micros")?),
+        shadow_total: Money::from_micros(r.try_get("shadow_total_micros")?),
+        created_at: Timestamp::from_micros(r.try_get("created_at")?),
+        finalized_at: r
+            .try_get::<Option<i64>, _>("finalized_at")?
+            .map(Timestamp::from_micros),
+    })
+}
+
+const INVOICE_COLS: &str = "id, tenant_id, month, state, total_micros, shadow_total_micros, \
+     lines_json, created_at, finalized_at";
+
+impl Store {
+    /// Every ledger record of a tenant for a month.
+    pub async fn usage_for_month(&self, tenant: TenantId, month: &str) -> Result<Vec<UsageRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {USAGE_COLS} FROM usage_records WHERE tenant_id = $1 AND month = $2
+             ORDER BY start_at, instance_id"
+        ))
+        .bind(tenant.to_string())
+        .bind(month)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(usage_from_row).collect()
+    }
+
+    /// Writes a draft invoice (replacing an earlier draft of the same tenant and month); a
+    /// finalized invoice is never touched.
+    pub async fn invoice_put_draft(tx: &mut WriteTx, inv: &neocloud_types::Invoice) -> Result<()> {
+        let lines =
+            serde_json::to_string(&inv.lines).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(&format!(
+            "INSERT INTO invoices ({INVOICE_COLS}) VALUES ($1, $2, $3, 'draft', $4, $5, $6, $7, NULL)
+             ON CONFLICT (tenant_id, month) DO UPDATE SET total_micros = excluded.total_micros,
+               shadow_total_micros = excluded.shadow_total_micros, lines_json = excluded.lines_json,
+               created_at = excluded.created_at
+             WHERE invoices.state = 'draft'"
+        ))
+        .bind(&inv.id)
+        .bind(inv.tenant_id.to_string())
+        .bind(&inv.month)
+        .bind(inv.total.micros())
+        .bind(inv.shadow_total.micros())
+        .bind(lines)
+        .bind(inv.created_at.micros())
+        .execute(tx.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Reads the invoice of a tenant for a month.
+    pub async fn invoice_for(
+        &self,
+        tenant: TenantId,
+        month: &str,
+    ) -> Result<Option<neocloud_types::Invoice>> {
+        let row = sqlx::query(&format!(
+            "SELECT {INVOICE_COLS} FROM invoices WHERE tenant_id = $1 AND month = $2"
+        ))
+        .bind(tenant.to_string())
+        .bind(month)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| invoice_from_row(&r)).transpose()
+    }
+
+    /// Reads an invoice by id.
+    pub async fn invoice_get(&self, id: &str) -> Result<neocloud_types::Invoice> {
+        let row = sqlx::query(&format!(
+            "SELECT {INVOICE_COLS} FROM invoices WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => invoice_from_row(&r),
+            None => Err(StoreError::NotFound {
+                kind: "invoice",
+                id: id.to_string(),
+            }),
+        }
+    }
+
+    /// Lists invoices (of one tenant, or all), newest month first.
+    pub async fn invoice_list(
+        &self,
+        tenant: Option<TenantId>,
+    ) -> Result<Vec<neocloud_types::Invoice>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {INVOICE_COLS} FROM invoices WHERE ($1 = '' OR tenant_id = $1)
+             ORDER BY month DESC, tenant_id LIMIT 1000"
+        ))
+        .bind(tenant.map(|t| t.to_string()).unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(invoice_from_row).collect()
+    }
+
+    /// Finalizes a draft invoice.
+    pub async fn invoice_finalize(tx: &mut WriteTx, id: &str, at: Timestamp) -> Result<()> {
+        sqlx::query("UPDATE invoices SET state = 'finalized', finalized_at = $1 WHERE id = $2 AND state = 'draft'")
+            .bind(at.micros())
+            .bind(id)
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    }
+}

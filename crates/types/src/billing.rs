@@ -51,3 +51,49 @@ pub struct UsageRecord {
     /// Amount, exact to the micro-dollar.
     pub amount: Money,
 }
+
+/// One line of an invoice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InvoiceLine {
+    /// `commitment`, `on-demand`, `spot`, `sla-credit` or `internal-chargeback`.
+    pub kind: String,
+    /// What the line is for.
+    pub description: String,
+    /// The contract (commitment and SLA credit lines).
+    pub contract_id: Option<ContractId>,
+    /// Class of service.
+    pub class: Option<Class>,
+    /// GPU model.
+    pub gpu_model: Option<String>,
+    /// Site.
+    pub site_id: Option<SiteId>,
+    /// GPU-seconds the line covers.
+    pub quantity_gpu_seconds: i64,
+    /// Amount, rounded to the cent (banker's rounding); negative for credits.
+    pub amount: Money,
+    /// False for an internal tenant's chargeback: shown, not billed.
+    pub billed: bool,
+}
+
+/// A tenant's bill for one calendar month (UTC).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Invoice {
+    /// Invoice id (`inv_…`).
+    pub id: String,
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Month, `YYYY-MM`.
+    pub month: String,
+    /// `draft` (regenerated on demand) or `finalized` (never changes again).
+    pub state: String,
+    /// The lines.
+    pub lines: Vec<InvoiceLine>,
+    /// What the tenant owes: the billed lines.
+    pub total: Money,
+    /// Internal chargeback, shown but not billed.
+    pub shadow_total: Money,
+    /// When it was (re)generated.
+    pub created_at: Timestamp,
+    /// When it was finalized.
+    pub finalized_at: Option<Timestamp>,
+}

@@ -272,3 +272,198 @@ both_backends!(
         assert_eq!(again["price_per_gpu_hour"], "2.25");
     }
 );
+
+fn cents_half_even(micros: i128) -> i128 {
+    let (q, r) = (micros.div_euclid(10_000), micros.rem_euclid(10_000));
+    let q = if r > 5_000 || (r == 5_000 && q % 2 != 0) {
+        q + 1
+    } else {
+        q
+    };
+    q * 10_000
+}
+
+both_backends!(
+    monthly_invoices_from_contracts_ledger_and_downtime,
+    |ctx: TestContext| async move {
+        let k = ctx.operator_key.clone();
+        ctx.import(FLEET).await.expect(200);
+        let a = ctx.tenant("acme").await;
+        let b = ctx.tenant("bravo").await;
+        let (ka, _) = ctx.key("tenant-admin", a["id"].as_str()).await;
+        let (kb, _) = ctx.key("tenant-admin", b["id"].as_str()).await;
+        let now = neocloud_types::Timestamp::now();
+        let c = ctx
+        .post("/v1/contracts", &k, &json!({"tenant_id": "acme", "gpu_model": "H100-SXM-80GB", "gpu_count": 8, "start_at": now.to_string(), "end_at": now.plus_seconds(400 * 86400).to_string(), "site": "east", "sla_percent": "99.9"}))
+        .await
+        .expect(201);
+        let start: neocloud_types::Timestamp = c["start_at"].as_str().unwrap().parse().unwrap();
+        // Some on-demand usage by acme on the other node.
+        let i = ctx
+            .post(
+                "/v1/instances",
+                &ka,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 4}),
+            )
+            .await
+            .expect(201);
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        ctx.post(
+            &format!("/v1/instances/{}/terminate", i["id"].as_str().unwrap()),
+            &ka,
+            &json!({}),
+        )
+        .await
+        .expect(200);
+        let month = {
+            let s = now.to_string();
+            s[..7].to_string()
+        };
+        // Bad requests.
+        ctx.post(
+            "/v1/invoices",
+            &k,
+            &json!({"tenant_id": "acme", "month": "2026-13"}),
+        )
+        .await
+        .problem(400, "invalid_request");
+        ctx.post(
+            "/v1/invoices",
+            &k,
+            &json!({"tenant_id": "acme", "month": "2999-01"}),
+        )
+        .await
+        .problem(400, "invalid_request");
+        ctx.post(
+            "/v1/invoices",
+            &ka,
+            &json!({"tenant_id": "acme", "month": month}),
+        )
+        .await
+        .problem(403, "forbidden");
+        // The draft for this month.
+        let inv = ctx
+            .post(
+                "/v1/invoices",
+                &k,
+                &json!({"tenant_id": "acme", "month": month}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(inv["state"], "draft");
+        let lines = inv["lines"].as_array().unwrap();
+        let commit = lines.iter().find(|l| l["kind"] == "commitment").unwrap();
+        // Take-or-pay: 8 GPUs × the rest of the month × $2.25/GPU-hour, rounded to the cent once.
+        let month_end = {
+            let m: neocloud_billing::period::Month = month.parse().unwrap();
+            m.end()
+        };
+        let exact =
+            8i128 * i128::from(month_end.micros() - start.micros()) * 2_250_000 / 3_600_000_000;
+        let expected =
+            neocloud_types::Money::from_micros(i64::try_from(cents_half_even(exact)).unwrap());
+        assert_eq!(commit["amount"], expected.to_string(), "{inv}");
+        let od = lines.iter().find(|l| l["kind"] == "on-demand").unwrap();
+        let usage = ctx.get("/v1/usage?tenant=acme", &k).await.expect(200);
+        let used: i64 = usage["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                u["amount"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<neocloud_types::Money>()
+                    .unwrap()
+                    .micros()
+            })
+            .sum();
+        assert_eq!(
+            od["amount"],
+            neocloud_types::Money::from_micros(
+                i64::try_from(cents_half_even(i128::from(used))).unwrap()
+            )
+            .to_string()
+        );
+        // Tenants read their own invoice, not another's.
+        let id = inv["id"].as_str().unwrap();
+        ctx.get(&format!("/v1/invoices/{id}"), &ka)
+            .await
+            .expect(200);
+        ctx.get(&format!("/v1/invoices/{id}"), &kb)
+            .await
+            .problem(404, "not_found");
+        assert_eq!(
+            ctx.get("/v1/invoices", &kb).await.expect(200)["items"]
+                .as_array()
+                .unwrap()
+                .len(),
+            0
+        );
+        // Regenerating reproduces the same totals under the same id.
+        let again = ctx
+            .post(
+                "/v1/invoices",
+                &k,
+                &json!({"tenant_id": "acme", "month": month}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(again["id"], inv["id"]);
+        assert_eq!(again["total"], inv["total"]);
+        assert_eq!(again["lines"], inv["lines"]);
+        // Downtime of all 8 GPUs for a day breaks the 99.9% SLA: a credit line appears.
+        let cid = c["id"].as_str().unwrap();
+        let dt = |body: Value| {
+            let ctx = &ctx;
+            let k = k.clone();
+            async move {
+                ctx.post(&format!("/v1/contracts/{cid}/downtime"), &k, &body)
+                    .await
+            }
+        };
+        dt(json!({"start_at": start.plus_seconds(60).to_string(), "end_at": start.to_string(), "gpus": 8})).await.problem(400, "invalid_request");
+        dt(json!({"start_at": start.to_string(), "end_at": start.plus_seconds(60).to_string(), "gpus": 9})).await.problem(400, "invalid_request");
+        let end = start.plus_seconds(86400).min(month_end);
+        dt(json!({"start_at": start.to_string(), "end_at": end.to_string(), "gpus": 8, "note": "leaf switch"})).await.expect(204);
+        let inv = ctx
+            .post(
+                "/v1/invoices",
+                &k,
+                &json!({"tenant_id": "acme", "month": month}),
+            )
+            .await
+            .expect(200);
+        let credit = inv["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["kind"] == "sla-credit")
+            .expect("a credit line")
+            .clone();
+        let credit_amount: neocloud_types::Money =
+            credit["amount"].as_str().unwrap().parse().unwrap();
+        assert!(credit_amount < neocloud_types::Money::ZERO);
+        let sum: i64 = inv["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                l["amount"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<neocloud_types::Money>()
+                    .unwrap()
+                    .micros()
+            })
+            .sum();
+        assert_eq!(
+            inv["total"],
+            neocloud_types::Money::from_micros(sum).to_string()
+        );
+        // The month is not over: it cannot be finalized yet.
+        ctx.post(&format!("/v1/invoices/{id}/finalize"), &k, &json!({}))
+            .await
+            .problem(400, "invalid_request");
+    }
+);

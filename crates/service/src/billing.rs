@@ -336,25 +336,28 @@ impl Service {
                 sla_milli: sla_milli(&c.sla_percent),
             })
             .collect();
+        // One summed record per (class, model, site): invoice lines are those sums.
         let usage: Vec<neocloud_billing::ledger::UsageRecord> = self
             .store
-            .usage_for_month(tenant.id, &month.to_string())
+            .usage_month_totals(tenant.id, &month.to_string())
             .await?
             .into_iter()
-            .map(|u| neocloud_billing::ledger::UsageRecord {
-                instance: u.instance_id,
-                tenant: u.tenant_id,
-                class: u.class,
-                gpu_model: u.gpu_model,
-                site: u.site_id,
-                contract: u.contract_id,
-                gpus: u.gpus,
-                month,
-                start: u.start_at,
-                end: u.end_at,
-                gpu_seconds: u.gpu_seconds,
-                rate: u.rate,
-                amount: u.amount,
+            .map(|(class, gpu_model, site, gpu_seconds, amount)| {
+                neocloud_billing::ledger::UsageRecord {
+                    instance: neocloud_types::InstanceId::new(),
+                    tenant: tenant.id,
+                    class,
+                    gpu_model,
+                    site,
+                    contract: None,
+                    gpus: 0,
+                    month,
+                    start: month.start(),
+                    end: month.start(),
+                    gpu_seconds,
+                    rate: Money::ZERO,
+                    amount,
+                }
             })
             .collect();
         let downtime: Vec<neocloud_billing::invoice::Downtime> = self

@@ -286,17 +286,35 @@ const INVOICE_COLS: &str = "id, tenant_id, month, state, total_micros, shadow_to
      lines_json, created_at, finalized_at";
 
 impl Store {
-    /// Every ledger record of a tenant for a month.
-    pub async fn usage_for_month(&self, tenant: TenantId, month: &str) -> Result<Vec<UsageRecord>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {USAGE_COLS} FROM usage_records WHERE tenant_id = $1 AND month = $2
-             ORDER BY start_at, instance_id"
-        ))
+    /// A tenant's ledger for a month summed per (class, GPU model, site): GPU-seconds and
+    /// amount. Invoice lines are sums per (class, model, site), so these totals give the same
+    /// lines as the records one by one, without reading a million rows.
+    pub async fn usage_month_totals(
+        &self,
+        tenant: TenantId,
+        month: &str,
+    ) -> Result<Vec<(Class, String, SiteId, i64, Money)>> {
+        let rows = sqlx::query(
+            "SELECT class, gpu_model, site_id, CAST(SUM(gpu_seconds) AS BIGINT) AS gs,
+                    CAST(SUM(amount_micros) AS BIGINT) AS amount
+             FROM usage_records WHERE tenant_id = $1 AND month = $2
+             GROUP BY class, gpu_model, site_id ORDER BY class, gpu_model, site_id",
+        )
         .bind(tenant.to_string())
         .bind(month)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(usage_from_row).collect()
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    enum_col::<Class>(r, "class")?,
+                    r.try_get("gpu_model")?,
+                    id_col(r, "site_id")?,
+                    r.try_get("gs")?,
+                    Money::from_micros(r.try_get("amount")?),
+                ))
+            })
+            .collect()
     }
 
     /// Writes a draft invoice (replacing an earlier draft of the same tenant and month); a

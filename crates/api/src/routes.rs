@@ -67,6 +67,8 @@ pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(invoice_get))
         .routes(routes!(invoice_finalize))
         .routes(routes!(downtime_add))
+        .routes(routes!(report_backlog))
+        .routes(routes!(report_revenue))
 }
 
 /// A list of items.
@@ -991,4 +993,41 @@ async fn downtime_add(
     let req: neocloud_service::AddDowntime = json_body(&headers, &body)?;
     st.svc.downtime_add(&p, &id, req).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- reports ------------------------------------------------------------------------------
+
+/// The contracted backlog: remaining committed value of signed and active contracts, in
+/// total and by calendar year.
+#[utoipa::path(get, path = "/v1/reports/backlog", tag = "billing", security(("bearer" = [])),
+    responses((status = 200, body = neocloud_service::BacklogReport)))]
+async fn report_backlog(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+) -> ApiResult<Json<neocloud_service::BacklogReport>> {
+    Ok(Json(st.svc.report_backlog(&p).await?))
+}
+
+/// Months for a report.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RevenueParams {
+    /// First month, `YYYY-MM`.
+    from: String,
+    /// Last month, `YYYY-MM` (inclusive).
+    to: String,
+}
+
+/// Revenue by month × tenant × class × site: commitments (take-or-pay) and metered
+/// on-demand and spot usage.
+#[utoipa::path(get, path = "/v1/reports/revenue", tag = "billing", security(("bearer" = [])),
+    params(RevenueParams), responses((status = 200, body = List<neocloud_service::RevenueRow>)))]
+async fn report_revenue(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Q(q): Q<RevenueParams>,
+) -> ApiResult<Json<List<neocloud_service::RevenueRow>>> {
+    Ok(Json(List {
+        items: st.svc.report_revenue(&p, &q.from, &q.to).await?,
+    }))
 }

@@ -106,6 +106,9 @@ enum Command {
     /// Monthly invoices.
     #[command(subcommand)]
     Invoices(InvoiceCmd),
+    /// Reports: contracted backlog, revenue.
+    #[command(subcommand)]
+    Reports(ReportCmd),
     /// Capacity per site and model: sellable, committed, allocated, fragmentation, power.
     Capacity {
         /// Only this site.
@@ -196,6 +199,21 @@ enum PriceCmd {
         /// When it takes effect, RFC 3339 (now by default).
         #[arg(long)]
         effective_from: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReportCmd {
+    /// Remaining committed value of signed and active contracts, by year.
+    Backlog,
+    /// Revenue by month, tenant, class and site.
+    Revenue {
+        /// First month, YYYY-MM.
+        #[arg(long)]
+        from: String,
+        /// Last month, YYYY-MM.
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -676,6 +694,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Prices(cmd) => prices(g, cmd).await,
         Command::Usage(cmd) => usage(g, cmd).await,
         Command::Invoices(cmd) => invoices(g, cmd).await,
+        Command::Reports(cmd) => reports(g, cmd).await,
     }
 }
 
@@ -1645,4 +1664,51 @@ async fn invoices(g: &Global, cmd: InvoiceCmd) -> Result<()> {
         }
     };
     show(g, &v, print_invoice)
+}
+
+async fn reports(g: &Global, cmd: ReportCmd) -> Result<()> {
+    let c = client(g)?;
+    match cmd {
+        ReportCmd::Backlog => {
+            let v = c
+                .call(Method::GET, "/v1/reports/backlog", &[], None, None)
+                .await?;
+            show(g, &v, |v| {
+                println!(
+                    "contracted backlog as of {}: ${}",
+                    cell(&v["as_of"]),
+                    cell(&v["total"])
+                );
+                if let Some(years) = v["by_year"].as_array() {
+                    table(
+                        years,
+                        &[("YEAR", &field("year")), ("VALUE $", &field("value"))],
+                    );
+                }
+            })
+        }
+        ReportCmd::Revenue { from, to } => {
+            let v = c
+                .call(
+                    Method::GET,
+                    "/v1/reports/revenue",
+                    &[("from", from), ("to", to)],
+                    None,
+                    None,
+                )
+                .await?;
+            show(g, &v, |v| {
+                table(
+                    items(v),
+                    &[
+                        ("MONTH", &field("month")),
+                        ("TENANT", &field("tenant_id")),
+                        ("CLASS", &field("class")),
+                        ("SITE", &field("site_id")),
+                        ("AMOUNT $", &field("amount")),
+                    ],
+                )
+            })
+        }
+    }
 }

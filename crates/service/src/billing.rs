@@ -555,3 +555,180 @@ fn sla_milli(s: &str) -> u32 {
         .and_then(|m| u32::try_from(m.micros() / 1000).ok())
         .unwrap_or(99_500)
 }
+
+impl Service {
+    /// The contracted backlog: for every signed or active contract, the committed value from
+    /// now (or its start) to its end, in total and by calendar year.
+    pub async fn report_backlog(&self, p: &Principal) -> Result<crate::BacklogReport> {
+        auth::authorize(p, Action::ReadCapacity)?;
+        let now = Timestamp::now();
+        let mut by_year: std::collections::BTreeMap<i32, i64> = Default::default();
+        let mut contracts = Vec::new();
+        let mut total: i64 = 0;
+        for c in self.store.contract_list_live().await? {
+            let from = c.start_at.max(now);
+            if from >= c.end_at {
+                continue;
+            }
+            let mut remaining: i64 = 0;
+            let mut year = neocloud_billing::period::Month::containing(from).year;
+            loop {
+                let y_start = neocloud_billing::period::Month::new(year, 1)
+                    .map(|m| m.start())
+                    .ok_or_else(|| Error::internal("year out of range"))?;
+                let y_end = neocloud_billing::period::Month::new(year + 1, 1)
+                    .map(|m| m.start())
+                    .ok_or_else(|| Error::internal("year out of range"))?;
+                let s = from.max(y_start);
+                let e = c.end_at.min(y_end);
+                if s < e {
+                    let v = neocloud_store::contract_value(c.gpu_count, s, e, c.price_per_gpu_hour)
+                        .micros();
+                    *by_year.entry(year).or_default() += v;
+                    remaining += v;
+                }
+                if y_end >= c.end_at {
+                    break;
+                }
+                year += 1;
+            }
+            total += remaining;
+            contracts.push(crate::BacklogContract {
+                contract_id: c.id,
+                tenant_id: c.tenant_id,
+                remaining_value: Money::from_micros(remaining),
+            });
+        }
+        Ok(crate::BacklogReport {
+            as_of: now,
+            total: Money::from_micros(total),
+            by_year: by_year
+                .into_iter()
+                .map(|(year, v)| crate::BacklogYear {
+                    year,
+                    value: Money::from_micros(v),
+                })
+                .collect(),
+            contracts,
+        })
+    }
+
+    /// Revenue by month × tenant × class × site for `[from, to]` (months): commitments of
+    /// contracts (take-or-pay) as `reserved`, and metered on-demand and spot usage.
+    pub async fn report_revenue(
+        &self,
+        p: &Principal,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<crate::RevenueRow>> {
+        auth::authorize(p, Action::ReadCapacity)?;
+        let parse = |s: &str| {
+            s.parse::<neocloud_billing::period::Month>().map_err(
+                |e: neocloud_billing::period::MonthParseError| Error::invalid(e.to_string()),
+            )
+        };
+        let (first, last) = (parse(from)?, parse(to)?);
+        if last < first {
+            return Err(Error::invalid("`to` is before `from`"));
+        }
+        let contracts = self
+            .store
+            .contract_list(None, None, crate::MAX_PAGE_SIZE)
+            .await?
+            .items;
+        let tenants = self
+            .store
+            .tenant_list(None, None, crate::MAX_PAGE_SIZE)
+            .await?
+            .items;
+        let mut rows = Vec::new();
+        let mut m = first;
+        let mut guard = 0;
+        while m <= last && guard < 240 {
+            guard += 1;
+            // Commitments exactly as invoices bill them (whole seconds, rounded to the cent).
+            for t in &tenants {
+                let terms: Vec<neocloud_billing::invoice::ContractTerms> = contracts
+                    .iter()
+                    .filter(|c| {
+                        c.tenant_id == t.id && c.state != neocloud_types::ContractState::Cancelled
+                    })
+                    .map(|c| neocloud_billing::invoice::ContractTerms {
+                        id: c.id,
+                        tenant: c.tenant_id,
+                        gpu_model: c.gpu_model.clone(),
+                        site: c.site_id,
+                        gpus: c.gpu_count,
+                        start: c.start_at,
+                        end: c.end_at,
+                        rate: c.price_per_gpu_hour,
+                        sla_milli: sla_milli(&c.sla_percent),
+                    })
+                    .collect();
+                if terms.is_empty() {
+                    continue;
+                }
+                let inv = neocloud_billing::invoice::build_invoice(
+                    t.id,
+                    false,
+                    m,
+                    &terms,
+                    &[],
+                    &[],
+                    &neocloud_billing::invoice::SlaPolicy::default(),
+                );
+                for l in inv
+                    .lines
+                    .iter()
+                    .filter(|l| l.kind == neocloud_billing::invoice::LineKind::Commitment)
+                {
+                    if let Some(site) = l.site {
+                        rows.push(crate::RevenueRow {
+                            month: m.to_string(),
+                            tenant_id: t.id,
+                            class: Class::Reserved,
+                            site_id: site,
+                            amount: l.amount,
+                        });
+                    }
+                }
+            }
+            for t in &tenants {
+                for (class, _model, site, _gs, amount) in
+                    self.store.usage_month_totals(t.id, &m.to_string()).await?
+                {
+                    if matches!(class, Class::OnDemand | Class::Spot) {
+                        rows.push(crate::RevenueRow {
+                            month: m.to_string(),
+                            tenant_id: t.id,
+                            class,
+                            site_id: site,
+                            amount,
+                        });
+                    }
+                }
+            }
+            m = m.next();
+        }
+        // One row per (month, tenant, class, site), whatever the GPU models.
+        let mut merged: std::collections::BTreeMap<
+            (String, String, String, String),
+            crate::RevenueRow,
+        > = Default::default();
+        for r in rows {
+            let key = (
+                r.month.clone(),
+                r.tenant_id.to_string(),
+                r.class.as_str().to_string(),
+                r.site_id.to_string(),
+            );
+            match merged.get_mut(&key) {
+                Some(x) => x.amount = Money::from_micros(x.amount.micros() + r.amount.micros()),
+                None => {
+                    merged.insert(key, r);
+                }
+            }
+        }
+        Ok(merged.into_values().collect())
+    }
+}

@@ -416,3 +416,53 @@ pub struct GenerateInvoice {
     /// Month, `YYYY-MM` (UTC), started already.
     pub month: String,
 }
+
+/// The contracted backlog: committed value not yet delivered, the figure a neocloud reports
+/// to investors.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct BacklogReport {
+    /// When it was computed.
+    pub as_of: Timestamp,
+    /// Remaining committed value of every signed and active contract.
+    pub total: Money,
+    /// The same, by calendar year (UTC) of delivery.
+    pub by_year: Vec<BacklogYear>,
+    /// Per contract.
+    pub contracts: Vec<BacklogContract>,
+}
+
+/// Backlog delivered in one calendar year.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct BacklogYear {
+    /// Year.
+    pub year: i32,
+    /// Committed value falling in that year.
+    pub value: Money,
+}
+
+/// One contract's remaining committed value.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct BacklogContract {
+    /// Contract.
+    pub contract_id: neocloud_types::ContractId,
+    /// Tenant.
+    pub tenant_id: neocloud_types::TenantId,
+    /// Value from now (or its start) to its end.
+    pub remaining_value: Money,
+}
+
+/// Revenue of one month, tenant, class and site.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct RevenueRow {
+    /// Month, `YYYY-MM`.
+    pub month: String,
+    /// Tenant.
+    pub tenant_id: neocloud_types::TenantId,
+    /// Class: `reserved` (commitments, take-or-pay), `on-demand` or `spot`. Internal usage
+    /// is chargeback, not revenue.
+    pub class: neocloud_types::Class,
+    /// Site.
+    pub site_id: neocloud_types::SiteId,
+    /// Amount (exact; invoices round per line).
+    pub amount: Money,
+}

@@ -467,3 +467,78 @@ both_backends!(
             .problem(400, "invalid_request");
     }
 );
+
+both_backends!(
+    the_memphis_backlog_and_invoice_match_the_contract,
+    |ctx: TestContext| async move {
+        let k = ctx.operator_key.clone();
+        ctx.import(&neocloud_fleet::demo_fleet_toml(0.01).unwrap())
+            .await
+            .expect(200);
+        ctx.tenant("frontier-lab").await;
+        let now = neocloud_types::Timestamp::now();
+        let end = now.plus_seconds(3 * 365 * 86400);
+        let c = ctx
+        .post("/v1/contracts", &k, &json!({"tenant_id": "frontier-lab", "gpu_model": "H100-SXM-80GB", "gpu_count": 2152, "start_at": now.to_string(), "end_at": end.to_string(), "site": "memphis-1", "sla_percent": "99.9"}))
+        .await
+        .expect(201);
+        assert_eq!(c["price_per_gpu_hour"], "1.95");
+        let value: neocloud_types::Money = c["total_value"].as_str().unwrap().parse().unwrap();
+        // 2,152 GPUs × 26,280 hours × $1.95 = $110,281,392, less the moment between asking and
+        // signing.
+        assert!(
+            (110_281_391_000_000..=110_281_392_000_000).contains(&value.micros()),
+            "{value}"
+        );
+        let b = ctx.get("/v1/reports/backlog", &k).await.expect(200);
+        let total: neocloud_types::Money = b["total"].as_str().unwrap().parse().unwrap();
+        // The backlog is the contract's value from now on: within a few dollars of its total.
+        assert!(value.micros() - total.micros() < 50_000_000, "{b}");
+        let by_year: i64 = b["by_year"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|y| {
+                y["value"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<neocloud_types::Money>()
+                    .unwrap()
+                    .micros()
+            })
+            .sum();
+        assert_eq!(by_year, total.micros());
+        assert_eq!(
+            b["by_year"].as_array().unwrap().len(),
+            4,
+            "2026 to 2029: {b}"
+        );
+        // This month's invoice bills the commitment for the rest of the month, and the revenue
+        // report shows the same amount as reserved revenue.
+        let month = now.to_string()[..7].to_string();
+        let inv = ctx
+            .post(
+                "/v1/invoices",
+                &k,
+                &json!({"tenant_id": "frontier-lab", "month": month}),
+            )
+            .await
+            .expect(200);
+        let commit: neocloud_types::Money =
+            inv["lines"][0]["amount"].as_str().unwrap().parse().unwrap();
+        let rev = ctx
+            .get(&format!("/v1/reports/revenue?from={month}&to={month}"), &k)
+            .await
+            .expect(200);
+        let row = &rev["items"][0];
+        assert_eq!(row["class"], "reserved");
+        let r: neocloud_types::Money = row["amount"].as_str().unwrap().parse().unwrap();
+        assert_eq!(commit, r, "revenue is what invoices bill");
+        ctx.get("/v1/reports/revenue?from=2026-12&to=2026-11", &k)
+            .await
+            .problem(400, "invalid_request");
+        ctx.get("/v1/reports/revenue?from=bad&to=2026-11", &k)
+            .await
+            .problem(400, "invalid_request");
+    }
+);

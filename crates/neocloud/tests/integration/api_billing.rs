@@ -542,3 +542,77 @@ both_backends!(
             .problem(400, "invalid_request");
     }
 );
+
+both_backends!(
+    a_finalized_invoice_never_changes,
+    |ctx: TestContext| async move {
+        let k = ctx.operator_key.clone();
+        ctx.import(FLEET).await.expect(200);
+        let t = ctx.tenant("acme").await;
+        let tid = t["id"].as_str().unwrap().to_string();
+        let site = ctx.get("/v1/sites/east", &k).await.expect(200)["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // Last month's ledger: one hour of 8 GPUs at $3.00 (written as the metering would).
+        let last: neocloud_billing::period::Month = {
+            let this: neocloud_billing::period::Month = neocloud_types::Timestamp::now()
+                .to_string()[..7]
+                .parse()
+                .unwrap();
+            this.prev()
+        };
+        let add = |start_offset: i64| {
+            let pool = ctx.svc.store().pool().clone();
+            let (tid, site) = (tid.clone(), site.clone());
+            async move {
+                let s = last.start().micros() + start_offset * 1_000_000;
+                sqlx::query(
+                "INSERT INTO usage_records (instance_id, start_at, end_at, tenant_id, class, gpu_model, site_id, contract_id, gpus, month, gpu_seconds, rate_micros, amount_micros, created_at)
+                 VALUES ($1, $2, $3, $4, 'on-demand', 'H100-SXM-80GB', $5, NULL, 8, $6, 28800, 3000000, 24000000, 0)",
+            )
+            .bind(neocloud_types::InstanceId::new().to_string())
+            .bind(s)
+            .bind(s + 3_600_000_000)
+            .bind(tid)
+            .bind(site)
+            .bind(last.to_string())
+            .execute(&pool)
+            .await
+            .unwrap();
+            }
+        };
+        add(0).await;
+        let inv = ctx
+            .post(
+                "/v1/invoices",
+                &k,
+                &json!({"tenant_id": "acme", "month": last.to_string()}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(inv["total"], "24");
+        let id = inv["id"].as_str().unwrap();
+        let fin = ctx
+            .post(&format!("/v1/invoices/{id}/finalize"), &k, &json!({}))
+            .await
+            .expect(200);
+        assert_eq!(fin["state"], "finalized");
+        assert!(fin["finalized_at"].is_string());
+        // Late usage for the same month arrives; the finalized invoice does not change.
+        add(7200).await;
+        let again = ctx
+            .post(
+                "/v1/invoices",
+                &k,
+                &json!({"tenant_id": "acme", "month": last.to_string()}),
+            )
+            .await
+            .expect(200);
+        assert_eq!(again, fin);
+        assert_eq!(
+            ctx.get(&format!("/v1/invoices/{id}"), &k).await.expect(200)["total"],
+            "24"
+        );
+    }
+);

@@ -323,18 +323,7 @@ impl Service {
             .await?
             .items
             .into_iter()
-            .filter(|c| c.state != neocloud_types::ContractState::Cancelled)
-            .map(|c| neocloud_billing::invoice::ContractTerms {
-                id: c.id,
-                tenant: c.tenant_id,
-                gpu_model: c.gpu_model.clone(),
-                site: c.site_id,
-                gpus: c.gpu_count,
-                start: c.start_at,
-                end: c.end_at,
-                rate: c.price_per_gpu_hour,
-                sla_milli: sla_milli(&c.sla_percent),
-            })
+            .filter_map(|c| billing_terms(&c))
             .collect();
         // One summed record per (class, model, site): invoice lines are those sums.
         let usage: Vec<neocloud_billing::ledger::UsageRecord> = self
@@ -548,6 +537,27 @@ impl Service {
     }
 }
 
+/// A contract as billing sees it. A cancelled contract is billed up to its cancellation
+/// (take-or-pay until then) and not after.
+fn billing_terms(c: &neocloud_types::Contract) -> Option<neocloud_billing::invoice::ContractTerms> {
+    let end = if c.state == neocloud_types::ContractState::Cancelled {
+        c.end_at.min(c.updated_at)
+    } else {
+        c.end_at
+    };
+    (end > c.start_at).then(|| neocloud_billing::invoice::ContractTerms {
+        id: c.id,
+        tenant: c.tenant_id,
+        gpu_model: c.gpu_model.clone(),
+        site: c.site_id,
+        gpus: c.gpu_count,
+        start: c.start_at,
+        end,
+        rate: c.price_per_gpu_hour,
+        sla_milli: sla_milli(&c.sla_percent),
+    })
+}
+
 /// "99.9" → 99_900 thousandths of a percent.
 fn sla_milli(s: &str) -> u32 {
     s.parse::<Money>()
@@ -650,20 +660,8 @@ impl Service {
             for t in &tenants {
                 let terms: Vec<neocloud_billing::invoice::ContractTerms> = contracts
                     .iter()
-                    .filter(|c| {
-                        c.tenant_id == t.id && c.state != neocloud_types::ContractState::Cancelled
-                    })
-                    .map(|c| neocloud_billing::invoice::ContractTerms {
-                        id: c.id,
-                        tenant: c.tenant_id,
-                        gpu_model: c.gpu_model.clone(),
-                        site: c.site_id,
-                        gpus: c.gpu_count,
-                        start: c.start_at,
-                        end: c.end_at,
-                        rate: c.price_per_gpu_hour,
-                        sla_milli: sla_milli(&c.sla_percent),
-                    })
+                    .filter(|c| c.tenant_id == t.id)
+                    .filter_map(billing_terms)
                     .collect();
                 if terms.is_empty() {
                     continue;

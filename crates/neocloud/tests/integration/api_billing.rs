@@ -616,3 +616,45 @@ both_backends!(
         );
     }
 );
+
+both_backends!(
+    a_cancelled_contract_is_billed_until_its_cancellation,
+    |ctx: TestContext| async move {
+        let k = ctx.operator_key.clone();
+        ctx.import(FLEET).await.expect(200);
+        ctx.tenant("acme").await;
+        let now = neocloud_types::Timestamp::now();
+        let c = ctx
+        .post("/v1/contracts", &k, &json!({"tenant_id": "acme", "gpu_model": "H100-SXM-80GB", "gpu_count": 8, "start_at": now.to_string(), "end_at": now.plus_seconds(400 * 86400).to_string(), "site": "east"}))
+        .await
+        .expect(201);
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        let cancelled = ctx
+            .post(
+                &format!("/v1/contracts/{}/cancel", c["id"].as_str().unwrap()),
+                &k,
+                &json!({}),
+            )
+            .await
+            .expect(200);
+        let month = now.to_string()[..7].to_string();
+        let inv = ctx
+            .post(
+                "/v1/invoices",
+                &k,
+                &json!({"tenant_id": "acme", "month": month}),
+            )
+            .await
+            .expect(200);
+        let line = &inv["lines"][0];
+        assert_eq!(line["kind"], "commitment");
+        let secs = secs(&cancelled["updated_at"]) - secs(&c["start_at"]);
+        let q = line["quantity_gpu_seconds"].as_i64().unwrap();
+        // Whole seconds from the start to the cancellation, for 8 GPUs: a couple of seconds,
+        // not the rest of the month.
+        assert!(
+            (8 * (secs - 1)..=8 * (secs + 1)).contains(&q),
+            "{q} vs {secs}: {inv}"
+        );
+    }
+);

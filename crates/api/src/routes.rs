@@ -68,6 +68,7 @@ pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(invoice_finalize))
         .routes(routes!(downtime_add))
         .routes(routes!(report_backlog))
+        .routes(routes!(spot_price_list))
         .routes(routes!(report_revenue))
 }
 
@@ -1030,4 +1031,45 @@ async fn report_revenue(
     Ok(Json(List {
         items: st.svc.report_revenue(&p, &q.from, &q.to).await?,
     }))
+}
+
+/// A spot price and the time it took effect.
+#[derive(Serialize, ToSchema)]
+pub struct SpotPrice {
+    /// In force from this time until the next.
+    pub effective_from: neocloud_types::Timestamp,
+    /// US dollars per GPU-hour.
+    pub price_per_gpu_hour: neocloud_types::Money,
+}
+
+/// The pool to read spot prices of.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SpotParams {
+    /// Site id or name.
+    site: String,
+    /// GPU model.
+    gpu_model: String,
+}
+
+/// The spot price series of a pool (site and GPU model), recomputed from its utilization
+/// once a minute; any key may read it.
+#[utoipa::path(get, path = "/v1/spot-prices", tag = "billing", security(("bearer" = [])),
+    params(SpotParams), responses((status = 200, body = List<SpotPrice>)))]
+async fn spot_price_list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Q(q): Q<SpotParams>,
+) -> ApiResult<Json<List<SpotPrice>>> {
+    let items = st
+        .svc
+        .spot_price_list(&p, &q.site, &q.gpu_model)
+        .await?
+        .into_iter()
+        .map(|(effective_from, price_per_gpu_hour)| SpotPrice {
+            effective_from,
+            price_per_gpu_hour,
+        })
+        .collect();
+    Ok(Json(List { items }))
 }

@@ -186,6 +186,7 @@ impl Service {
 /// up to `until`, in the caller's transaction, so the records commit with the state change
 /// that ended the interval.
 pub(crate) async fn meter(
+    store: &Store,
     tx: &mut WriteTx,
     book: &PriceBook,
     inst: &Instance,
@@ -210,20 +211,26 @@ pub(crate) async fn meter(
         start: from,
         end: until,
     };
-    // Until spot prices move with utilization, spot is charged at its floor.
+    // Spot is priced per interval at the spot price then in force: the recorded series
+    // (recomputed from the pool's utilization), and the floor before its first point.
     let spot: Vec<(Timestamp, Money)> = if inst.class == Class::Spot {
-        // From the beginning of time: the rating rounds the start down to the second, so the
-        // series must cover the moment before `from` too.
-        book.segments(
-            &inst.gpu_model,
-            site,
-            PriceKind::SpotFloor,
-            Timestamp::from_micros(0),
-            until,
-        )
-        .into_iter()
-        .map(|(s, _, p)| (s, p))
-        .collect()
+        let mut series: Vec<(Timestamp, Money)> = book
+            .segments(
+                &inst.gpu_model,
+                site,
+                PriceKind::SpotFloor,
+                Timestamp::from_micros(0),
+                until,
+            )
+            .into_iter()
+            .map(|(s, _, p)| (s, p))
+            .collect();
+        let recorded = store.spot_price_series(&inst.gpu_model, site).await?;
+        if let Some(first) = recorded.first() {
+            series.retain(|(t, _)| *t < first.0);
+        }
+        series.extend(recorded);
+        series
     } else {
         Vec::new()
     };
@@ -313,7 +320,7 @@ impl Service {
                     continue;
                 }
                 let mut tx = self.store.begin_write().await?;
-                meter(&mut tx, &book, i, metered, month.end()).await?;
+                meter(&self.store, &mut tx, &book, i, metered, month.end()).await?;
                 tx.commit().await?;
             }
         }
@@ -728,5 +735,64 @@ impl Service {
             }
         }
         Ok(merged.into_values().collect())
+    }
+}
+
+impl Service {
+    /// Recomputes the spot price of every pool (site and GPU model) from its utilization and
+    /// records it when it changed: `floor + (ceiling − floor) × max(0, u − 50%) / 50%`.
+    pub(crate) async fn spot_reprice(
+        &self,
+        sched: &crate::scheduler::Sched,
+        book: &PriceBook,
+        now: Timestamp,
+    ) -> Result<usize> {
+        let mut changed = 0;
+        for site in &sched.sites {
+            for m in &site.gpus_by_model {
+                let total = u64::try_from(m.gpus).unwrap_or(0);
+                if total == 0 {
+                    continue;
+                }
+                let free = sched
+                    .alloc
+                    .free_gpus(Some(site.id), &m.gpu_model)
+                    .min(total);
+                let used_milli = u32::try_from((total - free) * 1000 / total).unwrap_or(1000);
+                let (Some(floor), Some(ceiling)) = (
+                    book.price_at(&m.gpu_model, site.id, PriceKind::SpotFloor, now),
+                    book.price_at(&m.gpu_model, site.id, PriceKind::SpotCeiling, now),
+                ) else {
+                    continue;
+                };
+                let price = neocloud_billing::prices::spot_price(floor, ceiling, used_milli);
+                let last = self.store.spot_price_series(&m.gpu_model, site.id).await?;
+                if last.last().map(|(_, p)| *p) == Some(price) {
+                    continue;
+                }
+                let mut tx = self.store.begin_write().await?;
+                Store::spot_price_insert(&mut tx, &m.gpu_model, site.id, now, price).await?;
+                tx.commit().await?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The spot price series of a pool (any key may read it).
+    pub async fn spot_price_list(
+        &self,
+        p: &Principal,
+        site: &str,
+        model: &str,
+    ) -> Result<Vec<(Timestamp, Money)>> {
+        auth::authorize(p, Action::ReadCatalog)?;
+        let site: neocloud_types::SiteId = self
+            .store
+            .site_id_of(site)
+            .await?
+            .parse()
+            .map_err(|_| Error::not_found("site", site))?;
+        Ok(self.store.spot_price_series(model, site).await?)
     }
 }

@@ -536,7 +536,7 @@ impl Service {
             neocloud_store::Store::instance_update(&mut tx, &i).await?;
             if held {
                 let m = metered.get(&i.id).copied().flatten();
-                crate::billing::meter(&mut tx, &book, &i, m, now).await?;
+                crate::billing::meter(&self.store, &mut tx, &book, &i, m, now).await?;
             }
             neocloud_store::Store::instance_release_gpus(&mut tx, i.id).await?;
             scheduler::event(&mut tx, actor, &i, "instance.terminated", before, None).await?;

@@ -10,6 +10,9 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::scheduler::{self, Queued, request_of};
 use crate::{Created, Idempotency, LaunchInstance, Service, SetQuota, page_limit};
 
+/// How often spot prices are recomputed from utilization.
+pub const SPOT_REPRICE_SECS: i64 = 60;
+
 impl Service {
     /// Launches an instance: places it now, queues it (when it asked to wait, or when
     /// lower-priority work is being preempted for it), or refuses with the reason.
@@ -355,7 +358,7 @@ impl Service {
         let mut tx = self.store.begin_write().await?;
         Store::instance_update(&mut tx, &inst).await?;
         if held {
-            crate::billing::meter(&mut tx, &book, &inst, metered, now).await?;
+            crate::billing::meter(&self.store, &mut tx, &book, &inst, metered, now).await?;
         }
         Store::instance_release_gpus(&mut tx, inst.id).await?;
         scheduler::event(
@@ -381,7 +384,16 @@ impl Service {
         let book = self.price_book().await?;
         let mut sched = self.sched.lock().await;
         self.contracts_advance(&mut sched, now).await?;
-        sched.tick(&self.store, &book, now).await
+        let changed = sched.tick(&self.store, &book, now).await?;
+        // Spot prices follow utilization, recomputed once a minute.
+        if sched
+            .spot_repriced_at
+            .is_none_or(|t| t.plus_seconds(SPOT_REPRICE_SECS) <= now)
+        {
+            self.spot_reprice(&sched, &book, now).await?;
+            sched.spot_repriced_at = Some(now);
+        }
+        Ok(changed)
     }
 
     /// Sets or removes a quota.

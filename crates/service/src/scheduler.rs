@@ -72,6 +72,8 @@ pub(crate) struct Sched {
     pub(crate) node_names: std::collections::HashMap<neocloud_types::NodeId, String>,
     /// Every quota; refreshed when one is set.
     pub(crate) quotas: Vec<neocloud_types::Quota>,
+    /// When spot prices were last recomputed.
+    pub(crate) spot_repriced_at: Option<Timestamp>,
     /// Active contracts whose pool has all its nodes: nothing to do for them until the end.
     pub(crate) pools_full: std::collections::BTreeSet<neocloud_types::ContractId>,
 }
@@ -191,6 +193,7 @@ impl Sched {
             sold: Default::default(),
             quotas: store.quota_list(None).await?,
             pools_full: Default::default(),
+            spot_repriced_at: None,
         };
         let allocations: Vec<Allocation> = sched.alloc.allocations().cloned().collect();
         for a in &allocations {
@@ -285,7 +288,7 @@ impl Sched {
             let metered = store.instance_metered_until(i.id).await?;
             let mut tx = store.begin_write().await?;
             Store::instance_update(&mut tx, &i).await?;
-            crate::billing::meter(&mut tx, book, &i, metered, now).await?;
+            crate::billing::meter(store, &mut tx, book, &i, metered, now).await?;
             Store::instance_release_gpus(&mut tx, i.id).await?;
             event(&mut tx, None, &i, "instance.preempted", before, None).await?;
             tx.commit().await?;

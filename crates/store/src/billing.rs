@@ -399,3 +399,50 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Records a spot price in force from `at` (skipped if one is already recorded then).
+    pub async fn spot_price_insert(
+        tx: &mut WriteTx,
+        model: &str,
+        site: SiteId,
+        at: Timestamp,
+        price: Money,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO spot_prices (gpu_model, site_id, effective_from, price_micros)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (gpu_model, site_id, effective_from) DO NOTHING",
+        )
+        .bind(model)
+        .bind(site.to_string())
+        .bind(at.micros())
+        .bind(price.micros())
+        .execute(tx.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// The spot price series of a pool, oldest first: each price holds until the next.
+    pub async fn spot_price_series(
+        &self,
+        model: &str,
+        site: SiteId,
+    ) -> Result<Vec<(Timestamp, Money)>> {
+        let rows = sqlx::query(
+            "SELECT effective_from, price_micros FROM spot_prices
+             WHERE gpu_model = $1 AND site_id = $2 ORDER BY effective_from",
+        )
+        .bind(model)
+        .bind(site.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    Timestamp::from_micros(r.try_get("effective_from")?),
+                    Money::from_micros(r.try_get("price_micros")?),
+                ))
+            })
+            .collect()
+    }
+}

@@ -658,3 +658,66 @@ both_backends!(
         );
     }
 );
+
+both_backends!(
+    spot_prices_follow_utilization_and_price_spot_usage,
+    |ctx: TestContext| async move {
+        ctx.import(FLEET).await.expect(200);
+        let b = ctx.tenant("bravo").await;
+        let (kb, _) = ctx.key("tenant-admin", b["id"].as_str()).await;
+        // Spot fills the pool; the first repricing puts spot at its ceiling (80% of $3.00).
+        let i = ctx
+            .post(
+                "/v1/instances",
+                &kb,
+                &json!({"gpu_model": "H100-SXM-80GB", "nodes": 2, "class": "spot"}),
+            )
+            .await
+            .expect(201);
+        ctx.svc
+            .tick(neocloud_types::Timestamp::now())
+            .await
+            .unwrap();
+        let s = ctx
+            .get("/v1/spot-prices?site=east&gpu_model=H100-SXM-80GB", &kb)
+            .await
+            .expect(200);
+        assert_eq!(s["items"][0]["price_per_gpu_hour"], "2.4", "{s}");
+        ctx.get("/v1/spot-prices?site=nowhere&gpu_model=H100-SXM-80GB", &kb)
+            .await
+            .problem(404, "not_found");
+        ctx.get("/v1/spot-prices?site=east", &kb)
+            .await
+            .problem(400, "invalid_request");
+        // Metered when it stops: at the floor before the first recorded price, at the ceiling
+        // from then on (a price taking effect mid-second applies from the next whole second).
+        tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+        ctx.post(
+            &format!("/v1/instances/{}/terminate", i["id"].as_str().unwrap()),
+            &kb,
+            &json!({}),
+        )
+        .await
+        .expect(200);
+        let u = ctx.get("/v1/usage", &kb).await.expect(200);
+        let recs = u["items"].as_array().unwrap();
+        assert_eq!(recs.last().unwrap()["rate"], "2.4", "{u}");
+        assert!(
+            recs.iter()
+                .all(|r| r["rate"] == "2.4" || r["rate"] == "0.9"),
+            "{u}"
+        );
+        // The pool empties: a minute later spot falls back to its floor (30%).
+        ctx.svc
+            .tick(neocloud_types::Timestamp::now().plus_seconds(61))
+            .await
+            .unwrap();
+        let s = ctx
+            .get("/v1/spot-prices?site=east&gpu_model=H100-SXM-80GB", &kb)
+            .await
+            .expect(200);
+        let series = s["items"].as_array().unwrap();
+        assert_eq!(series.len(), 2, "{s}");
+        assert_eq!(series[1]["price_per_gpu_hour"], "0.9");
+    }
+);

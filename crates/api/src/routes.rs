@@ -69,6 +69,8 @@ pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(downtime_add))
         .routes(routes!(report_backlog))
         .routes(routes!(spot_price_list))
+        .routes(routes!(report_utilization))
+        .routes(routes!(report_power))
         .routes(routes!(report_revenue))
 }
 
@@ -1072,4 +1074,38 @@ async fn spot_price_list(
         })
         .collect();
     Ok(Json(List { items }))
+}
+
+/// A month for a report.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct MonthParams {
+    /// Month, `YYYY-MM`.
+    month: String,
+}
+
+/// Utilization by site, GPU model and class for a month: metered GPU-seconds over sellable
+/// GPU-seconds.
+#[utoipa::path(get, path = "/v1/reports/utilization", tag = "billing", security(("bearer" = [])),
+    params(MonthParams), responses((status = 200, body = List<neocloud_service::UtilizationRow>)))]
+async fn report_utilization(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Q(q): Q<MonthParams>,
+) -> ApiResult<Json<List<neocloud_service::UtilizationRow>>> {
+    Ok(Json(List {
+        items: st.svc.report_utilization(&p, &q.month).await?,
+    }))
+}
+
+/// Power by site now: allocated facility watts vs budget and cap, energy cost per hour.
+#[utoipa::path(get, path = "/v1/reports/power", tag = "billing", security(("bearer" = [])),
+    responses((status = 200, body = List<neocloud_service::PowerRow>)))]
+async fn report_power(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+) -> ApiResult<Json<List<neocloud_service::PowerRow>>> {
+    Ok(Json(List {
+        items: st.svc.report_power(&p).await?,
+    }))
 }

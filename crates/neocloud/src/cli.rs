@@ -206,6 +206,14 @@ enum PriceCmd {
 enum ReportCmd {
     /// Remaining committed value of signed and active contracts, by year.
     Backlog,
+    /// Utilization by site, model and class for a month.
+    Utilization {
+        /// Month, YYYY-MM.
+        #[arg(long)]
+        month: String,
+    },
+    /// Power by site now: allocated vs budget, energy cost per hour.
+    Power,
     /// Revenue by month, tenant, class and site.
     Revenue {
         /// First month, YYYY-MM.
@@ -1685,6 +1693,55 @@ async fn reports(g: &Global, cmd: ReportCmd) -> Result<()> {
                         &[("YEAR", &field("year")), ("VALUE $", &field("value"))],
                     );
                 }
+            })
+        }
+        ReportCmd::Utilization { month } => {
+            let v = c
+                .call(
+                    Method::GET,
+                    "/v1/reports/utilization",
+                    &[("month", month)],
+                    None,
+                    None,
+                )
+                .await?;
+            let pct = |v: &Value| {
+                v["utilization_milli_percent"]
+                    .as_i64()
+                    .map(|m| format!("{:.3}%", m as f64 / 1000.0))
+                    .unwrap_or_default()
+            };
+            show(g, &v, |v| {
+                table(
+                    items(v),
+                    &[
+                        ("MONTH", &field("month")),
+                        ("SITE", &field("site_id")),
+                        ("MODEL", &field("gpu_model")),
+                        ("CLASS", &field("class")),
+                        ("GPU-S", &field("gpu_seconds")),
+                        ("UTILIZATION", &pct),
+                    ],
+                )
+            })
+        }
+        ReportCmd::Power => {
+            let v = c
+                .call(Method::GET, "/v1/reports/power", &[], None, None)
+                .await?;
+            let used = |v: &Value| mw(&v["allocated_watts"]);
+            let budget = |v: &Value| mw(&v["budget_watts"]);
+            show(g, &v, |v| {
+                table(
+                    items(v),
+                    &[
+                        ("SITE", &field("site")),
+                        ("ALLOCATED MW", &used),
+                        ("BUDGET MW", &budget),
+                        ("$/MWH", &field("energy_usd_per_mwh")),
+                        ("ENERGY $/H", &field("energy_cost_per_hour")),
+                    ],
+                )
             })
         }
         ReportCmd::Revenue { from, to } => {

@@ -796,3 +796,99 @@ impl Service {
         Ok(self.store.spot_price_series(model, site).await?)
     }
 }
+
+impl Service {
+    /// Utilization = metered GPU-seconds / sellable GPU-seconds, by site, model and class,
+    /// for a month (the part that has passed, for the current month).
+    pub async fn report_utilization(
+        &self,
+        p: &Principal,
+        month: &str,
+    ) -> Result<Vec<crate::UtilizationRow>> {
+        auth::authorize(p, Action::ReadCapacity)?;
+        let m: neocloud_billing::period::Month =
+            month
+                .parse()
+                .map_err(|e: neocloud_billing::period::MonthParseError| {
+                    Error::invalid(e.to_string())
+                })?;
+        let now = Timestamp::now();
+        if m.start() > now {
+            return Err(Error::invalid(format!("{m} has not started")));
+        }
+        let elapsed_secs = (m.end().min(now).micros() - m.start().micros()) / 1_000_000;
+        let sched = self.sched.lock().await;
+        let sites = sched.sites.clone();
+        let config = sched.config.clone();
+        drop(sched);
+        let tenants = self
+            .store
+            .tenant_list(None, None, crate::MAX_PAGE_SIZE)
+            .await?
+            .items;
+        let mut sums: std::collections::BTreeMap<
+            (String, String, Class),
+            (neocloud_types::SiteId, i64),
+        > = Default::default();
+        for t in &tenants {
+            for (class, model, site, gs, _) in
+                self.store.usage_month_totals(t.id, &m.to_string()).await?
+            {
+                let e = sums
+                    .entry((site.to_string(), model, class))
+                    .or_insert((site, 0));
+                e.1 += gs;
+            }
+        }
+        let mut rows = Vec::new();
+        for ((_, model, class), (site_id, gs)) in sums {
+            let Some(site) = sites.iter().find(|s| s.id == site_id) else {
+                continue;
+            };
+            let sellable = crate::scheduler::sellable(&config, site, &model).max(0);
+            let sellable_secs = sellable.saturating_mul(elapsed_secs);
+            rows.push(crate::UtilizationRow {
+                month: m.to_string(),
+                site_id,
+                gpu_model: model,
+                class,
+                gpu_seconds: gs,
+                sellable_gpu_seconds: sellable_secs,
+                utilization_milli_percent: if sellable_secs > 0 {
+                    i64::try_from(i128::from(gs) * 100_000 / i128::from(sellable_secs))
+                        .unwrap_or(i64::MAX)
+                } else {
+                    0
+                },
+            });
+        }
+        Ok(rows)
+    }
+
+    /// Power by site now: facility watts allocated vs budget and cap, and the energy cost
+    /// per hour at that draw.
+    pub async fn report_power(&self, p: &Principal) -> Result<Vec<crate::PowerRow>> {
+        auth::authorize(p, Action::ReadCapacity)?;
+        let sites = self.store.site_list().await?;
+        let sched = self.sched.lock().await;
+        Ok(sites
+            .into_iter()
+            .map(|s| {
+                let used = sched.alloc.site_power(s.id).allocated_watts;
+                // watts × $/MWh / 1,000,000 = $/hour; exact in micro-dollars.
+                let cost = i128::from(used) * i128::from(s.energy_usd_per_mwh.micros()) / 1_000_000;
+                crate::PowerRow {
+                    site_id: s.id,
+                    site: s.name.clone(),
+                    allocated_watts: used,
+                    budget_watts: s.power_budget_watts,
+                    cap_watts: s.power_cap_watts,
+                    energy_usd_per_mwh: s.energy_usd_per_mwh,
+                    energy_cost_per_hour: Money::from_micros(
+                        i64::try_from(cost).unwrap_or(i64::MAX),
+                    ),
+                }
+            })
+            .collect())
+    }
+}

@@ -466,3 +466,42 @@ pub struct RevenueRow {
     /// Amount (exact; invoices round per line).
     pub amount: Money,
 }
+
+/// Utilization of one pool and class over a month.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct UtilizationRow {
+    /// Month, `YYYY-MM`.
+    pub month: String,
+    /// Site.
+    pub site_id: neocloud_types::SiteId,
+    /// GPU model.
+    pub gpu_model: String,
+    /// Class of service.
+    pub class: neocloud_types::Class,
+    /// GPU-seconds metered (instances that stopped, and running ones up to their last
+    /// metering).
+    pub gpu_seconds: i64,
+    /// Sellable GPU-seconds of the pool over the month (or the part of it that has passed).
+    pub sellable_gpu_seconds: i64,
+    /// gpu_seconds / sellable_gpu_seconds, in thousandths of a percent (100000 = 100%).
+    pub utilization_milli_percent: i64,
+}
+
+/// A site's power now.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct PowerRow {
+    /// Site.
+    pub site_id: neocloud_types::SiteId,
+    /// Site name.
+    pub site: String,
+    /// Facility watts drawn by allocated work now (PUE included).
+    pub allocated_watts: i64,
+    /// The site's power budget, watts.
+    pub budget_watts: i64,
+    /// The operator's cap, if any.
+    pub cap_watts: Option<i64>,
+    /// Price of energy, $/MWh.
+    pub energy_usd_per_mwh: Money,
+    /// Energy cost per hour at the current draw.
+    pub energy_cost_per_hour: Money,
+}

@@ -721,3 +721,68 @@ both_backends!(
         assert_eq!(series[1]["price_per_gpu_hour"], "0.9");
     }
 );
+
+both_backends!(
+    utilization_and_power_reports,
+    |ctx: TestContext| async move {
+        let k = ctx.operator_key.clone();
+        ctx.import(&FLEET.replace("power_mw = 1", "power_mw = 1\nenergy_usd_per_mwh = \"80\""))
+            .await
+            .expect(200);
+        let a = ctx.tenant("acme").await;
+        let (ka, _) = ctx.key("tenant-admin", a["id"].as_str()).await;
+        let i = ctx
+            .post(
+                "/v1/instances",
+                &ka,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 8}),
+            )
+            .await
+            .expect(201);
+        // Power now: the allocated node draws more than the idle one.
+        let p = ctx.get("/v1/reports/power", &k).await.expect(200);
+        let row = &p["items"][0];
+        assert_eq!(row["budget_watts"], 1_000_000);
+        let w = row["allocated_watts"].as_i64().unwrap();
+        assert!(w > 0);
+        // $80/MWh × w watts = w × 0.00008 $/hour, exact to the micro-dollar.
+        assert_eq!(
+            row["energy_cost_per_hour"],
+            neocloud_types::Money::from_micros(w * 80).to_string()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        ctx.post(
+            &format!("/v1/instances/{}/terminate", i["id"].as_str().unwrap()),
+            &ka,
+            &json!({}),
+        )
+        .await
+        .expect(200);
+        let month = neocloud_types::Timestamp::now().to_string()[..7].to_string();
+        let u = ctx
+            .get(&format!("/v1/reports/utilization?month={month}"), &k)
+            .await
+            .expect(200);
+        let row = &u["items"][0];
+        assert_eq!(row["class"], "on-demand");
+        let used = ctx.get("/v1/usage", &k).await.expect(200)["items"][0]["gpu_seconds"]
+            .as_i64()
+            .unwrap();
+        assert_eq!(row["gpu_seconds"], used);
+        let sellable = row["sellable_gpu_seconds"].as_i64().unwrap();
+        assert!(
+            sellable > 0 && sellable % 15 == 0,
+            "15 sellable GPUs × the seconds of the month so far: {row}"
+        );
+        assert_eq!(
+            row["utilization_milli_percent"],
+            i64::try_from(i128::from(used) * 100_000 / i128::from(sellable)).unwrap()
+        );
+        ctx.get("/v1/reports/utilization?month=2999-01", &k)
+            .await
+            .problem(400, "invalid_request");
+        ctx.get("/v1/reports/power", &ka)
+            .await
+            .problem(403, "forbidden");
+    }
+);

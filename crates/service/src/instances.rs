@@ -237,28 +237,6 @@ impl Service {
         }
     }
 
-    /// The stored first response of a create, if the same request is retried.
-    fn replay(
-        rec: neocloud_store::IdempotencyRecord,
-        idem: &Idempotency,
-    ) -> Result<Created<Instance>> {
-        if rec.fingerprint != idem.fingerprint {
-            return Err(Error::new(
-                ErrorCode::IdempotencyKeyReused,
-                format!(
-                    "Idempotency-Key '{}' was already used for a different request",
-                    idem.key
-                ),
-            ));
-        }
-        let value = serde_json::from_str(&rec.body)
-            .map_err(|e| Error::internal(format!("stored idempotent response: {e}")))?;
-        Ok(Created {
-            value,
-            replayed: true,
-        })
-    }
-
     async fn shape_gpus(&self, inst: &Instance) -> Result<u32> {
         Ok(match inst.shape {
             neocloud_types::Shape::Gpus { gpus } => gpus,

@@ -193,6 +193,15 @@ impl Service {
         let Some(rec) = Store::idempotency_get(tx, &p.key_id.to_string(), &idem.key).await? else {
             return Ok(None);
         };
+        Self::replay(rec, idem).map(Some)
+    }
+
+    /// The stored first response of a create, when the same request is retried; the same
+    /// key with another request is refused.
+    pub(crate) fn replay<T: DeserializeOwned>(
+        rec: IdempotencyRecord,
+        idem: &Idempotency,
+    ) -> Result<Created<T>> {
         if rec.fingerprint != idem.fingerprint {
             return Err(Error::new(
                 ErrorCode::IdempotencyKeyReused,
@@ -204,10 +213,10 @@ impl Service {
         }
         let value = serde_json::from_str(&rec.body)
             .map_err(|e| Error::internal(format!("stored idempotent response: {e}")))?;
-        Ok(Some(Created {
+        Ok(Created {
             value,
             replayed: true,
-        }))
+        })
     }
 
     pub(crate) async fn idem_store<T: Serialize>(

@@ -71,6 +71,7 @@ pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(spot_price_list))
         .routes(routes!(report_utilization))
         .routes(routes!(report_power))
+        .routes(routes!(report_margin))
         .routes(routes!(report_revenue))
 }
 
@@ -1019,20 +1020,24 @@ pub struct RevenueParams {
     from: String,
     /// Last month, `YYYY-MM` (inclusive).
     to: String,
+    /// `json` (default) or `csv`.
+    format: Option<String>,
 }
 
 /// Revenue by month × tenant × class × site: commitments (take-or-pay) and metered
 /// on-demand and spot usage.
 #[utoipa::path(get, path = "/v1/reports/revenue", tag = "billing", security(("bearer" = [])),
-    params(RevenueParams), responses((status = 200, body = List<neocloud_service::RevenueRow>)))]
+    params(RevenueParams), responses((status = 200, body = List<neocloud_service::RevenueRow>,
+        description = "JSON, or CSV with `format=csv`")))]
 async fn report_revenue(
     State(st): State<AppState>,
     Auth(p): Auth,
     Q(q): Q<RevenueParams>,
-) -> ApiResult<Json<List<neocloud_service::RevenueRow>>> {
-    Ok(Json(List {
-        items: st.svc.report_revenue(&p, &q.from, &q.to).await?,
-    }))
+) -> ApiResult<Response> {
+    report_response(
+        st.svc.report_revenue(&p, &q.from, &q.to).await?,
+        q.format.as_deref(),
+    )
 }
 
 /// A spot price and the time it took effect.
@@ -1082,20 +1087,24 @@ async fn spot_price_list(
 pub struct MonthParams {
     /// Month, `YYYY-MM`.
     month: String,
+    /// `json` (default) or `csv`.
+    format: Option<String>,
 }
 
 /// Utilization by site, GPU model and class for a month: metered GPU-seconds over sellable
 /// GPU-seconds.
 #[utoipa::path(get, path = "/v1/reports/utilization", tag = "billing", security(("bearer" = [])),
-    params(MonthParams), responses((status = 200, body = List<neocloud_service::UtilizationRow>)))]
+    params(MonthParams), responses((status = 200, body = List<neocloud_service::UtilizationRow>,
+        description = "JSON, or CSV with `format=csv`")))]
 async fn report_utilization(
     State(st): State<AppState>,
     Auth(p): Auth,
     Q(q): Q<MonthParams>,
-) -> ApiResult<Json<List<neocloud_service::UtilizationRow>>> {
-    Ok(Json(List {
-        items: st.svc.report_utilization(&p, &q.month).await?,
-    }))
+) -> ApiResult<Response> {
+    report_response(
+        st.svc.report_utilization(&p, &q.month).await?,
+        q.format.as_deref(),
+    )
 }
 
 /// Power by site now: allocated facility watts vs budget and cap, energy cost per hour.
@@ -1108,4 +1117,53 @@ async fn report_power(
     Ok(Json(List {
         items: st.svc.report_power(&p).await?,
     }))
+}
+
+/// Gross margin per site for a month: revenue (as invoiced) − energy cost, with the energy
+/// used and the internal share of compute.
+#[utoipa::path(get, path = "/v1/reports/margin", tag = "billing", security(("bearer" = [])),
+    params(MonthParams), responses((status = 200, body = List<neocloud_service::MarginRow>,
+        description = "JSON, or CSV with `format=csv`")))]
+async fn report_margin(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Q(q): Q<MonthParams>,
+) -> ApiResult<Response> {
+    report_response(
+        st.svc.report_margin(&p, &q.month).await?,
+        q.format.as_deref(),
+    )
+}
+
+/// A report as `{"items": […]}` JSON or as CSV (one column per field, header first).
+fn report_response<T: Serialize>(items: Vec<T>, format: Option<&str>) -> ApiResult<Response> {
+    match format {
+        None | Some("json") => Ok(Json(List { items }).into_response()),
+        Some("csv") => {
+            let mut out = String::new();
+            for (i, item) in items.iter().enumerate() {
+                let v = serde_json::to_value(item)
+                    .map_err(|e| ApiError(neocloud_service::Error::internal(e.to_string())))?;
+                let Some(obj) = v.as_object() else { continue };
+                if i == 0 {
+                    out.push_str(&obj.keys().cloned().collect::<Vec<_>>().join(","));
+                    out.push('\n');
+                }
+                let cells: Vec<String> = obj
+                    .values()
+                    .map(|v| match v {
+                        serde_json::Value::String(s) => s.replace(',', ";"),
+                        serde_json::Value::Null => String::new(),
+                        other => other.to_string(),
+                    })
+                    .collect();
+                out.push_str(&cells.join(","));
+                out.push('\n');
+            }
+            Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response())
+        }
+        Some(other) => Err(ApiError::invalid(format!(
+            "format '{other}' is not json or csv"
+        ))),
+    }
 }

@@ -214,6 +214,12 @@ enum ReportCmd {
     },
     /// Power by site now: allocated vs budget, energy cost per hour.
     Power,
+    /// Gross margin per site for a month: revenue − energy cost.
+    Margin {
+        /// Month, YYYY-MM.
+        #[arg(long)]
+        month: String,
+    },
     /// Revenue by month, tenant, class and site.
     Revenue {
         /// First month, YYYY-MM.
@@ -1721,6 +1727,30 @@ async fn reports(g: &Global, cmd: ReportCmd) -> Result<()> {
                         ("CLASS", &field("class")),
                         ("GPU-S", &field("gpu_seconds")),
                         ("UTILIZATION", &pct),
+                    ],
+                )
+            })
+        }
+        ReportCmd::Margin { month } => {
+            let v = c
+                .call(
+                    Method::GET,
+                    "/v1/reports/margin",
+                    &[("month", month)],
+                    None,
+                    None,
+                )
+                .await?;
+            show(g, &v, |v| {
+                table(
+                    items(v),
+                    &[
+                        ("MONTH", &field("month")),
+                        ("SITE", &field("site_id")),
+                        ("REVENUE $", &field("revenue")),
+                        ("ENERGY KWH", &field("energy_kwh")),
+                        ("ENERGY $", &field("energy_cost")),
+                        ("MARGIN $", &field("gross_margin")),
                     ],
                 )
             })

@@ -892,3 +892,87 @@ impl Service {
             .collect())
     }
 }
+
+impl Service {
+    /// Gross margin per site for a month: revenue − energy cost, with the energy estimate
+    /// and the internal share of compute.
+    pub async fn report_margin(&self, p: &Principal, month: &str) -> Result<Vec<crate::MarginRow>> {
+        auth::authorize(p, Action::ReadCapacity)?;
+        let m: neocloud_billing::period::Month =
+            month
+                .parse()
+                .map_err(|e: neocloud_billing::period::MonthParseError| {
+                    Error::invalid(e.to_string())
+                })?;
+        let now = Timestamp::now();
+        if m.start() > now {
+            return Err(Error::invalid(format!("{m} has not started")));
+        }
+        let elapsed_secs = i128::from((m.end().min(now).micros() - m.start().micros()) / 1_000_000);
+        let sites = self.store.site_list().await?;
+        let revenue = self
+            .report_revenue(p, &m.to_string(), &m.to_string())
+            .await?;
+        let power = self.store.node_power_totals().await?;
+        let tenants = self
+            .store
+            .tenant_list(None, None, crate::MAX_PAGE_SIZE)
+            .await?
+            .items;
+        // Metered GPU-seconds per (site, model), and per site internal vs all.
+        let mut gs: std::collections::BTreeMap<(String, String), i128> = Default::default();
+        let mut internal: std::collections::BTreeMap<String, i128> = Default::default();
+        let mut all: std::collections::BTreeMap<String, i128> = Default::default();
+        for t in &tenants {
+            for (class, model, site, secs, _) in
+                self.store.usage_month_totals(t.id, &m.to_string()).await?
+            {
+                *gs.entry((site.to_string(), model)).or_default() += i128::from(secs);
+                *all.entry(site.to_string()).or_default() += i128::from(secs);
+                if class == Class::Internal {
+                    *internal.entry(site.to_string()).or_default() += i128::from(secs);
+                }
+            }
+        }
+        let mut rows = Vec::new();
+        for s in &sites {
+            let key = s.id.to_string();
+            // Watt-seconds: idle draw all month, plus each GPU-second at its dynamic draw.
+            let mut watt_secs: i128 = 0;
+            for (site, model, idle, peak, gpus) in power.iter().filter(|x| x.0 == s.id) {
+                let _ = site;
+                watt_secs += i128::from(*idle) * elapsed_secs;
+                if *gpus > 0 {
+                    let used = gs.get(&(key.clone(), model.clone())).copied().unwrap_or(0);
+                    watt_secs += used * i128::from(peak - idle) / i128::from(*gpus);
+                }
+            }
+            let facility = watt_secs * i128::from(s.pue_milli) / 1000;
+            let kwh = facility / 3_600_000;
+            // Wh × $/MWh / 1,000,000 = $; in micro-dollars: Wh × micros / 1,000,000.
+            let cost = facility / 3600 * i128::from(s.energy_usd_per_mwh.micros()) / 1_000_000;
+            let cost = Money::from_micros(i64::try_from(cost).unwrap_or(i64::MAX));
+            let rev: i64 = revenue
+                .iter()
+                .filter(|r| r.site_id == s.id)
+                .map(|r| r.amount.micros())
+                .sum();
+            let total = all.get(&key).copied().unwrap_or(0);
+            rows.push(crate::MarginRow {
+                month: m.to_string(),
+                site_id: s.id,
+                revenue: Money::from_micros(rev),
+                energy_kwh: i64::try_from(kwh).unwrap_or(i64::MAX),
+                energy_cost: cost,
+                gross_margin: Money::from_micros(rev - cost.micros()),
+                internal_share_milli_percent: if total > 0 {
+                    i64::try_from(internal.get(&key).copied().unwrap_or(0) * 100_000 / total)
+                        .unwrap_or(0)
+                } else {
+                    0
+                },
+            });
+        }
+        Ok(rows)
+    }
+}

@@ -505,3 +505,23 @@ pub struct PowerRow {
     /// Energy cost per hour at the current draw.
     pub energy_cost_per_hour: Money,
 }
+
+/// A site's gross margin for a month.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct MarginRow {
+    /// Month, `YYYY-MM`.
+    pub month: String,
+    /// Site.
+    pub site_id: neocloud_types::SiteId,
+    /// Revenue booked at the site (commitments as invoiced, on-demand, spot).
+    pub revenue: Money,
+    /// Energy used, kWh (rounded down): idle draw of every node over the month's elapsed
+    /// hours plus each metered GPU-second at its node's per-GPU dynamic draw, × PUE.
+    pub energy_kwh: i64,
+    /// Energy cost at the site's $/MWh.
+    pub energy_cost: Money,
+    /// revenue − energy cost.
+    pub gross_margin: Money,
+    /// Internal (the operator's lab) share of metered GPU-seconds, thousandths of a percent.
+    pub internal_share_milli_percent: i64,
+}

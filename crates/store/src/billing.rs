@@ -446,3 +446,28 @@ impl Store {
             .collect()
     }
 }
+
+impl Store {
+    /// Per (site, GPU model): Σ idle watts, Σ peak watts and Σ GPUs of the nodes — what the
+    /// energy estimate of a month is built from.
+    pub async fn node_power_totals(&self) -> Result<Vec<(SiteId, String, i64, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT site_id, gpu_model, CAST(SUM(idle_watts) AS BIGINT) AS idle,
+                    CAST(SUM(peak_watts) AS BIGINT) AS peak, CAST(SUM(gpu_count) AS BIGINT) AS gpus
+             FROM nodes GROUP BY site_id, gpu_model ORDER BY site_id, gpu_model",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    id_col(r, "site_id")?,
+                    r.try_get("gpu_model")?,
+                    r.try_get("idle")?,
+                    r.try_get("peak")?,
+                    r.try_get("gpus")?,
+                ))
+            })
+            .collect()
+    }
+}

@@ -358,8 +358,9 @@ both_backends!(
             let m: neocloud_billing::period::Month = month.parse().unwrap();
             m.end()
         };
-        let exact =
-            8i128 * i128::from(month_end.micros() - start.micros()) * 2_250_000 / 3_600_000_000;
+        // Invoices count whole seconds: the start is rounded down to its second.
+        let secs = month_end.micros().div_euclid(1_000_000) - start.micros().div_euclid(1_000_000);
+        let exact = 8i128 * i128::from(secs) * 2_250_000 / 3_600;
         let expected =
             neocloud_types::Money::from_micros(i64::try_from(cents_half_even(exact)).unwrap());
         assert_eq!(commit["amount"], expected.to_string(), "{inv}");
@@ -784,5 +785,110 @@ both_backends!(
         ctx.get("/v1/reports/power", &ka)
             .await
             .problem(403, "forbidden");
+    }
+);
+
+both_backends!(
+    gross_margin_and_csv_reports,
+    |ctx: TestContext| async move {
+        let k = ctx.operator_key.clone();
+        // PUE 1.0 and $100/MWh keep the arithmetic readable.
+        ctx.import(&FLEET.replace(
+            "power_mw = 1",
+            "power_mw = 1\npue = 1.0\nenergy_usd_per_mwh = \"100\"",
+        ))
+        .await
+        .expect(200);
+        let a = ctx.tenant("acme").await;
+        let (ka, _) = ctx.key("tenant-admin", a["id"].as_str()).await;
+        let i = ctx
+            .post(
+                "/v1/instances",
+                &ka,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 8}),
+            )
+            .await
+            .expect(201);
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        ctx.post(
+            &format!("/v1/instances/{}/terminate", i["id"].as_str().unwrap()),
+            &ka,
+            &json!({}),
+        )
+        .await
+        .expect(200);
+        let month = neocloud_types::Timestamp::now().to_string()[..7].to_string();
+        let m = ctx
+            .get(&format!("/v1/reports/margin?month={month}"), &k)
+            .await
+            .expect(200);
+        let row = &m["items"][0];
+        let revenue: neocloud_types::Money = row["revenue"].as_str().unwrap().parse().unwrap();
+        let cost: neocloud_types::Money = row["energy_cost"].as_str().unwrap().parse().unwrap();
+        let margin: neocloud_types::Money = row["gross_margin"].as_str().unwrap().parse().unwrap();
+        let used: i64 = ctx.get("/v1/usage", &k).await.expect(200)["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                u["amount"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<neocloud_types::Money>()
+                    .unwrap()
+                    .micros()
+            })
+            .sum();
+        assert_eq!(
+            revenue.micros(),
+            used,
+            "on-demand revenue is what was metered"
+        );
+        assert!(
+            cost > neocloud_types::Money::ZERO,
+            "idle nodes draw power all month: {row}"
+        );
+        assert_eq!(margin.micros(), revenue.micros() - cost.micros());
+        assert_eq!(row["internal_share_milli_percent"], 0);
+        // CSV for every report; bad formats are refused.
+        let csv = ctx
+            .send(
+                reqwest::Method::GET,
+                &format!("/v1/reports/margin?month={month}&format=csv"),
+                Some(&k),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(
+            csv.headers.get("content-type").unwrap(),
+            "text/csv; charset=utf-8"
+        );
+        let text = csv.body.as_str().unwrap().to_string();
+        assert!(
+            text.lines().next().unwrap().contains("gross_margin"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 2);
+        let csv = ctx
+            .send(
+                reqwest::Method::GET,
+                &format!("/v1/reports/revenue?from={month}&to={month}&format=csv"),
+                Some(&k),
+                None,
+                &[],
+            )
+            .await;
+        assert!(
+            csv.body.as_str().unwrap().starts_with("amount,"),
+            "{:?}",
+            csv.body
+        );
+        ctx.get(
+            &format!("/v1/reports/utilization?month={month}&format=pdf"),
+            &k,
+        )
+        .await
+        .problem(400, "invalid_request");
     }
 );

@@ -211,6 +211,9 @@ enum ReportCmd {
         /// Month, YYYY-MM.
         #[arg(long)]
         month: String,
+        /// Print CSV instead of a table.
+        #[arg(long)]
+        csv: bool,
     },
     /// Power by site now: allocated vs budget, energy cost per hour.
     Power,
@@ -219,6 +222,9 @@ enum ReportCmd {
         /// Month, YYYY-MM.
         #[arg(long)]
         month: String,
+        /// Print CSV instead of a table.
+        #[arg(long)]
+        csv: bool,
     },
     /// Revenue by month, tenant, class and site.
     Revenue {
@@ -228,6 +234,9 @@ enum ReportCmd {
         /// Last month, YYYY-MM.
         #[arg(long)]
         to: String,
+        /// Print CSV instead of a table.
+        #[arg(long)]
+        csv: bool,
     },
 }
 
@@ -1682,7 +1691,28 @@ async fn invoices(g: &Global, cmd: InvoiceCmd) -> Result<()> {
 
 async fn reports(g: &Global, cmd: ReportCmd) -> Result<()> {
     let c = client(g)?;
+    let csv_of = |path: &str, mut q: Vec<(&'static str, String)>| {
+        q.push(("format", "csv".to_string()));
+        let path = path.to_string();
+        let c = &c;
+        async move {
+            let v = c.call(Method::GET, &path, &q, None, None).await?;
+            print!("{}", v.as_str().unwrap_or_default());
+            Ok::<(), anyhow::Error>(())
+        }
+    };
     match cmd {
+        ReportCmd::Utilization { month, csv: true } => {
+            csv_of("/v1/reports/utilization", vec![("month", month)]).await
+        }
+        ReportCmd::Margin { month, csv: true } => {
+            csv_of("/v1/reports/margin", vec![("month", month)]).await
+        }
+        ReportCmd::Revenue {
+            from,
+            to,
+            csv: true,
+        } => csv_of("/v1/reports/revenue", vec![("from", from), ("to", to)]).await,
         ReportCmd::Backlog => {
             let v = c
                 .call(Method::GET, "/v1/reports/backlog", &[], None, None)
@@ -1701,7 +1731,7 @@ async fn reports(g: &Global, cmd: ReportCmd) -> Result<()> {
                 }
             })
         }
-        ReportCmd::Utilization { month } => {
+        ReportCmd::Utilization { month, .. } => {
             let v = c
                 .call(
                     Method::GET,
@@ -1731,7 +1761,7 @@ async fn reports(g: &Global, cmd: ReportCmd) -> Result<()> {
                 )
             })
         }
-        ReportCmd::Margin { month } => {
+        ReportCmd::Margin { month, .. } => {
             let v = c
                 .call(
                     Method::GET,
@@ -1774,7 +1804,7 @@ async fn reports(g: &Global, cmd: ReportCmd) -> Result<()> {
                 )
             })
         }
-        ReportCmd::Revenue { from, to } => {
+        ReportCmd::Revenue { from, to, .. } => {
             let v = c
                 .call(
                     Method::GET,

@@ -169,6 +169,28 @@ async fn cli_imports_fleet_files_and_lists_nodes() {
         36
     );
 
+    // Reports, as a table and as CSV.
+    let month = neocloud_types::Timestamp::now().to_string()[..7].to_string();
+    let o = neocloud(
+        &ctx,
+        &op,
+        &["reports", "margin", "--month", &month, "--csv"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.lines().next().unwrap_or("").contains("gross_margin"),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().count(),
+        3,
+        "a header and one row per site: {out}"
+    );
+    let o = neocloud(&ctx, &op, &["reports", "power"]).await;
+    assert!(stdout(&o).contains("memphis-1"), "{}", stdout(&o));
+
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[[sites]]\nname = \"s\"\nregion = \"r\"\npower_mw = 1\n[[sites.nodes]]\nname = \"n\"\ngpu_model = \"H900\"\ngpus = 8\n").unwrap();
     let o = neocloud(&ctx, &op, &["fleet", "import", bad.to_str().unwrap()]).await;

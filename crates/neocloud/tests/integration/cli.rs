@@ -292,3 +292,137 @@ async fn serve_bootstraps_an_operator_key_and_restarts_cleanly() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+/// The README's placing-and-billing tour through the real binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_places_sells_and_bills() {
+    let ctx = TestContext::start(Db::Sqlite).await;
+    let op = ctx.operator_key.clone();
+    ctx.import(&neocloud_fleet::demo_fleet_toml(0.002).unwrap())
+        .await
+        .expect(200);
+    let ok = |o: &Output| assert!(o.status.success(), "{}{}", stdout(o), stderr(o));
+    ok(&neocloud(&ctx, &op, &["tenants", "create", "acme"]).await);
+    let o = neocloud(
+        &ctx,
+        &op,
+        &[
+            "-o",
+            "json",
+            "instances",
+            "launch",
+            "--tenant",
+            "acme",
+            "--gpu-model",
+            "H100-SXM-80GB",
+            "--gpus",
+            "8",
+        ],
+    )
+    .await;
+    ok(&o);
+    let inst: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(inst["state"], "running");
+    let o = neocloud(&ctx, &op, &["instances", "list", "--tenant", "acme"]).await;
+    ok(&o);
+    assert!(stdout(&o).contains("running"));
+    let o = neocloud(
+        &ctx,
+        &op,
+        &[
+            "quotes",
+            "create",
+            "--gpu-model",
+            "GB200",
+            "--gpus",
+            "4",
+            "--years",
+            "1",
+            "--site",
+            "memphis-2",
+        ],
+    )
+    .await;
+    ok(&o);
+    assert!(
+        stdout(&o).contains("fits") && stdout(&o).contains("true"),
+        "{}",
+        stdout(&o)
+    );
+    let o = neocloud(
+        &ctx,
+        &op,
+        &[
+            "contracts",
+            "sign",
+            "--tenant",
+            "acme",
+            "--gpu-model",
+            "GB200",
+            "--gpus",
+            "4",
+            "--years",
+            "1",
+            "--site",
+            "memphis-2",
+        ],
+    )
+    .await;
+    ok(&o);
+    assert!(stdout(&o).contains("active"), "{}", stdout(&o));
+    let o = neocloud(&ctx, &op, &["contracts", "list", "--tenant", "acme"]).await;
+    assert!(stdout(&o).contains("GB200"));
+    let o = neocloud(&ctx, &op, &["capacity", "--site", "memphis-2"]).await;
+    ok(&o);
+    assert!(stdout(&o).contains("memphis-2"));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    ok(&neocloud(
+        &ctx,
+        &op,
+        &["instances", "terminate", inst["id"].as_str().unwrap()],
+    )
+    .await);
+    let o = neocloud(&ctx, &op, &["usage", "list", "--tenant", "acme"]).await;
+    ok(&o);
+    assert!(stdout(&o).contains("on-demand"), "{}", stdout(&o));
+    let month = neocloud_types::Timestamp::now().to_string()[..7].to_string();
+    let o = neocloud(
+        &ctx,
+        &op,
+        &[
+            "invoices", "generate", "--tenant", "acme", "--month", &month,
+        ],
+    )
+    .await;
+    ok(&o);
+    assert!(
+        stdout(&o).contains("draft") && stdout(&o).contains("commitment"),
+        "{}",
+        stdout(&o)
+    );
+    let o = neocloud(&ctx, &op, &["reports", "backlog"]).await;
+    ok(&o);
+    assert!(stdout(&o).contains("contracted backlog"));
+    // A refusal is one clear line and a non-zero exit.
+    let o = neocloud(
+        &ctx,
+        &op,
+        &[
+            "instances",
+            "launch",
+            "--tenant",
+            "acme",
+            "--gpu-model",
+            "H100-SXM-80GB",
+            "--gpus",
+            "3",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("gpus must be 1, 2, 4 or 8"),
+        "{}",
+        stderr(&o)
+    );
+}

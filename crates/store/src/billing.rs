@@ -255,14 +255,6 @@ impl Store {
             })
             .collect()
     }
-
-    /// Sites named in the ledger (for reports); kept here so the SQL stays in the store.
-    pub async fn usage_sites(&self) -> Result<Vec<SiteId>> {
-        let rows = sqlx::query("SELECT DISTINCT site_id FROM usage_records ORDER BY site_id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| id_col(r, "site_id")).collect()
-    }
 }
 
 fn invoice_from_row(r: &AnyRow) -> Result<neocloud_types::Invoice> {

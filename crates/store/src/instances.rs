@@ -62,17 +62,10 @@ fn instance_from_row(r: &AnyRow) -> Result<Instance> {
 
 /// Groups `(holder, node_id, name, idx)` rows, ordered by holder, node and index, into each
 /// holder's placement.
-fn group_placements(
-    rows: &[AnyRow],
-    with_holder: bool,
-) -> Result<HashMap<String, Vec<PlacedNode>>> {
+fn group_placements(rows: &[AnyRow]) -> Result<HashMap<String, Vec<PlacedNode>>> {
     let mut out: HashMap<String, Vec<PlacedNode>> = HashMap::new();
     for r in rows {
-        let holder: String = if with_holder {
-            r.try_get("holder")?
-        } else {
-            String::new()
-        };
+        let holder: String = r.try_get("holder")?;
         let node_id: NodeId = id_col(r, "node_id")?;
         let idx = u32_col(r, "idx")?;
         let list = out.entry(holder).or_default();
@@ -244,23 +237,6 @@ impl Store {
         Ok(())
     }
 
-    /// The placement of `id` as the open transaction sees it (with node names).
-    pub async fn instance_placement_tx(
-        tx: &mut WriteTx,
-        id: InstanceId,
-    ) -> Result<Vec<PlacedNode>> {
-        let rows = sqlx::query(
-            "SELECT g.node_id, n.name, g.idx FROM gpus g JOIN nodes n ON n.id = g.node_id
-             WHERE g.holder = $1 ORDER BY n.name, g.idx",
-        )
-        .bind(id.to_string())
-        .fetch_all(tx.conn())
-        .await?;
-        Ok(group_placements(&rows, false)?
-            .remove("")
-            .unwrap_or_default())
-    }
-
     /// Frees every GPU held by `id`.
     pub async fn instance_release_gpus(tx: &mut WriteTx, id: InstanceId) -> Result<u64> {
         Ok(
@@ -289,7 +265,7 @@ impl Store {
                 q = q.bind(id.as_str());
             }
             let rows = q.fetch_all(&self.pool).await?;
-            out.extend(group_placements(&rows, true)?);
+            out.extend(group_placements(&rows)?);
         }
         Ok(out)
     }
@@ -374,7 +350,7 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut by_holder = group_placements(&rows, true)?;
+        let mut by_holder = group_placements(&rows)?;
         for i in &mut items {
             if let Some(p) = by_holder.remove(&i.id.to_string()) {
                 i.placement = p;

@@ -5,6 +5,7 @@
 //! timestamps, so that the allocator, the store, the API and the simulator all speak the
 //! same language.
 
+pub mod agent;
 pub mod billing;
 pub mod fleet;
 pub mod id;
@@ -13,6 +14,7 @@ pub mod placement;
 pub mod tenancy;
 pub mod time;
 
+pub use agent::*;
 pub use billing::*;
 pub use fleet::*;
 pub use id::*;

@@ -1,0 +1,182 @@
+//! The wire protocol between `neocloud agent` (one per GPU server) and the control plane.
+//!
+//! An agent registers once (`POST /v1/agent/register`) with its inventory, then sends a
+//! heartbeat (`POST /v1/agent/heartbeat`) every `heartbeat_interval_secs` carrying the
+//! latest telemetry of each GPU and the health events seen since the last accepted beat.
+//! Events carry a sequence number per node; the control plane acknowledges the highest one
+//! it has stored and drops any it has seen before, so an agent that buffered events while
+//! the control plane was unreachable can resend them all and each is stored exactly once.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{NodeId, NodeState, Timestamp};
+
+/// What an agent says about itself when it registers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRegister {
+    /// Host name; must match a node declared in the fleet.
+    pub hostname: String,
+    /// Version of the agent binary.
+    pub agent_version: String,
+    /// Where the GPU facts come from: `nvml` or `sim`.
+    pub backend: String,
+    /// NVIDIA driver version, when the backend has one.
+    #[serde(default)]
+    pub driver_version: Option<String>,
+    /// CPU cores the host has.
+    pub cpu_cores: u32,
+    /// Memory of the host, GiB.
+    pub ram_gib: u32,
+    /// Every GPU the backend found, by index.
+    pub gpus: Vec<GpuInventory>,
+}
+
+/// One GPU as the agent found it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GpuInventory {
+    /// Index as the driver numbers devices (0-based).
+    pub index: u32,
+    /// Device UUID (`GPU-…`); identifies the GPU across nodes, repairs and RMA.
+    pub uuid: String,
+    /// Product name as the driver reports it, e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    /// Board serial number, when the driver reports one.
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// Device memory, MiB.
+    pub memory_mib: u64,
+    /// PCI bus id, e.g. `00000000:18:00.0`.
+    pub pci_bus_id: String,
+}
+
+/// The control plane's answer to a registration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AgentRegistered {
+    /// The node this agent speaks for.
+    pub node_id: NodeId,
+    /// The node's name.
+    pub node: String,
+    /// The node's lifecycle state after registering.
+    pub state: NodeState,
+    /// How often to send heartbeats, seconds.
+    pub heartbeat_interval_secs: u32,
+    /// The highest event sequence number already stored for this node (0 when none); the
+    /// agent numbers its next event one higher.
+    pub last_seq: u64,
+    /// A key bound to this node, returned once when the agent registered with an enrollment
+    /// key (a node-agent key bound to no node). The agent uses it for every later call; the
+    /// node's earlier keys are revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_key: Option<String>,
+    /// A burn-in check the control plane asks the agent to run now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burn_in: Option<BurnInRequest>,
+}
+
+/// A request to run the node's burn-in check and report the result as a
+/// [`AgentEventKind::BurnIn`] event carrying the same id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BurnInRequest {
+    /// Identifies this request; echoed in the result.
+    pub id: String,
+}
+
+/// One heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// When the agent sent it (its clock).
+    pub sent_at: Timestamp,
+    /// Latest telemetry of each GPU.
+    pub gpus: Vec<GpuSample>,
+    /// Health events not yet acknowledged, oldest first.
+    #[serde(default)]
+    pub events: Vec<AgentEvent>,
+}
+
+/// Telemetry of one GPU at one instant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GpuSample {
+    /// Device UUID (as registered).
+    pub uuid: String,
+    /// Core temperature, °C.
+    pub temperature_c: i32,
+    /// Power draw, watts.
+    pub power_watts: u32,
+    /// GPU utilization over the last sample period, percent (0–100).
+    pub utilization_pct: u32,
+    /// Device memory in use, MiB.
+    pub memory_used_mib: u64,
+    /// Corrected (single-bit) ECC errors since the driver loaded.
+    pub ecc_corrected: u64,
+    /// Uncorrected (double-bit) ECC errors since the driver loaded.
+    pub ecc_uncorrected: u64,
+    /// Rows waiting to be remapped at the next GPU reset.
+    #[serde(default)]
+    pub remap_pending: bool,
+    /// A row remapping has failed (the GPU needs service).
+    #[serde(default)]
+    pub remap_failed: bool,
+    /// The GPU is slowing its clocks because it is too hot.
+    #[serde(default)]
+    pub thermal_slowdown: bool,
+}
+
+/// A health event seen by the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentEvent {
+    /// Per-node sequence number, strictly increasing, starting at 1.
+    pub seq: u64,
+    /// When the agent saw it.
+    pub at: Timestamp,
+    /// The GPU it concerns (UUID), if any.
+    #[serde(default)]
+    pub gpu_uuid: Option<String>,
+    /// What happened.
+    pub kind: AgentEventKind,
+}
+
+/// What a health event reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AgentEventKind {
+    /// An NVIDIA XID error from the driver.
+    Xid {
+        /// The XID code.
+        code: u32,
+        /// Driver text, if any.
+        #[serde(default)]
+        detail: Option<String>,
+    },
+    /// The GPU started to slow down for heat.
+    ThermalSlowdown,
+    /// The result of a burn-in check the control plane asked for.
+    BurnIn {
+        /// The request's id.
+        id: String,
+        /// Whether the check passed.
+        passed: bool,
+        /// The check's output (tail), for the operator.
+        #[serde(default)]
+        output: String,
+    },
+}
+
+/// The control plane's answer to a heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatAck {
+    /// Every event with a sequence number up to this one is stored; drop them.
+    pub acked_seq: u64,
+    /// The node's lifecycle state.
+    pub state: NodeState,
+    /// How often to send heartbeats, seconds (may change).
+    pub heartbeat_interval_secs: u32,
+    /// A burn-in check to run now, if one is wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burn_in: Option<BurnInRequest>,
+}

@@ -400,6 +400,46 @@ impl Allocator {
         Ok(())
     }
 
+    /// Instances holding GPUs on a node, by id (empty for unknown nodes).
+    pub fn node_holders(&self, node: NodeId) -> Vec<InstanceId> {
+        match self.slot(node) {
+            Ok(slot) => self.nodes[slot].allocs.iter().map(|&(i, _)| i).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// A spare for `node`: a node of the same site and GPU model that is schedulable,
+    /// healthy, empty and in no pool, sharing the deepest block with `node` (NVLink domain,
+    /// then leaf group, then pod, then only the site); ties go to the lowest id. `None` when
+    /// the site has no such node.
+    pub fn spare_near(&self, node: NodeId) -> Option<NodeId> {
+        let slot = self.slot(node).ok()?;
+        let me = &self.nodes[slot];
+        let mut best: Option<(usize, NodeId)> = None;
+        for n in &self.nodes {
+            if n.id == node
+                || n.site != me.site
+                || n.model != me.model
+                || n.pool.is_some()
+                || !n.whole_free()
+            {
+                continue;
+            }
+            // How many levels, from the pod down, the two nodes share.
+            let shared = (0..3)
+                .take_while(|&d| n.blocks[d].is_some() && n.blocks[d] == me.blocks[d])
+                .count();
+            let better = match best {
+                None => true,
+                Some((s, id)) => shared > s || (shared == s && n.id < id),
+            };
+            if better {
+                best = Some((shared, n.id));
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
     /// Decides where `req` goes and records it.
     pub fn place(&mut self, req: &Request) -> Result<Allocation, Refusal> {
         let decision = self.decide(req)?;

@@ -6,12 +6,14 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use neocloud_service::{
     ApiKeyCreated, CapacityLine, ContractTerms, CreateApiKey, CreateGpuModel, CreateTenant,
-    Created, LaunchInstance, Quote, SetPowerCap, SetPrice, SetQuota, UpdateTenant,
+    Created, GpuHistory, LaunchInstance, NodeOperation, Quote, SetPowerCap, SetPrice, SetQuota,
+    SetXidRule, UpdateTenant, XidRule,
 };
 use neocloud_store::{EventFilter, NodeFilter};
 use neocloud_types::{
-    ApiKey, Block, Class, Contract, Event, GpuModel, ImportReport, Instance, InstanceId,
-    InstanceState, Node, NodeState, Price, Quota, Site, Tenant, UsageRecord,
+    AgentRegister, AgentRegistered, ApiKey, Block, Class, Contract, Event, GpuModel, HealthEvent,
+    Heartbeat, HeartbeatAck, ImportReport, Instance, InstanceId, InstanceState, Node, NodeState,
+    Outage, Price, Quota, Site, Tenant, UsageRecord,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -39,6 +41,17 @@ pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(block_get))
         .routes(routes!(node_list))
         .routes(routes!(node_get))
+        .routes(routes!(node_cordon))
+        .routes(routes!(node_uncordon))
+        .routes(routes!(node_drain))
+        .routes(routes!(node_repair_complete))
+        .routes(routes!(node_health))
+        .routes(routes!(gpu_history))
+        .routes(routes!(health_rule_list))
+        .routes(routes!(health_rule_set, health_rule_reset))
+        .routes(routes!(contract_outages))
+        .routes(routes!(agent_register))
+        .routes(routes!(agent_heartbeat))
         // Fleet files of explicit node lists run to megabytes; other bodies keep the 2 MiB
         // default.
         .merge(
@@ -310,6 +323,215 @@ async fn node_get(
     Path(node): Path<String>,
 ) -> ApiResult<Json<Node>> {
     Ok(Json(st.svc.node_get(&p, &node).await?))
+}
+
+/// Reads an optional JSON body: empty means the defaults.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(T::default())
+    } else {
+        json_body(headers, body)
+    }
+}
+
+/// Cordon a node (operator-admin): it takes no new work; what runs there stays.
+#[utoipa::path(post, path = "/v1/nodes/{node}/cordon", tag = "health", security(("bearer" = [])),
+    params(("node" = String, Path, description = "Node id or name")),
+    request_body(content = Option<NodeOperation>, description = "Optional reason"),
+    responses((status = 200, body = Node), (status = 409, body = Problem)))]
+async fn node_cordon(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(node): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Json<Node>> {
+    let req: NodeOperation = optional_body(&headers, &body)?;
+    Ok(Json(st.svc.node_cordon(&p, &node, req).await?))
+}
+
+/// Return a cordoned or draining node to service (operator-admin).
+#[utoipa::path(post, path = "/v1/nodes/{node}/uncordon", tag = "health", security(("bearer" = [])),
+    params(("node" = String, Path, description = "Node id or name")),
+    request_body(content = Option<NodeOperation>, description = "Optional reason"),
+    responses((status = 200, body = Node), (status = 409, body = Problem)))]
+async fn node_uncordon(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(node): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Json<Node>> {
+    let req: NodeOperation = optional_body(&headers, &body)?;
+    Ok(Json(st.svc.node_uncordon(&p, &node, req).await?))
+}
+
+/// Drain a node (operator-admin): no new work; once its running work has ended it moves to
+/// `maintenance`, and a contract pool it belongs to gets a spare.
+#[utoipa::path(post, path = "/v1/nodes/{node}/drain", tag = "health", security(("bearer" = [])),
+    params(("node" = String, Path, description = "Node id or name")),
+    request_body(content = Option<NodeOperation>, description = "Optional reason"),
+    responses((status = 200, body = Node), (status = 409, body = Problem)))]
+async fn node_drain(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(node): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Json<Node>> {
+    let req: NodeOperation = optional_body(&headers, &body)?;
+    Ok(Json(st.svc.node_drain(&p, &node, req).await?))
+}
+
+/// Mark a node's repair complete (operator-admin): its GPUs count as healthy again and it
+/// enters `burn_in`; it returns to service when its agent reports the check passed.
+#[utoipa::path(post, path = "/v1/nodes/{node}/repair-complete", tag = "health",
+    security(("bearer" = [])),
+    params(("node" = String, Path, description = "Node id or name")),
+    request_body(content = Option<NodeOperation>, description = "Optional reason"),
+    responses((status = 200, body = Node), (status = 409, body = Problem)))]
+async fn node_repair_complete(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(node): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Json<Node>> {
+    let req: NodeOperation = optional_body(&headers, &body)?;
+    Ok(Json(st.svc.node_repair_complete(&p, &node, req).await?))
+}
+
+/// How many history entries to return.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LimitParams {
+    /// Entries, newest first, 1-1000 (default 100).
+    limit: Option<u32>,
+}
+
+/// A node's health history: faults its agent reported, what the policy did, lifecycle
+/// changes; newest first.
+#[utoipa::path(get, path = "/v1/nodes/{node}/health", tag = "health", security(("bearer" = [])),
+    params(("node" = String, Path, description = "Node id or name"), LimitParams),
+    responses((status = 200, body = Vec<HealthEvent>), (status = 404, body = Problem)))]
+async fn node_health(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(node): Path<String>,
+    Q(q): Q<LimitParams>,
+) -> ApiResult<Json<Vec<HealthEvent>>> {
+    Ok(Json(st.svc.node_health(&p, &node, q.limit).await?))
+}
+
+/// A GPU's history by UUID, across every node it has been in (through repair and RMA).
+#[utoipa::path(get, path = "/v1/gpus/{uuid}/history", tag = "health", security(("bearer" = [])),
+    params(("uuid" = String, Path, description = "GPU UUID"), LimitParams),
+    responses((status = 200, body = GpuHistory), (status = 404, body = Problem)))]
+async fn gpu_history(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(uuid): Path<String>,
+    Q(q): Q<LimitParams>,
+) -> ApiResult<Json<GpuHistory>> {
+    Ok(Json(st.svc.gpu_history(&p, &uuid, q.limit).await?))
+}
+
+/// The XID policy: what each code does (built-in rules with operators' overrides).
+#[utoipa::path(get, path = "/v1/health/rules", tag = "health", security(("bearer" = [])),
+    responses((status = 200, body = Vec<XidRule>)))]
+async fn health_rule_list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+) -> ApiResult<Json<Vec<XidRule>>> {
+    Ok(Json(st.svc.health_rules(&p).await?))
+}
+
+/// Override what one XID code does (operator-admin). Returns the whole policy.
+#[utoipa::path(put, path = "/v1/health/rules/{code}", tag = "health", security(("bearer" = [])),
+    params(("code" = u32, Path, description = "XID code")),
+    request_body = SetXidRule,
+    responses((status = 200, body = Vec<XidRule>), (status = 400, body = Problem)))]
+async fn health_rule_set(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(code): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Json<Vec<XidRule>>> {
+    let code = parse_code(&code)?;
+    let req: SetXidRule = json_body(&headers, &body)?;
+    Ok(Json(st.svc.health_rule_set(&p, code, req).await?))
+}
+
+/// Remove the override of one XID code (operator-admin): the built-in rule applies again.
+#[utoipa::path(delete, path = "/v1/health/rules/{code}", tag = "health",
+    security(("bearer" = [])),
+    params(("code" = u32, Path, description = "XID code")),
+    responses((status = 200, body = Vec<XidRule>), (status = 400, body = Problem)))]
+async fn health_rule_reset(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(code): Path<String>,
+) -> ApiResult<Json<Vec<XidRule>>> {
+    let code = parse_code(&code)?;
+    Ok(Json(st.svc.health_rule_reset(&p, code).await?))
+}
+
+fn parse_code(s: &str) -> Result<u32, ApiError> {
+    s.parse::<u32>().map_err(|_| {
+        ApiError::from(neocloud_service::Error::invalid(format!(
+            "'{s}' is not an XID code (a whole number)"
+        )))
+    })
+}
+
+/// Outages of a contract's reserved capacity: when a pool node left service and when a spare
+/// or the node itself brought it back. Closed outages are the downtime SLA credits use.
+#[utoipa::path(get, path = "/v1/contracts/{id}/outages", tag = "contracts",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Contract id")),
+    responses((status = 200, body = Vec<Outage>), (status = 404, body = Problem)))]
+async fn contract_outages(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<Outage>>> {
+    Ok(Json(st.svc.contract_outages(&p, &id).await?))
+}
+
+/// Register a node's agent (node-agent keys). With an enrollment key (bound to no node) the
+/// answer carries a key for the node, shown once.
+#[utoipa::path(post, path = "/v1/agent/register", tag = "agent", security(("bearer" = [])),
+    request_body = AgentRegister,
+    responses((status = 200, body = AgentRegistered), (status = 400, body = Problem),
+        (status = 409, body = Problem)))]
+async fn agent_register(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Json<AgentRegistered>> {
+    let req: AgentRegister = json_body(&headers, &body)?;
+    Ok(Json(st.svc.agent_register(&p, req).await?))
+}
+
+/// A node's heartbeat: telemetry of each GPU and health events not yet acknowledged
+/// (node-agent key of that node).
+#[utoipa::path(post, path = "/v1/agent/heartbeat", tag = "agent", security(("bearer" = [])),
+    request_body = Heartbeat,
+    responses((status = 200, body = HeartbeatAck), (status = 400, body = Problem),
+        (status = 404, body = Problem)))]
+async fn agent_heartbeat(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult<Json<HeartbeatAck>> {
+    let req: Heartbeat = json_body(&headers, &body)?;
+    Ok(Json(st.svc.agent_heartbeat(&p, req).await?))
 }
 
 /// Options of a fleet import.

@@ -73,9 +73,16 @@ enum Command {
     /// Topology blocks: pods, leaf groups, NVLink domains.
     #[command(subcommand)]
     Blocks(BlockCmd),
-    /// Nodes (servers) and their GPUs.
+    /// Nodes (servers) and their GPUs: list, show, cordon, drain, repair, health history.
     #[command(subcommand)]
     Nodes(NodeCmd),
+    /// GPUs by UUID: their health history across nodes.
+    #[command(subcommand)]
+    Gpus(GpuCmd),
+    /// The health policy: what each NVIDIA XID code does to a node.
+    #[command(subcommand)]
+    Health(HealthCmd),
+
     /// Tenants: customers and the operator's own lab.
     #[command(subcommand)]
     Tenants(TenantCmd),
@@ -308,6 +315,8 @@ enum ContractCmd {
     Show { id: String },
     /// Cancel a contract.
     Cancel { id: String },
+    /// Outages of a contract's reserved capacity (failed pool nodes and their replacement).
+    Outages { id: String },
     /// Amend a contract: more GPUs and/or a later end (a renewal).
     Amend {
         /// Contract id.
@@ -499,8 +508,84 @@ enum NodeCmd {
         #[arg(long)]
         all: bool,
     },
-    /// Show one node (id or name) with its GPUs.
+    /// Show one node (id or name) with its GPUs and their latest telemetry.
     Show { node: String },
+    /// Take a node out of new placements; what runs there stays (operator-admin).
+    Cordon {
+        /// Node id or name.
+        node: String,
+        /// Why (kept in the event log and the node's state reason).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Return a cordoned or draining node to service (operator-admin).
+    Uncordon {
+        /// Node id or name.
+        node: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Drain a node: no new work; when its work has ended it goes to maintenance, and a
+    /// contract pool it belongs to gets a spare (operator-admin).
+    Drain {
+        /// Node id or name.
+        node: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Mark a repair done: the node runs its burn-in check and returns to service when it
+    /// passes (operator-admin).
+    RepairComplete {
+        /// Node id or name.
+        node: String,
+        /// What was repaired.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// A node's health history: faults, what the policy did, state changes (newest first).
+    Health {
+        /// Node id or name.
+        node: String,
+        /// Entries to show (1-1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GpuCmd {
+    /// A GPU's history by UUID, across every node it has been in (repairs, RMA).
+    History {
+        /// GPU UUID (GPU-…).
+        uuid: String,
+        /// Entries to show (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum HealthCmd {
+    /// The XID policy: what each code does (built-in rules and overrides).
+    Rules,
+    /// Override what an XID code does (operator-admin).
+    SetRule {
+        /// XID code, e.g. 31.
+        code: u32,
+        /// ignore, record, drain or fail.
+        #[arg(long)]
+        action: String,
+        /// Why.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Remove an override: the built-in rule applies again (operator-admin).
+    ResetRule {
+        /// XID code.
+        code: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -563,6 +648,10 @@ enum KeyCmd {
         /// Tenant id or name (tenant roles).
         #[arg(long)]
         tenant: Option<String>,
+        /// Node id or name a node-agent key speaks for. A node-agent key without --node is
+        /// an enrollment key: agents register with it and each gets a key of its own node.
+        #[arg(long)]
+        node: Option<String>,
         /// Expiry, RFC 3339 (e.g. 2027-01-01T00:00:00Z).
         #[arg(long)]
         expires_at: Option<String>,
@@ -706,6 +795,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Sites(cmd) => sites(g, cmd).await,
         Command::Blocks(cmd) => blocks(g, cmd).await,
         Command::Nodes(cmd) => nodes(g, cmd).await,
+        Command::Gpus(cmd) => gpus(g, cmd).await,
+        Command::Health(cmd) => health(g, cmd).await,
         Command::Tenants(cmd) => tenants(g, cmd).await,
         Command::Keys(cmd) => keys(g, cmd).await,
         Command::Events(cmd) => events(g, cmd).await,
@@ -1038,12 +1129,151 @@ async fn nodes(g: &Global, cmd: NodeCmd) -> Result<()> {
                             ("GPU", &field("index")),
                             ("UUID", &field("uuid")),
                             ("HEALTH", &field("health")),
+                            ("TEMP °C", &|v: &Value| telemetry(v, "temperature_c")),
+                            ("POWER W", &|v: &Value| telemetry(v, "power_watts")),
+                            ("UTIL %", &|v: &Value| telemetry(v, "utilization_pct")),
+                            ("ECC UNCORR", &|v: &Value| telemetry(v, "ecc_uncorrected")),
                         ],
                     );
                 }
             })
         }
+        NodeCmd::Cordon { node, reason } => node_op(g, &c, &node, "cordon", reason, cols).await,
+        NodeCmd::Uncordon { node, reason } => node_op(g, &c, &node, "uncordon", reason, cols).await,
+        NodeCmd::Drain { node, reason } => node_op(g, &c, &node, "drain", reason, cols).await,
+        NodeCmd::RepairComplete { node, reason } => {
+            node_op(g, &c, &node, "repair-complete", reason, cols).await
+        }
+        NodeCmd::Health { node, limit } => {
+            let v = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/nodes/{}/health", enc(&node)),
+                    &[("limit", limit.to_string())],
+                    None,
+                    None,
+                )
+                .await?;
+            show(g, &v, |v| health_table(v))
+        }
     }
+}
+
+fn telemetry(v: &Value, key: &str) -> String {
+    v.get("telemetry")
+        .and_then(|t| t.get(key))
+        .map(|x| match x {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .unwrap_or_default()
+}
+
+fn health_table(v: &Value) {
+    let rows = v.as_array().cloned().unwrap_or_default();
+    table(
+        &rows,
+        &[
+            ("AT", &field("at")),
+            ("NODE", &field("node")),
+            ("GPU", &field("gpu_index")),
+            ("KIND", &field("kind")),
+            ("CODE", &field("code")),
+            ("ACTION", &field("action")),
+            ("DETAIL", &field("detail")),
+        ],
+    );
+}
+
+async fn node_op(
+    g: &Global,
+    c: &crate::client::Client,
+    node: &str,
+    op: &str,
+    reason: Option<String>,
+    cols: &[Column<'_>],
+) -> Result<()> {
+    let v = c
+        .call(
+            Method::POST,
+            &format!("/v1/nodes/{}/{op}", enc(node)),
+            &[],
+            Some(Body::Json(json!({ "reason": reason }))),
+            None,
+        )
+        .await?;
+    show(g, &v, |v| {
+        table(std::slice::from_ref(v), cols);
+        if let Some(r) = v.get("state_reason").and_then(Value::as_str) {
+            println!("reason: {r}");
+        }
+    })
+}
+
+async fn gpus(g: &Global, cmd: GpuCmd) -> Result<()> {
+    let c = client(g)?;
+    match cmd {
+        GpuCmd::History { uuid, limit } => {
+            let v = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/gpus/{}/history", enc(&uuid)),
+                    &[("limit", limit.to_string())],
+                    None,
+                    None,
+                )
+                .await?;
+            show(g, &v, |v| {
+                for k in ["uuid", "node", "index", "health", "failures"] {
+                    println!("{k:<9} {}", field(k)(v));
+                }
+                println!();
+                health_table(v.get("events").unwrap_or(&Value::Null));
+            })
+        }
+    }
+}
+
+async fn health(g: &Global, cmd: HealthCmd) -> Result<()> {
+    let c = client(g)?;
+    let v = match cmd {
+        HealthCmd::Rules => {
+            c.call(Method::GET, "/v1/health/rules", &[], None, None)
+                .await?
+        }
+        HealthCmd::SetRule { code, action, note } => {
+            c.call(
+                Method::PUT,
+                &format!("/v1/health/rules/{code}"),
+                &[],
+                Some(Body::Json(json!({"action": action, "note": note}))),
+                None,
+            )
+            .await?
+        }
+        HealthCmd::ResetRule { code } => {
+            c.call(
+                Method::DELETE,
+                &format!("/v1/health/rules/{code}"),
+                &[],
+                None,
+                None,
+            )
+            .await?
+        }
+    };
+    show(g, &v, |v| {
+        let rows = v.as_array().cloned().unwrap_or_default();
+        table(
+            &rows,
+            &[
+                ("XID", &field("code")),
+                ("ACTION", &field("action")),
+                ("SOURCE", &field("source")),
+                ("MEANING", &field("meaning")),
+            ],
+        );
+    })
 }
 
 async fn tenants(g: &Global, cmd: TenantCmd) -> Result<()> {
@@ -1166,11 +1396,12 @@ async fn keys(g: &Global, cmd: KeyCmd) -> Result<()> {
             name,
             role,
             tenant,
+            node,
             expires_at,
             idempotency_key,
         } => {
-            let body =
-                json!({"name": name, "role": role, "tenant_id": tenant, "expires_at": expires_at});
+            let body = json!({"name": name, "role": role, "tenant_id": tenant,
+                              "expires_at": expires_at, "node": node});
             let v = c
                 .call(
                     Method::POST,
@@ -1472,6 +1703,30 @@ async fn contracts(g: &Global, cmd: ContractCmd) -> Result<()> {
                 )
                 .await?;
             show(g, &v, record)
+        }
+        ContractCmd::Outages { id } => {
+            let v = c
+                .call(
+                    Method::GET,
+                    &format!("/v1/contracts/{}/outages", enc(&id)),
+                    &[],
+                    None,
+                    None,
+                )
+                .await?;
+            show(g, &v, |v| {
+                let rows = v.as_array().cloned().unwrap_or_default();
+                table(
+                    &rows,
+                    &[
+                        ("START", &field("start_at")),
+                        ("END", &field("end_at")),
+                        ("NODE", &field("node_id")),
+                        ("GPUS", &field("gpus")),
+                        ("REASON", &field("reason")),
+                    ],
+                );
+            })
         }
     }
 }

@@ -39,6 +39,18 @@ pub struct ServeArgs {
     /// tenant never shares a node with another tenant.
     #[arg(long)]
     pub shared_nodes: bool,
+    /// How often node agents send heartbeats, in seconds (told to each agent).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub heartbeat_interval: u32,
+    /// Heartbeats in a row a node may miss before it is marked failed.
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub missed_heartbeats: u32,
+    /// Idle nodes whose last burn-in is older than this run it again, in seconds
+    /// (default 7 days); 0 turns re-verification off.
+    #[arg(long, value_name = "SECONDS", default_value_t = 604_800)]
+    pub reverify_idle: u32,
 }
 
 fn parse_policy(s: &str) -> Result<neocloud_types::FleetPolicy, String> {
@@ -91,6 +103,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         fleet_policy: args.fleet_policy,
         preemption_grace_secs: i64::from(args.preemption_grace),
         shared_nodes: args.shared_nodes,
+        heartbeat_interval_secs: args.heartbeat_interval,
+        missed_heartbeats: args.missed_heartbeats,
+        reverify_idle_secs: i64::from(args.reverify_idle),
         ..Default::default()
     };
     let svc = Service::open_with(&url, config)
@@ -167,9 +182,18 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             if let Err(e) = ticker.tick(neocloud_types::Timestamp::now()).await {
                 tracing::warn!(error = %e.internal.unwrap_or(e.message), "scheduler tick failed");
             }
+            if let Err(e) = ticker.health_tick(neocloud_types::Timestamp::now()).await {
+                tracing::warn!(error = %e.internal.unwrap_or(e.message), "health tick failed");
+            }
         }
     });
-    neocloud_api::serve(listener, svc, shutdown_signal()).await?;
+    neocloud_api::serve(listener, svc.clone(), shutdown_signal()).await?;
+    if let Err(e) = svc
+        .health_flush(neocloud_types::Timestamp::now(), true)
+        .await
+    {
+        tracing::warn!(error = %e.internal.unwrap_or(e.message), "could not write the last telemetry");
+    }
     tracing::info!("stopped");
     Ok(())
 }

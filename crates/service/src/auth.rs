@@ -4,7 +4,7 @@
 //! visible prefix, stored in clear to find the key; the whole key is stored only as its
 //! SHA-256 and compared in constant time.
 
-use neocloud_types::{ApiKeyId, Role, TenantId, Timestamp};
+use neocloud_types::{ApiKeyId, NodeId, Role, TenantId, Timestamp};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -19,6 +19,8 @@ pub struct Principal {
     pub role: Role,
     /// The key's tenant, for tenant roles.
     pub tenant_id: Option<TenantId>,
+    /// The node a node-agent key speaks for; none for enrollment keys and other roles.
+    pub node_id: Option<NodeId>,
 }
 
 impl Principal {
@@ -73,6 +75,10 @@ pub enum Action {
     ReadInvoices,
     /// Generate and finalize invoices, record downtime.
     WriteInvoices,
+    /// Register a node's agent (node-agent keys).
+    AgentRegister,
+    /// Send a node's heartbeats and health events (node-agent keys bound to the node).
+    AgentHeartbeat,
 }
 
 /// The authorization table: which roles may do what. Every endpoint names its action, and a
@@ -81,7 +87,7 @@ pub fn allowed(role: Role, action: Action) -> bool {
     use Action::*;
     use Role::*;
     match role {
-        OperatorAdmin => true,
+        OperatorAdmin => !matches!(action, AgentRegister | AgentHeartbeat),
         OperatorViewer => matches!(
             action,
             ReadCatalog
@@ -123,7 +129,7 @@ pub fn allowed(role: Role, action: Action) -> bool {
                 | ReadContracts
                 | ReadInvoices
         ),
-        NodeAgent => false,
+        NodeAgent => matches!(action, AgentRegister | AgentHeartbeat),
     }
 }
 

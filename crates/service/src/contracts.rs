@@ -652,6 +652,10 @@ impl Service {
             let mut tx = self.store.begin_write().await?;
             for n in &picked {
                 Store::node_set_pool(&mut tx, *n, Some(c.id)).await?;
+                // A node that refills a pool after a failure ends one of its outages.
+                let name = sched.node_names.get(n).cloned().unwrap_or_default();
+                Store::outage_close_one(&mut tx, c.id, now, &format!("refilled with node {name}"))
+                    .await?;
             }
             if c.state == ContractState::Signed {
                 Store::contract_set_state(&mut tx, c.id, ContractState::Active).await?;

@@ -132,6 +132,12 @@ impl Error {
         Self::new(ErrorCode::Unauthenticated, message)
     }
 
+    /// The same error with advice on what to do appended to its message.
+    pub fn with_hint(mut self, hint: &str) -> Self {
+        self.message = format!("{}; {hint}", self.message);
+        self
+    }
+
     /// 500 with internal detail kept for the logs.
     pub fn internal(detail: impl Into<String>) -> Self {
         Error {

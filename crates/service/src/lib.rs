@@ -9,6 +9,7 @@ pub mod auth;
 mod billing;
 mod contracts;
 pub mod error;
+mod health;
 mod instances;
 mod requests;
 mod scheduler;
@@ -25,6 +26,7 @@ use serde::de::DeserializeOwned;
 pub use auth::{Action, Principal};
 pub use contracts::{CapacityLine, ClassCount, Committed, GangRoom};
 pub use error::{Error, ErrorCode, FieldError, Result};
+pub use health::{GpuHistory, HealthAction, NodeOperation, SetXidRule, XidRule, builtin_xid_rules};
 pub use neocloud_allocator::PlacementPolicy;
 pub use requests::*;
 pub use scheduler::SchedulerConfig;
@@ -62,6 +64,23 @@ pub struct Service {
     inflight: std::sync::Arc<tokio::sync::RwLock<()>>,
     /// The group-commit writer for launches.
     writer: tokio::sync::mpsc::Sender<writer::LaunchWrite>,
+    /// Keys recently read, by prefix: heartbeats arrive thousands a second, and a key read
+    /// from the database on each would cost more than the heartbeat. Entries live
+    /// [`KEY_CACHE_SECS`]; revoking a key here drops its entry at once (another replica
+    /// sees a revocation within that time).
+    keys: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, CachedKey>>>,
+    /// Agents, heartbeats and the health policy.
+    health: std::sync::Arc<health::Monitor>,
+}
+
+/// How long an authenticated key is trusted without reading it again, seconds.
+pub const KEY_CACHE_SECS: u64 = 10;
+
+#[derive(Clone)]
+struct CachedKey {
+    key: ApiKey,
+    hash: String,
+    read_at: std::time::Instant,
 }
 
 pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32> {
@@ -87,6 +106,7 @@ impl Service {
         let store = Store::open(url).await?;
         store.gpu_model_seed_builtins().await?;
         Self::price_seed_defaults(&store).await?;
+        let health = health::Monitor::load(&store, &config).await?;
         let sched = scheduler::Sched::rebuild(&store, config).await?;
         let writer = writer::spawn(store.clone());
         Ok(Service {
@@ -94,6 +114,8 @@ impl Service {
             sched: std::sync::Arc::new(tokio::sync::Mutex::new(sched)),
             inflight: Default::default(),
             writer,
+            keys: Default::default(),
+            health: std::sync::Arc::new(health),
         })
     }
 
@@ -125,6 +147,7 @@ impl Service {
             expires_at: None,
             revoked_at: None,
             last_used_at: None,
+            node_id: None,
         };
         let mut tx = self.store.begin_write().await?;
         Store::api_key_create(&mut tx, &key, &minted.hash).await?;
@@ -154,11 +177,38 @@ impl Service {
         };
         let invalid = || Error::unauthenticated("invalid API key");
         let prefix = auth::key_prefix(presented).ok_or_else(invalid)?;
-        let (key, hash) = self
-            .store
-            .api_key_by_prefix(prefix)
-            .await?
-            .ok_or_else(invalid)?;
+        let cached = self
+            .keys
+            .lock()
+            .ok()
+            .and_then(|m| m.get(prefix).cloned())
+            .filter(|c| c.read_at.elapsed().as_secs() < KEY_CACHE_SECS);
+        let (key, hash) = match cached {
+            Some(c) => (c.key, c.hash),
+            None => {
+                let (key, hash) = self
+                    .store
+                    .api_key_by_prefix(prefix)
+                    .await?
+                    .ok_or_else(invalid)?;
+                if let Ok(mut m) = self.keys.lock() {
+                    // Bounded: a flood of made-up prefixes never gets here (they are not
+                    // found), and real keys are few; clear rather than grow without end.
+                    if m.len() > 500_000 {
+                        m.clear();
+                    }
+                    m.insert(
+                        prefix.to_string(),
+                        CachedKey {
+                            key: key.clone(),
+                            hash: hash.clone(),
+                            read_at: std::time::Instant::now(),
+                        },
+                    );
+                }
+                (key, hash)
+            }
+        };
         if !auth::key_matches(presented, &hash) {
             return Err(invalid());
         }
@@ -172,14 +222,29 @@ impl Service {
         // Last-used is a hint for operators; writing it on every request would turn every
         // read into a write, so it is refreshed at most once a minute.
         let stale = key.last_used_at.is_none_or(|t| t.plus_seconds(60) < now);
-        if stale && let Err(e) = self.store.api_key_touch(key.id, now).await {
-            tracing::warn!(error = %e, "could not record key use");
+        if stale {
+            if let Err(e) = self.store.api_key_touch(key.id, now).await {
+                tracing::warn!(error = %e, "could not record key use");
+            }
+            if let Ok(mut m) = self.keys.lock()
+                && let Some(c) = m.get_mut(prefix)
+            {
+                c.key.last_used_at = Some(now);
+            }
         }
         Ok(Principal {
             key_id: key.id,
             role: key.role,
             tenant_id: key.tenant_id,
+            node_id: key.node_id,
         })
+    }
+
+    /// Forgets cached keys (after a revocation).
+    pub(crate) fn forget_keys(&self) {
+        if let Ok(mut m) = self.keys.lock() {
+            m.clear();
+        }
     }
 
     // ---- idempotency -------------------------------------------------------------------
@@ -383,7 +448,9 @@ impl Service {
     /// Reads one node, with its GPUs.
     pub async fn node_get(&self, p: &Principal, id_or_name: &str) -> Result<Node> {
         auth::authorize(p, Action::ReadFleet)?;
-        Ok(self.store.node_get(id_or_name).await?)
+        let mut node = self.store.node_get(id_or_name).await?;
+        self.node_live(&mut node);
+        Ok(node)
     }
 
     /// Validates and applies a fleet file. With `dry_run`, reports what would change and
@@ -649,6 +716,22 @@ impl Service {
             }
             None
         };
+        let node_id = match (&req.node, req.role) {
+            (None, _) => None,
+            (Some(n), Role::NodeAgent) => Some(
+                self.store
+                    .node_get(n)
+                    .await
+                    .map_err(|_| Error::not_found("node", n))?
+                    .id,
+            ),
+            (Some(_), r) => {
+                return Err(Error::invalid(format!(
+                    "only node-agent keys are bound to a node, not '{}' keys; leave node out",
+                    r.as_str()
+                )));
+            }
+        };
         let mut tx = self.store.begin_write().await?;
         if let Some(c) = Self::idem_lookup(&mut tx, p, idem).await? {
             return Ok(c);
@@ -664,6 +747,7 @@ impl Service {
             expires_at: req.expires_at,
             revoked_at: None,
             last_used_at: None,
+            node_id,
         };
         Store::api_key_create(&mut tx, &key, &minted.hash).await?;
         Store::event_insert(
@@ -757,6 +841,7 @@ impl Service {
             .await?;
         }
         tx.commit().await?;
+        self.forget_keys();
         Ok(after)
     }
 

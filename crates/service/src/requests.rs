@@ -177,6 +177,11 @@ pub struct CreateApiKey {
     /// When the key stops working (RFC 3339, in the future); none means never.
     #[serde(default)]
     pub expires_at: Option<Timestamp>,
+    /// For `node-agent` keys: the node (id or name) the key speaks for. A node-agent key
+    /// without a node is an enrollment key: it can only register agents, each of which gets
+    /// a key of its own node back.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 impl CreateApiKey {

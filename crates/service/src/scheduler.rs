@@ -32,6 +32,12 @@ pub struct SchedulerConfig {
     /// Whether different tenants may share a node (sub-node shapes). Off by default:
     /// DESIGN.md §3.4.
     pub shared_nodes: bool,
+    /// How often agents send heartbeats, seconds.
+    pub heartbeat_interval_secs: u32,
+    /// Heartbeats in a row a node may miss before it is failed.
+    pub missed_heartbeats: u32,
+    /// Idle nodes whose last burn-in is older than this many seconds run it again; 0 never.
+    pub reverify_idle_secs: i64,
 }
 
 impl Default for SchedulerConfig {
@@ -42,6 +48,9 @@ impl Default for SchedulerConfig {
             preemption_grace_secs: 30,
             spare_buffer_milli: 20,
             shared_nodes: false,
+            heartbeat_interval_secs: 10,
+            missed_heartbeats: 3,
+            reverify_idle_secs: 7 * 86_400,
         }
     }
 }

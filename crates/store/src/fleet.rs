@@ -42,7 +42,7 @@ fn gpu_model_from_row(r: &AnyRow) -> Result<GpuModel> {
 
 const NODE_COLS: &str = "n.id, n.name, n.site_id, s.name AS site_name, n.block_id, n.block_path, \
      n.gpu_model, n.gpu_count, n.cpu_cores, n.ram_gib, n.idle_watts, n.peak_watts, n.state, \
-     n.created_at, n.updated_at";
+     n.state_reason, n.last_heartbeat_at, n.created_at, n.updated_at";
 
 fn node_from_row(r: &AnyRow) -> Result<Node> {
     Ok(Node {
@@ -59,6 +59,10 @@ fn node_from_row(r: &AnyRow) -> Result<Node> {
         idle_watts: u32_col(r, "idle_watts")?,
         peak_watts: u32_col(r, "peak_watts")?,
         state: enum_col(r, "state")?,
+        state_reason: r.try_get("state_reason")?,
+        last_heartbeat_at: r
+            .try_get::<Option<i64>, _>("last_heartbeat_at")?
+            .map(Timestamp::from_micros),
         created_at: Timestamp::from_micros(r.try_get("created_at")?),
         updated_at: Timestamp::from_micros(r.try_get("updated_at")?),
         gpus: None,
@@ -512,7 +516,7 @@ impl Store {
         };
         let mut node = node_from_row(&row)?;
         let gpus =
-            sqlx::query("SELECT idx, uuid, health FROM gpus WHERE node_id = $1 ORDER BY idx")
+            sqlx::query("SELECT idx, uuid, health, product, serial, pci_bus_id FROM gpus WHERE node_id = $1 ORDER BY idx")
                 .bind(node.id.to_string())
                 .fetch_all(&self.pool)
                 .await?;
@@ -523,6 +527,10 @@ impl Store {
                         index: u32_col(r, "idx")?,
                         uuid: r.try_get("uuid")?,
                         health: enum_col::<GpuHealth>(r, "health")?,
+                        product: r.try_get("product")?,
+                        serial: r.try_get("serial")?,
+                        pci_bus_id: r.try_get("pci_bus_id")?,
+                        telemetry: None,
                     })
                 })
                 .collect::<Result<Vec<_>>>()?,

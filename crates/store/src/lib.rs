@@ -13,6 +13,7 @@
 mod billing;
 mod contracts;
 mod fleet;
+mod health;
 mod instances;
 mod tenancy;
 
@@ -26,6 +27,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 pub use billing::*;
 pub use contracts::*;
 pub use fleet::*;
+pub use health::*;
 pub use instances::*;
 pub use tenancy::*;
 
@@ -113,6 +115,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0002_instances.sql"),
     ),
     (3, "billing", include_str!("../migrations/0003_billing.sql")),
+    (4, "health", include_str!("../migrations/0004_health.sql")),
 ];
 
 impl Store {

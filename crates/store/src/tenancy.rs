@@ -30,7 +30,7 @@ fn tenant_from_row(r: &AnyRow) -> Result<Tenant> {
 }
 
 const KEY_COLS: &str =
-    "id, name, role, tenant_id, prefix, created_at, expires_at, revoked_at, last_used_at";
+    "id, name, role, tenant_id, prefix, created_at, expires_at, revoked_at, last_used_at, node_id";
 
 fn key_from_row(r: &AnyRow) -> Result<ApiKey> {
     let ts = |c: &str| -> Result<Option<Timestamp>> {
@@ -46,6 +46,7 @@ fn key_from_row(r: &AnyRow) -> Result<ApiKey> {
         expires_at: ts("expires_at")?,
         revoked_at: ts("revoked_at")?,
         last_used_at: ts("last_used_at")?,
+        node_id: opt_id_col(r, "node_id")?,
     })
 }
 
@@ -232,7 +233,7 @@ impl Store {
     pub async fn api_key_create(tx: &mut WriteTx, key: &ApiKey, secret_hash: &str) -> Result<()> {
         sqlx::query(&format!(
             "INSERT INTO api_keys ({KEY_COLS}, secret_hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         ))
         .bind(key.id.to_string())
         .bind(&key.name)
@@ -243,6 +244,7 @@ impl Store {
         .bind(key.expires_at.map(|t| t.micros()))
         .bind(key.revoked_at.map(|t| t.micros()))
         .bind(key.last_used_at.map(|t| t.micros()))
+        .bind(key.node_id.map(|n| n.to_string()))
         .bind(secret_hash)
         .execute(tx.conn())
         .await?;

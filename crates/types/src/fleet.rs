@@ -221,6 +221,12 @@ pub struct Node {
     pub peak_watts: u32,
     /// Lifecycle state.
     pub state: NodeState,
+    /// Why the node is in its state (the fault, the operator's reason), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<String>,
+    /// When the node's agent was last heard from; none if no agent ever registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_at: Option<Timestamp>,
     /// When the node was created.
     pub created_at: Timestamp,
     /// When the node last changed.
@@ -239,6 +245,18 @@ pub struct Gpu {
     pub uuid: Option<String>,
     /// Health.
     pub health: GpuHealth,
+    /// Product name as the driver reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+    /// Board serial number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// PCI bus id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pci_bus_id: Option<String>,
+    /// Latest telemetry from the node's agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<crate::GpuSample>,
 }
 
 /// The GPU models neocloud knows out of the box. Operators add others through the fleet file

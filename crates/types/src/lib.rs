@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod billing;
 pub mod fleet;
+pub mod health;
 pub mod id;
 pub mod money;
 pub mod placement;
@@ -17,6 +18,7 @@ pub mod time;
 pub use agent::*;
 pub use billing::*;
 pub use fleet::*;
+pub use health::*;
 pub use id::*;
 pub use money::Money;
 pub use placement::*;

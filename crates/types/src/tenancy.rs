@@ -95,6 +95,10 @@ pub struct ApiKey {
     pub revoked_at: Option<Timestamp>,
     /// When the key was last used (updated at most once a minute).
     pub last_used_at: Option<Timestamp>,
+    /// The node a node-agent key speaks for; none for other roles and for enrollment keys
+    /// (node-agent keys that may only register agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<crate::NodeId>,
 }
 
 /// An entry of the audit trail: who changed what, when.

@@ -1,0 +1,1629 @@
+//! Keeping the fleet healthy: node agents, heartbeats, the XID policy, the node lifecycle
+//! and remediation.
+//!
+//! Heartbeats are the hot path (one per node every 10 s: 12,500 a second at 125,000 nodes).
+//! A heartbeat without news touches only memory: the node's latest telemetry and the time
+//! it was heard from. Only facts change the database — a health event, a state change —
+//! and telemetry is written in batches ([`Service::health_flush`]). Each event is stored
+//! once: the node's event sequence number moves in the same transaction as the events, and
+//! only from the value the request read, so a resent batch adds nothing.
+//!
+//! Lifecycle: `provisioning → burn_in → available`; `available → draining → maintenance →
+//! burn_in → available` for repairs; `→ failed` on a fatal fault or missed heartbeats, and
+//! `failed → burn_in` when the operator marks the repair complete. `cordoned` keeps what
+//! runs and takes nothing new. Only `available` (and `allocated`) nodes take placements.
+
+use std::collections::HashMap;
+
+use neocloud_store::{NewEvent, Store, WriteTx};
+use neocloud_types::{
+    AgentEvent, AgentEventKind, AgentRegister, AgentRegistered, ApiKey, ApiKeyId, BurnInRequest,
+    ContractId, GpuHealth, GpuSample, HealthEvent, Heartbeat, HeartbeatAck, InstanceState, Node,
+    NodeId, NodeState, Outage, Role, Timestamp,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::Service;
+use crate::auth::{self, Action, Principal};
+use crate::error::{Error, ErrorCode, FieldError, Result};
+use crate::scheduler::{Sched, SchedulerConfig};
+
+/// What the policy does about a fault.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthAction {
+    /// Nothing: the fault is the application's (e.g. XID 13, 31, 43).
+    Ignore,
+    /// Keep it in the GPU's history; the node stays in service.
+    Record,
+    /// Take no new work, let running work finish, then go to maintenance.
+    Drain,
+    /// Out of service now: running work on the node fails, a contract's pool gets a spare.
+    Fail,
+}
+
+impl HealthAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            HealthAction::Ignore => "ignore",
+            HealthAction::Record => "record",
+            HealthAction::Drain => "drain",
+            HealthAction::Fail => "fail",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ignore" => Some(HealthAction::Ignore),
+            "record" => Some(HealthAction::Record),
+            "drain" => Some(HealthAction::Drain),
+            "fail" => Some(HealthAction::Fail),
+            _ => None,
+        }
+    }
+}
+
+/// One line of the XID policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct XidRule {
+    /// The XID code.
+    pub code: u32,
+    /// What the control plane does when a GPU reports it.
+    pub action: HealthAction,
+    /// What the code means, or the operator's note for an override.
+    pub meaning: String,
+    /// `builtin`, or `override` when an operator set it.
+    pub source: String,
+}
+
+/// Body of `PUT /v1/health/rules/{code}`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetXidRule {
+    /// `ignore`, `record`, `drain` or `fail`.
+    pub action: HealthAction,
+    /// Why (shown in the policy listing).
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// Body of the node operations (`cordon`, `drain`, `uncordon`, `repair-complete`).
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeOperation {
+    /// Why, for the event log and the node's `state_reason`.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A GPU's health history, following its UUID across nodes.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct GpuHistory {
+    /// The GPU's UUID.
+    pub uuid: String,
+    /// The node it is in now, if any.
+    pub node: Option<String>,
+    /// Its index there.
+    pub index: Option<u32>,
+    /// Its health there.
+    pub health: Option<GpuHealth>,
+    /// Times it failed (events whose action was `fail`): more than one means it failed again
+    /// after a repair.
+    pub failures: u32,
+    /// Every fact, newest first.
+    pub events: Vec<HealthEvent>,
+}
+
+/// The built-in XID policy. Sources: NVIDIA's "XID Errors" catalogue (docs.nvidia.com/deploy/
+/// xid-errors) and its GPU memory error management guide (row remapping); the actions follow
+/// the catalogue's "recommended action" column: application faults are ignored, faults that
+/// need a GPU reset drain the node, faults that need a board or driver replacement fail it.
+pub fn builtin_xid_rules() -> Vec<(u32, HealthAction, &'static str)> {
+    use HealthAction::*;
+    vec![
+        (13, Ignore, "graphics engine exception (application fault)"),
+        (31, Ignore, "GPU memory page fault (application fault)"),
+        (43, Ignore, "GPU stopped processing (application fault)"),
+        (45, Ignore, "preemptive cleanup after an earlier error"),
+        (48, Fail, "double-bit ECC error"),
+        (61, Record, "internal micro-controller breakpoint/warning"),
+        (62, Fail, "internal micro-controller halt"),
+        (
+            63,
+            Drain,
+            "row remapping / page retirement recorded: needs a GPU reset",
+        ),
+        (64, Fail, "row remapping / page retirement failure"),
+        (68, Record, "video decoder exception"),
+        (74, Drain, "NVLink error"),
+        (79, Fail, "GPU has fallen off the bus"),
+        (92, Drain, "high single-bit ECC error rate"),
+        (
+            94,
+            Drain,
+            "contained ECC error: the application was stopped, the GPU needs a reset",
+        ),
+        (95, Fail, "uncontained ECC error"),
+        (119, Fail, "GSP RPC timeout"),
+        (120, Fail, "GSP error"),
+        (140, Fail, "unrecovered ECC error"),
+    ]
+}
+
+/// What an unknown XID code does.
+const UNKNOWN_XID: HealthAction = HealthAction::Record;
+
+/// What the monitor knows of one node with an agent.
+#[derive(Clone, Debug)]
+pub(crate) struct Live {
+    name: String,
+    last_seen: Timestamp,
+    acked_seq: u64,
+    state: NodeState,
+    burn_in: Option<String>,
+    burn_in_passed_at: Option<Timestamp>,
+    uuids: Vec<Option<String>>,
+    samples: Vec<GpuSample>,
+    /// Per GPU: remap pending, remap failed, thermal slowdown, as last reported.
+    flags: Vec<(bool, bool, bool)>,
+    dirty: bool,
+}
+
+/// Agents, their latest telemetry and the policy overrides. Guarded by plain locks held
+/// only for memory work, never across a database call.
+pub(crate) struct Monitor {
+    live: std::sync::Mutex<HashMap<NodeId, Live>>,
+    overrides: std::sync::RwLock<HashMap<u32, (HealthAction, String)>>,
+    interval_secs: u32,
+    missed: u32,
+    reverify_secs: i64,
+    flush_secs: i64,
+    last_flush: std::sync::Mutex<Timestamp>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Monitor {
+    /// Loads the nodes that have agents and the policy overrides. Every node counts as heard
+    /// from now: a control plane that was down must not fail the fleet for its own absence.
+    pub(crate) async fn load(store: &Store, config: &SchedulerConfig) -> Result<Monitor> {
+        let now = Timestamp::now();
+        let mut live = HashMap::new();
+        for n in store.agent_nodes().await? {
+            let count = n.gpus.len();
+            live.insert(
+                n.id,
+                Live {
+                    name: n.name,
+                    last_seen: now,
+                    acked_seq: n.seq,
+                    state: n.state,
+                    burn_in: n.burn_in_id,
+                    burn_in_passed_at: n.burn_in_passed_at,
+                    uuids: n.gpus.into_iter().map(|(_, u, _)| u).collect(),
+                    samples: Vec::new(),
+                    flags: vec![(false, false, false); count],
+                    dirty: false,
+                },
+            );
+        }
+        let mut overrides = HashMap::new();
+        for r in store.health_rule_list().await? {
+            if let Some(a) = HealthAction::parse(&r.action) {
+                overrides.insert(r.code, (a, r.note));
+            }
+        }
+        Ok(Monitor {
+            live: std::sync::Mutex::new(live),
+            overrides: std::sync::RwLock::new(overrides),
+            interval_secs: config.heartbeat_interval_secs.max(1),
+            missed: config.missed_heartbeats.max(1),
+            reverify_secs: config.reverify_idle_secs,
+            flush_secs: 60,
+            last_flush: std::sync::Mutex::new(now),
+        })
+    }
+
+    fn xid_action(&self, code: u32) -> HealthAction {
+        if let Some((a, _)) = self
+            .overrides
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&code)
+        {
+            return *a;
+        }
+        builtin_xid_rules()
+            .into_iter()
+            .find(|(c, _, _)| *c == code)
+            .map_or(UNKNOWN_XID, |(_, a, _)| a)
+    }
+
+    fn set_state(&self, node: NodeId, state: NodeState, burn_in: Option<Option<String>>) {
+        if let Some(l) = lock(&self.live).get_mut(&node) {
+            l.state = state;
+            if let Some(b) = burn_in {
+                l.burn_in = b;
+            }
+        }
+    }
+}
+
+fn field(field: &str, message: impl Into<String>) -> Error {
+    let message = message.into();
+    let mut e = Error::invalid(format!("{field}: {message}"));
+    e.field_errors.push(FieldError {
+        line: None,
+        column: None,
+        field: field.to_string(),
+        message,
+    });
+    e
+}
+
+/// Limits of what an agent may report; beyond them the report is refused as a whole.
+const MAX_GPUS: usize = 64;
+const MAX_EVENTS: usize = 1000;
+const MAX_TEXT: usize = 4096;
+const MAX_OUTPUT: usize = 65536;
+
+fn check_text(name: &str, s: &str, max: usize) -> Result<()> {
+    if s.len() > max {
+        return Err(field(name, format!("longer than {max} bytes")));
+    }
+    if s.chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+    {
+        return Err(field(name, "contains control characters"));
+    }
+    Ok(())
+}
+
+fn check_uuid(name: &str, s: &str) -> Result<()> {
+    if s.is_empty()
+        || s.len() > 128
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(field(
+            name,
+            "must be 1-128 letters, digits, '-' or '_' (a GPU UUID such as GPU-…)",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_register(r: &AgentRegister) -> Result<()> {
+    crate::validate_name("hostname", &r.hostname)?;
+    check_text("agent_version", &r.agent_version, 64)?;
+    if !matches!(r.backend.as_str(), "nvml" | "sim") {
+        return Err(field("backend", "must be 'nvml' or 'sim'"));
+    }
+    if let Some(d) = &r.driver_version {
+        check_text("driver_version", d, 64)?;
+    }
+    if r.cpu_cores == 0 || r.cpu_cores > 100_000 {
+        return Err(field("cpu_cores", "must be 1-100000"));
+    }
+    if r.ram_gib == 0 || r.ram_gib > 1_000_000 {
+        return Err(field("ram_gib", "must be 1-1000000"));
+    }
+    if r.gpus.is_empty() || r.gpus.len() > MAX_GPUS {
+        return Err(field("gpus", format!("must list 1-{MAX_GPUS} GPUs")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, g) in r.gpus.iter().enumerate() {
+        check_uuid(&format!("gpus[{i}].uuid"), &g.uuid)?;
+        if !seen.insert(g.uuid.as_str()) {
+            return Err(field(&format!("gpus[{i}].uuid"), "appears twice"));
+        }
+        if usize::try_from(g.index).map_or(true, |x| x >= r.gpus.len()) {
+            return Err(field(
+                &format!("gpus[{i}].index"),
+                format!("must be 0-{} (one per GPU)", r.gpus.len() - 1),
+            ));
+        }
+        check_text(&format!("gpus[{i}].name"), &g.name, 200)?;
+        check_text(&format!("gpus[{i}].pci_bus_id"), &g.pci_bus_id, 64)?;
+        if let Some(s) = &g.serial {
+            check_text(&format!("gpus[{i}].serial"), s, 64)?;
+        }
+        if g.memory_mib == 0 || g.memory_mib > 16 * 1024 * 1024 {
+            return Err(field(
+                &format!("gpus[{i}].memory_mib"),
+                "must be 1-16777216",
+            ));
+        }
+    }
+    let mut idx: Vec<u32> = r.gpus.iter().map(|g| g.index).collect();
+    idx.sort_unstable();
+    idx.dedup();
+    if idx.len() != r.gpus.len() {
+        return Err(field("gpus", "each index must appear once"));
+    }
+    Ok(())
+}
+
+fn validate_sample(i: usize, s: &GpuSample) -> Result<()> {
+    let f = |name: &str| format!("gpus[{i}].{name}");
+    check_uuid(&f("uuid"), &s.uuid)?;
+    if !(-40..=150).contains(&s.temperature_c) {
+        return Err(field(&f("temperature_c"), "must be -40 to 150 °C"));
+    }
+    if s.power_watts > 5_000 {
+        return Err(field(
+            &f("power_watts"),
+            "must be at most 5000 W for one GPU",
+        ));
+    }
+    if s.utilization_pct > 100 {
+        return Err(field(&f("utilization_pct"), "must be 0-100"));
+    }
+    if s.memory_used_mib > 16 * 1024 * 1024 {
+        return Err(field(&f("memory_used_mib"), "must be at most 16777216 MiB"));
+    }
+    if s.ecc_corrected > 1_000_000_000_000 || s.ecc_uncorrected > 1_000_000_000_000 {
+        return Err(field(
+            &f("ecc_corrected"),
+            "ECC counters must be at most 10^12",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_heartbeat(hb: &Heartbeat, now: Timestamp) -> Result<()> {
+    if hb.gpus.len() > MAX_GPUS {
+        return Err(field("gpus", format!("at most {MAX_GPUS} GPUs")));
+    }
+    for (i, s) in hb.gpus.iter().enumerate() {
+        validate_sample(i, s)?;
+    }
+    if hb.events.len() > MAX_EVENTS {
+        return Err(field(
+            "events",
+            format!("at most {MAX_EVENTS} events per heartbeat"),
+        ));
+    }
+    let mut prev = 0u64;
+    let earliest = now.plus_seconds(-30 * 86_400);
+    let latest = now.plus_seconds(86_400);
+    for (i, e) in hb.events.iter().enumerate() {
+        let f = |name: &str| format!("events[{i}].{name}");
+        if e.seq == 0 || e.seq <= prev || e.seq > i64::MAX.unsigned_abs() {
+            return Err(field(&f("seq"), "sequence numbers start at 1 and increase"));
+        }
+        prev = e.seq;
+        if e.at < earliest || e.at > latest {
+            return Err(field(&f("at"), "must be within the last 30 days"));
+        }
+        if let Some(u) = &e.gpu_uuid {
+            check_uuid(&f("gpu_uuid"), u)?;
+        }
+        match &e.kind {
+            AgentEventKind::Xid { code, detail } => {
+                if *code == 0 || *code > 100_000 {
+                    return Err(field(&f("kind.code"), "must be an XID code 1-100000"));
+                }
+                if let Some(d) = detail {
+                    check_text(&f("kind.detail"), d, MAX_TEXT)?;
+                }
+            }
+            AgentEventKind::ThermalSlowdown => {}
+            AgentEventKind::BurnIn { id, output, .. } => {
+                check_text(&f("kind.id"), id, 128)?;
+                check_text(&f("kind.output"), output, MAX_OUTPUT)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A fact derived from a heartbeat, ready to judge.
+struct Fact {
+    at: Timestamp,
+    gpu: Option<(u32, String)>,
+    kind: &'static str,
+    code: Option<u32>,
+    action: HealthAction,
+    detail: String,
+    burn_in: Option<(String, bool)>,
+}
+
+/// A lifecycle change to make.
+struct Change {
+    to: NodeState,
+    reason: String,
+    /// When the fault happened: running work ends then, an outage starts then.
+    at: Timestamp,
+    /// A new burn-in to ask for (`Some(None)` clears the one waited for).
+    burn_in: Option<Option<String>>,
+    burn_in_passed: bool,
+    /// GPU health changes: (index, health); `heal` sets every GPU healthy first.
+    gpus: Vec<(u32, GpuHealth)>,
+    heal: bool,
+}
+
+/// What to do in memory once the change is committed.
+#[derive(Default)]
+struct After {
+    released: Vec<neocloud_types::InstanceId>,
+    pools: Vec<(NodeId, Option<ContractId>)>,
+    unfull: Vec<ContractId>,
+}
+
+fn schedulable(s: NodeState) -> bool {
+    matches!(s, NodeState::Available | NodeState::Allocated)
+}
+
+fn new_burn_in_id() -> String {
+    format!("bi_{}", neocloud_types::EventId::new().uuid().simple())
+}
+
+impl Service {
+    /// Registers a node's agent: checks the inventory against the fleet, records the GPUs'
+    /// UUIDs, and starts burn-in for a node still provisioning. With an enrollment key (a
+    /// node-agent key bound to no node) it mints a key for the node, returned once.
+    pub async fn agent_register(
+        &self,
+        p: &Principal,
+        req: AgentRegister,
+    ) -> Result<AgentRegistered> {
+        auth::authorize(p, Action::AgentRegister)?;
+        validate_register(&req)?;
+        let node = self.store.node_get(&req.hostname).await.map_err(|_| {
+            Error::not_found("node", &req.hostname)
+                .with_hint("add the node to the fleet file first (agents do not create nodes)")
+        })?;
+        if let Some(bound) = p.node_id
+            && bound != node.id
+        {
+            return Err(Error::forbidden(format!(
+                "this key speaks for another node, not '{}'",
+                node.name
+            )));
+        }
+        if usize::try_from(node.gpu_count).ok() != Some(req.gpus.len()) {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                format!(
+                    "node '{}' has {} GPUs in the fleet but the agent found {}; fix the fleet \
+                     file or the server",
+                    node.name,
+                    node.gpu_count,
+                    req.gpus.len()
+                ),
+            ));
+        }
+        let model = self.store.gpu_model_get(&node.gpu_model).await?;
+        for g in &req.gpus {
+            // Drivers report a little less than the marketing size (80 GB → 81,559 MiB).
+            let gib = g.memory_mib / 1024;
+            let want = u64::from(model.memory_gib);
+            if gib * 10 < want * 8 || gib * 10 > want * 12 {
+                return Err(Error::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "GPU {} of '{}' has {} MiB but the fleet says {} ({} GiB)",
+                        g.index, node.name, g.memory_mib, model.name, model.memory_gib
+                    ),
+                ));
+            }
+        }
+        let now = Timestamp::now();
+        let agent_json = serde_json::json!({
+            "agent_version": req.agent_version,
+            "backend": req.backend,
+            "driver_version": req.driver_version,
+            "cpu_cores": req.cpu_cores,
+            "ram_gib": req.ram_gib,
+        })
+        .to_string();
+        let mut gpus = req.gpus.clone();
+        gpus.sort_by_key(|g| g.index);
+
+        let mut sched = self.sched.lock().await;
+        let mut tx = self.store.begin_write().await?;
+        Store::node_agent_register(&mut tx, node.id, &agent_json, &gpus, now).await?;
+        let mut node_key = None;
+        if p.node_id.is_none() {
+            Store::api_key_revoke_for_node(&mut tx, node.id, now).await?;
+            let minted = auth::mint_key()?;
+            let key = ApiKey {
+                id: ApiKeyId::new(),
+                name: format!("agent {}", node.name),
+                role: Role::NodeAgent,
+                tenant_id: None,
+                prefix: minted.prefix.clone(),
+                created_at: now,
+                expires_at: None,
+                revoked_at: None,
+                last_used_at: None,
+                node_id: Some(node.id),
+            };
+            Store::api_key_create(&mut tx, &key, &minted.hash).await?;
+            node_key = Some(minted.secret);
+        }
+        let seq = self.store.agent_nodes_seq(node.id).await?;
+        let mut state = node.state;
+        let mut burn_in = self.store.node_burn_in(node.id).await?;
+        let mut after = After::default();
+        if state == NodeState::Provisioning {
+            let id = new_burn_in_id();
+            after = self
+                .node_change(
+                    &mut sched,
+                    &mut tx,
+                    &node,
+                    Change {
+                        to: NodeState::BurnIn,
+                        reason: "agent registered; burn-in check requested".into(),
+                        at: now,
+                        burn_in: Some(Some(id.clone())),
+                        burn_in_passed: false,
+                        gpus: Vec::new(),
+                        heal: false,
+                    },
+                    Some(p.key_id),
+                )
+                .await?;
+            state = NodeState::BurnIn;
+            burn_in = Some(id);
+        }
+        Store::event_insert(
+            &mut tx,
+            NewEvent {
+                actor: Some(p.key_id),
+                tenant_id: None,
+                action: "node.agent_registered",
+                resource_kind: "node",
+                resource_id: node.id.to_string(),
+                before: None,
+                after: serde_json::from_str(&agent_json).ok(),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        self.apply_after(&mut sched, &node, state, after);
+        drop(sched);
+        if node_key.is_some() {
+            self.forget_keys();
+        }
+        {
+            let mut live = lock(&self.health.live);
+            let flags = vec![(false, false, false); gpus.len()];
+            let l = live.entry(node.id).or_insert_with(|| Live {
+                name: node.name.clone(),
+                last_seen: now,
+                acked_seq: seq,
+                state,
+                burn_in: burn_in.clone(),
+                burn_in_passed_at: None,
+                uuids: Vec::new(),
+                samples: Vec::new(),
+                flags: flags.clone(),
+                dirty: false,
+            });
+            l.last_seen = now;
+            l.acked_seq = seq;
+            l.state = state;
+            l.burn_in = burn_in.clone();
+            l.uuids = gpus.iter().map(|g| Some(g.uuid.clone())).collect();
+            if l.flags.len() != gpus.len() {
+                l.flags = flags;
+            }
+        }
+        Ok(AgentRegistered {
+            node_id: node.id,
+            node: node.name,
+            state,
+            heartbeat_interval_secs: self.health.interval_secs,
+            last_seq: seq,
+            node_key,
+            burn_in: (state == NodeState::BurnIn)
+                .then_some(burn_in)
+                .flatten()
+                .map(|id| BurnInRequest { id }),
+        })
+    }
+
+    /// Takes a heartbeat: refreshes the node's telemetry in memory and, when it carries new
+    /// events or a GPU's flags changed, judges them by the policy and stores them.
+    pub async fn agent_heartbeat(&self, p: &Principal, hb: Heartbeat) -> Result<HeartbeatAck> {
+        auth::authorize(p, Action::AgentHeartbeat)?;
+        let Some(node_id) = p.node_id else {
+            return Err(Error::forbidden(
+                "an enrollment key only registers agents; send heartbeats with the node key the \
+                 registration returned",
+            ));
+        };
+        let now = Timestamp::now();
+        validate_heartbeat(&hb, now)?;
+        let (from_seq, facts) = {
+            let mut live = lock(&self.health.live);
+            let Some(l) = live.get_mut(&node_id) else {
+                return Err(
+                    Error::not_found("registered agent for node", &node_id.to_string())
+                        .with_hint("register the agent first (POST /v1/agent/register)"),
+                );
+            };
+            let index_of = |u: &str| -> Option<u32> {
+                l.uuids
+                    .iter()
+                    .position(|x| x.as_deref() == Some(u))
+                    .and_then(|i| u32::try_from(i).ok())
+            };
+            for (i, s) in hb.gpus.iter().enumerate() {
+                if index_of(&s.uuid).is_none() {
+                    return Err(field(
+                        &format!("gpus[{i}].uuid"),
+                        format!("'{}' is not a GPU of node '{}'", s.uuid, l.name),
+                    ));
+                }
+            }
+            for (i, e) in hb.events.iter().enumerate() {
+                if let Some(u) = &e.gpu_uuid
+                    && index_of(u).is_none()
+                {
+                    return Err(field(
+                        &format!("events[{i}].gpu_uuid"),
+                        format!("'{u}' is not a GPU of node '{}'", l.name),
+                    ));
+                }
+            }
+            l.last_seen = now;
+            let mut facts = Vec::new();
+            for e in hb.events.iter().filter(|e| e.seq > l.acked_seq) {
+                facts.push(self.judge(e, index_of(e.gpu_uuid.as_deref().unwrap_or(""))));
+            }
+            // Flags that turned on since the last heartbeat are facts too.
+            let mut flags = l.flags.clone();
+            for s in &hb.gpus {
+                let Some(i) = index_of(&s.uuid) else { continue };
+                let Some(slot) = usize::try_from(i).ok().and_then(|i| flags.get_mut(i)) else {
+                    continue;
+                };
+                let gpu = Some((i, s.uuid.clone()));
+                let fact = |kind: &'static str, action, detail: &str| Fact {
+                    at: now,
+                    gpu: gpu.clone(),
+                    kind,
+                    code: None,
+                    action,
+                    detail: detail.to_string(),
+                    burn_in: None,
+                };
+                if s.remap_pending && !slot.0 {
+                    facts.push(fact(
+                        "remap_pending",
+                        HealthAction::Drain,
+                        "rows wait to be remapped at the next GPU reset",
+                    ));
+                }
+                if s.remap_failed && !slot.1 {
+                    facts.push(fact(
+                        "remap_failed",
+                        HealthAction::Fail,
+                        "row remapping failed",
+                    ));
+                }
+                if s.thermal_slowdown && !slot.2 {
+                    facts.push(fact(
+                        "thermal_slowdown",
+                        HealthAction::Record,
+                        &format!("thermal slowdown at {} °C", s.temperature_c),
+                    ));
+                }
+                *slot = (s.remap_pending, s.remap_failed, s.thermal_slowdown);
+            }
+            let new_seq = hb
+                .events
+                .last()
+                .map_or(l.acked_seq, |e| e.seq.max(l.acked_seq));
+            l.samples = hb.gpus;
+            l.dirty = true;
+            if facts.is_empty() {
+                l.flags = flags;
+                l.acked_seq = new_seq;
+                return Ok(self.ack(l));
+            }
+            l.flags = flags;
+            (l.acked_seq, (facts, new_seq))
+        };
+        let (facts, to_seq) = facts;
+        self.health_record(node_id, from_seq, to_seq, facts, Some(p.key_id))
+            .await?;
+        let live = lock(&self.health.live);
+        let l = live
+            .get(&node_id)
+            .ok_or_else(|| Error::internal("node left the monitor"))?;
+        Ok(self.ack(l))
+    }
+
+    fn ack(&self, l: &Live) -> HeartbeatAck {
+        HeartbeatAck {
+            acked_seq: l.acked_seq,
+            state: l.state,
+            heartbeat_interval_secs: self.health.interval_secs,
+            burn_in: (l.state == NodeState::BurnIn)
+                .then(|| l.burn_in.clone())
+                .flatten()
+                .map(|id| BurnInRequest { id }),
+        }
+    }
+
+    fn judge(&self, e: &AgentEvent, index: Option<u32>) -> Fact {
+        let gpu = match (&e.gpu_uuid, index) {
+            (Some(u), Some(i)) => Some((i, u.clone())),
+            _ => None,
+        };
+        match &e.kind {
+            AgentEventKind::Xid { code, detail } => {
+                let action = self.health.xid_action(*code);
+                Fact {
+                    at: e.at,
+                    gpu,
+                    kind: "xid",
+                    code: Some(*code),
+                    action,
+                    detail: format!(
+                        "XID {code}{}{}",
+                        builtin_xid_rules()
+                            .iter()
+                            .find(|(c, _, _)| c == code)
+                            .map(|(_, _, m)| format!(" ({m})"))
+                            .unwrap_or_default(),
+                        detail
+                            .as_deref()
+                            .map(|d| format!(": {d}"))
+                            .unwrap_or_default()
+                    ),
+                    burn_in: None,
+                }
+            }
+            AgentEventKind::ThermalSlowdown => Fact {
+                at: e.at,
+                gpu,
+                kind: "thermal_slowdown",
+                code: None,
+                action: HealthAction::Record,
+                detail: "thermal slowdown".into(),
+                burn_in: None,
+            },
+            AgentEventKind::BurnIn { id, passed, output } => Fact {
+                at: e.at,
+                gpu: None,
+                kind: "burn_in",
+                code: None,
+                action: HealthAction::Record,
+                detail: format!(
+                    "burn-in {}{}",
+                    if *passed { "passed" } else { "failed" },
+                    if output.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", tail(output, 500))
+                    }
+                ),
+                burn_in: Some((id.clone(), *passed)),
+            },
+        }
+    }
+
+    /// Stores facts of a node exactly once and acts on them.
+    async fn health_record(
+        &self,
+        node_id: NodeId,
+        from_seq: u64,
+        to_seq: u64,
+        facts: Vec<Fact>,
+        actor: Option<ApiKeyId>,
+    ) -> Result<()> {
+        let mut sched = self.sched.lock().await;
+        let _settled = self.inflight.write().await;
+        let node = self.store.node_get(&node_id.to_string()).await?;
+        let waiting_for = self.store.node_burn_in(node_id).await?;
+        let mut tx = self.store.begin_write().await?;
+        if to_seq > from_seq && !Store::node_advance_seq(&mut tx, node_id, from_seq, to_seq).await?
+        {
+            // Another request stored these events first: they are duplicates.
+            drop(tx);
+            let seq = self.store.agent_nodes_seq(node_id).await?;
+            if let Some(l) = lock(&self.health.live).get_mut(&node_id) {
+                l.acked_seq = l.acked_seq.max(seq);
+            }
+            return Ok(());
+        }
+        let rows: Vec<HealthEvent> = facts
+            .iter()
+            .map(|f| HealthEvent {
+                id: String::new(),
+                at: f.at,
+                node_id,
+                node: node.name.clone(),
+                gpu_uuid: f.gpu.as_ref().map(|(_, u)| u.clone()),
+                gpu_index: f.gpu.as_ref().map(|(i, _)| *i),
+                kind: f.kind.to_string(),
+                code: f.code,
+                action: f.action.as_str().to_string(),
+                detail: f.detail.clone(),
+            })
+            .collect();
+        Store::health_event_insert(&mut tx, &rows).await?;
+
+        // The worst fact decides the node's fate.
+        let worst = facts.iter().max_by_key(|f| f.action);
+        let mut gpus = Vec::new();
+        for f in &facts {
+            if let Some((i, _)) = &f.gpu {
+                match f.action {
+                    HealthAction::Fail => gpus.push((*i, GpuHealth::Failed)),
+                    HealthAction::Drain => gpus.push((*i, GpuHealth::Degraded)),
+                    _ => {}
+                }
+            }
+        }
+        let mut change = None;
+        if let Some(w) = worst {
+            let reason = match &w.gpu {
+                Some((i, _)) => format!("GPU {i}: {}", w.detail),
+                None => w.detail.clone(),
+            };
+            match w.action {
+                HealthAction::Fail if node.state != NodeState::Failed => {
+                    change = Some(Change {
+                        to: NodeState::Failed,
+                        reason,
+                        at: w.at.min(Timestamp::now()),
+                        burn_in: Some(None),
+                        burn_in_passed: false,
+                        gpus: gpus.clone(),
+                        heal: false,
+                    });
+                }
+                HealthAction::Drain
+                    if matches!(
+                        node.state,
+                        NodeState::Available
+                            | NodeState::Allocated
+                            | NodeState::Cordoned
+                            | NodeState::BurnIn
+                    ) =>
+                {
+                    change = Some(Change {
+                        to: NodeState::Draining,
+                        reason,
+                        at: w.at.min(Timestamp::now()),
+                        burn_in: Some(None),
+                        burn_in_passed: false,
+                        gpus: gpus.clone(),
+                        heal: false,
+                    });
+                }
+                _ => {}
+            }
+        }
+        if change.is_none() {
+            // A burn-in result for the burn-in the node waits for.
+            for f in &facts {
+                let Some((id, passed)) = &f.burn_in else {
+                    continue;
+                };
+                if node.state != NodeState::BurnIn || waiting_for.as_deref() != Some(id.as_str()) {
+                    continue;
+                }
+                change = Some(if *passed {
+                    Change {
+                        to: NodeState::Available,
+                        reason: "burn-in passed".into(),
+                        at: Timestamp::now(),
+                        burn_in: Some(None),
+                        burn_in_passed: true,
+                        gpus: Vec::new(),
+                        heal: false,
+                    }
+                } else {
+                    Change {
+                        to: NodeState::Maintenance,
+                        reason: f.detail.clone(),
+                        at: Timestamp::now(),
+                        burn_in: Some(None),
+                        burn_in_passed: false,
+                        gpus: Vec::new(),
+                        heal: false,
+                    }
+                });
+            }
+        }
+        if change.is_none() && !gpus.is_empty() {
+            for (i, h) in &gpus {
+                Store::gpu_set_health(&mut tx, node_id, Some(*i), *h).await?;
+            }
+        }
+        let new_state = change.as_ref().map_or(node.state, |c| c.to);
+        let burn_in_change = change.as_ref().and_then(|c| c.burn_in.clone());
+        let after = match change {
+            Some(c) => {
+                self.node_change(&mut sched, &mut tx, &node, c, actor)
+                    .await?
+            }
+            None => After::default(),
+        };
+        tx.commit().await?;
+        for (i, h) in &gpus {
+            sched
+                .alloc
+                .set_gpu_healthy(node_id, *i, *h == GpuHealth::Healthy);
+        }
+        self.apply_after(&mut sched, &node, new_state, after);
+        {
+            let mut live = lock(&self.health.live);
+            if let Some(l) = live.get_mut(&node_id) {
+                l.acked_seq = l.acked_seq.max(to_seq);
+                l.state = new_state;
+                if let Some(b) = burn_in_change {
+                    l.burn_in = b;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a lifecycle change of a node inside `tx`: its state, its GPUs' health, the
+    /// instances that end with it, the replacement of a pool node, and the audit event.
+    /// Returns what to change in memory after the commit.
+    async fn node_change(
+        &self,
+        sched: &mut Sched,
+        tx: &mut WriteTx,
+        node: &Node,
+        c: Change,
+        actor: Option<ApiKeyId>,
+    ) -> Result<After> {
+        let now = Timestamp::now();
+        let mut after = After::default();
+        Store::node_set_state(tx, node.id, c.to, Some(&c.reason), now).await?;
+        if let Some(b) = &c.burn_in {
+            Store::node_set_burn_in(tx, node.id, b.as_deref(), c.burn_in_passed.then_some(now))
+                .await?;
+        } else if c.burn_in_passed {
+            Store::node_set_burn_in(tx, node.id, None, Some(now)).await?;
+        }
+        if c.heal {
+            Store::gpu_set_health(tx, node.id, None, GpuHealth::Healthy).await?;
+        }
+        for (i, h) in &c.gpus {
+            Store::gpu_set_health(tx, node.id, Some(*i), *h).await?;
+        }
+        Store::health_event_insert(
+            tx,
+            &[HealthEvent {
+                id: String::new(),
+                at: now,
+                node_id: node.id,
+                node: node.name.clone(),
+                gpu_uuid: None,
+                gpu_index: None,
+                kind: "state".into(),
+                code: None,
+                action: c.to.as_str().into(),
+                detail: format!("{} → {}: {}", node.state, c.to, c.reason),
+            }],
+        )
+        .await?;
+        Store::event_insert(
+            tx,
+            NewEvent {
+                actor,
+                tenant_id: None,
+                action: "node.state_changed",
+                resource_kind: "node",
+                resource_id: node.id.to_string(),
+                before: Some(serde_json::json!({"state": node.state})),
+                after: Some(serde_json::json!({"state": c.to, "reason": c.reason})),
+            },
+        )
+        .await?;
+
+        // Work on a failed node ends at the fault.
+        if c.to == NodeState::Failed {
+            let book = self.price_book().await?;
+            for id in sched.alloc.node_holders(node.id) {
+                let mut inst = self.store.instance_get(id).await?;
+                if !inst.state.holds_gpus() {
+                    continue;
+                }
+                let before = serde_json::to_value(&inst).ok();
+                let end = c.at.max(inst.started_at.unwrap_or(c.at)).min(now);
+                inst.state = InstanceState::Failed;
+                inst.ended_at = Some(end);
+                inst.reason = Some(format!("node {} failed: {}", node.name, c.reason));
+                let metered = self.store.instance_metered_until(inst.id).await?;
+                Store::instance_update(tx, &inst).await?;
+                crate::billing::meter(&self.store, tx, &book, &inst, metered, end).await?;
+                Store::instance_release_gpus(tx, inst.id).await?;
+                crate::scheduler::event(tx, actor, &inst, "instance.failed", before, None).await?;
+                after.released.push(inst.id);
+            }
+        }
+
+        // A pool node out of service leaves the pool; a spare takes its place.
+        let out = matches!(c.to, NodeState::Failed | NodeState::Maintenance);
+        if out && let Some(contract) = self.store.node_pool(node.id).await? {
+            Store::node_set_pool(tx, node.id, None).await?;
+            after.pools.push((node.id, None));
+            Store::outage_open(
+                tx,
+                contract,
+                node.id,
+                node.gpu_count,
+                c.at,
+                &format!("node {} {}: {}", node.name, c.to, c.reason),
+            )
+            .await?;
+            match sched.alloc.spare_near(node.id) {
+                Some(spare) => {
+                    Store::node_set_pool(tx, spare, Some(contract)).await?;
+                    after.pools.push((spare, Some(contract)));
+                    let spare_name = sched.node_names.get(&spare).cloned().unwrap_or_default();
+                    let closed = Store::outage_close_one(
+                        tx,
+                        contract,
+                        now,
+                        &format!("replaced by spare {spare_name}"),
+                    )
+                    .await?;
+                    Store::event_insert(
+                        tx,
+                        NewEvent {
+                            actor,
+                            tenant_id: None,
+                            action: "contract.pool_node_replaced",
+                            resource_kind: "contract",
+                            resource_id: contract.to_string(),
+                            before: Some(serde_json::json!({"node": node.name})),
+                            after: Some(serde_json::json!({
+                                "node": spare_name,
+                                "outage": closed,
+                            })),
+                        },
+                    )
+                    .await?;
+                }
+                None => {
+                    // No spare now: the contract's pool refills when capacity frees up.
+                    after.unfull.push(contract);
+                    Store::event_insert(
+                        tx,
+                        NewEvent {
+                            actor,
+                            tenant_id: None,
+                            action: "contract.pool_node_lost",
+                            resource_kind: "contract",
+                            resource_id: contract.to_string(),
+                            before: Some(serde_json::json!({"node": node.name})),
+                            after: Some(serde_json::json!({"spare": null})),
+                        },
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(after)
+    }
+
+    fn apply_after(&self, sched: &mut Sched, node: &Node, state: NodeState, after: After) {
+        for id in after.released {
+            sched.release(id);
+        }
+        sched.alloc.set_schedulable(node.id, schedulable(state));
+        for (n, pool) in after.pools {
+            if let Err(e) = sched.alloc.set_pool(n, pool) {
+                tracing::error!(node = %n, error = %e, "could not move node between pools");
+            }
+        }
+        for c in after.unfull {
+            sched.pools_full.remove(&c);
+        }
+    }
+
+    /// Applies an operator's lifecycle operation to a node.
+    async fn node_operate(
+        &self,
+        p: &Principal,
+        id_or_name: &str,
+        op: &str,
+        body: NodeOperation,
+    ) -> Result<Node> {
+        auth::authorize(p, Action::WriteFleet)?;
+        if let Some(r) = &body.reason {
+            check_text("reason", r, 500)?;
+        }
+        let mut sched = self.sched.lock().await;
+        let _settled = self.inflight.write().await;
+        let node = self.store.node_get(id_or_name).await?;
+        let reason = |default: &str| body.reason.clone().unwrap_or_else(|| default.to_string());
+        let now = Timestamp::now();
+        let bad = |allowed: &str| {
+            Error::new(
+                ErrorCode::Conflict,
+                format!(
+                    "node '{}' is {}; {op} applies to {allowed} nodes",
+                    node.name, node.state
+                ),
+            )
+        };
+        let change = match op {
+            "cordon" => match node.state {
+                NodeState::Cordoned => return Ok(node),
+                NodeState::Available | NodeState::Allocated | NodeState::BurnIn => Change {
+                    to: NodeState::Cordoned,
+                    reason: reason("cordoned by an operator"),
+                    at: now,
+                    burn_in: None,
+                    burn_in_passed: false,
+                    gpus: Vec::new(),
+                    heal: false,
+                },
+                _ => return Err(bad("available, allocated or burn_in")),
+            },
+            "uncordon" => match node.state {
+                NodeState::Available | NodeState::Allocated => return Ok(node),
+                NodeState::Cordoned | NodeState::Draining => Change {
+                    to: NodeState::Available,
+                    reason: reason("uncordoned by an operator"),
+                    at: now,
+                    burn_in: None,
+                    burn_in_passed: false,
+                    gpus: Vec::new(),
+                    heal: false,
+                },
+                _ => return Err(bad("cordoned or draining")),
+            },
+            "drain" => match node.state {
+                NodeState::Draining | NodeState::Maintenance => return Ok(node),
+                NodeState::Available
+                | NodeState::Allocated
+                | NodeState::Cordoned
+                | NodeState::BurnIn
+                | NodeState::Provisioning => Change {
+                    to: NodeState::Draining,
+                    reason: reason("drained by an operator"),
+                    at: now,
+                    burn_in: Some(None),
+                    burn_in_passed: false,
+                    gpus: Vec::new(),
+                    heal: false,
+                },
+                NodeState::Failed => return Err(bad("in-service")),
+            },
+            "repair-complete" => match node.state {
+                NodeState::Maintenance | NodeState::Failed => Change {
+                    to: NodeState::BurnIn,
+                    reason: reason("repair complete; burn-in check requested"),
+                    at: now,
+                    burn_in: Some(Some(new_burn_in_id())),
+                    burn_in_passed: false,
+                    gpus: Vec::new(),
+                    heal: true,
+                },
+                _ => return Err(bad("maintenance or failed")),
+            },
+            _ => return Err(Error::invalid(format!("unknown node operation '{op}'"))),
+        };
+        let to = change.to;
+        let burn_in = change.burn_in.clone();
+        let heal = change.heal;
+        let mut tx = self.store.begin_write().await?;
+        let after = self
+            .node_change(&mut sched, &mut tx, &node, change, Some(p.key_id))
+            .await?;
+        tx.commit().await?;
+        if heal {
+            for i in 0..node.gpu_count {
+                sched.alloc.set_gpu_healthy(node.id, i, true);
+            }
+        }
+        self.apply_after(&mut sched, &node, to, after);
+        drop(sched);
+        self.health.set_state(node.id, to, burn_in);
+        self.node_get(p, &node.id.to_string()).await
+    }
+
+    /// Cordons a node: it takes no new work; what runs there stays.
+    pub async fn node_cordon(&self, p: &Principal, id: &str, body: NodeOperation) -> Result<Node> {
+        self.node_operate(p, id, "cordon", body).await
+    }
+
+    /// Returns a cordoned or draining node to service.
+    pub async fn node_uncordon(
+        &self,
+        p: &Principal,
+        id: &str,
+        body: NodeOperation,
+    ) -> Result<Node> {
+        self.node_operate(p, id, "uncordon", body).await
+    }
+
+    /// Drains a node: no new work; when its running work has ended it goes to maintenance.
+    pub async fn node_drain(&self, p: &Principal, id: &str, body: NodeOperation) -> Result<Node> {
+        self.node_operate(p, id, "drain", body).await
+    }
+
+    /// Marks a repair done: the node's GPUs count as healthy again and it goes to burn-in;
+    /// it returns to service when its agent reports the check passed.
+    pub async fn node_repair_complete(
+        &self,
+        p: &Principal,
+        id: &str,
+        body: NodeOperation,
+    ) -> Result<Node> {
+        self.node_operate(p, id, "repair-complete", body).await
+    }
+
+    /// The health history of a node, newest first.
+    pub async fn node_health(
+        &self,
+        p: &Principal,
+        id: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<HealthEvent>> {
+        auth::authorize(p, Action::ReadFleet)?;
+        let node = self.store.node_get(id).await?;
+        let limit = crate::page_limit(limit)?;
+        Ok(self
+            .store
+            .health_event_list(Some(node.id), None, limit)
+            .await?)
+    }
+
+    /// The history of one GPU by UUID, across every node it has been in.
+    pub async fn gpu_history(
+        &self,
+        p: &Principal,
+        uuid: &str,
+        limit: Option<u32>,
+    ) -> Result<GpuHistory> {
+        auth::authorize(p, Action::ReadFleet)?;
+        check_uuid("uuid", uuid)?;
+        let limit = crate::page_limit(limit)?;
+        let events = self
+            .store
+            .health_event_list(None, Some(uuid), limit)
+            .await?;
+        let place = self.store.gpu_by_uuid(uuid).await?;
+        if events.is_empty() && place.is_none() {
+            return Err(Error::not_found("GPU", uuid));
+        }
+        let failures =
+            u32::try_from(events.iter().filter(|e| e.action == "fail").count()).unwrap_or(u32::MAX);
+        Ok(GpuHistory {
+            uuid: uuid.to_string(),
+            node: place.as_ref().map(|(n, _, _)| n.clone()),
+            index: place.as_ref().map(|(_, i, _)| *i),
+            health: place.map(|(_, _, h)| h),
+            failures,
+            events,
+        })
+    }
+
+    /// The XID policy: built-in rules with operators' overrides applied, by code.
+    pub async fn health_rules(&self, p: &Principal) -> Result<Vec<XidRule>> {
+        auth::authorize(p, Action::ReadFleet)?;
+        let overrides = self.store.health_rule_list().await?;
+        let mut rules: std::collections::BTreeMap<u32, XidRule> = builtin_xid_rules()
+            .into_iter()
+            .map(|(code, action, meaning)| {
+                (
+                    code,
+                    XidRule {
+                        code,
+                        action,
+                        meaning: meaning.to_string(),
+                        source: "builtin".into(),
+                    },
+                )
+            })
+            .collect();
+        for o in overrides {
+            let Some(action) = HealthAction::parse(&o.action) else {
+                continue;
+            };
+            rules.insert(
+                o.code,
+                XidRule {
+                    code: o.code,
+                    action,
+                    meaning: o.note,
+                    source: "override".into(),
+                },
+            );
+        }
+        Ok(rules.into_values().collect())
+    }
+
+    /// Overrides the policy for one XID code.
+    pub async fn health_rule_set(
+        &self,
+        p: &Principal,
+        code: u32,
+        req: SetXidRule,
+    ) -> Result<Vec<XidRule>> {
+        auth::authorize(p, Action::WriteFleet)?;
+        if code == 0 || code > 100_000 {
+            return Err(field("code", "must be an XID code 1-100000"));
+        }
+        let note = req.note.unwrap_or_else(|| "operator override".into());
+        check_text("note", &note, 500)?;
+        let now = Timestamp::now();
+        let mut tx = self.store.begin_write().await?;
+        Store::health_rule_put(&mut tx, code, Some(req.action.as_str()), &note, now).await?;
+        Store::event_insert(
+            &mut tx,
+            NewEvent {
+                actor: Some(p.key_id),
+                tenant_id: None,
+                action: "health_rule.set",
+                resource_kind: "health_rule",
+                resource_id: code.to_string(),
+                before: None,
+                after: Some(serde_json::json!({"action": req.action, "note": note})),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        self.health
+            .overrides
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(code, (req.action, note));
+        self.health_rules(p).await
+    }
+
+    /// Removes an operator's override: the built-in rule (or `record`) applies again.
+    pub async fn health_rule_reset(&self, p: &Principal, code: u32) -> Result<Vec<XidRule>> {
+        auth::authorize(p, Action::WriteFleet)?;
+        let mut tx = self.store.begin_write().await?;
+        Store::health_rule_put(&mut tx, code, None, "", Timestamp::now()).await?;
+        Store::event_insert(
+            &mut tx,
+            NewEvent {
+                actor: Some(p.key_id),
+                tenant_id: None,
+                action: "health_rule.reset",
+                resource_kind: "health_rule",
+                resource_id: code.to_string(),
+                before: None,
+                after: None,
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        self.health
+            .overrides
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&code);
+        self.health_rules(p).await
+    }
+
+    /// Outages of a contract's capacity (a tenant sees its own contracts').
+    pub async fn contract_outages(&self, p: &Principal, id: &str) -> Result<Vec<Outage>> {
+        let c = self.contract_get(p, id).await?;
+        Ok(self.store.outage_list(c.id).await?)
+    }
+
+    /// Latest telemetry and heartbeat time of a node from memory, when its agent reports.
+    pub(crate) fn node_live(&self, node: &mut Node) {
+        let live = lock(&self.health.live);
+        let Some(l) = live.get(&node.id) else { return };
+        node.last_heartbeat_at = Some(l.last_seen);
+        if let Some(gpus) = &mut node.gpus {
+            for g in gpus.iter_mut() {
+                g.telemetry = l
+                    .samples
+                    .iter()
+                    .find(|s| Some(&s.uuid) == g.uuid.as_ref())
+                    .cloned();
+            }
+        }
+    }
+
+    /// The health monitor's periodic work at `now`: fails nodes whose agent went silent,
+    /// moves drained nodes to maintenance, re-verifies idle nodes whose last burn-in is old,
+    /// and writes telemetry in batches.
+    pub async fn health_tick(&self, now: Timestamp) -> Result<()> {
+        let grace = i64::from(self.health.interval_secs) * i64::from(self.health.missed);
+        let (silent, stale) = {
+            let live = lock(&self.health.live);
+            let silent: Vec<(NodeId, Timestamp)> = live
+                .iter()
+                .filter(|(_, l)| {
+                    l.last_seen.plus_seconds(grace) < now
+                        && !matches!(l.state, NodeState::Failed | NodeState::Maintenance)
+                })
+                .map(|(id, l)| (*id, l.last_seen))
+                .collect();
+            let stale: Vec<NodeId> = if self.health.reverify_secs > 0 {
+                live.iter()
+                    .filter(|(_, l)| {
+                        l.state == NodeState::Available
+                            && l.burn_in_passed_at
+                                .is_some_and(|t| t.plus_seconds(self.health.reverify_secs) < now)
+                    })
+                    .map(|(id, _)| *id)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (silent, stale)
+        };
+        for (node, last) in silent {
+            let fact = Fact {
+                at: last,
+                gpu: None,
+                kind: "heartbeat_lost",
+                code: None,
+                action: HealthAction::Fail,
+                detail: format!(
+                    "missed {} heartbeats (last heard from at {last})",
+                    self.health.missed
+                ),
+                burn_in: None,
+            };
+            self.health_record(node, 0, 0, vec![fact], None).await?;
+        }
+        // Re-verify idle nodes, a few at a time so capacity never drops at once.
+        let mut reverified = 0;
+        for node in stale {
+            if reverified >= 10 {
+                break;
+            }
+            let mut sched = self.sched.lock().await;
+            if !sched.alloc.node_holders(node).is_empty() {
+                continue;
+            }
+            let _settled = self.inflight.write().await;
+            let n = self.store.node_get(&node.to_string()).await?;
+            if n.state != NodeState::Available || self.store.node_pool(node).await?.is_some() {
+                // Pool nodes are re-verified by their contract's maintenance windows.
+                if let Some(l) = lock(&self.health.live).get_mut(&node) {
+                    l.burn_in_passed_at = Some(now);
+                }
+                continue;
+            }
+            let id = new_burn_in_id();
+            let mut tx = self.store.begin_write().await?;
+            let after = self
+                .node_change(
+                    &mut sched,
+                    &mut tx,
+                    &n,
+                    Change {
+                        to: NodeState::BurnIn,
+                        reason: "periodic re-verification of an idle node".into(),
+                        at: now,
+                        burn_in: Some(Some(id.clone())),
+                        burn_in_passed: false,
+                        gpus: Vec::new(),
+                        heal: false,
+                    },
+                    None,
+                )
+                .await?;
+            tx.commit().await?;
+            self.apply_after(&mut sched, &n, NodeState::BurnIn, after);
+            self.health
+                .set_state(node, NodeState::BurnIn, Some(Some(id)));
+            reverified += 1;
+        }
+        // Drained nodes whose work has ended go to maintenance.
+        for node in self.store.nodes_in_state(NodeState::Draining).await? {
+            let mut sched = self.sched.lock().await;
+            if !sched.alloc.node_holders(node).is_empty() {
+                continue;
+            }
+            let _settled = self.inflight.write().await;
+            let n = self.store.node_get(&node.to_string()).await?;
+            if n.state != NodeState::Draining {
+                continue;
+            }
+            let mut tx = self.store.begin_write().await?;
+            let after = self
+                .node_change(
+                    &mut sched,
+                    &mut tx,
+                    &n,
+                    Change {
+                        to: NodeState::Maintenance,
+                        reason: format!(
+                            "drained ({})",
+                            n.state_reason
+                                .clone()
+                                .unwrap_or_else(|| "no reason given".into())
+                        ),
+                        at: now,
+                        burn_in: None,
+                        burn_in_passed: false,
+                        gpus: Vec::new(),
+                        heal: false,
+                    },
+                    None,
+                )
+                .await?;
+            tx.commit().await?;
+            self.apply_after(&mut sched, &n, NodeState::Maintenance, after);
+            self.health.set_state(node, NodeState::Maintenance, None);
+        }
+        self.health_flush(now, false).await
+    }
+
+    /// Writes the latest telemetry of nodes heard from since the last flush, in batches;
+    /// at most once per flush interval unless `force`.
+    pub async fn health_flush(&self, now: Timestamp, force: bool) -> Result<()> {
+        {
+            let mut last = lock(&self.health.last_flush);
+            if !force && last.plus_seconds(self.health.flush_secs) > now {
+                return Ok(());
+            }
+            *last = now;
+        }
+        let rows: Vec<(NodeId, Timestamp, Vec<GpuSample>)> = {
+            let mut live = lock(&self.health.live);
+            live.iter_mut()
+                .filter(|(_, l)| l.dirty)
+                .map(|(id, l)| {
+                    l.dirty = false;
+                    (*id, l.last_seen, l.samples.clone())
+                })
+                .collect()
+        };
+        for chunk in rows.chunks(500) {
+            let batch: Vec<(NodeId, Timestamp, String)> = chunk
+                .iter()
+                .map(|(id, at, s)| {
+                    (
+                        *id,
+                        *at,
+                        serde_json::to_string(s).unwrap_or_else(|_| "[]".into()),
+                    )
+                })
+                .collect();
+            let mut tx = self.store.begin_write().await?;
+            Store::node_telemetry_flush(&mut tx, &batch).await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// How many nodes have an agent, and how many were heard from within one interval.
+    pub fn agent_counts(&self) -> (usize, usize) {
+        let now = Timestamp::now();
+        let live = lock(&self.health.live);
+        let fresh = live
+            .values()
+            .filter(|l| {
+                l.last_seen
+                    .plus_seconds(i64::from(self.health.interval_secs) * 2)
+                    >= now
+            })
+            .count();
+        (live.len(), fresh)
+    }
+}
+
+fn tail(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}

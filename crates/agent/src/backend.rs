@@ -42,6 +42,9 @@ pub trait GpuBackend: Send {
 
     /// Injects a fault (simulated backends only). `Fault::Miss` is handled by the daemon.
     fn inject(&mut self, fault: &Fault) -> Result<()> {
-        anyhow::bail!("the {} backend cannot inject faults ({fault:?})", self.name())
+        anyhow::bail!(
+            "the {} backend cannot inject faults ({fault:?})",
+            self.name()
+        )
     }
 }

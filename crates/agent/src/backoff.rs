@@ -15,7 +15,11 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff starting at `base` and never exceeding `cap`.
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Backoff { base, cap, attempt: 0 }
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
     }
 
     /// The longest the next delay may be.

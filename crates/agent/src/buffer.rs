@@ -19,7 +19,12 @@ impl EventBuffer {
     /// An empty buffer holding at most `capacity` events (at least one); numbering starts at 1.
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
-        EventBuffer { events: VecDeque::new(), capacity, next_seq: 1, dropped: 0 }
+        EventBuffer {
+            events: VecDeque::new(),
+            capacity,
+            next_seq: 1,
+            dropped: 0,
+        }
     }
 
     /// Queues an event under the next sequence number. Returns how many events were dropped
@@ -31,7 +36,12 @@ impl EventBuffer {
             dropped += 1;
         }
         self.dropped += dropped;
-        self.events.push_back(AgentEvent { seq: self.next_seq, at, gpu_uuid, kind });
+        self.events.push_back(AgentEvent {
+            seq: self.next_seq,
+            at,
+            gpu_uuid,
+            kind,
+        });
         self.next_seq += 1;
         dropped
     }
@@ -112,7 +122,10 @@ mod tests {
         }
         assert_eq!(seqs(&b), [3, 4, 5]);
         assert_eq!(b.dropped(), 2);
-        assert!(matches!(b.batch(1)[0].kind, AgentEventKind::Xid { code: 2, .. }));
+        assert!(matches!(
+            b.batch(1)[0].kind,
+            AgentEventKind::Xid { code: 2, .. }
+        ));
     }
 
     #[test]

@@ -79,7 +79,10 @@ impl ControlPlane {
 
     /// A client of the control plane at `server` sharing an existing HTTP client.
     pub fn with_client(http: reqwest::Client, server: &str) -> Self {
-        ControlPlane { http, base: server.trim_end_matches('/').to_string() }
+        ControlPlane {
+            http,
+            base: server.trim_end_matches('/').to_string(),
+        }
     }
 
     /// `POST /v1/agent/register`.
@@ -116,7 +119,10 @@ impl ControlPlane {
             return response.json().await.map_err(transport);
         }
         let text = response.text().await.unwrap_or_default();
-        Err(CallError::Status { status: status.as_u16(), detail: problem_detail(&text) })
+        Err(CallError::Status {
+            status: status.as_u16(),
+            detail: problem_detail(&text),
+        })
     }
 }
 
@@ -124,12 +130,21 @@ impl ControlPlane {
 pub fn problem_detail(body: &str) -> String {
     let json: Option<serde_json::Value> = serde_json::from_str(body).ok();
     let field = |name: &str| {
-        json.as_ref().and_then(|j| j.get(name)).and_then(|v| v.as_str()).map(str::to_string)
+        json.as_ref()
+            .and_then(|j| j.get(name))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
     };
-    field("detail").or_else(|| field("title")).unwrap_or_else(|| {
-        let text: String = body.trim().chars().take(200).collect();
-        if text.is_empty() { "(no detail)".to_string() } else { text }
-    })
+    field("detail")
+        .or_else(|| field("title"))
+        .unwrap_or_else(|| {
+            let text: String = body.trim().chars().take(200).collect();
+            if text.is_empty() {
+                "(no detail)".to_string()
+            } else {
+                text
+            }
+        })
 }
 
 #[cfg(test)]

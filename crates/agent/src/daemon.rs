@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use neocloud_types::{
-    AgentEventKind, AgentRegister, BurnInRequest, GpuInventory, Heartbeat, HeartbeatAck,
-    NodeState, Timestamp,
+    AgentEventKind, AgentRegister, BurnInRequest, GpuInventory, Heartbeat, HeartbeatAck, NodeState,
+    Timestamp,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -90,7 +90,9 @@ impl Daemon {
     pub(crate) async fn start(args: AgentArgs) -> Result<Self> {
         let hostname = match args.hostname.clone() {
             Some(h) => h,
-            None => host::hostname().context("cannot find this machine's host name; pass --hostname")?,
+            None => {
+                host::hostname().context("cannot find this machine's host name; pass --hostname")?
+            }
         };
         let sim = args.backend == BackendKind::Sim;
         if !sim && (!args.sim_faults.is_empty() || args.sim_fault_file.is_some()) {
@@ -135,9 +137,16 @@ impl Daemon {
         );
         let burn_in_timeout = Duration::from_secs(args.burn_in_timeout_secs);
         let burn_in_plan = match (&args.burn_in_cmd, sim) {
-            (_, true) => BurnInPlan::Sim { secs: args.sim_burn_in_secs },
-            (Some(cmd), false) => BurnInPlan::Command { cmd: cmd.clone(), timeout: burn_in_timeout },
-            (None, false) => BurnInPlan::Builtin { timeout: burn_in_timeout },
+            (_, true) => BurnInPlan::Sim {
+                secs: args.sim_burn_in_secs,
+            },
+            (Some(cmd), false) => BurnInPlan::Command {
+                cmd: cmd.clone(),
+                timeout: burn_in_timeout,
+            },
+            (None, false) => BurnInPlan::Builtin {
+                timeout: burn_in_timeout,
+            },
         };
         let now = Instant::now();
         let (burn_in_tx, burn_in_rx) = mpsc::unbounded_channel();
@@ -204,7 +213,10 @@ impl Daemon {
         let silent = self.silent_until.is_some_and(|t| t > Instant::now());
         if self.registered && !silent {
             let sent = self.buffer.len().min(MAX_EVENTS_PER_BEAT);
-            if tokio::time::timeout(FINAL_BEAT, self.heartbeat()).await.is_err() {
+            if tokio::time::timeout(FINAL_BEAT, self.heartbeat())
+                .await
+                .is_err()
+            {
                 tracing::warn!("the last heartbeat got no answer within 5 s");
             } else if self.buffer.len() < sent || sent == 0 {
                 tracing::debug!("last heartbeat delivered");
@@ -213,7 +225,10 @@ impl Daemon {
         if self.buffer.is_empty() {
             tracing::info!("agent stopped");
         } else {
-            tracing::warn!(undelivered = self.buffer.len(), "agent stopped with events not delivered");
+            tracing::warn!(
+                undelivered = self.buffer.len(),
+                "agent stopped with events not delivered"
+            );
         }
     }
 
@@ -224,8 +239,9 @@ impl Daemon {
             self.read_fault_file(&path).await;
         }
         let now = Instant::now();
-        let (due, later): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.scheduled).into_iter().partition(|(at, _)| *at <= now);
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.scheduled)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
         self.scheduled = later;
         for (_, spec) in due {
             self.apply_fault(spec).await;
@@ -246,9 +262,18 @@ impl Daemon {
             tracing::warn!(path = %path.display(), error = %e, "cannot delete the fault file");
         }
         let now = Instant::now();
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-            match line.parse::<FaultSpec>().and_then(|s| s.check_gpu(self.gpu_count).map(|()| s)) {
-                Ok(spec) => self.scheduled.push((now + spec.delay.unwrap_or_default(), spec)),
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            match line
+                .parse::<FaultSpec>()
+                .and_then(|s| s.check_gpu(self.gpu_count).map(|()| s))
+            {
+                Ok(spec) => self
+                    .scheduled
+                    .push((now + spec.delay.unwrap_or_default(), spec)),
                 Err(e) => tracing::warn!(path = %path.display(), "ignoring fault: {e}"),
             }
         }
@@ -261,7 +286,10 @@ impl Daemon {
             return;
         }
         let fault = spec.fault.clone();
-        match with_backend(&self.backend, move |b| b.inject(&fault)).await.and_then(|r| r) {
+        match with_backend(&self.backend, move |b| b.inject(&fault))
+            .await
+            .and_then(|r| r)
+        {
             Ok(()) => tracing::warn!(fault = %spec, "fault injected"),
             Err(e) => tracing::warn!(fault = %spec, "cannot inject fault: {e:#}"),
         }
@@ -269,7 +297,9 @@ impl Daemon {
     }
 
     async fn collect_events(&mut self) {
-        let events = with_backend(&self.backend, |b| b.take_events()).await.unwrap_or_default();
+        let events = with_backend(&self.backend, |b| b.take_events())
+            .await
+            .unwrap_or_default();
         for (gpu_uuid, kind, at) in events {
             self.queue(gpu_uuid, kind, at);
         }
@@ -329,7 +359,11 @@ impl Daemon {
                     self.start_burn_in(req);
                 }
             }
-            Err(e) if e.status() == Some(401) && self.key != self.original_key && !self.key_fallback_used => {
+            Err(e)
+                if e.status() == Some(401)
+                    && self.key != self.original_key
+                    && !self.key_fallback_used =>
+            {
                 tracing::warn!(error = %e, "the node key was refused; registering with --key");
                 self.key = self.original_key.clone();
                 self.key_fallback_used = true;
@@ -337,7 +371,9 @@ impl Daemon {
             }
             Err(e) => {
                 let delay = match e.status() {
-                    Some(s) if (400..500).contains(&s) && ![401, 408, 429].contains(&s) => self.backoff.cap(),
+                    Some(s) if (400..500).contains(&s) && ![401, 408, 429].contains(&s) => {
+                        self.backoff.cap()
+                    }
                     _ => self.backoff.next_delay(),
                 };
                 tracing::warn!(error = %e, retry_in = ?delay, "registration failed");
@@ -348,7 +384,10 @@ impl Daemon {
 
     async fn heartbeat(&mut self) {
         self.collect_events().await;
-        let gpus = match with_backend(&self.backend, |b| b.sample()).await.and_then(|r| r) {
+        let gpus = match with_backend(&self.backend, |b| b.sample())
+            .await
+            .and_then(|r| r)
+        {
             Ok(gpus) => gpus,
             Err(e) => {
                 tracing::warn!("cannot read GPU telemetry: {e:#}");
@@ -357,7 +396,11 @@ impl Daemon {
         };
         let events = self.buffer.batch(MAX_EVENTS_PER_BEAT);
         let sent = events.len();
-        let body = Heartbeat { sent_at: Timestamp::now(), gpus, events };
+        let body = Heartbeat {
+            sent_at: Timestamp::now(),
+            gpus,
+            events,
+        };
         match self.cp.heartbeat(&self.key, &body).await {
             Ok(ack) => self.on_ack(ack, sent),
             Err(e) => self.on_heartbeat_error(&e),
@@ -367,7 +410,11 @@ impl Daemon {
     fn on_ack(&mut self, ack: HeartbeatAck, sent: usize) {
         let delivered = self.buffer.ack(ack.acked_seq);
         if self.backoff.attempts() > 0 {
-            tracing::info!(delivered, waiting = self.buffer.len(), "control plane reachable again");
+            tracing::info!(
+                delivered,
+                waiting = self.buffer.len(),
+                "control plane reachable again"
+            );
         } else if delivered > 0 {
             tracing::debug!(delivered, "events acknowledged");
         }
@@ -379,7 +426,10 @@ impl Daemon {
         }
         let interval = interval(ack.heartbeat_interval_secs);
         if interval != self.interval {
-            tracing::info!(secs = ack.heartbeat_interval_secs, "heartbeat interval changed");
+            tracing::info!(
+                secs = ack.heartbeat_interval_secs,
+                "heartbeat interval changed"
+            );
             self.interval = interval;
         }
         if let Some(req) = ack.burn_in {
@@ -428,7 +478,23 @@ impl Daemon {
     fn burn_in_done(&mut self, id: String, outcome: BurnInOutcome) {
         tracing::info!(id = %id, passed = outcome.passed, "burn-in finished");
         let BurnInOutcome { passed, output } = outcome;
-        self.queue(None, AgentEventKind::BurnIn { id, passed, output }, Timestamp::now());
+        // The control plane refuses control characters (terminal escapes) in text.
+        let output: String = output
+            .chars()
+            .map(|c| {
+                if c.is_control() && !matches!(c, '\n' | '\t' | '\r') {
+                    '?'
+                } else {
+                    c
+                }
+            })
+            .collect();
+        let output = tail(&output, OUTPUT_TAIL);
+        self.queue(
+            None,
+            AgentEventKind::BurnIn { id, passed, output },
+            Timestamp::now(),
+        );
         if self.registered && self.backoff.attempts() == 0 {
             self.next_call = Instant::now();
         }
@@ -440,7 +506,10 @@ fn interval(secs: u32) -> Duration {
 }
 
 fn failed(output: String) -> BurnInOutcome {
-    BurnInOutcome { passed: false, output }
+    BurnInOutcome {
+        passed: false,
+        output,
+    }
 }
 
 async fn run_burn_in(
@@ -452,13 +521,18 @@ async fn run_burn_in(
     match plan {
         BurnInPlan::Sim { secs } => {
             tokio::time::sleep(Duration::from_secs(secs)).await;
-            with_backend(backend, check).await.unwrap_or_else(|e| failed(format!("{e:#}")))
+            with_backend(backend, check)
+                .await
+                .unwrap_or_else(|e| failed(format!("{e:#}")))
         }
         BurnInPlan::Builtin { timeout } => {
             match tokio::time::timeout(timeout, with_backend(backend, check)).await {
                 Ok(Ok(outcome)) => outcome,
                 Ok(Err(e)) => failed(format!("{e:#}")),
-                Err(_) => failed(format!("burn-in check timed out after {} s", timeout.as_secs())),
+                Err(_) => failed(format!(
+                    "burn-in check timed out after {} s",
+                    timeout.as_secs()
+                )),
             }
         }
         BurnInPlan::Command { cmd, timeout } => run_command(&cmd, timeout).await,
@@ -480,7 +554,10 @@ async fn run_command(cmd: &str, timeout: Duration) -> BurnInOutcome {
         Err(e) => return failed(format!("cannot start the burn-in command: {e}")),
     };
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => failed(format!("burn-in command timed out after {} s", timeout.as_secs())),
+        Err(_) => failed(format!(
+            "burn-in command timed out after {} s",
+            timeout.as_secs()
+        )),
         Ok(Err(e)) => failed(format!("burn-in command failed: {e}")),
         Ok(Ok(out)) => {
             let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -488,7 +565,10 @@ async fn run_command(cmd: &str, timeout: Duration) -> BurnInOutcome {
             if !out.status.success() {
                 text.push_str(&format!("\n(burn-in command {})", out.status));
             }
-            BurnInOutcome { passed: out.status.success(), output: tail(&text, OUTPUT_TAIL) }
+            BurnInOutcome {
+                passed: out.status.success(),
+                output: tail(&text, OUTPUT_TAIL),
+            }
         }
     }
 }
@@ -521,7 +601,10 @@ mod tests {
         let bad = run_command("echo broken; exit 3", Duration::from_secs(10)).await;
         assert!(!bad.passed && bad.output.starts_with("broken"), "{bad:?}");
         let slow = run_command("sleep 5", Duration::from_millis(200)).await;
-        assert!(!slow.passed && slow.output.contains("timed out"), "{slow:?}");
+        assert!(
+            !slow.passed && slow.output.contains("timed out"),
+            "{slow:?}"
+        );
         let long = run_command("yes x | head -c 10000", Duration::from_secs(10)).await;
         assert_eq!(long.output.len(), OUTPUT_TAIL);
     }

@@ -135,24 +135,43 @@ impl FromStr for FaultSpec {
         let s = s.trim();
         let (body, delay) = match s.split_once('@') {
             Some((body, secs)) => {
-                let secs = secs.trim().parse::<u64>().map_err(|_| bad("bad @SECS delay"))?;
+                let secs = secs
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|_| bad("bad @SECS delay"))?;
                 (body.trim(), Some(Duration::from_secs(secs)))
             }
             None => (s, None),
         };
         let parts: Vec<&str> = body.split(':').map(str::trim).collect();
         let num = |p: &str, what: &str| -> Result<u32, String> {
-            p.parse::<u32>().map_err(|_| bad(&format!("'{p}' is not a valid {what}")))
+            p.parse::<u32>()
+                .map_err(|_| bad(&format!("'{p}' is not a valid {what}")))
         };
         let fault = match parts.as_slice() {
-            ["xid", code, gpu] => Fault::Xid { code: num(code, "XID code")?, gpu: num(gpu, "GPU index")? },
-            ["dbe", gpu] => Fault::Dbe { gpu: num(gpu, "GPU index")? },
-            ["remap-pending", gpu] => Fault::RemapPending { gpu: num(gpu, "GPU index")? },
-            ["remap-failed", gpu] => Fault::RemapFailed { gpu: num(gpu, "GPU index")? },
-            ["thermal", gpu] => Fault::Thermal { gpu: num(gpu, "GPU index")? },
-            ["clear", gpu] => Fault::Clear { gpu: num(gpu, "GPU index")? },
+            ["xid", code, gpu] => Fault::Xid {
+                code: num(code, "XID code")?,
+                gpu: num(gpu, "GPU index")?,
+            },
+            ["dbe", gpu] => Fault::Dbe {
+                gpu: num(gpu, "GPU index")?,
+            },
+            ["remap-pending", gpu] => Fault::RemapPending {
+                gpu: num(gpu, "GPU index")?,
+            },
+            ["remap-failed", gpu] => Fault::RemapFailed {
+                gpu: num(gpu, "GPU index")?,
+            },
+            ["thermal", gpu] => Fault::Thermal {
+                gpu: num(gpu, "GPU index")?,
+            },
+            ["clear", gpu] => Fault::Clear {
+                gpu: num(gpu, "GPU index")?,
+            },
             ["miss", secs] => Fault::Miss {
-                secs: secs.parse().map_err(|_| bad(&format!("'{secs}' is not a number of seconds")))?,
+                secs: secs
+                    .parse()
+                    .map_err(|_| bad(&format!("'{secs}' is not a number of seconds")))?,
             },
             ["burn-in", "pass"] => Fault::BurnIn { pass: true },
             ["burn-in", "fail"] => Fault::BurnIn { pass: false },
@@ -163,8 +182,16 @@ impl FromStr for FaultSpec {
     }
 }
 
-const KINDS: &[&str] =
-    &["xid", "dbe", "remap-pending", "remap-failed", "thermal", "clear", "miss", "burn-in"];
+const KINDS: &[&str] = &[
+    "xid",
+    "dbe",
+    "remap-pending",
+    "remap-failed",
+    "thermal",
+    "clear",
+    "miss",
+    "burn-in",
+];
 
 #[cfg(test)]
 mod tests {
@@ -176,14 +203,26 @@ mod tests {
 
     #[test]
     fn parses_good_specs() {
-        assert_eq!(p("xid:79:3").unwrap().fault, Fault::Xid { code: 79, gpu: 3 });
+        assert_eq!(
+            p("xid:79:3").unwrap().fault,
+            Fault::Xid { code: 79, gpu: 3 }
+        );
         assert_eq!(p(" dbe:0 ").unwrap().fault, Fault::Dbe { gpu: 0 });
-        assert_eq!(p("remap-pending:2").unwrap().fault, Fault::RemapPending { gpu: 2 });
-        assert_eq!(p("remap-failed:7").unwrap().fault, Fault::RemapFailed { gpu: 7 });
+        assert_eq!(
+            p("remap-pending:2").unwrap().fault,
+            Fault::RemapPending { gpu: 2 }
+        );
+        assert_eq!(
+            p("remap-failed:7").unwrap().fault,
+            Fault::RemapFailed { gpu: 7 }
+        );
         assert_eq!(p("thermal:1").unwrap().fault, Fault::Thermal { gpu: 1 });
         assert_eq!(p("clear:1").unwrap().fault, Fault::Clear { gpu: 1 });
         assert_eq!(p("miss:45").unwrap().fault, Fault::Miss { secs: 45 });
-        assert_eq!(p("burn-in:fail").unwrap().fault, Fault::BurnIn { pass: false });
+        assert_eq!(
+            p("burn-in:fail").unwrap().fault,
+            Fault::BurnIn { pass: false }
+        );
         let delayed = p("xid:79:3@30").unwrap();
         assert_eq!(delayed.delay, Some(Duration::from_secs(30)));
         assert_eq!(delayed.to_string(), "xid:79:3@30");
@@ -193,8 +232,19 @@ mod tests {
     #[test]
     fn rejects_bad_specs() {
         for bad in [
-            "", "xid", "xid:79", "xid:x:1", "xid:79:-1", "dbe:", "dbe:1:2", "boom:1", "miss:soon",
-            "burn-in:maybe", "thermal:1@", "thermal:1@x", "XID:79:1",
+            "",
+            "xid",
+            "xid:79",
+            "xid:x:1",
+            "xid:79:-1",
+            "dbe:",
+            "dbe:1:2",
+            "boom:1",
+            "miss:soon",
+            "burn-in:maybe",
+            "thermal:1@",
+            "thermal:1@x",
+            "XID:79:1",
         ] {
             let err = p(bad).unwrap_err();
             assert!(err.contains("bad fault spec"), "{bad}: {err}");

@@ -26,11 +26,15 @@ pub fn cpu_cores() -> u32 {
 
 /// Host memory in GiB (rounded) from `/proc/meminfo`, 0 when unknown.
 pub fn ram_gib() -> u32 {
-    std::fs::read_to_string("/proc/meminfo").map(|t| mem_total_gib(&t)).unwrap_or(0)
+    std::fs::read_to_string("/proc/meminfo")
+        .map(|t| mem_total_gib(&t))
+        .unwrap_or(0)
 }
 
 fn count_processors(cpuinfo: &str) -> u32 {
-    let n = cpuinfo.lines().filter(|l| l.split(':').next().map(str::trim) == Some("processor"));
+    let n = cpuinfo
+        .lines()
+        .filter(|l| l.split(':').next().map(str::trim) == Some("processor"));
     u32::try_from(n.count()).unwrap_or(u32::MAX)
 }
 
@@ -52,7 +56,10 @@ mod tests {
     fn parses_proc_files() {
         let cpuinfo = "processor\t: 0\nmodel name\t: X\n\nprocessor\t: 1\nmodel name\t: X\n";
         assert_eq!(count_processors(cpuinfo), 2);
-        assert_eq!(mem_total_gib("MemTotal:       2113389600 kB\nMemFree: 1 kB\n"), 2015);
+        assert_eq!(
+            mem_total_gib("MemTotal:       2113389600 kB\nMemFree: 1 kB\n"),
+            2015
+        );
         assert_eq!(mem_total_gib("nonsense"), 0);
         assert!(cpu_cores() >= 1);
     }

@@ -87,7 +87,12 @@ pub struct AgentArgs {
     /// Node-agent API key: an enrollment key, or a key bound to this node. When the control
     /// plane answers the registration with a key of its own, the agent uses that one from
     /// then on.
-    #[arg(long, env = "NEOCLOUD_AGENT_KEY", value_name = "KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "NEOCLOUD_AGENT_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
     pub key: SecretKey,
 
     /// Where GPU facts come from: `nvml` (real GPUs; needs the NVIDIA driver) or `sim`

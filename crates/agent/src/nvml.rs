@@ -79,14 +79,24 @@ impl NvmlBackend {
     }
 
     fn sample_one(&mut self, device: &Device<'_>, uuid: &str) -> GpuSample {
-        let ecc = |kind| device.total_ecc_errors(kind, EccCounter::Volatile).unwrap_or(0);
+        let ecc = |kind| {
+            device
+                .total_ecc_errors(kind, EccCounter::Volatile)
+                .unwrap_or(0)
+        };
         let (remap_pending, remap_failed) = remap_flags(device);
         let hot = ThrottleReasons::HW_THERMAL_SLOWDOWN | ThrottleReasons::SW_THERMAL_SLOWDOWN;
-        let thermal_slowdown = device.current_throttle_reasons().is_ok_and(|r| r.intersects(hot));
+        let thermal_slowdown = device
+            .current_throttle_reasons()
+            .is_ok_and(|r| r.intersects(hot));
         if !thermal_slowdown {
             self.thermal.remove(uuid);
         } else if self.thermal.insert(uuid.to_string()) {
-            let event = (Some(uuid.to_string()), AgentEventKind::ThermalSlowdown, Timestamp::now());
+            let event = (
+                Some(uuid.to_string()),
+                AgentEventKind::ThermalSlowdown,
+                Timestamp::now(),
+            );
             self.pending.push(event);
         }
         GpuSample {
@@ -117,9 +127,14 @@ impl Drop for NvmlBackend {
 /// Whether rows are pending remap, and whether a remapping failed; `false` where the device
 /// does not report it.
 fn remap_flags(device: &Device<'_>) -> (bool, bool) {
-    let ids = [FieldId(NVML_FI_DEV_REMAPPED_PENDING), FieldId(NVML_FI_DEV_REMAPPED_FAILURE)];
+    let ids = [
+        FieldId(NVML_FI_DEV_REMAPPED_PENDING),
+        FieldId(NVML_FI_DEV_REMAPPED_FAILURE),
+    ];
     let set = |v: Option<&Result<FieldValueSample, NvmlError>>| match v {
-        Some(Ok(FieldValueSample { value: Ok(value), .. })) => match value {
+        Some(Ok(FieldValueSample {
+            value: Ok(value), ..
+        })) => match value {
             SampleValue::U32(x) => *x != 0,
             SampleValue::U64(x) => *x != 0,
             SampleValue::I64(x) => *x != 0,
@@ -142,7 +157,9 @@ fn watch_xids(nvml: &Nvml, tx: &mpsc::Sender<BackendEvent>, stop: &AtomicBool) {
         return;
     };
     for index in 0..count {
-        let Ok(device) = nvml.device_by_index(index) else { continue };
+        let Ok(device) = nvml.device_by_index(index) else {
+            continue;
+        };
         let supported = device
             .supported_event_types()
             .is_ok_and(|t| t.contains(EventTypes::CRITICAL_XID_ERROR));
@@ -159,12 +176,15 @@ fn watch_xids(nvml: &Nvml, tx: &mpsc::Sender<BackendEvent>, stop: &AtomicBool) {
                 // A failed registration frees the set: build it again from the devices that
                 // registered before.
                 tracing::warn!(index, error = %e.error, "cannot watch XID errors of GPU");
-                let rebuilt = nvml.create_event_set().map_err(Into::into).and_then(|mut s| {
-                    for d in &watched {
-                        s = d.register_events(EventTypes::CRITICAL_XID_ERROR, s)?;
-                    }
-                    Ok::<_, nvml_wrapper::error::NvmlErrorWithSource>(s)
-                });
+                let rebuilt = nvml
+                    .create_event_set()
+                    .map_err(Into::into)
+                    .and_then(|mut s| {
+                        for d in &watched {
+                            s = d.register_events(EventTypes::CRITICAL_XID_ERROR, s)?;
+                        }
+                        Ok::<_, nvml_wrapper::error::NvmlErrorWithSource>(s)
+                    });
                 match rebuilt {
                     Ok(s) => set = s,
                     Err(e) => {
@@ -204,7 +224,10 @@ impl GpuBackend for NvmlBackend {
         let count = self.nvml.device_count().context("counting GPUs")?;
         (0..count)
             .map(|index| {
-                let d = self.nvml.device_by_index(index).with_context(|| format!("GPU {index}"))?;
+                let d = self
+                    .nvml
+                    .device_by_index(index)
+                    .with_context(|| format!("GPU {index}"))?;
                 Ok(GpuInventory {
                     index,
                     uuid: d.uuid().with_context(|| format!("UUID of GPU {index}"))?,
@@ -268,7 +291,11 @@ impl GpuBackend for NvmlBackend {
             output.push_str(&line);
             output.push('\n');
         }
-        output.push_str(if passed { "burn-in passed" } else { "burn-in failed" });
+        output.push_str(if passed {
+            "burn-in passed"
+        } else {
+            "burn-in failed"
+        });
         BurnInOutcome { passed, output }
     }
 }

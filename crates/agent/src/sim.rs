@@ -41,7 +41,10 @@ pub fn sim_identity(hostname: &str, index: u32) -> (String, String) {
 
 /// Memory (GiB) and TDP (W) of a catalog model, `None` when the catalog lacks it.
 pub fn model_figures(model: &str) -> Option<(u32, u32)> {
-    builtin_gpu_models().into_iter().find(|m| m.name == model).map(|m| (m.memory_gib, m.tdp_watts))
+    builtin_gpu_models()
+        .into_iter()
+        .find(|m| m.name == model)
+        .map(|m| (m.memory_gib, m.tdp_watts))
 }
 
 struct SimGpu {
@@ -114,7 +117,12 @@ impl SimBackend {
                 }
             })
             .collect::<Vec<_>>();
-        let mut sim = SimBackend { gpus, tdp_watts, events: Vec::new(), burn_in_pass };
+        let mut sim = SimBackend {
+            gpus,
+            tdp_watts,
+            events: Vec::new(),
+            burn_in_pass,
+        };
         for gpu in &mut sim.gpus {
             gpu.utilization = gpu.below(101);
         }
@@ -191,7 +199,11 @@ impl GpuBackend for SimBackend {
     }
 
     fn burn_in_check(&mut self, registered: &[GpuInventory]) -> BurnInOutcome {
-        let verdict = if self.burn_in_pass { "passed" } else { "failed" };
+        let verdict = if self.burn_in_pass {
+            "passed"
+        } else {
+            "failed"
+        };
         BurnInOutcome {
             passed: self.burn_in_pass,
             output: format!("simulated burn-in of {} GPUs: {verdict}", registered.len()),
@@ -241,7 +253,11 @@ mod tests {
         assert_ne!(sim_identity("gpu-node-001", 1).0, a);
         assert_ne!(sim_identity("gpu-node-002", 0).0, a);
         assert_eq!(a.len(), 40, "{a}");
-        let groups: Vec<usize> = a.trim_start_matches("GPU-").split('-').map(str::len).collect();
+        let groups: Vec<usize> = a
+            .trim_start_matches("GPU-")
+            .split('-')
+            .map(str::len)
+            .collect();
         assert_eq!(groups, [8, 4, 4, 4, 12]);
         assert!(sa.starts_with("SIM") && sa.len() == 13);
     }

@@ -381,7 +381,7 @@ impl Store {
                     before_json, after_json
              FROM events
              WHERE ($1 = '' OR tenant_id = $1) AND ($2 = '' OR resource_id = $2)
-               AND ($3 = '' OR action LIKE $4) AND ($5 = '' OR id < $5)
+               AND ($3 = '' OR action LIKE $4 ESCAPE '!') AND ($5 = '' OR id < $5)
              ORDER BY id DESC LIMIT $6",
         )
         .bind(filter.tenant_id.map(|t| t.to_string()).unwrap_or_default())
@@ -393,7 +393,9 @@ impl Store {
                 .action_prefix
                 .as_deref()
                 .unwrap_or("")
-                .replace(['%', '_'], "")
+                .replace('!', "!!")
+                .replace('%', "!%")
+                .replace('_', "!_")
         ))
         .bind(cursor.unwrap_or(""))
         .bind(i64::from(limit) + 1)

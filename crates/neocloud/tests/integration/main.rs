@@ -14,6 +14,7 @@ mod api_auth;
 mod api_billing;
 mod api_errors;
 mod api_fleet;
+mod api_health;
 mod api_instances;
 mod api_tenancy;
 mod cli;

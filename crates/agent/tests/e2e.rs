@@ -1,6 +1,8 @@
 //! End to end: the agent (sim backend) against a tiny fake control plane on 127.0.0.1 that
 //! goes away for a while and comes back on the same port.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;

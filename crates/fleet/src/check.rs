@@ -56,6 +56,7 @@ const GROUP_KEYS: &[&str] = &[
     "parent_block",
     "nodes_per_block",
     "layout",
+    "burn_in",
 ];
 const LEVEL_KEYS: &[&str] = &["kind", "count", "name"];
 const BLOCK_KEYS: &[&str] = &["name", "kind", "parent"];
@@ -68,6 +69,7 @@ const NODE_KEYS: &[&str] = &[
     "ram_gib",
     "idle_watts",
     "peak_watts",
+    "burn_in",
 ];
 
 /// The hardware of one node, defaults filled in.
@@ -79,6 +81,9 @@ pub(crate) struct Hardware {
     pub ram_gib: u32,
     pub idle_watts: u32,
     pub peak_watts: u32,
+    /// New nodes start in `provisioning` and enter service only after their agent's burn-in
+    /// check passes.
+    pub burn_in: bool,
 }
 
 /// One level of a node group's layout.
@@ -618,6 +623,7 @@ fn read_hardware(d: &mut Diag<'_>, t: &Table<'_, '_>, models: &Models) -> Option
     let ram = t.opt_u32(d, "ram_gib", 1, MAX_RAM_GIB);
     let idle = t.opt_u32(d, "idle_watts", 1, MAX_NODE_WATTS);
     let peak = t.opt_u32(d, "peak_watts", 1, MAX_NODE_WATTS);
+    let burn_in = t.opt_bool(d, "burn_in").is_some_and(|b| b.value);
     if d.count() != before {
         return None;
     }
@@ -666,6 +672,7 @@ fn read_hardware(d: &mut Diag<'_>, t: &Table<'_, '_>, models: &Models) -> Option
         ram_gib: ram.map_or(256 * gpus, |r| r.value),
         idle_watts,
         peak_watts,
+        burn_in,
     })
 }
 

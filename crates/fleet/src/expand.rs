@@ -110,6 +110,7 @@ fn node_spec(name: String, block: Option<String>, block_path: String, hw: &Hardw
         ram_gib: hw.ram_gib,
         idle_watts: hw.idle_watts,
         peak_watts: hw.peak_watts,
+        burn_in: hw.burn_in,
     }
 }
 

@@ -130,6 +130,9 @@ pub struct NodeSpec {
     pub idle_watts: u32,
     /// Power drawn at full load, watts.
     pub peak_watts: u32,
+    /// Whether a new node starts in `provisioning` (enters service after its agent's burn-in
+    /// check passes) instead of `available`.
+    pub burn_in: bool,
 }
 
 /// Parses, checks and expands a fleet file.

@@ -108,6 +108,20 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
+    pub(crate) fn opt_bool(&self, d: &mut Diag<'_>, key: &str) -> Option<At<bool>> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(At {
+                value: *b,
+                span: v.span(),
+            }),
+            _ => {
+                self.wrong_type(d, key, v, "true or false");
+                None
+            }
+        }
+    }
+
     pub(crate) fn req_str(&self, d: &mut Diag<'_>, key: &str) -> Option<At<String>> {
         if self.require(d, key, "") {
             self.opt_str(d, key)

@@ -1024,8 +1024,17 @@ fn node_row(id: &str, site_id: &str, block_id: Option<String>, n: &NodeSpec, now
         Val::I(i64::from(n.ram_gib)),
         Val::I(i64::from(n.idle_watts)),
         Val::I(i64::from(n.peak_watts)),
-        // Fleet-file nodes enter service directly until agents and burn-in gate them.
-        Val::S(NodeState::Available.as_str().to_string()),
+        // New nodes enter service directly, or through their agent's burn-in when the fleet
+        // file asks for it.
+        Val::S(
+            if n.burn_in {
+                NodeState::Provisioning
+            } else {
+                NodeState::Available
+            }
+            .as_str()
+            .to_string(),
+        ),
         Val::I(now),
         Val::I(now),
     ]

@@ -665,3 +665,53 @@ both_backends!(
             .problem(403, "forbidden");
     }
 );
+
+both_backends!(
+    new_nodes_enter_service_only_after_burn_in,
+    |ctx: TestContext| async move {
+        let fleet = FLEET.replace("nodes_per_block = 4", "nodes_per_block = 4\nburn_in = true");
+        ctx.import(&fleet).await.expect(200);
+        let enroll = ctx.key("node-agent", None).await.0;
+        let host = "e-p1-l1-n1";
+        assert_eq!(node(&ctx, host).await["state"], "provisioning");
+        // Provisioning nodes take no work.
+        let t = ctx.tenant("acme").await;
+        let (ka, _) = ctx.key("tenant-admin", t["id"].as_str()).await;
+        ctx.post(
+            "/v1/instances",
+            &ka,
+            &json!({"gpu_model": "H100-SXM-80GB", "gpus": 8}),
+        )
+        .await
+        .problem(409, "insufficient_capacity");
+        let r = ctx
+            .post("/v1/agent/register", &enroll, &inventory(host))
+            .await
+            .expect(200);
+        assert_eq!(r["state"], "burn_in");
+        let id = r["burn_in"]["id"].as_str().unwrap();
+        let key = r["node_key"].as_str().unwrap();
+        let ack = ctx
+            .post(
+                "/v1/agent/heartbeat",
+                key,
+                &beat(
+                    host,
+                    vec![json!({"seq": 1, "at": Timestamp::now().to_string(),
+                    "kind": {"type": "burn_in", "id": id, "passed": true, "output": "ok"}})],
+                ),
+            )
+            .await
+            .expect(200);
+        assert_eq!(ack["state"], "available");
+        let i = ctx
+            .post(
+                "/v1/instances",
+                &ka,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 8}),
+            )
+            .await
+            .expect(201);
+        assert_eq!(i["placement"][0]["node"], host);
+    }
+);

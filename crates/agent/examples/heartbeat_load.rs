@@ -1,0 +1,419 @@
+//! Load generator: simulates thousands of node agents in one process, over real HTTP.
+//!
+//! ```text
+//! cargo run --release -p neocloud-agent --example heartbeat_load -- \
+//!     --server http://127.0.0.1:8080 --key ENROLLMENT_KEY --operator-key OPERATOR_KEY \
+//!     --site memphis-1 --interval-secs 10 --duration-secs 60
+//! ```
+//!
+//! Phase 1 lists the site's nodes (operator key) and registers one simulated agent per node
+//! with the enrollment key (`--register-concurrency` at a time); each agent then uses the
+//! node key it got back. Phase 2 has every agent send a heartbeat each interval, start times
+//! spread evenly over the interval, each with one simulated sample per GPU and, now and then,
+//! an event (XID 13, an application fault the policy ignores; burn-in requests are answered
+//! with a pass). It prints the target and achieved rates, errors by status, latency
+//! percentiles, and the same figures as one JSON line starting with `RESULT `.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use neocloud_agent::backend::GpuBackend;
+use neocloud_agent::buffer::EventBuffer;
+use neocloud_agent::client::{CallError, ControlPlane, problem_detail};
+use neocloud_agent::sim::SimBackend;
+use neocloud_types::{AgentEventKind, AgentRegister, BurnInRequest, Heartbeat, Timestamp};
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Simulates many node agents against a control plane and measures heartbeat throughput and
+/// latency.
+#[derive(Parser)]
+struct Args {
+    /// URL of the control plane.
+    #[arg(long, env = "NEOCLOUD_SERVER", value_name = "URL")]
+    server: String,
+    /// Enrollment key (a node-agent key bound to no node) used to register every agent.
+    #[arg(long, value_name = "KEY")]
+    key: String,
+    /// Operator key, to list the site's nodes.
+    #[arg(long, value_name = "KEY")]
+    operator_key: String,
+    /// Site whose nodes get simulated agents.
+    #[arg(long, value_name = "NAME", default_value = "memphis-1")]
+    site: String,
+    /// Number of agents [default: one per node of the site].
+    #[arg(long, value_name = "N")]
+    agents: Option<usize>,
+    /// Seconds between two heartbeats of one agent.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    interval_secs: u64,
+    /// Length of the heartbeat phase, seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    duration_secs: u64,
+    /// Registrations in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    register_concurrency: usize,
+    /// GPUs per agent [default: each node's gpu_count from the node list; the control plane
+    /// refuses a count that differs from the fleet].
+    #[arg(long, value_name = "N")]
+    gpus_per_node: Option<u32>,
+    /// Heartbeats per thousand that carry a new event.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    event_permille: u64,
+    /// Print only the `RESULT {json}` line.
+    #[arg(long)]
+    json_only: bool,
+}
+
+#[derive(Deserialize)]
+struct NodeItem {
+    name: String,
+    gpu_count: u32,
+    gpu_model: String,
+    #[serde(default)]
+    cpu_cores: u32,
+    #[serde(default)]
+    ram_gib: u32,
+}
+
+#[derive(Deserialize)]
+struct NodePage {
+    items: Vec<NodeItem>,
+    #[serde(default)]
+    next_cursor: Option<String>,
+}
+
+/// One registered, simulated agent.
+struct Agent {
+    key: String,
+    sim: SimBackend,
+    events: EventBuffer,
+    burn_ins: HashSet<String>,
+}
+
+impl Agent {
+    fn burn_in(&mut self, req: Option<BurnInRequest>) {
+        if let Some(BurnInRequest { id }) = req
+            && self.burn_ins.insert(id.clone())
+        {
+            let kind = AgentEventKind::BurnIn {
+                id,
+                passed: true,
+                output: "load test".into(),
+            };
+            self.events.push(None, kind, Timestamp::now());
+        }
+    }
+}
+
+/// What one agent measured in phase 2.
+#[derive(Default)]
+struct Stats {
+    latencies_us: Vec<u64>,
+    start_lag_us: Vec<u64>,
+    errors: BTreeMap<String, u64>,
+    late: u64,
+    max_late: Duration,
+}
+
+impl Stats {
+    fn merge(&mut self, other: Stats) {
+        self.latencies_us.extend(other.latencies_us);
+        self.start_lag_us.extend(other.start_lag_us);
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+        self.late += other.late;
+        self.max_late = self.max_late.max(other.max_late);
+    }
+}
+
+fn error_key(e: &CallError) -> String {
+    e.status()
+        .map_or_else(|| "transport".to_string(), |s| s.to_string())
+}
+
+/// The value at quantile `per_mille`/1000 of sorted microseconds `v`, in ms.
+fn quantile_ms(v: &[u64], per_mille: usize) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let rank = (v.len() * per_mille).div_ceil(1000);
+    v[rank.clamp(1, v.len()) - 1] as f64 / 1000.0
+}
+
+async fn list_nodes(http: &reqwest::Client, args: &Args) -> Result<Vec<NodeItem>> {
+    let mut nodes = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut query = vec![("site", args.site.clone()), ("limit", "1000".to_string())];
+        if let Some(c) = cursor.take() {
+            query.push(("cursor", c));
+        }
+        let url = format!("{}/v1/nodes", args.server.trim_end_matches('/'));
+        let resp = http
+            .get(&url)
+            .bearer_auth(&args.operator_key)
+            .query(&query)
+            .send()
+            .await
+            .with_context(|| format!("listing nodes at {url}"))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            anyhow::bail!("listing nodes: HTTP {status}: {}", problem_detail(&text));
+        }
+        let page: NodePage = serde_json::from_str(&text).context("reading the node list")?;
+        nodes.extend(page.items);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return Ok(nodes),
+        }
+    }
+}
+
+async fn register_all(
+    cp: &ControlPlane,
+    args: &Args,
+    nodes: Vec<NodeItem>,
+) -> (Vec<Agent>, BTreeMap<String, u64>) {
+    let permits = Arc::new(Semaphore::new(args.register_concurrency.max(1)));
+    let key: Arc<str> = args.key.as_str().into();
+    let mut tasks = JoinSet::new();
+    for node in nodes {
+        let (cp, permits, key) = (cp.clone(), permits.clone(), key.clone());
+        let gpus = args.gpus_per_node.unwrap_or(node.gpu_count).clamp(1, 64);
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await.ok();
+            let mut sim = SimBackend::new(&node.name, gpus, &node.gpu_model, true);
+            let body = AgentRegister {
+                hostname: node.name.clone(),
+                agent_version: concat!("load-", env!("CARGO_PKG_VERSION")).to_string(),
+                backend: "sim".into(),
+                driver_version: None,
+                cpu_cores: if node.cpu_cores > 0 {
+                    node.cpu_cores
+                } else {
+                    224
+                },
+                ram_gib: if node.ram_gib > 0 { node.ram_gib } else { 2048 },
+                gpus: sim.inventory().unwrap_or_default(),
+            };
+            let reg = cp.register(&key, &body).await;
+            (node.name, reg, sim)
+        });
+    }
+    let mut agents = Vec::new();
+    let mut errors = BTreeMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((name, reg, sim)) = joined else {
+            continue;
+        };
+        match reg {
+            Ok(reg) => {
+                let mut agent = Agent {
+                    key: reg.node_key.unwrap_or_else(|| args.key.clone()),
+                    sim,
+                    events: EventBuffer::new(1000),
+                    burn_ins: HashSet::new(),
+                };
+                agent.events.on_register(reg.last_seq);
+                agent.burn_in(reg.burn_in);
+                agents.push(agent);
+            }
+            Err(e) => {
+                if !args.json_only && errors.is_empty() {
+                    eprintln!("registering {name} failed: {e}");
+                }
+                *errors.entry(error_key(&e)).or_default() += 1;
+            }
+        }
+    }
+    (agents, errors)
+}
+
+async fn run_agent(
+    cp: ControlPlane,
+    mut agent: Agent,
+    first: Instant,
+    end: Instant,
+    interval: Duration,
+    event_permille: u64,
+) -> Stats {
+    let mut stats = Stats::default();
+    let mut slot = first;
+    while slot < end {
+        let now = Instant::now();
+        if now > slot {
+            // The previous heartbeat was still in flight when this one was due.
+            stats.late += 1;
+            stats.max_late = stats.max_late.max(now - slot);
+        } else {
+            tokio::time::sleep_until(slot).await;
+            let lag = Instant::now().saturating_duration_since(slot);
+            stats
+                .start_lag_us
+                .push(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX));
+        }
+        if event_permille > 0 && getrandom::u64().unwrap_or(u64::MAX) % 1000 < event_permille {
+            let kind = AgentEventKind::Xid {
+                code: 13,
+                detail: Some("load test".into()),
+            };
+            let uuid = agent
+                .sim
+                .inventory()
+                .ok()
+                .and_then(|g| g.first().map(|g| g.uuid.clone()));
+            agent.events.push(uuid, kind, Timestamp::now());
+        }
+        let body = Heartbeat {
+            sent_at: Timestamp::now(),
+            gpus: agent.sim.sample().unwrap_or_default(),
+            events: agent.events.batch(1000),
+        };
+        let started = Instant::now();
+        let result = cp.heartbeat(&agent.key, &body).await;
+        let took = started.elapsed();
+        stats
+            .latencies_us
+            .push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        match result {
+            Ok(ack) => {
+                agent.events.ack(ack.acked_seq);
+                agent.burn_in(ack.burn_in);
+            }
+            Err(e) => *stats.errors.entry(error_key(&e)).or_default() += 1,
+        }
+        slot += interval;
+    }
+    stats
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let say = |line: String| {
+        if !args.json_only {
+            println!("{line}");
+        }
+    };
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.agents.unwrap_or(20_000).max(64))
+        .timeout(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .build()?;
+    let cp = ControlPlane::with_client(http.clone(), &args.server);
+
+    let mut nodes = list_nodes(&http, &args).await?;
+    if let Some(n) = args.agents {
+        if n > nodes.len() {
+            anyhow::bail!(
+                "--agents {n}: site '{}' has only {} nodes",
+                args.site,
+                nodes.len()
+            );
+        }
+        nodes.truncate(n);
+    }
+    anyhow::ensure!(!nodes.is_empty(), "site '{}' has no nodes", args.site);
+    say(format!(
+        "phase 1: registering {} agents of site {}",
+        nodes.len(),
+        args.site
+    ));
+
+    let t0 = Instant::now();
+    let asked = nodes.len();
+    let (agents, reg_errors) = register_all(&cp, &args, nodes).await;
+    let reg_secs = t0.elapsed().as_secs_f64();
+    let reg_rate = agents.len() as f64 / reg_secs.max(1e-9);
+    say(format!(
+        "  {} registered, {} failed in {reg_secs:.1} s: {reg_rate:.0} registrations/s {reg_errors:?}",
+        agents.len(),
+        asked - agents.len()
+    ));
+    anyhow::ensure!(!agents.is_empty(), "no agent registered");
+
+    let n = agents.len();
+    let interval = Duration::from_secs(args.interval_secs.max(1));
+    let target_rate = n as f64 / interval.as_secs_f64();
+    say(format!(
+        "phase 2: {n} agents, a heartbeat every {} s each ({target_rate:.0}/s) for {} s",
+        interval.as_secs(),
+        args.duration_secs
+    ));
+    let start = Instant::now() + Duration::from_millis(500);
+    let end = start + Duration::from_secs(args.duration_secs);
+    let mut tasks = JoinSet::new();
+    for (i, agent) in agents.into_iter().enumerate() {
+        let offset = interval.mul_f64(i as f64 / n as f64);
+        let cp = cp.clone();
+        tasks.spawn(run_agent(
+            cp,
+            agent,
+            start + offset,
+            end,
+            interval,
+            args.event_permille,
+        ));
+    }
+    let mut stats = Stats::default();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(s) = joined {
+            stats.merge(s);
+        }
+    }
+    let elapsed = Instant::now()
+        .saturating_duration_since(start)
+        .as_secs_f64();
+    let window = (args.duration_secs as f64).min(elapsed).max(1e-9);
+    stats.latencies_us.sort_unstable();
+    stats.start_lag_us.sort_unstable();
+    let sent = stats.latencies_us.len() as u64;
+    let failed: u64 = stats.errors.values().sum();
+    let achieved = sent as f64 / window;
+    let lat = |q| quantile_ms(&stats.latencies_us, q);
+    let max_ms = stats.latencies_us.last().copied().unwrap_or(0) as f64 / 1000.0;
+    say(format!(
+        "  target {target_rate:.0} heartbeats/s, achieved {achieved:.0}/s ({sent} sent, {failed} failed)"
+    ));
+    say(format!("  errors by status: {:?}", stats.errors));
+    say(format!(
+        "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {max_ms:.2}",
+        lat(500),
+        lat(900),
+        lat(990),
+        lat(999)
+    ));
+    say(format!(
+        "  late starts (previous still in flight): {} (max {:.0} ms); scheduler lag p99 {:.2} ms",
+        stats.late,
+        stats.max_late.as_secs_f64() * 1000.0,
+        quantile_ms(&stats.start_lag_us, 990)
+    ));
+    let result = serde_json::json!({
+        "site": args.site,
+        "agents": n,
+        "interval_secs": interval.as_secs(),
+        "duration_secs": args.duration_secs,
+        "registrations": {"ok": n, "failed": asked - n, "per_sec": reg_rate, "errors": reg_errors},
+        "target_rate": target_rate,
+        "achieved_rate": achieved,
+        "heartbeats": sent,
+        "failed": failed,
+        "errors": stats.errors,
+        "latency_ms": {"p50": lat(500), "p90": lat(900), "p99": lat(990),
+                       "p999": lat(999), "max": max_ms},
+        "late": stats.late,
+        "max_late_ms": stats.max_late.as_secs_f64() * 1000.0,
+        "scheduler_lag_p99_ms": quantile_ms(&stats.start_lag_us, 990),
+    });
+    println!("RESULT {result}");
+    Ok(())
+}

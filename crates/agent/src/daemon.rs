@@ -211,16 +211,13 @@ impl Daemon {
         self.burn_in_tasks.abort_all();
         self.collect_events().await;
         let silent = self.silent_until.is_some_and(|t| t > Instant::now());
-        if self.registered && !silent {
-            let sent = self.buffer.len().min(MAX_EVENTS_PER_BEAT);
-            if tokio::time::timeout(FINAL_BEAT, self.heartbeat())
+        if self.registered
+            && !silent
+            && tokio::time::timeout(FINAL_BEAT, self.heartbeat())
                 .await
                 .is_err()
-            {
-                tracing::warn!("the last heartbeat got no answer within 5 s");
-            } else if self.buffer.len() < sent || sent == 0 {
-                tracing::debug!("last heartbeat delivered");
-            }
+        {
+            tracing::warn!("the last heartbeat got no answer within 5 s");
         }
         if self.buffer.is_empty() {
             tracing::info!("agent stopped");
@@ -396,6 +393,7 @@ impl Daemon {
         };
         let events = self.buffer.batch(MAX_EVENTS_PER_BEAT);
         let sent = events.len();
+        let last_sent = events.last().map(|e| e.seq);
         let body = Heartbeat {
             sent_at: Timestamp::now(),
             gpus,
@@ -403,7 +401,7 @@ impl Daemon {
         };
         match self.cp.heartbeat(&self.key, &body).await {
             Ok(ack) => self.on_ack(ack, sent),
-            Err(e) => self.on_heartbeat_error(&e),
+            Err(e) => self.on_heartbeat_error(&e, last_sent),
         }
     }
 
@@ -440,13 +438,27 @@ impl Daemon {
         self.next_call = Instant::now() + if more { Duration::ZERO } else { self.interval };
     }
 
-    fn on_heartbeat_error(&mut self, e: &CallError) {
+    fn on_heartbeat_error(&mut self, e: &CallError, last_sent: Option<u64>) {
         let delay = self.backoff.next_delay();
         self.next_call = Instant::now() + delay;
-        match e.status() {
-            Some(401) => tracing::warn!(error = %e, "heartbeat key refused; registering again"),
-            Some(404 | 409) => {
+        match e {
+            CallError::Status { status: 401, .. } => {
+                tracing::warn!(error = %e, "heartbeat key refused; registering again");
+            }
+            CallError::Status {
+                status: 404 | 409, ..
+            } => {
                 tracing::warn!(error = %e, "node unknown or replaced; registering again");
+            }
+            // The control plane refuses events it finds invalid; sending them again would
+            // block every later heartbeat, so they are dropped.
+            CallError::Status {
+                status: 400 | 422,
+                detail,
+            } if detail.starts_with("events[") => {
+                let dropped = self.buffer.ack(last_sent.unwrap_or(0));
+                tracing::error!(error = %e, dropped, "the control plane refused events; dropped");
+                return;
             }
             _ => {
                 let waiting = self.buffer.len();

@@ -220,8 +220,11 @@ impl Service {
             return Err(Error::unauthenticated("API key has expired"));
         }
         // Last-used is a hint for operators; writing it on every request would turn every
-        // read into a write, so it is refreshed at most once a minute.
-        let stale = key.last_used_at.is_none_or(|t| t.plus_seconds(60) < now);
+        // read into a write, so it is refreshed at most once a minute — once an hour for
+        // node-agent keys, whose nodes show their last heartbeat (thousands of agents would
+        // otherwise write hundreds of times a second).
+        let every = if key.role == Role::NodeAgent { 3600 } else { 60 };
+        let stale = key.last_used_at.is_none_or(|t| t.plus_seconds(every) < now);
         if stale {
             if let Err(e) = self.store.api_key_touch(key.id, now).await {
                 tracing::warn!(error = %e, "could not record key use");

@@ -400,6 +400,14 @@ impl Allocator {
         Ok(())
     }
 
+    /// Whether every GPU of a node is held (none free and none unhealthy-but-free); `None`
+    /// for unknown nodes.
+    pub fn node_full(&self, node: NodeId) -> Option<bool> {
+        let slot = self.slot(node).ok()?;
+        let n = &self.nodes[slot];
+        Some(n.used == n.full())
+    }
+
     /// Instances holding GPUs on a node, by id (empty for unknown nodes).
     pub fn node_holders(&self, node: NodeId) -> Vec<InstanceId> {
         match self.slot(node) {

@@ -83,6 +83,14 @@ struct CachedKey {
     read_at: std::time::Instant,
 }
 
+/// An available node whose GPUs are all held reads as `allocated` (derived, not stored: a
+/// launch never writes the node row).
+fn allocated_view(alloc: &neocloud_allocator::Allocator, n: &mut Node) {
+    if n.state == neocloud_types::NodeState::Available && alloc.node_full(n.id) == Some(true) {
+        n.state = neocloud_types::NodeState::Allocated;
+    }
+}
+
 pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32> {
     match limit {
         None => Ok(DEFAULT_PAGE_SIZE),
@@ -223,7 +231,11 @@ impl Service {
         // read into a write, so it is refreshed at most once a minute — once an hour for
         // node-agent keys, whose nodes show their last heartbeat (thousands of agents would
         // otherwise write hundreds of times a second).
-        let every = if key.role == Role::NodeAgent { 3600 } else { 60 };
+        let every = if key.role == Role::NodeAgent {
+            3600
+        } else {
+            60
+        };
         let stale = key.last_used_at.is_none_or(|t| t.plus_seconds(every) < now);
         if stale {
             if let Err(e) = self.store.api_key_touch(key.id, now).await {
@@ -445,7 +457,12 @@ impl Service {
     ) -> Result<Page<Node>> {
         auth::authorize(p, Action::ReadFleet)?;
         let limit = page_limit(limit)?;
-        Ok(self.store.node_list(filter, cursor, limit).await?)
+        let mut page = self.store.node_list(filter, cursor, limit).await?;
+        let sched = self.sched.lock().await;
+        for n in &mut page.items {
+            allocated_view(&sched.alloc, n);
+        }
+        Ok(page)
     }
 
     /// Reads one node, with its GPUs.
@@ -453,6 +470,7 @@ impl Service {
         auth::authorize(p, Action::ReadFleet)?;
         let mut node = self.store.node_get(id_or_name).await?;
         self.node_live(&mut node);
+        allocated_view(&self.sched.lock().await.alloc, &mut node);
         Ok(node)
     }
 

@@ -703,3 +703,27 @@ fn add_node_checks_its_spec() {
         .is_err()
     );
 }
+
+#[test]
+fn a_spare_comes_from_the_same_leaf_then_the_pod_then_the_site() {
+    let (mut a, s) = two_leaves(PlacementPolicy::BestFit, 3);
+    // Another pod (200) with one node in leaf 201, and a GB200 tray that never qualifies.
+    h100(&mut a, s, 301, 200, 201, true);
+    gb200(&mut a, s, 401, 500);
+    let failed = node_id(1);
+    assert_eq!(a.spare_near(failed), Some(node_id(2)));
+    // Taken, pooled, cordoned or unhealthy nodes are no spares.
+    hold(&mut a, 1, 2, vec![0]);
+    a.set_pool(node_id(3), Some(contract_id(9))).unwrap();
+    assert_eq!(a.spare_near(failed), Some(node_id(101)), "same pod next");
+    for n in [101, 102] {
+        a.set_schedulable(node_id(n), false);
+    }
+    a.set_gpu_healthy(node_id(103), 7, false);
+    assert_eq!(a.spare_near(failed), Some(node_id(301)), "then the site");
+    a.set_schedulable(node_id(301), false);
+    assert_eq!(a.spare_near(failed), None);
+    assert_eq!(a.node_holders(node_id(2)), vec![instance_id(1)]);
+    assert_eq!(a.node_full(node_id(2)), Some(false));
+    assert_eq!(a.node_full(node_id(999)), None);
+}

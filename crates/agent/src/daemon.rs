@@ -411,7 +411,7 @@ impl Daemon {
             tracing::info!(
                 delivered,
                 waiting = self.buffer.len(),
-                "control plane reachable again"
+                "heartbeats accepted again"
             );
         } else if delivered > 0 {
             tracing::debug!(delivered, "events acknowledged");

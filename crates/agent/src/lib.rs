@@ -8,7 +8,7 @@
 //!
 //! Parts:
 //!
-//! - [`AgentArgs`] and [`run`]: the command line and the daemon ([`daemon`]);
+//! - [`AgentArgs`] and [`run`]: the command line and the daemon (module `daemon`);
 //! - [`backend::GpuBackend`]: where GPU facts come from — [`nvml`] (real GPUs) or [`sim`]
 //!   (simulated GPUs with injectable [`fault`]s);
 //! - [`buffer`], [`backoff`], [`client`], [`host`]: the event buffer, retry delays, the HTTP

@@ -82,6 +82,9 @@ enum Command {
     /// The health policy: what each NVIDIA XID code does to a node.
     #[command(subcommand)]
     Health(HealthCmd),
+    /// Run the node agent on a GPU server: registers the node, sends heartbeats with GPU
+    /// telemetry and health events (NVML, or simulated GPUs with --backend sim).
+    Agent(neocloud_agent::AgentArgs),
 
     /// Tenants: customers and the operator's own lab.
     #[command(subcommand)]
@@ -747,6 +750,16 @@ pub async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Agent(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            neocloud_agent::run(args).await
+        }
         Command::Fleet(FleetCmd::Demo { scale }) => {
             print!(
                 "{}",
@@ -1154,7 +1167,7 @@ async fn nodes(g: &Global, cmd: NodeCmd) -> Result<()> {
                     None,
                 )
                 .await?;
-            show(g, &v, |v| health_table(v))
+            show(g, &v, health_table)
         }
     }
 }

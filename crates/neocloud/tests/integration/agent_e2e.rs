@@ -1,0 +1,326 @@
+//! The real binaries end to end: `neocloud serve` and `neocloud agent --backend sim` as
+//! processes talking HTTP. An injected XID 79 fails the node and refills the contract's
+//! pool from the same block; the control plane goes down and comes back, and the events the
+//! agent buffered meanwhile arrive exactly once.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::ctx::temp_dir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_neocloud");
+
+const FLEET: &str = r#"
+[[sites]]
+name = "east"
+region = "us-east"
+power_mw = 2
+pue = 1.1
+[[sites.node_groups]]
+gpu_model = "H100-SXM-80GB"
+gpus = 8
+peak_watts = 10000
+idle_watts = 2000
+nodes_per_block = 4
+layout = [
+  { kind = "pod", count = 1, name = "e-p{n}" },
+  { kind = "leaf_group", count = 2, name = "{parent}-l{n}" },
+]
+name = "{block}-n{n}"
+"#;
+
+/// A `neocloud serve` process.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    /// Starts serve on `listen` and waits for its "serving" line.
+    fn start(dir: &Path, listen: &str) -> Server {
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                listen,
+                "--heartbeat-interval",
+                "1",
+                "--fleet",
+            ])
+            .arg(dir.join("fleet.toml"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("serve exited early").unwrap();
+            if let Some(rest) = line.strip_prefix("neocloud is serving on http://") {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        Server { child, addr }
+    }
+
+    /// SIGTERM, and a clean exit.
+    fn stop(mut self) {
+        sigterm(&self.child);
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sigterm(child: &Child) {
+    Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+}
+
+/// Runs a client subcommand and returns its JSON output.
+fn cli(addr: &str, key: &str, args: &[&str]) -> Value {
+    let o = Command::new(BIN)
+        .args([
+            "--url",
+            &format!("http://{addr}"),
+            "--api-key",
+            key,
+            "-o",
+            "json",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "neocloud {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// Polls `f` every 100 ms until it returns Some, or panics after `secs`.
+fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn history(addr: &str, key: &str, node: &str) -> Vec<Value> {
+    cli(addr, key, &["nodes", "health", node, "--limit", "1000"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn xids(h: &[Value], code: u64) -> usize {
+    h.iter()
+        .filter(|e| e["kind"] == "xid" && e["code"] == code)
+        .count()
+}
+
+fn write_fault(path: &PathBuf, spec: &str) {
+    // Written beside the watched file and renamed, so the agent never reads half a line.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{spec}\n")).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn agents_heartbeat_fail_on_xid_79_and_deliver_buffered_events_once() {
+    let dir = temp_dir();
+    std::fs::write(dir.join("fleet.toml"), FLEET).unwrap();
+    let server = Server::start(&dir, "127.0.0.1:0");
+    let addr = server.addr.clone();
+    let op = std::fs::read_to_string(dir.join("data/operator.key"))
+        .unwrap()
+        .trim()
+        .to_string();
+
+    // A tenant leases two nodes and runs reserved work on one of them.
+    cli(&addr, &op, &["tenants", "create", "acme"]);
+    let tk = cli(
+        &addr,
+        &op,
+        &[
+            "keys",
+            "create",
+            "--name",
+            "acme",
+            "--role",
+            "tenant-admin",
+            "--tenant",
+            "acme",
+        ],
+    )["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let end = neocloud_types::Timestamp::now()
+        .plus_seconds(30 * 86_400)
+        .to_string();
+    let c = cli(
+        &addr,
+        &tk,
+        &[
+            "contracts",
+            "sign",
+            "--gpu-model",
+            "H100-SXM-80GB",
+            "--gpus",
+            "16",
+            "--end",
+            &end,
+            "--site",
+            "east",
+        ],
+    );
+    let cid = c["id"].as_str().unwrap().to_string();
+    let inst = cli(
+        &addr,
+        &tk,
+        &[
+            "instances",
+            "launch",
+            "--class",
+            "reserved",
+            "--contract",
+            &cid,
+            "--gpu-model",
+            "H100-SXM-80GB",
+            "--gpus",
+            "8",
+        ],
+    );
+    let host = inst["placement"][0]["node"].as_str().unwrap().to_string();
+
+    // The agent on that node enrolls with an enrollment key and starts heartbeating.
+    let enroll = cli(
+        &addr,
+        &op,
+        &["keys", "create", "--name", "enroll", "--role", "node-agent"],
+    )["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let faults = dir.join("faults");
+    let mut agent = Command::new(BIN)
+        .args([
+            "agent",
+            "--server",
+            &format!("http://{addr}"),
+            "--key",
+            &enroll,
+        ])
+        .args([
+            "--backend",
+            "sim",
+            "--sim-gpus",
+            "8",
+            "--sim-model",
+            "H100-SXM-80GB",
+        ])
+        .args(["--hostname", &host, "--sim-fault-file"])
+        .arg(&faults)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let node = wait_for(20, "telemetry from the agent", || {
+        let n = cli(&addr, &op, &["nodes", "show", &host]);
+        n["gpus"][7]["telemetry"]["temperature_c"]
+            .is_number()
+            .then_some(n)
+    });
+    assert!(
+        node["gpus"][0]["uuid"]
+            .as_str()
+            .unwrap()
+            .starts_with("GPU-")
+    );
+    assert_eq!(
+        node["state"], "allocated",
+        "its 8 GPUs run the reserved instance"
+    );
+
+    // GPU 3 falls off the bus: the node fails, its work ends, a spare from the same leaf
+    // group refills the pool, and the outage is recorded.
+    write_fault(&faults, "xid:79:3");
+    wait_for(20, "the node to fail", || {
+        (cli(&addr, &op, &["nodes", "show", &host])["state"] == "failed").then_some(())
+    });
+    let i = cli(
+        &addr,
+        &tk,
+        &["instances", "show", inst["id"].as_str().unwrap()],
+    );
+    assert_eq!(i["state"], "failed");
+    let ev = cli(
+        &addr,
+        &op,
+        &["events", "list", "--action", "contract.pool_node_replaced"],
+    );
+    let spare = ev["items"][0]["after"]["node"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let leaf = |n: &str| n.rsplit_once('-').unwrap().0.to_string();
+    assert_eq!(leaf(&spare), leaf(&host));
+    let outages = cli(&addr, &tk, &["contracts", "outages", &cid]);
+    assert_eq!(outages[0]["gpus"], 8);
+    assert!(outages[0]["end_at"].is_string(), "{outages}");
+    assert_eq!(xids(&history(&addr, &op, &host), 79), 1);
+
+    // The control plane goes down; the agent keeps what it sees meanwhile.
+    server.stop();
+    write_fault(&faults, "xid:13:1");
+    wait_for(10, "the agent to read the fault", || {
+        (!faults.exists()).then_some(())
+    });
+    write_fault(&faults, "xid:31:2");
+    wait_for(10, "the agent to read the fault", || {
+        (!faults.exists()).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let server = Server::start(&dir, &addr);
+    // Back: the buffered events arrive, each once, however many heartbeats follow.
+    wait_for(90, "the buffered events", || {
+        let h = history(&addr, &op, &host);
+        (xids(&h, 13) == 1 && xids(&h, 31) == 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let h = history(&addr, &op, &host);
+    assert_eq!(
+        (xids(&h, 79), xids(&h, 13), xids(&h, 31)),
+        (1, 1, 1),
+        "{h:?}"
+    );
+    assert_eq!(
+        json!(h.iter().find(|e| e["code"] == 13).unwrap()["action"]),
+        json!("ignore")
+    );
+
+    // SIGTERM stops the agent cleanly.
+    sigterm(&agent);
+    assert!(agent.wait().unwrap().success());
+    server.stop();
+}

@@ -592,7 +592,7 @@ impl Service {
         self.apply_after(&mut sched, &node, state, after);
         drop(sched);
         if node_key.is_some() {
-            self.forget_keys();
+            self.forget_node_keys(node.id);
         }
         {
             let mut live = lock(&self.health.live);

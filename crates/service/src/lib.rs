@@ -262,6 +262,13 @@ impl Service {
         }
     }
 
+    /// Forgets the cached keys bound to one node (after its agent re-enrolled).
+    pub(crate) fn forget_node_keys(&self, node: neocloud_types::NodeId) {
+        if let Ok(mut m) = self.keys.lock() {
+            m.retain(|_, c| c.key.node_id != Some(node));
+        }
+    }
+
     // ---- idempotency -------------------------------------------------------------------
 
     pub(crate) async fn idem_lookup<T: DeserializeOwned>(

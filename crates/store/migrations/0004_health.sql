@@ -3,7 +3,7 @@
 
 -- A node-agent key may be bound to one node; an unbound node-agent key only enrolls agents.
 ALTER TABLE api_keys ADD COLUMN node_id TEXT;
-CREATE INDEX api_keys_by_node ON api_keys (node_id);
+CREATE INDEX api_keys_by_node ON api_keys (node_id) WHERE node_id IS NOT NULL;
 
 -- What the node's agent last said, and the lifecycle bookkeeping.
 ALTER TABLE nodes ADD COLUMN agent_json TEXT;
@@ -22,7 +22,9 @@ CREATE INDEX nodes_by_state ON nodes (state);
 ALTER TABLE gpus ADD COLUMN serial TEXT;
 ALTER TABLE gpus ADD COLUMN pci_bus_id TEXT;
 ALTER TABLE gpus ADD COLUMN product TEXT;
-CREATE INDEX gpus_by_uuid ON gpus (uuid);
+-- Partial: until agents report, every UUID is NULL, and a full index would look useless to
+-- the planner's statistics.
+CREATE INDEX gpus_by_uuid ON gpus (uuid) WHERE uuid IS NOT NULL;
 
 -- Every health fact about a GPU or node, keyed by the GPU's UUID so that its history follows
 -- it through repair and RMA into whatever node it lands in.

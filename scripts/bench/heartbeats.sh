@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Heartbeat load: one simulated agent per node of a site, each beating every 10 s, over real
+# HTTP from the load generator (crates/agent/examples/heartbeat_load.rs), against a release
+# `neocloud serve` on SQLite. Reports the generator's latency percentiles and the server's CPU
+# (user+sys seconds over the heartbeat phase) and resident memory.
+#
+#   scripts/bench/heartbeats.sh                     # 27,500 agents: memphis-1 of the demo
+#   FLEET=examples/million-gpus.fleet.toml SITE=giga-1 scripts/bench/heartbeats.sh   # 125,000
+#
+# The generator runs on the same machine and takes CPU from the server: on a 2-core machine
+# the figures are a lower bound of what one server does.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. scripts/bench/lib.sh
+LOADGEN="${LOADGEN:-target/release/examples/heartbeat_load}"
+SITE="${SITE:-memphis-1}"
+DURATION="${DURATION:-60}"
+INTERVAL="${INTERVAL:-10}"
+dir="$BENCH_DIR/heartbeats-$SITE"
+stop_server "$dir"; rm -rf "$dir"; mkdir -p "$dir"
+if [ -n "${FLEET:-}" ]; then
+  start_server "$dir" --fleet "$FLEET" --heartbeat-interval "$INTERVAL" ${DB_ARGS:-}
+else
+  start_server "$dir" --demo --heartbeat-interval "$INTERVAL" ${DB_ARGS:-}
+fi
+pid=$(cat "$dir.pid")
+op=$(cat "$dir/operator.key")
+enroll=$("$BIN" --url "$URL" --api-key "$op" -o json keys create --name bench-enroll --role node-agent |
+         python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+# CPU seconds (user+sys) of the server so far.
+cpu() { awk '{print ($14 + $15) / 100}' "/proc/$pid/stat"; }
+rss() { awk '/VmRSS/ {print $2 / 1024 " MiB"}' "/proc/$pid/status"; }
+echo "== server before registration: RSS $(rss)"
+"$LOADGEN" --server "$URL" --key "$enroll" --operator-key "$op" --site "$SITE" \
+  --interval-secs "$INTERVAL" --duration-secs "$DURATION" ${AGENTS:+--agents "$AGENTS"} \
+  2>&1 | tee "$dir/loadgen.out" &
+gen=$!
+# The heartbeat phase starts when the generator prints it; measure the server's CPU across it.
+until grep -q "^phase 2" "$dir/loadgen.out" 2>/dev/null || ! kill -0 $gen 2>/dev/null; do sleep 0.2; done
+c0=$(cpu); t0=$(date +%s.%N)
+wait $gen
+c1=$(cpu); t1=$(date +%s.%N)
+echo "== server over the heartbeat phase: $(python3 -c "print(f'{($c1-$c0)/($t1-$t0):.2f}')") cores busy on average; RSS $(rss)"
+stop_server "$dir"

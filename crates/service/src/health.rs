@@ -1560,6 +1560,7 @@ impl Service {
             self.apply_after(&mut sched, &n, NodeState::Maintenance, after);
             self.health.set_state(node, NodeState::Maintenance, None);
         }
+        self.flush_key_use().await?;
         self.health_flush(now, false).await
     }
 

@@ -71,6 +71,8 @@ pub struct Service {
     keys: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, CachedKey>>>,
     /// Agents, heartbeats and the health policy.
     health: std::sync::Arc<health::Monitor>,
+    /// Keys used since the last batch of last-used writes.
+    touched: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<ApiKeyId, Timestamp>>>,
 }
 
 /// How long an authenticated key is trusted without reading it again, seconds.
@@ -124,6 +126,7 @@ impl Service {
             writer,
             keys: Default::default(),
             health: std::sync::Arc::new(health),
+            touched: Default::default(),
         })
     }
 
@@ -229,17 +232,13 @@ impl Service {
         }
         // Last-used is a hint for operators; writing it on every request would turn every
         // read into a write, so it is refreshed at most once a minute — once an hour for
-        // node-agent keys, whose nodes show their last heartbeat (thousands of agents would
-        // otherwise write hundreds of times a second).
-        let every = if key.role == Role::NodeAgent {
-            3600
-        } else {
-            60
-        };
+        // node-agent keys, whose nodes show their last heartbeat — and written in batches by
+        // the periodic work ([`Service::flush_key_use`]), never in the request's path.
+        let every = if key.role == Role::NodeAgent { 3600 } else { 60 };
         let stale = key.last_used_at.is_none_or(|t| t.plus_seconds(every) < now);
         if stale {
-            if let Err(e) = self.store.api_key_touch(key.id, now).await {
-                tracing::warn!(error = %e, "could not record key use");
+            if let Ok(mut t) = self.touched.lock() {
+                t.insert(key.id, now);
             }
             if let Ok(mut m) = self.keys.lock()
                 && let Some(c) = m.get_mut(prefix)
@@ -253,6 +252,23 @@ impl Service {
             tenant_id: key.tenant_id,
             node_id: key.node_id,
         })
+    }
+
+    /// Writes the last-used times of keys used since the last call, in one transaction per
+    /// thousand keys.
+    pub async fn flush_key_use(&self) -> Result<()> {
+        let batch: Vec<(ApiKeyId, Timestamp)> = match self.touched.lock() {
+            Ok(mut t) => t.drain().collect(),
+            Err(_) => return Ok(()),
+        };
+        for chunk in batch.chunks(1000) {
+            let mut tx = self.store.begin_write().await?;
+            for (id, at) in chunk {
+                Store::api_key_touch_tx(&mut tx, *id, *at).await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
     }
 
     /// Forgets cached keys (after a revocation).

@@ -329,12 +329,12 @@ impl Store {
         Ok((before, after))
     }
 
-    /// Records that a key was used. Not transactional: it is a hint, not a fact.
-    pub async fn api_key_touch(&self, id: ApiKeyId, at: Timestamp) -> Result<()> {
-        sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
+    /// Records that a key was used, inside a batch.
+    pub async fn api_key_touch_tx(tx: &mut WriteTx, id: ApiKeyId, at: Timestamp) -> Result<()> {
+        sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)")
             .bind(at.micros())
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute(tx.conn())
             .await?;
         Ok(())
     }

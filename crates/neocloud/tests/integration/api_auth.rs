@@ -106,8 +106,9 @@ both_backends!(
             rows.iter()
                 .all(|(h,)| h.len() == 64 && !h.contains(&secret))
         );
-        // Using a key records its last use.
+        // Using a key records its last use (written in batches by the periodic work).
         ctx.get("/v1/sites", &secret).await.expect(200);
+        ctx.svc.flush_key_use().await.unwrap();
         let shown = ctx
             .get(&format!("/v1/api-keys/{id}"), &ctx.operator_key)
             .await

@@ -182,6 +182,9 @@ pub(crate) struct Monitor {
     reverify_secs: i64,
     flush_secs: i64,
     last_flush: std::sync::Mutex<Timestamp>,
+    /// Nodes in `draining`, watched until their work has ended (kept here so that the
+    /// periodic work never scans the nodes table).
+    draining: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -226,6 +229,13 @@ impl Monitor {
             reverify_secs: config.reverify_idle_secs,
             flush_secs: 60,
             last_flush: std::sync::Mutex::new(now),
+            draining: std::sync::Mutex::new(
+                store
+                    .nodes_in_state(NodeState::Draining)
+                    .await?
+                    .into_iter()
+                    .collect(),
+            ),
         })
     }
 
@@ -531,8 +541,9 @@ impl Service {
         let mut tx = self.store.begin_write().await?;
         Store::node_agent_register(&mut tx, node.id, &agent_json, &gpus, now).await?;
         let mut node_key = None;
+        let mut revoked = Vec::new();
         if p.node_id.is_none() {
-            Store::api_key_revoke_for_node(&mut tx, node.id, now).await?;
+            revoked = Store::api_key_revoke_for_node(&mut tx, node.id, now).await?;
             let minted = auth::mint_key()?;
             let key = ApiKey {
                 id: ApiKeyId::new(),
@@ -591,9 +602,7 @@ impl Service {
         tx.commit().await?;
         self.apply_after(&mut sched, &node, state, after);
         drop(sched);
-        if node_key.is_some() {
-            self.forget_node_keys(node.id);
-        }
+        self.forget_prefixes(&revoked);
         {
             let mut live = lock(&self.health.live);
             let flags = vec![(false, false, false); gpus.len()];
@@ -1118,6 +1127,14 @@ impl Service {
     }
 
     fn apply_after(&self, sched: &mut Sched, node: &Node, state: NodeState, after: After) {
+        {
+            let mut d = lock(&self.health.draining);
+            if state == NodeState::Draining {
+                d.insert(node.id);
+            } else {
+                d.remove(&node.id);
+            }
+        }
         for id in after.released {
             sched.release(id);
         }
@@ -1523,7 +1540,8 @@ impl Service {
             reverified += 1;
         }
         // Drained nodes whose work has ended go to maintenance.
-        for node in self.store.nodes_in_state(NodeState::Draining).await? {
+        let draining: Vec<NodeId> = lock(&self.health.draining).iter().copied().collect();
+        for node in draining {
             let mut sched = self.sched.lock().await;
             if !sched.alloc.node_holders(node).is_empty() {
                 continue;
@@ -1531,6 +1549,7 @@ impl Service {
             let _settled = self.inflight.write().await;
             let n = self.store.node_get(&node.to_string()).await?;
             if n.state != NodeState::Draining {
+                lock(&self.health.draining).remove(&node);
                 continue;
             }
             let mut tx = self.store.begin_write().await?;

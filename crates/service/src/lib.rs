@@ -234,7 +234,11 @@ impl Service {
         // read into a write, so it is refreshed at most once a minute — once an hour for
         // node-agent keys, whose nodes show their last heartbeat — and written in batches by
         // the periodic work ([`Service::flush_key_use`]), never in the request's path.
-        let every = if key.role == Role::NodeAgent { 3600 } else { 60 };
+        let every = if key.role == Role::NodeAgent {
+            3600
+        } else {
+            60
+        };
         let stale = key.last_used_at.is_none_or(|t| t.plus_seconds(every) < now);
         if stale {
             if let Ok(mut t) = self.touched.lock() {
@@ -278,10 +282,12 @@ impl Service {
         }
     }
 
-    /// Forgets the cached keys bound to one node (after its agent re-enrolled).
-    pub(crate) fn forget_node_keys(&self, node: neocloud_types::NodeId) {
+    /// Forgets the cached keys with these prefixes (after they were revoked).
+    pub(crate) fn forget_prefixes(&self, prefixes: &[String]) {
         if let Ok(mut m) = self.keys.lock() {
-            m.retain(|_, c| c.key.node_id != Some(node));
+            for p in prefixes {
+                m.remove(p);
+            }
         }
     }
 

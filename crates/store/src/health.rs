@@ -475,20 +475,32 @@ impl Store {
         rows.iter().map(|r| id_col(r, "holder")).collect()
     }
 
-    /// Revokes every live key bound to a node (a re-enrolled agent gets a new one).
+    /// Revokes every live key bound to a node (a re-enrolled agent gets a new one); returns
+    /// the revoked keys' prefixes.
     pub async fn api_key_revoke_for_node(
         tx: &mut WriteTx,
         node: NodeId,
         at: Timestamp,
-    ) -> Result<u64> {
-        Ok(sqlx::query(
-            "UPDATE api_keys SET revoked_at = $1 WHERE node_id = $2 AND revoked_at IS NULL",
-        )
-        .bind(at.micros())
-        .bind(node.to_string())
-        .execute(tx.conn())
-        .await?
-        .rows_affected())
+    ) -> Result<Vec<String>> {
+        let rows =
+            sqlx::query("SELECT prefix FROM api_keys WHERE node_id = $1 AND revoked_at IS NULL")
+                .bind(node.to_string())
+                .fetch_all(tx.conn())
+                .await?;
+        let prefixes = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("prefix"))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !prefixes.is_empty() {
+            sqlx::query(
+                "UPDATE api_keys SET revoked_at = $1 WHERE node_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(at.micros())
+            .bind(node.to_string())
+            .execute(tx.conn())
+            .await?;
+        }
+        Ok(prefixes)
     }
 
     /// The contract whose pool holds a node, if any.

@@ -1618,6 +1618,8 @@ impl Service {
             Store::node_telemetry_flush(&mut tx, &batch).await?;
             tx.commit().await?;
         }
+        // Thousands of agents registering grow tables fast; keep the planner's view fresh.
+        self.store.optimize().await?;
         Ok(())
     }
 

@@ -236,11 +236,22 @@ impl Store {
     /// Refreshes the query planner's statistics; run after bulk changes (a fleet import) so
     /// that filtered node lists use the right index.
     pub async fn analyze(&self) -> Result<()> {
+        // Only the fleet's tables: statistics of small tables taken now (a handful of keys)
+        // would later steer the planner into scanning them once they have grown.
         let sql = match self.backend {
-            Backend::Sqlite => "ANALYZE",
+            Backend::Sqlite => "ANALYZE nodes; ANALYZE gpus; ANALYZE blocks; ANALYZE sites",
             Backend::Postgres => "ANALYZE nodes, gpus, blocks, sites",
         };
-        sqlx::query(sql).execute(&self.pool).await?;
+        (&self.pool).execute(sql).await?;
+        Ok(())
+    }
+
+    /// Lets the database refresh statistics that went stale as tables grew (SQLite's
+    /// `PRAGMA optimize`, cheap when nothing changed; PostgreSQL's autovacuum does it itself).
+    pub async fn optimize(&self) -> Result<()> {
+        if self.backend == Backend::Sqlite {
+            sqlx::query("PRAGMA optimize").execute(&self.pool).await?;
+        }
         Ok(())
     }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with Rust:
 #   formatting, clippy with -D warnings, and every test on SQLite and on PostgreSQL.
-# Installs PostgreSQL from Debian's packages if it is missing, starts a throwaway cluster on
+# Installs PostgreSQL (and promtool, to check /metrics) from Debian's packages if missing, starts a throwaway cluster on
 # a free local port for the duration of the run, and stops it afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,15 @@ if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/initdb" ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
   PG_BIN="$(find_pg_bin)"
 fi
+
+if ! command -v promtool >/dev/null 2>&1; then
+  log "installing promtool (package prometheus) to check the /metrics format"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    prometheus >/dev/null
+fi
+# The metrics test must run promtool here, not skip it.
+export NEOCLOUD_TEST_REQUIRE_PROMTOOL=1
 
 log "starting a throwaway PostgreSQL ($("$PG_BIN/postgres" --version))"
 PG_DIR="$(mktemp -d -t neocloud-pg.XXXXXX)"

@@ -44,7 +44,9 @@ pub struct AppState {
         (name = "tenancy", description = "Tenants, API keys and the audit trail."),
         (name = "instances", description = "Instances, quotas and the queue."),
         (name = "contracts", description = "Quotes, contracts and the capacity calendar."),
-        (name = "billing", description = "The price book and the usage ledger.")
+        (name = "billing", description = "The price book and the usage ledger."),
+        (name = "health", description = "Node lifecycle, health history and the XID policy."),
+        (name = "agent", description = "What node agents call: register and heartbeat.")
     )
 )]
 struct ApiDoc;
@@ -108,8 +110,51 @@ pub fn app(svc: Service) -> Router {
                 "this endpoint does not support that method; see /v1/openapi.json",
             ))
         })
+        .route("/metrics", axum::routing::get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            AppState { svc: svc.clone() },
+            record_request,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(AppState { svc })
+}
+
+/// Prometheus metrics (no key: scrape it from inside the operator's network).
+async fn metrics(
+    axum::extract::State(st): axum::extract::State<AppState>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let body = st.svc.metrics_text().await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// Counts every request by its route template, method and status, and times it.
+async fn record_request(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    st.svc.record_http(
+        &route,
+        &method,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    resp
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then finishes in-flight requests.

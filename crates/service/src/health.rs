@@ -736,6 +736,9 @@ impl Service {
                 .map_or(l.acked_seq, |e| e.seq.max(l.acked_seq));
             l.samples = hb.gpus;
             l.dirty = true;
+            crate::metrics::METRICS
+                .heartbeats
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if facts.is_empty() {
                 l.flags = flags;
                 l.acked_seq = new_seq;
@@ -864,6 +867,10 @@ impl Service {
             })
             .collect();
         Store::health_event_insert(&mut tx, &rows).await?;
+        crate::metrics::METRICS.health_events.fetch_add(
+            u64::try_from(rows.len()).unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
 
         // The worst fact decides the node's fate.
         let worst = facts.iter().max_by_key(|f| f.action);
@@ -1623,19 +1630,24 @@ impl Service {
         Ok(())
     }
 
-    /// How many nodes have an agent, and how many were heard from within one interval.
-    pub fn agent_counts(&self) -> (usize, usize) {
+    /// Registered agents, those heard from within two intervals, and the longest silence
+    /// (seconds) among nodes in service.
+    pub(crate) fn agent_stats(&self) -> (usize, usize, f64) {
         let now = Timestamp::now();
         let live = lock(&self.health.live);
+        let window = i64::from(self.health.interval_secs) * 2;
         let fresh = live
             .values()
-            .filter(|l| {
-                l.last_seen
-                    .plus_seconds(i64::from(self.health.interval_secs) * 2)
-                    >= now
-            })
+            .filter(|l| l.last_seen.plus_seconds(window) >= now)
             .count();
-        (live.len(), fresh)
+        let lag = live
+            .values()
+            .filter(|l| crate::metrics::in_service(l.state))
+            .map(|l| (now.micros() - l.last_seen.micros()).max(0))
+            .max()
+            .unwrap_or(0);
+        #[allow(clippy::cast_precision_loss)]
+        (live.len(), fresh, lag as f64 / 1e6)
     }
 }
 

@@ -11,6 +11,7 @@ mod contracts;
 pub mod error;
 mod health;
 mod instances;
+mod metrics;
 mod requests;
 mod scheduler;
 mod writer;

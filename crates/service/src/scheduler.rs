@@ -218,7 +218,12 @@ impl Sched {
         &mut self,
         req: &Request,
     ) -> Result<Allocation, neocloud_allocator::Refusal> {
+        let started = std::time::Instant::now();
         let r = self.alloc.place(req);
+        let m = &crate::metrics::METRICS;
+        m.decision.observe(started.elapsed().as_secs_f64());
+        let counter = if r.is_ok() { &m.placed } else { &m.refused };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(a) = &r
             && let Some(k) = sold_key(a)
         {
@@ -302,6 +307,9 @@ impl Sched {
             event(&mut tx, None, &i, "instance.preempted", before, None).await?;
             tx.commit().await?;
             self.release(i.id);
+            crate::metrics::METRICS
+                .preemptions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             changed += 1;
         }
         // The queue, in priority order.

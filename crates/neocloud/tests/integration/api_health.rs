@@ -715,3 +715,108 @@ both_backends!(
         assert_eq!(i["placement"][0]["node"], host);
     }
 );
+
+both_backends!(
+    metrics_follow_the_fleet_and_the_prometheus_format,
+    |ctx: TestContext| async move {
+        let enroll = setup(&ctx).await;
+        let host = "e-p1-l2-n4";
+        let key = register(&ctx, &enroll, host).await;
+        ctx.post("/v1/agent/heartbeat", &key, &beat(host, vec![]))
+            .await
+            .expect(200);
+        ctx.get(&format!("/v1/nodes/{host}"), &ctx.operator_key)
+            .await
+            .expect(200);
+        ctx.post(
+            &format!("/v1/nodes/{host}/cordon"),
+            &ctx.operator_key,
+            &json!({}),
+        )
+        .await
+        .expect(200);
+        // No key needed: Prometheus scrapes it from the operator's network.
+        let r = ctx
+            .send(reqwest::Method::GET, "/metrics", None, None, &[])
+            .await;
+        assert_eq!(r.status.as_u16(), 200);
+        assert!(
+            r.headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain; version=0.0.4")
+        );
+        let text = r.body.as_str().unwrap().to_string();
+        for want in [
+            "neocloud_gpus{site=\"east\",gpu_model=\"H100-SXM-80GB\",state=\"available\"} 56",
+            "neocloud_gpus{site=\"east\",gpu_model=\"H100-SXM-80GB\",state=\"cordoned\"} 8",
+            "neocloud_site_power_watts{site=\"east\",kind=\"budget\"} 2000000",
+            "neocloud_agents{status=\"registered\"} 1",
+            "neocloud_queue_length 0",
+            "neocloud_http_requests_total{route=\"/v1/nodes/{node}\",method=\"GET\",status=\"200\"}",
+            "neocloud_http_request_duration_seconds_bucket{route=\"/v1/agent/heartbeat\",le=\"+Inf\"}",
+            "neocloud_allocator_decision_seconds_count",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        // The exposition format: every sample belongs to a family announced with HELP and
+        // TYPE, counters end in _total, and every value is a number.
+        let mut families = std::collections::HashMap::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                families.insert(name.to_string(), kind.to_string());
+                if kind == "counter" {
+                    assert!(name.ends_with("_total"), "{name}");
+                }
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            let name = series.split('{').next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    name.strip_suffix(s)
+                        .filter(|f| families.get(*f).is_some_and(|k| k == "histogram"))
+                })
+                .unwrap_or(name);
+            assert!(families.contains_key(family), "no TYPE for {line}");
+        }
+        // Checked by Prometheus's own linter (scripts/test.sh installs it and requires it).
+        let have = std::process::Command::new("promtool")
+            .arg("--version")
+            .output()
+            .is_ok();
+        assert!(
+            have || std::env::var("NEOCLOUD_TEST_REQUIRE_PROMTOOL").is_err(),
+            "promtool is required but not installed"
+        );
+        if have {
+            use std::io::Write;
+            let mut child = std::process::Command::new("promtool")
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let o = child.wait_with_output().unwrap();
+            assert!(
+                o.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
+);

@@ -1,0 +1,306 @@
+//! Prometheus metrics: counters and histograms kept in memory, gauges read at scrape time,
+//! rendered in the text exposition format (version 0.0.4).
+//!
+//! Names follow Prometheus conventions: a `neocloud_` prefix, base units in the name
+//! (`_seconds`, `_watts`), `_total` on counters.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use neocloud_types::NodeState;
+
+use crate::Service;
+use crate::error::Result;
+
+/// Upper bounds of latency buckets, seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Default)]
+pub(crate) struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn observe(&self, secs: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.counts[i].fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let micros = (secs * 1e6).max(0.0);
+        // Saturating float→int conversion: `as` clamps, which is what a sum wants.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        self.sum_micros.fetch_add(micros as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
+/// What the control plane counts as it runs.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    pub(crate) placed: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) decision: Histogram,
+    pub(crate) preemptions: AtomicU64,
+    pub(crate) heartbeats: AtomicU64,
+    pub(crate) health_events: AtomicU64,
+    /// HTTP requests by (route, method, status), and latency by route.
+    http: Mutex<BTreeMap<(String, String, u16), u64>>,
+    http_latency: Mutex<BTreeMap<String, std::sync::Arc<Histogram>>>,
+}
+
+/// The process's metrics. One control plane runs per process; tests that start several
+/// share these counters (they assert increases, never exact totals).
+pub(crate) static METRICS: std::sync::LazyLock<Metrics> =
+    std::sync::LazyLock::new(Metrics::default);
+
+/// Escapes a label value.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+impl Service {
+    /// Records one HTTP request: `route` is the matched path template (never the raw path,
+    /// so ids do not explode the series).
+    pub fn record_http(&self, route: &str, method: &str, status: u16, secs: f64) {
+        let m = &*METRICS;
+        if let Ok(mut h) = m.http.lock() {
+            *h.entry((route.to_string(), method.to_string(), status))
+                .or_default() += 1;
+        }
+        let hist = m.http_latency.lock().ok().map(|mut l| {
+            l.entry(route.to_string())
+                .or_insert_with(Default::default)
+                .clone()
+        });
+        if let Some(h) = hist {
+            h.observe(secs);
+        }
+    }
+
+    /// Every metric, in the Prometheus text format.
+    pub async fn metrics_text(&self) -> Result<String> {
+        let mut out = String::with_capacity(16 * 1024);
+        let m = &*METRICS;
+
+        head(
+            &mut out,
+            "neocloud_gpus",
+            "gauge",
+            "GPUs by site, model and node state.",
+        );
+        for (site, model, state, gpus) in self.store.gpu_counts_by_state().await? {
+            let _ = writeln!(
+                out,
+                "neocloud_gpus{{site=\"{}\",gpu_model=\"{}\",state=\"{}\"}} {gpus}",
+                esc(&site),
+                esc(&model),
+                esc(&state)
+            );
+        }
+        {
+            let sched = self.sched.lock().await;
+            head(
+                &mut out,
+                "neocloud_gpus_allocated",
+                "gauge",
+                "GPUs held by instances, by site, model and class.",
+            );
+            let mut by: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+            for a in sched.alloc.allocations() {
+                let site = sched
+                    .sites
+                    .iter()
+                    .find(|s| s.id == a.site)
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default();
+                *by.entry((site, a.gpu_model.clone(), a.class.to_string()))
+                    .or_default() += a.gpu_count();
+            }
+            for ((site, model, class), n) in by {
+                let _ = writeln!(
+                    out,
+                    "neocloud_gpus_allocated{{site=\"{}\",gpu_model=\"{}\",class=\"{}\"}} {n}",
+                    esc(&site),
+                    esc(&model),
+                    esc(&class)
+                );
+            }
+            head(
+                &mut out,
+                "neocloud_site_power_watts",
+                "gauge",
+                "Facility power of a site: allocated (placements, × PUE) and its budget.",
+            );
+            for s in &sched.sites {
+                let p = sched.alloc.site_power(s.id);
+                let _ = writeln!(
+                    out,
+                    "neocloud_site_power_watts{{site=\"{}\",kind=\"allocated\"}} {}",
+                    esc(&s.name),
+                    p.allocated_watts
+                );
+                let _ = writeln!(
+                    out,
+                    "neocloud_site_power_watts{{site=\"{}\",kind=\"budget\"}} {}",
+                    esc(&s.name),
+                    s.power_budget_watts
+                );
+            }
+            head(
+                &mut out,
+                "neocloud_queue_length",
+                "gauge",
+                "Instances waiting for capacity.",
+            );
+            let _ = writeln!(out, "neocloud_queue_length {}", sched.queue.len());
+        }
+        head(
+            &mut out,
+            "neocloud_allocator_decisions_total",
+            "counter",
+            "Placement decisions by result.",
+        );
+        let _ = writeln!(
+            out,
+            "neocloud_allocator_decisions_total{{result=\"placed\"}} {}",
+            m.placed.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "neocloud_allocator_decisions_total{{result=\"refused\"}} {}",
+            m.refused.load(Ordering::Relaxed)
+        );
+        head(
+            &mut out,
+            "neocloud_allocator_decision_seconds",
+            "histogram",
+            "Time to decide a placement (in memory).",
+        );
+        m.decision
+            .render(&mut out, "neocloud_allocator_decision_seconds", "");
+        head(
+            &mut out,
+            "neocloud_preemptions_total",
+            "counter",
+            "Instances preempted (their notice ran out).",
+        );
+        let _ = writeln!(
+            out,
+            "neocloud_preemptions_total {}",
+            m.preemptions.load(Ordering::Relaxed)
+        );
+        let (agents, fresh, lag) = self.agent_stats();
+        head(
+            &mut out,
+            "neocloud_agents",
+            "gauge",
+            "Node agents: registered, and heard from within two intervals.",
+        );
+        let _ = writeln!(out, "neocloud_agents{{status=\"registered\"}} {agents}");
+        let _ = writeln!(out, "neocloud_agents{{status=\"fresh\"}} {fresh}");
+        head(
+            &mut out,
+            "neocloud_heartbeat_lag_seconds",
+            "gauge",
+            "Longest time since a node's agent was heard from, among nodes in service.",
+        );
+        let _ = writeln!(out, "neocloud_heartbeat_lag_seconds {lag}");
+        head(
+            &mut out,
+            "neocloud_heartbeats_total",
+            "counter",
+            "Heartbeats accepted.",
+        );
+        let _ = writeln!(
+            out,
+            "neocloud_heartbeats_total {}",
+            m.heartbeats.load(Ordering::Relaxed)
+        );
+        head(
+            &mut out,
+            "neocloud_health_events_total",
+            "counter",
+            "Health facts stored (XIDs, flags, burn-in results, lost heartbeats).",
+        );
+        let _ = writeln!(
+            out,
+            "neocloud_health_events_total {}",
+            m.health_events.load(Ordering::Relaxed)
+        );
+        head(
+            &mut out,
+            "neocloud_http_requests_total",
+            "counter",
+            "HTTP requests by route, method and status.",
+        );
+        if let Ok(h) = m.http.lock() {
+            for ((route, method, status), n) in h.iter() {
+                let _ = writeln!(
+                    out,
+                    "neocloud_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
+                    esc(route),
+                    esc(method)
+                );
+            }
+        }
+        head(
+            &mut out,
+            "neocloud_http_request_duration_seconds",
+            "histogram",
+            "HTTP request latency by route.",
+        );
+        let routes: Vec<(String, std::sync::Arc<Histogram>)> = m
+            .http_latency
+            .lock()
+            .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        for (route, h) in routes {
+            h.render(
+                &mut out,
+                "neocloud_http_request_duration_seconds",
+                &format!("route=\"{}\"", esc(&route)),
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Whether a node in this state is expected to heartbeat.
+pub(crate) fn in_service(s: NodeState) -> bool {
+    !matches!(s, NodeState::Failed | NodeState::Maintenance)
+}

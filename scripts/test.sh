@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with Rust:
 #   formatting, clippy with -D warnings, and every test on SQLite and on PostgreSQL.
-# Installs PostgreSQL (and promtool, to check /metrics) from Debian's packages if missing, starts a throwaway cluster on
-# a free local port for the duration of the run, and stops it afterwards.
+# Installs PostgreSQL, and promtool to check /metrics, from Debian's packages if missing;
+# starts a throwaway PostgreSQL cluster on a free local port for the duration of the run,
+# and stops it afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -121,9 +121,9 @@ pub struct GpuHistory {
 /// xid-errors) and its GPU memory error management guide (row remapping); the actions follow
 /// the catalogue's "recommended action" column: application faults are ignored, faults that
 /// need a GPU reset drain the node, faults that need a board or driver replacement fail it.
-pub fn builtin_xid_rules() -> Vec<(u32, HealthAction, &'static str)> {
+pub fn builtin_xid_rules() -> &'static [(u32, HealthAction, &'static str)] {
     use HealthAction::*;
-    vec![
+    &[
         (13, Ignore, "graphics engine exception (application fault)"),
         (31, Ignore, "GPU memory page fault (application fault)"),
         (43, Ignore, "GPU stopped processing (application fault)"),
@@ -249,9 +249,9 @@ impl Monitor {
             return *a;
         }
         builtin_xid_rules()
-            .into_iter()
+            .iter()
             .find(|(c, _, _)| *c == code)
-            .map_or(UNKNOWN_XID, |(_, a, _)| a)
+            .map_or(UNKNOWN_XID, |(_, a, _)| *a)
     }
 
     fn set_state(&self, node: NodeId, state: NodeState, burn_in: Option<Option<String>>) {
@@ -459,6 +459,27 @@ struct Change {
     heal: bool,
 }
 
+impl Change {
+    /// A move to `to` for `reason` as of `at`, touching nothing else.
+    fn to(to: NodeState, reason: String, at: Timestamp) -> Change {
+        Change {
+            to,
+            reason,
+            at,
+            burn_in: None,
+            burn_in_passed: false,
+            gpus: Vec::new(),
+            heal: false,
+        }
+    }
+
+    /// The same change, also setting the burn-in waited for (`None` clears it).
+    fn burn_in(mut self, id: Option<String>) -> Change {
+        self.burn_in = Some(id);
+        self
+    }
+}
+
 /// What to do in memory once the change is committed.
 #[derive(Default)]
 struct After {
@@ -571,15 +592,12 @@ impl Service {
                     &mut sched,
                     &mut tx,
                     &node,
-                    Change {
-                        to: NodeState::BurnIn,
-                        reason: "agent registered; burn-in check requested".into(),
-                        at: now,
-                        burn_in: Some(Some(id.clone())),
-                        burn_in_passed: false,
-                        gpus: Vec::new(),
-                        heal: false,
-                    },
+                    Change::to(
+                        NodeState::BurnIn,
+                        "agent registered; burn-in check requested".into(),
+                        now,
+                    )
+                    .burn_in(Some(id.clone())),
                     Some(p.key_id),
                 )
                 .await?;
@@ -893,13 +911,9 @@ impl Service {
             match w.action {
                 HealthAction::Fail if node.state != NodeState::Failed => {
                     change = Some(Change {
-                        to: NodeState::Failed,
-                        reason,
-                        at: w.at.min(Timestamp::now()),
-                        burn_in: Some(None),
-                        burn_in_passed: false,
                         gpus: gpus.clone(),
-                        heal: false,
+                        ..Change::to(NodeState::Failed, reason, w.at.min(Timestamp::now()))
+                            .burn_in(None)
                     });
                 }
                 HealthAction::Drain
@@ -912,13 +926,9 @@ impl Service {
                     ) =>
                 {
                     change = Some(Change {
-                        to: NodeState::Draining,
-                        reason,
-                        at: w.at.min(Timestamp::now()),
-                        burn_in: Some(None),
-                        burn_in_passed: false,
                         gpus: gpus.clone(),
-                        heal: false,
+                        ..Change::to(NodeState::Draining, reason, w.at.min(Timestamp::now()))
+                            .burn_in(None)
                     });
                 }
                 _ => {}
@@ -935,24 +945,17 @@ impl Service {
                 }
                 change = Some(if *passed {
                     Change {
-                        to: NodeState::Available,
-                        reason: "burn-in passed".into(),
-                        at: Timestamp::now(),
-                        burn_in: Some(None),
                         burn_in_passed: true,
-                        gpus: Vec::new(),
-                        heal: false,
+                        ..Change::to(
+                            NodeState::Available,
+                            "burn-in passed".into(),
+                            Timestamp::now(),
+                        )
+                        .burn_in(None)
                     }
                 } else {
-                    Change {
-                        to: NodeState::Maintenance,
-                        reason: f.detail.clone(),
-                        at: Timestamp::now(),
-                        burn_in: Some(None),
-                        burn_in_passed: false,
-                        gpus: Vec::new(),
-                        heal: false,
-                    }
+                    Change::to(NodeState::Maintenance, f.detail.clone(), Timestamp::now())
+                        .burn_in(None)
                 });
             }
         }
@@ -963,6 +966,7 @@ impl Service {
         }
         let new_state = change.as_ref().map_or(node.state, |c| c.to);
         let burn_in_change = change.as_ref().and_then(|c| c.burn_in.clone());
+        let passed = change.as_ref().is_some_and(|c| c.burn_in_passed);
         let after = match change {
             Some(c) => {
                 self.node_change(&mut sched, &mut tx, &node, c, actor)
@@ -984,6 +988,10 @@ impl Service {
                 l.state = new_state;
                 if let Some(b) = burn_in_change {
                     l.burn_in = b;
+                }
+                if passed {
+                    // Re-verification counts from here, not from what was loaded at start.
+                    l.burn_in_passed_at = Some(Timestamp::now());
                 }
             }
         }
@@ -1185,28 +1193,18 @@ impl Service {
         let change = match op {
             "cordon" => match node.state {
                 NodeState::Cordoned => return Ok(node),
-                NodeState::Available | NodeState::Allocated | NodeState::BurnIn => Change {
-                    to: NodeState::Cordoned,
-                    reason: reason("cordoned by an operator"),
-                    at: now,
-                    burn_in: None,
-                    burn_in_passed: false,
-                    gpus: Vec::new(),
-                    heal: false,
-                },
+                NodeState::Available | NodeState::Allocated | NodeState::BurnIn => {
+                    Change::to(NodeState::Cordoned, reason("cordoned by an operator"), now)
+                }
                 _ => return Err(bad("available, allocated or burn_in")),
             },
             "uncordon" => match node.state {
                 NodeState::Available | NodeState::Allocated => return Ok(node),
-                NodeState::Cordoned | NodeState::Draining => Change {
-                    to: NodeState::Available,
-                    reason: reason("uncordoned by an operator"),
-                    at: now,
-                    burn_in: None,
-                    burn_in_passed: false,
-                    gpus: Vec::new(),
-                    heal: false,
-                },
+                NodeState::Cordoned | NodeState::Draining => Change::to(
+                    NodeState::Available,
+                    reason("uncordoned by an operator"),
+                    now,
+                ),
                 _ => return Err(bad("cordoned or draining")),
             },
             "drain" => match node.state {
@@ -1215,26 +1213,21 @@ impl Service {
                 | NodeState::Allocated
                 | NodeState::Cordoned
                 | NodeState::BurnIn
-                | NodeState::Provisioning => Change {
-                    to: NodeState::Draining,
-                    reason: reason("drained by an operator"),
-                    at: now,
-                    burn_in: Some(None),
-                    burn_in_passed: false,
-                    gpus: Vec::new(),
-                    heal: false,
-                },
+                | NodeState::Provisioning => {
+                    Change::to(NodeState::Draining, reason("drained by an operator"), now)
+                        .burn_in(None)
+                }
                 NodeState::Failed => return Err(bad("in-service")),
             },
             "repair-complete" => match node.state {
                 NodeState::Maintenance | NodeState::Failed => Change {
-                    to: NodeState::BurnIn,
-                    reason: reason("repair complete; burn-in check requested"),
-                    at: now,
-                    burn_in: Some(Some(new_burn_in_id())),
-                    burn_in_passed: false,
-                    gpus: Vec::new(),
                     heal: true,
+                    ..Change::to(
+                        NodeState::BurnIn,
+                        reason("repair complete; burn-in check requested"),
+                        now,
+                    )
+                    .burn_in(Some(new_burn_in_id()))
                 },
                 _ => return Err(bad("maintenance or failed")),
             },
@@ -1341,8 +1334,8 @@ impl Service {
         auth::authorize(p, Action::ReadFleet)?;
         let overrides = self.store.health_rule_list().await?;
         let mut rules: std::collections::BTreeMap<u32, XidRule> = builtin_xid_rules()
-            .into_iter()
-            .map(|(code, action, meaning)| {
+            .iter()
+            .map(|&(code, action, meaning)| {
                 (
                     code,
                     XidRule {
@@ -1528,15 +1521,12 @@ impl Service {
                     &mut sched,
                     &mut tx,
                     &n,
-                    Change {
-                        to: NodeState::BurnIn,
-                        reason: "periodic re-verification of an idle node".into(),
-                        at: now,
-                        burn_in: Some(Some(id.clone())),
-                        burn_in_passed: false,
-                        gpus: Vec::new(),
-                        heal: false,
-                    },
+                    Change::to(
+                        NodeState::BurnIn,
+                        "periodic re-verification of an idle node".into(),
+                        now,
+                    )
+                    .burn_in(Some(id.clone())),
                     None,
                 )
                 .await?;
@@ -1565,20 +1555,16 @@ impl Service {
                     &mut sched,
                     &mut tx,
                     &n,
-                    Change {
-                        to: NodeState::Maintenance,
-                        reason: format!(
+                    Change::to(
+                        NodeState::Maintenance,
+                        format!(
                             "drained ({})",
                             n.state_reason
                                 .clone()
                                 .unwrap_or_else(|| "no reason given".into())
                         ),
-                        at: now,
-                        burn_in: None,
-                        burn_in_passed: false,
-                        gpus: Vec::new(),
-                        heal: false,
-                    },
+                        now,
+                    ),
                     None,
                 )
                 .await?;

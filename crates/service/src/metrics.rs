@@ -93,6 +93,18 @@ fn head(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// A family of plain samples: its HELP and TYPE, then one line per (labels, value).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, String)]) {
+    head(out, name, kind, help);
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
 impl Service {
     /// Records one HTTP request: `route` is the matched path template (never the raw path,
     /// so ids do not explode the series).
@@ -181,29 +193,24 @@ impl Service {
                     s.power_budget_watts
                 );
             }
-            head(
+            family(
                 &mut out,
                 "neocloud_queue_length",
                 "gauge",
                 "Instances waiting for capacity.",
+                &[("", sched.queue.len().to_string())],
             );
-            let _ = writeln!(out, "neocloud_queue_length {}", sched.queue.len());
         }
-        head(
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
+        family(
             &mut out,
             "neocloud_allocator_decisions_total",
             "counter",
             "Placement decisions by result.",
-        );
-        let _ = writeln!(
-            out,
-            "neocloud_allocator_decisions_total{{result=\"placed\"}} {}",
-            m.placed.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "neocloud_allocator_decisions_total{{result=\"refused\"}} {}",
-            m.refused.load(Ordering::Relaxed)
+            &[
+                ("result=\"placed\"", load(&m.placed)),
+                ("result=\"refused\"", load(&m.refused)),
+            ],
         );
         head(
             &mut out,
@@ -213,54 +220,44 @@ impl Service {
         );
         m.decision
             .render(&mut out, "neocloud_allocator_decision_seconds", "");
-        head(
+        family(
             &mut out,
             "neocloud_preemptions_total",
             "counter",
             "Instances preempted (their notice ran out).",
-        );
-        let _ = writeln!(
-            out,
-            "neocloud_preemptions_total {}",
-            m.preemptions.load(Ordering::Relaxed)
+            &[("", load(&m.preemptions))],
         );
         let (agents, fresh, lag) = self.agent_stats();
-        head(
+        family(
             &mut out,
             "neocloud_agents",
             "gauge",
             "Node agents: registered, and heard from within two intervals.",
+            &[
+                ("status=\"registered\"", agents.to_string()),
+                ("status=\"fresh\"", fresh.to_string()),
+            ],
         );
-        let _ = writeln!(out, "neocloud_agents{{status=\"registered\"}} {agents}");
-        let _ = writeln!(out, "neocloud_agents{{status=\"fresh\"}} {fresh}");
-        head(
+        family(
             &mut out,
             "neocloud_heartbeat_lag_seconds",
             "gauge",
             "Longest time since a node's agent was heard from, among nodes in service.",
+            &[("", lag.to_string())],
         );
-        let _ = writeln!(out, "neocloud_heartbeat_lag_seconds {lag}");
-        head(
+        family(
             &mut out,
             "neocloud_heartbeats_total",
             "counter",
             "Heartbeats accepted.",
+            &[("", load(&m.heartbeats))],
         );
-        let _ = writeln!(
-            out,
-            "neocloud_heartbeats_total {}",
-            m.heartbeats.load(Ordering::Relaxed)
-        );
-        head(
+        family(
             &mut out,
             "neocloud_health_events_total",
             "counter",
             "Health facts stored (XIDs, flags, burn-in results, lost heartbeats).",
-        );
-        let _ = writeln!(
-            out,
-            "neocloud_health_events_total {}",
-            m.health_events.load(Ordering::Relaxed)
+            &[("", load(&m.health_events))],
         );
         head(
             &mut out,

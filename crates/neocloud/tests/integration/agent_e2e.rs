@@ -14,24 +14,7 @@ use crate::ctx::temp_dir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_neocloud");
 
-const FLEET: &str = r#"
-[[sites]]
-name = "east"
-region = "us-east"
-power_mw = 2
-pue = 1.1
-[[sites.node_groups]]
-gpu_model = "H100-SXM-80GB"
-gpus = 8
-peak_watts = 10000
-idle_watts = 2000
-nodes_per_block = 4
-layout = [
-  { kind = "pod", count = 1, name = "e-p{n}" },
-  { kind = "leaf_group", count = 2, name = "{parent}-l{n}" },
-]
-name = "{block}-n{n}"
-"#;
+use crate::api_health::FLEET;
 
 /// A `neocloud serve` process.
 struct Server {
@@ -317,6 +300,59 @@ fn agents_heartbeat_fail_on_xid_79_and_deliver_buffered_events_once() {
     assert_eq!(
         json!(h.iter().find(|e| e["code"] == 13).unwrap()["action"]),
         json!("ignore")
+    );
+
+    // The operator's side through the CLI: repair, then the agent's burn-in passes and the
+    // node is back; the GPU that failed keeps its history; cordon and the XID policy.
+    let n = cli(
+        &addr,
+        &op,
+        &[
+            "nodes",
+            "repair-complete",
+            &host,
+            "--reason",
+            "GPU 3 reseated",
+        ],
+    );
+    assert_eq!(n["state"], "burn_in");
+    wait_for(20, "the burn-in to pass", || {
+        (cli(&addr, &op, &["nodes", "show", &host])["state"] == "available").then_some(())
+    });
+    let uuid = node["gpus"][3]["uuid"].as_str().unwrap();
+    let g = cli(&addr, &op, &["gpus", "history", uuid]);
+    assert_eq!(
+        (g["node"].as_str(), g["failures"].as_u64()),
+        (Some(host.as_str()), Some(1))
+    );
+    assert_eq!(
+        cli(&addr, &op, &["nodes", "cordon", &spare])["state"],
+        "cordoned"
+    );
+    assert_ne!(
+        cli(&addr, &op, &["nodes", "uncordon", &spare])["state"],
+        "cordoned"
+    );
+    let rules = cli(
+        &addr,
+        &op,
+        &["health", "set-rule", "31", "--action", "drain"],
+    );
+    let rule = |rules: &Value, code: u64| {
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["code"] == code)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(rule(&rules, 31)["source"], "override");
+    let rules = cli(&addr, &op, &["health", "reset-rule", "31"]);
+    assert_eq!(rule(&rules, 31)["action"], "ignore");
+    assert_eq!(
+        rule(&cli(&addr, &op, &["health", "rules"]), 79)["action"],
+        "fail"
     );
 
     // SIGTERM stops the agent cleanly.

@@ -8,7 +8,7 @@ use crate::both_backends;
 use crate::ctx::TestContext;
 
 /// One site, one pod, two leaf groups of 4 nodes of 8 H100: 64 GPUs.
-const FLEET: &str = r#"
+pub(crate) const FLEET: &str = r#"
 [[sites]]
 name = "east"
 region = "us-east"

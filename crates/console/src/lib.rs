@@ -1,0 +1,1 @@
+//! The web console served by `neocloud serve` at `/`.

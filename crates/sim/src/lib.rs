@@ -1,0 +1,1 @@
+//! The capacity planner behind `neocloud sim` (issue "Plan it").

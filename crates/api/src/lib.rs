@@ -111,12 +111,14 @@ pub fn app(svc: Service) -> Router {
             ))
         })
         .route("/metrics", axum::routing::get(metrics))
+        .with_state(AppState { svc: svc.clone() })
+        // The web console: HTML pages at `/`, outside `/v1`, calling the same service.
+        .merge(neocloud_console::router(svc.clone()))
         .layer(axum::middleware::from_fn_with_state(
-            AppState { svc: svc.clone() },
+            AppState { svc },
             record_request,
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(AppState { svc })
 }
 
 /// Prometheus metrics (no key: scrape it from inside the operator's network).

@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod billing;
+mod console;
 mod contracts;
 pub mod error;
 mod health;
@@ -25,6 +26,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use auth::{Action, Principal};
+pub use console::{GpuStateCount, MapCell, SiteMap};
 pub use contracts::{CapacityLine, ClassCount, Committed, GangRoom};
 pub use error::{Error, ErrorCode, FieldError, Result};
 pub use health::{GpuHistory, HealthAction, NodeOperation, SetXidRule, XidRule, builtin_xid_rules};
@@ -89,8 +91,18 @@ struct CachedKey {
 /// An available node whose GPUs are all held reads as `allocated` (derived, not stored: a
 /// launch never writes the node row).
 fn allocated_view(alloc: &neocloud_allocator::Allocator, n: &mut Node) {
-    if n.state == neocloud_types::NodeState::Available && alloc.node_full(n.id) == Some(true) {
-        n.state = neocloud_types::NodeState::Allocated;
+    n.state = allocated_view_state(alloc, n.id, n.state);
+}
+
+fn allocated_view_state(
+    alloc: &neocloud_allocator::Allocator,
+    id: neocloud_types::NodeId,
+    state: neocloud_types::NodeState,
+) -> neocloud_types::NodeState {
+    if state == neocloud_types::NodeState::Available && alloc.node_full(id) == Some(true) {
+        neocloud_types::NodeState::Allocated
+    } else {
+        state
     }
 }
 

@@ -15,6 +15,7 @@ mod contracts;
 mod fleet;
 mod health;
 mod instances;
+mod map;
 mod tenancy;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub use contracts::*;
 pub use fleet::*;
 pub use health::*;
 pub use instances::*;
+pub use map::*;
 pub use tenancy::*;
 
 /// The database driver's error, for callers that classify failures.

@@ -19,5 +19,6 @@ mod api_health;
 mod api_instances;
 mod api_tenancy;
 mod cli;
+mod console;
 mod openapi;
 mod store;

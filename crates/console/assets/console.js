@@ -1,0 +1,24 @@
+// neocloud console: small progressive enhancement. Every page works without it.
+"use strict";
+document.addEventListener("DOMContentLoaded", () => {
+  // Ask before destructive forms (terminate, drain, ...).
+  for (const form of document.querySelectorAll("form[data-confirm]")) {
+    form.addEventListener("submit", (e) => {
+      if (!window.confirm(form.dataset.confirm)) e.preventDefault();
+    });
+  }
+  // A click on the topology map opens the node drawn there: the server turns map
+  // coordinates into the node, so the page need not carry 27,500 node names.
+  const wrap = document.querySelector(".mapwrap");
+  const svg = wrap && wrap.querySelector("svg");
+  if (svg) {
+    svg.addEventListener("click", (e) => {
+      const m = svg.getScreenCTM();
+      if (!m) return;
+      const pt = new DOMPoint(e.clientX, e.clientY).matrixTransform(m.inverse());
+      const x = Math.floor(pt.x), y = Math.floor(pt.y);
+      if (x < 0 || y < 0) return;
+      window.location.href = wrap.dataset.at + "?x=" + x + "&y=" + y;
+    });
+  }
+});

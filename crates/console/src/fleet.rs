@@ -1,0 +1,383 @@
+//! Operator pages about the fleet: the overview of every site, a site's topology map, a
+//! node with its GPUs and health history, and a GPU's history across nodes.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{Markup, PreEscaped, html};
+use neocloud_service::{Action, NodeOperation, auth};
+use neocloud_types::Class;
+
+use crate::layout::{Page, num, pct, ts, ts_opt};
+use crate::map::{ColorBy, Layout, STATE_KEYS, state_key, tenant_order};
+use crate::svg::{Series, meter, stacked_bars};
+use crate::{Console, PageError, Session, url_encode};
+
+const CLASSES: [(Class, &str); 4] = [
+    (Class::Reserved, "reserved"),
+    (Class::Internal, "internal"),
+    (Class::OnDemand, "on-demand"),
+    (Class::Spot, "spot"),
+];
+
+/// The operator's home page: every site with its GPUs by state and class and its power.
+pub async fn overview_response(st: &Console, session: Session) -> Result<Response, PageError> {
+    let p = &session.principal;
+    let sites = st.svc.site_list(p).await?;
+    let lines = st.svc.capacity(p, None, None, Some(1)).await?;
+    let states = st.svc.gpu_state_counts(p).await?;
+    let mut by_state: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for s in &states {
+        *by_state
+            .entry((s.site.as_str(), s.state.as_str()))
+            .or_default() += s.gpus;
+    }
+    // Per site: allocated GPUs by class, power.
+    let mut alloc: BTreeMap<&str, BTreeMap<Class, u64>> = BTreeMap::new();
+    let mut power: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    let mut free: BTreeMap<&str, u64> = BTreeMap::new();
+    for l in &lines {
+        let e = alloc.entry(l.site.as_str()).or_default();
+        for c in &l.allocated {
+            *e.entry(c.class).or_default() += c.gpus;
+        }
+        power.insert(
+            l.site.as_str(),
+            (l.site_power_watts, l.site_power_limit_watts),
+        );
+        *free.entry(l.site.as_str()).or_default() += l.free_gpus;
+    }
+    let categories: Vec<String> = sites.iter().map(|s| s.name.clone()).collect();
+    let mut series: Vec<Series> = CLASSES
+        .iter()
+        .map(|(c, name)| Series {
+            name: (*name).to_string(),
+            class: format!("cls-{name}"),
+            values: sites
+                .iter()
+                .map(|s| {
+                    alloc
+                        .get(s.name.as_str())
+                        .and_then(|m| m.get(c))
+                        .copied()
+                        .unwrap_or(0) as f64
+                })
+                .collect(),
+        })
+        .collect();
+    series.push(Series {
+        name: "free".into(),
+        class: "cls-free".into(),
+        values: sites
+            .iter()
+            .map(|s| free.get(s.name.as_str()).copied().unwrap_or(0) as f64)
+            .collect(),
+    });
+    let total_gpus: i64 = sites.iter().map(|s| s.gpu_count).sum();
+    let body = html! {
+        p.lede { (sites.len()) " sites, " (num(total_gpus)) " GPUs." }
+        (stacked_bars("GPUs by class per site", &categories, &series, ""))
+        div.cards {
+            @for s in &sites {
+                @let a = alloc.get(s.name.as_str());
+                @let held: u64 = a.map(|m| m.values().sum()).unwrap_or(0);
+                @let (pw, limit) = power.get(s.name.as_str()).copied().unwrap_or((0, s.power_budget_watts));
+                section.card data-site=(s.name) {
+                    h2 { a href={ "/sites/" (url_encode(&s.name)) } { (s.name) } }
+                    p.muted { (s.region) " · " (s.kind) " · PUE " (format!("{:.2}", f64::from(s.pue_milli) / 1000.0)) " · $" (s.energy_usd_per_mwh) "/MWh" }
+                    table.kv {
+                        tr { th { "GPUs" } td.num { (num(s.gpu_count)) } }
+                        @for m in &s.gpus_by_model {
+                            tr { th { (m.gpu_model) } td.num { (num(m.gpus)) } }
+                        }
+                        tr { th { "Nodes" } td.num { (num(s.node_count)) } }
+                        tr { th { "Allocated" } td.num { (num(held as i64)) " (" (pct(held as f64, s.gpu_count as f64)) ")" } }
+                    }
+                    h3 { "GPUs by node state" }
+                    table.kv {
+                        @for ((site, state), gpus) in &by_state {
+                            @if *site == s.name.as_str() {
+                                tr { th { span class={ "dot st-" (state) } {} (state) } td.num { (num(*gpus)) } }
+                            }
+                        }
+                    }
+                    h3 { "GPUs by class" }
+                    table.kv {
+                        @for (c, name) in &CLASSES {
+                            tr { th { span class={ "dot cls-" (name) } {} (name) } td.num { (num(a.and_then(|m| m.get(c)).copied().unwrap_or(0) as i64)) } }
+                        }
+                    }
+                    h3 { "Power" }
+                    p {
+                        (meter("power", pw as f64, limit as f64))
+                        br;
+                        (format!("{:.1}", pw as f64 / 1e6)) " of " (format!("{:.1}", limit as f64 / 1e6)) " MW allocated (" (pct(pw as f64, limit as f64)) ")"
+                    }
+                    p { a href={ "/sites/" (url_encode(&s.name)) } { "Topology map →" } }
+                }
+            }
+        }
+    };
+    Ok(Page::new(&session, "overview", "Fleet").render(body))
+}
+
+#[derive(serde::Deserialize)]
+pub struct MapQuery {
+    #[serde(default)]
+    color: Option<String>,
+}
+
+fn color_of(q: Option<&str>) -> Result<ColorBy, PageError> {
+    match q {
+        None | Some("state") => Ok(ColorBy::State),
+        Some("tenant") => Ok(ColorBy::Tenant),
+        Some(other) => Err(PageError::Invalid(format!(
+            "color must be 'state' or 'tenant' (got '{other}')"
+        ))),
+    }
+}
+
+/// A site: capacity per model and the topology map.
+pub async fn site(
+    State(st): State<Console>,
+    session: Session,
+    Path(site): Path<String>,
+    query: Result<Query<MapQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, PageError> {
+    let Query(q) = query.map_err(|e| PageError::Invalid(e.body_text()))?;
+    let by = color_of(q.color.as_deref())?;
+    let p = &session.principal;
+    let map = st.svc.site_map(p, &site).await?;
+    let lines = st.svc.capacity(p, Some(&site), None, Some(1)).await?;
+    let layout = Layout::of(&map.cells);
+    let tenants = tenant_order(&map.cells);
+    let names = if by == ColorBy::Tenant {
+        crate::sales::tenant_names(&st, &session).await?
+    } else {
+        BTreeMap::new()
+    };
+    let svg = crate::map::render(&map.cells, &layout, by, &tenants);
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for c in &map.cells {
+        *counts.entry(state_key(c)).or_default() += 1;
+    }
+    let s = &map.site;
+    let base = format!("/sites/{}", url_encode(&s.name));
+    let body = html! {
+        p.muted { (s.region) " · " (num(s.node_count)) " nodes · " (num(s.gpu_count)) " GPUs" }
+        table.grid {
+            thead { tr { th { "GPU model" } th.num { "GPUs" } th.num { "sellable" } th.num { "committed now" } th.num { "free" } th.num { "stranded free" } th { "largest gang (nodes)" } } }
+            tbody {
+                @for l in &lines {
+                    tr {
+                        td { (l.gpu_model) }
+                        td.num { (num(l.total_gpus)) }
+                        td.num { (num(l.sellable_gpus)) }
+                        td.num { (num(l.committed_gpus_now)) }
+                        td.num { (num(l.free_gpus as i64)) }
+                        td.num { (num(l.stranded_free_gpus as i64)) }
+                        td { @for g in &l.largest_gang { (g.level) " " (g.nodes) " · " } }
+                    }
+                }
+            }
+        }
+        h2 { "Topology" }
+        p.toolbar {
+            "Colour by: "
+            a href={ (base) "?color=state" } class=[(by == ColorBy::State).then_some("active")] #color-state { "state" }
+            " · "
+            a href={ (base) "?color=tenant" } class=[(by == ColorBy::Tenant).then_some("active")] #color-tenant { "tenant" }
+            span.muted { " — one square per node, a row per leaf group or NVLink domain, a panel per pod. Click a node to open it." }
+        }
+        ul.legend {
+            @match by {
+                ColorBy::State => {
+                    @for (key, label) in STATE_KEYS {
+                        @let n = counts.get(key).copied().unwrap_or(0);
+                        @if n > 0 { li { span class={ "dot st-" (key) } {} (label) " " (num(n as i64)) } }
+                    }
+                }
+                ColorBy::Tenant => {
+                    @for (i, (t, n)) in tenants.iter().enumerate() {
+                        li { span class={ "dot t" (i.min(10)) } {} (names.get(t).map_or_else(|| t.to_string(), Clone::clone)) " " (num(*n as i64)) }
+                    }
+                    li { span.dot.t-none {} "no tenant " (num((map.cells.len() - tenants.iter().map(|t| t.1).sum::<usize>()) as i64)) }
+                }
+            }
+        }
+        div.mapwrap data-at={ (base) "/at" } data-color=(if by == ColorBy::Tenant { "tenant" } else { "state" }) {
+            (PreEscaped(svg))
+        }
+    };
+    Ok(Page::new(&session, "overview", format!("Site {}", s.name)).render(body))
+}
+
+#[derive(serde::Deserialize)]
+pub struct AtQuery {
+    x: u32,
+    y: u32,
+}
+
+/// Turns a click on the map into the node drawn there.
+pub async fn site_at(
+    State(st): State<Console>,
+    session: Session,
+    Path(site): Path<String>,
+    query: Result<Query<AtQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, PageError> {
+    let Query(q) = query.map_err(|_| {
+        PageError::Invalid("x and y must be map coordinates (whole numbers)".into())
+    })?;
+    let map = st.svc.site_map(&session.principal, &site).await?;
+    let layout = Layout::of(&map.cells);
+    match layout.locate(q.x, q.y) {
+        Some(i) => {
+            Ok(Redirect::to(&format!("/nodes/{}", url_encode(&map.cells[i].name))).into_response())
+        }
+        None => Ok(Redirect::to(&format!("/sites/{}", url_encode(&map.site.name))).into_response()),
+    }
+}
+
+/// One node: facts, GPUs with live telemetry, health history, and operator actions.
+pub async fn node(
+    State(st): State<Console>,
+    session: Session,
+    Path(node): Path<String>,
+) -> Result<Response, PageError> {
+    let p = &session.principal;
+    let n = st.svc.node_get(p, &node).await?;
+    let history = st.svc.node_health(p, &n.id.to_string(), Some(100)).await?;
+    let can_change = auth::allowed(p.role, Action::WriteFleet);
+    let body = html! {
+        table.kv {
+            tr { th { "State" } td { span class={ "dot st-" (n.state) } {} b #node-state { (n.state) } @if let Some(r) = &n.state_reason { " — " (r) } } }
+            tr { th { "Site" } td { a href={ "/sites/" (url_encode(&n.site)) } { (n.site) } } }
+            tr { th { "Blocks" } td { (n.block_path) } }
+            tr { th { "GPUs" } td { (n.gpu_count) " × " (n.gpu_model) } }
+            tr { th { "CPU / RAM" } td { (n.cpu_cores) " cores · " (n.ram_gib) " GiB" } }
+            tr { th { "Power" } td { (n.idle_watts) " W idle · " (n.peak_watts) " W peak" } }
+            tr { th { "Last heartbeat" } td { (ts_opt(n.last_heartbeat_at)) } }
+        }
+        @if can_change {
+            div.actions {
+                @for (op, label) in [("cordon", "Cordon"), ("uncordon", "Uncordon"), ("drain", "Drain"), ("repair-complete", "Repair complete")] {
+                    form method="post" action={ "/nodes/" (url_encode(&n.name)) "/" (op) } data-confirm={ (label) " " (n.name) "?" } {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        input type="text" name="reason" placeholder="reason" maxlength="200";
+                        button type="submit" id={ "op-" (op) } { (label) }
+                    }
+                }
+            }
+        }
+        h2 { "GPUs" }
+        table.grid {
+            thead { tr { th { "#" } th { "UUID" } th { "health" } th { "product" } th.num { "°C" } th.num { "W" } th.num { "util %" } th.num { "ECC corr." } th.num { "ECC uncorr." } th { "flags" } } }
+            tbody {
+                @for g in n.gpus.iter().flatten() {
+                    tr {
+                        td { (g.index) }
+                        td { @if let Some(u) = &g.uuid { a href={ "/gpus/" (url_encode(u)) } { (u) } } @else { span.muted { "not reported" } } }
+                        td { span class={ "dot gpu-" (g.health) } {} (g.health) }
+                        td { (g.product.as_deref().unwrap_or("—")) }
+                        @if let Some(t) = &g.telemetry {
+                            td.num { (t.temperature_c) } td.num { (t.power_watts) } td.num { (t.utilization_pct) }
+                            td.num { (t.ecc_corrected) } td.num { (t.ecc_uncorrected) }
+                            td { @if t.remap_pending { "remap pending " } @if t.remap_failed { "remap failed " } @if t.thermal_slowdown { "thermal slowdown" } }
+                        } @else {
+                            td.num { "—" } td.num { "—" } td.num { "—" } td.num { "—" } td.num { "—" } td {}
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Health history" }
+        (health_table(&history))
+    };
+    Ok(Page::new(&session, "overview", format!("Node {}", n.name)).render(body))
+}
+
+fn health_table(events: &[neocloud_types::HealthEvent]) -> Markup {
+    html! {
+        @if events.is_empty() {
+            p.muted #no-health { "No health events." }
+        } @else {
+            table.grid #health {
+                thead { tr { th { "when" } th { "node" } th { "GPU" } th { "kind" } th { "code" } th { "action" } th { "detail" } } }
+                tbody {
+                    @for e in events {
+                        tr {
+                            td { (ts(e.at)) }
+                            td { a href={ "/nodes/" (url_encode(&e.node)) } { (e.node) } }
+                            td { @if let Some(i) = e.gpu_index { (i) } }
+                            td { (e.kind) }
+                            td { @if let Some(c) = e.code { (c) } }
+                            td { (e.action) }
+                            td { (e.detail) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct OpForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// Cordon, uncordon, drain or repair-complete a node from its page.
+pub async fn node_op(
+    State(st): State<Console>,
+    session: Session,
+    headers: HeaderMap,
+    Path((node, op)): Path<(String, String)>,
+    form: Result<axum::Form<OpForm>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, PageError> {
+    let axum::Form(f) = form.map_err(|e| PageError::Invalid(e.body_text()))?;
+    session.check_form(&headers, &f.csrf)?;
+    let p = &session.principal;
+    let body = NodeOperation {
+        reason: f.reason.filter(|r| !r.trim().is_empty()),
+    };
+    let n = match op.as_str() {
+        "cordon" => st.svc.node_cordon(p, &node, body).await?,
+        "uncordon" => st.svc.node_uncordon(p, &node, body).await?,
+        "drain" => st.svc.node_drain(p, &node, body).await?,
+        "repair-complete" => st.svc.node_repair_complete(p, &node, body).await?,
+        other => {
+            return Err(PageError::Service(neocloud_service::Error::not_found(
+                "node operation",
+                other,
+            )));
+        }
+    };
+    Ok(Redirect::to(&format!("/nodes/{}", url_encode(&n.name))).into_response())
+}
+
+/// A GPU's history by UUID, across the nodes it has been in.
+pub async fn gpu(
+    State(st): State<Console>,
+    session: Session,
+    Path(uuid): Path<String>,
+) -> Result<Response, PageError> {
+    let h = st
+        .svc
+        .gpu_history(&session.principal, &uuid, Some(200))
+        .await?;
+    let body = html! {
+        table.kv {
+            tr { th { "Now in" } td { @if let Some(n) = &h.node { a href={ "/nodes/" (url_encode(n)) } { (n) } @if let Some(i) = h.index { " · GPU " (i) } } @else { "—" } } }
+            tr { th { "Health" } td { @if let Some(g) = h.health { (g) } @else { "—" } } }
+            tr { th { "Failures" } td #failures { (h.failures) } }
+        }
+        h2 { "History" }
+        (health_table(&h.events))
+    };
+    Ok(Page::new(&session, "overview", format!("GPU {}", h.uuid)).render(body))
+}

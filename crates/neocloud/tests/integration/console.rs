@@ -1,0 +1,541 @@
+//! The web console over real HTTP, on both databases: sessions, CSRF, tenant confinement,
+//! the topology map and the forms. The browser test (`console_browser`) drives the same
+//! pages in Chromium through the real binary.
+
+use reqwest::redirect::Policy;
+use serde_json::json;
+
+use crate::api_health::FLEET;
+use crate::both_backends;
+use crate::ctx::TestContext;
+
+/// A browser-like client that does not follow redirects, so a test sees each 303.
+pub struct Browser {
+    http: reqwest::Client,
+    base: String,
+    host: String,
+    /// The session cookie's value, once signed in.
+    pub session: Option<String>,
+}
+
+/// A page: status, `Location`, `Set-Cookie` and the body.
+pub struct Got {
+    pub status: u16,
+    pub location: Option<String>,
+    pub set_cookie: Option<String>,
+    pub body: String,
+}
+
+impl Browser {
+    pub fn new(ctx: &TestContext) -> Browser {
+        Browser {
+            http: reqwest::Client::builder()
+                .redirect(Policy::none())
+                .build()
+                .unwrap(),
+            base: ctx.url(""),
+            host: ctx.addr.to_string(),
+            session: None,
+        }
+    }
+
+    async fn done(resp: reqwest::Response) -> Got {
+        let h = |n: &str| {
+            resp.headers()
+                .get(n)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        let (status, location, set_cookie) =
+            (resp.status().as_u16(), h("location"), h("set-cookie"));
+        Got {
+            status,
+            location,
+            set_cookie,
+            body: resp.text().await.unwrap(),
+        }
+    }
+
+    fn with_cookie(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.session {
+            Some(s) => r.header("cookie", format!("neocloud_session={s}")),
+            None => r,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Got {
+        let r = self.with_cookie(self.http.get(format!("{}{path}", self.base)));
+        Self::done(r.send().await.unwrap()).await
+    }
+
+    /// Posts a form from the console's own origin.
+    pub async fn post(&self, path: &str, form: &[(&str, &str)]) -> Got {
+        let origin = format!("http://{}", self.host);
+        self.post_with(path, form, &[("origin", origin.as_str())])
+            .await
+    }
+
+    pub async fn post_with(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Got {
+        let mut r = self.with_cookie(self.http.post(format!("{}{path}", self.base)));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let body: String = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", enc(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let r = r
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        Self::done(r.send().await.unwrap()).await
+    }
+
+    /// Signs in with `key`; panics unless the console accepts it.
+    pub async fn sign_in(&mut self, key: &str) {
+        let g = self.post("/sign-in", &[("key", key), ("next", "/")]).await;
+        assert_eq!(g.status, 303, "sign-in refused: {}", g.body);
+        let cookie = g.set_cookie.expect("a session cookie");
+        let value = cookie
+            .strip_prefix("neocloud_session=")
+            .and_then(|c| c.split(';').next())
+            .unwrap();
+        self.session = Some(value.to_string());
+    }
+
+    /// The CSRF token in a page's forms.
+    pub fn csrf(page: &str) -> String {
+        let at = page
+            .find(r#"name="csrf" value=""#)
+            .expect("a form with a csrf token");
+        let rest = &page[at + r#"name="csrf" value=""#.len()..];
+        rest[..rest.find('"').unwrap()].to_string()
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The console's GET pages, for the checks that walk every page.
+const PAGES: &[&str] = &[
+    "/",
+    "/sites/east",
+    "/sites/east?color=tenant",
+    "/sites/east/at?x=1&y=16",
+    "/nodes/e-p1-l1-n1",
+    "/contracts",
+    "/reports",
+    "/events",
+    "/instances",
+    "/usage",
+    "/invoices",
+];
+
+/// The console's POST forms.
+const FORMS: &[&str] = &[
+    "/sign-out",
+    "/instances",
+    "/nodes/e-p1-l1-n1/cordon",
+    "/instances/inst_00000000000000000000000000/terminate",
+];
+
+both_backends!(every_page_needs_a_session, |ctx: TestContext| async move {
+    ctx.import(FLEET).await.expect(200);
+    let mut b = Browser::new(&ctx);
+    for p in PAGES {
+        let g = b.get(p).await;
+        assert_eq!(g.status, 303, "{p} without a session");
+        let to = g.location.unwrap();
+        assert!(to.starts_with("/sign-in"), "{p} went to {to}");
+    }
+    for p in FORMS {
+        let g = b.post(p, &[("csrf", "x")]).await;
+        assert_eq!(g.status, 303, "POST {p} without a session");
+    }
+    // The page asked for is where sign-in returns to.
+    assert_eq!(
+        b.get("/sites/east").await.location.as_deref(),
+        Some("/sign-in?next=/sites/east")
+    );
+    // A made-up or malformed cookie is cleared, not trusted.
+    b.session = Some("nck_000000000000_ffff".into());
+    let g = b.get("/instances").await;
+    assert_eq!(g.status, 303);
+    assert!(g.set_cookie.unwrap().contains("Max-Age=0"));
+    // Signed in as the operator, every page renders.
+    b.sign_in(&ctx.operator_key).await;
+    for p in PAGES {
+        let g = b.get(p).await;
+        assert!(
+            g.status == 200 || (g.status == 303 && p.contains("/at?")),
+            "{p}: {} {}",
+            g.status,
+            g.body
+        );
+    }
+    // A GET of the static assets needs no session and is cacheable.
+    b.session = None;
+    let css = b.get("/assets/console.css").await;
+    assert_eq!(css.status, 200);
+    assert!(css.body.contains(".topology"));
+});
+
+both_backends!(sign_in_and_sign_out, |ctx: TestContext| async move {
+    let mut b = Browser::new(&ctx);
+    let page = b.get("/sign-in?next=/events").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(r#"name="next" value="/events""#));
+    // An open redirect through `next` falls back home.
+    let page = b.get("/sign-in?next=//evil.example/").await;
+    assert!(page.body.contains(r#"name="next" value="/""#));
+    for (key, why) in [
+        ("", "Paste an API key"),
+        ("nck_deadbeef0000_00", "invalid API key"),
+        ("not a key at all \u{7f}", "not an API key"),
+    ] {
+        let g = b.post("/sign-in", &[("key", key)]).await;
+        assert_eq!(g.status, 401, "{key:?}");
+        assert!(g.body.contains(why), "{key:?}: {}", g.body);
+        assert!(g.set_cookie.is_none());
+    }
+    let (agent, _) = ctx.key("node-agent", None).await;
+    let g = b.post("/sign-in", &[("key", &agent)]).await;
+    assert_eq!(g.status, 401);
+    assert!(g.body.contains("Node-agent keys cannot sign in"));
+    // Sign-in from another site is refused before the key is even looked at.
+    let g = b
+        .post_with(
+            "/sign-in",
+            &[("key", &ctx.operator_key)],
+            &[("origin", "http://evil.example")],
+        )
+        .await;
+    assert_eq!(g.status, 403);
+
+    let g = b
+        .post(
+            "/sign-in",
+            &[("key", &ctx.operator_key), ("next", "/events")],
+        )
+        .await;
+    assert_eq!(g.status, 303);
+    assert_eq!(g.location.as_deref(), Some("/events"));
+    let cookie = g.set_cookie.unwrap();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
+        assert!(cookie.contains(attr), "{cookie} lacks {attr}");
+    }
+    b.sign_in(&ctx.operator_key).await;
+    let home = b.get("/").await;
+    assert_eq!(home.status, 200);
+    assert!(home.body.contains("operator-admin"));
+    // Security headers on every page.
+    let r = reqwest::Client::new()
+        .get(ctx.url("/events"))
+        .header(
+            "cookie",
+            format!("neocloud_session={}", b.session.clone().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"));
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+
+    // Sign-out needs the session's token.
+    let g = b.post("/sign-out", &[("csrf", "wrong")]).await;
+    assert_eq!(g.status, 403);
+    assert_eq!(b.get("/").await.status, 200, "still signed in");
+    let token = Browser::csrf(&home.body);
+    let g = b.post("/sign-out", &[("csrf", &token)]).await;
+    assert_eq!(g.status, 303);
+    assert!(g.set_cookie.unwrap().contains("Max-Age=0"));
+
+    // A revoked key ends its sessions.
+    let (tenant_key, key_id) = {
+        let t = ctx.tenant("acme").await;
+        ctx.key("tenant-admin", Some(t["id"].as_str().unwrap()))
+            .await
+    };
+    let mut tb = Browser::new(&ctx);
+    tb.sign_in(&tenant_key).await;
+    assert_eq!(tb.get("/instances").await.status, 200);
+    ctx.delete(&format!("/v1/api-keys/{key_id}"), &ctx.operator_key)
+        .await
+        .expect(200);
+    let g = tb.get("/instances").await;
+    assert_eq!(g.status, 303);
+    assert!(g.set_cookie.unwrap().contains("Max-Age=0"));
+});
+
+/// Two tenants with a running instance each; returns (key A, instance A, key B, instance B).
+async fn two_tenants(ctx: &TestContext) -> (String, String, String, String) {
+    ctx.import(FLEET).await.expect(200);
+    let mut out = Vec::new();
+    for name in ["alpha", "beta"] {
+        let t = ctx.tenant(name).await;
+        let (key, _) = ctx
+            .key("tenant-admin", Some(t["id"].as_str().unwrap()))
+            .await;
+        let i = ctx
+            .post(
+                "/v1/instances",
+                &key,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 2, "name": format!("{name}-job")}),
+            )
+            .await
+            .expect(201);
+        assert_eq!(i["state"], "running");
+        out.push((key, i["id"].as_str().unwrap().to_string()));
+    }
+    let (b, a) = (out.pop().unwrap(), out.pop().unwrap());
+    (a.0, a.1, b.0, b.1)
+}
+
+both_backends!(a_tenant_sees_only_its_own, |ctx: TestContext| async move {
+    let (key_a, inst_a, _key_b, inst_b) = two_tenants(&ctx).await;
+    // Meter both (usage counts whole seconds) and invoice both, so every tenant page
+    // has data.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for id in [&inst_a, &inst_b] {
+        ctx.post(
+            &format!("/v1/instances/{id}/terminate"),
+            &ctx.operator_key,
+            &json!({}),
+        )
+        .await;
+    }
+    let month = neocloud_types::Timestamp::now().to_string()[..7].to_string();
+    let mut invoices = Vec::new();
+    for t in ["alpha", "beta"] {
+        let inv = ctx
+            .post(
+                "/v1/invoices",
+                &ctx.operator_key,
+                &json!({"tenant_id": t, "month": month}),
+            )
+            .await
+            .expect(200);
+        invoices.push(inv["id"].as_str().unwrap().to_string());
+    }
+    let mut b = Browser::new(&ctx);
+    b.sign_in(&key_a).await;
+    for page in ["/instances", "/usage", "/invoices", "/contracts"] {
+        let g = b.get(page).await;
+        assert_eq!(g.status, 200, "{page}");
+        assert!(!g.body.contains(&inst_b), "{page} shows beta's instance");
+        assert!(!g.body.contains("beta"), "{page} names beta");
+        assert!(
+            !g.body.contains(&invoices[1]),
+            "{page} shows beta's invoice"
+        );
+    }
+    assert!(b.get("/instances").await.body.contains(&inst_a));
+    assert!(b.get("/usage").await.body.contains(&inst_a));
+    assert!(b.get("/invoices").await.body.contains(&invoices[0]));
+    // Another tenant's things read as not found.
+    for page in [
+        format!("/instances/{inst_b}"),
+        format!("/invoices/{}", invoices[1]),
+        format!("/invoices/{}/csv", invoices[1]),
+    ] {
+        let g = b.get(&page).await;
+        assert_eq!(g.status, 404, "{page}");
+        assert!(g.body.contains("not found"));
+    }
+    let g = b.get(&format!("/invoices/{}/csv", invoices[0])).await;
+    assert_eq!(g.status, 200);
+    assert!(g.body.starts_with("invoice,tenant_id,month,kind"));
+    assert!(g.body.contains(&invoices[0]));
+    // Operator pages are not a tenant's.
+    for page in ["/sites/east", "/nodes/e-p1-l1-n1", "/reports"] {
+        assert_eq!(b.get(page).await.status, 403, "{page}");
+    }
+    // And a terminate of beta's instance changes nothing.
+    let token = Browser::csrf(&b.get("/instances").await.body);
+    let g = b
+        .post(
+            &format!("/instances/{inst_b}/terminate"),
+            &[("csrf", &token)],
+        )
+        .await;
+    assert_eq!(g.status, 404);
+});
+
+/// The launch form's fields for a 1-node shape of `gpus` GPUs.
+fn launch_form(csrf: &str, gpus: &str, idem: &str, model: &str) -> Vec<(String, String)> {
+    [
+        ("csrf", csrf),
+        ("idem", idem),
+        ("gpu_model", model),
+        ("class", "on-demand"),
+        ("gpus", gpus),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+async fn post_launch(b: &Browser, form: &[(String, String)], headers: &[(&str, &str)]) -> Got {
+    let f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    b.post_with("/instances", &f, headers).await
+}
+
+fn listed(body: &str) -> usize {
+    body.matches("data-instance=").count()
+}
+
+both_backends!(
+    forms_refuse_cross_site_posts_and_bad_input,
+    |ctx: TestContext| async move {
+        let (key_a, inst_a, _, _) = two_tenants(&ctx).await;
+        let mut b = Browser::new(&ctx);
+        b.sign_in(&key_a).await;
+        let token = Browser::csrf(&b.get("/instances").await.body);
+        let origin = format!("http://{}", ctx.addr);
+        let same = [("origin", origin.as_str())];
+        let m = "H100-SXM-80GB";
+        let before = listed(&b.get("/instances").await.body);
+        // No token, a wrong token, another origin, a cross-site fetch: refused, nothing made.
+        for (form, headers) in [
+            (
+                launch_form("", "1", "i1", m),
+                vec![("origin", origin.as_str())],
+            ),
+            (
+                launch_form("bad", "1", "i2", m),
+                vec![("origin", origin.as_str())],
+            ),
+            (
+                launch_form(&token, "1", "i3", m),
+                vec![("origin", "http://evil.example")],
+            ),
+            (
+                launch_form(&token, "1", "i4", m),
+                vec![("sec-fetch-site", "cross-site")],
+            ),
+        ] {
+            let g = post_launch(&b, &form, &headers).await;
+            assert_eq!(g.status, 403, "{}", g.body);
+        }
+        assert_eq!(listed(&b.get("/instances").await.body), before);
+        // Bad shapes come back with the reason, nothing made.
+        for (gpus, why) in [
+            ("3", "gpus must be 1, 2, 4 or 8"),
+            ("-1", "gpus must be a whole number"),
+            ("99999999999", "gpus must be a whole number"),
+        ] {
+            let g = post_launch(&b, &launch_form(&token, gpus, "bad", m), &same).await;
+            assert_eq!(g.status, 400, "{gpus}: {}", g.body);
+            assert!(g.body.contains(why), "{gpus}: {}", g.body);
+        }
+        let g = post_launch(&b, &launch_form(&token, "1", "u1", "Z-9000"), &same).await;
+        assert!(g.status >= 400 && g.status < 500, "{}", g.body);
+        assert!(g.body.contains("Z-9000"), "{}", g.body);
+        assert_eq!(listed(&b.get("/instances").await.body), before);
+        // A good launch, posted twice with the same form token, launches once.
+        let g1 = post_launch(&b, &launch_form(&token, "1", "once", m), &same).await;
+        assert_eq!(g1.status, 303, "{}", g1.body);
+        let g2 = post_launch(&b, &launch_form(&token, "1", "once", m), &same).await;
+        assert_eq!(g1.location, g2.location);
+        assert_eq!(listed(&b.get("/instances").await.body), before + 1);
+        let page = b.get(g1.location.as_deref().unwrap()).await;
+        assert!(
+            page.body.contains(r#"id="instance-state">running<"#),
+            "{}",
+            page.body
+        );
+        // Terminate with a stale token changes nothing; with the right one it ends.
+        let g = b
+            .post(
+                &format!("/instances/{inst_a}/terminate"),
+                &[("csrf", "stale")],
+            )
+            .await;
+        assert_eq!(g.status, 403);
+        let i = ctx
+            .get(&format!("/v1/instances/{inst_a}"), &key_a)
+            .await
+            .expect(200);
+        assert_eq!(i["state"], "running");
+        let g = b
+            .post(
+                &format!("/instances/{inst_a}/terminate"),
+                &[("csrf", &token)],
+            )
+            .await;
+        assert_eq!(g.status, 303);
+        let i = ctx
+            .get(&format!("/v1/instances/{inst_a}"), &key_a)
+            .await
+            .expect(200);
+        assert_ne!(i["state"], "running");
+    }
+);
+
+both_backends!(
+    the_topology_map_finds_every_node,
+    |ctx: TestContext| async move {
+        let (_, inst_a, _, _) = two_tenants(&ctx).await;
+        let mut b = Browser::new(&ctx);
+        b.sign_in(&ctx.operator_key).await;
+        let g = b.get("/sites/east").await;
+        assert_eq!(g.status, 200);
+        assert!(g.body.contains(r#"<svg id="topology""#));
+        // 8 nodes: each is one square in one of the state paths.
+        assert_eq!(g.body.matches("h4v4h-4z").count(), 8);
+        assert!(
+            g.body.contains(r#"class="st-partial""#),
+            "alpha and beta hold 2 GPUs each"
+        );
+        assert!(g.body.contains("<title>e-p1/e-p1-l2</title>"));
+        let by_tenant = b.get("/sites/east?color=tenant").await.body;
+        assert!(by_tenant.contains("alpha") && by_tenant.contains("beta"));
+        assert!(by_tenant.contains(r#"class="t0""#) && by_tenant.contains(r#"class="t1""#));
+        // The first square of the first row is the first node; a point off the map goes
+        // back to the map.
+        let g = b.get("/sites/east/at?x=1&y=15").await;
+        assert_eq!(g.status, 303);
+        assert_eq!(g.location.as_deref(), Some("/nodes/e-p1-l1-n1"));
+        let g = b.get("/sites/east/at?x=5000&y=5000").await;
+        assert_eq!(g.location.as_deref(), Some("/sites/east"));
+        let node = b.get("/nodes/e-p1-l1-n1").await.body;
+        assert!(node.contains("Health history"));
+        // Bad input is a clear 4xx page.
+        assert_eq!(b.get("/sites/nowhere").await.status, 404);
+        let g = b.get("/sites/east?color=rainbow").await;
+        assert_eq!(g.status, 400);
+        assert!(g.body.contains("color must be"));
+        assert_eq!(b.get("/sites/east/at?x=-1&y=a").await.status, 400);
+        // Cordon from the node page, as an operator form.
+        let token = Browser::csrf(&node);
+        let g = b
+            .post(
+                "/nodes/e-p1-l1-n1/cordon",
+                &[("csrf", &token), ("reason", "fan")],
+            )
+            .await;
+        assert_eq!(g.status, 303);
+        let node = b.get("/nodes/e-p1-l1-n1").await.body;
+        assert!(node.contains(r#"id="node-state">cordoned<"#));
+        let g = b
+            .post("/nodes/e-p1-l1-n1/explode", &[("csrf", &token)])
+            .await;
+        assert_eq!(g.status, 404);
+        let _ = inst_a;
+    }
+);

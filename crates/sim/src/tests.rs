@@ -1,0 +1,374 @@
+//! Tests of the simulator on a small two-site fleet (tests/data): determinism,
+//! conservation of GPU-hours, revenue equal to the billing code's invoices over the exported
+//! ledger, the Alibaba converter on a hand-written sample, and bad input.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use neocloud_billing::{Month, SlaPolicy, UsageRecord, build_invoice};
+use neocloud_types::{Class, GangLevel, Money, Shape};
+
+use crate::convert::{AlibabaOptions, alibaba_v2020};
+use crate::{RunResult, Scenario, SimError, compare, run};
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+fn small() -> Scenario {
+    Scenario::load(&data("small.toml")).unwrap()
+}
+
+fn run_variant(sc: &Scenario, name: &str, seed: u64) -> RunResult {
+    run(sc, sc.variant(name).unwrap(), seed, &mut |_| {}).unwrap()
+}
+
+/// A scratch folder holding a copy of the test data, with `small.toml` edited by `edit`.
+fn scratch(tag: &str, edit: impl Fn(String) -> String) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("neocloud-sim-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(data("small.fleet.toml"), dir.join("small.fleet.toml")).unwrap();
+    let text = std::fs::read_to_string(data("small.toml")).unwrap();
+    std::fs::write(dir.join("small.toml"), edit(text)).unwrap();
+    dir
+}
+
+#[test]
+fn same_seed_gives_byte_identical_outputs() {
+    let sc = small();
+    for v in ["lease", "keep"] {
+        let a = run_variant(&sc, v, 7);
+        let b = run_variant(&sc, v, 7);
+        assert_eq!(a.to_json(), b.to_json(), "{v}");
+        assert_eq!(a.series_csv(), b.series_csv(), "{v}");
+        assert_eq!(a.months_csv(), b.months_csv(), "{v}");
+        assert_eq!(a.ledger_jsonl(), b.ledger_jsonl(), "{v}");
+        assert_eq!(crate::utilization_svg(&a), crate::utilization_svg(&b));
+        let c = run_variant(&sc, v, 8);
+        assert_ne!(a.to_json(), c.to_json(), "{v}: another seed, another run");
+    }
+    // The comparison does not depend on the number of threads.
+    let one = compare(&sc, &[1, 2], 1, &mut |_| {}).unwrap();
+    let two = compare(&sc, &[1, 2], 2, &mut |_| {}).unwrap();
+    assert_eq!(one.to_json(), two.to_json());
+    assert_eq!(one.table(), two.table());
+}
+
+#[test]
+fn gpu_hours_are_conserved() {
+    let sc = small();
+    for v in ["lease", "keep"] {
+        for seed in [1, 2, 3] {
+            let r = run_variant(&sc, v, seed);
+            let g = &r.totals.gpu_seconds;
+            assert_eq!(g.fleet, 224 * 30 * 86_400);
+            assert_eq!(
+                g.allocated + g.idle + g.down,
+                g.fleet,
+                "{v}/{seed}: allocated {} + idle {} + down {} ≠ fleet {}",
+                g.allocated,
+                g.idle,
+                g.down,
+                g.fleet
+            );
+            // What the billing code metered is what the engine held, class by class.
+            let by_class: i128 = g.allocated_by_class.values().sum();
+            assert_eq!(by_class, g.allocated, "{v}/{seed}");
+            let ledger: i128 = r.ledger.iter().map(|u| i128::from(u.gpu_seconds)).sum();
+            assert_eq!(ledger, g.allocated, "{v}/{seed}");
+            assert!(g.allocated > 0 && g.idle > 0, "{v}/{seed}: {g:?}");
+            assert!(
+                r.totals.node_failures > 0,
+                "{v}/{seed}: AFR 2 draws failures"
+            );
+            assert!(g.down > 0, "{v}/{seed}");
+        }
+    }
+}
+
+#[test]
+fn revenue_equals_the_billing_codes_invoices_for_the_exported_ledger() {
+    let sc = small();
+    for v in ["lease", "keep"] {
+        let r = run_variant(&sc, v, 3);
+        // Read the ledger back from what the simulator writes.
+        let ledger: Vec<UsageRecord> = r
+            .ledger_jsonl()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(ledger.len(), r.ledger.len());
+        let mut months: Vec<Month> = ledger.iter().map(|u| u.month).collect();
+        months.push(Month::new(2027, 1).unwrap());
+        months.push(Month::new(2027, 2).unwrap());
+        months.sort();
+        months.dedup();
+        let mut total = 0i64;
+        for &m in &months {
+            for (id, _, internal) in &r.tenants {
+                let inv = build_invoice(
+                    *id,
+                    *internal,
+                    m,
+                    &r.contracts,
+                    &ledger,
+                    &r.downtime,
+                    &SlaPolicy::default(),
+                );
+                total += inv.total.micros();
+            }
+        }
+        assert_eq!(Money::from_micros(total), r.totals.revenue, "{v}");
+        let by_class: i64 = r.totals.revenue_by_class.values().map(|m| m.micros()).sum();
+        assert_eq!(by_class, r.totals.revenue.micros(), "{v}");
+        assert!(r.totals.revenue > Money::ZERO, "{v}");
+    }
+    // The lease's commitment, by hand: 152 GPUs × 30 days × 24 h × $1.95.
+    let r = run_variant(&sc, "lease", 3);
+    assert_eq!(
+        r.totals.revenue_by_class["reserved"],
+        Money::from_micros(152 * 30 * 24 * 1_950_000)
+    );
+    assert_eq!(
+        r.totals.revenue_by_class.get("on-demand"),
+        None,
+        "no H100 left to sell on demand"
+    );
+}
+
+#[test]
+fn the_lease_refuses_on_demand_h100_and_keep_sells_it() {
+    let sc = small();
+    let lease = run_variant(&sc, "lease", 1);
+    let keep = run_variant(&sc, "keep", 1);
+    let od = |r: &RunResult| r.totals.requests["on-demand"].clone();
+    assert_eq!(od(&lease).placed, 0);
+    assert!(od(&lease).refused + od(&lease).expired > 0);
+    assert!(od(&keep).placed > 0);
+    assert!(lease.totals.requests["reserved"].placed > 0);
+    assert!(keep.totals.utilization["internal"] > lease.totals.utilization["internal"]);
+    assert!(keep.totals.revenue_by_class.contains_key("on-demand"));
+    // Spot borrows the lease's idle pool nodes.
+    assert!(lease.totals.requests["spot"].placed > 0);
+}
+
+#[test]
+fn failures_are_remediated_from_spares() {
+    let dir = scratch("failures", |t| {
+        t.replace("node_afr = 2.0", "node_afr = 20.0")
+    });
+    let sc = Scenario::load(&dir.join("small.toml")).unwrap();
+    let r = run_variant(&sc, "lease", 5);
+    assert!(r.totals.node_failures > 20, "{}", r.totals.node_failures);
+    assert!(r.totals.pool_outages > 0);
+    let interrupted: u64 = r
+        .totals
+        .requests
+        .values()
+        .map(|s| s.interrupted_by_failure)
+        .sum();
+    assert!(interrupted > 0);
+    let g = &r.totals.gpu_seconds;
+    assert_eq!(g.allocated + g.idle + g.down, g.fleet);
+}
+
+#[test]
+fn trace_files_replay_in_csv_and_jsonl() {
+    let dir = scratch("trace", |t| {
+        t.replace(
+            "[[demand.generators]]\nname = \"home training\"",
+            "[demand]\ntrace = \"trace.csv\"\n\n[[demand.generators]]\nname = \"home training\"",
+        )
+    });
+    let csv = "arrival_s,tenant,class,gpu_model,shape,duration_s,max_wait_s,site\n\
+               0,acme,on-demand,H100-SXM-80GB,gpus:8,3600,0,\n\
+               60,acme,on-demand,H100-SXM-80GB,nodes:2:leaf_group,7200,600,m1\n\
+               120,home,internal,GB200,nodes:4:nvlink_domain,3600,0,\n";
+    std::fs::write(dir.join("trace.csv"), csv).unwrap();
+    let sc = Scenario::load(&dir.join("small.toml")).unwrap();
+    assert_eq!(sc.trace.len(), 3);
+    assert!(sc.tenants.iter().any(|t| t.name == "acme" && !t.internal));
+    let r = run_variant(&sc, "keep", 1);
+    assert!(r.totals.revenue_by_tenant.contains_key("acme"));
+
+    let jsonl = "{\"arrival_s\":0,\"tenant\":\"acme\",\"class\":\"spot\",\"gpu_model\":\"H100-SXM-80GB\",\"shape\":\"gpus:1\",\"duration_s\":60,\"max_wait_s\":0}\n";
+    std::fs::write(dir.join("trace.jsonl"), jsonl).unwrap();
+    let rows = crate::trace::read_trace(&dir.join("trace.jsonl")).unwrap();
+    assert_eq!(rows[0].class, Class::Spot);
+    assert_eq!(rows[0].shape, Shape::Gpus { gpus: 1 });
+    // Written and read back, a trace is the same.
+    let again = crate::trace::parse_csv(&crate::trace::write_csv(&sc.trace)).unwrap();
+    assert_eq!(again.len(), 3);
+    assert_eq!(again[1].shape, sc.trace[1].shape);
+}
+
+#[test]
+fn alibaba_v2020_sample_converts() {
+    let tasks = std::fs::read_to_string(data("pai_task_table.sample.csv")).unwrap();
+    let jobs = std::fs::read_to_string(data("pai_job_table.sample.csv")).unwrap();
+    let opts = AlibabaOptions {
+        gpu_model: "H100-SXM-80GB".to_string(),
+        class: Class::OnDemand,
+        max_wait_s: 3600,
+        tenant: None,
+    };
+    let (rows, stats) = alibaba_v2020(&tasks, Some(&jobs), &opts).unwrap();
+    assert_eq!(stats.rows, 7);
+    assert_eq!(stats.converted, 5);
+    assert_eq!(stats.skipped_no_gpu, 1);
+    assert_eq!(stats.skipped_unfinished, 1);
+    let got: Vec<(i64, &str, Shape, i64)> = rows
+        .iter()
+        .map(|r| (r.arrival_s, r.tenant.as_str(), r.shape, r.duration_s))
+        .collect();
+    let site = GangLevel::Site;
+    assert_eq!(
+        got,
+        vec![
+            (0, "user_bob", Shape::Gpus { gpus: 4 }, 79_300),
+            (0, "user_bob", Shape::Gpus { gpus: 8 }, 69_400),
+            (500, "user_alice", Shape::Gpus { gpus: 2 }, 7_900),
+            (1000, "user_bob", Shape::Gpus { gpus: 1 }, 2_400),
+            (
+                1500,
+                "user_alice",
+                Shape::Nodes {
+                    count: 2,
+                    level: site
+                },
+                500
+            ),
+        ]
+    );
+    // The converted trace is a valid trace.
+    let back = crate::trace::parse_csv(&crate::trace::write_csv(&rows)).unwrap();
+    assert_eq!(back.len(), 5);
+    assert_eq!(back[4].max_wait_s, 3600);
+
+    // Without the job table: task start times, one tenant.
+    let (rows, _) = alibaba_v2020(&tasks, None, &opts).unwrap();
+    assert!(rows.iter().all(|r| r.tenant == "alibaba"));
+    // A malformed row is named.
+    let bad = format!("{tasks}job_x,worker,1,Terminated,1,2,600,29.3,lots,V100\n");
+    let err = alibaba_v2020(&bad, None, &opts).unwrap_err();
+    assert!(
+        err.contains("line 8") && err.contains("plan_gpu 'lots'"),
+        "{err}"
+    );
+}
+
+fn load_err(dir: &Path) -> String {
+    match Scenario::load(&dir.join("small.toml")) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    // A missing scenario, a missing fleet file.
+    let err = Scenario::load(Path::new("no/such/scenario.toml")).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SimError::Read {
+                what: "scenario",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let dir = scratch("nofleet", |t| {
+        t.replace(
+            "fleet = \"small.fleet.toml\"",
+            "fleet = \"missing.fleet.toml\"",
+        )
+    });
+    let err = load_err(&dir);
+    assert!(
+        err.contains("cannot read fleet file") && err.contains("missing.fleet.toml"),
+        "{err}"
+    );
+    // A missing trace.
+    let dir = scratch("notrace", |t| {
+        t.replace(
+            "[[demand.generators]]\nname = \"home training\"",
+            "[demand]\ntrace = \"gone.csv\"\n\n[[demand.generators]]\nname = \"home training\"",
+        )
+    });
+    let err = load_err(&dir);
+    assert!(
+        err.contains("cannot read trace") && err.contains("gone.csv"),
+        "{err}"
+    );
+    // A malformed trace row names the row.
+    let dir = scratch("badrow", |t| {
+        t.replace(
+            "[[demand.generators]]\nname = \"home training\"",
+            "[demand]\ntrace = \"t.csv\"\n\n[[demand.generators]]\nname = \"home training\"",
+        )
+    });
+    std::fs::write(
+        dir.join("t.csv"),
+        "arrival_s,tenant,class,gpu_model,shape,duration_s,max_wait_s\n0,a,spot,H100-SXM-80GB,gpus:1,60,0\n5,a,spot,H100-SXM-80GB,gpus:3,60,0\n",
+    )
+    .unwrap();
+    let err = load_err(&dir);
+    assert!(
+        err.contains("t.csv, row 3") && err.contains("1, 2, 4 or 8"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.join("t.csv"),
+        "arrival_s,tenant,class,gpu_model,shape,duration_s,max_wait_s\n-5,a,spot,H100-SXM-80GB,gpus:1,60,0\n",
+    )
+    .unwrap();
+    let err = load_err(&dir);
+    assert!(err.contains("row 2") && err.contains("arrival_s"), "{err}");
+    std::fs::write(dir.join("t.csv"), "arrival_s,tenant\n0,a\n").unwrap();
+    assert!(load_err(&dir).contains("lacks column 'class'"));
+    // Negative rates.
+    let dir = scratch("negafr", |t| t.replace("node_afr = 2.0", "node_afr = -1"));
+    let err = load_err(&dir);
+    assert!(
+        err.contains("failures.node_afr") && err.contains("≥ 0"),
+        "{err}"
+    );
+    let dir = scratch("negarr", |t| {
+        t.replace("arrivals_per_day = 30", "arrivals_per_day = -3")
+    });
+    let err = load_err(&dir);
+    assert!(
+        err.contains("arrivals_per_day") && err.contains("≥ 0"),
+        "{err}"
+    );
+    let dir = scratch("negprice", |t| {
+        t.replace("on_demand = \"3.00\"", "on_demand = \"-3.00\"")
+    });
+    let err = load_err(&dir);
+    assert!(
+        err.contains("prices[0].on_demand") && err.contains("negative"),
+        "{err}"
+    );
+    // Unknown names.
+    let dir = scratch("badsite", |t| {
+        t.replace(
+            "site = \"m1\"\narrivals_per_day = 3",
+            "site = \"m9\"\narrivals_per_day = 3",
+        )
+    });
+    let err = load_err(&dir);
+    assert!(err.contains("site 'm9' is not in the fleet file"), "{err}");
+    let dir = scratch("badfield", |t| {
+        t.replace("horizon_days = 30", "horizon_days = 30\nhorizon_years = 1")
+    });
+    let err = load_err(&dir);
+    assert!(err.contains("horizon_years"), "{err}");
+    // A lease larger than what may be sold.
+    let dir = scratch("oversold", |t| t.replace("gpus = \"all\"", "gpus = 160"));
+    let err = load_err(&dir);
+    assert!(err.contains("exceed the 152 sellable"), "{err}");
+}

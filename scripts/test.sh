@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with Rust:
 #   formatting, clippy with -D warnings, and every test on SQLite and on PostgreSQL.
-# Installs PostgreSQL, and promtool to check /metrics, from Debian's packages if missing;
+# Installs PostgreSQL, promtool (to check /metrics) and headless Chromium with chromedriver
+# (for the console's browser test) from Debian's packages if missing;
 # starts a throwaway PostgreSQL cluster on a free local port for the duration of the run,
 # and stops it afterwards.
 set -euo pipefail
@@ -29,6 +30,15 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 # The metrics test must run promtool here, not skip it.
 export NEOCLOUD_TEST_REQUIRE_PROMTOOL=1
+
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  log "installing headless Chromium and chromedriver for the console's browser test"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+# The browser test must run here, not skip it. Its screenshots land in
+# target/test-artifacts/console/.
+export NEOCLOUD_TEST_REQUIRE_BROWSER=1
 
 log "starting a throwaway PostgreSQL ($("$PG_BIN/postgres" --version))"
 PG_DIR="$(mktemp -d -t neocloud-pg.XXXXXX)"

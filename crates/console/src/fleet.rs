@@ -178,7 +178,7 @@ pub async fn site(
                         td.num { (num(l.committed_gpus_now)) }
                         td.num { (num(l.free_gpus as i64)) }
                         td.num { (num(l.stranded_free_gpus as i64)) }
-                        td { @for g in &l.largest_gang { (g.level) " " (g.nodes) " · " } }
+                        td { (l.largest_gang.iter().map(|g| format!("{} {}", g.level, g.nodes)).collect::<Vec<_>>().join(" · ")) }
                     }
                 }
             }

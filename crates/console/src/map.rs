@@ -222,10 +222,19 @@ pub fn render(
         let _ = write!(d, "M{x} {y}h{SQUARE}v{SQUARE}h-{SQUARE}z");
     }
     let mut out = String::with_capacity(cells.len() * 18 + layout.rows.len() * 90 + 1024);
+    // Small sites are drawn at twice the size; the viewBox keeps click coordinates the same.
+    let zoom = if layout.width * 2 <= FLOW_WIDTH && layout.height * 2 <= 1200 {
+        2
+    } else {
+        1
+    };
     let _ = write!(
         out,
         r#"<svg id="topology" class="topology" viewBox="0 0 {} {}" width="{}" height="{}" role="img" aria-label="topology map">"#,
-        layout.width, layout.height, layout.width, layout.height
+        layout.width,
+        layout.height,
+        layout.width * zoom,
+        layout.height * zoom
     );
     for p in &layout.panels {
         let _ = write!(

@@ -20,5 +20,7 @@ mod api_instances;
 mod api_tenancy;
 mod cli;
 mod console;
+mod console_browser;
 mod openapi;
 mod store;
+mod webdriver;

@@ -119,6 +119,10 @@ enum Command {
     /// Reports: contracted backlog, revenue.
     #[command(subcommand)]
     Reports(ReportCmd),
+    /// The capacity planner: replay demand against a fleet, contracts and policy with the
+    /// production allocator and billing code, and compare scenarios (docs/planning.md).
+    #[command(subcommand)]
+    Sim(crate::sim::SimCmd),
     /// Capacity per site and model: sellable, committed, allocated, fragmentation, power.
     Capacity {
         /// Only this site.
@@ -760,6 +764,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .init();
             neocloud_agent::run(args).await
         }
+        Command::Sim(cmd) => crate::sim::run(cmd, g.output == Output::Json),
         Command::Fleet(FleetCmd::Demo { scale }) => {
             print!(
                 "{}",

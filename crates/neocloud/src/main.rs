@@ -3,6 +3,7 @@
 mod cli;
 mod client;
 mod serve;
+mod sim;
 
 use std::process::ExitCode;
 

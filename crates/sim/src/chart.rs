@@ -146,11 +146,7 @@ pub fn utilization_svg(r: &RunResult) -> String {
         for (i, p) in r.series.iter().enumerate().rev() {
             let _ = write!(d, "L{:.1} {:.1} ", px(p.hour), py(below[i]));
         }
-        let _ = writeln!(
-            s,
-            r#"<path d="{}Z" fill="{}" stroke="none"/>"#,
-            d, color
-        );
+        let _ = writeln!(s, r#"<path d="{}Z" fill="{}" stroke="none"/>"#, d, color);
         below = top;
     }
     // Down GPUs on top, in grey.

@@ -433,7 +433,11 @@ impl<'a> Engine<'a> {
     }
 
     fn site_index(&self, id: neocloud_types::SiteId) -> usize {
-        number_of(&id.to_string()).unwrap_or(0)
+        self.fleet
+            .sites
+            .iter()
+            .position(|s| s.id == id)
+            .unwrap_or(0)
     }
 
     fn schedule_failure(&mut self) {

@@ -22,5 +22,6 @@ mod cli;
 mod console;
 mod console_browser;
 mod openapi;
+mod sim;
 mod store;
 mod webdriver;

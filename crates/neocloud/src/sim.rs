@@ -1,0 +1,272 @@
+//! `neocloud sim`: the capacity planner on the command line. Runs offline: no server, no
+//! database; the allocator and billing code are the ones `serve` uses.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::Subcommand;
+use neocloud_sim::{Scenario, convert};
+use neocloud_types::Class;
+
+/// `neocloud sim …`.
+#[derive(Subcommand, Debug)]
+pub enum SimCmd {
+    /// Replay one variant of a scenario under one seed: terminal summary, and with --out
+    /// result.json, series.csv, months.csv, utilization.svg, revenue.svg (and ledger.jsonl
+    /// when the scenario sets keep_ledger).
+    Run {
+        /// The scenario file (TOML; see docs/planning.md and examples/memphis.toml).
+        scenario: PathBuf,
+        /// The variant to run (default: the first one listed).
+        #[arg(long)]
+        variant: Option<String>,
+        /// The seed (default: the first of the scenario's seeds).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Folder for the outputs (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Run every variant over several seeds and print a side-by-side table of the mean and
+    /// spread of revenue, margin, utilization and refused demand. With --out: compare.json,
+    /// compare.csv, compare.svg, and each run's outputs in <DIR>/<variant>-seed<N>/.
+    Compare {
+        /// The scenario file (TOML).
+        scenario: PathBuf,
+        /// Seeds, comma-separated (default: the scenario's seeds).
+        #[arg(long, value_delimiter = ',')]
+        seeds: Vec<u64>,
+        /// Runs at once (default: the number of CPUs).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Folder for the outputs (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Convert a public GPU cluster trace into the simulator's trace format (CSV on stdout,
+    /// or --out FILE). Supported: Alibaba cluster-trace-gpu-v2020 (pai_task_table.csv, with
+    /// pai_job_table.csv for users and submission times).
+    Convert {
+        /// The trace's format.
+        #[arg(value_parser = ["alibaba-v2020"])]
+        format: String,
+        /// The task table (pai_task_table.csv).
+        #[arg(long)]
+        tasks: PathBuf,
+        /// The job table (pai_job_table.csv).
+        #[arg(long)]
+        jobs: Option<PathBuf>,
+        /// GPU model every request asks for.
+        #[arg(long, default_value = "H100-SXM-80GB")]
+        gpu_model: String,
+        /// Class of every request: reserved, internal, on-demand, spot.
+        #[arg(long, default_value = "on-demand")]
+        class: String,
+        /// Seconds a request may wait in the queue.
+        #[arg(long, default_value_t = 3600)]
+        max_wait: i64,
+        /// One tenant for every request instead of the job table's users.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Write the trace here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// A progress bar on standard error, drawn only when it is a terminal.
+struct Bar {
+    label: String,
+    on: bool,
+    last: i64,
+}
+
+impl Bar {
+    fn new(label: &str) -> Bar {
+        Bar {
+            label: label.to_string(),
+            on: std::io::stderr().is_terminal(),
+            last: -1,
+        }
+    }
+
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "a share clamped to 0..=1, times 100"
+    )]
+    fn set(&mut self, share: f64) {
+        if !self.on {
+            return;
+        }
+        let pct = (share.clamp(0.0, 1.0) * 100.0).floor() as i64;
+        if pct == self.last {
+            return;
+        }
+        self.last = pct;
+        let filled = usize::try_from(pct * 40 / 100).unwrap_or(0);
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "\r{} [{}{}] {pct:>3}%",
+            self.label,
+            "#".repeat(filled),
+            " ".repeat(40 - filled)
+        );
+        let _ = err.flush();
+    }
+
+    fn done(&mut self) {
+        if self.on {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Scenario> {
+    Scenario::load(path).map_err(|e| anyhow!("{e}"))
+}
+
+/// Runs a `sim` subcommand; `json` prints JSON instead of the terminal summary.
+pub fn run(cmd: SimCmd, json: bool) -> Result<()> {
+    match cmd {
+        SimCmd::Run {
+            scenario,
+            variant,
+            seed,
+            out,
+        } => {
+            let sc = load(&scenario)?;
+            let v = match &variant {
+                Some(name) => sc.variant(name).ok_or_else(|| {
+                    let names: Vec<&str> = sc.variants.iter().map(|v| v.name.as_str()).collect();
+                    anyhow!(
+                        "scenario {} has no variant '{name}' (it has: {})",
+                        sc.name,
+                        names.join(", ")
+                    )
+                })?,
+                None => &sc.variants[0],
+            };
+            let seed = seed.unwrap_or(sc.seeds[0]);
+            let mut bar = Bar::new(&format!("{} / {} seed {seed}", sc.name, v.name));
+            let r = neocloud_sim::run(&sc, v, seed, &mut |p| bar.set(p));
+            bar.done();
+            let r = r.map_err(|e| anyhow!("{e}"))?;
+            if let Some(dir) = &out {
+                let files = neocloud_sim::write_run(dir, &r).map_err(|e| anyhow!("{e}"))?;
+                if !json {
+                    for f in files {
+                        eprintln!("wrote {}", f.display());
+                    }
+                }
+            }
+            if json {
+                println!("{}", r.to_json());
+            } else {
+                print!("{}", r.summary());
+            }
+            Ok(())
+        }
+        SimCmd::Compare {
+            scenario,
+            seeds,
+            threads,
+            out,
+        } => {
+            let sc = load(&scenario)?;
+            let seeds = if seeds.is_empty() {
+                sc.seeds.clone()
+            } else {
+                seeds
+            };
+            let threads = threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+            });
+            if threads == 0 {
+                bail!("--threads must be at least 1");
+            }
+            let runs = sc.variants.len() * seeds.len();
+            let bar = std::sync::Mutex::new(Bar::new(&format!("{}: {runs} runs", sc.name)));
+            let c = neocloud_sim::compare(&sc, &seeds, threads, &mut |p| {
+                if let Ok(mut b) = bar.lock() {
+                    b.set(p);
+                }
+            });
+            if let Ok(mut b) = bar.lock() {
+                b.done();
+            }
+            let c = c.map_err(|e| anyhow!("{e}"))?;
+            if let Some(dir) = &out {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                for (name, text) in [
+                    ("compare.json", c.to_json()),
+                    ("compare.csv", c.to_csv()),
+                    ("compare.svg", neocloud_sim::compare_svg(&c)),
+                    ("compare.txt", c.table()),
+                ] {
+                    let p = dir.join(name);
+                    std::fs::write(&p, text)
+                        .with_context(|| format!("cannot write {}", p.display()))?;
+                }
+                for r in &c.runs {
+                    let sub = dir.join(format!("{}-seed{}", r.variant, r.seed));
+                    neocloud_sim::write_run(&sub, r).map_err(|e| anyhow!("{e}"))?;
+                }
+                if !json {
+                    eprintln!("wrote {}", dir.display());
+                }
+            }
+            if json {
+                println!("{}", c.to_json());
+            } else {
+                print!("{}", c.table());
+            }
+            Ok(())
+        }
+        SimCmd::Convert {
+            format: _,
+            tasks,
+            jobs,
+            gpu_model,
+            class,
+            max_wait,
+            tenant,
+            out,
+        } => {
+            let class: Class = class.parse().map_err(|e: String| anyhow!("--class: {e}"))?;
+            if max_wait < 0 {
+                bail!("--max-wait must be at least 0 seconds, got {max_wait}");
+            }
+            let tasks_text = std::fs::read_to_string(&tasks)
+                .with_context(|| format!("cannot read task table {}", tasks.display()))?;
+            let jobs_text = match &jobs {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read job table {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let opts = convert::AlibabaOptions {
+                gpu_model,
+                class,
+                max_wait_s: max_wait,
+                tenant,
+            };
+            let (rows, stats) = convert::alibaba_v2020(&tasks_text, jobs_text.as_deref(), &opts)
+                .map_err(|e| anyhow!("{}: {e}", tasks.display()))?;
+            let csv = neocloud_sim::trace::write_csv(&rows);
+            match &out {
+                Some(p) => std::fs::write(p, csv)
+                    .with_context(|| format!("cannot write {}", p.display()))?,
+                None => print!("{csv}"),
+            }
+            eprintln!(
+                "{} task rows: {} requests, {} without GPUs, {} without start and end",
+                stats.rows, stats.converted, stats.skipped_no_gpu, stats.skipped_unfinished
+            );
+            Ok(())
+        }
+    }
+}

@@ -408,6 +408,11 @@ impl Allocator {
         Some(n.used == n.full())
     }
 
+    /// The contract pool a node is pinned to; `None` for unpinned or unknown nodes.
+    pub fn node_pool(&self, node: NodeId) -> Option<ContractId> {
+        self.slot(node).ok().and_then(|slot| self.nodes[slot].pool)
+    }
+
     /// Instances holding GPUs on a node, by id (empty for unknown nodes).
     pub fn node_holders(&self, node: NodeId) -> Vec<InstanceId> {
         match self.slot(node) {

@@ -791,10 +791,7 @@ impl Service {
     ) -> Result<Vec<CapacityLine>> {
         auth::authorize(p, Action::ReadCapacity)?;
         let horizon = i64::from(horizon_days.unwrap_or(3 * 365).min(20 * 365));
-        let sites = match site {
-            Some(s) => vec![self.store.site_get(s).await?],
-            None => self.store.site_list().await?,
-        };
+        let sites = self.sites(site).await?;
         let now = Timestamp::now();
         let sched = self.sched.lock().await;
         let mut out = Vec::new();

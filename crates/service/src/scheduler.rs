@@ -85,6 +85,12 @@ pub(crate) struct Sched {
     pub(crate) spot_repriced_at: Option<Timestamp>,
     /// Active contracts whose pool has all its nodes: nothing to do for them until the end.
     pub(crate) pools_full: std::collections::BTreeSet<neocloud_types::ContractId>,
+    /// The console's topology-map layout per site (node names and blocks), read on first use;
+    /// it changes only with fleet imports, which rebuild this whole struct.
+    pub(crate) map_cells: std::collections::HashMap<
+        neocloud_types::SiteId,
+        std::sync::Arc<Vec<neocloud_store::NodeCell>>,
+    >,
 }
 
 pub(crate) fn request_of(i: &Instance) -> Request {
@@ -202,6 +208,7 @@ impl Sched {
             sold: Default::default(),
             quotas: store.quota_list(None).await?,
             pools_full: Default::default(),
+            map_cells: Default::default(),
             spot_repriced_at: None,
         };
         let allocations: Vec<Allocation> = sched.alloc.allocations().cloned().collect();

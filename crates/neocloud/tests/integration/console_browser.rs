@@ -68,7 +68,10 @@ async fn a_tenant_and_an_operator_in_a_real_browser() {
     };
     let scale = std::env::var("NEOCLOUD_TEST_CONSOLE_SCALE").unwrap_or_else(|_| "0.02".into());
     let dir = temp_dir();
-    let mut child = Command::new(BIN)
+    // NEOCLOUD_TEST_SERVE_BIN runs another build (e.g. release, for the docs' full-size
+    // screenshots); the test's own binary by default.
+    let bin = std::env::var("NEOCLOUD_TEST_SERVE_BIN").unwrap_or_else(|_| BIN.to_string());
+    let mut child = Command::new(bin)
         .args(["serve", "--demo", "--demo-scale", &scale])
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.join("data"))

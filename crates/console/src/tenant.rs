@@ -422,7 +422,7 @@ pub async fn instance(
 fn usage_table(records: &[neocloud_types::UsageRecord]) -> Markup {
     html! {
         @if records.is_empty() {
-            p.muted #no-usage { "Nothing metered yet: usage is recorded when an instance stops, and every hour while it runs." }
+            p.muted #no-usage { "Nothing metered yet: usage is recorded when an instance stops, and when a month is invoiced for the instances still running." }
         } @else {
             table.grid #usage {
                 thead { tr { th { "instance" } th { "class" } th { "model" } th.num { "GPUs" } th { "from" } th { "to" } th.num { "GPU-hours" } th.num { "$/GPU-h" } th.num { "amount" } } }

@@ -98,13 +98,24 @@ async fn a_tenant_and_an_operator_in_a_real_browser() {
     // memphis-2, so the map has tenants and the calendar has a contract.
     let http = reqwest::Client::new();
     let now = neocloud_types::Timestamp::now();
+    let m1: Value = http
+        .get(format!("{base}/v1/sites/memphis-1"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Lease 45% of memphis-1 in whole nodes, and run a gang on half of the lease.
+    let lease = m1["gpu_count"].as_u64().unwrap() * 45 / 100 / 8 * 8;
     let c = api(
         &http,
         &base,
         &operator,
         "/v1/contracts",
         json!({
-        "tenant_id": "frontier-lab", "gpu_model": "H100-SXM-80GB", "gpu_count": 2000,
+        "tenant_id": "frontier-lab", "gpu_model": "H100-SXM-80GB", "gpu_count": lease,
         "start_at": now.to_string(), "end_at": now.plus_seconds(3 * 365 * 86_400).to_string(),
         "site": "memphis-1", "sla_percent": "99.9"}),
     )
@@ -116,7 +127,7 @@ async fn a_tenant_and_an_operator_in_a_real_browser() {
         "/v1/instances",
         json!({
         "tenant_id": "frontier-lab", "class": "reserved", "contract_id": c["id"],
-        "gpu_model": "H100-SXM-80GB", "nodes": 100, "gang_level": "site"}),
+        "gpu_model": "H100-SXM-80GB", "nodes": lease / 16, "gang_level": "site"}),
     )
     .await;
     api(

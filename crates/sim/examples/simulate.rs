@@ -3,13 +3,42 @@
 //!
 //! ```text
 //! cargo run --release -p neocloud-sim --example simulate -- examples/memphis-1-bench.toml [VARIANT] [SEED]
+//! cargo run --release -p neocloud-sim --example simulate -- --compare OUT_DIR SCENARIO.toml
 //! ```
+//!
+//! `--compare` does what `neocloud sim compare SCENARIO.toml --out OUT_DIR` does, through the
+//! same library calls, without building the whole binary.
 
 use std::path::Path;
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--compare") {
+        let (Some(out), Some(path)) = (args.get(1), args.get(2)) else {
+            return Err("usage: simulate --compare OUT_DIR SCENARIO.toml".into());
+        };
+        let sc = neocloud_sim::Scenario::load(Path::new(path))?;
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let t = Instant::now();
+        let c = neocloud_sim::compare(&sc, &sc.seeds, threads, &mut |_| {})?;
+        let out = Path::new(out);
+        std::fs::create_dir_all(out)?;
+        std::fs::write(out.join("compare.json"), c.to_json())?;
+        std::fs::write(out.join("compare.csv"), c.to_csv())?;
+        std::fs::write(out.join("compare.svg"), neocloud_sim::compare_svg(&c))?;
+        std::fs::write(out.join("compare.txt"), c.table())?;
+        for r in &c.runs {
+            neocloud_sim::write_run(&out.join(format!("{}-seed{}", r.variant, r.seed)), r)?;
+        }
+        print!("{}", c.table());
+        println!(
+            "{} runs in {:.1} s",
+            c.runs.len(),
+            t.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     let Some(path) = args.first() else {
         return Err("usage: simulate SCENARIO.toml [VARIANT] [SEED]".into());
     };

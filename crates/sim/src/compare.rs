@@ -204,13 +204,6 @@ impl Comparison {
             seeds,
             self.horizon_days
         );
-        let width = 34;
-        let _ = write!(s, "{:<26}", "");
-        for v in &self.variants {
-            let name: String = v.variant.chars().take(width - 1).collect();
-            let _ = write!(s, "{name:<width$}");
-        }
-        s.push('\n');
         let rows: Vec<(&str, bool)> = vec![
             ("revenue $", true),
             ("gross margin $", true),
@@ -220,26 +213,54 @@ impl Comparison {
             ("refused GPU-h", true),
             ("internal refused GPU-h", true),
         ];
-        for (i, (label, big)) in rows.iter().enumerate() {
-            let _ = write!(s, "{label:<26}");
-            for v in &self.variants {
-                let sp = &v.figures()[i].1;
-                let cell = if *big {
-                    format!(
-                        "{} ± {} [{} … {}]",
-                        millions(sp.mean),
-                        millions(sp.stdev),
-                        millions(sp.min),
-                        millions(sp.max)
-                    )
-                } else {
-                    format!(
-                        "{:.1} ± {:.1} [{:.1} … {:.1}]",
-                        sp.mean, sp.stdev, sp.min, sp.max
-                    )
-                };
-                let _ = write!(s, "{cell:<width$}");
+        let cells: Vec<Vec<String>> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (_, big))| {
+                self.variants
+                    .iter()
+                    .map(|v| {
+                        let sp = v.figures()[i].1;
+                        if *big {
+                            format!(
+                                "{} ± {} [{} … {}]",
+                                millions(sp.mean),
+                                millions(sp.stdev),
+                                millions(sp.min),
+                                millions(sp.max)
+                            )
+                        } else {
+                            format!(
+                                "{:.1} ± {:.1} [{:.1} … {:.1}]",
+                                sp.mean, sp.stdev, sp.min, sp.max
+                            )
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let width = cells
+            .iter()
+            .flatten()
+            .map(|c| c.chars().count())
+            .chain(self.variants.iter().map(|v| v.variant.chars().count()))
+            .max()
+            .unwrap_or(10)
+            + 3;
+        let pad =
+            |t: &str, w: usize| format!("{t}{}", " ".repeat(w.saturating_sub(t.chars().count())));
+        let _ = write!(s, "{}", pad("", 24));
+        for v in &self.variants {
+            let _ = write!(s, "{}", pad(&v.variant, width));
+        }
+        s.push('\n');
+        for (i, (label, _)) in rows.iter().enumerate() {
+            let _ = write!(s, "{}", pad(label, 24));
+            for c in &cells[i] {
+                let _ = write!(s, "{}", pad(c, width));
             }
+            let end = s.trim_end_matches(' ').len();
+            s.truncate(end);
             s.push('\n');
         }
         s

@@ -102,6 +102,7 @@ pub(crate) struct ClassStats {
     pub preempted: u64,
     pub preempted_gpus: u64,
     pub interrupted_by_failure: u64,
+    pub relaunched: u64,
 }
 
 /// Integrals and counters gathered during a run; [`report`] turns them into results.
@@ -208,6 +209,8 @@ pub(crate) struct Engine<'a> {
     heap: BinaryHeap<Reverse<(i64, Kind, u64, u64)>>,
     seq: u64,
     next_arrival: usize,
+    /// Requests of the demand (later ones are relaunches).
+    pub original_jobs: usize,
     pub now: i64,
     rng: Rng,
     queue: BTreeMap<QKey, VecDeque<u32>>,
@@ -314,6 +317,7 @@ impl<'a> Engine<'a> {
             heap: BinaryHeap::new(),
             seq: 0,
             next_arrival: 0,
+            original_jobs: 0,
             now: 0,
             rng: demand::stream(seed, 0),
             queue: BTreeMap::new(),
@@ -354,6 +358,7 @@ impl<'a> Engine<'a> {
             tenant_ids,
             fleet,
         };
+        e.original_jobs = e.jobs.len();
         e.schedule_static()?;
         Ok(e)
     }
@@ -458,8 +463,8 @@ impl<'a> Engine<'a> {
         let h = self.sc.horizon_secs;
         loop {
             let heap_next = self.heap.peek().map(|Reverse(k)| (k.0, k.1));
-            let arr_next = self
-                .jobs
+            // Relaunches are appended to `jobs` and arrive through the heap.
+            let arr_next = self.jobs[..self.original_jobs]
                 .get(self.next_arrival)
                 .map(|j| (j.arrival, Kind::Arrival));
             let next = match (heap_next, arr_next) {
@@ -576,7 +581,7 @@ impl<'a> Engine<'a> {
                 self.tick();
                 progress(self.now as f64 / self.sc.horizon_secs as f64);
             }
-            Kind::Arrival => {}
+            Kind::Arrival => self.arrival(p)?,
         }
         Ok(())
     }
@@ -759,7 +764,9 @@ impl<'a> Engine<'a> {
 
     fn arrival(&mut self, j: usize) -> Result<(), SimError> {
         let class = self.jobs[j].class;
-        self.tally.classes[class_index(class)].arrived += 1;
+        if j < self.original_jobs {
+            self.tally.classes[class_index(class)].arrived += 1;
+        }
         let pool = if class == Class::Reserved {
             match self.pool_for(j) {
                 Some(p) => Some(p),
@@ -1182,6 +1189,7 @@ impl<'a> Engine<'a> {
             {
                 self.tally.classes[class_index(self.jobs[j].class)].interrupted_by_failure += 1;
                 self.end_job(j, State::Failed)?;
+                self.relaunch(j);
             }
         }
         self.fleet.allocator.set_schedulable(id, false);
@@ -1206,6 +1214,32 @@ impl<'a> Engine<'a> {
         let repair = whole_seconds(self.rng.exp(hours * 3600.0)).max(1);
         self.push(self.now.saturating_add(repair), Kind::Repair, slot as u64);
         Ok(())
+    }
+
+    /// The rest of a failed request, launched again at once as a new request.
+    fn relaunch(&mut self, j: usize) {
+        if !self.v.failures.relaunch {
+            return;
+        }
+        let rest = self.st[j].start + self.jobs[j].duration - self.now;
+        if rest < 60 {
+            return;
+        }
+        let mut again = self.jobs[j].clone();
+        again.arrival = self.now;
+        again.duration = rest;
+        let n = self.jobs.len();
+        self.jobs.push(again);
+        self.st.push(JobState {
+            state: State::New,
+            start: 0,
+            metered_from: 0,
+            gpus: 0,
+            site: 0,
+            pool: None,
+        });
+        self.tally.classes[class_index(self.jobs[j].class)].relaunched += 1;
+        self.push(self.now, Kind::Arrival, n as u64);
     }
 
     fn repair(&mut self, slot: usize) {

@@ -39,6 +39,8 @@ pub struct RequestStats {
     pub preempted_gpus: u64,
     /// Running instances ended by a node failure.
     pub interrupted_by_failure: u64,
+    /// Of those, how many had the rest of their work launched again (`failures.relaunch`).
+    pub relaunched: u64,
 }
 
 /// GPU-seconds of the whole run: the conservation check's terms.
@@ -309,6 +311,7 @@ pub(crate) fn build(e: Engine<'_>) -> RunResult {
                 preempted: s.preempted,
                 preempted_gpus: s.preempted_gpus,
                 interrupted_by_failure: s.interrupted_by_failure,
+                relaunched: s.relaunched,
             },
         );
     }
@@ -375,7 +378,7 @@ pub(crate) fn build(e: Engine<'_>) -> RunResult {
         start: sc.start.to_string(),
         horizon_days: sc.horizon_secs as f64 / 86_400.0,
         fleet_gpus,
-        requests: e.jobs.len() as u64,
+        requests: e.original_jobs as u64,
         totals,
         months: months.into_values().collect(),
         series_columns,

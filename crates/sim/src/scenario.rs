@@ -84,6 +84,8 @@ struct RawFailures {
     node_afr: Option<Num>,
     #[serde(default)]
     repair_hours: Option<Num>,
+    #[serde(default)]
+    relaunch: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,6 +214,9 @@ pub struct Failures {
     pub node_afr: f64,
     /// Mean time to repair a failed node, hours (exponentially distributed).
     pub repair_hours: f64,
+    /// Whether the tenant of work ended by a failure launches the rest of it again at once
+    /// (training restarting from its last checkpoint), as a new request.
+    pub relaunch: bool,
 }
 
 /// A reserved contract of the scenario.
@@ -773,6 +778,7 @@ fn failures(
     let base = base.unwrap_or(Failures {
         node_afr: 0.0,
         repair_hours: 48.0,
+        relaunch: false,
     });
     let Some(r) = raw else {
         return Ok(base);
@@ -792,6 +798,7 @@ fn failures(
     Ok(Failures {
         node_afr: afr,
         repair_hours: repair,
+        relaunch: r.relaunch.unwrap_or(base.relaunch),
     })
 }
 

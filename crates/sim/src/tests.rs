@@ -173,6 +173,25 @@ fn failures_are_remediated_from_spares() {
     assert!(interrupted > 0);
     let g = &r.totals.gpu_seconds;
     assert_eq!(g.allocated + g.idle + g.down, g.fleet);
+    let relaunched: u64 = r.totals.requests.values().map(|s| s.relaunched).sum();
+    assert_eq!(relaunched, 0, "relaunch is off by default");
+
+    // With relaunch, the rest of each failed request runs again; demand stays the same.
+    let dir = scratch("relaunch", |t| {
+        t.replace("node_afr = 2.0", "node_afr = 20.0\nrelaunch = true")
+    });
+    let sc2 = Scenario::load(&dir.join("small.toml")).unwrap();
+    let again = run_variant(&sc2, "lease", 5);
+    let relaunched: u64 = again.totals.requests.values().map(|s| s.relaunched).sum();
+    assert!(relaunched > 0);
+    assert_eq!(again.requests, r.requests);
+    let arrived = |x: &RunResult| x.totals.requests.values().map(|s| s.arrived).sum::<u64>();
+    assert_eq!(arrived(&again), arrived(&r));
+    let g = &again.totals.gpu_seconds;
+    let by_class: i128 = g.allocated_by_class.values().sum();
+    assert_eq!(by_class, g.allocated, "{g:?}");
+    assert_eq!(g.allocated + g.idle + g.down, g.fleet);
+    assert_eq!(again.to_json(), run_variant(&sc2, "lease", 5).to_json());
 }
 
 #[test]

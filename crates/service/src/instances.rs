@@ -227,6 +227,7 @@ impl Service {
                     Queued {
                         request,
                         wait_until: inst.wait_until,
+                        since: inst.created_at,
                     },
                 );
                 Ok(Created {

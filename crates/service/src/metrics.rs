@@ -19,17 +19,37 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// A latency histogram with fixed buckets.
-#[derive(Default)]
+/// Upper bounds of queue-wait buckets, seconds: a second to a week.
+const WAIT_BUCKETS: [f64; 10] = [
+    1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0, 604_800.0,
+];
+
+/// A histogram with fixed buckets (latency buckets unless made with [`Histogram::new`]).
 pub(crate) struct Histogram {
-    counts: [AtomicU64; BUCKETS.len()],
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
     count: AtomicU64,
     sum_micros: AtomicU64,
 }
 
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new(&BUCKETS)
+    }
+}
+
 impl Histogram {
+    pub(crate) fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
     pub(crate) fn observe(&self, secs: f64) {
-        for (i, b) in BUCKETS.iter().enumerate() {
+        for (i, b) in self.bounds.iter().enumerate() {
             if secs <= *b {
                 self.counts[i].fetch_add(1, Ordering::Relaxed);
                 break;
@@ -45,7 +65,7 @@ impl Histogram {
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
-        for (i, b) in BUCKETS.iter().enumerate() {
+        for (i, b) in self.bounds.iter().enumerate() {
             cumulative += self.counts[i].load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
         }
@@ -63,17 +83,34 @@ impl Histogram {
 }
 
 /// What the control plane counts as it runs.
-#[derive(Default)]
 pub(crate) struct Metrics {
     pub(crate) placed: AtomicU64,
     pub(crate) refused: AtomicU64,
     pub(crate) decision: Histogram,
+    /// How long queued instances waited before they started.
+    pub(crate) queue_wait: Histogram,
     pub(crate) preemptions: AtomicU64,
     pub(crate) heartbeats: AtomicU64,
     pub(crate) health_events: AtomicU64,
     /// HTTP requests by (route, method, status), and latency by route.
     http: Mutex<BTreeMap<(String, String, u16), u64>>,
     http_latency: Mutex<BTreeMap<String, std::sync::Arc<Histogram>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            placed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            decision: Histogram::default(),
+            queue_wait: Histogram::new(&WAIT_BUCKETS),
+            preemptions: AtomicU64::new(0),
+            heartbeats: AtomicU64::new(0),
+            health_events: AtomicU64::new(0),
+            http: Mutex::default(),
+            http_latency: Mutex::default(),
+        }
+    }
 }
 
 /// The process's metrics. One control plane runs per process; tests that start several
@@ -200,6 +237,20 @@ impl Service {
                 "Instances waiting for capacity.",
                 &[("", sched.queue.len().to_string())],
             );
+            let now = neocloud_types::Timestamp::now().micros();
+            let oldest = sched
+                .queue
+                .values()
+                .map(|q| (now - q.since.micros()).max(0))
+                .max()
+                .unwrap_or(0);
+            family(
+                &mut out,
+                "neocloud_queue_oldest_wait_seconds",
+                "gauge",
+                "How long the longest-waiting queued instance has waited (0 when none waits).",
+                &[("", format!("{}", oldest as f64 / 1e6))],
+            );
         }
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
         family(
@@ -220,6 +271,14 @@ impl Service {
         );
         m.decision
             .render(&mut out, "neocloud_allocator_decision_seconds", "");
+        head(
+            &mut out,
+            "neocloud_queue_wait_seconds",
+            "histogram",
+            "How long queued instances waited before they started.",
+        );
+        m.queue_wait
+            .render(&mut out, "neocloud_queue_wait_seconds", "");
         family(
             &mut out,
             "neocloud_preemptions_total",

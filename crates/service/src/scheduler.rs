@@ -60,6 +60,8 @@ impl Default for SchedulerConfig {
 pub(crate) struct Queued {
     pub(crate) request: Request,
     pub(crate) wait_until: Option<Timestamp>,
+    /// When it was accepted (its wait began).
+    pub(crate) since: Timestamp,
 }
 
 /// The allocator, the queue, and the settings. Guarded by one lock in the service.
@@ -179,6 +181,7 @@ impl Sched {
                     Queued {
                         request: request_of(&i),
                         wait_until: i.wait_until,
+                        since: i.created_at,
                     },
                 );
             }
@@ -343,6 +346,8 @@ impl Sched {
                     .is_some()
             {
                 self.queue.remove(&key);
+                let waited = (now.micros() - q.since.micros()).max(0) as f64 / 1e6;
+                crate::metrics::METRICS.queue_wait.observe(waited);
                 changed += 1;
                 continue;
             }

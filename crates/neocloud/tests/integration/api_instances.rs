@@ -380,6 +380,19 @@ both_backends!(
             .expect(200);
         assert_eq!(w2["state"], "failed");
         assert!(w2["reason"].as_str().unwrap().contains("deadline"));
+        // The queue's wait is visible in /metrics: the oldest waiter's age now, and once it
+        // starts, one more observation of the wait histogram (the counters are process-wide,
+        // so only the increase is asserted).
+        let metric = |text: &str, name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+                .unwrap_or_else(|| panic!("{name} missing"))
+                .parse()
+                .unwrap()
+        };
+        let before = ctx.svc.metrics_text().await.unwrap();
+        assert!(metric(&before, "neocloud_queue_oldest_wait_seconds") > 0.0);
+        let waits_before = metric(&before, "neocloud_queue_wait_seconds_count");
         // Capacity frees: the waiting one starts.
         ctx.post(
             &format!("/v1/instances/{}/terminate", all["id"].as_str().unwrap()),
@@ -393,6 +406,9 @@ both_backends!(
             .await
             .expect(200);
         assert_eq!(w["state"], "running", "{w}");
+        let after = ctx.svc.metrics_text().await.unwrap();
+        assert!(metric(&after, "neocloud_queue_wait_seconds_count") >= waits_before + 1.0);
+        assert_eq!(metric(&after, "neocloud_queue_oldest_wait_seconds"), 0.0);
 
         // Quotas: 8 on-demand H100 GPUs at most for bravo.
         ctx.send(reqwest::Method::PUT, "/v1/quotas", Some(&kb),

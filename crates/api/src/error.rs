@@ -58,6 +58,8 @@ fn title(code: ErrorCode) -> &'static str {
         ErrorCode::PayloadTooLarge => "Payload too large",
         ErrorCode::Internal => "Internal error",
         ErrorCode::Unavailable => "Service unavailable",
+        ErrorCode::StorageFull => "Insufficient storage",
+        ErrorCode::StorageReadOnly => "Storage read-only",
     }
 }
 

@@ -123,6 +123,10 @@ enum Command {
     /// production allocator and billing code, and compare scenarios (docs/planning.md).
     #[command(subcommand)]
     Sim(crate::sim::SimCmd),
+    /// Operator chores on the data directory: backup and restore of the SQLite database
+    /// (docs/deployment.md). Runs on the server's host, not through the API.
+    #[command(subcommand)]
+    Admin(crate::admin::AdminCmd),
     /// Capacity per site and model: sellable, committed, allocated, fragmentation, power.
     Capacity {
         /// Only this site.
@@ -765,6 +769,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             neocloud_agent::run(args).await
         }
         Command::Sim(cmd) => crate::sim::run(cmd, g.output == Output::Json),
+        Command::Admin(cmd) => crate::admin::run(cmd, g.output == Output::Json).await,
         Command::Fleet(FleetCmd::Demo { scale }) => {
             print!(
                 "{}",

@@ -1,5 +1,6 @@
 //! `neocloud`: the control plane (`serve`) and the command-line client in one binary.
 
+mod admin;
 mod cli;
 mod client;
 mod serve;

@@ -98,6 +98,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             args.data_dir.join("neocloud.db").display()
         ),
     };
+    // Held while serving: `admin restore` and a second `serve` on this file refuse to run.
+    let _db_lock = crate::admin::lock_for_serve(&url)?;
     let started = std::time::Instant::now();
     let config = neocloud_service::SchedulerConfig {
         fleet_policy: args.fleet_policy,
@@ -110,7 +112,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     let svc = Service::open_with(&url, config)
         .await
-        .map_err(|e| anyhow::anyhow!("{}", e.internal.unwrap_or(e.message)))
+        .map_err(|e| crate::admin::open_error(e, &url))
         .with_context(|| format!("opening the database {}", neocloud_store_redact(&url)))?;
     if let Some(secret) = svc.bootstrap_operator_key().await.map_err(svc_err)? {
         let path = write_operator_key(&args.data_dir, &secret)?;

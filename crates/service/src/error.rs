@@ -35,6 +35,11 @@ pub enum ErrorCode {
     Internal,
     /// A dependency (the database) is not reachable.
     Unavailable,
+    /// The database's disk is full: the change was not made. Reads still work.
+    StorageFull,
+    /// The database cannot be written (read-only file, directory or disk): the change was
+    /// not made. Reads still work.
+    StorageReadOnly,
 }
 
 impl ErrorCode {
@@ -54,6 +59,8 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::StorageFull => "storage_full",
+            ErrorCode::StorageReadOnly => "storage_read_only",
         }
     }
 
@@ -69,7 +76,8 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyReused | ErrorCode::InvalidFleetFile => 422,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Internal => 500,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::Unavailable | ErrorCode::StorageReadOnly => 503,
+            ErrorCode::StorageFull => 507,
         }
     }
 }
@@ -175,6 +183,23 @@ impl From<StoreError> for Error {
                 }
             }
             StoreError::Corrupt(m) => Error::internal(m),
+            StoreError::StorageFull(e) => Error {
+                code: ErrorCode::StorageFull,
+                message: "the database's disk is full, so nothing was changed; reads still \
+                          work — the operator must free space in the data directory"
+                    .into(),
+                field_errors: Vec::new(),
+                internal: Some(e.to_string()),
+            },
+            StoreError::ReadOnly(e) => Error {
+                code: ErrorCode::StorageReadOnly,
+                message: "the database is read-only, so nothing was changed; the operator must \
+                          make the data directory and its database file writable by the user \
+                          running neocloud (or remount the disk read-write)"
+                    .into(),
+                field_errors: Vec::new(),
+                internal: Some(e.to_string()),
+            },
         }
     }
 }

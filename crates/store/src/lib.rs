@@ -10,12 +10,14 @@
 //! runs inside a [`WriteTx`] that the caller commits, so a change and its audit event land
 //! together or not at all.
 
+pub mod backup;
 mod billing;
 mod contracts;
 mod fleet;
 mod health;
 mod instances;
 mod map;
+mod storage;
 mod tenancy;
 
 use std::sync::Arc;
@@ -31,6 +33,7 @@ pub use fleet::*;
 pub use health::*;
 pub use instances::*;
 pub use map::*;
+pub use storage::FAILPOINT_SQLITE_MAX_PAGES;
 pub use tenancy::*;
 
 /// The database driver's error, for callers that classify failures.
@@ -59,7 +62,13 @@ pub enum StoreError {
     Corrupt(String),
     /// The database failed or could not be reached.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+    /// The disk (or the database's size limit) is full; the write was rolled back.
+    #[error("storage full: {0}")]
+    StorageFull(sqlx::Error),
+    /// The database cannot be written: a read-only file, directory or mount.
+    #[error("database is read-only: {0}")]
+    ReadOnly(sqlx::Error),
 }
 
 /// Result of a store operation.
@@ -136,6 +145,9 @@ impl Store {
             )));
         };
         let options: AnyConnectOptions = url.parse()?;
+        let max_pages = (backend == Backend::Sqlite)
+            .then(storage::sqlite_max_pages_failpoint)
+            .flatten();
         let pool = AnyPoolOptions::new()
             .max_connections(match backend {
                 Backend::Sqlite => 8,
@@ -152,6 +164,10 @@ impl Store {
                              PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
                         )
                         .await?;
+                    }
+                    if let Some(n) = max_pages {
+                        conn.execute(format!("PRAGMA max_page_count = {n}").as_str())
+                            .await?;
                     }
                     Ok(())
                 })

@@ -7,6 +7,7 @@
 
 mod error;
 mod extract;
+pub mod forward;
 mod routes;
 
 use std::future::Future;
@@ -25,6 +26,21 @@ pub use error::{ApiError, Problem};
 pub struct AppState {
     /// The service.
     pub svc: Service,
+    /// The client a follower forwards writes to the leader with.
+    pub http: reqwest::Client,
+}
+
+impl AppState {
+    fn new(svc: Service) -> Self {
+        AppState {
+            svc,
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(60))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(OpenApi)]
@@ -111,11 +127,15 @@ pub fn app(svc: Service) -> Router {
             ))
         })
         .route("/metrics", axum::routing::get(metrics))
-        .with_state(AppState { svc: svc.clone() })
+        .with_state(AppState::new(svc.clone()))
         // The web console: HTML pages at `/`, outside `/v1`, calling the same service.
         .merge(neocloud_console::router(svc.clone()))
         .layer(axum::middleware::from_fn_with_state(
-            AppState { svc },
+            AppState::new(svc.clone()),
+            forward::forward_writes,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            AppState::new(svc),
             record_request,
         ))
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -144,14 +144,23 @@ async fn healthz() -> &'static str {
 #[utoipa::path(get, path = "/readyz", tag = "system",
     responses((status = 200, description = "Ready to serve", body = String),
               (status = 503, description = "The database is unreachable", body = Problem)))]
-async fn readyz(State(st): State<AppState>) -> ApiResult<&'static str> {
+async fn readyz(State(st): State<AppState>) -> ApiResult<String> {
     st.svc.store().ping().await.map_err(|e| {
         let mut err: neocloud_service::Error = e.into();
         err.code = neocloud_service::ErrorCode::Unavailable;
         err.message = "the database is unavailable".into();
         ApiError(err)
     })?;
-    Ok("ready")
+    // With replicas, say which role this one has: load balancers may send writes to the
+    // leader directly, and the fault tests find it here.
+    Ok(match st.svc.role() {
+        None => "ready".to_string(),
+        Some(r) if r.leader => format!("ready (leader, epoch {})", r.epoch),
+        Some(r) => match r.leader_url {
+            Some(u) => format!("ready (follower of {u})"),
+            None => "ready (follower; no leader right now)".to_string(),
+        },
+    })
 }
 
 // ---- GPU models -------------------------------------------------------------------------

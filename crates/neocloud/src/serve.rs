@@ -51,6 +51,21 @@ pub struct ServeArgs {
     /// (default 7 days); 0 turns re-verification off.
     #[arg(long, value_name = "SECONDS", default_value_t = 604_800)]
     pub reverify_idle: u32,
+    /// The URL other replicas reach this one at, to forward writes when it leads
+    /// (default: http://LISTEN-ADDRESS). Needed when listening on 0.0.0.0 with several
+    /// replicas.
+    #[arg(long, value_name = "URL", env = "NEOCLOUD_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// Seconds the allocator lease lasts unless its holder renews it (once a second):
+    /// how long a dead leader's replicas wait before one takes over.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(2..=300))]
+    pub lease_ttl: u32,
+    /// Seconds between a follower's reloads of the allocator from the database, when it
+    /// changed (reads on a follower are at most this stale).
+    #[arg(long, value_name = "SECONDS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub follower_refresh: u32,
 }
 
 fn parse_policy(s: &str) -> Result<neocloud_types::FleetPolicy, String> {
@@ -114,65 +129,129 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .await
         .map_err(|e| crate::admin::open_error(e, &url))
         .with_context(|| format!("opening the database {}", neocloud_store_redact(&url)))?;
-    if let Some(secret) = svc.bootstrap_operator_key().await.map_err(svc_err)? {
-        let path = write_operator_key(&args.data_dir, &secret)?;
-        println!(
-            "Created the operator-admin API key (shown once, also written to {}):",
-            path.display()
-        );
-        println!("  {secret}");
-    }
-    if args.demo {
-        let toml = neocloud_fleet::demo_fleet_toml(args.demo_scale).map_err(anyhow::Error::msg)?;
-        if let Some(r) = svc.fleet_import_at_start(&toml).await.map_err(svc_err)? {
-            tracing::info!(
-                nodes_added = r.nodes_added,
-                gpus_added = r.gpus_added,
-                "loaded demo fleet"
-            );
-        }
-        svc.tenant_ensure("frontier-lab", "Frontier Lab", TenantKind::External)
-            .await
-            .map_err(svc_err)?;
-        svc.tenant_ensure(
-            "home-lab",
-            "Home Lab (operator's own)",
-            TenantKind::Internal,
-        )
-        .await
-        .map_err(svc_err)?;
-    }
-    if let Some(path) = &args.fleet {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading fleet file {}", path.display()))?;
-        match svc.fleet_import_at_start(&text).await {
-            Ok(Some(r)) => tracing::info!(
-                file = %path.display(), nodes_added = r.nodes_added,
-                nodes_updated = r.nodes_updated, nodes_removed = r.nodes_removed,
-                "applied fleet file"),
-            Ok(None) => {}
-            Err(e) => {
-                let mut msg = format!("{}: {}", path.display(), e.message);
-                for f in e.field_errors.iter().skip(1).take(20) {
-                    msg.push_str(&format!(
-                        "\n  line {}, column {}: {}: {}",
-                        f.line.unwrap_or(0),
-                        f.column.unwrap_or(0),
-                        f.field,
-                        f.message
-                    ));
-                }
-                bail!(msg);
-            }
-        }
-    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    // Leadership among replicas on one database: only the lease holder writes; the others
+    // forward writes to it. A single `serve` takes the lease at once.
+    let advertise = args
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let replica = neocloud_service::ReplicaConfig {
+        id: format!(
+            "rep-{}-{}",
+            std::process::id(),
+            neocloud_types::Timestamp::now().micros()
+        ),
+        url: advertise.clone(),
+        lease_ttl: std::time::Duration::from_secs(u64::from(args.lease_ttl)),
+        refresh: std::time::Duration::from_secs(u64::from(args.follower_refresh)),
+    };
+    svc.enable_replication(replica).await.map_err(svc_err)?;
+    // The lease is renewed (or taken over) every second from now on, also while the
+    // start-up work below runs.
+    let leasing = svc.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            match leasing
+                .leadership_tick(neocloud_types::Timestamp::now())
+                .await
+            {
+                Ok(neocloud_service::RoleChange::BecameLeader) => {
+                    tracing::info!("took over as leader");
+                }
+                Ok(neocloud_service::RoleChange::SteppedDown) => {
+                    tracing::warn!("lost the lease; following");
+                }
+                Ok(neocloud_service::RoleChange::Same) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e.internal.unwrap_or(e.message), "leadership tick failed");
+                }
+            }
+        }
+    });
+    let leader = svc.is_leader();
+    if !leader {
+        let at = svc
+            .role()
+            .and_then(|r| r.leader_url)
+            .unwrap_or_else(|| "(unknown)".into());
+        tracing::info!(leader = %at, "another replica leads; this one follows and forwards writes");
+        if args.demo || args.fleet.is_some() {
+            tracing::info!(
+                "start-up writes (operator key, demo, fleet file) are the leader's; skipped here"
+            );
+        }
+    }
+    if leader {
+        if let Some(secret) = svc.bootstrap_operator_key().await.map_err(svc_err)? {
+            let path = write_operator_key(&args.data_dir, &secret)?;
+            println!(
+                "Created the operator-admin API key (shown once, also written to {}):",
+                path.display()
+            );
+            println!("  {secret}");
+        }
+        if args.demo {
+            let toml =
+                neocloud_fleet::demo_fleet_toml(args.demo_scale).map_err(anyhow::Error::msg)?;
+            if let Some(r) = svc.fleet_import_at_start(&toml).await.map_err(svc_err)? {
+                tracing::info!(
+                    nodes_added = r.nodes_added,
+                    gpus_added = r.gpus_added,
+                    "loaded demo fleet"
+                );
+            }
+            svc.tenant_ensure("frontier-lab", "Frontier Lab", TenantKind::External)
+                .await
+                .map_err(svc_err)?;
+            svc.tenant_ensure(
+                "home-lab",
+                "Home Lab (operator's own)",
+                TenantKind::Internal,
+            )
+            .await
+            .map_err(svc_err)?;
+        }
+        if let Some(path) = &args.fleet {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading fleet file {}", path.display()))?;
+            match svc.fleet_import_at_start(&text).await {
+                Ok(Some(r)) => tracing::info!(
+                    file = %path.display(), nodes_added = r.nodes_added,
+                    nodes_updated = r.nodes_updated, nodes_removed = r.nodes_removed,
+                    "applied fleet file"),
+                Ok(None) => {}
+                Err(e) => {
+                    let mut msg = format!("{}: {}", path.display(), e.message);
+                    for f in e.field_errors.iter().skip(1).take(20) {
+                        msg.push_str(&format!(
+                            "\n  line {}, column {}: {}: {}",
+                            f.line.unwrap_or(0),
+                            f.column.unwrap_or(0),
+                            f.field,
+                            f.message
+                        ));
+                    }
+                    bail!(msg);
+                }
+            }
+        }
+    }
+
     tracing::info!(%addr, startup_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), "neocloud is serving");
     println!(
-        "neocloud is serving on http://{addr} (API under /v1, description at /v1/openapi.json)"
+        "neocloud is serving on http://{addr} (API under /v1, description at /v1/openapi.json; {})",
+        if svc.is_leader() {
+            "leader"
+        } else {
+            "follower"
+        }
     );
     // The scheduler's clock: preemption notices run out and queued instances start here.
     let ticker = svc.clone();
@@ -181,6 +260,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
+            // Only the leader runs the scheduler and the health work.
+            if !ticker.is_leader() {
+                continue;
+            }
             if let Err(e) = ticker.tick(neocloud_types::Timestamp::now()).await {
                 tracing::warn!(error = %e.internal.unwrap_or(e.message), "scheduler tick failed");
             }
@@ -190,11 +273,16 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         }
     });
     neocloud_api::serve(listener, svc.clone(), shutdown_signal()).await?;
-    if let Err(e) = svc
-        .health_flush(neocloud_types::Timestamp::now(), true)
-        .await
+    if svc.is_leader()
+        && let Err(e) = svc
+            .health_flush(neocloud_types::Timestamp::now(), true)
+            .await
     {
         tracing::warn!(error = %e.internal.unwrap_or(e.message), "could not write the last telemetry");
+    }
+    // Hand the lease over now rather than make the other replicas wait for it to expire.
+    if let Err(e) = svc.resign().await {
+        tracing::warn!(error = %e.internal.unwrap_or(e.message), "could not give up the lease");
     }
     tracing::info!("stopped");
     Ok(())

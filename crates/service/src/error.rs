@@ -200,6 +200,10 @@ impl From<StoreError> for Error {
                 field_errors: Vec::new(),
                 internal: Some(e.to_string()),
             },
+            StoreError::NotLeader => Error::new(
+                ErrorCode::Unavailable,
+                "this control-plane replica is not the leader (leadership is changing); retry shortly",
+            ),
         }
     }
 }

@@ -239,6 +239,29 @@ impl Monitor {
         })
     }
 
+    /// Takes over the state of a freshly loaded monitor (a replica that becomes the leader
+    /// reloads what the previous leader knew, every node counting as heard from now).
+    pub(crate) fn replace_with(&self, other: Monitor) {
+        *lock(&self.live) = other
+            .live
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Ok(mut o) = self.overrides.write() {
+            *o = other
+                .overrides
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *lock(&self.last_flush) = other
+            .last_flush
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *lock(&self.draining) = other
+            .draining
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+
     fn xid_action(&self, code: u32) -> HealthAction {
         if let Some((a, _)) = self
             .overrides

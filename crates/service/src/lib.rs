@@ -13,6 +13,7 @@ pub mod error;
 mod health;
 mod instances;
 mod metrics;
+mod replica;
 mod requests;
 mod scheduler;
 mod writer;
@@ -31,6 +32,7 @@ pub use contracts::{CapacityLine, ClassCount, Committed, GangRoom};
 pub use error::{Error, ErrorCode, FieldError, Result};
 pub use health::{GpuHistory, HealthAction, NodeOperation, SetXidRule, XidRule, builtin_xid_rules};
 pub use neocloud_allocator::PlacementPolicy;
+pub use replica::{ReplicaConfig, ReplicaRole, RoleChange};
 pub use requests::*;
 pub use scheduler::SchedulerConfig;
 
@@ -76,6 +78,8 @@ pub struct Service {
     health: std::sync::Arc<health::Monitor>,
     /// Keys used since the last batch of last-used writes.
     touched: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<ApiKeyId, Timestamp>>>,
+    /// Leadership among replicas (off unless [`Service::enable_replication`] turned it on).
+    replication: std::sync::Arc<replica::Replication>,
 }
 
 /// How long an authenticated key is trusted without reading it again, seconds.
@@ -129,6 +133,12 @@ impl Service {
         let store = Store::open(url).await?;
         store.gpu_model_seed_builtins().await?;
         Self::price_seed_defaults(&store).await?;
+        // Read before the rebuild: a write committed after this read moves the generation,
+        // so a replica never mistakes its copy for fresh.
+        let generation = store
+            .lease_get(neocloud_store::ALLOCATOR_LEASE)
+            .await?
+            .generation;
         let health = health::Monitor::load(&store, &config).await?;
         let sched = scheduler::Sched::rebuild(&store, config).await?;
         let writer = writer::spawn(store.clone());
@@ -140,6 +150,7 @@ impl Service {
             keys: Default::default(),
             health: std::sync::Arc::new(health),
             touched: Default::default(),
+            replication: std::sync::Arc::new(replica::Replication::new(generation)),
         })
     }
 
@@ -279,7 +290,7 @@ impl Service {
             Err(_) => return Ok(()),
         };
         for chunk in batch.chunks(1000) {
-            let mut tx = self.store.begin_write().await?;
+            let mut tx = self.store.begin_write_unfenced().await?;
             for (id, at) in chunk {
                 Store::api_key_touch_tx(&mut tx, *id, *at).await?;
             }

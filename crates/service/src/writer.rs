@@ -45,7 +45,16 @@ pub(crate) fn spawn(store: Store) -> mpsc::Sender<LaunchWrite> {
                         None => Ok(()),
                         Some(msg) => Err(Error::new(crate::ErrorCode::Conflict, msg.clone())),
                     },
-                    Err(e) => Err(Error::internal(format!("committing launches: {e}"))),
+                    // Every launch of the batch fails the way the batch did (a fenced
+                    // ex-leader's launches are "unavailable", not internal errors).
+                    Err(e) => {
+                        let mut err = Error::new(e.code, e.message.clone());
+                        err.internal = Some(format!(
+                            "committing launches: {}",
+                            e.internal.as_deref().unwrap_or(&e.message)
+                        ));
+                        Err(err)
+                    }
                 };
                 let _ = job.done.send(r);
             }

@@ -16,6 +16,7 @@ mod contracts;
 mod fleet;
 mod health;
 mod instances;
+mod lease;
 mod map;
 mod storage;
 mod tenancy;
@@ -32,6 +33,7 @@ pub use contracts::*;
 pub use fleet::*;
 pub use health::*;
 pub use instances::*;
+pub use lease::*;
 pub use map::*;
 pub use storage::FAILPOINT_SQLITE_MAX_PAGES;
 pub use tenancy::*;
@@ -69,6 +71,10 @@ pub enum StoreError {
     /// The database cannot be written: a read-only file, directory or mount.
     #[error("database is read-only: {0}")]
     ReadOnly(sqlx::Error),
+    /// This replica does not hold the allocator lease (or lost it): the write was refused
+    /// before it changed anything.
+    #[error("this control-plane replica is not the leader")]
+    NotLeader,
 }
 
 /// Result of a store operation.
@@ -91,6 +97,8 @@ pub struct Store {
     /// SQLite allows one writer at a time; serialising writers in-process turns lock
     /// contention into a queue instead of `SQLITE_BUSY` errors.
     write_lock: Option<Arc<Mutex<()>>>,
+    /// Which writes go through (replica mode fences a deposed leader's writes).
+    fence: lease::FenceCell,
 }
 
 /// An open write transaction. Dropping it without [`WriteTx::commit`] rolls it back.
@@ -127,6 +135,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (3, "billing", include_str!("../migrations/0003_billing.sql")),
     (4, "health", include_str!("../migrations/0004_health.sql")),
+    (5, "leases", include_str!("../migrations/0005_leases.sql")),
 ];
 
 impl Store {
@@ -178,6 +187,7 @@ impl Store {
             pool,
             backend,
             write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+            fence: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -193,8 +203,17 @@ impl Store {
         &self.pool
     }
 
-    /// Starts a write transaction.
+    /// Starts a write transaction. In replica mode it is fenced: refused unless this
+    /// replica holds the allocator lease, checked inside the transaction (see [`FenceMode`]).
     pub async fn begin_write(&self) -> Result<WriteTx> {
+        let mut tx = self.begin_write_unfenced().await?;
+        self.fence_check(&mut tx).await?;
+        Ok(tx)
+    }
+
+    /// Starts a write transaction that any replica may run: the lease itself, and
+    /// bookkeeping that does not touch allocations (keys' last-used times).
+    pub async fn begin_write_unfenced(&self) -> Result<WriteTx> {
         let guard = match &self.write_lock {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,

@@ -22,6 +22,7 @@ mod cli;
 mod console;
 mod console_browser;
 mod openapi;
+mod replicas;
 mod sim;
 mod store;
 mod webdriver;

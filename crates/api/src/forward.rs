@@ -1,0 +1,123 @@
+//! Forwarding writes from a follower replica to the leader.
+//!
+//! Only the holder of the allocator lease changes state (the store fences everyone else), so
+//! a follower that receives a write — any method but GET and HEAD, on the API or a console
+//! form — passes it to the leader unchanged and returns the leader's answer. Reads are
+//! served where they arrive. A request that was already forwarded once is never forwarded
+//! again: when leadership is changing it gets a 503 with `Retry-After`, which clients and
+//! agents retry.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::AppState;
+
+/// Marks a request a replica forwarded (its value is the forwarding replica's id).
+pub const FORWARDED: &str = "x-neocloud-forwarded";
+
+/// Largest body forwarded (fleet files are the largest requests).
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+fn unavailable(message: String) -> Response {
+    let mut r = crate::ApiError(neocloud_service::Error::new(
+        neocloud_service::ErrorCode::Unavailable,
+        message,
+    ))
+    .into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// The middleware: writes on a follower go to the leader.
+pub async fn forward_writes(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD) || st.svc.is_leader() {
+        return next.run(req).await;
+    }
+    if req.headers().contains_key(FORWARDED) {
+        return unavailable(
+            "this replica was sent a forwarded write but does not lead (leadership is changing); retry"
+                .into(),
+        );
+    }
+    let Some(leader) = st.svc.role().and_then(|r| r.leader_url) else {
+        return unavailable(
+            "no control-plane replica leads right now (failover in progress); retry".into(),
+        );
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return crate::ApiError(neocloud_service::Error::new(
+                neocloud_service::ErrorCode::PayloadTooLarge,
+                "the request body is too large",
+            ))
+            .into_response();
+        }
+    };
+    let url = format!("{}{path}", leader.trim_end_matches('/'));
+    let mut out = st.http.request(parts.method.clone(), &url).body(body);
+    for (name, value) in &parts.headers {
+        if !hop_by_hop(name) {
+            out = out.header(name, value);
+        }
+    }
+    // The leader checks console forms' origin against the host the browser used.
+    if !parts.headers.contains_key("x-forwarded-host")
+        && let Some(host) = parts.headers.get(header::HOST)
+    {
+        out = out.header("x-forwarded-host", host);
+    }
+    out = out.header(FORWARDED, st.svc.replica_id().unwrap_or_default());
+    let resp = match out.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(leader = %leader, error = %e, "could not forward a write to the leader");
+            return unavailable(format!(
+                "the leader at {leader} did not answer (failover may be in progress); retry"
+            ));
+        }
+    };
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers = axum::http::HeaderMap::new();
+    for (name, value) in resp.headers() {
+        if !hop_by_hop(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    match resp.bytes().await {
+        Ok(bytes) => {
+            let mut r = Response::new(Body::from(bytes));
+            *r.status_mut() = status;
+            *r.headers_mut() = headers;
+            r
+        }
+        Err(e) => unavailable(format!(
+            "the leader at {leader} broke off its answer ({e}); retry"
+        )),
+    }
+}

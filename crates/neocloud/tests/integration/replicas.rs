@@ -1,0 +1,259 @@
+//! Several control-plane replicas on one database, in one process with real HTTP servers,
+//! driven tick by tick with chosen clocks so every race is a test, not a hope: one leader,
+//! followers that forward writes, takeover after the lease expires, the fence that refuses a
+//! deposed leader's late writes, and a restarted replica taking its own lease back.
+
+use std::time::Duration;
+
+use neocloud_service::{ReplicaConfig, RoleChange, Service};
+use neocloud_types::Timestamp;
+use serde_json::json;
+
+use crate::api_health::FLEET;
+use crate::both_backends;
+use crate::ctx::TestContext;
+
+/// Another replica on the context's database, serving HTTP on its own port.
+async fn replica(ctx: &TestContext) -> (Service, String) {
+    let svc = Service::open(&ctx.database_url()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let s = svc.clone();
+    tokio::spawn(async move {
+        neocloud_api::serve(listener, s, std::future::pending())
+            .await
+            .unwrap();
+    });
+    (svc, url)
+}
+
+fn config(id: &str, url: &str) -> ReplicaConfig {
+    ReplicaConfig {
+        id: id.to_string(),
+        url: url.to_string(),
+        lease_ttl: Duration::from_secs(2),
+        refresh: Duration::ZERO,
+    }
+}
+
+async fn post(
+    url: &str,
+    key: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(json!(text)))
+}
+
+async fn get(url: &str, key: &str, path: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{url}{path}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn readyz(url: &str) -> String {
+    reqwest::get(format!("{url}/readyz"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// GPUs allocated now in site `east`, as a replica's copy of the allocator sees them.
+async fn allocated(url: &str, key: &str) -> u64 {
+    let c = get(url, key, "/v1/capacity?site=east").await;
+    c["items"][0]["allocated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["gpus"].as_u64().unwrap())
+        .sum()
+}
+
+both_backends!(
+    one_leader_forwards_fails_over_and_fences,
+    |ctx: TestContext| async move {
+        let k = ctx.operator_key.clone();
+        ctx.import(FLEET).await.expect(200);
+        let t0 = Timestamp::now();
+        let a_url = ctx.url("");
+        let a = ctx.svc.clone();
+        assert_eq!(
+            a.enable_replication(config("rep-a", &a_url)).await.unwrap(),
+            RoleChange::BecameLeader
+        );
+        let (b, b_url) = replica(&ctx).await;
+        assert_eq!(
+            b.enable_replication(config("rep-b", &b_url)).await.unwrap(),
+            RoleChange::Same
+        );
+        assert!(a.is_leader() && !b.is_leader());
+        assert!(readyz(&a_url).await.starts_with("ready (leader, epoch "));
+        assert_eq!(readyz(&b_url).await, format!("ready (follower of {a_url})"));
+
+        // A write sent to the follower is forwarded to the leader and answered from there.
+        let (s, i1) = post(
+            &b_url,
+            &k,
+            "/v1/instances",
+            json!({"tenant_id": "acme", "gpu_model": "H100-SXM-80GB", "gpus": 8}),
+        )
+        .await;
+        assert_eq!(s, 404, "unknown tenant, answered by the leader: {i1}");
+        ctx.tenant("acme").await;
+        let (s, i1) = post(
+            &b_url,
+            &k,
+            "/v1/instances",
+            json!({"tenant_id": "acme", "gpu_model": "H100-SXM-80GB", "gpus": 8}),
+        )
+        .await;
+        assert_eq!(s, 201, "{i1}");
+        assert_eq!(i1["state"], "running");
+        assert_eq!(allocated(&a_url, &k).await, 8);
+        // The follower's copy catches up on its next tick (the database moved).
+        assert_eq!(allocated(&b_url, &k).await, 0, "not refreshed yet");
+        b.leadership_tick(Timestamp::now()).await.unwrap();
+        assert_eq!(allocated(&b_url, &k).await, 8);
+        // The follower itself refuses to write: only forwarding gets a write through.
+        let p = b.authenticate(Some(&k)).await.unwrap();
+        let e = b
+            .tenant_create(
+                &p,
+                serde_json::from_value(json!({"name": "sneaky"})).unwrap(),
+                None,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, neocloud_service::ErrorCode::Unavailable);
+
+        // The leader stops renewing (a pause, a partition). Once the lease has expired the
+        // follower takes over with a new epoch and reloads the allocator.
+        let later = t0.plus_seconds(5);
+        assert_eq!(
+            b.leadership_tick(later).await.unwrap(),
+            RoleChange::BecameLeader
+        );
+        assert!(b.is_leader());
+        assert!(a.is_leader(), "the old leader has not noticed yet");
+        // Its late writes are fenced: refused, nothing changed.
+        let (s, e) = post(
+            &a_url,
+            &k,
+            "/v1/instances",
+            json!({"tenant_id": "acme", "gpu_model": "H100-SXM-80GB", "gpus": 8}),
+        )
+        .await;
+        assert_eq!(s, 503, "{e}");
+        assert_eq!(e["code"], "unavailable");
+        let (s, e) = post(&a_url, &k, "/v1/tenants", json!({"name": "late"})).await;
+        assert_eq!(s, 503, "{e}");
+        let list = get(&b_url, &k, "/v1/instances").await;
+        assert_eq!(list["items"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            get(&b_url, &k, "/v1/tenants/late").await["code"],
+            "not_found"
+        );
+        // The new leader knows the running instance: terminating it frees its GPUs.
+        assert_eq!(allocated(&b_url, &k).await, 8);
+        // On its next tick the old leader steps down, and forwards from then on.
+        assert_eq!(
+            a.leadership_tick(later).await.unwrap(),
+            RoleChange::SteppedDown
+        );
+        assert!(!a.is_leader());
+        let id = i1["id"].as_str().unwrap();
+        let (s, t) = post(
+            &a_url,
+            &k,
+            &format!("/v1/instances/{id}/terminate"),
+            json!({}),
+        )
+        .await;
+        assert_eq!(s, 200, "{t}");
+        assert_eq!(allocated(&b_url, &k).await, 0);
+        // Exactly one leader at every step, and the epoch moved once.
+        let (ra, rb) = (a.role().unwrap(), b.role().unwrap());
+        assert!(!ra.leader && rb.leader);
+        assert_eq!(rb.epoch, ra.epoch);
+        assert!(rb.epoch >= 2);
+        // A retried create through either replica is still created once.
+        let body = json!({"tenant_id": "acme", "gpu_model": "H100-SXM-80GB", "gpus": 8});
+        let mut ids = Vec::new();
+        for url in [&a_url, &b_url, &a_url] {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/v1/instances"))
+                .bearer_auth(&k)
+                .header("Idempotency-Key", "retry-1")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            let v: serde_json::Value = r.json().await.unwrap();
+            ids.push(v["id"].as_str().unwrap().to_string());
+        }
+        assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    }
+);
+
+both_backends!(
+    a_restarted_replica_takes_its_own_lease_back,
+    |ctx: TestContext| async move {
+        ctx.import(FLEET).await.expect(200);
+        let url = "http://127.0.0.1:1".to_string();
+        let (first, _) = replica(&ctx).await;
+        assert_eq!(
+            first
+                .enable_replication(config("rep-1", &url))
+                .await
+                .unwrap(),
+            RoleChange::BecameLeader
+        );
+        let epoch = first.role().unwrap().epoch;
+        // kill -9: no resign. A new process on the same address takes the lease at once,
+        // without waiting for it to expire (it holds that address, so the old one is gone).
+        drop(first);
+        let (second, _) = replica(&ctx).await;
+        assert_eq!(
+            second
+                .enable_replication(config("rep-2", &url))
+                .await
+                .unwrap(),
+            RoleChange::BecameLeader
+        );
+        assert_eq!(second.role().unwrap().epoch, epoch + 1);
+        // Another address waits for the lease to expire, or for a clean hand-over.
+        let (third, third_url) = replica(&ctx).await;
+        assert_eq!(
+            third
+                .enable_replication(config("rep-3", &third_url))
+                .await
+                .unwrap(),
+            RoleChange::Same
+        );
+        second.resign().await.unwrap();
+        assert!(!second.is_leader());
+        assert_eq!(
+            third.leadership_tick(Timestamp::now()).await.unwrap(),
+            RoleChange::BecameLeader
+        );
+        assert_eq!(third.role().unwrap().epoch, epoch + 2);
+    }
+);

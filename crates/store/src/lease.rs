@@ -1,0 +1,187 @@
+//! The allocator lease: which control-plane replica may change the fleet's allocations, and
+//! the fence that rejects the writes of a replica that lost it.
+//!
+//! One row in `leases` names the holder, its URL, an `epoch` that grows with every change of
+//! holder, and when the lease expires unless renewed. A replica becomes the holder only when
+//! the lease has expired (or was never held), with a new epoch.
+//!
+//! **Fencing.** In replica mode every write transaction starts by touching the lease row
+//! with the epoch it believes it holds (`UPDATE … WHERE holder = me AND epoch = mine`). That
+//! statement fails when another replica took the lease meanwhile, and the transaction is
+//! refused before it changes anything. It also row-locks the lease until commit, so a
+//! takeover waits for an in-flight write to finish instead of racing it: a write commits
+//! only while its writer holds the lease. The same statement counts the transaction in
+//! `generation`, which tells the other replicas that their in-memory state is stale.
+
+use std::sync::Arc;
+
+use sqlx::{Executor, Row};
+
+use crate::{Result, Store, StoreError, WriteTx};
+
+/// The lease that guards the allocator.
+pub const ALLOCATOR_LEASE: &str = "allocator";
+
+/// The lease row as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// Replica holding it (empty when never held).
+    pub holder: String,
+    /// The URL other replicas forward writes to.
+    pub holder_url: String,
+    /// Grows with every change of holder.
+    pub epoch: i64,
+    /// When it runs out unless renewed, microseconds since the epoch.
+    pub expires_at: i64,
+    /// Write transactions the holders committed, in total.
+    pub generation: i64,
+}
+
+/// Which writes the store lets through.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum FenceMode {
+    /// Single process without leadership (tests, tools): every write goes through.
+    #[default]
+    Off,
+    /// A replica that does not hold the lease: writes are refused.
+    Follower,
+    /// The lease holder: writes go through while the lease row still names it with this
+    /// epoch.
+    Leader {
+        /// This replica's id.
+        holder: String,
+        /// The epoch it took the lease with.
+        epoch: i64,
+    },
+}
+
+pub(crate) type FenceCell = Arc<std::sync::RwLock<FenceMode>>;
+
+impl Store {
+    /// Sets which writes this store lets through (see [`FenceMode`]).
+    pub fn set_fence(&self, mode: FenceMode) {
+        if let Ok(mut f) = self.fence.write() {
+            *f = mode;
+        }
+    }
+
+    /// The current fence mode.
+    pub fn fence(&self) -> FenceMode {
+        self.fence.read().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// Checks the fence at the start of a write transaction.
+    pub(crate) async fn fence_check(&self, tx: &mut WriteTx) -> Result<()> {
+        let mode = self.fence();
+        match mode {
+            FenceMode::Off => Ok(()),
+            FenceMode::Follower => Err(StoreError::NotLeader),
+            FenceMode::Leader { holder, epoch } => {
+                let r = sqlx::query(
+                    "UPDATE leases SET generation = generation + 1
+                     WHERE name = $1 AND holder = $2 AND epoch = $3",
+                )
+                .bind(ALLOCATOR_LEASE)
+                .bind(holder)
+                .bind(epoch)
+                .execute(tx.conn())
+                .await?;
+                if r.rows_affected() == 1 {
+                    Ok(())
+                } else {
+                    Err(StoreError::NotLeader)
+                }
+            }
+        }
+    }
+
+    /// Reads a lease.
+    pub async fn lease_get(&self, name: &str) -> Result<Lease> {
+        let row = sqlx::query(
+            "SELECT holder, holder_url, epoch, expires_at, generation FROM leases WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "lease",
+            id: name.to_string(),
+        })?;
+        Ok(Lease {
+            holder: row.try_get("holder")?,
+            holder_url: row.try_get("holder_url")?,
+            epoch: row.try_get("epoch")?,
+            expires_at: row.try_get("expires_at")?,
+            generation: row.try_get("generation")?,
+        })
+    }
+
+    /// Renews the lease when `holder` holds it with `epoch`, or takes it with a new epoch
+    /// when it has expired — or when it names `url`, this replica's own address: the caller
+    /// has bound that address, so the process that took the lease there is gone. Returns the
+    /// lease as it stands afterwards (held by someone else when neither happened). Not
+    /// fenced: any replica may ask.
+    pub async fn lease_acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        url: &str,
+        held_epoch: Option<i64>,
+        now_micros: i64,
+        ttl_micros: i64,
+    ) -> Result<Lease> {
+        let until = now_micros.saturating_add(ttl_micros);
+        let mut tx = self.begin_write_unfenced().await?;
+        let renewed = match held_epoch {
+            Some(epoch) => {
+                sqlx::query(
+                    "UPDATE leases SET expires_at = $1, holder_url = $2
+                     WHERE name = $3 AND holder = $4 AND epoch = $5",
+                )
+                .bind(until)
+                .bind(url)
+                .bind(name)
+                .bind(holder)
+                .bind(epoch)
+                .execute(tx.conn())
+                .await?
+                .rows_affected()
+                    == 1
+            }
+            None => false,
+        };
+        if !renewed {
+            sqlx::query(
+                "UPDATE leases SET holder = $1, holder_url = $2, epoch = epoch + 1,
+                        expires_at = $3
+                 WHERE name = $4 AND (expires_at < $5 OR holder = '' OR holder_url = $2)",
+            )
+            .bind(holder)
+            .bind(url)
+            .bind(until)
+            .bind(name)
+            .bind(now_micros)
+            .execute(tx.conn())
+            .await?;
+        }
+        tx.commit().await?;
+        self.lease_get(name).await
+    }
+
+    /// Gives the lease up at once (a clean shutdown), so another replica need not wait for
+    /// it to expire.
+    pub async fn lease_release(&self, name: &str, holder: &str, epoch: i64) -> Result<()> {
+        let mut tx = self.begin_write_unfenced().await?;
+        tx.conn()
+            .execute(
+                sqlx::query(
+                    "UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2 AND epoch = $3",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(epoch),
+            )
+            .await?;
+        tx.commit().await
+    }
+}

@@ -225,12 +225,25 @@ pub async fn run(cmd: AdminCmd, json: bool) -> Result<()> {
 }
 
 /// Takes the lock that tells `admin restore` (and a second `serve`) that this server uses
-/// the SQLite database at `url`; held while the returned value lives. None for PostgreSQL.
-pub fn lock_for_serve(url: &str) -> Result<Option<DatabaseLock>> {
+/// the SQLite database at `url`, and checks the database takes writes; the lock is held
+/// while the returned value lives. None for PostgreSQL.
+pub async fn lock_for_serve(url: &str) -> Result<Option<DatabaseLock>> {
     let Some(file) = sqlite_path(url) else {
         return Ok(None);
     };
-    match DatabaseLock::acquire(&file) {
+    let lock = DatabaseLock::acquire(&file);
+    if lock.is_ok()
+        && let Err(BackupError::ReadOnly { path, detail }) =
+            backup::sqlite_check_writable(url, &file).await
+    {
+        bail!(
+            "the database {} is read-only ({detail}); make it and its directory writable by \
+             the user running neocloud, remount the disk read-write, or drop mode=ro from \
+             the URL",
+            path.display()
+        );
+    }
+    match lock {
         Ok(lock) => Ok(Some(lock)),
         Err(BackupError::InUse { db, lock }) => bail!(
             "another neocloud serve is running on {} (it holds the lock {}); stop it, or \

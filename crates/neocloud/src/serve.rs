@@ -114,7 +114,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         ),
     };
     // Held while serving: `admin restore` and a second `serve` on this file refuse to run.
-    let _db_lock = crate::admin::lock_for_serve(&url)?;
+    let _db_lock = crate::admin::lock_for_serve(&url).await?;
     let started = std::time::Instant::now();
     let config = neocloud_service::SchedulerConfig {
         fleet_policy: args.fleet_policy,

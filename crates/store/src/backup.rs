@@ -74,6 +74,14 @@ pub enum BackupError {
         /// The lock file.
         lock: PathBuf,
     },
+    /// The database can be read but not written.
+    #[error("{path} is read-only ({detail})")]
+    ReadOnly {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        detail: String,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -434,6 +442,46 @@ pub async fn sqlite_backup(
     fsync_dir(out_dir)?;
     summary.path = out.to_path_buf();
     Ok(summary)
+}
+
+/// Checks that the existing SQLite database behind `url` (the URL `serve` opens, with its
+/// options such as `mode=ro`) takes writes, without changing it: a write statement that
+/// matches no row, rolled back. SQLite opens a file it may not write read-only without
+/// complaint, so without this a server would start and fail every write. Does nothing when
+/// the file does not exist yet or is not a neocloud database (opening it reports that).
+pub async fn sqlite_check_writable(url: &str, path: &Path) -> Result<(), BackupError> {
+    use sqlx::Executor;
+    use std::str::FromStr;
+    if !path.is_file() {
+        return Ok(());
+    }
+    let Ok(options) = SqliteConnectOptions::from_str(url) else {
+        return Ok(());
+    };
+    let options = options
+        .create_if_missing(false)
+        .busy_timeout(std::time::Duration::from_secs(10));
+    let Ok(mut conn) = SqliteConnection::connect_with(&options).await else {
+        return Ok(());
+    };
+    let probe = conn
+        .execute("BEGIN; UPDATE schema_migrations SET version = version WHERE 0")
+        .await;
+    let _ = conn.execute("ROLLBACK").await;
+    let _ = conn.close().await;
+    match probe {
+        Err(sqlx::Error::Database(db))
+            if db
+                .code()
+                .is_some_and(|c| c.parse::<u32>().is_ok_and(|n| n & 0xff == 8)) =>
+        {
+            Err(BackupError::ReadOnly {
+                path: path.to_path_buf(),
+                detail: db.message().to_string(),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// What a restore did.

@@ -10,6 +10,7 @@
 
 mod ctx;
 
+mod admin;
 mod agent_e2e;
 mod api_auth;
 mod api_billing;

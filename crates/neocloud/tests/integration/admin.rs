@@ -158,11 +158,19 @@ async fn neocloud(args: &[&str]) -> Output {
 /// Runs `neocloud serve ARGS` that must fail at start; killed (and the test failed) if it
 /// serves instead.
 async fn serve_must_fail(args: &[&str]) -> Output {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    serve_as_must_fail(&[], args).await
+}
+
+/// [`serve_must_fail`] through a program that runs it as another user (`prefix`).
+async fn serve_as_must_fail(prefix: &[&str], args: &[&str]) -> Output {
+    let mut argv: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+    argv.push(BIN.to_string());
+    argv.push("serve".to_string());
+    argv.extend(args.iter().map(|s| s.to_string()));
+    let args = argv.clone();
     tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .args(&args)
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
             .env("RUST_LOG", "warn")
             .env_remove("NEOCLOUD_DATABASE_URL")
             .stdout(Stdio::piped())
@@ -669,4 +677,71 @@ async fn serve_refuses_a_read_only_database_with_a_clear_error() {
         "{e}"
     );
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
+
+    // Real permissions: as root, run serve as the unprivileged user `nobody` (where
+    // setpriv exists and nobody may run the binary; skipped elsewhere, the cases above
+    // stand). A directory nobody may not write stops it at the lock file; a database file
+    // it may not write, in a directory it may, is opened read-only by SQLite and caught by
+    // the start-up write check.
+    let as_nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    let can = Command::new(as_nobody[0])
+        .args(&as_nobody[1..])
+        .arg(BIN)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !(can && is_root) {
+        eprintln!("skipping the run as nobody (needs root and setpriv)");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let closed = dir.join("closed");
+    std::fs::create_dir_all(&closed).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = serve_as_must_fail(
+        &as_nobody,
+        &["--listen", "127.0.0.1:0", "--data-dir", s(&closed)],
+    )
+    .await;
+    let e = err(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains(&format!(
+            "cannot write {}",
+            closed.join("neocloud.db.lock").display()
+        )) && e.contains("Permission denied")
+            && e.contains("must be writable"),
+        "{e}"
+    );
+    assert!(!closed.join("neocloud.db").exists());
+
+    // The database of the first part, its file (and log) the user may not write.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for f in files_in(&data) {
+        std::fs::set_permissions(data.join(&f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    std::fs::remove_file(data.join("neocloud.db.lock")).unwrap();
+    let o = serve_as_must_fail(
+        &as_nobody,
+        &["--listen", "127.0.0.1:0", "--data-dir", s(&data)],
+    )
+    .await;
+    let e = err(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains(&format!("the database {} is read-only", db.display())),
+        "{e}"
+    );
+    assert_eq!(integrity(&db).await, "ok");
+    assert_eq!(tenant_names(&db).await, before);
 }

@@ -56,6 +56,8 @@ fi
 stop_pg() { "${RUN_AS[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true; rm -rf "$PG_DIR"; }
 trap stop_pg EXIT
 export NEOCLOUD_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+# The fault suite may freeze this throwaway cluster for a moment (SIGSTOP/SIGCONT).
+export NEOCLOUD_TEST_FAULTS_PAUSE_PG=1
 unset NEOCLOUD_TEST_SKIP_POSTGRES
 
 log "cargo fmt --check"

@@ -22,6 +22,7 @@ mod api_tenancy;
 mod cli;
 mod console;
 mod console_browser;
+mod faults;
 mod openapi;
 mod replicas;
 mod sim;

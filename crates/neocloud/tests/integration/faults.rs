@@ -1,0 +1,631 @@
+//! The fault suite: three real `neocloud serve` replicas on one PostgreSQL database, a load
+//! generator launching and terminating instances and signing contracts through random
+//! replicas, and a harness that `kill -9`s the leader at random moments, restarts it, and
+//! (where `NEOCLOUD_TEST_FAULTS_PAUSE_PG=1`, set by `scripts/test.sh` for its throwaway
+//! cluster) freezes PostgreSQL for a moment. Afterwards it checks DESIGN.md §3 invariants
+//! 1, 2, 6 and 8 against the database and against every acknowledged response.
+//!
+//! Bounded: `NEOCLOUD_TEST_FAULTS_SECS` seconds of load (20 by default; the soak run in
+//! `docs/deployment.md` uses more). It prints a report: operations acknowledged, kills
+//! survived, failovers and how long each took, invariant violations (must be 0).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use crate::ctx::{Db, fresh_database_url, temp_dir, unique};
+
+const BIN: &str = env!("CARGO_BIN_EXE_neocloud");
+
+const FLEET: &str = r#"
+[[sites]]
+name = "east"
+region = "us-east"
+power_mw = 5
+pue = 1.1
+[[sites.node_groups]]
+gpu_model = "H100-SXM-80GB"
+gpus = 8
+peak_watts = 10000
+idle_watts = 2000
+nodes_per_block = 8
+layout = [
+  { kind = "pod", count = 1, name = "f-p{n}" },
+  { kind = "leaf_group", count = 4, name = "{parent}-l{n}" },
+]
+name = "{block}-n{n}"
+"#;
+
+struct Replica {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Replica {
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn start(&mut self, db: &str, fleet: Option<&Path>) {
+        // NEOCLOUD_TEST_SERVE_BIN runs another build (the release one, for the failover
+        // benchmark).
+        let bin = std::env::var("NEOCLOUD_TEST_SERVE_BIN").unwrap_or_else(|_| BIN.to_string());
+        let mut cmd = Command::new(bin);
+        cmd.args(["serve", "--database-url", db, "--lease-ttl", "2"])
+            .args(["--follower-refresh", "1", "--listen"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(f) = fleet {
+            cmd.arg("--fleet").arg(f);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        loop {
+            let line = lines.next().expect("serve exited early").unwrap();
+            if line.starts_with("neocloud is serving on http://") {
+                break;
+            }
+        }
+        // Keep draining stdout so the process never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap()
+}
+
+async fn is_leader(client: &reqwest::Client, url: &str) -> bool {
+    match client.get(format!("{url}/readyz")).send().await {
+        Ok(r) => r.text().await.is_ok_and(|t| t.starts_with("ready (leader")),
+        Err(_) => false,
+    }
+}
+
+/// One acknowledged operation.
+#[derive(Clone, Debug)]
+enum Ack {
+    Launch { key: String, id: String },
+    Terminate { id: String },
+    Contract { key: String, id: String },
+}
+
+#[derive(Default)]
+struct Log {
+    acks: Vec<Ack>,
+    /// When each acknowledgement arrived.
+    at: Vec<Instant>,
+    refused: usize,
+    gave_up: usize,
+    running: Vec<String>,
+}
+
+/// Sends a write through a random replica, retrying (same Idempotency-Key) across
+/// failovers. `Some` is the acknowledged body; `None` a refusal (4xx) or giving up.
+async fn write(
+    client: &reqwest::Client,
+    urls: &[String],
+    key: &str,
+    path: &str,
+    idem: &str,
+    body: &Value,
+    seed: &mut u64,
+) -> Result<Value, bool> {
+    for _ in 0..60 {
+        let url = &urls[pick(seed, urls.len())];
+        let r = client
+            .post(format!("{url}{path}"))
+            .bearer_auth(key)
+            .header("Idempotency-Key", idem)
+            .json(body)
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => {
+                if let Ok(v) = r.json::<Value>().await {
+                    return Ok(v);
+                }
+            }
+            Ok(r) if r.status().is_client_error() => return Err(true),
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    Err(false)
+}
+
+/// A random index below `n`.
+fn pick(seed: &mut u64, n: usize) -> usize {
+    usize::try_from(next(seed) % n.max(1) as u64).unwrap_or(0)
+}
+
+fn next(seed: &mut u64) -> u64 {
+    // splitmix64: a reproducible stream per worker.
+    *seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *seed;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+async fn worker(
+    client: reqwest::Client,
+    urls: Vec<String>,
+    key: String,
+    until: Instant,
+    mut seed: u64,
+    log: Arc<Mutex<Log>>,
+) {
+    let mut n = 0u64;
+    while Instant::now() < until {
+        n += 1;
+        let roll = next(&mut seed) % 10;
+        let running = log.lock().unwrap().running.clone();
+        if roll < 3 && !running.is_empty() {
+            let id = running[pick(&mut seed, running.len())].clone();
+            let r = write(
+                &client,
+                &urls,
+                &key,
+                &format!("/v1/instances/{id}/terminate"),
+                &format!("t-{id}"),
+                &json!({}),
+                &mut seed,
+            )
+            .await;
+            let mut l = log.lock().unwrap();
+            match r {
+                Ok(_) => {
+                    l.acks.push(Ack::Terminate { id: id.clone() });
+                    l.at.push(Instant::now());
+                    l.running.retain(|r| *r != id);
+                }
+                Err(true) => l.refused += 1,
+                Err(false) => l.gave_up += 1,
+            }
+        } else if roll < 4 {
+            let idem = format!("c-{seed:x}-{n}");
+            let now = neocloud_types::Timestamp::now();
+            let body = json!({"tenant_id": "load", "gpu_model": "H100-SXM-80GB", "gpu_count": 8,
+                "start_at": now.to_string(), "end_at": now.plus_seconds(30 * 86_400).to_string(), "site": "east"});
+            let r = write(
+                &client,
+                &urls,
+                &key,
+                "/v1/contracts",
+                &idem,
+                &body,
+                &mut seed,
+            )
+            .await;
+            let mut l = log.lock().unwrap();
+            match r {
+                Ok(v) => {
+                    l.acks.push(Ack::Contract {
+                        key: idem,
+                        id: v["id"].as_str().unwrap_or_default().to_string(),
+                    });
+                    l.at.push(Instant::now());
+                }
+                Err(true) => l.refused += 1,
+                Err(false) => l.gave_up += 1,
+            }
+        } else {
+            let idem = format!("l-{seed:x}-{n}");
+            let gpus = [1, 2, 4, 8][pick(&mut seed, 4)];
+            let body = json!({"tenant_id": "load", "gpu_model": "H100-SXM-80GB", "gpus": gpus, "name": idem});
+            let r = write(
+                &client,
+                &urls,
+                &key,
+                "/v1/instances",
+                &idem,
+                &body,
+                &mut seed,
+            )
+            .await;
+            let mut l = log.lock().unwrap();
+            match r {
+                Ok(v) => {
+                    let id = v["id"].as_str().unwrap_or_default().to_string();
+                    if v["state"] == "running" {
+                        l.running.push(id.clone());
+                    }
+                    l.acks.push(Ack::Launch { key: idem, id });
+                    l.at.push(Instant::now());
+                }
+                Err(true) => l.refused += 1,
+                Err(false) => l.gave_up += 1,
+            }
+        }
+    }
+}
+
+/// Freezes every PostgreSQL process of the throwaway cluster for `d`.
+fn pause_postgres(d: Duration) -> bool {
+    let Ok(out) = Command::new("pgrep")
+        .args(["-u", "postgres", "-x", "postgres"])
+        .output()
+    else {
+        return false;
+    };
+    let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if pids.is_empty() {
+        return false;
+    }
+    let _ = Command::new("kill").arg("-STOP").args(&pids).status();
+    std::thread::sleep(d);
+    let _ = Command::new("kill").arg("-CONT").args(&pids).status();
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_survive_kill_9_and_lose_nothing() {
+    let Some(db) = fresh_database_url(Db::Postgres).await else {
+        return;
+    };
+    let secs: u64 = std::env::var("NEOCLOUD_TEST_FAULTS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let dir = temp_dir();
+    let fleet = dir.join("fleet.toml");
+    std::fs::write(&fleet, FLEET).unwrap();
+    let mut replicas: Vec<Replica> = (0..3)
+        .map(|i| Replica {
+            port: free_port(),
+            dir: dir.join(format!("r{i}")),
+            child: None,
+        })
+        .collect();
+    replicas[0].start(&db, Some(&fleet));
+    for r in replicas.iter_mut().skip(1) {
+        r.start(&db, None);
+    }
+    let key = std::fs::read_to_string(replicas[0].dir.join("operator.key"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let urls: Vec<String> = replicas.iter().map(Replica::url).collect();
+    let client = http();
+    let mut seed = 7;
+    write(
+        &client,
+        &urls,
+        &key,
+        "/v1/tenants",
+        &format!("tenant-{}", unique()),
+        &json!({"name": "load"}),
+        &mut seed,
+    )
+    .await
+    .expect("tenant");
+
+    // Load for `secs` seconds, four workers.
+    let log = Arc::new(Mutex::new(Log::default()));
+    let until = Instant::now() + Duration::from_secs(secs);
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            tokio::spawn(worker(
+                client.clone(),
+                urls.clone(),
+                key.clone(),
+                until,
+                1000 + w,
+                log.clone(),
+            ))
+        })
+        .collect();
+
+    // Chaos: kill the leader every few seconds, measure the failover, restart it.
+    let pause_pg = std::env::var("NEOCLOUD_TEST_FAULTS_PAUSE_PG").is_ok_and(|v| v == "1");
+    let mut kills = 0;
+    let mut pauses = 0;
+    let mut failovers: Vec<Duration> = Vec::new();
+    let mut windows: Vec<(Instant, Instant)> = Vec::new();
+    let load_start = Instant::now();
+    let mut rng = 99u64;
+    while Instant::now() + Duration::from_secs(4) < until {
+        tokio::time::sleep(Duration::from_millis(1500 + next(&mut rng) % 2500)).await;
+        if pause_pg && pauses == 0 && kills >= 1 {
+            pauses += usize::from(pause_postgres(Duration::from_millis(1500)));
+            continue;
+        }
+        let mut leader = None;
+        for (i, u) in urls.iter().enumerate() {
+            if is_leader(&client, u).await {
+                leader = Some(i);
+            }
+        }
+        let Some(i) = leader else { continue };
+        replicas[i].kill9();
+        kills += 1;
+        let killed_at = Instant::now();
+        let deadline = killed_at + Duration::from_secs(30);
+        'wait: while Instant::now() < deadline {
+            for (j, u) in urls.iter().enumerate() {
+                if j != i && is_leader(&client, u).await {
+                    failovers.push(killed_at.elapsed());
+                    windows.push((killed_at, Instant::now()));
+                    break 'wait;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        replicas[i].start(&db, None);
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+
+    // Settle: one leader, everything committed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut leaders = 0;
+        for u in &urls {
+            leaders += usize::from(is_leader(&client, u).await);
+        }
+        if leaders == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single leader after the run ({leaders})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&db)
+        .await
+        .unwrap();
+    let mut violations: Vec<String> = Vec::new();
+
+    // 1. A GPU belongs to at most one running instance, and a live instance holds exactly
+    //    its GPUs.
+    let held = sqlx::query(
+        "SELECT i.id, i.state, i.gpu_count, COUNT(g.holder) AS held
+         FROM instances i LEFT JOIN gpus g ON g.holder = i.id GROUP BY i.id, i.state, i.gpu_count",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for r in &held {
+        let (id, state): (String, String) = (r.get("id"), r.get("state"));
+        let (want, got): (i64, i64) = (r.get("gpu_count"), r.get("held"));
+        let live = matches!(state.as_str(), "running" | "preempting" | "terminating");
+        if live && want != got || !live && got != 0 {
+            violations.push(format!(
+                "instance {id} ({state}) holds {got} GPUs, should hold {}",
+                if live { want } else { 0 }
+            ));
+        }
+    }
+    let total_held: i64 = held.iter().map(|r| r.get::<i64, _>("held")).sum();
+    let distinct: i64 = sqlx::query("SELECT COUNT(*) AS n FROM gpus WHERE holder IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("n");
+    if total_held != distinct {
+        violations.push(format!("{total_held} holds on {distinct} GPUs"));
+    }
+
+    // 2. Contracts never promise more than the sellable GPUs, at any time.
+    let contracts = sqlx::query(
+        "SELECT id, gpu_count, start_at, end_at FROM contracts WHERE state IN ('signed', 'active')",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let cap: Value = client
+        .get(format!("{}/v1/capacity?site=east", urls[0]))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sellable = cap["items"][0]["sellable_gpus"]
+        .as_i64()
+        .expect("sellable GPUs");
+    let mut edges: BTreeMap<i64, i64> = BTreeMap::new();
+    for c in &contracts {
+        *edges.entry(c.get("start_at")).or_default() += c.get::<i64, _>("gpu_count");
+        *edges.entry(c.get("end_at")).or_default() -= c.get::<i64, _>("gpu_count");
+    }
+    let mut promised = 0;
+    for (_, d) in edges {
+        promised += d;
+        if promised > sellable {
+            violations.push(format!("{promised} GPUs promised, {sellable} sellable"));
+        }
+    }
+
+    // 6. The ledger matches the lifetimes of ended instances: metered to the second, the
+    //    records tile [start, end] (both truncated to the whole second) without gap or
+    //    overlap, each worth its GPUs × its seconds.
+    let ended = sqlx::query(
+        "SELECT id, gpu_count, started_at, ended_at FROM instances
+         WHERE started_at IS NOT NULL AND ended_at IS NOT NULL",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for i in &ended {
+        let id: String = i.get("id");
+        let recs = sqlx::query(
+            "SELECT start_at, end_at, gpu_seconds, gpus FROM usage_records WHERE instance_id = $1 ORDER BY start_at",
+        )
+        .bind(&id)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let second = |t: i64| t - t.rem_euclid(1_000_000);
+        let mut at: i64 = second(i.get("started_at"));
+        for r in &recs {
+            let (s, e): (i64, i64) = (r.get("start_at"), r.get("end_at"));
+            let g: i64 = r.get("gpu_seconds");
+            if s != at || g != r.get::<i64, _>("gpus") * ((e - s) / 1_000_000) {
+                violations.push(format!(
+                    "instance {id}: ledger record {s}..{e} ({g} GPU-s) does not follow {at}"
+                ));
+            }
+            at = e;
+        }
+        let end: i64 = second(i.get("ended_at"));
+        if at != end {
+            violations.push(format!(
+                "instance {id}: ledger ends at {at}, the instance at {end}"
+            ));
+        }
+    }
+
+    // 8. Every acknowledged create exists exactly once; acknowledged terminates stuck.
+    let names = sqlx::query(
+        "SELECT name, COUNT(*) AS n FROM instances WHERE name IS NOT NULL GROUP BY name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let by_name: BTreeMap<String, i64> =
+        names.iter().map(|r| (r.get("name"), r.get("n"))).collect();
+    let ids: BTreeSet<String> = held.iter().map(|r| r.get("id")).collect();
+    let contract_ids: BTreeSet<String> = sqlx::query("SELECT id FROM contracts")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get("id"))
+        .collect();
+    for (name, n) in &by_name {
+        if *n > 1 {
+            violations.push(format!("launch {name} created {n} instances"));
+        }
+    }
+    let (mut launches, mut terminates, mut signed) = (0, 0, 0);
+    for a in &log.acks {
+        match a {
+            Ack::Launch { key, id } => {
+                launches += 1;
+                if !ids.contains(id) || by_name.get(key) != Some(&1) {
+                    violations.push(format!("acknowledged launch {key} ({id}) is missing"));
+                }
+            }
+            Ack::Terminate { id } => {
+                terminates += 1;
+                let state: Option<String> =
+                    sqlx::query("SELECT state FROM instances WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&pool)
+                        .await
+                        .unwrap()
+                        .map(|r| r.get("state"));
+                if state
+                    .as_deref()
+                    .is_none_or(|s| matches!(s, "running" | "pending"))
+                {
+                    violations.push(format!("acknowledged terminate of {id} left it {state:?}"));
+                }
+            }
+            Ack::Contract { key, id } => {
+                signed += 1;
+                if !contract_ids.contains(id) {
+                    violations.push(format!("acknowledged contract {key} ({id}) is missing"));
+                }
+            }
+        }
+    }
+    // Throughput: acknowledged writes per second overall, and inside the failover windows
+    // (from the kill until a new leader answers).
+    let run = until
+        .saturating_duration_since(load_start)
+        .as_secs_f64()
+        .max(1e-3);
+    let in_windows = log
+        .at
+        .iter()
+        .filter(|t| windows.iter().any(|(a, b)| *t >= a && *t <= b))
+        .count();
+    let window_secs: f64 = windows.iter().map(|(a, b)| (*b - *a).as_secs_f64()).sum();
+    let outside = (log.at.len() - in_windows) as f64 / (run - window_secs).max(1e-3);
+    let during = in_windows as f64 / window_secs.max(1e-3);
+    println!(
+        "fault suite throughput: {:.1} acknowledged writes/s outside failovers, {during:.1}/s during them ({window_secs:.1} s in all)",
+        outside
+    );
+    let mean =
+        failovers.iter().map(Duration::as_secs_f64).sum::<f64>() / failovers.len().max(1) as f64;
+    let worst = failovers
+        .iter()
+        .map(Duration::as_secs_f64)
+        .fold(0.0, f64::max);
+    println!(
+        "fault suite: {secs} s of load through 3 replicas; acknowledged {} ({launches} launches, {terminates} terminates, {signed} contracts), refused {}, gave up {}; \
+         kills survived {kills}, PostgreSQL pauses {pauses}, failovers {} (mean {mean:.2} s, worst {worst:.2} s); invariant violations {}",
+        log.acks.len(),
+        log.refused,
+        log.gave_up,
+        failovers.len(),
+        violations.len()
+    );
+    assert!(
+        violations.is_empty(),
+        "invariant violations:\n{}",
+        violations.join("\n")
+    );
+    assert!(
+        kills >= 1 && failovers.len() == kills,
+        "every kill must end in a failover"
+    );
+    assert!(
+        launches > 0 && terminates > 0,
+        "the load must have done work"
+    );
+    assert_eq!(
+        log.gave_up, 0,
+        "every write must get an answer across failovers"
+    );
+}

@@ -1,4 +1,5 @@
-//! The fault suite: three real `neocloud serve` replicas on one PostgreSQL database, a load
+//! The fault suite: three real `neocloud serve` replicas on one PostgreSQL database (and, for
+//! SQLite mode, one process killed and restarted on its data directory), a load
 //! generator launching and terminating instances and signing contracts through random
 //! replicas, and a harness that `kill -9`s the leader at random moments, restarts it, and
 //! (where `NEOCLOUD_TEST_FAULTS_PAUSE_PG=1`, set by `scripts/test.sh` for its throwaway
@@ -300,7 +301,17 @@ fn pause_postgres(d: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_survive_kill_9_and_lose_nothing() {
-    let Some(db) = fresh_database_url(Db::Postgres).await else {
+    run(Db::Postgres, 3).await;
+}
+
+/// SQLite mode: one process, killed and restarted under the same load and checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_single_sqlite_process_survives_kill_9_and_loses_nothing() {
+    run(Db::Sqlite, 1).await;
+}
+
+async fn run(backend: Db, n: usize) {
+    let Some(db) = fresh_database_url(backend).await else {
         return;
     };
     let secs: u64 = std::env::var("NEOCLOUD_TEST_FAULTS_SECS")
@@ -310,7 +321,7 @@ async fn replicas_survive_kill_9_and_lose_nothing() {
     let dir = temp_dir();
     let fleet = dir.join("fleet.toml");
     std::fs::write(&fleet, FLEET).unwrap();
-    let mut replicas: Vec<Replica> = (0..3)
+    let mut replicas: Vec<Replica> = (0..n)
         .map(|i| Replica {
             port: free_port(),
             dir: dir.join(format!("r{i}")),
@@ -357,7 +368,8 @@ async fn replicas_survive_kill_9_and_lose_nothing() {
         .collect();
 
     // Chaos: kill the leader every few seconds, measure the failover, restart it.
-    let pause_pg = std::env::var("NEOCLOUD_TEST_FAULTS_PAUSE_PG").is_ok_and(|v| v == "1");
+    let pause_pg = backend == Db::Postgres
+        && std::env::var("NEOCLOUD_TEST_FAULTS_PAUSE_PG").is_ok_and(|v| v == "1");
     let mut kills = 0;
     let mut pauses = 0;
     let mut failovers: Vec<Duration> = Vec::new();
@@ -380,10 +392,15 @@ async fn replicas_survive_kill_9_and_lose_nothing() {
         replicas[i].kill9();
         kills += 1;
         let killed_at = Instant::now();
+        let alone = replicas.len() == 1;
+        if alone {
+            // The only process: it comes back at once, on the same address and database.
+            replicas[i].start(&db, None);
+        }
         let deadline = killed_at + Duration::from_secs(30);
         'wait: while Instant::now() < deadline {
             for (j, u) in urls.iter().enumerate() {
-                if j != i && is_leader(&client, u).await {
+                if (alone || j != i) && is_leader(&client, u).await {
                     failovers.push(killed_at.elapsed());
                     windows.push((killed_at, Instant::now()));
                     break 'wait;
@@ -391,8 +408,10 @@ async fn replicas_survive_kill_9_and_lose_nothing() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        replicas[i].start(&db, None);
+        if !alone {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            replicas[i].start(&db, None);
+        }
     }
     for w in workers {
         w.await.unwrap();
@@ -415,7 +434,8 @@ async fn replicas_survive_kill_9_and_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let log = std::mem::take(&mut *log.lock().unwrap());
-    let pool = sqlx::postgres::PgPoolOptions::new()
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
         .max_connections(2)
         .connect(&db)
         .await
@@ -425,7 +445,7 @@ async fn replicas_survive_kill_9_and_lose_nothing() {
     // 1. A GPU belongs to at most one running instance, and a live instance holds exactly
     //    its GPUs.
     let held = sqlx::query(
-        "SELECT i.id, i.state, i.gpu_count, COUNT(g.holder) AS held
+        "SELECT i.id, i.state, i.gpu_count, CAST(COUNT(g.holder) AS BIGINT) AS held
          FROM instances i LEFT JOIN gpus g ON g.holder = i.id GROUP BY i.id, i.state, i.gpu_count",
     )
     .fetch_all(&pool)
@@ -443,11 +463,12 @@ async fn replicas_survive_kill_9_and_lose_nothing() {
         }
     }
     let total_held: i64 = held.iter().map(|r| r.get::<i64, _>("held")).sum();
-    let distinct: i64 = sqlx::query("SELECT COUNT(*) AS n FROM gpus WHERE holder IS NOT NULL")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get("n");
+    let distinct: i64 =
+        sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM gpus WHERE holder IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get("n");
     if total_held != distinct {
         violations.push(format!("{total_held} holds on {distinct} GPUs"));
     }
@@ -525,7 +546,7 @@ async fn replicas_survive_kill_9_and_lose_nothing() {
 
     // 8. Every acknowledged create exists exactly once; acknowledged terminates stuck.
     let names = sqlx::query(
-        "SELECT name, COUNT(*) AS n FROM instances WHERE name IS NOT NULL GROUP BY name",
+        "SELECT name, CAST(COUNT(*) AS BIGINT) AS n FROM instances WHERE name IS NOT NULL GROUP BY name",
     )
     .fetch_all(&pool)
     .await
@@ -603,7 +624,7 @@ async fn replicas_survive_kill_9_and_lose_nothing() {
         .map(Duration::as_secs_f64)
         .fold(0.0, f64::max);
     println!(
-        "fault suite: {secs} s of load through 3 replicas; acknowledged {} ({launches} launches, {terminates} terminates, {signed} contracts), refused {}, gave up {}; \
+        "fault suite ({backend:?}): {secs} s of load through {n} replica(s); acknowledged {} ({launches} launches, {terminates} terminates, {signed} contracts), refused {}, gave up {}; \
          kills survived {kills}, PostgreSQL pauses {pauses}, failovers {} (mean {mean:.2} s, worst {worst:.2} s); invariant violations {}",
         log.acks.len(),
         log.refused,

@@ -596,6 +596,10 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_loses_nothing() {
     // Nothing changed, and reads still work.
     assert_eq!(server.tenant_status(&name).await, 404);
     assert_eq!(server.tenant_status("early-0").await, 200);
+    assert_eq!(
+        server.send(reqwest::Method::GET, "/readyz", None).await.0,
+        200
+    );
     let (st, list, _) = server
         .send(reqwest::Method::GET, "/v1/tenants?limit=1000", None)
         .await;
@@ -623,6 +627,101 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_loses_nothing() {
     let server = Serve::start(&data, &[]).await;
     assert_eq!(server.create_tenant(&name).await.0, 201);
     server.stop().await;
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// Mounts a 2 MiB tmpfs at a fresh directory, if this process may (root with the
+    /// right to mount); None elsewhere.
+    fn mount() -> Option<SmallDisk> {
+        let dir = temp_dir().join("small-disk");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .arg(&dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk(dir))
+    }
+
+    /// Free bytes on it.
+    fn free(&self) -> u64 {
+        let o = Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The same on a disk that is really full (a 2 MiB tmpfs, where this process may mount
+/// one; skipped elsewhere): 507 and nothing changed, reads and readiness keep working, and
+/// once space is freed writes work again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_really_full_disk_refuses_writes_until_space_is_freed() {
+    let Some(disk) = SmallDisk::mount() else {
+        eprintln!("skipping: cannot mount a tmpfs here");
+        return;
+    };
+    let data = disk.0.join("data");
+    let server = Serve::start(&data, &[]).await;
+    assert_eq!(server.create_tenant("early").await.0, 201);
+    // Leave about 40 KiB free.
+    let filler = disk.0.join("filler");
+    let room = disk.free().saturating_sub(40 * 1024);
+    std::fs::write(&filler, vec![0u8; usize::try_from(room).unwrap()]).unwrap();
+    let mut acked = vec!["early".to_string()];
+    let mut refused = None;
+    for i in 0..500 {
+        let name = format!("fill-{i}");
+        let (st, body, _) = server.create_tenant(&name).await;
+        if st == 201 {
+            acked.push(name);
+        } else {
+            refused = Some((name, st, body));
+            break;
+        }
+    }
+    let (name, st, body) = refused.expect("the disk never filled up");
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (507, Some("storage_full")),
+        "{body}"
+    );
+    assert_eq!(server.tenant_status(&name).await, 404);
+    assert_eq!(server.tenant_status("early").await, 200);
+    assert_eq!(
+        server.send(reqwest::Method::GET, "/readyz", None).await.0,
+        200
+    );
+    // Space again: the same write now succeeds, no restart needed.
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(server.create_tenant(&name).await.0, 201);
+    acked.push(name);
+    server.stop().await;
+    let db = data.join("neocloud.db");
+    assert_eq!(integrity(&db).await, "ok");
+    assert_eq!(
+        tenant_names(&db).await,
+        acked.iter().cloned().collect::<BTreeSet<_>>()
+    );
+    drop(disk);
 }
 
 /// A database serve cannot write stops the start with one line that names the file and

@@ -30,7 +30,13 @@ struct Serve {
 impl Serve {
     /// Starts serve on `data` (with extra environment) and waits for its "serving" line.
     async fn start(data: &Path, env: &[(&str, String)]) -> Serve {
+        Self::start_with(data, &[], env).await
+    }
+
+    /// [`Serve::start`] with more arguments for serve.
+    async fn start_with(data: &Path, args: &[&str], env: &[(&str, String)]) -> Serve {
         let data = data.to_path_buf();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
@@ -39,6 +45,7 @@ impl Serve {
             let mut cmd = Command::new(BIN);
             cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
                 .arg(&data)
+                .args(&args)
                 .env("RUST_LOG", "warn")
                 .env_remove("NEOCLOUD_DATABASE_URL")
                 .stdout(Stdio::piped())
@@ -670,9 +677,27 @@ impl Drop for SmallDisk {
     }
 }
 
+/// Two nodes of 8 GPUs (15 sellable: one is the spare buffer).
+const TWO_NODES: &str = r#"
+[[sites]]
+name = "lab"
+region = "us-east"
+power_mw = 1
+pue = 1.1
+[[sites.node_groups]]
+gpu_model = "H100-SXM-80GB"
+gpus = 8
+peak_watts = 10000
+idle_watts = 2000
+nodes_per_block = 2
+layout = [ { kind = "pod", count = 1, name = "p{n}" } ]
+name = "{block}-n{n}"
+"#;
+
 /// The same on a disk that is really full (a 2 MiB tmpfs, where this process may mount
-/// one; skipped elsewhere): 507 and nothing changed, reads and readiness keep working, and
-/// once space is freed writes work again without a restart.
+/// one; skipped elsewhere): 507 and nothing changed — a refused launch leaves its GPUs
+/// free — reads and readiness keep working, and once space is freed writes work again
+/// without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_really_full_disk_refuses_writes_until_space_is_freed() {
     let Some(disk) = SmallDisk::mount() else {
@@ -680,8 +705,12 @@ async fn a_really_full_disk_refuses_writes_until_space_is_freed() {
         return;
     };
     let data = disk.0.join("data");
-    let server = Serve::start(&data, &[]).await;
-    assert_eq!(server.create_tenant("early").await.0, 201);
+    let fleet = temp_dir().join("fleet.toml");
+    std::fs::write(&fleet, TWO_NODES).unwrap();
+    let server = Serve::start_with(&data, &["--fleet", s(&fleet)], &[]).await;
+    let (st, tenant, _) = server.create_tenant("early").await;
+    assert_eq!(st, 201, "{tenant}");
+    let launch = json!({"tenant_id": tenant["id"], "gpu_model": "H100-SXM-80GB", "gpus": 8});
     // Leave about 40 KiB free.
     let filler = disk.0.join("filler");
     let room = disk.free().saturating_sub(40 * 1024);
@@ -710,10 +739,33 @@ async fn a_really_full_disk_refuses_writes_until_space_is_freed() {
         server.send(reqwest::Method::GET, "/readyz", None).await.0,
         200
     );
-    // Space again: the same write now succeeds, no restart needed.
+    // A launch takes a node's 8 GPUs in memory first; refused on the disk, it must give
+    // them back, or the launch after freeing space would find 7 sellable GPUs, not 15.
+    let (st, body, _) = server
+        .send(reqwest::Method::POST, "/v1/instances", Some(launch.clone()))
+        .await;
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (507, Some("storage_full")),
+        "{body}"
+    );
+    let (st, list, _) = server
+        .send(reqwest::Method::GET, "/v1/instances", None)
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(list["items"].as_array().unwrap().len(), 0, "{list}");
+    // Space again: the same writes now succeed, no restart needed.
     std::fs::remove_file(&filler).unwrap();
     assert_eq!(server.create_tenant(&name).await.0, 201);
     acked.push(name);
+    let (st, inst, _) = server
+        .send(reqwest::Method::POST, "/v1/instances", Some(launch))
+        .await;
+    assert_eq!(
+        (st, inst["state"].as_str()),
+        (201, Some("running")),
+        "{inst}"
+    );
     server.stop().await;
     let db = data.join("neocloud.db");
     assert_eq!(integrity(&db).await, "ok");

@@ -423,7 +423,8 @@ pub async fn sqlite_backup(
         .await
         .map_err(sql_err(db))?;
     conn.close().await.map_err(sql_err(db))?;
-    let mut summary = verify(&tmp).await?;
+    // A copy that fails the check names the database it came from.
+    let mut summary = verify(&tmp).await.map_err(|e| rename_path(e, &tmp, db))?;
     fsync_file(&tmp)?;
     if overwrite {
         std::fs::rename(&tmp, out).map_err(io_err(out))?;
@@ -530,12 +531,44 @@ pub async fn sqlite_restore(
     let tmp = temp_beside(db, "restore");
     let mut guard = TempFile(Some(tmp.clone()));
     std::fs::copy(backup, &tmp).map_err(io_err(&tmp))?;
+    // The copy takes the old database's mode and owner, not the backup's: a backup kept
+    // read-only, or a restore run as root, must not leave a file the server cannot write.
+    match std::fs::metadata(db) {
+        Ok(old) => {
+            std::fs::set_permissions(&tmp, old.permissions()).map_err(io_err(&tmp))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                // Only root may give a file away; for anyone else this is a no-op or refused.
+                let _ = std::os::unix::fs::chown(&tmp, Some(old.uid()), Some(old.gid()));
+            }
+        }
+        Err(_) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+                    .map_err(io_err(&tmp))?;
+            }
+        }
+    }
     // A copy of a database in WAL mode would bring neither its log nor its index along; the
     // check runs on exactly the bytes that will be installed.
     let mut restored = match verify(&tmp).await {
         Ok(s) => s,
         Err(e) => return Err(rename_path(e, &tmp, backup)),
     };
+    // A backup taken while serve ran holds that server's allocator lease, alive for a few
+    // more seconds. No server runs now (the caller holds the lock): let the next one take
+    // the lease at once instead of waiting for a holder that is gone.
+    if restored.rows("leases").is_some() {
+        let mut conn = connect(&tmp).await?;
+        sqlx::query("UPDATE leases SET expires_at = 0")
+            .execute(&mut conn)
+            .await
+            .map_err(sql_err(&tmp))?;
+        conn.close().await.map_err(sql_err(&tmp))?;
+    }
     fsync_file(&tmp)?;
 
     let mut previous = None;

@@ -31,8 +31,7 @@ pub(crate) fn sqlite_max_pages_failpoint() -> Option<u64> {
     }
 }
 
-/// SQLite's primary result codes (the low byte of an extended code) and PostgreSQL's
-/// SQLSTATEs that mean the disk is full.
+/// Driver error codes that mean the disk is full.
 fn is_storage_full(code: &str) -> bool {
     // SQLITE_FULL has no extended codes; 53100 is PostgreSQL's disk_full.
     matches!(code, "13" | "53100")

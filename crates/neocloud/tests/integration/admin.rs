@@ -353,6 +353,11 @@ async fn backup_while_serving_and_restore_after_stopping() {
     let server = Arc::into_inner(server).unwrap();
     server.stop().await;
 
+    // Backups are often kept read-only; the restored database must not be.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&backup, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let old_mode = mode(&data.join("neocloud.db"));
     let o = neocloud(&["admin", "restore", "--data-dir", s(&data), s(&backup)]).await;
     assert!(o.status.success(), "{}", err(&o));
     let text = out(&o);
@@ -376,6 +381,7 @@ async fn backup_while_serving_and_restore_after_stopping() {
     );
     // The replaced database is kept whole, with the write made after the backup.
     let kept = data.join(kept[0]);
+    assert_eq!(mode(&data.join("neocloud.db")), old_mode);
     assert_eq!(integrity(&kept).await, "ok");
     assert!(tenant_names(&kept).await.contains("after-backup"));
 
@@ -388,8 +394,12 @@ async fn backup_while_serving_and_restore_after_stopping() {
         assert_eq!(server.tenant_status(name).await, 200, "{name}");
     }
     assert_eq!(server.tenant_status("after-backup").await, 404);
+    let (st, body, _) = server.create_tenant("after-restore").await;
+    assert_eq!(st, 201, "{body}");
     server.stop().await;
-    assert_eq!(tenant_names(&data.join("neocloud.db")).await, in_backup);
+    let mut expected = in_backup.clone();
+    expected.insert("after-restore".to_string());
+    assert_eq!(tenant_names(&data.join("neocloud.db")).await, expected);
 }
 
 /// Bad input gets one clear line and exit status 1, and changes no file.

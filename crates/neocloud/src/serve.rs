@@ -135,10 +135,24 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let addr = listener.local_addr()?;
     // Leadership among replicas on one database: only the lease holder writes; the others
     // forward writes to it. A single `serve` takes the lease at once.
-    let advertise = args
-        .advertise_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+    let advertise = match &args.advertise_url {
+        Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+            u.trim_end_matches('/').to_string()
+        }
+        Some(u) => bail!("--advertise-url must be an http:// or https:// URL (got '{u}')"),
+        // Listening on every interface: the host's name is what other replicas can reach
+        // (and two hosts never advertise the same URL, which would make them take the lease
+        // from each other).
+        None if addr.ip().is_unspecified() => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".to_string());
+            format!("http://{host}:{}", addr.port())
+        }
+        None => format!("http://{addr}"),
+    };
     let replica = neocloud_service::ReplicaConfig {
         id: format!(
             "rep-{}-{}",

@@ -168,8 +168,21 @@ async fn serve_must_fail(args: &[&str]) -> Output {
     serve_as_must_fail(&[], args).await
 }
 
+/// [`serve_must_fail`] with extra environment.
+async fn serve_as_must_fail_env(env: &[(&str, &str)], args: &[&str]) -> Output {
+    fail_run(&[], env, args).await
+}
+
 /// [`serve_must_fail`] through a program that runs it as another user (`prefix`).
 async fn serve_as_must_fail(prefix: &[&str], args: &[&str]) -> Output {
+    fail_run(prefix, &[], args).await
+}
+
+async fn fail_run(prefix: &[&str], env: &[(&str, &str)], args: &[&str]) -> Output {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let mut argv: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
     argv.push(BIN.to_string());
     argv.push("serve".to_string());
@@ -178,6 +191,7 @@ async fn serve_as_must_fail(prefix: &[&str], args: &[&str]) -> Output {
     tokio::task::spawn_blocking(move || {
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
+            .envs(env)
             .env("RUST_LOG", "warn")
             .env_remove("NEOCLOUD_DATABASE_URL")
             .stdout(Stdio::piped())
@@ -644,6 +658,24 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_loses_nothing() {
     let server = Serve::start(&data, &[]).await;
     assert_eq!(server.create_tenant(&name).await.0, 201);
     server.stop().await;
+
+    // Full before it even starts: one line that says so, and exit status 1.
+    let fresh = dir.join("fresh");
+    let o = serve_as_must_fail_env(
+        &[("NEOCLOUD_FAILPOINT_SQLITE_MAX_PAGES", "3")],
+        &["--listen", "127.0.0.1:0", "--data-dir", s(&fresh)],
+    )
+    .await;
+    let e = err(&o);
+    let lines: Vec<&str> = e.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!((o.status.code(), lines.len()), (Some(1), 1), "{e}");
+    assert!(
+        lines[0].contains(&format!(
+            "the disk holding the database {} is full",
+            fresh.join("neocloud.db").display()
+        )) && lines[0].contains("free space"),
+        "{e}"
+    );
 }
 
 /// A small tmpfs mounted for one test, unmounted when dropped.

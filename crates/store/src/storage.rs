@@ -65,3 +65,39 @@ impl From<sqlx::Error> for StoreError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use crate::{Store, StoreError};
+
+    /// A database SQLite opened read-only: the first write is `ReadOnly`, not a bare
+    /// database error, so callers can say what to do.
+    #[tokio::test]
+    async fn writes_to_a_read_only_database_are_classified() {
+        let dir = std::env::temp_dir().join(format!(
+            "neocloud-storage-test-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("neocloud.db");
+        let store = Store::open(&format!("sqlite://{}?mode=rwc", db.display()))
+            .await
+            .unwrap();
+        store.pool().close().await;
+        let first_write = async {
+            let store = Store::open(&format!("sqlite://{}?mode=ro", db.display())).await?;
+            let mut tx = store.begin_write().await?;
+            Store::meta_put(&mut tx, "probe", "1").await?;
+            tx.commit().await
+        };
+        let err = first_write.await.unwrap_err();
+        assert!(matches!(err, StoreError::ReadOnly(_)), "{err:?}");
+        assert!(err.to_string().contains("read-only"), "{err}");
+    }
+}

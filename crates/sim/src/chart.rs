@@ -236,7 +236,7 @@ pub fn revenue_svg(r: &RunResult) -> String {
 /// Revenue and gross margin of each variant: mean bars with min–max whiskers.
 pub fn compare_svg(c: &Comparison) -> String {
     let mut s = header(&format!(
-        "{}: revenue and gross margin by variant (mean, min–max over seeds)",
+        "{}: revenue, gross margin and internal value by variant (mean, min–max over seeds)",
         c.scenario
     ));
     let ymax = c

@@ -253,6 +253,8 @@ impl Comparison {
         for v in &self.variants {
             let _ = write!(s, "{}", pad(&v.variant, width));
         }
+        let end = s.trim_end_matches(' ').len();
+        s.truncate(end);
         s.push('\n');
         for (i, (label, _)) in rows.iter().enumerate() {
             let _ = write!(s, "{}", pad(label, 24));

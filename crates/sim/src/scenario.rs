@@ -728,19 +728,31 @@ impl Scenario {
         }
 
         // Trace rows must name what the fleet has.
+        let trace_path = dir.join(raw.demand.trace.as_deref().unwrap_or_default());
+        let row_err = |row: usize, e: SimError| SimError::TraceRow {
+            path: trace_path.clone(),
+            row,
+            message: match e {
+                SimError::Invalid { message, .. } => message,
+                other => other.to_string(),
+            },
+        };
         for r in &trace_rows {
-            let field = format!("demand.trace row {}", r.row);
-            names.model(&field, &r.gpu_model, None)?;
+            let site = match &r.site {
+                None => None,
+                Some(s) => Some(names.site("site", s).map_err(|e| row_err(r.row, e))?),
+            };
+            names
+                .model("gpu_model", &r.gpu_model, site)
+                .map_err(|e| row_err(r.row, e))?;
             if r.class == Class::Internal
                 && !tenants.iter().any(|t| t.name == r.tenant && t.internal)
             {
-                return Err(invalid(
-                    field,
-                    format!(
-                        "class internal needs an internal tenant, and '{}' is not one",
-                        r.tenant
-                    ),
-                ));
+                let why = format!(
+                    "class internal needs an internal tenant, and '{}' is not one",
+                    r.tenant
+                );
+                return Err(row_err(r.row, invalid("class", why)));
             }
         }
 

@@ -347,6 +347,16 @@ fn bad_input_gives_clear_errors() {
     .unwrap();
     let err = load_err(&dir);
     assert!(err.contains("row 2") && err.contains("arrival_s"), "{err}");
+    std::fs::write(
+        dir.join("t.csv"),
+        "arrival_s,tenant,class,gpu_model,shape,duration_s,max_wait_s,site\n0,a,spot,H100-SXM-80GB,gpus:1,60,0,m7\n",
+    )
+    .unwrap();
+    let err = load_err(&dir);
+    assert!(
+        err.contains("t.csv, row 2: site 'm7' is not in the fleet file"),
+        "{err}"
+    );
     std::fs::write(dir.join("t.csv"), "arrival_s,tenant\n0,a\n").unwrap();
     assert!(load_err(&dir).contains("lacks column 'class'"));
     // Negative rates.

@@ -401,3 +401,22 @@ fn bad_input_gives_clear_errors() {
     let err = load_err(&dir);
     assert!(err.contains("exceed the 152 sellable"), "{err}");
 }
+
+#[test]
+fn the_shipped_scenarios_load() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let sc = Scenario::load(&examples.join("memphis.toml")).unwrap();
+    let names: Vec<&str> = sc.variants.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(names, ["lease", "keep", "keep-weak-demand"]);
+    assert_eq!(sc.fleet.gpu_count(), 292_000);
+    let lease = &sc.variant("lease").unwrap().contracts[0];
+    assert_eq!(lease.gpus, 215_600, "every sellable H100 of memphis-1");
+    assert_eq!(lease.rate, Money::from_micros(1_950_000));
+    assert!(sc.variant("keep").unwrap().contracts.is_empty());
+    let three = Scenario::load(&examples.join("memphis-3y.toml")).unwrap();
+    assert_eq!(three.horizon_secs, 1095 * 86_400);
+    assert_eq!(three.variants.len(), 3);
+    let bench = Scenario::load(&examples.join("memphis-1-bench.toml")).unwrap();
+    assert_eq!(bench.fleet.gpu_count(), 220_000);
+    assert_eq!(bench.variants.len(), 2);
+}

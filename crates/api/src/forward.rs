@@ -86,6 +86,12 @@ pub async fn forward_writes(State(st): State<AppState>, req: Request, next: Next
             out = out.header(name, value);
         }
     }
+    if let Some(peer) = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+    {
+        out = out.header("x-forwarded-for", peer.0.ip().to_string());
+    }
     // The leader checks console forms' origin against the host the browser used.
     if !parts.headers.contains_key("x-forwarded-host")
         && let Some(host) = parts.headers.get(header::HOST)
@@ -95,11 +101,17 @@ pub async fn forward_writes(State(st): State<AppState>, req: Request, next: Next
     out = out.header(FORWARDED, st.svc.replica_id().unwrap_or_default());
     let resp = match out.send().await {
         Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(leader = %leader, error = %e, "could not forward a write to the leader");
+        // Not delivered: nothing happened, retrying is safe.
+        Err(e) if e.is_connect() => {
+            tracing::warn!(leader = %leader, error = %e, "could not reach the leader");
             return unavailable(format!(
-                "the leader at {leader} did not answer (failover may be in progress); retry"
+                "the leader at {leader} cannot be reached (failover may be in progress); retry"
             ));
+        }
+        // Delivered, answer lost: the leader may have done it.
+        Err(e) => {
+            tracing::warn!(leader = %leader, error = %e, "the leader did not answer a forwarded write");
+            return unanswered(&leader, e.is_timeout());
         }
     };
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -116,8 +128,28 @@ pub async fn forward_writes(State(st): State<AppState>, req: Request, next: Next
             *r.headers_mut() = headers;
             r
         }
-        Err(e) => unavailable(format!(
-            "the leader at {leader} broke off its answer ({e}); retry"
-        )),
+        Err(e) => {
+            tracing::warn!(leader = %leader, error = %e, "the leader broke off its answer");
+            unanswered(&leader, e.is_timeout())
+        }
     }
+}
+
+/// A forwarded write whose answer was lost: it may or may not have been applied, so this is
+/// not a plain "retry" — only a retry with the same Idempotency-Key is safe.
+fn unanswered(leader: &str, timeout: bool) -> Response {
+    let mut r = crate::ApiError(neocloud_service::Error::new(
+        neocloud_service::ErrorCode::Unavailable,
+        format!(
+            "the leader at {leader} took the request but its answer was lost; it may have been \
+             applied: retry only with the same Idempotency-Key"
+        ),
+    ))
+    .into_response();
+    *r.status_mut() = if timeout {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    r
 }

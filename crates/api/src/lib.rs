@@ -35,6 +35,7 @@ impl AppState {
         AppState {
             svc,
             http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(2))
                 .timeout(std::time::Duration::from_secs(60))
                 .redirect(reqwest::redirect::Policy::none())
                 .build()

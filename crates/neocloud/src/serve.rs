@@ -136,6 +136,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     // Leadership among replicas on one database: only the lease holder writes; the others
     // forward writes to it. A single `serve` takes the lease at once.
     let advertise = match &args.advertise_url {
+        Some(u) if u.contains("://0.0.0.0") || u.contains("://[::]") => {
+            bail!("--advertise-url must be an address other replicas can reach, not '{u}'")
+        }
         Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
             u.trim_end_matches('/').to_string()
         }
@@ -163,11 +166,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         lease_ttl: std::time::Duration::from_secs(u64::from(args.lease_ttl)),
         refresh: std::time::Duration::from_secs(u64::from(args.follower_refresh)),
     };
-    svc.enable_replication(replica).await.map_err(svc_err)?;
+    // With SQLite this process holds the database alone (the lock file): it takes the lease
+    // whatever the lease says.
+    svc.enable_replication(replica, _db_lock.is_some())
+        .await
+        .map_err(svc_err)?;
     // The lease is renewed (or taken over) every second from now on, also while the
     // start-up work below runs.
     let leasing = svc.clone();
-    tokio::spawn(async move {
+    let lease_task = tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -274,8 +281,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            // Only the leader runs the scheduler and the health work.
+            // Only the leader runs the scheduler and the health work; a follower only
+            // writes the last-used times of the keys it saw.
             if !ticker.is_leader() {
+                if let Err(e) = ticker.flush_key_use().await {
+                    tracing::debug!(error = %e.internal.unwrap_or(e.message), "could not record key use");
+                }
                 continue;
             }
             if let Err(e) = ticker.tick(neocloud_types::Timestamp::now()).await {
@@ -294,7 +305,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     {
         tracing::warn!(error = %e.internal.unwrap_or(e.message), "could not write the last telemetry");
     }
-    // Hand the lease over now rather than make the other replicas wait for it to expire.
+    // Hand the lease over now rather than make the other replicas wait for it to expire
+    // (and stop renewing it first, so no renewal in flight takes it back).
+    lease_task.abort();
+    let _ = lease_task.await;
     if let Err(e) = svc.resign().await {
         tracing::warn!(error = %e.internal.unwrap_or(e.message), "could not give up the lease");
     }

@@ -17,7 +17,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use neocloud_store::{ALLOCATOR_LEASE, FenceMode, Lease};
+use neocloud_store::{ALLOCATOR_LEASE, Claim, FenceMode, Lease};
 use neocloud_types::Timestamp;
 
 use crate::Service;
@@ -66,6 +66,12 @@ pub(crate) struct ReplicaState {
     /// The lease generation the in-memory state was built at.
     built_at_generation: i64,
     last_refresh: Instant,
+    /// When the lease was last renewed or taken: a leader that cannot renew (a hung
+    /// database call) stops counting as leader before the lease can run out.
+    renewed_at: Instant,
+    /// How the next tick may claim the lease (the first may claim its own address, or the
+    /// whole database when it holds it exclusively).
+    claim: Claim,
 }
 
 /// Where a service stands: no replication (tests, tools) or a replica's state.
@@ -96,7 +102,14 @@ impl Replication {
 impl Service {
     /// Turns on leadership: until this replica holds the lease its writes are refused and
     /// it follows. Takes the lease at once when it is free.
-    pub async fn enable_replication(&self, config: ReplicaConfig) -> Result<RoleChange> {
+    ///
+    /// `exclusive` says this process holds the database alone (SQLite's lock file), so it
+    /// may take the lease whatever it says.
+    pub async fn enable_replication(
+        &self,
+        config: ReplicaConfig,
+        exclusive: bool,
+    ) -> Result<RoleChange> {
         let built = *self
             .replication
             .opened_at_generation
@@ -114,15 +127,30 @@ impl Service {
                 held: None,
                 built_at_generation: built,
                 last_refresh: Instant::now(),
+                renewed_at: Instant::now(),
+                claim: if exclusive {
+                    Claim::Exclusive
+                } else {
+                    Claim::OwnAddress
+                },
             });
         });
-        self.leadership_tick(Timestamp::now()).await
+        let r = self.leadership_tick(Timestamp::now()).await;
+        self.replication.with(|s| {
+            if let Some(s) = s {
+                s.claim = Claim::IfExpired;
+            }
+        });
+        r
     }
 
     /// Whether this replica may change allocations now: always without replication.
     pub fn is_leader(&self) -> bool {
-        self.replication
-            .with(|s| s.as_ref().is_none_or(|s| s.role.leader))
+        self.replication.with(|s| {
+            s.as_ref().is_none_or(|s| {
+                s.role.leader && s.renewed_at.elapsed() < s.config.lease_ttl * 3 / 4
+            })
+        })
     }
 
     /// Whether leadership is on.
@@ -147,34 +175,21 @@ impl Service {
     /// deposed one stops writing at once; a follower refreshes its copy when the database
     /// moved. Call it about once a second.
     pub async fn leadership_tick(&self, now: Timestamp) -> Result<RoleChange> {
-        let Some((config, held)) = self
+        let Some((config, held, claim)) = self
             .replication
-            .with(|s| s.as_ref().map(|s| (s.config.clone(), s.held)))
+            .with(|s| s.as_ref().map(|s| (s.config.clone(), s.held, s.claim)))
         else {
             return Ok(RoleChange::Same);
         };
-        let ttl = i64::try_from(config.lease_ttl.as_micros()).unwrap_or(i64::MAX);
-        let lease = self
-            .store
-            .lease_acquire(
-                ALLOCATOR_LEASE,
-                &config.id,
-                &config.url,
-                held,
-                now.micros(),
-                ttl,
-            )
-            .await;
-        let lease = match lease {
+        let lease = match self.lease_call(&config, held, claim, now).await {
             Ok(l) => l,
             Err(e) => {
-                // The database is unreachable: a leader that cannot renew must assume the
-                // lease will be lost and stop writing before it expires.
+                // The database is unreachable or slow: a leader that cannot renew must
+                // assume the lease will be lost and stop writing before it expires.
                 if held.is_some() {
                     self.step_down("cannot renew the lease");
-                    return Err(e.into());
                 }
-                return Err(e.into());
+                return Err(e);
             }
         };
         let mine = lease.holder == config.id;
@@ -182,12 +197,21 @@ impl Service {
             self.replication.with(|s| {
                 if let Some(s) = s {
                     s.role.leader_url = Some(config.url.clone());
+                    s.renewed_at = Instant::now();
                 }
             });
             return Ok(RoleChange::Same);
         }
         if mine {
-            self.take_over(&lease).await?;
+            if let Err(e) = self.take_over(&lease, &config, now).await {
+                // Do not sit on a lease this replica cannot use.
+                self.step_down("could not take over");
+                let _ = self
+                    .store
+                    .lease_release(ALLOCATOR_LEASE, &config.id, lease.epoch)
+                    .await;
+                return Err(e);
+            }
             return Ok(RoleChange::BecameLeader);
         }
         let was_leader = held.is_some();
@@ -219,8 +243,40 @@ impl Service {
         })
     }
 
+    /// One lease call, bounded in time (half the lease's life).
+    async fn lease_call(
+        &self,
+        config: &ReplicaConfig,
+        held: Option<i64>,
+        claim: Claim,
+        now: Timestamp,
+    ) -> Result<Lease> {
+        let ttl = i64::try_from(config.lease_ttl.as_micros()).unwrap_or(i64::MAX);
+        let call = self.store.lease_acquire(
+            ALLOCATOR_LEASE,
+            &config.id,
+            &config.url,
+            held,
+            claim,
+            now.micros(),
+            ttl,
+        );
+        match tokio::time::timeout(config.lease_ttl / 2, call).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(crate::Error::new(
+                crate::ErrorCode::Unavailable,
+                "the database did not answer the lease renewal in time",
+            )),
+        }
+    }
+
     /// Becomes the leader with the lease just taken.
-    async fn take_over(&self, lease: &Lease) -> Result<()> {
+    async fn take_over(
+        &self,
+        lease: &Lease,
+        config: &ReplicaConfig,
+        now: Timestamp,
+    ) -> Result<()> {
         let (id, built) = self
             .replication
             .with(|s| {
@@ -235,6 +291,17 @@ impl Service {
         }
         let fresh =
             crate::health::Monitor::load(&self.store, &self.sched.lock().await.config).await?;
+        // The reload may have taken a while: renew, and lead only if the lease is still
+        // ours with the same epoch.
+        let renewed = self
+            .lease_call(config, Some(lease.epoch), Claim::IfExpired, now)
+            .await?;
+        if renewed.holder != id || renewed.epoch != lease.epoch {
+            return Err(crate::Error::new(
+                crate::ErrorCode::Unavailable,
+                "the lease moved on while this replica reloaded",
+            ));
+        }
         self.health.replace_with(fresh);
         self.store.set_fence(FenceMode::Leader {
             holder: id,
@@ -243,6 +310,7 @@ impl Service {
         self.replication.with(|s| {
             if let Some(s) = s {
                 s.held = Some(lease.epoch);
+                s.renewed_at = Instant::now();
                 s.built_at_generation = lease.generation;
                 s.role = ReplicaRole {
                     leader: true,

@@ -22,6 +22,18 @@ use crate::{Result, Store, StoreError, WriteTx};
 /// The lease that guards the allocator.
 pub const ALLOCATOR_LEASE: &str = "allocator";
 
+/// When a replica may take the lease from its holder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Only once it has expired (or was never held): every tick after the first.
+    IfExpired,
+    /// Also when it names this replica's own address. Only right after binding that
+    /// address: the process that took the lease there is gone.
+    OwnAddress,
+    /// Always: this process holds the database exclusively (SQLite's lock file).
+    Exclusive,
+}
+
 /// The lease row as read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -117,21 +129,31 @@ impl Store {
     }
 
     /// Renews the lease when `holder` holds it with `epoch`, or takes it with a new epoch
-    /// when it has expired — or when it names `url`, this replica's own address: the caller
-    /// has bound that address, so the process that took the lease there is gone. Returns the
-    /// lease as it stands afterwards (held by someone else when neither happened). Not
-    /// fenced: any replica may ask.
+    /// when `claim` allows (see [`Claim`]). Returns the lease as it stands afterwards (held
+    /// by someone else when neither happened). Not fenced: any replica may ask.
+    #[allow(clippy::too_many_arguments)]
     pub async fn lease_acquire(
         &self,
         name: &str,
         holder: &str,
         url: &str,
         held_epoch: Option<i64>,
+        claim: Claim,
         now_micros: i64,
         ttl_micros: i64,
     ) -> Result<Lease> {
-        let until = now_micros.saturating_add(ttl_micros);
         let mut tx = self.begin_write_unfenced().await?;
+        // Lock the row first (waiting for an in-flight write of the holder), and only then
+        // read the clock: a wait behind a long write must not make the lease look expired.
+        if self.backend == crate::Backend::Postgres {
+            tx.conn().execute("SET LOCAL lock_timeout = '3s'").await?;
+        }
+        sqlx::query("UPDATE leases SET epoch = epoch WHERE name = $1")
+            .bind(name)
+            .execute(tx.conn())
+            .await?;
+        let now_micros = now_micros.max(neocloud_types::Timestamp::now().micros());
+        let until = now_micros.saturating_add(ttl_micros);
         let renewed = match held_epoch {
             Some(epoch) => {
                 sqlx::query(
@@ -151,11 +173,16 @@ impl Store {
             None => false,
         };
         if !renewed {
-            sqlx::query(
+            let condition = match claim {
+                Claim::IfExpired => "(expires_at < $5 OR holder = '')",
+                Claim::OwnAddress => "(expires_at < $5 OR holder = '' OR holder_url = $2)",
+                Claim::Exclusive => "(1 = 1)",
+            };
+            sqlx::query(&format!(
                 "UPDATE leases SET holder = $1, holder_url = $2, epoch = epoch + 1,
                         expires_at = $3
-                 WHERE name = $4 AND (expires_at < $5 OR holder = '' OR holder_url = $2)",
-            )
+                 WHERE name = $4 AND {condition}"
+            ))
             .bind(holder)
             .bind(url)
             .bind(until)
@@ -175,7 +202,8 @@ impl Store {
         tx.conn()
             .execute(
                 sqlx::query(
-                    "UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2 AND epoch = $3",
+                    "UPDATE leases SET expires_at = 0, holder = '', holder_url = ''
+                     WHERE name = $1 AND holder = $2 AND epoch = $3",
                 )
                 .bind(name)
                 .bind(holder)

@@ -94,8 +94,8 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// SQLite allows one writer at a time; serialising writers in-process turns lock
-    /// contention into a queue instead of `SQLITE_BUSY` errors.
+    /// Writers are serialised in-process: SQLite allows one writer at a time (a queue
+    /// instead of `SQLITE_BUSY`), and PostgreSQL writes serialise on the lease row.
     write_lock: Option<Arc<Mutex<()>>>,
     /// Which writes go through (replica mode fences a deposed leader's writes).
     fence: lease::FenceCell,
@@ -174,6 +174,13 @@ impl Store {
                         )
                         .await?;
                     }
+                    if backend == Backend::Postgres {
+                        // A control plane that stalls inside a transaction (paused, cut off)
+                        // must not hold the allocator lease's row lock for hours: the server
+                        // ends such a session after 10 s, and a takeover proceeds.
+                        conn.execute("SET idle_in_transaction_session_timeout = '10s'")
+                            .await?;
+                    }
                     if let Some(n) = max_pages {
                         conn.execute(format!("PRAGMA max_page_count = {n}").as_str())
                             .await?;
@@ -186,7 +193,10 @@ impl Store {
         let store = Store {
             pool,
             backend,
-            write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+            // One writer at a time in the process on both backends: SQLite allows one
+            // anyway, and on PostgreSQL fenced writes serialise on the lease row — without
+            // this they would sit on pool connections the lease holder needs.
+            write_lock: Some(Arc::new(Mutex::new(()))),
             fence: Default::default(),
         };
         store.migrate().await?;

@@ -134,6 +134,8 @@ struct Log {
     at: Vec<Instant>,
     refused: usize,
     gave_up: usize,
+    /// 500 answers (an internal error is a bug, whatever the chaos).
+    internal: usize,
     running: Vec<String>,
 }
 
@@ -147,6 +149,20 @@ async fn write(
     idem: &str,
     body: &Value,
     seed: &mut u64,
+) -> Result<Value, bool> {
+    write_counting(client, urls, key, path, idem, body, seed, &mut 0).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_counting(
+    client: &reqwest::Client,
+    urls: &[String],
+    key: &str,
+    path: &str,
+    idem: &str,
+    body: &Value,
+    seed: &mut u64,
+    internal: &mut usize,
 ) -> Result<Value, bool> {
     for _ in 0..60 {
         let url = &urls[pick(seed, urls.len())];
@@ -164,6 +180,7 @@ async fn write(
                 }
             }
             Ok(r) if r.status().is_client_error() => return Err(true),
+            Ok(r) if r.status() == reqwest::StatusCode::INTERNAL_SERVER_ERROR => *internal += 1,
             _ => {}
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -200,7 +217,8 @@ async fn worker(
         let running = log.lock().unwrap().running.clone();
         if roll < 3 && !running.is_empty() {
             let id = running[pick(&mut seed, running.len())].clone();
-            let r = write(
+            let mut internal = 0;
+            let r = write_counting(
                 &client,
                 &urls,
                 &key,
@@ -208,9 +226,11 @@ async fn worker(
                 &format!("t-{id}"),
                 &json!({}),
                 &mut seed,
+                &mut internal,
             )
             .await;
             let mut l = log.lock().unwrap();
+            l.internal += internal;
             match r {
                 Ok(_) => {
                     l.acks.push(Ack::Terminate { id: id.clone() });
@@ -225,7 +245,8 @@ async fn worker(
             let now = neocloud_types::Timestamp::now();
             let body = json!({"tenant_id": "load", "gpu_model": "H100-SXM-80GB", "gpu_count": 8,
                 "start_at": now.to_string(), "end_at": now.plus_seconds(30 * 86_400).to_string(), "site": "east"});
-            let r = write(
+            let mut internal = 0;
+            let r = write_counting(
                 &client,
                 &urls,
                 &key,
@@ -233,9 +254,11 @@ async fn worker(
                 &idem,
                 &body,
                 &mut seed,
+                &mut internal,
             )
             .await;
             let mut l = log.lock().unwrap();
+            l.internal += internal;
             match r {
                 Ok(v) => {
                     l.acks.push(Ack::Contract {
@@ -251,7 +274,8 @@ async fn worker(
             let idem = format!("l-{seed:x}-{n}");
             let gpus = [1, 2, 4, 8][pick(&mut seed, 4)];
             let body = json!({"tenant_id": "load", "gpu_model": "H100-SXM-80GB", "gpus": gpus, "name": idem});
-            let r = write(
+            let mut internal = 0;
+            let r = write_counting(
                 &client,
                 &urls,
                 &key,
@@ -259,9 +283,11 @@ async fn worker(
                 &idem,
                 &body,
                 &mut seed,
+                &mut internal,
             )
             .await;
             let mut l = log.lock().unwrap();
+            l.internal += internal;
             match r {
                 Ok(v) => {
                     let id = v["id"].as_str().unwrap_or_default().to_string();
@@ -293,10 +319,14 @@ fn pause_postgres(d: Duration) -> bool {
     if pids.is_empty() {
         return false;
     }
-    let _ = Command::new("kill").arg("-STOP").args(&pids).status();
+    let stopped = Command::new("kill")
+        .arg("-STOP")
+        .args(&pids)
+        .status()
+        .is_ok_and(|s| s.success());
     std::thread::sleep(d);
     let _ = Command::new("kill").arg("-CONT").args(&pids).status();
-    true
+    stopped
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -371,6 +401,7 @@ async fn run(backend: Db, n: usize) {
     let pause_pg = backend == Db::Postgres
         && std::env::var("NEOCLOUD_TEST_FAULTS_PAUSE_PG").is_ok_and(|v| v == "1");
     let mut kills = 0;
+    let mut freezes = 0;
     let mut pauses = 0;
     let mut failovers: Vec<Duration> = Vec::new();
     let mut windows: Vec<(Instant, Instant)> = Vec::new();
@@ -379,7 +410,7 @@ async fn run(backend: Db, n: usize) {
     while Instant::now() + Duration::from_secs(4) < until {
         tokio::time::sleep(Duration::from_millis(1500 + next(&mut rng) % 2500)).await;
         if pause_pg && pauses == 0 && kills >= 1 {
-            pauses += usize::from(pause_postgres(Duration::from_millis(1500)));
+            pauses += usize::from(pause_postgres(Duration::from_millis(3000)));
             continue;
         }
         let mut leader = None;
@@ -389,10 +420,26 @@ async fn run(backend: Db, n: usize) {
             }
         }
         let Some(i) = leader else { continue };
-        replicas[i].kill9();
-        kills += 1;
-        let killed_at = Instant::now();
         let alone = replicas.len() == 1;
+        // Every other fault with replicas freezes the leader instead (SIGSTOP for longer
+        // than the lease): a live leader that is deposed without knowing it. When it wakes
+        // it still believes it leads until its next tick; the fence must refuse its writes.
+        let freeze = !alone && (kills + freezes) % 2 == 1;
+        let pid = replicas[i].child.as_ref().map(Child::id);
+        if freeze {
+            if let Some(pid) = pid {
+                let ok = Command::new("kill")
+                    .args(["-STOP", &pid.to_string()])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "could not freeze the leader");
+            }
+            freezes += 1;
+        } else {
+            replicas[i].kill9();
+            kills += 1;
+        }
+        let killed_at = Instant::now();
         if alone {
             // The only process: it comes back at once, on the same address and database.
             replicas[i].start(&db, None);
@@ -408,7 +455,13 @@ async fn run(backend: Db, n: usize) {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if !alone {
+        if freeze {
+            if let Some(pid) = pid {
+                let _ = Command::new("kill")
+                    .args(["-CONT", &pid.to_string()])
+                    .status();
+            }
+        } else if !alone {
             tokio::time::sleep(Duration::from_millis(500)).await;
             replicas[i].start(&db, None);
         }
@@ -625,10 +678,11 @@ async fn run(backend: Db, n: usize) {
         .fold(0.0, f64::max);
     println!(
         "fault suite ({backend:?}): {secs} s of load through {n} replica(s); acknowledged {} ({launches} launches, {terminates} terminates, {signed} contracts), refused {}, gave up {}; \
-         kills survived {kills}, PostgreSQL pauses {pauses}, failovers {} (mean {mean:.2} s, worst {worst:.2} s); invariant violations {}",
+         kills survived {kills}, leader freezes {freezes}, PostgreSQL pauses {pauses}, internal errors {}, failovers {} (mean {mean:.2} s, worst {worst:.2} s); invariant violations {}",
         log.acks.len(),
         log.refused,
         log.gave_up,
+        log.internal,
         failovers.len(),
         violations.len()
     );
@@ -638,9 +692,10 @@ async fn run(backend: Db, n: usize) {
         violations.join("\n")
     );
     assert!(
-        kills >= 1 && failovers.len() == kills,
-        "every kill must end in a failover"
+        kills >= 1 && failovers.len() == kills + freezes,
+        "every kill and freeze must end in a failover"
     );
+    assert_eq!(log.internal, 0, "no write may fail with an internal error");
     assert!(
         launches > 0 && terminates > 0,
         "the load must have done work"

@@ -95,12 +95,16 @@ both_backends!(
         let a_url = ctx.url("");
         let a = ctx.svc.clone();
         assert_eq!(
-            a.enable_replication(config("rep-a", &a_url)).await.unwrap(),
+            a.enable_replication(config("rep-a", &a_url), false)
+                .await
+                .unwrap(),
             RoleChange::BecameLeader
         );
         let (b, b_url) = replica(&ctx).await;
         assert_eq!(
-            b.enable_replication(config("rep-b", &b_url)).await.unwrap(),
+            b.enable_replication(config("rep-b", &b_url), false)
+                .await
+                .unwrap(),
             RoleChange::Same
         );
         assert!(a.is_leader() && !b.is_leader());
@@ -221,7 +225,7 @@ both_backends!(
         let (first, _) = replica(&ctx).await;
         assert_eq!(
             first
-                .enable_replication(config("rep-1", &url))
+                .enable_replication(config("rep-1", &url), false)
                 .await
                 .unwrap(),
             RoleChange::BecameLeader
@@ -233,7 +237,7 @@ both_backends!(
         let (second, _) = replica(&ctx).await;
         assert_eq!(
             second
-                .enable_replication(config("rep-2", &url))
+                .enable_replication(config("rep-2", &url), false)
                 .await
                 .unwrap(),
             RoleChange::BecameLeader
@@ -243,7 +247,7 @@ both_backends!(
         let (third, third_url) = replica(&ctx).await;
         assert_eq!(
             third
-                .enable_replication(config("rep-3", &third_url))
+                .enable_replication(config("rep-3", &third_url), false)
                 .await
                 .unwrap(),
             RoleChange::Same

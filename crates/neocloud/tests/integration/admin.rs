@@ -513,6 +513,15 @@ async fn admin_refuses_bad_input_with_clear_messages() {
     let o = neocloud(&["admin", "restore", "--data-dir", s(&data), s(&other)]).await;
     fails(&o, &[s(&other), "not a neocloud database"]);
 
+    // A damaged backup: the second half of the file overwritten.
+    let damaged = dir.join("damaged.db");
+    let mut bytes = std::fs::read(&taken).unwrap();
+    let half = bytes.len() / 2;
+    bytes[half..].fill(0xa5);
+    std::fs::write(&damaged, &bytes).unwrap();
+    let o = neocloud(&["admin", "restore", "--data-dir", s(&data), s(&damaged)]).await;
+    fails(&o, &[s(&damaged), "failed the integrity check"]);
+
     // A backup from a newer release.
     let newer = dir.join("newer.db");
     std::fs::copy(&taken, &newer).unwrap();

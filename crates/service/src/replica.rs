@@ -271,12 +271,7 @@ impl Service {
     }
 
     /// Becomes the leader with the lease just taken.
-    async fn take_over(
-        &self,
-        lease: &Lease,
-        config: &ReplicaConfig,
-        now: Timestamp,
-    ) -> Result<()> {
+    async fn take_over(&self, lease: &Lease, config: &ReplicaConfig, now: Timestamp) -> Result<()> {
         let (id, built) = self
             .replication
             .with(|s| {

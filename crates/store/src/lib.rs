@@ -249,8 +249,20 @@ impl Store {
             .collect()
     }
 
+    /// On PostgreSQL, serialises schema changes of replicas that start at the same moment:
+    /// a transaction-scoped advisory lock, released at commit.
+    async fn migration_lock(&self, tx: &mut WriteTx) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            tx.conn()
+                .execute("SELECT pg_advisory_xact_lock(7420001)")
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn migrate(&self) -> Result<()> {
         let mut tx = self.begin_write().await?;
+        self.migration_lock(&mut tx).await?;
         tx.conn()
             .execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -264,6 +276,17 @@ impl Store {
                 continue;
             }
             let mut tx = self.begin_write().await?;
+            self.migration_lock(&mut tx).await?;
+            // Another replica may have applied it while this one waited for the lock.
+            let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
+                .bind(*version)
+                .fetch_optional(tx.conn())
+                .await?
+                .is_some();
+            if done {
+                tx.commit().await?;
+                continue;
+            }
             // Both backends accept several statements in one simple query.
             tx.conn().execute(*sql).await?;
             sqlx::query(

@@ -256,4 +256,5 @@ async fn a_tenant_and_an_operator_in_a_real_browser() {
     d.goto(&format!("{base}/events")).await;
     d.find("#events").await;
     d.screenshot(&shots.join("11-events.png")).await;
+    d.quit().await;
 }

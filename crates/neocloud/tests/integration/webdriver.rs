@@ -2,6 +2,7 @@
 //! through chromedriver: open pages, find elements, type, click, accept dialogs, take
 //! screenshots. The protocol is JSON over HTTP, so the project's HTTP client is all it needs.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,7 +42,10 @@ impl Driver {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
+        // Its own process group, so that dropping the driver also ends the browser it
+        // started (Chromium outlives chromedriver otherwise).
         let child = Command::new(driver)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -238,8 +242,19 @@ impl Driver {
     }
 }
 
+impl Driver {
+    /// Ends the browser session (chromedriver closes Chromium).
+    pub async fn quit(&self) {
+        let _ = self.call("DELETE", "", None).await;
+    }
+}
+
 impl Drop for Driver {
     fn drop(&mut self) {
+        // The whole group: chromedriver and every Chromium process it started.
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -31,7 +31,7 @@ fn uuid(host: &str, i: u32) -> String {
     format!("GPU-{host}-{i}")
 }
 
-fn inventory(host: &str) -> Value {
+pub(crate) fn inventory(host: &str) -> Value {
     json!({
         "hostname": host, "agent_version": "test", "backend": "sim",
         "cpu_cores": 224, "ram_gib": 2048,
@@ -42,7 +42,7 @@ fn inventory(host: &str) -> Value {
     })
 }
 
-fn beat(host: &str, events: Vec<Value>) -> Value {
+pub(crate) fn beat(host: &str, events: Vec<Value>) -> Value {
     json!({
         "sent_at": Timestamp::now().to_string(),
         "gpus": (0..8).map(|i| json!({

@@ -135,6 +135,71 @@ both_backends!(
         assert_eq!(allocated(&b_url, &k).await, 0, "not refreshed yet");
         b.leadership_tick(Timestamp::now()).await.unwrap();
         assert_eq!(allocated(&b_url, &k).await, 8);
+        // Agents may talk to any replica: registration and heartbeats through the follower
+        // reach the leader.
+        let (enroll, _) = ctx.key("node-agent", None).await;
+        let (s, reg) = post(
+            &b_url,
+            &enroll,
+            "/v1/agent/register",
+            crate::api_health::inventory("e-p1-l1-n3"),
+        )
+        .await;
+        assert_eq!(s, 200, "{reg}");
+        let node_key = reg["node_key"].as_str().unwrap().to_string();
+        let (s, ack) = post(
+            &b_url,
+            &node_key,
+            "/v1/agent/heartbeat",
+            crate::api_health::beat("e-p1-l1-n3", vec![]),
+        )
+        .await;
+        assert_eq!(s, 200, "{ack}");
+        // The console too: sign in and post a form through the follower.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let r = http
+            .post(format!("{b_url}/sign-in"))
+            .header("origin", &b_url)
+            .form(&[("key", k.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 303);
+        let cookie = r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        let page = http
+            .get(format!("{b_url}/nodes/e-p1-l1-n1"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let at = page.find(r#"name="csrf" value=""#).unwrap() + r#"name="csrf" value=""#.len();
+        let csrf = &page[at..at + page[at..].find('"').unwrap()];
+        let r = http
+            .post(format!("{b_url}/nodes/e-p1-l1-n1/cordon"))
+            .header("cookie", &cookie)
+            .header("origin", &b_url)
+            .form(&[("csrf", csrf), ("reason", "via the follower")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 303, "{}", r.text().await.unwrap());
+        assert_eq!(
+            get(&a_url, &k, "/v1/nodes/e-p1-l1-n1").await["state"],
+            "cordoned"
+        );
+
         // The follower itself refuses to write: only forwarding gets a write through.
         let p = b.authenticate(Some(&k)).await.unwrap();
         let e = b

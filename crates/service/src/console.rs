@@ -134,6 +134,11 @@ impl Service {
     /// (a grouped scan of every node costs about 35 ms on the full demo; this, a few).
     pub async fn gpu_state_counts(&self, p: &Principal) -> Result<Vec<GpuStateCount>> {
         auth::authorize(p, Action::ReadCapacity)?;
+        self.gpu_counts().await
+    }
+
+    /// GPUs by site, model and stored node state (for the console and `/metrics`).
+    pub(crate) async fn gpu_counts(&self) -> Result<Vec<GpuStateCount>> {
         let mut counts: BTreeMap<(String, String, NodeState), i64> = BTreeMap::new();
         for site in self.sites(None).await? {
             let (layout, unusual) = self.site_cells(site.id).await?;

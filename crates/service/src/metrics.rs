@@ -172,7 +172,13 @@ impl Service {
             "gauge",
             "GPUs by site, model and node state.",
         );
-        for (site, model, state, gpus) in self.store.gpu_counts_by_state().await? {
+        for crate::GpuStateCount {
+            site,
+            gpu_model: model,
+            state,
+            gpus,
+        } in self.gpu_counts().await?
+        {
             let _ = writeln!(
                 out,
                 "neocloud_gpus{{site=\"{}\",gpu_model=\"{}\",state=\"{}\"}} {gpus}",

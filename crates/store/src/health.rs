@@ -566,26 +566,4 @@ impl Store {
             None => Ok(None),
         }
     }
-
-    /// GPUs by site name, model and node state.
-    pub async fn gpu_counts_by_state(&self) -> Result<Vec<(String, String, String, i64)>> {
-        let rows = sqlx::query(
-            "SELECT s.name AS site, n.gpu_model, n.state,
-                    CAST(SUM(n.gpu_count) AS BIGINT) AS gpus
-             FROM nodes n JOIN sites s ON s.id = n.site_id
-             GROUP BY s.name, n.gpu_model, n.state ORDER BY s.name, n.gpu_model, n.state",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("site")?,
-                    r.try_get("gpu_model")?,
-                    r.try_get("state")?,
-                    r.try_get("gpus")?,
-                ))
-            })
-            .collect()
-    }
 }

@@ -72,6 +72,9 @@ pub(crate) struct ReplicaState {
     /// How the next tick may claim the lease (the first may claim its own address, or the
     /// whole database when it holds it exclusively).
     claim: Claim,
+    /// This process holds the database alone (SQLite's lock file): no other replica can
+    /// take the lease, so a late renewal (behind a long write) is no reason to step down.
+    exclusive: bool,
 }
 
 /// Where a service stands: no replication (tests, tools) or a replica's state.
@@ -133,6 +136,7 @@ impl Service {
                 } else {
                     Claim::OwnAddress
                 },
+                exclusive,
             });
         });
         let r = self.leadership_tick(Timestamp::now()).await;
@@ -148,7 +152,8 @@ impl Service {
     pub fn is_leader(&self) -> bool {
         self.replication.with(|s| {
             s.as_ref().is_none_or(|s| {
-                s.role.leader && s.renewed_at.elapsed() < s.config.lease_ttl * 3 / 4
+                s.role.leader
+                    && (s.exclusive || s.renewed_at.elapsed() < s.config.lease_ttl * 3 / 4)
             })
         })
     }
@@ -175,10 +180,10 @@ impl Service {
     /// deposed one stops writing at once; a follower refreshes its copy when the database
     /// moved. Call it about once a second.
     pub async fn leadership_tick(&self, now: Timestamp) -> Result<RoleChange> {
-        let Some((config, held, claim)) = self
-            .replication
-            .with(|s| s.as_ref().map(|s| (s.config.clone(), s.held, s.claim)))
-        else {
+        let Some((config, held, claim, exclusive)) = self.replication.with(|s| {
+            s.as_ref()
+                .map(|s| (s.config.clone(), s.held, s.claim, s.exclusive))
+        }) else {
             return Ok(RoleChange::Same);
         };
         let lease = match self.lease_call(&config, held, claim, now).await {
@@ -186,7 +191,7 @@ impl Service {
             Err(e) => {
                 // The database is unreachable or slow: a leader that cannot renew must
                 // assume the lease will be lost and stop writing before it expires.
-                if held.is_some() {
+                if held.is_some() && !exclusive {
                     self.step_down("cannot renew the lease");
                 }
                 return Err(e);

@@ -5,13 +5,14 @@
 //! holder, and when the lease expires unless renewed. A replica becomes the holder only when
 //! the lease has expired (or was never held), with a new epoch.
 //!
-//! **Fencing.** In replica mode every write transaction starts by touching the lease row
-//! with the epoch it believes it holds (`UPDATE … WHERE holder = me AND epoch = mine`). That
-//! statement fails when another replica took the lease meanwhile, and the transaction is
-//! refused before it changes anything. It also row-locks the lease until commit, so a
-//! takeover waits for an in-flight write to finish instead of racing it: a write commits
-//! only while its writer holds the lease. The same statement counts the transaction in
-//! `generation`, which tells the other replicas that their in-memory state is stale.
+//! **Fencing.** In replica mode every write transaction ends by touching the lease row with
+//! the epoch it believes it holds (`UPDATE … WHERE holder = me AND epoch = mine`), then
+//! commits. That statement fails when another replica took the lease meanwhile, and the
+//! transaction rolls back: nothing it did is kept. It row-locks the lease from there to the
+//! commit, so a takeover cannot slip in between: a write commits only while its writer holds
+//! the lease. Checking at the end rather than the start keeps the row free during long
+//! writes (a fleet import), so the holder can renew meanwhile. The same statement counts the
+//! transaction in `generation`, which tells the other replicas their copy is stale.
 
 use std::sync::Arc;
 
@@ -69,6 +70,30 @@ pub enum FenceMode {
 
 pub(crate) type FenceCell = Arc<std::sync::RwLock<FenceMode>>;
 
+/// Checks the fence as the last statement of a write transaction, just before it commits.
+pub(crate) async fn fence_check(tx: &mut WriteTx, mode: &FenceMode) -> Result<()> {
+    match mode {
+        FenceMode::Off => Ok(()),
+        FenceMode::Follower => Err(StoreError::NotLeader),
+        FenceMode::Leader { holder, epoch } => {
+            let r = sqlx::query(
+                "UPDATE leases SET generation = generation + 1
+                 WHERE name = $1 AND holder = $2 AND epoch = $3",
+            )
+            .bind(ALLOCATOR_LEASE)
+            .bind(holder)
+            .bind(epoch)
+            .execute(tx.conn())
+            .await?;
+            if r.rows_affected() == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::NotLeader)
+            }
+        }
+    }
+}
+
 impl Store {
     /// Sets which writes this store lets through (see [`FenceMode`]).
     pub fn set_fence(&self, mode: FenceMode) {
@@ -80,31 +105,6 @@ impl Store {
     /// The current fence mode.
     pub fn fence(&self) -> FenceMode {
         self.fence.read().map(|f| f.clone()).unwrap_or_default()
-    }
-
-    /// Checks the fence at the start of a write transaction.
-    pub(crate) async fn fence_check(&self, tx: &mut WriteTx) -> Result<()> {
-        let mode = self.fence();
-        match mode {
-            FenceMode::Off => Ok(()),
-            FenceMode::Follower => Err(StoreError::NotLeader),
-            FenceMode::Leader { holder, epoch } => {
-                let r = sqlx::query(
-                    "UPDATE leases SET generation = generation + 1
-                     WHERE name = $1 AND holder = $2 AND epoch = $3",
-                )
-                .bind(ALLOCATOR_LEASE)
-                .bind(holder)
-                .bind(epoch)
-                .execute(tx.conn())
-                .await?;
-                if r.rows_affected() == 1 {
-                    Ok(())
-                } else {
-                    Err(StoreError::NotLeader)
-                }
-            }
-        }
     }
 
     /// Reads a lease.
@@ -142,7 +142,7 @@ impl Store {
         now_micros: i64,
         ttl_micros: i64,
     ) -> Result<Lease> {
-        let mut tx = self.begin_write_unfenced().await?;
+        let mut tx = self.begin_lease_tx().await?;
         // Lock the row first (waiting for an in-flight write of the holder), and only then
         // read the clock: a wait behind a long write must not make the lease look expired.
         if self.backend == crate::Backend::Postgres {
@@ -198,7 +198,7 @@ impl Store {
     /// Gives the lease up at once (a clean shutdown), so another replica need not wait for
     /// it to expire.
     pub async fn lease_release(&self, name: &str, holder: &str, epoch: i64) -> Result<()> {
-        let mut tx = self.begin_write_unfenced().await?;
+        let mut tx = self.begin_lease_tx().await?;
         tx.conn()
             .execute(
                 sqlx::query(

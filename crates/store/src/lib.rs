@@ -105,11 +105,19 @@ pub struct Store {
 pub struct WriteTx {
     tx: sqlx::Transaction<'static, Any>,
     _guard: Option<OwnedMutexGuard<()>>,
+    /// The fence checked at commit (none for unfenced transactions).
+    fence: Option<lease::FenceCell>,
 }
 
 impl WriteTx {
-    /// Commits every change made in this transaction.
-    pub async fn commit(self) -> Result<()> {
+    /// Commits every change made in this transaction — in replica mode only while this
+    /// replica still holds the allocator lease, checked as the last statement before the
+    /// commit (see [`FenceMode`]); otherwise it rolls back with [`StoreError::NotLeader`].
+    pub async fn commit(mut self) -> Result<()> {
+        if let Some(cell) = self.fence.take() {
+            let mode = cell.read().map(|f| f.clone()).unwrap_or_default();
+            lease::fence_check(&mut self, &mode).await?;
+        }
         self.tx.commit().await?;
         Ok(())
     }
@@ -214,10 +222,15 @@ impl Store {
     }
 
     /// Starts a write transaction. In replica mode it is fenced: refused unless this
-    /// replica holds the allocator lease, checked inside the transaction (see [`FenceMode`]).
+    /// replica holds the allocator lease, checked inside the transaction just before it
+    /// commits (see [`FenceMode`]).
     pub async fn begin_write(&self) -> Result<WriteTx> {
+        // A follower is refused at once; a leader is checked again at commit.
+        if self.fence() == FenceMode::Follower {
+            return Err(StoreError::NotLeader);
+        }
         let mut tx = self.begin_write_unfenced().await?;
-        self.fence_check(&mut tx).await?;
+        tx.fence = Some(self.fence.clone());
         Ok(tx)
     }
 
@@ -229,7 +242,26 @@ impl Store {
             None => None,
         };
         let tx = self.pool.begin().await?;
-        Ok(WriteTx { tx, _guard: guard })
+        Ok(WriteTx {
+            tx,
+            _guard: guard,
+            fence: None,
+        })
+    }
+
+    /// A transaction on the lease itself. On PostgreSQL it does not queue behind this
+    /// process's other writers (a long fleet import must not stop the lease from being
+    /// renewed); SQLite has one writer at a time anyway.
+    pub(crate) async fn begin_lease_tx(&self) -> Result<WriteTx> {
+        if self.backend == Backend::Sqlite {
+            return self.begin_write_unfenced().await;
+        }
+        let tx = self.pool.begin().await?;
+        Ok(WriteTx {
+            tx,
+            _guard: None,
+            fence: None,
+        })
     }
 
     /// Checks that the database answers (for `/readyz`).

@@ -202,6 +202,13 @@ fn next(seed: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// One write the load generator sends.
+enum Op {
+    Terminate(String),
+    Contract(String),
+    Launch(String),
+}
+
 async fn worker(
     client: reqwest::Client,
     urls: Vec<String>,
@@ -215,92 +222,77 @@ async fn worker(
         n += 1;
         let roll = next(&mut seed) % 10;
         let running = log.lock().unwrap().running.clone();
-        if roll < 3 && !running.is_empty() {
+        let now = neocloud_types::Timestamp::now();
+        let (op, path, idem, body) = if roll < 3 && !running.is_empty() {
             let id = running[pick(&mut seed, running.len())].clone();
-            let mut internal = 0;
-            let r = write_counting(
-                &client,
-                &urls,
-                &key,
-                &format!("/v1/instances/{id}/terminate"),
-                &format!("t-{id}"),
-                &json!({}),
-                &mut seed,
-                &mut internal,
+            let path = format!("/v1/instances/{id}/terminate");
+            (
+                Op::Terminate(id.clone()),
+                path,
+                format!("t-{id}"),
+                json!({}),
             )
-            .await;
-            let mut l = log.lock().unwrap();
-            l.internal += internal;
-            match r {
-                Ok(_) => {
-                    l.acks.push(Ack::Terminate { id: id.clone() });
-                    l.at.push(Instant::now());
-                    l.running.retain(|r| *r != id);
-                }
-                Err(true) => l.refused += 1,
-                Err(false) => l.gave_up += 1,
-            }
         } else if roll < 4 {
             let idem = format!("c-{seed:x}-{n}");
-            let now = neocloud_types::Timestamp::now();
             let body = json!({"tenant_id": "load", "gpu_model": "H100-SXM-80GB", "gpu_count": 8,
                 "start_at": now.to_string(), "end_at": now.plus_seconds(30 * 86_400).to_string(), "site": "east"});
-            let mut internal = 0;
-            let r = write_counting(
-                &client,
-                &urls,
-                &key,
-                "/v1/contracts",
-                &idem,
-                &body,
-                &mut seed,
-                &mut internal,
+            (
+                Op::Contract(idem.clone()),
+                "/v1/contracts".to_string(),
+                idem,
+                body,
             )
-            .await;
-            let mut l = log.lock().unwrap();
-            l.internal += internal;
-            match r {
-                Ok(v) => {
-                    l.acks.push(Ack::Contract {
-                        key: idem,
-                        id: v["id"].as_str().unwrap_or_default().to_string(),
-                    });
-                    l.at.push(Instant::now());
-                }
-                Err(true) => l.refused += 1,
-                Err(false) => l.gave_up += 1,
-            }
         } else {
             let idem = format!("l-{seed:x}-{n}");
             let gpus = [1, 2, 4, 8][pick(&mut seed, 4)];
             let body = json!({"tenant_id": "load", "gpu_model": "H100-SXM-80GB", "gpus": gpus, "name": idem});
-            let mut internal = 0;
-            let r = write_counting(
-                &client,
-                &urls,
-                &key,
-                "/v1/instances",
-                &idem,
-                &body,
-                &mut seed,
-                &mut internal,
+            (
+                Op::Launch(idem.clone()),
+                "/v1/instances".to_string(),
+                idem,
+                body,
             )
-            .await;
-            let mut l = log.lock().unwrap();
-            l.internal += internal;
-            match r {
-                Ok(v) => {
-                    let id = v["id"].as_str().unwrap_or_default().to_string();
-                    if v["state"] == "running" {
-                        l.running.push(id.clone());
-                    }
-                    l.acks.push(Ack::Launch { key: idem, id });
-                    l.at.push(Instant::now());
+        };
+        let mut internal = 0;
+        let r = write_counting(
+            &client,
+            &urls,
+            &key,
+            &path,
+            &idem,
+            &body,
+            &mut seed,
+            &mut internal,
+        )
+        .await;
+        let mut l = log.lock().unwrap();
+        l.internal += internal;
+        let v = match r {
+            Ok(v) => v,
+            Err(true) => {
+                l.refused += 1;
+                continue;
+            }
+            Err(false) => {
+                l.gave_up += 1;
+                continue;
+            }
+        };
+        let id = v["id"].as_str().unwrap_or_default().to_string();
+        match op {
+            Op::Terminate(id) => {
+                l.running.retain(|r| *r != id);
+                l.acks.push(Ack::Terminate { id });
+            }
+            Op::Contract(key) => l.acks.push(Ack::Contract { key, id }),
+            Op::Launch(key) => {
+                if v["state"] == "running" {
+                    l.running.push(id.clone());
                 }
-                Err(true) => l.refused += 1,
-                Err(false) => l.gave_up += 1,
+                l.acks.push(Ack::Launch { key, id });
             }
         }
+        l.at.push(Instant::now());
     }
 }
 

@@ -246,14 +246,17 @@ impl Allocator {
                 (key.gpus, per_node * i64::from(count))
             })
             .collect();
-        let mut best: Option<(u64, BTreeSet<InstanceId>)> = None;
-        for &(key, b) in buckets {
+        // The cheapest plan, ties to the earliest scope and then block (as visiting them in
+        // order and keeping only strictly cheaper plans would give).
+        let mut best: Option<(u64, (usize, usize), BTreeSet<InstanceId>)> = None;
+        for (bi, &(key, b)) in buckets.iter().enumerate() {
             let index = &b.levels[li];
             if index.largest() >= count {
                 return Some((BTreeSet::new(), adds));
             }
-            // Nodes that become entirely free once their victims go, per block.
-            let mut freeable: BTreeMap<_, Vec<(u64, NodeId, Vec<InstanceId>)>> = BTreeMap::new();
+            // Nodes that become entirely free once their victims go, per block, as (GPUs
+            // preempted there, id, slot): ordered cheapest first, ids unique.
+            let mut freeable: BTreeMap<_, Vec<(u64, NodeId, usize)>> = BTreeMap::new();
             for id in self.victim_nodes(req, &key, b) {
                 let Some(&slot) = self.slots.get(&id) else {
                     continue;
@@ -266,43 +269,61 @@ impl Allocator {
                     continue;
                 };
                 let mut share = 0u64;
-                let mut victims = Vec::with_capacity(node.allocs.len());
                 let mut ok = true;
                 for (inst, _) in &node.allocs {
                     match self.allocations.get(inst) {
                         Some(a) if self.eligible(req, a.class) => {
                             let nodes = a.gpus.len().max(1) as u64;
                             share += a.gpu_count().div_ceil(nodes);
-                            victims.push(*inst);
                         }
                         _ => ok = false,
                     }
                 }
                 if ok {
-                    freeable
-                        .entry(block)
-                        .or_default()
-                        .push((share, id, victims));
+                    freeable.entry(block).or_default().push((share, id, slot));
                 }
             }
-            for (block, mut nodes) in freeable {
+            // Per block the cheapest nodes it needs, and a lower bound of their cost (each
+            // victim costs at least its share on each chosen node); exact costs only for
+            // blocks whose bound can still win.
+            let mut blocks: Vec<(u64, usize, Vec<(u64, NodeId, usize)>)> = Vec::new();
+            for (bj, (block, mut nodes)) in freeable.into_iter().enumerate() {
                 let free = index.blocks.get(&block).map_or(0, BTreeSet::len);
                 if free + nodes.len() < need_all {
                     continue;
                 }
-                nodes.sort_unstable();
+                let take = need_all - free;
+                if take < nodes.len() {
+                    nodes.select_nth_unstable(take);
+                    nodes.truncate(take);
+                }
+                let bound = nodes.iter().map(|n| n.0).sum();
+                blocks.push((bound, bj, nodes));
+            }
+            blocks.sort_unstable_by_key(|b| (b.0, b.1));
+            for (bound, bj, nodes) in blocks {
+                // The cost is at least the bound: a block that cannot beat the best so far
+                // (cheaper, or as cheap and earlier) is not priced.
+                if best
+                    .as_ref()
+                    .is_some_and(|(c, k, _)| (bound, (bi, bj)) > (*c, *k))
+                {
+                    continue;
+                }
                 let victims: BTreeSet<InstanceId> = nodes
                     .iter()
-                    .take(need_all - free)
-                    .flat_map(|(_, _, v)| v.iter().copied())
+                    .flat_map(|&(_, _, slot)| self.nodes[slot].allocs.iter().map(|&(i, _)| i))
                     .collect();
                 let cost = self.cost(&victims);
-                if best.as_ref().is_none_or(|(c, _)| cost < *c) {
-                    best = Some((cost, victims));
+                if best
+                    .as_ref()
+                    .is_none_or(|(c, k, _)| (cost, (bi, bj)) < (*c, *k))
+                {
+                    best = Some((cost, (bi, bj), victims));
                 }
             }
         }
-        best.map(|(_, v)| (v, adds))
+        best.map(|(_, _, v)| (v, adds))
     }
 
     /// Adds victims until the site has room for the placement's power; `None` if releasing

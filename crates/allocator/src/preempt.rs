@@ -37,6 +37,9 @@ use crate::{GangLevel, Refusal, Request};
 /// room for each.
 type Plan = (BTreeSet<InstanceId>, Vec<(u32, i64)>);
 
+/// A node a gang plan could free: (GPUs preempted there, id, slot).
+type Freeable = (u64, NodeId, usize);
+
 impl Allocator {
     /// The lower-class allocations whose release would make `req` placeable: empty when it
     /// fits already, `None` when even releasing every eligible victim would not do.
@@ -256,7 +259,7 @@ impl Allocator {
             }
             // Nodes that become entirely free once their victims go, per block, as (GPUs
             // preempted there, id, slot): ordered cheapest first, ids unique.
-            let mut freeable: BTreeMap<_, Vec<(u64, NodeId, usize)>> = BTreeMap::new();
+            let mut freeable: BTreeMap<_, Vec<Freeable>> = BTreeMap::new();
             for id in self.victim_nodes(req, &key, b) {
                 let Some(&slot) = self.slots.get(&id) else {
                     continue;
@@ -286,7 +289,7 @@ impl Allocator {
             // Per block the cheapest nodes it needs, and a lower bound of their cost (each
             // victim costs at least its share on each chosen node); exact costs only for
             // blocks whose bound can still win.
-            let mut blocks: Vec<(u64, usize, Vec<(u64, NodeId, usize)>)> = Vec::new();
+            let mut blocks: Vec<(u64, usize, Vec<Freeable>)> = Vec::new();
             for (bj, (block, mut nodes)) in freeable.into_iter().enumerate() {
                 let free = index.blocks.get(&block).map_or(0, BTreeSet::len);
                 if free + nodes.len() < need_all {

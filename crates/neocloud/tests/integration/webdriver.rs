@@ -2,7 +2,6 @@
 //! through chromedriver: open pages, find elements, type, click, accept dialogs, take
 //! screenshots. The protocol is JSON over HTTP, so the project's HTTP client is all it needs.
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,7 +31,9 @@ pub struct Driver {
     child: Child,
     http: reqwest::Client,
     base: String,
-    _profile: std::path::PathBuf,
+    /// The browser's profile directory: unique to this driver, so it names its Chromium
+    /// processes.
+    profile: std::path::PathBuf,
 }
 
 impl Driver {
@@ -42,10 +43,7 @@ impl Driver {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        // Its own process group, so that dropping the driver also ends the browser it
-        // started (Chromium outlives chromedriver otherwise).
         let child = Command::new(driver)
-            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -67,7 +65,7 @@ impl Driver {
             child,
             http,
             base,
-            _profile: profile.clone(),
+            profile: profile.clone(),
         };
         // Flags: headless as root in a sandbox-less container, and no background traffic
         // (this machine's network is closed).
@@ -251,12 +249,14 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        // The whole group: chromedriver and every Chromium process it started.
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.child.id())])
-            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Chromium outlives chromedriver: end exactly the processes running with this
+        // driver's own profile directory (nothing else has that path on its command line).
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f"])
+            .arg(format!("--user-data-dir={}", self.profile.display()))
+            .status();
     }
 }
 

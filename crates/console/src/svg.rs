@@ -116,8 +116,8 @@ fn y_axis(out: &mut String, max: f64, unit: &str) -> f64 {
     top
 }
 
-/// A stacked bar chart: one bar per category, one segment per series.
-pub fn stacked_bars(title: &str, categories: &[String], series: &[Series], unit: &str) -> Markup {
+/// The opening of a chart: the `<svg>` element with its title, and the legend.
+fn open_chart<'a>(title: &str, series: impl Iterator<Item = &'a Series>) -> String {
     let mut out = String::with_capacity(4096);
     let _ = write!(
         out,
@@ -126,10 +126,15 @@ pub fn stacked_bars(title: &str, categories: &[String], series: &[Series], unit:
         esc(title)
     );
     let named: Vec<(&str, &str)> = series
-        .iter()
         .map(|s| (s.name.as_str(), s.class.as_str()))
         .collect();
     legend(&mut out, &named);
+    out
+}
+
+/// A stacked bar chart: one bar per category, one segment per series.
+pub fn stacked_bars(title: &str, categories: &[String], series: &[Series], unit: &str) -> Markup {
+    let mut out = open_chart(title, series.iter());
     let totals: Vec<f64> = (0..categories.len())
         .map(|i| {
             series
@@ -190,18 +195,7 @@ pub fn step_lines(
     x_labels: &[(f64, String)],
     unit: &str,
 ) -> Markup {
-    let mut out = String::with_capacity(4096);
-    let _ = write!(
-        out,
-        r#"<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{}"><title>{}</title>"#,
-        esc(title),
-        esc(title)
-    );
-    let named: Vec<(&str, &str)> = lines
-        .iter()
-        .map(|(s, _)| (s.name.as_str(), s.class.as_str()))
-        .collect();
-    legend(&mut out, &named);
+    let mut out = open_chart(title, lines.iter().map(|(s, _)| s));
     let max = lines
         .iter()
         .flat_map(|(s, _)| s.values.iter().copied())

@@ -214,21 +214,24 @@ impl DatabaseLock {
     }
 }
 
+/// Refuses a path that is missing or not a regular file, naming which.
+fn existing_file(path: &Path) -> Result<(), BackupError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(BackupError::Io {
+            path: path.to_path_buf(),
+            source: io::Error::other("not a regular file"),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(BackupError::Missing(path.to_path_buf()))
+        }
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
 /// Opens an existing SQLite file on a connection of its own (never creates one).
 async fn connect(path: &Path) -> Result<SqliteConnection, BackupError> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_file() => {}
-        Ok(_) => {
-            return Err(BackupError::Io {
-                path: path.to_path_buf(),
-                source: io::Error::other("not a regular file"),
-            });
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(BackupError::Missing(path.to_path_buf()));
-        }
-        Err(e) => return Err(io_err(path)(e)),
-    }
+    existing_file(path)?;
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(false)
@@ -514,19 +517,7 @@ pub async fn sqlite_restore(
 ) -> Result<RestoreReport, BackupError> {
     let db = lock.database();
     // Check the backup itself first: a bad file is refused before anything is copied.
-    match std::fs::metadata(backup) {
-        Ok(m) if m.is_file() => {}
-        Ok(_) => {
-            return Err(BackupError::Io {
-                path: backup.to_path_buf(),
-                source: io::Error::other("not a regular file"),
-            });
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(BackupError::Missing(backup.to_path_buf()));
-        }
-        Err(e) => return Err(io_err(backup)(e)),
-    }
+    existing_file(backup)?;
     let dir = parent_dir(db);
     let tmp = temp_beside(db, "restore");
     let mut guard = TempFile(Some(tmp.clone()));

@@ -47,6 +47,7 @@ impl fmt::Display for Case {
             PlacementPolicy::BestFit => "best-fit",
             PlacementPolicy::FirstFit => "first-fit",
             PlacementPolicy::WorstFit => "worst-fit",
+            PlacementPolicy::Fragmentation => "fragmentation",
         };
         write!(f, "{size}, {policy}")
     }
@@ -76,6 +77,8 @@ fn sub_node(id: InstanceId, rng: &mut Rng) -> Request {
         shape: Shape::Gpus { gpus: k },
         site: None,
         pool: None,
+        cpu_milli: None,
+        memory_mib: None,
     }
 }
 

@@ -45,6 +45,7 @@ fn gpus_of(shape: Shape) -> u64 {
     match shape {
         Shape::Gpus { gpus } => u64::from(gpus),
         Shape::Nodes { count, .. } => u64::from(count) * 8,
+        Shape::Share { .. } | Shape::Mig { .. } | Shape::Cpu => 0,
     }
 }
 
@@ -87,6 +88,8 @@ fn workload(seed: u64, jobs: usize, capacity: u64, load: f64, tenants: u64) -> V
                     shape,
                     site: None,
                     pool: None,
+                    cpu_milli: None,
+                    memory_mib: None,
                 },
                 gpus: gpus_of(shape),
                 lifetime: rng.exp(lifetime),
@@ -111,6 +114,7 @@ fn shape_name(s: Shape) -> String {
     match s {
         Shape::Gpus { gpus } => format!("{gpus} GPU"),
         Shape::Nodes { count, level } => format!("{count} nodes@{level}"),
+        other => format!("{other:?}"),
     }
 }
 

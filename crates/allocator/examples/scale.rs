@@ -23,6 +23,8 @@ fn sub_node(id: u64, rng: &mut Rng) -> Request {
         shape: Shape::Gpus { gpus: k },
         site: None,
         pool: None,
+        cpu_milli: None,
+        memory_mib: None,
     }
 }
 
@@ -200,6 +202,7 @@ fn run(grid: &Grid, placement: PlacementPolicy) {
             match shape {
                 Shape::Gpus { gpus } => format!("{gpus} GPU"),
                 Shape::Nodes { count, .. } => format!("{count} nodes"),
+                other => format!("{other:?}"),
             },
             plan.as_ref().map_or(0, Vec::len),
             full.allocations()

@@ -14,7 +14,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use neocloud_types::{Class, ContractId, FleetPolicy, InstanceId, NodeId, Shape, SiteId};
 
-use crate::index::{Bucket, ScopeKey, Scopes, Tier, apply, apply_whole_many};
+use crate::index::{Bucket, PartialKey, ScopeKey, Scopes, Tier, apply, apply_whole_many};
 use crate::node::{
     BlockKey, Load, Node, SHAPES, choose_group, facility_watts, full_mask, group_mask, indexes_of,
     is_aligned_group, level_index, mask_of,
@@ -37,11 +37,18 @@ pub(crate) struct SiteState {
 pub(crate) struct Decision {
     pub site: SiteId,
     pub picks: Vec<(usize, u64)>,
+    /// CPU thousandths and memory MiB taken on each node.
+    pub host: (u64, u64),
+    /// The MIG instance's first memory slice.
+    pub mig_start: Option<u32>,
 }
 
 /// What a request may use, once it has passed validation.
 pub(crate) struct Scope {
+    /// The model asked for (`u32::MAX` for "any model").
     pub model: u32,
+    /// Every model the request may use: the one asked for, or all of them.
+    pub models: Vec<u32>,
     /// Pool scopes in order of preference; each tier is tried before the next.
     pub tiers: [Option<Tier>; 2],
 }
@@ -92,6 +99,8 @@ pub struct Allocator {
     /// Interned model names: nodes and scopes carry a small number instead of a string.
     pub(crate) models: Vec<String>,
     pub(crate) model_ids: BTreeMap<String, u32>,
+    /// Per model, its MIG geometry (taken from its first node that has one).
+    pub(crate) model_mig: BTreeMap<u32, neocloud_types::MigFamily>,
     /// Per model, how many nodes have each GPU count.
     pub(crate) model_sizes: BTreeMap<u32, BTreeMap<u32, u32>>,
     pub(crate) nodes: Vec<Node>,
@@ -104,6 +113,8 @@ pub struct Allocator {
     /// Allocations by instance. Hashed (looked up on every release); every iteration that
     /// can reach a caller or a decision goes through [`Allocator::allocations`], sorted.
     pub(crate) allocations: IdMap<InstanceId, Allocation>,
+    /// Recent requests' task types, for the fragmentation-aware policy.
+    pub(crate) workload: crate::slices::Workload,
 }
 
 fn usize_of(n: u32) -> usize {
@@ -133,11 +144,13 @@ impl Allocator {
             models: Vec::new(),
             model_ids: BTreeMap::new(),
             model_sizes: BTreeMap::new(),
+            model_mig: BTreeMap::new(),
             nodes: Vec::new(),
             slots: SlotMap::default(),
             scopes: Scopes::default(),
             pools: BTreeMap::new(),
             allocations: IdMap::default(),
+            workload: crate::slices::Workload::default(),
         }
     }
 
@@ -198,6 +211,12 @@ impl Allocator {
         if n.gpu_model.is_empty() {
             return Err(format!("node {}: the GPU model is empty", n.id));
         }
+        if n.sharing.tenants_per_gpu && !n.shareable {
+            return Err(format!(
+                "node {}: tenants may share a GPU only on a node that tenants may share",
+                n.id
+            ));
+        }
         let mut blocks = [None; 3];
         let mut last_depth = None;
         for &(kind, id) in &n.blocks {
@@ -212,6 +231,9 @@ impl Allocator {
             blocks[usize::from(depth)] = Some(id);
         }
         let model = self.intern(&n.gpu_model);
+        if let Some(f) = n.mig {
+            self.model_mig.entry(model).or_insert(f);
+        }
         let node = Node {
             id: n.id,
             site: n.site,
@@ -226,6 +248,13 @@ impl Allocator {
             unhealthy: 0,
             used: 0,
             allocs: Vec::new(),
+            cpu_milli: n.cpu_milli,
+            mem_mib: n.memory_mib,
+            cpu_used: 0,
+            mem_used: 0,
+            mig: n.mig,
+            sharing: n.sharing,
+            slices: Vec::new(),
         };
         *self
             .model_sizes
@@ -453,8 +482,21 @@ impl Allocator {
         best.map(|(_, id)| id)
     }
 
+    /// The CPU thousandths and memory MiB `req` takes on `node`: what it asks for, or its
+    /// part of the node's GPUs times the node's CPU and memory (a gang: all of both).
+    /// `None` for unknown nodes. What `restore` needs for rows that did not record them.
+    pub fn host_need(&self, node: NodeId, req: &Request) -> Option<(u64, u64)> {
+        let slot = self.slot(node).ok()?;
+        Some(crate::slices::host_need(&self.nodes[slot], req))
+    }
+
     /// Decides where `req` goes and records it.
     pub fn place(&mut self, req: &Request) -> Result<Allocation, Refusal> {
+        if self.placement == PlacementPolicy::Fragmentation
+            && let Some(t) = self.task_type(req)
+        {
+            self.workload.record(t);
+        }
         let decision = self.decide(req)?;
         Ok(self.commit(req, &decision))
     }
@@ -481,6 +523,9 @@ impl Allocator {
             site: d.site,
             pool: req.pool,
             gpus,
+            cpu_milli: d.host.0,
+            memory_mib: d.host.1,
+            mig_start: d.mig_start,
         }
     }
 
@@ -496,13 +541,10 @@ impl Allocator {
         let (id, tenant) = (a.id, a.tenant);
         let Some(key) = self.gang_scope(picks, true) else {
             for &(slot, mask) in picks {
-                let fresh = mask & !self.nodes[slot].used;
-                self.update_node(slot, false, |n| {
-                    n.used |= mask;
-                    let at = n.allocs.partition_point(|&(i, _)| i < id);
-                    n.allocs.insert(at, (id, tenant));
-                });
+                let before = self.nodes[slot].used;
+                self.update_node(slot, false, |n| n.take(a, mask));
                 let node = &self.nodes[slot];
+                let fresh = node.used & !before;
                 let busy = node.span_watts() * i64::from(fresh.count_ones());
                 if let Some(site) = self.sites.get_mut(&node.site) {
                     site.load.add(node.gpus, busy);
@@ -519,6 +561,8 @@ impl Allocator {
             let n = &mut self.nodes[slot];
             n.used |= mask;
             n.allocs.push((id, tenant));
+            n.cpu_used = n.cpu_milli;
+            n.mem_used = n.mem_mib;
             busy += n.span_watts() * i64::from(mask.count_ones());
         }
         if let Some(site) = self.sites.get_mut(&key.site) {
@@ -539,6 +583,7 @@ impl Allocator {
             let empty = if take { n.used == 0 } else { n.used == mask };
             mask == n.full()
                 && empty
+                && !crate::slices::grouped(n, self.placement)
                 && n.schedulable
                 && n.unhealthy == 0
                 && n.allocs.len() == usize::from(!take)
@@ -557,14 +602,12 @@ impl Allocator {
             .collect();
         let Some(key) = self.gang_scope(&picks, false) else {
             for &(slot, mask) in &picks {
-                let gone = mask & self.nodes[slot].used;
+                let before = self.nodes[slot].used;
                 let key = self.nodes[slot].scope_key();
                 self.scopes.alloc_ref(&key, a.class, a.id, false, 1);
-                self.update_node(slot, false, |n| {
-                    n.used &= !mask;
-                    n.allocs.retain(|&(i, _)| i != id);
-                });
+                self.update_node(slot, false, |n| n.give_back(&a, mask));
                 let node = &self.nodes[slot];
+                let gone = before & !node.used;
                 let busy = node.span_watts() * i64::from(gone.count_ones());
                 if let Some(site) = self.sites.get_mut(&node.site) {
                     site.load.add(node.gpus, -busy);
@@ -579,6 +622,8 @@ impl Allocator {
             let n = &mut self.nodes[slot];
             n.used &= !mask;
             n.allocs.clear();
+            n.cpu_used = 0;
+            n.mem_used = 0;
             busy += n.span_watts() * i64::from(mask.count_ones());
         }
         if let Some(site) = self.sites.get_mut(&key.site) {
@@ -640,7 +685,8 @@ impl Allocator {
                     a.gpu_model, a.site
                 ));
             }
-            if indexes.is_empty()
+            let cpu_only = a.shape == Shape::Cpu;
+            if indexes.is_empty() != cpu_only
                 || indexes.windows(2).any(|w| w[0] == w[1])
                 || indexes.iter().any(|&g| g >= node.gpus)
             {
@@ -650,7 +696,9 @@ impl Allocator {
                 ));
             }
             let mask = mask_of(indexes);
-            if let Some(taken) = indexes.iter().find(|&&g| node.used & (1u64 << g) != 0) {
+            if a.shape.is_slice() {
+                self.check_slice_restore(&a, node)?;
+            } else if let Some(taken) = indexes.iter().find(|&&g| node.used & (1u64 << g) != 0) {
                 let holder = node
                     .allocs
                     .iter()
@@ -683,6 +731,17 @@ impl Allocator {
                     "instance {id}: node {node_id} is not shareable and holds another tenant's work"
                 ));
             }
+            let (cpu, mem) = node.host_of(&a);
+            if !node.host_fits(cpu, mem) {
+                return Err(format!(
+                    "instance {id}: node {node_id} has {} CPU thousandths and {} MiB free, \
+                     not {} and {}",
+                    node.cpu_free(),
+                    node.mem_free(),
+                    cpu,
+                    mem
+                ));
+            }
             picks.push((slot, mask));
         }
         match a.shape {
@@ -694,6 +753,11 @@ impl Allocator {
                     return Err(format!(
                         "instance {id}: {gpus} GPUs must be one aligned group in one node"
                     ));
+                }
+            }
+            Shape::Share { .. } | Shape::Mig { .. } | Shape::Cpu => {
+                if picks.len() != 1 {
+                    return Err(format!("instance {id}: a slice sits on one node"));
                 }
             }
             Shape::Nodes { count, .. } => {
@@ -793,16 +857,56 @@ impl Allocator {
         if self.allocations.contains_key(&req.id) {
             return Err(Refusal::Duplicate { id: req.id });
         }
-        let model = self
-            .model_ids
-            .get(&req.gpu_model)
-            .copied()
-            .filter(|m| self.model_sizes.contains_key(m))
-            .ok_or_else(|| Refusal::UnknownModel {
-                model: req.gpu_model.clone(),
-            })?;
         let bad = |reason: String| Err(Refusal::BadShape { reason });
+        let (model, models) = if req.gpu_model.is_empty() {
+            if matches!(req.shape, Shape::Nodes { .. }) {
+                return bad("a gang names its GPU model".to_string());
+            }
+            (u32::MAX, self.model_sizes.keys().copied().collect())
+        } else {
+            let m = self
+                .model_ids
+                .get(&req.gpu_model)
+                .copied()
+                .filter(|m| self.model_sizes.contains_key(m))
+                .ok_or_else(|| Refusal::UnknownModel {
+                    model: req.gpu_model.clone(),
+                })?;
+            (m, vec![m])
+        };
         match req.shape {
+            Shape::Share { milli } => {
+                if !(1..=1000).contains(&milli) {
+                    return bad(format!(
+                        "a share is 1 to 1000 thousandths of one GPU, not {milli}"
+                    ));
+                }
+            }
+            Shape::Mig { profile } => match self.model_mig.get(&model) {
+                None => {
+                    return bad(format!(
+                        "GPU model '{}' does not support MIG",
+                        req.gpu_model
+                    ));
+                }
+                Some(f) if f.geometry(profile).is_none() => {
+                    let names: Vec<&str> = f.profiles().iter().map(|p| p.as_str()).collect();
+                    return bad(format!(
+                        "MIG profile {profile} is not one of {}'s: {}",
+                        req.gpu_model,
+                        names.join(", ")
+                    ));
+                }
+                Some(_) => {}
+            },
+            Shape::Cpu => {
+                if req.cpu_milli.is_none_or(|c| c == 0) {
+                    return bad(
+                        "a CPU-only instance names the CPU it needs (cpu_milli of at least 1)"
+                            .to_string(),
+                    );
+                }
+            }
             Shape::Gpus { gpus } => {
                 if !SHAPES.contains(&gpus) {
                     return bad(format!(
@@ -852,7 +956,11 @@ impl Allocator {
         {
             return Err(Refusal::UnknownSite { site });
         }
-        Ok(Scope { model, tiers })
+        Ok(Scope {
+            model,
+            models,
+            tiers,
+        })
     }
 
     /// Every bucket a request may use, tiers flattened.
@@ -871,8 +979,18 @@ impl Allocator {
     fn decide(&self, req: &Request) -> Result<Decision, Refusal> {
         let scope = self.scope_of(req)?;
         match req.shape {
-            Shape::Gpus { gpus } => self.decide_gpus(req, &scope, gpus),
             Shape::Nodes { count, level } => self.decide_nodes(req, &scope, count, level),
+            Shape::Gpus { gpus }
+                if self.placement != PlacementPolicy::Fragmentation && scope.model != u32::MAX =>
+            {
+                self.decide_gpus(req, &scope, gpus)
+            }
+            shape => match crate::slices::Need::of(shape) {
+                Some(need) => self.decide_grouped(req, &scope, need),
+                None => Err(Refusal::BadShape {
+                    reason: "the shape does not fit in one node".to_string(),
+                }),
+            },
         }
     }
 
@@ -907,15 +1025,29 @@ impl Allocator {
                     continue;
                 }
                 let sets = [Some(&b.open[ki]), b.owned.get(&req.tenant).map(|s| &s[ki])];
+                // The first entry whose CPU and memory fit too (nearly always the first).
+                let host_ok = |e: &&PartialKey| {
+                    self.slots.get(&e.2).is_some_and(|&slot| {
+                        let n = &self.nodes[slot];
+                        let (cpu, mem) = crate::slices::host_need(n, req);
+                        n.host_fits(cpu, mem)
+                    })
+                };
                 let partial = sets
                     .iter()
                     .flatten()
-                    .filter_map(|s| if worst { s.last() } else { s.first() })
+                    .filter_map(|s| {
+                        if worst {
+                            s.iter().rev().find(host_ok)
+                        } else {
+                            s.iter().find(host_ok)
+                        }
+                    })
                     .copied();
                 let partial = if worst { partial.max() } else { partial.min() };
                 if let Some((score, free, id)) = partial {
                     let rank = match self.placement {
-                        PlacementPolicy::BestFit => {
+                        PlacementPolicy::BestFit | PlacementPolicy::Fragmentation => {
                             (0, u32::from(score), u32::from(free), None, id)
                         }
                         PlacementPolicy::WorstFit => (
@@ -954,12 +1086,18 @@ impl Allocator {
                     continue;
                 };
                 let mask = group_mask(offset, k);
+                let host = crate::slices::host_need(node, req);
+                if !node.host_fits(host.0, host.1) {
+                    continue;
+                }
                 let busy = node.span_watts() * i64::from(k);
                 match self.power_check(node.site, node.gpus, busy) {
                     Ok(()) => {
                         return Ok(Decision {
                             site: node.site,
                             picks: vec![(slot, mask)],
+                            host,
+                            mig_start: None,
                         });
                     }
                     Err(r) => {
@@ -1010,7 +1148,7 @@ impl Allocator {
                 let idx = &b.levels[li];
                 largest = largest.max(idx.largest());
                 let found = match self.placement {
-                    PlacementPolicy::BestFit => idx
+                    PlacementPolicy::BestFit | PlacementPolicy::Fragmentation => idx
                         .by_count
                         .range((count, None)..)
                         .next()
@@ -1041,11 +1179,13 @@ impl Allocator {
                 };
                 let mut picks = Vec::with_capacity(usize_of(count));
                 let mut busy = 0i64;
+                let mut host = (0, 0);
                 for id in set.iter().take(usize_of(count)) {
                     if let Some(&slot) = self.slots.get(id) {
                         let n = &self.nodes[slot];
                         busy += n.span_watts() * i64::from(n.gpus);
                         picks.push((slot, full_mask(n.gpus)));
+                        host = (n.cpu_milli, n.mem_mib);
                     }
                 }
                 match self.power_check(key.site, key.gpus, busy) {
@@ -1053,6 +1193,8 @@ impl Allocator {
                         return Ok(Decision {
                             site: key.site,
                             picks,
+                            host,
+                            mig_start: None,
                         });
                     }
                     Err(r) => {

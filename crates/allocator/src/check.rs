@@ -43,6 +43,14 @@ pub struct NodeSnapshot {
     pub schedulable: bool,
     /// Indexes of unhealthy GPUs.
     pub unhealthy_gpus: Vec<u32>,
+    /// CPU thousandths (0: not modelled).
+    pub cpu_milli: u64,
+    /// Memory MiB (0: not modelled).
+    pub memory_mib: u64,
+    /// MIG geometry.
+    pub mig: Option<neocloud_types::MigFamily>,
+    /// What it may run besides whole GPUs.
+    pub sharing: crate::Sharing,
 }
 
 /// The whole state of an allocator, independent of the order it was built in.
@@ -58,6 +66,15 @@ pub struct Snapshot {
     pub nodes: Vec<NodeSnapshot>,
     /// Allocations, by instance id.
     pub allocations: Vec<Allocation>,
+}
+
+/// What the allocations hold of one GPU's slices.
+#[derive(Clone, Debug, Default)]
+struct SliceSum {
+    milli: u32,
+    mig: u8,
+    holders: u32,
+    tenants: std::collections::BTreeSet<TenantId>,
 }
 
 /// Two FNV-1a hashes with different offsets: a 128-bit digest without a hashing crate.
@@ -99,6 +116,10 @@ impl Allocator {
                 pool: n.pool,
                 schedulable: n.schedulable,
                 unhealthy_gpus: indexes_of(n.unhealthy),
+                cpu_milli: n.cpu_milli,
+                memory_mib: n.mem_mib,
+                mig: n.mig,
+                sharing: n.sharing,
             })
             .collect();
         nodes.sort_by_key(|n| n.id);
@@ -141,13 +162,82 @@ impl Allocator {
         }
         let mut used = vec![0u64; self.nodes.len()];
         let mut held: Vec<Vec<(InstanceId, TenantId)>> = vec![Vec::new(); self.nodes.len()];
+        let mut sliced: Vec<BTreeMap<u32, SliceSum>> = vec![BTreeMap::new(); self.nodes.len()];
+        let mut host = vec![(0u64, 0u64); self.nodes.len()];
         for (id, a) in &self.allocations {
-            self.check_allocation(*id, a, &mut used, &mut held)?;
+            self.check_allocation(*id, a, &mut used, &mut held, &mut sliced)?;
+            for (node, _) in &a.gpus {
+                if let Some(&slot) = self.slots.get(node) {
+                    let (c, m) = self.nodes[slot].host_of(a);
+                    host[slot].0 += c;
+                    host[slot].1 += m;
+                }
+            }
         }
         for list in &mut held {
             list.sort_unstable();
         }
         for (slot, n) in self.nodes.iter().enumerate() {
+            for (&g, sum) in &sliced[slot] {
+                let bit = 1u64 << g;
+                if used[slot] & bit != 0 {
+                    return Err(format!(
+                        "GPU {g} of node {} is held whole and sliced (invariant 1)",
+                        n.id
+                    ));
+                }
+                used[slot] |= bit;
+                if sum.milli > 1000 {
+                    return Err(format!(
+                        "GPU {g} of node {}: shares sum to {} thousandths (invariant 1)",
+                        n.id, sum.milli
+                    ));
+                }
+                if sum.milli > 0 && sum.mig != 0 {
+                    return Err(format!(
+                        "GPU {g} of node {} holds shares and MIG instances",
+                        n.id
+                    ));
+                }
+                if sum.tenants.len() > 1 && !(n.shareable && n.sharing.tenants_per_gpu) {
+                    return Err(format!(
+                        "GPU {g} of node {} holds slices of two tenants (invariant 4)",
+                        n.id
+                    ));
+                }
+                let kept = n.slices_of(g);
+                if u32::from(kept.milli) != sum.milli
+                    || kept.mig != sum.mig
+                    || u32::from(kept.holders) != sum.holders
+                    || kept.tenant.is_none_or(|t| !sum.tenants.contains(&t))
+                {
+                    return Err(format!(
+                        "GPU {g} of node {}: kept slices {kept:?}, allocations say {sum:?}",
+                        n.id
+                    ));
+                }
+            }
+            if n.slices.iter().enumerate().any(|(g, s)| {
+                !s.is_empty() && u32::try_from(g).is_ok_and(|g| !sliced[slot].contains_key(&g))
+            }) {
+                return Err(format!("node {}: slices without allocations", n.id));
+            }
+            if (n.cpu_used, n.mem_used) != host[slot] {
+                return Err(format!(
+                    "node {}: CPU and memory held {:?}, allocations say {:?}",
+                    n.id,
+                    (n.cpu_used, n.mem_used),
+                    host[slot]
+                ));
+            }
+            if (n.cpu_milli > 0 && n.cpu_used > n.cpu_milli)
+                || (n.mem_mib > 0 && n.mem_used > n.mem_mib)
+            {
+                return Err(format!(
+                    "node {}: more CPU or memory held than it has",
+                    n.id
+                ));
+            }
             if n.used != used[slot] {
                 return Err(format!(
                     "node {}: GPUs held {:?}, allocations say {:?}",
@@ -241,6 +331,7 @@ impl Allocator {
         a: &Allocation,
         used: &mut [u64],
         held: &mut [Vec<(InstanceId, TenantId)>],
+        sliced: &mut [BTreeMap<u32, SliceSum>],
     ) -> Result<(), String> {
         if a.id != id || a.gpus.is_empty() {
             return Err(format!("allocation {id} is malformed"));
@@ -270,13 +361,6 @@ impl Allocator {
                 return Err(format!("allocation {id}: bad GPU indexes {indexes:?}"));
             }
             let mask = mask_of(indexes);
-            if used[slot] & mask != 0 {
-                return Err(format!(
-                    "GPU(s) {:?} of node {node_id} are held twice (invariant 1)",
-                    indexes_of(used[slot] & mask)
-                ));
-            }
-            used[slot] |= mask;
             held[slot].push((a.id, a.tenant));
             if a.class != Class::Spot && n.pool != a.pool {
                 return Err(format!(
@@ -284,6 +368,47 @@ impl Allocator {
                     a.class, n.pool
                 ));
             }
+            if a.shape.is_slice() {
+                let [g] = indexes[..] else {
+                    if a.shape == Shape::Cpu && indexes.is_empty() {
+                        continue;
+                    }
+                    return Err(format!("allocation {id}: a slice holds one GPU"));
+                };
+                let sum = sliced[slot].entry(g).or_default();
+                sum.holders += 1;
+                sum.tenants.insert(a.tenant);
+                match a.shape {
+                    Shape::Share { milli } => sum.milli += milli,
+                    Shape::Mig { profile } => {
+                        let geo = n
+                            .mig
+                            .and_then(|f| f.geometry(profile))
+                            .ok_or_else(|| format!("allocation {id}: no MIG {profile} here"))?;
+                        let start = a
+                            .mig_start
+                            .filter(|s| geo.starts.contains(s))
+                            .ok_or_else(|| format!("allocation {id}: bad MIG start"))?;
+                        let m = crate::slices::mig_mask(start, geo.slices);
+                        if sum.mig & m != 0 {
+                            return Err(format!(
+                                "allocation {id}: MIG slices of GPU {g} of node {node_id} \
+                                 overlap (invariant 1)"
+                            ));
+                        }
+                        sum.mig |= m;
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if used[slot] & mask != 0 {
+                return Err(format!(
+                    "GPU(s) {:?} of node {node_id} are held twice (invariant 1)",
+                    indexes_of(used[slot] & mask)
+                ));
+            }
+            used[slot] |= mask;
             match a.shape {
                 Shape::Gpus { gpus } => {
                     if a.gpus.len() != 1
@@ -300,6 +425,7 @@ impl Allocator {
                         return Err(format!("allocation {id}: not {count} whole nodes"));
                     }
                 }
+                Shape::Share { .. } | Shape::Mig { .. } | Shape::Cpu => {}
             }
         }
         Ok(())
@@ -325,6 +451,10 @@ impl Allocator {
                 idle_watts: n.idle_watts,
                 peak_watts: n.peak_watts,
                 shareable: n.shareable,
+                cpu_milli: n.cpu_milli,
+                memory_mib: n.memory_mib,
+                mig: n.mig,
+                sharing: n.sharing,
             })?;
             a.set_pool(n.id, n.pool)?;
             a.set_schedulable(n.id, n.schedulable);

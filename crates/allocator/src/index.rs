@@ -22,6 +22,7 @@ use neocloud_types::{Class, ContractId, InstanceId, NodeId, SiteId, TenantId};
 use crate::PlacementPolicy;
 use crate::allocator::IdMap;
 use crate::node::{BlockKey, LEVELS, Node, SHAPES, choose_group};
+use crate::slices::{GroupKey, grouped};
 
 /// A group of interchangeable nodes: same model, same pool, same site, same GPU count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -145,6 +146,9 @@ pub(crate) struct Bucket {
     /// Allocations holding GPUs in this scope, with how many of their nodes are here: the
     /// candidates for preemption. Hashed: preemption orders what it takes from here.
     pub allocs: IdMap<(Class, InstanceId), u32>,
+    /// Schedulable nodes that take slices or CPU-only work (every node, under the
+    /// fragmentation policy), grouped by identical free state.
+    pub groups: BTreeMap<GroupKey, BTreeSet<NodeId>>,
 }
 
 /// Which pool scopes of a model a request looks at, in one pass.
@@ -326,6 +330,17 @@ pub(crate) fn apply(
             *n -= 1;
             if *n == 0 {
                 bucket.spans.remove(&span);
+            }
+        }
+    }
+    if node.schedulable && grouped(node, placement) {
+        let gk = node.group_key();
+        if add {
+            bucket.groups.entry(gk).or_default().insert(node.id);
+        } else if let Some(set) = bucket.groups.get_mut(&gk) {
+            set.remove(&node.id);
+            if set.is_empty() {
+                bucket.groups.remove(&gk);
             }
         }
     }

@@ -20,16 +20,19 @@ mod check;
 mod index;
 mod node;
 mod preempt;
+pub mod slices;
 pub mod synthetic;
 
 #[cfg(test)]
 mod tests;
 
-use neocloud_types::{BlockId, BlockKind, Class, ContractId, InstanceId, NodeId, SiteId, TenantId};
+use neocloud_types::{
+    BlockId, BlockKind, Class, ContractId, InstanceId, MigFamily, NodeId, SiteId, TenantId,
+};
 
 pub use allocator::Allocator;
 pub use check::{NodeSnapshot, Snapshot};
-pub use neocloud_types::{FleetPolicy, GangLevel, Shape};
+pub use neocloud_types::{FleetPolicy, GangLevel, MigProfile, Shape};
 
 /// How the allocator chooses among nodes and blocks that all fit a request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -48,6 +51,11 @@ pub enum PlacementPolicy {
     /// The opposite of best-fit, kept for measurements: spread work over the emptiest nodes
     /// and blocks.
     WorstFit,
+    /// Ours, for fleets that sell slices: every request that fits inside one node goes where
+    /// the fleet's fragmentation grows least, measured against the shapes of recent requests
+    /// (see [`crate::slices`]); gangs and whole nodes as best-fit. Nodes in identical states
+    /// are scored once.
+    Fragmentation,
 }
 
 /// A site as the allocator sees it: its power envelope.
@@ -81,6 +89,26 @@ pub struct NodeSpec {
     pub peak_watts: u32,
     /// Operator policy: whether different tenants may share this node (sub-node shapes).
     pub shareable: bool,
+    /// CPU capacity in thousandths of a core; 0 when not modelled (then CPU bounds nothing).
+    pub cpu_milli: u64,
+    /// Memory in MiB; 0 when not modelled.
+    pub memory_mib: u64,
+    /// The MIG geometry of its GPUs, when they support MIG.
+    pub mig: Option<MigFamily>,
+    /// What may run on the node besides whole GPUs.
+    pub sharing: Sharing,
+}
+
+/// Operator policy: what a node may run besides whole GPUs and gangs (DESIGN.md §3.4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Sharing {
+    /// Fractional (time-shared) and MIG instances may run on the node's GPUs.
+    pub slices: bool,
+    /// Different tenants may hold slices of one GPU. Only where the node is shareable too;
+    /// off by default: one tenant per GPU.
+    pub tenants_per_gpu: bool,
+    /// Instances without GPUs may run on the node.
+    pub cpu_only: bool,
 }
 
 /// What an instance asks for.
@@ -101,6 +129,11 @@ pub struct Request {
     /// The contract whose reserved pool it runs in: required for class reserved, refused for
     /// every other class.
     pub pool: Option<ContractId>,
+    /// CPU thousandths of a core it needs on its node; `None`: in proportion to its share of
+    /// the node's GPUs. Required for a CPU-only request. Ignored for gangs (whole nodes).
+    pub cpu_milli: Option<u64>,
+    /// Memory MiB it needs on its node; `None`: in proportion, as for CPU.
+    pub memory_mib: Option<u64>,
 }
 
 /// GPUs given to one instance.
@@ -120,14 +153,33 @@ pub struct Allocation {
     pub site: SiteId,
     /// The contract pool it runs in (class reserved only).
     pub pool: Option<ContractId>,
-    /// Nodes and GPU indexes, both sorted ascending. A gang holds every GPU of its nodes.
+    /// Nodes and GPU indexes, both sorted ascending. A gang holds every GPU of its nodes; a
+    /// share or MIG instance names its one GPU; a CPU-only instance names its node and no
+    /// GPU.
     pub gpus: Vec<(NodeId, Vec<u32>)>,
+    /// CPU thousandths of a core held on each of its nodes.
+    pub cpu_milli: u64,
+    /// Memory MiB held on each of its nodes.
+    pub memory_mib: u64,
+    /// For a MIG instance, the first memory slice (0–7) of its GPU instance.
+    pub mig_start: Option<u32>,
 }
 
 impl Allocation {
-    /// Number of GPUs held.
+    /// Number of GPUs held, a slice counting as one.
     pub fn gpu_count(&self) -> u64 {
         self.gpus.iter().map(|(_, g)| g.len() as u64).sum()
+    }
+
+    /// Thousandths of a GPU held: 1000 per whole GPU, the share of a share, a MIG
+    /// instance's compute slices out of 7.
+    pub fn gpu_milli(&self) -> u64 {
+        match self.shape {
+            Shape::Share { .. } | Shape::Mig { .. } | Shape::Cpu => {
+                self.shape.gpu_milli_of_one_node(0)
+            }
+            _ => self.gpu_count() * 1000,
+        }
     }
 }
 

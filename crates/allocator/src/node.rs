@@ -6,9 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use neocloud_types::{BlockId, ContractId, GangLevel, InstanceId, NodeId, SiteId, TenantId};
+use neocloud_types::{
+    BlockId, ContractId, GangLevel, InstanceId, MigFamily, NodeId, SiteId, TenantId,
+};
 
-use crate::PlacementPolicy;
+use crate::{PlacementPolicy, Sharing};
 
 /// The sub-node shapes, smallest first; an index into this array names a shape in indexes.
 pub(crate) const SHAPES: [u32; 4] = [1, 2, 4, 8];
@@ -145,9 +147,36 @@ pub(crate) struct Node {
     pub pool: Option<ContractId>,
     pub schedulable: bool,
     pub unhealthy: u64,
+    /// GPUs that are not entirely free: held whole, or holding slices.
     pub used: u64,
     /// Allocations holding GPUs here, sorted by instance id.
     pub allocs: Vec<(InstanceId, TenantId)>,
+    /// CPU capacity, thousandths of a core (0: not modelled).
+    pub cpu_milli: u64,
+    /// Memory capacity, MiB (0: not modelled).
+    pub mem_mib: u64,
+    pub cpu_used: u64,
+    pub mem_used: u64,
+    pub mig: Option<MigFamily>,
+    pub sharing: Sharing,
+    /// Per GPU, its slices; empty until the node first holds one.
+    pub slices: Vec<GpuSlices>,
+}
+
+/// The slices one GPU holds: shares (thousandths) or MIG instances (memory slices), never
+/// both; `holders` counts them, `tenant` is the tenant of the first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct GpuSlices {
+    pub milli: u16,
+    pub mig: u8,
+    pub holders: u16,
+    pub tenant: Option<TenantId>,
+}
+
+impl GpuSlices {
+    pub fn is_empty(&self) -> bool {
+        self.holders == 0
+    }
 }
 
 impl Node {
@@ -162,7 +191,44 @@ impl Node {
 
     /// Whether the node can be given whole: schedulable, healthy, empty.
     pub fn whole_free(&self) -> bool {
-        self.schedulable && self.used == 0 && self.unhealthy == 0
+        self.schedulable
+            && self.used == 0
+            && self.unhealthy == 0
+            && self.cpu_used == 0
+            && self.mem_used == 0
+    }
+
+    /// The slices of GPU `g` (empty when it holds none).
+    pub fn slices_of(&self, g: u32) -> GpuSlices {
+        usize::try_from(g)
+            .ok()
+            .and_then(|g| self.slices.get(g))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Whether `cpu` more CPU thousandths and `mem` more MiB fit.
+    pub fn host_fits(&self, cpu: u64, mem: u64) -> bool {
+        (self.cpu_milli == 0 || self.cpu_used.saturating_add(cpu) <= self.cpu_milli)
+            && (self.mem_mib == 0 || self.mem_used.saturating_add(mem) <= self.mem_mib)
+    }
+
+    /// Free CPU thousandths (`u64::MAX` when not modelled).
+    pub fn cpu_free(&self) -> u64 {
+        if self.cpu_milli == 0 {
+            u64::MAX
+        } else {
+            self.cpu_milli.saturating_sub(self.cpu_used)
+        }
+    }
+
+    /// Free memory MiB (`u64::MAX` when not modelled).
+    pub fn mem_free(&self) -> u64 {
+        if self.mem_mib == 0 {
+            u64::MAX
+        } else {
+            self.mem_mib.saturating_sub(self.mem_used)
+        }
     }
 
     /// The one tenant that may place here, when the node is not shareable and holds work.

@@ -60,6 +60,8 @@ impl Allocator {
             let plan = match req.shape {
                 Shape::Gpus { gpus } => self.plan_gpus(req, gpus, &buckets),
                 Shape::Nodes { count, level } => self.plan_nodes(req, count, level, &buckets),
+                // Slices never preempt.
+                Shape::Share { .. } | Shape::Mig { .. } | Shape::Cpu => None,
             };
             let Some((victims, adds)) = plan else {
                 continue;

@@ -190,6 +190,10 @@ impl Grid {
                         idle_watts: self.idle_watts,
                         peak_watts: self.peak_watts,
                         shareable: self.shareable,
+                        cpu_milli: 0,
+                        memory_mib: 0,
+                        mig: None,
+                        sharing: crate::Sharing::default(),
                     });
                 }
             }

@@ -107,6 +107,9 @@ fn shape_text(s: &Shape) -> String {
     match s {
         Shape::Gpus { gpus } => format!("{gpus} GPU{}", if *gpus == 1 { "" } else { "s" }),
         Shape::Nodes { count, level } => format!("{count} nodes in one {level}"),
+        Shape::Share { milli } => format!("{}.{:03} of a GPU", milli / 1000, milli % 1000),
+        Shape::Mig { profile } => format!("MIG {profile}"),
+        Shape::Cpu => "CPU only".to_string(),
     }
 }
 

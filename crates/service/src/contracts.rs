@@ -636,6 +636,8 @@ impl Service {
                     },
                     site: Some(c.site_id),
                     pool: None,
+                    cpu_milli: None,
+                    memory_mib: None,
                 };
                 let Ok(a) = sched.alloc.try_place(&probe) else {
                     break;
@@ -694,6 +696,8 @@ impl Service {
                     },
                     site: Some(c.site_id),
                     pool: None,
+                    cpu_milli: None,
+                    memory_mib: None,
                 };
                 if let Some(victims) = sched.alloc.preemption_plan(&probe) {
                     sched
@@ -712,6 +716,7 @@ pub(crate) fn policy_name(p: PlacementPolicy) -> &'static str {
         PlacementPolicy::BestFit => "best-fit",
         PlacementPolicy::FirstFit => "first-fit",
         PlacementPolicy::WorstFit => "worst-fit",
+        PlacementPolicy::Fragmentation => "fragmentation",
     }
 }
 

@@ -241,6 +241,8 @@ impl Service {
     async fn shape_gpus(&self, inst: &Instance) -> Result<u32> {
         Ok(match inst.shape {
             neocloud_types::Shape::Gpus { gpus } => gpus,
+            neocloud_types::Shape::Share { .. } | neocloud_types::Shape::Mig { .. } => 1,
+            neocloud_types::Shape::Cpu => 0,
             neocloud_types::Shape::Nodes { count, .. } => {
                 let per_node = self
                     .store

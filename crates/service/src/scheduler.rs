@@ -104,6 +104,8 @@ pub(crate) fn request_of(i: &Instance) -> Request {
         shape: i.shape,
         site: i.requested_site_id,
         pool: i.contract_id,
+        cpu_milli: None,
+        memory_mib: None,
     }
 }
 
@@ -140,6 +142,10 @@ impl Sched {
                     idle_watts: n.idle_watts,
                     peak_watts: n.peak_watts,
                     shareable: config.shared_nodes,
+                    cpu_milli: 0,
+                    memory_mib: 0,
+                    mig: None,
+                    sharing: Default::default(),
                 })
                 .map_err(Error::internal)?;
             if !node_schedulable(n.state) {
@@ -170,6 +176,9 @@ impl Sched {
                         .iter()
                         .map(|p| (p.node_id, p.gpus.clone()))
                         .collect(),
+                    cpu_milli: 0,
+                    memory_mib: 0,
+                    mig_start: None,
                 };
                 alloc
                     .restore(a)

@@ -173,6 +173,9 @@ fn shape_key(s: &Shape) -> (u8, u32, u8) {
     match *s {
         Shape::Gpus { gpus } => (0, gpus, 0),
         Shape::Nodes { count, level } => (1, count, level as u8),
+        Shape::Share { milli } => (2, milli, 0),
+        Shape::Mig { profile } => (3, profile.compute_slices(), profile as u8),
+        Shape::Cpu => (4, 0, 0),
     }
 }
 
@@ -598,6 +601,8 @@ impl<'a> Engine<'a> {
             shape: job.shape,
             site: job.site.map(|s| self.fleet.sites[s as usize].id),
             pool: pool.map(|c| self.contracts[c as usize].id),
+            cpu_milli: None,
+            memory_mib: None,
         }
     }
 
@@ -618,6 +623,8 @@ impl<'a> Engine<'a> {
             Shape::Nodes { count, .. } => {
                 u64::from(count) * u64::from(self.min_node_gpus[model].min(64))
             }
+            Shape::Share { .. } | Shape::Mig { .. } => 1,
+            Shape::Cpu => 0,
         };
         let at = self.now * 1_000_000;
         let room = |e: &Self, site: usize| {
@@ -752,6 +759,8 @@ impl<'a> Engine<'a> {
             Shape::Nodes { count, .. } => {
                 u64::from(count) * u64::from(self.min_node_gpus[job.model as usize].min(64))
             }
+            Shape::Share { .. } | Shape::Mig { .. } => 1,
+            Shape::Cpu => 0,
         };
         let s = &mut self.tally.classes[class_index(job.class)];
         if expired {

@@ -127,6 +127,10 @@ impl Fleet {
                     idle_watts: n.idle_watts,
                     peak_watts: n.peak_watts,
                     shareable: shared_nodes,
+                    cpu_milli: 0,
+                    memory_mib: 0,
+                    mig: None,
+                    sharing: Default::default(),
                 })?;
                 pools.entry((si, model)).or_default().push(slot);
                 nodes.push(NodeInfo {

@@ -416,6 +416,9 @@ pub fn shape_str(shape: &Shape) -> String {
     match shape {
         Shape::Gpus { gpus } => format!("gpus:{gpus}"),
         Shape::Nodes { count, level } => format!("nodes:{count}:{level}"),
+        Shape::Share { milli } => format!("share:{milli}"),
+        Shape::Mig { profile } => format!("mig:{profile}"),
+        Shape::Cpu => "cpu".to_string(),
     }
 }
 

@@ -36,6 +36,18 @@ fn instance_from_row(r: &AnyRow) -> Result<Instance> {
                 .parse::<GangLevel>()
                 .map_err(StoreError::Corrupt)?,
         },
+        "share" => Shape::Share {
+            milli: u32::try_from(r.try_get::<Option<i64>, _>("shape_gpus")?.unwrap_or(0))
+                .map_err(|_| StoreError::Corrupt("shape_gpus".into()))?,
+        },
+        "mig" => Shape::Mig {
+            profile: r
+                .try_get::<Option<String>, _>("shape_level")?
+                .unwrap_or_default()
+                .parse()
+                .map_err(StoreError::Corrupt)?,
+        },
+        "cpu" => Shape::Cpu,
         other => return Err(StoreError::Corrupt(format!("shape_kind {other}"))),
     };
     Ok(Instance {
@@ -136,6 +148,11 @@ impl Store {
             Shape::Nodes { count, level } => {
                 ("nodes", None, Some(i64::from(count)), Some(level.as_str()))
             }
+            // A share keeps its thousandths where whole GPUs keep their count, a MIG
+            // instance its profile where a gang keeps its level.
+            Shape::Share { milli } => ("share", Some(i64::from(milli)), None, None),
+            Shape::Mig { profile } => ("mig", None, None, Some(profile.as_str())),
+            Shape::Cpu => ("cpu", None, None, None),
         };
         let t = |t: Option<Timestamp>| t.map(|t| t.micros());
         sqlx::query(&format!(

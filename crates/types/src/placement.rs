@@ -80,6 +80,199 @@ pub enum Shape {
         /// The block level the gang must fit in.
         level: GangLevel,
     },
+    /// A share of one GPU, time-sliced with the other shares of that GPU.
+    Share {
+        /// Thousandths of the GPU: 1 to 1000.
+        milli: u32,
+    },
+    /// One NVIDIA MIG instance: a hardware partition of one GPU.
+    Mig {
+        /// The profile, named as `nvidia-smi mig -lgip` names it for the GPU model.
+        profile: MigProfile,
+    },
+    /// No GPU: CPU cores and memory of one node only.
+    Cpu,
+}
+
+impl Shape {
+    /// Thousandths of a GPU per instance-hour this shape is billed and counted as: 1000 per
+    /// GPU, the share for a share, the profile's compute slices out of 7 for MIG, 0 for a
+    /// CPU-only instance. A gang is counted by the caller (nodes × GPUs per node).
+    pub fn gpu_milli_of_one_node(&self, gpus_per_node: u32) -> u64 {
+        match *self {
+            Shape::Gpus { gpus } => u64::from(gpus) * 1000,
+            Shape::Nodes { count, .. } => u64::from(count) * u64::from(gpus_per_node) * 1000,
+            Shape::Share { milli } => u64::from(milli),
+            Shape::Mig { profile } => u64::from(profile.compute_slices()) * 1000 / 7,
+            Shape::Cpu => 0,
+        }
+    }
+
+    /// Whether the shape takes part of one GPU (a share or a MIG instance) or no GPU.
+    pub fn is_slice(&self) -> bool {
+        matches!(self, Shape::Share { .. } | Shape::Mig { .. } | Shape::Cpu)
+    }
+}
+
+string_enum!(
+    /// A MIG profile. The same name can mean different geometry on different models (a
+    /// `1g.10gb` is the smallest slice of an 80 GB GPU but the two-slice one of a 40 GB
+    /// A100); [`MigFamily::geometry`] says what a profile takes on one family.
+    MigProfile {
+        /// A100 40GB: 1 compute slice, 1 memory slice.
+        P1g5gb = "1g.5gb",
+        /// A100 40GB: 1 compute, 2 memory slices; A100/H100 80GB: 1 compute, 1 memory.
+        P1g10gb = "1g.10gb",
+        /// A100 40GB: 2 compute, 2 memory slices.
+        P2g10gb = "2g.10gb",
+        /// A100 40GB: 3 compute, 4 memory slices.
+        P3g20gb = "3g.20gb",
+        /// A100 40GB: 4 compute, 4 memory slices.
+        P4g20gb = "4g.20gb",
+        /// A100 40GB: the whole GPU.
+        P7g40gb = "7g.40gb",
+        /// 80 GB: 1 compute, 2 memory slices.
+        P1g20gb = "1g.20gb",
+        /// 80 GB: 2 compute, 2 memory slices.
+        P2g20gb = "2g.20gb",
+        /// 80 GB: 3 compute, 4 memory slices.
+        P3g40gb = "3g.40gb",
+        /// 80 GB: 4 compute, 4 memory slices.
+        P4g40gb = "4g.40gb",
+        /// 80 GB: the whole GPU.
+        P7g80gb = "7g.80gb",
+        /// H100 NVL 94 GB: 1 compute, 1 memory slice.
+        P1g12gb = "1g.12gb",
+        /// H100 NVL 94 GB: 1 compute, 2 memory slices.
+        P1g24gb = "1g.24gb",
+        /// H100 NVL 94 GB: 2 compute, 2 memory slices.
+        P2g24gb = "2g.24gb",
+        /// H100 NVL 94 GB: 3 compute, 4 memory slices.
+        P3g47gb = "3g.47gb",
+        /// H100 NVL 94 GB: 4 compute, 4 memory slices.
+        P4g47gb = "4g.47gb",
+        /// H100 NVL 94 GB: the whole GPU.
+        P7g94gb = "7g.94gb",
+        /// H200 141 GB: 1 compute, 1 memory slice.
+        P1g18gb = "1g.18gb",
+        /// H200 141 GB: 1 compute, 2 memory slices.
+        P1g35gb = "1g.35gb",
+        /// H200 141 GB: 2 compute, 2 memory slices.
+        P2g35gb = "2g.35gb",
+        /// H200 141 GB: 3 compute, 4 memory slices.
+        P3g71gb = "3g.71gb",
+        /// H200 141 GB: 4 compute, 4 memory slices.
+        P4g71gb = "4g.71gb",
+        /// H200 141 GB: the whole GPU.
+        P7g141gb = "7g.141gb",
+        /// B200 180 GB: 1 compute, 1 memory slice.
+        P1g23gb = "1g.23gb",
+        /// B200 180 GB: 1 compute, 2 memory slices.
+        P1g45gb = "1g.45gb",
+        /// B200 180 GB: 2 compute, 2 memory slices.
+        P2g45gb = "2g.45gb",
+        /// B200 180 GB: 3 compute, 4 memory slices.
+        P3g90gb = "3g.90gb",
+        /// B200 180 GB: 4 compute, 4 memory slices.
+        P4g90gb = "4g.90gb",
+        /// B200 180 GB: the whole GPU.
+        P7g180gb = "7g.180gb",
+    }
+);
+
+impl MigProfile {
+    /// Compute slices (of 7) the profile takes: the number before the `g`.
+    pub fn compute_slices(self) -> u32 {
+        self.as_str()
+            .split('g')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(7)
+    }
+}
+
+string_enum!(
+    /// A family of GPUs with one MIG geometry: eight memory slices and seven compute slices
+    /// per GPU, with profile names that depend on the GPU's memory.
+    MigFamily {
+        /// A100 40 GB.
+        A100_40gb = "a100-40gb",
+        /// A100 80 GB and H100 80 GB.
+        Gpu80gb = "80gb",
+        /// H100 NVL 94 GB.
+        H100_94gb = "h100-94gb",
+        /// H200 141 GB.
+        H200_141gb = "h200-141gb",
+        /// B200 180 GB.
+        B200_180gb = "b200-180gb",
+    }
+);
+
+/// Where one MIG profile may sit on a GPU of a family: the memory slices it takes and the
+/// first slice it may start at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MigGeometry {
+    /// Memory slices taken (1, 2, 4 or 8 of 8).
+    pub slices: u32,
+    /// Allowed start slices, ascending.
+    pub starts: &'static [u32],
+}
+
+impl MigFamily {
+    /// The family of a GPU model, from its name and memory: `None` for GPUs without MIG.
+    pub fn of_model(name: &str, memory_gib: u32) -> Option<MigFamily> {
+        let n = name.to_ascii_uppercase();
+        if n.contains("A100") {
+            Some(if memory_gib <= 40 {
+                MigFamily::A100_40gb
+            } else {
+                MigFamily::Gpu80gb
+            })
+        } else if n.contains("H100") {
+            Some(if memory_gib > 80 {
+                MigFamily::H100_94gb
+            } else {
+                MigFamily::Gpu80gb
+            })
+        } else if n.contains("H200") {
+            Some(MigFamily::H200_141gb)
+        } else if n.contains("B200") && !n.contains("GB200") {
+            Some(MigFamily::B200_180gb)
+        } else {
+            None
+        }
+    }
+
+    /// The six profiles of the family, smallest first.
+    pub fn profiles(self) -> [MigProfile; 6] {
+        use MigProfile::*;
+        match self {
+            MigFamily::A100_40gb => [P1g5gb, P1g10gb, P2g10gb, P3g20gb, P4g20gb, P7g40gb],
+            MigFamily::Gpu80gb => [P1g10gb, P1g20gb, P2g20gb, P3g40gb, P4g40gb, P7g80gb],
+            MigFamily::H100_94gb => [P1g12gb, P1g24gb, P2g24gb, P3g47gb, P4g47gb, P7g94gb],
+            MigFamily::H200_141gb => [P1g18gb, P1g35gb, P2g35gb, P3g71gb, P4g71gb, P7g141gb],
+            MigFamily::B200_180gb => [P1g23gb, P1g45gb, P2g45gb, P3g90gb, P4g90gb, P7g180gb],
+        }
+    }
+
+    /// What `profile` takes on a GPU of this family; `None` when the family has no such
+    /// profile. The rules (NVIDIA's MIG user guide, "supported profiles"): the smallest
+    /// profile takes one memory slice and may start at slices 0–6; the one-compute profile
+    /// with double memory and the two-compute profile take two slices at 0, 2, 4 (and 6
+    /// for the one-compute one); the three-compute profile takes four slices at 0 or 4; the
+    /// four-compute profile four slices at 0; the whole-GPU profile all eight.
+    pub fn geometry(self, profile: MigProfile) -> Option<MigGeometry> {
+        let at = self.profiles().iter().position(|&p| p == profile)?;
+        let (slices, starts): (u32, &'static [u32]) = match at {
+            0 => (1, &[0, 1, 2, 3, 4, 5, 6]),
+            1 => (2, &[0, 2, 4, 6]),
+            2 => (2, &[0, 2, 4]),
+            3 => (4, &[0, 4]),
+            4 => (4, &[0]),
+            _ => (8, &[0]),
+        };
+        Some(MigGeometry { slices, starts })
+    }
 }
 
 string_enum!(

@@ -46,6 +46,10 @@ pub(crate) fn h100(
         idle_watts: 1000,
         peak_watts: 9000,
         shareable: share,
+        cpu_milli: 0,
+        memory_mib: 0,
+        mig: None,
+        sharing: Default::default(),
     })
     .unwrap();
     id
@@ -63,6 +67,10 @@ pub(crate) fn gb200(a: &mut Allocator, site: SiteId, n: u64, domain: u64) -> Nod
         idle_watts: 1000,
         peak_watts: 5000,
         shareable: true,
+        cpu_milli: 0,
+        memory_mib: 0,
+        mig: None,
+        sharing: Default::default(),
     })
     .unwrap();
     id
@@ -91,6 +99,8 @@ pub(crate) fn gpus(id: u64, tenant: u64, class: Class, k: u32) -> Request {
         shape: Shape::Gpus { gpus: k },
         site: None,
         pool: None,
+        cpu_milli: None,
+        memory_mib: None,
     }
 }
 

@@ -96,6 +96,10 @@ fn node(
         idle_watts: watts.0,
         peak_watts: watts.1,
         shareable,
+        cpu_milli: 0,
+        memory_mib: 0,
+        mig: None,
+        sharing: Default::default(),
     }
 }
 
@@ -222,6 +226,8 @@ impl World {
                 s => Some(site_id(u64::from(s))),
             },
             pool,
+            cpu_milli: None,
+            memory_mib: None,
         }
     }
 

@@ -111,6 +111,9 @@ fn hold(a: &mut Allocator, id: u64, node: u64, gpus: Vec<u32>) {
         site: crate::synthetic::site_id(1),
         pool: None,
         gpus: vec![(node_id(node), gpus)],
+        cpu_milli: 0,
+        memory_mib: 0,
+        mig_start: None,
     })
     .unwrap();
 }
@@ -183,6 +186,9 @@ fn gangs_stay_in_one_block_of_their_level() {
         site: crate::synthetic::site_id(1),
         pool: None,
         gpus: vec![(node_id(1), vec![0])],
+        cpu_milli: 0,
+        memory_mib: 0,
+        mig_start: None,
     })
     .unwrap();
     let g = a
@@ -233,6 +239,9 @@ fn gang_best_fit_takes_the_tightest_block() {
         site: crate::synthetic::site_id(1),
         pool: None,
         gpus: vec![(node_id(101), vec![0])],
+        cpu_milli: 0,
+        memory_mib: 0,
+        mig_start: None,
     })
     .unwrap();
     let g = f
@@ -341,6 +350,9 @@ fn unshared_nodes_hold_one_tenant() {
             site: s,
             pool: None,
             gpus: vec![(n1, vec![7])],
+            cpu_milli: 0,
+            memory_mib: 0,
+            mig_start: None,
         })
         .unwrap_err();
     assert!(err.contains("not shareable"), "{err}");
@@ -476,6 +488,9 @@ fn gang_preemption_frees_whole_nodes_in_one_block() {
         site: s,
         pool: None,
         gpus: vec![(node_id(node), gpus)],
+        cpu_milli: 0,
+        memory_mib: 0,
+        mig_start: None,
     };
     let whole = Shape::Nodes {
         count: 1,
@@ -553,6 +568,9 @@ fn restore_rebuilds_exactly_and_refuses_double_assignment() {
             site: s,
             pool: None,
             gpus: vec![(node_id(103), vec![7])],
+            cpu_milli: 0,
+            memory_mib: 0,
+            mig_start: None,
         })
         .unwrap_err();
     assert!(err.contains("pool"), "{err}");
@@ -677,6 +695,10 @@ fn add_node_checks_its_spec() {
         idle_watts: 1,
         peak_watts: 2,
         shareable: true,
+        cpu_milli: 0,
+        memory_mib: 0,
+        mig: None,
+        sharing: Default::default(),
     };
     assert!(a.add_node(spec.clone()).unwrap_err().contains("outermost"));
     let unknown_site = NodeSpec {

@@ -207,6 +207,33 @@ pub fn rate_interval(
     Ok(records)
 }
 
+/// Rates an interval of a slice of one GPU (a share or a MIG instance) that counts as
+/// `gpu_milli` thousandths of a GPU: the records of [`rate_interval`] for one GPU, with
+/// each amount `gpu_milli / 1000` of that GPU's, computed exactly from the thousandths
+/// ([`crate::rate::amount_micros_milli`]), and GPU-seconds in the same proportion (rounded
+/// half to even to the second). `iv.gpus` is ignored; `gpu_milli` 0 gives no records.
+pub fn rate_interval_milli(
+    iv: &UsageInterval,
+    gpu_milli: u64,
+    book: &PriceBook,
+    spot_series: &[(Timestamp, Money)],
+) -> Result<Vec<UsageRecord>, BillingError> {
+    if gpu_milli == 0 {
+        return Ok(Vec::new());
+    }
+    let one = UsageInterval {
+        gpus: 1,
+        ..iv.clone()
+    };
+    let mut records = rate_interval(&one, book, spot_series)?;
+    for r in &mut records {
+        let seconds = (r.end.micros() - r.start.micros()) / SECOND;
+        r.gpu_seconds = crate::rate::gpu_seconds_milli(gpu_milli, seconds);
+        r.amount = crate::rate::amount_micros_milli(gpu_milli, seconds, r.rate);
+    }
+    Ok(records)
+}
+
 /// An in-memory, append-only ledger keyed by `(instance, start)`; the model of what the
 /// store keeps, and a check that a batch of records may be appended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

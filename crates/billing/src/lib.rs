@@ -37,10 +37,10 @@ pub use invoice::{
     Availability, ContractTerms, Downtime, Invoice, InvoiceLine, LineKind, SlaPolicy, availability,
     build_invoice,
 };
-pub use ledger::{Ledger, UsageInterval, UsageRecord, rate_interval};
+pub use ledger::{Ledger, UsageInterval, UsageRecord, rate_interval, rate_interval_milli};
 pub use period::{Month, MonthParseError, split_by_month};
 pub use prices::{PriceBook, PriceEntry, PriceKind, spot_price};
-pub use rate::{amount_micros, round_to_cent};
+pub use rate::{amount_micros, amount_micros_milli, gpu_seconds_milli, round_to_cent};
 
 use neocloud_types::{Money, SiteId, Timestamp};
 

@@ -74,6 +74,25 @@ pub fn amount_micros(gpus: u32, seconds: i64, rate: Money) -> Money {
     saturate(div_round_half_even(n, SECONDS_PER_HOUR))
 }
 
+/// The amount for `gpu_milli` thousandths of a GPU used `seconds` seconds at `rate` dollars
+/// per GPU-hour: `gpu_milli × seconds × rate / 3,600,000`, exact, then rounded half to even
+/// to the micro-dollar. A slice of a GPU (a share or a MIG instance) is rated this way: a
+/// 250-thousandths share for an hour at $2.85/GPU-hour is $0.7125, a quarter of the
+/// GPU-hour. With `gpu_milli` = 1000 × GPUs it equals [`amount_micros`].
+pub fn amount_micros_milli(gpu_milli: u64, seconds: i64, rate: Money) -> Money {
+    let n = i128::from(gpu_milli)
+        .checked_mul(i128::from(seconds))
+        .and_then(|n| n.checked_mul(i128::from(rate.micros())))
+        .unwrap_or_else(|| overflow_sign(seconds, rate));
+    saturate(div_round_half_even(n, SECONDS_PER_HOUR * 1000))
+}
+
+/// `gpu_milli × seconds / 1000`: the GPU-seconds of a slice, rounded half to even.
+pub fn gpu_seconds_milli(gpu_milli: u64, seconds: i64) -> i64 {
+    let n = i128::from(gpu_milli).saturating_mul(i128::from(seconds));
+    i64::try_from(div_round_half_even(n, 1000)).unwrap_or(i64::MAX)
+}
+
 /// The amount for `gpus` GPUs over `seconds` seconds at `rate` per GPU-hour, rounded half
 /// to even straight to the cent from the exact product.
 ///
@@ -110,6 +129,27 @@ mod tests {
 
     fn usd(s: &str) -> Money {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_slice_is_its_share_of_a_gpu_hour() {
+        // A 250 share for an hour at $3 is a quarter of the GPU-hour.
+        assert_eq!(amount_micros_milli(250, 3600, usd("3")), usd("0.75"));
+        // Whole GPUs in thousandths rate as whole GPUs.
+        for (gpus, secs, rate) in [(8, 2232, "2.85"), (1, 1800, "0.000001"), (3, 7, "2.5")] {
+            assert_eq!(
+                amount_micros_milli(gpus * 1000, secs, usd(rate)),
+                amount_micros(u32::try_from(gpus).unwrap(), secs, usd(rate))
+            );
+        }
+        // Exact, then half to even once: 1/1000 GPU × 1 s × $1.8/h = 0.5 µ$ → 0.
+        assert_eq!(amount_micros_milli(1, 1, usd("1.8")), Money::ZERO);
+        assert_eq!(amount_micros_milli(3, 1, usd("1.8")), Money::from_micros(2));
+        // A 3g MIG instance of 7: 428/1000.
+        assert_eq!(amount_micros_milli(428, 3600, usd("7")), usd("2.996"));
+        assert_eq!(gpu_seconds_milli(250, 3600), 900);
+        assert_eq!(gpu_seconds_milli(1, 500), 0);
+        assert_eq!(gpu_seconds_milli(1, 1500), 2);
     }
 
     #[test]

@@ -43,6 +43,12 @@ pub struct LaunchForm {
     contract: String,
     #[serde(default)]
     wait_seconds: String,
+    /// Thousandths of one GPU, for a share.
+    #[serde(default)]
+    share: String,
+    /// A MIG profile name.
+    #[serde(default)]
+    mig: String,
 }
 
 fn opt(s: &str) -> Option<String> {
@@ -77,8 +83,26 @@ impl LaunchForm {
                     .map_err(|e| PageError::Invalid(format!("contract: {e}")))?,
             ),
         };
-        let gpus = count("gpus", &self.gpus)?;
         let nodes = count("nodes", &self.nodes)?;
+        let shape = match (count("share", &self.share)?, opt(&self.mig)) {
+            (Some(_), Some(_)) => {
+                return Err(PageError::Invalid(
+                    "give a share or a MIG profile, not both".into(),
+                ));
+            }
+            (Some(milli), None) => Some(Shape::Share { milli }),
+            (None, Some(m)) => Some(Shape::Mig {
+                profile: m
+                    .parse()
+                    .map_err(|e| PageError::Invalid(format!("MIG profile: {e}")))?,
+            }),
+            (None, None) => None,
+        };
+        // With a share or MIG profile, the GPU count is the form's leftover.
+        let gpus = match shape {
+            Some(_) => None,
+            None => count("gpus", &self.gpus)?,
+        };
         Ok(LaunchInstance {
             tenant_id: opt(&self.tenant),
             name: opt(&self.name),
@@ -91,6 +115,9 @@ impl LaunchForm {
             site: opt(&self.site),
             contract_id,
             wait_seconds: count("wait_seconds", &self.wait_seconds)?,
+            shape,
+            cpu_milli: None,
+            memory_mib: None,
         })
     }
 }
@@ -217,17 +244,28 @@ async fn instances_page(
     Ok(Page::new(session, "instances", "Instances").render_status(status, body))
 }
 
+/// MIG profile names offered by the launch form (which ones a model takes depends on its
+/// memory; the service refuses the others with the list).
+const MIG_PROFILES: [&str; 12] = [
+    "1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb", "1g.18gb", "1g.35gb",
+    "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb",
+];
+
 fn placement_text(p: &[neocloud_types::PlacedNode]) -> String {
     match p {
         [] => "—".to_string(),
+        [one] if one.gpus.is_empty() => format!("{} (CPU only)", one.node),
         [one] => format!(
-            "{} GPU {}",
+            "{} GPU {}{}",
             one.node,
             one.gpus
                 .iter()
                 .map(u32::to_string)
                 .collect::<Vec<_>>()
-                .join(",")
+                .join(","),
+            one.mig_start
+                .map(|s| format!(" MIG slot {s}"))
+                .unwrap_or_default()
         ),
         [first, rest @ ..] => format!("{} and {} more nodes", first.node, rest.len()),
     }
@@ -279,6 +317,11 @@ fn launch_form(
                             }
                         }
                     }
+                    label { "or a share of one GPU (thousandths) " input #f-share type="number" name="share" min="1" max="1000" value=(f.share) placeholder="250 = a quarter"; }
+                    label { "or a MIG profile " input #f-mig type="text" name="mig" list="mig-profiles" maxlength="16" value=(f.mig) placeholder="e.g. 1g.10gb"; }
+                    datalist #mig-profiles {
+                        @for p in MIG_PROFILES { option value=(p) {} }
+                    }
                 }
                 label { "Site "
                     select #f-site name="site" {
@@ -328,7 +371,7 @@ pub async fn launch(
         .map(|key| Idempotency {
             fingerprint: neocloud_service::auth::sha256_hex(
                 format!(
-                    "console launch\n{}\n{:?}\n{:?}\n{}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+                    "console launch\n{}\n{:?}\n{:?}\n{}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
                     session.principal.key_id,
                     req.tenant_id,
                     req.name,
@@ -338,7 +381,8 @@ pub async fn launch(
                     req.nodes,
                     req.gang_level,
                     req.site,
-                    req.contract_id
+                    req.contract_id,
+                    req.shape
                 )
                 .as_bytes(),
             ),
@@ -394,7 +438,13 @@ pub async fn instance(
             tr { th { "Placement" } td {
                 @for n in &i.placement {
                     @if session.is_operator() { a href={ "/nodes/" (url_encode(&n.node)) } { (n.node) } } @else { (n.node) }
-                    " GPUs " (n.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(",")) br;
+                    @if n.gpus.is_empty() { " (CPU only)" } @else {
+                        " GPUs " (n.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+                    }
+                    @if let Some(s) = n.mig_start { " · MIG slot " (s) }
+                    @if let Some(c) = n.cpu_milli { " · " (c as f64 / 1000.0) " cores" }
+                    @if let Some(m) = n.memory_mib { " · " (m / 1024) " GiB" }
+                    br;
                 }
             } }
             tr { th { "Created" } td { (ts(i.created_at)) } }

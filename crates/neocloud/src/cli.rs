@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -341,44 +341,67 @@ enum ContractCmd {
     },
 }
 
+/// Options of `instances launch`.
+#[derive(clap::Args, Debug)]
+struct LaunchArgs {
+    /// GPU model, e.g. H100-SXM-80GB (for --cpu-only: the model of the nodes to run on).
+    #[arg(long)]
+    gpu_model: String,
+    /// GPUs in one node: 1, 2, 4 or 8.
+    #[arg(long, conflicts_with_all = ["nodes", "share", "mig", "cpu_only"])]
+    gpus: Option<u32>,
+    /// A gang of this many whole nodes.
+    #[arg(long, conflicts_with_all = ["share", "mig", "cpu_only", "cpu", "memory"])]
+    nodes: Option<u32>,
+    /// A share of one GPU, time-sliced with other shares, in thousandths: 1 to 1000
+    /// (250 = a quarter of a GPU). Billed as that part of a GPU-hour.
+    #[arg(long, value_name = "MILLI", conflicts_with_all = ["mig", "cpu_only"])]
+    share: Option<u32>,
+    /// A MIG instance of one GPU, by profile, e.g. 1g.10gb or 3g.40gb on an 80 GB GPU,
+    /// 1g.18gb on an H200. Billed as its compute slices out of 7 of a GPU-hour.
+    #[arg(long, value_name = "PROFILE", conflicts_with = "cpu_only")]
+    mig: Option<String>,
+    /// No GPU: CPU cores and memory of one node only (needs --cpu; the operator must
+    /// allow CPU-only instances). Not billed per GPU-hour.
+    #[arg(long, requires = "cpu")]
+    cpu_only: bool,
+    /// CPU cores to hold on the node, e.g. 4 or 0.5 (default: in proportion to the GPUs).
+    #[arg(long, value_name = "CORES", value_parser = parse_cores)]
+    cpu: Option<u64>,
+    /// Memory to hold on the node: 64G (GiB, also a bare number), 512M (MiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+    memory: Option<u64>,
+    /// For gangs: nvlink_domain, leaf_group, pod or site (default).
+    #[arg(long, requires = "nodes")]
+    gang_level: Option<String>,
+    /// on-demand (default), spot, internal or reserved.
+    #[arg(long, default_value = "on-demand")]
+    class: String,
+    /// Tenant (operator keys must name one).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Site to run in.
+    #[arg(long)]
+    site: Option<String>,
+    /// Contract whose reserved pool to use (class reserved).
+    #[arg(long)]
+    contract: Option<String>,
+    /// Wait up to this many seconds for capacity instead of failing at once.
+    #[arg(long)]
+    wait: Option<u32>,
+    /// A label.
+    #[arg(long)]
+    name: Option<String>,
+    /// Makes a retry safe: the same key never launches twice.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 enum InstanceCmd {
-    /// Launch an instance: GPUs in one node (--gpus) or a gang of whole nodes (--nodes).
-    Launch {
-        /// GPU model, e.g. H100-SXM-80GB.
-        #[arg(long)]
-        gpu_model: String,
-        /// GPUs in one node: 1, 2, 4 or 8.
-        #[arg(long, conflicts_with = "nodes")]
-        gpus: Option<u32>,
-        /// A gang of this many whole nodes.
-        #[arg(long)]
-        nodes: Option<u32>,
-        /// For gangs: nvlink_domain, leaf_group, pod or site (default).
-        #[arg(long, requires = "nodes")]
-        gang_level: Option<String>,
-        /// on-demand (default), spot, internal or reserved.
-        #[arg(long, default_value = "on-demand")]
-        class: String,
-        /// Tenant (operator keys must name one).
-        #[arg(long)]
-        tenant: Option<String>,
-        /// Site to run in.
-        #[arg(long)]
-        site: Option<String>,
-        /// Contract whose reserved pool to use (class reserved).
-        #[arg(long)]
-        contract: Option<String>,
-        /// Wait up to this many seconds for capacity instead of failing at once.
-        #[arg(long)]
-        wait: Option<u32>,
-        /// A label.
-        #[arg(long)]
-        name: Option<String>,
-        /// Makes a retry safe: the same key never launches twice.
-        #[arg(long)]
-        idempotency_key: Option<String>,
-    },
+    /// Launch an instance: GPUs in one node (--gpus), a gang of whole nodes (--nodes), a
+    /// share of one GPU (--share), a MIG instance (--mig) or no GPU (--cpu-only).
+    Launch(Box<LaunchArgs>),
     /// List instances, newest first.
     List {
         /// Only this tenant's.
@@ -1514,7 +1537,70 @@ fn shape_cell(v: &Value) -> String {
     match s["kind"].as_str() {
         Some("gpus") => format!("{} GPU", cell(&s["gpus"])),
         Some("nodes") => format!("{} nodes in {}", cell(&s["count"]), cell(&s["level"])),
+        Some("share") => match s["milli"].as_u64() {
+            Some(m) => format!("{}.{:03} GPU", m / 1000, m % 1000),
+            None => "-".into(),
+        },
+        Some("mig") => format!("MIG {}", cell(&s["profile"])),
+        Some("cpu") => "CPU only".into(),
         _ => "-".into(),
+    }
+}
+
+/// CPU held on a node, in cores.
+fn cores_cell(p: &Value) -> String {
+    match p["cpu_milli"].as_u64() {
+        Some(m) if m % 1000 == 0 => format!("{}", m / 1000),
+        Some(m) => format!("{}.{:03}", m / 1000, m % 1000),
+        None => "-".into(),
+    }
+}
+
+/// `--cpu`: cores, up to three decimals, into thousandths of a core.
+fn parse_cores(s: &str) -> std::result::Result<u64, String> {
+    let bad = || format!("'{s}' is not a number of CPU cores (e.g. 4 or 0.5)");
+    let (whole, frac) = s.trim().split_once('.').unwrap_or((s.trim(), ""));
+    if frac.len() > 3
+        || !whole.chars().all(|c| c.is_ascii_digit())
+        || !frac.chars().all(|c| c.is_ascii_digit())
+        || (whole.is_empty() && frac.is_empty())
+    {
+        return Err(bad());
+    }
+    let w: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
+    let f: u64 = format!("{frac:0<3}").parse().map_err(|_| bad())?;
+    let milli = w
+        .checked_mul(1000)
+        .and_then(|m| m.checked_add(f))
+        .ok_or_else(bad)?;
+    if milli == 0 {
+        return Err("--cpu must be more than 0 cores".into());
+    }
+    Ok(milli)
+}
+
+/// `--memory`: 64G or 64GiB or 64 (GiB), 512M or 512MiB (MiB), into MiB.
+fn parse_memory(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = if let Some(n) = t.strip_suffix("GiB").or_else(|| t.strip_suffix('G')) {
+        (n, 1024)
+    } else if let Some(n) = t.strip_suffix("MiB").or_else(|| t.strip_suffix('M')) {
+        (n, 1)
+    } else {
+        (t, 1024)
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a memory size (e.g. 64G or 512M)"))?;
+    match n.checked_mul(mult) {
+        Some(0) => Err("--memory must be more than 0".into()),
+        Some(m) => Ok(m),
+        None => Err(format!("'{s}' is too large")),
     }
 }
 
@@ -1530,24 +1616,42 @@ async fn instances(g: &Global, cmd: InstanceCmd) -> Result<()> {
         ("REASON", &field("reason")),
     ];
     match cmd {
-        InstanceCmd::Launch {
-            gpu_model,
-            gpus,
-            nodes,
-            gang_level,
-            class,
-            tenant,
-            site,
-            contract,
-            wait,
-            name,
-            idempotency_key,
-        } => {
-            let body = json!({
+        InstanceCmd::Launch(args) => {
+            let LaunchArgs {
+                gpu_model,
+                gpus,
+                nodes,
+                gang_level,
+                share,
+                mig,
+                cpu_only,
+                cpu,
+                memory,
+                class,
+                tenant,
+                site,
+                contract,
+                wait,
+                name,
+                idempotency_key,
+            } = *args;
+            let shape = match (share, mig, cpu_only) {
+                (Some(milli), _, _) => json!({"kind": "share", "milli": milli}),
+                (_, Some(profile), _) => json!({"kind": "mig", "profile": profile}),
+                (_, _, true) => json!({"kind": "cpu"}),
+                _ => Value::Null,
+            };
+            let mut body = json!({
                 "gpu_model": gpu_model, "gpus": gpus, "nodes": nodes, "gang_level": gang_level,
                 "class": class, "tenant_id": tenant, "site": site, "contract_id": contract,
-                "wait_seconds": wait, "name": name,
+                "wait_seconds": wait, "name": name, "cpu_milli": cpu, "memory_mib": memory,
             });
+            if !shape.is_null() {
+                body["shape"] = shape;
+            }
+            if gpus.is_none() && nodes.is_none() && body.get("shape").is_none() {
+                bail!("give --gpus, --nodes, --share, --mig or --cpu-only");
+            }
             let v = c
                 .call(
                     Method::POST,
@@ -1559,6 +1663,7 @@ async fn instances(g: &Global, cmd: InstanceCmd) -> Result<()> {
                 .await?;
             show(g, &v, |v| {
                 record(v);
+                println!("{:18}  {}", "holds", shape_cell(v));
                 println!("{:18}  {}", "placement", placement_cell(v));
             })
         }
@@ -1589,9 +1694,19 @@ async fn instances(g: &Global, cmd: InstanceCmd) -> Result<()> {
                 .await?;
             show(g, &v, |v| {
                 record(v);
+                println!("holds  {}", shape_cell(v));
                 if let Some(p) = v.get("placement").and_then(Value::as_array) {
                     println!();
-                    table(p, &[("NODE", &field("node")), ("GPUS", &field("gpus"))]);
+                    table(
+                        p,
+                        &[
+                            ("NODE", &field("node")),
+                            ("GPUS", &field("gpus")),
+                            ("MIG SLOT", &field("mig_start")),
+                            ("CPU", &cores_cell),
+                            ("MEMORY MIB", &field("memory_mib")),
+                        ],
+                    );
                 }
             })
         }

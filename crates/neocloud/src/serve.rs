@@ -39,6 +39,24 @@ pub struct ServeArgs {
     /// tenant never shares a node with another tenant.
     #[arg(long)]
     pub shared_nodes: bool,
+    /// Sell whole GPUs only: no shares of a GPU (`{"kind": "share"}`) and no MIG instances.
+    /// By default every node takes both (MIG on GPUs that have it: A100, H100, H200, B200).
+    #[arg(long)]
+    pub no_gpu_slices: bool,
+    /// Let slices of different tenants share one GPU (time-shared shares of one GPU, or MIG
+    /// instances of one GPU). Off by default: each GPU's slices belong to one tenant.
+    /// Needs --shared-nodes.
+    #[arg(long, requires = "shared_nodes")]
+    pub tenants_share_gpus: bool,
+    /// Allow CPU-only instances (`{"kind": "cpu"}`, which name their cpu_milli) on GPU
+    /// nodes. Off by default: a GPU node's CPUs and memory serve its GPUs.
+    #[arg(long)]
+    pub cpu_only_instances: bool,
+    /// How placements are chosen: best-fit (fill used nodes first, keep whole nodes free),
+    /// fragmentation (least growth of fragmentation, for fleets that sell slices),
+    /// first-fit or worst-fit (baselines for measurement).
+    #[arg(long, default_value = "best-fit", value_parser = parse_placement)]
+    pub placement: neocloud_service::PlacementPolicy,
     /// How often node agents send heartbeats, in seconds (told to each agent).
     #[arg(long, value_name = "SECONDS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=3600))]
@@ -66,6 +84,19 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub follower_refresh: u32,
+}
+
+fn parse_placement(s: &str) -> Result<neocloud_service::PlacementPolicy, String> {
+    use neocloud_service::PlacementPolicy::*;
+    match s {
+        "best-fit" => Ok(BestFit),
+        "first-fit" => Ok(FirstFit),
+        "worst-fit" => Ok(WorstFit),
+        "fragmentation" => Ok(Fragmentation),
+        _ => Err(format!(
+            "unknown placement policy '{s}': best-fit, fragmentation, first-fit or worst-fit"
+        )),
+    }
 }
 
 fn parse_policy(s: &str) -> Result<neocloud_types::FleetPolicy, String> {
@@ -120,6 +151,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         fleet_policy: args.fleet_policy,
         preemption_grace_secs: i64::from(args.preemption_grace),
         shared_nodes: args.shared_nodes,
+        placement: args.placement,
+        sharing: neocloud_service::Sharing {
+            slices: !args.no_gpu_slices,
+            tenants_per_gpu: args.tenants_share_gpus,
+            cpu_only: args.cpu_only_instances,
+        },
         heartbeat_interval_secs: args.heartbeat_interval,
         missed_heartbeats: args.missed_heartbeats,
         reverify_idle_secs: i64::from(args.reverify_idle),

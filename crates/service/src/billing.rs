@@ -234,7 +234,16 @@ pub(crate) async fn meter(
     } else {
         Vec::new()
     };
-    let records = rate_interval(&iv, book, &spot).map_err(|e| Error::internal(e.to_string()))?;
+    // A share or MIG instance is rated at its part of a GPU-hour; CPU-only at nothing.
+    let slice_milli = inst
+        .shape
+        .is_slice()
+        .then(|| inst.shape.gpu_milli(inst.gpu_count));
+    let records = match slice_milli {
+        Some(m) => neocloud_billing::rate_interval_milli(&iv, m, book, &spot),
+        None => rate_interval(&iv, book, &spot),
+    }
+    .map_err(|e| Error::internal(e.to_string()))?;
     let rows: Vec<UsageRecord> = records
         .into_iter()
         .map(|r| UsageRecord {
@@ -245,6 +254,7 @@ pub(crate) async fn meter(
             site_id: r.site,
             contract_id: r.contract,
             gpus: r.gpus,
+            gpu_milli: slice_milli,
             month: r.month.to_string(),
             start_at: r.start,
             end_at: r.end,

@@ -24,6 +24,13 @@ impl Service {
     ) -> Result<Created<Instance>> {
         auth::authorize(p, Action::WriteInstances)?;
         let shape = req.shape()?;
+        if matches!(shape, neocloud_types::Shape::Nodes { .. })
+            && (req.cpu_milli.is_some() || req.memory_mib.is_some())
+        {
+            return Err(Error::invalid(
+                "a gang holds whole nodes: cpu_milli and memory_mib do not apply",
+            ));
+        }
         let tenant = match (&req.tenant_id, p.tenant_scope()) {
             (Some(t), _) => self.visible_tenant(p, t).await?,
             (None, Some(own)) => self.store.tenant_get(&own.to_string()).await?,
@@ -86,6 +93,8 @@ impl Service {
             gpu_model: req.gpu_model.clone(),
             shape,
             gpu_count: 0,
+            cpu_milli: req.cpu_milli,
+            memory_mib: req.memory_mib,
             requested_site_id: site,
             site_id: None,
             contract_id: req.contract_id,
@@ -108,8 +117,19 @@ impl Service {
             return Self::replay(rec, idem);
         }
         let mut sched = self.sched.lock().await;
+        check_sharing(&sched, &inst)?;
         let request = request_of(&inst);
         let placed = scheduler::place_checked(&mut sched, &request, now).await?;
+        // A malformed request is refused, never queued: waiting cannot fix it.
+        if let Err((
+            r @ (neocloud_allocator::Refusal::BadShape { .. }
+            | neocloud_allocator::Refusal::UnknownModel { .. }
+            | neocloud_allocator::Refusal::UnknownSite { .. }),
+            _,
+        )) = &placed
+        {
+            return Err(scheduler::refusal_error(r.clone()));
+        }
         // GPUs this instance will hold: known from the placement, or from the shape and the
         // node size of the model.
         inst.gpu_count = match &placed {
@@ -129,15 +149,7 @@ impl Service {
                 inst.started_at = Some(now);
                 inst.wait_until = None;
                 let mut view = inst.clone();
-                view.placement = a
-                    .gpus
-                    .iter()
-                    .map(|(n, g)| neocloud_types::PlacedNode {
-                        node_id: *n,
-                        node: sched.node_names.get(n).cloned().unwrap_or_default(),
-                        gpus: g.clone(),
-                    })
-                    .collect();
+                view.placement = scheduler::placed_nodes(&a, &sched.node_names);
                 let idem_rec = match idem {
                     Some(i) => Some((
                         p.key_id.to_string(),
@@ -158,6 +170,7 @@ impl Service {
                 let job = crate::writer::LaunchWrite {
                     inst: inst.clone(),
                     gpus: a.gpus.clone(),
+                    held: scheduler::held_of(&a),
                     actor: p.key_id,
                     idem: idem_rec,
                     done: done_tx,
@@ -260,6 +273,8 @@ impl Service {
         }) else {
             return Ok(());
         };
+        // Thousandths of a GPU: a share counts its share, a MIG instance its compute slices
+        // out of 7, CPU-only nothing; the sum, rounded up to whole GPUs, is held to the quota.
         let used: i64 = self
             .store
             .instance_usage(inst.tenant_id)
@@ -268,12 +283,17 @@ impl Service {
             .filter(|(m, c, _)| *m == inst.gpu_model && *c == inst.class)
             .map(|(_, _, g)| g)
             .sum();
-        if used + i64::from(inst.gpu_count) > i64::from(q.max_gpus) {
+        let asks = i64::try_from(inst.shape.gpu_milli(inst.gpu_count)).unwrap_or(i64::MAX);
+        if asks > 0 && (used + asks + 999) / 1000 > i64::from(q.max_gpus) {
             return Err(Error::new(
                 ErrorCode::QuotaExceeded,
                 format!(
                     "quota for {} {} GPUs is {}; {} are in use and this asks for {}",
-                    inst.class, inst.gpu_model, q.max_gpus, used, inst.gpu_count
+                    inst.class,
+                    inst.gpu_model,
+                    q.max_gpus,
+                    gpus_text(used),
+                    gpus_text(asks)
                 ),
             ));
         }
@@ -411,4 +431,55 @@ impl Service {
         let t = self.scoped_tenant(p, tenant).await?;
         Ok(self.store.quota_list(t).await?)
     }
+}
+
+/// Thousandths of GPUs in words: "3" for whole GPUs, "0.250" for parts.
+fn gpus_text(milli: i64) -> String {
+    if milli % 1000 == 0 {
+        (milli / 1000).to_string()
+    } else {
+        format!("{}.{:03}", milli / 1000, milli % 1000)
+    }
+}
+
+/// Refuses what the operator's sharing policy does not allow, and CPU or memory no node of
+/// the model has, before anything is placed.
+fn check_sharing(sched: &scheduler::Sched, inst: &Instance) -> Result<()> {
+    use neocloud_types::Shape;
+    let sharing = sched.config.sharing;
+    match inst.shape {
+        Shape::Share { .. } | Shape::Mig { .. } if !sharing.slices => {
+            return Err(Error::invalid(format!(
+                "this cloud does not sell parts of a GPU ({} asked); ask for whole GPUs",
+                inst.shape.describe()
+            )));
+        }
+        Shape::Cpu if !sharing.cpu_only => {
+            return Err(Error::invalid(
+                "this cloud's GPU nodes do not run CPU-only instances; ask for a GPU shape",
+            ));
+        }
+        _ => {}
+    }
+    if let Some(&(cpu, mem)) = sched.node_host.get(&inst.gpu_model) {
+        if let Some(c) = inst.cpu_milli
+            && cpu > 0
+            && c > cpu
+        {
+            return Err(Error::invalid(format!(
+                "cpu_milli {c} is more than any {} node has ({cpu} thousandths of a core)",
+                inst.gpu_model
+            )));
+        }
+        if let Some(m) = inst.memory_mib
+            && mem > 0
+            && m > mem
+        {
+            return Err(Error::invalid(format!(
+                "memory_mib {m} is more than any {} node has ({mem} MiB)",
+                inst.gpu_model
+            )));
+        }
+    }
+    Ok(())
 }

@@ -32,6 +32,7 @@ pub use contracts::{CapacityLine, ClassCount, Committed, GangRoom};
 pub use error::{Error, ErrorCode, FieldError, Result};
 pub use health::{GpuHistory, HealthAction, NodeOperation, SetXidRule, XidRule, builtin_xid_rules};
 pub use neocloud_allocator::PlacementPolicy;
+pub use neocloud_allocator::Sharing;
 pub use replica::{ReplicaConfig, ReplicaRole, RoleChange};
 pub use requests::*;
 pub use scheduler::SchedulerConfig;

@@ -222,10 +222,10 @@ pub struct LaunchInstance {
     pub class: neocloud_types::Class,
     /// GPU model, e.g. `H100-SXM-80GB`.
     pub gpu_model: String,
-    /// GPUs in one node: 1, 2, 4 or 8. Give this or `nodes`.
+    /// GPUs in one node: 1, 2, 4 or 8. Give this, `nodes` or `shape`.
     #[serde(default)]
     pub gpus: Option<u32>,
-    /// A gang of this many whole nodes. Give this or `gpus`.
+    /// A gang of this many whole nodes. Give this, `gpus` or `shape`.
     #[serde(default)]
     pub nodes: Option<u32>,
     /// For gangs: the block level all nodes must share (`nvlink_domain`, `leaf_group`,
@@ -241,7 +241,28 @@ pub struct LaunchInstance {
     /// Wait up to this many seconds for capacity instead of failing at once (max 604800).
     #[serde(default)]
     pub wait_seconds: Option<u32>,
+    /// The shape, instead of `gpus` or `nodes`: `{"kind": "share", "milli": 250}` (a
+    /// quarter of one GPU, time-shared), `{"kind": "mig", "profile": "1g.10gb"}` (a MIG
+    /// instance of one GPU; the profiles depend on the GPU model), `{"kind": "cpu"}` (no
+    /// GPU; needs `cpu_milli`), or `{"kind": "gpus", "gpus": 2}` and
+    /// `{"kind": "nodes", "count": 4, "level": "pod"}`.
+    #[serde(default)]
+    pub shape: Option<neocloud_types::Shape>,
+    /// CPU to hold on its node, in thousandths of a core (1 to 100000000); by default in
+    /// proportion to its part of the node's GPUs. Required for `{"kind": "cpu"}`; not for
+    /// gangs, which hold whole nodes.
+    #[serde(default)]
+    pub cpu_milli: Option<u64>,
+    /// Memory to hold on its node, MiB (1 to 1073741824); by default in proportion, as for
+    /// CPU.
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
 }
+
+/// The most CPU one request may name, thousandths of a core (100,000 cores).
+pub const MAX_CPU_MILLI: u64 = 100_000_000;
+/// The most memory one request may name, MiB (1 PiB).
+pub const MAX_MEMORY_MIB: u64 = 1 << 30;
 
 fn default_class() -> neocloud_types::Class {
     neocloud_types::Class::OnDemand
@@ -257,6 +278,56 @@ impl LaunchInstance {
             return Err(Error::invalid(
                 "wait_seconds must be at most 604800 (7 days)",
             ));
+        }
+        if self.cpu_milli.is_some_and(|c| c == 0 || c > MAX_CPU_MILLI) {
+            return Err(Error::invalid(format!(
+                "cpu_milli must be 1 to {MAX_CPU_MILLI} thousandths of a core (got {})",
+                self.cpu_milli.unwrap_or(0)
+            )));
+        }
+        if self
+            .memory_mib
+            .is_some_and(|m| m == 0 || m > MAX_MEMORY_MIB)
+        {
+            return Err(Error::invalid(format!(
+                "memory_mib must be 1 to {MAX_MEMORY_MIB} (got {})",
+                self.memory_mib.unwrap_or(0)
+            )));
+        }
+        if let Some(shape) = self.shape {
+            if self.gpus.is_some() || self.nodes.is_some() || self.gang_level.is_some() {
+                return Err(Error::invalid(
+                    "give shape, or gpus or nodes (with gang_level), not both",
+                ));
+            }
+            return match shape {
+                Shape::Share { milli } if !(1..=1000).contains(&milli) => {
+                    Err(Error::invalid(format!(
+                        "a share is 1 to 1000 thousandths of one GPU (got {milli}); for whole GPUs give gpus"
+                    )))
+                }
+                Shape::Cpu if self.cpu_milli.is_none() => Err(Error::invalid(
+                    "a CPU-only instance needs cpu_milli (thousandths of a core, e.g. 4000 for 4 cores)",
+                )),
+                Shape::Gpus { .. } | Shape::Nodes { .. } => LaunchInstance {
+                    shape: None,
+                    gpus: match shape {
+                        Shape::Gpus { gpus } => Some(gpus),
+                        _ => None,
+                    },
+                    nodes: match shape {
+                        Shape::Nodes { count, .. } => Some(count),
+                        _ => None,
+                    },
+                    gang_level: match shape {
+                        Shape::Nodes { level, .. } => Some(level),
+                        _ => None,
+                    },
+                    ..self.clone()
+                }
+                .shape(),
+                s => Ok(s),
+            };
         }
         match (self.gpus, self.nodes) {
             (Some(g), None) => {
@@ -280,7 +351,9 @@ impl LaunchInstance {
                 })
             }
             (Some(_), Some(_)) => Err(Error::invalid("give either gpus or nodes, not both")),
-            (None, None) => Err(Error::invalid("give gpus (1, 2, 4 or 8) or nodes (a gang)")),
+            (None, None) => Err(Error::invalid(
+                "give gpus (1, 2, 4 or 8), nodes (a gang) or shape (a share, MIG or CPU-only)",
+            )),
         }
     }
 }

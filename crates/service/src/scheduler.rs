@@ -10,7 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use neocloud_allocator::{Allocation, Allocator, NodeSpec, PlacementPolicy, Request, SiteSpec};
+use neocloud_allocator::{
+    Allocation, Allocator, NodeSpec, PlacementPolicy, Request, Sharing, SiteSpec,
+};
 use neocloud_store::{NewEvent, Store, WriteTx};
 use neocloud_types::{
     ApiKeyId, Class, FleetPolicy, Instance, InstanceId, InstanceState, NodeState, Timestamp,
@@ -32,6 +34,10 @@ pub struct SchedulerConfig {
     /// Whether different tenants may share a node (sub-node shapes). Off by default:
     /// DESIGN.md §3.4.
     pub shared_nodes: bool,
+    /// What nodes run besides whole GPUs: shares and MIG instances (on by default),
+    /// slices of one GPU for different tenants (off; needs `shared_nodes`), CPU-only
+    /// instances (off: GPU nodes keep their CPUs for their GPUs).
+    pub sharing: Sharing,
     /// How often agents send heartbeats, seconds.
     pub heartbeat_interval_secs: u32,
     /// Heartbeats in a row a node may miss before it is failed.
@@ -48,6 +54,11 @@ impl Default for SchedulerConfig {
             preemption_grace_secs: 30,
             spare_buffer_milli: 20,
             shared_nodes: false,
+            sharing: Sharing {
+                slices: true,
+                tenants_per_gpu: false,
+                cpu_only: false,
+            },
             heartbeat_interval_secs: 10,
             missed_heartbeats: 3,
             reverify_idle_secs: 7 * 86_400,
@@ -76,9 +87,13 @@ pub(crate) struct Sched {
     pub(crate) sites: Vec<neocloud_types::Site>,
     /// GPUs per node of each model (the largest node of that model).
     pub(crate) node_size: BTreeMap<String, u32>,
-    /// GPUs held by on-demand and internal work outside pools, per (site, model): what the
+    /// Thousandths of GPUs held by on-demand and internal work outside pools, per (site,
+    /// model; a share or MIG instance counts its part of one GPU): what the
     /// sellable check counts. Kept in step by [`Sched::place`] and [`Sched::release`].
     pub(crate) sold: std::collections::HashMap<(neocloud_types::SiteId, String), u64>,
+    /// The most CPU (thousandths of a core) and memory (MiB) one node of each model has, to
+    /// refuse requests no node could ever host.
+    pub(crate) node_host: BTreeMap<String, (u64, u64)>,
     /// Node names by id, to show placements without a query.
     pub(crate) node_names: std::collections::HashMap<neocloud_types::NodeId, String>,
     /// Every quota; refreshed when one is set.
@@ -104,9 +119,36 @@ pub(crate) fn request_of(i: &Instance) -> Request {
         shape: i.shape,
         site: i.requested_site_id,
         pool: i.contract_id,
-        cpu_milli: None,
-        memory_mib: None,
+        cpu_milli: i.cpu_milli,
+        memory_mib: i.memory_mib,
     }
+}
+
+/// What an allocation holds besides GPUs, as the store records it.
+pub(crate) fn held_of(a: &Allocation) -> neocloud_store::Held {
+    neocloud_store::Held {
+        cpu_milli: a.cpu_milli,
+        memory_mib: a.memory_mib,
+        mig_start: a.mig_start,
+    }
+}
+
+/// An allocation's placement as an instance shows it.
+pub(crate) fn placed_nodes(
+    a: &Allocation,
+    names: &std::collections::HashMap<neocloud_types::NodeId, String>,
+) -> Vec<neocloud_types::PlacedNode> {
+    a.gpus
+        .iter()
+        .map(|(n, g)| neocloud_types::PlacedNode {
+            node_id: *n,
+            node: names.get(n).cloned().unwrap_or_default(),
+            gpus: g.clone(),
+            mig_start: a.mig_start,
+            cpu_milli: (a.cpu_milli > 0).then_some(a.cpu_milli),
+            memory_mib: (a.memory_mib > 0).then_some(a.memory_mib),
+        })
+        .collect()
 }
 
 fn node_schedulable(state: NodeState) -> bool {
@@ -126,12 +168,23 @@ impl Sched {
             });
         }
         let mut node_size: BTreeMap<String, u32> = BTreeMap::new();
+        let mut node_host: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut node_names = std::collections::HashMap::with_capacity(nodes.len());
+        // Tenants may share one GPU only where they may share the node.
+        let sharing = Sharing {
+            tenants_per_gpu: config.sharing.tenants_per_gpu && config.shared_nodes,
+            ..config.sharing
+        };
         for n in nodes {
             let id = n.id;
             node_names.insert(id, n.name.clone());
             let size = node_size.entry(n.gpu_model.clone()).or_default();
             *size = (*size).max(n.gpus);
+            let cpu_milli = u64::from(n.cpu_cores) * 1000;
+            let memory_mib = u64::from(n.ram_gib) * 1024;
+            let host = node_host.entry(n.gpu_model.clone()).or_default();
+            *host = (host.0.max(cpu_milli), host.1.max(memory_mib));
+            let mig = neocloud_types::MigFamily::of_model(&n.gpu_model, n.gpu_memory_gib);
             alloc
                 .add_node(NodeSpec {
                     id,
@@ -142,10 +195,10 @@ impl Sched {
                     idle_watts: n.idle_watts,
                     peak_watts: n.peak_watts,
                     shareable: config.shared_nodes,
-                    cpu_milli: 0,
-                    memory_mib: 0,
-                    mig: None,
-                    sharing: Default::default(),
+                    cpu_milli,
+                    memory_mib,
+                    mig,
+                    sharing,
                 })
                 .map_err(Error::internal)?;
             if !node_schedulable(n.state) {
@@ -161,6 +214,14 @@ impl Sched {
         let mut queue = BTreeMap::new();
         for i in store.instance_list_live().await? {
             if i.state.holds_gpus() {
+                let first = i.placement.first();
+                // Rows placed before CPU and memory were recorded: the proportional default.
+                let (cpu_milli, memory_mib) = match first.map(|p| (p.cpu_milli, p.memory_mib)) {
+                    Some((Some(c), Some(m))) => (c, m),
+                    _ => first
+                        .and_then(|p| alloc.host_need(p.node_id, &request_of(&i)))
+                        .unwrap_or((0, 0)),
+                };
                 let a = Allocation {
                     id: i.id,
                     tenant: i.tenant_id,
@@ -176,9 +237,9 @@ impl Sched {
                         .iter()
                         .map(|p| (p.node_id, p.gpus.clone()))
                         .collect(),
-                    cpu_milli: 0,
-                    memory_mib: 0,
-                    mig_start: None,
+                    cpu_milli,
+                    memory_mib,
+                    mig_start: first.and_then(|p| p.mig_start),
                 };
                 alloc
                     .restore(a)
@@ -216,6 +277,7 @@ impl Sched {
             queue,
             sites,
             node_size,
+            node_host,
             node_names,
             sold: Default::default(),
             quotas: store.quota_list(None).await?,
@@ -226,7 +288,7 @@ impl Sched {
         let allocations: Vec<Allocation> = sched.alloc.allocations().cloned().collect();
         for a in &allocations {
             if let Some(k) = sold_key(a) {
-                *sched.sold.entry(k).or_default() += a.gpu_count();
+                *sched.sold.entry(k).or_default() += a.gpu_milli();
             }
         }
         Ok(sched)
@@ -246,7 +308,7 @@ impl Sched {
         if let Ok(a) = &r
             && let Some(k) = sold_key(a)
         {
-            *self.sold.entry(k).or_default() += a.gpu_count();
+            *self.sold.entry(k).or_default() += a.gpu_milli();
         }
         r
     }
@@ -258,7 +320,7 @@ impl Sched {
             && let Some(k) = sold_key(a)
         {
             let e = self.sold.entry(k).or_default();
-            *e = e.saturating_sub(a.gpu_count());
+            *e = e.saturating_sub(a.gpu_milli());
         }
         a
     }
@@ -285,7 +347,7 @@ impl Sched {
         let result = async {
             let mut tx = store.begin_write().await?;
             Store::instance_update(&mut tx, &inst).await?;
-            Store::instance_hold_gpus(&mut tx, inst.id, &a.gpus).await?;
+            Store::instance_hold(&mut tx, &inst, &a.gpus, held_of(&a)).await?;
             event(&mut tx, actor, &inst, "instance.running", before, None).await?;
             tx.commit().await?;
             Ok::<_, Error>(())
@@ -458,31 +520,32 @@ pub(crate) async fn place_checked(
         let committed = sched
             .calendar
             .committed_peak(&key, now.micros(), now.micros() + 1);
-        let in_use: u64 = sched
+        // Thousandths of a GPU: a share or MIG instance sells its part of one GPU.
+        let in_use_milli: u64 = sched
             .sold
             .get(&(site.id, req.gpu_model.clone()))
             .copied()
             .unwrap_or(0);
-        if i64::try_from(in_use).unwrap_or(i64::MAX) + committed <= sellable {
+        if i64::try_from(in_use_milli)
+            .unwrap_or(i64::MAX)
+            .saturating_add(committed.saturating_mul(1000))
+            <= sellable.saturating_mul(1000)
+        {
             return Ok(Ok(a));
         }
+        // GPUs in use by others, a part of a GPU counting as a whole one.
+        let in_use = (in_use_milli - a.gpu_milli()).div_ceil(1000);
         sched.release(a.id);
         last_refusal = Some((
             neocloud_allocator::Refusal::NoCapacity {
                 // What is left to sell on demand, not the pool GPUs that sit idle.
                 free_gpus: u64::try_from(
-                    sellable
-                        - committed
-                        - i64::try_from(in_use - a.gpu_count()).unwrap_or(i64::MAX),
+                    sellable - committed - i64::try_from(in_use).unwrap_or(i64::MAX),
                 )
                 .unwrap_or(0),
                 reason: format!(
                     "{}'s sellable {} capacity is taken: {} of {} sellable GPUs are reserved by contracts and {} are in use by on-demand and internal work (the spare buffer is kept for failover)",
-                    site.name,
-                    req.gpu_model,
-                    committed,
-                    sellable,
-                    in_use - a.gpu_count()
+                    site.name, req.gpu_model, committed, sellable, in_use
                 ),
             },
             false,

@@ -20,6 +20,7 @@ const MAX_BATCH: usize = 256;
 pub(crate) struct LaunchWrite {
     pub(crate) inst: Instance,
     pub(crate) gpus: Vec<(NodeId, Vec<u32>)>,
+    pub(crate) held: neocloud_store::Held,
     pub(crate) actor: ApiKeyId,
     /// Scope, key and response of the Idempotency-Key, if one was given.
     pub(crate) idem: Option<(String, String, IdempotencyRecord)>,
@@ -72,7 +73,7 @@ async fn write_batch(store: &Store, batch: &[LaunchWrite]) -> Result<Vec<Option<
         sqlx_exec(&mut tx, "SAVEPOINT launch").await?;
         let r = async {
             Store::instance_insert(&mut tx, &job.inst).await?;
-            Store::instance_hold_gpus(&mut tx, job.inst.id, &job.gpus).await?;
+            Store::instance_hold(&mut tx, &job.inst, &job.gpus, job.held).await?;
             scheduler::event(
                 &mut tx,
                 Some(job.actor),

@@ -38,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
                 site_id: site,
                 contract_id: None,
                 gpus: 8,
+                gpu_milli: None,
                 month: "2026-11".into(),
                 start_at: s,
                 end_at: s.plus_seconds(3600),

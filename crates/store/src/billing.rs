@@ -13,7 +13,7 @@ use crate::{
 };
 
 const USAGE_COLS: &str = "instance_id, start_at, end_at, tenant_id, class, gpu_model, site_id, \
-     contract_id, gpus, month, gpu_seconds, rate_micros, amount_micros";
+     contract_id, gpus, month, gpu_seconds, rate_micros, amount_micros, gpu_milli";
 
 fn usage_from_row(r: &AnyRow) -> Result<UsageRecord> {
     Ok(UsageRecord {
@@ -24,6 +24,10 @@ fn usage_from_row(r: &AnyRow) -> Result<UsageRecord> {
         site_id: id_col(r, "site_id")?,
         contract_id: opt_id_col(r, "contract_id")?,
         gpus: u32_col(r, "gpus")?,
+        gpu_milli: r
+            .try_get::<Option<i64>, _>("gpu_milli")?
+            .map(|m| u64::try_from(m).map_err(|_| StoreError::Corrupt("gpu_milli".into())))
+            .transpose()?,
         month: r.try_get("month")?,
         start_at: Timestamp::from_micros(r.try_get("start_at")?),
         end_at: Timestamp::from_micros(r.try_get("end_at")?),
@@ -124,7 +128,7 @@ impl Store {
         for u in records {
             added += sqlx::query(&format!(
                 "INSERT INTO usage_records ({USAGE_COLS}, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
                  ON CONFLICT (instance_id, start_at) DO NOTHING"
             ))
             .bind(u.instance_id.to_string())
@@ -140,6 +144,7 @@ impl Store {
             .bind(u.gpu_seconds)
             .bind(u.rate.micros())
             .bind(u.amount.micros())
+            .bind(u.gpu_milli.map(|m| i64::try_from(m).unwrap_or(i64::MAX)))
             .bind(now)
             .execute(tx.conn())
             .await?

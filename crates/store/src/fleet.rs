@@ -630,7 +630,9 @@ impl Store {
         }
         let held: HashMap<String, i64> = {
             let rows = sqlx::query(
-                "SELECT node_id, COUNT(*) AS n FROM gpus WHERE holder IS NOT NULL GROUP BY node_id",
+                "SELECT node_id, CAST(COUNT(*) AS BIGINT) AS n FROM (
+                     SELECT node_id FROM gpus WHERE holder IS NOT NULL
+                     UNION ALL SELECT node_id FROM instance_slices) h GROUP BY node_id",
             )
             .fetch_all(tx.conn())
             .await?;

@@ -14,7 +14,47 @@ use crate::{Page, Result, Store, StoreError, WriteTx, enum_col, id_col, opt_id_c
 
 const INSTANCE_COLS: &str = "id, tenant_id, name, class, gpu_model, shape_kind, shape_gpus, \
      shape_count, shape_level, gpu_count, requested_site_id, site_id, contract_id, state, reason, \
-     created_at, started_at, ended_at, preempt_at, wait_until";
+     created_at, started_at, ended_at, preempt_at, wait_until, cpu_milli, memory_mib, gpu_milli, \
+     held_cpu_milli, held_memory_mib";
+
+fn opt_u64(r: &AnyRow, c: &str) -> Result<Option<u64>> {
+    r.try_get::<Option<i64>, _>(c)?
+        .map(|v| u64::try_from(v).map_err(|_| StoreError::Corrupt(c.into())))
+        .transpose()
+}
+
+fn opt_i64(v: Option<u64>) -> Option<i64> {
+    v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// An instance row and what its placement holds on each node besides GPUs.
+struct InstanceRow {
+    inst: Instance,
+    held: (Option<u64>, Option<u64>),
+}
+
+impl InstanceRow {
+    fn read(r: &AnyRow) -> Result<InstanceRow> {
+        Ok(InstanceRow {
+            inst: instance_from_row(r)?,
+            held: (
+                opt_u64(r, "held_cpu_milli")?,
+                opt_u64(r, "held_memory_mib")?,
+            ),
+        })
+    }
+
+    /// The instance with `placement`, each node marked with the CPU and memory it holds.
+    fn with(self, placement: Option<Vec<PlacedNode>>) -> Instance {
+        let mut i = self.inst;
+        i.placement = placement.unwrap_or_default();
+        for p in &mut i.placement {
+            p.cpu_milli = self.held.0;
+            p.memory_mib = self.held.1;
+        }
+        i
+    }
+}
 
 fn ts(r: &AnyRow, c: &str) -> Result<Option<Timestamp>> {
     Ok(r.try_get::<Option<i64>, _>(c)?.map(Timestamp::from_micros))
@@ -58,6 +98,8 @@ fn instance_from_row(r: &AnyRow) -> Result<Instance> {
         gpu_model: r.try_get("gpu_model")?,
         shape,
         gpu_count: u32_col(r, "gpu_count")?,
+        cpu_milli: opt_u64(r, "cpu_milli")?,
+        memory_mib: opt_u64(r, "memory_mib")?,
         requested_site_id: opt_id_col(r, "requested_site_id")?,
         site_id: opt_id_col(r, "site_id")?,
         contract_id: opt_id_col(r, "contract_id")?,
@@ -87,10 +129,54 @@ fn group_placements(rows: &[AnyRow]) -> Result<HashMap<String, Vec<PlacedNode>>>
                 node_id,
                 node: r.try_get("name")?,
                 gpus: vec![idx],
+                mig_start: None,
+                cpu_milli: None,
+                memory_mib: None,
             }),
         }
     }
     Ok(out)
+}
+
+/// Adds `(instance_id, node_id, name, idx, mig_start)` rows of instance_slices to the
+/// placements: a slice or CPU-only instance sits on one node.
+fn add_slices(out: &mut HashMap<String, Vec<PlacedNode>>, rows: &[AnyRow]) -> Result<()> {
+    for r in rows {
+        let idx: Option<i64> = r.try_get("idx")?;
+        let gpus = match idx {
+            Some(i) => vec![u32::try_from(i).map_err(|_| StoreError::Corrupt("idx".into()))?],
+            None => Vec::new(),
+        };
+        let mig_start = r
+            .try_get::<Option<i64>, _>("mig_start")?
+            .map(|m| u32::try_from(m).map_err(|_| StoreError::Corrupt("mig_start".into())))
+            .transpose()?;
+        out.entry(r.try_get("instance_id")?)
+            .or_default()
+            .push(PlacedNode {
+                node_id: id_col(r, "node_id")?,
+                node: r.try_get("name")?,
+                gpus,
+                mig_start,
+                cpu_milli: None,
+                memory_mib: None,
+            });
+    }
+    Ok(())
+}
+
+const SLICE_COLS: &str = "s.instance_id, s.node_id, n.name, s.idx, s.mig_start \
+     FROM instance_slices s JOIN nodes n ON n.id = s.node_id";
+
+/// What a placement holds besides whole GPUs, as the store records it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    /// CPU thousandths of a core held on each node.
+    pub cpu_milli: u64,
+    /// Memory MiB held on each node.
+    pub memory_mib: u64,
+    /// For a MIG instance, the first memory slice of its GPU instance.
+    pub mig_start: Option<u32>,
 }
 
 /// Filters for listing instances.
@@ -127,6 +213,12 @@ pub struct AllocatorNode {
     pub pool: Option<ContractId>,
     /// Indexes of GPUs that are not healthy.
     pub unhealthy_gpus: Vec<u32>,
+    /// CPU cores.
+    pub cpu_cores: u32,
+    /// Host memory, GiB.
+    pub ram_gib: u32,
+    /// Memory of one GPU, GiB (from the model catalog; 0 if the model is not in it).
+    pub gpu_memory_gib: u32,
 }
 
 /// A site as the allocator needs it.
@@ -157,7 +249,7 @@ impl Store {
         let t = |t: Option<Timestamp>| t.map(|t| t.micros());
         sqlx::query(&format!(
             "INSERT INTO instances ({INSTANCE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
-             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, NULL, NULL)"
         ))
         .bind(i.id.to_string())
         .bind(i.tenant_id.to_string())
@@ -179,8 +271,82 @@ impl Store {
         .bind(t(i.ended_at))
         .bind(t(i.preempt_at))
         .bind(t(i.wait_until))
+        .bind(opt_i64(i.cpu_milli))
+        .bind(opt_i64(i.memory_mib))
+        .bind(opt_i64(Some(i.shape.gpu_milli(i.gpu_count))))
         .execute(tx.conn())
         .await?;
+        Ok(())
+    }
+
+    /// Records what a placement holds: whole GPUs in `gpus.holder` (see
+    /// [`Store::instance_hold_gpus`]), a share, MIG or CPU-only instance as its one row of
+    /// `instance_slices`, and the CPU and memory held. A slice is refused on a GPU held whole,
+    /// and whole GPUs on a GPU with slices, whatever the allocator decided.
+    pub async fn instance_hold(
+        tx: &mut WriteTx,
+        i: &Instance,
+        gpus: &[(NodeId, Vec<u32>)],
+        held: Held,
+    ) -> Result<()> {
+        if i.shape.is_slice() {
+            let [(node, idxs)] = gpus else {
+                return Err(StoreError::Conflict(format!(
+                    "a {} instance sits on one node, not {}",
+                    i.shape.describe(),
+                    gpus.len()
+                )));
+            };
+            let idx = idxs.first().copied();
+            if let Some(g) = idx {
+                let whole = sqlx::query(
+                    "SELECT holder FROM gpus WHERE node_id = $1 AND idx = $2 AND holder IS NOT NULL",
+                )
+                .bind(node.to_string())
+                .bind(i64::from(g))
+                .fetch_optional(tx.conn())
+                .await?;
+                if whole.is_some() {
+                    return Err(StoreError::Conflict(format!(
+                        "GPU {g} of node {node} is held whole by another instance"
+                    )));
+                }
+            }
+            sqlx::query(
+                "INSERT INTO instance_slices (instance_id, node_id, idx, mig_start)
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(i.id.to_string())
+            .bind(node.to_string())
+            .bind(idx.map(i64::from))
+            .bind(held.mig_start.map(i64::from))
+            .execute(tx.conn())
+            .await?;
+        } else {
+            for (node, idxs) in gpus {
+                for g in idxs {
+                    let sliced = sqlx::query(
+                        "SELECT instance_id FROM instance_slices WHERE node_id = $1 AND idx = $2",
+                    )
+                    .bind(node.to_string())
+                    .bind(i64::from(*g))
+                    .fetch_optional(tx.conn())
+                    .await?;
+                    if sliced.is_some() {
+                        return Err(StoreError::Conflict(format!(
+                            "GPU {g} of node {node} holds slices of other instances"
+                        )));
+                    }
+                }
+            }
+            Self::instance_hold_gpus(tx, i.id, gpus).await?;
+        }
+        sqlx::query("UPDATE instances SET held_cpu_milli = $1, held_memory_mib = $2 WHERE id = $3")
+            .bind(opt_i64(Some(held.cpu_milli)))
+            .bind(opt_i64(Some(held.memory_mib)))
+            .bind(i.id.to_string())
+            .execute(tx.conn())
+            .await?;
         Ok(())
     }
 
@@ -254,15 +420,19 @@ impl Store {
         Ok(())
     }
 
-    /// Frees every GPU held by `id`.
+    /// Frees every GPU (and slice) held by `id`.
     pub async fn instance_release_gpus(tx: &mut WriteTx, id: InstanceId) -> Result<u64> {
-        Ok(
-            sqlx::query("UPDATE gpus SET holder = NULL WHERE holder = $1")
-                .bind(id.to_string())
-                .execute(tx.conn())
-                .await?
-                .rows_affected(),
-        )
+        let whole = sqlx::query("UPDATE gpus SET holder = NULL WHERE holder = $1")
+            .bind(id.to_string())
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+        let slices = sqlx::query("DELETE FROM instance_slices WHERE instance_id = $1")
+            .bind(id.to_string())
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+        Ok(whole + slices)
     }
 
     async fn placements_of(&self, ids: &[String]) -> Result<HashMap<String, Vec<PlacedNode>>> {
@@ -283,6 +453,15 @@ impl Store {
             }
             let rows = q.fetch_all(&self.pool).await?;
             out.extend(group_placements(&rows)?);
+            let sql = format!(
+                "SELECT {SLICE_COLS} WHERE s.instance_id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            add_slices(&mut out, &q.fetch_all(&self.pool).await?)?;
         }
         Ok(out)
     }
@@ -301,13 +480,13 @@ impl Store {
                 id: id.to_string(),
             });
         };
-        let mut i = instance_from_row(&row)?;
-        i.placement = self
-            .placements_of(&[i.id.to_string()])
+        let row = InstanceRow::read(&row)?;
+        let id = row.inst.id.to_string();
+        let placement = self
+            .placements_of(std::slice::from_ref(&id))
             .await?
-            .remove(&i.id.to_string())
-            .unwrap_or_default();
-        Ok(i)
+            .remove(&id);
+        Ok(row.with(placement))
     }
 
     /// Lists instances, newest first, with placements.
@@ -330,22 +509,27 @@ impl Store {
         .await?;
         let mut items = rows
             .iter()
-            .map(instance_from_row)
+            .map(InstanceRow::read)
             .collect::<Result<Vec<_>>>()?;
-        let mut page = paginate(&mut items, limit, |i| i.id.to_string());
+        let page = paginate(&mut items, limit, |i| i.inst.id.to_string());
         let ids: Vec<String> = page
             .items
             .iter()
-            .filter(|i| i.state.holds_gpus())
-            .map(|i| i.id.to_string())
+            .filter(|i| i.inst.state.holds_gpus())
+            .map(|i| i.inst.id.to_string())
             .collect();
         let mut placements = self.placements_of(&ids).await?;
-        for i in &mut page.items {
-            if let Some(p) = placements.remove(&i.id.to_string()) {
-                i.placement = p;
-            }
-        }
-        Ok(page)
+        Ok(Page {
+            items: page
+                .items
+                .into_iter()
+                .map(|i| {
+                    let p = placements.remove(&i.inst.id.to_string());
+                    i.with(p)
+                })
+                .collect(),
+            next_cursor: page.next_cursor,
+        })
     }
 
     /// Every instance that is not final (pending, running, terminating, preempting), oldest
@@ -357,9 +541,9 @@ impl Store {
         ))
         .fetch_all(&self.pool)
         .await?;
-        let mut items = rows
+        let items = rows
             .iter()
-            .map(instance_from_row)
+            .map(InstanceRow::read)
             .collect::<Result<Vec<_>>>()?;
         let rows = sqlx::query(
             "SELECT g.holder, g.node_id, n.name, g.idx FROM gpus g JOIN nodes n ON n.id = g.node_id
@@ -368,12 +552,17 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let mut by_holder = group_placements(&rows)?;
-        for i in &mut items {
-            if let Some(p) = by_holder.remove(&i.id.to_string()) {
-                i.placement = p;
-            }
-        }
-        Ok(items)
+        let rows = sqlx::query(&format!("SELECT {SLICE_COLS}"))
+            .fetch_all(&self.pool)
+            .await?;
+        add_slices(&mut by_holder, &rows)?;
+        Ok(items
+            .into_iter()
+            .map(|i| {
+                let p = by_holder.remove(&i.inst.id.to_string());
+                i.with(p)
+            })
+            .collect())
     }
 
     /// Preempting instances whose notice has run out at `now`.
@@ -388,10 +577,12 @@ impl Store {
         rows.iter().map(instance_from_row).collect()
     }
 
-    /// GPUs held per (tenant, model, class) by live instances, for quota checks.
+    /// Thousandths of a GPU held per (tenant, model, class) by live instances, for quota
+    /// checks: 1000 per whole GPU, a slice its share (see [`Shape::gpu_milli`]).
     pub async fn instance_usage(&self, tenant: TenantId) -> Result<Vec<(String, Class, i64)>> {
         let rows = sqlx::query(
-            "SELECT gpu_model, class, CAST(SUM(gpu_count) AS BIGINT) AS gpus FROM instances
+            "SELECT gpu_model, class,
+                    CAST(SUM(COALESCE(gpu_milli, gpu_count * 1000)) AS BIGINT) AS gpus FROM instances
              WHERE tenant_id = $1 AND state IN ('pending', 'running', 'terminating', 'preempting')
              GROUP BY gpu_model, class",
         )
@@ -502,8 +693,10 @@ impl Store {
                 .push(u32_col(&r, "idx")?);
         }
         let rows = sqlx::query(
-            "SELECT id, name, site_id, block_id, gpu_model, gpu_count, idle_watts, peak_watts,
-                    state, pool_contract_id FROM nodes ORDER BY id",
+            "SELECT n.id, n.name, n.site_id, n.block_id, n.gpu_model, n.gpu_count, n.idle_watts,
+                    n.peak_watts, n.state, n.pool_contract_id, n.cpu_cores, n.ram_gib,
+                    COALESCE(m.memory_gib, 0) AS gpu_memory_gib
+             FROM nodes n LEFT JOIN gpu_models m ON m.name = n.gpu_model ORDER BY n.id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -532,6 +725,9 @@ impl Store {
                 state: enum_col::<NodeState>(r, "state")?,
                 pool: opt_id_col(r, "pool_contract_id")?,
                 unhealthy_gpus: unhealthy.remove(&id).unwrap_or_default(),
+                cpu_cores: u32_col(r, "cpu_cores")?,
+                ram_gib: u32_col(r, "ram_gib")?,
+                gpu_memory_gib: u32_col(r, "gpu_memory_gib")?,
             });
         }
         Ok((sites, nodes))

@@ -144,6 +144,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "billing", include_str!("../migrations/0003_billing.sql")),
     (4, "health", include_str!("../migrations/0004_health.sql")),
     (5, "leases", include_str!("../migrations/0005_leases.sql")),
+    (6, "slices", include_str!("../migrations/0006_slices.sql")),
 ];
 
 impl Store {

@@ -36,15 +36,19 @@ pub struct UsageRecord {
     pub site_id: SiteId,
     /// Contract (reserved usage).
     pub contract_id: Option<ContractId>,
-    /// GPUs held.
+    /// GPUs held (a share or MIG instance holds part of one GPU and counts 1).
     pub gpus: u32,
+    /// For a share or MIG instance: the thousandths of a GPU it is rated for (250 = a
+    /// quarter of a GPU-hour per hour); absent for whole GPUs (1000 × `gpus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_milli: Option<u64>,
     /// Calendar month (UTC), `YYYY-MM`.
     pub month: String,
     /// Start of the interval.
     pub start_at: Timestamp,
     /// End of the interval (exclusive).
     pub end_at: Timestamp,
-    /// GPUs × whole seconds.
+    /// GPUs × whole seconds (for a slice: its thousandths × seconds / 1000).
     pub gpu_seconds: i64,
     /// Price per GPU-hour applied.
     pub rate: Money,

@@ -95,6 +95,29 @@ pub enum Shape {
 }
 
 impl Shape {
+    /// Thousandths of a GPU an instance of this shape counts as, for quotas and billing,
+    /// given the GPUs it holds: 1000 per GPU held, the share of a share, the compute slices
+    /// out of 7 of a MIG profile, 0 for CPU-only.
+    pub fn gpu_milli(&self, gpu_count: u32) -> u64 {
+        match self {
+            Shape::Gpus { .. } | Shape::Nodes { .. } => u64::from(gpu_count) * 1000,
+            _ => self.gpu_milli_of_one_node(0),
+        }
+    }
+
+    /// A short description: "2 GPUs", "4 nodes (leaf_group)", "0.250 GPU", "MIG 1g.10gb",
+    /// "CPU only".
+    pub fn describe(&self) -> String {
+        match *self {
+            Shape::Gpus { gpus: 1 } => "1 GPU".into(),
+            Shape::Gpus { gpus } => format!("{gpus} GPUs"),
+            Shape::Nodes { count, level } => format!("{count} nodes ({level})"),
+            Shape::Share { milli } => format!("{}.{:03} GPU", milli / 1000, milli % 1000),
+            Shape::Mig { profile } => format!("MIG {profile}"),
+            Shape::Cpu => "CPU only".into(),
+        }
+    }
+
     /// Thousandths of a GPU per instance-hour this shape is billed and counted as: 1000 per
     /// GPU, the share for a share, the profile's compute slices out of 7 for MIG, 0 for a
     /// CPU-only instance. A gang is counted by the caller (nodes × GPUs per node).
@@ -320,8 +343,18 @@ pub struct PlacedNode {
     pub node_id: crate::NodeId,
     /// Node name.
     pub node: String,
-    /// GPU indexes on that node.
+    /// GPU indexes on that node: the one GPU of a share or MIG instance, none for a
+    /// CPU-only instance.
     pub gpus: Vec<u32>,
+    /// For a MIG instance: the first memory slice (0-7) of its GPU instance on that GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig_start: Option<u32>,
+    /// CPU held on that node, thousandths of a core (absent where not modelled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_milli: Option<u64>,
+    /// Memory held on that node, MiB (absent where not modelled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
 }
 
 /// An allocation a tenant runs.
@@ -339,8 +372,16 @@ pub struct Instance {
     pub gpu_model: String,
     /// What was asked for.
     pub shape: Shape,
-    /// GPUs the instance holds (or will hold).
+    /// GPUs the instance holds (or will hold); a share or MIG instance holds part of one
+    /// GPU and counts 1 here, a CPU-only instance 0.
     pub gpu_count: u32,
+    /// CPU asked for on its node, thousandths of a core; absent: in proportion to its part
+    /// of the node's GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_milli: Option<u64>,
+    /// Memory asked for on its node, MiB; absent: in proportion, as for CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
     /// Site asked for, if any.
     pub requested_site_id: Option<crate::SiteId>,
     /// Site it runs in, once placed.

@@ -426,3 +426,98 @@ async fn cli_places_sells_and_bills() {
         stderr(&o)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_launches_and_shows_shares_and_mig_instances() {
+    let ctx = TestContext::start(Db::Sqlite).await;
+    let op = ctx.operator_key.clone();
+    ctx.import(
+        r#"
+[[sites]]
+name = "east"
+region = "us-east"
+power_mw = 1
+[[sites.nodes]]
+name = "e1"
+gpu_model = "H100-SXM-80GB"
+gpus = 8
+"#,
+    )
+    .await
+    .expect(200);
+    ctx.tenant("acme").await;
+    let base = [
+        "instances",
+        "launch",
+        "--gpu-model",
+        "H100-SXM-80GB",
+        "--tenant",
+        "acme",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = base.to_vec();
+        v.extend_from_slice(extra);
+        v
+    };
+    let o = neocloud(
+        &ctx,
+        &op,
+        &with(&["--share", "250", "--cpu", "2.5", "--memory", "16G"]),
+    )
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("0.250 GPU"), "{}", stdout(&o));
+    let o = neocloud(&ctx, &op, &with(&["--mig", "1g.10gb"])).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("MIG 1g.10gb"), "{}", stdout(&o));
+    let o = neocloud(&ctx, &op, &["-o", "json", "instances", "list"]).await;
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let share = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["shape"]["kind"] == "share")
+        .unwrap();
+    assert_eq!(share["cpu_milli"], 2500);
+    assert_eq!(share["memory_mib"], 16384);
+    let mig_id = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["shape"]["kind"] == "mig")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = neocloud(&ctx, &op, &["instances", "list"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("0.250 GPU") && out.contains("MIG 1g.10gb"),
+        "{out}"
+    );
+    let o = neocloud(&ctx, &op, &["instances", "show", &mig_id]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("MIG SLOT"), "{}", stdout(&o));
+    // Bad input: a clear message, a non-zero exit, nothing created.
+    for (args, says) in [
+        (with(&["--share", "0"]), "1 to 1000"),
+        (with(&["--share", "1001"]), "1 to 1000"),
+        (with(&["--mig", "1g.18gb"]), "1g.10gb"),
+        (with(&["--cpu-only", "--cpu", "4"]), "CPU-only"),
+        (with(&["--cpu-only"]), "--cpu"),
+        (with(&["--share", "100", "--cpu", "-1"]), "-1"),
+        (
+            with(&["--share", "100", "--mig", "1g.10gb"]),
+            "cannot be used with",
+        ),
+        (with(&[]), "--share"),
+    ] {
+        let o = neocloud(&ctx, &op, &args).await;
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+    let o = neocloud(&ctx, &op, &["-o", "json", "instances", "list"]).await;
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["items"].as_array().unwrap().len(), 2);
+}

@@ -145,8 +145,16 @@ impl TestContext {
     }
 
     async fn start_with(db: Db) -> Option<TestContext> {
+        Self::start_configured(db, neocloud_service::SchedulerConfig::default()).await
+    }
+
+    /// A control plane with these scheduling settings (`None`: PostgreSQL is skipped).
+    pub async fn start_configured(
+        db: Db,
+        config: neocloud_service::SchedulerConfig,
+    ) -> Option<TestContext> {
         let url = fresh_database_url(db).await?;
-        let svc = Service::open(&url).await.unwrap();
+        let svc = Service::open_with(&url, config).await.unwrap();
         let operator_key = svc.bootstrap_operator_key().await.unwrap().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

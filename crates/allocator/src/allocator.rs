@@ -115,6 +115,7 @@ pub struct Allocator {
     pub(crate) allocations: IdMap<InstanceId, Allocation>,
     /// Recent requests' task types, for the fragmentation-aware policy.
     pub(crate) workload: crate::slices::Workload,
+    pub(crate) frag_memo: crate::slices::FragMemo,
 }
 
 fn usize_of(n: u32) -> usize {
@@ -151,6 +152,7 @@ impl Allocator {
             pools: BTreeMap::new(),
             allocations: IdMap::default(),
             workload: crate::slices::Workload::default(),
+            frag_memo: crate::slices::FragMemo::default(),
         }
     }
 
@@ -490,6 +492,17 @@ impl Allocator {
         Some(crate::slices::host_need(&self.nodes[slot], req))
     }
 
+    /// Distinct free states among the nodes that take slices (the groups a decision for a
+    /// slice scores), over every scope.
+    pub fn group_count(&self) -> usize {
+        self.scopes
+            .map
+            .values()
+            .flat_map(|m| m.values())
+            .map(|b| b.groups.len())
+            .sum()
+    }
+
     /// Decides where `req` goes and records it.
     pub fn place(&mut self, req: &Request) -> Result<Allocation, Refusal> {
         if self.placement == PlacementPolicy::Fragmentation
@@ -518,7 +531,14 @@ impl Allocator {
             id: req.id,
             tenant: req.tenant,
             class: req.class,
-            gpu_model: req.gpu_model.clone(),
+            // The node's model: a request for any model gets the one it landed on.
+            gpu_model: d
+                .picks
+                .first()
+                .map_or(req.gpu_model.as_str(), |&(slot, _)| {
+                    self.model_name(self.nodes[slot].model)
+                })
+                .to_string(),
             shape: req.shape,
             site: d.site,
             pool: req.pool,
@@ -913,11 +933,12 @@ impl Allocator {
                         "a shape inside one node takes 1, 2, 4 or 8 GPUs, not {gpus}"
                     ));
                 }
-                let largest = self
-                    .model_sizes
-                    .get(&model)
-                    .and_then(|s| s.last_key_value())
-                    .map_or(0, |(&g, _)| g);
+                let largest = models
+                    .iter()
+                    .filter_map(|m| self.model_sizes.get(m)?.last_key_value())
+                    .map(|(&g, _)| g)
+                    .max()
+                    .unwrap_or(0);
                 if gpus > largest {
                     return bad(format!(
                         "{} nodes have at most {largest} GPUs; {gpus} GPUs do not fit one node",

@@ -209,7 +209,8 @@ impl Allocator {
                 if u32::from(kept.milli) != sum.milli
                     || kept.mig != sum.mig
                     || u32::from(kept.holders) != sum.holders
-                    || kept.tenant.is_none_or(|t| !sum.tenants.contains(&t))
+                    || (!(n.shareable && n.sharing.tenants_per_gpu)
+                        && kept.tenant.is_none_or(|t| !sum.tenants.contains(&t)))
                 {
                     return Err(format!(
                         "GPU {g} of node {}: kept slices {kept:?}, allocations say {sum:?}",

@@ -149,6 +149,8 @@ pub(crate) struct Bucket {
     /// Schedulable nodes that take slices or CPU-only work (every node, under the
     /// fragmentation policy), grouped by identical free state.
     pub groups: BTreeMap<GroupKey, BTreeSet<NodeId>>,
+    /// The same groups by free GPU thousandths: the tightest first.
+    pub tight: BTreeSet<(u64, GroupKey)>,
 }
 
 /// Which pool scopes of a model a request looks at, in one pass.
@@ -336,11 +338,16 @@ pub(crate) fn apply(
     if node.schedulable && grouped(node, placement) {
         let gk = node.group_key();
         if add {
-            bucket.groups.entry(gk).or_default().insert(node.id);
+            let set = bucket.groups.entry(gk.clone()).or_default();
+            if set.is_empty() {
+                bucket.tight.insert((gk.free_milli(), gk));
+            }
+            set.insert(node.id);
         } else if let Some(set) = bucket.groups.get_mut(&gk) {
             set.remove(&node.id);
             if set.is_empty() {
                 bucket.groups.remove(&gk);
+                bucket.tight.remove(&(gk.free_milli(), gk));
             }
         }
     }

@@ -24,9 +24,10 @@
 //! fit (a CPU task never uses a GPU, so a node that can host it wastes nothing for it), and
 //! memory bounds fit as CPU does.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Mutex;
 
-use neocloud_types::{MigProfile, NodeId, Shape, TenantId};
+use neocloud_types::{MigFamily, MigProfile, NodeId, Shape, TenantId};
 
 use crate::PlacementPolicy;
 use crate::allocator::{Allocator, Decision, Scope};
@@ -55,6 +56,16 @@ impl Need {
             Shape::Mig { profile } => Some(Need::Mig(profile)),
             Shape::Cpu => Some(Need::Cpu),
             Shape::Nodes { .. } => None,
+        }
+    }
+
+    /// Free GPU thousandths a node needs at least to host the need.
+    fn gpu_floor(self) -> u64 {
+        match self {
+            Need::Whole(k) => u64::from(k) * 1000,
+            Need::Share(m) => u64::from(m),
+            Need::Mig(_) => 125,
+            Need::Cpu => 0,
         }
     }
 
@@ -114,6 +125,66 @@ pub(crate) struct GroupKey {
     pub gpus: Vec<GpuKey>,
 }
 
+impl GroupKey {
+    /// The smallest key: a range bound.
+    fn least() -> GroupKey {
+        GroupKey {
+            owner: None,
+            sharing: crate::Sharing::default(),
+            cpu_free: 0,
+            mem_free: 0,
+            gpus: Vec::new(),
+        }
+    }
+
+    /// Free GPU thousandths of the group's nodes.
+    pub fn free_milli(&self) -> u64 {
+        self.gpus
+            .iter()
+            .map(|&(m, mig, _)| match mig {
+                0 => u64::from(m),
+                0xff => 0,
+                mask => u64::from(8 - mask.count_ones()) * 125,
+            })
+            .sum()
+    }
+
+    /// Whether `need` of `tenant` might fit the group's nodes, from the key alone (the
+    /// exact check follows on a node). Never false for a group that fits.
+    fn may_fit(&self, tenant: TenantId, need: Need, cpu: Option<u64>) -> bool {
+        if self.owner.is_some_and(|t| t != tenant) || cpu.is_some_and(|c| c > self.cpu_free) {
+            return false;
+        }
+        let mine = |t: Option<TenantId>| t.is_none_or(|t| t == tenant);
+        match need {
+            Need::Cpu => self.sharing.cpu_only,
+            Need::Whole(k) => {
+                self.gpus.iter().filter(|g| g.0 == 1000).count()
+                    >= usize::try_from(k).unwrap_or(usize::MAX)
+            }
+            Need::Share(m) => {
+                self.sharing.slices
+                    && self
+                        .gpus
+                        .iter()
+                        .any(|&(free, mig, t)| mig == 0 && free >= m && (free == 1000 || mine(t)))
+            }
+            Need::Mig(_) => {
+                self.sharing.slices
+                    && self
+                        .gpus
+                        .iter()
+                        .any(|&(free, mig, t)| free == 1000 || (mig != 0xff && mig != 0 && mine(t)))
+            }
+        }
+    }
+}
+
+/// Groups a fragmentation-aware decision scores, at most, per scope: the tightest ones that
+/// may fit. Measured on the Alibaba trace (`examples/packing.rs`) and at 220,000 GPUs
+/// (`examples/slices_scale.rs`); see docs/BENCHMARKS.md.
+const SCORED_GROUPS: usize = 64;
+
 impl Node {
     /// Whether a tenant other than the slices' own may add slices to a GPU of this node.
     fn open_gpus(&self) -> bool {
@@ -134,6 +205,26 @@ impl Node {
             (0, s.mig, tenant)
         } else {
             (1000u16.saturating_sub(s.milli), 0, tenant)
+        }
+    }
+
+    /// Free thousandths of GPU `g`: 1000 when free, what shares leave, 125 per free MIG
+    /// memory slice, 0 when held whole or unhealthy.
+    fn free_milli(&self, g: u32) -> u64 {
+        let bit = 1u64 << g;
+        if self.unhealthy & bit != 0 {
+            return 0;
+        }
+        if self.used & bit == 0 {
+            return 1000;
+        }
+        let s = self.slices_of(g);
+        if s.is_empty() {
+            0
+        } else if s.mig != 0 {
+            u64::from(8 - s.mig.count_ones()) * 125
+        } else {
+            u64::from(1000u16.saturating_sub(s.milli))
         }
     }
 
@@ -230,6 +321,10 @@ impl Node {
     }
 }
 
+/// How a node ranks for a request (smaller is better): (fragmentation growth, free GPU
+/// thousandths after, free CPU after, node id).
+type Rank = (u64, u64, u64, NodeId);
+
 /// A place for a request inside one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Pick {
@@ -238,10 +333,12 @@ pub(crate) struct Pick {
     pub mig_start: Option<u32>,
     /// Free thousandths of the node's GPUs after the placement.
     gpu_free_after: u64,
+    /// Free thousandths left on the slice's GPU: the tightest GPU of a node goes first.
+    gpu_left: u64,
 }
 
 /// A node's free state reduced to what the fragmentation measure reads.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct View {
     cpu_free: u64,
     mem_free: u64,
@@ -267,6 +364,31 @@ pub(crate) struct Workload {
     /// The types the measure uses, with weights; refreshed every [`REFRESH`] requests.
     pub types: Vec<(TaskType, u64)>,
     since: u32,
+    /// Bumped whenever `types` changes: measures remembered before are stale.
+    version: u64,
+}
+
+/// Measures already computed for the current workload, by (model, MIG geometry, view):
+/// nodes in equal states, and the states a placement would lead to, repeat across
+/// decisions. A cache only: a clone starts empty.
+#[derive(Default)]
+pub(crate) struct FragMemo(Mutex<MemoMap>);
+
+type MemoMap = (u64, HashMap<(u32, Option<MigFamily>, View), u64>);
+
+/// Entries kept before the memo starts over.
+const MEMO_MAX: usize = 1 << 16;
+
+impl Clone for FragMemo {
+    fn clone(&self) -> Self {
+        FragMemo::default()
+    }
+}
+
+impl std::fmt::Debug for FragMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FragMemo")
+    }
 }
 
 /// Requests remembered.
@@ -274,7 +396,7 @@ const WINDOW: usize = 4096;
 /// Requests between refreshes of the distribution.
 const REFRESH: u32 = 64;
 /// Most task types the measure weighs: the most frequent, up to 95% of the requests.
-const MAX_TYPES: usize = 48;
+const MAX_TYPES: usize = 200;
 
 impl Workload {
     /// Remembers one request.
@@ -294,6 +416,7 @@ impl Workload {
         if self.since >= REFRESH || self.types.is_empty() {
             self.since = 0;
             self.refresh();
+            self.version += 1;
         }
     }
 
@@ -304,7 +427,7 @@ impl Workload {
         let mut kept = 0u64;
         self.types.clear();
         for (t, c) in all {
-            if self.types.len() >= MAX_TYPES || (kept * 100 >= total * 95 && kept > 0) {
+            if self.types.len() >= MAX_TYPES || (kept * 100 >= total * 100 && kept > 0) {
                 break;
             }
             kept += c;
@@ -339,22 +462,54 @@ impl Allocator {
     ) -> Result<Decision, Refusal> {
         let mut power_refusal = None;
         let mut any_group = false;
+        // A poisoned memo only means a panic mid-insert elsewhere; its entries are exact.
+        let mut guard = self
+            .frag_memo
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let memo = &mut *guard;
+        if memo.0 != self.workload.version || memo.1.len() > MEMO_MAX {
+            memo.0 = self.workload.version;
+            memo.1.clear();
+        }
         for &tier in scope.tiers.iter().flatten() {
-            let mut candidates: Vec<((u64, u64, u64, NodeId), usize, Pick)> = Vec::new();
+            let mut candidates: Vec<(Rank, usize, Pick)> = Vec::new();
             for &model in &scope.models {
                 for (_, b) in self.scopes.buckets(model, tier, req.site) {
-                    for (key, nodes) in &b.groups {
-                        any_group = true;
-                        if key.owner.is_some_and(|t| t != req.tenant) {
+                    any_group |= !b.groups.is_empty();
+                    let mut scored = 0usize;
+                    let mut tightest: Option<u64> = None;
+                    // First-fit and worst-fit look at every group; best-fit at the tightest
+                    // that fit; ours at the tightest few.
+                    // Groups with less free GPU than the need cannot fit it.
+                    let floor = (need.gpu_floor(), GroupKey::least());
+                    let keys: Box<dyn Iterator<Item = &(u64, GroupKey)>> = match self.placement {
+                        PlacementPolicy::WorstFit => Box::new(b.tight.range(&floor..).rev()),
+                        _ => Box::new(b.tight.range(&floor..)),
+                    };
+                    for (free, key) in keys {
+                        match self.placement {
+                            PlacementPolicy::BestFit if tightest.is_some_and(|t| *free > t) => {
+                                break;
+                            }
+                            PlacementPolicy::Fragmentation if scored >= SCORED_GROUPS => break,
+                            _ => {}
+                        }
+                        if !key.may_fit(req.tenant, need, req.cpu_milli) {
                             continue;
                         }
-                        let Some(id) = nodes.first() else { continue };
-                        let Some(&slot) = self.slots.get(id) else {
+                        let Some(nodes) = b.groups.get(key) else {
+                            continue;
+                        };
+                        let Some(&slot) = nodes.first().and_then(|id| self.slots.get(id)) else {
                             continue;
                         };
                         let node = &self.nodes[slot];
-                        if let Some((rank, pick)) = self.score_node(req, node, need) {
+                        if let Some((rank, pick)) = self.score_node(req, node, need, memo) {
                             candidates.push((rank, slot, pick));
+                            scored += 1;
+                            tightest.get_or_insert(*free);
                         }
                     }
                 }
@@ -439,7 +594,8 @@ impl Allocator {
         req: &Request,
         node: &Node,
         need: Need,
-    ) -> Option<((u64, u64, u64, NodeId), Pick)> {
+        memo: &mut MemoMap,
+    ) -> Option<(Rank, Pick)> {
         if !node.schedulable {
             return None;
         }
@@ -458,17 +614,21 @@ impl Allocator {
             return None;
         }
         let cpu_after = node.cpu_free().saturating_sub(cpu);
-        let fit = |p: &Pick| (p.gpu_free_after, cpu_after);
+        let fit = |p: &Pick| (p.gpu_free_after, cpu_after, p.gpu_left);
         let (best, frag) = match policy {
             PlacementPolicy::FirstFit => (picks[0], 0),
             PlacementPolicy::BestFit => (*picks.iter().min_by_key(|p| fit(p))?, 0),
             PlacementPolicy::WorstFit => (*picks.iter().max_by_key(|p| fit(p))?, 0),
             PlacementPolicy::Fragmentation => {
-                let before = self.node_frag(&self.view(node, None, 0, 0), node);
-                let mut best: Option<(u64, (u64, u64), Pick)> = None;
+                let before = self.frag_cached(memo, self.view(node, None, 0, 0), node);
+                let mut best: Option<(u64, (u64, u64, u64), Pick)> = None;
                 for p in &picks {
-                    let after = self.node_frag(&self.view(node, Some((need, p)), cpu, mem), node);
-                    let key = (after.saturating_sub(before), fit(p));
+                    let after =
+                        self.frag_cached(memo, self.view(node, Some((need, p)), cpu, mem), node);
+                    // Signed growth, shifted to stay unsigned: a placement that fills a fragment
+                    // shrinks the measure and must rank before one that leaves it alone.
+                    let grow = i128::from(after) - i128::from(before) + (1i128 << 63);
+                    let key = (u64::try_from(grow.max(0)).unwrap_or(u64::MAX), fit(p));
                     if best.as_ref().is_none_or(|(d, f, _)| key < (*d, *f)) {
                         best = Some((key.0, key.1, *p));
                     }
@@ -493,13 +653,8 @@ impl Allocator {
     /// Every distinct place for `need` inside `node`, in GPU index order.
     fn picks_in(&self, req: &Request, node: &Node, need: Need) -> Vec<Pick> {
         let free = node.free();
-        let total_free = |taken: u64| -> u64 {
-            (0..node.gpus)
-                .filter(|g| node.unhealthy & (1u64 << g) == 0)
-                .map(|g| u64::from(node.gpu_key(g).0))
-                .sum::<u64>()
-                .saturating_sub(taken)
-        };
+        let all_free: u64 = (0..node.gpus).map(|g| node.free_milli(g)).sum();
+        let total_free = |taken: u64| all_free.saturating_sub(taken);
         let tenant_ok =
             |s: &GpuSlices| node.open_gpus() || s.tenant.is_none_or(|t| t == req.tenant);
         let mut out = Vec::new();
@@ -514,6 +669,7 @@ impl Allocator {
                         mask: group_mask(offset, k),
                         mig_start: None,
                         gpu_free_after: total_free(u64::from(k) * 1000),
+                        gpu_left: 0,
                     });
                 }
             }
@@ -521,6 +677,7 @@ impl Allocator {
                 mask: 0,
                 mig_start: None,
                 gpu_free_after: total_free(0),
+                gpu_left: 0,
             }),
             Need::Share(m) => {
                 let mut seen: BTreeSet<u16> = BTreeSet::new();
@@ -542,6 +699,7 @@ impl Allocator {
                             mask: bit,
                             mig_start: None,
                             gpu_free_after: total_free(u64::from(m)),
+                            gpu_left: u64::from(room - m),
                         });
                     }
                 }
@@ -573,11 +731,11 @@ impl Allocator {
                         .find(|&&st| used_slices & mig_mask(st, geo.slices) == 0)
                     {
                         let left = 8 - (used_slices | mig_mask(start, geo.slices)).count_ones();
-                        let freed = if node.used & bit == 0 { 1000 } else { 0 };
                         out.push(Pick {
                             mask: bit,
                             mig_start: Some(start),
-                            gpu_free_after: total_free(freed) + u64::from(left) * 125,
+                            gpu_free_after: total_free(u64::from(geo.slices) * 125),
+                            gpu_left: u64::from(left) * 125,
                         });
                     }
                 }
@@ -630,6 +788,17 @@ impl Allocator {
         }
     }
 
+    /// [`Allocator::node_frag`] through the memo.
+    fn frag_cached(&self, memo: &mut MemoMap, v: View, node: &Node) -> u64 {
+        let key = (node.model, node.mig, v);
+        if let Some(&f) = memo.1.get(&key) {
+            return f;
+        }
+        let f = self.node_frag(&key.2, node);
+        memo.1.insert(key, f);
+        f
+    }
+
     /// Σ over the workload's types of weight × the type's fragment of the node.
     fn node_frag(&self, v: &View, node: &Node) -> u64 {
         let model = node.model;
@@ -645,61 +814,81 @@ impl Allocator {
             return 0;
         }
         let mut total = 0u64;
+        let free_of = |&(m, mig): &(u16, Option<u8>)| match mig {
+            Some(mask) if m == 0 => u64::from(8 - mask.count_ones()) * 125,
+            _ => u64::from(m),
+        };
         for &(t, w) in &self.workload.types {
-            let frag = if (t.model != u32::MAX && t.model != model)
+            if (t.model != u32::MAX && t.model != model)
                 || v.cpu_free < t.cpu_milli
                 || v.mem_free < t.mem_mib
             {
-                free_total
-            } else {
-                match t.need {
-                    Need::Cpu => 0,
-                    Need::Whole(k) => {
-                        let whole = v.gpus.iter().filter(|g| g.0 == 1000).count();
-                        if whole < usize::try_from(k).unwrap_or(usize::MAX) {
-                            free_total
-                        } else {
-                            v.gpus
-                                .iter()
-                                .filter(|g| g.0 < 1000)
-                                .map(|&(m, mig)| match mig {
-                                    Some(mask) if m == 0 => u64::from(8 - mask.count_ones()) * 125,
-                                    _ => u64::from(m),
-                                })
-                                .sum()
+                total += w * free_total;
+                continue;
+            }
+            // Copies of the type the node's CPU and memory could still host.
+            let host_copies = [(v.cpu_free, t.cpu_milli), (v.mem_free, t.mem_mib)]
+                .iter()
+                .map(|&(free, per)| free.checked_div(per).unwrap_or(u64::MAX))
+                .min()
+                .unwrap_or(u64::MAX);
+            // (GPU capacity the type could never use, copies its GPUs could host, GPU
+            // thousandths per copy).
+            let (base, gpu_copies, per_copy) = match t.need {
+                Need::Cpu => (0, 0, 0),
+                Need::Whole(k) => {
+                    let whole = v.gpus.iter().filter(|g| g.0 == 1000).count() as u64;
+                    if whole < u64::from(k) {
+                        (free_total, 0, 0)
+                    } else {
+                        let partial: u64 = v.gpus.iter().filter(|g| g.0 < 1000).map(free_of).sum();
+                        (partial, whole / u64::from(k.max(1)), u64::from(k) * 1000)
+                    }
+                }
+                Need::Share(want) => {
+                    let want = want.max(1);
+                    let mut base = 0u64;
+                    let mut copies = 0u64;
+                    for g in &v.gpus {
+                        match g.1 {
+                            Some(_) if g.0 == 0 => base += free_of(g),
+                            _ if g.0 < want => base += u64::from(g.0),
+                            _ => copies += u64::from(g.0 / want),
                         }
                     }
-                    Need::Share(want) => v
-                        .gpus
-                        .iter()
-                        .map(|&(m, mig)| match mig {
-                            Some(mask) if m == 0 => u64::from(8 - mask.count_ones()) * 125,
-                            _ if m < want => u64::from(m),
-                            _ => 0,
-                        })
-                        .sum(),
-                    Need::Mig(profile) => v
-                        .gpus
-                        .iter()
-                        .map(|&(m, mig)| {
-                            let fits = mig.is_some_and(|mask| {
-                                node.mig
-                                    .and_then(|f| f.geometry(profile))
-                                    .is_some_and(|geo| {
-                                        geo.starts
-                                            .iter()
-                                            .any(|&s| mask & mig_mask(s, geo.slices) == 0)
-                                    })
-                            });
-                            match mig {
-                                _ if fits => 0,
-                                Some(mask) if m == 0 => u64::from(8 - mask.count_ones()) * 125,
-                                _ => u64::from(m),
+                    (base, copies, u64::from(want))
+                }
+                Need::Mig(profile) => {
+                    let geo = node.mig.and_then(|f| f.geometry(profile));
+                    let mut base = 0u64;
+                    let mut copies = 0u64;
+                    for g in &v.gpus {
+                        let fits = g.1.and_then(|mask| {
+                            let geo = geo?;
+                            let mut m = mask;
+                            let mut n = 0u64;
+                            while let Some(&st) = geo
+                                .starts
+                                .iter()
+                                .find(|&&st| m & mig_mask(st, geo.slices) == 0)
+                            {
+                                m |= mig_mask(st, geo.slices);
+                                n += 1;
                             }
-                        })
-                        .sum(),
+                            (n > 0).then_some(n)
+                        });
+                        match fits {
+                            Some(n) => copies += n,
+                            None => base += free_of(g),
+                        }
+                    }
+                    let per = geo.map_or(1000, |g| u64::from(g.slices) * 125);
+                    (base, copies, per)
                 }
             };
+            // GPU capacity the type could use but for the node's CPU or memory.
+            let starved = gpu_copies.saturating_sub(host_copies) * per_copy;
+            let frag = (base + starved).min(free_total);
             total += w * frag;
         }
         total

@@ -2,6 +2,7 @@
 
 mod props;
 mod rules;
+mod slices;
 
 use neocloud_types::{BlockKind, Class, ContractId, NodeId, SiteId, TenantId};
 

@@ -1,0 +1,359 @@
+//! Packing quality on a real GPU cluster trace: Alibaba's cluster-trace-gpu-v2023, the trace
+//! of the FGD paper (Weng et al., "Beware of Fragmentation", USENIX ATC '23).
+//!
+//! The node list is the fleet (1,213 nodes, 6,212 GPUs of 12 kinds, with their CPU and
+//! memory); the task list is the demand (8,152 tasks: CPU-only, shares of one GPU, whole
+//! GPUs). The method is the paper's simulator's: per seed, shuffle the tasks, then tune the
+//! list to 130 % of the cluster's GPU capacity (append random copies while under, drop
+//! random tasks while over), place the tasks in order through the production allocator,
+//! never release anything, skip a task that does not fit. Reported: the share of the
+//! cluster's GPU capacity allocated at the end (and when 100 % had arrived), over seeds.
+//!
+//! ```text
+//! cargo run --release -p neocloud-allocator --example packing -- DIR [SEEDS]
+//! ```
+//!
+//! `DIR` holds `openb_node_list_gpu_node.csv` and `openb_pod_list_default.csv`; `SEEDS`
+//! (default 10) seeds 42, 43, … are run for every policy.
+
+use std::time::Instant;
+
+use neocloud_allocator::synthetic::{Rng, instance_id, node_id, site_id, tenant_id};
+use neocloud_allocator::{
+    Allocator, FleetPolicy, NodeSpec, PlacementPolicy, Request, Shape, Sharing, SiteSpec,
+};
+use neocloud_types::Class;
+
+/// One task of the trace.
+#[derive(Clone, Debug)]
+struct Task {
+    cpu_milli: u64,
+    memory_mib: u64,
+    gpus: u32,
+    gpu_milli: u32,
+    models: Vec<String>,
+}
+
+impl Task {
+    /// GPU thousandths the task asks for.
+    fn gpu_demand(&self) -> u64 {
+        u64::from(self.gpus) * u64::from(self.gpu_milli)
+    }
+
+    fn shape(&self) -> Shape {
+        match (self.gpus, self.gpu_milli) {
+            (0, _) | (_, 0) => Shape::Cpu,
+            (1, m) if m < 1000 => Shape::Share { milli: m },
+            (k, _) => Shape::Gpus { gpus: k },
+        }
+    }
+}
+
+struct Node {
+    cpu_milli: u64,
+    memory_mib: u64,
+    gpus: u32,
+    model: String,
+}
+
+fn read_csv(path: &str) -> Result<Vec<Vec<String>>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut rows = Vec::new();
+    for line in text.lines().skip(1) {
+        if !line.trim().is_empty() {
+            rows.push(line.split(',').map(|f| f.trim().to_string()).collect());
+        }
+    }
+    Ok(rows)
+}
+
+fn num(row: &[String], i: usize, what: &str) -> Result<u64, String> {
+    row.get(i)
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| format!("row {row:?}: column {what} is not a count"))
+}
+
+fn load(dir: &str) -> Result<(Vec<Node>, Vec<Task>), String> {
+    let mut nodes = Vec::new();
+    for row in read_csv(&format!("{dir}/openb_node_list_gpu_node.csv"))? {
+        nodes.push(Node {
+            cpu_milli: num(&row, 1, "cpu_milli")?,
+            memory_mib: num(&row, 2, "memory_mib")?,
+            gpus: u32::try_from(num(&row, 3, "gpu")?).map_err(|e| e.to_string())?,
+            model: row.get(4).cloned().unwrap_or_default(),
+        });
+    }
+    let mut tasks = Vec::new();
+    for row in read_csv(&format!("{dir}/openb_pod_list_default.csv"))? {
+        let spec = row.get(5).cloned().unwrap_or_default();
+        tasks.push(Task {
+            cpu_milli: num(&row, 1, "cpu_milli")?,
+            memory_mib: num(&row, 2, "memory_mib")?,
+            gpus: u32::try_from(num(&row, 3, "num_gpu")?).map_err(|e| e.to_string())?,
+            gpu_milli: u32::try_from(num(&row, 4, "gpu_milli")?).map_err(|e| e.to_string())?,
+            models: spec
+                .split('|')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+        });
+    }
+    Ok((nodes, tasks))
+}
+
+/// The task list of one seed: shuffled, then tuned to `ratio` of the GPU capacity.
+fn tuned(tasks: &[Task], capacity_milli: u64, ratio_pct: u64, seed: u64) -> Vec<Task> {
+    let mut rng = Rng::new(seed);
+    let mut list: Vec<Task> = tasks.to_vec();
+    for i in (1..list.len()).rev() {
+        let j = usize::try_from(rng.below(i as u64 + 1)).unwrap_or(0);
+        list.swap(i, j);
+    }
+    let target = capacity_milli * ratio_pct / 100;
+    let mut total: u64 = list.iter().map(Task::gpu_demand).sum();
+    while total < target {
+        let t = &tasks[usize::try_from(rng.below(tasks.len() as u64)).unwrap_or(0)];
+        if total + t.gpu_demand() > target {
+            break;
+        }
+        total += t.gpu_demand();
+        list.push(t.clone());
+    }
+    while total > target && !list.is_empty() {
+        let i = usize::try_from(rng.below(list.len() as u64)).unwrap_or(0);
+        total -= list[i].gpu_demand();
+        list.remove(i);
+    }
+    list
+}
+
+fn build(nodes: &[Node], placement: PlacementPolicy) -> Result<Allocator, String> {
+    let mut a = Allocator::new(FleetPolicy::LabFirst, placement);
+    let site = site_id(1);
+    a.add_site(SiteSpec {
+        id: site,
+        power_limit_watts: i64::MAX,
+        pue_milli: 1000,
+    });
+    for (i, n) in nodes.iter().enumerate() {
+        a.add_node(NodeSpec {
+            id: node_id(i as u64 + 1),
+            site,
+            gpu_model: n.model.clone(),
+            gpus: n.gpus,
+            blocks: Vec::new(),
+            idle_watts: 0,
+            peak_watts: 0,
+            shareable: true,
+            cpu_milli: n.cpu_milli,
+            memory_mib: n.memory_mib,
+            mig: None,
+            sharing: Sharing {
+                slices: true,
+                tenants_per_gpu: true,
+                cpu_only: true,
+            },
+        })?;
+    }
+    Ok(a)
+}
+
+/// (allocated share at the end, allocated share when 100 % had arrived, decisions/s).
+fn run(
+    nodes: &[Node],
+    list: &[Task],
+    placement: PlacementPolicy,
+) -> Result<(f64, f64, f64), String> {
+    let mut a = build(nodes, placement)?;
+    let capacity: u64 = nodes.iter().map(|n| u64::from(n.gpus) * 1000).sum();
+    let (mut arrived, mut allocated, mut at_full) = (0u64, 0u64, None);
+    let mut fails = [(0u64, 0u64, 0u64); 4];
+    let started = Instant::now();
+    for (i, t) in list.iter().enumerate() {
+        arrived += t.gpu_demand();
+        let models: Vec<String> = if t.models.is_empty() {
+            vec![String::new()]
+        } else {
+            t.models.clone()
+        };
+        for model in models {
+            let req = Request {
+                id: instance_id(i as u64 + 1),
+                tenant: tenant_id(1),
+                class: Class::OnDemand,
+                gpu_model: model,
+                shape: t.shape(),
+                site: None,
+                pool: None,
+                cpu_milli: Some(t.cpu_milli),
+                memory_mib: Some(t.memory_mib),
+            };
+            match a.place(&req) {
+                Ok(_) => {
+                    allocated += t.gpu_demand();
+                    break;
+                }
+                Err(_) => {
+                    let k = match t.shape() {
+                        Shape::Cpu => 0,
+                        Shape::Share { .. } => 1,
+                        Shape::Gpus { gpus: 1 } => 2,
+                        _ => 3,
+                    };
+                    fails[k].0 += 1;
+                    fails[k].1 += t.gpu_demand();
+                    if arrived < capacity {
+                        fails[k].2 += 1;
+                    }
+                }
+            }
+        }
+        if at_full.is_none() && arrived >= capacity {
+            at_full = Some(allocated);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    a.check_invariants()?;
+    if std::env::var("PACKING_DEBUG").is_ok() {
+        eprintln!("failed (count, gpu milli, before 100%) cpu/share/1gpu/multi: {fails:?}");
+        diagnose(&a, nodes, list);
+    }
+    let share = |x: u64| x as f64 * 100.0 / capacity as f64;
+    Ok((
+        share(allocated),
+        share(at_full.unwrap_or(allocated)),
+        list.len() as f64 / secs.max(1e-9),
+    ))
+}
+
+/// Where the free GPU capacity is at the end, and why the remaining tasks cannot use it.
+fn diagnose(a: &Allocator, nodes: &[Node], list: &[Task]) {
+    use std::collections::BTreeMap;
+    let mut cpu = vec![0u64; nodes.len()];
+    let mut mem = vec![0u64; nodes.len()];
+    let mut gpu: Vec<BTreeMap<u32, u64>> = vec![BTreeMap::new(); nodes.len()];
+    for al in a.allocations() {
+        for (n, idx) in &al.gpus {
+            let i = nodes
+                .iter()
+                .enumerate()
+                .position(|(k, _)| node_id(k as u64 + 1) == *n)
+                .unwrap_or(0);
+            cpu[i] += al.cpu_milli;
+            mem[i] += al.memory_mib;
+            for g in idx {
+                let m = match al.shape {
+                    Shape::Share { milli } => u64::from(milli),
+                    _ => 1000,
+                };
+                *gpu[i].entry(*g).or_default() += m;
+            }
+        }
+    }
+    let min_cpu_gpu_task = list
+        .iter()
+        .filter(|t| t.gpus > 0)
+        .map(|t| t.cpu_milli)
+        .min()
+        .unwrap_or(0);
+    let (mut cpu_short, mut mem_short, mut partial, mut other) = (0u64, 0u64, 0u64, 0u64);
+    let mut by_model: BTreeMap<String, u64> = BTreeMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let free: u64 = (0..n.gpus)
+            .map(|g| 1000 - gpu[i].get(&g).copied().unwrap_or(0).min(1000))
+            .sum();
+        if free == 0 {
+            continue;
+        }
+        *by_model.entry(n.model.clone()).or_default() += free;
+        let cpu_free = n.cpu_milli - cpu[i];
+        let mem_free = n.memory_mib - mem[i];
+        // Could any task of the list use some of this node's free GPU?
+        let usable = list.iter().any(|t| {
+            t.gpus > 0
+                && t.cpu_milli <= cpu_free
+                && t.memory_mib <= mem_free
+                && (0..n.gpus)
+                    .filter(|g| {
+                        1000 - gpu[i].get(g).copied().unwrap_or(0) >= u64::from(t.gpu_milli)
+                    })
+                    .count()
+                    >= t.gpus as usize
+        });
+        if cpu_free < min_cpu_gpu_task {
+            cpu_short += free;
+        } else if !usable
+            && list
+                .iter()
+                .any(|t| t.gpus > 0 && t.cpu_milli <= cpu_free && t.memory_mib > mem_free)
+        {
+            mem_short += free;
+        } else if !usable {
+            partial += free;
+        } else {
+            other += free;
+        }
+    }
+    eprintln!(
+        "free GPU milli: cpu exhausted {cpu_short}, memory short {mem_short}, \
+         pieces too small {partial}, usable {other}; by model {by_model:?}"
+    );
+}
+
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, var.sqrt())
+}
+
+fn main() -> Result<(), String> {
+    let mut args = std::env::args().skip(1);
+    let dir = args
+        .next()
+        .ok_or("usage: packing DIR [SEEDS] (DIR: the trace's csv files)")?;
+    let seeds: u64 = match args.next() {
+        Some(s) => s
+            .parse()
+            .map_err(|_| format!("SEEDS: '{s}' is not a count"))?,
+        None => 10,
+    };
+    let (nodes, tasks) = load(&dir)?;
+    let capacity: u64 = nodes.iter().map(|n| u64::from(n.gpus) * 1000).sum();
+    println!(
+        "{} nodes, {} GPUs; {} tasks asking {:.1} GPUs; tuned to 130 % per seed",
+        nodes.len(),
+        capacity / 1000,
+        tasks.len(),
+        tasks.iter().map(Task::gpu_demand).sum::<u64>() as f64 / 1000.0
+    );
+    let policies = [
+        ("first-fit", PlacementPolicy::FirstFit),
+        ("best-fit", PlacementPolicy::BestFit),
+        ("fragmentation (ours)", PlacementPolicy::Fragmentation),
+    ];
+    println!(
+        "{:<22} {:>16} {:>14} {:>14} {:>12}",
+        "policy", "allocated (end)", "unallocated", "at 100 %", "tasks/s"
+    );
+    for (name, p) in policies {
+        let mut end = Vec::new();
+        let mut full = Vec::new();
+        let mut speed = Vec::new();
+        for s in 0..seeds {
+            let list = tuned(&tasks, capacity, 130, 42 + s);
+            let (e, f, v) = run(&nodes, &list, p)?;
+            end.push(e);
+            full.push(f);
+            speed.push(v);
+        }
+        let (m, sd) = mean_sd(&end);
+        let (fm, fsd) = mean_sd(&full);
+        let unalloc = (100.0 - m) * capacity as f64 / 100_000.0;
+        println!(
+            "{name:<22} {m:>8.2} % ±{sd:>4.2} {unalloc:>8.1} GPUs {fm:>7.2} % ±{fsd:>4.2} {:>12.0}",
+            mean_sd(&speed).0
+        );
+    }
+    Ok(())
+}

@@ -175,6 +175,36 @@ impl Sched {
             tenants_per_gpu: config.sharing.tenants_per_gpu && config.shared_nodes,
             ..config.sharing
         };
+        let live = store.instance_list_live().await?;
+        // What already runs is restored whatever the policy says now: a node that holds
+        // slices, CPU-only instances or several tenants' slices of one GPU keeps taking them
+        // (a policy turned off applies to the other nodes, and to these after a restart
+        // once they are empty).
+        let mut keeps: std::collections::HashMap<neocloud_types::NodeId, Sharing> =
+            Default::default();
+        let mut slice_tenants: std::collections::HashMap<
+            (neocloud_types::NodeId, u32),
+            neocloud_types::TenantId,
+        > = Default::default();
+        for i in live
+            .iter()
+            .filter(|i| i.state.holds_gpus() && i.shape.is_slice())
+        {
+            let Some(p) = i.placement.first() else {
+                continue;
+            };
+            let k = keeps.entry(p.node_id).or_default();
+            match p.gpus.first() {
+                None => k.cpu_only = true,
+                Some(&g) => {
+                    k.slices = true;
+                    let t = slice_tenants.entry((p.node_id, g)).or_insert(i.tenant_id);
+                    if *t != i.tenant_id {
+                        k.tenants_per_gpu = true;
+                    }
+                }
+            }
+        }
         for n in nodes {
             let id = n.id;
             node_names.insert(id, n.name.clone());
@@ -185,6 +215,7 @@ impl Sched {
             let host = node_host.entry(n.gpu_model.clone()).or_default();
             *host = (host.0.max(cpu_milli), host.1.max(memory_mib));
             let mig = neocloud_types::MigFamily::of_model(&n.gpu_model, n.gpu_memory_gib);
+            let keep = keeps.get(&id).copied().unwrap_or_default();
             alloc
                 .add_node(NodeSpec {
                     id,
@@ -194,11 +225,15 @@ impl Sched {
                     blocks: n.blocks,
                     idle_watts: n.idle_watts,
                     peak_watts: n.peak_watts,
-                    shareable: config.shared_nodes,
+                    shareable: config.shared_nodes || keep.tenants_per_gpu,
                     cpu_milli,
                     memory_mib,
                     mig,
-                    sharing,
+                    sharing: Sharing {
+                        slices: sharing.slices || keep.slices,
+                        tenants_per_gpu: sharing.tenants_per_gpu || keep.tenants_per_gpu,
+                        cpu_only: sharing.cpu_only || keep.cpu_only,
+                    },
                 })
                 .map_err(Error::internal)?;
             if !node_schedulable(n.state) {
@@ -212,7 +247,7 @@ impl Sched {
             }
         }
         let mut queue = BTreeMap::new();
-        for i in store.instance_list_live().await? {
+        for i in live {
             if i.state.holds_gpus() {
                 let first = i.placement.first();
                 // Rows placed before CPU and memory were recorded: the proportional default.

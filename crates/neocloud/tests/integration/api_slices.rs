@@ -140,6 +140,12 @@ both_backends!(
             .await
             .unwrap();
         assert_eq!(again.allocator_fingerprint().await, before);
+        // So does one that sells whole GPUs only now: what runs is kept.
+        let mut whole_only = neocloud_service::SchedulerConfig::default();
+        whole_only.sharing.slices = false;
+        neocloud_service::Service::open_with(&ctx.database_url(), whole_only)
+            .await
+            .unwrap();
         // Terminating frees the slice: the GPU takes a share again.
         let id = s2["id"].as_str().unwrap();
         ctx.post(&format!("/v1/instances/{id}/terminate"), &ka, &json!({}))
@@ -341,6 +347,10 @@ async fn cpu_only_instances(ctx: TestContext) {
         .await
         .unwrap();
     assert_eq!(again.allocator_fingerprint().await, before);
+    // A restart with CPU-only instances turned off keeps the one that runs.
+    neocloud_service::Service::open(&ctx.database_url())
+        .await
+        .unwrap();
     ctx.post(&format!("/v1/instances/{id}/terminate"), &ka, &json!({}))
         .await
         .expect(200);

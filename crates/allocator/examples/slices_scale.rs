@@ -82,6 +82,9 @@ fn main() {
         PlacementPolicy::BestFit,
         PlacementPolicy::Fragmentation,
     ] {
+        if std::env::var("ONLY").is_ok_and(|o| !format!("{placement:?}").eq_ignore_ascii_case(&o)) {
+            continue;
+        }
         let mut a = fleet(placement);
         let total = a.free_gpus(None, MODEL);
         let mut rng = Rng::new(42);
@@ -102,7 +105,11 @@ fn main() {
         }
         let groups = a.group_count();
         let mut probe = Rng::new(7);
-        let requests: Vec<Request> = (0..2000)
+        let probes: u64 = std::env::var("PROBES")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(2000);
+        let requests: Vec<Request> = (0..probes)
             .map(|i| request(instance_id(u64::MAX - i), &mut probe))
             .collect();
         let mut decide: Vec<f64> = Vec::with_capacity(requests.len());

@@ -148,9 +148,17 @@ pub(crate) struct Bucket {
     pub allocs: IdMap<(Class, InstanceId), u32>,
     /// Schedulable nodes that take slices or CPU-only work (every node, under the
     /// fragmentation policy), grouped by identical free state.
-    pub groups: BTreeMap<GroupKey, BTreeSet<NodeId>>,
+    /// Hashed: only looked up; decisions walk the ordered sets below.
+    pub groups: IdMap<GroupKey, BTreeSet<NodeId>>,
     /// The same groups by free GPU thousandths: the tightest first.
     pub tight: BTreeSet<(u64, GroupKey)>,
+    /// Groups with partly used GPUs (shares or MIG instances with room), by the tenant those
+    /// GPUs are kept for (`None`: GPUs any tenant may share), the tightest first: where a
+    /// slice can fill a fragment.
+    pub partial: BTreeMap<Option<TenantId>, BTreeSet<(u64, GroupKey)>>,
+    /// Groups by how many entirely free GPUs they have (1 or more), the tightest first:
+    /// where whole GPUs can go.
+    pub whole: BTreeMap<u32, BTreeSet<(u64, GroupKey)>>,
 }
 
 /// Which pool scopes of a model a request looks at, in one pass.
@@ -340,14 +348,46 @@ pub(crate) fn apply(
         if add {
             let set = bucket.groups.entry(gk.clone()).or_default();
             if set.is_empty() {
-                bucket.tight.insert((gk.free_milli(), gk));
+                let free = gk.free_milli();
+                for t in gk.partial_tenants() {
+                    bucket
+                        .partial
+                        .entry(t)
+                        .or_default()
+                        .insert((free, gk.clone()));
+                }
+                let whole = gk.whole_gpus();
+                if whole > 0 {
+                    bucket
+                        .whole
+                        .entry(whole)
+                        .or_default()
+                        .insert((free, gk.clone()));
+                }
+                bucket.tight.insert((free, gk));
             }
             set.insert(node.id);
         } else if let Some(set) = bucket.groups.get_mut(&gk) {
             set.remove(&node.id);
             if set.is_empty() {
                 bucket.groups.remove(&gk);
-                bucket.tight.remove(&(gk.free_milli(), gk));
+                let key = (gk.free_milli(), gk);
+                for t in key.1.partial_tenants() {
+                    if let Some(p) = bucket.partial.get_mut(&t) {
+                        p.remove(&key);
+                        if p.is_empty() {
+                            bucket.partial.remove(&t);
+                        }
+                    }
+                }
+                let whole = key.1.whole_gpus();
+                if let Some(w) = bucket.whole.get_mut(&whole) {
+                    w.remove(&key);
+                    if w.is_empty() {
+                        bucket.whole.remove(&whole);
+                    }
+                }
+                bucket.tight.remove(&key);
             }
         }
     }

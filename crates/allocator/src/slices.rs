@@ -24,13 +24,14 @@
 //! fit (a CPU task never uses a GPU, so a node that can host it wastes nothing for it), and
 //! memory bounds fit as CPU does.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::sync::Mutex;
 
 use neocloud_types::{MigFamily, MigProfile, NodeId, Shape, TenantId};
 
 use crate::PlacementPolicy;
-use crate::allocator::{Allocator, Decision, Scope};
+use crate::allocator::{Allocator, Decision, IdHasher, Scope};
 use crate::node::{GpuSlices, Node, choose_group, full_mask, group_mask};
 use crate::{Allocation, Refusal, Request};
 
@@ -137,6 +138,29 @@ impl GroupKey {
         }
     }
 
+    /// The tenants whose slices could fill a partly used GPU of the group (`None`: a GPU any
+    /// tenant may share), each once.
+    pub fn partial_tenants(&self) -> Vec<Option<TenantId>> {
+        let mut out: Vec<Option<TenantId>> = self
+            .gpus
+            .iter()
+            .filter(|&&(free, mig, _)| match mig {
+                0 => free > 0 && free < 1000,
+                0xff => false,
+                mask => mask.count_ones() < 8,
+            })
+            .map(|&(_, _, t)| t)
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Entirely free GPUs of the group's nodes.
+    pub fn whole_gpus(&self) -> u32 {
+        u32::try_from(self.gpus.iter().filter(|g| g.0 == 1000).count()).unwrap_or(u32::MAX)
+    }
+
     /// Free GPU thousandths of the group's nodes.
     pub fn free_milli(&self) -> u64 {
         self.gpus
@@ -183,7 +207,14 @@ impl GroupKey {
 /// Groups a fragmentation-aware decision scores, at most, per scope: the tightest ones that
 /// may fit. Measured on the Alibaba trace (`examples/packing.rs`) and at 220,000 GPUs
 /// (`examples/slices_scale.rs`); see docs/BENCHMARKS.md.
-const SCORED_GROUPS: usize = 64;
+const SCORED_GROUPS: usize = 16;
+
+/// GPUs of one node a fragmentation-aware decision scores for a slice: the tightest.
+const SCORED_PICKS: usize = 2;
+
+/// Groups a fragmentation-aware decision looks at, at most, per scope once one fits: past
+/// the tightest groups, those that do not fit are mostly other tenants' partly used GPUs.
+const SCANNED_GROUPS: usize = 256;
 
 impl Node {
     /// Whether a tenant other than the slices' own may add slices to a GPU of this node.
@@ -374,7 +405,10 @@ pub(crate) struct Workload {
 #[derive(Default)]
 pub(crate) struct FragMemo(Mutex<MemoMap>);
 
-type MemoMap = (u64, HashMap<(u32, Option<MigFamily>, View), u64>);
+type MemoMap = (
+    u64,
+    HashMap<(u32, Option<MigFamily>, View), u64, BuildHasherDefault<IdHasher>>,
+);
 
 /// Entries kept before the memo starts over.
 const MEMO_MAX: usize = 1 << 16;
@@ -478,38 +512,73 @@ impl Allocator {
             for &model in &scope.models {
                 for (_, b) in self.scopes.buckets(model, tier, req.site) {
                     any_group |= !b.groups.is_empty();
-                    let mut scored = 0usize;
-                    let mut tightest: Option<u64> = None;
-                    // First-fit and worst-fit look at every group; best-fit at the tightest
-                    // that fit; ours at the tightest few.
-                    // Groups with less free GPU than the need cannot fit it.
-                    let floor = (need.gpu_floor(), GroupKey::least());
-                    let keys: Box<dyn Iterator<Item = &(u64, GroupKey)>> = match self.placement {
-                        PlacementPolicy::WorstFit => Box::new(b.tight.range(&floor..).rev()),
-                        _ => Box::new(b.tight.range(&floor..)),
-                    };
-                    for (free, key) in keys {
-                        match self.placement {
-                            PlacementPolicy::BestFit if tightest.is_some_and(|t| *free > t) => {
+                    // First-fit and worst-fit look at every group that may fit, by free
+                    // GPU. Best-fit and ours look at the groups where a slice can fill a
+                    // partly used GPU, then at those with at least a GPU's worth free (no
+                    // other group can host anything that needs a GPU): best-fit at the
+                    // tightest that fit, ours at the tightest few.
+                    let least = GroupKey::least;
+                    let sources: Vec<Box<dyn Iterator<Item = &(u64, GroupKey)>>> =
+                        match (self.placement, need) {
+                            (PlacementPolicy::FirstFit, _) => {
+                                vec![Box::new(b.tight.range((need.gpu_floor(), least())..))]
+                            }
+                            (PlacementPolicy::WorstFit, _) => {
+                                vec![Box::new(b.tight.range((need.gpu_floor(), least())..).rev())]
+                            }
+                            (_, Need::Share(_) | Need::Mig(_)) => {
+                                let mut v: Vec<Box<dyn Iterator<Item = &(u64, GroupKey)>>> =
+                                    Vec::new();
+                                for t in [Some(req.tenant), None] {
+                                    if let Some(p) = b.partial.get(&t) {
+                                        v.push(Box::new(p.range((need.gpu_floor(), least())..)));
+                                    }
+                                }
+                                v.push(Box::new(b.tight.range((1000, least())..)));
+                                v
+                            }
+                            (_, Need::Whole(k)) => b
+                                .whole
+                                .range(k..)
+                                .map(|(_, w)| Box::new(w.iter()) as Box<dyn Iterator<Item = _>>)
+                                .collect(),
+                            _ => vec![Box::new(b.tight.range((need.gpu_floor(), least())..))],
+                        };
+                    // Ours shares its budget of scored groups among the sources.
+                    let budget = SCORED_GROUPS.div_ceil(sources.len().max(1)).max(2);
+                    for keys in sources {
+                        let mut scored = 0usize;
+                        let mut tightest: Option<u64> = None;
+                        for (seen, (free, key)) in keys.enumerate() {
+                            if self.placement == PlacementPolicy::Fragmentation
+                                && seen >= SCANNED_GROUPS
+                                && scored > 0
+                            {
                                 break;
                             }
-                            PlacementPolicy::Fragmentation if scored >= SCORED_GROUPS => break,
-                            _ => {}
-                        }
-                        if !key.may_fit(req.tenant, need, req.cpu_milli) {
-                            continue;
-                        }
-                        let Some(nodes) = b.groups.get(key) else {
-                            continue;
-                        };
-                        let Some(&slot) = nodes.first().and_then(|id| self.slots.get(id)) else {
-                            continue;
-                        };
-                        let node = &self.nodes[slot];
-                        if let Some((rank, pick)) = self.score_node(req, node, need, memo) {
-                            candidates.push((rank, slot, pick));
-                            scored += 1;
-                            tightest.get_or_insert(*free);
+                            match self.placement {
+                                PlacementPolicy::BestFit if tightest.is_some_and(|t| *free > t) => {
+                                    break;
+                                }
+                                PlacementPolicy::Fragmentation if scored >= budget => break,
+                                _ => {}
+                            }
+                            if !key.may_fit(req.tenant, need, req.cpu_milli) {
+                                continue;
+                            }
+                            let Some(nodes) = b.groups.get(key) else {
+                                continue;
+                            };
+                            let Some(&slot) = nodes.first().and_then(|id| self.slots.get(id))
+                            else {
+                                continue;
+                            };
+                            let node = &self.nodes[slot];
+                            if let Some((rank, pick)) = self.score_node(req, node, need, memo) {
+                                candidates.push((rank, slot, pick));
+                                scored += 1;
+                                tightest.get_or_insert(*free);
+                            }
                         }
                     }
                 }
@@ -622,6 +691,10 @@ impl Allocator {
             PlacementPolicy::Fragmentation => {
                 let before = self.frag_cached(memo, self.view(node, None, 0, 0), node);
                 let mut best: Option<(u64, (u64, u64, u64), Pick)> = None;
+                // The tightest few GPUs of the node only (see `SCORED_PICKS`).
+                let mut picks = picks;
+                picks.sort_by_key(|p| (p.gpu_left, p.mask));
+                picks.truncate(SCORED_PICKS);
                 for p in &picks {
                     let after =
                         self.frag_cached(memo, self.view(node, Some((need, p)), cpu, mem), node);
@@ -680,7 +753,7 @@ impl Allocator {
                 gpu_left: 0,
             }),
             Need::Share(m) => {
-                let mut seen: BTreeSet<u16> = BTreeSet::new();
+                let mut seen: Vec<u16> = Vec::new();
                 for g in 0..node.gpus {
                     let bit = 1u64 << g;
                     if node.unhealthy & bit != 0 {
@@ -694,7 +767,8 @@ impl Allocator {
                     } else {
                         continue;
                     };
-                    if room >= m && seen.insert(room) {
+                    if room >= m && !seen.contains(&room) {
+                        seen.push(room);
                         out.push(Pick {
                             mask: bit,
                             mig_start: None,
@@ -708,7 +782,7 @@ impl Allocator {
                 let Some(geo) = node.mig.and_then(|f| f.geometry(profile)) else {
                     return out;
                 };
-                let mut seen: BTreeSet<u8> = BTreeSet::new();
+                let mut seen: Vec<u8> = Vec::new();
                 for g in 0..node.gpus {
                     let bit = 1u64 << g;
                     if node.unhealthy & bit != 0 {
@@ -722,9 +796,10 @@ impl Allocator {
                     } else {
                         continue;
                     };
-                    if !seen.insert(used_slices) {
+                    if seen.contains(&used_slices) {
                         continue;
                     }
+                    seen.push(used_slices);
                     if let Some(&start) = geo
                         .starts
                         .iter()

@@ -333,8 +333,8 @@ fn main() -> Result<(), String> {
         ("fragmentation (ours)", PlacementPolicy::Fragmentation),
     ];
     println!(
-        "{:<22} {:>16} {:>14} {:>14} {:>12}",
-        "policy", "allocated (end)", "unallocated", "at 100 %", "tasks/s"
+        "{:<22} {:>16} {:>15} {:>14} {:>14} {:>10}",
+        "policy", "allocated (end)", "min … max", "unallocated", "at 100 %", "tasks/s"
     );
     for (name, p) in policies {
         let mut end = Vec::new();
@@ -350,8 +350,11 @@ fn main() -> Result<(), String> {
         let (m, sd) = mean_sd(&end);
         let (fm, fsd) = mean_sd(&full);
         let unalloc = (100.0 - m) * capacity as f64 / 100_000.0;
+        let lo = end.iter().copied().fold(f64::MAX, f64::min);
+        let hi = end.iter().copied().fold(f64::MIN, f64::max);
         println!(
-            "{name:<22} {m:>8.2} % ±{sd:>4.2} {unalloc:>8.1} GPUs {fm:>7.2} % ±{fsd:>4.2} {:>12.0}",
+            "{name:<22} {m:>8.2} % ±{sd:>4.2} {lo:>6.2} … {hi:>5.2} {unalloc:>8.1} GPUs \
+             {fm:>7.2} % ±{fsd:>4.2} {:>10.0}",
             mean_sd(&speed).0
         );
     }

@@ -116,6 +116,9 @@ pub struct Allocator {
     /// Recent requests' task types, for the fragmentation-aware policy.
     pub(crate) workload: crate::slices::Workload,
     pub(crate) frag_memo: crate::slices::FragMemo,
+    /// Whether any node ever had CPU or memory modelled: if none, whole-GPU decisions skip
+    /// the CPU and memory check.
+    pub(crate) host_modelled: bool,
 }
 
 fn usize_of(n: u32) -> usize {
@@ -153,6 +156,7 @@ impl Allocator {
             allocations: IdMap::default(),
             workload: crate::slices::Workload::default(),
             frag_memo: crate::slices::FragMemo::default(),
+            host_modelled: false,
         }
     }
 
@@ -233,6 +237,7 @@ impl Allocator {
             blocks[usize::from(depth)] = Some(id);
         }
         let model = self.intern(&n.gpu_model);
+        self.host_modelled |= n.cpu_milli > 0 || n.memory_mib > 0;
         if let Some(f) = n.mig {
             self.model_mig.entry(model).or_insert(f);
         }
@@ -1048,11 +1053,12 @@ impl Allocator {
                 let sets = [Some(&b.open[ki]), b.owned.get(&req.tenant).map(|s| &s[ki])];
                 // The first entry whose CPU and memory fit too (nearly always the first).
                 let host_ok = |e: &&PartialKey| {
-                    self.slots.get(&e.2).is_some_and(|&slot| {
-                        let n = &self.nodes[slot];
-                        let (cpu, mem) = crate::slices::host_need(n, req);
-                        n.host_fits(cpu, mem)
-                    })
+                    !self.host_modelled
+                        || self.slots.get(&e.2).is_some_and(|&slot| {
+                            let n = &self.nodes[slot];
+                            let (cpu, mem) = crate::slices::host_need(n, req);
+                            n.host_fits(cpu, mem)
+                        })
                 };
                 let partial = sets
                     .iter()

@@ -29,6 +29,7 @@ use neocloud_types::{Class, InstanceId, NodeId, Shape, SiteId};
 
 use crate::allocator::Allocator;
 use crate::index::{Bucket, ScopeKey};
+use crate::node::BlockKey;
 use crate::node::{SHAPES, facility_watts, group_mask, level_index, mask_of};
 use crate::{GangLevel, Refusal, Request};
 
@@ -123,6 +124,81 @@ impl Allocator {
         nodes.sort_unstable();
         nodes.dedup();
         nodes
+    }
+
+    /// The nodes of a scope that become entirely free once their victims go, per block of
+    /// level `li`, as (GPUs preempted there, id, slot): schedulable, healthy nodes every one
+    /// of whose allocations `req` may preempt, each priced at its victims' shares (a
+    /// victim's GPUs over its nodes, rounded up).
+    ///
+    /// One pass over the scope's eligible allocations, each priced once, gives (slot,
+    /// share) per victim and node; sorted by slot, each node is then read once, in slot
+    /// order. A node is freeable when every allocation it holds was counted (all of them are
+    /// in the scope's allocation index, so the count tells whether all may go).
+    fn freeable_nodes(
+        &self,
+        req: &Request,
+        key: &ScopeKey,
+        b: &Bucket,
+        li: usize,
+    ) -> BTreeMap<BlockKey, Vec<Freeable>> {
+        let mut held: Vec<(usize, u64)> = Vec::new();
+        for &(class, inst) in b.allocs.keys() {
+            if !self.eligible(req, class) {
+                continue;
+            }
+            let Some(a) = self.allocations.get(&inst) else {
+                continue;
+            };
+            let share = a.gpu_count().div_ceil(a.gpus.len().max(1) as u64);
+            held.extend(
+                a.gpus
+                    .iter()
+                    .filter_map(|(node, _)| self.slots.get(node).map(|&s| (s, share))),
+            );
+        }
+        held.sort_unstable_by_key(|&(slot, _)| slot);
+        // Runs of one block (nodes of a block mostly sit next to each other in slot order),
+        // merged per block at the end.
+        let mut runs: Vec<(BlockKey, Vec<Freeable>)> = Vec::new();
+        let mut i = 0;
+        while i < held.len() {
+            let slot = held[i].0;
+            let mut share = 0u64;
+            let mut victims = 0usize;
+            while i < held.len() && held[i].0 == slot {
+                share += held[i].1;
+                victims += 1;
+                i += 1;
+            }
+            let node = &self.nodes[slot];
+            if node.allocs.len() != victims
+                || !node.schedulable
+                || node.unhealthy != 0
+                || node.scope_key() != *key
+            {
+                continue;
+            }
+            let Some(block) = node.level_key(li) else {
+                continue;
+            };
+            match runs.last_mut() {
+                Some((last, nodes)) if *last == block => nodes.push((share, node.id, slot)),
+                _ => runs.push((block, vec![(share, node.id, slot)])),
+            }
+        }
+        let mut freeable: BTreeMap<BlockKey, Vec<Freeable>> = BTreeMap::new();
+        for (block, mut nodes) in runs {
+            match freeable.entry(block) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(nodes);
+                }
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    e.get_mut().append(&mut nodes)
+                }
+            }
+        }
+        freeable
     }
 
     fn plan_gpus(&self, req: &Request, k: u32, buckets: &[(ScopeKey, &Bucket)]) -> Option<Plan> {
@@ -258,34 +334,9 @@ impl Allocator {
                 return Some((BTreeSet::new(), adds));
             }
             // Nodes that become entirely free once their victims go, per block, as (GPUs
-            // preempted there, id, slot): ordered cheapest first, ids unique.
-            let mut freeable: BTreeMap<_, Vec<Freeable>> = BTreeMap::new();
-            for id in self.victim_nodes(req, &key, b) {
-                let Some(&slot) = self.slots.get(&id) else {
-                    continue;
-                };
-                let node = &self.nodes[slot];
-                if !node.schedulable || node.unhealthy != 0 {
-                    continue;
-                }
-                let Some(block) = node.level_key(li) else {
-                    continue;
-                };
-                let mut share = 0u64;
-                let mut ok = true;
-                for (inst, _) in &node.allocs {
-                    match self.allocations.get(inst) {
-                        Some(a) if self.eligible(req, a.class) => {
-                            let nodes = a.gpus.len().max(1) as u64;
-                            share += a.gpu_count().div_ceil(nodes);
-                        }
-                        _ => ok = false,
-                    }
-                }
-                if ok {
-                    freeable.entry(block).or_default().push((share, id, slot));
-                }
-            }
+            // preempted there, id, slot): ids unique (the order inside a block does not
+            // matter: only the set of each block's cheapest nodes is used).
+            let freeable = self.freeable_nodes(req, &key, b, li);
             // Per block the cheapest nodes it needs, and a lower bound of their cost (each
             // victim costs at least its share on each chosen node); exact costs only for
             // blocks whose bound can still win.

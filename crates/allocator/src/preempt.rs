@@ -435,3 +435,169 @@ impl Allocator {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use neocloud_types::{Class, FleetPolicy, GangLevel, NodeId, Shape};
+
+    use super::Freeable;
+    use crate::index::{Bucket, ScopeKey};
+    use crate::node::{BlockKey, LEVELS};
+    use crate::synthetic::{Grid, Rng, allocator, contract_id, instance_id, tenant_id};
+    use crate::{Allocator, PlacementPolicy, Request};
+
+    /// What `freeable_nodes` must give, read node by node: every node of the scope that
+    /// holds a victim, kept when it is schedulable and healthy and every allocation on it
+    /// may go, priced at its allocations' shares.
+    fn per_node(
+        a: &Allocator,
+        req: &Request,
+        key: &ScopeKey,
+        b: &Bucket,
+        li: usize,
+    ) -> BTreeMap<BlockKey, Vec<Freeable>> {
+        let mut out: BTreeMap<BlockKey, Vec<Freeable>> = BTreeMap::new();
+        for id in a.victim_nodes(req, key, b) {
+            let slot = a.slots[&id];
+            let node = &a.nodes[slot];
+            let Some(block) = node.level_key(li) else {
+                continue;
+            };
+            if !node.schedulable || node.unhealthy != 0 {
+                continue;
+            }
+            let mut share = 0;
+            let mut ok = true;
+            for (inst, _) in &node.allocs {
+                let v = &a.allocations[inst];
+                ok &= a.eligible(req, v.class);
+                share += v.gpu_count().div_ceil(v.gpus.len().max(1) as u64);
+            }
+            if ok {
+                out.entry(block).or_default().push((share, id, slot));
+            }
+        }
+        out
+    }
+
+    fn sorted(mut m: BTreeMap<BlockKey, Vec<Freeable>>) -> BTreeMap<BlockKey, Vec<Freeable>> {
+        for nodes in m.values_mut() {
+            nodes.sort_unstable_by_key(|&(_, id, _)| id);
+        }
+        m
+    }
+
+    #[test]
+    fn freeable_nodes_match_a_node_by_node_reading() {
+        const CLASSES: [Class; 4] = [
+            Class::Spot,
+            Class::OnDemand,
+            Class::Internal,
+            Class::Reserved,
+        ];
+        const LEVEL: [GangLevel; 4] = [
+            GangLevel::NvlinkDomain,
+            GangLevel::LeafGroup,
+            GangLevel::Pod,
+            GangLevel::Site,
+        ];
+        let mut checked = 0;
+        for seed in 0..24u64 {
+            let mut rng = Rng::new(seed);
+            let policy = if seed % 2 == 0 {
+                FleetPolicy::LabFirst
+            } else {
+                FleetPolicy::CloudFirst
+            };
+            let shared = Grid {
+                site: 1,
+                pods: 2,
+                leaves_per_pod: 2,
+                nodes_per_leaf: 6,
+                nvlink_per_leaf: 2,
+                gpus: 8,
+                gpu_model: "H100".to_string(),
+                idle_watts: 100,
+                peak_watts: 800,
+                shareable: true,
+                pue_milli: 1000,
+                power_limit_watts: None,
+            };
+            let unshared = Grid {
+                site: 2,
+                nvlink_per_leaf: 0,
+                shareable: false,
+                ..shared.clone()
+            };
+            let mut a = allocator(&[shared, unshared], policy, PlacementPolicy::BestFit);
+            let ids: Vec<NodeId> = a.nodes.iter().map(|n| n.id).collect();
+            let pick = |rng: &mut Rng| ids[usize::try_from(rng.below(ids.len() as u64)).unwrap()];
+            for c in 1..=2 {
+                for _ in 0..6 {
+                    let _ = a.set_pool(pick(&mut rng), Some(contract_id(c)));
+                }
+            }
+            let request = |rng: &mut Rng, id: u64| {
+                let class = CLASSES[usize::try_from(rng.below(4)).unwrap()];
+                let shape = if rng.chance(0.5) {
+                    Shape::Gpus {
+                        gpus: [1, 2, 4, 8][usize::try_from(rng.below(4)).unwrap()],
+                    }
+                } else {
+                    Shape::Nodes {
+                        count: 1 + u32::try_from(rng.below(6)).unwrap(),
+                        level: LEVEL[usize::try_from(rng.below(4)).unwrap()],
+                    }
+                };
+                Request {
+                    id: instance_id(id),
+                    tenant: tenant_id(rng.below(3)),
+                    class,
+                    gpu_model: "H100".to_string(),
+                    shape,
+                    site: None,
+                    pool: (class == Class::Reserved).then(|| contract_id(1 + rng.below(2))),
+                }
+            };
+            let mut next = 1;
+            for _ in 0..300 {
+                match rng.below(10) {
+                    0..=5 => {
+                        let _ = a.place(&request(&mut rng, next));
+                        next += 1;
+                    }
+                    6 => {
+                        let held: Vec<_> = a.allocations().map(|x| x.id).collect();
+                        if !held.is_empty() {
+                            a.release(held[usize::try_from(rng.below(held.len() as u64)).unwrap()]);
+                        }
+                    }
+                    7 => a.set_schedulable(pick(&mut rng), rng.chance(0.6)),
+                    8 => {
+                        let gpu = u32::try_from(rng.below(8)).unwrap();
+                        a.set_gpu_healthy(pick(&mut rng), gpu, rng.chance(0.6));
+                    }
+                    _ => {
+                        // A claim: compare for every level and every scope it may use.
+                        let req = request(&mut rng, next);
+                        next += 1;
+                        let Ok(scope) = a.scope_of(&req) else {
+                            continue;
+                        };
+                        for li in 0..LEVELS {
+                            for (key, b) in a.scope_buckets(&req, &scope) {
+                                let fast = sorted(a.freeable_nodes(&req, &key, b, li));
+                                assert_eq!(fast, sorted(per_node(&a, &req, &key, b, li)));
+                                checked += usize::from(!fast.is_empty());
+                            }
+                        }
+                    }
+                }
+            }
+            a.check_invariants().unwrap();
+        }
+        assert!(checked > 100, "only {checked} non-empty comparisons");
+    }
+}

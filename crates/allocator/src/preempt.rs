@@ -29,6 +29,7 @@ use neocloud_types::{Class, InstanceId, NodeId, Shape, SiteId};
 
 use crate::allocator::Allocator;
 use crate::index::{Bucket, ScopeKey};
+use crate::node::BlockKey;
 use crate::node::{SHAPES, facility_watts, group_mask, level_index, mask_of};
 use crate::{GangLevel, Refusal, Request};
 
@@ -125,6 +126,81 @@ impl Allocator {
         nodes.sort_unstable();
         nodes.dedup();
         nodes
+    }
+
+    /// The nodes of a scope that become entirely free once their victims go, per block of
+    /// level `li`, as (GPUs preempted there, id, slot): schedulable, healthy nodes every one
+    /// of whose allocations `req` may preempt, each priced at its victims' shares (a
+    /// victim's GPUs over its nodes, rounded up).
+    ///
+    /// One pass over the scope's eligible allocations, each priced once, gives (slot,
+    /// share) per victim and node; sorted by slot, each node is then read once, in slot
+    /// order. A node is freeable when every allocation it holds was counted (all of them are
+    /// in the scope's allocation index, so the count tells whether all may go).
+    fn freeable_nodes(
+        &self,
+        req: &Request,
+        key: &ScopeKey,
+        b: &Bucket,
+        li: usize,
+    ) -> BTreeMap<BlockKey, Vec<Freeable>> {
+        let mut held: Vec<(usize, u64)> = Vec::new();
+        for &(class, inst) in b.allocs.keys() {
+            if !self.eligible(req, class) {
+                continue;
+            }
+            let Some(a) = self.allocations.get(&inst) else {
+                continue;
+            };
+            let share = a.gpu_count().div_ceil(a.gpus.len().max(1) as u64);
+            held.extend(
+                a.gpus
+                    .iter()
+                    .filter_map(|(node, _)| self.slots.get(node).map(|&s| (s, share))),
+            );
+        }
+        held.sort_unstable_by_key(|&(slot, _)| slot);
+        // Runs of one block (nodes of a block mostly sit next to each other in slot order),
+        // merged per block at the end.
+        let mut runs: Vec<(BlockKey, Vec<Freeable>)> = Vec::new();
+        let mut i = 0;
+        while i < held.len() {
+            let slot = held[i].0;
+            let mut share = 0u64;
+            let mut victims = 0usize;
+            while i < held.len() && held[i].0 == slot {
+                share += held[i].1;
+                victims += 1;
+                i += 1;
+            }
+            let node = &self.nodes[slot];
+            if node.allocs.len() != victims
+                || !node.schedulable
+                || node.unhealthy != 0
+                || node.scope_key() != *key
+            {
+                continue;
+            }
+            let Some(block) = node.level_key(li) else {
+                continue;
+            };
+            match runs.last_mut() {
+                Some((last, nodes)) if *last == block => nodes.push((share, node.id, slot)),
+                _ => runs.push((block, vec![(share, node.id, slot)])),
+            }
+        }
+        let mut freeable: BTreeMap<BlockKey, Vec<Freeable>> = BTreeMap::new();
+        for (block, mut nodes) in runs {
+            match freeable.entry(block) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(nodes);
+                }
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    e.get_mut().append(&mut nodes)
+                }
+            }
+        }
+        freeable
     }
 
     fn plan_gpus(&self, req: &Request, k: u32, buckets: &[(ScopeKey, &Bucket)]) -> Option<Plan> {
@@ -260,34 +336,9 @@ impl Allocator {
                 return Some((BTreeSet::new(), adds));
             }
             // Nodes that become entirely free once their victims go, per block, as (GPUs
-            // preempted there, id, slot): ordered cheapest first, ids unique.
-            let mut freeable: BTreeMap<_, Vec<Freeable>> = BTreeMap::new();
-            for id in self.victim_nodes(req, &key, b) {
-                let Some(&slot) = self.slots.get(&id) else {
-                    continue;
-                };
-                let node = &self.nodes[slot];
-                if !node.schedulable || node.unhealthy != 0 {
-                    continue;
-                }
-                let Some(block) = node.level_key(li) else {
-                    continue;
-                };
-                let mut share = 0u64;
-                let mut ok = true;
-                for (inst, _) in &node.allocs {
-                    match self.allocations.get(inst) {
-                        Some(a) if self.eligible(req, a.class) => {
-                            let nodes = a.gpus.len().max(1) as u64;
-                            share += a.gpu_count().div_ceil(nodes);
-                        }
-                        _ => ok = false,
-                    }
-                }
-                if ok {
-                    freeable.entry(block).or_default().push((share, id, slot));
-                }
-            }
+            // preempted there, id, slot): ids unique (the order inside a block does not
+            // matter: only the set of each block's cheapest nodes is used).
+            let freeable = self.freeable_nodes(req, &key, b, li);
             // Per block the cheapest nodes it needs, and a lower bound of their cost (each
             // victim costs at least its share on each chosen node); exact costs only for
             // blocks whose bound can still win.
@@ -384,5 +435,171 @@ impl Allocator {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use neocloud_types::{Class, FleetPolicy, GangLevel, NodeId, Shape};
+
+    use super::Freeable;
+    use crate::index::{Bucket, ScopeKey};
+    use crate::node::{BlockKey, LEVELS};
+    use crate::synthetic::{Grid, Rng, allocator, contract_id, instance_id, tenant_id};
+    use crate::{Allocator, PlacementPolicy, Request};
+
+    /// What `freeable_nodes` must give, read node by node: every node of the scope that
+    /// holds a victim, kept when it is schedulable and healthy and every allocation on it
+    /// may go, priced at its allocations' shares.
+    fn per_node(
+        a: &Allocator,
+        req: &Request,
+        key: &ScopeKey,
+        b: &Bucket,
+        li: usize,
+    ) -> BTreeMap<BlockKey, Vec<Freeable>> {
+        let mut out: BTreeMap<BlockKey, Vec<Freeable>> = BTreeMap::new();
+        for id in a.victim_nodes(req, key, b) {
+            let slot = a.slots[&id];
+            let node = &a.nodes[slot];
+            let Some(block) = node.level_key(li) else {
+                continue;
+            };
+            if !node.schedulable || node.unhealthy != 0 {
+                continue;
+            }
+            let mut share = 0;
+            let mut ok = true;
+            for (inst, _) in &node.allocs {
+                let v = &a.allocations[inst];
+                ok &= a.eligible(req, v.class);
+                share += v.gpu_count().div_ceil(v.gpus.len().max(1) as u64);
+            }
+            if ok {
+                out.entry(block).or_default().push((share, id, slot));
+            }
+        }
+        out
+    }
+
+    fn sorted(mut m: BTreeMap<BlockKey, Vec<Freeable>>) -> BTreeMap<BlockKey, Vec<Freeable>> {
+        for nodes in m.values_mut() {
+            nodes.sort_unstable_by_key(|&(_, id, _)| id);
+        }
+        m
+    }
+
+    #[test]
+    fn freeable_nodes_match_a_node_by_node_reading() {
+        const CLASSES: [Class; 4] = [
+            Class::Spot,
+            Class::OnDemand,
+            Class::Internal,
+            Class::Reserved,
+        ];
+        const LEVEL: [GangLevel; 4] = [
+            GangLevel::NvlinkDomain,
+            GangLevel::LeafGroup,
+            GangLevel::Pod,
+            GangLevel::Site,
+        ];
+        let mut checked = 0;
+        for seed in 0..24u64 {
+            let mut rng = Rng::new(seed);
+            let policy = if seed % 2 == 0 {
+                FleetPolicy::LabFirst
+            } else {
+                FleetPolicy::CloudFirst
+            };
+            let shared = Grid {
+                site: 1,
+                pods: 2,
+                leaves_per_pod: 2,
+                nodes_per_leaf: 6,
+                nvlink_per_leaf: 2,
+                gpus: 8,
+                gpu_model: "H100".to_string(),
+                idle_watts: 100,
+                peak_watts: 800,
+                shareable: true,
+                pue_milli: 1000,
+                power_limit_watts: None,
+            };
+            let unshared = Grid {
+                site: 2,
+                nvlink_per_leaf: 0,
+                shareable: false,
+                ..shared.clone()
+            };
+            let mut a = allocator(&[shared, unshared], policy, PlacementPolicy::BestFit);
+            let ids: Vec<NodeId> = a.nodes.iter().map(|n| n.id).collect();
+            let pick = |rng: &mut Rng| ids[usize::try_from(rng.below(ids.len() as u64)).unwrap()];
+            for c in 1..=2 {
+                for _ in 0..6 {
+                    let _ = a.set_pool(pick(&mut rng), Some(contract_id(c)));
+                }
+            }
+            let request = |rng: &mut Rng, id: u64| {
+                let class = CLASSES[usize::try_from(rng.below(4)).unwrap()];
+                let shape = if rng.chance(0.5) {
+                    Shape::Gpus {
+                        gpus: [1, 2, 4, 8][usize::try_from(rng.below(4)).unwrap()],
+                    }
+                } else {
+                    Shape::Nodes {
+                        count: 1 + u32::try_from(rng.below(6)).unwrap(),
+                        level: LEVEL[usize::try_from(rng.below(4)).unwrap()],
+                    }
+                };
+                Request {
+                    id: instance_id(id),
+                    tenant: tenant_id(rng.below(3)),
+                    class,
+                    gpu_model: "H100".to_string(),
+                    shape,
+                    site: None,
+                    pool: (class == Class::Reserved).then(|| contract_id(1 + rng.below(2))),
+                }
+            };
+            let mut next = 1;
+            for _ in 0..300 {
+                match rng.below(10) {
+                    0..=5 => {
+                        let _ = a.place(&request(&mut rng, next));
+                        next += 1;
+                    }
+                    6 => {
+                        let held: Vec<_> = a.allocations().map(|x| x.id).collect();
+                        if !held.is_empty() {
+                            a.release(held[usize::try_from(rng.below(held.len() as u64)).unwrap()]);
+                        }
+                    }
+                    7 => a.set_schedulable(pick(&mut rng), rng.chance(0.6)),
+                    8 => {
+                        let gpu = u32::try_from(rng.below(8)).unwrap();
+                        a.set_gpu_healthy(pick(&mut rng), gpu, rng.chance(0.6));
+                    }
+                    _ => {
+                        // A claim: compare for every level and every scope it may use.
+                        let req = request(&mut rng, next);
+                        next += 1;
+                        let Ok(scope) = a.scope_of(&req) else {
+                            continue;
+                        };
+                        for li in 0..LEVELS {
+                            for (key, b) in a.scope_buckets(&req, &scope) {
+                                let fast = sorted(a.freeable_nodes(&req, &key, b, li));
+                                assert_eq!(fast, sorted(per_node(&a, &req, &key, b, li)));
+                                checked += usize::from(!fast.is_empty());
+                            }
+                        }
+                    }
+                }
+            }
+            a.check_invariants().unwrap();
+        }
+        assert!(checked > 100, "only {checked} non-empty comparisons");
     }
 }

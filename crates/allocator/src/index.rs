@@ -151,14 +151,50 @@ pub(crate) struct Bucket {
     /// Hashed: only looked up; decisions walk the ordered sets below.
     pub groups: IdMap<GroupKey, BTreeSet<NodeId>>,
     /// The same groups by free GPU thousandths: the tightest first.
-    pub tight: BTreeSet<(u64, GroupKey)>,
+    pub tight: GroupIndex,
     /// Groups with partly used GPUs (shares or MIG instances with room), by the tenant those
     /// GPUs are kept for (`None`: GPUs any tenant may share), the tightest first: where a
     /// slice can fill a fragment.
-    pub partial: BTreeMap<Option<TenantId>, BTreeSet<(u64, GroupKey)>>,
+    pub partial: BTreeMap<Option<TenantId>, GroupIndex>,
     /// Groups by how many entirely free GPUs they have (1 or more), the tightest first:
     /// where whole GPUs can go.
-    pub whole: BTreeMap<u32, BTreeSet<(u64, GroupKey)>>,
+    pub whole: BTreeMap<u32, GroupIndex>,
+}
+
+/// An ordered index of groups: (free GPU thousandths, group) → the group's lowest node id.
+pub(crate) type GroupIndex = BTreeMap<(u64, GroupKey), NodeId>;
+
+impl Bucket {
+    /// Records that a group's lowest node is now `rep` (`None`: the group is gone) in the
+    /// ordered group indexes.
+    fn set_group(&mut self, gk: GroupKey, rep: Option<NodeId>) {
+        let key = (gk.free_milli(), gk);
+        let whole = key.1.whole_gpus();
+        let tenants = key.1.partial_tenants();
+        let put = |index: &mut GroupIndex| match rep {
+            Some(id) => {
+                index.insert(key.clone(), id);
+            }
+            None => {
+                index.remove(&key);
+            }
+        };
+        for t in tenants {
+            let p = self.partial.entry(t).or_default();
+            put(p);
+            if p.is_empty() {
+                self.partial.remove(&t);
+            }
+        }
+        if whole > 0 {
+            let w = self.whole.entry(whole).or_default();
+            put(w);
+            if w.is_empty() {
+                self.whole.remove(&whole);
+            }
+        }
+        put(&mut self.tight);
+    }
 }
 
 /// Which pool scopes of a model a request looks at, in one pass.
@@ -345,50 +381,19 @@ pub(crate) fn apply(
     }
     if node.schedulable && grouped(node, placement) {
         let gk = node.group_key();
+        let set = bucket.groups.entry(gk.clone()).or_default();
+        let before = set.first().copied();
         if add {
-            let set = bucket.groups.entry(gk.clone()).or_default();
-            if set.is_empty() {
-                let free = gk.free_milli();
-                for t in gk.partial_tenants() {
-                    bucket
-                        .partial
-                        .entry(t)
-                        .or_default()
-                        .insert((free, gk.clone()));
-                }
-                let whole = gk.whole_gpus();
-                if whole > 0 {
-                    bucket
-                        .whole
-                        .entry(whole)
-                        .or_default()
-                        .insert((free, gk.clone()));
-                }
-                bucket.tight.insert((free, gk));
-            }
             set.insert(node.id);
-        } else if let Some(set) = bucket.groups.get_mut(&gk) {
+        } else {
             set.remove(&node.id);
-            if set.is_empty() {
-                bucket.groups.remove(&gk);
-                let key = (gk.free_milli(), gk);
-                for t in key.1.partial_tenants() {
-                    if let Some(p) = bucket.partial.get_mut(&t) {
-                        p.remove(&key);
-                        if p.is_empty() {
-                            bucket.partial.remove(&t);
-                        }
-                    }
-                }
-                let whole = key.1.whole_gpus();
-                if let Some(w) = bucket.whole.get_mut(&whole) {
-                    w.remove(&key);
-                    if w.is_empty() {
-                        bucket.whole.remove(&whole);
-                    }
-                }
-                bucket.tight.remove(&key);
-            }
+        }
+        let after = set.first().copied();
+        if after.is_none() {
+            bucket.groups.remove(&gk);
+        }
+        if before != after {
+            bucket.set_group(gk, after);
         }
     }
     if node.schedulable {

@@ -561,6 +561,8 @@ mod tests {
                     shape,
                     site: None,
                     pool: (class == Class::Reserved).then(|| contract_id(1 + rng.below(2))),
+                    cpu_milli: None,
+                    memory_mib: None,
                 }
             };
             let mut next = 1;

@@ -352,6 +352,9 @@ impl Node {
     }
 }
 
+/// One ordered walk over a bucket's groups: ((free GPU thousandths, group), lowest node).
+type Source<'a> = Box<dyn Iterator<Item = (&'a (u64, GroupKey), &'a NodeId)> + 'a>;
+
 /// How a node ranks for a request (smaller is better): (fragmentation growth, free GPU
 /// thousandths after, free CPU after, node id).
 type Rank = (u64, u64, u64, NodeId);
@@ -518,38 +521,36 @@ impl Allocator {
                     // other group can host anything that needs a GPU): best-fit at the
                     // tightest that fit, ours at the tightest few.
                     let least = GroupKey::least;
-                    let sources: Vec<Box<dyn Iterator<Item = &(u64, GroupKey)>>> =
-                        match (self.placement, need) {
-                            (PlacementPolicy::FirstFit, _) => {
-                                vec![Box::new(b.tight.range((need.gpu_floor(), least())..))]
-                            }
-                            (PlacementPolicy::WorstFit, _) => {
-                                vec![Box::new(b.tight.range((need.gpu_floor(), least())..).rev())]
-                            }
-                            (_, Need::Share(_) | Need::Mig(_)) => {
-                                let mut v: Vec<Box<dyn Iterator<Item = &(u64, GroupKey)>>> =
-                                    Vec::new();
-                                for t in [Some(req.tenant), None] {
-                                    if let Some(p) = b.partial.get(&t) {
-                                        v.push(Box::new(p.range((need.gpu_floor(), least())..)));
-                                    }
+                    let sources: Vec<Source<'_>> = match (self.placement, need) {
+                        (PlacementPolicy::FirstFit, _) => {
+                            vec![Box::new(b.tight.range((need.gpu_floor(), least())..))]
+                        }
+                        (PlacementPolicy::WorstFit, _) => {
+                            vec![Box::new(b.tight.range((need.gpu_floor(), least())..).rev())]
+                        }
+                        (_, Need::Share(_) | Need::Mig(_)) => {
+                            let mut v: Vec<Source<'_>> = Vec::new();
+                            for t in [Some(req.tenant), None] {
+                                if let Some(p) = b.partial.get(&t) {
+                                    v.push(Box::new(p.range((need.gpu_floor(), least())..)));
                                 }
-                                v.push(Box::new(b.tight.range((1000, least())..)));
-                                v
                             }
-                            (_, Need::Whole(k)) => b
-                                .whole
-                                .range(k..)
-                                .map(|(_, w)| Box::new(w.iter()) as Box<dyn Iterator<Item = _>>)
-                                .collect(),
-                            _ => vec![Box::new(b.tight.range((need.gpu_floor(), least())..))],
-                        };
+                            v.push(Box::new(b.tight.range((1000, least())..)));
+                            v
+                        }
+                        (_, Need::Whole(k)) => b
+                            .whole
+                            .range(k..)
+                            .map(|(_, w)| Box::new(w.iter()) as Box<dyn Iterator<Item = _>>)
+                            .collect(),
+                        _ => vec![Box::new(b.tight.range((need.gpu_floor(), least())..))],
+                    };
                     // Ours shares its budget of scored groups among the sources.
                     let budget = SCORED_GROUPS.div_ceil(sources.len().max(1)).max(2);
                     for keys in sources {
                         let mut scored = 0usize;
                         let mut tightest: Option<u64> = None;
-                        for (seen, (free, key)) in keys.enumerate() {
+                        for (seen, ((free, key), id)) in keys.enumerate() {
                             if self.placement == PlacementPolicy::Fragmentation
                                 && seen >= SCANNED_GROUPS
                                 && scored > 0
@@ -566,11 +567,7 @@ impl Allocator {
                             if !key.may_fit(req.tenant, need, req.cpu_milli) {
                                 continue;
                             }
-                            let Some(nodes) = b.groups.get(key) else {
-                                continue;
-                            };
-                            let Some(&slot) = nodes.first().and_then(|id| self.slots.get(id))
-                            else {
+                            let Some(&slot) = self.slots.get(id) else {
                                 continue;
                             };
                             let node = &self.nodes[slot];

@@ -727,6 +727,22 @@ impl Allocator {
         let total_free = |taken: u64| all_free.saturating_sub(taken);
         let tenant_ok =
             |s: &GpuSlices| node.open_gpus() || s.tenant.is_none_or(|t| t == req.tenant);
+        // The healthy GPUs a share (or, `mig`, a MIG instance) may go on: the free ones, with
+        // `None`, and the partly used ones of that kind this tenant may add to.
+        let slice_gpus = |mig: bool| {
+            (0..node.gpus).filter_map(move |g| {
+                let bit = 1u64 << g;
+                if node.unhealthy & bit != 0 {
+                    return None;
+                }
+                if node.used & bit == 0 {
+                    return Some((bit, None));
+                }
+                let s = node.slices_of(g);
+                let same_kind = if mig { s.milli == 0 } else { s.mig == 0 };
+                (!s.is_empty() && same_kind && tenant_ok(&s)).then_some((bit, Some(s)))
+            })
+        };
         let mut out = Vec::new();
         match need {
             Need::Whole(k) => {
@@ -751,19 +767,8 @@ impl Allocator {
             }),
             Need::Share(m) => {
                 let mut seen: Vec<u16> = Vec::new();
-                for g in 0..node.gpus {
-                    let bit = 1u64 << g;
-                    if node.unhealthy & bit != 0 {
-                        continue;
-                    }
-                    let s = node.slices_of(g);
-                    let room = if node.used & bit == 0 {
-                        1000
-                    } else if !s.is_empty() && s.mig == 0 && tenant_ok(&s) {
-                        1000u16.saturating_sub(s.milli)
-                    } else {
-                        continue;
-                    };
+                for (bit, s) in slice_gpus(false) {
+                    let room = s.map_or(1000, |s| 1000u16.saturating_sub(s.milli));
                     if room >= m && !seen.contains(&room) {
                         seen.push(room);
                         out.push(Pick {
@@ -780,19 +785,8 @@ impl Allocator {
                     return out;
                 };
                 let mut seen: Vec<u8> = Vec::new();
-                for g in 0..node.gpus {
-                    let bit = 1u64 << g;
-                    if node.unhealthy & bit != 0 {
-                        continue;
-                    }
-                    let s = node.slices_of(g);
-                    let used_slices = if node.used & bit == 0 {
-                        0
-                    } else if !s.is_empty() && s.milli == 0 && tenant_ok(&s) {
-                        s.mig
-                    } else {
-                        continue;
-                    };
+                for (bit, s) in slice_gpus(true) {
+                    let used_slices = s.map_or(0, |s| s.mig);
                     if seen.contains(&used_slices) {
                         continue;
                     }

@@ -512,7 +512,7 @@ impl Allocator {
         }
         for &tier in scope.tiers.iter().flatten() {
             let mut candidates: Vec<(Rank, usize, Pick)> = Vec::new();
-            for &model in &scope.models {
+            for &model in scope.model_list() {
                 for (_, b) in self.scopes.buckets(model, tier, req.site) {
                     any_group |= !b.groups.is_empty();
                     // First-fit and worst-fit look at every group that may fit, by free
@@ -639,7 +639,7 @@ impl Allocator {
             }
         };
         let free_gpus = scope
-            .models
+            .model_list()
             .iter()
             .flat_map(|&m| {
                 scope

@@ -67,12 +67,19 @@ pub fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Resul
             "the request body must be JSON with 'Content-Type: application/json'",
         ));
     }
-    serde_json::from_slice(body).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed: Result<T, (String, serde_json::Error)> = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| (e.path().to_string(), e.into_inner()))
+        // Trailing data after the value is malformed JSON too.
+        .and_then(|v| de.end().map(|()| v).map_err(|e| (String::new(), e)));
+    parsed.map_err(|(path, e)| {
         let what = match e.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                "malformed JSON"
+                "malformed JSON".to_string()
             }
-            _ => "invalid request body",
+            // The field that is wrong, e.g. "shape.milli", when there is one.
+            _ if path != "." && !path.is_empty() => format!("invalid request body: {path}"),
+            _ => "invalid request body".to_string(),
         };
         ApiError::invalid(format!("{what}: {e}"))
     })

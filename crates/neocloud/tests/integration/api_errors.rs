@@ -34,7 +34,18 @@ both_backends!(
         send_raw("not json at all", "application/json")
             .await
             .problem(400, "invalid_request");
-        send_raw("{\"name\": 42}", "application/json")
+        // A mistyped field is named, not only located by line and column.
+        let b = send_raw("{\"name\": 42}", "application/json")
+            .await
+            .problem(400, "invalid_request");
+        assert!(
+            b["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("invalid request body: name: invalid type"),
+            "{b}"
+        );
+        send_raw("{\"name\": \"ok\"} trailing", "application/json")
             .await
             .problem(400, "invalid_request");
         send_raw(

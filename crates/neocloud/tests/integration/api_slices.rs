@@ -194,7 +194,10 @@ both_backends!(
                 json!({"gpu_model": h100, "shape": {"kind": "cpu"}, "cpu_milli": 4000}),
                 "CPU-only",
             ),
-            (json!({"gpu_model": h100, "gpus": 1, "cpu_milli": -1}), "-1"),
+            (
+                json!({"gpu_model": h100, "gpus": 1, "cpu_milli": -1}),
+                "cpu_milli: invalid value: integer `-1`",
+            ),
             (
                 json!({"gpu_model": h100, "gpus": 1, "cpu_milli": 1_000_000_000_000u64}),
                 "cpu_milli",

@@ -20,6 +20,7 @@ mod check;
 mod index;
 mod node;
 mod preempt;
+pub mod selling;
 pub mod slices;
 pub mod synthetic;
 

@@ -510,93 +510,82 @@ impl Sched {
 /// Places on-demand and internal work only within what contracts leave of a site's
 /// sellable capacity (all GPUs minus the spare buffer kept for failover), so the same
 /// GPU-hour is never sold twice; spot may use anything idle, reserved runs in its pool.
-/// Without a site in the request, each site with the model is tried in turn.
+/// Without a site in the request, each site with the model is tried in turn. The rule is
+/// the allocator crate's ([`neocloud_allocator::selling`]), which the simulator places by
+/// too.
 pub(crate) async fn place_checked(
     sched: &mut Sched,
     req: &neocloud_allocator::Request,
     now: Timestamp,
 ) -> Result<std::result::Result<Allocation, (neocloud_allocator::Refusal, bool)>> {
-    if !matches!(req.class, Class::OnDemand | Class::Internal) {
-        return Ok(sched.place(req).map_err(|e| (e, true)));
+    Ok(neocloud_allocator::selling::place_within_sellable(
+        &mut SchedSeller { sched, now },
+        req,
+    ))
+}
+
+/// The scheduler as [`neocloud_allocator::selling`] sees it: its allocator and what it has
+/// sold, at one moment.
+struct SchedSeller<'a> {
+    sched: &'a mut Sched,
+    now: Timestamp,
+}
+
+impl neocloud_allocator::selling::Seller for SchedSeller<'_> {
+    fn place(
+        &mut self,
+        req: &neocloud_allocator::Request,
+    ) -> std::result::Result<Allocation, neocloud_allocator::Refusal> {
+        self.sched.place(req)
     }
-    let mut tried: Vec<neocloud_types::SiteId> = Vec::new();
-    let mut last_refusal = None;
-    let sites = sched.sites.clone();
-    loop {
-        let mut r = req.clone();
-        if r.site.is_none() && !tried.is_empty() {
-            // Pin the next untried site that has the model.
-            let next = sites.iter().find(|s| {
-                !tried.contains(&s.id)
-                    && s.gpus_by_model.iter().any(|m| m.gpu_model == req.gpu_model)
-            });
-            match next {
-                Some(s) => r.site = Some(s.id),
-                None => break,
-            }
-        }
-        let a = match sched.place(&r) {
-            Ok(a) => a,
-            Err(e) => match (req.site, r.site) {
-                // Pinned by us to one more site: remember and go on to the next.
-                (None, Some(s)) => {
-                    tried.push(s);
-                    last_refusal = Some(last_refusal.unwrap_or((e, true)));
-                    continue;
-                }
-                _ => return Ok(Err(last_refusal.unwrap_or((e, true)))),
-            },
+
+    fn release(&mut self, id: InstanceId) {
+        self.sched.release(id);
+    }
+
+    fn sites_with(&self, model: &str) -> Vec<neocloud_types::SiteId> {
+        self.sched
+            .sites
+            .iter()
+            .filter(|s| s.gpus_by_model.iter().any(|m| m.gpu_model == model))
+            .map(|s| s.id)
+            .collect()
+    }
+
+    fn check_sellable(
+        &self,
+        a: &Allocation,
+    ) -> std::result::Result<(), neocloud_allocator::Refusal> {
+        let sched = &self.sched;
+        let Some(site) = sched.sites.iter().find(|s| s.id == a.site) else {
+            return Ok(());
         };
-        let Some(site) = sites.iter().find(|s| s.id == a.site) else {
-            return Ok(Ok(a));
-        };
-        let sellable = sellable(&sched.config, site, &req.gpu_model);
-        let key = neocloud_allocator::calendar::CapacityKey::new(site.id, &req.gpu_model);
-        let committed = sched
-            .calendar
-            .committed_peak(&key, now.micros(), now.micros() + 1);
-        // Thousandths of a GPU: a share or MIG instance sells its part of one GPU.
-        let in_use_milli: u64 = sched
+        let sellable = u64::try_from(sellable(&sched.config, site, &a.gpu_model)).unwrap_or(0);
+        let key = neocloud_allocator::calendar::CapacityKey::new(site.id, &a.gpu_model);
+        let now = self.now.micros();
+        let committed =
+            u64::try_from(sched.calendar.committed_peak(&key, now, now + 1)).unwrap_or(0);
+        // Thousandths of a GPU, this placement included: a share or MIG instance sells its
+        // part of one GPU.
+        let held_milli = sched
             .sold
-            .get(&(site.id, req.gpu_model.clone()))
+            .get(&(site.id, a.gpu_model.clone()))
             .copied()
             .unwrap_or(0);
-        if i64::try_from(in_use_milli)
-            .unwrap_or(i64::MAX)
-            .saturating_add(committed.saturating_mul(1000))
-            <= sellable.saturating_mul(1000)
-        {
-            return Ok(Ok(a));
+        if neocloud_allocator::selling::within_sellable(held_milli, committed, sellable) {
+            return Ok(());
         }
         // GPUs in use by others, a part of a GPU counting as a whole one.
-        let in_use = (in_use_milli - a.gpu_milli()).div_ceil(1000);
-        sched.release(a.id);
-        last_refusal = Some((
-            neocloud_allocator::Refusal::NoCapacity {
-                // What is left to sell on demand, not the pool GPUs that sit idle.
-                free_gpus: u64::try_from(
-                    sellable - committed - i64::try_from(in_use).unwrap_or(i64::MAX),
-                )
-                .unwrap_or(0),
-                reason: format!(
-                    "{}'s sellable {} capacity is taken: {} of {} sellable GPUs are reserved by contracts and {} are in use by on-demand and internal work (the spare buffer is kept for failover)",
-                    site.name, req.gpu_model, committed, sellable, in_use
-                ),
-            },
-            false,
-        ));
-        if req.site.is_some() {
-            break;
-        }
-        tried.push(site.id);
+        let in_use = held_milli.saturating_sub(a.gpu_milli()).div_ceil(1000);
+        Err(neocloud_allocator::Refusal::NoCapacity {
+            // What is left to sell on demand, not the pool GPUs that sit idle.
+            free_gpus: sellable.saturating_sub(committed).saturating_sub(in_use),
+            reason: format!(
+                "{}'s sellable {} capacity is taken: {} of {} sellable GPUs are reserved by contracts and {} are in use by on-demand and internal work (the spare buffer is kept for failover)",
+                site.name, a.gpu_model, committed, sellable, in_use
+            ),
+        })
     }
-    Ok(Err(last_refusal.unwrap_or((
-        neocloud_allocator::Refusal::NoCapacity {
-            free_gpus: 0,
-            reason: "no site has room".into(),
-        },
-        true,
-    ))))
 }
 
 /// The sellable counter an allocation counts in, if any.
@@ -614,8 +603,11 @@ pub(crate) fn sellable(config: &SchedulerConfig, site: &neocloud_types::Site, mo
         .filter(|m| m.gpu_model == model)
         .map(|m| m.gpus)
         .sum();
-    let spare = (total * i64::from(config.spare_buffer_milli) + 999) / 1000;
-    total - spare
+    i64::try_from(neocloud_allocator::selling::sellable_gpus(
+        u64::try_from(total).unwrap_or(0),
+        config.spare_buffer_milli,
+    ))
+    .unwrap_or(i64::MAX)
 }
 
 /// Writes an instance's audit event.

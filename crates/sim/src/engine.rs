@@ -262,8 +262,10 @@ impl<'a> Engine<'a> {
         let mut sellable = BTreeMap::new();
         for &(site, model) in fleet.pools.keys() {
             let total = fleet.gpus_of(site, model);
-            let spare = (total * u64::from(sc.spare_buffer_milli)).div_ceil(1000);
-            sellable.insert((site, model), total - spare);
+            sellable.insert(
+                (site, model),
+                neocloud_allocator::selling::sellable_gpus(total, sc.spare_buffer_milli),
+            );
         }
         let mut min_node_gpus = vec![u32::MAX; fleet.models.len()];
         for n in &fleet.nodes {
@@ -613,8 +615,6 @@ impl<'a> Engine<'a> {
         if !matches!(req.class, Class::OnDemand | Class::Internal) {
             return self.fleet.allocator.place(req).map_err(|e| (e, true));
         }
-        let mut tried: Vec<usize> = Vec::new();
-        let mut last: Option<(Refusal, bool)> = None;
         let model = self.model_index(&req.gpu_model);
         // A shortcut with the same outcome: when no candidate site could pass the sellable
         // check even with the smallest nodes, the allocator is not asked at all.
@@ -651,61 +651,7 @@ impl<'a> Engine<'a> {
                 false,
             ));
         }
-        loop {
-            let mut r = req.clone();
-            if r.site.is_none() && !tried.is_empty() {
-                let next = (0..self.fleet.sites.len())
-                    .find(|s| !tried.contains(s) && self.fleet.pools.contains_key(&(*s, model)));
-                match next {
-                    Some(s) => r.site = Some(self.fleet.sites[s].id),
-                    None => break,
-                }
-            }
-            let a = match self.fleet.allocator.place(&r) {
-                Ok(a) => a,
-                Err(e) => {
-                    if req.site.is_none()
-                        && let Some(s) = r.site
-                    {
-                        tried.push(self.site_index(s));
-                        last = Some(last.unwrap_or((e, true)));
-                        continue;
-                    }
-                    return Err(last.unwrap_or((e, true)));
-                }
-            };
-            let site = self.site_index(a.site);
-            let sellable = self.sellable.get(&(site, model)).copied().unwrap_or(0);
-            let key = self.cap_key(site, &req.gpu_model);
-            let at = self.now * 1_000_000;
-            let committed =
-                u64::try_from(self.calendar.committed_peak(&key, at, at + 1)).unwrap_or(0);
-            let in_use = self.sold.get(&(site, model)).copied().unwrap_or(0);
-            if in_use + a.gpu_count() + committed <= sellable {
-                return Ok(a);
-            }
-            self.fleet.allocator.release(a.id);
-            last = Some((
-                Refusal::NoCapacity {
-                    free_gpus: 0,
-                    reason:
-                        "the sellable capacity is taken by contracts and on-demand/internal work"
-                            .to_string(),
-                },
-                false,
-            ));
-            if req.site.is_some() {
-                break;
-            }
-            tried.push(site);
-        }
-        Err(last.unwrap_or((
-            Refusal::NoCapacity {
-                free_gpus: 0,
-                reason: "no site has room".to_string(),
-            },
-            true,
-        )))
+        neocloud_allocator::selling::place_within_sellable(self, req)
     }
 
     fn start_job(&mut self, j: usize, a: &Allocation) {
@@ -1333,4 +1279,44 @@ impl<'a> Engine<'a> {
 fn neocloud_fleet_build(sc: &Scenario, v: &Variant) -> Result<Fleet, SimError> {
     Fleet::build(&sc.fleet, v.fleet_policy, sc.placement, sc.shared_nodes)
         .map_err(|m| invalid("fleet", m))
+}
+
+/// The simulator sells by the service's rule ([`neocloud_allocator::selling`]): its
+/// allocator, and its count of GPUs held by on-demand and internal work (which a placement
+/// joins only when its job starts).
+impl neocloud_allocator::selling::Seller for Engine<'_> {
+    fn place(&mut self, req: &Request) -> Result<Allocation, Refusal> {
+        self.fleet.allocator.place(req)
+    }
+
+    fn release(&mut self, id: InstanceId) {
+        self.fleet.allocator.release(id);
+    }
+
+    fn sites_with(&self, model: &str) -> Vec<neocloud_types::SiteId> {
+        let m = self.model_index(model);
+        (0..self.fleet.sites.len())
+            .filter(|s| self.fleet.pools.contains_key(&(*s, m)))
+            .map(|s| self.fleet.sites[s].id)
+            .collect()
+    }
+
+    fn check_sellable(&self, a: &Allocation) -> Result<(), Refusal> {
+        let site = self.site_index(a.site);
+        let model = self.model_index(&a.gpu_model);
+        let sellable = self.sellable.get(&(site, model)).copied().unwrap_or(0);
+        let key = self.cap_key(site, &a.gpu_model);
+        let at = self.now * 1_000_000;
+        let committed = u64::try_from(self.calendar.committed_peak(&key, at, at + 1)).unwrap_or(0);
+        let held = self.sold.get(&(site, model)).copied().unwrap_or(0) + a.gpu_count();
+        if neocloud_allocator::selling::within_sellable(held * 1000, committed, sellable) {
+            Ok(())
+        } else {
+            Err(Refusal::NoCapacity {
+                free_gpus: 0,
+                reason: "the sellable capacity is taken by contracts and on-demand/internal work"
+                    .to_string(),
+            })
+        }
+    }
 }

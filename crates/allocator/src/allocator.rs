@@ -767,17 +767,8 @@ impl Allocator {
                     "instance {id}: node {node_id} is not shareable and holds another tenant's work"
                 ));
             }
-            let (cpu, mem) = node.host_of(&a);
-            if !node.host_fits(cpu, mem) {
-                return Err(format!(
-                    "instance {id}: node {node_id} has {} CPU thousandths and {} MiB free, \
-                     not {} and {}",
-                    node.cpu_free(),
-                    node.mem_free(),
-                    cpu,
-                    mem
-                ));
-            }
+            // CPU and memory are not checked either: a fleet edit may have lowered a node's
+            // cores or memory under what runs there; that only refuses new placements.
             picks.push((slot, mask));
         }
         match a.shape {
@@ -1054,6 +1045,8 @@ impl Allocator {
     }
 
     fn decide_gpus(&self, req: &Request, scope: &Scope, k: u32) -> Result<Decision, Refusal> {
+        // Whether a node with the GPUs was passed over for its CPU or memory.
+        let host_short = std::cell::Cell::new(false);
         let ki = SHAPES.iter().position(|&s| s == k).unwrap_or(0);
         let worst = self.placement == PlacementPolicy::WorstFit;
         let mut power_refusal = None;
@@ -1070,7 +1063,9 @@ impl Allocator {
                         || self.slots.get(&e.2).is_some_and(|&slot| {
                             let n = &self.nodes[slot];
                             let (cpu, mem) = crate::slices::host_need(n, req);
-                            n.host_fits(cpu, mem)
+                            let fits = n.host_fits(cpu, mem);
+                            host_short.set(host_short.get() || !fits);
+                            fits
                         })
                 };
                 let partial = sets
@@ -1127,6 +1122,7 @@ impl Allocator {
                 let mask = group_mask(offset, k);
                 let host = crate::slices::host_need(node, req);
                 if !node.host_fits(host.0, host.1) {
+                    host_short.set(true);
                     continue;
                 }
                 let busy = node.span_watts() * i64::from(k);
@@ -1161,10 +1157,15 @@ impl Allocator {
         } else {
             ""
         };
+        let host = if host_short.get() {
+            " with the CPU and memory asked for (nodes with free GPUs are short of CPU or memory)"
+        } else {
+            ""
+        };
         Err(Refusal::NoCapacity {
             free_gpus,
             reason: format!(
-                "no {} node{site_words} has {}{who}",
+                "no {} node{site_words} has {}{host}{who}",
                 req.gpu_model,
                 group_words(k)
             ),

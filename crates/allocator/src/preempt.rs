@@ -38,6 +38,10 @@ use crate::{GangLevel, Refusal, Request};
 /// room for each.
 type Plan = (BTreeSet<InstanceId>, Vec<(u32, i64)>);
 
+/// An allocation on a node, as a plan for GPUs in one node weighs it: (GPUs here, may go,
+/// same tenant, GPUs in all, CPU and memory here).
+type Held = (u64, bool, bool, u64, (u64, u64));
+
 /// A node a gang plan could free: (GPUs preempted there, id, slot).
 type Freeable = (u64, NodeId, usize);
 
@@ -270,8 +274,9 @@ impl Allocator {
         if !node.schedulable || node.gpus < k {
             return None;
         }
-        // (GPUs here, may go, same tenant, GPUs in all) per allocation on the node.
-        let held: Vec<(u64, bool, bool, u64)> = node
+        // (GPUs here, may go, same tenant, GPUs in all, CPU and memory here) per allocation
+        // on the node.
+        let held: Vec<Held> = node
             .allocs
             .iter()
             .filter_map(|&(inst, tenant)| {
@@ -281,9 +286,11 @@ impl Allocator {
                     self.eligible(req, a.class),
                     tenant == req.tenant,
                     a.gpu_count(),
+                    node.host_of(a),
                 ))
             })
             .collect();
+        let (need_cpu, need_mem) = crate::slices::host_need(node, req);
         let mut best: Option<(u64, u64)> = None;
         let mut offset = 0;
         while offset + k <= node.gpus {
@@ -294,7 +301,8 @@ impl Allocator {
             }
             let mut cost = 0;
             let mut ok = true;
-            for &(mask, eligible, same_tenant, gpus) in &held {
+            let (mut cpu_freed, mut mem_freed) = (0u64, 0u64);
+            for &(mask, eligible, same_tenant, gpus, (cpu, mem)) in &held {
                 if mask & group == 0 && (node.shareable || same_tenant) {
                     continue;
                 }
@@ -303,7 +311,23 @@ impl Allocator {
                     break;
                 }
                 cost += gpus;
+                cpu_freed += cpu;
+                mem_freed += mem;
             }
+            // The group must leave the request the CPU and memory it needs too, or the plan
+            // would preempt work and still not place it.
+            ok &= (node.cpu_milli == 0
+                || node
+                    .cpu_used
+                    .saturating_sub(cpu_freed)
+                    .saturating_add(need_cpu)
+                    <= node.cpu_milli)
+                && (node.mem_mib == 0
+                    || node
+                        .mem_used
+                        .saturating_sub(mem_freed)
+                        .saturating_add(need_mem)
+                        <= node.mem_mib);
             if ok && best.is_none_or(|(c, _)| cost < c) {
                 best = Some((cost, group));
             }

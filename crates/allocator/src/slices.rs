@@ -124,6 +124,9 @@ pub(crate) struct GroupKey {
     pub mem_free: u64,
     /// Healthy GPUs' states, largest free first.
     pub gpus: Vec<GpuKey>,
+    /// Entirely free aligned groups of 2, 4 and 8 GPUs: which GPUs are free matters to
+    /// whole-GPU shapes, not only how many (free GPUs 1-2 hold no aligned pair, 0-1 do).
+    pub aligned: [u8; 3],
 }
 
 impl GroupKey {
@@ -135,6 +138,7 @@ impl GroupKey {
             cpu_free: 0,
             mem_free: 0,
             gpus: Vec::new(),
+            aligned: [0; 3],
         }
     }
 
@@ -182,10 +186,11 @@ impl GroupKey {
         let mine = |t: Option<TenantId>| t.is_none_or(|t| t == tenant);
         match need {
             Need::Cpu => self.sharing.cpu_only,
-            Need::Whole(k) => {
-                self.gpus.iter().filter(|g| g.0 == 1000).count()
-                    >= usize::try_from(k).unwrap_or(usize::MAX)
-            }
+            Need::Whole(1) => self.gpus.iter().any(|g| g.0 == 1000),
+            Need::Whole(2) => self.aligned[0] > 0,
+            Need::Whole(4) => self.aligned[1] > 0,
+            Need::Whole(8) => self.aligned[2] > 0,
+            Need::Whole(_) => false,
             Need::Share(m) => {
                 self.sharing.slices
                     && self
@@ -266,12 +271,23 @@ impl Node {
             .map(|g| self.gpu_key(g))
             .collect();
         gpus.sort_unstable_by(|a, b| b.cmp(a));
+        let free = self.free();
+        let aligned = [2u32, 4, 8].map(|k| {
+            let n = (0..self.gpus / k)
+                .filter(|i| {
+                    let g = group_mask(i * k, k);
+                    free & g == g
+                })
+                .count();
+            u8::try_from(n).unwrap_or(u8::MAX)
+        });
         GroupKey {
             owner: self.owner(),
             sharing: self.sharing,
             cpu_free: self.cpu_free(),
             mem_free: self.mem_free(),
             gpus,
+            aligned,
         }
     }
 

@@ -402,3 +402,85 @@ proptest! {
         run(placement, &ops);
     }
 }
+
+#[test]
+fn whole_gpu_shapes_find_an_aligned_group_among_nodes_with_as_many_free_gpus() {
+    // Free GPUs 1-2 on the first node hold no aligned pair; 0-1 on the second do. Both
+    // have two free GPUs: the policy must not take them for the same.
+    for placement in [
+        PlacementPolicy::Fragmentation,
+        PlacementPolicy::BestFit,
+        PlacementPolicy::FirstFit,
+    ] {
+        let mut a = Allocator::new(FleetPolicy::LabFirst, placement);
+        let n1 = node(&mut a, 1, true, false);
+        let n2 = node(&mut a, 2, true, false);
+        let mut id = 100;
+        for (n, taken) in [(n1, [0, 3, 4, 5, 6, 7]), (n2, [2, 3, 4, 5, 6, 7])] {
+            for g in taken {
+                id += 1;
+                let mut al = a
+                    .try_place(&req(id, 1, Shape::Gpus { gpus: 1 }))
+                    .expect("room for one GPU");
+                al.gpus = vec![(n, vec![g])];
+                a.restore(al).unwrap();
+            }
+        }
+        let got = a.place(&req(1, 2, Shape::Gpus { gpus: 2 })).unwrap();
+        assert_eq!(got.gpus, vec![(n2, vec![0, 1])], "{placement:?}");
+        a.check_invariants().unwrap();
+    }
+}
+
+#[test]
+fn running_work_survives_a_node_that_lost_cpu_and_memory() {
+    let mut a = Allocator::new(FleetPolicy::LabFirst, PlacementPolicy::Fragmentation);
+    node(&mut a, 1, true, false);
+    a.place(&req(1, 1, mig(MigProfile::P7g80gb))).unwrap();
+    a.place(&Request {
+        cpu_milli: Some(40_000),
+        ..req(2, 1, Shape::Gpus { gpus: 2 })
+    })
+    .unwrap();
+    let mut snap = a.snapshot();
+    // A fleet edit: the node now has 8 cores and 64 GiB, less than what runs there.
+    snap.nodes[0].cpu_milli = 8_000;
+    snap.nodes[0].memory_mib = 64 << 10;
+    let mut b = Allocator::from_snapshot(&snap).expect("running work is restored");
+    b.check_invariants().unwrap();
+    assert_eq!(b.allocation_count(), 2);
+    // New work that needs CPU is refused until the over-commit is gone.
+    let r = b.place(&req(3, 1, Shape::Gpus { gpus: 1 }));
+    assert!(
+        matches!(&r, Err(Refusal::NoCapacity { reason, .. }) if reason.contains("CPU")),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_preemption_plan_frees_the_cpu_its_request_needs_or_there_is_none() {
+    let mut a = Allocator::new(FleetPolicy::LabFirst, PlacementPolicy::BestFit);
+    node(&mut a, 1, true, false);
+    let spot = |id, shape, cpu| Request {
+        class: Class::Spot,
+        cpu_milli: Some(cpu),
+        ..req(id, 9, shape)
+    };
+    for i in 0..8 {
+        a.place(&spot(i + 1, Shape::Gpus { gpus: 1 }, 1000))
+            .unwrap();
+    }
+    a.place(&spot(20, Shape::Cpu, 80_000)).unwrap();
+    // An on-demand GPU needs 12 cores; one spot GPU's release would free only 1.
+    let want = req(30, 1, Shape::Gpus { gpus: 1 });
+    match a.preemption_plan(&want) {
+        None => {}
+        Some(victims) => {
+            let mut b = a.clone();
+            for v in victims {
+                b.release(v);
+            }
+            b.place(&want).expect("a plan makes room, CPU included");
+        }
+    }
+}

@@ -539,3 +539,49 @@ both_backends!(
         let _ = inst_a;
     }
 );
+
+both_backends!(
+    the_launch_form_sells_shares_and_mig_instances,
+    |ctx: TestContext| async move {
+        let (key_a, _, _, _) = two_tenants(&ctx).await;
+        let mut b = Browser::new(&ctx);
+        b.sign_in(&key_a).await;
+        let form = b.get("/instances").await.body;
+        assert!(form.contains(r#"name="share""#) && form.contains(r#"name="mig""#));
+        let token = Browser::csrf(&form);
+        let origin = format!("http://{}", ctx.addr);
+        let same = [("origin", origin.as_str())];
+        let m = "H100-SXM-80GB";
+        let with = |extra: (&str, &str), idem: &str| {
+            let mut f = launch_form(&token, "", idem, m);
+            f.push((extra.0.to_string(), extra.1.to_string()));
+            f
+        };
+        let before = listed(&b.get("/instances").await.body);
+        // Bad slices come back with the reason, nothing made.
+        for (extra, why) in [
+            (("share", "0"), "1 to 1000"),
+            (("share", "1001"), "1 to 1000"),
+            (("mig", "9g.99gb"), "MIG profile"),
+            (("mig", "1g.5gb"), "not one of"),
+        ] {
+            let g = post_launch(&b, &with(extra, "bad"), &same).await;
+            assert!(g.status >= 400 && g.status < 500, "{extra:?}: {}", g.body);
+            assert!(g.body.contains(why), "{extra:?}: {}", g.body);
+        }
+        assert_eq!(listed(&b.get("/instances").await.body), before);
+        // A quarter of a GPU and a MIG instance launch and show what they hold.
+        let g = post_launch(&b, &with(("share", "250"), "s1"), &same).await;
+        assert_eq!(g.status, 303, "{}", g.body);
+        let page = b.get(g.location.as_deref().unwrap()).await.body;
+        assert!(page.contains("0.250 of a GPU"), "{page}");
+        assert!(page.contains(r#"id="instance-state">running<"#), "{page}");
+        let g = post_launch(&b, &with(("mig", "3g.40gb"), "m1"), &same).await;
+        assert_eq!(g.status, 303, "{}", g.body);
+        let page = b.get(g.location.as_deref().unwrap()).await.body;
+        assert!(page.contains("MIG 3g.40gb"), "{page}");
+        let list = b.get("/instances").await.body;
+        assert_eq!(listed(&list), before + 2);
+        assert!(list.contains("0.250 of a GPU") && list.contains("MIG 3g.40gb"));
+    }
+);

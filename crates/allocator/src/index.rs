@@ -159,6 +159,12 @@ pub(crate) struct Bucket {
     /// Groups by how many entirely free GPUs they have (1 or more), the tightest first:
     /// where whole GPUs can go.
     pub whole: BTreeMap<u32, GroupIndex>,
+    /// Groups with at least one entirely free GPU, the tightest first: where a slice can
+    /// open a fresh GPU.
+    pub fresh: GroupIndex,
+    /// The same groups by free CPU thousandths, the tightest first: where CPU-only work can
+    /// go.
+    pub by_cpu: BTreeMap<(u64, GroupKey), NodeId>,
 }
 
 /// An ordered index of groups: (free GPU thousandths, group) → the group's lowest node id.
@@ -191,6 +197,16 @@ impl Bucket {
             put(w);
             if w.is_empty() {
                 self.whole.remove(&whole);
+            }
+            put(&mut self.fresh);
+        }
+        let by_cpu = (key.1.cpu_free, key.1.clone());
+        match rep {
+            Some(id) => {
+                self.by_cpu.insert(by_cpu, id);
+            }
+            None => {
+                self.by_cpu.remove(&by_cpu);
             }
         }
         put(&mut self.tight);

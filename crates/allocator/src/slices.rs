@@ -215,7 +215,7 @@ impl GroupKey {
 const SCORED_GROUPS: usize = 16;
 
 /// GPUs of one node a fragmentation-aware decision scores for a slice: the tightest.
-const SCORED_PICKS: usize = 2;
+const SCORED_PICKS: usize = 1;
 
 /// Groups a fragmentation-aware decision looks at, at most, per scope once one fits: past
 /// the tightest groups, those that do not fit are mostly other tenants' partly used GPUs.
@@ -551,9 +551,16 @@ impl Allocator {
                                     v.push(Box::new(p.range((need.gpu_floor(), least())..)));
                                 }
                             }
-                            v.push(Box::new(b.tight.range((1000, least())..)));
+                            v.push(Box::new(b.fresh.iter()));
                             v
                         }
+                        (_, Need::Whole(1)) => vec![Box::new(b.fresh.iter())],
+                        // Ours looks at CPU-only work's candidates among the groups with the CPU
+                        // it asks for, the tightest CPU first (the measure then prefers nodes
+                        // whose GPUs need none of it).
+                        (PlacementPolicy::Fragmentation, Need::Cpu) => vec![Box::new(
+                            b.by_cpu.range((req.cpu_milli.unwrap_or(0), least())..),
+                        )],
                         (_, Need::Whole(k)) => b
                             .whole
                             .range(k..)

@@ -286,7 +286,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                     "applied fleet file"),
                 Ok(None) => {}
                 Err(e) => {
-                    let mut msg = format!("{}: {}", path.display(), e.message);
+                    // An internal error's detail is what the operator needs here: there is
+                    // no other log to read when start-up fails.
+                    let what = e.internal.as_deref().unwrap_or(&e.message);
+                    let mut msg = format!("{}: {what}", path.display());
                     for f in e.field_errors.iter().skip(1).take(20) {
                         msg.push_str(&format!(
                             "\n  line {}, column {}: {}: {}",

@@ -65,15 +65,34 @@ impl Replica {
             .arg("--data-dir")
             .arg(&self.dir)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stdout(Stdio::piped());
+        // Kept (appended over restarts) so that a serve that fails to start says why.
+        let _ = std::fs::create_dir_all(&self.dir);
+        let log = self.dir.join("serve.stderr");
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+        {
+            Ok(f) => cmd.stderr(f),
+            Err(_) => cmd.stderr(Stdio::null()),
+        };
         if let Some(f) = fleet {
             cmd.arg("--fleet").arg(f);
         }
         let mut child = cmd.spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         loop {
-            let line = lines.next().expect("serve exited early").unwrap();
+            let Some(Ok(line)) = lines.next() else {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = said.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "serve on port {} exited early; its stderr ends:\n{}",
+                    self.port,
+                    tail.join("\n")
+                );
+            };
             if line.starts_with("neocloud is serving on http://") {
                 break;
             }

@@ -69,28 +69,19 @@ impl Need {
             Need::Cpu => 0,
         }
     }
-
-    /// Thousandths of a GPU-slot (of the node's GPUs) the need stands for, for proportional
-    /// CPU and memory.
-    fn gpu_milli(self) -> u64 {
-        match self {
-            Need::Whole(k) => u64::from(k) * 1000,
-            Need::Share(m) => u64::from(m),
-            Need::Mig(p) => u64::from(p.compute_slices()) * 1000 / 7,
-            Need::Cpu => 0,
-        }
-    }
 }
 
 /// The CPU thousandths and memory MiB a request takes on `node`: what it asks for, or its
 /// part of the node's GPUs times the node's CPU and memory.
 pub(crate) fn host_need(node: &Node, req: &Request) -> (u64, u64) {
-    let Some(need) = Need::of(req.shape) else {
+    if matches!(req.shape, Shape::Nodes { .. }) {
         return (node.cpu_milli, node.mem_mib);
-    };
+    }
+    // The shape's thousandths of one GPU (a whole-GPU shape: 1000 per GPU).
+    let milli = req.shape.gpu_milli_of_one_node(node.gpus);
     let part = |total: u64| -> u64 {
         let den = u128::from(node.gpus.max(1)) * 1000;
-        u64::try_from(u128::from(total) * u128::from(need.gpu_milli()) / den).unwrap_or(u64::MAX)
+        u64::try_from(u128::from(total) * u128::from(milli) / den).unwrap_or(u64::MAX)
     };
     (
         req.cpu_milli.unwrap_or_else(|| part(node.cpu_milli)),
@@ -371,9 +362,10 @@ impl Node {
 /// One ordered walk over a bucket's groups: ((free GPU thousandths, group), lowest node).
 type Source<'a> = Box<dyn Iterator<Item = (&'a (u64, GroupKey), &'a NodeId)> + 'a>;
 
-/// How a node ranks for a request (smaller is better): (fragmentation growth, free GPU
-/// thousandths after, free CPU after, node id).
-type Rank = (u64, u64, u64, NodeId);
+/// How a node ranks for a request (smaller is better): (whether it hands an empty unshared
+/// node to one tenant, fragmentation growth, free GPU thousandths after, free CPU after,
+/// node id).
+type Rank = (bool, u64, u64, u64, NodeId);
 
 /// A place for a request inside one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -730,15 +722,21 @@ impl Allocator {
                 (p, d)
             }
         };
+        // The measure does not see tenants: on a node no other tenant may share, the first
+        // instance takes the whole node away from everyone else, so ours opens one only when
+        // no used node fits (as best-fit does by tightness).
+        let opens =
+            policy == PlacementPolicy::Fragmentation && !node.shareable && node.allocs.is_empty();
         let rank = match policy {
-            PlacementPolicy::FirstFit => (0, 0, 0, node.id),
+            PlacementPolicy::FirstFit => (false, 0, 0, 0, node.id),
             PlacementPolicy::WorstFit => (
+                false,
                 0,
                 u64::MAX - best.gpu_free_after,
                 u64::MAX - cpu_after,
                 node.id,
             ),
-            _ => (frag, best.gpu_free_after, cpu_after, node.id),
+            _ => (opens, frag, best.gpu_free_after, cpu_after, node.id),
         };
         Some((rank, best))
     }

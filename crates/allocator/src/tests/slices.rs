@@ -484,3 +484,20 @@ fn a_preemption_plan_frees_the_cpu_its_request_needs_or_there_is_none() {
         }
     }
 }
+
+#[test]
+fn on_unshared_nodes_a_tenant_fills_its_node_before_opening_another() {
+    // Without the rule, ours put the second share on a fresh node (it fragments no GPU),
+    // which handed both nodes to one tenant and refused the other one.
+    for placement in [PlacementPolicy::BestFit, PlacementPolicy::Fragmentation] {
+        let mut a = Allocator::new(FleetPolicy::LabFirst, placement);
+        let n1 = node(&mut a, 1, false, false);
+        let n2 = node(&mut a, 2, false, false);
+        let x = a.place(&req(1, 1, share(500))).unwrap();
+        let y = a.place(&req(2, 1, share(250))).unwrap();
+        assert_eq!((x.gpus[0].0, y.gpus[0].0), (n1, n1), "{placement:?}");
+        let z = a.place(&req(3, 2, share(250))).unwrap();
+        assert_eq!(z.gpus[0].0, n2, "{placement:?}");
+        a.check_invariants().unwrap();
+    }
+}

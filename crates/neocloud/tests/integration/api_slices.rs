@@ -383,3 +383,81 @@ async fn cpu_only_instances_postgres() {
         cpu_only_instances(ctx).await;
     }
 }
+
+/// `--placement fragmentation` through the service: slices and whole GPUs of two models run, a
+/// tenant's shares pack onto one GPU, the capacity report names the policy, and a restart
+/// rebuilds the same state.
+async fn fragmentation_policy(ctx: TestContext) {
+    let (ka, kb, _) = setup(&ctx).await;
+    let launch = |k: &str, body: Value| {
+        let k = k.to_string();
+        let ctx = &ctx;
+        async move { ctx.post("/v1/instances", &k, &body).await.expect(201) }
+    };
+    let h100 = "H100-SXM-80GB";
+    let s1 = launch(
+        &ka,
+        json!({"gpu_model": h100, "shape": {"kind": "share", "milli": 500}}),
+    )
+    .await;
+    let s2 = launch(
+        &ka,
+        json!({"gpu_model": h100, "shape": {"kind": "share", "milli": 250}}),
+    )
+    .await;
+    let other = launch(
+        &kb,
+        json!({"gpu_model": h100, "shape": {"kind": "share", "milli": 250}}),
+    )
+    .await;
+    let m = launch(
+        &ka,
+        json!({"gpu_model": h100, "shape": {"kind": "mig", "profile": "3g.40gb"}}),
+    )
+    .await;
+    let w = launch(&ka, json!({"gpu_model": h100, "gpus": 2})).await;
+    let g = launch(&kb, json!({"gpu_model": "GB200", "gpus": 2})).await;
+    for i in [&s1, &s2, &other, &m, &w, &g] {
+        assert_eq!(i["state"], "running", "{i}");
+    }
+    assert_eq!(gpu_of(&s1), gpu_of(&s2), "one tenant's shares fill one GPU");
+    assert_ne!(
+        gpu_of(&other),
+        gpu_of(&s1),
+        "another tenant gets another GPU"
+    );
+    let cap = ctx.get("/v1/capacity", &ctx.operator_key).await.expect(200);
+    assert_eq!(
+        cap["items"][0]["placement_policy"], "fragmentation",
+        "{cap}"
+    );
+    let before = ctx.svc.allocator_fingerprint().await;
+    let again = neocloud_service::Service::open_with(&ctx.database_url(), fragmentation())
+        .await
+        .unwrap();
+    assert_eq!(again.allocator_fingerprint().await, before);
+}
+
+fn fragmentation() -> neocloud_service::SchedulerConfig {
+    neocloud_service::SchedulerConfig {
+        placement: neocloud_service::PlacementPolicy::Fragmentation,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragmentation_policy_sqlite() {
+    fragmentation_policy(
+        TestContext::start_configured(Db::Sqlite, fragmentation())
+            .await
+            .unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragmentation_policy_postgres() {
+    if let Some(ctx) = TestContext::start_configured(Db::Postgres, fragmentation()).await {
+        fragmentation_policy(ctx).await;
+    }
+}

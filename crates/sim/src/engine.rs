@@ -76,6 +76,18 @@ struct JobState {
     pool: Option<u32>,
 }
 
+impl JobState {
+    /// A job that has not arrived yet.
+    const NEW: JobState = JobState {
+        state: State::New,
+        start: 0,
+        metered_from: 0,
+        gpus: 0,
+        site: 0,
+        pool: None,
+    };
+}
+
 struct ContractRun {
     id: ContractId,
     active: bool,
@@ -248,17 +260,7 @@ impl<'a> Engine<'a> {
     pub(crate) fn new(sc: &'a Scenario, v: &'a Variant, seed: u64) -> Result<Self, SimError> {
         let fleet = neocloud_fleet_build(sc, v)?;
         let jobs = demand::jobs(sc, v, &fleet.models, seed);
-        let st = vec![
-            JobState {
-                state: State::New,
-                start: 0,
-                metered_from: 0,
-                gpus: 0,
-                site: 0,
-                pool: None,
-            };
-            jobs.len()
-        ];
+        let st = vec![JobState::NEW; jobs.len()];
         let mut sellable = BTreeMap::new();
         for &(site, model) in fleet.pools.keys() {
             let total = fleet.gpus_of(site, model);
@@ -1185,14 +1187,7 @@ impl<'a> Engine<'a> {
         again.duration = rest;
         let n = self.jobs.len();
         self.jobs.push(again);
-        self.st.push(JobState {
-            state: State::New,
-            start: 0,
-            metered_from: 0,
-            gpus: 0,
-            site: 0,
-            pool: None,
-        });
+        self.st.push(JobState::NEW);
         self.tally.classes[class_index(self.jobs[j].class)].relaunched += 1;
         self.push(self.now, Kind::Arrival, n as u64);
     }

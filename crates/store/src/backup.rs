@@ -248,49 +248,55 @@ async fn connect(path: &Path) -> Result<SqliteConnection, BackupError> {
     Ok(conn)
 }
 
+/// The first column of every row `sql` returns.
+async fn first_column<T>(
+    conn: &mut SqliteConnection,
+    path: &Path,
+    sql: &str,
+) -> Result<Vec<T>, BackupError>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    sqlx::query(sql)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(sql_err(path))?
+        .iter()
+        .map(|r| r.try_get::<T, _>(0))
+        .collect::<Result<_, _>>()
+        .map_err(sql_err(path))
+}
+
 /// Checks a database file that nothing else uses: SQLite's integrity check, a neocloud
 /// schema no newer than this binary's, and what it holds.
 async fn verify(path: &Path) -> Result<DatabaseSummary, BackupError> {
     let mut conn = connect(path).await?;
-    let problems: Vec<String> = sqlx::query("PRAGMA integrity_check(20)")
-        .fetch_all(&mut conn)
-        .await
-        .map_err(sql_err(path))?
-        .iter()
-        .map(|r| r.try_get::<String, _>(0))
-        .collect::<Result<_, _>>()
-        .map_err(sql_err(path))?;
+    let problems: Vec<String> = first_column(&mut conn, path, "PRAGMA integrity_check(20)").await?;
     if problems != ["ok"] {
         return Err(BackupError::Damaged {
             path: path.to_path_buf(),
             detail: problems.join("; "),
         });
     }
-    let tables: Vec<String> = sqlx::query(
+    let tables: Vec<String> = first_column(
+        &mut conn,
+        path,
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
          ORDER BY name",
     )
-    .fetch_all(&mut conn)
-    .await
-    .map_err(sql_err(path))?
-    .iter()
-    .map(|r| r.try_get::<String, _>(0))
-    .collect::<Result<_, _>>()
-    .map_err(sql_err(path))?;
+    .await?;
     if !tables.iter().any(|t| t == "schema_migrations") {
         return Err(BackupError::NotNeocloud {
             path: path.to_path_buf(),
             why: "it has no schema_migrations table".into(),
         });
     }
-    let applied: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations ORDER BY version")
-        .fetch_all(&mut conn)
-        .await
-        .map_err(sql_err(path))?
-        .iter()
-        .map(|r| r.try_get::<i64, _>(0))
-        .collect::<Result<_, _>>()
-        .map_err(sql_err(path))?;
+    let applied: Vec<i64> = first_column(
+        &mut conn,
+        path,
+        "SELECT version FROM schema_migrations ORDER BY version",
+    )
+    .await?;
     let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
     let version = applied.last().copied().unwrap_or(0);
     if version > known {

@@ -54,6 +54,17 @@ async fn post(
     (status, serde_json::from_str(&text).unwrap_or(json!(text)))
 }
 
+/// Launches 8 H100s for acme through one replica: (status, body).
+async fn launch8(url: &str, key: &str) -> (u16, serde_json::Value) {
+    post(
+        url,
+        key,
+        "/v1/instances",
+        json!({"tenant_id": "acme", "gpu_model": "H100-SXM-80GB", "gpus": 8}),
+    )
+    .await
+}
+
 async fn get(url: &str, key: &str, path: &str) -> serde_json::Value {
     reqwest::Client::new()
         .get(format!("{url}{path}"))
@@ -112,22 +123,10 @@ both_backends!(
         assert_eq!(readyz(&b_url).await, format!("ready (follower of {a_url})"));
 
         // A write sent to the follower is forwarded to the leader and answered from there.
-        let (s, i1) = post(
-            &b_url,
-            &k,
-            "/v1/instances",
-            json!({"tenant_id": "acme", "gpu_model": "H100-SXM-80GB", "gpus": 8}),
-        )
-        .await;
+        let (s, i1) = launch8(&b_url, &k).await;
         assert_eq!(s, 404, "unknown tenant, answered by the leader: {i1}");
         ctx.tenant("acme").await;
-        let (s, i1) = post(
-            &b_url,
-            &k,
-            "/v1/instances",
-            json!({"tenant_id": "acme", "gpu_model": "H100-SXM-80GB", "gpus": 8}),
-        )
-        .await;
+        let (s, i1) = launch8(&b_url, &k).await;
         assert_eq!(s, 201, "{i1}");
         assert_eq!(i1["state"], "running");
         assert_eq!(allocated(&a_url, &k).await, 8);
@@ -222,13 +221,7 @@ both_backends!(
         assert!(b.is_leader());
         assert!(a.is_leader(), "the old leader has not noticed yet");
         // Its late writes are fenced: refused, nothing changed.
-        let (s, e) = post(
-            &a_url,
-            &k,
-            "/v1/instances",
-            json!({"tenant_id": "acme", "gpu_model": "H100-SXM-80GB", "gpus": 8}),
-        )
-        .await;
+        let (s, e) = launch8(&a_url, &k).await;
         assert_eq!(s, 503, "{e}");
         assert_eq!(e["code"], "unavailable");
         let (s, e) = post(&a_url, &k, "/v1/tenants", json!({"name": "late"})).await;

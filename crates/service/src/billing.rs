@@ -317,22 +317,28 @@ impl Service {
         }
         let book = self.price_book().await?;
         if month.end() <= now {
-            // Close the month for this tenant's running instances, under the scheduler's
-            // lock so no stop meters the same interval at the same time.
-            let _sched = self.sched.lock().await;
-            let live = self.store.instance_list_live().await?;
-            for i in live
-                .iter()
-                .filter(|i| i.tenant_id == tenant.id && i.state.holds_gpus())
-            {
-                let metered = self.store.instance_metered_until(i.id).await?;
-                if metered.is_some_and(|m| m >= month.end()) {
-                    continue;
-                }
-                let mut tx = self.store.begin_write().await?;
-                meter(&self.store, &mut tx, &book, i, metered, month.end()).await?;
-                tx.commit().await?;
-            }
+            // Close the month for this tenant's running instances, written in order with
+            // the scheduler's decisions so no stop meters the same interval at the same
+            // time.
+            let tenant_id = tenant.id;
+            let book = book.clone();
+            self.write_ordered(crate::writer::extra(move |store, tx| {
+                Box::pin(async move {
+                    let live = store.instance_list_live().await?;
+                    for i in live
+                        .iter()
+                        .filter(|i| i.tenant_id == tenant_id && i.state.holds_gpus())
+                    {
+                        let metered = Store::instance_metered_until_tx(tx, i.id).await?;
+                        if metered.is_some_and(|m| m >= month.end()) {
+                            continue;
+                        }
+                        meter(store, tx, &book, i, metered, month.end()).await?;
+                    }
+                    Ok(())
+                })
+            }))
+            .await?;
         }
         let contracts: Vec<neocloud_billing::invoice::ContractTerms> = self
             .store
@@ -751,40 +757,46 @@ impl Service {
 impl Service {
     /// Recomputes the spot price of every pool (site and GPU model) from its utilization and
     /// records it when it changed: `floor + (ceiling − floor) × max(0, u − 50%) / 50%`.
-    pub(crate) async fn spot_reprice(
-        &self,
-        sched: &crate::scheduler::Sched,
-        book: &PriceBook,
-        now: Timestamp,
-    ) -> Result<usize> {
+    pub(crate) async fn spot_reprice(&self, book: &PriceBook, now: Timestamp) -> Result<usize> {
         let mut changed = 0;
-        for site in &sched.sites {
-            for m in &site.gpus_by_model {
-                let total = u64::try_from(m.gpus).unwrap_or(0);
-                if total == 0 {
-                    continue;
+        // Utilization of every pool, read under the lock in one go; the prices are written
+        // after it is released.
+        let pools: Vec<(neocloud_types::SiteId, String, u32)> = {
+            let sched = crate::scheduler::lock(&self.sched);
+            let mut v = Vec::new();
+            for site in sched.sites() {
+                for m in &site.gpus_by_model {
+                    let total = u64::try_from(m.gpus).unwrap_or(0);
+                    if total == 0 {
+                        continue;
+                    }
+                    let free = sched
+                        .alloc()
+                        .free_gpus(Some(site.id), &m.gpu_model)
+                        .min(total);
+                    let used_milli =
+                        u32::try_from((total - free) * 1000 / total).unwrap_or(1000);
+                    v.push((site.id, m.gpu_model.clone(), used_milli));
                 }
-                let free = sched
-                    .alloc
-                    .free_gpus(Some(site.id), &m.gpu_model)
-                    .min(total);
-                let used_milli = u32::try_from((total - free) * 1000 / total).unwrap_or(1000);
-                let (Some(floor), Some(ceiling)) = (
-                    book.price_at(&m.gpu_model, site.id, PriceKind::SpotFloor, now),
-                    book.price_at(&m.gpu_model, site.id, PriceKind::SpotCeiling, now),
-                ) else {
-                    continue;
-                };
-                let price = neocloud_billing::prices::spot_price(floor, ceiling, used_milli);
-                let last = self.store.spot_price_series(&m.gpu_model, site.id).await?;
-                if last.last().map(|(_, p)| *p) == Some(price) {
-                    continue;
-                }
-                let mut tx = self.store.begin_write().await?;
-                Store::spot_price_insert(&mut tx, &m.gpu_model, site.id, now, price).await?;
-                tx.commit().await?;
-                changed += 1;
             }
+            v
+        };
+        for (site, model, used_milli) in pools {
+            let (Some(floor), Some(ceiling)) = (
+                book.price_at(&model, site, PriceKind::SpotFloor, now),
+                book.price_at(&model, site, PriceKind::SpotCeiling, now),
+            ) else {
+                continue;
+            };
+            let price = neocloud_billing::prices::spot_price(floor, ceiling, used_milli);
+            let last = self.store.spot_price_series(&model, site).await?;
+            if last.last().map(|(_, p)| *p) == Some(price) {
+                continue;
+            }
+            let mut tx = self.store.begin_write().await?;
+            Store::spot_price_insert(&mut tx, &model, site, now, price).await?;
+            tx.commit().await?;
+            changed += 1;
         }
         Ok(changed)
     }
@@ -827,10 +839,10 @@ impl Service {
             return Err(Error::invalid(format!("{m} has not started")));
         }
         let elapsed_secs = (m.end().min(now).micros() - m.start().micros()) / 1_000_000;
-        let sched = self.sched.lock().await;
-        let sites = sched.sites.clone();
-        let config = sched.config.clone();
-        drop(sched);
+        let (sites, config) = {
+            let sched = crate::scheduler::lock(&self.sched);
+            (sched.sites().to_vec(), sched.config().clone())
+        };
         let tenants = self
             .store
             .tenant_list(None, None, crate::MAX_PAGE_SIZE)
@@ -880,11 +892,11 @@ impl Service {
     pub async fn report_power(&self, p: &Principal) -> Result<Vec<crate::PowerRow>> {
         auth::authorize(p, Action::ReadCapacity)?;
         let sites = self.store.site_list().await?;
-        let sched = self.sched.lock().await;
+        let sched = crate::scheduler::lock(&self.sched);
         Ok(sites
             .into_iter()
             .map(|s| {
-                let used = sched.alloc.site_power(s.id).allocated_watts;
+                let used = sched.alloc().site_power(s.id).allocated_watts;
                 // watts × $/MWh / 1,000,000 = $/hour; exact in micro-dollars.
                 let cost = i128::from(used) * i128::from(s.energy_usd_per_mwh.micros()) / 1_000_000;
                 crate::PowerRow {

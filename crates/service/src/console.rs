@@ -61,15 +61,19 @@ impl Service {
         &self,
         site: SiteId,
     ) -> Result<(Arc<Vec<NodeCell>>, HashMap<NodeId, NodeState>)> {
-        let cached = self.sched.lock().await.map_cells.get(&site).cloned();
+        let cached = self
+            .map_cells
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&site)
+            .cloned();
         let layout = match cached {
             Some(c) => c,
             None => {
                 let cells = Arc::new(self.store.node_cells(site).await?);
-                self.sched
+                self.map_cells
                     .lock()
-                    .await
-                    .map_cells
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(site, cells.clone());
                 cells
             }
@@ -95,9 +99,9 @@ impl Service {
         let (layout, unusual) = self.site_cells(site.id).await?;
         let owners: HashMap<ContractId, TenantId> =
             self.store.contract_tenants().await?.into_iter().collect();
-        let sched = self.sched.lock().await;
+        let sched = crate::scheduler::lock(&self.sched);
         let mut held: HashMap<NodeId, (u32, TenantId)> = HashMap::new();
-        for a in sched.alloc.allocations() {
+        for a in sched.alloc().allocations() {
             if a.site != site.id {
                 continue;
             }
@@ -113,11 +117,11 @@ impl Service {
                     held.get(&r.id).map_or((0, None), |(g, t)| (*g, Some(*t)));
                 let stored = unusual.get(&r.id).copied().unwrap_or(NodeState::Available);
                 let pool_tenant = sched
-                    .alloc
+                    .alloc()
                     .node_pool(r.id)
                     .and_then(|c| owners.get(&c).copied());
                 MapCell {
-                    state: allocated_view_state(&sched.alloc, r.id, stored),
+                    state: allocated_view_state(sched.alloc(), r.id, stored),
                     id: r.id,
                     name: r.name.clone(),
                     block_path: r.block_path.clone(),

@@ -2,16 +2,17 @@
 //! whole nodes pinned at the start, release at the end or on cancellation.
 
 use neocloud_allocator::calendar::CapacityKey;
-use neocloud_allocator::{PlacementPolicy, Request};
+use neocloud_allocator::PlacementPolicy;
 use neocloud_store::{NewEvent, Page, Store, contract_value};
 use neocloud_types::{
-    Class, Contract, ContractId, ContractState, GangLevel, InstanceId, InstanceState, Money, Shape,
+    Class, Contract, ContractId, ContractState, GangLevel, Money,
     Site, TenantId, Timestamp,
 };
 
 use crate::auth::{self, Action, Principal};
 use crate::error::{Error, ErrorCode, Result};
-use crate::scheduler::{self, Sched};
+use crate::scheduler;
+use neocloud_scheduler::{Command, Scheduler};
 use crate::{ContractTerms, Quote, Service, page_limit};
 
 const HOUR_US: i64 = 3_600_000_000;
@@ -105,12 +106,12 @@ impl Service {
         })
     }
 
-    fn sellable(sched: &Sched, site: &Site, model: &str) -> i64 {
-        scheduler::sellable(&sched.config, site, model)
+    fn sellable(sched: &Scheduler, site: &Site, model: &str) -> i64 {
+        scheduler::sellable(sched.config(), site, model)
     }
 
     fn quote_in(
-        sched: &Sched,
+        sched: &Scheduler,
         book: &neocloud_billing::prices::PriceBook,
         t: &ContractTerms,
         c: &Checked,
@@ -138,15 +139,15 @@ impl Service {
             let key = CapacityKey::new(site.id, &t.gpu_model);
             let cap = Self::sellable(sched, site, &t.gpu_model);
             let fits = sched
-                .calendar
+                .calendar()
                 .fits(&key, c.start.micros(), c.end.micros(), gpus, cap);
             let max = sched
-                .calendar
+                .calendar()
                 .max_count(&key, c.start.micros(), c.end.micros(), cap)
                 .max(0);
             let max = max - max % i64::from(c.node_size);
             let earliest = sched
-                .calendar
+                .calendar()
                 .earliest_start(&key, c.start.micros(), duration, gpus, cap)
                 .map(Timestamp::from_micros);
             let q = Quote {
@@ -209,7 +210,7 @@ impl Service {
         auth::authorize(p, Action::ReadContracts)?;
         let c = self.check_terms(p, &t, Timestamp::now()).await?;
         let book = self.price_book().await?;
-        let sched = self.sched.lock().await;
+        let sched = scheduler::lock(&self.sched);
         Self::quote_in(&sched, &book, &t, &c)
     }
 
@@ -227,8 +228,7 @@ impl Service {
             self.check_single_block(&c, &t, level).await?;
         }
         let book = self.price_book().await?;
-        let mut sched = self.sched.lock().await;
-        let q = Self::quote_in(&sched, &book, &t, &c)?;
+        let q = Self::quote_in(&scheduler::lock(&self.sched), &book, &t, &c)?;
         let (true, Some(site_id)) = (q.fits, q.site_id) else {
             return Err(Error::new(
                 ErrorCode::InsufficientCapacity,
@@ -251,44 +251,38 @@ impl Service {
             created_at: now,
             updated_at: now,
         };
-        let key = CapacityKey::new(site_id, &t.gpu_model);
-        sched
-            .calendar
-            .commit(
-                &key,
-                contract.id,
-                c.start.micros(),
-                c.end.micros(),
-                i64::from(t.gpu_count),
-            )
-            .map_err(Error::internal)?;
-        let result = async {
-            let mut tx = self.store.begin_write().await?;
-            Store::contract_insert(&mut tx, &contract, sla).await?;
-            Store::event_insert(
-                &mut tx,
-                NewEvent {
-                    actor: Some(p.key_id),
-                    tenant_id: Some(tenant),
-                    action: "contract.signed",
-                    resource_kind: "contract",
-                    resource_id: contract.id.to_string(),
-                    before: None,
-                    after: serde_json::to_value(&contract).ok(),
-                },
-            )
-            .await?;
-            tx.commit().await?;
-            Ok::<_, Error>(())
-        }
-        .await;
-        if let Err(e) = result {
-            sched.calendar.remove(contract.id);
-            return Err(e);
-        }
-        // A contract that starts now gets its pool at once.
-        self.contracts_advance(&mut sched, now).await?;
-        drop(sched);
+        // The scheduler checks the calendar again as it commits the promise, so two signs
+        // racing for the last capacity cannot both win; the contract's row is written with
+        // the decision (and before any pool pin of it).
+        let row = contract.clone();
+        let actor = p.key_id;
+        self.decide(
+            Command::Sign(contract.clone()),
+            now,
+            Some(actor),
+            move |_, _| {
+                Ok(Some(crate::writer::extra(move |_, tx| {
+                    Box::pin(async move {
+                        Store::contract_insert(tx, &row, sla).await?;
+                        Store::event_insert(
+                            tx,
+                            NewEvent {
+                                actor: Some(actor),
+                                tenant_id: Some(row.tenant_id),
+                                action: "contract.signed",
+                                resource_kind: "contract",
+                                resource_id: row.id.to_string(),
+                                before: None,
+                                after: serde_json::to_value(&row).ok(),
+                            },
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })))
+            },
+        )
+        .await?;
         Ok(self.store.contract_get(contract.id).await?)
     }
 
@@ -331,98 +325,39 @@ impl Service {
         if end.micros() - c.start_at.micros() > 10 * YEAR_US {
             return Err(Error::invalid("a contract runs at most 10 years"));
         }
-        let mut sched = self.sched.lock().await;
-        let node_size = sched
-            .node_size
-            .get(&c.gpu_model)
-            .copied()
-            .unwrap_or(8)
-            .max(1);
-        if !count.is_multiple_of(node_size) {
-            return Err(Error::invalid(format!(
-                "gpu_count must be a multiple of {node_size} (reserved pools are whole nodes)"
-            )));
-        }
-        let site = sched
-            .sites
-            .iter()
-            .find(|s| s.id == c.site_id)
-            .cloned()
-            .ok_or_else(|| Error::internal("contract site missing"))?;
-        let cap = Self::sellable(&sched, &site, &c.gpu_model);
-        let key = CapacityKey::new(c.site_id, &c.gpu_model);
-        let old = sched.calendar.remove(c.id);
-        let fits = sched.calendar.fits(
-            &key,
-            c.start_at.micros(),
-            end.micros(),
-            i64::from(count),
-            cap,
-        );
-        if !fits {
-            let max = sched
-                .calendar
-                .max_count(&key, c.start_at.micros(), end.micros(), cap);
-            if let Some(o) = old {
-                sched
-                    .calendar
-                    .commit(&o.key, c.id, o.start, o.end, o.gpus)
-                    .map_err(Error::internal)?;
-            }
-            return Err(Error::new(
-                ErrorCode::InsufficientCapacity,
-                format!(
-                    "{} {} GPUs until {end} do not fit: at most {} (this contract's included) are free on the calendar for that window",
-                    count,
-                    c.gpu_model,
-                    max - max % i64::from(node_size)
-                ),
-            ));
-        }
-        sched
-            .calendar
-            .commit(
-                &key,
-                c.id,
-                c.start_at.micros(),
-                end.micros(),
-                i64::from(count),
-            )
-            .map_err(Error::internal)?;
-        let result = async {
-            let mut tx = self.store.begin_write().await?;
-            Store::contract_update_terms(&mut tx, c.id, count, end).await?;
-            Store::event_insert(
-                &mut tx,
-                NewEvent {
-                    actor: Some(p.key_id),
-                    tenant_id: Some(c.tenant_id),
-                    action: "contract.amended",
-                    resource_kind: "contract",
-                    resource_id: c.id.to_string(),
-                    before: serde_json::to_value(&c).ok(),
-                    after: Some(serde_json::json!({"gpu_count": count, "end_at": end})),
-                },
-            )
-            .await?;
-            tx.commit().await?;
-            Ok::<_, Error>(())
-        }
-        .await;
-        if let Err(e) = result {
-            sched.calendar.remove(c.id);
-            if let Some(o) = old {
-                sched
-                    .calendar
-                    .commit(&o.key, c.id, o.start, o.end, o.gpus)
-                    .map_err(Error::internal)?;
-            }
-            return Err(e);
-        }
-        // A bigger active pool fills on the next pass.
-        sched.pools_full.remove(&c.id);
-        self.contracts_advance(&mut sched, Timestamp::now()).await?;
-        drop(sched);
+        let actor = p.key_id;
+        let before = c.clone();
+        self.decide(
+            Command::Amend {
+                id: c.id,
+                gpu_count: count,
+                end_at: end,
+            },
+            Timestamp::now(),
+            Some(actor),
+            move |_, _| {
+                Ok(Some(crate::writer::extra(move |_, tx| {
+                    Box::pin(async move {
+                        Store::contract_update_terms(tx, before.id, count, end).await?;
+                        Store::event_insert(
+                            tx,
+                            NewEvent {
+                                actor: Some(actor),
+                                tenant_id: Some(before.tenant_id),
+                                action: "contract.amended",
+                                resource_kind: "contract",
+                                resource_id: before.id.to_string(),
+                                before: serde_json::to_value(&before).ok(),
+                                after: Some(serde_json::json!({"gpu_count": count, "end_at": end})),
+                            },
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })))
+            },
+        )
+        .await?;
         Ok(self.store.contract_get(c.id).await?)
     }
 
@@ -497,216 +432,21 @@ impl Service {
         if matches!(c.state, ContractState::Ended | ContractState::Cancelled) {
             return Ok(c);
         }
-        let mut sched = self.sched.lock().await;
-        self.contract_close(
-            &mut sched,
-            &c,
-            ContractState::Cancelled,
-            Some(p.key_id),
-            Timestamp::now(),
-        )
-        .await?;
-        drop(sched);
+        match self
+            .decide(
+                Command::Cancel { id: c.id },
+                Timestamp::now(),
+                Some(p.key_id),
+                |_, _| Ok(None),
+            )
+            .await
+        {
+            Ok(_) => {}
+            // Ended meanwhile: it reads as it ended.
+            Err(e) if e.code == ErrorCode::Conflict => {}
+            Err(e) => return Err(e),
+        }
         Ok(self.store.contract_get(c.id).await?)
-    }
-
-    async fn contract_close(
-        &self,
-        sched: &mut Sched,
-        c: &Contract,
-        state: ContractState,
-        actor: Option<neocloud_types::ApiKeyId>,
-        now: Timestamp,
-    ) -> Result<()> {
-        // Launches already decided must be committed before the rebuild below.
-        let _settled = self.inflight.write().await;
-        let live = self.store.instance_list_live().await?;
-        let book = self.price_book().await?;
-        let mut metered = std::collections::HashMap::new();
-        for i in live.iter().filter(|i| i.contract_id == Some(c.id)) {
-            metered.insert(i.id, self.store.instance_metered_until(i.id).await?);
-        }
-        let mut tx = self.store.begin_write().await?;
-        for mut i in live.into_iter().filter(|i| i.contract_id == Some(c.id)) {
-            let before = serde_json::to_value(&i).ok();
-            let held = i.state.holds_gpus();
-            i.state = InstanceState::Terminated;
-            i.ended_at = Some(now);
-            i.reason = Some(format!("contract {} {}", c.id, state));
-            neocloud_store::Store::instance_update(&mut tx, &i).await?;
-            if held {
-                let m = metered.get(&i.id).copied().flatten();
-                crate::billing::meter(&self.store, &mut tx, &book, &i, m, now).await?;
-            }
-            neocloud_store::Store::instance_release_gpus(&mut tx, i.id).await?;
-            scheduler::event(&mut tx, actor, &i, "instance.terminated", before, None).await?;
-        }
-        for n in self.store.contract_pool_nodes(c.id).await? {
-            Store::node_set_pool(&mut tx, n, None).await?;
-        }
-        Store::contract_set_state(&mut tx, c.id, state).await?;
-        Store::event_insert(
-            &mut tx,
-            NewEvent {
-                actor,
-                tenant_id: Some(c.tenant_id),
-                action: if state == ContractState::Cancelled {
-                    "contract.cancelled"
-                } else {
-                    "contract.ended"
-                },
-                resource_kind: "contract",
-                resource_id: c.id.to_string(),
-                before: serde_json::to_value(c).ok(),
-                after: None,
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        // The database is the truth: rebuild the allocator and calendar from it.
-        let config = sched.config.clone();
-        *sched = Sched::rebuild(&self.store, config).await?;
-        Ok(())
-    }
-
-    /// Starts contracts whose start has come (pins their pools, preempting lower classes on
-    /// the nodes they need) and ends those past their end.
-    pub(crate) async fn contracts_advance(&self, sched: &mut Sched, now: Timestamp) -> Result<()> {
-        for c in self.store.contract_list_live().await? {
-            if c.end_at <= now {
-                self.contract_close(sched, &c, ContractState::Ended, None, now)
-                    .await?;
-                continue;
-            }
-            if c.start_at > now {
-                continue;
-            }
-            self.contract_fill_pool(sched, &c, now).await?;
-        }
-        Ok(())
-    }
-
-    /// Pins whole free nodes to an active contract's pool until it has its GPUs; if too few
-    /// are free, notifies lower-class instances on other nodes of the site for preemption.
-    async fn contract_fill_pool(
-        &self,
-        sched: &mut Sched,
-        c: &Contract,
-        now: Timestamp,
-    ) -> Result<()> {
-        if c.state == ContractState::Active && sched.pools_full.contains(&c.id) {
-            return Ok(());
-        }
-        let node_size = sched
-            .node_size
-            .get(&c.gpu_model)
-            .copied()
-            .unwrap_or(8)
-            .max(1);
-        let pinned = self.store.contract_pool_nodes(c.id).await?.len();
-        let want = usize::try_from(c.gpu_count / node_size).unwrap_or(usize::MAX);
-        if pinned >= want {
-            sched.pools_full.insert(c.id);
-        }
-        if c.state == ContractState::Signed || pinned < want {
-            let mut need = want.saturating_sub(pinned);
-            let level = c.single_block.unwrap_or(GangLevel::Site);
-            let mut picked = Vec::new();
-            // Ask the allocator for free whole nodes, the largest gang it can find first.
-            while need > 0 {
-                let frag = sched.alloc.fragmentation(c.site_id, &c.gpu_model);
-                let avail = frag
-                    .largest_gang_by_level
-                    .iter()
-                    .find(|(l, _)| *l == level)
-                    .map(|(_, n)| *n as usize)
-                    .unwrap_or(0);
-                let take = need.min(avail);
-                if take == 0 {
-                    break;
-                }
-                let probe = Request {
-                    id: InstanceId::new(),
-                    tenant: c.tenant_id,
-                    class: Class::Internal,
-                    gpu_model: c.gpu_model.clone(),
-                    shape: Shape::Nodes {
-                        count: u32::try_from(take).unwrap_or(u32::MAX),
-                        level,
-                    },
-                    site: Some(c.site_id),
-                    pool: None,
-                    cpu_milli: None,
-                    memory_mib: None,
-                };
-                let Ok(a) = sched.alloc.try_place(&probe) else {
-                    break;
-                };
-                for (node, _) in &a.gpus {
-                    sched
-                        .alloc
-                        .set_pool(*node, Some(c.id))
-                        .map_err(Error::internal)?;
-                    picked.push(*node);
-                }
-                need -= a.gpus.len();
-            }
-            let mut tx = self.store.begin_write().await?;
-            for n in &picked {
-                Store::node_set_pool(&mut tx, *n, Some(c.id)).await?;
-                // A node that refills a pool after a failure ends one of its outages.
-                let name = sched.node_names.get(n).cloned().unwrap_or_default();
-                Store::outage_close_one(&mut tx, c.id, now, &format!("refilled with node {name}"))
-                    .await?;
-            }
-            if c.state == ContractState::Signed {
-                Store::contract_set_state(&mut tx, c.id, ContractState::Active).await?;
-                Store::event_insert(
-                    &mut tx,
-                    NewEvent {
-                        actor: None,
-                        tenant_id: Some(c.tenant_id),
-                        action: "contract.activated",
-                        resource_kind: "contract",
-                        resource_id: c.id.to_string(),
-                        before: None,
-                        after: Some(serde_json::json!({"pinned_nodes": pinned + picked.len(), "wanted_nodes": want})),
-                    },
-                )
-                .await?;
-            }
-            tx.commit().await?;
-            if need > 0 {
-                // Take nodes from lower-class work. The probe asks as the higher of internal
-                // and on-demand under the fleet policy, so it may preempt spot and the lower
-                // of the two; work of the peer class is waited out.
-                let class = if sched.config.fleet_policy == neocloud_types::FleetPolicy::LabFirst {
-                    Class::Internal
-                } else {
-                    Class::OnDemand
-                };
-                let probe = Request {
-                    id: InstanceId::new(),
-                    tenant: c.tenant_id,
-                    class,
-                    gpu_model: c.gpu_model.clone(),
-                    shape: Shape::Nodes {
-                        count: u32::try_from(need).unwrap_or(u32::MAX),
-                        level,
-                    },
-                    site: Some(c.site_id),
-                    pool: None,
-                    cpu_milli: None,
-                    memory_mib: None,
-                };
-                if let Some(victims) = sched.alloc.preemption_plan(&probe) {
-                    sched
-                        .notify_victims(&self.store, &victims, probe.id, now)
-                        .await?;
-                }
-            }
-        }
-        Ok(())
     }
 }
 
@@ -798,7 +538,7 @@ impl Service {
         let horizon = i64::from(horizon_days.unwrap_or(3 * 365).min(20 * 365));
         let sites = self.sites(site).await?;
         let now = Timestamp::now();
-        let sched = self.sched.lock().await;
+        let sched = scheduler::lock(&self.sched);
         let mut out = Vec::new();
         for s in &sites {
             for m in &s.gpus_by_model {
@@ -808,15 +548,15 @@ impl Service {
                 let key = CapacityKey::new(s.id, &m.gpu_model);
                 let sellable = Self::sellable(&sched, s, &m.gpu_model);
                 let to = now.micros().saturating_add(horizon * 24 * HOUR_US);
-                let series = sched.calendar.series(&key, now.micros(), to);
-                let frag = sched.alloc.fragmentation(s.id, &m.gpu_model);
+                let series = sched.calendar().series(&key, now.micros(), to);
+                let frag = sched.alloc().fragmentation(s.id, &m.gpu_model);
                 let mut by_class: std::collections::BTreeMap<Class, u64> = Default::default();
-                for a in sched.alloc.allocations() {
+                for a in sched.alloc().allocations() {
                     if a.site == s.id && a.gpu_model == m.gpu_model {
                         *by_class.entry(a.class).or_default() += a.gpu_count();
                     }
                 }
-                let power = sched.alloc.site_power(s.id);
+                let power = sched.alloc().site_power(s.id);
                 out.push(CapacityLine {
                     site_id: s.id,
                     site: s.name.clone(),
@@ -849,7 +589,7 @@ impl Service {
                         .collect(),
                     site_power_watts: power.allocated_watts,
                     site_power_limit_watts: power.limit_watts,
-                    placement_policy: policy_name(sched.config.placement).to_string(),
+                    placement_policy: policy_name(sched.config().placement).to_string(),
                 });
             }
         }

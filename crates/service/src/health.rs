@@ -15,10 +15,10 @@
 
 use std::collections::HashMap;
 
-use neocloud_store::{NewEvent, Store, WriteTx};
+use neocloud_store::{NewEvent, Store};
 use neocloud_types::{
     AgentEvent, AgentEventKind, AgentRegister, AgentRegistered, ApiKey, ApiKeyId, BurnInRequest,
-    ContractId, GpuHealth, GpuSample, HealthEvent, Heartbeat, HeartbeatAck, InstanceState, Node,
+    GpuHealth, GpuSample, HealthEvent, Heartbeat, HeartbeatAck, Node,
     NodeId, NodeState, Outage, Role, Timestamp,
 };
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,8 @@ use utoipa::ToSchema;
 use crate::Service;
 use crate::auth::{self, Action, Principal};
 use crate::error::{Error, ErrorCode, FieldError, Result};
-use crate::scheduler::{Sched, SchedulerConfig};
+use crate::scheduler::SchedulerConfig;
+use crate::writer::{Extra, extra};
 
 /// What the policy does about a fault.
 #[derive(
@@ -469,6 +470,7 @@ struct Fact {
 }
 
 /// A lifecycle change to make.
+#[derive(Clone)]
 struct Change {
     to: NodeState,
     reason: String,
@@ -504,15 +506,77 @@ impl Change {
 }
 
 /// What to do in memory once the change is committed.
-#[derive(Default)]
-struct After {
-    released: Vec<neocloud_types::InstanceId>,
-    pools: Vec<(NodeId, Option<ContractId>)>,
-    unfull: Vec<ContractId>,
-}
+/// The start of the message of a node change refused because the node moved on since it was
+/// decided.
+const NODE_MOVED: &str = "node changed meanwhile";
 
-fn schedulable(s: NodeState) -> bool {
-    matches!(s, NodeState::Available | NodeState::Allocated)
+/// The message of a health report that another request stored first.
+const DUPLICATE_REPORT: &str = "these health events were stored by another request";
+
+/// The node's own rows of a lifecycle change: its state, burn-in and GPUs' health, the
+/// state event of its health history and the audit event. A change of GPU health alone
+/// writes just that.
+fn node_rows(
+    node: Node,
+    from: NodeState,
+    c: Change,
+    actor: Option<ApiKeyId>,
+    now: Timestamp,
+) -> Extra {
+    extra(move |_, tx| {
+        Box::pin(async move {
+            let gpus_only =
+                c.to == from && c.burn_in.is_none() && !c.heal && !c.burn_in_passed;
+            if !gpus_only {
+                Store::node_set_state(tx, node.id, c.to, Some(&c.reason), now).await?;
+                if let Some(b) = &c.burn_in {
+                    Store::node_set_burn_in(tx, node.id, b.as_deref(), c.burn_in_passed.then_some(now))
+                        .await?;
+                } else if c.burn_in_passed {
+                    Store::node_set_burn_in(tx, node.id, None, Some(now)).await?;
+                }
+                if c.heal {
+                    Store::gpu_set_health(tx, node.id, None, GpuHealth::Healthy).await?;
+                }
+            }
+            for (i, h) in &c.gpus {
+                Store::gpu_set_health(tx, node.id, Some(*i), *h).await?;
+            }
+            if gpus_only {
+                return Ok(());
+            }
+            Store::health_event_insert(
+                tx,
+                &[HealthEvent {
+                    id: String::new(),
+                    at: now,
+                    node_id: node.id,
+                    node: node.name.clone(),
+                    gpu_uuid: None,
+                    gpu_index: None,
+                    kind: "state".into(),
+                    code: None,
+                    action: c.to.as_str().into(),
+                    detail: format!("{from} → {}: {}", c.to, c.reason),
+                }],
+            )
+            .await?;
+            Store::event_insert(
+                tx,
+                NewEvent {
+                    actor,
+                    tenant_id: None,
+                    action: "node.state_changed",
+                    resource_kind: "node",
+                    resource_id: node.id.to_string(),
+                    before: Some(serde_json::json!({"state": from})),
+                    after: Some(serde_json::json!({"state": c.to, "reason": c.reason})),
+                },
+            )
+            .await?;
+            Ok(())
+        })
+    })
 }
 
 fn new_burn_in_id() -> String {
@@ -581,68 +645,85 @@ impl Service {
         let mut gpus = req.gpus.clone();
         gpus.sort_by_key(|g| g.index);
 
-        let mut sched = self.sched.lock().await;
-        let mut tx = self.store.begin_write().await?;
-        Store::node_agent_register(&mut tx, node.id, &agent_json, &gpus, now).await?;
-        let mut node_key = None;
-        let mut revoked = Vec::new();
-        if p.node_id.is_none() {
-            revoked = Store::api_key_revoke_for_node(&mut tx, node.id, now).await?;
-            let minted = auth::mint_key()?;
-            let key = ApiKey {
-                id: ApiKeyId::new(),
-                name: format!("agent {}", node.name),
-                role: Role::NodeAgent,
-                tenant_id: None,
-                prefix: minted.prefix.clone(),
-                created_at: now,
-                expires_at: None,
-                revoked_at: None,
-                last_used_at: None,
-                node_id: Some(node.id),
-            };
-            Store::api_key_create(&mut tx, &key, &minted.hash).await?;
-            node_key = Some(minted.secret);
-        }
+        // The key is minted here; the rows are written with the node's change (if any), in
+        // order with the scheduler's decisions.
+        let minted = if p.node_id.is_none() {
+            Some(auth::mint_key()?)
+        } else {
+            None
+        };
+        let node_key = minted.as_ref().map(|m| m.secret.clone());
+        let revoked_out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let seq = self.store.agent_nodes_seq(node.id).await?;
-        let mut state = node.state;
+        let current = crate::scheduler::lock(&self.sched)
+            .node_state(node.id)
+            .unwrap_or(node.state);
+        let mut state = current;
         let mut burn_in = self.store.node_burn_in(node.id).await?;
-        let mut after = After::default();
-        if state == NodeState::Provisioning {
-            let id = new_burn_in_id();
-            after = self
-                .node_change(
-                    &mut sched,
-                    &mut tx,
-                    &node,
-                    Change::to(
-                        NodeState::BurnIn,
-                        "agent registered; burn-in check requested".into(),
-                        now,
+        let rows = {
+            let node = node.clone();
+            let gpus = gpus.clone();
+            let agent_json = agent_json.clone();
+            let revoked_out = revoked_out.clone();
+            let actor = p.key_id;
+            extra(move |_, tx| {
+                Box::pin(async move {
+                    Store::node_agent_register(tx, node.id, &agent_json, &gpus, now).await?;
+                    if let Some(minted) = minted {
+                        let revoked = Store::api_key_revoke_for_node(tx, node.id, now).await?;
+                        *lock(&revoked_out) = revoked;
+                        let key = ApiKey {
+                            id: ApiKeyId::new(),
+                            name: format!("agent {}", node.name),
+                            role: Role::NodeAgent,
+                            tenant_id: None,
+                            prefix: minted.prefix.clone(),
+                            created_at: now,
+                            expires_at: None,
+                            revoked_at: None,
+                            last_used_at: None,
+                            node_id: Some(node.id),
+                        };
+                        Store::api_key_create(tx, &key, &minted.hash).await?;
+                    }
+                    Store::event_insert(
+                        tx,
+                        NewEvent {
+                            actor: Some(actor),
+                            tenant_id: None,
+                            action: "node.agent_registered",
+                            resource_kind: "node",
+                            resource_id: node.id.to_string(),
+                            before: None,
+                            after: serde_json::from_str(&agent_json).ok(),
+                        },
                     )
-                    .burn_in(Some(id.clone())),
-                    Some(p.key_id),
+                    .await?;
+                    Ok(())
+                })
+            })
+        };
+        if current == NodeState::Provisioning {
+            let id = new_burn_in_id();
+            self.change_node(
+                &node,
+                current,
+                Change::to(
+                    NodeState::BurnIn,
+                    "agent registered; burn-in check requested".into(),
+                    now,
                 )
-                .await?;
+                .burn_in(Some(id.clone())),
+                Some(p.key_id),
+                Some(rows),
+            )
+            .await?;
             state = NodeState::BurnIn;
             burn_in = Some(id);
+        } else {
+            self.write_ordered(rows).await?;
         }
-        Store::event_insert(
-            &mut tx,
-            NewEvent {
-                actor: Some(p.key_id),
-                tenant_id: None,
-                action: "node.agent_registered",
-                resource_kind: "node",
-                resource_id: node.id.to_string(),
-                before: None,
-                after: serde_json::from_str(&agent_json).ok(),
-            },
-        )
-        .await?;
-        tx.commit().await?;
-        self.apply_after(&mut sched, &node, state, after);
-        drop(sched);
+        let revoked = std::mem::take(&mut *lock(&revoked_out));
         self.forget_prefixes(&revoked);
         {
             let mut live = lock(&self.health.live);
@@ -877,20 +958,23 @@ impl Service {
         facts: Vec<Fact>,
         actor: Option<ApiKeyId>,
     ) -> Result<()> {
-        let mut sched = self.sched.lock().await;
-        let _settled = self.inflight.write().await;
         let node = self.store.node_get(&node_id.to_string()).await?;
         let waiting_for = self.store.node_burn_in(node_id).await?;
-        let mut tx = self.store.begin_write().await?;
-        if to_seq > from_seq && !Store::node_advance_seq(&mut tx, node_id, from_seq, to_seq).await?
-        {
-            // Another request stored these events first: they are duplicates.
-            drop(tx);
+        // Events stored already (an agent's retry) are duplicates: acknowledged, not acted on
+        // again.
+        if to_seq > from_seq {
             let seq = self.store.agent_nodes_seq(node_id).await?;
-            if let Some(l) = lock(&self.health.live).get_mut(&node_id) {
-                l.acked_seq = l.acked_seq.max(seq);
+            if seq >= to_seq {
+                if let Some(l) = lock(&self.health.live).get_mut(&node_id) {
+                    l.acked_seq = l.acked_seq.max(seq);
+                }
+                return Ok(());
             }
-            return Ok(());
+        }
+        // The scheduler's view of the node's state is the current one.
+        let mut node = node;
+        if let Some(st) = crate::scheduler::lock(&self.sched).node_state(node_id) {
+            node.state = st;
         }
         let rows: Vec<HealthEvent> = facts
             .iter()
@@ -907,11 +991,18 @@ impl Service {
                 detail: f.detail.clone(),
             })
             .collect();
-        Store::health_event_insert(&mut tx, &rows).await?;
-        crate::metrics::METRICS.health_events.fetch_add(
-            u64::try_from(rows.len()).unwrap_or(0),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        let n_rows = u64::try_from(rows.len()).unwrap_or(0);
+        let events = extra(move |_, tx| {
+            Box::pin(async move {
+                if to_seq > from_seq && !Store::node_advance_seq(tx, node_id, from_seq, to_seq).await?
+                {
+                    // Another request stored these events first.
+                    return Err(Error::new(ErrorCode::Conflict, DUPLICATE_REPORT));
+                }
+                Store::health_event_insert(tx, &rows).await?;
+                Ok(())
+            })
+        });
 
         // The worst fact decides the node's fate.
         let worst = facts.iter().max_by_key(|f| f.action);
@@ -983,27 +1074,37 @@ impl Service {
             }
         }
         if change.is_none() && !gpus.is_empty() {
-            for (i, h) in &gpus {
-                Store::gpu_set_health(&mut tx, node_id, Some(*i), *h).await?;
-            }
+            // GPU health alone changes.
+            change = Some(Change {
+                gpus: gpus.clone(),
+                ..Change::to(node.state, String::new(), Timestamp::now())
+            });
         }
         let new_state = change.as_ref().map_or(node.state, |c| c.to);
         let burn_in_change = change.as_ref().and_then(|c| c.burn_in.clone());
         let passed = change.as_ref().is_some_and(|c| c.burn_in_passed);
-        let after = match change {
+        let written = match change {
             Some(c) => {
-                self.node_change(&mut sched, &mut tx, &node, c, actor)
-                    .await?
+                self.change_node(&node, node.state, c, actor, Some(events))
+                    .await
             }
-            None => After::default(),
+            None => self.write_ordered(events).await,
         };
-        tx.commit().await?;
-        for (i, h) in &gpus {
-            sched
-                .alloc
-                .set_gpu_healthy(node_id, *i, *h == GpuHealth::Healthy);
+        match written {
+            Ok(()) => {
+                crate::metrics::METRICS
+                    .health_events
+                    .fetch_add(n_rows, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) if e.message == DUPLICATE_REPORT => {
+                let seq = self.store.agent_nodes_seq(node_id).await?;
+                if let Some(l) = lock(&self.health.live).get_mut(&node_id) {
+                    l.acked_seq = l.acked_seq.max(seq);
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
         }
-        self.apply_after(&mut sched, &node, new_state, after);
         {
             let mut live = lock(&self.health.live);
             if let Some(l) = live.get_mut(&node_id) {
@@ -1021,170 +1122,52 @@ impl Service {
         Ok(())
     }
 
-    /// Writes a lifecycle change of a node inside `tx`: its state, its GPUs' health, the
-    /// instances that end with it, the replacement of a pool node, and the audit event.
-    /// Returns what to change in memory after the commit.
-    async fn node_change(
+    /// Decides a node's lifecycle change (or a change of its GPUs' health alone) in the
+    /// scheduler, which ends the work of a failed node and moves pool nodes, and commits it
+    /// with the node's own rows; `more` is written first, in the same transaction. `from` is
+    /// the state the change was decided from: if the node moved on meanwhile, nothing
+    /// changes and the answer is a conflict ([`NODE_MOVED`]).
+    async fn change_node(
         &self,
-        sched: &mut Sched,
-        tx: &mut WriteTx,
         node: &Node,
+        from: NodeState,
         c: Change,
         actor: Option<ApiKeyId>,
-    ) -> Result<After> {
+        more: Option<Extra>,
+    ) -> Result<()> {
         let now = Timestamp::now();
-        let mut after = After::default();
-        Store::node_set_state(tx, node.id, c.to, Some(&c.reason), now).await?;
-        if let Some(b) = &c.burn_in {
-            Store::node_set_burn_in(tx, node.id, b.as_deref(), c.burn_in_passed.then_some(now))
-                .await?;
-        } else if c.burn_in_passed {
-            Store::node_set_burn_in(tx, node.id, None, Some(now)).await?;
-        }
-        if c.heal {
-            Store::gpu_set_health(tx, node.id, None, GpuHealth::Healthy).await?;
-        }
-        for (i, h) in &c.gpus {
-            Store::gpu_set_health(tx, node.id, Some(*i), *h).await?;
-        }
-        Store::health_event_insert(
-            tx,
-            &[HealthEvent {
-                id: String::new(),
-                at: now,
-                node_id: node.id,
-                node: node.name.clone(),
-                gpu_uuid: None,
-                gpu_index: None,
-                kind: "state".into(),
-                code: None,
-                action: c.to.as_str().into(),
-                detail: format!("{} → {}: {}", node.state, c.to, c.reason),
-            }],
-        )
-        .await?;
-        Store::event_insert(
-            tx,
-            NewEvent {
-                actor,
-                tenant_id: None,
-                action: "node.state_changed",
-                resource_kind: "node",
-                resource_id: node.id.to_string(),
-                before: Some(serde_json::json!({"state": node.state})),
-                after: Some(serde_json::json!({"state": c.to, "reason": c.reason})),
-            },
-        )
-        .await?;
-
-        // Work on a failed node ends at the fault.
-        if c.to == NodeState::Failed {
-            let book = self.price_book().await?;
-            for id in sched.alloc.node_holders(node.id) {
-                let mut inst = self.store.instance_get(id).await?;
-                if !inst.state.holds_gpus() {
-                    continue;
-                }
-                let before = serde_json::to_value(&inst).ok();
-                let end = c.at.max(inst.started_at.unwrap_or(c.at)).min(now);
-                inst.state = InstanceState::Failed;
-                inst.ended_at = Some(end);
-                inst.reason = Some(format!("node {} failed: {}", node.name, c.reason));
-                let metered = self.store.instance_metered_until(inst.id).await?;
-                Store::instance_update(tx, &inst).await?;
-                crate::billing::meter(&self.store, tx, &book, &inst, metered, end).await?;
-                Store::instance_release_gpus(tx, inst.id).await?;
-                crate::scheduler::event(tx, actor, &inst, "instance.failed", before, None).await?;
-                after.released.push(inst.id);
-            }
-        }
-
-        // A pool node out of service leaves the pool; a spare takes its place.
-        let out = matches!(c.to, NodeState::Failed | NodeState::Maintenance);
-        if out && let Some(contract) = self.store.node_pool(node.id).await? {
-            Store::node_set_pool(tx, node.id, None).await?;
-            after.pools.push((node.id, None));
-            Store::outage_open(
-                tx,
-                contract,
-                node.id,
-                node.gpu_count,
-                c.at,
-                &format!("node {} {}: {}", node.name, c.to, c.reason),
-            )
+        let cmd = neocloud_scheduler::Command::Node(neocloud_scheduler::NodeChange {
+            node: node.id,
+            from: Some(from),
+            to: c.to,
+            at: c.at,
+            reason: c.reason.clone(),
+            heal: c.heal,
+            gpus: c
+                .gpus
+                .iter()
+                .map(|(i, h)| (*i, *h == GpuHealth::Healthy))
+                .collect(),
+        });
+        let rows = node_rows(node.clone(), from, c.clone(), actor, now);
+        let all = match more {
+            Some(m) => extra(move |store, tx| {
+                Box::pin(async move {
+                    m(store, &mut *tx).await?;
+                    rows(store, tx).await
+                })
+            }),
+            None => rows,
+        };
+        self.decide(cmd, now, actor, move |_, _| Ok(Some(all)))
             .await?;
-            match sched.alloc.spare_near(node.id) {
-                Some(spare) => {
-                    Store::node_set_pool(tx, spare, Some(contract)).await?;
-                    after.pools.push((spare, Some(contract)));
-                    let spare_name = sched.node_names.get(&spare).cloned().unwrap_or_default();
-                    let closed = Store::outage_close_one(
-                        tx,
-                        contract,
-                        now,
-                        &format!("replaced by spare {spare_name}"),
-                    )
-                    .await?;
-                    Store::event_insert(
-                        tx,
-                        NewEvent {
-                            actor,
-                            tenant_id: None,
-                            action: "contract.pool_node_replaced",
-                            resource_kind: "contract",
-                            resource_id: contract.to_string(),
-                            before: Some(serde_json::json!({"node": node.name})),
-                            after: Some(serde_json::json!({
-                                "node": spare_name,
-                                "outage": closed,
-                            })),
-                        },
-                    )
-                    .await?;
-                }
-                None => {
-                    // No spare now: the contract's pool refills when capacity frees up.
-                    after.unfull.push(contract);
-                    Store::event_insert(
-                        tx,
-                        NewEvent {
-                            actor,
-                            tenant_id: None,
-                            action: "contract.pool_node_lost",
-                            resource_kind: "contract",
-                            resource_id: contract.to_string(),
-                            before: Some(serde_json::json!({"node": node.name})),
-                            after: Some(serde_json::json!({"spare": null})),
-                        },
-                    )
-                    .await?;
-                }
-            }
+        let mut d = lock(&self.health.draining);
+        if c.to == NodeState::Draining {
+            d.insert(node.id);
+        } else {
+            d.remove(&node.id);
         }
-        Ok(after)
-    }
-
-    fn apply_after(&self, sched: &mut Sched, node: &Node, state: NodeState, after: After) {
-        {
-            let mut d = lock(&self.health.draining);
-            if state == NodeState::Draining {
-                d.insert(node.id);
-            } else {
-                d.remove(&node.id);
-            }
-        }
-        for id in after.released {
-            sched.release(id);
-        }
-        sched.alloc.set_schedulable(node.id, schedulable(state));
-        for (n, pool) in after.pools {
-            if let Err(e) = sched.alloc.set_pool(n, pool) {
-                tracing::error!(node = %n, error = %e, "could not move node between pools");
-            }
-        }
-        for c in after.unfull {
-            sched.pools_full.remove(&c);
-        }
+        Ok(())
     }
 
     /// Applies an operator's lifecycle operation to a node.
@@ -1199,9 +1182,15 @@ impl Service {
         if let Some(r) = &body.reason {
             check_text("reason", r, 500)?;
         }
-        let mut sched = self.sched.lock().await;
-        let _settled = self.inflight.write().await;
-        let node = self.store.node_get(id_or_name).await?;
+        let stored = self.store.node_get(id_or_name).await?;
+        // Decided from the scheduler's view of the node's state; if another operation moves
+        // the node in between, decide again from the new state.
+        let mut tries = 0;
+        loop {
+        let mut node = stored.clone();
+        if let Some(st) = crate::scheduler::lock(&self.sched).node_state(node.id) {
+            node.state = st;
+        }
         let reason = |default: &str| body.reason.clone().unwrap_or_else(|| default.to_string());
         let now = Timestamp::now();
         let bad = |allowed: &str| {
@@ -1215,14 +1204,14 @@ impl Service {
         };
         let change = match op {
             "cordon" => match node.state {
-                NodeState::Cordoned => return Ok(node),
+                NodeState::Cordoned => return self.node_get(p, &node.id.to_string()).await,
                 NodeState::Available | NodeState::Allocated | NodeState::BurnIn => {
                     Change::to(NodeState::Cordoned, reason("cordoned by an operator"), now)
                 }
                 _ => return Err(bad("available, allocated or burn_in")),
             },
             "uncordon" => match node.state {
-                NodeState::Available | NodeState::Allocated => return Ok(node),
+                NodeState::Available | NodeState::Allocated => return self.node_get(p, &node.id.to_string()).await,
                 NodeState::Cordoned | NodeState::Draining => Change::to(
                     NodeState::Available,
                     reason("uncordoned by an operator"),
@@ -1231,7 +1220,7 @@ impl Service {
                 _ => return Err(bad("cordoned or draining")),
             },
             "drain" => match node.state {
-                NodeState::Draining | NodeState::Maintenance => return Ok(node),
+                NodeState::Draining | NodeState::Maintenance => return self.node_get(p, &node.id.to_string()).await,
                 NodeState::Available
                 | NodeState::Allocated
                 | NodeState::Cordoned
@@ -1258,21 +1247,20 @@ impl Service {
         };
         let to = change.to;
         let burn_in = change.burn_in.clone();
-        let heal = change.heal;
-        let mut tx = self.store.begin_write().await?;
-        let after = self
-            .node_change(&mut sched, &mut tx, &node, change, Some(p.key_id))
-            .await?;
-        tx.commit().await?;
-        if heal {
-            for i in 0..node.gpu_count {
-                sched.alloc.set_gpu_healthy(node.id, i, true);
+        match self
+            .change_node(&node, node.state, change, Some(p.key_id), None)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.message.starts_with(NODE_MOVED) && tries < 3 => {
+                tries += 1;
+                continue;
             }
+            Err(e) => return Err(e),
         }
-        self.apply_after(&mut sched, &node, to, after);
-        drop(sched);
         self.health.set_state(node.id, to, burn_in);
-        self.node_get(p, &node.id.to_string()).await
+        return self.node_get(p, &node.id.to_string()).await;
+        }
     }
 
     /// Cordons a node: it takes no new work; what runs there stays.
@@ -1524,37 +1512,41 @@ impl Service {
             if reverified >= 10 {
                 break;
             }
-            let mut sched = self.sched.lock().await;
-            if !sched.alloc.node_holders(node).is_empty() {
+            let (state, busy, pooled) = {
+                let sched = crate::scheduler::lock(&self.sched);
+                (
+                    sched.node_state(node),
+                    !sched.alloc().node_holders(node).is_empty(),
+                    sched.alloc().node_pool(node).is_some(),
+                )
+            };
+            if busy {
                 continue;
             }
-            let _settled = self.inflight.write().await;
-            let n = self.store.node_get(&node.to_string()).await?;
-            if n.state != NodeState::Available || self.store.node_pool(node).await?.is_some() {
+            if state != Some(NodeState::Available) || pooled {
                 // Pool nodes are re-verified by their contract's maintenance windows.
                 if let Some(l) = lock(&self.health.live).get_mut(&node) {
                     l.burn_in_passed_at = Some(now);
                 }
                 continue;
             }
+            let n = self.store.node_get(&node.to_string()).await?;
             let id = new_burn_in_id();
-            let mut tx = self.store.begin_write().await?;
-            let after = self
-                .node_change(
-                    &mut sched,
-                    &mut tx,
-                    &n,
-                    Change::to(
-                        NodeState::BurnIn,
-                        "periodic re-verification of an idle node".into(),
-                        now,
-                    )
-                    .burn_in(Some(id.clone())),
-                    None,
-                )
-                .await?;
-            tx.commit().await?;
-            self.apply_after(&mut sched, &n, NodeState::BurnIn, after);
+            let change = Change::to(
+                NodeState::BurnIn,
+                "periodic re-verification of an idle node".into(),
+                now,
+            )
+            .burn_in(Some(id.clone()));
+            match self
+                .change_node(&n, NodeState::Available, change, None, None)
+                .await
+            {
+                Ok(()) => {}
+                // Work or an operator got to it first.
+                Err(e) if e.message.starts_with(NODE_MOVED) => continue,
+                Err(e) => return Err(e),
+            }
             self.health
                 .set_state(node, NodeState::BurnIn, Some(Some(id)));
             reverified += 1;
@@ -1562,37 +1554,39 @@ impl Service {
         // Drained nodes whose work has ended go to maintenance.
         let draining: Vec<NodeId> = lock(&self.health.draining).iter().copied().collect();
         for node in draining {
-            let mut sched = self.sched.lock().await;
-            if !sched.alloc.node_holders(node).is_empty() {
+            let (state, busy) = {
+                let sched = crate::scheduler::lock(&self.sched);
+                (
+                    sched.node_state(node),
+                    !sched.alloc().node_holders(node).is_empty(),
+                )
+            };
+            if busy {
                 continue;
             }
-            let _settled = self.inflight.write().await;
-            let n = self.store.node_get(&node.to_string()).await?;
-            if n.state != NodeState::Draining {
+            if state != Some(NodeState::Draining) {
                 lock(&self.health.draining).remove(&node);
                 continue;
             }
-            let mut tx = self.store.begin_write().await?;
-            let after = self
-                .node_change(
-                    &mut sched,
-                    &mut tx,
-                    &n,
-                    Change::to(
-                        NodeState::Maintenance,
-                        format!(
-                            "drained ({})",
-                            n.state_reason
-                                .clone()
-                                .unwrap_or_else(|| "no reason given".into())
-                        ),
-                        now,
-                    ),
-                    None,
-                )
-                .await?;
-            tx.commit().await?;
-            self.apply_after(&mut sched, &n, NodeState::Maintenance, after);
+            let n = self.store.node_get(&node.to_string()).await?;
+            let change = Change::to(
+                NodeState::Maintenance,
+                format!(
+                    "drained ({})",
+                    n.state_reason
+                        .clone()
+                        .unwrap_or_else(|| "no reason given".into())
+                ),
+                now,
+            );
+            match self
+                .change_node(&n, NodeState::Draining, change, None, None)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.message.starts_with(NODE_MOVED) => continue,
+                Err(e) => return Err(e),
+            }
             self.health.set_state(node, NodeState::Maintenance, None);
         }
         self.flush_key_use().await?;

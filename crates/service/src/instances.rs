@@ -7,7 +7,6 @@ use neocloud_types::{
 
 use crate::auth::{self, Action, Principal};
 use crate::error::{Error, ErrorCode, Result};
-use crate::scheduler::{self, Queued, request_of};
 use crate::{Created, Idempotency, LaunchInstance, Service, SetQuota, page_limit};
 
 /// How often spot prices are recomputed from utilization.
@@ -85,7 +84,7 @@ impl Service {
             }
         }
         let now = Timestamp::now();
-        let mut inst = Instance {
+        let inst = Instance {
             id: InstanceId::new(),
             tenant_id: tenant.id,
             name: req.name.clone(),
@@ -116,188 +115,44 @@ impl Service {
         {
             return Self::replay(rec, idem);
         }
-        let mut sched = self.sched.lock().await;
-        check_sharing(&sched, &inst)?;
-        let request = request_of(&inst);
-        let placed = scheduler::place_checked(&mut sched, &request, now).await?;
-        // A malformed request is refused, never queued: waiting cannot fix it.
-        if let Err((
-            r @ (neocloud_allocator::Refusal::BadShape { .. }
-            | neocloud_allocator::Refusal::UnknownModel { .. }
-            | neocloud_allocator::Refusal::UnknownSite { .. }),
-            _,
-        )) = &placed
-        {
-            return Err(scheduler::refusal_error(r.clone()));
-        }
-        // GPUs this instance will hold: known from the placement, or from the shape and the
-        // node size of the model.
-        inst.gpu_count = match &placed {
-            Ok(a) => u32::try_from(a.gpu_count()).unwrap_or(u32::MAX),
-            Err(_) => self.shape_gpus(&inst).await?,
-        };
-        if let Err(e) = self.check_quota(&sched.quotas, &inst).await {
-            if let Ok(a) = &placed {
-                sched.release(a.id);
-            }
-            return Err(e);
-        }
-        match placed {
-            Ok(a) => {
-                inst.state = InstanceState::Running;
-                inst.site_id = Some(a.site);
-                inst.started_at = Some(now);
-                inst.wait_until = None;
-                let mut view = inst.clone();
-                view.placement = scheduler::placed_nodes(&a, &sched.node_names);
-                let idem_rec = match idem {
-                    Some(i) => Some((
-                        p.key_id.to_string(),
-                        i.key.clone(),
-                        neocloud_store::IdempotencyRecord {
-                            fingerprint: i.fingerprint.clone(),
-                            status: 201,
-                            body: serde_json::to_string(&view)
-                                .map_err(|e| Error::internal(e.to_string()))?,
-                        },
-                    )),
-                    None => None,
-                };
-                // Decided: hand the records to the group-commit writer and let the next
-                // launch decide while this one is written.
-                let settled = self.inflight.clone().read_owned().await;
-                let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-                let job = crate::writer::LaunchWrite {
-                    inst: inst.clone(),
-                    gpus: a.gpus.clone(),
-                    held: scheduler::held_of(&a),
-                    actor: p.key_id,
-                    idem: idem_rec,
-                    done: done_tx,
-                };
-                if self.writer.send(job).await.is_err() {
-                    sched.release(inst.id);
-                    return Err(Error::internal("the launch writer has stopped"));
-                }
-                drop(sched);
-                let written = done_rx
-                    .await
-                    .unwrap_or_else(|_| Err(Error::internal("the launch writer has stopped")));
-                drop(settled);
-                match written {
-                    Ok(()) => Ok(Created {
-                        value: view,
-                        replayed: false,
-                    }),
-                    Err(e) => {
-                        self.sched.lock().await.release(inst.id);
-                        Err(e)
-                    }
-                }
-            }
-            Err((refusal, preemption_may_help)) => {
-                let victims = if req.class != Class::Spot && preemption_may_help {
-                    sched
-                        .alloc
-                        .preemption_plan(&request)
-                        .filter(|v| !v.is_empty())
-                } else {
-                    None
-                };
-                if victims.is_none() && inst.wait_until.is_none() {
-                    return Err(scheduler::refusal_error(refusal));
-                }
-                inst.reason = Some(match &victims {
-                    Some(v) => format!(
-                        "waiting for {} lower-priority instance(s) to be preempted (notice {} s)",
-                        v.len(),
-                        sched.config.preemption_grace_secs
-                    ),
-                    None => format!("queued: {refusal}"),
-                });
-                if let Some(v) = &victims {
-                    let deadline = sched.notify_victims(&self.store, v, inst.id, now).await?;
-                    // It waits at least until the victims are gone.
-                    let need = deadline.plus_seconds(60);
-                    inst.wait_until = Some(inst.wait_until.map_or(need, |w| w.max(need)));
-                }
-                let mut tx = self.store.begin_write().await?;
-                Store::instance_insert(&mut tx, &inst).await?;
-                scheduler::event(
-                    &mut tx,
-                    Some(p.key_id),
-                    &inst,
-                    "instance.pending",
-                    None,
-                    None,
-                )
-                .await?;
-                Self::idem_store(&mut tx, p, idem, &inst).await?;
-                tx.commit().await?;
-                let prio = inst.class.priority(sched.config.fleet_policy);
-                sched.queue.insert(
-                    (std::cmp::Reverse(prio), inst.id),
-                    Queued {
-                        request,
-                        wait_until: inst.wait_until,
-                        since: inst.created_at,
-                    },
-                );
-                Ok(Created {
-                    value: inst,
-                    replayed: false,
-                })
-            }
-        }
-    }
-
-    async fn shape_gpus(&self, inst: &Instance) -> Result<u32> {
-        Ok(match inst.shape {
-            neocloud_types::Shape::Gpus { gpus } => gpus,
-            neocloud_types::Shape::Share { .. } | neocloud_types::Shape::Mig { .. } => 1,
-            neocloud_types::Shape::Cpu => 0,
-            neocloud_types::Shape::Nodes { count, .. } => {
-                let per_node = self
-                    .store
-                    .gpu_model_node_size(&inst.gpu_model)
-                    .await?
-                    .unwrap_or(8);
-                count.saturating_mul(per_node)
-            }
+        let id = inst.id;
+        let scope = p.key_id.to_string();
+        let idem = idem.cloned();
+        let effects = self
+            .decide(
+                neocloud_scheduler::Command::Launch(inst),
+                now,
+                Some(p.key_id),
+                move |_, effects| {
+                    // The answer, recorded with the launch so a retry replays it.
+                    let Some(idem) = idem else {
+                        return Ok(None);
+                    };
+                    let Some(view) = launched(effects, id) else {
+                        return Ok(None);
+                    };
+                    let rec = neocloud_store::IdempotencyRecord {
+                        fingerprint: idem.fingerprint.clone(),
+                        status: 201,
+                        body: serde_json::to_string(view)
+                            .map_err(|e| Error::internal(e.to_string()))?,
+                    };
+                    Ok(Some(crate::writer::extra(move |_, tx| {
+                        Box::pin(async move {
+                            Store::idempotency_put(tx, &scope, &idem.key, &rec).await?;
+                            Ok(())
+                        })
+                    })))
+                },
+            )
+            .await?;
+        let value = launched(&effects, id)
+            .cloned()
+            .ok_or_else(|| Error::internal("the launch recorded no instance"))?;
+        Ok(Created {
+            value,
+            replayed: false,
         })
-    }
-
-    async fn check_quota(&self, quotas: &[Quota], inst: &Instance) -> Result<()> {
-        let Some(q) = quotas.iter().find(|q| {
-            q.tenant_id == inst.tenant_id && q.gpu_model == inst.gpu_model && q.class == inst.class
-        }) else {
-            return Ok(());
-        };
-        // Thousandths of a GPU: a share counts its share, a MIG instance its compute slices
-        // out of 7, CPU-only nothing; the sum, rounded up to whole GPUs, is held to the quota.
-        let used: i64 = self
-            .store
-            .instance_usage(inst.tenant_id)
-            .await?
-            .into_iter()
-            .filter(|(m, c, _)| *m == inst.gpu_model && *c == inst.class)
-            .map(|(_, _, g)| g)
-            .sum();
-        let asks = i64::try_from(inst.shape.gpu_milli(inst.gpu_count)).unwrap_or(i64::MAX);
-        if asks > 0 && (used + asks + 999) / 1000 > i64::from(q.max_gpus) {
-            return Err(Error::new(
-                ErrorCode::QuotaExceeded,
-                format!(
-                    "quota for {} {} GPUs is {}; {} are in use and this asks for {}",
-                    inst.class,
-                    inst.gpu_model,
-                    q.max_gpus,
-                    gpus_text(used),
-                    gpus_text(asks)
-                ),
-            ));
-        }
-        Ok(())
     }
 
     async fn visible_instance(&self, p: &Principal, id: &str) -> Result<Instance> {
@@ -341,58 +196,59 @@ impl Service {
     /// Terminates an instance: its GPUs are freed at once and the queue is served.
     pub async fn instance_terminate(&self, p: &Principal, id: &str) -> Result<Instance> {
         auth::authorize(p, Action::WriteInstances)?;
-        let mut inst = self.visible_instance(p, id).await?;
+        let inst = self.visible_instance(p, id).await?;
         if inst.state.is_final() {
             return Ok(inst);
         }
-        let mut sched = self.sched.lock().await;
         let now = Timestamp::now();
-        let before = serde_json::to_value(&inst).ok();
-        let held = inst.state.holds_gpus();
-        inst.state = InstanceState::Terminated;
-        inst.ended_at = Some(now);
-        if !held {
-            inst.reason = Some("terminated before it was placed".into());
+        match self
+            .decide(
+                neocloud_scheduler::Command::Terminate { id: inst.id },
+                now,
+                Some(p.key_id),
+                |_, _| Ok(None),
+            )
+            .await
+        {
+            Ok(_) => {}
+            // Ended meanwhile (a preemption, a failure, another terminate): it reads as it
+            // ended.
+            Err(e) if e.code == ErrorCode::Conflict => {}
+            Err(e) => return Err(e),
         }
-        let book = self.price_book().await?;
-        let metered = self.store.instance_metered_until(inst.id).await?;
-        let mut tx = self.store.begin_write().await?;
-        Store::instance_update(&mut tx, &inst).await?;
-        if held {
-            crate::billing::meter(&self.store, &mut tx, &book, &inst, metered, now).await?;
-        }
-        Store::instance_release_gpus(&mut tx, inst.id).await?;
-        scheduler::event(
-            &mut tx,
-            Some(p.key_id),
-            &inst,
-            "instance.terminated",
-            before,
-            None,
-        )
-        .await?;
-        tx.commit().await?;
-        sched.release(inst.id);
-        sched.queue.retain(|(_, qid), _| *qid != inst.id);
-        sched.tick(&self.store, &book, now).await?;
-        drop(sched);
         Ok(self.store.instance_get(inst.id).await?)
     }
 
     /// Runs the scheduler's periodic work at `now`: ends preemption notices that ran out,
-    /// expires queued instances past their deadline, and starts queued instances that fit.
+    /// starts and ends contracts, refills pools, expires queued instances past their
+    /// deadline, and starts queued instances that fit.
     pub async fn tick(&self, now: Timestamp) -> Result<usize> {
-        let book = self.price_book().await?;
-        let mut sched = self.sched.lock().await;
-        self.contracts_advance(&mut sched, now).await?;
-        let changed = sched.tick(&self.store, &book, now).await?;
+        let effects = self
+            .decide(neocloud_scheduler::Command::Tick, now, None, |_, _| Ok(None))
+            .await?;
+        let changed = effects
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    neocloud_scheduler::Effect::Start { .. }
+                        | neocloud_scheduler::Effect::Update { .. }
+                )
+            })
+            .count();
         // Spot prices follow utilization, recomputed once a minute.
-        if sched
-            .spot_repriced_at
-            .is_none_or(|t| t.plus_seconds(SPOT_REPRICE_SECS) <= now)
-        {
-            self.spot_reprice(&sched, &book, now).await?;
-            sched.spot_repriced_at = Some(now);
+        let due = {
+            let mut at = lock_ignoring_poison(&self.spot_repriced_at);
+            if at.is_none_or(|t| t.plus_seconds(SPOT_REPRICE_SECS) <= now) {
+                *at = Some(now);
+                true
+            } else {
+                false
+            }
+        };
+        if due {
+            let book = self.price_book().await?;
+            self.spot_reprice(&book, now).await?;
         }
         Ok(changed)
     }
@@ -402,26 +258,43 @@ impl Service {
         auth::authorize(p, Action::WriteQuotas)?;
         let tenant = self.visible_tenant(p, &req.tenant_id).await?;
         self.store.gpu_model_get(&req.gpu_model).await?;
-        // Same lock order as launches: scheduler first, then the write transaction.
-        let mut sched = self.sched.lock().await;
-        let mut tx = self.store.begin_write().await?;
-        Store::quota_put(&mut tx, tenant.id, &req.gpu_model, req.class, req.max_gpus).await?;
-        Store::event_insert(
-            &mut tx,
-            neocloud_store::NewEvent {
-                actor: Some(p.key_id),
-                tenant_id: Some(tenant.id),
-                action: "quota.set",
-                resource_kind: "quota",
-                resource_id: format!("{}/{}/{}", tenant.id, req.gpu_model, req.class),
-                before: None,
-                after: Some(serde_json::json!({"max_gpus": req.max_gpus})),
+        // The quota is written in order with the launches it limits, and the scheduler
+        // holds it from the moment it is decided.
+        let actor = p.key_id;
+        let tenant_id = tenant.id;
+        let (model, class, max) = (req.gpu_model.clone(), req.class, req.max_gpus);
+        self.decide(
+            neocloud_scheduler::Command::SetQuota {
+                tenant: tenant.id,
+                gpu_model: req.gpu_model.clone(),
+                class: req.class,
+                max_gpus: req.max_gpus,
+            },
+            Timestamp::now(),
+            Some(actor),
+            move |_, _| {
+                Ok(Some(crate::writer::extra(move |_, tx| {
+                    Box::pin(async move {
+                        Store::quota_put(tx, tenant_id, &model, class, max).await?;
+                        Store::event_insert(
+                            tx,
+                            neocloud_store::NewEvent {
+                                actor: Some(actor),
+                                tenant_id: Some(tenant_id),
+                                action: "quota.set",
+                                resource_kind: "quota",
+                                resource_id: format!("{tenant_id}/{model}/{class}"),
+                                before: None,
+                                after: Some(serde_json::json!({"max_gpus": max})),
+                            },
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })))
             },
         )
         .await?;
-        tx.commit().await?;
-        sched.quotas = self.store.quota_list(None).await?;
-        drop(sched);
         Ok(self.store.quota_list(Some(tenant.id)).await?)
     }
 
@@ -433,53 +306,14 @@ impl Service {
     }
 }
 
-/// Thousandths of GPUs in words: "3" for whole GPUs, "0.250" for parts.
-fn gpus_text(milli: i64) -> String {
-    if milli % 1000 == 0 {
-        (milli / 1000).to_string()
-    } else {
-        format!("{}.{:03}", milli / 1000, milli % 1000)
-    }
+/// The instance a launch created, from its effects.
+fn launched(effects: &[neocloud_scheduler::Effect], id: InstanceId) -> Option<&Instance> {
+    effects.iter().find_map(|e| match e {
+        neocloud_scheduler::Effect::Insert { inst, .. } if inst.id == id => Some(inst),
+        _ => None,
+    })
 }
 
-/// Refuses what the operator's sharing policy does not allow, and CPU or memory no node of
-/// the model has, before anything is placed.
-fn check_sharing(sched: &scheduler::Sched, inst: &Instance) -> Result<()> {
-    use neocloud_types::Shape;
-    let sharing = sched.config.sharing;
-    match inst.shape {
-        Shape::Share { .. } | Shape::Mig { .. } if !sharing.slices => {
-            return Err(Error::invalid(format!(
-                "this cloud does not sell parts of a GPU ({} asked); ask for whole GPUs",
-                inst.shape.describe()
-            )));
-        }
-        Shape::Cpu if !sharing.cpu_only => {
-            return Err(Error::invalid(
-                "this cloud's GPU nodes do not run CPU-only instances; ask for a GPU shape",
-            ));
-        }
-        _ => {}
-    }
-    if let Some(&(cpu, mem)) = sched.node_host.get(&inst.gpu_model) {
-        if let Some(c) = inst.cpu_milli
-            && cpu > 0
-            && c > cpu
-        {
-            return Err(Error::invalid(format!(
-                "cpu_milli {c} is more than any {} node has ({cpu} thousandths of a core)",
-                inst.gpu_model
-            )));
-        }
-        if let Some(m) = inst.memory_mib
-            && mem > 0
-            && m > mem
-        {
-            return Err(Error::invalid(format!(
-                "memory_mib {m} is more than any {} node has ({mem} MiB)",
-                inst.gpu_model
-            )));
-        }
-    }
-    Ok(())
+fn lock_ignoring_poison<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -64,12 +64,22 @@ pub struct Created<T> {
 #[derive(Clone)]
 pub struct Service {
     store: Store,
-    sched: std::sync::Arc<tokio::sync::Mutex<scheduler::Sched>>,
-    /// Launches decided but not yet committed hold this for reading; rebuilding the
-    /// allocator from the database takes it for writing, so it never misses one.
-    inflight: std::sync::Arc<tokio::sync::RwLock<()>>,
-    /// The group-commit writer for launches.
-    writer: tokio::sync::mpsc::Sender<writer::LaunchWrite>,
+    /// The scheduling state machine, behind a lock never held across I/O.
+    sched: scheduler::SchedCell,
+    /// Commits the scheduler's decisions in the order they were made.
+    writer: writer::Writer,
+    /// When spot prices were last recomputed.
+    spot_repriced_at: std::sync::Arc<std::sync::Mutex<Option<Timestamp>>>,
+    /// The console's topology-map layout per site (node names and blocks), read on first
+    /// use; cleared by fleet imports.
+    map_cells: std::sync::Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<
+                neocloud_types::SiteId,
+                std::sync::Arc<Vec<neocloud_store::NodeCell>>,
+            >,
+        >,
+    >,
     /// Keys recently read, by prefix: heartbeats arrive thousands a second, and a key read
     /// from the database on each would cost more than the heartbeat. Entries live
     /// [`KEY_CACHE_SECS`]; revoking a key here drops its entry at once (another replica
@@ -141,13 +151,16 @@ impl Service {
             .await?
             .generation;
         let health = health::Monitor::load(&store, &config).await?;
-        let sched = scheduler::Sched::rebuild(&store, config).await?;
-        let writer = writer::spawn(store.clone());
+        let sched = std::sync::Arc::new(std::sync::Mutex::new(
+            scheduler::load(&store, config).await?,
+        ));
+        let writer = writer::spawn(store.clone(), sched.clone());
         Ok(Service {
             store,
-            sched: std::sync::Arc::new(tokio::sync::Mutex::new(sched)),
-            inflight: Default::default(),
+            sched,
             writer,
+            spot_repriced_at: Default::default(),
+            map_cells: Default::default(),
             keys: Default::default(),
             health: std::sync::Arc::new(health),
             touched: Default::default(),
@@ -158,7 +171,7 @@ impl Service {
     /// A fingerprint of the allocator's state (allocations and free GPUs), to compare the
     /// state before and after a restart.
     pub async fn allocator_fingerprint(&self) -> String {
-        self.sched.lock().await.alloc.fingerprint()
+        scheduler::lock(&self.sched).fingerprint()
     }
 
     /// The store underneath (for readiness checks and tests).
@@ -444,11 +457,11 @@ impl Service {
     /// update it), so no read aggregates the nodes table again: on the full demo that
     /// aggregate costs about 30 ms.
     pub(crate) async fn sites(&self, one: Option<&str>) -> Result<Vec<Site>> {
-        let sched = self.sched.lock().await;
+        let sched = scheduler::lock(&self.sched);
         match one {
-            None => Ok(sched.sites.clone()),
+            None => Ok(sched.sites().to_vec()),
             Some(key) => sched
-                .sites
+                .sites()
                 .iter()
                 .find(|s| s.name == key || s.id.to_string() == key)
                 .map(|s| vec![s.clone()])
@@ -474,30 +487,42 @@ impl Service {
                 before.power_budget_watts
             )));
         }
-        let mut sched = self.sched.lock().await;
-        let mut tx = self.store.begin_write().await?;
-        Store::site_set_power_cap(&mut tx, before.id, req.watts).await?;
-        Store::event_insert(
-            &mut tx,
-            NewEvent {
-                actor: Some(p.key_id),
-                tenant_id: None,
-                action: "site.power_capped",
-                resource_kind: "site",
-                resource_id: before.id.to_string(),
-                before: serde_json::to_value(&before).ok(),
-                after: Some(serde_json::json!({"power_cap_watts": req.watts})),
+        let site_id = before.id;
+        let watts = req.watts;
+        let actor = p.key_id;
+        let before_json = serde_json::to_value(&before).ok();
+        self.decide(
+            neocloud_scheduler::Command::SetPowerLimit {
+                site: site_id,
+                watts: watts.unwrap_or(before.power_budget_watts),
+            },
+            Timestamp::now(),
+            Some(actor),
+            move |_, _| {
+                Ok(Some(writer::extra(move |_, tx| {
+                    Box::pin(async move {
+                        Store::site_set_power_cap(tx, site_id, watts).await?;
+                        Store::event_insert(
+                            tx,
+                            NewEvent {
+                                actor: Some(actor),
+                                tenant_id: None,
+                                action: "site.power_capped",
+                                resource_kind: "site",
+                                resource_id: site_id.to_string(),
+                                before: before_json,
+                                after: Some(serde_json::json!({"power_cap_watts": watts})),
+                            },
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })))
             },
         )
         .await?;
-        tx.commit().await?;
-        sched
-            .alloc
-            .set_power_limit(before.id, req.watts.unwrap_or(before.power_budget_watts));
         let after = self.store.site_get(site).await?;
-        if let Some(s) = sched.sites.iter_mut().find(|s| s.id == after.id) {
-            *s = after.clone();
-        }
+        scheduler::lock(&self.sched).set_site(after.clone());
         Ok(after)
     }
 
@@ -529,9 +554,9 @@ impl Service {
         auth::authorize(p, Action::ReadFleet)?;
         let limit = page_limit(limit)?;
         let mut page = self.store.node_list(filter, cursor, limit).await?;
-        let sched = self.sched.lock().await;
+        let sched = scheduler::lock(&self.sched);
         for n in &mut page.items {
-            allocated_view(&sched.alloc, n);
+            allocated_view(sched.alloc(), n);
         }
         Ok(page)
     }
@@ -541,7 +566,7 @@ impl Service {
         auth::authorize(p, Action::ReadFleet)?;
         let mut node = self.store.node_get(id_or_name).await?;
         self.node_live(&mut node);
-        allocated_view(&self.sched.lock().await.alloc, &mut node);
+        allocated_view(scheduler::lock(&self.sched).alloc(), &mut node);
         Ok(node)
     }
 
@@ -579,31 +604,42 @@ impl Service {
                 .collect();
             e
         })?;
-        // No placement may run while nodes change under the allocator, and every launch
-        // already decided must be committed before the allocator is rebuilt.
-        let mut sched = self.sched.lock().await;
-        let _settled = self.inflight.write().await;
-        let mut tx = self.store.begin_write().await?;
-        let mut report = Store::fleet_import(&mut tx, &spec, p.map(|p| p.key_id)).await?;
         if dry_run {
+            let mut tx = self.store.begin_write().await?;
+            let mut report = Store::fleet_import(&mut tx, &spec, p.map(|p| p.key_id)).await?;
             report.dry_run = true;
             drop(tx);
-        } else {
-            Store::meta_put(
-                &mut tx,
-                "fleet_file_sha256",
-                &auth::sha256_hex(source.as_bytes()),
-            )
-            .await?;
-            tx.commit().await?;
-            if let Err(e) = self.store.analyze().await {
-                tracing::warn!(error = %e, "could not refresh planner statistics");
-            }
-            let config = sched.config.clone();
-            *sched = scheduler::Sched::rebuild(&self.store, config).await?;
-            Self::price_seed_defaults(&self.store).await?;
+            return Ok(report);
         }
-        Ok(report)
+        // The import is written in order with the scheduler's decisions, and the scheduler
+        // is rebuilt from the database right after it; no decision is made in between
+        // (they are refused with 503 for that moment).
+        let out = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let slot = out.clone();
+        let actor = p.map(|p| p.key_id);
+        let hash = auth::sha256_hex(source.as_bytes());
+        let write = writer::extra(move |_, tx| {
+            Box::pin(async move {
+                let report = Store::fleet_import(tx, &spec, actor).await?;
+                Store::meta_put(tx, "fleet_file_sha256", &hash).await?;
+                *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(report);
+                Ok(())
+            })
+        });
+        self.write_then_rebuild(write).await?;
+        self.map_cells
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        if let Err(e) = self.store.analyze().await {
+            tracing::warn!(error = %e, "could not refresh planner statistics");
+        }
+        Self::price_seed_defaults(&self.store).await?;
+        let report = out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        report.ok_or_else(|| Error::internal("the fleet import wrote no report"))
     }
 
     /// Applies a fleet file at start-up unless the very same file was the last one applied

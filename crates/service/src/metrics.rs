@@ -19,6 +19,12 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// Upper bounds of lock-hold buckets, seconds: a microsecond to a tenth of a second.
+const HOLD_BUCKETS: [f64; 14] = [
+    0.000_001, 0.000_002_5, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25,
+    0.000_5, 0.001, 0.002_5, 0.01, 0.025, 0.1,
+];
+
 /// Upper bounds of queue-wait buckets, seconds: a second to a week.
 const WAIT_BUCKETS: [f64; 10] = [
     1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0, 604_800.0,
@@ -87,6 +93,8 @@ pub(crate) struct Metrics {
     pub(crate) placed: AtomicU64,
     pub(crate) refused: AtomicU64,
     pub(crate) decision: Histogram,
+    /// How long each hold of the scheduler's lock lasted.
+    pub(crate) lock_hold: Histogram,
     /// How long queued instances waited before they started.
     pub(crate) queue_wait: Histogram,
     pub(crate) preemptions: AtomicU64,
@@ -103,6 +111,7 @@ impl Default for Metrics {
             placed: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             decision: Histogram::default(),
+            lock_hold: Histogram::new(&HOLD_BUCKETS),
             queue_wait: Histogram::new(&WAIT_BUCKETS),
             preemptions: AtomicU64::new(0),
             heartbeats: AtomicU64::new(0),
@@ -188,7 +197,7 @@ impl Service {
             );
         }
         {
-            let sched = self.sched.lock().await;
+            let sched = crate::scheduler::lock(&self.sched);
             head(
                 &mut out,
                 "neocloud_gpus_allocated",
@@ -196,9 +205,9 @@ impl Service {
                 "GPUs held by instances, by site, model and class.",
             );
             let mut by: BTreeMap<(String, String, String), u64> = BTreeMap::new();
-            for a in sched.alloc.allocations() {
+            for a in sched.alloc().allocations() {
                 let site = sched
-                    .sites
+                    .sites()
                     .iter()
                     .find(|s| s.id == a.site)
                     .map(|s| s.name.clone())
@@ -221,8 +230,8 @@ impl Service {
                 "gauge",
                 "Facility power of a site: allocated (placements, × PUE) and its budget.",
             );
-            for s in &sched.sites {
-                let p = sched.alloc.site_power(s.id);
+            for s in sched.sites() {
+                let p = sched.alloc().site_power(s.id);
                 let _ = writeln!(
                     out,
                     "neocloud_site_power_watts{{site=\"{}\",kind=\"allocated\"}} {}",
@@ -241,13 +250,13 @@ impl Service {
                 "neocloud_queue_length",
                 "gauge",
                 "Instances waiting for capacity.",
-                &[("", sched.queue.len().to_string())],
+                &[("", sched.queued().count().to_string())],
             );
             let now = neocloud_types::Timestamp::now().micros();
             let oldest = sched
-                .queue
-                .values()
-                .map(|q| (now - q.since.micros()).max(0))
+                .queued()
+                .filter_map(|id| sched.instance(id))
+                .map(|q| (now - q.created_at.micros()).max(0))
                 .max()
                 .unwrap_or(0);
             family(
@@ -277,6 +286,14 @@ impl Service {
         );
         m.decision
             .render(&mut out, "neocloud_allocator_decision_seconds", "");
+        head(
+            &mut out,
+            "neocloud_scheduler_lock_hold_seconds",
+            "histogram",
+            "How long each hold of the scheduler's lock lasted (a command applied, or a read of its state); no I/O happens under it.",
+        );
+        m.lock_hold
+            .render(&mut out, "neocloud_scheduler_lock_hold_seconds", "");
         head(
             &mut out,
             "neocloud_queue_wait_seconds",

@@ -289,8 +289,10 @@ impl Service {
         if built != lease.generation {
             self.rebuild_in_memory().await?;
         }
-        let fresh =
-            crate::health::Monitor::load(&self.store, &self.sched.lock().await.config).await?;
+        let fresh = {
+            let config = crate::scheduler::lock(&self.sched).config().clone();
+            crate::health::Monitor::load(&self.store, &config).await?
+        };
         // The reload may have taken a while: renew, and lead only if the lease is still
         // ours with the same epoch.
         let renewed = self
@@ -353,10 +355,6 @@ impl Service {
 
     /// Rebuilds the allocator, the queue and the calendar from the database.
     async fn rebuild_in_memory(&self) -> Result<()> {
-        let mut sched = self.sched.lock().await;
-        let _settled = self.inflight.write().await;
-        let config = sched.config.clone();
-        *sched = crate::scheduler::Sched::rebuild(&self.store, config).await?;
-        Ok(())
+        self.rebuild_scheduler().await
     }
 }

@@ -1,35 +1,98 @@
-//! Group commit for launches.
+//! The ordered writer: every decision of the scheduler is committed here, in the order it
+//! was decided.
 //!
-//! A launch decides its placement in memory under the scheduler's lock, hands the records
-//! to this writer and waits for their commit before it answers. The writer takes every
-//! launch waiting at that moment and commits them in one transaction, each inside its own
-//! savepoint, so one bad launch (say, a reused Idempotency-Key) fails alone. Commits are
-//! still made before anything is acknowledged; there are just fewer of them.
+//! A caller takes the scheduler's lock, applies a command (microseconds), hands the effects
+//! to this writer *while still holding the lock* (an unbounded channel: sending never
+//! waits), releases the lock, and waits for the commit before it answers. So the database
+//! sees the decisions in the order they were made, and no lock is ever held across I/O.
+//!
+//! The writer takes every job waiting at that moment and commits them in one transaction,
+//! each inside its own savepoint (group commit). If a job cannot be written, the decisions
+//! made after it were made on a state the database will never have: the writer fails them
+//! too, marks the scheduler stale (new decisions are refused with 503 until it is fresh),
+//! rebuilds it from the database, and swaps it in. Jobs decided on the old state carry its
+//! epoch and are refused, never written.
 
-use neocloud_store::{IdempotencyRecord, Store};
-use neocloud_types::{ApiKeyId, Instance, NodeId};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use neocloud_billing::prices::PriceBook;
+use neocloud_scheduler::{Effect, Scheduler};
+use neocloud_store::{NewEvent, Store, WriteTx};
+use neocloud_types::ApiKeyId;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::{Error, Result};
-use crate::scheduler;
+use crate::error::{Error, ErrorCode, Result};
+use crate::scheduler::{self, SchedCell};
 
-/// Most launches committed together.
+/// Most jobs committed together.
 const MAX_BATCH: usize = 256;
 
-/// What one launch writes.
-pub(crate) struct LaunchWrite {
-    pub(crate) inst: Instance,
-    pub(crate) gpus: Vec<(NodeId, Vec<u32>)>,
-    pub(crate) held: neocloud_store::Held,
-    pub(crate) actor: ApiKeyId,
-    /// Scope, key and response of the Idempotency-Key, if one was given.
-    pub(crate) idem: Option<(String, String, IdempotencyRecord)>,
-    pub(crate) done: oneshot::Sender<Result<()>>,
+/// A future borrowing the transaction.
+pub(crate) type TxFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+
+/// Writes besides the effects, in the same savepoint (before the effects): the rows the
+/// service owns (a node's state, an idempotency record, a contract's terms).
+pub(crate) type Extra = Box<dyn for<'a> FnOnce(&'a Store, &'a mut WriteTx) -> TxFuture<'a> + Send>;
+
+/// Wraps a closure as [`Extra`] (helps the compiler see the lifetimes).
+pub(crate) fn extra<F>(f: F) -> Extra
+where
+    F: for<'a> FnOnce(&'a Store, &'a mut WriteTx) -> TxFuture<'a> + Send + 'static,
+{
+    Box::new(f)
 }
 
-/// Starts the writer; it stops when every sender is gone.
-pub(crate) fn spawn(store: Store) -> mpsc::Sender<LaunchWrite> {
-    let (tx, mut rx) = mpsc::channel::<LaunchWrite>(4 * MAX_BATCH);
+/// What the writer is asked to do.
+pub(crate) enum Job {
+    /// Commit a decision.
+    Write {
+        /// The scheduler's epoch when it was decided.
+        epoch: u64,
+        /// What to record.
+        effects: Vec<Effect>,
+        /// Rows the service writes with it.
+        extra: Option<Extra>,
+        /// Who asked (for audit events).
+        actor: Option<ApiKeyId>,
+        done: oneshot::Sender<Result<()>>,
+    },
+    /// Rebuild the scheduler from the database once everything before is committed (after a
+    /// fleet import, on taking leadership).
+    Rebuild { done: oneshot::Sender<Result<()>> },
+}
+
+/// The writer's handle.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    tx: mpsc::UnboundedSender<Job>,
+    /// Bumped by every rebuild; a job of an older epoch is refused.
+    pub(crate) epoch: Arc<AtomicU64>,
+    /// Set when a write failed and the scheduler must be rebuilt before deciding again.
+    pub(crate) stale: Arc<AtomicBool>,
+}
+
+impl Writer {
+    /// Queues a job; never waits.
+    pub(crate) fn send(&self, job: Job) -> Result<()> {
+        self.tx
+            .send(job)
+            .map_err(|_| Error::internal("the writer has stopped"))
+    }
+}
+
+/// Starts the writer; it stops when every handle is gone.
+pub(crate) fn spawn(store: Store, sched: SchedCell) -> Writer {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+    let w = Writer {
+        tx,
+        epoch: Arc::new(AtomicU64::new(0)),
+        stale: Arc::new(AtomicBool::new(false)),
+    };
+    let epoch = w.epoch.clone();
+    let stale = w.stale.clone();
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
@@ -39,73 +102,318 @@ pub(crate) fn spawn(store: Store) -> mpsc::Sender<LaunchWrite> {
                     Err(_) => break,
                 }
             }
-            let outcome = write_batch(&store, &batch).await;
-            for (i, job) in batch.into_iter().enumerate() {
-                let r = match &outcome {
-                    Ok(each) => match &each[i] {
-                        None => Ok(()),
-                        Some(msg) => Err(Error::new(crate::ErrorCode::Conflict, msg.clone())),
-                    },
-                    // Every launch of the batch fails the way the batch did (a fenced
-                    // ex-leader's launches are "unavailable", not internal errors).
-                    Err(e) => {
-                        let mut err = Error::new(e.code, e.message.clone());
-                        err.internal = Some(format!(
-                            "committing launches: {}",
-                            e.internal.as_deref().unwrap_or(&e.message)
-                        ));
-                        Err(err)
+            let mut rebuilds = Vec::new();
+            let mut writes = Vec::new();
+            for job in batch {
+                match job {
+                    Job::Rebuild { done } => rebuilds.push(done),
+                    Job::Write {
+                        epoch: e,
+                        effects,
+                        extra,
+                        actor,
+                        done,
+                    } => {
+                        if e != epoch.load(Ordering::SeqCst) {
+                            let _ = done.send(Err(stale_error()));
+                        } else {
+                            writes.push((effects, extra, actor, done));
+                        }
                     }
-                };
-                let _ = job.done.send(r);
+                }
+            }
+            let mut failed = false;
+            if !writes.is_empty() {
+                failed = write_batch(&store, writes).await;
+            }
+            if failed || !rebuilds.is_empty() {
+                if failed {
+                    stale.store(true, Ordering::SeqCst);
+                }
+                let r = rebuild(&store, &sched, &epoch, &stale).await;
+                for done in rebuilds {
+                    let _ = done.send(r.as_ref().map(|_| ()).map_err(clone_error));
+                }
             }
         }
     });
-    tx
+    w
 }
 
-/// Writes a batch in one transaction; per launch, `None` if it was written or the reason it
-/// was not.
-async fn write_batch(store: &Store, batch: &[LaunchWrite]) -> Result<Vec<Option<String>>> {
-    let mut tx = store.begin_write().await?;
-    let mut each = Vec::with_capacity(batch.len());
-    for job in batch {
-        sqlx_exec(&mut tx, "SAVEPOINT launch").await?;
-        let r = async {
-            Store::instance_insert(&mut tx, &job.inst).await?;
-            Store::instance_hold(&mut tx, &job.inst, &job.gpus, job.held).await?;
-            scheduler::event(
-                &mut tx,
-                Some(job.actor),
-                &job.inst,
-                "instance.running",
-                None,
-                None,
-            )
-            .await?;
-            if let Some((scope, key, rec)) = &job.idem {
-                Store::idempotency_put(&mut tx, scope, key, rec).await?;
-            }
-            Ok::<_, Error>(())
-        }
-        .await;
-        match r {
-            Ok(()) => {
-                sqlx_exec(&mut tx, "RELEASE SAVEPOINT launch").await?;
-                each.push(None);
+fn stale_error() -> Error {
+    Error::new(
+        ErrorCode::Unavailable,
+        "the scheduler is reloading after a failed write; retry the request",
+    )
+}
+
+fn clone_error(e: &Error) -> Error {
+    let mut err = Error::new(e.code, e.message.clone());
+    err.internal.clone_from(&e.internal);
+    err
+}
+
+/// Rebuilds the scheduler from the database until it succeeds (each failed try waits a
+/// moment), then swaps it in under the lock and moves to a new epoch.
+async fn rebuild(
+    store: &Store,
+    sched: &SchedCell,
+    epoch: &AtomicU64,
+    stale: &AtomicBool,
+) -> Result<()> {
+    let config = scheduler::lock(sched).config().clone();
+    let mut tries = 0;
+    loop {
+        match scheduler::load(store, config.clone()).await {
+            Ok(fresh) => {
+                let mut s = scheduler::lock(sched);
+                swap_in(&mut s, fresh);
+                epoch.fetch_add(1, Ordering::SeqCst);
+                stale.store(false, Ordering::SeqCst);
+                return Ok(());
             }
             Err(e) => {
-                sqlx_exec(&mut tx, "ROLLBACK TO SAVEPOINT launch").await?;
-                sqlx_exec(&mut tx, "RELEASE SAVEPOINT launch").await?;
-                each.push(Some(e.message));
+                tries += 1;
+                tracing::error!(error = %e.internal.as_deref().unwrap_or(&e.message), tries, "rebuilding the scheduler failed; retrying");
+                // The database is the truth and nothing may be decided without it: try
+                // until it answers (decisions are refused with 503 meanwhile).
+                let _ = e;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         }
     }
-    tx.commit().await?;
-    Ok(each)
 }
 
-async fn sqlx_exec(tx: &mut neocloud_store::WriteTx, sql: &str) -> Result<()> {
-    Store::raw_execute(tx, sql).await?;
+fn swap_in(s: &mut Scheduler, fresh: Scheduler) {
+    *s = fresh;
+}
+
+/// Writes a batch in one transaction, a savepoint per job. Returns whether a job failed
+/// (every job after it fails too: it was decided on top of it).
+async fn write_batch(
+    store: &Store,
+    writes: Vec<(
+        Vec<Effect>,
+        Option<Extra>,
+        Option<ApiKeyId>,
+        oneshot::Sender<Result<()>>,
+    )>,
+) -> bool {
+    let mut tx = match store.begin_write().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            let e = Error::from(e);
+            for (.., done) in writes {
+                let _ = done.send(Err(clone_error(&e)));
+            }
+            return true;
+        }
+    };
+    let mut book: Option<PriceBook> = None;
+    let mut results: Vec<(oneshot::Sender<Result<()>>, Result<()>)> = Vec::new();
+    let mut failed: Option<Error> = None;
+    for (effects, extra, actor, done) in writes {
+        if let Some(e) = &failed {
+            let mut err = Error::new(ErrorCode::Unavailable, "an earlier decision could not be written; retry the request");
+            err.internal = Some(format!("after: {}", e.internal.as_deref().unwrap_or(&e.message)));
+            results.push((done, Err(err)));
+            continue;
+        }
+        let r = async {
+            Store::raw_execute(&mut tx, "SAVEPOINT job").await?;
+            let r = async {
+                if let Some(x) = extra {
+                    x(store, &mut tx).await?;
+                }
+                write_effects(store, &mut tx, &mut book, &effects, actor).await
+            }
+            .await;
+            match r {
+                Ok(()) => {
+                    Store::raw_execute(&mut tx, "RELEASE SAVEPOINT job").await?;
+                    Ok(())
+                }
+                Err(e) => {
+                    Store::raw_execute(&mut tx, "ROLLBACK TO SAVEPOINT job").await?;
+                    Store::raw_execute(&mut tx, "RELEASE SAVEPOINT job").await?;
+                    Err(e)
+                }
+            }
+        }
+        .await;
+        if let Err(e) = &r {
+            failed = Some(clone_error(e));
+        }
+        results.push((done, r));
+    }
+    let committed = tx.commit().await.map_err(Error::from);
+    for (done, r) in results {
+        let r = match (&committed, r) {
+            (Ok(()), r) => r,
+            // Every job of the batch fails the way the commit did (a fenced ex-leader's
+            // writes are "unavailable", not internal errors).
+            (Err(e), _) => {
+                let mut err = Error::new(e.code, e.message.clone());
+                err.internal = Some(format!(
+                    "committing: {}",
+                    e.internal.as_deref().unwrap_or(&e.message)
+                ));
+                Err(err)
+            }
+        };
+        let _ = done.send(r);
+    }
+    failed.is_some() || committed.is_err()
+}
+
+/// Records one decision's effects in `tx`.
+pub(crate) async fn write_effects(
+    store: &Store,
+    tx: &mut WriteTx,
+    book: &mut Option<PriceBook>,
+    effects: &[Effect],
+    actor: Option<ApiKeyId>,
+) -> Result<()> {
+    for fx in effects {
+        match fx {
+            Effect::Insert { inst, alloc } => {
+                Store::instance_insert(tx, inst).await?;
+                let action = match alloc {
+                    Some(a) => {
+                        Store::instance_hold(tx, inst, &a.gpus, scheduler::held_of(a)).await?;
+                        "instance.running"
+                    }
+                    None => "instance.pending",
+                };
+                scheduler::event(tx, actor, inst, action, None, None).await?;
+            }
+            Effect::Start {
+                before,
+                after,
+                alloc,
+            } => {
+                Store::instance_update(tx, after).await?;
+                Store::instance_hold(tx, after, &alloc.gpus, scheduler::held_of(alloc)).await?;
+                scheduler::event(
+                    tx,
+                    None,
+                    after,
+                    "instance.running",
+                    serde_json::to_value(before).ok(),
+                    None,
+                )
+                .await?;
+            }
+            Effect::Update {
+                before,
+                after,
+                action,
+                meter_until,
+                release,
+            } => {
+                let metered = match meter_until {
+                    Some(_) => Store::instance_metered_until_tx(tx, after.id).await?,
+                    None => None,
+                };
+                Store::instance_update(tx, after).await?;
+                if let Some(until) = meter_until {
+                    if book.is_none() {
+                        *book = Some(crate::billing::book_from(&store.price_list().await?)?);
+                    }
+                    if let Some(b) = book.as_ref() {
+                        crate::billing::meter(store, tx, b, after, metered, *until).await?;
+                    }
+                }
+                if *release {
+                    Store::instance_release_gpus(tx, after.id).await?;
+                }
+                let who = if action.ends_with("terminated") { actor } else { None };
+                scheduler::event(tx, who, after, action, serde_json::to_value(before).ok(), None)
+                    .await?;
+            }
+            Effect::Pool { node, contract } => {
+                Store::node_set_pool(tx, *node, *contract).await?;
+            }
+            // The service writes a new contract's row itself (with its SLA terms).
+            Effect::ContractInsert(_) => {}
+            Effect::ContractState {
+                before,
+                state,
+                action,
+                detail,
+            } => {
+                Store::contract_set_state(tx, before.id, *state).await?;
+                let (b, a) = match detail {
+                    Some(d) => (None, Some(d.clone())),
+                    None => (serde_json::to_value(before).ok(), None),
+                };
+                Store::event_insert(
+                    tx,
+                    NewEvent {
+                        actor: if *state == neocloud_types::ContractState::Cancelled {
+                            actor
+                        } else {
+                            None
+                        },
+                        tenant_id: Some(before.tenant_id),
+                        action,
+                        resource_kind: "contract",
+                        resource_id: before.id.to_string(),
+                        before: b,
+                        after: a,
+                    },
+                )
+                .await?;
+            }
+            Effect::OutageOpen {
+                contract,
+                node,
+                gpus,
+                at,
+                note,
+            } => {
+                Store::outage_open(tx, *contract, *node, *gpus, *at, note).await?;
+            }
+            Effect::OutageClose {
+                contract,
+                at,
+                note,
+                event,
+            } => {
+                let closed = Store::outage_close_one(tx, *contract, *at, note).await?;
+                if let Some(ev) = event {
+                    let mut after = ev.after.clone().unwrap_or_else(|| serde_json::json!({}));
+                    if let Some(o) = after.as_object_mut() {
+                        o.insert("outage".into(), serde_json::to_value(&closed).unwrap_or_default());
+                    }
+                    write_event(tx, actor, ev, Some(after)).await?;
+                }
+            }
+            Effect::Event(ev) => write_event(tx, actor, ev, ev.after.clone()).await?,
+            Effect::Warning(w) => tracing::error!("{w}"),
+        }
+    }
+    Ok(())
+}
+
+async fn write_event(
+    tx: &mut WriteTx,
+    actor: Option<ApiKeyId>,
+    ev: &neocloud_scheduler::Event,
+    after: Option<serde_json::Value>,
+) -> Result<()> {
+    Store::event_insert(
+        tx,
+        NewEvent {
+            actor,
+            tenant_id: ev.tenant_id,
+            action: ev.action,
+            resource_kind: ev.resource_kind,
+            resource_id: ev.resource_id.clone(),
+            before: ev.before.clone(),
+            after,
+        },
+    )
+    .await?;
     Ok(())
 }

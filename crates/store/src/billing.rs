@@ -218,6 +218,24 @@ impl Store {
         })
     }
 
+    /// How far an instance has been metered, read inside a write transaction (so a meter
+    /// written earlier in the same transaction counts).
+    pub async fn instance_metered_until_tx(
+        tx: &mut WriteTx,
+        id: InstanceId,
+    ) -> Result<Option<Timestamp>> {
+        let row = sqlx::query("SELECT metered_until FROM instances WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(tx.conn())
+            .await?;
+        Ok(match row {
+            Some(r) => r
+                .try_get::<Option<i64>, _>("metered_until")?
+                .map(Timestamp::from_micros),
+            None => None,
+        })
+    }
+
     /// Records downtime of a contract's GPUs.
     pub async fn downtime_insert(tx: &mut WriteTx, d: &DowntimeRow, note: &str) -> Result<()> {
         sqlx::query(

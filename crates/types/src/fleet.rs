@@ -313,3 +313,48 @@ pub struct ImportReport {
     /// GPUs removed.
     pub gpus_removed: u64,
 }
+
+/// A node as the allocator needs it.
+#[derive(Clone, Debug)]
+pub struct AllocatorNode {
+    /// Node id.
+    pub id: crate::NodeId,
+    /// Node name.
+    pub name: String,
+    /// Site.
+    pub site_id: crate::SiteId,
+    /// Enclosing blocks, outermost first.
+    pub blocks: Vec<(crate::BlockKind, crate::BlockId)>,
+    /// GPU model.
+    pub gpu_model: String,
+    /// GPUs.
+    pub gpus: u32,
+    /// Idle draw, watts.
+    pub idle_watts: u32,
+    /// Full-load draw, watts.
+    pub peak_watts: u32,
+    /// Lifecycle state (only available/allocated nodes take new work).
+    pub state: crate::NodeState,
+    /// Contract pool the node is pinned to.
+    pub pool: Option<crate::ContractId>,
+    /// Indexes of GPUs that are not healthy.
+    pub unhealthy_gpus: Vec<u32>,
+    /// CPU cores.
+    pub cpu_cores: u32,
+    /// Host memory, GiB.
+    pub ram_gib: u32,
+    /// Memory of one GPU, GiB (from the model catalog; 0 if the model is not in it).
+    pub gpu_memory_gib: u32,
+}
+
+/// A site as the allocator needs it.
+#[derive(Clone, Debug)]
+pub struct AllocatorSite {
+    /// Site id.
+    pub id: crate::SiteId,
+    /// Power limit, watts: the operator's cap if set, else the budget.
+    pub power_budget_watts: i64,
+    /// PUE in thousandths.
+    pub pue_milli: u32,
+}
+

@@ -19,8 +19,8 @@ use neocloud_allocator::{
 };
 use neocloud_types::{
     AllocatorNode, AllocatorSite, Class, Contract, ContractId, ContractState, FleetPolicy,
-    GangLevel, Instance, InstanceId, InstanceState, NodeId, NodeState, Quota, Shape, Site,
-    SiteId, TenantId, Timestamp,
+    GangLevel, Instance, InstanceId, InstanceState, NodeId, NodeState, Quota, Shape, Site, SiteId,
+    TenantId, Timestamp,
 };
 
 mod effects;
@@ -718,7 +718,11 @@ impl Scheduler {
 
     /// Places on-demand and internal work only within what contracts leave of a site's
     /// sellable capacity.
-    fn place_checked(&mut self, req: &Request, now: Timestamp) -> Result<Allocation, (Refusal, bool)> {
+    fn place_checked(
+        &mut self,
+        req: &Request,
+        now: Timestamp,
+    ) -> Result<Allocation, (Refusal, bool)> {
         neocloud_allocator::selling::place_within_sellable(&mut Selling { s: self, now }, req)
     }
 
@@ -759,7 +763,12 @@ impl Scheduler {
 
     // ----- commands -----
 
-    fn launch(&mut self, mut inst: Instance, now: Timestamp, fx: &mut Vec<Effect>) -> Result<(), Refused> {
+    fn launch(
+        &mut self,
+        mut inst: Instance,
+        now: Timestamp,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), Refused> {
         if self.live.contains_key(&inst.id) {
             return Err(Refused::Conflict(format!("instance {} exists", inst.id)));
         }
@@ -768,7 +777,9 @@ impl Scheduler {
         let placed = self.place_checked(&request, now);
         // A malformed request is refused, never queued: waiting cannot fix it.
         if let Err((
-            r @ (Refusal::BadShape { .. } | Refusal::UnknownModel { .. } | Refusal::UnknownSite { .. }),
+            r @ (Refusal::BadShape { .. }
+            | Refusal::UnknownModel { .. }
+            | Refusal::UnknownSite { .. }),
             _,
         )) = &placed
         {
@@ -907,12 +918,24 @@ impl Scheduler {
         latest
     }
 
-    fn terminate(&mut self, id: InstanceId, now: Timestamp, fx: &mut Vec<Effect>) -> Result<(), Refused> {
+    fn terminate(
+        &mut self,
+        id: InstanceId,
+        now: Timestamp,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), Refused> {
         let Some(i) = self.live.get(&id) else {
             return Err(Refused::NotFound(format!("instance {id} has ended")));
         };
         let reason = (!i.state.holds_gpus()).then(|| "terminated before it was placed".to_string());
-        self.end(id, InstanceState::Terminated, now, reason, "instance.terminated", fx);
+        self.end(
+            id,
+            InstanceState::Terminated,
+            now,
+            reason,
+            "instance.terminated",
+            fx,
+        );
         self.serve_queue(now, fx);
         Ok(())
     }
@@ -922,7 +945,9 @@ impl Scheduler {
         let mut due: Vec<(Timestamp, InstanceId)> = self
             .live
             .values()
-            .filter(|i| i.state == InstanceState::Preempting && i.preempt_at.is_some_and(|t| t <= now))
+            .filter(|i| {
+                i.state == InstanceState::Preempting && i.preempt_at.is_some_and(|t| t <= now)
+            })
             .map(|i| (i.preempt_at.unwrap_or(now), i.id))
             .collect();
         due.sort();
@@ -932,7 +957,14 @@ impl Scheduler {
                 .get(&id)
                 .and_then(|i| i.reason.clone())
                 .unwrap_or_else(|| "preempted by higher-priority work".into());
-            self.end(id, InstanceState::Preempted, now, Some(reason), "instance.preempted", fx);
+            self.end(
+                id,
+                InstanceState::Preempted,
+                now,
+                Some(reason),
+                "instance.preempted",
+                fx,
+            );
             self.counters.preemptions += 1;
         }
         self.advance_contracts(now, fx);
@@ -980,14 +1012,29 @@ impl Scheduler {
                     "no capacity before its deadline {}",
                     wait_until.map(|t| t.to_string()).unwrap_or_default()
                 );
-                self.end(key.1, InstanceState::Failed, now, Some(reason), "instance.failed", fx);
+                self.end(
+                    key.1,
+                    InstanceState::Failed,
+                    now,
+                    Some(reason),
+                    "instance.failed",
+                    fx,
+                );
             }
         }
     }
 
-    fn node_change(&mut self, c: NodeChange, now: Timestamp, fx: &mut Vec<Effect>) -> Result<(), Refused> {
+    fn node_change(
+        &mut self,
+        c: NodeChange,
+        now: Timestamp,
+        fx: &mut Vec<Effect>,
+    ) -> Result<(), Refused> {
         let Some(&(current, gpu_count)) = self.nodes.get(&c.node) else {
-            return Err(Refused::NotFound(format!("node {} is not in the fleet", c.node)));
+            return Err(Refused::NotFound(format!(
+                "node {} is not in the fleet",
+                c.node
+            )));
         };
         if let Some(from) = c.from
             && from != current
@@ -1082,7 +1129,9 @@ impl Scheduler {
     fn set_pool(&mut self, node: NodeId, pool: Option<ContractId>, fx: &mut Vec<Effect>) {
         let old = self.alloc.node_pool(node);
         if let Err(e) = self.alloc.set_pool(node, pool) {
-            fx.push(Effect::Warning(format!("could not move node {node} between pools: {e}")));
+            fx.push(Effect::Warning(format!(
+                "could not move node {node} between pools: {e}"
+            )));
             return;
         }
         if let Some(o) = old
@@ -1159,7 +1208,12 @@ impl Scheduler {
                 "a contract can only grow: more GPUs or a later end".into(),
             ));
         }
-        let node_size = self.node_size.get(&c.gpu_model).copied().unwrap_or(8).max(1);
+        let node_size = self
+            .node_size
+            .get(&c.gpu_model)
+            .copied()
+            .unwrap_or(8)
+            .max(1);
         if !count.is_multiple_of(node_size) {
             return Err(Refused::Invalid(format!(
                 "gpu_count must be a multiple of {node_size} (reserved pools are whole nodes)"
@@ -1173,9 +1227,13 @@ impl Scheduler {
         let cap = sellable(&self.config, site, &c.gpu_model);
         let key = CapacityKey::new(c.site_id, &c.gpu_model);
         let old = self.calendar.remove(c.id);
-        let fits = self
-            .calendar
-            .fits(&key, c.start_at.micros(), end.micros(), i64::from(count), cap);
+        let fits = self.calendar.fits(
+            &key,
+            c.start_at.micros(),
+            end.micros(),
+            i64::from(count),
+            cap,
+        );
         let restore = |cal: &mut Calendar| {
             if let Some(o) = &old {
                 cal.commit(&o.key, c.id, o.start, o.end, o.gpus)
@@ -1195,10 +1253,13 @@ impl Scheduler {
                 max - max % i64::from(node_size)
             )));
         }
-        if let Err(e) =
-            self.calendar
-                .commit(&key, c.id, c.start_at.micros(), end.micros(), i64::from(count))
-        {
+        if let Err(e) = self.calendar.commit(
+            &key,
+            c.id,
+            c.start_at.micros(),
+            end.micros(),
+            i64::from(count),
+        ) {
             restore(&mut self.calendar)?;
             return Err(Refused::Internal(e));
         }
@@ -1278,7 +1339,12 @@ impl Scheduler {
         if c.state == ContractState::Active && self.pools_full.contains(&c.id) {
             return;
         }
-        let node_size = self.node_size.get(&c.gpu_model).copied().unwrap_or(8).max(1);
+        let node_size = self
+            .node_size
+            .get(&c.gpu_model)
+            .copied()
+            .unwrap_or(8)
+            .max(1);
         let pinned = self.pools.get(&c.id).map_or(0, BTreeSet::len);
         let want = usize::try_from(c.gpu_count / node_size).unwrap_or(usize::MAX);
         if pinned >= want {

@@ -774,8 +774,7 @@ impl Service {
                         .alloc()
                         .free_gpus(Some(site.id), &m.gpu_model)
                         .min(total);
-                    let used_milli =
-                        u32::try_from((total - free) * 1000 / total).unwrap_or(1000);
+                    let used_milli = u32::try_from((total - free) * 1000 / total).unwrap_or(1000);
                     v.push((site.id, m.gpu_model.clone(), used_milli));
                 }
             }

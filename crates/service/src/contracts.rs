@@ -1,19 +1,18 @@
 //! Contracts: honest quotes from the capacity calendar, atomic signing, reserved pools of
 //! whole nodes pinned at the start, release at the end or on cancellation.
 
-use neocloud_allocator::calendar::CapacityKey;
 use neocloud_allocator::PlacementPolicy;
+use neocloud_allocator::calendar::CapacityKey;
 use neocloud_store::{NewEvent, Page, Store, contract_value};
 use neocloud_types::{
-    Class, Contract, ContractId, ContractState, GangLevel, Money,
-    Site, TenantId, Timestamp,
+    Class, Contract, ContractId, ContractState, GangLevel, Money, Site, TenantId, Timestamp,
 };
 
 use crate::auth::{self, Action, Principal};
 use crate::error::{Error, ErrorCode, Result};
 use crate::scheduler;
-use neocloud_scheduler::{Command, Scheduler};
 use crate::{ContractTerms, Quote, Service, page_limit};
+use neocloud_scheduler::{Command, Scheduler};
 
 const HOUR_US: i64 = 3_600_000_000;
 const YEAR_US: i64 = 365 * 24 * HOUR_US;

@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use neocloud_store::{NewEvent, Store};
 use neocloud_types::{
     AgentEvent, AgentEventKind, AgentRegister, AgentRegistered, ApiKey, ApiKeyId, BurnInRequest,
-    GpuHealth, GpuSample, HealthEvent, Heartbeat, HeartbeatAck, Node,
-    NodeId, NodeState, Outage, Role, Timestamp,
+    GpuHealth, GpuSample, HealthEvent, Heartbeat, HeartbeatAck, Node, NodeId, NodeState, Outage,
+    Role, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -525,13 +525,17 @@ fn node_rows(
 ) -> Extra {
     extra(move |_, tx| {
         Box::pin(async move {
-            let gpus_only =
-                c.to == from && c.burn_in.is_none() && !c.heal && !c.burn_in_passed;
+            let gpus_only = c.to == from && c.burn_in.is_none() && !c.heal && !c.burn_in_passed;
             if !gpus_only {
                 Store::node_set_state(tx, node.id, c.to, Some(&c.reason), now).await?;
                 if let Some(b) = &c.burn_in {
-                    Store::node_set_burn_in(tx, node.id, b.as_deref(), c.burn_in_passed.then_some(now))
-                        .await?;
+                    Store::node_set_burn_in(
+                        tx,
+                        node.id,
+                        b.as_deref(),
+                        c.burn_in_passed.then_some(now),
+                    )
+                    .await?;
                 } else if c.burn_in_passed {
                     Store::node_set_burn_in(tx, node.id, None, Some(now)).await?;
                 }
@@ -994,7 +998,8 @@ impl Service {
         let n_rows = u64::try_from(rows.len()).unwrap_or(0);
         let events = extra(move |_, tx| {
             Box::pin(async move {
-                if to_seq > from_seq && !Store::node_advance_seq(tx, node_id, from_seq, to_seq).await?
+                if to_seq > from_seq
+                    && !Store::node_advance_seq(tx, node_id, from_seq, to_seq).await?
                 {
                     // Another request stored these events first.
                     return Err(Error::new(ErrorCode::Conflict, DUPLICATE_REPORT));
@@ -1187,79 +1192,83 @@ impl Service {
         // the node in between, decide again from the new state.
         let mut tries = 0;
         loop {
-        let mut node = stored.clone();
-        if let Some(st) = crate::scheduler::lock(&self.sched).node_state(node.id) {
-            node.state = st;
-        }
-        let reason = |default: &str| body.reason.clone().unwrap_or_else(|| default.to_string());
-        let now = Timestamp::now();
-        let bad = |allowed: &str| {
-            Error::new(
-                ErrorCode::Conflict,
-                format!(
-                    "node '{}' is {}; {op} applies to {allowed} nodes",
-                    node.name, node.state
-                ),
-            )
-        };
-        let change = match op {
-            "cordon" => match node.state {
-                NodeState::Cordoned => return self.node_get(p, &node.id.to_string()).await,
-                NodeState::Available | NodeState::Allocated | NodeState::BurnIn => {
-                    Change::to(NodeState::Cordoned, reason("cordoned by an operator"), now)
-                }
-                _ => return Err(bad("available, allocated or burn_in")),
-            },
-            "uncordon" => match node.state {
-                NodeState::Available | NodeState::Allocated => return self.node_get(p, &node.id.to_string()).await,
-                NodeState::Cordoned | NodeState::Draining => Change::to(
-                    NodeState::Available,
-                    reason("uncordoned by an operator"),
-                    now,
-                ),
-                _ => return Err(bad("cordoned or draining")),
-            },
-            "drain" => match node.state {
-                NodeState::Draining | NodeState::Maintenance => return self.node_get(p, &node.id.to_string()).await,
-                NodeState::Available
-                | NodeState::Allocated
-                | NodeState::Cordoned
-                | NodeState::BurnIn
-                | NodeState::Provisioning => {
-                    Change::to(NodeState::Draining, reason("drained by an operator"), now)
-                        .burn_in(None)
-                }
-                NodeState::Failed => return Err(bad("in-service")),
-            },
-            "repair-complete" => match node.state {
-                NodeState::Maintenance | NodeState::Failed => Change {
-                    heal: true,
-                    ..Change::to(
-                        NodeState::BurnIn,
-                        reason("repair complete; burn-in check requested"),
-                        now,
-                    )
-                    .burn_in(Some(new_burn_in_id()))
-                },
-                _ => return Err(bad("maintenance or failed")),
-            },
-            _ => return Err(Error::invalid(format!("unknown node operation '{op}'"))),
-        };
-        let to = change.to;
-        let burn_in = change.burn_in.clone();
-        match self
-            .change_node(&node, node.state, change, Some(p.key_id), None)
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if e.message.starts_with(NODE_MOVED) && tries < 3 => {
-                tries += 1;
-                continue;
+            let mut node = stored.clone();
+            if let Some(st) = crate::scheduler::lock(&self.sched).node_state(node.id) {
+                node.state = st;
             }
-            Err(e) => return Err(e),
-        }
-        self.health.set_state(node.id, to, burn_in);
-        return self.node_get(p, &node.id.to_string()).await;
+            let reason = |default: &str| body.reason.clone().unwrap_or_else(|| default.to_string());
+            let now = Timestamp::now();
+            let bad = |allowed: &str| {
+                Error::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "node '{}' is {}; {op} applies to {allowed} nodes",
+                        node.name, node.state
+                    ),
+                )
+            };
+            let change = match op {
+                "cordon" => match node.state {
+                    NodeState::Cordoned => return self.node_get(p, &node.id.to_string()).await,
+                    NodeState::Available | NodeState::Allocated | NodeState::BurnIn => {
+                        Change::to(NodeState::Cordoned, reason("cordoned by an operator"), now)
+                    }
+                    _ => return Err(bad("available, allocated or burn_in")),
+                },
+                "uncordon" => match node.state {
+                    NodeState::Available | NodeState::Allocated => {
+                        return self.node_get(p, &node.id.to_string()).await;
+                    }
+                    NodeState::Cordoned | NodeState::Draining => Change::to(
+                        NodeState::Available,
+                        reason("uncordoned by an operator"),
+                        now,
+                    ),
+                    _ => return Err(bad("cordoned or draining")),
+                },
+                "drain" => match node.state {
+                    NodeState::Draining | NodeState::Maintenance => {
+                        return self.node_get(p, &node.id.to_string()).await;
+                    }
+                    NodeState::Available
+                    | NodeState::Allocated
+                    | NodeState::Cordoned
+                    | NodeState::BurnIn
+                    | NodeState::Provisioning => {
+                        Change::to(NodeState::Draining, reason("drained by an operator"), now)
+                            .burn_in(None)
+                    }
+                    NodeState::Failed => return Err(bad("in-service")),
+                },
+                "repair-complete" => match node.state {
+                    NodeState::Maintenance | NodeState::Failed => Change {
+                        heal: true,
+                        ..Change::to(
+                            NodeState::BurnIn,
+                            reason("repair complete; burn-in check requested"),
+                            now,
+                        )
+                        .burn_in(Some(new_burn_in_id()))
+                    },
+                    _ => return Err(bad("maintenance or failed")),
+                },
+                _ => return Err(Error::invalid(format!("unknown node operation '{op}'"))),
+            };
+            let to = change.to;
+            let burn_in = change.burn_in.clone();
+            match self
+                .change_node(&node, node.state, change, Some(p.key_id), None)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.message.starts_with(NODE_MOVED) && tries < 3 => {
+                    tries += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            self.health.set_state(node.id, to, burn_in);
+            return self.node_get(p, &node.id.to_string()).await;
         }
     }
 

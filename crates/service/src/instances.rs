@@ -115,6 +115,19 @@ impl Service {
         {
             return Self::replay(rec, idem);
         }
+        let _claim = match idem {
+            Some(i) => Some(self.idem_claim(&p.key_id.to_string(), &i.key)?),
+            None => None,
+        };
+        // Committed between the look-up and the claim: replay it.
+        if let Some(idem) = idem
+            && let Some(rec) = self
+                .store
+                .idempotency_find(&p.key_id.to_string(), &idem.key)
+                .await?
+        {
+            return Self::replay(rec, idem);
+        }
         let id = inst.id;
         let scope = p.key_id.to_string();
         let idem = idem.cloned();
@@ -224,7 +237,9 @@ impl Service {
     /// deadline, and starts queued instances that fit.
     pub async fn tick(&self, now: Timestamp) -> Result<usize> {
         let effects = self
-            .decide(neocloud_scheduler::Command::Tick, now, None, |_, _| Ok(None))
+            .decide(neocloud_scheduler::Command::Tick, now, None, |_, _| {
+                Ok(None)
+            })
             .await?;
         let changed = effects
             .iter()

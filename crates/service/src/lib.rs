@@ -68,6 +68,8 @@ pub struct Service {
     sched: scheduler::SchedCell,
     /// Commits the scheduler's decisions in the order they were made.
     writer: writer::Writer,
+    /// Idempotency-Keys of requests in progress (scope, key).
+    idem_inflight: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
     /// When spot prices were last recomputed.
     spot_repriced_at: std::sync::Arc<std::sync::Mutex<Option<Timestamp>>>,
     /// The console's topology-map layout per site (node names and blocks), read on first
@@ -160,6 +162,7 @@ impl Service {
             sched,
             writer,
             spot_repriced_at: Default::default(),
+            idem_inflight: Default::default(),
             map_cells: Default::default(),
             keys: Default::default(),
             health: std::sync::Arc::new(health),
@@ -622,7 +625,9 @@ impl Service {
             Box::pin(async move {
                 let report = Store::fleet_import(tx, &spec, actor).await?;
                 Store::meta_put(tx, "fleet_file_sha256", &hash).await?;
-                *slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(report);
+                *slot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(report);
                 Ok(())
             })
         });

@@ -21,8 +21,20 @@ const BUCKETS: [f64; 12] = [
 
 /// Upper bounds of lock-hold buckets, seconds: a microsecond to a tenth of a second.
 const HOLD_BUCKETS: [f64; 14] = [
-    0.000_001, 0.000_002_5, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25,
-    0.000_5, 0.001, 0.002_5, 0.01, 0.025, 0.1,
+    0.000_001,
+    0.000_002_5,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.000_5,
+    0.001,
+    0.002_5,
+    0.01,
+    0.025,
+    0.1,
 ];
 
 /// Upper bounds of queue-wait buckets, seconds: a second to a week.

@@ -56,7 +56,9 @@ impl Drop for Held<'_> {
 pub(crate) fn lock(cell: &SchedCell) -> Held<'_> {
     // A panic while deciding leaves a state nobody can trust; the next decision still
     // proceeds (the writer rebuilds after any failed write).
-    let guard = cell.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let guard = cell
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     Held {
         guard,
         since: std::time::Instant::now(),
@@ -153,6 +155,33 @@ impl crate::Service {
         Ok(effects)
     }
 
+    /// Rebuilds the scheduler from the database, after every decision made so far is
+    /// committed: for an operator who edited rows by hand (the scheduler holds what runs
+    /// in memory, and would not see the edit otherwise).
+    pub async fn reload_scheduler(&self) -> Result<()> {
+        self.rebuild_scheduler().await
+    }
+
+    /// Marks an Idempotency-Key as in use until the returned guard drops; a second request
+    /// with the same key meanwhile is refused (it would decide twice).
+    pub(crate) fn idem_claim(&self, scope: &str, key: &str) -> Result<IdemClaim> {
+        let k = (scope.to_string(), key.to_string());
+        let mut set = self
+            .idem_inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !set.insert(k.clone()) {
+            return Err(Error::new(
+                ErrorCode::Conflict,
+                "a request with this Idempotency-Key is still in progress; retry it in a moment",
+            ));
+        }
+        Ok(IdemClaim {
+            set: self.idem_inflight.clone(),
+            key: k,
+        })
+    }
+
     /// Writes `extra` in order with the scheduler's decisions (for writes that must not
     /// interleave with them, such as closing a month's metering).
     pub(crate) async fn write_ordered(&self, extra: Extra) -> Result<()> {
@@ -212,6 +241,21 @@ impl crate::Service {
             .await
             .unwrap_or_else(|_| Err(Error::internal("the writer has stopped")));
         written.and(rebuilt)
+    }
+}
+
+/// An Idempotency-Key in use by a request in progress.
+pub(crate) struct IdemClaim {
+    set: Arc<Mutex<std::collections::HashSet<(String, String)>>>,
+    key: (String, String),
+}
+
+impl Drop for IdemClaim {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.key);
     }
 }
 

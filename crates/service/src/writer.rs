@@ -214,8 +214,14 @@ async fn write_batch(
     let mut failed: Option<Error> = None;
     for (effects, extra, actor, done) in writes {
         if let Some(e) = &failed {
-            let mut err = Error::new(ErrorCode::Unavailable, "an earlier decision could not be written; retry the request");
-            err.internal = Some(format!("after: {}", e.internal.as_deref().unwrap_or(&e.message)));
+            let mut err = Error::new(
+                ErrorCode::Unavailable,
+                "an earlier decision could not be written; retry the request",
+            );
+            err.internal = Some(format!(
+                "after: {}",
+                e.internal.as_deref().unwrap_or(&e.message)
+            ));
             results.push((done, Err(err)));
             continue;
         }
@@ -327,9 +333,20 @@ pub(crate) async fn write_effects(
                 if *release {
                     Store::instance_release_gpus(tx, after.id).await?;
                 }
-                let who = if action.ends_with("terminated") { actor } else { None };
-                scheduler::event(tx, who, after, action, serde_json::to_value(before).ok(), None)
-                    .await?;
+                let who = if action.ends_with("terminated") {
+                    actor
+                } else {
+                    None
+                };
+                scheduler::event(
+                    tx,
+                    who,
+                    after,
+                    action,
+                    serde_json::to_value(before).ok(),
+                    None,
+                )
+                .await?;
             }
             Effect::Pool { node, contract } => {
                 Store::node_set_pool(tx, *node, *contract).await?;
@@ -384,7 +401,10 @@ pub(crate) async fn write_effects(
                 if let Some(ev) = event {
                     let mut after = ev.after.clone().unwrap_or_else(|| serde_json::json!({}));
                     if let Some(o) = after.as_object_mut() {
-                        o.insert("outage".into(), serde_json::to_value(&closed).unwrap_or_default());
+                        o.insert(
+                            "outage".into(),
+                            serde_json::to_value(&closed).unwrap_or_default(),
+                        );
                     }
                     write_event(tx, actor, ev, Some(after)).await?;
                 }

@@ -357,4 +357,3 @@ pub struct AllocatorSite {
     /// PUE in thousandths.
     pub pue_milli: u32,
 }
-

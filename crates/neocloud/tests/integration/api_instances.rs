@@ -630,12 +630,16 @@ both_backends!(the_memphis_scenario, |ctx: TestContext| async move {
     assert_eq!(h["state"], "running");
     // On-demand H100 in memphis-1 is refused, with the reason.
     let b = ctx.post("/v1/instances", &k, &json!({"tenant_id": "acme", "gpu_model": "H100-SXM-80GB", "gpus": 8, "site": "memphis-1"})).await.problem(409, "insufficient_capacity");
+    // It says what the tenant can do, never what other customers hold (issue: a refusal
+    // revealed "215600 of 215600 sellable GPUs are reserved by contracts").
+    let detail = b["detail"].as_str().unwrap();
     assert!(
-        b["detail"]
-            .as_str()
-            .unwrap()
-            .contains("reserved by contracts"),
+        detail.contains("no H100-SXM-80GB capacity left to sell"),
         "{b}"
+    );
+    assert!(
+        !detail.contains("reserved by contracts") && !detail.contains("sellable GPUs"),
+        "a refusal must not reveal other customers' business: {b}"
     );
     // A quote for memphis-1 answers with the earliest start: after the lease.
     let q = ctx.post("/v1/quotes", &k, &json!({"gpu_model": "H100-SXM-80GB", "gpu_count": 800, "start_at": now.plus_seconds(86400).to_string(), "end_at": now.plus_seconds(366 * 86400).to_string(), "site": "memphis-1"})).await.expect(200);

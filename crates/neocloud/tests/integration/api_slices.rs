@@ -254,6 +254,8 @@ both_backends!(
             .execute(ctx.svc.store().pool())
             .await
             .unwrap();
+        // The scheduler holds running instances in memory: reload it after the hand edit.
+        ctx.svc.reload_scheduler().await.unwrap();
         let t = ctx
             .post(&format!("/v1/instances/{id}/terminate"), &ka, &json!({}))
             .await

@@ -18,6 +18,7 @@ mod api_errors;
 mod api_fleet;
 mod api_health;
 mod api_instances;
+mod api_scheduler;
 mod api_slices;
 mod api_tenancy;
 mod cli;

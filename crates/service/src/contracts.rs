@@ -12,7 +12,7 @@ use neocloud_types::{
 use crate::auth::{self, Action, Principal};
 use crate::error::{Error, ErrorCode, Result};
 use crate::scheduler::{self, Sched};
-use crate::{ContractTerms, Quote, Service, page_limit};
+use crate::{ContractTerms, Created, Idempotency, Quote, Service, page_limit};
 
 const HOUR_US: i64 = 3_600_000_000;
 const YEAR_US: i64 = 365 * 24 * HOUR_US;
@@ -215,8 +215,18 @@ impl Service {
 
     /// Signs a contract: re-checks the calendar under the scheduler's lock and commits the
     /// promise atomically, so two signs racing for the last capacity cannot both win.
-    pub async fn contract_sign(&self, p: &Principal, t: ContractTerms) -> Result<Contract> {
+    /// With an Idempotency-Key, the contract and the key's record commit together: a retry
+    /// (even after a crash between commit and answer) replays, never signs twice.
+    pub async fn contract_sign(
+        &self,
+        p: &Principal,
+        t: ContractTerms,
+        idem: Option<&Idempotency>,
+    ) -> Result<Created<Contract>> {
         auth::authorize(p, Action::WriteContracts)?;
+        if let Some(c) = self.idem_replay(p, idem).await? {
+            return Ok(c);
+        }
         let now = Timestamp::now();
         let sla = parse_sla(t.sla_percent.as_deref())?;
         let c = self.check_terms(p, &t, now).await?;
@@ -264,6 +274,9 @@ impl Service {
             .map_err(Error::internal)?;
         let result = async {
             let mut tx = self.store.begin_write().await?;
+            if let Some(c) = Self::idem_lookup(&mut tx, p, idem).await? {
+                return Ok(Some(c));
+            }
             Store::contract_insert(&mut tx, &contract, sla).await?;
             Store::event_insert(
                 &mut tx,
@@ -278,18 +291,32 @@ impl Service {
                 },
             )
             .await?;
+            Self::idem_store(&mut tx, p, idem, &contract).await?;
             tx.commit().await?;
-            Ok::<_, Error>(())
+            Ok::<Option<Created<Contract>>, Error>(None)
         }
         .await;
-        if let Err(e) = result {
-            sched.calendar.remove(contract.id);
-            return Err(e);
+        match result {
+            Ok(None) => {}
+            // Another request with this key signed first (a race past the first look).
+            Ok(Some(replayed)) => {
+                sched.calendar.remove(contract.id);
+                return Ok(replayed);
+            }
+            Err(e) => {
+                sched.calendar.remove(contract.id);
+                return Err(e);
+            }
         }
         // A contract that starts now gets its pool at once.
         self.contracts_advance(&mut sched, now).await?;
         drop(sched);
-        Ok(self.store.contract_get(contract.id).await?)
+        let signed = self.store.contract_get(contract.id).await?;
+        self.idem_settle(p, idem, 201, &signed).await;
+        Ok(Created {
+            value: signed,
+            replayed: false,
+        })
     }
 
     /// Amends a signed or active contract: more GPUs and/or a later end, checked against the

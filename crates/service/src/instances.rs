@@ -398,13 +398,24 @@ impl Service {
     }
 
     /// Sets or removes a quota.
-    pub async fn quota_set(&self, p: &Principal, req: SetQuota) -> Result<Vec<Quota>> {
+    pub async fn quota_set(
+        &self,
+        p: &Principal,
+        req: SetQuota,
+        idem: Option<&Idempotency>,
+    ) -> Result<Created<Vec<Quota>>> {
         auth::authorize(p, Action::WriteQuotas)?;
+        if let Some(c) = self.idem_replay(p, idem).await? {
+            return Ok(c);
+        }
         let tenant = self.visible_tenant(p, &req.tenant_id).await?;
         self.store.gpu_model_get(&req.gpu_model).await?;
         // Same lock order as launches: scheduler first, then the write transaction.
         let mut sched = self.sched.lock().await;
         let mut tx = self.store.begin_write().await?;
+        if let Some(c) = Self::idem_lookup(&mut tx, p, idem).await? {
+            return Ok(c);
+        }
         Store::quota_put(&mut tx, tenant.id, &req.gpu_model, req.class, req.max_gpus).await?;
         Store::event_insert(
             &mut tx,
@@ -419,10 +430,16 @@ impl Service {
             },
         )
         .await?;
+        Self::idem_store_status(&mut tx, p, idem, 200, &serde_json::Value::Null).await?;
         tx.commit().await?;
         sched.quotas = self.store.quota_list(None).await?;
         drop(sched);
-        Ok(self.store.quota_list(Some(tenant.id)).await?)
+        let quotas = self.store.quota_list(Some(tenant.id)).await?;
+        self.idem_settle(p, idem, 200, &quotas).await;
+        Ok(Created {
+            value: quotas,
+            replayed: false,
+        })
     }
 
     /// Lists quotas (a tenant key sees its own).

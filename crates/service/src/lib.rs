@@ -450,11 +450,12 @@ impl Service {
                 return;
             }
         };
-        if let Err(e) = self
-            .store
-            .idempotency_settle(&p.key_id.to_string(), &idem.key, &rec)
-            .await
-        {
+        let settled = async {
+            let mut tx = self.store.begin_write().await?;
+            Store::idempotency_settle(&mut tx, &p.key_id.to_string(), &idem.key, &rec).await?;
+            tx.commit().await
+        };
+        if let Err(e) = settled.await {
             tracing::warn!(error = %e, "idempotency record not settled");
         }
     }

@@ -499,7 +499,7 @@ impl Store {
     /// finally gave (a create that re-reads its resource after commit records it in the
     /// create's transaction first, then settles it here).
     pub async fn idempotency_settle(
-        &self,
+        tx: &mut WriteTx,
         scope: &str,
         key: &str,
         rec: &IdempotencyRecord,
@@ -513,7 +513,7 @@ impl Store {
         .bind(scope)
         .bind(key)
         .bind(&rec.fingerprint)
-        .execute(&self.pool)
+        .execute(tx.conn())
         .await?;
         Ok(())
     }

@@ -85,33 +85,102 @@ pub fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Resul
     })
 }
 
-/// The Idempotency-Key header of a create, with a fingerprint of the request.
-pub fn idempotency(
-    headers: &HeaderMap,
-    method: &Method,
-    path: &str,
-    body: &[u8],
-) -> Result<Option<Idempotency>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else {
+/// Longest Idempotency-Key accepted.
+pub const IDEMPOTENCY_KEY_MAX: usize = 255;
+
+/// The request of a state-changing operation: its `Idempotency-Key` (validated, with a
+/// fingerprint of method, path, query and body) and its raw body. Every POST, PUT, PATCH
+/// and DELETE handler takes this one extractor, so none can forget the header.
+pub struct Idem {
+    /// The key and the request's fingerprint, when the header was given.
+    pub key: Option<Idempotency>,
+    /// The request's headers (the body's content type).
+    pub headers: HeaderMap,
+    /// The raw body; a body over the route's limit is a problem+json 413.
+    pub body: axum::body::Bytes,
+}
+
+impl Idem {
+    /// The key, for the service.
+    pub fn key(&self) -> Option<&Idempotency> {
+        self.key.as_ref()
+    }
+
+    /// The body as JSON (with a JSON content type).
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        json_body(&self.headers, &self.body)
+    }
+
+    /// The body as JSON, or the defaults when it is empty.
+    pub fn json_or_default<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
+        if self.body.iter().all(u8::is_ascii_whitespace) {
+            Ok(T::default())
+        } else {
+            self.json()
+        }
+    }
+}
+
+impl axum::extract::FromRequest<AppState> for Idem {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, ApiError> {
+        let headers = req.headers().clone();
+        let method = req.method().clone();
+        // The path as the client sent it, also under a nested router.
+        let target = req
+            .extensions()
+            .get::<axum::extract::OriginalUri>()
+            .map_or_else(|| req.uri().clone(), |o| o.0.clone());
+        let key = idempotency_key(&headers)?;
+        let RawBody(body) = RawBody::from_request(req, state).await?;
+        let key = key.map(|key| Idempotency {
+            fingerprint: fingerprint(&method, &target, &body),
+            key,
+        });
+        Ok(Idem { key, headers, body })
+    }
+}
+
+/// The Idempotency-Key header, if given: 1-255 printable ASCII characters, else a 400.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(v) = values.next() else {
         return Ok(None);
     };
-    let key = v
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 255)
-        .ok_or_else(|| {
-            ApiError::invalid("Idempotency-Key must be 1-255 printable ASCII characters")
-        })?;
-    let mut data = Vec::with_capacity(body.len() + path.len() + 8);
+    if values.next().is_some() {
+        return Err(ApiError::invalid(
+            "give one Idempotency-Key header, not several",
+        ));
+    }
+    let bytes = v.as_bytes();
+    if bytes.is_empty()
+        || bytes.len() > IDEMPOTENCY_KEY_MAX
+        || !bytes.iter().all(|b| (0x20..=0x7e).contains(b))
+    {
+        return Err(ApiError::invalid(format!(
+            "Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX} printable ASCII characters"
+        )));
+    }
+    // Checked above: printable ASCII is UTF-8.
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// Hash of what makes two requests the same: method, path, query and body. The same key
+/// with another fingerprint is refused (`idempotency_key_reused`).
+fn fingerprint(method: &Method, target: &axum::http::Uri, body: &[u8]) -> String {
+    let path = target.path();
+    let mut data = Vec::with_capacity(body.len() + path.len() + 64);
     data.extend_from_slice(method.as_str().as_bytes());
     data.push(b' ');
     data.extend_from_slice(path.as_bytes());
+    if let Some(q) = target.query() {
+        data.push(b'?');
+        data.extend_from_slice(q.as_bytes());
+    }
     data.push(b'\n');
     data.extend_from_slice(body);
-    Ok(Some(Idempotency {
-        key: key.to_string(),
-        fingerprint: auth::sha256_hex(&data),
-    }))
+    auth::sha256_hex(&data)
 }
 
 /// The raw request body; a body over the route's limit is a problem+json 413.

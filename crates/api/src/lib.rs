@@ -50,8 +50,11 @@ impl AppState {
         title = "neocloud",
         description = "Control plane of a GPU cloud: fleet, tenants, keys and the audit trail. \
             Authenticate with `Authorization: Bearer KEY`. Errors are `application/problem+json` \
-            with a stable `code`. Creates accept an `Idempotency-Key` header: a retry with the \
-            same key and body returns the first result (with `Idempotent-Replayed: true`).",
+            with a stable `code`. Every POST, PUT, PATCH and DELETE accepts an `Idempotency-Key` \
+            header (1-255 printable ASCII characters, scoped to the API key): a retry with the \
+            same key and request changes nothing again and returns the first answer (with \
+            `Idempotent-Replayed: true`); the same key with another request is a 422 \
+            `idempotency_key_reused`.",
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),

@@ -1,8 +1,8 @@
 //! The handlers, one per operation, each bound to its path and documented for OpenAPI.
 
 use axum::Json;
-use axum::extract::{OriginalUri, Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use neocloud_service::{
     ApiKeyCreated, CapacityLine, ContractTerms, CreateApiKey, CreateGpuModel, CreateTenant,
@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::{ApiError, Problem};
-use crate::extract::{Auth, Q, RawBody, idempotency, json_body};
+use crate::extract::{Auth, Idem, Q};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -124,13 +124,41 @@ pub struct PageParams {
     limit: Option<u32>,
 }
 
+/// The `Idempotency-Key` header that every state-changing operation accepts (documented
+/// once, named by each operation's `params`).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyKey {
+    /// Makes a retry safe: 1-255 printable ASCII characters, unique per request. A retry
+    /// with the same key and the same request (method, path, query, body) changes nothing
+    /// again and replays the first answer, with `Idempotent-Replayed: true`; the same key
+    /// with another request is refused (422 `idempotency_key_reused`). Keys are scoped to
+    /// the API key that sent them.
+    #[serde(rename = "Idempotency-Key")]
+    #[allow(dead_code)]
+    idempotency_key: Option<String>,
+}
+
 fn created<T: Serialize>(c: Created<T>) -> Response {
-    let mut resp = (StatusCode::CREATED, Json(c.value)).into_response();
-    if c.replayed {
+    answer(StatusCode::CREATED, c)
+}
+
+fn ok<T: Serialize>(c: Created<T>) -> Response {
+    answer(StatusCode::OK, c)
+}
+
+/// An answer with `status`, marked `Idempotent-Replayed: true` when it is a replay.
+fn answer<T: Serialize>(status: StatusCode, c: Created<T>) -> Response {
+    let mut resp = (status, Json(c.value)).into_response();
+    mark_replayed(&mut resp, c.replayed);
+    resp
+}
+
+fn mark_replayed(resp: &mut Response, replayed: bool) {
+    if replayed {
         resp.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    resp
 }
 
 /// Liveness: the process answers.
@@ -179,23 +207,16 @@ async fn gpu_model_list(
 
 /// Add a GPU model to the catalog (operator-admin).
 #[utoipa::path(post, path = "/v1/gpu-models", tag = "fleet", security(("bearer" = [])),
-    request_body = CreateGpuModel,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe")),
+    request_body = CreateGpuModel, params(IdempotencyKey),
     responses((status = 201, body = GpuModel), (status = 400, body = Problem),
               (status = 409, body = Problem)))]
 async fn gpu_model_create(
     State(st): State<AppState>,
     Auth(p): Auth,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
+    idem: Idem,
 ) -> ApiResult<Response> {
-    let idem = idempotency(&headers, &method, uri.path(), &body)?;
-    let req: CreateGpuModel = json_body(&headers, &body)?;
-    Ok(created(
-        st.svc.gpu_model_create(&p, req, idem.as_ref()).await?,
-    ))
+    let req: CreateGpuModel = idem.json()?;
+    Ok(created(st.svc.gpu_model_create(&p, req, idem.key()).await?))
 }
 
 /// Read one GPU model.
@@ -236,18 +257,20 @@ async fn site_get(
 /// Cap a site's power below its budget (operator-admin); `{"watts": null}` removes the cap.
 /// New placements keep the site under it; running work is not stopped.
 #[utoipa::path(put, path = "/v1/sites/{site}/power-cap", tag = "fleet", security(("bearer" = [])),
-    params(("site" = String, Path, description = "Site id or name")),
+    params(("site" = String, Path, description = "Site id or name"), IdempotencyKey),
     request_body = SetPowerCap,
     responses((status = 200, body = Site), (status = 400, body = Problem)))]
 async fn site_power_cap(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(site): Path<String>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> ApiResult<Json<Site>> {
-    let req: SetPowerCap = json_body(&headers, &body)?;
-    Ok(Json(st.svc.site_set_power_cap(&p, &site, req).await?))
+    idem: Idem,
+) -> ApiResult<Response> {
+    let req: SetPowerCap = idem.json()?;
+    Ok(ok(st
+        .svc
+        .site_set_power_cap(&p, &site, req, idem.key())
+        .await?))
 }
 
 /// Filters for listing blocks.
@@ -334,83 +357,84 @@ async fn node_get(
     Ok(Json(st.svc.node_get(&p, &node).await?))
 }
 
-/// Reads an optional JSON body: empty means the defaults.
-fn optional_body<T: serde::de::DeserializeOwned + Default>(
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        Ok(T::default())
-    } else {
-        json_body(headers, body)
-    }
-}
-
 /// Cordon a node (operator-admin): it takes no new work; what runs there stays.
 #[utoipa::path(post, path = "/v1/nodes/{node}/cordon", tag = "health", security(("bearer" = [])),
-    params(("node" = String, Path, description = "Node id or name")),
+    params(("node" = String, Path, description = "Node id or name"), IdempotencyKey),
     request_body(content = Option<NodeOperation>, description = "Optional reason"),
     responses((status = 200, body = Node), (status = 409, body = Problem)))]
 async fn node_cordon(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(node): Path<String>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> ApiResult<Json<Node>> {
-    let req: NodeOperation = optional_body(&headers, &body)?;
-    Ok(Json(st.svc.node_cordon(&p, &node, req).await?))
+    idem: Idem,
+) -> ApiResult<Response> {
+    let req: NodeOperation = idem.json_or_default()?;
+    let svc = &st.svc;
+    Ok(ok(svc
+        .idempotent(&p, idem.key(), 200, svc.node_cordon(&p, &node, req))
+        .await?))
 }
 
 /// Return a cordoned or draining node to service (operator-admin).
 #[utoipa::path(post, path = "/v1/nodes/{node}/uncordon", tag = "health", security(("bearer" = [])),
-    params(("node" = String, Path, description = "Node id or name")),
+    params(("node" = String, Path, description = "Node id or name"), IdempotencyKey),
     request_body(content = Option<NodeOperation>, description = "Optional reason"),
     responses((status = 200, body = Node), (status = 409, body = Problem)))]
 async fn node_uncordon(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(node): Path<String>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> ApiResult<Json<Node>> {
-    let req: NodeOperation = optional_body(&headers, &body)?;
-    Ok(Json(st.svc.node_uncordon(&p, &node, req).await?))
+    idem: Idem,
+) -> ApiResult<Response> {
+    let req: NodeOperation = idem.json_or_default()?;
+    let svc = &st.svc;
+    Ok(ok(svc
+        .idempotent(&p, idem.key(), 200, svc.node_uncordon(&p, &node, req))
+        .await?))
 }
 
 /// Drain a node (operator-admin): no new work; once its running work has ended it moves to
 /// `maintenance`, and a contract pool it belongs to gets a spare.
 #[utoipa::path(post, path = "/v1/nodes/{node}/drain", tag = "health", security(("bearer" = [])),
-    params(("node" = String, Path, description = "Node id or name")),
+    params(("node" = String, Path, description = "Node id or name"), IdempotencyKey),
     request_body(content = Option<NodeOperation>, description = "Optional reason"),
     responses((status = 200, body = Node), (status = 409, body = Problem)))]
 async fn node_drain(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(node): Path<String>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> ApiResult<Json<Node>> {
-    let req: NodeOperation = optional_body(&headers, &body)?;
-    Ok(Json(st.svc.node_drain(&p, &node, req).await?))
+    idem: Idem,
+) -> ApiResult<Response> {
+    let req: NodeOperation = idem.json_or_default()?;
+    let svc = &st.svc;
+    Ok(ok(svc
+        .idempotent(&p, idem.key(), 200, svc.node_drain(&p, &node, req))
+        .await?))
 }
 
 /// Mark a node's repair complete (operator-admin): its GPUs count as healthy again and it
 /// enters `burn_in`; it returns to service when its agent reports the check passed.
 #[utoipa::path(post, path = "/v1/nodes/{node}/repair-complete", tag = "health",
     security(("bearer" = [])),
-    params(("node" = String, Path, description = "Node id or name")),
+    params(("node" = String, Path, description = "Node id or name"), IdempotencyKey),
     request_body(content = Option<NodeOperation>, description = "Optional reason"),
     responses((status = 200, body = Node), (status = 409, body = Problem)))]
 async fn node_repair_complete(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(node): Path<String>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> ApiResult<Json<Node>> {
-    let req: NodeOperation = optional_body(&headers, &body)?;
-    Ok(Json(st.svc.node_repair_complete(&p, &node, req).await?))
+    idem: Idem,
+) -> ApiResult<Response> {
+    let req: NodeOperation = idem.json_or_default()?;
+    let svc = &st.svc;
+    Ok(ok(svc
+        .idempotent(
+            &p,
+            idem.key(),
+            200,
+            svc.node_repair_complete(&p, &node, req),
+        )
+        .await?))
 }
 
 /// How many history entries to return.
@@ -460,33 +484,36 @@ async fn health_rule_list(
 
 /// Override what one XID code does (operator-admin). Returns the whole policy.
 #[utoipa::path(put, path = "/v1/health/rules/{code}", tag = "health", security(("bearer" = [])),
-    params(("code" = u32, Path, description = "XID code")),
+    params(("code" = u32, Path, description = "XID code"), IdempotencyKey),
     request_body = SetXidRule,
     responses((status = 200, body = Vec<XidRule>), (status = 400, body = Problem)))]
 async fn health_rule_set(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(code): Path<String>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> ApiResult<Json<Vec<XidRule>>> {
+    idem: Idem,
+) -> ApiResult<Response> {
     let code = parse_code(&code)?;
-    let req: SetXidRule = json_body(&headers, &body)?;
-    Ok(Json(st.svc.health_rule_set(&p, code, req).await?))
+    let req: SetXidRule = idem.json()?;
+    Ok(ok(st
+        .svc
+        .health_rule_set(&p, code, req, idem.key())
+        .await?))
 }
 
 /// Remove the override of one XID code (operator-admin): the built-in rule applies again.
 #[utoipa::path(delete, path = "/v1/health/rules/{code}", tag = "health",
     security(("bearer" = [])),
-    params(("code" = u32, Path, description = "XID code")),
+    params(("code" = u32, Path, description = "XID code"), IdempotencyKey),
     responses((status = 200, body = Vec<XidRule>), (status = 400, body = Problem)))]
 async fn health_rule_reset(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(code): Path<String>,
-) -> ApiResult<Json<Vec<XidRule>>> {
+    idem: Idem,
+) -> ApiResult<Response> {
     let code = parse_code(&code)?;
-    Ok(Json(st.svc.health_rule_reset(&p, code).await?))
+    Ok(ok(st.svc.health_rule_reset(&p, code, idem.key()).await?))
 }
 
 fn parse_code(s: &str) -> Result<u32, ApiError> {
@@ -514,33 +541,48 @@ async fn contract_outages(
 /// Register a node's agent (node-agent keys). With an enrollment key (bound to no node) the
 /// answer carries a key for the node, shown once.
 #[utoipa::path(post, path = "/v1/agent/register", tag = "agent", security(("bearer" = [])),
-    request_body = AgentRegister,
+    request_body = AgentRegister, params(IdempotencyKey),
     responses((status = 200, body = AgentRegistered), (status = 400, body = Problem),
         (status = 409, body = Problem)))]
 async fn agent_register(
     State(st): State<AppState>,
     Auth(p): Auth,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> ApiResult<Json<AgentRegistered>> {
-    let req: AgentRegister = json_body(&headers, &body)?;
-    Ok(Json(st.svc.agent_register(&p, req).await?))
+    idem: Idem,
+) -> ApiResult<Response> {
+    let req: AgentRegister = idem.json()?;
+    let svc = &st.svc;
+    // The minted node key is shown once: a replay answers without it.
+    let c = svc
+        .idempotent_recording(&p, idem.key(), 200, svc.agent_register(&p, req), |r| {
+            let mut r = r.clone();
+            r.node_key = None;
+            serde_json::to_value(r).map_err(|e| neocloud_service::Error::internal(e.to_string()))
+        })
+        .await?;
+    let mut resp = ok(c);
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
 }
 
 /// A node's heartbeat: telemetry of each GPU and health events not yet acknowledged
 /// (node-agent key of that node).
 #[utoipa::path(post, path = "/v1/agent/heartbeat", tag = "agent", security(("bearer" = [])),
-    request_body = Heartbeat,
+    request_body = Heartbeat, params(IdempotencyKey),
     responses((status = 200, body = HeartbeatAck), (status = 400, body = Problem),
         (status = 404, body = Problem)))]
 async fn agent_heartbeat(
     State(st): State<AppState>,
     Auth(p): Auth,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> ApiResult<Json<HeartbeatAck>> {
-    let req: Heartbeat = json_body(&headers, &body)?;
-    Ok(Json(st.svc.agent_heartbeat(&p, req).await?))
+    idem: Idem,
+) -> ApiResult<Response> {
+    let req: Heartbeat = idem.json()?;
+    // Without the header (agents send none: their events carry sequence numbers) this is
+    // the plain heartbeat, with no extra read.
+    let svc = &st.svc;
+    Ok(ok(svc
+        .idempotent(&p, idem.key(), 200, svc.agent_heartbeat(&p, req))
+        .await?))
 }
 
 /// Options of a fleet import.
@@ -556,18 +598,27 @@ pub struct ImportParams {
 /// changed, removes nodes of the file's sites that it no longer lists (never one that holds
 /// allocated GPUs). Errors name the line and field.
 #[utoipa::path(post, path = "/v1/fleet/import", tag = "fleet", security(("bearer" = [])),
-    params(ImportParams),
+    params(ImportParams, IdempotencyKey),
     request_body(content = String, content_type = "application/toml", description = "A fleet file"),
     responses((status = 200, body = ImportReport), (status = 422, body = Problem)))]
 async fn fleet_import(
     State(st): State<AppState>,
     Auth(p): Auth,
     Q(q): Q<ImportParams>,
-    RawBody(body): RawBody,
-) -> ApiResult<Json<ImportReport>> {
-    let text = std::str::from_utf8(&body)
+    idem: Idem,
+) -> ApiResult<Response> {
+    let text = std::str::from_utf8(&idem.body)
         .map_err(|_| ApiError::invalid("the fleet file must be UTF-8 text"))?;
-    Ok(Json(st.svc.fleet_import(Some(&p), text, q.dry_run).await?))
+    // An import is declarative (the same file again changes nothing more).
+    let svc = &st.svc;
+    Ok(ok(svc
+        .idempotent(
+            &p,
+            idem.key(),
+            200,
+            svc.fleet_import(Some(&p), text, q.dry_run),
+        )
+        .await?))
 }
 
 // ---- tenants ----------------------------------------------------------------------------
@@ -590,21 +641,16 @@ async fn tenant_list(
 
 /// Create a tenant (operator-admin).
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenancy", security(("bearer" = [])),
-    request_body = CreateTenant,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe")),
+    request_body = CreateTenant, params(IdempotencyKey),
     responses((status = 201, body = Tenant), (status = 400, body = Problem),
               (status = 409, body = Problem)))]
 async fn tenant_create(
     State(st): State<AppState>,
     Auth(p): Auth,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
+    idem: Idem,
 ) -> ApiResult<Response> {
-    let idem = idempotency(&headers, &method, uri.path(), &body)?;
-    let req: CreateTenant = json_body(&headers, &body)?;
-    Ok(created(st.svc.tenant_create(&p, req, idem.as_ref()).await?))
+    let req: CreateTenant = idem.json()?;
+    Ok(created(st.svc.tenant_create(&p, req, idem.key()).await?))
 }
 
 /// Read a tenant by id or name.
@@ -621,18 +667,20 @@ async fn tenant_get(
 
 /// Change a tenant's display name, status or credit limit (operator-admin).
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenancy", security(("bearer" = [])),
-    params(("tenant" = String, Path, description = "Tenant id or name")),
+    params(("tenant" = String, Path, description = "Tenant id or name"), IdempotencyKey),
     request_body = UpdateTenant,
     responses((status = 200, body = Tenant), (status = 404, body = Problem)))]
 async fn tenant_update(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> ApiResult<Json<Tenant>> {
-    let req: UpdateTenant = json_body(&headers, &body)?;
-    Ok(Json(st.svc.tenant_update(&p, &tenant, req).await?))
+    idem: Idem,
+) -> ApiResult<Response> {
+    let req: UpdateTenant = idem.json()?;
+    Ok(ok(st
+        .svc
+        .tenant_update(&p, &tenant, req, idem.key())
+        .await?))
 }
 
 // ---- API keys ---------------------------------------------------------------------------
@@ -666,20 +714,15 @@ async fn api_key_list(
 
 /// Create an API key. The response's `secret` is shown this once.
 #[utoipa::path(post, path = "/v1/api-keys", tag = "tenancy", security(("bearer" = [])),
-    request_body = CreateApiKey,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe")),
+    request_body = CreateApiKey, params(IdempotencyKey),
     responses((status = 201, body = ApiKeyCreated), (status = 400, body = Problem)))]
 async fn api_key_create(
     State(st): State<AppState>,
     Auth(p): Auth,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
+    idem: Idem,
 ) -> ApiResult<Response> {
-    let idem = idempotency(&headers, &method, uri.path(), &body)?;
-    let req: CreateApiKey = json_body(&headers, &body)?;
-    let mut resp = created(st.svc.api_key_create(&p, req, idem.as_ref()).await?);
+    let req: CreateApiKey = idem.json()?;
+    let mut resp = created(st.svc.api_key_create(&p, req, idem.key()).await?);
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
@@ -699,14 +742,15 @@ async fn api_key_get(
 
 /// Revoke an API key; it stops working at once.
 #[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "tenancy", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Key id")),
+    params(("id" = String, Path, description = "Key id"), IdempotencyKey),
     responses((status = 200, body = ApiKey), (status = 404, body = Problem)))]
 async fn api_key_revoke(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(id): Path<String>,
-) -> ApiResult<Json<ApiKey>> {
-    Ok(Json(st.svc.api_key_revoke(&p, &id).await?))
+    idem: Idem,
+) -> ApiResult<Response> {
+    Ok(ok(st.svc.api_key_revoke(&p, &id, idem.key()).await?))
 }
 
 // ---- events -----------------------------------------------------------------------------
@@ -793,23 +837,16 @@ async fn instance_list(
 /// wait, or lower-priority work is being preempted for it), or refused with the reason
 /// (`insufficient_capacity`, `quota_exceeded`).
 #[utoipa::path(post, path = "/v1/instances", tag = "instances", security(("bearer" = [])),
-    request_body = LaunchInstance,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry safe")),
+    request_body = LaunchInstance, params(IdempotencyKey),
     responses((status = 201, body = Instance), (status = 400, body = Problem),
               (status = 409, body = Problem)))]
 async fn instance_launch(
     State(st): State<AppState>,
     Auth(p): Auth,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
+    idem: Idem,
 ) -> ApiResult<Response> {
-    let idem = idempotency(&headers, &method, uri.path(), &body)?;
-    let req: LaunchInstance = json_body(&headers, &body)?;
-    Ok(created(
-        st.svc.instance_launch(&p, req, idem.as_ref()).await?,
-    ))
+    let req: LaunchInstance = idem.json()?;
+    Ok(created(st.svc.instance_launch(&p, req, idem.key()).await?))
 }
 
 /// Read an instance.
@@ -827,14 +864,18 @@ async fn instance_get(
 /// Terminate an instance; its GPUs are freed at once.
 #[utoipa::path(post, path = "/v1/instances/{id}/terminate", tag = "instances",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Instance id")),
+    params(("id" = String, Path, description = "Instance id"), IdempotencyKey),
     responses((status = 200, body = Instance), (status = 404, body = Problem)))]
 async fn instance_terminate(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(id): Path<String>,
-) -> ApiResult<Json<Instance>> {
-    Ok(Json(st.svc.instance_terminate(&p, &id).await?))
+    idem: Idem,
+) -> ApiResult<Response> {
+    let svc = &st.svc;
+    Ok(ok(svc
+        .idempotent(&p, idem.key(), 200, svc.instance_terminate(&p, &id))
+        .await?))
 }
 
 /// Filters for quotas.
@@ -861,16 +902,14 @@ async fn quota_list(
 /// Set (or with `max_gpus: null` remove) a tenant's quota for a GPU model and class
 /// (operator-admin). Returns the tenant's quotas.
 #[utoipa::path(put, path = "/v1/quotas", tag = "instances", security(("bearer" = [])),
-    request_body = SetQuota, responses((status = 200, body = List<Quota>)))]
-async fn quota_set(
-    State(st): State<AppState>,
-    Auth(p): Auth,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> ApiResult<Json<List<Quota>>> {
-    let req: SetQuota = json_body(&headers, &body)?;
-    Ok(Json(List {
-        items: st.svc.quota_set(&p, req).await?,
+    request_body = SetQuota, params(IdempotencyKey),
+    responses((status = 200, body = List<Quota>)))]
+async fn quota_set(State(st): State<AppState>, Auth(p): Auth, idem: Idem) -> ApiResult<Response> {
+    let req: SetQuota = idem.json()?;
+    let c = st.svc.quota_set(&p, req, idem.key()).await?;
+    Ok(ok(Created {
+        value: List { items: c.value },
+        replayed: c.replayed,
     }))
 }
 
@@ -879,31 +918,33 @@ async fn quota_set(
 /// Ask whether reserved capacity fits: the answer says if it fits, the earliest start at
 /// which it would, the most GPUs that fit in the window, and the price for the term.
 #[utoipa::path(post, path = "/v1/quotes", tag = "contracts", security(("bearer" = [])),
-    request_body = ContractTerms, responses((status = 200, body = Quote), (status = 400, body = Problem)))]
+    request_body = ContractTerms, params(IdempotencyKey),
+    responses((status = 200, body = Quote), (status = 400, body = Problem)))]
 async fn quote_create(
     State(st): State<AppState>,
     Auth(p): Auth,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> ApiResult<Json<Quote>> {
-    let req: ContractTerms = json_body(&headers, &body)?;
-    Ok(Json(st.svc.quote(&p, req).await?))
+    idem: Idem,
+) -> ApiResult<Response> {
+    let req: ContractTerms = idem.json()?;
+    // A quote stores nothing; with a key, a retry gets the first quote back.
+    let svc = &st.svc;
+    Ok(ok(svc
+        .idempotent(&p, idem.key(), 200, svc.quote(&p, req))
+        .await?))
 }
 
 /// Sign a contract: the terms are re-checked atomically against the capacity calendar, so
 /// two signs racing for the last capacity cannot both win (`insufficient_capacity`).
 #[utoipa::path(post, path = "/v1/contracts", tag = "contracts", security(("bearer" = [])),
-    request_body = ContractTerms,
+    request_body = ContractTerms, params(IdempotencyKey),
     responses((status = 201, body = Contract), (status = 409, body = Problem)))]
 async fn contract_sign(
     State(st): State<AppState>,
     Auth(p): Auth,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
+    idem: Idem,
 ) -> ApiResult<Response> {
-    let req: ContractTerms = json_body(&headers, &body)?;
-    let c = st.svc.contract_sign(&p, req).await?;
-    Ok((StatusCode::CREATED, Json(c)).into_response())
+    let req: ContractTerms = idem.json()?;
+    Ok(created(st.svc.contract_sign(&p, req, idem.key()).await?))
 }
 
 /// Paging for contracts.
@@ -949,32 +990,39 @@ async fn contract_get(
 /// reserved instances are terminated.
 #[utoipa::path(post, path = "/v1/contracts/{id}/cancel", tag = "contracts",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Contract id")),
+    params(("id" = String, Path, description = "Contract id"), IdempotencyKey),
     responses((status = 200, body = Contract), (status = 404, body = Problem)))]
 async fn contract_cancel(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(id): Path<String>,
-) -> ApiResult<Json<Contract>> {
-    Ok(Json(st.svc.contract_cancel(&p, &id).await?))
+    idem: Idem,
+) -> ApiResult<Response> {
+    let svc = &st.svc;
+    Ok(ok(svc
+        .idempotent(&p, idem.key(), 200, svc.contract_cancel(&p, &id))
+        .await?))
 }
 
 /// Amend a contract: more GPUs and/or a later end (a renewal), re-checked against the
 /// capacity calendar like a new contract. The rate stays.
 #[utoipa::path(post, path = "/v1/contracts/{id}/amend", tag = "contracts",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Contract id")),
+    params(("id" = String, Path, description = "Contract id"), IdempotencyKey),
     request_body = neocloud_service::AmendContract,
     responses((status = 200, body = Contract), (status = 409, body = Problem)))]
 async fn contract_amend(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> ApiResult<Json<Contract>> {
-    let req: neocloud_service::AmendContract = json_body(&headers, &body)?;
-    Ok(Json(st.svc.contract_amend(&p, &id, req).await?))
+    idem: Idem,
+) -> ApiResult<Response> {
+    let req: neocloud_service::AmendContract = idem.json()?;
+    // An amendment names the new totals, not increments: applied twice it is applied once.
+    let svc = &st.svc;
+    Ok(ok(svc
+        .idempotent(&p, idem.key(), 200, svc.contract_amend(&p, &id, req))
+        .await?))
 }
 
 /// Filters for the capacity report.
@@ -1036,18 +1084,12 @@ async fn price_list(
 /// Add a price (operator-admin), effective now or later — never in the past, so a change
 /// never alters a past interval or a signed contract's rate.
 #[utoipa::path(post, path = "/v1/prices", tag = "billing", security(("bearer" = [])),
-    request_body = SetPrice,
+    request_body = SetPrice, params(IdempotencyKey),
     responses((status = 201, body = Price), (status = 400, body = Problem),
               (status = 409, body = Problem)))]
-async fn price_set(
-    State(st): State<AppState>,
-    Auth(p): Auth,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> ApiResult<Response> {
-    let req: SetPrice = json_body(&headers, &body)?;
-    let price = st.svc.price_set(&p, req).await?;
-    Ok((StatusCode::CREATED, Json(price)).into_response())
+async fn price_set(State(st): State<AppState>, Auth(p): Auth, idem: Idem) -> ApiResult<Response> {
+    let req: SetPrice = idem.json()?;
+    Ok(created(st.svc.price_set(&p, req, idem.key()).await?))
 }
 
 /// Filters, paging and format for the usage ledger.
@@ -1171,20 +1213,18 @@ async fn invoice_list(
 /// that is over is closed first: running instances are metered up to its end. A finalized
 /// invoice is returned unchanged.
 #[utoipa::path(post, path = "/v1/invoices", tag = "billing", security(("bearer" = [])),
-    request_body = neocloud_service::GenerateInvoice,
+    request_body = neocloud_service::GenerateInvoice, params(IdempotencyKey),
     responses((status = 200, body = neocloud_types::Invoice), (status = 400, body = Problem)))]
 async fn invoice_generate(
     State(st): State<AppState>,
     Auth(p): Auth,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> ApiResult<Json<neocloud_types::Invoice>> {
-    let req: neocloud_service::GenerateInvoice = json_body(&headers, &body)?;
-    Ok(Json(
-        st.svc
-            .invoice_generate(&p, &req.tenant_id, &req.month)
-            .await?,
-    ))
+    idem: Idem,
+) -> ApiResult<Response> {
+    let req: neocloud_service::GenerateInvoice = idem.json()?;
+    Ok(ok(st
+        .svc
+        .invoice_generate(&p, &req.tenant_id, &req.month, idem.key())
+        .await?))
 }
 
 /// Read an invoice.
@@ -1202,32 +1242,34 @@ async fn invoice_get(
 /// Finalize a draft invoice of a month that is over; it never changes again.
 #[utoipa::path(post, path = "/v1/invoices/{id}/finalize", tag = "billing",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Invoice id")),
+    params(("id" = String, Path, description = "Invoice id"), IdempotencyKey),
     responses((status = 200, body = neocloud_types::Invoice), (status = 400, body = Problem)))]
 async fn invoice_finalize(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(id): Path<String>,
-) -> ApiResult<Json<neocloud_types::Invoice>> {
-    Ok(Json(st.svc.invoice_finalize(&p, &id).await?))
+    idem: Idem,
+) -> ApiResult<Response> {
+    Ok(ok(st.svc.invoice_finalize(&p, &id, idem.key()).await?))
 }
 
 /// Record downtime of a contract's GPUs (operator-admin); SLA credits come from it.
 #[utoipa::path(post, path = "/v1/contracts/{id}/downtime", tag = "billing",
     security(("bearer" = [])),
-    params(("id" = String, Path, description = "Contract id")),
+    params(("id" = String, Path, description = "Contract id"), IdempotencyKey),
     request_body = neocloud_service::AddDowntime,
     responses((status = 204, description = "Recorded"), (status = 400, body = Problem)))]
 async fn downtime_add(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
-) -> ApiResult<StatusCode> {
-    let req: neocloud_service::AddDowntime = json_body(&headers, &body)?;
-    st.svc.downtime_add(&p, &id, req).await?;
-    Ok(StatusCode::NO_CONTENT)
+    idem: Idem,
+) -> ApiResult<Response> {
+    let req: neocloud_service::AddDowntime = idem.json()?;
+    let c = st.svc.downtime_add(&p, &id, req, idem.key()).await?;
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    mark_replayed(&mut resp, c.replayed);
+    Ok(resp)
 }
 
 // ---- reports ------------------------------------------------------------------------------

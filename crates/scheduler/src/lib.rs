@@ -316,7 +316,7 @@ pub fn refused_of(r: Refusal) -> Refused {
 
 /// Thousandths of GPUs in words: "3" for whole GPUs, "0.250" for parts.
 fn gpus_text(milli: u64) -> String {
-    if milli % 1000 == 0 {
+    if milli.is_multiple_of(1000) {
         (milli / 1000).to_string()
     } else {
         format!("{}.{:03}", milli / 1000, milli % 1000)

@@ -8,7 +8,7 @@ use neocloud_types::{Class, Instance, Money, Price, Timestamp, UsageRecord};
 
 use crate::auth::{self, Action, Principal};
 use crate::error::{Error, Result};
-use crate::{Service, SetPrice, page_limit};
+use crate::{Created, Idempotency, Service, SetPrice, page_limit};
 
 /// List prices per GPU-hour of the built-in models, in micro-dollars, seeded into an empty
 /// price book; operators change them with `POST /v1/prices`.
@@ -113,8 +113,16 @@ impl Service {
 
     /// Adds a price, effective from now or a later time. Past intervals and signed contracts
     /// never change: a price cannot take effect in the past.
-    pub async fn price_set(&self, p: &Principal, req: SetPrice) -> Result<Price> {
+    pub async fn price_set(
+        &self,
+        p: &Principal,
+        req: SetPrice,
+        idem: Option<&Idempotency>,
+    ) -> Result<Created<Price>> {
         auth::authorize(p, Action::WriteCatalog)?;
+        if let Some(c) = self.idem_replay(p, idem).await? {
+            return Ok(c);
+        }
         let now = Timestamp::now();
         let kind: PriceKind = req.kind.parse().map_err(|e: String| Error::invalid(e))?;
         if req.price_per_gpu_hour < Money::ZERO {
@@ -148,6 +156,9 @@ impl Service {
             effective_from: from,
         };
         let mut tx = self.store.begin_write().await?;
+        if let Some(c) = Self::idem_lookup(&mut tx, p, idem).await? {
+            return Ok(c);
+        }
         Store::price_insert(&mut tx, &price).await?;
         Store::event_insert(
             &mut tx,
@@ -162,8 +173,12 @@ impl Service {
             },
         )
         .await?;
+        Self::idem_store(&mut tx, p, idem, &price).await?;
         tx.commit().await?;
-        Ok(price)
+        Ok(Created {
+            value: price,
+            replayed: false,
+        })
     }
 
     /// Reads the usage ledger (a tenant key sees its own).
@@ -292,8 +307,12 @@ impl Service {
         p: &Principal,
         tenant: &str,
         month: &str,
-    ) -> Result<neocloud_types::Invoice> {
+        idem: Option<&Idempotency>,
+    ) -> Result<Created<neocloud_types::Invoice>> {
         auth::authorize(p, Action::WriteInvoices)?;
+        if let Some(c) = self.idem_replay(p, idem).await? {
+            return Ok(c);
+        }
         let tenant = self.visible_tenant(p, tenant).await?;
         let month: neocloud_billing::period::Month =
             month
@@ -313,7 +332,7 @@ impl Service {
             .await?
             && inv.state == "finalized"
         {
-            return Ok(inv);
+            return self.idempotent(p, idem, 200, async { Ok(inv) }).await;
         }
         let book = self.price_book().await?;
         if month.end() <= now {
@@ -413,6 +432,9 @@ impl Service {
             finalized_at: None,
         };
         let mut tx = self.store.begin_write().await?;
+        if let Some(c) = Self::idem_lookup(&mut tx, p, idem).await? {
+            return Ok(c);
+        }
         Store::invoice_put_draft(&mut tx, &inv).await?;
         Store::event_insert(
             &mut tx,
@@ -427,8 +449,14 @@ impl Service {
             },
         )
         .await?;
+        Self::idem_store_status(&mut tx, p, idem, 200, &inv).await?;
         tx.commit().await?;
-        Ok(self.store.invoice_get(&inv.id).await?)
+        let generated = self.store.invoice_get(&inv.id).await?;
+        self.idem_settle(p, idem, 200, &generated).await;
+        Ok(Created {
+            value: generated,
+            replayed: false,
+        })
     }
 
     async fn visible_invoice(&self, p: &Principal, id: &str) -> Result<neocloud_types::Invoice> {
@@ -465,11 +493,15 @@ impl Service {
         &self,
         p: &Principal,
         id: &str,
-    ) -> Result<neocloud_types::Invoice> {
+        idem: Option<&Idempotency>,
+    ) -> Result<Created<neocloud_types::Invoice>> {
         auth::authorize(p, Action::WriteInvoices)?;
+        if let Some(c) = self.idem_replay(p, idem).await? {
+            return Ok(c);
+        }
         let inv = self.visible_invoice(p, id).await?;
         if inv.state == "finalized" {
-            return Ok(inv);
+            return self.idempotent(p, idem, 200, async { Ok(inv) }).await;
         }
         let month: neocloud_billing::period::Month =
             inv.month
@@ -486,6 +518,9 @@ impl Service {
             )));
         }
         let mut tx = self.store.begin_write().await?;
+        if let Some(c) = Self::idem_lookup(&mut tx, p, idem).await? {
+            return Ok(c);
+        }
         Store::invoice_finalize(&mut tx, &inv.id, now).await?;
         Store::event_insert(
             &mut tx,
@@ -500,8 +535,14 @@ impl Service {
             },
         )
         .await?;
+        Self::idem_store_status(&mut tx, p, idem, 200, &inv).await?;
         tx.commit().await?;
-        Ok(self.store.invoice_get(&inv.id).await?)
+        let finalized = self.store.invoice_get(&inv.id).await?;
+        self.idem_settle(p, idem, 200, &finalized).await;
+        Ok(Created {
+            value: finalized,
+            replayed: false,
+        })
     }
 
     /// Records downtime of a contract's GPUs (until the health issue records it from node
@@ -511,8 +552,12 @@ impl Service {
         p: &Principal,
         contract: &str,
         req: crate::AddDowntime,
-    ) -> Result<()> {
+        idem: Option<&Idempotency>,
+    ) -> Result<Created<()>> {
         auth::authorize(p, Action::WriteInvoices)?;
+        if let Some(c) = self.idem_replay(p, idem).await? {
+            return Ok(c);
+        }
         let cid: neocloud_types::ContractId = contract
             .parse()
             .map_err(|_| Error::not_found("contract", contract))?;
@@ -531,6 +576,10 @@ impl Service {
             )));
         }
         let mut tx = self.store.begin_write().await?;
+        // The record commits with the downtime: a retry never credits twice.
+        if let Some(c) = Self::idem_lookup(&mut tx, p, idem).await? {
+            return Ok(c);
+        }
         Store::downtime_insert(
             &mut tx,
             &neocloud_store::DowntimeRow {
@@ -555,8 +604,12 @@ impl Service {
             },
         )
         .await?;
+        Self::idem_store_status(&mut tx, p, idem, 204, &()).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(Created {
+            value: (),
+            replayed: false,
+        })
     }
 }
 

@@ -11,7 +11,7 @@ use neocloud_types::{
 use crate::auth::{self, Action, Principal};
 use crate::error::{Error, ErrorCode, Result};
 use crate::scheduler;
-use crate::{ContractTerms, Quote, Service, page_limit};
+use crate::{ContractTerms, Created, IdemStart, Idempotency, Quote, Service, page_limit};
 use neocloud_scheduler::{Command, Scheduler};
 
 const HOUR_US: i64 = 3_600_000_000;
@@ -215,8 +215,18 @@ impl Service {
 
     /// Signs a contract: re-checks the calendar under the scheduler's lock and commits the
     /// promise atomically, so two signs racing for the last capacity cannot both win.
-    pub async fn contract_sign(&self, p: &Principal, t: ContractTerms) -> Result<Contract> {
+    /// With an Idempotency-Key, the contract and the key's record commit together: a retry
+    /// (even after a crash between commit and answer) replays, never signs twice.
+    pub async fn contract_sign(
+        &self,
+        p: &Principal,
+        t: ContractTerms,
+        idem: Option<&Idempotency>,
+    ) -> Result<Created<Contract>> {
         auth::authorize(p, Action::WriteContracts)?;
+        if let Some(c) = self.idem_replay(p, idem).await? {
+            return Ok(c);
+        }
         let now = Timestamp::now();
         let sla = parse_sla(t.sla_percent.as_deref())?;
         let c = self.check_terms(p, &t, now).await?;
@@ -253,8 +263,13 @@ impl Service {
         // The scheduler checks the calendar again as it commits the promise, so two signs
         // racing for the last capacity cannot both win; the contract's row is written with
         // the decision (and before any pool pin of it).
+        let _claim = match self.idem_start(p, idem).await? {
+            IdemStart::Replay(c) => return Ok(c),
+            IdemStart::Decide(claim) => claim,
+        };
         let row = contract.clone();
         let actor = p.key_id;
+        let put = Self::idem_put(p, idem, 201, &contract)?;
         self.decide(
             Command::Sign(contract.clone()),
             now,
@@ -276,13 +291,21 @@ impl Service {
                             },
                         )
                         .await?;
+                        if let Some(put) = put {
+                            put.write(tx).await?;
+                        }
                         Ok(())
                     })
                 })))
             },
         )
         .await?;
-        Ok(self.store.contract_get(contract.id).await?)
+        let signed = self.store.contract_get(contract.id).await?;
+        self.idem_settle(p, idem, 201, &signed).await;
+        Ok(Created {
+            value: signed,
+            replayed: false,
+        })
     }
 
     /// Amends a signed or active contract: more GPUs and/or a later end, checked against the

@@ -24,11 +24,11 @@ use neocloud_types::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::Service;
 use crate::auth::{self, Action, Principal};
 use crate::error::{Error, ErrorCode, FieldError, Result};
 use crate::scheduler::SchedulerConfig;
 use crate::writer::{Extra, extra};
+use crate::{Created, Idempotency, Service};
 
 /// What the policy does about a fault.
 #[derive(
@@ -1390,8 +1390,12 @@ impl Service {
         p: &Principal,
         code: u32,
         req: SetXidRule,
-    ) -> Result<Vec<XidRule>> {
+        idem: Option<&Idempotency>,
+    ) -> Result<Created<Vec<XidRule>>> {
         auth::authorize(p, Action::WriteFleet)?;
+        if let Some(c) = self.idem_replay(p, idem).await? {
+            return Ok(c);
+        }
         if code == 0 || code > 100_000 {
             return Err(field("code", "must be an XID code 1-100000"));
         }
@@ -1399,6 +1403,9 @@ impl Service {
         check_text("note", &note, 500)?;
         let now = Timestamp::now();
         let mut tx = self.store.begin_write().await?;
+        if let Some(c) = Self::idem_lookup(&mut tx, p, idem).await? {
+            return Ok(c);
+        }
         Store::health_rule_put(&mut tx, code, Some(req.action.as_str()), &note, now).await?;
         Store::event_insert(
             &mut tx,
@@ -1413,19 +1420,36 @@ impl Service {
             },
         )
         .await?;
+        Self::idem_store_status(&mut tx, p, idem, 200, &serde_json::Value::Null).await?;
         tx.commit().await?;
         self.health
             .overrides
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(code, (req.action, note));
-        self.health_rules(p).await
+        let rules = self.health_rules(p).await?;
+        self.idem_settle(p, idem, 200, &rules).await;
+        Ok(Created {
+            value: rules,
+            replayed: false,
+        })
     }
 
     /// Removes an operator's override: the built-in rule (or `record`) applies again.
-    pub async fn health_rule_reset(&self, p: &Principal, code: u32) -> Result<Vec<XidRule>> {
+    pub async fn health_rule_reset(
+        &self,
+        p: &Principal,
+        code: u32,
+        idem: Option<&Idempotency>,
+    ) -> Result<Created<Vec<XidRule>>> {
         auth::authorize(p, Action::WriteFleet)?;
+        if let Some(c) = self.idem_replay(p, idem).await? {
+            return Ok(c);
+        }
         let mut tx = self.store.begin_write().await?;
+        if let Some(c) = Self::idem_lookup(&mut tx, p, idem).await? {
+            return Ok(c);
+        }
         Store::health_rule_put(&mut tx, code, None, "", Timestamp::now()).await?;
         Store::event_insert(
             &mut tx,
@@ -1440,13 +1464,19 @@ impl Service {
             },
         )
         .await?;
+        Self::idem_store_status(&mut tx, p, idem, 200, &serde_json::Value::Null).await?;
         tx.commit().await?;
         self.health
             .overrides
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&code);
-        self.health_rules(p).await
+        let rules = self.health_rules(p).await?;
+        self.idem_settle(p, idem, 200, &rules).await;
+        Ok(Created {
+            value: rules,
+            replayed: false,
+        })
     }
 
     /// Outages of a contract's capacity (a tenant sees its own contracts').

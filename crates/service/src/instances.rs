@@ -7,7 +7,7 @@ use neocloud_types::{
 
 use crate::auth::{self, Action, Principal};
 use crate::error::{Error, ErrorCode, Result};
-use crate::{Created, Idempotency, LaunchInstance, Service, SetQuota, page_limit};
+use crate::{Created, IdemStart, Idempotency, LaunchInstance, Service, SetQuota, page_limit};
 
 /// How often spot prices are recomputed from utilization.
 pub const SPOT_REPRICE_SECS: i64 = 60;
@@ -107,29 +107,12 @@ impl Service {
             wait_until: req.wait_seconds.map(|w| now.plus_seconds(i64::from(w))),
         };
         // A replay answers before any capacity is looked at.
-        if let Some(idem) = idem
-            && let Some(rec) = self
-                .store
-                .idempotency_find(&p.key_id.to_string(), &idem.key)
-                .await?
-        {
-            return Self::replay(rec, idem);
-        }
-        let _claim = match idem {
-            Some(i) => Some(self.idem_claim(&p.key_id.to_string(), &i.key)?),
-            None => None,
+        let _claim = match self.idem_start(p, idem).await? {
+            IdemStart::Replay(c) => return Ok(c),
+            IdemStart::Decide(claim) => claim,
         };
-        // Committed between the look-up and the claim: replay it.
-        if let Some(idem) = idem
-            && let Some(rec) = self
-                .store
-                .idempotency_find(&p.key_id.to_string(), &idem.key)
-                .await?
-        {
-            return Self::replay(rec, idem);
-        }
         let id = inst.id;
-        let scope = p.key_id.to_string();
+        let p2 = p.clone();
         let idem = idem.cloned();
         let effects = self
             .decide(
@@ -144,17 +127,11 @@ impl Service {
                     let Some(view) = launched(effects, id) else {
                         return Ok(None);
                     };
-                    let rec = neocloud_store::IdempotencyRecord {
-                        fingerprint: idem.fingerprint.clone(),
-                        status: 201,
-                        body: serde_json::to_string(view)
-                            .map_err(|e| Error::internal(e.to_string()))?,
+                    let Some(put) = Self::idem_put(&p2, Some(&idem), 201, view)? else {
+                        return Ok(None);
                     };
                     Ok(Some(crate::writer::extra(move |_, tx| {
-                        Box::pin(async move {
-                            Store::idempotency_put(tx, &scope, &idem.key, &rec).await?;
-                            Ok(())
-                        })
+                        Box::pin(async move { put.write(tx).await })
                     })))
                 },
             )
@@ -223,13 +200,24 @@ impl Service {
             )
             .await
         {
-            Ok(_) => {}
+            Ok(_) => return Ok(self.store.instance_get(inst.id).await?),
             // Ended meanwhile (a preemption, a failure, another terminate): it reads as it
             // ended.
             Err(e) if e.code == ErrorCode::Conflict => {}
             Err(e) => return Err(e),
         }
-        Ok(self.store.instance_get(inst.id).await?)
+        // Ended by a decision whose write may still be on its way: read it once written.
+        self.writes_settled().await?;
+        let after = self.store.instance_get(inst.id).await?;
+        if !after.state.is_final() {
+            // Refused as ended, yet not ended in the database: the scheduler is catching
+            // up with a failed write. Never answer a terminate with a running instance.
+            return Err(Error::new(
+                ErrorCode::Unavailable,
+                "the instance is being terminated; retry the request",
+            ));
+        }
+        Ok(after)
     }
 
     /// Runs the scheduler's periodic work at `now`: ends preemption notices that ran out,
@@ -269,15 +257,28 @@ impl Service {
     }
 
     /// Sets or removes a quota.
-    pub async fn quota_set(&self, p: &Principal, req: SetQuota) -> Result<Vec<Quota>> {
+    pub async fn quota_set(
+        &self,
+        p: &Principal,
+        req: SetQuota,
+        idem: Option<&Idempotency>,
+    ) -> Result<Created<Vec<Quota>>> {
         auth::authorize(p, Action::WriteQuotas)?;
+        if let Some(c) = self.idem_replay(p, idem).await? {
+            return Ok(c);
+        }
         let tenant = self.visible_tenant(p, &req.tenant_id).await?;
         self.store.gpu_model_get(&req.gpu_model).await?;
         // The quota is written in order with the launches it limits, and the scheduler
         // holds it from the moment it is decided.
+        let _claim = match self.idem_start(p, idem).await? {
+            IdemStart::Replay(c) => return Ok(c),
+            IdemStart::Decide(claim) => claim,
+        };
         let actor = p.key_id;
         let tenant_id = tenant.id;
         let (model, class, max) = (req.gpu_model.clone(), req.class, req.max_gpus);
+        let put = Self::idem_put(p, idem, 200, &serde_json::Value::Null)?;
         self.decide(
             neocloud_scheduler::Command::SetQuota {
                 tenant: tenant.id,
@@ -304,13 +305,21 @@ impl Service {
                             },
                         )
                         .await?;
+                        if let Some(put) = put {
+                            put.write(tx).await?;
+                        }
                         Ok(())
                     })
                 })))
             },
         )
         .await?;
-        Ok(self.store.quota_list(Some(tenant.id)).await?)
+        let quotas = self.store.quota_list(Some(tenant.id)).await?;
+        self.idem_settle(p, idem, 200, &quotas).await;
+        Ok(Created {
+            value: quotas,
+            replayed: false,
+        })
     }
 
     /// Lists quotas (a tenant key sees its own).

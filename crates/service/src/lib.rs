@@ -51,6 +51,29 @@ pub struct Idempotency {
     pub fingerprint: String,
 }
 
+/// What [`Service::idem_start`] found.
+pub(crate) enum IdemStart<T> {
+    /// An earlier request with the key was answered: this is its answer.
+    Replay(Created<T>),
+    /// Decide now, holding the key (if any) until done.
+    Decide(Option<scheduler::IdemClaim>),
+}
+
+/// An idempotency record to write in the transaction of the change it answers.
+pub(crate) struct IdemPut {
+    scope: String,
+    key: String,
+    rec: IdempotencyRecord,
+}
+
+impl IdemPut {
+    /// Writes the record (a record already there for the key fails with `conflict`).
+    pub(crate) async fn write(&self, tx: &mut WriteTx) -> Result<()> {
+        Store::idempotency_put(tx, &self.scope, &self.key, &self.rec).await?;
+        Ok(())
+    }
+}
+
 /// The result of a create: the resource, and whether it is a replay of an earlier create.
 #[derive(Clone, Debug)]
 pub struct Created<T> {
@@ -361,8 +384,23 @@ impl Service {
                 ),
             ));
         }
-        let value = serde_json::from_str(&rec.body)
-            .map_err(|e| Error::internal(format!("stored idempotent response: {e}")))?;
+        let value = match serde_json::from_str(&rec.body) {
+            Ok(v) => v,
+            // Changes answered with a re-read record `null` in their transaction and the
+            // answer just after commit; only a crash between the two leaves `null`. The
+            // change was made once; its answer is lost, not made again.
+            Err(_) if rec.body == "null" => {
+                return Err(Error::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "the request with Idempotency-Key '{}' was applied, but its answer \
+                         was not recorded; read the resource to see its state",
+                        idem.key
+                    ),
+                ));
+            }
+            Err(e) => return Err(Error::internal(format!("stored idempotent response: {e}"))),
+        };
         Ok(Created {
             value,
             replayed: true,
@@ -375,20 +413,196 @@ impl Service {
         idem: Option<&Idempotency>,
         value: &T,
     ) -> Result<()> {
+        Self::idem_store_status(tx, p, idem, 201, value).await
+    }
+
+    /// Records the answer to a request made with an Idempotency-Key in the transaction of
+    /// its change: the change and its record commit together or not at all, so a retry
+    /// after a crash between commit and answer replays instead of changing twice. A
+    /// concurrent request with the same key fails this insert (`conflict`, retry it).
+    pub(crate) async fn idem_store_status<T: Serialize>(
+        tx: &mut WriteTx,
+        p: &Principal,
+        idem: Option<&Idempotency>,
+        status: u16,
+        value: &T,
+    ) -> Result<()> {
         let Some(idem) = idem else { return Ok(()) };
-        let body = serde_json::to_string(value).map_err(|e| Error::internal(e.to_string()))?;
         Store::idempotency_put(
             tx,
             &p.key_id.to_string(),
             &idem.key,
-            &IdempotencyRecord {
-                fingerprint: idem.fingerprint.clone(),
-                status: 201,
-                body,
-            },
+            &Self::idem_record(idem, status, value)?,
         )
         .await?;
         Ok(())
+    }
+
+    fn idem_record<T: Serialize>(
+        idem: &Idempotency,
+        status: u16,
+        value: &T,
+    ) -> Result<IdempotencyRecord> {
+        Ok(IdempotencyRecord {
+            fingerprint: idem.fingerprint.clone(),
+            status,
+            body: serde_json::to_string(value).map_err(|e| Error::internal(e.to_string()))?,
+        })
+    }
+
+    /// The stored answer for an Idempotency-Key, read before any work (outside the
+    /// change's transaction): a retry is answered even when the request would no longer be
+    /// valid now (capacity taken since, a time now in the past). The change's transaction
+    /// looks again ([`Self::idem_lookup`]) so that a race still changes once.
+    pub(crate) async fn idem_replay<T: DeserializeOwned>(
+        &self,
+        p: &Principal,
+        idem: Option<&Idempotency>,
+    ) -> Result<Option<Created<T>>> {
+        let Some(idem) = idem else { return Ok(None) };
+        match self
+            .store
+            .idempotency_find(&p.key_id.to_string(), &idem.key)
+            .await?
+        {
+            Some(rec) => Self::replay(rec, idem).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// After commit, replaces the answer recorded in the change's transaction with the one
+    /// finally given (re-read after commit, or after follow-up work such as a contract's
+    /// activation). Best effort: if this fails, a retry replays the answer recorded at
+    /// commit, which describes the same single change.
+    pub(crate) async fn idem_settle<T: Serialize>(
+        &self,
+        p: &Principal,
+        idem: Option<&Idempotency>,
+        status: u16,
+        value: &T,
+    ) {
+        let Some(idem) = idem else { return };
+        let rec = match Self::idem_record(idem, status, value) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "idempotency record not settled");
+                return;
+            }
+        };
+        let settled = async {
+            let mut tx = self.store.begin_write().await?;
+            Store::idempotency_settle(&mut tx, &p.key_id.to_string(), &idem.key, &rec).await?;
+            tx.commit().await
+        };
+        if let Err(e) = settled.await {
+            tracing::warn!(error = %e, "idempotency record not settled");
+        }
+    }
+
+    /// Before a decision made with an Idempotency-Key: the recorded answer of an earlier
+    /// request with the key, or a claim on the key held while this request decides and
+    /// commits (a second request with the key meanwhile is refused with `conflict`).
+    pub(crate) async fn idem_start<T: DeserializeOwned>(
+        &self,
+        p: &Principal,
+        idem: Option<&Idempotency>,
+    ) -> Result<IdemStart<T>> {
+        let Some(i) = idem else {
+            return Ok(IdemStart::Decide(None));
+        };
+        if let Some(c) = self.idem_replay(p, idem).await? {
+            return Ok(IdemStart::Replay(c));
+        }
+        let claim = self.idem_claim(&p.key_id.to_string(), &i.key)?;
+        // Committed between the look-up and the claim: replay it.
+        if let Some(c) = self.idem_replay(p, idem).await? {
+            return Ok(IdemStart::Replay(c));
+        }
+        Ok(IdemStart::Decide(Some(claim)))
+    }
+
+    /// The record of a decision's answer, written in the decision's own transaction (see
+    /// [`IdemPut::write`]); `None` without a key.
+    pub(crate) fn idem_put<T: Serialize>(
+        p: &Principal,
+        idem: Option<&Idempotency>,
+        status: u16,
+        value: &T,
+    ) -> Result<Option<IdemPut>> {
+        let Some(i) = idem else { return Ok(None) };
+        Ok(Some(IdemPut {
+            scope: p.key_id.to_string(),
+            key: i.key.clone(),
+            rec: Self::idem_record(i, status, value)?,
+        }))
+    }
+
+    /// Makes an operation that is naturally idempotent (terminating, cordoning, draining:
+    /// doing it twice ends in the same state) honour an Idempotency-Key without touching
+    /// its body: a recorded answer is replayed; otherwise the operation runs and its answer
+    /// is recorded afterwards (`status` is the HTTP status it answers with). A crash between
+    /// the operation and the record at worst runs it again on retry, which changes nothing
+    /// more. Operations that create something record in their own transaction instead.
+    pub async fn idempotent<T, F>(
+        &self,
+        p: &Principal,
+        idem: Option<&Idempotency>,
+        status: u16,
+        op: F,
+    ) -> Result<Created<T>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: std::future::Future<Output = Result<T>>,
+    {
+        self.idempotent_recording(p, idem, status, op, |v| {
+            serde_json::to_value(v).map_err(|e| Error::internal(e.to_string()))
+        })
+        .await
+    }
+
+    /// [`Self::idempotent`], recording `record(answer)` rather than the answer itself (a
+    /// secret in the answer is never stored: the replay leaves it out).
+    pub async fn idempotent_recording<T, F, R>(
+        &self,
+        p: &Principal,
+        idem: Option<&Idempotency>,
+        status: u16,
+        op: F,
+        record: R,
+    ) -> Result<Created<T>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: std::future::Future<Output = Result<T>>,
+        R: FnOnce(&T) -> Result<serde_json::Value>,
+    {
+        if let Some(c) = self.idem_replay(p, idem).await? {
+            return Ok(c);
+        }
+        let value = op.await?;
+        let Some(i) = idem else {
+            return Ok(Created {
+                value,
+                replayed: false,
+            });
+        };
+        let rec = Self::idem_record(i, status, &record(&value)?)?;
+        let mut tx = self.store.begin_write().await?;
+        match Store::idempotency_put(&mut tx, &p.key_id.to_string(), &i.key, &rec).await {
+            Ok(()) => tx.commit().await?,
+            // A concurrent request with the same key recorded first: both did the same
+            // thing, and the first answer stands (or, another body, the key is refused).
+            Err(neocloud_store::StoreError::Conflict(_)) => {
+                drop(tx);
+                if let Some(c) = self.idem_replay(p, idem).await? {
+                    return Ok(c);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Created {
+            value,
+            replayed: false,
+        })
     }
 
     // ---- catalog -----------------------------------------------------------------------
@@ -479,8 +693,12 @@ impl Service {
         p: &Principal,
         site: &str,
         req: SetPowerCap,
-    ) -> Result<Site> {
+        idem: Option<&Idempotency>,
+    ) -> Result<Created<Site>> {
         auth::authorize(p, Action::WriteFleet)?;
+        if let Some(c) = self.idem_replay(p, idem).await? {
+            return Ok(c);
+        }
         let before = self.store.site_get(site).await?;
         if let Some(w) = req.watts
             && !(0..=before.power_budget_watts).contains(&w)
@@ -490,10 +708,15 @@ impl Service {
                 before.power_budget_watts
             )));
         }
+        let _claim = match self.idem_start(p, idem).await? {
+            IdemStart::Replay(c) => return Ok(c),
+            IdemStart::Decide(claim) => claim,
+        };
         let site_id = before.id;
         let watts = req.watts;
         let actor = p.key_id;
         let before_json = serde_json::to_value(&before).ok();
+        let put = Self::idem_put(p, idem, 200, &serde_json::Value::Null)?;
         self.decide(
             neocloud_scheduler::Command::SetPowerLimit {
                 site: site_id,
@@ -518,6 +741,9 @@ impl Service {
                             },
                         )
                         .await?;
+                        if let Some(put) = put {
+                            put.write(tx).await?;
+                        }
                         Ok(())
                     })
                 })))
@@ -526,7 +752,11 @@ impl Service {
         .await?;
         let after = self.store.site_get(site).await?;
         scheduler::lock(&self.sched).set_site(after.clone());
-        Ok(after)
+        self.idem_settle(p, idem, 200, &after).await;
+        Ok(Created {
+            value: after,
+            replayed: false,
+        })
     }
 
     /// Lists blocks, optionally of one site.
@@ -786,11 +1016,18 @@ impl Service {
         p: &Principal,
         id_or_name: &str,
         req: UpdateTenant,
-    ) -> Result<Tenant> {
+        idem: Option<&Idempotency>,
+    ) -> Result<Created<Tenant>> {
         auth::authorize(p, Action::WriteTenants)?;
+        if let Some(c) = self.idem_replay(p, idem).await? {
+            return Ok(c);
+        }
         let changes = req.validate()?;
         let t = self.visible_tenant(p, id_or_name).await?;
         let mut tx = self.store.begin_write().await?;
+        if let Some(c) = Self::idem_lookup(&mut tx, p, idem).await? {
+            return Ok(c);
+        }
         let (before, after) = Store::tenant_update(&mut tx, t.id, &changes).await?;
         Store::event_insert(
             &mut tx,
@@ -805,8 +1042,12 @@ impl Service {
             },
         )
         .await?;
+        Self::idem_store_status(&mut tx, p, idem, 200, &after).await?;
         tx.commit().await?;
-        Ok(after)
+        Ok(Created {
+            value: after,
+            replayed: false,
+        })
     }
 
     // ---- API keys ----------------------------------------------------------------------
@@ -953,10 +1194,21 @@ impl Service {
     }
 
     /// Revokes a key at once; it fails authentication from then on.
-    pub async fn api_key_revoke(&self, p: &Principal, id: &str) -> Result<ApiKey> {
+    pub async fn api_key_revoke(
+        &self,
+        p: &Principal,
+        id: &str,
+        idem: Option<&Idempotency>,
+    ) -> Result<Created<ApiKey>> {
         auth::authorize(p, Action::WriteKeys)?;
+        if let Some(c) = self.idem_replay(p, idem).await? {
+            return Ok(c);
+        }
         let key = self.visible_key(p, id).await?;
         let mut tx = self.store.begin_write().await?;
+        if let Some(c) = Self::idem_lookup(&mut tx, p, idem).await? {
+            return Ok(c);
+        }
         let (before, after) = Store::api_key_revoke(&mut tx, key.id).await?;
         if before.revoked_at.is_none() {
             Store::event_insert(
@@ -973,9 +1225,13 @@ impl Service {
             )
             .await?;
         }
+        Self::idem_store_status(&mut tx, p, idem, 200, &after).await?;
         tx.commit().await?;
         self.forget_keys();
-        Ok(after)
+        Ok(Created {
+            value: after,
+            replayed: false,
+        })
     }
 
     // ---- events ------------------------------------------------------------------------

@@ -115,14 +115,13 @@ impl crate::Service {
     where
         P: FnOnce(&Scheduler, &[Effect]) -> Result<Option<Extra>>,
     {
+        self.writer.fresh().await?;
         let (done, effects) = {
-            if self.writer.stale.load(std::sync::atomic::Ordering::SeqCst) {
-                return Err(Error::new(
-                    ErrorCode::Unavailable,
-                    "the scheduler is reloading after a failed write; retry the request",
-                ));
-            }
             let mut s = lock(&self.sched);
+            // Went stale again between the wait and the lock.
+            if self.writer.stale.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(crate::writer::stale_error());
+            }
             let started = std::time::Instant::now();
             let counted = s.counters();
             let applied = s.apply(cmd, now);
@@ -180,6 +179,12 @@ impl crate::Service {
             set: self.idem_inflight.clone(),
             key: k,
         })
+    }
+
+    /// Waits until every decision made so far is committed (or has failed).
+    pub(crate) async fn writes_settled(&self) -> Result<()> {
+        self.write_ordered(crate::writer::extra(|_, _| Box::pin(async { Ok(()) })))
+            .await
     }
 
     /// Writes `extra` in order with the scheduler's decisions (for writes that must not

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use neocloud_billing::prices::PriceBook;
-use neocloud_scheduler::{Effect, Scheduler};
+use neocloud_scheduler::Effect;
 use neocloud_store::{NewEvent, Store, WriteTx};
 use neocloud_types::ApiKeyId;
 use tokio::sync::{mpsc, oneshot};
@@ -72,6 +72,8 @@ pub(crate) struct Writer {
     pub(crate) epoch: Arc<AtomicU64>,
     /// Set when a write failed and the scheduler must be rebuilt before deciding again.
     pub(crate) stale: Arc<AtomicBool>,
+    /// Wakes those waiting for a rebuild to end.
+    rebuilt: Arc<tokio::sync::Notify>,
 }
 
 impl Writer {
@@ -80,6 +82,24 @@ impl Writer {
         self.tx
             .send(job)
             .map_err(|_| Error::internal("the writer has stopped"))
+    }
+
+    /// Waits (a few seconds at most) until the scheduler is not being rebuilt after a
+    /// failed write, so that a decision is never made on memory ahead of the database;
+    /// `unavailable` if the rebuild takes longer (the database is not answering).
+    pub(crate) async fn fresh(&self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let woken = self.rebuilt.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if !self.stale.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return Err(stale_error());
+            }
+        }
     }
 }
 
@@ -90,9 +110,11 @@ pub(crate) fn spawn(store: Store, sched: SchedCell) -> Writer {
         tx,
         epoch: Arc::new(AtomicU64::new(0)),
         stale: Arc::new(AtomicBool::new(false)),
+        rebuilt: Arc::new(tokio::sync::Notify::new()),
     };
     let epoch = w.epoch.clone();
     let stale = w.stale.clone();
+    let rebuilt = w.rebuilt.clone();
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
@@ -117,20 +139,26 @@ pub(crate) fn spawn(store: Store, sched: SchedCell) -> Writer {
                         if e != epoch.load(Ordering::SeqCst) {
                             let _ = done.send(Err(stale_error()));
                         } else {
-                            writes.push((effects, extra, actor, done));
+                            writes.push(Write {
+                                effects,
+                                extra,
+                                actor,
+                                done,
+                            });
                         }
                     }
                 }
             }
             let mut failed = false;
             if !writes.is_empty() {
-                failed = write_batch(&store, writes).await;
+                failed = write_batch(&store, &stale, writes).await;
             }
             if failed || !rebuilds.is_empty() {
                 if failed {
                     stale.store(true, Ordering::SeqCst);
                 }
                 let r = rebuild(&store, &sched, &epoch, &stale).await;
+                rebuilt.notify_waiters();
                 for done in rebuilds {
                     let _ = done.send(r.as_ref().map(|_| ()).map_err(clone_error));
                 }
@@ -140,7 +168,7 @@ pub(crate) fn spawn(store: Store, sched: SchedCell) -> Writer {
     w
 }
 
-fn stale_error() -> Error {
+pub(crate) fn stale_error() -> Error {
     Error::new(
         ErrorCode::Unavailable,
         "the scheduler is reloading after a failed write; retry the request",
@@ -167,7 +195,7 @@ async fn rebuild(
         match scheduler::load(store, config.clone()).await {
             Ok(fresh) => {
                 let mut s = scheduler::lock(sched);
-                swap_in(&mut s, fresh);
+                *s = fresh;
                 epoch.fetch_add(1, Ordering::SeqCst);
                 stale.store(false, Ordering::SeqCst);
                 return Ok(());
@@ -177,34 +205,30 @@ async fn rebuild(
                 tracing::error!(error = %e.internal.as_deref().unwrap_or(&e.message), tries, "rebuilding the scheduler failed; retrying");
                 // The database is the truth and nothing may be decided without it: try
                 // until it answers (decisions are refused with 503 meanwhile).
-                let _ = e;
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         }
     }
 }
 
-fn swap_in(s: &mut Scheduler, fresh: Scheduler) {
-    *s = fresh;
+/// One decision's writes, waiting in a batch.
+struct Write {
+    effects: Vec<Effect>,
+    extra: Option<Extra>,
+    actor: Option<ApiKeyId>,
+    done: oneshot::Sender<Result<()>>,
 }
 
 /// Writes a batch in one transaction, a savepoint per job. Returns whether a job failed
 /// (every job after it fails too: it was decided on top of it).
-async fn write_batch(
-    store: &Store,
-    writes: Vec<(
-        Vec<Effect>,
-        Option<Extra>,
-        Option<ApiKeyId>,
-        oneshot::Sender<Result<()>>,
-    )>,
-) -> bool {
+async fn write_batch(store: &Store, stale: &AtomicBool, writes: Vec<Write>) -> bool {
     let mut tx = match store.begin_write().await {
         Ok(tx) => tx,
         Err(e) => {
             let e = Error::from(e);
-            for (.., done) in writes {
-                let _ = done.send(Err(clone_error(&e)));
+            stale.store(true, Ordering::SeqCst);
+            for w in writes {
+                let _ = w.done.send(Err(clone_error(&e)));
             }
             return true;
         }
@@ -212,7 +236,13 @@ async fn write_batch(
     let mut book: Option<PriceBook> = None;
     let mut results: Vec<(oneshot::Sender<Result<()>>, Result<()>)> = Vec::new();
     let mut failed: Option<Error> = None;
-    for (effects, extra, actor, done) in writes {
+    for Write {
+        effects,
+        extra,
+        actor,
+        done,
+    } in writes
+    {
         if let Some(e) = &failed {
             let mut err = Error::new(
                 ErrorCode::Unavailable,
@@ -253,6 +283,12 @@ async fn write_batch(
         results.push((done, r));
     }
     let committed = tx.commit().await.map_err(Error::from);
+    let failed = failed.is_some() || committed.is_err();
+    if failed {
+        // Memory is ahead of the database until the rebuild: nothing may be decided on it
+        // from the moment a client can learn of the failure and retry.
+        stale.store(true, Ordering::SeqCst);
+    }
     for (done, r) in results {
         let r = match (&committed, r) {
             (Ok(()), r) => r,
@@ -269,7 +305,7 @@ async fn write_batch(
         };
         let _ = done.send(r);
     }
-    failed.is_some() || committed.is_err()
+    failed
 }
 
 /// Records one decision's effects in `tx`.

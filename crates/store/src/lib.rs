@@ -172,6 +172,16 @@ impl Store {
                 Backend::Postgres => 16,
             })
             .acquire_timeout(Duration::from_secs(30))
+            // A connection back from a transaction that could not end cleanly (SQLite rolls
+            // a transaction back by itself on a full disk, and the driver's ROLLBACK after
+            // it fails) still counts as inside one: close it rather than hand it out again.
+            // The ping waits for a rollback queued by a dropped transaction to run first.
+            .after_release(|conn, _meta| {
+                Box::pin(async move {
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -242,7 +252,14 @@ impl Store {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
         };
-        let tx = self.pool.begin().await?;
+        // SQLite: take the database's write lock at BEGIN (waiting up to the busy
+        // timeout), not at the first write. A deferred transaction that read first is
+        // refused at once ("database is locked") if another connection committed since its
+        // read, which a cancelled request's commit still finishing can do.
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
         Ok(WriteTx {
             tx,
             _guard: guard,

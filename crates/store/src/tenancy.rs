@@ -494,6 +494,29 @@ impl Store {
         })?;
         Ok(())
     }
+
+    /// Replaces the stored body of an Idempotency-Key with the answer the first request
+    /// finally gave (a create that re-reads its resource after commit records it in the
+    /// create's transaction first, then settles it here).
+    pub async fn idempotency_settle(
+        tx: &mut WriteTx,
+        scope: &str,
+        key: &str,
+        rec: &IdempotencyRecord,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET body = $1, status = $2
+             WHERE scope = $3 AND idem_key = $4 AND fingerprint = $5",
+        )
+        .bind(&rec.body)
+        .bind(i64::from(rec.status))
+        .bind(scope)
+        .bind(key)
+        .bind(&rec.fingerprint)
+        .execute(tx.conn())
+        .await?;
+        Ok(())
+    }
 }
 
 fn idempotency_from_row(r: &AnyRow) -> Result<IdempotencyRecord> {

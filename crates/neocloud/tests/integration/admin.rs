@@ -49,7 +49,7 @@ impl Serve {
                 .env("RUST_LOG", "warn")
                 .env_remove("NEOCLOUD_DATABASE_URL")
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null());
+                .stderr(Stdio::inherit());
             for (k, v) in env {
                 cmd.env(k, v);
             }

@@ -1,10 +1,12 @@
 //! The fault suite: three real `neocloud serve` replicas on one PostgreSQL database (and, for
 //! SQLite mode, one process killed and restarted on its data directory), a load
-//! generator launching and terminating instances and signing contracts through random
-//! replicas, and a harness that `kill -9`s the leader at random moments, restarts it, and
+//! generator launching and terminating instances, signing contracts and recording contract
+//! downtime through random replicas (every write with an Idempotency-Key, retried with it
+//! across failovers), and a harness that `kill -9`s the leader at random moments, restarts it, and
 //! (where `NEOCLOUD_TEST_FAULTS_PAUSE_PG=1`, set by `scripts/test.sh` for its throwaway
 //! cluster) freezes PostgreSQL for a moment. Afterwards it checks DESIGN.md §3 invariants
-//! 1, 2, 6 and 8 against the database and against every acknowledged response.
+//! 1, 2, 6 and 8 against the database and against every acknowledged response, and that no
+//! retried contract or downtime was recorded twice.
 //!
 //! Bounded: `NEOCLOUD_TEST_FAULTS_SECS` seconds of load (20 by default; the soak run in
 //! `docs/deployment.md` uses more). It prints a report: operations acknowledged, kills
@@ -144,6 +146,7 @@ enum Ack {
     Launch { key: String, id: String },
     Terminate { id: String },
     Contract { key: String, id: String },
+    Downtime { key: String },
 }
 
 #[derive(Default)]
@@ -156,6 +159,8 @@ struct Log {
     /// 500 answers (an internal error is a bug, whatever the chaos).
     internal: usize,
     running: Vec<String>,
+    /// Contracts acknowledged, for downtime to be recorded against.
+    contracts: Vec<String>,
 }
 
 /// Sends a write through a random replica, retrying (same Idempotency-Key) across
@@ -193,13 +198,20 @@ async fn write_counting(
             .send()
             .await;
         match r {
+            // Recorded, with no body (downtime).
+            Ok(r) if r.status() == reqwest::StatusCode::NO_CONTENT => return Ok(Value::Null),
             Ok(r) if r.status().is_success() => {
                 if let Ok(v) = r.json::<Value>().await {
                     return Ok(v);
                 }
             }
             Ok(r) if r.status().is_client_error() => return Err(true),
-            Ok(r) if r.status() == reqwest::StatusCode::INTERNAL_SERVER_ERROR => *internal += 1,
+            Ok(r) if r.status() == reqwest::StatusCode::INTERNAL_SERVER_ERROR => {
+                *internal += 1;
+                // What went wrong, for whoever reads the failed test.
+                let text = r.text().await.unwrap_or_default();
+                eprintln!("500 on POST {path}: {text}");
+            }
             _ => {}
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -226,6 +238,7 @@ enum Op {
     Terminate(String),
     Contract(String),
     Launch(String),
+    Downtime(String),
 }
 
 async fn worker(
@@ -237,10 +250,16 @@ async fn worker(
     log: Arc<Mutex<Log>>,
 ) {
     let mut n = 0u64;
+    // Makes each contract's terms unique to this operation, so a retry that signed twice
+    // shows as two contracts with the same terms.
+    let worker_tag = (seed % 1000) * 100_000;
     while Instant::now() < until {
         n += 1;
         let roll = next(&mut seed) % 10;
-        let running = log.lock().unwrap().running.clone();
+        let (running, contracts) = {
+            let l = log.lock().unwrap();
+            (l.running.clone(), l.contracts.clone())
+        };
         let now = neocloud_types::Timestamp::now();
         let (op, path, idem, body) = if roll < 3 && !running.is_empty() {
             let id = running[pick(&mut seed, running.len())].clone();
@@ -253,11 +272,26 @@ async fn worker(
             )
         } else if roll < 4 {
             let idem = format!("c-{seed:x}-{n}");
+            let end = now.plus_seconds(30 * 86_400 + i64::try_from(worker_tag + n).unwrap_or(0));
             let body = json!({"tenant_id": "load", "gpu_model": "H100-SXM-80GB", "gpu_count": 8,
-                "start_at": now.to_string(), "end_at": now.plus_seconds(30 * 86_400).to_string(), "site": "east"});
+                "start_at": now.to_string(), "end_at": end.to_string(), "site": "east"});
             (
                 Op::Contract(idem.clone()),
                 "/v1/contracts".to_string(),
+                idem,
+                body,
+            )
+        } else if roll < 5 && !contracts.is_empty() {
+            // Downtime credits the contract's tenant: a retry that recorded twice would
+            // credit twice. The note names the request.
+            let id = contracts[pick(&mut seed, contracts.len())].clone();
+            let idem = format!("d-{seed:x}-{n}");
+            let gpus = 1 + pick(&mut seed, 8);
+            let body = json!({"start_at": now.plus_seconds(-3600).to_string(),
+                "end_at": now.to_string(), "gpus": gpus, "note": idem});
+            (
+                Op::Downtime(idem.clone()),
+                format!("/v1/contracts/{id}/downtime"),
                 idem,
                 body,
             )
@@ -303,7 +337,11 @@ async fn worker(
                 l.running.retain(|r| *r != id);
                 l.acks.push(Ack::Terminate { id });
             }
-            Op::Contract(key) => l.acks.push(Ack::Contract { key, id }),
+            Op::Contract(key) => {
+                l.contracts.push(id.clone());
+                l.acks.push(Ack::Contract { key, id });
+            }
+            Op::Downtime(key) => l.acks.push(Ack::Downtime { key }),
             Op::Launch(key) => {
                 if v["state"] == "running" {
                     l.running.push(id.clone());
@@ -630,7 +668,39 @@ async fn run(backend: Db, n: usize) {
             violations.push(format!("launch {name} created {n} instances"));
         }
     }
-    let (mut launches, mut terminates, mut signed) = (0, 0, 0);
+    // Each contract's end is unique to the request that signed it (its start is the
+    // server's clock): two contracts with the same end are one request signed twice.
+    let twice = sqlx::query(
+        "SELECT end_at, CAST(COUNT(*) AS BIGINT) AS n FROM contracts
+         GROUP BY end_at HAVING COUNT(*) > 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let duplicated_contracts = twice.len();
+    for r in &twice {
+        violations.push(format!(
+            "the contract ending at {} was signed {} times",
+            r.get::<i64, _>("end_at"),
+            r.get::<i64, _>("n")
+        ));
+    }
+    let downtime: BTreeMap<String, i64> =
+        sqlx::query("SELECT note, CAST(COUNT(*) AS BIGINT) AS n FROM downtime GROUP BY note")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get("note"), r.get("n")))
+            .collect();
+    let mut duplicated_downtime = 0;
+    for (note, n) in &downtime {
+        if *n > 1 {
+            duplicated_downtime += 1;
+            violations.push(format!("downtime {note} recorded {n} times"));
+        }
+    }
+    let (mut launches, mut terminates, mut signed, mut downs) = (0, 0, 0, 0);
     for a in &log.acks {
         match a {
             Ack::Launch { key, id } => {
@@ -661,6 +731,12 @@ async fn run(backend: Db, n: usize) {
                     violations.push(format!("acknowledged contract {key} ({id}) is missing"));
                 }
             }
+            Ack::Downtime { key } => {
+                downs += 1;
+                if downtime.get(key) != Some(&1) {
+                    violations.push(format!("acknowledged downtime {key} is missing"));
+                }
+            }
         }
     }
     // Throughput: acknowledged writes per second overall, and inside the failover windows
@@ -688,8 +764,8 @@ async fn run(backend: Db, n: usize) {
         .map(Duration::as_secs_f64)
         .fold(0.0, f64::max);
     println!(
-        "fault suite ({backend:?}): {secs} s of load through {n} replica(s); acknowledged {} ({launches} launches, {terminates} terminates, {signed} contracts), refused {}, gave up {}; \
-         kills survived {kills}, leader freezes {freezes}, PostgreSQL pauses {pauses}, internal errors {}, failovers {} (mean {mean:.2} s, worst {worst:.2} s); invariant violations {}",
+        "fault suite ({backend:?}): {secs} s of load through {n} replica(s); acknowledged {} ({launches} launches, {terminates} terminates, {signed} contracts, {downs} downtimes), refused {}, gave up {}; \
+         kills survived {kills}, leader freezes {freezes}, PostgreSQL pauses {pauses}, internal errors {}, failovers {} (mean {mean:.2} s, worst {worst:.2} s); duplicated contracts {duplicated_contracts}, duplicated downtime {duplicated_downtime}; invariant violations {}",
         log.acks.len(),
         log.refused,
         log.gave_up,
@@ -706,9 +782,28 @@ async fn run(backend: Db, n: usize) {
         kills >= 1 && failovers.len() == kills + freezes,
         "every kill and freeze must end in a failover"
     );
-    assert_eq!(log.internal, 0, "no write may fail with an internal error");
+    if log.internal > 0 {
+        // The servers logged the cause of each 500: show it.
+        let said: Vec<String> = replicas
+            .iter()
+            .flat_map(|r| {
+                std::fs::read_to_string(r.dir.join("serve.stderr"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("ERROR"))
+                    .take(10)
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        panic!(
+            "{} writes failed with an internal error; the servers said:\n{}",
+            log.internal,
+            said.join("\n")
+        );
+    }
     assert!(
-        launches > 0 && terminates > 0,
+        launches > 0 && terminates > 0 && signed > 0 && downs > 0,
         "the load must have done work"
     );
     assert_eq!(

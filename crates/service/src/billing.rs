@@ -7,6 +7,7 @@ use neocloud_store::{Page, Store, UsageFilter, WriteTx};
 use neocloud_types::{Class, Instance, Money, Price, Timestamp, UsageRecord};
 
 use crate::auth::{self, Action, Principal};
+use crate::error::OrNotFound;
 use crate::error::{Error, Result};
 use crate::{Service, SetPrice, page_limit};
 
@@ -123,15 +124,12 @@ impl Service {
         self.store
             .gpu_model_get(&req.gpu_model)
             .await
-            .map_err(|_| Error::invalid(format!("unknown GPU model '{}'", req.gpu_model)))?;
+            .or_not_found(|| Error::invalid(format!("unknown GPU model '{}'", req.gpu_model)))?;
         let site = match &req.site {
-            Some(s) => Some(
-                self.store
-                    .site_id_of(s)
-                    .await?
-                    .parse()
-                    .map_err(|_| Error::not_found("site", s))?,
-            ),
+            Some(s) => Some(crate::error::stored_id(
+                "site",
+                &self.store.site_id_of(s).await?,
+            )?),
             None => None,
         };
         let from = req.effective_from.unwrap_or(now);
@@ -430,7 +428,7 @@ impl Service {
             .store
             .invoice_get(id)
             .await
-            .map_err(|_| Error::not_found("invoice", id))?;
+            .or_not_found(|| Error::not_found("invoice", id))?;
         match p.tenant_scope() {
             Some(own) if own != inv.tenant_id => Err(Error::not_found("invoice", id)),
             _ => Ok(inv),
@@ -514,7 +512,7 @@ impl Service {
             .store
             .contract_get(cid)
             .await
-            .map_err(|_| Error::not_found("contract", contract))?;
+            .or_not_found(|| Error::not_found("contract", contract))?;
         if req.end_at <= req.start_at {
             return Err(Error::invalid("end_at must be after start_at"));
         }
@@ -797,12 +795,8 @@ impl Service {
         model: &str,
     ) -> Result<Vec<(Timestamp, Money)>> {
         auth::authorize(p, Action::ReadCatalog)?;
-        let site: neocloud_types::SiteId = self
-            .store
-            .site_id_of(site)
-            .await?
-            .parse()
-            .map_err(|_| Error::not_found("site", site))?;
+        let site: neocloud_types::SiteId =
+            crate::error::stored_id("site", &self.store.site_id_of(site).await?)?;
         Ok(self.store.spot_price_series(model, site).await?)
     }
 }

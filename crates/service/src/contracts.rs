@@ -10,6 +10,7 @@ use neocloud_types::{
 };
 
 use crate::auth::{self, Action, Principal};
+use crate::error::OrNotFound;
 use crate::error::{Error, ErrorCode, Result};
 use crate::scheduler::{self, Sched};
 use crate::{ContractTerms, Quote, Service, page_limit};
@@ -54,7 +55,7 @@ impl Service {
         self.store
             .gpu_model_get(&t.gpu_model)
             .await
-            .map_err(|_| Error::invalid(format!("unknown GPU model '{}'", t.gpu_model)))?;
+            .or_not_found(|| Error::invalid(format!("unknown GPU model '{}'", t.gpu_model)))?;
         let Some(node_size) = self.store.gpu_model_node_size(&t.gpu_model).await? else {
             return Err(Error::invalid(format!(
                 "no node has GPU model '{}'",
@@ -458,11 +459,7 @@ impl Service {
     async fn visible_contract(&self, p: &Principal, id: &str) -> Result<Contract> {
         let not_found = || Error::not_found("contract", id);
         let cid: ContractId = id.parse().map_err(|_| not_found())?;
-        let c = self
-            .store
-            .contract_get(cid)
-            .await
-            .map_err(|_| not_found())?;
+        let c = self.store.contract_get(cid).await.or_not_found(not_found)?;
         match p.tenant_scope() {
             Some(own) if own != c.tenant_id => Err(not_found()),
             _ => Ok(c),

@@ -26,6 +26,7 @@ use utoipa::ToSchema;
 
 use crate::Service;
 use crate::auth::{self, Action, Principal};
+use crate::error::OrNotFound;
 use crate::error::{Error, ErrorCode, FieldError, Result};
 use crate::scheduler::{Sched, SchedulerConfig};
 
@@ -530,7 +531,7 @@ impl Service {
     ) -> Result<AgentRegistered> {
         auth::authorize(p, Action::AgentRegister)?;
         validate_register(&req)?;
-        let node = self.store.node_get(&req.hostname).await.map_err(|_| {
+        let node = self.store.node_get(&req.hostname).await.or_not_found(|| {
             Error::not_found("node", &req.hostname)
                 .with_hint("add the node to the fleet file first (agents do not create nodes)")
         })?;

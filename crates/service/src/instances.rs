@@ -6,6 +6,7 @@ use neocloud_types::{
 };
 
 use crate::auth::{self, Action, Principal};
+use crate::error::OrNotFound;
 use crate::error::{Error, ErrorCode, Result};
 use crate::scheduler::{self, Queued, request_of};
 use crate::{Created, Idempotency, LaunchInstance, Service, SetQuota, page_limit};
@@ -303,11 +304,7 @@ impl Service {
     async fn visible_instance(&self, p: &Principal, id: &str) -> Result<Instance> {
         let not_found = || Error::not_found("instance", id);
         let iid: InstanceId = id.parse().map_err(|_| not_found())?;
-        let inst = self
-            .store
-            .instance_get(iid)
-            .await
-            .map_err(|_| not_found())?;
+        let inst = self.store.instance_get(iid).await.or_not_found(not_found)?;
         match p.tenant_scope() {
             Some(own) if own != inst.tenant_id => Err(not_found()),
             _ => Ok(inst),

@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 pub use auth::{Action, Principal};
 pub use console::{GpuStateCount, MapCell, SiteMap};
 pub use contracts::{CapacityLine, ClassCount, Committed, GangRoom};
+use error::OrNotFound;
 pub use error::{Error, ErrorCode, FieldError, Result};
 pub use health::{GpuHistory, HealthAction, NodeOperation, SetXidRule, XidRule, builtin_xid_rules};
 pub use neocloud_allocator::PlacementPolicy;
@@ -693,7 +694,7 @@ impl Service {
             .store
             .tenant_get(id_or_name)
             .await
-            .map_err(|_| Error::not_found("tenant", id_or_name))?;
+            .or_not_found(|| Error::not_found("tenant", id_or_name))?;
         match p.tenant_scope() {
             Some(own) if own != t.id => Err(Error::not_found("tenant", id_or_name)),
             _ => Ok(t),
@@ -814,7 +815,7 @@ impl Service {
                 self.store
                     .node_get(n)
                     .await
-                    .map_err(|_| Error::not_found("node", n))?
+                    .or_not_found(|| Error::not_found("node", n))?
                     .id,
             ),
             (Some(_), r) => {
@@ -884,7 +885,7 @@ impl Service {
             .store
             .api_key_get(key_id)
             .await
-            .map_err(|_| not_found())?;
+            .or_not_found(not_found)?;
         match p.tenant_scope() {
             Some(own) if key.tenant_id != Some(own) => Err(not_found()),
             _ => Ok(key),

@@ -13,10 +13,56 @@ use crate::auth::{self, Action, Principal};
 use crate::error::OrNotFound;
 use crate::error::{Error, ErrorCode, Result};
 use crate::scheduler::{self, Sched};
-use crate::{ContractTerms, Quote, Service, page_limit};
+use crate::{
+    ContractTerms, MAX_CONTRACT_VALUE, MAX_CONTRACT_YEARS, MAX_GPUS, Quote, START_SKEW_SECONDS,
+    Service, page_limit,
+};
 
 const HOUR_US: i64 = 3_600_000_000;
-const YEAR_US: i64 = 365 * 24 * HOUR_US;
+
+/// A contract's or quote's window: ends after its start and in the future, starts no earlier
+/// than clock skew allows, and runs at most [`MAX_CONTRACT_YEARS`] calendar years.
+fn check_window(start: Timestamp, end: Timestamp, now: Timestamp) -> Result<()> {
+    if end <= start {
+        return Err(Error::invalid(format!(
+            "end_at ({end}) must be after start_at ({start}), counted in whole seconds"
+        )));
+    }
+    if end <= now {
+        return Err(Error::invalid(format!(
+            "end_at ({end}) is not in the future: a contract or quote window must end after now ({now})"
+        )));
+    }
+    if start < now.plus_seconds(-START_SKEW_SECONDS) {
+        return Err(Error::invalid(format!(
+            "start_at ({start}) is in the past: a contract or quote starts now or later (up to {} minutes early is accepted as clock skew)",
+            START_SKEW_SECONDS / 60
+        )));
+    }
+    check_term_length(start, end)
+}
+
+fn check_term_length(start: Timestamp, end: Timestamp) -> Result<()> {
+    let latest = start
+        .plus_months(12 * MAX_CONTRACT_YEARS)
+        .ok_or_else(|| Error::invalid(format!("start_at ({start}) is too far in the future")))?;
+    if end > latest {
+        return Err(Error::invalid(format!(
+            "a contract runs at most {MAX_CONTRACT_YEARS} years: end_at must be at most {latest}"
+        )));
+    }
+    Ok(())
+}
+
+/// A contract's value may not exceed [`MAX_CONTRACT_VALUE`].
+fn check_value(v: Money) -> Result<()> {
+    if v > MAX_CONTRACT_VALUE {
+        return Err(Error::invalid(format!(
+            "total_value must be at most {MAX_CONTRACT_VALUE} US dollars for one contract (these terms are worth more); ask for fewer GPUs or a shorter term"
+        )));
+    }
+    Ok(())
+}
 
 fn parse_sla(s: Option<&str>) -> Result<i64> {
     let s = s.unwrap_or("99.5");
@@ -62,23 +108,22 @@ impl Service {
                 t.gpu_model
             )));
         };
+        if t.gpu_count > MAX_GPUS {
+            return Err(Error::invalid(format!(
+                "gpu_count must be at most {MAX_GPUS} (got {})",
+                t.gpu_count
+            )));
+        }
         if t.gpu_count == 0 || !t.gpu_count.is_multiple_of(node_size) {
             return Err(Error::invalid(format!(
                 "gpu_count must be a positive multiple of {node_size} ({} nodes have {node_size} GPUs; reserved pools are whole nodes)",
                 t.gpu_model
             )));
         }
-        if t.end_at <= t.start_at {
-            return Err(Error::invalid("end_at must be after start_at"));
-        }
-        if t.start_at < now.plus_seconds(-60) {
-            return Err(Error::invalid("start_at is in the past"));
-        }
-        if t.end_at.micros() - t.start_at.micros() > 10 * YEAR_US {
-            return Err(Error::invalid("a contract runs at most 10 years"));
-        }
-        // "now" within the last minute means now.
-        let start = t.start_at.max(now);
+        // Windows are whole seconds, kept as asked: a term of N years ends on its date.
+        let start = t.start_at.floor_to_second();
+        let end = t.end_at.floor_to_second();
+        check_window(start, end, now)?;
         let sites = match &t.site {
             Some(s) => vec![self.store.site_get(s).await?],
             None => self.store.site_list().await?,
@@ -102,7 +147,7 @@ impl Service {
             sites,
             node_size,
             start,
-            end: t.end_at,
+            end,
         })
     }
 
@@ -211,13 +256,24 @@ impl Service {
         let c = self.check_terms(p, &t, Timestamp::now()).await?;
         let book = self.price_book().await?;
         let sched = self.sched.lock().await;
-        Self::quote_in(&sched, &book, &t, &c)
+        let q = Self::quote_in(&sched, &book, &t, &c)?;
+        check_value(q.total_value)?;
+        Ok(q)
     }
 
     /// Signs a contract: re-checks the calendar under the scheduler's lock and commits the
     /// promise atomically, so two signs racing for the last capacity cannot both win.
     pub async fn contract_sign(&self, p: &Principal, t: ContractTerms) -> Result<Contract> {
         auth::authorize(p, Action::WriteContracts)?;
+        // A suspended tenant signs nothing (403, before the terms are looked at).
+        match (&t.tenant_id, p.tenant_scope()) {
+            (Some(id), _) => {
+                self.refuse_suspended(self.visible_tenant(p, id).await?.id)
+                    .await?
+            }
+            (None, Some(own)) => self.refuse_suspended(own).await?,
+            (None, None) => {}
+        }
         let now = Timestamp::now();
         let sla = parse_sla(t.sla_percent.as_deref())?;
         let c = self.check_terms(p, &t, now).await?;
@@ -230,6 +286,7 @@ impl Service {
         let book = self.price_book().await?;
         let mut sched = self.sched.lock().await;
         let q = Self::quote_in(&sched, &book, &t, &c)?;
+        check_value(q.total_value)?;
         let (true, Some(site_id)) = (q.fits, q.site_id) else {
             return Err(Error::new(
                 ErrorCode::InsufficientCapacity,
@@ -311,7 +368,12 @@ impl Service {
             ));
         }
         let count = req.gpu_count.unwrap_or(c.gpu_count);
-        let end = req.end_at.unwrap_or(c.end_at);
+        let end = req.end_at.map_or(c.end_at, Timestamp::floor_to_second);
+        if count > MAX_GPUS {
+            return Err(Error::invalid(format!(
+                "gpu_count must be at most {MAX_GPUS} (got {count})"
+            )));
+        }
         if req.gpu_count.is_none() && req.end_at.is_none() {
             return Err(Error::invalid(
                 "nothing to amend: give gpu_count, end_at or both",
@@ -329,9 +391,8 @@ impl Service {
                 c.end_at
             )));
         }
-        if end.micros() - c.start_at.micros() > 10 * YEAR_US {
-            return Err(Error::invalid("a contract runs at most 10 years"));
-        }
+        check_term_length(c.start_at, end)?;
+        check_value(contract_value(count, c.start_at, end, c.price_per_gpu_hour))?;
         let mut sched = self.sched.lock().await;
         let node_size = sched
             .node_size

@@ -397,6 +397,14 @@ impl Service {
     /// Sets or removes a quota.
     pub async fn quota_set(&self, p: &Principal, req: SetQuota) -> Result<Vec<Quota>> {
         auth::authorize(p, Action::WriteQuotas)?;
+        if let Some(m) = req.max_gpus
+            && m > crate::MAX_GPUS
+        {
+            return Err(Error::invalid(format!(
+                "max_gpus must be at most {} (got {m})",
+                crate::MAX_GPUS
+            )));
+        }
         let tenant = self.visible_tenant(p, &req.tenant_id).await?;
         self.store.gpu_model_get(&req.gpu_model).await?;
         // Same lock order as launches: scheduler first, then the write transaction.

@@ -688,6 +688,18 @@ impl Service {
         }
     }
 
+    /// Refuses a change on behalf of a suspended tenant with 403, as instance launches are.
+    pub(crate) async fn refuse_suspended(&self, tenant: TenantId) -> Result<()> {
+        let t = self.store.tenant_get(&tenant.to_string()).await?;
+        if t.status == neocloud_types::TenantStatus::Suspended {
+            return Err(Error::forbidden(format!(
+                "tenant '{}' is suspended",
+                t.name
+            )));
+        }
+        Ok(())
+    }
+
     /// Resolves a tenant the caller may see, or reports it not found.
     pub(crate) async fn visible_tenant(&self, p: &Principal, id_or_name: &str) -> Result<Tenant> {
         let t = self
@@ -779,7 +791,6 @@ impl Service {
         idem: Option<&Idempotency>,
     ) -> Result<Created<ApiKeyCreated>> {
         auth::authorize(p, Action::WriteKeys)?;
-        let req = req.validate(Timestamp::now())?;
         // Tenant admins mint keys for their own tenant only, and never operator keys.
         let tenant_id = if p.role.is_tenant_role() {
             if !req.role.is_tenant_role() {
@@ -809,6 +820,12 @@ impl Service {
             }
             None
         };
+        // A suspended tenant gets no new keys, as it launches nothing (403, before the body's
+        // own checks).
+        if let Some(t) = tenant_id {
+            self.refuse_suspended(t).await?;
+        }
+        let req = req.validate(Timestamp::now())?;
         let node_id = match (&req.node, req.role) {
             (None, _) => None,
             (Some(n), Role::NodeAgent) => Some(

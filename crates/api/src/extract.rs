@@ -5,7 +5,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
-use neocloud_service::{Idempotency, Principal, auth};
+use neocloud_service::{Action, Idempotency, Principal, auth};
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
@@ -39,20 +39,36 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
-/// Query parameters; a bad one is a problem+json 400 naming it.
-pub struct Q<T>(pub T);
+/// Checks the caller's role before anything else of the request is read: a caller who may
+/// not do this gets 403, never a 400 about a body or query it may not send.
+pub fn allow(p: &Principal, action: Action) -> Result<(), ApiError> {
+    auth::authorize(p, action).map_err(ApiError)
+}
+
+/// Query parameters; a bad one is a problem+json 400 naming it. The error waits in [`Q::get`]
+/// so that the handler can check the caller's role first.
+pub struct Q<T>(Result<T, ApiError>);
+
+impl<T> Q<T> {
+    /// The parameters, or the 400 that parsing them gave.
+    pub fn get(self) -> Result<T, ApiError> {
+        self.0
+    }
+}
 
 impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Q<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match Query::<T>::from_request_parts(parts, state).await {
-            Ok(Query(v)) => Ok(Q(v)),
-            Err(e @ QueryRejection::FailedToDeserializeQueryString(_)) => Err(ApiError::invalid(
-                format!("invalid query string: {}", e.body_text()),
-            )),
-            Err(e) => Err(ApiError::invalid(e.body_text())),
-        }
+        Ok(Q(
+            match Query::<T>::from_request_parts(parts, state).await {
+                Ok(Query(v)) => Ok(v),
+                Err(e @ QueryRejection::FailedToDeserializeQueryString(_)) => Err(
+                    ApiError::invalid(format!("invalid query string: {}", e.body_text())),
+                ),
+                Err(e) => Err(ApiError::invalid(e.body_text())),
+            },
+        ))
     }
 }
 

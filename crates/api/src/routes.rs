@@ -5,7 +5,7 @@ use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use neocloud_service::{
-    ApiKeyCreated, CapacityLine, ContractTerms, CreateApiKey, CreateGpuModel, CreateTenant,
+    Action, ApiKeyCreated, CapacityLine, ContractTerms, CreateApiKey, CreateGpuModel, CreateTenant,
     Created, GpuHistory, LaunchInstance, NodeOperation, Quote, SetPowerCap, SetPrice, SetQuota,
     SetXidRule, UpdateTenant, XidRule,
 };
@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::{ApiError, Problem};
-use crate::extract::{Auth, Q, RawBody, idempotency, json_body};
+use crate::extract::{Auth, Q, RawBody, allow, idempotency, json_body};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -191,6 +191,7 @@ async fn gpu_model_create(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteCatalog)?;
     let idem = idempotency(&headers, &method, uri.path(), &body)?;
     let req: CreateGpuModel = json_body(&headers, &body)?;
     Ok(created(
@@ -246,6 +247,7 @@ async fn site_power_cap(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<Site>> {
+    allow(&p, Action::WriteFleet)?;
     let req: SetPowerCap = json_body(&headers, &body)?;
     Ok(Json(st.svc.site_set_power_cap(&p, &site, req).await?))
 }
@@ -264,8 +266,10 @@ pub struct BlockParams {
 async fn block_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<BlockParams>,
+    q: Q<BlockParams>,
 ) -> ApiResult<Json<List<Block>>> {
+    allow(&p, Action::ReadFleet)?;
+    let q = q.get()?;
     Ok(Json(List {
         items: st.svc.block_list(&p, q.site.as_deref()).await?,
     }))
@@ -307,8 +311,10 @@ pub struct NodeParams {
 async fn node_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<NodeParams>,
+    q: Q<NodeParams>,
 ) -> ApiResult<Json<Paged<Node>>> {
+    allow(&p, Action::ReadFleet)?;
+    let q = q.get()?;
     let filter = NodeFilter {
         site: q.site,
         block: q.block,
@@ -358,6 +364,7 @@ async fn node_cordon(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<Node>> {
+    allow(&p, Action::WriteFleet)?;
     let req: NodeOperation = optional_body(&headers, &body)?;
     Ok(Json(st.svc.node_cordon(&p, &node, req).await?))
 }
@@ -374,6 +381,7 @@ async fn node_uncordon(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<Node>> {
+    allow(&p, Action::WriteFleet)?;
     let req: NodeOperation = optional_body(&headers, &body)?;
     Ok(Json(st.svc.node_uncordon(&p, &node, req).await?))
 }
@@ -391,6 +399,7 @@ async fn node_drain(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<Node>> {
+    allow(&p, Action::WriteFleet)?;
     let req: NodeOperation = optional_body(&headers, &body)?;
     Ok(Json(st.svc.node_drain(&p, &node, req).await?))
 }
@@ -409,6 +418,7 @@ async fn node_repair_complete(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<Node>> {
+    allow(&p, Action::WriteFleet)?;
     let req: NodeOperation = optional_body(&headers, &body)?;
     Ok(Json(st.svc.node_repair_complete(&p, &node, req).await?))
 }
@@ -430,8 +440,10 @@ async fn node_health(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(node): Path<String>,
-    Q(q): Q<LimitParams>,
+    q: Q<LimitParams>,
 ) -> ApiResult<Json<Vec<HealthEvent>>> {
+    allow(&p, Action::ReadFleet)?;
+    let q = q.get()?;
     Ok(Json(st.svc.node_health(&p, &node, q.limit).await?))
 }
 
@@ -443,8 +455,10 @@ async fn gpu_history(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(uuid): Path<String>,
-    Q(q): Q<LimitParams>,
+    q: Q<LimitParams>,
 ) -> ApiResult<Json<GpuHistory>> {
+    allow(&p, Action::ReadFleet)?;
+    let q = q.get()?;
     Ok(Json(st.svc.gpu_history(&p, &uuid, q.limit).await?))
 }
 
@@ -470,6 +484,7 @@ async fn health_rule_set(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<Vec<XidRule>>> {
+    allow(&p, Action::WriteFleet)?;
     let code = parse_code(&code)?;
     let req: SetXidRule = json_body(&headers, &body)?;
     Ok(Json(st.svc.health_rule_set(&p, code, req).await?))
@@ -485,6 +500,7 @@ async fn health_rule_reset(
     Auth(p): Auth,
     Path(code): Path<String>,
 ) -> ApiResult<Json<Vec<XidRule>>> {
+    allow(&p, Action::WriteFleet)?;
     let code = parse_code(&code)?;
     Ok(Json(st.svc.health_rule_reset(&p, code).await?))
 }
@@ -523,6 +539,7 @@ async fn agent_register(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<AgentRegistered>> {
+    allow(&p, Action::AgentRegister)?;
     let req: AgentRegister = json_body(&headers, &body)?;
     Ok(Json(st.svc.agent_register(&p, req).await?))
 }
@@ -539,6 +556,8 @@ async fn agent_heartbeat(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<HeartbeatAck>> {
+    allow(&p, Action::AgentHeartbeat)?;
+    neocloud_service::heartbeat_node(&p)?;
     let req: Heartbeat = json_body(&headers, &body)?;
     Ok(Json(st.svc.agent_heartbeat(&p, req).await?))
 }
@@ -562,9 +581,11 @@ pub struct ImportParams {
 async fn fleet_import(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<ImportParams>,
+    q: Q<ImportParams>,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<ImportReport>> {
+    allow(&p, Action::WriteFleet)?;
+    let q = q.get()?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid("the fleet file must be UTF-8 text"))?;
     Ok(Json(st.svc.fleet_import(Some(&p), text, q.dry_run).await?))
@@ -578,8 +599,10 @@ async fn fleet_import(
 async fn tenant_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<PageParams>,
+    q: Q<PageParams>,
 ) -> ApiResult<Json<Paged<Tenant>>> {
+    allow(&p, Action::ReadTenants)?;
+    let q = q.get()?;
     Ok(Json(
         st.svc
             .tenant_list(&p, q.cursor.as_deref(), q.limit)
@@ -602,6 +625,7 @@ async fn tenant_create(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteTenants)?;
     let idem = idempotency(&headers, &method, uri.path(), &body)?;
     let req: CreateTenant = json_body(&headers, &body)?;
     Ok(created(st.svc.tenant_create(&p, req, idem.as_ref()).await?))
@@ -631,6 +655,7 @@ async fn tenant_update(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<Tenant>> {
+    allow(&p, Action::WriteTenants)?;
     let req: UpdateTenant = json_body(&headers, &body)?;
     Ok(Json(st.svc.tenant_update(&p, &tenant, req).await?))
 }
@@ -655,8 +680,10 @@ pub struct KeyParams {
 async fn api_key_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<KeyParams>,
+    q: Q<KeyParams>,
 ) -> ApiResult<Json<Paged<ApiKey>>> {
+    allow(&p, Action::ReadKeys)?;
+    let q = q.get()?;
     let page = st
         .svc
         .api_key_list(&p, q.tenant.as_deref(), q.cursor.as_deref(), q.limit)
@@ -677,6 +704,7 @@ async fn api_key_create(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteKeys)?;
     let idem = idempotency(&headers, &method, uri.path(), &body)?;
     let req: CreateApiKey = json_body(&headers, &body)?;
     let mut resp = created(st.svc.api_key_create(&p, req, idem.as_ref()).await?);
@@ -733,8 +761,10 @@ pub struct EventParams {
 async fn event_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<EventParams>,
+    q: Q<EventParams>,
 ) -> ApiResult<Json<Paged<Event>>> {
+    allow(&p, Action::ReadEvents)?;
+    let q = q.get()?;
     let tenant_id = match &q.tenant {
         Some(t) => Some(st.svc.tenant_get(&p, t).await?.id),
         None => None,
@@ -774,8 +804,10 @@ pub struct InstanceParams {
 async fn instance_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<InstanceParams>,
+    q: Q<InstanceParams>,
 ) -> ApiResult<Json<Paged<Instance>>> {
+    allow(&p, Action::ReadInstances)?;
+    let q = q.get()?;
     let page = st
         .svc
         .instance_list(
@@ -805,6 +837,7 @@ async fn instance_launch(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteInstances)?;
     let idem = idempotency(&headers, &method, uri.path(), &body)?;
     let req: LaunchInstance = json_body(&headers, &body)?;
     Ok(created(
@@ -851,8 +884,10 @@ pub struct QuotaParams {
 async fn quota_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<QuotaParams>,
+    q: Q<QuotaParams>,
 ) -> ApiResult<Json<List<Quota>>> {
+    allow(&p, Action::ReadQuotas)?;
+    let q = q.get()?;
     Ok(Json(List {
         items: st.svc.quota_list(&p, q.tenant.as_deref()).await?,
     }))
@@ -868,6 +903,7 @@ async fn quota_set(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<List<Quota>>> {
+    allow(&p, Action::WriteQuotas)?;
     let req: SetQuota = json_body(&headers, &body)?;
     Ok(Json(List {
         items: st.svc.quota_set(&p, req).await?,
@@ -886,6 +922,7 @@ async fn quote_create(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<Quote>> {
+    allow(&p, Action::ReadContracts)?;
     let req: ContractTerms = json_body(&headers, &body)?;
     Ok(Json(st.svc.quote(&p, req).await?))
 }
@@ -901,6 +938,7 @@ async fn contract_sign(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteContracts)?;
     let req: ContractTerms = json_body(&headers, &body)?;
     let c = st.svc.contract_sign(&p, req).await?;
     Ok((StatusCode::CREATED, Json(c)).into_response())
@@ -924,8 +962,10 @@ pub struct ContractParams {
 async fn contract_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<ContractParams>,
+    q: Q<ContractParams>,
 ) -> ApiResult<Json<Paged<Contract>>> {
+    allow(&p, Action::ReadContracts)?;
+    let q = q.get()?;
     let page = st
         .svc
         .contract_list(&p, q.tenant.as_deref(), q.cursor.as_deref(), q.limit)
@@ -973,6 +1013,9 @@ async fn contract_amend(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<Contract>> {
+    allow(&p, Action::WriteContracts)?;
+    // Someone else's contract is not found, whatever the body says.
+    st.svc.contract_get(&p, &id).await?;
     let req: neocloud_service::AmendContract = json_body(&headers, &body)?;
     Ok(Json(st.svc.contract_amend(&p, &id, req).await?))
 }
@@ -996,8 +1039,10 @@ pub struct CapacityParams {
 async fn capacity(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<CapacityParams>,
+    q: Q<CapacityParams>,
 ) -> ApiResult<Json<List<CapacityLine>>> {
+    allow(&p, Action::ReadCapacity)?;
+    let q = q.get()?;
     let items = st
         .svc
         .capacity(
@@ -1026,8 +1071,10 @@ pub struct PriceParams {
 async fn price_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<PriceParams>,
+    q: Q<PriceParams>,
 ) -> ApiResult<Json<List<Price>>> {
+    allow(&p, Action::ReadCatalog)?;
+    let q = q.get()?;
     Ok(Json(List {
         items: st.svc.price_list(&p, q.gpu_model.as_deref()).await?,
     }))
@@ -1045,6 +1092,7 @@ async fn price_set(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteCatalog)?;
     let req: SetPrice = json_body(&headers, &body)?;
     let price = st.svc.price_set(&p, req).await?;
     Ok((StatusCode::CREATED, Json(price)).into_response())
@@ -1078,8 +1126,10 @@ pub struct UsageParams {
 async fn usage_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<UsageParams>,
+    q: Q<UsageParams>,
 ) -> ApiResult<Response> {
+    allow(&p, Action::ReadInstances)?;
+    let q = q.get()?;
     if let Some(m) = &q.month {
         let ok = m.len() == 7
             && m.as_bytes()[4] == b'-'
@@ -1160,8 +1210,10 @@ pub struct InvoiceParams {
 async fn invoice_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<InvoiceParams>,
+    q: Q<InvoiceParams>,
 ) -> ApiResult<Json<List<neocloud_types::Invoice>>> {
+    allow(&p, Action::ReadInvoices)?;
+    let q = q.get()?;
     Ok(Json(List {
         items: st.svc.invoice_list(&p, q.tenant.as_deref()).await?,
     }))
@@ -1179,6 +1231,7 @@ async fn invoice_generate(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<Json<neocloud_types::Invoice>> {
+    allow(&p, Action::WriteInvoices)?;
     let req: neocloud_service::GenerateInvoice = json_body(&headers, &body)?;
     Ok(Json(
         st.svc
@@ -1225,6 +1278,7 @@ async fn downtime_add(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> ApiResult<StatusCode> {
+    allow(&p, Action::WriteInvoices)?;
     let req: neocloud_service::AddDowntime = json_body(&headers, &body)?;
     st.svc.downtime_add(&p, &id, req).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -1263,8 +1317,10 @@ pub struct RevenueParams {
 async fn report_revenue(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<RevenueParams>,
+    q: Q<RevenueParams>,
 ) -> ApiResult<Response> {
+    allow(&p, Action::ReadCapacity)?;
+    let q = q.get()?;
     report_response(
         st.svc.report_revenue(&p, &q.from, &q.to).await?,
         q.format.as_deref(),
@@ -1297,8 +1353,10 @@ pub struct SpotParams {
 async fn spot_price_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<SpotParams>,
+    q: Q<SpotParams>,
 ) -> ApiResult<Json<List<SpotPrice>>> {
+    allow(&p, Action::ReadCatalog)?;
+    let q = q.get()?;
     let items = st
         .svc
         .spot_price_list(&p, &q.site, &q.gpu_model)
@@ -1330,8 +1388,10 @@ pub struct MonthParams {
 async fn report_utilization(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<MonthParams>,
+    q: Q<MonthParams>,
 ) -> ApiResult<Response> {
+    allow(&p, Action::ReadCapacity)?;
+    let q = q.get()?;
     report_response(
         st.svc.report_utilization(&p, &q.month).await?,
         q.format.as_deref(),
@@ -1358,8 +1418,10 @@ async fn report_power(
 async fn report_margin(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<MonthParams>,
+    q: Q<MonthParams>,
 ) -> ApiResult<Response> {
+    allow(&p, Action::ReadCapacity)?;
+    let q = q.get()?;
     report_response(
         st.svc.report_margin(&p, &q.month).await?,
         q.format.as_deref(),

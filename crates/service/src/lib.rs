@@ -31,7 +31,9 @@ pub use console::{GpuStateCount, MapCell, SiteMap};
 pub use contracts::{CapacityLine, ClassCount, Committed, GangRoom};
 use error::OrNotFound;
 pub use error::{Error, ErrorCode, FieldError, Result};
-pub use health::{GpuHistory, HealthAction, NodeOperation, SetXidRule, XidRule, builtin_xid_rules};
+pub use health::{
+    GpuHistory, HealthAction, NodeOperation, SetXidRule, XidRule, builtin_xid_rules, heartbeat_node,
+};
 pub use neocloud_allocator::PlacementPolicy;
 pub use neocloud_allocator::Sharing;
 pub use replica::{ReplicaConfig, ReplicaRole, RoleChange};

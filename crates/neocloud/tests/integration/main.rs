@@ -17,6 +17,7 @@ mod api_billing;
 mod api_errors;
 mod api_fleet;
 mod api_health;
+mod api_input;
 mod api_instances;
 mod api_slices;
 mod api_tenancy;

@@ -5,7 +5,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
-use neocloud_service::{Idempotency, Principal, auth};
+use neocloud_service::{Action, Idempotency, Principal, auth};
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
@@ -39,20 +39,36 @@ impl FromRequestParts<AppState> for Auth {
     }
 }
 
-/// Query parameters; a bad one is a problem+json 400 naming it.
-pub struct Q<T>(pub T);
+/// Checks the caller's role before anything else of the request is read: a caller who may
+/// not do this gets 403, never a 400 about a body or query it may not send.
+pub fn allow(p: &Principal, action: Action) -> Result<(), ApiError> {
+    auth::authorize(p, action).map_err(ApiError)
+}
+
+/// Query parameters; a bad one is a problem+json 400 naming it. The error waits in [`Q::get`]
+/// so that the handler can check the caller's role first.
+pub struct Q<T>(Result<T, ApiError>);
+
+impl<T> Q<T> {
+    /// The parameters, or the 400 that parsing them gave.
+    pub fn get(self) -> Result<T, ApiError> {
+        self.0
+    }
+}
 
 impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Q<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match Query::<T>::from_request_parts(parts, state).await {
-            Ok(Query(v)) => Ok(Q(v)),
-            Err(e @ QueryRejection::FailedToDeserializeQueryString(_)) => Err(ApiError::invalid(
-                format!("invalid query string: {}", e.body_text()),
-            )),
-            Err(e) => Err(ApiError::invalid(e.body_text())),
-        }
+        Ok(Q(
+            match Query::<T>::from_request_parts(parts, state).await {
+                Ok(Query(v)) => Ok(v),
+                Err(e @ QueryRejection::FailedToDeserializeQueryString(_)) => Err(
+                    ApiError::invalid(format!("invalid query string: {}", e.body_text())),
+                ),
+                Err(e) => Err(ApiError::invalid(e.body_text())),
+            },
+        ))
     }
 }
 
@@ -92,8 +108,9 @@ pub const IDEMPOTENCY_KEY_MAX: usize = 255;
 /// fingerprint of method, path, query and body) and its raw body. Every POST, PUT, PATCH
 /// and DELETE handler takes this one extractor, so none can forget the header.
 pub struct Idem {
-    /// The key and the request's fingerprint, when the header was given.
-    pub key: Option<Idempotency>,
+    /// The key and the request's fingerprint, when the header was given; a bad header's
+    /// 400 waits in [`Idem::key`] so that the handler can check the caller's role first.
+    key: Result<Option<Idempotency>, String>,
     /// The request's headers (the body's content type).
     pub headers: HeaderMap,
     /// The raw body; a body over the route's limit is a problem+json 413.
@@ -101,19 +118,25 @@ pub struct Idem {
 }
 
 impl Idem {
-    /// The key, for the service.
-    pub fn key(&self) -> Option<&Idempotency> {
-        self.key.as_ref()
+    /// The key, for the service, or the 400 a malformed header gets.
+    pub fn key(&self) -> Result<Option<&Idempotency>, ApiError> {
+        match &self.key {
+            Ok(k) => Ok(k.as_ref()),
+            Err(m) => Err(ApiError::invalid(m.clone())),
+        }
     }
 
-    /// The body as JSON (with a JSON content type).
+    /// The body as JSON (with a JSON content type); a bad Idempotency-Key is reported
+    /// first.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        self.key()?;
         json_body(&self.headers, &self.body)
     }
 
     /// The body as JSON, or the defaults when it is empty.
     pub fn json_or_default<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
         if self.body.iter().all(u8::is_ascii_whitespace) {
+            self.key()?;
             Ok(T::default())
         } else {
             self.json()
@@ -132,12 +155,15 @@ impl axum::extract::FromRequest<AppState> for Idem {
             .extensions()
             .get::<axum::extract::OriginalUri>()
             .map_or_else(|| req.uri().clone(), |o| o.0.clone());
-        let key = idempotency_key(&headers)?;
+        let key = idempotency_key(&headers);
         let RawBody(body) = RawBody::from_request(req, state).await?;
-        let key = key.map(|key| Idempotency {
-            fingerprint: fingerprint(&method, &target, &body),
-            key,
-        });
+        let key = match key {
+            Ok(k) => Ok(k.map(|key| Idempotency {
+                fingerprint: fingerprint(&method, &target, &body),
+                key,
+            })),
+            Err(e) => Err(e.0.message),
+        };
         Ok(Idem { key, headers, body })
     }
 }

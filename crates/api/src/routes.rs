@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use neocloud_service::{
-    ApiKeyCreated, CapacityLine, ContractTerms, CreateApiKey, CreateGpuModel, CreateTenant,
+    Action, ApiKeyCreated, CapacityLine, ContractTerms, CreateApiKey, CreateGpuModel, CreateTenant,
     Created, GpuHistory, LaunchInstance, NodeOperation, Quote, SetPowerCap, SetPrice, SetQuota,
     SetXidRule, UpdateTenant, XidRule,
 };
@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::{ApiError, Problem};
-use crate::extract::{Auth, Idem, Q};
+use crate::extract::{Auth, Idem, Q, allow};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -215,8 +215,11 @@ async fn gpu_model_create(
     Auth(p): Auth,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteCatalog)?;
     let req: CreateGpuModel = idem.json()?;
-    Ok(created(st.svc.gpu_model_create(&p, req, idem.key()).await?))
+    Ok(created(
+        st.svc.gpu_model_create(&p, req, idem.key()?).await?,
+    ))
 }
 
 /// Read one GPU model.
@@ -266,10 +269,11 @@ async fn site_power_cap(
     Path(site): Path<String>,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteFleet)?;
     let req: SetPowerCap = idem.json()?;
     Ok(ok(st
         .svc
-        .site_set_power_cap(&p, &site, req, idem.key())
+        .site_set_power_cap(&p, &site, req, idem.key()?)
         .await?))
 }
 
@@ -287,8 +291,10 @@ pub struct BlockParams {
 async fn block_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<BlockParams>,
+    q: Q<BlockParams>,
 ) -> ApiResult<Json<List<Block>>> {
+    allow(&p, Action::ReadFleet)?;
+    let q = q.get()?;
     Ok(Json(List {
         items: st.svc.block_list(&p, q.site.as_deref()).await?,
     }))
@@ -330,8 +336,10 @@ pub struct NodeParams {
 async fn node_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<NodeParams>,
+    q: Q<NodeParams>,
 ) -> ApiResult<Json<Paged<Node>>> {
+    allow(&p, Action::ReadFleet)?;
+    let q = q.get()?;
     let filter = NodeFilter {
         site: q.site,
         block: q.block,
@@ -368,10 +376,11 @@ async fn node_cordon(
     Path(node): Path<String>,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteFleet)?;
     let req: NodeOperation = idem.json_or_default()?;
     let svc = &st.svc;
     Ok(ok(svc
-        .idempotent(&p, idem.key(), 200, svc.node_cordon(&p, &node, req))
+        .idempotent(&p, idem.key()?, 200, svc.node_cordon(&p, &node, req))
         .await?))
 }
 
@@ -386,10 +395,11 @@ async fn node_uncordon(
     Path(node): Path<String>,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteFleet)?;
     let req: NodeOperation = idem.json_or_default()?;
     let svc = &st.svc;
     Ok(ok(svc
-        .idempotent(&p, idem.key(), 200, svc.node_uncordon(&p, &node, req))
+        .idempotent(&p, idem.key()?, 200, svc.node_uncordon(&p, &node, req))
         .await?))
 }
 
@@ -405,10 +415,11 @@ async fn node_drain(
     Path(node): Path<String>,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteFleet)?;
     let req: NodeOperation = idem.json_or_default()?;
     let svc = &st.svc;
     Ok(ok(svc
-        .idempotent(&p, idem.key(), 200, svc.node_drain(&p, &node, req))
+        .idempotent(&p, idem.key()?, 200, svc.node_drain(&p, &node, req))
         .await?))
 }
 
@@ -425,12 +436,13 @@ async fn node_repair_complete(
     Path(node): Path<String>,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteFleet)?;
     let req: NodeOperation = idem.json_or_default()?;
     let svc = &st.svc;
     Ok(ok(svc
         .idempotent(
             &p,
-            idem.key(),
+            idem.key()?,
             200,
             svc.node_repair_complete(&p, &node, req),
         )
@@ -454,8 +466,10 @@ async fn node_health(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(node): Path<String>,
-    Q(q): Q<LimitParams>,
+    q: Q<LimitParams>,
 ) -> ApiResult<Json<Vec<HealthEvent>>> {
+    allow(&p, Action::ReadFleet)?;
+    let q = q.get()?;
     Ok(Json(st.svc.node_health(&p, &node, q.limit).await?))
 }
 
@@ -467,8 +481,10 @@ async fn gpu_history(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(uuid): Path<String>,
-    Q(q): Q<LimitParams>,
+    q: Q<LimitParams>,
 ) -> ApiResult<Json<GpuHistory>> {
+    allow(&p, Action::ReadFleet)?;
+    let q = q.get()?;
     Ok(Json(st.svc.gpu_history(&p, &uuid, q.limit).await?))
 }
 
@@ -493,11 +509,12 @@ async fn health_rule_set(
     Path(code): Path<String>,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteFleet)?;
     let code = parse_code(&code)?;
     let req: SetXidRule = idem.json()?;
     Ok(ok(st
         .svc
-        .health_rule_set(&p, code, req, idem.key())
+        .health_rule_set(&p, code, req, idem.key()?)
         .await?))
 }
 
@@ -512,8 +529,9 @@ async fn health_rule_reset(
     Path(code): Path<String>,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteFleet)?;
     let code = parse_code(&code)?;
-    Ok(ok(st.svc.health_rule_reset(&p, code, idem.key()).await?))
+    Ok(ok(st.svc.health_rule_reset(&p, code, idem.key()?).await?))
 }
 
 fn parse_code(s: &str) -> Result<u32, ApiError> {
@@ -549,11 +567,12 @@ async fn agent_register(
     Auth(p): Auth,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::AgentRegister)?;
     let req: AgentRegister = idem.json()?;
     let svc = &st.svc;
     // The minted node key is shown once: a replay answers without it.
     let c = svc
-        .idempotent_recording(&p, idem.key(), 200, svc.agent_register(&p, req), |r| {
+        .idempotent_recording(&p, idem.key()?, 200, svc.agent_register(&p, req), |r| {
             let mut r = r.clone();
             r.node_key = None;
             serde_json::to_value(r).map_err(|e| neocloud_service::Error::internal(e.to_string()))
@@ -576,12 +595,14 @@ async fn agent_heartbeat(
     Auth(p): Auth,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::AgentHeartbeat)?;
+    neocloud_service::heartbeat_node(&p)?;
     let req: Heartbeat = idem.json()?;
     // Without the header (agents send none: their events carry sequence numbers) this is
     // the plain heartbeat, with no extra read.
     let svc = &st.svc;
     Ok(ok(svc
-        .idempotent(&p, idem.key(), 200, svc.agent_heartbeat(&p, req))
+        .idempotent(&p, idem.key()?, 200, svc.agent_heartbeat(&p, req))
         .await?))
 }
 
@@ -604,9 +625,11 @@ pub struct ImportParams {
 async fn fleet_import(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<ImportParams>,
+    q: Q<ImportParams>,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteFleet)?;
+    let q = q.get()?;
     let text = std::str::from_utf8(&idem.body)
         .map_err(|_| ApiError::invalid("the fleet file must be UTF-8 text"))?;
     // An import is declarative (the same file again changes nothing more).
@@ -614,7 +637,7 @@ async fn fleet_import(
     Ok(ok(svc
         .idempotent(
             &p,
-            idem.key(),
+            idem.key()?,
             200,
             svc.fleet_import(Some(&p), text, q.dry_run),
         )
@@ -629,8 +652,10 @@ async fn fleet_import(
 async fn tenant_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<PageParams>,
+    q: Q<PageParams>,
 ) -> ApiResult<Json<Paged<Tenant>>> {
+    allow(&p, Action::ReadTenants)?;
+    let q = q.get()?;
     Ok(Json(
         st.svc
             .tenant_list(&p, q.cursor.as_deref(), q.limit)
@@ -649,8 +674,9 @@ async fn tenant_create(
     Auth(p): Auth,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteTenants)?;
     let req: CreateTenant = idem.json()?;
-    Ok(created(st.svc.tenant_create(&p, req, idem.key()).await?))
+    Ok(created(st.svc.tenant_create(&p, req, idem.key()?).await?))
 }
 
 /// Read a tenant by id or name.
@@ -676,10 +702,11 @@ async fn tenant_update(
     Path(tenant): Path<String>,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteTenants)?;
     let req: UpdateTenant = idem.json()?;
     Ok(ok(st
         .svc
-        .tenant_update(&p, &tenant, req, idem.key())
+        .tenant_update(&p, &tenant, req, idem.key()?)
         .await?))
 }
 
@@ -703,8 +730,10 @@ pub struct KeyParams {
 async fn api_key_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<KeyParams>,
+    q: Q<KeyParams>,
 ) -> ApiResult<Json<Paged<ApiKey>>> {
+    allow(&p, Action::ReadKeys)?;
+    let q = q.get()?;
     let page = st
         .svc
         .api_key_list(&p, q.tenant.as_deref(), q.cursor.as_deref(), q.limit)
@@ -721,8 +750,9 @@ async fn api_key_create(
     Auth(p): Auth,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteKeys)?;
     let req: CreateApiKey = idem.json()?;
-    let mut resp = created(st.svc.api_key_create(&p, req, idem.key()).await?);
+    let mut resp = created(st.svc.api_key_create(&p, req, idem.key()?).await?);
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
@@ -750,7 +780,8 @@ async fn api_key_revoke(
     Path(id): Path<String>,
     idem: Idem,
 ) -> ApiResult<Response> {
-    Ok(ok(st.svc.api_key_revoke(&p, &id, idem.key()).await?))
+    allow(&p, Action::WriteKeys)?;
+    Ok(ok(st.svc.api_key_revoke(&p, &id, idem.key()?).await?))
 }
 
 // ---- events -----------------------------------------------------------------------------
@@ -777,8 +808,10 @@ pub struct EventParams {
 async fn event_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<EventParams>,
+    q: Q<EventParams>,
 ) -> ApiResult<Json<Paged<Event>>> {
+    allow(&p, Action::ReadEvents)?;
+    let q = q.get()?;
     let tenant_id = match &q.tenant {
         Some(t) => Some(st.svc.tenant_get(&p, t).await?.id),
         None => None,
@@ -818,8 +851,10 @@ pub struct InstanceParams {
 async fn instance_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<InstanceParams>,
+    q: Q<InstanceParams>,
 ) -> ApiResult<Json<Paged<Instance>>> {
+    allow(&p, Action::ReadInstances)?;
+    let q = q.get()?;
     let page = st
         .svc
         .instance_list(
@@ -845,8 +880,9 @@ async fn instance_launch(
     Auth(p): Auth,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteInstances)?;
     let req: LaunchInstance = idem.json()?;
-    Ok(created(st.svc.instance_launch(&p, req, idem.key()).await?))
+    Ok(created(st.svc.instance_launch(&p, req, idem.key()?).await?))
 }
 
 /// Read an instance.
@@ -872,9 +908,10 @@ async fn instance_terminate(
     Path(id): Path<String>,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteInstances)?;
     let svc = &st.svc;
     Ok(ok(svc
-        .idempotent(&p, idem.key(), 200, svc.instance_terminate(&p, &id))
+        .idempotent(&p, idem.key()?, 200, svc.instance_terminate(&p, &id))
         .await?))
 }
 
@@ -892,8 +929,10 @@ pub struct QuotaParams {
 async fn quota_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<QuotaParams>,
+    q: Q<QuotaParams>,
 ) -> ApiResult<Json<List<Quota>>> {
+    allow(&p, Action::ReadQuotas)?;
+    let q = q.get()?;
     Ok(Json(List {
         items: st.svc.quota_list(&p, q.tenant.as_deref()).await?,
     }))
@@ -905,8 +944,9 @@ async fn quota_list(
     request_body = SetQuota, params(IdempotencyKey),
     responses((status = 200, body = List<Quota>)))]
 async fn quota_set(State(st): State<AppState>, Auth(p): Auth, idem: Idem) -> ApiResult<Response> {
+    allow(&p, Action::WriteQuotas)?;
     let req: SetQuota = idem.json()?;
-    let c = st.svc.quota_set(&p, req, idem.key()).await?;
+    let c = st.svc.quota_set(&p, req, idem.key()?).await?;
     Ok(ok(Created {
         value: List { items: c.value },
         replayed: c.replayed,
@@ -925,11 +965,12 @@ async fn quote_create(
     Auth(p): Auth,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::ReadContracts)?;
     let req: ContractTerms = idem.json()?;
     // A quote stores nothing; with a key, a retry gets the first quote back.
     let svc = &st.svc;
     Ok(ok(svc
-        .idempotent(&p, idem.key(), 200, svc.quote(&p, req))
+        .idempotent(&p, idem.key()?, 200, svc.quote(&p, req))
         .await?))
 }
 
@@ -943,8 +984,9 @@ async fn contract_sign(
     Auth(p): Auth,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteContracts)?;
     let req: ContractTerms = idem.json()?;
-    Ok(created(st.svc.contract_sign(&p, req, idem.key()).await?))
+    Ok(created(st.svc.contract_sign(&p, req, idem.key()?).await?))
 }
 
 /// Paging for contracts.
@@ -965,8 +1007,10 @@ pub struct ContractParams {
 async fn contract_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<ContractParams>,
+    q: Q<ContractParams>,
 ) -> ApiResult<Json<Paged<Contract>>> {
+    allow(&p, Action::ReadContracts)?;
+    let q = q.get()?;
     let page = st
         .svc
         .contract_list(&p, q.tenant.as_deref(), q.cursor.as_deref(), q.limit)
@@ -998,9 +1042,10 @@ async fn contract_cancel(
     Path(id): Path<String>,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteContracts)?;
     let svc = &st.svc;
     Ok(ok(svc
-        .idempotent(&p, idem.key(), 200, svc.contract_cancel(&p, &id))
+        .idempotent(&p, idem.key()?, 200, svc.contract_cancel(&p, &id))
         .await?))
 }
 
@@ -1017,11 +1062,14 @@ async fn contract_amend(
     Path(id): Path<String>,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteContracts)?;
+    // Someone else's contract is not found, whatever the body says.
+    st.svc.contract_get(&p, &id).await?;
     let req: neocloud_service::AmendContract = idem.json()?;
     // An amendment names the new totals, not increments: applied twice it is applied once.
     let svc = &st.svc;
     Ok(ok(svc
-        .idempotent(&p, idem.key(), 200, svc.contract_amend(&p, &id, req))
+        .idempotent(&p, idem.key()?, 200, svc.contract_amend(&p, &id, req))
         .await?))
 }
 
@@ -1044,8 +1092,10 @@ pub struct CapacityParams {
 async fn capacity(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<CapacityParams>,
+    q: Q<CapacityParams>,
 ) -> ApiResult<Json<List<CapacityLine>>> {
+    allow(&p, Action::ReadCapacity)?;
+    let q = q.get()?;
     let items = st
         .svc
         .capacity(
@@ -1074,8 +1124,10 @@ pub struct PriceParams {
 async fn price_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<PriceParams>,
+    q: Q<PriceParams>,
 ) -> ApiResult<Json<List<Price>>> {
+    allow(&p, Action::ReadCatalog)?;
+    let q = q.get()?;
     Ok(Json(List {
         items: st.svc.price_list(&p, q.gpu_model.as_deref()).await?,
     }))
@@ -1088,8 +1140,9 @@ async fn price_list(
     responses((status = 201, body = Price), (status = 400, body = Problem),
               (status = 409, body = Problem)))]
 async fn price_set(State(st): State<AppState>, Auth(p): Auth, idem: Idem) -> ApiResult<Response> {
+    allow(&p, Action::WriteCatalog)?;
     let req: SetPrice = idem.json()?;
-    Ok(created(st.svc.price_set(&p, req, idem.key()).await?))
+    Ok(created(st.svc.price_set(&p, req, idem.key()?).await?))
 }
 
 /// Filters, paging and format for the usage ledger.
@@ -1120,8 +1173,10 @@ pub struct UsageParams {
 async fn usage_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<UsageParams>,
+    q: Q<UsageParams>,
 ) -> ApiResult<Response> {
+    allow(&p, Action::ReadInstances)?;
+    let q = q.get()?;
     if let Some(m) = &q.month {
         let ok = m.len() == 7
             && m.as_bytes()[4] == b'-'
@@ -1202,8 +1257,10 @@ pub struct InvoiceParams {
 async fn invoice_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<InvoiceParams>,
+    q: Q<InvoiceParams>,
 ) -> ApiResult<Json<List<neocloud_types::Invoice>>> {
+    allow(&p, Action::ReadInvoices)?;
+    let q = q.get()?;
     Ok(Json(List {
         items: st.svc.invoice_list(&p, q.tenant.as_deref()).await?,
     }))
@@ -1220,10 +1277,11 @@ async fn invoice_generate(
     Auth(p): Auth,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteInvoices)?;
     let req: neocloud_service::GenerateInvoice = idem.json()?;
     Ok(ok(st
         .svc
-        .invoice_generate(&p, &req.tenant_id, &req.month, idem.key())
+        .invoice_generate(&p, &req.tenant_id, &req.month, idem.key()?)
         .await?))
 }
 
@@ -1250,7 +1308,8 @@ async fn invoice_finalize(
     Path(id): Path<String>,
     idem: Idem,
 ) -> ApiResult<Response> {
-    Ok(ok(st.svc.invoice_finalize(&p, &id, idem.key()).await?))
+    allow(&p, Action::WriteInvoices)?;
+    Ok(ok(st.svc.invoice_finalize(&p, &id, idem.key()?).await?))
 }
 
 /// Record downtime of a contract's GPUs (operator-admin); SLA credits come from it.
@@ -1265,8 +1324,9 @@ async fn downtime_add(
     Path(id): Path<String>,
     idem: Idem,
 ) -> ApiResult<Response> {
+    allow(&p, Action::WriteInvoices)?;
     let req: neocloud_service::AddDowntime = idem.json()?;
-    let c = st.svc.downtime_add(&p, &id, req, idem.key()).await?;
+    let c = st.svc.downtime_add(&p, &id, req, idem.key()?).await?;
     let mut resp = StatusCode::NO_CONTENT.into_response();
     mark_replayed(&mut resp, c.replayed);
     Ok(resp)
@@ -1305,8 +1365,10 @@ pub struct RevenueParams {
 async fn report_revenue(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<RevenueParams>,
+    q: Q<RevenueParams>,
 ) -> ApiResult<Response> {
+    allow(&p, Action::ReadCapacity)?;
+    let q = q.get()?;
     report_response(
         st.svc.report_revenue(&p, &q.from, &q.to).await?,
         q.format.as_deref(),
@@ -1339,8 +1401,10 @@ pub struct SpotParams {
 async fn spot_price_list(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<SpotParams>,
+    q: Q<SpotParams>,
 ) -> ApiResult<Json<List<SpotPrice>>> {
+    allow(&p, Action::ReadCatalog)?;
+    let q = q.get()?;
     let items = st
         .svc
         .spot_price_list(&p, &q.site, &q.gpu_model)
@@ -1372,8 +1436,10 @@ pub struct MonthParams {
 async fn report_utilization(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<MonthParams>,
+    q: Q<MonthParams>,
 ) -> ApiResult<Response> {
+    allow(&p, Action::ReadCapacity)?;
+    let q = q.get()?;
     report_response(
         st.svc.report_utilization(&p, &q.month).await?,
         q.format.as_deref(),
@@ -1400,8 +1466,10 @@ async fn report_power(
 async fn report_margin(
     State(st): State<AppState>,
     Auth(p): Auth,
-    Q(q): Q<MonthParams>,
+    q: Q<MonthParams>,
 ) -> ApiResult<Response> {
+    allow(&p, Action::ReadCapacity)?;
+    let q = q.get()?;
     report_response(
         st.svc.report_margin(&p, &q.month).await?,
         q.format.as_deref(),

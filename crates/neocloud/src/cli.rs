@@ -156,7 +156,7 @@ struct TermsArgs {
     /// End, RFC 3339; or give --years.
     #[arg(long, conflicts_with = "years")]
     end: Option<String>,
-    /// Length of the term in years (365-day years).
+    /// Length of the term in calendar years: it ends on the same date and time (UTC).
     #[arg(long)]
     years: Option<u32>,
     /// Site id or name.
@@ -173,14 +173,19 @@ struct TermsArgs {
 impl TermsArgs {
     fn body(&self) -> Result<Value> {
         let now = neocloud_types::Timestamp::now();
+        // Whole seconds, as the server counts a term.
         let start: neocloud_types::Timestamp = if self.start == "now" {
-            now
+            now.floor_to_second()
         } else {
             self.start.parse().map_err(|e| anyhow!("--start: {e}"))?
         };
         let end: neocloud_types::Timestamp = match (&self.end, self.years) {
             (Some(e), _) => e.parse().map_err(|e| anyhow!("--end: {e}"))?,
-            (None, Some(y)) => start.plus_seconds(i64::from(y) * 365 * 24 * 3600),
+            (None, Some(y)) => i32::try_from(y)
+                .ok()
+                .and_then(|y| y.checked_mul(12))
+                .and_then(|m| start.plus_months(m))
+                .ok_or_else(|| anyhow!("--years {y} is too long"))?,
             (None, None) => return Err(anyhow!("give --end or --years")),
         };
         Ok(json!({

@@ -7,6 +7,7 @@ use neocloud_store::{Page, Store, UsageFilter, WriteTx};
 use neocloud_types::{Class, Instance, Money, Price, Timestamp, UsageRecord};
 
 use crate::auth::{self, Action, Principal};
+use crate::error::OrNotFound;
 use crate::error::{Error, Result};
 use crate::{Created, Idempotency, Service, SetPrice, page_limit};
 
@@ -125,21 +126,21 @@ impl Service {
         }
         let now = Timestamp::now();
         let kind: PriceKind = req.kind.parse().map_err(|e: String| Error::invalid(e))?;
-        if req.price_per_gpu_hour < Money::ZERO {
-            return Err(Error::invalid("price_per_gpu_hour must not be negative"));
-        }
+        crate::requests::check_money(
+            "price_per_gpu_hour",
+            req.price_per_gpu_hour,
+            crate::MAX_PRICE_PER_GPU_HOUR,
+            "US dollars per GPU-hour",
+        )?;
         self.store
             .gpu_model_get(&req.gpu_model)
             .await
-            .map_err(|_| Error::invalid(format!("unknown GPU model '{}'", req.gpu_model)))?;
+            .or_not_found(|| Error::invalid(format!("unknown GPU model '{}'", req.gpu_model)))?;
         let site = match &req.site {
-            Some(s) => Some(
-                self.store
-                    .site_id_of(s)
-                    .await?
-                    .parse()
-                    .map_err(|_| Error::not_found("site", s))?,
-            ),
+            Some(s) => Some(crate::error::stored_id(
+                "site",
+                &self.store.site_id_of(s).await?,
+            )?),
             None => None,
         };
         let from = req.effective_from.unwrap_or(now);
@@ -464,7 +465,7 @@ impl Service {
             .store
             .invoice_get(id)
             .await
-            .map_err(|_| Error::not_found("invoice", id))?;
+            .or_not_found(|| Error::not_found("invoice", id))?;
         match p.tenant_scope() {
             Some(own) if own != inv.tenant_id => Err(Error::not_found("invoice", id)),
             _ => Ok(inv),
@@ -565,7 +566,7 @@ impl Service {
             .store
             .contract_get(cid)
             .await
-            .map_err(|_| Error::not_found("contract", contract))?;
+            .or_not_found(|| Error::not_found("contract", contract))?;
         if req.end_at <= req.start_at {
             return Err(Error::invalid("end_at must be after start_at"));
         }
@@ -573,6 +574,12 @@ impl Service {
             return Err(Error::invalid(format!(
                 "gpus must be between 1 and the contract's {}",
                 c.gpu_count
+            )));
+        }
+        if req.start_at < c.start_at || req.end_at > c.end_at {
+            return Err(Error::invalid(format!(
+                "downtime must lie inside the contract's term, {} to {}",
+                c.start_at, c.end_at
             )));
         }
         let mut tx = self.store.begin_write().await?;
@@ -648,53 +655,64 @@ impl Service {
     pub async fn report_backlog(&self, p: &Principal) -> Result<crate::BacklogReport> {
         auth::authorize(p, Action::ReadCapacity)?;
         let now = Timestamp::now();
-        let mut by_year: std::collections::BTreeMap<i32, i64> = Default::default();
+        // Sums in i128: no count of contracts can wrap the total around to a negative.
+        let mut by_year: std::collections::BTreeMap<i32, i128> = Default::default();
         let mut contracts = Vec::new();
-        let mut total: i64 = 0;
+        let mut total: i128 = 0;
+        let money = |v: i128| {
+            i64::try_from(v)
+                .map(Money::from_micros)
+                .map_err(|_| Error::internal(format!("backlog of {v} micro-dollars overflows")))
+        };
         for c in self.store.contract_list_live().await? {
             let from = c.start_at.max(now);
             if from >= c.end_at {
                 continue;
             }
-            let mut remaining: i64 = 0;
+            // Each year's part is the value up to the year's end less the value up to its
+            // start, each exact to the cent: the parts add up to the remaining value exactly,
+            // and a contract not yet started counts its whole value.
+            let value_to = |t: Timestamp| {
+                i128::from(
+                    neocloud_store::contract_value(c.gpu_count, from, t, c.price_per_gpu_hour)
+                        .micros(),
+                )
+            };
+            let mut done: i128 = 0;
             let mut year = neocloud_billing::period::Month::containing(from).year;
             loop {
-                let y_start = neocloud_billing::period::Month::new(year, 1)
-                    .map(|m| m.start())
-                    .ok_or_else(|| Error::internal("year out of range"))?;
                 let y_end = neocloud_billing::period::Month::new(year + 1, 1)
                     .map(|m| m.start())
                     .ok_or_else(|| Error::internal("year out of range"))?;
-                let s = from.max(y_start);
-                let e = c.end_at.min(y_end);
-                if s < e {
-                    let v = neocloud_store::contract_value(c.gpu_count, s, e, c.price_per_gpu_hour)
-                        .micros();
-                    *by_year.entry(year).or_default() += v;
-                    remaining += v;
+                let upto = value_to(c.end_at.min(y_end));
+                if upto > done {
+                    *by_year.entry(year).or_default() += upto - done;
                 }
+                done = upto;
                 if y_end >= c.end_at {
                     break;
                 }
                 year += 1;
             }
-            total += remaining;
+            total += done;
             contracts.push(crate::BacklogContract {
                 contract_id: c.id,
                 tenant_id: c.tenant_id,
-                remaining_value: Money::from_micros(remaining),
+                remaining_value: money(done)?,
             });
         }
         Ok(crate::BacklogReport {
             as_of: now,
-            total: Money::from_micros(total),
+            total: money(total)?,
             by_year: by_year
                 .into_iter()
-                .map(|(year, v)| crate::BacklogYear {
-                    year,
-                    value: Money::from_micros(v),
+                .map(|(year, v)| {
+                    Ok(crate::BacklogYear {
+                        year,
+                        value: money(v)?,
+                    })
                 })
-                .collect(),
+                .collect::<Result<_>>()?,
             contracts,
         })
     }
@@ -861,12 +879,8 @@ impl Service {
         model: &str,
     ) -> Result<Vec<(Timestamp, Money)>> {
         auth::authorize(p, Action::ReadCatalog)?;
-        let site: neocloud_types::SiteId = self
-            .store
-            .site_id_of(site)
-            .await?
-            .parse()
-            .map_err(|_| Error::not_found("site", site))?;
+        let site: neocloud_types::SiteId =
+            crate::error::stored_id("site", &self.store.site_id_of(site).await?)?;
         Ok(self.store.spot_price_series(model, site).await?)
     }
 }

@@ -9,13 +9,60 @@ use neocloud_types::{
 };
 
 use crate::auth::{self, Action, Principal};
+use crate::error::OrNotFound;
 use crate::error::{Error, ErrorCode, Result};
 use crate::scheduler;
-use crate::{ContractTerms, Created, IdemStart, Idempotency, Quote, Service, page_limit};
+use crate::{
+    ContractTerms, Created, IdemStart, Idempotency, MAX_CONTRACT_VALUE, MAX_CONTRACT_YEARS,
+    MAX_GPUS, Quote, START_SKEW_SECONDS, Service, page_limit,
+};
 use neocloud_scheduler::{Command, Scheduler};
 
 const HOUR_US: i64 = 3_600_000_000;
-const YEAR_US: i64 = 365 * 24 * HOUR_US;
+
+/// A contract's or quote's window: ends after its start and in the future, starts no earlier
+/// than clock skew allows, and runs at most [`MAX_CONTRACT_YEARS`] calendar years.
+fn check_window(start: Timestamp, end: Timestamp, now: Timestamp) -> Result<()> {
+    if end <= start {
+        return Err(Error::invalid(format!(
+            "end_at ({end}) must be after start_at ({start}), counted in whole seconds"
+        )));
+    }
+    if end <= now {
+        return Err(Error::invalid(format!(
+            "end_at ({end}) is not in the future: a contract or quote window must end after now ({now})"
+        )));
+    }
+    if start < now.plus_seconds(-START_SKEW_SECONDS) {
+        return Err(Error::invalid(format!(
+            "start_at ({start}) is in the past: a contract or quote starts now or later (up to {} minutes early is accepted as clock skew)",
+            START_SKEW_SECONDS / 60
+        )));
+    }
+    check_term_length(start, end)
+}
+
+fn check_term_length(start: Timestamp, end: Timestamp) -> Result<()> {
+    let latest = start
+        .plus_months(12 * MAX_CONTRACT_YEARS)
+        .ok_or_else(|| Error::invalid(format!("start_at ({start}) is too far in the future")))?;
+    if end > latest {
+        return Err(Error::invalid(format!(
+            "a contract runs at most {MAX_CONTRACT_YEARS} years: end_at must be at most {latest}"
+        )));
+    }
+    Ok(())
+}
+
+/// A contract's value may not exceed [`MAX_CONTRACT_VALUE`].
+fn check_value(v: Money) -> Result<()> {
+    if v > MAX_CONTRACT_VALUE {
+        return Err(Error::invalid(format!(
+            "total_value must be at most {MAX_CONTRACT_VALUE} US dollars for one contract (these terms are worth more); ask for fewer GPUs or a shorter term"
+        )));
+    }
+    Ok(())
+}
 
 fn parse_sla(s: Option<&str>) -> Result<i64> {
     let s = s.unwrap_or("99.5");
@@ -54,30 +101,29 @@ impl Service {
         self.store
             .gpu_model_get(&t.gpu_model)
             .await
-            .map_err(|_| Error::invalid(format!("unknown GPU model '{}'", t.gpu_model)))?;
+            .or_not_found(|| Error::invalid(format!("unknown GPU model '{}'", t.gpu_model)))?;
         let Some(node_size) = self.store.gpu_model_node_size(&t.gpu_model).await? else {
             return Err(Error::invalid(format!(
                 "no node has GPU model '{}'",
                 t.gpu_model
             )));
         };
+        if t.gpu_count > MAX_GPUS {
+            return Err(Error::invalid(format!(
+                "gpu_count must be at most {MAX_GPUS} (got {})",
+                t.gpu_count
+            )));
+        }
         if t.gpu_count == 0 || !t.gpu_count.is_multiple_of(node_size) {
             return Err(Error::invalid(format!(
                 "gpu_count must be a positive multiple of {node_size} ({} nodes have {node_size} GPUs; reserved pools are whole nodes)",
                 t.gpu_model
             )));
         }
-        if t.end_at <= t.start_at {
-            return Err(Error::invalid("end_at must be after start_at"));
-        }
-        if t.start_at < now.plus_seconds(-60) {
-            return Err(Error::invalid("start_at is in the past"));
-        }
-        if t.end_at.micros() - t.start_at.micros() > 10 * YEAR_US {
-            return Err(Error::invalid("a contract runs at most 10 years"));
-        }
-        // "now" within the last minute means now.
-        let start = t.start_at.max(now);
+        // Windows are whole seconds, kept as asked: a term of N years ends on its date.
+        let start = t.start_at.floor_to_second();
+        let end = t.end_at.floor_to_second();
+        check_window(start, end, now)?;
         let sites = match &t.site {
             Some(s) => vec![self.store.site_get(s).await?],
             None => self.store.site_list().await?,
@@ -101,7 +147,7 @@ impl Service {
             sites,
             node_size,
             start,
-            end: t.end_at,
+            end,
         })
     }
 
@@ -210,7 +256,9 @@ impl Service {
         let c = self.check_terms(p, &t, Timestamp::now()).await?;
         let book = self.price_book().await?;
         let sched = scheduler::lock(&self.sched);
-        Self::quote_in(&sched, &book, &t, &c)
+        let q = Self::quote_in(&sched, &book, &t, &c)?;
+        check_value(q.total_value)?;
+        Ok(q)
     }
 
     /// Signs a contract: re-checks the calendar under the scheduler's lock and commits the
@@ -227,6 +275,15 @@ impl Service {
         if let Some(c) = self.idem_replay(p, idem).await? {
             return Ok(c);
         }
+        // A suspended tenant signs nothing (403, before the terms are looked at).
+        match (&t.tenant_id, p.tenant_scope()) {
+            (Some(id), _) => {
+                self.refuse_suspended(self.visible_tenant(p, id).await?.id)
+                    .await?
+            }
+            (None, Some(own)) => self.refuse_suspended(own).await?,
+            (None, None) => {}
+        }
         let now = Timestamp::now();
         let sla = parse_sla(t.sla_percent.as_deref())?;
         let c = self.check_terms(p, &t, now).await?;
@@ -238,6 +295,7 @@ impl Service {
         }
         let book = self.price_book().await?;
         let q = Self::quote_in(&scheduler::lock(&self.sched), &book, &t, &c)?;
+        check_value(q.total_value)?;
         let (true, Some(site_id)) = (q.fits, q.site_id) else {
             return Err(Error::new(
                 ErrorCode::InsufficientCapacity,
@@ -326,7 +384,12 @@ impl Service {
             ));
         }
         let count = req.gpu_count.unwrap_or(c.gpu_count);
-        let end = req.end_at.unwrap_or(c.end_at);
+        let end = req.end_at.map_or(c.end_at, Timestamp::floor_to_second);
+        if count > MAX_GPUS {
+            return Err(Error::invalid(format!(
+                "gpu_count must be at most {MAX_GPUS} (got {count})"
+            )));
+        }
         if req.gpu_count.is_none() && req.end_at.is_none() {
             return Err(Error::invalid(
                 "nothing to amend: give gpu_count, end_at or both",
@@ -344,9 +407,8 @@ impl Service {
                 c.end_at
             )));
         }
-        if end.micros() - c.start_at.micros() > 10 * YEAR_US {
-            return Err(Error::invalid("a contract runs at most 10 years"));
-        }
+        check_term_length(c.start_at, end)?;
+        check_value(contract_value(count, c.start_at, end, c.price_per_gpu_hour))?;
         let actor = p.key_id;
         let before = c.clone();
         self.decide(
@@ -415,11 +477,7 @@ impl Service {
     async fn visible_contract(&self, p: &Principal, id: &str) -> Result<Contract> {
         let not_found = || Error::not_found("contract", id);
         let cid: ContractId = id.parse().map_err(|_| not_found())?;
-        let c = self
-            .store
-            .contract_get(cid)
-            .await
-            .map_err(|_| not_found())?;
+        let c = self.store.contract_get(cid).await.or_not_found(not_found)?;
         match p.tenant_scope() {
             Some(own) if own != c.tenant_id => Err(not_found()),
             _ => Ok(c),

@@ -210,3 +210,85 @@ impl From<StoreError> for Error {
 
 /// Result of a service call.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+/// Maps a store "not found" to a caller's own error (a 404, or a 400 "unknown …") while every
+/// other store failure keeps its meaning: a pool timeout stays a 503 and a broken query a
+/// 500 with its detail logged, never "not found".
+pub trait OrNotFound<T> {
+    /// `err()` if the store found nothing; the store's own error otherwise.
+    fn or_not_found(self, err: impl FnOnce() -> Error) -> Result<T>;
+}
+
+impl<T> OrNotFound<T> for Result<T, StoreError> {
+    fn or_not_found(self, err: impl FnOnce() -> Error) -> Result<T> {
+        self.map_err(|e| match e {
+            StoreError::NotFound { .. } => err(),
+            other => Error::from(other),
+        })
+    }
+}
+
+/// Reads an id the store itself returned; one that does not parse is corruption (500), not
+/// a missing resource.
+pub(crate) fn stored_id<T: std::str::FromStr>(kind: &str, s: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse()
+        .map_err(|e| Error::internal(format!("stored {kind} id '{s}' does not parse: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_not_found_becomes_the_callers_error() {
+        let missing: Result<(), StoreError> = Err(StoreError::NotFound {
+            kind: "GPU model",
+            id: "H900".into(),
+        });
+        let e = missing
+            .or_not_found(|| Error::invalid("unknown GPU model 'H900'"))
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        assert_eq!(e.message, "unknown GPU model 'H900'");
+
+        // A pool timeout is the database being unavailable, not an unknown model.
+        let timeout: Result<(), StoreError> = Err(StoreError::Database(
+            neocloud_store::sqlx_error::PoolTimedOut,
+        ));
+        let e = timeout
+            .or_not_found(|| Error::invalid("unknown GPU model 'H100'"))
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert_eq!(e.code.http_status(), 503);
+        assert!(e.internal.is_some());
+
+        // Any other database failure is a 500 whose detail goes to the log only.
+        let broken: Result<(), StoreError> = Err(StoreError::Database(
+            neocloud_store::sqlx_error::Protocol("bad packet".into()),
+        ));
+        let e = broken
+            .or_not_found(|| Error::not_found("tenant", "acme"))
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Internal);
+        assert!(
+            e.internal
+                .as_deref()
+                .is_some_and(|d| d.contains("bad packet"))
+        );
+        assert!(!e.message.contains("bad packet"));
+
+        let corrupt: Result<(), StoreError> = Err(StoreError::Corrupt("row 7".into()));
+        let e = corrupt
+            .or_not_found(|| Error::not_found("contract", "c"))
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Internal);
+
+        let ok: Result<u32, StoreError> = Ok(7);
+        assert_eq!(ok.or_not_found(|| Error::invalid("x")).unwrap(), 7);
+
+        let id: Result<neocloud_types::SiteId> = stored_id("site", "not-an-id");
+        assert_eq!(id.unwrap_err().code, ErrorCode::Internal);
+    }
+}

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::{self, Action, Principal};
+use crate::error::OrNotFound;
 use crate::error::{Error, ErrorCode, FieldError, Result};
 use crate::scheduler::SchedulerConfig;
 use crate::writer::{Extra, extra};
@@ -333,6 +334,17 @@ fn check_uuid(name: &str, s: &str) -> Result<()> {
     Ok(())
 }
 
+/// The node a heartbeat is from: the one its key is bound to. An enrollment key (bound to no
+/// node) sends no heartbeats (403).
+pub fn heartbeat_node(p: &Principal) -> Result<NodeId> {
+    p.node_id.ok_or_else(|| {
+        Error::forbidden(
+            "an enrollment key only registers agents; send heartbeats with the node key the \
+             registration returned",
+        )
+    })
+}
+
 fn validate_register(r: &AgentRegister) -> Result<()> {
     crate::validate_name("hostname", &r.hostname)?;
     check_text("agent_version", &r.agent_version, 64)?;
@@ -597,8 +609,18 @@ impl Service {
         req: AgentRegister,
     ) -> Result<AgentRegistered> {
         auth::authorize(p, Action::AgentRegister)?;
+        // A key bound to a node speaks for that node only: 403 before the report is checked.
+        if let Some(bound) = p.node_id {
+            let own = self.store.node_get(&bound.to_string()).await?;
+            if own.name != req.hostname {
+                return Err(Error::forbidden(format!(
+                    "this key speaks for node '{}', not '{}'",
+                    own.name, req.hostname
+                )));
+            }
+        }
         validate_register(&req)?;
-        let node = self.store.node_get(&req.hostname).await.map_err(|_| {
+        let node = self.store.node_get(&req.hostname).await.or_not_found(|| {
             Error::not_found("node", &req.hostname)
                 .with_hint("add the node to the fleet file first (agents do not create nodes)")
         })?;
@@ -771,12 +793,7 @@ impl Service {
     /// events or a GPU's flags changed, judges them by the policy and stores them.
     pub async fn agent_heartbeat(&self, p: &Principal, hb: Heartbeat) -> Result<HeartbeatAck> {
         auth::authorize(p, Action::AgentHeartbeat)?;
-        let Some(node_id) = p.node_id else {
-            return Err(Error::forbidden(
-                "an enrollment key only registers agents; send heartbeats with the node key the \
-                 registration returned",
-            ));
-        };
+        let node_id = heartbeat_node(p)?;
         let now = Timestamp::now();
         validate_heartbeat(&hb, now)?;
         let (from_seq, facts) = {

@@ -6,6 +6,7 @@ use neocloud_types::{
 };
 
 use crate::auth::{self, Action, Principal};
+use crate::error::OrNotFound;
 use crate::error::{Error, ErrorCode, Result};
 use crate::{Created, IdemStart, Idempotency, LaunchInstance, Service, SetQuota, page_limit};
 
@@ -62,15 +63,12 @@ impl Service {
         self.store
             .gpu_model_get(&req.gpu_model)
             .await
-            .map_err(|_| Error::invalid(format!("unknown GPU model '{}'", req.gpu_model)))?;
+            .or_not_found(|| Error::invalid(format!("unknown GPU model '{}'", req.gpu_model)))?;
         let site = match &req.site {
-            Some(s) => Some(
-                self.store
-                    .site_id_of(s)
-                    .await?
-                    .parse()
-                    .map_err(|_| Error::not_found("site", s))?,
-            ),
+            Some(s) => Some(crate::error::stored_id(
+                "site",
+                &self.store.site_id_of(s).await?,
+            )?),
             None => None,
         };
         if let Some(c) = req.contract_id {
@@ -78,7 +76,7 @@ impl Service {
                 .store
                 .contract_get(c)
                 .await
-                .map_err(|_| Error::not_found("contract", &c.to_string()))?;
+                .or_not_found(|| Error::not_found("contract", &c.to_string()))?;
             if contract.tenant_id != tenant.id {
                 return Err(Error::not_found("contract", &c.to_string()));
             }
@@ -148,11 +146,7 @@ impl Service {
     async fn visible_instance(&self, p: &Principal, id: &str) -> Result<Instance> {
         let not_found = || Error::not_found("instance", id);
         let iid: InstanceId = id.parse().map_err(|_| not_found())?;
-        let inst = self
-            .store
-            .instance_get(iid)
-            .await
-            .map_err(|_| not_found())?;
+        let inst = self.store.instance_get(iid).await.or_not_found(not_found)?;
         match p.tenant_scope() {
             Some(own) if own != inst.tenant_id => Err(not_found()),
             _ => Ok(inst),
@@ -264,6 +258,14 @@ impl Service {
         idem: Option<&Idempotency>,
     ) -> Result<Created<Vec<Quota>>> {
         auth::authorize(p, Action::WriteQuotas)?;
+        if let Some(m) = req.max_gpus
+            && m > crate::MAX_GPUS
+        {
+            return Err(Error::invalid(format!(
+                "max_gpus must be at most {} (got {m})",
+                crate::MAX_GPUS
+            )));
+        }
         if let Some(c) = self.idem_replay(p, idem).await? {
             return Ok(c);
         }

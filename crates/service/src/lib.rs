@@ -29,8 +29,11 @@ use serde::de::DeserializeOwned;
 pub use auth::{Action, Principal};
 pub use console::{GpuStateCount, MapCell, SiteMap};
 pub use contracts::{CapacityLine, ClassCount, Committed, GangRoom};
+use error::OrNotFound;
 pub use error::{Error, ErrorCode, FieldError, Result};
-pub use health::{GpuHistory, HealthAction, NodeOperation, SetXidRule, XidRule, builtin_xid_rules};
+pub use health::{
+    GpuHistory, HealthAction, NodeOperation, SetXidRule, XidRule, builtin_xid_rules, heartbeat_node,
+};
 pub use neocloud_allocator::PlacementPolicy;
 pub use neocloud_allocator::Sharing;
 pub use replica::{ReplicaConfig, ReplicaRole, RoleChange};
@@ -958,13 +961,25 @@ impl Service {
         }
     }
 
+    /// Refuses a change on behalf of a suspended tenant with 403, as instance launches are.
+    pub(crate) async fn refuse_suspended(&self, tenant: TenantId) -> Result<()> {
+        let t = self.store.tenant_get(&tenant.to_string()).await?;
+        if t.status == neocloud_types::TenantStatus::Suspended {
+            return Err(Error::forbidden(format!(
+                "tenant '{}' is suspended",
+                t.name
+            )));
+        }
+        Ok(())
+    }
+
     /// Resolves a tenant the caller may see, or reports it not found.
     pub(crate) async fn visible_tenant(&self, p: &Principal, id_or_name: &str) -> Result<Tenant> {
         let t = self
             .store
             .tenant_get(id_or_name)
             .await
-            .map_err(|_| Error::not_found("tenant", id_or_name))?;
+            .or_not_found(|| Error::not_found("tenant", id_or_name))?;
         match p.tenant_scope() {
             Some(own) if own != t.id => Err(Error::not_found("tenant", id_or_name)),
             _ => Ok(t),
@@ -1060,7 +1075,6 @@ impl Service {
         idem: Option<&Idempotency>,
     ) -> Result<Created<ApiKeyCreated>> {
         auth::authorize(p, Action::WriteKeys)?;
-        let req = req.validate(Timestamp::now())?;
         // Tenant admins mint keys for their own tenant only, and never operator keys.
         let tenant_id = if p.role.is_tenant_role() {
             if !req.role.is_tenant_role() {
@@ -1090,13 +1104,19 @@ impl Service {
             }
             None
         };
+        // A suspended tenant gets no new keys, as it launches nothing (403, before the body's
+        // own checks).
+        if let Some(t) = tenant_id {
+            self.refuse_suspended(t).await?;
+        }
+        let req = req.validate(Timestamp::now())?;
         let node_id = match (&req.node, req.role) {
             (None, _) => None,
             (Some(n), Role::NodeAgent) => Some(
                 self.store
                     .node_get(n)
                     .await
-                    .map_err(|_| Error::not_found("node", n))?
+                    .or_not_found(|| Error::not_found("node", n))?
                     .id,
             ),
             (Some(_), r) => {
@@ -1166,7 +1186,7 @@ impl Service {
             .store
             .api_key_get(key_id)
             .await
-            .map_err(|_| not_found())?;
+            .or_not_found(not_found)?;
         match p.tenant_scope() {
             Some(own) if key.tenant_id != Some(own) => Err(not_found()),
             _ => Ok(key),

@@ -94,7 +94,8 @@ pub struct CreateTenant {
     /// `external` (a customer, the default) or `internal` (the operator's own lab).
     #[serde(default = "default_kind")]
     pub kind: TenantKind,
-    /// Largest unpaid balance allowed, US dollars as a decimal string; none means unlimited.
+    /// Largest unpaid balance allowed, US dollars as a decimal string (0 to
+    /// 1000000000000); none means unlimited.
     #[serde(default)]
     pub credit_limit: Option<Money>,
 }
@@ -109,8 +110,8 @@ impl CreateTenant {
         if let Some(d) = &self.display_name {
             validate_label("display_name", d)?;
         }
-        if self.credit_limit.is_some_and(|c| c < Money::ZERO) {
-            return Err(Error::invalid("credit_limit must not be negative"));
+        if let Some(c) = self.credit_limit {
+            check_money("credit_limit", c, MAX_CREDIT_LIMIT, "US dollars")?;
         }
         Ok(self)
     }
@@ -144,10 +145,8 @@ impl UpdateTenant {
         if let Some(d) = &self.display_name {
             validate_label("display_name", d)?;
         }
-        if let Some(Some(c)) = self.credit_limit
-            && c < Money::ZERO
-        {
-            return Err(Error::invalid("credit_limit must not be negative"));
+        if let Some(Some(c)) = self.credit_limit {
+            check_money("credit_limit", c, MAX_CREDIT_LIMIT, "US dollars")?;
         }
         if self.display_name.is_none() && self.status.is_none() && self.credit_limit.is_none() {
             return Err(Error::invalid(
@@ -259,6 +258,35 @@ pub struct LaunchInstance {
     pub memory_mib: Option<u64>,
 }
 
+/// The highest price per GPU-hour the price book takes: $10,000.00. Prices, and so contract
+/// rates, above it are refused; it keeps every contract value and report far inside the
+/// range of exact money.
+pub const MAX_PRICE_PER_GPU_HOUR: Money = Money::from_micros(10_000 * 1_000_000);
+/// The most GPUs one contract, quote, amendment, quota or downtime record may name.
+pub const MAX_GPUS: u32 = 1_000_000;
+/// The longest contract: this many calendar years from its start.
+pub const MAX_CONTRACT_YEARS: i32 = 10;
+/// The largest value of one contract: $1,000,000,000,000.00.
+pub const MAX_CONTRACT_VALUE: Money = Money::from_micros(1_000_000_000_000 * 1_000_000);
+/// The largest credit limit of a tenant: $1,000,000,000,000.00.
+pub const MAX_CREDIT_LIMIT: Money = MAX_CONTRACT_VALUE;
+/// How far before now a contract or quote may start: clock skew between client and server
+/// (5 minutes). Such a start is kept as given; anything earlier is refused.
+pub const START_SKEW_SECONDS: i64 = 300;
+
+/// Refuses a negative amount or one above `max`, naming the field and the limit.
+pub(crate) fn check_money(field: &str, m: Money, max: Money, unit: &str) -> Result<()> {
+    if m < Money::ZERO {
+        return Err(Error::invalid(format!("{field} must not be negative")));
+    }
+    if m > max {
+        return Err(Error::invalid(format!(
+            "{field} must be at most {max} {unit} (got {m})"
+        )));
+    }
+    Ok(())
+}
+
 /// The most CPU one request may name, thousandths of a core (100,000 cores).
 pub const MAX_CPU_MILLI: u64 = 100_000_000;
 /// The most memory one request may name, MiB (1 PiB).
@@ -368,7 +396,7 @@ pub struct SetQuota {
     pub gpu_model: String,
     /// Class of service.
     pub class: neocloud_types::Class,
-    /// Most GPUs held at once; `null` removes the quota.
+    /// Most GPUs held at once (0 to 1000000); `null` removes the quota.
     pub max_gpus: Option<u32>,
 }
 
@@ -381,11 +409,15 @@ pub struct ContractTerms {
     pub tenant_id: Option<String>,
     /// GPU model.
     pub gpu_model: String,
-    /// GPUs to reserve: a multiple of the model's GPUs per node (pools are whole nodes).
+    /// GPUs to reserve (at most 1000000): a multiple of the model's GPUs per node (pools are
+    /// whole nodes).
     pub gpu_count: u32,
-    /// Start (RFC 3339); may be in the past only by a minute (then it means "now").
+    /// Start (RFC 3339), now or later; up to 5 minutes in the past is accepted as clock skew
+    /// and kept as given. Fractions of a second are dropped.
     pub start_at: Timestamp,
-    /// End (RFC 3339), after the start, at most 10 years later.
+    /// End (RFC 3339), in the future, after the start, at most 10 calendar years later.
+    /// Fractions of a second are dropped. The value (at most $1,000,000,000,000) is exact to
+    /// the cent.
     pub end_at: Timestamp,
     /// Site id or name; any site with the model by default.
     #[serde(default)]
@@ -443,10 +475,12 @@ pub struct SetPowerCap {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmendContract {
-    /// New GPU count: at least the current one, a multiple of the model's GPUs per node.
+    /// New GPU count: at least the current one, at most 1000000, a multiple of the model's
+    /// GPUs per node.
     #[serde(default)]
     pub gpu_count: Option<u32>,
-    /// New end: at or after the current one.
+    /// New end: at or after the current one, at most 10 calendar years after the start
+    /// (fractions of a second are dropped).
     #[serde(default)]
     pub end_at: Option<Timestamp>,
 }
@@ -463,7 +497,7 @@ pub struct SetPrice {
     /// `on-demand`, `reserved-lt-1y`, `reserved-1-3y`, `reserved-ge-3y`, `spot-floor`,
     /// `spot-ceiling` or `internal-shadow`.
     pub kind: String,
-    /// US dollars per GPU-hour, a decimal string (at most 6 decimals, not negative).
+    /// US dollars per GPU-hour, a decimal string (at most 6 decimals, 0 to 10000).
     pub price_per_gpu_hour: Money,
     /// When it takes effect (RFC 3339, not in the past); now by default.
     #[serde(default)]
@@ -474,11 +508,11 @@ pub struct SetPrice {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddDowntime {
-    /// Start of the outage.
+    /// Start of the outage, inside the contract's term.
     pub start_at: Timestamp,
-    /// End of the outage (exclusive).
+    /// End of the outage (exclusive), after the start, inside the contract's term.
     pub end_at: Timestamp,
-    /// GPUs of the contract that were unavailable.
+    /// GPUs of the contract that were unavailable (1 to the contract's GPU count).
     pub gpus: u32,
     /// What happened.
     #[serde(default)]

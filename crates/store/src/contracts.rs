@@ -12,20 +12,27 @@ use crate::{Page, Result, Store, StoreError, WriteTx, enum_col, id_col, u32_col}
 const COLS: &str = "id, tenant_id, gpu_model, gpu_count, site_id, block_level, start_at, end_at, \
      rate_micros, sla_milli, state, created_at, updated_at";
 
-/// Value of `gpus` GPUs for `[start, end)` at `rate` per GPU-hour, exact to the micro-dollar
-/// (rounded half to even).
+/// Value of `gpus` GPUs for `[start, end)` at `rate` per GPU-hour, exact to the cent:
+/// GPUs × microseconds × micro-dollars per hour computed exactly, then rounded half to even
+/// to a whole cent, as a contract is priced and invoiced. Saturates at the largest amount.
 pub fn contract_value(gpus: u32, start: Timestamp, end: Timestamp, rate: Money) -> Money {
     let micros_of_time = i128::from((end.micros() - start.micros()).max(0));
     let num = i128::from(rate.micros()) * i128::from(gpus) * micros_of_time;
-    let den: i128 = 3_600_000_000;
+    // Microseconds per hour × micro-dollars per cent.
+    let den: i128 = 3_600_000_000 * 10_000;
     let q = num / den;
     let r = num % den;
-    let q = if r * 2 > den || (r * 2 == den && q % 2 != 0) {
+    let cents = if r * 2 > den || (r * 2 == den && q % 2 != 0) {
         q + 1
     } else {
         q
     };
-    Money::from_micros(i64::try_from(q).unwrap_or(i64::MAX))
+    Money::from_micros(
+        cents
+            .checked_mul(10_000)
+            .and_then(|m| i64::try_from(m).ok())
+            .unwrap_or(i64::MAX),
+    )
 }
 
 fn sla_text(milli: i64) -> String {
@@ -201,7 +208,21 @@ mod tests {
         // 216,000 GPUs × 26,280 h × $2.10
         assert_eq!(v.to_string(), "11920608000");
         let half = contract_value(1, start, start.plus_seconds(1), "0.0018".parse().unwrap());
-        assert_eq!(half.micros(), 0); // 0.5 micro rounds to even (0)
+        assert_eq!(half.micros(), 0); // half a micro-dollar is no cent
+        // One GPU for 30 minutes at $0.01 is half a cent: to the even cent, 0.
+        let half_cent = contract_value(1, start, start.plus_seconds(1800), "0.01".parse().unwrap());
+        assert_eq!(half_cent.micros(), 0);
+        // At $0.03, 1.5 cents: to the even cent, 2.
+        let cents = contract_value(1, start, start.plus_seconds(1800), "0.03".parse().unwrap());
+        assert_eq!(cents.to_string(), "0.02");
+        // Three calendar years from 2027 (1,096 days: 2028 is a leap year) at $2.85 for 8 GPUs.
+        let v = contract_value(
+            8,
+            start,
+            start.plus_months(36).unwrap(),
+            "2.85".parse().unwrap(),
+        );
+        assert_eq!(v.to_string(), "599731.2");
         assert_eq!(sla_text(99_900), "99.9");
         assert_eq!(sla_text(99_000), "99");
     }

@@ -64,9 +64,15 @@ string_enum!(
     }
 );
 
-/// What an instance asks for.
+/// What an instance asks for. Unknown fields are refused, as in every request body, so that
+/// a typo (`{"kind": "share", "mili": 250}`) is an error rather than a silent default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(
+    tag = "kind",
+    rename_all = "snake_case",
+    deny_unknown_fields,
+    from = "ShapeBody"
+)]
 pub enum Shape {
     /// 1, 2, 4 or 8 GPUs inside one node, on an aligned group of GPU indexes.
     Gpus {
@@ -92,6 +98,31 @@ pub enum Shape {
     },
     /// No GPU: CPU cores and memory of one node only.
     Cpu,
+}
+
+/// How a shape is read: [`Shape`] with `cpu` as an empty struct variant, because serde lets a
+/// unit variant of an internally tagged enum ignore unknown fields (`{"kind": "cpu",
+/// "bogus": 1}` would pass).
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum ShapeBody {
+    Gpus { gpus: u32 },
+    Nodes { count: u32, level: GangLevel },
+    Share { milli: u32 },
+    Mig { profile: MigProfile },
+    Cpu {},
+}
+
+impl From<ShapeBody> for Shape {
+    fn from(b: ShapeBody) -> Shape {
+        match b {
+            ShapeBody::Gpus { gpus } => Shape::Gpus { gpus },
+            ShapeBody::Nodes { count, level } => Shape::Nodes { count, level },
+            ShapeBody::Share { milli } => Shape::Share { milli },
+            ShapeBody::Mig { profile } => Shape::Mig { profile },
+            ShapeBody::Cpu {} => Shape::Cpu,
+        }
+    }
 }
 
 impl Shape {
@@ -464,4 +495,32 @@ pub struct Contract {
     pub created_at: crate::Timestamp,
     /// When it last changed.
     pub updated_at: crate::Timestamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_refuse_unknown_fields() {
+        for ok in [
+            r#"{"kind":"gpus","gpus":1}"#,
+            r#"{"kind":"nodes","count":2,"level":"pod"}"#,
+            r#"{"kind":"share","milli":250}"#,
+            r#"{"kind":"mig","profile":"1g.10gb"}"#,
+            r#"{"kind":"cpu"}"#,
+        ] {
+            assert!(serde_json::from_str::<Shape>(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            r#"{"kind":"gpus","gpus":1,"bogus":1}"#,
+            r#"{"kind":"nodes","count":2,"level":"pod","bogus":1}"#,
+            r#"{"kind":"share","mili":250}"#,
+            r#"{"kind":"mig","profile":"1g.10gb","bogus":1}"#,
+            r#"{"kind":"cpu","bogus":1}"#,
+        ] {
+            let e = serde_json::from_str::<Shape>(bad).unwrap_err().to_string();
+            assert!(e.contains("unknown field"), "{bad}: {e}");
+        }
+    }
 }

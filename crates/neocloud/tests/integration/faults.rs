@@ -159,8 +159,8 @@ struct Log {
     /// 500 answers (an internal error is a bug, whatever the chaos).
     internal: usize,
     running: Vec<String>,
-    /// Contracts acknowledged, for downtime to be recorded against.
-    contracts: Vec<String>,
+    /// Contracts acknowledged (id, start), for downtime to be recorded against.
+    contracts: Vec<(String, String)>,
 }
 
 /// Sends a write through a random replica, retrying (same Idempotency-Key) across
@@ -284,11 +284,13 @@ async fn worker(
         } else if roll < 5 && !contracts.is_empty() {
             // Downtime credits the contract's tenant: a retry that recorded twice would
             // credit twice. The note names the request.
-            let id = contracts[pick(&mut seed, contracts.len())].clone();
+            let (id, start) = contracts[pick(&mut seed, contracts.len())].clone();
             let idem = format!("d-{seed:x}-{n}");
             let gpus = 1 + pick(&mut seed, 8);
-            let body = json!({"start_at": now.plus_seconds(-3600).to_string(),
-                "end_at": now.to_string(), "gpus": gpus, "note": idem});
+            // An hour inside the contract's term, from its start.
+            let start: neocloud_types::Timestamp = start.parse().unwrap();
+            let body = json!({"start_at": start.to_string(),
+                "end_at": start.plus_seconds(3600).to_string(), "gpus": gpus, "note": idem});
             (
                 Op::Downtime(idem.clone()),
                 format!("/v1/contracts/{id}/downtime"),
@@ -338,7 +340,8 @@ async fn worker(
                 l.acks.push(Ack::Terminate { id });
             }
             Op::Contract(key) => {
-                l.contracts.push(id.clone());
+                let start = v["start_at"].as_str().unwrap_or_default().to_string();
+                l.contracts.push((id.clone(), start));
                 l.acks.push(Ack::Contract { key, id });
             }
             Op::Downtime(key) => l.acks.push(Ack::Downtime { key }),

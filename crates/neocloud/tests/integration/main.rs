@@ -18,6 +18,7 @@ mod api_errors;
 mod api_fleet;
 mod api_health;
 mod api_idempotency;
+mod api_input;
 mod api_instances;
 mod api_scheduler;
 mod api_slices;

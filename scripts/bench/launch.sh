@@ -2,7 +2,8 @@
 # End-to-end POST /v1/instances over HTTP with durable commits (SQLite, full-size demo):
 # each request authenticates, places one GPU, and commits the instance, its GPU holder and
 # its audit event before answering. Baseline in the same run: GET /v1/instances/{id} (an
-# authenticated read of one instance).
+# authenticated read of one instance). At the end, the scheduler's lock hold per command
+# (p50/p99/p999 from its histogram on /metrics).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/bench/lib.sh
@@ -18,4 +19,6 @@ wrk -t2 -c"$conns" -d"$dur" --latency -H "Authorization: Bearer $NEOCLOUD_API_KE
 echo "== POST /v1/instances (1 GPU, on-demand, durable commit)"
 wrk -t2 -c"$conns" -d"$dur" --latency -s scripts/bench/launch.lua "$URL/v1/instances"
 "$BIN" --url "$URL" capacity --site memphis-1
+echo "== scheduler lock hold per command (from /metrics: neocloud_scheduler_lock_hold_seconds)"
+curl -sf "$URL/metrics" | python3 scripts/bench/quantiles.py neocloud_scheduler_lock_hold_seconds
 stop_server "$dir"

@@ -9,7 +9,7 @@ use neocloud_service::{
     Created, GpuHistory, LaunchInstance, NodeOperation, Quote, SetPowerCap, SetPrice, SetQuota,
     SetXidRule, UpdateTenant, XidRule,
 };
-use neocloud_store::{EventFilter, NodeFilter};
+use neocloud_service::{EventFilter, NodeFilter};
 use neocloud_types::{
     AgentRegister, AgentRegistered, ApiKey, Block, Class, Contract, Event, GpuModel, HealthEvent,
     Heartbeat, HeartbeatAck, ImportReport, Instance, InstanceId, InstanceState, Node, NodeState,
@@ -105,8 +105,8 @@ pub struct Paged<T> {
     pub next_cursor: Option<String>,
 }
 
-impl<T> From<neocloud_store::Page<T>> for Paged<T> {
-    fn from(p: neocloud_store::Page<T>) -> Self {
+impl<T> From<neocloud_service::Page<T>> for Paged<T> {
+    fn from(p: neocloud_service::Page<T>) -> Self {
         Paged {
             items: p.items,
             next_cursor: p.next_cursor,
@@ -173,12 +173,7 @@ async fn healthz() -> &'static str {
     responses((status = 200, description = "Ready to serve", body = String),
               (status = 503, description = "The database is unreachable", body = Problem)))]
 async fn readyz(State(st): State<AppState>) -> ApiResult<String> {
-    st.svc.store().ping().await.map_err(|e| {
-        let mut err: neocloud_service::Error = e.into();
-        err.code = neocloud_service::ErrorCode::Unavailable;
-        err.message = "the database is unavailable".into();
-        ApiError(err)
-    })?;
+    st.svc.ping().await?;
     // With replicas, say which role this one has: load balancers may send writes to the
     // leader directly, and the fault tests find it here.
     Ok(match st.svc.role() {
@@ -1186,7 +1181,7 @@ async fn usage_list(
             return Err(ApiError::invalid(format!("month '{m}' is not YYYY-MM")));
         }
     }
-    let filter = neocloud_store::UsageFilter {
+    let filter = neocloud_service::UsageFilter {
         tenant_id: None,
         month: q.month.clone(),
         instance_id: q.instance,

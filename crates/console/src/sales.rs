@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use axum::extract::{Query, State};
 use axum::response::Response;
 use maud::html;
+use neocloud_service::EventFilter;
 use neocloud_service::{Action, auth};
-use neocloud_store::EventFilter;
 use neocloud_types::{Class, Money, TenantId, Timestamp};
 
 use crate::layout::{Page, money, money_m, num, pct, ts};

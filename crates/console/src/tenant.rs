@@ -7,8 +7,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
+use neocloud_service::UsageFilter;
 use neocloud_service::{Idempotency, LaunchInstance, auth};
-use neocloud_store::UsageFilter;
 use neocloud_types::{Class, ContractId, GangLevel, InstanceId, InstanceState, Shape};
 
 use crate::layout::{Page, alert, gpu_hours, money, num, ts, ts_opt};

@@ -18,7 +18,7 @@ mod requests;
 mod scheduler;
 mod writer;
 
-use neocloud_store::{EventFilter, IdempotencyRecord, NewEvent, NodeFilter, Page, Store, WriteTx};
+use neocloud_store::{IdempotencyRecord, NewEvent, Store, WriteTx};
 use neocloud_types::{
     ApiKey, ApiKeyId, Block, BlockId, Event, GpuModel, ImportReport, Node, Role, Site, Tenant,
     TenantId, TenantKind, Timestamp,
@@ -39,6 +39,11 @@ pub use neocloud_allocator::Sharing;
 pub use replica::{ReplicaConfig, ReplicaRole, RoleChange};
 pub use requests::*;
 pub use scheduler::SchedulerConfig;
+
+/// The filters and the page that the service's list operations take and return. The
+/// service owns them as part of its interface: callers (the HTTP API, the console) name
+/// them from here and never depend on the store themselves.
+pub use neocloud_store::{EventFilter, NodeFilter, Page, UsageFilter};
 
 /// Most items a list returns in one page.
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -203,7 +208,19 @@ impl Service {
         scheduler::lock(&self.sched).fingerprint()
     }
 
-    /// The store underneath (for readiness checks and tests).
+    /// Readiness: the database answers a ping. Fails with `Unavailable` when it does not.
+    pub async fn ping(&self) -> Result<()> {
+        self.store.ping().await.map_err(|e| {
+            let mut err: Error = e.into();
+            err.code = ErrorCode::Unavailable;
+            err.message = "the database is unavailable".into();
+            err
+        })
+    }
+
+    /// The store underneath. Only with the `test-support` feature, which the integration
+    /// tests enable to set up and inspect rows by hand; never part of a normal build.
+    #[cfg(feature = "test-support")]
     pub fn store(&self) -> &Store {
         &self.store
     }

@@ -530,11 +530,9 @@ impl Service {
         let Some(i) = idem else {
             return Ok(IdemStart::Decide(None));
         };
-        if let Some(c) = self.idem_replay(p, idem).await? {
-            return Ok(IdemStart::Replay(c));
-        }
+        // Claimed first, looked up once: an answer committed before the claim is found, and
+        // none can commit after it while the claim is held.
         let claim = self.idem_claim(&p.key_id.to_string(), &i.key)?;
-        // Committed between the look-up and the claim: replay it.
         if let Some(c) = self.idem_replay(p, idem).await? {
             return Ok(IdemStart::Replay(c));
         }

@@ -20,13 +20,14 @@ const BUCKETS: [f64; 12] = [
 ];
 
 /// Upper bounds of lock-hold buckets, seconds: a microsecond to a tenth of a second.
-const HOLD_BUCKETS: [f64; 14] = [
+const HOLD_BUCKETS: [f64; 15] = [
     0.000_001,
     0.000_002_5,
     0.000_005,
     0.000_01,
     0.000_025,
     0.000_05,
+    0.000_075,
     0.000_1,
     0.000_25,
     0.000_5,

@@ -89,6 +89,12 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        // The rest of a body that was too large is never read: the connection cannot carry
+        // another request, so the client must not reuse it.
+        if e.code == ErrorCode::PayloadTooLarge {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         // Unavailable is transient (the database, or leadership changing): say when to retry.
         if e.code == ErrorCode::Unavailable {
             resp.headers_mut()

@@ -236,6 +236,9 @@ async fn write_batch(store: &Store, stale: &AtomicBool, writes: Vec<Write>) -> b
     let mut book: Option<PriceBook> = None;
     let mut results: Vec<(oneshot::Sender<Result<()>>, Result<()>)> = Vec::new();
     let mut failed: Option<Error> = None;
+    // A job alone in its batch needs no savepoint: if it fails, the whole transaction rolls
+    // back (two statements fewer for every write when the service is not busy).
+    let single = writes.len() == 1;
     for Write {
         effects,
         extra,
@@ -256,6 +259,12 @@ async fn write_batch(store: &Store, stale: &AtomicBool, writes: Vec<Write>) -> b
             continue;
         }
         let r = async {
+            if single {
+                if let Some(x) = extra {
+                    x(store, &mut tx).await?;
+                }
+                return write_effects(store, &mut tx, &mut book, &effects, actor).await;
+            }
             Store::raw_execute(&mut tx, "SAVEPOINT job").await?;
             let r = async {
                 if let Some(x) = extra {
@@ -282,7 +291,15 @@ async fn write_batch(store: &Store, stale: &AtomicBool, writes: Vec<Write>) -> b
         }
         results.push((done, r));
     }
-    let committed = tx.commit().await.map_err(Error::from);
+    let committed = if single && failed.is_some() {
+        // Its error is the answer; a failed rollback only adds to the log.
+        if let Err(e) = tx.rollback().await {
+            tracing::warn!(error = %e, "rolling back a failed write");
+        }
+        Ok(())
+    } else {
+        tx.commit().await.map_err(Error::from)
+    };
     let failed = failed.is_some() || committed.is_err();
     if failed {
         // Memory is ahead of the database until the rebuild: nothing may be decided on it

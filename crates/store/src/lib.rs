@@ -122,6 +122,12 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Rolls back every change made in this transaction, before the write lock is let go.
+    pub async fn rollback(self) -> Result<()> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+
     /// The connection the transaction runs on.
     pub fn conn(&mut self) -> &mut AnyConnection {
         &mut self.tx

@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 use crate::both_backends;
 use crate::ctx::TestContext;
 
-const FLEET: &str = r#"
+/// Two 8-GPU H100 nodes in one site (also used by the input tests).
+pub(crate) const FLEET: &str = r#"
 [[sites]]
 name = "east"
 region = "us-east"

@@ -9,20 +9,7 @@ use serde_json::{Value, json};
 use crate::both_backends;
 use crate::ctx::TestContext;
 
-const FLEET: &str = r#"
-[[sites]]
-name = "east"
-region = "us-east"
-power_mw = 1
-[[sites.nodes]]
-name = "e1"
-gpu_model = "H100-SXM-80GB"
-gpus = 8
-[[sites.nodes]]
-name = "e2"
-gpu_model = "H100-SXM-80GB"
-gpus = 8
-"#;
+use crate::api_billing::FLEET;
 
 fn detail(b: &Value) -> &str {
     b["detail"].as_str().unwrap()

@@ -153,10 +153,8 @@ pub(crate) fn spawn(store: Store, sched: SchedCell) -> Writer {
             if !writes.is_empty() {
                 failed = write_batch(&store, &stale, writes).await;
             }
+            // A failed batch has marked the scheduler stale already.
             if failed || !rebuilds.is_empty() {
-                if failed {
-                    stale.store(true, Ordering::SeqCst);
-                }
                 let r = rebuild(&store, &sched, &epoch, &stale).await;
                 rebuilt.notify_waiters();
                 for done in rebuilds {
@@ -204,7 +202,7 @@ async fn rebuild(
                 tries += 1;
                 tracing::error!(error = %e.internal.as_deref().unwrap_or(&e.message), tries, "rebuilding the scheduler failed; retrying");
                 // The database is the truth and nothing may be decided without it: try
-                // until it answers (decisions are refused with 503 meanwhile).
+                // until it answers (decisions wait meanwhile, then are refused with 503).
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         }
@@ -259,13 +257,9 @@ async fn write_batch(store: &Store, stale: &AtomicBool, writes: Vec<Write>) -> b
             continue;
         }
         let r = async {
-            if single {
-                if let Some(x) = extra {
-                    x(store, &mut tx).await?;
-                }
-                return write_effects(store, &mut tx, &mut book, &effects, actor).await;
+            if !single {
+                Store::raw_execute(&mut tx, "SAVEPOINT job").await?;
             }
-            Store::raw_execute(&mut tx, "SAVEPOINT job").await?;
             let r = async {
                 if let Some(x) = extra {
                     x(store, &mut tx).await?;
@@ -273,6 +267,9 @@ async fn write_batch(store: &Store, stale: &AtomicBool, writes: Vec<Write>) -> b
                 write_effects(store, &mut tx, &mut book, &effects, actor).await
             }
             .await;
+            if single {
+                return r;
+            }
             match r {
                 Ok(()) => {
                     Store::raw_execute(&mut tx, "RELEASE SAVEPOINT job").await?;

@@ -273,6 +273,8 @@ async fn run_agent(
             agent.events.push(uuid, kind, Timestamp::now());
         }
         let body = Heartbeat {
+            generation: None,
+            workloads: Vec::new(),
             sent_at: Timestamp::now(),
             gpus: agent.sim.sample().unwrap_or_default(),
             events: agent.events.batch(1000),

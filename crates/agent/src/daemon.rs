@@ -395,6 +395,8 @@ impl Daemon {
         let sent = events.len();
         let last_sent = events.last().map(|e| e.seq);
         let body = Heartbeat {
+            generation: None,
+            workloads: Vec::new(),
             sent_at: Timestamp::now(),
             gpus,
             events,

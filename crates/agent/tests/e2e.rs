@@ -96,6 +96,7 @@ async fn heartbeat(State(s): State<Shared>, h: HeaderMap, Json(hb): Json<Heartbe
         state,
         heartbeat_interval_secs: 1,
         burn_in: (state == NodeState::BurnIn).then(|| BurnInRequest { id: "bi-1".into() }),
+        desired: None,
     })
     .into_response()
 }

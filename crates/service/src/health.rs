@@ -909,6 +909,7 @@ impl Service {
                 .then(|| l.burn_in.clone())
                 .flatten()
                 .map(|id| BurnInRequest { id }),
+            desired: None,
         }
     }
 

@@ -103,6 +103,10 @@ impl Service {
             ended_at: None,
             preempt_at: None,
             wait_until: req.wait_seconds.map(|w| now.plus_seconds(i64::from(w))),
+            delivery: None,
+            ssh_key_names: Vec::new(),
+            authorized_keys: Vec::new(),
+            access: None,
         };
         // A replay answers before any capacity is looked at.
         let _claim = match self.idem_start(p, idem).await? {

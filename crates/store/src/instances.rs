@@ -15,7 +15,39 @@ use crate::{Page, Result, Store, StoreError, WriteTx, enum_col, id_col, opt_id_c
 const INSTANCE_COLS: &str = "id, tenant_id, name, class, gpu_model, shape_kind, shape_gpus, \
      shape_count, shape_level, gpu_count, requested_site_id, site_id, contract_id, state, reason, \
      created_at, started_at, ended_at, preempt_at, wait_until, cpu_milli, memory_mib, gpu_milli, \
-     held_cpu_milli, held_memory_mib";
+     held_cpu_milli, held_memory_mib, delivery, access";
+
+/// What the `delivery` column holds: fixed at launch.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DeliveryCol {
+    delivery: neocloud_types::Delivery,
+    #[serde(default)]
+    ssh_key_names: Vec<String>,
+    #[serde(default)]
+    authorized_keys: Vec<String>,
+}
+
+fn json_col<T: serde::de::DeserializeOwned>(r: &AnyRow, c: &str) -> Result<Option<T>> {
+    r.try_get::<Option<String>, _>(c)?
+        .map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{c}: {e}"))))
+        .transpose()
+}
+
+fn delivery_json(i: &Instance) -> Option<String> {
+    let d = i.delivery.clone()?;
+    serde_json::to_string(&DeliveryCol {
+        delivery: d,
+        ssh_key_names: i.ssh_key_names.clone(),
+        authorized_keys: i.authorized_keys.clone(),
+    })
+    .ok()
+}
+
+fn access_json(i: &Instance) -> Option<String> {
+    i.access
+        .as_ref()
+        .and_then(|a| serde_json::to_string(a).ok())
+}
 
 fn opt_u64(r: &AnyRow, c: &str) -> Result<Option<u64>> {
     r.try_get::<Option<i64>, _>(c)?
@@ -90,6 +122,11 @@ fn instance_from_row(r: &AnyRow) -> Result<Instance> {
         "cpu" => Shape::Cpu,
         other => return Err(StoreError::Corrupt(format!("shape_kind {other}"))),
     };
+    let delivery: Option<DeliveryCol> = json_col(r, "delivery")?;
+    let (delivery, ssh_key_names, authorized_keys) = match delivery {
+        Some(d) => (Some(d.delivery), d.ssh_key_names, d.authorized_keys),
+        None => (None, Vec::new(), Vec::new()),
+    };
     Ok(Instance {
         id: id_col(r, "id")?,
         tenant_id: id_col(r, "tenant_id")?,
@@ -111,6 +148,10 @@ fn instance_from_row(r: &AnyRow) -> Result<Instance> {
         ended_at: ts(r, "ended_at")?,
         preempt_at: ts(r, "preempt_at")?,
         wait_until: ts(r, "wait_until")?,
+        delivery,
+        ssh_key_names,
+        authorized_keys,
+        access: json_col(r, "access")?,
     })
 }
 
@@ -207,7 +248,7 @@ impl Store {
         let t = |t: Option<Timestamp>| t.map(|t| t.micros());
         sqlx::query(&format!(
             "INSERT INTO instances ({INSTANCE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
-             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, NULL, NULL)"
+             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, NULL, NULL, $24, $25)"
         ))
         .bind(i.id.to_string())
         .bind(i.tenant_id.to_string())
@@ -232,6 +273,8 @@ impl Store {
         .bind(opt_i64(i.cpu_milli))
         .bind(opt_i64(i.memory_mib))
         .bind(opt_i64(Some(i.shape.gpu_milli(i.gpu_count))))
+        .bind(delivery_json(i))
+        .bind(access_json(i))
         .execute(tx.conn())
         .await?;
         Ok(())
@@ -313,7 +356,7 @@ impl Store {
         let t = |t: Option<Timestamp>| t.map(|t| t.micros());
         sqlx::query(
             "UPDATE instances SET state = $1, reason = $2, site_id = $3, started_at = $4,
-             ended_at = $5, preempt_at = $6, wait_until = $7 WHERE id = $8",
+             ended_at = $5, preempt_at = $6, wait_until = $7, access = $8 WHERE id = $9",
         )
         .bind(i.state.as_str())
         .bind(i.reason.clone())
@@ -322,6 +365,7 @@ impl Store {
         .bind(t(i.ended_at))
         .bind(t(i.preempt_at))
         .bind(t(i.wait_until))
+        .bind(access_json(i))
         .bind(i.id.to_string())
         .execute(tx.conn())
         .await?;

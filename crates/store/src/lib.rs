@@ -151,6 +151,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "health", include_str!("../migrations/0004_health.sql")),
     (5, "leases", include_str!("../migrations/0005_leases.sql")),
     (6, "slices", include_str!("../migrations/0006_slices.sql")),
+    (
+        7,
+        "delivery",
+        include_str!("../migrations/0007_delivery.sql"),
+    ),
 ];
 
 impl Store {

@@ -95,6 +95,12 @@ pub struct Heartbeat {
     /// Health events not yet acknowledged, oldest first.
     #[serde(default)]
     pub events: Vec<AgentEvent>,
+    /// The generation of desired workloads the agent last applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// Every workload the agent knows on the node, with new output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<crate::WorkloadReport>,
 }
 
 /// Telemetry of one GPU at one instant.
@@ -179,4 +185,8 @@ pub struct HeartbeatAck {
     /// A burn-in check to run now, if one is wanted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burn_in: Option<BurnInRequest>,
+    /// What should run on the node; absent from a control plane that does not deliver
+    /// workloads (the agent then leaves its workloads as they are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<crate::DesiredWorkloads>,
 }

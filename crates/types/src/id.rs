@@ -132,6 +132,10 @@ typed_id!(
     ContractId, "ctr", "contract"
 );
 typed_id!(
+    /// Identifies a tenant's SSH public key.
+    SshKeyId, "sshk", "SSH key"
+);
+typed_id!(
     /// Identifies an audit event.
     EventId, "evt", "event"
 );

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod billing;
+pub mod delivery;
 pub mod fleet;
 pub mod health;
 pub mod id;
@@ -17,6 +18,7 @@ pub mod time;
 
 pub use agent::*;
 pub use billing::*;
+pub use delivery::*;
 pub use fleet::*;
 pub use health::*;
 pub use id::*;

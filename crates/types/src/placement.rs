@@ -334,8 +334,15 @@ string_enum!(
     InstanceState {
         /// Accepted, waiting for capacity (queued) or for preempted work to leave.
         Pending = "pending",
-        /// Placed on GPUs and running.
+        /// Placed on GPUs; the agents of its nodes are preparing its delivery (image,
+        /// account, SSH). Not metered.
+        Provisioning = "provisioning",
+        /// Placed on GPUs and running (for a delivered instance: confirmed live by its
+        /// agents). Metered.
         Running = "running",
+        /// A delivered instance being stopped: its agents are stopping, removing and
+        /// scrubbing it; its GPUs are freed when they confirm.
+        Stopping = "stopping",
         /// Being stopped at the tenant's request.
         Terminating = "terminating",
         /// Stopped at the tenant's request; its GPUs are free.
@@ -354,7 +361,11 @@ impl InstanceState {
     pub fn holds_gpus(self) -> bool {
         matches!(
             self,
-            InstanceState::Running | InstanceState::Terminating | InstanceState::Preempting
+            InstanceState::Provisioning
+                | InstanceState::Running
+                | InstanceState::Terminating
+                | InstanceState::Preempting
+                | InstanceState::Stopping
         )
     }
 
@@ -435,6 +446,19 @@ pub struct Instance {
     pub preempt_at: Option<crate::Timestamp>,
     /// For a queued instance: when it gives up waiting.
     pub wait_until: Option<crate::Timestamp>,
+    /// What runs for it on its nodes; absent for a bare allocation (the tenant's own
+    /// orchestration uses the GPUs), which runs as soon as it is placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<crate::Delivery>,
+    /// Names of the tenant's SSH keys allowed to log in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_key_names: Vec<String>,
+    /// The public keys those names stood for at launch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorized_keys: Vec<String>,
+    /// How to reach it over SSH, once running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<crate::Access>,
 }
 
 /// A limit on how many GPUs a tenant may hold at once, per GPU model and class.

@@ -9,11 +9,11 @@ use neocloud_service::{
     Created, GpuHistory, LaunchInstance, NodeOperation, Quote, SetPowerCap, SetPrice, SetQuota,
     SetXidRule, UpdateTenant, XidRule,
 };
-use neocloud_service::{EventFilter, NodeFilter};
+use neocloud_service::{CreateSshKey, EventFilter, InstanceLogs, NodeFilter};
 use neocloud_types::{
     AgentRegister, AgentRegistered, ApiKey, Block, Class, Contract, Event, GpuModel, HealthEvent,
     Heartbeat, HeartbeatAck, ImportReport, Instance, InstanceId, InstanceState, Node, NodeState,
-    Outage, Price, Quota, Site, Tenant, UsageRecord,
+    Outage, Price, Quota, Site, SshKey, Tenant, UsageRecord,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -67,6 +67,9 @@ pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(instance_list, instance_launch))
         .routes(routes!(instance_get))
         .routes(routes!(instance_terminate))
+        .routes(routes!(instance_logs))
+        .routes(routes!(ssh_key_list, ssh_key_create))
+        .routes(routes!(ssh_key_delete))
         .routes(routes!(quota_list, quota_set))
         .routes(routes!(quote_create))
         .routes(routes!(contract_list, contract_sign))
@@ -907,6 +910,98 @@ async fn instance_terminate(
     let svc = &st.svc;
     Ok(ok(svc
         .idempotent(&p, idem.key()?, 200, svc.instance_terminate(&p, &id))
+        .await?))
+}
+
+/// Where to read an instance's output from.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogParams {
+    /// Byte offset to read from (the `next_offset` of the previous read; default 0: all
+    /// that is kept).
+    offset: Option<u64>,
+    /// Most bytes to return, 1-1048576 (default: all that is kept).
+    limit: Option<u32>,
+}
+
+/// Read a delivered instance's output (its container's stdout and stderr, a bare-metal
+/// hand-off's user-data run), as its agents reported it. The control plane keeps the last
+/// MiB of each instance; poll with `offset` = the previous `next_offset` to follow it.
+#[utoipa::path(get, path = "/v1/instances/{id}/logs", tag = "instances",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Instance id"), LogParams),
+    responses((status = 200, body = InstanceLogs), (status = 400, body = Problem),
+              (status = 404, body = Problem)))]
+async fn instance_logs(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    q: Q<LogParams>,
+) -> ApiResult<Json<InstanceLogs>> {
+    allow(&p, Action::ReadInstances)?;
+    let q = q.get()?;
+    Ok(Json(
+        st.svc.instance_logs(&p, &id, q.offset, q.limit).await?,
+    ))
+}
+
+// ---- SSH keys ---------------------------------------------------------------------------
+
+/// Which tenant's SSH keys.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SshKeyParams {
+    /// The tenant (id or name; operators only, tenants always see their own).
+    tenant: Option<String>,
+}
+
+/// List SSH public keys, by name.
+#[utoipa::path(get, path = "/v1/ssh-keys", tag = "instances", security(("bearer" = [])),
+    params(SshKeyParams), responses((status = 200, body = Vec<SshKey>)))]
+async fn ssh_key_list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    q: Q<SshKeyParams>,
+) -> ApiResult<Json<Vec<SshKey>>> {
+    allow(&p, Action::ReadInstances)?;
+    let q = q.get()?;
+    Ok(Json(st.svc.ssh_key_list(&p, q.tenant.as_deref()).await?))
+}
+
+/// Add an SSH public key; instances launched with its name in `ssh_key_names` accept it.
+#[utoipa::path(post, path = "/v1/ssh-keys", tag = "instances", security(("bearer" = [])),
+    request_body = CreateSshKey, params(IdempotencyKey),
+    responses((status = 201, body = SshKey), (status = 400, body = Problem),
+              (status = 409, body = Problem)))]
+async fn ssh_key_create(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    idem: Idem,
+) -> ApiResult<Response> {
+    allow(&p, Action::WriteInstances)?;
+    let req: CreateSshKey = idem.json()?;
+    Ok(created(st.svc.ssh_key_create(&p, req, idem.key()?).await?))
+}
+
+/// Delete an SSH key by id or name; instances already launched keep the keys they were
+/// given.
+#[utoipa::path(delete, path = "/v1/ssh-keys/{key}", tag = "instances",
+    security(("bearer" = [])),
+    params(("key" = String, Path, description = "Key id or name"), SshKeyParams,
+           IdempotencyKey),
+    responses((status = 200, body = SshKey), (status = 404, body = Problem)))]
+async fn ssh_key_delete(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(key): Path<String>,
+    q: Q<SshKeyParams>,
+    idem: Idem,
+) -> ApiResult<Response> {
+    allow(&p, Action::WriteInstances)?;
+    let q = q.get()?;
+    Ok(ok(st
+        .svc
+        .ssh_key_delete(&p, &key, q.tenant.as_deref(), idem.key()?)
         .await?))
 }
 

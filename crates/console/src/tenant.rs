@@ -118,6 +118,8 @@ impl LaunchForm {
             shape,
             cpu_milli: None,
             memory_mib: None,
+            delivery: None,
+            ssh_key_names: Vec::new(),
         })
     }
 }

@@ -98,6 +98,24 @@ enum Command {
     /// Instances: GPUs a tenant runs.
     #[command(subcommand)]
     Instances(InstanceCmd),
+    /// SSH public keys tenants log into their instances with.
+    #[command(subcommand, name = "ssh-keys")]
+    SshKeys(SshKeyCmd),
+    /// Open a shell in a running instance over SSH (runs the system's `ssh`), or run a
+    /// command there: `neocloud ssh INSTANCE -- nvidia-smi`.
+    Ssh {
+        /// Instance id.
+        instance: String,
+        /// The private key to log in with (passed to ssh -i).
+        #[arg(long, short = 'i', value_name = "FILE")]
+        identity: Option<PathBuf>,
+        /// Print the ssh command instead of running it.
+        #[arg(long)]
+        print: bool,
+        /// A command to run instead of a shell, after `--`.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Per-tenant quotas (max GPUs held at once per model and class).
     #[command(subcommand)]
     Quotas(QuotaCmd),
@@ -400,6 +418,27 @@ struct LaunchArgs {
     /// Makes a retry safe: the same key never launches twice.
     #[arg(long)]
     idempotency_key: Option<String>,
+    /// Run this OCI image in a container with the instance's GPUs, CPU and memory (shapes
+    /// within one node), e.g. docker.io/library/ubuntu:24.04 or an image on the node.
+    #[arg(long, value_name = "IMAGE", conflicts_with = "bare_metal")]
+    image: Option<String>,
+    /// Hand the whole nodes over to the tenant: an account with its SSH keys on each (gangs
+    /// of --nodes).
+    #[arg(long, requires = "nodes")]
+    bare_metal: bool,
+    /// For --bare-metal: a script run once on each node as the tenant's account.
+    #[arg(long, value_name = "FILE", requires = "bare_metal")]
+    user_data_file: Option<PathBuf>,
+    /// For --image: an environment variable of the workload, NAME=VALUE (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE", requires = "image")]
+    env: Vec<String>,
+    /// One of the tenant's SSH keys (see `neocloud ssh-keys`) allowed to log in
+    /// (repeatable).
+    #[arg(long = "ssh-key", value_name = "NAME")]
+    ssh_keys: Vec<String>,
+    /// For --image: the command and its arguments, after `--` (default: the image's own).
+    #[arg(last = true, value_name = "COMMAND", requires = "image")]
+    command: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -421,8 +460,46 @@ enum InstanceCmd {
     },
     /// Show one instance and where it runs.
     Show { id: String },
-    /// Terminate an instance.
+    /// Terminate an instance. A delivered one is `stopping` until its agents confirm that
+    /// its workload is stopped and its GPUs scrubbed.
     Terminate { id: String },
+    /// Show a delivered instance's output (its container's stdout and stderr).
+    Logs {
+        /// Instance id.
+        id: String,
+        /// Keep printing new output until the instance ends (Ctrl-C stops).
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SshKeyCmd {
+    /// Add an SSH public key to the tenant.
+    Add {
+        /// Name to give it at launch (--ssh-key NAME).
+        name: String,
+        /// The public key file, e.g. ~/.ssh/id_ed25519.pub; `-` reads standard input.
+        #[arg(long, value_name = "FILE")]
+        public_key_file: PathBuf,
+        /// Tenant (operator keys must name one).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// List the tenant's SSH keys.
+    List {
+        /// Only this tenant's (operator keys).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Delete an SSH key by name or id; running instances keep the keys they were given.
+    Delete {
+        /// Key name or id.
+        name: String,
+        /// Tenant (operator keys must name one).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -852,6 +929,13 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Keys(cmd) => keys(g, cmd).await,
         Command::Events(cmd) => events(g, cmd).await,
         Command::Instances(cmd) => instances(g, cmd).await,
+        Command::SshKeys(cmd) => ssh_keys(g, cmd).await,
+        Command::Ssh {
+            instance,
+            identity,
+            print,
+            command,
+        } => ssh(g, &instance, identity, print, command).await,
         Command::Quotas(cmd) => quotas(g, cmd).await,
         Command::Quotes(cmd) => quotes(g, cmd).await,
         Command::Contracts(cmd) => contracts(g, cmd).await,
@@ -1639,6 +1723,12 @@ async fn instances(g: &Global, cmd: InstanceCmd) -> Result<()> {
                 wait,
                 name,
                 idempotency_key,
+                image,
+                bare_metal,
+                user_data_file,
+                env,
+                ssh_keys,
+                command,
             } = *args;
             let shape = match (share, mig, cpu_only) {
                 (Some(milli), _, _) => json!({"kind": "share", "milli": milli}),
@@ -1653,6 +1743,30 @@ async fn instances(g: &Global, cmd: InstanceCmd) -> Result<()> {
             });
             if !shape.is_null() {
                 body["shape"] = shape;
+            }
+            if let Some(image) = image {
+                let mut vars = serde_json::Map::new();
+                for e in env {
+                    let Some((k, v)) = e.split_once('=') else {
+                        bail!("--env takes NAME=VALUE (got '{e}')");
+                    };
+                    vars.insert(k.to_string(), Value::String(v.to_string()));
+                }
+                body["delivery"] = json!({
+                    "mode": "container", "image": image, "command": command, "env": vars,
+                });
+            } else if bare_metal {
+                let user_data = match user_data_file {
+                    Some(f) => Some(
+                        std::fs::read_to_string(&f)
+                            .with_context(|| format!("reading --user-data-file {}", f.display()))?,
+                    ),
+                    None => None,
+                };
+                body["delivery"] = json!({"mode": "bare-metal", "user_data": user_data});
+            }
+            if !ssh_keys.is_empty() {
+                body["ssh_key_names"] = json!(ssh_keys);
             }
             if gpus.is_none() && nodes.is_none() && body.get("shape").is_none() {
                 bail!("give --gpus, --nodes, --share, --mig or --cpu-only");
@@ -1700,6 +1814,12 @@ async fn instances(g: &Global, cmd: InstanceCmd) -> Result<()> {
             show(g, &v, |v| {
                 record(v);
                 println!("holds  {}", shape_cell(v));
+                if let Some(d) = v.pointer("/delivery/mode").and_then(Value::as_str) {
+                    println!("delivery  {d}");
+                }
+                if let Some(a) = access_of(v) {
+                    println!("ssh  {}", a.join(" "));
+                }
                 if let Some(p) = v.get("placement").and_then(Value::as_array) {
                     println!();
                     table(
@@ -1714,6 +1834,64 @@ async fn instances(g: &Global, cmd: InstanceCmd) -> Result<()> {
                     );
                 }
             })
+        }
+        InstanceCmd::Logs { id, follow } => {
+            let path = format!("/v1/instances/{}/logs", enc(&id));
+            let mut offset: u64 = 0;
+            loop {
+                let v = c
+                    .call(
+                        Method::GET,
+                        &path,
+                        &[("offset", offset.to_string())],
+                        None,
+                        None,
+                    )
+                    .await?;
+                if g.output == Output::Json {
+                    println!("{v}");
+                } else if let Some(d) = v.get("data").and_then(Value::as_str) {
+                    use std::io::Write;
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(d.as_bytes())?;
+                    out.flush()?;
+                }
+                offset = v
+                    .get("next_offset")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(offset);
+                if !follow {
+                    return Ok(());
+                }
+                let inst = c
+                    .call(
+                        Method::GET,
+                        &format!("/v1/instances/{}", enc(&id)),
+                        &[],
+                        None,
+                        None,
+                    )
+                    .await?;
+                let state = inst.get("state").and_then(Value::as_str).unwrap_or("");
+                if matches!(state, "terminated" | "preempted" | "failed") {
+                    // What arrived with the last reports.
+                    let v = c
+                        .call(
+                            Method::GET,
+                            &path,
+                            &[("offset", offset.to_string())],
+                            None,
+                            None,
+                        )
+                        .await?;
+                    if let Some(d) = v.get("data").and_then(Value::as_str) {
+                        print!("{d}");
+                    }
+                    eprintln!("instance {id} is {state}");
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
         }
         InstanceCmd::Terminate { id } => {
             let v = c
@@ -2224,6 +2402,126 @@ async fn reports(g: &Global, cmd: ReportCmd) -> Result<()> {
                     ],
                 )
             })
+        }
+    }
+}
+
+/// The ssh arguments that reach an instance: `-p PORT USER@HOST`.
+fn access_of(v: &Value) -> Option<Vec<String>> {
+    let a = v.get("access")?;
+    let host = a.get("host")?.as_str()?;
+    let port = a.get("port")?.as_u64()?;
+    let user = a.get("user")?.as_str()?;
+    Some(vec![
+        "-p".into(),
+        port.to_string(),
+        format!("{user}@{host}"),
+    ])
+}
+
+async fn ssh(
+    g: &Global,
+    instance: &str,
+    identity: Option<PathBuf>,
+    print: bool,
+    command: Vec<String>,
+) -> Result<()> {
+    let c = client(g)?;
+    let v = c
+        .call(
+            Method::GET,
+            &format!("/v1/instances/{}", enc(instance)),
+            &[],
+            None,
+            None,
+        )
+        .await?;
+    let state = v.get("state").and_then(Value::as_str).unwrap_or("unknown");
+    let Some(access) = access_of(&v) else {
+        if v.get("delivery").is_none_or(Value::is_null) {
+            bail!(
+                "instance {instance} was launched without a delivery (--image or --bare-metal): nothing runs on it to log into"
+            );
+        }
+        bail!(
+            "instance {instance} is {state}: it has no SSH access yet (wait until it is running)"
+        );
+    };
+    if state != "running" && state != "preempting" {
+        bail!("instance {instance} is {state}; only a running instance can be reached");
+    }
+    let mut args: Vec<String> = Vec::new();
+    if let Some(i) = identity {
+        args.push("-i".into());
+        args.push(i.display().to_string());
+    }
+    args.extend(access);
+    if !command.is_empty() {
+        args.push("--".into());
+        args.extend(command);
+    }
+    if print {
+        println!("ssh {}", args.join(" "));
+        return Ok(());
+    }
+    let status = std::process::Command::new("ssh")
+        .args(&args)
+        .status()
+        .context("running ssh (install OpenSSH's client)")?;
+    std::process::exit(status.code().unwrap_or(255));
+}
+
+async fn ssh_keys(g: &Global, cmd: SshKeyCmd) -> Result<()> {
+    let c = client(g)?;
+    let cols: &[Column] = &[
+        ("NAME", &field("name")),
+        ("FINGERPRINT", &field("fingerprint")),
+        ("ID", &field("id")),
+        ("ADDED", &field("created_at")),
+    ];
+    match cmd {
+        SshKeyCmd::Add {
+            name,
+            public_key_file,
+            tenant,
+        } => {
+            let key = if public_key_file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+            } else {
+                std::fs::read_to_string(&public_key_file)
+                    .with_context(|| format!("reading {}", public_key_file.display()))?
+            };
+            let body = json!({"name": name, "public_key": key.trim(), "tenant_id": tenant});
+            let v = c
+                .call(
+                    Method::POST,
+                    "/v1/ssh-keys",
+                    &[],
+                    Some(Body::Json(body)),
+                    None,
+                )
+                .await?;
+            show(g, &v, record)
+        }
+        SshKeyCmd::List { tenant } => {
+            let q: Vec<(&str, String)> = tenant.map(|t| ("tenant", t)).into_iter().collect();
+            let v = c.call(Method::GET, "/v1/ssh-keys", &q, None, None).await?;
+            show(g, &v, |v| {
+                table(v.as_array().map_or(&[][..], Vec::as_slice), cols)
+            })
+        }
+        SshKeyCmd::Delete { name, tenant } => {
+            let q: Vec<(&str, String)> = tenant.map(|t| ("tenant", t)).into_iter().collect();
+            let v = c
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/ssh-keys/{}", enc(&name)),
+                    &q,
+                    None,
+                    None,
+                )
+                .await?;
+            show(g, &v, record)
         }
     }
 }

@@ -69,6 +69,16 @@ pub struct ServeArgs {
     /// (default 7 days); 0 turns re-verification off.
     #[arg(long, value_name = "SECONDS", default_value_t = 604_800)]
     pub reverify_idle: u32,
+    /// A delivered instance (container or bare-metal) still provisioning after this many
+    /// seconds fails: its image could not be fetched, its node's agent is not running, ...
+    #[arg(long, value_name = "SECONDS", default_value_t = 600,
+          value_parser = clap::value_parser!(u32).range(5..=86_400))]
+    pub provision_timeout: u32,
+    /// A delivered instance being stopped whose agents have not confirmed the stop (and the
+    /// scrub of its GPUs) after this many seconds ends anyway and its GPUs are sold again.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600,
+          value_parser = clap::value_parser!(u32).range(5..=86_400))]
+    pub stop_timeout: u32,
     /// The URL other replicas reach this one at, to forward writes when it leads
     /// (default: http://LISTEN-ADDRESS). Needed when listening on 0.0.0.0 with several
     /// replicas.
@@ -160,6 +170,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         heartbeat_interval_secs: args.heartbeat_interval,
         missed_heartbeats: args.missed_heartbeats,
         reverify_idle_secs: i64::from(args.reverify_idle),
+        provision_timeout_secs: i64::from(args.provision_timeout),
+        stop_timeout_secs: i64::from(args.stop_timeout),
         ..Default::default()
     };
     let svc = Service::open_with(&url, config)

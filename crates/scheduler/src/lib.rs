@@ -23,6 +23,7 @@ use neocloud_types::{
     TenantId, Timestamp,
 };
 
+mod delivery;
 mod effects;
 pub use effects::{Effect, Event};
 
@@ -50,6 +51,11 @@ pub struct SchedulerConfig {
     pub missed_heartbeats: u32,
     /// Idle nodes whose last burn-in is older than this many seconds run it again; 0 never.
     pub reverify_idle_secs: i64,
+    /// A delivered instance still provisioning after this many seconds fails.
+    pub provision_timeout_secs: i64,
+    /// A delivered instance whose agents have not confirmed its stop after this many
+    /// seconds ends anyway (its nodes are then failed or unreachable).
+    pub stop_timeout_secs: i64,
 }
 
 impl Default for SchedulerConfig {
@@ -68,6 +74,8 @@ impl Default for SchedulerConfig {
             heartbeat_interval_secs: 10,
             missed_heartbeats: 3,
             reverify_idle_secs: 7 * 86_400,
+            provision_timeout_secs: 600,
+            stop_timeout_secs: 600,
         }
     }
 }
@@ -171,6 +179,14 @@ pub enum Command {
         /// Most GPUs held or waited for at once.
         max_gpus: Option<u32>,
     },
+    /// What a node's agent reports of the delivered workloads placed on it (each
+    /// heartbeat): confirms them running, stopped or failed.
+    Reports {
+        /// The node whose agent reports.
+        node: NodeId,
+        /// Its reports.
+        reports: Vec<neocloud_types::WorkloadReport>,
+    },
     /// A site's power limit changed, watts.
     SetPowerLimit {
         /// The site.
@@ -239,6 +255,10 @@ pub struct Scheduler {
     /// Active contracts whose pool has all its nodes.
     pools_full: BTreeSet<ContractId>,
     counters: Counters,
+    /// Delivered instances placed on each node.
+    by_node: delivery::NodeIndex,
+    /// What is known of each delivered instance that holds GPUs.
+    tracked: HashMap<InstanceId, delivery::Tracked>,
 }
 
 /// The request the allocator sees for an instance.
@@ -428,6 +448,8 @@ impl Scheduler {
             pools,
             pools_full: BTreeSet::new(),
             counters: Counters::default(),
+            by_node: HashMap::new(),
+            tracked: HashMap::new(),
         };
         for i in snap.live {
             if i.state.is_final() {
@@ -469,6 +491,7 @@ impl Scheduler {
                 s.queue.insert(s.queue_key(&i));
             }
             s.track(&i);
+            s.index_delivered(&i, None);
             s.live.insert(i.id, i);
         }
         for c in snap.contracts {
@@ -528,6 +551,7 @@ impl Scheduler {
                 }
             }
             Command::SetPowerLimit { site, watts } => self.alloc.set_power_limit(site, watts),
+            Command::Reports { node, reports } => self.reports(node, reports, now, &mut fx),
         }
         Ok(fx)
     }
@@ -746,9 +770,13 @@ impl Scheduler {
             self.queue.remove(&self.queue_key(&before));
         }
         self.untrack(&before);
+        self.unindex_delivered(&before);
         let mut after = before.clone();
         after.state = to;
-        after.ended_at = Some(at);
+        // A stopping instance's metering ended already when it was preempted or failed.
+        let ended = before.ended_at.unwrap_or(at);
+        after.ended_at = Some(ended);
+        after.ends_as = None;
         if reason.is_some() {
             after.reason = reason;
         }
@@ -756,7 +784,7 @@ impl Scheduler {
             before,
             after,
             action,
-            meter_until: held.then_some(at),
+            meter_until: held.then_some(ended),
             release: true,
         });
     }
@@ -799,12 +827,11 @@ impl Scheduler {
         }
         match placed {
             Ok(a) => {
-                inst.state = InstanceState::Running;
                 inst.reason = None;
                 inst.site_id = Some(a.site);
-                inst.started_at = Some(now);
                 inst.wait_until = None;
                 inst.placement = placed_nodes(&a, &self.node_names);
+                self.placed_state(&mut inst, now);
                 self.track(&inst);
                 self.live.insert(inst.id, inst.clone());
                 fx.push(Effect::Insert {
@@ -927,6 +954,20 @@ impl Scheduler {
         let Some(i) = self.live.get(&id) else {
             return Err(Refused::NotFound(format!("instance {id} has ended")));
         };
+        if i.delivery.is_some() && i.state.holds_gpus() {
+            // Its agents stop, remove and scrub it; it ends when they confirm.
+            if i.state != InstanceState::Stopping {
+                self.stop(
+                    id,
+                    InstanceState::Terminated,
+                    "terminated by its tenant".into(),
+                    None,
+                    now,
+                    fx,
+                );
+            }
+            return Ok(());
+        }
         let reason = (!i.state.holds_gpus()).then(|| "terminated before it was placed".to_string());
         self.end(
             id,
@@ -951,12 +992,25 @@ impl Scheduler {
             .map(|i| (i.preempt_at.unwrap_or(now), i.id))
             .collect();
         due.sort();
-        for (_, id) in due {
+        for (deadline, id) in due {
             let reason = self
                 .live
                 .get(&id)
                 .and_then(|i| i.reason.clone())
                 .unwrap_or_else(|| "preempted by higher-priority work".into());
+            if self.live.get(&id).is_some_and(|i| i.delivery.is_some()) {
+                // Its workload gets SIGTERM now; metering stops at the deadline.
+                self.stop(
+                    id,
+                    InstanceState::Preempted,
+                    reason,
+                    Some(deadline),
+                    now,
+                    fx,
+                );
+                self.counters.preemptions += 1;
+                continue;
+            }
             self.end(
                 id,
                 InstanceState::Preempted,
@@ -967,6 +1021,7 @@ impl Scheduler {
             );
             self.counters.preemptions += 1;
         }
+        self.delivery_timeouts(now, fx);
         self.advance_contracts(now, fx);
         self.serve_queue(now, fx);
     }
@@ -990,19 +1045,19 @@ impl Scheduler {
             }
             if fits && let Ok(a) = self.place_checked(&req, now) {
                 self.queue.remove(&key);
-                let Some(i) = self.live.get_mut(&key.1) else {
+                let Some(mut i) = self.live.remove(&key.1) else {
                     continue;
                 };
                 let before = i.clone();
-                i.state = InstanceState::Running;
                 i.reason = None;
                 i.site_id = Some(a.site);
-                i.started_at = Some(now);
                 i.wait_until = None;
                 i.placement = placed_nodes(&a, &self.node_names);
+                self.placed_state(&mut i, now);
+                self.live.insert(i.id, i.clone());
                 fx.push(Effect::Start {
                     before,
-                    after: i.clone(),
+                    after: i,
                     alloc: a,
                 });
                 continue;

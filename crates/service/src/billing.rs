@@ -212,6 +212,9 @@ pub(crate) async fn meter(
     let (Some(started), Some(site)) = (inst.started_at, inst.site_id) else {
         return Ok(());
     };
+    // Never past its end (a preempted or failed instance whose agents are still stopping
+    // it is not billed for the stopping).
+    let until = inst.ended_at.map_or(until, |e| until.min(e));
     let from = metered_until.unwrap_or(started).max(started);
     if until <= from {
         return Ok(());

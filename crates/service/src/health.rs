@@ -791,11 +791,13 @@ impl Service {
 
     /// Takes a heartbeat: refreshes the node's telemetry in memory and, when it carries new
     /// events or a GPU's flags changed, judges them by the policy and stores them.
-    pub async fn agent_heartbeat(&self, p: &Principal, hb: Heartbeat) -> Result<HeartbeatAck> {
+    pub async fn agent_heartbeat(&self, p: &Principal, mut hb: Heartbeat) -> Result<HeartbeatAck> {
         auth::authorize(p, Action::AgentHeartbeat)?;
         let node_id = heartbeat_node(p)?;
         let now = Timestamp::now();
         validate_heartbeat(&hb, now)?;
+        crate::delivery::validate_reports(&hb.workloads)?;
+        let reports = std::mem::take(&mut hb.workloads);
         let (from_seq, facts) = {
             let mut live = lock(&self.health.live);
             let Some(l) = live.get_mut(&node_id) else {
@@ -885,19 +887,38 @@ impl Service {
             if facts.is_empty() {
                 l.flags = flags;
                 l.acked_seq = new_seq;
-                return Ok(self.ack(l));
+                (0, Err(self.ack(l)))
+            } else {
+                l.flags = flags;
+                (l.acked_seq, Ok((facts, new_seq)))
             }
-            l.flags = flags;
-            (l.acked_seq, (facts, new_seq))
         };
-        let (facts, to_seq) = facts;
+        let (facts, to_seq) = match facts {
+            Ok(f) => f,
+            Err(ack) => return self.with_desired(node_id, reports, ack).await,
+        };
         self.health_record(node_id, from_seq, to_seq, facts, Some(p.key_id))
             .await?;
-        let live = lock(&self.health.live);
-        let l = live
-            .get(&node_id)
-            .ok_or_else(|| Error::internal("node left the monitor"))?;
-        Ok(self.ack(l))
+        let ack = {
+            let live = lock(&self.health.live);
+            let l = live
+                .get(&node_id)
+                .ok_or_else(|| Error::internal("node left the monitor"))?;
+            self.ack(l)
+        };
+        self.with_desired(node_id, reports, ack).await
+    }
+
+    /// Takes the heartbeat's workload reports and puts what should run on the node into
+    /// the answer.
+    async fn with_desired(
+        &self,
+        node: NodeId,
+        reports: Vec<neocloud_types::WorkloadReport>,
+        mut ack: HeartbeatAck,
+    ) -> Result<HeartbeatAck> {
+        ack.desired = Some(self.agent_workloads(node, reports).await?);
+        Ok(ack)
     }
 
     fn ack(&self, l: &Live) -> HeartbeatAck {

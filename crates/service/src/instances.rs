@@ -81,6 +81,14 @@ impl Service {
                 return Err(Error::not_found("contract", &c.to_string()));
             }
         }
+        let prepared = self
+            .prepare_delivery(
+                tenant.id,
+                &shape,
+                req.delivery.clone(),
+                req.ssh_key_names.clone(),
+            )
+            .await?;
         let now = Timestamp::now();
         let inst = Instance {
             id: InstanceId::new(),
@@ -103,10 +111,11 @@ impl Service {
             ended_at: None,
             preempt_at: None,
             wait_until: req.wait_seconds.map(|w| now.plus_seconds(i64::from(w))),
-            delivery: None,
-            ssh_key_names: Vec::new(),
-            authorized_keys: Vec::new(),
+            delivery: prepared.delivery,
+            ssh_key_names: prepared.names,
+            authorized_keys: prepared.keys,
             access: None,
+            ends_as: None,
         };
         // A replay answers before any capacity is looked at.
         let _claim = match self.idem_start(p, idem).await? {
@@ -147,7 +156,7 @@ impl Service {
         })
     }
 
-    async fn visible_instance(&self, p: &Principal, id: &str) -> Result<Instance> {
+    pub(crate) async fn visible_instance(&self, p: &Principal, id: &str) -> Result<Instance> {
         let not_found = || Error::not_found("instance", id);
         let iid: InstanceId = id.parse().map_err(|_| not_found())?;
         let inst = self.store.instance_get(iid).await.or_not_found(not_found)?;

@@ -9,6 +9,7 @@ pub mod auth;
 mod billing;
 mod console;
 mod contracts;
+mod delivery;
 pub mod error;
 mod health;
 mod instances;
@@ -29,6 +30,7 @@ use serde::de::DeserializeOwned;
 pub use auth::{Action, Principal};
 pub use console::{GpuStateCount, MapCell, SiteMap};
 pub use contracts::{CapacityLine, ClassCount, Committed, GangRoom};
+pub use delivery::{CreateSshKey, InstanceLogs, parse_public_key};
 use error::OrNotFound;
 pub use error::{Error, ErrorCode, FieldError, Result};
 pub use health::{
@@ -124,6 +126,8 @@ pub struct Service {
     touched: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<ApiKeyId, Timestamp>>>,
     /// Leadership among replicas (off unless [`Service::enable_replication`] turned it on).
     replication: std::sync::Arc<replica::Replication>,
+    /// Workloads' output, as agents report it.
+    logs: std::sync::Arc<delivery::Logs>,
 }
 
 /// How long an authenticated key is trusted without reading it again, seconds.
@@ -199,6 +203,7 @@ impl Service {
             health: std::sync::Arc::new(health),
             touched: Default::default(),
             replication: std::sync::Arc::new(replica::Replication::new(generation)),
+            logs: Default::default(),
         })
     }
 

@@ -256,6 +256,15 @@ pub struct LaunchInstance {
     /// CPU.
     #[serde(default)]
     pub memory_mib: Option<u64>,
+    /// What runs on its nodes: `{"mode": "container", "image": "…", "command": […],
+    /// "env": {…}}` (shapes within one node) or `{"mode": "bare-metal", "user_data": "…"}`
+    /// (gangs of whole nodes). Absent: a bare allocation, running as soon as it is placed.
+    #[serde(default)]
+    pub delivery: Option<neocloud_types::Delivery>,
+    /// Names of the tenant's SSH keys (`/v1/ssh-keys`) allowed to log in (at most 32);
+    /// a bare-metal instance needs at least one.
+    #[serde(default)]
+    pub ssh_key_names: Vec<String>,
 }
 
 /// The highest price per GPU-hour the price book takes: $10,000.00. Prices, and so contract

@@ -6,6 +6,8 @@
 ALTER TABLE instances ADD COLUMN delivery TEXT;
 -- JSON {"host": ..., "port": ..., "user": ...} once the agent reports it running.
 ALTER TABLE instances ADD COLUMN access TEXT;
+-- For a stopping instance: the state it ends in once its agents confirm the stop.
+ALTER TABLE instances ADD COLUMN ends_as TEXT;
 
 CREATE TABLE ssh_keys (
     id           TEXT PRIMARY KEY,

@@ -15,7 +15,7 @@ use crate::{Page, Result, Store, StoreError, WriteTx, enum_col, id_col, opt_id_c
 const INSTANCE_COLS: &str = "id, tenant_id, name, class, gpu_model, shape_kind, shape_gpus, \
      shape_count, shape_level, gpu_count, requested_site_id, site_id, contract_id, state, reason, \
      created_at, started_at, ended_at, preempt_at, wait_until, cpu_milli, memory_mib, gpu_milli, \
-     held_cpu_milli, held_memory_mib, delivery, access";
+     held_cpu_milli, held_memory_mib, delivery, access, ends_as";
 
 /// What the `delivery` column holds: fixed at launch.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -152,6 +152,10 @@ fn instance_from_row(r: &AnyRow) -> Result<Instance> {
         ssh_key_names,
         authorized_keys,
         access: json_col(r, "access")?,
+        ends_as: r
+            .try_get::<Option<String>, _>("ends_as")?
+            .map(|s| s.parse::<InstanceState>().map_err(StoreError::Corrupt))
+            .transpose()?,
     })
 }
 
@@ -248,7 +252,7 @@ impl Store {
         let t = |t: Option<Timestamp>| t.map(|t| t.micros());
         sqlx::query(&format!(
             "INSERT INTO instances ({INSTANCE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
-             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, NULL, NULL, $24, $25)"
+             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, NULL, NULL, $24, $25, $26)"
         ))
         .bind(i.id.to_string())
         .bind(i.tenant_id.to_string())
@@ -275,6 +279,7 @@ impl Store {
         .bind(opt_i64(Some(i.shape.gpu_milli(i.gpu_count))))
         .bind(delivery_json(i))
         .bind(access_json(i))
+        .bind(i.ends_as.map(|s| s.as_str()))
         .execute(tx.conn())
         .await?;
         Ok(())
@@ -356,7 +361,8 @@ impl Store {
         let t = |t: Option<Timestamp>| t.map(|t| t.micros());
         sqlx::query(
             "UPDATE instances SET state = $1, reason = $2, site_id = $3, started_at = $4,
-             ended_at = $5, preempt_at = $6, wait_until = $7, access = $8 WHERE id = $9",
+             ended_at = $5, preempt_at = $6, wait_until = $7, access = $8, ends_as = $9
+             WHERE id = $10",
         )
         .bind(i.state.as_str())
         .bind(i.reason.clone())
@@ -366,6 +372,7 @@ impl Store {
         .bind(t(i.preempt_at))
         .bind(t(i.wait_until))
         .bind(access_json(i))
+        .bind(i.ends_as.map(|s| s.as_str()))
         .bind(i.id.to_string())
         .execute(tx.conn())
         .await?;
@@ -539,7 +546,7 @@ impl Store {
     pub async fn instance_list_live(&self) -> Result<Vec<Instance>> {
         let rows = sqlx::query(&format!(
             "SELECT {INSTANCE_COLS} FROM instances
-             WHERE state IN ('pending', 'running', 'terminating', 'preempting') ORDER BY id"
+             WHERE state IN ('pending', 'provisioning', 'running', 'terminating', 'preempting', 'stopping') ORDER BY id"
         ))
         .fetch_all(&self.pool)
         .await?;
@@ -585,7 +592,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT gpu_model, class,
                     CAST(SUM(COALESCE(gpu_milli, gpu_count * 1000)) AS BIGINT) AS gpus FROM instances
-             WHERE tenant_id = $1 AND state IN ('pending', 'running', 'terminating', 'preempting')
+             WHERE tenant_id = $1 AND state IN ('pending', 'provisioning', 'running', 'terminating', 'preempting', 'stopping')
              GROUP BY gpu_model, class",
         )
         .bind(tenant.to_string())

@@ -18,6 +18,7 @@ mod health;
 mod instances;
 mod lease;
 mod map;
+mod ssh_keys;
 mod storage;
 mod tenancy;
 

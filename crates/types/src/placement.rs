@@ -459,6 +459,10 @@ pub struct Instance {
     /// How to reach it over SSH, once running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<crate::Access>,
+    /// For a stopping instance: the state it ends in once its agents confirm
+    /// (`terminated`, `preempted` or `failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_as: Option<InstanceState>,
 }
 
 /// A limit on how many GPUs a tenant may hold at once, per GPU model and class.

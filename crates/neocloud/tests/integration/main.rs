@@ -14,6 +14,7 @@ mod admin;
 mod agent_e2e;
 mod api_auth;
 mod api_billing;
+mod api_delivery;
 mod api_errors;
 mod api_fleet;
 mod api_health;

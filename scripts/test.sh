@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with Rust:
 #   formatting, clippy with -D warnings, and every test on SQLite and on PostgreSQL.
-# Installs PostgreSQL, promtool (to check /metrics) and headless Chromium with chromedriver
-# (for the console's browser test) from Debian's packages if missing;
+# Installs PostgreSQL, promtool (to check /metrics), headless Chromium with chromedriver
+# (for the console's browser test), and podman, runc, OpenSSH and busybox (for delivery:
+# containers, SSH, bare-metal accounts) from Debian's packages if missing;
 # starts a throwaway PostgreSQL cluster on a free local port for the duration of the run,
 # and stops it afterwards.
 set -euo pipefail
@@ -39,6 +40,22 @@ fi
 # The browser test must run here, not skip it. Its screenshots land in
 # target/test-artifacts/console/.
 export NEOCLOUD_TEST_REQUIRE_BROWSER=1
+
+# Delivery (containers through podman with CDI devices, SSH into them, bare-metal
+# accounts) runs for real: podman with runc, OpenSSH's server and client, and a static
+# busybox to build the test image offline (no registry is reachable).
+missing=()
+for b in podman runc sshd ssh ssh-keygen busybox newuidmap; do
+  command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || missing+=("$b")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing podman, runc, OpenSSH and busybox for the delivery tests (missing: ${missing[*]})"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    podman runc openssh-server openssh-client busybox-static uidmap >/dev/null
+fi
+# The delivery tests must run here, not skip.
+export NEOCLOUD_REQUIRE_DELIVERY=1
 
 log "starting a throwaway PostgreSQL ($("$PG_BIN/postgres" --version))"
 PG_DIR="$(mktemp -d -t neocloud-pg.XXXXXX)"

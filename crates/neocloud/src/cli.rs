@@ -109,6 +109,10 @@ enum Command {
         /// The private key to log in with (passed to ssh -i).
         #[arg(long, short = 'i', value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// An ssh option, NAME=VALUE, passed as `ssh -o NAME=VALUE` (repeatable), e.g.
+        /// StrictHostKeyChecking=accept-new.
+        #[arg(long = "ssh-option", value_name = "NAME=VALUE")]
+        ssh_options: Vec<String>,
         /// Print the ssh command instead of running it.
         #[arg(long)]
         print: bool,
@@ -933,9 +937,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Ssh {
             instance,
             identity,
+            ssh_options,
             print,
             command,
-        } => ssh(g, &instance, identity, print, command).await,
+        } => ssh(g, &instance, identity, &ssh_options, print, command).await,
         Command::Quotas(cmd) => quotas(g, cmd).await,
         Command::Quotes(cmd) => quotes(g, cmd).await,
         Command::Contracts(cmd) => contracts(g, cmd).await,
@@ -2423,6 +2428,7 @@ async fn ssh(
     g: &Global,
     instance: &str,
     identity: Option<PathBuf>,
+    options: &[String],
     print: bool,
     command: Vec<String>,
 ) -> Result<()> {
@@ -2454,6 +2460,13 @@ async fn ssh(
     if let Some(i) = identity {
         args.push("-i".into());
         args.push(i.display().to_string());
+    }
+    for o in options {
+        if !o.contains('=') {
+            bail!("--ssh-option takes NAME=VALUE (got '{o}')");
+        }
+        args.push("-o".into());
+        args.push(o.clone());
     }
     args.extend(access);
     if !command.is_empty() {

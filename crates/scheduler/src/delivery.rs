@@ -147,10 +147,10 @@ impl Scheduler {
                 t.nodes.insert(node, (r.phase, r.access.clone()));
             }
             match (state, r.phase) {
-                (InstanceState::Provisioning, WorkloadPhase::Running) => {
-                    if self.all_nodes(id, |p| p == WorkloadPhase::Running) {
-                        self.confirm_running(id, now, fx);
-                    }
+                (InstanceState::Provisioning, WorkloadPhase::Running)
+                    if self.all_nodes(id, |p| p == WorkloadPhase::Running) =>
+                {
+                    self.confirm_running(id, now, fx);
                 }
                 (InstanceState::Running | InstanceState::Preempting, WorkloadPhase::Running) => {
                     // An SSH server restarted elsewhere: the new address.

@@ -134,6 +134,8 @@ pub struct NodeChange {
 }
 
 /// Everything the scheduler can be asked to do.
+// A command lives for one `apply`: boxing the launched instance would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Command {
     /// Launch an instance (its row as the caller built it, state `pending`): it starts now,

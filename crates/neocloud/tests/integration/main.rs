@@ -27,6 +27,7 @@ mod api_tenancy;
 mod cli;
 mod console;
 mod console_browser;
+mod delivery_e2e;
 mod faults;
 mod openapi;
 mod replicas;

@@ -49,6 +49,12 @@ pub struct LaunchForm {
     /// A MIG profile name.
     #[serde(default)]
     mig: String,
+    /// An OCI image to run in a container (a delivered instance).
+    #[serde(default)]
+    image: String,
+    /// Names of the tenant's SSH keys, separated by commas or spaces.
+    #[serde(default)]
+    ssh_keys: String,
 }
 
 fn opt(s: &str) -> Option<String> {
@@ -118,8 +124,18 @@ impl LaunchForm {
             shape,
             cpu_milli: None,
             memory_mib: None,
-            delivery: None,
-            ssh_key_names: Vec::new(),
+            delivery: opt(&self.image).map(|image| neocloud_types::Delivery::Container {
+                image,
+                command: Vec::new(),
+                env: Default::default(),
+            }),
+            ssh_key_names: self
+                .ssh_keys
+                .split([',', ' '])
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_string)
+                .collect(),
         })
     }
 }
@@ -146,6 +162,7 @@ fn live(state: InstanceState) -> bool {
     matches!(
         state,
         InstanceState::Pending
+            | InstanceState::Provisioning
             | InstanceState::Running
             | InstanceState::Preempting
             | InstanceState::Terminating
@@ -205,7 +222,7 @@ async fn instances_page(
             label { "state "
                 select name="state" {
                     option value="" { "any" }
-                    @for s in ["pending", "running", "preempting", "terminating", "terminated", "preempted", "failed"] {
+                    @for s in ["pending", "provisioning", "running", "preempting", "terminating", "stopping", "terminated", "preempted", "failed"] {
                         option value=(s) selected[q.state.as_deref() == Some(s)] { (s) }
                     }
                 }
@@ -340,6 +357,8 @@ fn launch_form(
                     }
                 }
                 label { "Wait up to (s) " input #f-wait type="number" name="wait_seconds" min="0" max="604800" value=(f.wait_seconds) placeholder="0"; }
+                label { "Run image (container) " input #f-image type="text" name="image" maxlength="512" value=(f.image) placeholder="e.g. localhost/trainer:1"; }
+                label { "SSH keys " input #f-ssh-keys type="text" name="ssh_keys" maxlength="2000" value=(f.ssh_keys) placeholder="key names, e.g. laptop"; }
                 button #launch-submit type="submit" { "Launch" }
             }
         }
@@ -432,6 +451,15 @@ pub async fn instance(
         )
         .await?;
     let can_change = auth::allowed(p.role, neocloud_service::Action::WriteInstances);
+    // The last 16 KiB of a delivered instance's output.
+    let output = match &i.delivery {
+        Some(_) => {
+            let all = st.svc.instance_logs(p, &id, None, None).await?;
+            let from = all.next_offset.saturating_sub(16 * 1024);
+            Some(st.svc.instance_logs(p, &id, Some(from), None).await?)
+        }
+        None => None,
+    };
     let body = html! {
         table.kv {
             tr { th { "State" } td { span class={ "dot inst-" (i.state) } {} b #instance-state { (i.state) } @if let Some(r) = &i.reason { " — " (r) } } }
@@ -453,12 +481,33 @@ pub async fn instance(
             tr { th { "Started" } td { (ts_opt(i.started_at)) } }
             tr { th { "Ended" } td { (ts_opt(i.ended_at)) } }
             @if let Some(t) = i.preempt_at { tr { th { "Preempted at" } td { (ts(t)) } } }
+            @if let Some(e) = i.ends_as { tr { th { "Ends as" } td { (e) " (its agents are stopping it)" } } }
+            @if let Some(d) = &i.delivery {
+                tr { th { "Delivery" } td #instance-delivery {
+                    (d.mode())
+                    @if let neocloud_types::Delivery::Container { image, command, .. } = d {
+                        " · " code { (image) }
+                        @if !command.is_empty() { " · " code { (command.join(" ")) } }
+                    }
+                    @if !i.ssh_key_names.is_empty() { " · keys " (i.ssh_key_names.join(", ")) }
+                } }
+            }
+            @if let Some(a) = &i.access {
+                tr { th { "SSH" } td #instance-access {
+                    code { "neocloud ssh " (i.id) } " or " code { "ssh -p " (a.port) " " (a.user) "@" (a.host) }
+                } }
+            }
         }
         @if can_change && live(i.state) {
             form method="post" action={ "/instances/" (i.id) "/terminate" } data-confirm="Terminate this instance?" {
                 input type="hidden" name="csrf" value=(session.csrf);
                 button.danger #terminate type="submit" { "Terminate" }
             }
+        }
+        @if let Some(out) = &output {
+            h2 { "Output" }
+            @if out.data.is_empty() { p.muted { "No output yet." } }
+            @else { pre #instance-output { (out.data) } }
         }
         h2 { "Usage" }
         (usage_table(&usage.items))

@@ -40,6 +40,19 @@ pub trait GpuBackend: Send {
     /// The built-in burn-in check against the GPUs registered with the control plane.
     fn burn_in_check(&mut self, registered: &[GpuInventory]) -> BurnInOutcome;
 
+    /// Scrubs GPUs after a workload ended, so that nothing of it is left for the next
+    /// tenant (a GPU reset where the driver allows it). `shared` says the GPUs are shared
+    /// with other workloads (MIG instances, shares), which a reset would disturb. Returns
+    /// one line saying what was done, for the workload's report and the agent's log.
+    fn scrub(&mut self, gpus: &[u32], shared: bool) -> String {
+        let _ = shared;
+        format!(
+            "GPUs {} not scrubbed: the {} backend cannot reset GPUs",
+            list(gpus),
+            self.name()
+        )
+    }
+
     /// Injects a fault (simulated backends only). `Fault::Miss` is handled by the daemon.
     fn inject(&mut self, fault: &Fault) -> Result<()> {
         anyhow::bail!(
@@ -47,4 +60,12 @@ pub trait GpuBackend: Send {
             self.name()
         )
     }
+}
+
+/// GPU indexes as `0, 1, 2`.
+pub fn list(gpus: &[u32]) -> String {
+    gpus.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

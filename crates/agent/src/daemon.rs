@@ -21,6 +21,7 @@ use crate::backend::{BurnInOutcome, GpuBackend};
 use crate::backoff::Backoff;
 use crate::buffer::EventBuffer;
 use crate::client::{CallError, ControlPlane};
+use crate::delivery::{self, Delivery};
 use crate::fault::{Fault, FaultSpec};
 use crate::nvml::NvmlBackend;
 use crate::sim::SimBackend;
@@ -83,6 +84,7 @@ pub(crate) struct Daemon {
     burn_in_tasks: JoinSet<()>,
     burn_in_tx: mpsc::UnboundedSender<(String, BurnInOutcome)>,
     burn_in_rx: Option<mpsc::UnboundedReceiver<(String, BurnInOutcome)>>,
+    delivery: Delivery,
 }
 
 impl Daemon {
@@ -119,6 +121,7 @@ impl Daemon {
         })
         .await??;
         let gpu_count = u32::try_from(inventory.len()).unwrap_or(u32::MAX);
+        let delivery_config = delivery::Config::from_args(&args, &hostname, inventory.clone())?;
         let register_body = AgentRegister {
             hostname: hostname.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -153,7 +156,7 @@ impl Daemon {
         let key = args.key.expose().to_string();
         Ok(Daemon {
             cp: ControlPlane::new(&args.server)?,
-            backend,
+            backend: backend.clone(),
             inventory,
             register_body,
             original_key: key.clone(),
@@ -178,6 +181,7 @@ impl Daemon {
             burn_in_tasks: JoinSet::new(),
             burn_in_tx,
             burn_in_rx: Some(burn_in_rx),
+            delivery: Delivery::start(delivery_config, backend),
         })
     }
 
@@ -394,15 +398,19 @@ impl Daemon {
         let events = self.buffer.batch(MAX_EVENTS_PER_BEAT);
         let sent = events.len();
         let last_sent = events.last().map(|e| e.seq);
+        let mut beat = self.delivery.beat();
         let body = Heartbeat {
-            generation: None,
-            workloads: Vec::new(),
+            generation: beat.generation,
+            workloads: std::mem::take(&mut beat.workloads),
             sent_at: Timestamp::now(),
             gpus,
             events,
         };
         match self.cp.heartbeat(&self.key, &body).await {
-            Ok(ack) => self.on_ack(ack, sent),
+            Ok(mut ack) => {
+                self.delivery.acked(beat, ack.desired.take());
+                self.on_ack(ack, sent);
+            }
             Err(e) => self.on_heartbeat_error(&e, last_sent),
         }
     }

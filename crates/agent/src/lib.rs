@@ -23,11 +23,13 @@ pub mod backoff;
 pub mod buffer;
 pub mod client;
 mod daemon;
+pub mod delivery;
 pub mod fault;
 pub mod host;
 pub mod nvml;
 pub mod sim;
 
+pub use delivery::{PortRange, PullPolicy, RuntimeKind};
 pub use fault::{Fault, FaultSpec};
 
 /// Which GPU backend the agent uses.
@@ -164,6 +166,65 @@ pub struct AgentArgs {
     /// Host memory to report, GiB [default: from /proc/meminfo].
     #[arg(long, value_name = "GIB")]
     pub ram_gib: Option<u32>,
+
+    /// What starts container workloads: `podman` (OCI containers, GPUs through CDI),
+    /// `process` (the command as a plain process: isolates nothing, ignores the image; for
+    /// development only) or `none` (container workloads are refused; bare-metal hand-offs
+    /// still work) [default: podman when the podman binary is found, else process].
+    #[arg(long, value_enum, value_name = "RUNTIME")]
+    pub runtime: Option<RuntimeKind>,
+
+    /// Directory of the agent's own state: one directory per instance (spec, output, sshd
+    /// config, login wrapper, notice), the SSH host key, containers.conf, simulated device
+    /// nodes. Workloads are found again from it after a restart.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/neocloud-agent")]
+    pub state_dir: PathBuf,
+
+    /// Host name or address tenants connect to over SSH, as reported in each workload's
+    /// access [default: the registered host name].
+    #[arg(long, value_name = "HOST")]
+    pub ssh_host: Option<String>,
+
+    /// Address the per-instance SSH servers listen on.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0")]
+    pub ssh_listen: std::net::IpAddr,
+
+    /// TCP ports for the per-instance SSH servers (one port per running instance).
+    #[arg(long, value_name = "FIRST-LAST", default_value = "2200-2299")]
+    pub ssh_ports: PortRange,
+
+    /// The OpenSSH server binary (Debian: openssh-server).
+    #[arg(long, value_name = "PATH", default_value = "/usr/sbin/sshd")]
+    pub sshd: PathBuf,
+
+    /// OCI runtime podman starts containers with (`podman --runtime`) [default: runc when
+    /// it is installed, else podman's default].
+    #[arg(long, value_name = "NAME")]
+    pub oci_runtime: Option<String>,
+
+    /// containers.conf for podman [default: one the agent writes in the state directory,
+    /// dropping podman's default ulimits].
+    #[arg(long, value_name = "PATH")]
+    pub containers_conf: Option<PathBuf>,
+
+    /// Where CDI specs are read by podman; the sim backend writes the spec of its GPUs here
+    /// (`neocloud-sim-<host>.json`).
+    #[arg(long, value_name = "DIR", default_value = "/var/run/cdi")]
+    pub cdi_dir: PathBuf,
+
+    /// CDI kind of the GPUs (`vendor/class`) [default: nvidia.com/gpu with NVML, as
+    /// `nvidia-ctk cdi generate` writes it; sim.neocloud.dev/<host> with the sim backend].
+    #[arg(long, value_name = "KIND")]
+    pub cdi_kind: Option<String>,
+
+    /// Whether podman may pull an image that is not on the node: `missing` pulls it (a
+    /// failed pull fails the workload), `never` fails the workload at once.
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = PullPolicy::Missing)]
+    pub pull: PullPolicy,
+
+    /// The podman binary.
+    #[arg(long, value_name = "PATH", default_value = "podman")]
+    pub podman: String,
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then sends a last heartbeat with the events still

@@ -298,4 +298,41 @@ impl GpuBackend for NvmlBackend {
         });
         BurnInOutcome { passed, output }
     }
+
+    /// Resets each GPU with `nvidia-smi --gpu-reset` (NVML has no reset call), after
+    /// resetting its application and locked clocks. A shared GPU (MIG, shares) is not reset:
+    /// that would end its other workloads. A reset the driver refuses (processes still on
+    /// the GPU, NVLink peers, no permission) is recorded, not retried.
+    fn scrub(&mut self, gpus: &[u32], shared: bool) -> String {
+        let mut lines = Vec::new();
+        for &index in gpus {
+            if let Ok(mut d) = self.nvml.device_by_index(index) {
+                let _ = d.reset_applications_clocks();
+                let _ = d.reset_gpu_locked_clocks();
+            }
+            if shared {
+                lines.push(format!(
+                    "GPU {index} not reset (shared with other workloads)"
+                ));
+                continue;
+            }
+            let out = std::process::Command::new("nvidia-smi")
+                .args(["--gpu-reset", "-i", &index.to_string()])
+                .output();
+            lines.push(match out {
+                Ok(o) if o.status.success() => format!("GPU {index} reset"),
+                Ok(o) => {
+                    let text = String::from_utf8_lossy(&o.stdout).into_owned()
+                        + &String::from_utf8_lossy(&o.stderr);
+                    let why = text.lines().map(str::trim).find(|l| !l.is_empty());
+                    format!(
+                        "GPU {index} could not be reset: {}",
+                        why.unwrap_or("failed")
+                    )
+                }
+                Err(e) => format!("GPU {index} could not be reset: nvidia-smi: {e}"),
+            });
+        }
+        lines.join("; ")
+    }
 }

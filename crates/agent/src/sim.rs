@@ -79,6 +79,7 @@ pub struct SimBackend {
     tdp_watts: u32,
     events: Vec<BackendEvent>,
     burn_in_pass: bool,
+    scrubs: u64,
 }
 
 impl SimBackend {
@@ -122,11 +123,17 @@ impl SimBackend {
             tdp_watts,
             events: Vec::new(),
             burn_in_pass,
+            scrubs: 0,
         };
         for gpu in &mut sim.gpus {
             gpu.utilization = gpu.below(101);
         }
         sim
+    }
+
+    /// GPU scrubs recorded so far (one per GPU).
+    pub fn scrubs(&self) -> u64 {
+        self.scrubs
     }
 
     fn gpu(&mut self, index: u32) -> Result<&mut SimGpu> {
@@ -208,6 +215,21 @@ impl GpuBackend for SimBackend {
             passed: self.burn_in_pass,
             output: format!("simulated burn-in of {} GPUs: {verdict}", registered.len()),
         }
+    }
+
+    fn scrub(&mut self, gpus: &[u32], shared: bool) -> String {
+        self.scrubs += gpus.len() as u64;
+        let what = if shared {
+            "scrubbed (simulated; a shared GPU is not reset)"
+        } else {
+            "scrubbed (simulated reset)"
+        };
+        tracing::info!(
+            gpus = %crate::backend::list(gpus),
+            total = self.scrubs,
+            "simulated GPU scrub"
+        );
+        format!("GPUs {} {what}", crate::backend::list(gpus))
     }
 
     fn inject(&mut self, fault: &Fault) -> Result<()> {

@@ -223,6 +223,9 @@ fn agents_heartbeat_fail_on_xid_79_and_deliver_buffered_events_once() {
         ])
         .args(["--hostname", &host, "--sim-fault-file"])
         .arg(&faults)
+        // Health only: no workloads, and its state apart from other runs.
+        .args(["--runtime", "none", "--state-dir"])
+        .arg(dir.join("agent"))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -159,7 +159,14 @@ fn a_tenant_launches_a_container_logs_in_and_terminates_it() {
     }
     ensure_test_image();
     let dir = temp_dir();
-    std::fs::write(dir.join("fleet.toml"), FLEET).unwrap();
+    // Node names of this run only: the simulated GPUs' CDI kind is named after the host, and
+    // other tests run agents for the shared test fleet's names at the same time.
+    let tag = format!("d{}", std::process::id());
+    std::fs::write(
+        dir.join("fleet.toml"),
+        FLEET.replace("\"e-p{n}\"", &format!("\"{tag}-p{{n}}\"")),
+    )
+    .unwrap();
     let mut serve = Command::new(BIN)
         .args([
             "serve",

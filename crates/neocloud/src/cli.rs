@@ -57,6 +57,8 @@ enum Output {
     Json,
 }
 
+// Parsed once per process; boxing the agent's arguments would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the control plane: API on --listen, database in --data-dir or --database-url.

@@ -107,12 +107,11 @@ fn cri_text(buf: &[u8], last: bool) -> (String, usize) {
 /// Text of `buf`, leaving an incomplete UTF-8 sequence at its end for the next call.
 fn raw_text(buf: &[u8], last: bool) -> (String, usize) {
     let mut used = buf.len();
-    if !last {
-        if let Err(e) = std::str::from_utf8(buf) {
-            if e.error_len().is_none() {
-                used = e.valid_up_to();
-            }
-        }
+    if !last
+        && let Err(e) = std::str::from_utf8(buf)
+        && e.error_len().is_none()
+    {
+        used = e.valid_up_to();
     }
     (clean(&buf[..used]), used)
 }

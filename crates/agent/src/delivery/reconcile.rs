@@ -82,10 +82,10 @@ impl Local {
     }
 
     fn pump(&mut self, last: bool) {
-        if let Some(log) = &mut self.log {
-            if let Err(e) = log.pump(last) {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read workload output");
-            }
+        if let Some(log) = &mut self.log
+            && let Err(e) = log.pump(last)
+        {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read workload output");
         }
     }
 }
@@ -220,24 +220,24 @@ impl Reconciler {
     async fn pass(&mut self, desired: Option<&DesiredWorkloads>) {
         self.drop_forgotten();
         if let Some(d) = desired {
-            if !self.prepared {
-                if let Err(e) = self.prepare().await {
-                    tracing::error!("cannot prepare the node for workloads: {e:#}");
-                    for w in &d.workloads {
-                        if !self.local.contains_key(&w.instance_id) {
-                            let reason = format!("waiting: the node cannot run workloads: {e:#}");
-                            self.report(
-                                w.instance_id,
-                                WorkloadPhase::Provisioning,
-                                Some(reason),
-                                None,
-                                None,
-                            );
-                        }
+            if !self.prepared
+                && let Err(e) = self.prepare().await
+            {
+                tracing::error!("cannot prepare the node for workloads: {e:#}");
+                for w in &d.workloads {
+                    if !self.local.contains_key(&w.instance_id) {
+                        let reason = format!("waiting: the node cannot run workloads: {e:#}");
+                        self.report(
+                            w.instance_id,
+                            WorkloadPhase::Provisioning,
+                            Some(reason),
+                            None,
+                            None,
+                        );
                     }
-                    self.monitor().await;
-                    return;
                 }
+                self.monitor().await;
+                return;
             }
             for name in std::mem::take(&mut self.orphans) {
                 tracing::warn!(container = %name, "removing a container of no known instance");
@@ -293,10 +293,10 @@ impl Reconciler {
                 .collect()
         };
         for id in gone {
-            if let Some(l) = self.local.remove(&id) {
-                if let Err(e) = std::fs::remove_dir_all(&l.dir) {
-                    tracing::warn!(dir = %l.dir.display(), error = %e, "cannot remove an instance directory");
-                }
+            if let Some(l) = self.local.remove(&id)
+                && let Err(e) = std::fs::remove_dir_all(&l.dir)
+            {
+                tracing::warn!(dir = %l.dir.display(), error = %e, "cannot remove an instance directory");
             }
         }
     }
@@ -730,12 +730,11 @@ impl Reconciler {
             if let Err(e) = write_atomic(&l.dir.join("authorized_keys"), keys.as_bytes(), 0o600) {
                 tracing::warn!(error = %e, "cannot update authorized_keys");
             }
-            if let Login::Account { name } = &login {
-                if let Some(account) = bare::lookup(name) {
-                    if let Err(e) = bare::write_keys(&account, &keys) {
-                        tracing::warn!("cannot update the account's keys: {e:#}");
-                    }
-                }
+            if let Login::Account { name } = &login
+                && let Some(account) = bare::lookup(name)
+                && let Err(e) = bare::write_keys(&account, &keys)
+            {
+                tracing::warn!("cannot update the account's keys: {e:#}");
             }
             tracing::info!(instance = %w.instance_id, "authorized keys updated");
         }
@@ -990,10 +989,10 @@ impl Reconciler {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        if !dirs.is_empty() {
-            if let Err(e) = self.prepare().await {
-                tracing::error!("cannot prepare the node for workloads: {e:#}");
-            }
+        if !dirs.is_empty()
+            && let Err(e) = self.prepare().await
+        {
+            tracing::error!("cannot prepare the node for workloads: {e:#}");
         }
         for dir in dirs {
             if let Err(e) = self.adopt_dir(&dir).await {
@@ -1152,10 +1151,10 @@ impl Reconciler {
         };
         let access = port.map(|p| self.access(p, &user));
         self.report(id, WorkloadPhase::Running, None, None, access);
-        if let Some(since) = since {
-            if let Some(e) = lock(&self.table).entries.get_mut(&id) {
-                e.report.since = since;
-            }
+        if let Some(since) = since
+            && let Some(e) = lock(&self.table).entries.get_mut(&id)
+        {
+            e.report.since = since;
         }
         if meta.kind == Some(Kind::Container) && !dir.join("exec.env").exists() {
             let _ = self.write_exec_env(&id, dir).await;

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use neocloud_types::{AgentRegister, AgentRegistered, Heartbeat, HeartbeatAck};
+use neocloud_types::{AgentRegister, AgentRegistered, DesiredWorkloads, Heartbeat, HeartbeatAck};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -99,21 +99,43 @@ impl ControlPlane {
         self.post("/v1/agent/heartbeat", key, body).await
     }
 
+    /// `GET /v1/agent/workloads`: what should run on the node, once it differs from
+    /// `generation` or after `wait_secs` seconds.
+    pub async fn workloads(
+        &self,
+        key: &str,
+        generation: Option<u64>,
+        wait_secs: u32,
+    ) -> Result<DesiredWorkloads, CallError> {
+        let mut url = format!("{}/v1/agent/workloads?wait_secs={wait_secs}", self.base);
+        if let Some(g) = generation {
+            url.push_str(&format!("&generation={g}"));
+        }
+        let request = self
+            .http
+            .get(url)
+            .bearer_auth(key)
+            .timeout(Duration::from_secs(u64::from(wait_secs) + 10));
+        Self::answer(request).await
+    }
+
     async fn post<B: Serialize, R: DeserializeOwned>(
         &self,
         path: &str,
         key: &str,
         body: &B,
     ) -> Result<R, CallError> {
-        let transport = |e: reqwest::Error| CallError::Transport(error_chain(&e));
-        let response = self
+        let request = self
             .http
             .post(format!("{}{path}", self.base))
             .bearer_auth(key)
-            .json(body)
-            .send()
-            .await
-            .map_err(transport)?;
+            .json(body);
+        Self::answer(request).await
+    }
+
+    async fn answer<R: DeserializeOwned>(request: reqwest::RequestBuilder) -> Result<R, CallError> {
+        let transport = |e: reqwest::Error| CallError::Transport(error_chain(&e));
+        let response = request.send().await.map_err(transport)?;
         let status = response.status();
         if status.is_success() {
             return response.json().await.map_err(transport);

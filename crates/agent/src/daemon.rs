@@ -33,6 +33,8 @@ const MAX_EVENTS_PER_BEAT: usize = 1000;
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 /// Longest wait for the last heartbeat at shutdown.
 const FINAL_BEAT: Duration = Duration::from_secs(5);
+/// How soon a heartbeat follows a workload's change of phase (changes close together share it).
+const EARLY_BEAT: Duration = Duration::from_millis(200);
 /// Most output of a burn-in command kept, bytes.
 const OUTPUT_TAIL: usize = 4096;
 
@@ -85,6 +87,8 @@ pub(crate) struct Daemon {
     burn_in_tx: mpsc::UnboundedSender<(String, BurnInOutcome)>,
     burn_in_rx: Option<mpsc::UnboundedReceiver<(String, BurnInOutcome)>>,
     delivery: Delivery,
+    /// The key the long poll calls with (`None` until registered).
+    key_tx: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Daemon {
@@ -182,6 +186,7 @@ impl Daemon {
             burn_in_tx,
             burn_in_rx: Some(burn_in_rx),
             delivery: Delivery::start(delivery_config, backend),
+            key_tx: tokio::sync::watch::channel(None).0,
         })
     }
 
@@ -192,10 +197,19 @@ impl Daemon {
         let mut burn_in_rx = self.burn_in_rx.take().context("daemon already ran")?;
         let mut tick = tokio::time::interval(HOUSEKEEPING);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let changed = self.delivery.changed();
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = tick.tick() => self.housekeep().await,
+                // A workload changed phase: tell the control plane soon, not a whole
+                // interval later (never while heartbeats are failing and backing off).
+                () = changed.notified() => {
+                    let soon = Instant::now() + EARLY_BEAT;
+                    if self.registered && self.backoff.attempts() == 0 && soon < self.next_call {
+                        self.next_call = soon;
+                    }
+                }
                 Some((id, outcome)) = burn_in_rx.recv() => self.burn_in_done(id, outcome),
                 () = tokio::time::sleep_until(self.next_call) => tokio::select! {
                     () = &mut shutdown => break,
@@ -356,6 +370,9 @@ impl Daemon {
                 );
                 self.state = Some(reg.state);
                 self.next_call = now;
+                self.key_tx.send_replace(Some(self.key.clone()));
+                self.delivery
+                    .start_polling(self.cp.clone(), self.key_tx.subscribe());
                 if let Some(req) = reg.burn_in {
                     self.start_burn_in(req);
                 }

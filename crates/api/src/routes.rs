@@ -11,9 +11,9 @@ use neocloud_service::{
 };
 use neocloud_service::{CreateSshKey, EventFilter, InstanceLogs, NodeFilter};
 use neocloud_types::{
-    AgentRegister, AgentRegistered, ApiKey, Block, Class, Contract, Event, GpuModel, HealthEvent,
-    Heartbeat, HeartbeatAck, ImportReport, Instance, InstanceId, InstanceState, Node, NodeState,
-    Outage, Price, Quota, Site, SshKey, Tenant, UsageRecord,
+    AgentRegister, AgentRegistered, ApiKey, Block, Class, Contract, DesiredWorkloads, Event,
+    GpuModel, HealthEvent, Heartbeat, HeartbeatAck, ImportReport, Instance, InstanceId,
+    InstanceState, Node, NodeState, Outage, Price, Quota, Site, SshKey, Tenant, UsageRecord,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -52,6 +52,7 @@ pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(contract_outages))
         .routes(routes!(agent_register))
         .routes(routes!(agent_heartbeat))
+        .routes(routes!(agent_workloads))
         // Fleet files of explicit node lists run to megabytes; other bodies keep the 2 MiB
         // default.
         .merge(
@@ -602,6 +603,38 @@ async fn agent_heartbeat(
     Ok(ok(svc
         .idempotent(&p, idem.key()?, 200, svc.agent_heartbeat(&p, req))
         .await?))
+}
+
+/// Which desired workloads the agent already has, and how long to wait for others.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadsParams {
+    /// The generation the agent last received; the answer waits while it is still current.
+    generation: Option<u64>,
+    /// Seconds to wait for a change, 0-55 (default 0: answer at once).
+    #[serde(default)]
+    wait_secs: u32,
+}
+
+/// What should run on the caller's node (node-agent key of that node): the same list every
+/// heartbeat answer carries, answered as soon as it differs from `generation` (a long poll),
+/// or after `wait_secs` unchanged. Agents hold one open so that a launch or a terminate
+/// reaches the node at once rather than at its next heartbeat.
+#[utoipa::path(get, path = "/v1/agent/workloads", tag = "agent", security(("bearer" = [])),
+    params(WorkloadsParams),
+    responses((status = 200, body = DesiredWorkloads), (status = 400, body = Problem),
+        (status = 403, body = Problem)))]
+async fn agent_workloads(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    q: Q<WorkloadsParams>,
+) -> ApiResult<Json<DesiredWorkloads>> {
+    allow(&p, Action::AgentHeartbeat)?;
+    neocloud_service::heartbeat_node(&p)?;
+    let q = q.get()?;
+    Ok(Json(
+        st.svc.agent_desired(&p, q.generation, q.wait_secs).await?,
+    ))
 }
 
 /// Options of a fleet import.

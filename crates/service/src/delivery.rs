@@ -6,6 +6,10 @@
 //! lifecycle (see `neocloud_scheduler`'s delivery module). Output arrives with the reports
 //! and is kept in memory, the last [`LOG_KEEP_BYTES`] of each instance, for
 //! `GET /v1/instances/{id}/logs`.
+//!
+//! An agent need not wait for its next heartbeat to learn of a change: it may hold
+//! `GET /v1/agent/workloads?generation=G&wait_secs=S` open, answered as soon as a committed
+//! decision changes what should run on its node (or after `S` seconds, unchanged).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -38,6 +42,51 @@ pub const MAX_LAUNCH_KEYS: usize = 32;
 pub const MAX_TENANT_KEYS: usize = 256;
 /// Seconds between SIGTERM and SIGKILL when a workload is stopped.
 pub const STOP_GRACE_SECS: u32 = 10;
+/// The longest an agent's `GET /v1/agent/workloads` may wait for a change, seconds.
+pub const MAX_WORKLOADS_WAIT_SECS: u32 = 55;
+
+/// Agents waiting for what should run on their node to change, by node.
+#[derive(Default)]
+pub(crate) struct Waiters(Mutex<HashMap<NodeId, std::sync::Arc<tokio::sync::Notify>>>);
+
+impl Waiters {
+    fn of(&self, node: NodeId) -> std::sync::Arc<tokio::sync::Notify> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(node)
+            .or_default()
+            .clone()
+    }
+
+    /// Wakes the agents of every node where a committed decision changed a delivered
+    /// instance (placed, told to stop, or ended).
+    pub(crate) fn wake(&self, effects: &[neocloud_scheduler::Effect]) {
+        use neocloud_scheduler::Effect;
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.is_empty() {
+            return;
+        }
+        for fx in effects {
+            let inst = match fx {
+                Effect::Insert { inst, .. } => inst,
+                Effect::Start { after, .. } | Effect::Update { after, .. } => after,
+                _ => continue,
+            };
+            if inst.delivery.is_none() {
+                continue;
+            }
+            for p in &inst.placement {
+                if let Some(n) = map.get(&p.node_id) {
+                    n.notify_waiters();
+                }
+            }
+        }
+    }
+}
 
 /// Body of `POST /v1/ssh-keys`.
 #[derive(Clone, Debug, Deserialize, ToSchema)]
@@ -555,6 +604,41 @@ impl Service {
             .await?;
         }
         Ok(lock(&self.sched).desired(node, STOP_GRACE_SECS))
+    }
+
+    /// What should run on the caller's node (node-agent key), answered once its generation
+    /// differs from `generation` or after `wait_secs` seconds (0: at once; at most
+    /// [`MAX_WORKLOADS_WAIT_SECS`]).
+    pub async fn agent_desired(
+        &self,
+        p: &Principal,
+        generation: Option<u64>,
+        wait_secs: u32,
+    ) -> Result<DesiredWorkloads> {
+        auth::authorize(p, Action::AgentHeartbeat)?;
+        let node = crate::health::heartbeat_node(p)?;
+        if wait_secs > MAX_WORKLOADS_WAIT_SECS {
+            return Err(Error::invalid(format!(
+                "wait_secs must be 0 to {MAX_WORKLOADS_WAIT_SECS} (got {wait_secs})"
+            )));
+        }
+        let deadline =
+            tokio::time::Instant::now() + std::time::Duration::from_secs(u64::from(wait_secs));
+        let notify = self.waiters.of(node);
+        loop {
+            // Registered before reading, so a change committed in between still wakes us.
+            let woken = notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let d = lock(&self.sched).desired(node, STOP_GRACE_SECS);
+            if generation != Some(d.generation) || tokio::time::Instant::now() >= deadline {
+                return Ok(d);
+            }
+            tokio::select! {
+                () = woken => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
     }
 
     /// An instance's workload output from `offset` on (at most `limit` bytes).

@@ -128,6 +128,8 @@ pub struct Service {
     replication: std::sync::Arc<replica::Replication>,
     /// Workloads' output, as agents report it.
     logs: std::sync::Arc<delivery::Logs>,
+    /// Agents waiting for their node's desired workloads to change.
+    waiters: std::sync::Arc<delivery::Waiters>,
 }
 
 /// How long an authenticated key is trusted without reading it again, seconds.
@@ -204,6 +206,7 @@ impl Service {
             touched: Default::default(),
             replication: std::sync::Arc::new(replica::Replication::new(generation)),
             logs: Default::default(),
+            waiters: Default::default(),
         })
     }
 

@@ -151,6 +151,7 @@ impl crate::Service {
         done.await
             .unwrap_or_else(|_| Err(Error::internal("the writer has stopped")))?;
         observe(&effects, now);
+        self.waiters.wake(&effects);
         Ok(effects)
     }
 

@@ -334,11 +334,55 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The delivery side of the daemon: the reconciler task and the shared report table.
-pub(crate) struct Delivery {
+/// Seconds each `GET /v1/agent/workloads` waits for a change.
+pub const POLL_WAIT_SECS: u32 = 25;
+
+/// What the heartbeat loop, the long poll and the reconciler share.
+struct Shared {
     table: SharedTable,
     desired: watch::Sender<Option<DesiredWorkloads>>,
+    /// The long poll's last call succeeded: it alone then says what should run (a heartbeat
+    /// answer computed before its answer could arrive after it and undo a change).
+    polling: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// Takes a desired list: forgets workloads whose end was delivered and that are no
+    /// longer listed, and hands the list to the reconciler if it changed.
+    fn take(&self, d: DesiredWorkloads) {
+        let mut forget = Vec::new();
+        lock(&self.table).entries.retain(|id, e| {
+            let listed = d.workloads.iter().any(|w| w.instance_id == *id);
+            let keep = listed || !e.terminal_acked;
+            if !keep {
+                forget.push(*id);
+            }
+            keep
+        });
+        for id in forget {
+            tracing::info!(instance = %id, "workload dropped by the control plane; forgotten");
+        }
+        self.desired.send_if_modified(|cur| {
+            if cur.as_ref() == Some(&d) {
+                false
+            } else {
+                *cur = Some(d);
+                true
+            }
+        });
+    }
+}
+
+/// The delivery side of the daemon: the reconciler task, the long poll for desired
+/// workloads, and the shared report table.
+pub(crate) struct Delivery {
+    shared: Arc<Shared>,
+    /// Notified when a workload's phase changes (worth a heartbeat now).
+    changed: Arc<tokio::sync::Notify>,
+    /// Whether this node runs workloads at all (`--runtime none` does not).
+    runs_workloads: bool,
     _task: AbortOnDrop,
+    poller: Option<AbortOnDrop>,
 }
 
 impl Delivery {
@@ -346,20 +390,48 @@ impl Delivery {
     pub(crate) fn start(config: Config, backend: Arc<Mutex<Box<dyn GpuBackend>>>) -> Delivery {
         let table = SharedTable::default();
         let (desired, rx) = watch::channel(None);
-        let reconciler = reconcile::Reconciler::new(Arc::new(config), table.clone(), backend);
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let runs_workloads = config.runtime != RuntimeKind::None;
+        let reconciler =
+            reconcile::Reconciler::new(Arc::new(config), table.clone(), backend, changed.clone());
         let task = tokio::spawn(reconciler.run(rx));
         Delivery {
-            table,
-            desired,
+            shared: Arc::new(Shared {
+                table,
+                desired,
+                polling: std::sync::atomic::AtomicBool::new(false),
+            }),
+            changed,
+            runs_workloads,
             _task: AbortOnDrop(task),
+            poller: None,
         }
+    }
+
+    /// Notified whenever a workload's phase changes.
+    pub(crate) fn changed(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
+    }
+
+    /// Starts the long poll for desired workloads (once; a node without a runtime has
+    /// nothing to poll for). `key` carries the key to call with, `None` until registered.
+    pub(crate) fn start_polling(
+        &mut self,
+        cp: crate::client::ControlPlane,
+        key: watch::Receiver<Option<String>>,
+    ) {
+        if self.poller.is_some() || !self.runs_workloads {
+            return;
+        }
+        let shared = self.shared.clone();
+        self.poller = Some(AbortOnDrop(tokio::spawn(poll(shared, cp, key))));
     }
 
     /// The workload reports for the next heartbeat, with output from the last acknowledged
     /// offset on (at most [`MAX_LOG_CHUNK`] per workload and [`MAX_LOG_PER_BEAT`] in all).
     pub(crate) fn beat(&self) -> Beat {
         let (generation, entries): (Option<u64>, Vec<Entry>) = {
-            let t = lock(&self.table);
+            let t = lock(&self.shared.table);
             (t.generation, t.entries.values().cloned().collect())
         };
         let mut budget = MAX_LOG_PER_BEAT;
@@ -387,12 +459,12 @@ impl Delivery {
     }
 
     /// A heartbeat was accepted: its output counts as delivered, its final phases as seen;
-    /// the answer's desired list goes to the reconciler. A workload whose final phase and
-    /// whole output were delivered and that the control plane no longer lists is forgotten.
+    /// the answer's desired list goes to the reconciler unless the long poll, fresher,
+    /// is working. A workload whose final phase and whole output were delivered and that
+    /// the control plane no longer lists is forgotten.
     pub(crate) fn acked(&self, beat: Beat, desired: Option<DesiredWorkloads>) {
-        let mut forget = Vec::new();
         {
-            let mut t = lock(&self.table);
+            let mut t = lock(&self.shared.table);
             for s in &beat.sent {
                 if let Some(e) = t.entries.get_mut(&s.id) {
                     e.acked = e.acked.max(s.end);
@@ -401,29 +473,59 @@ impl Delivery {
                     }
                 }
             }
-            if let Some(d) = &desired {
-                t.entries.retain(|id, e| {
-                    let listed = d.workloads.iter().any(|w| w.instance_id == *id);
-                    let keep = listed || !e.terminal_acked;
-                    if !keep {
-                        forget.push(*id);
-                    }
-                    keep
-                });
+        }
+        let polling = self
+            .shared
+            .polling
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if let Some(d) = desired
+            && !polling
+        {
+            self.shared.take(d);
+        }
+    }
+}
+
+/// The long poll: holds `GET /v1/agent/workloads` open with the generation last received,
+/// so that a launch or a terminate reaches the node as soon as it is decided.
+async fn poll(
+    shared: Arc<Shared>,
+    cp: crate::client::ControlPlane,
+    mut key: watch::Receiver<Option<String>>,
+) {
+    let mut delay = Duration::from_secs(1);
+    let mut failing = false;
+    loop {
+        let Some(k) = key.borrow_and_update().clone() else {
+            if key.changed().await.is_err() {
+                return;
             }
-        }
-        for id in forget {
-            tracing::info!(instance = %id, "workload dropped by the control plane; forgotten");
-        }
-        if let Some(d) = desired {
-            self.desired.send_if_modified(|cur| {
-                if cur.as_ref() == Some(&d) {
-                    false
-                } else {
-                    *cur = Some(d);
-                    true
+            continue;
+        };
+        let generation = shared.desired.borrow().as_ref().map(|d| d.generation);
+        match cp.workloads(&k, generation, POLL_WAIT_SECS).await {
+            Ok(d) => {
+                if failing {
+                    tracing::info!("long poll for workloads works again");
+                    failing = false;
                 }
-            });
+                delay = Duration::from_secs(1);
+                shared.take(d);
+                shared
+                    .polling
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            Err(e) => {
+                shared
+                    .polling
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                if !failing {
+                    tracing::warn!(error = %e, "long poll for workloads failed; heartbeats carry them meanwhile");
+                    failing = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
         }
     }
 }

@@ -92,6 +92,8 @@ impl Local {
 
 pub(crate) struct Reconciler {
     cfg: Arc<Config>,
+    /// Notified when a workload's phase changes (the daemon then sends a heartbeat soon).
+    changed: Arc<tokio::sync::Notify>,
     table: SharedTable,
     backend: SharedBackend,
     podman: Podman,
@@ -108,8 +110,14 @@ fn container_name(id: &InstanceId) -> String {
 }
 
 impl Reconciler {
-    pub(crate) fn new(cfg: Arc<Config>, table: SharedTable, backend: SharedBackend) -> Self {
+    pub(crate) fn new(
+        cfg: Arc<Config>,
+        table: SharedTable,
+        backend: SharedBackend,
+        changed: Arc<tokio::sync::Notify>,
+    ) -> Self {
         Reconciler {
+            changed,
             podman: Podman::new(cfg.clone()),
             cfg,
             table,
@@ -183,6 +191,7 @@ impl Reconciler {
     ) -> WorkloadReport {
         let mut t = lock(&self.table);
         let log_path = self.cfg.instance_dir(&id).join("output.log");
+        let new = !t.entries.contains_key(&id);
         let entry = t.entries.entry(id).or_insert_with(|| Entry {
             report: WorkloadReport {
                 instance_id: id,
@@ -202,6 +211,9 @@ impl Reconciler {
             entry.report.since = Timestamp::now();
             entry.report.phase = phase;
             entry.terminal_acked = false;
+            self.changed.notify_one();
+        } else if new {
+            self.changed.notify_one();
         }
         entry.report.reason = reason;
         entry.report.exit_code = exit_code;
@@ -989,7 +1001,8 @@ impl Reconciler {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        if !dirs.is_empty()
+        // podman is asked below what containers exist: its containers.conf must be there.
+        if (!dirs.is_empty() || self.cfg.runtime == RuntimeKind::Podman)
             && let Err(e) = self.prepare().await
         {
             tracing::error!("cannot prepare the node for workloads: {e:#}");

@@ -699,3 +699,110 @@ both_backends!(
         assert_eq!(od["placement"][0]["node"], vhost.as_str());
     }
 );
+
+both_backends!(
+    an_agent_long_poll_learns_of_a_launch_and_a_terminate_at_once,
+    |ctx: TestContext| async move {
+        let keys = fleet(&ctx).await;
+        ctx.tenant("acme").await;
+        let (acme, _) = ctx.key("tenant-admin", Some("acme")).await;
+        let host = HOSTS[0];
+        let node_key = key_of(&keys, host).to_string();
+        // Bad input and the wrong callers.
+        ctx.get("/v1/agent/workloads?wait_secs=56", &node_key)
+            .await
+            .problem(400, "invalid_request");
+        ctx.get("/v1/agent/workloads?wait_secs=-1", &node_key)
+            .await
+            .problem(400, "invalid_request");
+        ctx.get("/v1/agent/workloads?bogus=1", &node_key)
+            .await
+            .problem(400, "invalid_request");
+        ctx.get("/v1/agent/workloads", &acme)
+            .await
+            .problem(403, "forbidden");
+        let enroll = ctx.key("node-agent", None).await.0;
+        ctx.get("/v1/agent/workloads", &enroll)
+            .await
+            .problem(403, "forbidden");
+        // Nothing placed: an answer at once, and an unchanged generation waits it out.
+        let empty = ctx.get("/v1/agent/workloads", &node_key).await.expect(200);
+        assert_eq!(empty["workloads"], json!([]));
+        let g0 = empty["generation"].as_u64().unwrap();
+        let waited = ctx
+            .get(
+                &format!("/v1/agent/workloads?generation={g0}&wait_secs=1"),
+                &node_key,
+            )
+            .await
+            .expect(200);
+        assert_eq!(waited["generation"].as_u64().unwrap(), g0);
+        // Every node's agent holds a poll open; a launch answers only its node's.
+        let poll = |key: String, generation: u64| {
+            let url = ctx.url(&format!(
+                "/v1/agent/workloads?generation={generation}&wait_secs=30"
+            ));
+            tokio::spawn(async move {
+                let r = reqwest::Client::new()
+                    .get(url)
+                    .bearer_auth(key)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                r.json::<Value>().await.unwrap()
+            })
+        };
+        let mut polls = Vec::new();
+        for (h, k) in &keys {
+            polls.push((h.clone(), poll(k.clone(), g0)));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let inst = ctx
+            .post(
+                "/v1/instances",
+                &acme,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 8,
+                        "delivery": container("localhost/trainer:1")}),
+            )
+            .await
+            .expect(201);
+        let id = inst["id"].as_str().unwrap().to_string();
+        let placed_on = inst["placement"][0]["node"].as_str().unwrap().to_string();
+        let mut answered = None;
+        for (h, p) in polls {
+            if h == placed_on {
+                // Long before the 30 s the poll would otherwise wait.
+                let d = tokio::time::timeout(std::time::Duration::from_secs(10), p)
+                    .await
+                    .expect("the poll of the launch's node was not answered")
+                    .unwrap();
+                assert_eq!(d["workloads"][0]["instance_id"], id.as_str(), "{d}");
+                assert_eq!(d["workloads"][0]["stop"], false);
+                answered = Some(d);
+            } else {
+                assert!(
+                    !p.is_finished(),
+                    "the poll of {h} was answered for another node"
+                );
+                p.abort();
+            }
+        }
+        let d = answered.unwrap();
+        let g1 = d["generation"].as_u64().unwrap();
+        assert_ne!(g1, g0);
+        // The terminate reaches the node's waiting poll as a stop.
+        let node_key = key_of(&keys, &placed_on).to_string();
+        let p = poll(node_key.clone(), g1);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        ctx.post(&format!("/v1/instances/{id}/terminate"), &acme, &json!({}))
+            .await
+            .expect(200);
+        let d = tokio::time::timeout(std::time::Duration::from_secs(10), p)
+            .await
+            .expect("the terminate did not answer the poll")
+            .unwrap();
+        assert_eq!(d["workloads"][0]["stop"], true, "{d}");
+        assert_eq!(get(&ctx, &acme, &id).await["state"], "stopping");
+    }
+);

@@ -2,8 +2,8 @@
 //! data run once as that account.
 //!
 //! The account is named `nc` + the last 10 hex digits of the tenant id (its random part) and
-//! its comment field is `neocloud:<instance id>`: the agent never touches an account whose
-//! comment is not exactly that. At the end every process of the account is killed and the
+//! its comment field is `neocloud=<instance id>` (useradd refuses `:` in a comment): the
+//! agent never touches an account whose comment is not exactly that. At the end every process of the account is killed and the
 //! account is removed with its home (`userdel -r`).
 
 use std::os::unix::fs::PermissionsExt;
@@ -23,7 +23,7 @@ pub(crate) fn account_name(tenant: &TenantId) -> String {
 
 /// The comment that marks an account as the agent's, for one instance.
 pub(crate) fn marker(instance: &InstanceId) -> String {
-    format!("neocloud:{instance}")
+    format!("neocloud={instance}")
 }
 
 /// An account as `/etc/passwd` lists it.
@@ -107,8 +107,13 @@ pub(crate) async fn run_user_data(dir: &Path, name: &str, home: &Path, script: &
         .append(true)
         .open(dir.join("raw.log"))?;
     let log2 = log.try_clone()?;
+    // Found before the environment is cleared: runuser lives in /usr/sbin, which the
+    // account's PATH leaves out.
+    let runuser = super::find_program("runuser").context("runuser (util-linux) not found")?;
     let status = tokio::process::Command::new("setsid")
-        .args(["-f", "runuser", "-u", name, "--", "/bin/sh", "-c", script])
+        .arg("-f")
+        .arg(runuser)
+        .args(["-u", name, "--", "/bin/sh", "-c", script])
         .current_dir(home)
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")

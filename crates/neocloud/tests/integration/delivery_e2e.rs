@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::api_health::FLEET;
-use crate::ctx::temp_dir;
+use crate::ctx::{Db, fresh_database_url, temp_dir, unique};
 
 const BIN: &str = env!("CARGO_BIN_EXE_neocloud");
 /// The image every delivery test runs: busybox, imported from a local root filesystem.
@@ -135,6 +134,9 @@ fn agent(addr: &str, key: &str, host: &str, state: &Path, ports: &str) -> Proc {
         Command::new(BIN)
             .args(["agent", "--server", &format!("http://{addr}"), "--key", key])
             .args(["--backend", "sim", "--sim-gpus", "8", "--hostname", host])
+            // The size of a real GPU server, not of the test machine: placements hold CPU
+            // and memory in proportion to their GPUs.
+            .args(["--cpu-cores", "224", "--ram-gib", "2048"])
             .args(["--runtime", "podman", "--state-dir"])
             .arg(state)
             .args(["--ssh-host", "127.0.0.1", "--ssh-listen", "127.0.0.1"])
@@ -152,58 +154,94 @@ fn podman(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
-#[test]
-fn a_tenant_launches_a_container_logs_in_and_terminates_it() {
-    if !delivery_available("delivery_e2e") {
-        return;
-    }
-    ensure_test_image();
-    let dir = temp_dir();
-    // Node names of this run only: the simulated GPUs' CDI kind is named after the host, and
-    // other tests run agents for the shared test fleet's names at the same time.
-    let tag = format!("d{}", std::process::id());
-    std::fs::write(
-        dir.join("fleet.toml"),
-        FLEET.replace("\"e-p{n}\"", &format!("\"{tag}-p{{n}}\"")),
+/// A control plane started as `neocloud serve` on a database of its own, with a tenant
+/// `acme` (its admin key `tk`), an enrollment key, and the tenant's SSH key pair (plus a
+/// stranger's) in `dir`.
+struct Plane {
+    addr: String,
+    op: String,
+    tk: String,
+    enroll: String,
+    dir: std::path::PathBuf,
+    /// SSH ports of this run's agents (random, so that parallel runs rarely collide).
+    ports: String,
+    _serve: Proc,
+}
+
+/// A fleet of `nodes` 8-GPU H100 nodes, named after `tag` (unique per run: the simulated
+/// GPUs' CDI kind is named after the host, and other tests run agents at the same time).
+fn fleet_toml(tag: &str, nodes: usize) -> String {
+    format!(
+        r#"[[sites]]
+name = "east"
+region = "us-east"
+power_mw = 2
+pue = 1.1
+[[sites.node_groups]]
+gpu_model = "H100-SXM-80GB"
+gpus = 8
+peak_watts = 10000
+idle_watts = 2000
+nodes_per_block = {nodes}
+layout = [{{ kind = "pod", count = 1, name = "{tag}-p{{n}}" }}]
+name = "{{block}}-n{{n}}"
+"#
     )
-    .unwrap();
-    let mut serve = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--heartbeat-interval",
-            "1",
-        ])
-        .arg("--fleet")
-        .arg(dir.join("fleet.toml"))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = {
-        use std::io::{BufRead, BufReader};
-        let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
-        loop {
-            let line = lines.next().expect("serve exited early").unwrap();
-            if let Some(rest) = line.strip_prefix("neocloud is serving on http://") {
-                break rest.split_whitespace().next().unwrap().to_string();
+}
+
+impl Plane {
+    /// Starts serve on `db` with the fleet, `extra` serve flags, and heartbeats every 1 s;
+    /// `None` when the database is not available here.
+    fn start(db: Db, fleet: &str, extra: &[&str]) -> Option<Plane> {
+        let dir = temp_dir();
+        std::fs::write(dir.join("fleet.toml"), fleet).unwrap();
+        let url = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(fresh_database_url(db))?;
+        let mut serve = Command::new(BIN)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--heartbeat-interval",
+                "1",
+            ])
+            .args(extra)
+            .arg("--fleet")
+            .arg(dir.join("fleet.toml"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--database-url", &url])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = {
+            use std::io::{BufRead, BufReader};
+            let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
+            loop {
+                let line = lines.next().expect("serve exited early").unwrap();
+                if let Some(rest) = line.strip_prefix("neocloud is serving on http://") {
+                    break rest.split_whitespace().next().unwrap().to_string();
+                }
             }
-        }
-    };
-    let _serve = Proc(serve);
-    let op = std::fs::read_to_string(dir.join("data/operator.key"))
-        .unwrap()
-        .trim()
-        .to_string();
-    cli(&addr, &op, &["tenants", "create", "acme"]);
-    let tk = cli(
-        &addr,
-        &op,
-        &[
+        };
+        let serve = Proc(serve);
+        let op = std::fs::read_to_string(dir.join("data/operator.key"))
+            .unwrap()
+            .trim()
+            .to_string();
+        cli(&addr, &op, &["tenants", "create", "acme"]);
+        let secret = |args: &[&str]| {
+            cli(&addr, &op, args)["secret"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let tk = secret(&[
             "keys",
             "create",
             "--name",
@@ -212,33 +250,123 @@ fn a_tenant_launches_a_container_logs_in_and_terminates_it() {
             "tenant-admin",
             "--tenant",
             "acme",
-        ],
-    )["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    // The tenant's key pair, and a stranger's.
-    for k in ["id_tenant", "id_stranger"] {
-        let s = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(dir.join(k))
-            .status()
-            .unwrap();
-        assert!(s.success());
+        ]);
+        let enroll = secret(&["keys", "create", "--name", "enroll", "--role", "node-agent"]);
+        // The tenant's key pair, and a stranger's.
+        for k in ["id_tenant", "id_stranger"] {
+            let s = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.join(k))
+                .status()
+                .unwrap();
+            assert!(s.success());
+        }
+        let pubkey = dir.join("id_tenant.pub");
+        cli(
+            &addr,
+            &tk,
+            &[
+                "ssh-keys",
+                "add",
+                "laptop",
+                "--public-key-file",
+                pubkey.to_str().unwrap(),
+            ],
+        );
+        let n = unique()[..4]
+            .chars()
+            .fold(0, |a, c| a * 16 + c.to_digit(16).unwrap_or(0));
+        let base = 20_000 + (n % 1300) * 30;
+        Some(Plane {
+            ports: format!("{}-{}", base, base + 9),
+            addr,
+            op,
+            tk,
+            enroll,
+            dir,
+            _serve: serve,
+        })
     }
-    let pubkey = dir.join("id_tenant.pub");
-    cli(
-        &addr,
-        &tk,
-        &[
-            "ssh-keys",
-            "add",
-            "laptop",
-            "--public-key-file",
-            pubkey.to_str().unwrap(),
-        ],
-    );
 
+    /// The tenant's CLI, JSON out.
+    fn cli(&self, args: &[&str]) -> Value {
+        cli(&self.addr, &self.tk, args)
+    }
+
+    /// The tenant's CLI, raw.
+    fn run(&self, args: &[&str]) -> Output {
+        run(&self.addr, &self.tk, args)
+    }
+
+    /// The agent of `host`, with its state in `state` and SSH ports of its own.
+    fn agent(&self, host: &str, state: &Path) -> Proc {
+        self.agent_on_ports(host, state, 0)
+    }
+
+    /// An agent with the `slot`-th range of 10 ports after this run's own.
+    fn agent_on_ports(&self, host: &str, state: &Path, slot: u32) -> Proc {
+        let (first, _) = self.ports.split_once('-').unwrap();
+        let first: u32 = first.parse::<u32>().unwrap() + slot * 10;
+        let ports = format!("{}-{}", first, first + 9);
+        agent(&self.addr, &self.enroll, host, state, &ports)
+    }
+
+    /// `neocloud ssh INSTANCE -i KEY -- CMD`, host keys not checked.
+    fn ssh(&self, id: &str, key: &Path, cmd: &str) -> Output {
+        self.run(&[
+            "ssh",
+            id,
+            "-i",
+            key.to_str().unwrap(),
+            "--ssh-option",
+            "StrictHostKeyChecking=no",
+            "--ssh-option",
+            "UserKnownHostsFile=/dev/null",
+            "--ssh-option",
+            "BatchMode=yes",
+            "--",
+            cmd,
+        ])
+    }
+
+    /// Waits until the instance leaves `from` (failing on anything but `to`).
+    fn wait_state(&self, id: &str, from: &[&str], to: &str, secs: u64) -> Value {
+        wait_for(secs, &format!("{id} to be {to}"), || {
+            let i = self.cli(&["instances", "show", id]);
+            match i["state"].as_str() {
+                Some(s) if s == to => Some(i),
+                Some(s) if from.contains(&s) => None,
+                other => panic!("instance went {other:?}, not {to}: {i}"),
+            }
+        })
+    }
+
+    /// Its output so far, through the control plane.
+    fn logs(&self, id: &str) -> String {
+        String::from_utf8_lossy(&self.run(&["instances", "logs", id]).stdout).into_owned()
+    }
+}
+
+#[test]
+fn a_tenant_launches_a_container_logs_in_and_terminates_it_sqlite() {
+    container_test(Db::Sqlite);
+}
+
+#[test]
+fn a_tenant_launches_a_container_logs_in_and_terminates_it_postgres() {
+    container_test(Db::Postgres);
+}
+
+fn container_test(db: Db) {
+    if !delivery_available("delivery_e2e") {
+        return;
+    }
+    ensure_test_image();
+    let tag = format!("d{}", &unique()[..6]);
+    let Some(plane) = Plane::start(db, &fleet_toml(&tag, 4), &[]) else {
+        return;
+    };
+    let (addr, tk, dir) = (plane.addr.clone(), plane.tk.clone(), plane.dir.clone());
     let inst = cli(
         &addr,
         &tk,
@@ -275,26 +403,9 @@ fn a_tenant_launches_a_container_logs_in_and_terminates_it() {
     assert_eq!(gpus.len(), 2);
 
     // The node's agent: a unique host name keeps its CDI kind apart from other tests'.
-    let enroll = cli(
-        &addr,
-        &op,
-        &["keys", "create", "--name", "enroll", "--role", "node-agent"],
-    )["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let state = dir.join("agent");
-    let port_base = 20_000 + (std::process::id() % 2000) * 10;
-    let ports = format!("{}-{}", port_base, port_base + 9);
-    let mut a = agent(&addr, &enroll, &host, &state, &ports);
-    let running = wait_for(90, "the instance to run", || {
-        let i = cli(&addr, &tk, &["instances", "show", &id]);
-        match i["state"].as_str() {
-            Some("running") => Some(i),
-            Some("provisioning") => None,
-            other => panic!("instance went {other:?}: {i}"),
-        }
-    });
+    let mut a = plane.agent(&host, &state);
+    let running = plane.wait_state(&id, &["provisioning"], "running", 90);
     assert_eq!(running["access"]["host"], "127.0.0.1");
     let ctr = format!("nc-{id}");
     let started = podman(&["inspect", "-f", "{{.State.StartedAt}}", &ctr]);
@@ -302,26 +413,7 @@ fn a_tenant_launches_a_container_logs_in_and_terminates_it() {
 
     // `neocloud ssh` with the tenant's key lands in the container: its 2 GPUs, its memory.
     let key = dir.join("id_tenant");
-    let ssh = |key: &Path, cmd: &str| {
-        run(
-            &addr,
-            &tk,
-            &[
-                "ssh",
-                &id,
-                "-i",
-                key.to_str().unwrap(),
-                "--ssh-option",
-                "StrictHostKeyChecking=no",
-                "--ssh-option",
-                "UserKnownHostsFile=/dev/null",
-                "--ssh-option",
-                "BatchMode=yes",
-                "--",
-                cmd,
-            ],
-        )
-    };
+    let ssh = |key: &Path, cmd: &str| plane.ssh(&id, key, cmd);
     let o = ssh(
         &key,
         "env; ls /dev; cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max",
@@ -357,7 +449,7 @@ fn a_tenant_launches_a_container_logs_in_and_terminates_it() {
     a.0.kill().unwrap();
     a.0.wait().unwrap();
     drop(a);
-    let a2 = agent(&addr, &enroll, &host, &state, &ports);
+    let a2 = plane.agent(&host, &state);
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(
         podman(&["inspect", "-f", "{{.State.StartedAt}}", &ctr]),
@@ -403,4 +495,233 @@ fn a_tenant_launches_a_container_logs_in_and_terminates_it() {
         "nothing to log into any more"
     );
     drop(a2);
+}
+
+#[test]
+fn bare_metal_shares_mig_and_preemption_on_one_node_sqlite() {
+    one_node_test(Db::Sqlite);
+}
+
+#[test]
+fn bare_metal_shares_mig_and_preemption_on_one_node_postgres() {
+    one_node_test(Db::Postgres);
+}
+
+/// On one node: a bare-metal hand-off (account with the keys, user data run once, gone
+/// after terminate); a share and a MIG instance side by side (MPS limits, the MIG slot's
+/// CDI device); a spot container preempted by on-demand work (it reads the notice, gets
+/// SIGTERM at the deadline, ends `preempted` with metering stopped there).
+fn one_node_test(db: Db) {
+    if !delivery_available("delivery_e2e") {
+        return;
+    }
+    ensure_test_image();
+    let tag = format!("m{}", &unique()[..6]);
+    // Two nodes, an agent on each (a site of one node could not sell a whole node on
+    // demand: 2% of it is kept spare, rounded up).
+    let Some(plane) = Plane::start(db, &fleet_toml(&tag, 2), &["--preemption-grace", "4"]) else {
+        return;
+    };
+    let _agents: Vec<Proc> = (1..=2)
+        .map(|n| {
+            let host = format!("{tag}-p1-n{n}");
+            plane.agent_on_ports(&host, &plane.dir.join(&host), n)
+        })
+        .collect();
+    let pubkey = std::fs::read_to_string(plane.dir.join("id_tenant.pub")).unwrap();
+    let key = plane.dir.join("id_tenant");
+
+    // Bare metal: the whole node, an account of the tenant's with its key, user data once.
+    let ud = plane.dir.join("user-data.sh");
+    std::fs::write(
+        &ud,
+        "#!/bin/sh\necho \"user data ran as $(id -un) in $HOME\"\n",
+    )
+    .unwrap();
+    let bm = plane.cli(&[
+        "instances",
+        "launch",
+        "--gpu-model",
+        "H100-SXM-80GB",
+        "--nodes",
+        "1",
+        "--bare-metal",
+        "--user-data-file",
+        ud.to_str().unwrap(),
+        "--ssh-key",
+        "laptop",
+    ]);
+    let bm_id = bm["id"].as_str().unwrap().to_string();
+    let running = plane.wait_state(&bm_id, &["provisioning"], "running", 60);
+    let user = running["access"]["user"].as_str().unwrap().to_string();
+    assert!(user.starts_with("nc"), "{running}");
+    let passwd = |name: &str| {
+        let o = Command::new("getent")
+            .args(["passwd", name])
+            .output()
+            .unwrap();
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let entry = passwd(&user).expect("the tenant's account exists");
+    assert!(entry.contains(&format!("neocloud={bm_id}")), "{entry}");
+    let home = entry.split(':').nth(5).unwrap().to_string();
+    let keys = std::fs::read_to_string(format!("{home}/.ssh/authorized_keys")).unwrap();
+    assert!(
+        keys.contains(pubkey.split_whitespace().nth(1).unwrap()),
+        "{keys}"
+    );
+    let o = plane.ssh(&bm_id, &key, "id -un");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        user,
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !plane
+            .ssh(&bm_id, &plane.dir.join("id_stranger"), "true")
+            .status
+            .success(),
+        "a stranger's key logs in"
+    );
+    wait_for(20, "the user data's output", || {
+        plane
+            .logs(&bm_id)
+            .contains(&format!("user data ran as {user} in {home}"))
+            .then_some(())
+    });
+    plane.cli(&["instances", "terminate", &bm_id]);
+    plane.wait_state(&bm_id, &["stopping"], "terminated", 60);
+    assert_eq!(passwd(&user), None, "the account is gone");
+    assert!(!Path::new(&home).exists(), "its home is gone");
+    assert_eq!(plane.logs(&bm_id).matches("user data ran").count(), 1);
+
+    // A share of a GPU and a MIG instance, side by side.
+    let show_env = "env | sort; ls /dev; sleep 100000";
+    let launch = |shape: &[&str]| {
+        let mut args = vec!["instances", "launch", "--gpu-model", "H100-SXM-80GB"];
+        args.extend_from_slice(shape);
+        args.extend_from_slice(&["--image", TEST_IMAGE, "--", "sh", "-c", show_env]);
+        plane.cli(&args)
+    };
+    let share = launch(&["--share", "250"]);
+    let mig = launch(&["--mig", "3g.40gb"]);
+    let share_id = share["id"].as_str().unwrap().to_string();
+    let mig_id = mig["id"].as_str().unwrap().to_string();
+    plane.wait_state(&share_id, &["provisioning"], "running", 60);
+    plane.wait_state(&mig_id, &["provisioning"], "running", 60);
+    let share_out = wait_for(20, "the share's output", || {
+        let l = plane.logs(&share_id);
+        l.contains("CUDA_MPS").then_some(l)
+    });
+    assert!(
+        share_out
+            .lines()
+            .any(|l| l == "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25"),
+        "{share_out}"
+    );
+    // A quarter of the simulated 80 GB GPU's memory.
+    assert!(
+        share_out
+            .lines()
+            .any(|l| l.starts_with("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=") && l.ends_with('M')),
+        "{share_out}"
+    );
+    let g = share["placement"][0]["gpus"][0].as_u64().unwrap();
+    assert!(
+        share_out.lines().any(|l| l == format!("nvidia{g}")),
+        "{share_out}"
+    );
+    let mig_out = wait_for(20, "the MIG instance's output", || {
+        let l = plane.logs(&mig_id);
+        l.contains("NEOCLOUD_MIG_").then_some(l)
+    });
+    let p = &mig["placement"][0];
+    let (g, start) = (
+        p["gpus"][0].as_u64().unwrap(),
+        p["mig_start"].as_u64().unwrap(),
+    );
+    let mig_vars: Vec<&str> = mig_out
+        .lines()
+        .filter(|l| l.starts_with("NEOCLOUD_MIG_"))
+        .collect();
+    assert_eq!(mig_vars.len(), 1, "{mig_out}");
+    assert!(
+        mig_vars[0].starts_with(&format!("NEOCLOUD_MIG_{g}_{start}=")),
+        "the MIG device of its slot: {mig_out}"
+    );
+    assert!(
+        !mig_out.lines().any(|l| l.starts_with("CUDA_MPS")),
+        "{mig_out}"
+    );
+    for id in [&share_id, &mig_id] {
+        plane.cli(&["instances", "terminate", id]);
+    }
+    for id in [&share_id, &mig_id] {
+        plane.wait_state(id, &["stopping"], "terminated", 60);
+    }
+
+    // Preemption: on-demand work holds half of one node, a spot container the whole other
+    // one; more on-demand work can only have the spot container's node.
+    cli(&plane.addr, &plane.op, &["tenants", "create", "lab"]);
+    let lab = |gpus: &str| {
+        cli(
+            &plane.addr,
+            &plane.op,
+            &[
+                "instances",
+                "launch",
+                "--gpu-model",
+                "H100-SXM-80GB",
+                "--gpus",
+                gpus,
+                "--tenant",
+                "lab",
+            ],
+        )
+    };
+    assert_eq!(lab("4")["state"], "running");
+    let spot = plane.cli(&[
+        "instances",
+        "launch",
+        "--gpu-model",
+        "H100-SXM-80GB",
+        "--gpus",
+        "8",
+        "--class",
+        "spot",
+        "--image",
+        TEST_IMAGE,
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo got SIGTERM; exit 0' TERM; \
+         while true; do [ -s $NEOCLOUD_NOTICE_FILE ] && echo \"notice: $(cat $NEOCLOUD_NOTICE_FILE)\" && break; sleep 0.2; done; \
+         while true; do sleep 0.2; done",
+    ]);
+    let spot_id = spot["id"].as_str().unwrap().to_string();
+    plane.wait_state(&spot_id, &["provisioning"], "running", 60);
+    let od = lab("8");
+    assert_eq!(od["state"], "pending", "{od}");
+    let noticed = plane.cli(&["instances", "show", &spot_id]);
+    assert_eq!(noticed["state"], "preempting", "{noticed}");
+    let deadline = noticed["preempt_at"].as_str().unwrap().to_string();
+    wait_for(20, "the workload to read its notice", || {
+        plane.logs(&spot_id).contains("notice: ").then_some(())
+    });
+    let ended = plane.wait_state(&spot_id, &["preempting", "stopping"], "preempted", 60);
+    assert_eq!(
+        ended["ended_at"].as_str(),
+        Some(deadline.as_str()),
+        "{ended}"
+    );
+    let out = plane.logs(&spot_id);
+    assert!(out.contains("got SIGTERM"), "{out}");
+    let od_id = od["id"].as_str().unwrap();
+    wait_for(20, "the on-demand instance to start", || {
+        (cli(&plane.addr, &plane.op, &["instances", "show", od_id])["state"] == "running")
+            .then_some(())
+    });
 }

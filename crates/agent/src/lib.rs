@@ -225,6 +225,12 @@ pub struct AgentArgs {
     /// The podman binary.
     #[arg(long, value_name = "PATH", default_value = "podman")]
     pub podman: String,
+
+    /// Learn what to run from heartbeat answers only, without holding a long poll
+    /// (`GET /v1/agent/workloads`) open: for networks whose proxies cut requests that wait.
+    /// Launches and terminates then reach the node at its next heartbeat.
+    #[arg(long)]
+    pub no_long_poll: bool,
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then sends a last heartbeat with the events still

@@ -130,6 +130,8 @@ pub(crate) struct Config {
     pub sim: bool,
     pub pull: PullPolicy,
     pub podman: PathBuf,
+    /// Hold the long poll for desired workloads open (not with `--no-long-poll`).
+    pub long_poll: bool,
     pub inventory: Vec<GpuInventory>,
 }
 
@@ -247,6 +249,7 @@ impl Config {
             pull: args.pull,
             podman: podman.unwrap_or_else(|| PathBuf::from(&args.podman)),
             inventory,
+            long_poll: !args.no_long_poll,
         })
     }
 
@@ -379,8 +382,9 @@ pub(crate) struct Delivery {
     shared: Arc<Shared>,
     /// Notified when a workload's phase changes (worth a heartbeat now).
     changed: Arc<tokio::sync::Notify>,
-    /// Whether this node runs workloads at all (`--runtime none` does not).
-    runs_workloads: bool,
+    /// Whether to poll: this node runs workloads (not `--runtime none`) and long polls are
+    /// allowed (not `--no-long-poll`).
+    polls: bool,
     _task: AbortOnDrop,
     poller: Option<AbortOnDrop>,
 }
@@ -391,7 +395,7 @@ impl Delivery {
         let table = SharedTable::default();
         let (desired, rx) = watch::channel(None);
         let changed = Arc::new(tokio::sync::Notify::new());
-        let runs_workloads = config.runtime != RuntimeKind::None;
+        let polls = config.runtime != RuntimeKind::None && config.long_poll;
         let reconciler =
             reconcile::Reconciler::new(Arc::new(config), table.clone(), backend, changed.clone());
         let task = tokio::spawn(reconciler.run(rx));
@@ -402,7 +406,7 @@ impl Delivery {
                 polling: std::sync::atomic::AtomicBool::new(false),
             }),
             changed,
-            runs_workloads,
+            polls,
             _task: AbortOnDrop(task),
             poller: None,
         }
@@ -420,7 +424,7 @@ impl Delivery {
         cp: crate::client::ControlPlane,
         key: watch::Receiver<Option<String>>,
     ) {
-        if self.poller.is_some() || !self.runs_workloads {
+        if self.poller.is_some() || !self.polls {
             return;
         }
         let shared = self.shared.clone();

@@ -11,7 +11,7 @@
 //! A command that is refused ([`Refused`]) changes nothing.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use neocloud_allocator::calendar::{Calendar, CapacityKey};
 use neocloud_allocator::{
@@ -233,6 +233,9 @@ pub struct Scheduler {
     config: SchedulerConfig,
     /// Pending instances by (priority descending, arrival).
     queue: BTreeSet<(Reverse<u8>, InstanceId)>,
+    /// Preemption deadlines: (when the notice runs out, instance). An entry whose instance
+    /// is no longer preempting with that deadline is stale and skipped when it comes due.
+    notices: BTreeSet<(Timestamp, InstanceId)>,
     /// Every instance that has not ended, as it stands.
     live: HashMap<InstanceId, Instance>,
     sites: Vec<Site>,
@@ -294,6 +297,32 @@ pub fn placed_nodes(
             memory_mib: (a.memory_mib > 0).then_some(a.memory_mib),
         })
         .collect()
+}
+
+/// What a pending instance asks the allocator for, its id aside: two instances with the same
+/// need fit or do not fit alike.
+type Need = (
+    TenantId,
+    Class,
+    Shape,
+    Option<SiteId>,
+    Option<ContractId>,
+    Option<u64>,
+    Option<u64>,
+    String,
+);
+
+fn need_of(i: &Instance) -> Need {
+    (
+        i.tenant_id,
+        i.class,
+        i.shape,
+        i.requested_site_id,
+        i.contract_id,
+        i.cpu_milli,
+        i.memory_mib,
+        i.gpu_model.clone(),
+    )
 }
 
 /// Whether a node in this state takes new work.
@@ -437,6 +466,7 @@ impl Scheduler {
             calendar: Calendar::new(),
             config,
             queue: BTreeSet::new(),
+            notices: BTreeSet::new(),
             live: HashMap::with_capacity(snap.live.len()),
             sites: snap.sites,
             node_size,
@@ -491,6 +521,11 @@ impl Scheduler {
                     .map_err(|e| format!("restoring {}: {e}", i.id))?;
             } else if i.state == InstanceState::Pending {
                 s.queue.insert(s.queue_key(&i));
+            }
+            if i.state == InstanceState::Preempting
+                && let Some(t) = i.preempt_at
+            {
+                s.notices.insert((t, i.id));
             }
             s.track(&i);
             s.index_delivered(&i, None);
@@ -628,6 +663,19 @@ impl Scheduler {
             .get(&c)
             .map(|p| p.iter().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// How many instances wait in the queue.
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether an active contract's pool lacks nodes: the next [`Command::Tick`] tries to
+    /// refill it (from free nodes, or by giving lower-class work notice).
+    pub fn pools_short(&self) -> bool {
+        self.contracts
+            .values()
+            .any(|c| c.state == ContractState::Active && !self.pools_full.contains(&c.id))
     }
 
     /// Decision counters.
@@ -935,6 +983,7 @@ impl Scheduler {
             i.state = InstanceState::Preempting;
             i.preempt_at = Some(deadline);
             i.reason = Some(format!("preempted for {by}; stops at {deadline}"));
+            self.notices.insert((deadline, *v));
             fx.push(Effect::Update {
                 before,
                 after: i.clone(),
@@ -984,16 +1033,24 @@ impl Scheduler {
     }
 
     fn tick(&mut self, now: Timestamp, fx: &mut Vec<Effect>) {
-        // Preemptions whose notice is over.
-        let mut due: Vec<(Timestamp, InstanceId)> = self
-            .live
-            .values()
-            .filter(|i| {
-                i.state == InstanceState::Preempting && i.preempt_at.is_some_and(|t| t <= now)
-            })
-            .map(|i| (i.preempt_at.unwrap_or(now), i.id))
+        // Preemptions whose notice is over, by deadline then id.
+        let ran_out: Vec<(Timestamp, InstanceId)> = self
+            .notices
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .copied()
             .collect();
-        due.sort();
+        for n in &ran_out {
+            self.notices.remove(n);
+        }
+        let due: Vec<(Timestamp, InstanceId)> = ran_out
+            .into_iter()
+            .filter(|&(t, id)| {
+                self.live.get(&id).is_some_and(|i| {
+                    i.state == InstanceState::Preempting && i.preempt_at == Some(t)
+                })
+            })
+            .collect();
         for (deadline, id) in due {
             let reason = self
                 .live
@@ -1030,21 +1087,28 @@ impl Scheduler {
 
     /// Starts queued instances that now fit, highest priority first, and fails those whose
     /// deadline passed.
+    ///
+    /// A pass only places, it never frees, so a request that found no room finds none later
+    /// in the same pass: the ones behind it that ask for the same thing are not tried again
+    /// (they are still failed if their deadline passed).
     fn serve_queue(&mut self, now: Timestamp, fx: &mut Vec<Effect>) {
         let keys: Vec<_> = self.queue.iter().copied().collect();
+        let mut blocked: HashSet<Need> = HashSet::new();
         for key in keys {
             let Some(inst) = self.live.get(&key.1) else {
                 self.queue.remove(&key);
                 continue;
             };
-            let req = request_of(inst);
             let wait_until = inst.wait_until;
-            // In-memory checks first: most ticks start nothing.
-            let fits = self.alloc.try_place(&req).is_ok();
             let expired = wait_until.is_some_and(|t| t <= now);
-            if !fits && !expired {
+            let need = need_of(inst);
+            let seen = blocked.contains(&need);
+            if seen && !expired {
                 continue;
             }
+            let req = request_of(inst);
+            // In-memory checks first: most ticks start nothing.
+            let fits = !seen && self.alloc.try_place(&req).is_ok();
             if fits && let Ok(a) = self.place_checked(&req, now) {
                 self.queue.remove(&key);
                 let Some(mut i) = self.live.remove(&key.1) else {
@@ -1063,6 +1127,9 @@ impl Scheduler {
                     alloc: a,
                 });
                 continue;
+            }
+            if !seen {
+                blocked.insert(need);
             }
             if expired {
                 let reason = format!(

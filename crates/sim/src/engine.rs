@@ -222,6 +222,8 @@ pub(crate) struct Engine<'a> {
     st: Vec<JobState>,
     /// Requests the scheduler knows and that have not ended, by instance id.
     live: HashMap<InstanceId, u32>,
+    /// The instance ids of those requests (building an id from a number is not free).
+    ids: HashMap<u32, InstanceId>,
     heap: BinaryHeap<Reverse<(i64, Kind, u64, u64)>>,
     seq: u64,
     next_arrival: usize,
@@ -306,6 +308,7 @@ impl<'a> Engine<'a> {
             jobs,
             st,
             live: HashMap::new(),
+            ids: HashMap::new(),
             heap: BinaryHeap::new(),
             seq: 0,
             next_arrival: 0,
@@ -723,9 +726,12 @@ impl<'a> Engine<'a> {
             ends_as: None,
         };
         let id = inst.id;
-        self.live.insert(id, u32::try_from(j).unwrap_or(u32::MAX));
+        let n = u32::try_from(j).unwrap_or(u32::MAX);
+        self.live.insert(id, n);
+        self.ids.insert(n, id);
         if self.apply(Command::Launch(inst))?.is_err() {
             self.live.remove(&id);
+            self.ids.remove(&n);
             self.st[j].state = State::Refused;
             self.count_refused(j, false);
         }
@@ -734,8 +740,10 @@ impl<'a> Engine<'a> {
 
     /// A request's work is done: it is terminated, if it still runs.
     pub(crate) fn finish(&mut self, j: usize) -> Result<(), SimError> {
-        if matches!(self.st[j].state, State::Running | State::Preempting) {
-            self.apply_ok(Command::Terminate { id: inst(j) })?;
+        if matches!(self.st[j].state, State::Running | State::Preempting)
+            && let Some(&id) = u32::try_from(j).ok().and_then(|n| self.ids.get(&n))
+        {
+            self.apply_ok(Command::Terminate { id })?;
         }
         Ok(())
     }
@@ -874,11 +882,13 @@ impl<'a> Engine<'a> {
         if !after.state.is_final() {
             return Ok(());
         }
-        self.live.remove(&after.id);
+        if let Some(n) = self.live.remove(&after.id) {
+            self.ids.remove(&n);
+        }
         let held = before.state.holds_gpus();
         if held {
             let until = meter_until.map_or(self.now, |t| self.secs_of(t));
-            self.meter(j, until)?;
+            self.meter(j, after.id, until)?;
             self.release(j);
         }
         let c = class_index(self.jobs[j].class);
@@ -928,14 +938,14 @@ impl<'a> Engine<'a> {
 
     /// Rates `[metered_from, until)` of a running request with the production billing code
     /// (a part of a GPU at its part of a GPU-hour, as `serve` meters it).
-    fn meter(&mut self, j: usize, until: i64) -> Result<(), SimError> {
+    fn meter(&mut self, j: usize, id: InstanceId, until: i64) -> Result<(), SimError> {
         let s = self.st[j];
         if until <= s.metered_from || s.gpus == 0 {
             return Ok(());
         }
         let job = &self.jobs[j];
         let iv = UsageInterval {
-            instance: inst(j),
+            instance: id,
             tenant: self.tenant_ids[job.tenant as usize],
             class: job.class,
             gpu_model: self.fleet.models[job.model as usize].clone(),
@@ -1102,15 +1112,15 @@ impl<'a> Engine<'a> {
 
     /// Meters every running request up to `until`, in request order.
     pub(crate) fn meter_running(&mut self, until: i64) -> Result<(), SimError> {
-        let mut running: Vec<usize> = self
+        let mut running: Vec<(usize, InstanceId)> = self
             .live
-            .values()
-            .map(|&j| j as usize)
-            .filter(|&j| matches!(self.st[j].state, State::Running | State::Preempting))
+            .iter()
+            .map(|(&id, &j)| (j as usize, id))
+            .filter(|&(j, _)| matches!(self.st[j].state, State::Running | State::Preempting))
             .collect();
         running.sort_unstable();
-        for j in running {
-            self.meter(j, until)?;
+        for (j, id) in running {
+            self.meter(j, id, until)?;
         }
         Ok(())
     }

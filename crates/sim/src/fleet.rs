@@ -127,7 +127,9 @@ impl Fleet {
                 let id = node_id(slot);
                 snap.nodes.push(AllocatorNode {
                     id,
-                    name: n.name.clone(),
+                    // Names are for people: no decision reads one, and every placement
+                    // would carry copies of them.
+                    name: String::new(),
                     site_id: sid,
                     blocks: path,
                     gpu_model: n.gpu_model.clone(),

@@ -635,12 +635,6 @@ impl<'a> Engine<'a> {
         Ok(i)
     }
 
-    /// Cancels a signed contract now: its reserved work ends and its pool is unpinned.
-    pub(crate) fn cancel(&mut self, c: usize) -> Result<Result<(), Refused>, SimError> {
-        let id = self.contracts[c].id;
-        self.apply(Command::Cancel { id })
-    }
-
     /// The contract a reserved request runs in: an active one of its tenant, model and
     /// (when it names one) site.
     fn pool_for(&self, j: usize) -> Option<u32> {
@@ -974,7 +968,7 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    fn hourly(&mut self) {
+    pub(crate) fn hourly(&mut self) {
         // Spot prices, once an hour per pool, from the pool's utilization.
         for p in 0..self.spot_pools.len() {
             let (site, model) = self.spot_pools[p];
@@ -1173,6 +1167,25 @@ impl<'a> Engine<'a> {
             LineKind::SlaCredit => "sla-credit",
             LineKind::InternalChargeback => "internal-chargeback",
         }
+    }
+}
+
+#[cfg(test)]
+impl Engine<'_> {
+    /// Cancels a signed contract now: its reserved work ends and its pool is unpinned.
+    pub(crate) fn cancel(&mut self, c: usize) -> Result<Result<(), Refused>, SimError> {
+        let id = self.contracts[c].id;
+        self.apply(Command::Cancel { id })
+    }
+
+    /// Where request `j` stands.
+    pub(crate) fn job_state(&self, j: usize) -> State {
+        self.st[j].state
+    }
+
+    /// Usage metered since the last month's close.
+    pub(crate) fn usage(&self) -> &[UsageRecord] {
+        &self.month_records
     }
 }
 

@@ -83,4 +83,6 @@ pub(crate) fn write_files(
 }
 
 #[cfg(test)]
+mod differential;
+#[cfg(test)]
 mod tests;

@@ -233,6 +233,9 @@ pub struct Scheduler {
     config: SchedulerConfig,
     /// Pending instances by (priority descending, arrival).
     queue: BTreeSet<(Reverse<u8>, InstanceId)>,
+    /// Preemption deadlines: (when the notice runs out, instance). An entry whose instance
+    /// is no longer preempting with that deadline is stale and skipped when it comes due.
+    notices: BTreeSet<(Timestamp, InstanceId)>,
     /// Every instance that has not ended, as it stands.
     live: HashMap<InstanceId, Instance>,
     sites: Vec<Site>,
@@ -294,6 +297,34 @@ pub fn placed_nodes(
             memory_mib: (a.memory_mib > 0).then_some(a.memory_mib),
         })
         .collect()
+}
+
+/// A hash of what a pending instance asks the allocator for, its id aside: two instances
+/// with the same need fit or do not fit alike.
+fn need_hash(i: &Instance) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    i.tenant_id.hash(&mut h);
+    i.class.hash(&mut h);
+    i.shape.hash(&mut h);
+    i.requested_site_id.hash(&mut h);
+    i.contract_id.hash(&mut h);
+    i.cpu_milli.hash(&mut h);
+    i.memory_mib.hash(&mut h);
+    i.gpu_model.hash(&mut h);
+    h.finish()
+}
+
+/// Whether a pending instance asks the allocator for exactly what `r` asks (ids aside).
+fn same_need(r: &Request, i: &Instance) -> bool {
+    r.tenant == i.tenant_id
+        && r.class == i.class
+        && r.shape == i.shape
+        && r.site == i.requested_site_id
+        && r.pool == i.contract_id
+        && r.cpu_milli == i.cpu_milli
+        && r.memory_mib == i.memory_mib
+        && r.gpu_model == i.gpu_model
 }
 
 /// Whether a node in this state takes new work.
@@ -393,7 +424,10 @@ impl Scheduler {
         let mut pools: HashMap<ContractId, BTreeSet<NodeId>> = HashMap::new();
         for n in snap.nodes {
             let id = n.id;
-            node_names.insert(id, n.name.clone());
+            // An unnamed node is left out: its placements show an empty name either way.
+            if !n.name.is_empty() {
+                node_names.insert(id, n.name.clone());
+            }
             nodes.insert(id, (n.state, n.gpus));
             let size = node_size.entry(n.gpu_model.clone()).or_default();
             *size = (*size).max(n.gpus);
@@ -437,6 +471,7 @@ impl Scheduler {
             calendar: Calendar::new(),
             config,
             queue: BTreeSet::new(),
+            notices: BTreeSet::new(),
             live: HashMap::with_capacity(snap.live.len()),
             sites: snap.sites,
             node_size,
@@ -491,6 +526,11 @@ impl Scheduler {
                     .map_err(|e| format!("restoring {}: {e}", i.id))?;
             } else if i.state == InstanceState::Pending {
                 s.queue.insert(s.queue_key(&i));
+            }
+            if i.state == InstanceState::Preempting
+                && let Some(t) = i.preempt_at
+            {
+                s.notices.insert((t, i.id));
             }
             s.track(&i);
             s.index_delivered(&i, None);
@@ -630,6 +670,19 @@ impl Scheduler {
             .unwrap_or_default()
     }
 
+    /// How many instances wait in the queue.
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether an active contract's pool lacks nodes: the next [`Command::Tick`] tries to
+    /// refill it (from free nodes, or by giving lower-class work notice).
+    pub fn pools_short(&self) -> bool {
+        self.contracts
+            .values()
+            .any(|c| c.state == ContractState::Active && !self.pools_full.contains(&c.id))
+    }
+
     /// Decision counters.
     pub fn counters(&self) -> Counters {
         self.counters
@@ -749,7 +802,124 @@ impl Scheduler {
         req: &Request,
         now: Timestamp,
     ) -> Result<Allocation, (Refusal, bool)> {
+        // Near the cap of work sold in one site, the allocator decides first without
+        // placing: a placement the sellable check refuses is then never made and undone.
+        // The answer is the one the placement and check would give.
+        if self.sold_in_one_site(req)
+            && let Some(site) = req.site.or_else(|| {
+                self.sites
+                    .iter()
+                    .find(|s| s.gpus_by_model.iter().any(|m| m.gpu_model == req.gpu_model))
+                    .map(|s| s.id)
+            })
+            && self.near_sellable_cap(req, site, now)
+        {
+            let a = self.alloc.try_place(req).map_err(|e| (e, true))?;
+            self.sellable_verdict(&a, false, now)
+                .map_err(|r| (r, false))?;
+        }
         neocloud_allocator::selling::place_within_sellable(&mut Selling { s: self, now }, req)
+    }
+
+    /// At an allocation's site and model, now: the site, the thousandths of GPUs on-demand
+    /// and internal work outside pools holds, the GPUs contracts promise, and the GPUs that
+    /// may be sold. None for a site the scheduler does not know (nothing is checked there).
+    fn selling_state(&self, a: &Allocation, now: Timestamp) -> Option<(&Site, u64, u64, u64)> {
+        let site = self.sites.iter().find(|x| x.id == a.site)?;
+        let sellable = u64::try_from(sellable(&self.config, site, &a.gpu_model)).unwrap_or(0);
+        let key = CapacityKey::new(site.id, &a.gpu_model);
+        let at = now.micros();
+        let committed = u64::try_from(self.calendar.committed_peak(&key, at, at + 1)).unwrap_or(0);
+        let held_milli = self
+            .sold
+            .get(&(site.id, a.gpu_model.clone()))
+            .copied()
+            .unwrap_or(0);
+        Some((site, held_milli, committed, sellable))
+    }
+
+    /// The sellable check of an allocation, `placed` or only decided (then it counts as if
+    /// it were held).
+    fn sellable_verdict(
+        &self,
+        a: &Allocation,
+        placed: bool,
+        now: Timestamp,
+    ) -> Result<(), Refusal> {
+        let Some((site, held, committed, sellable)) = self.selling_state(a, now) else {
+            return Ok(());
+        };
+        // Thousandths of a GPU, this placement included.
+        let held_milli = if placed || sold_key(a).is_none() {
+            held
+        } else {
+            held + a.gpu_milli()
+        };
+        if neocloud_allocator::selling::within_sellable(held_milli, committed, sellable) {
+            return Ok(());
+        }
+        // GPUs in use by others, a part of a GPU counting as a whole one.
+        let in_use = held_milli.saturating_sub(a.gpu_milli()).div_ceil(1000);
+        Err(Refusal::NoCapacity {
+            // What is left to sell on demand, not the pool GPUs that sit idle.
+            free_gpus: sellable.saturating_sub(committed).saturating_sub(in_use),
+            // A tenant reads this: it says what it can get, never what others hold.
+            reason: format!(
+                "{} has no {} capacity left to sell on demand now; ask for a quote to see when capacity frees up, or launch with wait_seconds to queue",
+                site.name, a.gpu_model
+            ),
+        })
+    }
+
+    /// Whether `req` is on-demand or internal work that may be placed in one site only
+    /// (the one it names, or the only one with its model): the sellable rule then has one
+    /// answer, that of the allocator's first decision.
+    fn sold_in_one_site(&self, req: &Request) -> bool {
+        matches!(req.class, Class::OnDemand | Class::Internal)
+            && (req.site.is_some()
+                || self
+                    .sites
+                    .iter()
+                    .filter(|s| s.gpus_by_model.iter().any(|m| m.gpu_model == req.gpu_model))
+                    .nth(1)
+                    .is_none())
+    }
+
+    /// Whether [`Scheduler::place_checked`] may succeed for `req`, given `a`, what the
+    /// allocator would place first. False only where it cannot: on-demand or internal work
+    /// sold in one site only, whose placement would go over the sellable capacity.
+    fn may_sell(&self, req: &Request, a: &Allocation, now: Timestamp) -> bool {
+        !self.sold_in_one_site(req) || self.sellable_verdict(a, false, now).is_ok()
+    }
+
+    /// Whether placing `req` at `site` might go over the sellable capacity: the most it could
+    /// hold (whole nodes of the model's largest size for a gang) does not fit in what is
+    /// left to sell there now.
+    fn near_sellable_cap(&self, req: &Request, site: SiteId, now: Timestamp) -> bool {
+        let node = u64::from(self.node_size(&req.gpu_model).unwrap_or(8));
+        let most = match req.shape {
+            Shape::Gpus { gpus } => u64::from(gpus),
+            Shape::Nodes { count, .. } => u64::from(count) * node,
+            Shape::Share { .. } | Shape::Mig { .. } => 1,
+            Shape::Cpu => 0,
+        } * 1000;
+        let probe = Allocation {
+            id: req.id,
+            tenant: req.tenant,
+            class: req.class,
+            gpu_model: req.gpu_model.clone(),
+            shape: req.shape,
+            site,
+            pool: req.pool,
+            gpus: Vec::new(),
+            cpu_milli: 0,
+            memory_mib: 0,
+            mig_start: None,
+        };
+        let Some((_, held, committed, sellable)) = self.selling_state(&probe, now) else {
+            return false;
+        };
+        !neocloud_allocator::selling::within_sellable(held + most, committed, sellable)
     }
 
     /// Ends an instance that has not ended: its state, its GPUs, the queue and its quota.
@@ -935,6 +1105,7 @@ impl Scheduler {
             i.state = InstanceState::Preempting;
             i.preempt_at = Some(deadline);
             i.reason = Some(format!("preempted for {by}; stops at {deadline}"));
+            self.notices.insert((deadline, *v));
             fx.push(Effect::Update {
                 before,
                 after: i.clone(),
@@ -984,16 +1155,24 @@ impl Scheduler {
     }
 
     fn tick(&mut self, now: Timestamp, fx: &mut Vec<Effect>) {
-        // Preemptions whose notice is over.
-        let mut due: Vec<(Timestamp, InstanceId)> = self
-            .live
-            .values()
-            .filter(|i| {
-                i.state == InstanceState::Preempting && i.preempt_at.is_some_and(|t| t <= now)
-            })
-            .map(|i| (i.preempt_at.unwrap_or(now), i.id))
+        // Preemptions whose notice is over, by deadline then id.
+        let ran_out: Vec<(Timestamp, InstanceId)> = self
+            .notices
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .copied()
             .collect();
-        due.sort();
+        for n in &ran_out {
+            self.notices.remove(n);
+        }
+        let due: Vec<(Timestamp, InstanceId)> = ran_out
+            .into_iter()
+            .filter(|&(t, id)| {
+                self.live.get(&id).is_some_and(|i| {
+                    i.state == InstanceState::Preempting && i.preempt_at == Some(t)
+                })
+            })
+            .collect();
         for (deadline, id) in due {
             let reason = self
                 .live
@@ -1030,21 +1209,37 @@ impl Scheduler {
 
     /// Starts queued instances that now fit, highest priority first, and fails those whose
     /// deadline passed.
+    ///
+    /// A pass only places, it never frees, so a request that found no room finds none later
+    /// in the same pass: the ones behind it that ask for the same thing are not tried again
+    /// (they are still failed if their deadline passed).
     fn serve_queue(&mut self, now: Timestamp, fx: &mut Vec<Effect>) {
         let keys: Vec<_> = self.queue.iter().copied().collect();
+        // Needs that found no room in this pass, by hash.
+        let mut blocked: HashMap<u64, Vec<Request>> = HashMap::new();
         for key in keys {
             let Some(inst) = self.live.get(&key.1) else {
                 self.queue.remove(&key);
                 continue;
             };
-            let req = request_of(inst);
             let wait_until = inst.wait_until;
-            // In-memory checks first: most ticks start nothing.
-            let fits = self.alloc.try_place(&req).is_ok();
             let expired = wait_until.is_some_and(|t| t <= now);
-            if !fits && !expired {
+            let need = need_hash(inst);
+            let seen = blocked
+                .get(&need)
+                .is_some_and(|b| b.iter().any(|r| same_need(r, inst)));
+            if seen && !expired {
                 continue;
             }
+            let req = request_of(inst);
+            // In-memory checks first: most ticks start nothing. What the allocator would
+            // place first is also checked against the sellable capacity, so that a request
+            // that cannot be sold is not placed and released again.
+            let fits = !seen
+                && self
+                    .alloc
+                    .try_place(&req)
+                    .is_ok_and(|a| self.may_sell(&req, &a, now));
             if fits && let Ok(a) = self.place_checked(&req, now) {
                 self.queue.remove(&key);
                 let Some(mut i) = self.live.remove(&key.1) else {
@@ -1063,6 +1258,9 @@ impl Scheduler {
                     alloc: a,
                 });
                 continue;
+            }
+            if !seen {
+                blocked.entry(need).or_default().push(req);
             }
             if expired {
                 let reason = format!(
@@ -1531,33 +1729,6 @@ impl neocloud_allocator::selling::Seller for Selling<'_> {
     }
 
     fn check_sellable(&self, a: &Allocation) -> Result<(), Refusal> {
-        let s = &self.s;
-        let Some(site) = s.sites.iter().find(|x| x.id == a.site) else {
-            return Ok(());
-        };
-        let sellable = u64::try_from(sellable(&s.config, site, &a.gpu_model)).unwrap_or(0);
-        let key = CapacityKey::new(site.id, &a.gpu_model);
-        let now = self.now.micros();
-        let committed = u64::try_from(s.calendar.committed_peak(&key, now, now + 1)).unwrap_or(0);
-        // Thousandths of a GPU, this placement included.
-        let held_milli = s
-            .sold
-            .get(&(site.id, a.gpu_model.clone()))
-            .copied()
-            .unwrap_or(0);
-        if neocloud_allocator::selling::within_sellable(held_milli, committed, sellable) {
-            return Ok(());
-        }
-        // GPUs in use by others, a part of a GPU counting as a whole one.
-        let in_use = held_milli.saturating_sub(a.gpu_milli()).div_ceil(1000);
-        Err(Refusal::NoCapacity {
-            // What is left to sell on demand, not the pool GPUs that sit idle.
-            free_gpus: sellable.saturating_sub(committed).saturating_sub(in_use),
-            // A tenant reads this: it says what it can get, never what others hold.
-            reason: format!(
-                "{} has no {} capacity left to sell on demand now; ask for a quote to see when capacity frees up, or launch with wait_seconds to queue",
-                site.name, a.gpu_model
-            ),
-        })
+        self.s.sellable_verdict(a, true, self.now)
     }
 }

@@ -3,60 +3,65 @@
 //! Time is an integer count of simulated seconds; no wall clock is read. Events sit in a heap
 //! ordered by (time, kind, sequence), and the requests to replay in a vector sorted by
 //! arrival, so the order in which things happen is fully determined by the scenario and the
-//! seed. Every placement, release, preemption plan, pool pin and spare pick is a call into
-//! the production [`neocloud_allocator::Allocator`]; every usage interval is rated by
-//! [`neocloud_billing::rate_interval`] and every month is billed by
-//! [`neocloud_billing::build_invoice`].
+//! seed.
 //!
-//! What the engine itself does is the service's job in `serve`: the queue (served by class
-//! then arrival; identical requests behind a blocked one are not retried in the same pass),
-//! preemption notice, the sellable cap on on-demand and internal work (contracts and the
-//! spare buffer are never sold twice), contract pools, and remediation of node failures
-//! (fail the node's work, refill a pool from the nearest spare, downtime for SLA credits).
+//! Every scheduling decision is taken by the scheduler `serve` runs,
+//! [`neocloud_scheduler::Scheduler`], driven with simulated time: an arrival is a
+//! [`Command::Launch`], the end of a request's work a [`Command::Terminate`], a node failure
+//! and its repair [`Command::Node`] changes, a contract of the variant a [`Command::Sign`] at
+//! the start, and the scheduler's periodic work a [`Command::Tick`] whenever something is due
+//! (a preemption notice runs out, a queued request's deadline passes, a contract starts or
+//! ends) or a contract's pool lacks nodes. So the queue, preemption with notice, the sellable
+//! cap, contract pools and their refill, and the remediation of failed pool nodes are
+//! `serve`'s own. What the engine keeps is what `serve`'s database and billing would record
+//! from the scheduler's effects: each request's state, its metered usage (every interval
+//! rated by [`neocloud_billing::rate_interval`], every month billed by
+//! [`neocloud_billing::build_invoice`]), pool outages for SLA credits, and the integrals and
+//! counters of the report.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
-use neocloud_allocator::calendar::{Calendar, CapacityKey};
 use neocloud_allocator::synthetic::{self, Rng};
-use neocloud_allocator::{Allocation, Refusal, Request};
+use neocloud_allocator::{Allocation, Sharing};
 use neocloud_billing::{
     ContractTerms, Downtime, Invoice, LineKind, Month, PriceKind, SlaPolicy, UsageInterval,
-    UsageRecord, build_invoice, rate_interval, spot_price,
+    UsageRecord, build_invoice, rate_interval, rate_interval_milli, spot_price,
 };
-use neocloud_types::{Class, ContractId, InstanceId, Money, Shape, Timestamp};
+use neocloud_scheduler::{Command, Effect, NodeChange, Refused, Scheduler, SchedulerConfig};
+use neocloud_types::{
+    Class, Contract, ContractId, ContractState, Instance, InstanceId, InstanceState, Money,
+    NodeState, Shape, Timestamp,
+};
 
 use crate::demand::{self, Job};
 use crate::error::{SimError, invalid};
 use crate::fleet::Fleet;
 use crate::report::{self, RunResult};
-use crate::scenario::{Scenario, Variant};
+use crate::scenario::{ContractSpec, Scenario, Variant};
 
 const HOUR: i64 = 3600;
 const YEAR_S: f64 = 365.0 * 86_400.0;
 
-/// Event kinds, in the order they are handled at one instant: releases before placements,
-/// so that capacity freed at `t` is usable at `t`.
+/// Event kinds, in the order they are handled at one instant: releases first, so that
+/// capacity freed at `t` is usable at `t`, then the scheduler's due work, node changes, the
+/// month's close and the hourly sample, and arrivals last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
-    ContractEnd = 0,
-    Finish = 1,
-    PreemptDone = 2,
-    Expire = 3,
-    Repair = 4,
-    Failure = 5,
-    ContractStart = 6,
-    MonthEnd = 7,
-    Tick = 8,
-    Arrival = 9,
+    Finish = 0,
+    Due = 1,
+    Repair = 2,
+    Failure = 3,
+    MonthEnd = 4,
+    Hourly = 5,
+    Arrival = 6,
 }
 
-/// Lifecycle of a request in the engine.
+/// Lifecycle of a request in the engine, as the scheduler's effects move it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum State {
     New,
     Queued,
-    WaitingForPreemption,
     Running,
     Preempting,
     Done,
@@ -88,15 +93,18 @@ impl JobState {
     };
 }
 
+/// A contract the scheduler was given.
 struct ContractRun {
     id: ContractId,
+    tenant: usize,
+    site: usize,
+    gpu_model: String,
     active: bool,
-    nodes: Vec<usize>,
 }
 
+/// A pool outage the scheduler opened and has not closed yet.
 struct Outage {
     contract: usize,
-    node: usize,
     start: i64,
     gpus: u32,
 }
@@ -172,25 +180,6 @@ pub(crate) const CLASSES: [Class; 4] = [
     Class::Spot,
 ];
 
-type QKey = (
-    Reverse<u8>,
-    u32,
-    Option<u32>,
-    Option<u32>,
-    (u8, u32, u8),
-    u32,
-);
-
-fn shape_key(s: &Shape) -> (u8, u32, u8) {
-    match *s {
-        Shape::Gpus { gpus } => (0, gpus, 0),
-        Shape::Nodes { count, level } => (1, count, level as u8),
-        Shape::Share { milli } => (2, milli, 0),
-        Shape::Mig { profile } => (3, profile.compute_slices(), profile as u8),
-        Shape::Cpu => (4, 0, 0),
-    }
-}
-
 /// A random delay in whole seconds, rounded up (saturating: `as` never wraps).
 #[allow(
     clippy::cast_possible_truncation,
@@ -200,18 +189,26 @@ fn whole_seconds(x: f64) -> i64 {
     x.ceil() as i64
 }
 
-fn number_of(id: &str) -> Option<usize> {
-    let hex = id.rsplit('_').next()?;
-    let n = u64::from_str_radix(hex, 16).ok()?;
-    usize::try_from(n.checked_sub(1)?).ok()
-}
-
 fn inst(j: usize) -> InstanceId {
     synthetic::instance_id(j as u64 + 1)
 }
 
-fn job_of(id: InstanceId) -> usize {
-    number_of(&id.to_string()).unwrap_or(usize::MAX)
+/// The scheduler's settings for a variant of a scenario. The scenario format asks for whole
+/// GPUs and gangs only: parts of GPUs and CPU-only instances are not sold.
+pub(crate) fn scheduler_config(sc: &Scenario, v: &Variant) -> SchedulerConfig {
+    SchedulerConfig {
+        fleet_policy: v.fleet_policy,
+        placement: sc.placement,
+        preemption_grace_secs: sc.preemption_grace_secs,
+        spare_buffer_milli: sc.spare_buffer_milli,
+        shared_nodes: sc.shared_nodes,
+        sharing: Sharing {
+            slices: false,
+            tenants_per_gpu: false,
+            cpu_only: false,
+        },
+        ..SchedulerConfig::default()
+    }
 }
 
 pub(crate) struct Engine<'a> {
@@ -219,8 +216,14 @@ pub(crate) struct Engine<'a> {
     pub v: &'a Variant,
     pub seed: u64,
     pub fleet: Fleet,
+    /// The scheduler `serve` runs, driven with simulated time.
+    pub sched: Scheduler,
     pub jobs: Vec<Job>,
     st: Vec<JobState>,
+    /// Requests the scheduler knows and that have not ended, by instance id.
+    live: HashMap<InstanceId, u32>,
+    /// The instance ids of those requests (building an id from a number is not free).
+    ids: HashMap<u32, InstanceId>,
     heap: BinaryHeap<Reverse<(i64, Kind, u64, u64)>>,
     seq: u64,
     next_arrival: usize,
@@ -228,17 +231,13 @@ pub(crate) struct Engine<'a> {
     pub original_jobs: usize,
     pub now: i64,
     rng: Rng,
-    queue: BTreeMap<QKey, VecDeque<u32>>,
-    queued: u64,
-    preempt_waits: BTreeMap<u32, Vec<u32>>,
+    /// A command changed the scheduler since its last tick.
+    dirty: bool,
+    last_tick: Option<i64>,
     alloc_by_class: [u64; 4],
     alloc_by_pool: BTreeMap<(usize, usize), u64>,
-    sold: BTreeMap<(usize, usize), u64>,
-    sellable: BTreeMap<(usize, usize), u64>,
     min_node_gpus: Vec<u32>,
-    calendar: Calendar,
     contracts: Vec<ContractRun>,
-    node_pool: Vec<Option<u32>>,
     node_down: Vec<bool>,
     down_gpus: u64,
     outages: Vec<Outage>,
@@ -251,24 +250,32 @@ pub(crate) struct Engine<'a> {
     pub tally: Tally,
     pub series: Vec<Sample>,
     free_cache: Option<u64>,
-    freed: bool,
     pub terms: Vec<ContractTerms>,
     pub tenant_ids: Vec<neocloud_types::TenantId>,
 }
 
 impl<'a> Engine<'a> {
+    /// An engine for one run: the variant's demand under the seed, its contracts signed at
+    /// the start, its failures drawn as it goes.
     pub(crate) fn new(sc: &'a Scenario, v: &'a Variant, seed: u64) -> Result<Self, SimError> {
-        let fleet = neocloud_fleet_build(sc, v)?;
-        let jobs = demand::jobs(sc, v, &fleet.models, seed);
+        let jobs = demand::jobs(sc, v, &models_of(sc), seed);
+        let mut e = Engine::with(sc, v, seed, scheduler_config(sc, v), jobs)?;
+        e.schedule_static()?;
+        Ok(e)
+    }
+
+    /// An engine with the given demand and scheduler settings, before anything happened: no
+    /// contract signed, no event scheduled.
+    pub(crate) fn with(
+        sc: &'a Scenario,
+        v: &'a Variant,
+        seed: u64,
+        config: SchedulerConfig,
+        jobs: Vec<Job>,
+    ) -> Result<Self, SimError> {
+        let (fleet, snap) = Fleet::build(&sc.fleet, sc.start);
+        let sched = Scheduler::new(config, snap).map_err(SimError::Scheduler)?;
         let st = vec![JobState::NEW; jobs.len()];
-        let mut sellable = BTreeMap::new();
-        for &(site, model) in fleet.pools.keys() {
-            let total = fleet.gpus_of(site, model);
-            sellable.insert(
-                (site, model),
-                neocloud_allocator::selling::sellable_gpus(total, sc.spare_buffer_milli),
-            );
-        }
         let mut min_node_gpus = vec![u32::MAX; fleet.models.len()];
         for n in &fleet.nodes {
             min_node_gpus[n.model] = min_node_gpus[n.model].min(n.gpus);
@@ -292,27 +299,6 @@ impl<'a> Engine<'a> {
         let tenant_ids = (0..sc.tenants.len())
             .map(|i| synthetic::tenant_id(i as u64 + 1))
             .collect();
-        let horizon_end = sc.start.plus_seconds(sc.horizon_secs);
-        let terms = v
-            .contracts
-            .iter()
-            .enumerate()
-            .map(|(i, c)| ContractTerms {
-                id: synthetic::contract_id(i as u64 + 1),
-                tenant: synthetic::tenant_id(c.tenant as u64 + 1),
-                gpu_model: c.gpu_model.clone(),
-                site: fleet.sites[c.site].id,
-                gpus: c.gpus,
-                // Billed inside the simulated window only.
-                start: sc.start.plus_seconds(c.start.max(0)),
-                end: sc
-                    .start
-                    .plus_seconds(c.end.min(sc.horizon_secs))
-                    .min(horizon_end),
-                rate: c.rate,
-                sla_milli: c.sla_milli,
-            })
-            .collect();
         let n_nodes = fleet.nodes.len();
         let n_sites = fleet.sites.len();
         let mut e = Engine {
@@ -321,29 +307,20 @@ impl<'a> Engine<'a> {
             seed,
             jobs,
             st,
+            live: HashMap::new(),
+            ids: HashMap::new(),
             heap: BinaryHeap::new(),
             seq: 0,
             next_arrival: 0,
             original_jobs: 0,
             now: 0,
             rng: demand::stream(seed, 0),
-            queue: BTreeMap::new(),
-            queued: 0,
-            preempt_waits: BTreeMap::new(),
+            dirty: false,
+            last_tick: None,
             alloc_by_class: [0; 4],
             alloc_by_pool: BTreeMap::new(),
-            sold: BTreeMap::new(),
-            sellable,
             min_node_gpus,
-            calendar: Calendar::new(),
-            contracts: (0..v.contracts.len())
-                .map(|i| ContractRun {
-                    id: synthetic::contract_id(i as u64 + 1),
-                    active: false,
-                    nodes: Vec::new(),
-                })
-                .collect(),
-            node_pool: vec![None; n_nodes],
+            contracts: Vec::new(),
             node_down: vec![false; n_nodes],
             down_gpus: 0,
             outages: Vec::new(),
@@ -360,13 +337,12 @@ impl<'a> Engine<'a> {
             },
             series: Vec::new(),
             free_cache: None,
-            freed: false,
-            terms,
+            terms: Vec::new(),
             tenant_ids,
             fleet,
+            sched,
         };
         e.original_jobs = e.jobs.len();
-        e.schedule_static()?;
         Ok(e)
     }
 
@@ -375,36 +351,13 @@ impl<'a> Engine<'a> {
         self.heap.push(Reverse((t, kind, self.seq, payload)));
     }
 
+    /// Signs the variant's contracts and schedules what is known in advance: contract starts
+    /// and ends, month ends, the hourly sample, the first failure.
     fn schedule_static(&mut self) -> Result<(), SimError> {
         let h = self.sc.horizon_secs;
         for (i, c) in self.v.contracts.iter().enumerate() {
-            let key = self.cap_key(c.site, &c.gpu_model);
-            let model = self.model_index(&c.gpu_model);
-            let sellable = self.sellable.get(&(c.site, model)).copied().unwrap_or(0);
-            let (s, e) = (c.start * 1_000_000, c.end * 1_000_000);
-            let cap = i64::try_from(sellable).unwrap_or(i64::MAX);
-            if !self.calendar.fits(&key, s, e, i64::from(c.gpus), cap) {
-                return Err(invalid(
-                    format!("variant '{}': contracts[{i}]", self.v.name),
-                    format!(
-                        "{} GPUs do not fit the calendar: {} has {} sellable {} GPUs, and other contracts already promise {}",
-                        c.gpus,
-                        self.fleet.sites[c.site].name,
-                        sellable,
-                        c.gpu_model,
-                        self.calendar.committed_peak(&key, s, e)
-                    ),
-                ));
-            }
-            self.calendar
-                .commit(&key, self.contracts[i].id, s, e, i64::from(c.gpus))
-                .map_err(|m| invalid(format!("contracts[{i}]"), m))?;
-            if c.end > 0 && c.start < h {
-                self.push(c.start.max(0), Kind::ContractStart, i as u64);
-                if c.end < h {
-                    self.push(c.end, Kind::ContractEnd, i as u64);
-                }
-            }
+            self.sign(c)
+                .map_err(|m| invalid(format!("variant '{}': contracts[{i}]", self.v.name), m))?;
         }
         // Month ends inside the horizon.
         let mut m = Month::containing(self.sc.start);
@@ -418,7 +371,7 @@ impl<'a> Engine<'a> {
         }
         let mut t = 0;
         while t < h {
-            self.push(t, Kind::Tick, 0);
+            self.push(t, Kind::Hourly, 0);
             t += HOUR;
         }
         self.schedule_failure();
@@ -431,17 +384,6 @@ impl<'a> Engine<'a> {
 
     fn ts(&self, t: i64) -> Timestamp {
         self.sc.start.plus_seconds(t)
-    }
-
-    fn model_index(&self, m: &str) -> usize {
-        self.fleet
-            .models
-            .binary_search_by(|x| x.as_str().cmp(m))
-            .unwrap_or(0)
-    }
-
-    fn cap_key(&self, site: usize, model: &str) -> CapacityKey {
-        CapacityKey::new(self.fleet.sites[site].id, model)
     }
 
     fn site_index(&self, id: neocloud_types::SiteId) -> usize {
@@ -475,17 +417,28 @@ impl<'a> Engine<'a> {
                 .get(self.next_arrival)
                 .map(|j| (j.arrival, Kind::Arrival));
             let next = match (heap_next, arr_next) {
-                (None, None) => break,
-                (Some(a), None) => a,
-                (None, Some(b)) => b,
-                (Some(a), Some(b)) => a.min(b),
+                (None, None) => None,
+                (Some(a), None) => Some(a),
+                (None, Some(b)) => Some(b),
+                (Some(a), Some(b)) => Some(a.min(b)),
+            };
+            let at = next.map_or(h, |n| n.0.min(h));
+            if at > self.now {
+                // The instant is over: a pool that lacks nodes is refilled now, as `serve`'s
+                // next tick would; what that schedules is looked at again.
+                if self.end_of_step()? {
+                    continue;
+                }
+                if at >= h {
+                    break;
+                }
+                self.advance(at);
+            }
+            let Some(next) = next else {
+                break;
             };
             if next.0 >= h {
                 break;
-            }
-            if next.0 > self.now {
-                self.end_of_step();
-                self.advance(next.0);
             }
             if next.1 == Kind::Arrival && arr_next == Some(next) {
                 let j = self.next_arrival;
@@ -495,20 +448,20 @@ impl<'a> Engine<'a> {
                 self.handle(kind, payload, progress)?;
             }
         }
-        self.end_of_step();
         self.advance(h);
         self.close(h)?;
         progress(1.0);
         Ok(report::build(self))
     }
 
-    fn end_of_step(&mut self) {
-        if self.freed {
-            self.freed = false;
-            if self.queued > 0 {
-                self.queue_pass();
-            }
+    /// Ticks the scheduler at the end of an instant when a contract's pool lacks nodes and
+    /// something changed since its last tick. Returns whether it ticked.
+    fn end_of_step(&mut self) -> Result<bool, SimError> {
+        if self.dirty && self.sched.pools_short() {
+            self.tick()?;
+            return Ok(true);
         }
+        Ok(false)
     }
 
     fn free_total(&mut self) -> u64 {
@@ -519,14 +472,14 @@ impl<'a> Engine<'a> {
             .fleet
             .models
             .iter()
-            .map(|m| self.fleet.allocator.free_gpus(None, m))
+            .map(|m| self.sched.alloc().free_gpus(None, m))
             .sum();
         self.free_cache = Some(f);
         f
     }
 
     /// Integrates the state over `[now, t)` and moves the clock.
-    fn advance(&mut self, t: i64) {
+    pub(crate) fn advance(&mut self, t: i64) {
         let dt = i128::from(t - self.now);
         if dt > 0 {
             for c in 0..4 {
@@ -537,8 +490,8 @@ impl<'a> Engine<'a> {
             self.tally.down_secs += i128::from(self.down_gpus) * dt;
             for s in 0..self.fleet.sites.len() {
                 let w = self
-                    .fleet
-                    .allocator
+                    .sched
+                    .alloc()
                     .site_power(self.fleet.sites[s].id)
                     .allocated_watts;
                 self.tally.site_watt_secs[s] += i128::from(w) * dt;
@@ -556,36 +509,30 @@ impl<'a> Engine<'a> {
     ) -> Result<(), SimError> {
         let p = usize::try_from(payload).unwrap_or(usize::MAX);
         match kind {
-            Kind::ContractEnd => self.contract_end(p)?,
-            Kind::Finish => {
-                if matches!(self.st[p].state, State::Running | State::Preempting) {
-                    self.end_job(p, State::Done)?;
+            Kind::Finish => self.finish(p)?,
+            Kind::Due => {
+                if self.dirty || self.last_tick != Some(self.now) {
+                    self.tick()?;
                 }
             }
-            Kind::PreemptDone => self.preempt_done(p)?,
-            Kind::Expire => {
-                if self.st[p].state == State::Queued {
-                    self.st[p].state = State::Expired;
-                    self.queued -= 1;
-                    self.count_refused(p, true);
-                }
-            }
-            Kind::Repair => self.repair(p),
+            Kind::Repair => self.repair(p)?,
             Kind::Failure => {
                 let n = self.rng.below(self.fleet.nodes.len() as u64);
                 let slot = usize::try_from(n).unwrap_or(0);
                 if !self.node_down[slot] {
                     self.fail_node(slot)?;
+                    let hours = self.v.failures.repair_hours;
+                    let repair = whole_seconds(self.rng.exp(hours * 3600.0)).max(1);
+                    self.push(self.now.saturating_add(repair), Kind::Repair, slot as u64);
                 }
                 self.schedule_failure();
             }
-            Kind::ContractStart => self.contract_start(p)?,
             Kind::MonthEnd => {
                 let m = Month::containing(self.ts(self.now - 1));
                 self.close_month(m, self.now)?;
             }
-            Kind::Tick => {
-                self.tick();
+            Kind::Hourly => {
+                self.hourly();
                 progress(self.now as f64 / self.sc.horizon_secs as f64);
             }
             Kind::Arrival => self.arrival(p)?,
@@ -593,111 +540,115 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    // --- placement ------------------------------------------------------------------
+    // --- commands -------------------------------------------------------------------
 
-    fn request(&self, j: usize, pool: Option<u32>) -> Request {
-        let job = &self.jobs[j];
-        Request {
-            id: inst(j),
-            tenant: self.tenant_ids[job.tenant as usize],
-            class: job.class,
-            gpu_model: self.fleet.models[job.model as usize].clone(),
-            shape: job.shape,
-            site: job.site.map(|s| self.fleet.sites[s as usize].id),
-            pool: pool.map(|c| self.contracts[c as usize].id),
-            cpu_milli: None,
-            memory_mib: None,
+    /// Applies a command to the scheduler now and records its effects. A refusal changed
+    /// nothing and is returned.
+    fn apply(&mut self, cmd: Command) -> Result<Result<(), Refused>, SimError> {
+        let tick = matches!(cmd, Command::Tick);
+        let fx = match self.sched.apply(cmd, self.ts(self.now)) {
+            Ok(fx) => fx,
+            Err(r) => return Ok(Err(r)),
+        };
+        if tick {
+            self.dirty = false;
+            self.last_tick = Some(self.now);
+        } else {
+            self.dirty = true;
         }
+        self.absorb(fx)?;
+        Ok(Ok(()))
     }
 
-    /// Places like the service does: the allocator decides; on-demand and internal work must
-    /// also stay within what contracts leave of the sellable GPUs (the spare buffer is never
-    /// sold), trying each site in turn when the request names none.
-    fn place(&mut self, req: &Request) -> Result<Allocation, (Refusal, bool)> {
-        if !matches!(req.class, Class::OnDemand | Class::Internal) {
-            return self.fleet.allocator.place(req).map_err(|e| (e, true));
-        }
-        let model = self.model_index(&req.gpu_model);
-        // A shortcut with the same outcome: when no candidate site could pass the sellable
-        // check even with the smallest nodes, the allocator is not asked at all.
-        let need = match req.shape {
-            Shape::Gpus { gpus } => u64::from(gpus),
-            Shape::Nodes { count, .. } => {
-                u64::from(count) * u64::from(self.min_node_gpus[model].min(64))
+    /// Applies a command the scheduler must accept.
+    fn apply_ok(&mut self, cmd: Command) -> Result<(), SimError> {
+        self.apply(cmd)?
+            .map_err(|r| SimError::Scheduler(r.to_string()))
+    }
+
+    /// The scheduler's periodic work, now.
+    pub(crate) fn tick(&mut self) -> Result<(), SimError> {
+        self.apply_ok(Command::Tick)
+    }
+
+    /// Signs a contract now (its promise enters the calendar; one that has started gets its
+    /// pool). Returns its index, or why it does not fit.
+    pub(crate) fn sign(&mut self, c: &ContractSpec) -> Result<usize, String> {
+        let i = self.contracts.len();
+        let id = synthetic::contract_id(i as u64 + 1);
+        let tenant = self.tenant_ids[c.tenant];
+        let site = self.fleet.sites[c.site].id;
+        let start = self.sc.start.plus_seconds(c.start);
+        let end = self.sc.start.plus_seconds(c.end);
+        let horizon_end = self.sc.start.plus_seconds(self.sc.horizon_secs);
+        let contract = Contract {
+            id,
+            tenant_id: tenant,
+            gpu_model: c.gpu_model.clone(),
+            gpu_count: c.gpus,
+            site_id: site,
+            single_block: None,
+            start_at: start,
+            end_at: end,
+            price_per_gpu_hour: c.rate,
+            sla_percent: format!("{}.{:03}", c.sla_milli / 1000, c.sla_milli % 1000),
+            state: ContractState::Signed,
+            total_value: Money::ZERO,
+            created_at: self.ts(self.now),
+            updated_at: self.ts(self.now),
+        };
+        self.contracts.push(ContractRun {
+            id,
+            tenant: c.tenant,
+            site: c.site,
+            gpu_model: c.gpu_model.clone(),
+            active: false,
+        });
+        match self.apply(Command::Sign(contract)) {
+            Ok(Ok(())) => {}
+            Ok(Err(r)) => {
+                self.contracts.pop();
+                return Err(r.to_string());
             }
-            Shape::Share { .. } | Shape::Mig { .. } => 1,
-            Shape::Cpu => 0,
-        };
-        let at = self.now * 1_000_000;
-        let room = |e: &Self, site: usize| {
-            let sellable = e.sellable.get(&(site, model)).copied().unwrap_or(0);
-            let key = e.cap_key(site, &req.gpu_model);
-            let committed = u64::try_from(e.calendar.committed_peak(&key, at, at + 1)).unwrap_or(0);
-            let in_use = e.sold.get(&(site, model)).copied().unwrap_or(0);
-            in_use + need + committed <= sellable
-        };
-        let any_room = match req.site {
-            Some(s) => room(self, self.site_index(s)),
-            None => (0..self.fleet.sites.len())
-                .filter(|s| self.fleet.pools.contains_key(&(*s, model)))
-                .any(|s| room(self, s)),
-        };
-        if !any_room {
-            return Err((
-                Refusal::NoCapacity {
-                    free_gpus: 0,
-                    reason:
-                        "the sellable capacity is taken by contracts and on-demand/internal work"
-                            .to_string(),
-                },
-                false,
-            ));
+            Err(e) => return Err(e.to_string()),
         }
-        neocloud_allocator::selling::place_within_sellable(self, req)
+        self.terms.push(ContractTerms {
+            id,
+            tenant,
+            gpu_model: c.gpu_model.clone(),
+            site,
+            gpus: c.gpus,
+            // Billed inside the simulated window only.
+            start: self.sc.start.plus_seconds(c.start.max(0)),
+            end: end.min(horizon_end),
+            rate: c.rate,
+            sla_milli: c.sla_milli,
+        });
+        // The scheduler starts and ends contracts on its ticks.
+        let h = self.sc.horizon_secs;
+        if c.start > self.now && c.start < h {
+            self.push(c.start, Kind::Due, 0);
+        }
+        if c.end < h {
+            self.push(c.end.max(self.now), Kind::Due, 0);
+        }
+        Ok(i)
     }
 
-    fn start_job(&mut self, j: usize, a: &Allocation) {
-        let site = self.site_index(a.site);
-        let model = self.jobs[j].model as usize;
-        let gpus = u32::try_from(a.gpu_count()).unwrap_or(u32::MAX);
-        let c = class_index(self.jobs[j].class);
-        self.alloc_by_class[c] += u64::from(gpus);
-        *self.alloc_by_pool.entry((site, model)).or_default() += u64::from(gpus);
-        if a.pool.is_none() && matches!(self.jobs[j].class, Class::OnDemand | Class::Internal) {
-            *self.sold.entry((site, model)).or_default() += u64::from(gpus);
-        }
-        let s = &mut self.st[j];
-        s.state = State::Running;
-        s.start = self.now;
-        s.metered_from = self.now;
-        s.gpus = gpus;
-        s.site = u32::try_from(site).unwrap_or(0);
-        let waited = self.now - self.jobs[j].arrival;
-        let stats = &mut self.tally.classes[c];
-        stats.placed += 1;
-        if waited > 0 {
-            stats.placed_after_wait += 1;
-        }
-        stats.waits.push(waited);
-        self.free_cache = None;
-        let end = self.now.saturating_add(self.jobs[j].duration);
-        self.push(end, Kind::Finish, j as u64);
-    }
-
+    /// The contract a reserved request runs in: an active one of its tenant, model and
+    /// (when it names one) site.
     fn pool_for(&self, j: usize) -> Option<u32> {
         let job = &self.jobs[j];
         let model = &self.fleet.models[job.model as usize];
-        self.v
-            .contracts
+        self.contracts
             .iter()
-            .enumerate()
-            .find(|(i, c)| {
-                self.contracts[*i].active
+            .position(|c| {
+                c.active
                     && c.tenant == job.tenant as usize
                     && &c.gpu_model == model
                     && job.site.is_none_or(|s| s as usize == c.site)
             })
-            .and_then(|(i, _)| u32::try_from(i).ok())
+            .and_then(|i| u32::try_from(i).ok())
     }
 
     fn count_refused(&mut self, j: usize, expired: bool) {
@@ -719,7 +670,8 @@ impl<'a> Engine<'a> {
         s.refused_gpu_seconds += i128::from(gpus) * i128::from(job.duration);
     }
 
-    fn arrival(&mut self, j: usize) -> Result<(), SimError> {
+    /// A request arrives: it is launched the way the API launches it.
+    pub(crate) fn arrival(&mut self, j: usize) -> Result<(), SimError> {
         let class = self.jobs[j].class;
         if j < self.original_jobs {
             self.tally.classes[class_index(class)].arrived += 1;
@@ -737,139 +689,232 @@ impl<'a> Engine<'a> {
             None
         };
         self.st[j].pool = pool;
-        let req = self.request(j, pool);
-        match self.place(&req) {
-            Ok(a) => {
-                self.start_job(j, &a);
-                return Ok(());
-            }
-            Err((Refusal::NoCapacity { .. } | Refusal::PowerLimit { .. }, true))
-                if class != Class::Spot =>
-            {
-                if let Some(victims) = self.fleet.allocator.preemption_plan(&req)
-                    && !victims.is_empty()
-                {
-                    let vs: Vec<u32> = victims
-                        .iter()
-                        .map(|&id| job_of(id))
-                        .filter(|&v| v < self.st.len() && self.st[v].state == State::Running)
-                        .filter_map(|v| u32::try_from(v).ok())
-                        .collect();
-                    if !vs.is_empty() {
-                        for &v in &vs {
-                            self.st[v as usize].state = State::Preempting;
-                        }
-                        self.st[j].state = State::WaitingForPreemption;
-                        let at = self.now + self.sc.preemption_grace_secs;
-                        self.preempt_waits.insert(u32::try_from(j).unwrap_or(0), vs);
-                        self.push(at, Kind::PreemptDone, j as u64);
-                        return Ok(());
-                    }
-                }
-            }
-            Err(_) => {}
-        }
-        self.enqueue_or_refuse(j);
-        Ok(())
-    }
-
-    fn enqueue_or_refuse(&mut self, j: usize) {
         let job = &self.jobs[j];
         let deadline = job.arrival.saturating_add(job.max_wait);
-        if deadline > self.now {
-            let key: QKey = (
-                Reverse(job.class.priority(self.v.fleet_policy)),
-                job.model,
-                job.site,
-                self.st[j].pool,
-                shape_key(&job.shape),
-                job.tenant,
-            );
-            self.queue
-                .entry(key)
-                .or_default()
-                .push_back(u32::try_from(j).unwrap_or(0));
-            self.st[j].state = State::Queued;
-            self.queued += 1;
-            self.push(deadline, Kind::Expire, j as u64);
-        } else {
-            let expired = job.max_wait > 0;
-            self.st[j].state = if expired {
-                State::Expired
-            } else {
-                State::Refused
-            };
-            self.count_refused(j, expired);
-        }
-    }
-
-    fn preempt_done(&mut self, j: usize) -> Result<(), SimError> {
-        let victims = self
-            .preempt_waits
-            .remove(&u32::try_from(j).unwrap_or(0))
-            .unwrap_or_default();
-        for v in victims {
-            let v = v as usize;
-            if self.st[v].state == State::Preempting {
-                let c = class_index(self.jobs[v].class);
-                self.tally.classes[c].preempted += 1;
-                self.tally.classes[c].preempted_gpus += u64::from(self.st[v].gpus);
-                self.end_job(v, State::Preempted)?;
-            }
-        }
-        if self.st[j].state != State::WaitingForPreemption {
-            return Ok(());
-        }
-        let req = self.request(j, self.st[j].pool);
-        match self.place(&req) {
-            Ok(a) => self.start_job(j, &a),
-            Err(_) => self.enqueue_or_refuse(j),
+        let now = self.ts(self.now);
+        let inst = Instance {
+            id: inst(j),
+            tenant_id: self.tenant_ids[job.tenant as usize],
+            name: None,
+            class,
+            gpu_model: self.fleet.models[job.model as usize].clone(),
+            shape: job.shape,
+            gpu_count: 0,
+            cpu_milli: None,
+            memory_mib: None,
+            requested_site_id: job.site.map(|s| self.fleet.sites[s as usize].id),
+            site_id: None,
+            contract_id: pool.map(|c| self.contracts[c as usize].id),
+            state: InstanceState::Pending,
+            reason: None,
+            placement: Vec::new(),
+            created_at: now,
+            started_at: None,
+            ended_at: None,
+            preempt_at: None,
+            wait_until: (deadline > self.now).then(|| self.ts(deadline)),
+            delivery: None,
+            ssh_key_names: Vec::new(),
+            authorized_keys: Vec::new(),
+            access: None,
+            ends_as: None,
+        };
+        let id = inst.id;
+        let n = u32::try_from(j).unwrap_or(u32::MAX);
+        self.live.insert(id, n);
+        self.ids.insert(n, id);
+        if self.apply(Command::Launch(inst))?.is_err() {
+            self.live.remove(&id);
+            self.ids.remove(&n);
+            self.st[j].state = State::Refused;
+            self.count_refused(j, false);
         }
         Ok(())
     }
 
-    /// Serves the queue: groups by priority, each group in arrival order; a group stops at
-    /// its first request that does not fit (the ones behind it are the same request).
-    fn queue_pass(&mut self) {
-        let mut queue = std::mem::take(&mut self.queue);
-        for (key, dq) in queue.iter_mut() {
-            let (model, site) = (key.1 as usize, key.2);
-            let need = match key.4 {
-                (0, g, _) => u64::from(g),
-                (_, n, _) => u64::from(n) * u64::from(self.min_node_gpus[model].min(64)),
-            };
-            while let Some(&j) = dq.front() {
-                let j = j as usize;
-                if self.st[j].state != State::Queued {
-                    dq.pop_front();
-                    continue;
-                }
-                let site_id = site.map(|s| self.fleet.sites[s as usize].id);
-                if self
-                    .fleet
-                    .allocator
-                    .free_gpus(site_id, &self.fleet.models[model])
-                    < need
-                {
-                    break;
-                }
-                let req = self.request(j, self.st[j].pool);
-                match self.place(&req) {
-                    Ok(a) => {
-                        dq.pop_front();
-                        self.queued -= 1;
-                        self.start_job(j, &a);
+    /// A request's work is done: it is terminated, if it still runs.
+    pub(crate) fn finish(&mut self, j: usize) -> Result<(), SimError> {
+        if matches!(self.st[j].state, State::Running | State::Preempting)
+            && let Some(&id) = u32::try_from(j).ok().and_then(|n| self.ids.get(&n))
+        {
+            self.apply_ok(Command::Terminate { id })?;
+        }
+        Ok(())
+    }
+
+    /// Appends a request (a relaunch, or one a test builds) and returns its index.
+    pub(crate) fn add_job(&mut self, job: Job) -> usize {
+        self.jobs.push(job);
+        self.st.push(JobState::NEW);
+        self.jobs.len() - 1
+    }
+
+    // --- effects --------------------------------------------------------------------
+
+    fn job_of(&self, id: InstanceId) -> Option<usize> {
+        self.live.get(&id).map(|&j| j as usize)
+    }
+
+    /// Records what the scheduler decided, as `serve`'s writer and billing would.
+    fn absorb(&mut self, fx: Vec<Effect>) -> Result<(), SimError> {
+        for e in fx {
+            match e {
+                Effect::Insert {
+                    inst,
+                    alloc: Some(a),
+                } => self.started(&inst, &a),
+                Effect::Insert { inst, alloc: None } => {
+                    if let Some(j) = self.job_of(inst.id) {
+                        self.st[j].state = State::Queued;
                     }
-                    Err(_) => break,
+                    if let Some(w) = inst.wait_until {
+                        let t = self.secs_of(w);
+                        self.push(t, Kind::Due, 0);
+                    }
                 }
+                Effect::Start { after, alloc, .. } => self.started(&after, &alloc),
+                Effect::Update {
+                    before,
+                    after,
+                    meter_until,
+                    ..
+                } => self.updated(&before, &after, meter_until)?,
+                Effect::ContractState { before, state, .. } => {
+                    let Some(c) = self.contracts.iter().position(|x| x.id == before.id) else {
+                        continue;
+                    };
+                    self.contracts[c].active = state == ContractState::Active;
+                    if matches!(state, ContractState::Ended | ContractState::Cancelled) {
+                        let (mine, rest) = std::mem::take(&mut self.outages)
+                            .into_iter()
+                            .partition(|o| o.contract == c);
+                        self.outages = rest;
+                        let now = self.now;
+                        for o in mine {
+                            self.close_outage(&o, now);
+                        }
+                    }
+                }
+                Effect::OutageOpen {
+                    contract, gpus, at, ..
+                } => {
+                    if let Some(c) = self.contracts.iter().position(|x| x.id == contract) {
+                        self.tally.outages += 1;
+                        let start = self.secs_of(at);
+                        self.outages.push(Outage {
+                            contract: c,
+                            start,
+                            gpus,
+                        });
+                    }
+                }
+                Effect::OutageClose { contract, at, .. } => {
+                    // The oldest open outage of the contract closes.
+                    let c = self.contracts.iter().position(|x| x.id == contract);
+                    if let Some(i) = self.outages.iter().position(|o| Some(o.contract) == c) {
+                        let o = self.outages.remove(i);
+                        let end = self.secs_of(at);
+                        self.close_outage(&o, end);
+                    }
+                }
+                Effect::Pool { .. }
+                | Effect::ContractInsert(_)
+                | Effect::Event(_)
+                | Effect::Warning(_) => {}
             }
         }
-        queue.retain(|_, dq| !dq.is_empty());
-        // Requests queued during the pass (none today) would be in self.queue.
-        for (k, mut dq) in std::mem::take(&mut self.queue) {
-            queue.entry(k).or_default().append(&mut dq);
+        self.free_cache = None;
+        Ok(())
+    }
+
+    /// A request starts running on `a`.
+    fn started(&mut self, i: &Instance, a: &Allocation) {
+        let Some(j) = self.job_of(i.id) else {
+            return;
+        };
+        let site = self.site_index(a.site);
+        let model = self.jobs[j].model as usize;
+        let gpus = i.gpu_count;
+        let c = class_index(self.jobs[j].class);
+        self.alloc_by_class[c] += u64::from(gpus);
+        *self.alloc_by_pool.entry((site, model)).or_default() += u64::from(gpus);
+        let s = &mut self.st[j];
+        s.state = State::Running;
+        s.start = self.now;
+        s.metered_from = self.now;
+        s.gpus = gpus;
+        s.site = u32::try_from(site).unwrap_or(0);
+        let waited = self.now - self.jobs[j].arrival;
+        let stats = &mut self.tally.classes[c];
+        stats.placed += 1;
+        if waited > 0 {
+            stats.placed_after_wait += 1;
         }
-        self.queue = queue;
+        stats.waits.push(waited);
+        let end = self.now.saturating_add(self.jobs[j].duration);
+        self.push(end, Kind::Finish, j as u64);
+    }
+
+    /// A request changed state other than by starting: a notice, or its end.
+    fn updated(
+        &mut self,
+        before: &Instance,
+        after: &Instance,
+        meter_until: Option<Timestamp>,
+    ) -> Result<(), SimError> {
+        let Some(j) = self.job_of(after.id) else {
+            return Ok(());
+        };
+        if after.state == InstanceState::Preempting {
+            self.st[j].state = State::Preempting;
+            if let Some(t) = after.preempt_at {
+                let t = self.secs_of(t);
+                self.push(t, Kind::Due, 0);
+            }
+            return Ok(());
+        }
+        if !after.state.is_final() {
+            return Ok(());
+        }
+        if let Some(n) = self.live.remove(&after.id) {
+            self.ids.remove(&n);
+        }
+        let held = before.state.holds_gpus();
+        if held {
+            let until = meter_until.map_or(self.now, |t| self.secs_of(t));
+            self.meter(j, after.id, until)?;
+            self.release(j);
+        }
+        let c = class_index(self.jobs[j].class);
+        self.st[j].state = match (after.state, held) {
+            (InstanceState::Preempted, _) => {
+                self.tally.classes[c].preempted += 1;
+                self.tally.classes[c].preempted_gpus += u64::from(self.st[j].gpus);
+                State::Preempted
+            }
+            (InstanceState::Failed, true) => {
+                self.tally.classes[c].interrupted_by_failure += 1;
+                self.relaunch(j);
+                State::Failed
+            }
+            (_, true) => State::Done,
+            // Waited and never ran: its deadline passed, or its contract ended.
+            (_, false) => {
+                self.count_refused(j, true);
+                State::Expired
+            }
+        };
+        Ok(())
+    }
+
+    fn release(&mut self, j: usize) {
+        let s = self.st[j];
+        let c = class_index(self.jobs[j].class);
+        let model = self.jobs[j].model as usize;
+        self.alloc_by_class[c] -= u64::from(s.gpus);
+        if let Some(x) = self.alloc_by_pool.get_mut(&(s.site as usize, model)) {
+            *x -= u64::from(s.gpus);
+        }
     }
 
     // --- metering -------------------------------------------------------------------
@@ -885,15 +930,16 @@ impl<'a> Engine<'a> {
         &s[lo..hi]
     }
 
-    /// Rates `[metered_from, until)` of a running request with the production billing code.
-    fn meter(&mut self, j: usize, until: i64) -> Result<(), SimError> {
+    /// Rates `[metered_from, until)` of a running request with the production billing code
+    /// (a part of a GPU at its part of a GPU-hour, as `serve` meters it).
+    fn meter(&mut self, j: usize, id: InstanceId, until: i64) -> Result<(), SimError> {
         let s = self.st[j];
         if until <= s.metered_from || s.gpus == 0 {
             return Ok(());
         }
         let job = &self.jobs[j];
         let iv = UsageInterval {
-            instance: inst(j),
+            instance: id,
             tenant: self.tenant_ids[job.tenant as usize],
             class: job.class,
             gpu_model: self.fleet.models[job.model as usize].clone(),
@@ -908,7 +954,11 @@ impl<'a> Engine<'a> {
         } else {
             &[]
         };
-        let records = rate_interval(&iv, &self.sc.prices, spot)?;
+        let records = if job.shape.is_slice() {
+            rate_interval_milli(&iv, job.shape.gpu_milli(s.gpus), &self.sc.prices, spot)?
+        } else {
+            rate_interval(&iv, &self.sc.prices, spot)?
+        };
         let c = class_index(job.class);
         for r in &records {
             self.tally.ledger_gpu_secs[c] += i128::from(r.gpu_seconds);
@@ -918,30 +968,7 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    fn end_job(&mut self, j: usize, how: State) -> Result<(), SimError> {
-        self.meter(j, self.now)?;
-        let s = self.st[j];
-        self.fleet.allocator.release(inst(j));
-        let c = class_index(self.jobs[j].class);
-        let model = self.jobs[j].model as usize;
-        let site = s.site as usize;
-        self.alloc_by_class[c] -= u64::from(s.gpus);
-        if let Some(x) = self.alloc_by_pool.get_mut(&(site, model)) {
-            *x -= u64::from(s.gpus);
-        }
-        if s.pool.is_none()
-            && matches!(self.jobs[j].class, Class::OnDemand | Class::Internal)
-            && let Some(x) = self.sold.get_mut(&(site, model))
-        {
-            *x -= u64::from(s.gpus);
-        }
-        self.st[j].state = how;
-        self.free_cache = None;
-        self.freed = true;
-        Ok(())
-    }
-
-    fn tick(&mut self) {
+    pub(crate) fn hourly(&mut self) {
         // Spot prices, once an hour per pool, from the pool's utilization.
         for p in 0..self.spot_pools.len() {
             let (site, model) = self.spot_pools[p];
@@ -962,9 +989,6 @@ impl<'a> Engine<'a> {
                 self.spot_series[p].push((t, price));
             }
         }
-        if !self.outages.is_empty() {
-            self.refill_pools();
-        }
         if self.now % self.sc.sample_secs.max(HOUR) == 0 {
             self.sample();
         }
@@ -976,7 +1000,7 @@ impl<'a> Engine<'a> {
             .fleet
             .sites
             .iter()
-            .map(|s| self.fleet.allocator.site_power(s.id).allocated_watts as f64 / 1e6)
+            .map(|s| self.sched.alloc().site_power(s.id).allocated_watts as f64 / 1e6)
             .collect();
         let spot_price = self
             .spot_series
@@ -986,8 +1010,8 @@ impl<'a> Engine<'a> {
         let mut stranded = Vec::new();
         for &(site, model) in self.fleet.pools.keys() {
             let f = self
-                .fleet
-                .allocator
+                .sched
+                .alloc()
                 .fragmentation(self.fleet.sites[site].id, &self.fleet.models[model]);
             *self.tally.stranded_sum.entry((site, model)).or_default() += f.stranded_share;
             stranded.push(f.stranded_share);
@@ -998,178 +1022,45 @@ impl<'a> Engine<'a> {
             allocated: self.alloc_by_class,
             free,
             down: self.down_gpus,
-            queued: self.queued,
+            queued: self.sched.queue_len() as u64,
             power_mw,
             spot_price,
             stranded,
         });
     }
 
-    // --- contracts and pools --------------------------------------------------------
+    // --- outages --------------------------------------------------------------------
 
-    fn contract_start(&mut self, c: usize) -> Result<(), SimError> {
-        let spec = self.v.contracts[c].clone();
-        let model = self.model_index(&spec.gpu_model);
-        let per = self.fleet.nodes[self.fleet.pools[&(spec.site, model)][0]]
-            .gpus
-            .max(1);
-        let mut need = spec.gpus / per;
-        let candidates = self.fleet.pools[&(spec.site, model)].clone();
-        let cid = self.contracts[c].id;
-        // Free whole nodes first, then nodes whose work may be moved off (lower classes).
-        for pass in 0..2 {
-            for &slot in &candidates {
-                if need == 0 {
-                    break;
-                }
-                if self.node_down[slot] || self.node_pool[slot].is_some() {
-                    continue;
-                }
-                let id = self.fleet.nodes[slot].id;
-                let holders = self.fleet.allocator.node_holders(id);
-                if !holders.is_empty() {
-                    if pass == 0 {
-                        continue;
-                    }
-                    if holders.iter().any(|&h| {
-                        let j = job_of(h);
-                        j >= self.jobs.len() || self.jobs[j].class == Class::Reserved
-                    }) {
-                        continue;
-                    }
-                    for h in holders {
-                        let j = job_of(h);
-                        let ci = class_index(self.jobs[j].class);
-                        self.tally.classes[ci].preempted += 1;
-                        self.tally.classes[ci].preempted_gpus += u64::from(self.st[j].gpus);
-                        self.end_job(j, State::Preempted)?;
-                    }
-                }
-                if self.fleet.allocator.set_pool(id, Some(cid)).is_ok() {
-                    self.node_pool[slot] = Some(u32::try_from(c).unwrap_or(0));
-                    self.contracts[c].nodes.push(slot);
-                    need -= 1;
-                }
-            }
-        }
-        self.contracts[c].active = true;
-        // What could not be pinned is an outage until capacity frees up.
-        for _ in 0..need {
-            self.tally.outages += 1;
-            self.outages.push(Outage {
-                contract: c,
-                node: candidates[0],
-                start: self.now,
-                gpus: per,
-            });
-        }
-        self.free_cache = None;
-        Ok(())
-    }
-
-    fn contract_end(&mut self, c: usize) -> Result<(), SimError> {
-        let nodes = std::mem::take(&mut self.contracts[c].nodes);
-        for &slot in &nodes {
-            for h in self.fleet.allocator.node_holders(self.fleet.nodes[slot].id) {
-                let j = job_of(h);
-                if j < self.jobs.len() && self.st[j].pool == Some(u32::try_from(c).unwrap_or(0)) {
-                    self.end_job(j, State::Done)?;
-                }
-            }
-        }
-        for &slot in &nodes {
-            // Spot borrowing the pool stays where it is; the node leaves the pool.
-            let _ = self
-                .fleet
-                .allocator
-                .set_pool(self.fleet.nodes[slot].id, None);
-            self.node_pool[slot] = None;
-        }
-        self.contracts[c].active = false;
-        let mut kept = Vec::new();
-        for o in std::mem::take(&mut self.outages) {
-            if o.contract == c {
-                self.close_outage(&o);
-            } else {
-                kept.push(o);
-            }
-        }
-        self.outages = kept;
-        self.calendar.remove(self.contracts[c].id);
-        self.freed = true;
-        self.free_cache = None;
-        Ok(())
-    }
-
-    fn close_outage(&mut self, o: &Outage) {
-        if self.now > o.start {
-            self.tally.downtime_gpu_secs += i128::from(o.gpus) * i128::from(self.now - o.start);
+    fn close_outage(&mut self, o: &Outage, end: i64) {
+        if end > o.start {
+            self.tally.downtime_gpu_secs += i128::from(o.gpus) * i128::from(end - o.start);
             self.downtime.push(Downtime {
                 contract: self.contracts[o.contract].id,
                 start: self.ts(o.start),
-                end: self.ts(self.now),
+                end: self.ts(end),
                 gpus: o.gpus,
             });
         }
     }
 
-    /// Pins a spare to the pool of each open outage, nearest first (the allocator's
-    /// `spare_near`, as the health remediation does).
-    fn refill_pools(&mut self) {
-        let mut kept = Vec::new();
-        for o in std::mem::take(&mut self.outages) {
-            let near = self.fleet.nodes[o.node].id;
-            let cid = self.contracts[o.contract].id;
-            match self.fleet.allocator.spare_near(near) {
-                Some(spare) if self.fleet.allocator.set_pool(spare, Some(cid)).is_ok() => {
-                    if let Some(slot) = self.fleet.slot_of(spare) {
-                        self.node_pool[slot] = Some(u32::try_from(o.contract).unwrap_or(0));
-                        self.contracts[o.contract].nodes.push(slot);
-                    }
-                    self.close_outage(&o);
-                    self.free_cache = None;
-                }
-                _ => kept.push(o),
-            }
-        }
-        self.outages = kept;
-    }
-
     // --- failures -------------------------------------------------------------------
 
-    fn fail_node(&mut self, slot: usize) -> Result<(), SimError> {
+    /// A node fails now: the scheduler ends its work and remediates its pool.
+    pub(crate) fn fail_node(&mut self, slot: usize) -> Result<(), SimError> {
         self.tally.node_failures += 1;
         let id = self.fleet.nodes[slot].id;
-        for h in self.fleet.allocator.node_holders(id) {
-            let j = job_of(h);
-            if j < self.jobs.len() && matches!(self.st[j].state, State::Running | State::Preempting)
-            {
-                self.tally.classes[class_index(self.jobs[j].class)].interrupted_by_failure += 1;
-                self.end_job(j, State::Failed)?;
-                self.relaunch(j);
-            }
-        }
-        self.fleet.allocator.set_schedulable(id, false);
+        self.apply_ok(Command::Node(NodeChange {
+            node: id,
+            from: None,
+            to: NodeState::Failed,
+            at: self.ts(self.now),
+            reason: "simulated failure".to_string(),
+            heal: false,
+            gpus: Vec::new(),
+        }))?;
         self.node_down[slot] = true;
-        let gpus = self.fleet.nodes[slot].gpus;
-        self.down_gpus += u64::from(gpus);
+        self.down_gpus += u64::from(self.fleet.nodes[slot].gpus);
         self.free_cache = None;
-        if let Some(c) = self.node_pool[slot].take() {
-            let _ = self.fleet.allocator.set_pool(id, None);
-            let c = c as usize;
-            self.contracts[c].nodes.retain(|&s| s != slot);
-            self.tally.outages += 1;
-            self.outages.push(Outage {
-                contract: c,
-                node: slot,
-                start: self.now,
-                gpus,
-            });
-            self.refill_pools();
-        }
-        let hours = self.v.failures.repair_hours;
-        let repair = whole_seconds(self.rng.exp(hours * 3600.0)).max(1);
-        self.push(self.now.saturating_add(repair), Kind::Repair, slot as u64);
         Ok(())
     }
 
@@ -1185,35 +1076,45 @@ impl<'a> Engine<'a> {
         let mut again = self.jobs[j].clone();
         again.arrival = self.now;
         again.duration = rest;
-        let n = self.jobs.len();
-        self.jobs.push(again);
-        self.st.push(JobState::NEW);
+        let n = self.add_job(again);
         self.tally.classes[class_index(self.jobs[j].class)].relaunched += 1;
         self.push(self.now, Kind::Arrival, n as u64);
     }
 
-    fn repair(&mut self, slot: usize) {
+    /// A failed node is repaired now: back in service, every GPU healthy.
+    pub(crate) fn repair(&mut self, slot: usize) -> Result<(), SimError> {
         if !self.node_down[slot] {
-            return;
+            return Ok(());
         }
         let id = self.fleet.nodes[slot].id;
-        self.fleet.allocator.set_schedulable(id, true);
+        self.apply_ok(Command::Node(NodeChange {
+            node: id,
+            from: Some(NodeState::Failed),
+            to: NodeState::Available,
+            at: self.ts(self.now),
+            reason: "simulated repair".to_string(),
+            heal: true,
+            gpus: Vec::new(),
+        }))?;
         self.node_down[slot] = false;
         self.down_gpus -= u64::from(self.fleet.nodes[slot].gpus);
         self.free_cache = None;
-        self.freed = true;
-        if !self.outages.is_empty() {
-            self.refill_pools();
-        }
+        Ok(())
     }
 
     // --- months ---------------------------------------------------------------------
 
-    fn meter_running(&mut self, until: i64) -> Result<(), SimError> {
-        for j in 0..self.st.len() {
-            if matches!(self.st[j].state, State::Running | State::Preempting) {
-                self.meter(j, until)?;
-            }
+    /// Meters every running request up to `until`, in request order.
+    pub(crate) fn meter_running(&mut self, until: i64) -> Result<(), SimError> {
+        let mut running: Vec<(usize, InstanceId)> = self
+            .live
+            .iter()
+            .map(|(&id, &j)| (j as usize, id))
+            .filter(|&(j, _)| matches!(self.st[j].state, State::Running | State::Preempting))
+            .collect();
+        running.sort_unstable();
+        for (j, id) in running {
+            self.meter(j, id, until)?;
         }
         Ok(())
     }
@@ -1222,15 +1123,13 @@ impl<'a> Engine<'a> {
     /// bills every tenant with the production invoice builder.
     fn close_month(&mut self, month: Month, at: i64) -> Result<(), SimError> {
         self.meter_running(at)?;
-        let open: Vec<usize> = (0..self.outages.len()).collect();
-        for i in open {
+        for i in 0..self.outages.len() {
             let o = Outage {
                 contract: self.outages[i].contract,
-                node: self.outages[i].node,
                 start: self.outages[i].start,
                 gpus: self.outages[i].gpus,
             };
-            self.close_outage(&o);
+            self.close_outage(&o, at);
             self.outages[i].start = at;
         }
         let records = std::mem::take(&mut self.month_records);
@@ -1271,47 +1170,34 @@ impl<'a> Engine<'a> {
     }
 }
 
-fn neocloud_fleet_build(sc: &Scenario, v: &Variant) -> Result<Fleet, SimError> {
-    Fleet::build(&sc.fleet, v.fleet_policy, sc.placement, sc.shared_nodes)
-        .map_err(|m| invalid("fleet", m))
+#[cfg(test)]
+impl Engine<'_> {
+    /// Cancels a signed contract now: its reserved work ends and its pool is unpinned.
+    pub(crate) fn cancel(&mut self, c: usize) -> Result<Result<(), Refused>, SimError> {
+        let id = self.contracts[c].id;
+        self.apply(Command::Cancel { id })
+    }
+
+    /// Where request `j` stands.
+    pub(crate) fn job_state(&self, j: usize) -> State {
+        self.st[j].state
+    }
+
+    /// Usage metered since the last month's close.
+    pub(crate) fn usage(&self) -> &[UsageRecord] {
+        &self.month_records
+    }
 }
 
-/// The simulator sells by the service's rule ([`neocloud_allocator::selling`]): its
-/// allocator, and its count of GPUs held by on-demand and internal work (which a placement
-/// joins only when its job starts).
-impl neocloud_allocator::selling::Seller for Engine<'_> {
-    fn place(&mut self, req: &Request) -> Result<Allocation, Refusal> {
-        self.fleet.allocator.place(req)
-    }
-
-    fn release(&mut self, id: InstanceId) {
-        self.fleet.allocator.release(id);
-    }
-
-    fn sites_with(&self, model: &str) -> Vec<neocloud_types::SiteId> {
-        let m = self.model_index(model);
-        (0..self.fleet.sites.len())
-            .filter(|s| self.fleet.pools.contains_key(&(*s, m)))
-            .map(|s| self.fleet.sites[s].id)
-            .collect()
-    }
-
-    fn check_sellable(&self, a: &Allocation) -> Result<(), Refusal> {
-        let site = self.site_index(a.site);
-        let model = self.model_index(&a.gpu_model);
-        let sellable = self.sellable.get(&(site, model)).copied().unwrap_or(0);
-        let key = self.cap_key(site, &a.gpu_model);
-        let at = self.now * 1_000_000;
-        let committed = u64::try_from(self.calendar.committed_peak(&key, at, at + 1)).unwrap_or(0);
-        let held = self.sold.get(&(site, model)).copied().unwrap_or(0) + a.gpu_count();
-        if neocloud_allocator::selling::within_sellable(held * 1000, committed, sellable) {
-            Ok(())
-        } else {
-            Err(Refusal::NoCapacity {
-                free_gpus: 0,
-                reason: "the sellable capacity is taken by contracts and on-demand/internal work"
-                    .to_string(),
-            })
-        }
-    }
+/// The GPU models of a scenario's fleet, sorted (the fleet's model indexes).
+fn models_of(sc: &Scenario) -> Vec<String> {
+    let mut models: Vec<String> = sc
+        .fleet
+        .sites
+        .iter()
+        .flat_map(|s| s.nodes.iter().map(|n| n.gpu_model.clone()))
+        .collect();
+    models.sort();
+    models.dedup();
+    models
 }

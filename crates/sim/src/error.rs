@@ -53,6 +53,10 @@ pub enum SimError {
     /// The production billing code refused the simulated usage (e.g. no price in force).
     #[error("billing: {0}")]
     Billing(#[from] neocloud_billing::BillingError),
+    /// The scheduler refused a command the simulator gave it, or could not be built from
+    /// the fleet: a bug, or a scenario it cannot run.
+    #[error("scheduler: {0}")]
+    Scheduler(String),
     /// Writing an output failed.
     #[error("cannot write {path}: {source}")]
     Write {

@@ -1,13 +1,17 @@
-//! From the fleet file to the production allocator: the same `FleetSpec` that `serve`
-//! imports becomes an [`Allocator`] with numbered ids, so that every placement decision of a
-//! simulation is taken by the code that takes them in production.
+//! From the fleet file to the scheduler's snapshot: the same `FleetSpec` that `serve`
+//! imports becomes the sites and nodes a [`neocloud_scheduler::Scheduler`] is built from,
+//! with numbered ids, so that every decision of a simulation is taken by the code that takes
+//! it in production.
 
 use std::collections::BTreeMap;
 
 use neocloud_allocator::synthetic;
-use neocloud_allocator::{Allocator, NodeSpec, PlacementPolicy, SiteSpec};
 use neocloud_fleet::FleetSpec;
-use neocloud_types::{BlockId, BlockKind, FleetPolicy, Money, NodeId, SiteId};
+use neocloud_scheduler::Snapshot;
+use neocloud_types::{
+    AllocatorNode, AllocatorSite, BlockId, BlockKind, ModelCount, Money, NodeId, NodeState, Site,
+    SiteId, Timestamp,
+};
 
 /// The id of the `i`-th site of the fleet file.
 pub fn site_id(i: usize) -> SiteId {
@@ -45,8 +49,6 @@ pub struct SiteInfo {
 
 /// The fleet as the simulator runs it.
 pub struct Fleet {
-    /// The production allocator, loaded with every node.
-    pub allocator: Allocator,
     /// Nodes in file order (index = slot of [`node_id`]).
     pub nodes: Vec<NodeInfo>,
     /// Sites in file order.
@@ -58,14 +60,10 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// Builds the allocator from a parsed fleet file.
-    pub fn build(
-        spec: &FleetSpec,
-        policy: FleetPolicy,
-        placement: PlacementPolicy,
-        shared_nodes: bool,
-    ) -> Result<Fleet, String> {
-        let mut allocator = Allocator::new(policy, placement);
+    /// Reads a parsed fleet file: the simulator's view of it, and the state a scheduler is
+    /// built from (every node available, nothing running, no contract yet). Nodes carry
+    /// their CPU cores and memory as `serve` imports them.
+    pub fn build(spec: &FleetSpec, start: Timestamp) -> (Fleet, Snapshot) {
         let mut models: Vec<String> = spec
             .sites
             .iter()
@@ -73,15 +71,22 @@ impl Fleet {
             .collect();
         models.sort();
         models.dedup();
+        let memory_of = |m: &str| {
+            spec.gpu_models
+                .iter()
+                .find(|g| g.name == m)
+                .map_or(0, |g| g.memory_gib)
+        };
+        let mut snap = Snapshot::default();
         let mut nodes = Vec::new();
         let mut sites = Vec::new();
         let mut pools: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
         let mut next_block = 0u64;
         for (si, s) in spec.sites.iter().enumerate() {
             let sid = site_id(si);
-            allocator.add_site(SiteSpec {
+            snap.alloc_sites.push(AllocatorSite {
                 id: sid,
-                power_limit_watts: s.power_budget_watts,
+                power_budget_watts: s.power_budget_watts,
                 pue_milli: s.pue_milli,
             });
             sites.push(SiteInfo {
@@ -96,6 +101,8 @@ impl Fleet {
                 next_block += 1;
                 blocks.insert(b.path.as_str(), (b.kind, synthetic::block_id(next_block)));
             }
+            let mut by_model: BTreeMap<&str, i64> = BTreeMap::new();
+            let mut peak_watts = 0i64;
             for n in &s.nodes {
                 let mut path = Vec::new();
                 if !n.block_path.is_empty() {
@@ -118,20 +125,26 @@ impl Fleet {
                 let slot = nodes.len();
                 let model = models.binary_search(&n.gpu_model).unwrap_or(0);
                 let id = node_id(slot);
-                allocator.add_node(NodeSpec {
+                snap.nodes.push(AllocatorNode {
                     id,
-                    site: sid,
+                    // Names are for people: no decision reads one, and every placement
+                    // would carry copies of them.
+                    name: String::new(),
+                    site_id: sid,
+                    blocks: path,
                     gpu_model: n.gpu_model.clone(),
                     gpus: n.gpu_count,
-                    blocks: path,
                     idle_watts: n.idle_watts,
                     peak_watts: n.peak_watts,
-                    shareable: shared_nodes,
-                    cpu_milli: 0,
-                    memory_mib: 0,
-                    mig: None,
-                    sharing: Default::default(),
-                })?;
+                    state: NodeState::Available,
+                    pool: None,
+                    unhealthy_gpus: Vec::new(),
+                    cpu_cores: n.cpu_cores,
+                    ram_gib: n.ram_gib,
+                    gpu_memory_gib: memory_of(&n.gpu_model),
+                });
+                *by_model.entry(n.gpu_model.as_str()).or_default() += i64::from(n.gpu_count);
+                peak_watts += i64::from(n.peak_watts);
                 pools.entry((si, model)).or_default().push(slot);
                 nodes.push(NodeInfo {
                     id,
@@ -139,14 +152,35 @@ impl Fleet {
                     gpus: n.gpu_count,
                 });
             }
+            snap.sites.push(Site {
+                id: sid,
+                name: s.name.clone(),
+                region: s.region.clone(),
+                kind: s.kind,
+                power_budget_watts: s.power_budget_watts,
+                power_cap_watts: None,
+                pue_milli: s.pue_milli,
+                energy_usd_per_mwh: s.energy_usd_per_mwh,
+                node_count: i64::try_from(s.nodes.len()).unwrap_or(i64::MAX),
+                gpu_count: by_model.values().sum(),
+                peak_power_watts: peak_watts * i64::from(s.pue_milli) / 1000,
+                gpus_by_model: by_model
+                    .into_iter()
+                    .map(|(m, gpus)| ModelCount {
+                        gpu_model: m.to_string(),
+                        gpus,
+                    })
+                    .collect(),
+                created_at: start,
+            });
         }
-        Ok(Fleet {
-            allocator,
+        let fleet = Fleet {
             nodes,
             sites,
             models,
             pools,
-        })
+        };
+        (fleet, snap)
     }
 
     /// GPUs of the whole fleet.
@@ -159,13 +193,5 @@ impl Fleet {
         self.pools.get(&(site, model)).map_or(0, |v| {
             v.iter().map(|&i| u64::from(self.nodes[i].gpus)).sum()
         })
-    }
-
-    /// The slot of a node id built by [`node_id`].
-    pub fn slot_of(&self, id: NodeId) -> Option<usize> {
-        let s = id.to_string();
-        let hex = s.rsplit('_').next()?;
-        let n = u64::from_str_radix(hex, 16).ok()?;
-        usize::try_from(n.checked_sub(1)?).ok()
     }
 }

@@ -2,11 +2,11 @@
 //!
 //! A [`Scenario`] names a fleet file, tenants, a price book, contracts, node failure rates,
 //! a horizon, seeds and demand (a trace and/or generators), and the variants to compare.
-//! [`run`] replays one variant under one seed in a discrete-event simulation that calls the
-//! production allocator ([`neocloud_allocator::Allocator`]) for every placement, preemption
-//! plan and spare pick, and the production billing code ([`neocloud_billing`]) for every
-//! usage interval and every monthly invoice. [`compare`] runs every variant over every seed
-//! and summarises the spread.
+//! [`run`] replays one variant under one seed in a discrete-event simulation that drives the
+//! scheduler `serve` runs ([`neocloud_scheduler::Scheduler`], and the production allocator
+//! under it) with simulated time for every decision, and calls the production billing code
+//! ([`neocloud_billing`]) for every usage interval and every monthly invoice. [`compare`]
+//! runs every variant over every seed and summarises the spread.
 //!
 //! The engine reads no clock and no hash-map order reaches an output: the same scenario and
 //! seed give byte-identical results.
@@ -82,5 +82,7 @@ pub(crate) fn write_files(
     Ok(out)
 }
 
+#[cfg(test)]
+mod differential;
 #[cfg(test)]
 mod tests;

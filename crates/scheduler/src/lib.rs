@@ -1541,14 +1541,25 @@ impl Scheduler {
             .collect();
         ids.sort();
         for id in ids {
-            self.end(
-                id,
-                InstanceState::Terminated,
-                now,
-                Some(format!("contract {} {state}", c.id)),
-                "instance.terminated",
-                fx,
-            );
+            let reason = format!("contract {} {state}", c.id);
+            let delivered = self
+                .live
+                .get(&id)
+                .is_some_and(|i| i.delivery.is_some() && i.state.holds_gpus());
+            if delivered {
+                // Its agents stop, remove and scrub it first: its GPUs are sold again only
+                // then. Metering ends with the contract.
+                self.stop(id, InstanceState::Terminated, reason, Some(now), now, fx);
+            } else {
+                self.end(
+                    id,
+                    InstanceState::Terminated,
+                    now,
+                    Some(reason),
+                    "instance.terminated",
+                    fx,
+                );
+            }
         }
         for n in self.pool_nodes(c.id) {
             self.set_pool(n, None, fx);

@@ -806,3 +806,67 @@ both_backends!(
         assert_eq!(get(&ctx, &acme, &id).await["state"], "stopping");
     }
 );
+
+both_backends!(
+    a_contract_that_ends_stops_its_delivered_instances_before_selling_their_gpus,
+    |ctx: TestContext| async move {
+        let keys = fleet(&ctx).await;
+        let t = ctx.tenant("acme").await;
+        let (ka, _) = ctx.key("tenant-admin", t["id"].as_str()).await;
+        let now = Timestamp::now();
+        let c = ctx
+            .post(
+                "/v1/contracts",
+                &ka,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpu_count": 8, "start_at": now.to_string(),
+                        "end_at": now.plus_seconds(30 * 86400).to_string(), "site": "east"}),
+            )
+            .await
+            .expect(201);
+        let cid = c["id"].as_str().unwrap().to_string();
+        let inst = ctx
+            .post(
+                "/v1/instances",
+                &ka,
+                &json!({"class": "reserved", "contract_id": cid, "gpu_model": "H100-SXM-80GB",
+                        "gpus": 8, "delivery": container("localhost/trainer:1")}),
+            )
+            .await
+            .expect(201);
+        let id = inst["id"].as_str().unwrap().to_string();
+        let host = inst["placement"][0]["node"].as_str().unwrap().to_string();
+        let node_key = key_of(&keys, &host).to_string();
+        report(&ctx, &node_key, &host, vec![running(&id, 2201, "", 0)]).await;
+        assert_eq!(get(&ctx, &ka, &id).await["state"], "running");
+        // The contract is cancelled: its instance is stopped by its agent, metered until now.
+        ctx.post(
+            &format!("/v1/contracts/{cid}/cancel"),
+            &ctx.operator_key,
+            &json!({}),
+        )
+        .await
+        .expect(200);
+        let i = get(&ctx, &ka, &id).await;
+        assert_eq!(i["state"], "stopping", "{i}");
+        assert_eq!(i["ends_as"], "terminated");
+        assert!(!i["ended_at"].is_null(), "{i}");
+        let ack = report(&ctx, &node_key, &host, vec![]).await;
+        assert_eq!(ack["desired"]["workloads"][0]["stop"], true, "{ack}");
+        // Its GPUs are not sold before the agent has scrubbed them.
+        let node = ctx
+            .get(&format!("/v1/nodes/{host}"), &ctx.operator_key)
+            .await
+            .expect(200);
+        assert_ne!(node["state"], "available", "{node}");
+        report(
+            &ctx,
+            &node_key,
+            &host,
+            vec![phase(&id, "stopped", "stopped on request")],
+        )
+        .await;
+        let done = get(&ctx, &ka, &id).await;
+        assert_eq!(done["state"], "terminated", "{done}");
+        assert_eq!(done["ended_at"], i["ended_at"]);
+    }
+);

@@ -5,7 +5,7 @@
 //! count does not change are merged away, so a line has at most two per contract and a
 //! query over a window reads only the breakpoints inside it. This is what a quote asks
 //! ("do 512 H100s fit from March for three years? if not, from when? how many do?") and what
-//! keeps the calendar from being oversold (DESIGN.md §3.2: the caller compares against
+//! keeps the calendar from being oversold (invariant 2 in docs/architecture.md: the caller compares against
 //! healthy capacity minus the spare buffer).
 //!
 //! Times are microseconds since the Unix epoch; windows are half-open `[start, end)`.

@@ -2,7 +2,7 @@
 //!
 //! [`Allocator::check_invariants`] recomputes everything the allocator keeps incrementally
 //! (GPU masks, indexes, power) from the nodes and the allocations alone, and checks the
-//! DESIGN.md §3 invariants on the allocations; property tests call it after every step.
+//! the invariants in docs/architecture.md on the allocations; property tests call it after every step.
 //! [`Snapshot`] is the allocator's state in a form that does not depend on the order in
 //! which it was built, so that a test can say "rebuilt after a restart == before".
 

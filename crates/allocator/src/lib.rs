@@ -2,7 +2,7 @@
 //!
 //! [`Allocator`] decides where an instance runs: which node, which GPU indexes, or which
 //! whole nodes of one topology block for a gang. It keeps the fleet's occupancy in memory,
-//! indexed so that no decision scans the fleet, and it upholds DESIGN.md §3 invariants 1 (a
+//! indexed so that no decision scans the fleet, and it upholds invariants (docs/architecture.md) 1 (a
 //! GPU belongs to at most one allocation), 3 (a class only takes capacity from a lower one),
 //! 4 (tenants share a node only where the operator allows it) and 5 (a site never draws more
 //! than its power limit).
@@ -100,7 +100,7 @@ pub struct NodeSpec {
     pub sharing: Sharing,
 }
 
-/// Operator policy: what a node may run besides whole GPUs and gangs (DESIGN.md §3.4).
+/// Operator policy: what a node may run besides whole GPUs and gangs (invariant 4 in docs/architecture.md).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Sharing {
     /// Fractional (time-shared) and MIG instances may run on the node's GPUs.

@@ -1,6 +1,6 @@
 //! Preemption plans: which lower-class allocations to release so that a request fits.
 //!
-//! Only allocations of a strictly lower class (DESIGN.md §3.3, ordered by the fleet policy)
+//! Only allocations of a strictly lower class (invariant 3 in docs/architecture.md, ordered by the fleet policy)
 //! in the scopes the request may use are victims; for a reserved request that means the
 //! spot work borrowing its pool. The plan is a heuristic that prefers the fewest preempted
 //! GPUs, per site:

@@ -3,7 +3,7 @@
 //! An invoice is a pure function of the tenant's contracts, its usage records of the month
 //! (from the ledger), the downtime records of its contracts and the SLA policy: given the
 //! same inputs, [`build_invoice`] returns the same invoice, line for line, so any month can
-//! be regenerated and audited (DESIGN.md §3.6).
+//! be regenerated and audited (invariant 6 in docs/architecture.md).
 //!
 //! # Lines
 //!

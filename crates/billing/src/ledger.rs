@@ -3,7 +3,7 @@
 //! When an instance changes state (starts, ends, is preempted) the service turns the time
 //! it held GPUs into a [`UsageInterval`] and rates it with [`rate_interval`], which cuts it
 //! into [`UsageRecord`]s: one per calendar month and per price in force. Records are facts
-//! and are never changed; an invoice is a pure function of them (DESIGN.md §3.6).
+//! and are never changed; an invoice is a pure function of them (invariant 6 in docs/architecture.md).
 //!
 //! # Metering to the second
 //!

@@ -1,4 +1,4 @@
-//! Metering and billing of neocloud (DESIGN.md §2, invariant 6).
+//! Metering and billing of neocloud (invariant 6 in docs/architecture.md).
 //!
 //! This crate turns what instances did into money, and nothing else: it has no I/O, no
 //! async, no clock and no randomness, so the same inputs always give the same ledger and

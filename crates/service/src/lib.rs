@@ -2,7 +2,7 @@
 //!
 //! Every operation takes the caller's [`Principal`], checks the authorization table, confines
 //! tenant callers to their own tenant (another tenant's resource reads as not found, never
-//! forbidden: DESIGN.md §3.7), validates input, and runs each change and its audit event in
+//! forbidden: invariant 7 in docs/architecture.md), validates input, and runs each change and its audit event in
 //! one transaction. Creates honour an Idempotency-Key: a retry returns the first result.
 
 pub mod auth;

@@ -1,6 +1,6 @@
 //! neocloud's datastore.
 //!
-//! The database is the source of truth (DESIGN.md §4). One schema and one set of migrations
+//! The database is the source of truth (docs/architecture.md). One schema and one set of migrations
 //! serve both backends: embedded SQLite (a file in the data directory, zero set-up) and
 //! PostgreSQL (production, several replicas). Queries are written once in the SQL both
 //! understand and run through sqlx's `Any` driver; ids are text, times and money are 64-bit

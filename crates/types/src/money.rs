@@ -1,6 +1,6 @@
 //! Exact money: an integer count of micro-dollars (10⁻⁶ USD).
 //!
-//! Money is never a float (DESIGN.md §3.6). The store keeps it as a 64-bit integer of
+//! Money is never a float (invariant 6 in docs/architecture.md). The store keeps it as a 64-bit integer of
 //! micro-units, which every SQL backend handles exactly; the API writes it as a decimal
 //! string ("1234.5", "0.000001") so that no JSON parser turns it into a float.
 

@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 use crate::string_enum;
 
 string_enum!(
-    /// Class of an instance; decides who may take capacity from whom (DESIGN.md §3.3).
+    /// Class of an instance; decides who may take capacity from whom (invariant 3 in docs/architecture.md).
     Class {
         /// Runs in a contract's reserved pool. Highest priority.
         Reserved = "reserved",

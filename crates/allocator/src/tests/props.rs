@@ -1,6 +1,6 @@
 //! Property tests: random operation sequences on a small mixed fleet.
 //!
-//! After every step the allocator's own self-check must pass, and the DESIGN.md §3
+//! After every step the allocator's own self-check must pass, and the docs/architecture.md
 //! invariants are checked again here from the list of allocations alone, without the
 //! allocator's indexes: 1 (no GPU twice), 3 (preemption only of strictly lower classes, and
 //! a plan really makes room), 4 (one tenant per unshared node), 5 (no placement takes a site

@@ -4,7 +4,7 @@
 //! downtime through random replicas (every write with an Idempotency-Key, retried with it
 //! across failovers), and a harness that `kill -9`s the leader at random moments, restarts it, and
 //! (where `NEOCLOUD_TEST_FAULTS_PAUSE_PG=1`, set by `scripts/test.sh` for its throwaway
-//! cluster) freezes PostgreSQL for a moment. Afterwards it checks DESIGN.md §3 invariants
+//! cluster) freezes PostgreSQL for a moment. Afterwards it checks the invariants in docs/architecture.md
 //! 1, 2, 6 and 8 against the database and against every acknowledged response, and that no
 //! retried contract or downtime was recorded twice.
 //!

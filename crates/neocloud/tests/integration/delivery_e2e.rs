@@ -507,7 +507,8 @@ fn bare_metal_shares_mig_and_preemption_on_one_node_postgres() {
     one_node_test(Db::Postgres);
 }
 
-/// On one node: a bare-metal hand-off (account with the keys, user data run once, gone
+/// An image that exists nowhere fails its instance with the reason, nothing held. Then, on
+/// one node: a bare-metal hand-off (account with the keys, user data run once, gone
 /// after terminate); a share and a MIG instance side by side (MPS limits, the MIG slot's
 /// CDI device); a spot container preempted by on-demand work (it reads the notice, gets
 /// SIGTERM at the deadline, ends `preempted` with metering stopped there).
@@ -531,6 +532,38 @@ fn one_node_test(db: Db) {
     let pubkey = std::fs::read_to_string(plane.dir.join("id_tenant.pub")).unwrap();
     let key = plane.dir.join("id_tenant");
 
+    // An image no node has and no registry serves: failed with the reason, nothing held,
+    // nothing metered.
+    let missing = plane.cli(&[
+        "instances",
+        "launch",
+        "--gpu-model",
+        "H100-SXM-80GB",
+        "--gpus",
+        "8",
+        "--image",
+        "localhost/neocloud-missing:1",
+    ]);
+    let missing_id = missing["id"].as_str().unwrap().to_string();
+    let failed = plane.wait_state(&missing_id, &["provisioning", "stopping"], "failed", 120);
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("image not found: localhost/neocloud-missing:1"),
+        "{failed}"
+    );
+    assert!(
+        failed["started_at"].is_null(),
+        "never ran, never metered: {failed}"
+    );
+    let nodes = cli(&plane.addr, &plane.op, &["nodes", "list"]);
+    assert!(
+        nodes["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["state"] == "available"),
+        "nothing left allocated: {nodes}"
+    );
     // Bare metal: the whole node, an account of the tenant's with its key, user data once.
     let ud = plane.dir.join("user-data.sh");
     std::fs::write(

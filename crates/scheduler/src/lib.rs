@@ -860,6 +860,18 @@ impl Scheduler {
         }
         // GPUs in use by others, a part of a GPU counting as a whole one.
         let in_use = held_milli.saturating_sub(a.gpu_milli()).div_ceil(1000);
+        if a.gpu_milli() > sellable.saturating_mul(1000) {
+            // More than the site ever sells: waiting would not help.
+            return Err(Refusal::NoCapacity {
+                free_gpus: sellable.saturating_sub(committed).saturating_sub(in_use),
+                reason: format!(
+                    "{} sells at most {sellable} {} GPUs (the rest is kept spare to replace failed nodes); this request needs {}",
+                    site.name,
+                    a.gpu_model,
+                    a.gpu_milli().div_ceil(1000)
+                ),
+            });
+        }
         Err(Refusal::NoCapacity {
             // What is left to sell on demand, not the pool GPUs that sit idle.
             free_gpus: sellable.saturating_sub(committed).saturating_sub(in_use),

@@ -924,3 +924,51 @@ both_backends!(
         assert_eq!(r["gpu_count"], 32);
     }
 );
+
+both_backends!(
+    a_request_larger_than_a_site_ever_sells_says_so,
+    |ctx: TestContext| async move {
+        // One node of 8 GPUs: 2% of the site, rounded up to one GPU, is kept spare.
+        ctx.import(
+            r#"[[sites]]
+name = "lab"
+region = "local"
+power_mw = 1
+pue = 1.2
+[[sites.node_groups]]
+gpu_model = "H100-SXM-80GB"
+gpus = 8
+peak_watts = 10200
+idle_watts = 2000
+nodes_per_block = 1
+layout = [{ kind = "pod", count = 1, name = "pod{n}" }]
+name = "gpu-node-{n}"
+"#,
+        )
+        .await
+        .expect(200);
+        ctx.tenant("acme").await;
+        let (k, _) = ctx.key("tenant-admin", Some("acme")).await;
+        let p = ctx
+            .post(
+                "/v1/instances",
+                &k,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 8}),
+            )
+            .await
+            .problem(409, "insufficient_capacity");
+        let detail = p["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("lab sells at most 7 H100-SXM-80GB GPUs") && detail.contains("needs 8"),
+            "{p}"
+        );
+        // Within what it sells, a launch is placed.
+        ctx.post(
+            "/v1/instances",
+            &k,
+            &json!({"gpu_model": "H100-SXM-80GB", "gpus": 4}),
+        )
+        .await
+        .expect(201);
+    }
+);

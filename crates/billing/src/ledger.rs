@@ -24,7 +24,7 @@
 
 use std::collections::BTreeMap;
 
-use neocloud_types::{Class, ContractId, InstanceId, Money, SiteId, TenantId, Timestamp};
+use neocloud_types::{Class, ContractId, Instance, InstanceId, Money, SiteId, TenantId, Timestamp};
 
 use crate::BillingError;
 use crate::period::{Month, split_by_month};
@@ -55,6 +55,34 @@ pub struct UsageInterval {
     pub start: Timestamp,
     /// End (exclusive).
     pub end: Timestamp,
+}
+
+impl UsageInterval {
+    /// What `inst` used from where it was metered last (`metered_until`, else its start) up
+    /// to `until`, never past its end; `None` when it never ran or there is nothing new.
+    /// The one rule of what is billed, for `serve` and the simulator alike.
+    pub fn of_instance(
+        inst: &Instance,
+        metered_until: Option<Timestamp>,
+        until: Timestamp,
+    ) -> Option<UsageInterval> {
+        let (started, site) = (inst.started_at?, inst.site_id?);
+        // Never past its end (an instance whose agents are still stopping it is not billed
+        // for the stopping).
+        let until = inst.ended_at.map_or(until, |e| until.min(e));
+        let from = metered_until.unwrap_or(started).max(started);
+        (until > from).then(|| UsageInterval {
+            instance: inst.id,
+            tenant: inst.tenant_id,
+            class: inst.class,
+            gpu_model: inst.gpu_model.clone(),
+            site,
+            contract: inst.contract_id,
+            gpus: inst.gpu_count,
+            start: from,
+            end: until,
+        })
+    }
 }
 
 /// One rated, append-only fact: GPUs of one instance over a span of whole seconds inside

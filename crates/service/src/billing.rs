@@ -209,26 +209,8 @@ pub(crate) async fn meter(
     metered_until: Option<Timestamp>,
     until: Timestamp,
 ) -> Result<()> {
-    let (Some(started), Some(site)) = (inst.started_at, inst.site_id) else {
+    let Some(iv) = UsageInterval::of_instance(inst, metered_until, until) else {
         return Ok(());
-    };
-    // Never past its end (a preempted or failed instance whose agents are still stopping
-    // it is not billed for the stopping).
-    let until = inst.ended_at.map_or(until, |e| until.min(e));
-    let from = metered_until.unwrap_or(started).max(started);
-    if until <= from {
-        return Ok(());
-    }
-    let iv = UsageInterval {
-        instance: inst.id,
-        tenant: inst.tenant_id,
-        class: inst.class,
-        gpu_model: inst.gpu_model.clone(),
-        site,
-        contract: inst.contract_id,
-        gpus: inst.gpu_count,
-        start: from,
-        end: until,
     };
     // Spot is priced per interval at the spot price then in force: the recorded series
     // (recomputed from the pool's utilization), and the floor before its first point.
@@ -236,15 +218,15 @@ pub(crate) async fn meter(
         let mut series: Vec<(Timestamp, Money)> = book
             .segments(
                 &inst.gpu_model,
-                site,
+                iv.site,
                 PriceKind::SpotFloor,
                 Timestamp::from_micros(0),
-                until,
+                iv.end,
             )
             .into_iter()
             .map(|(s, _, p)| (s, p))
             .collect();
-        let recorded = store.spot_price_series(&inst.gpu_model, site).await?;
+        let recorded = store.spot_price_series(&inst.gpu_model, iv.site).await?;
         if let Some(first) = recorded.first() {
             series.retain(|(t, _)| *t < first.0);
         }

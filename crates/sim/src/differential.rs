@@ -77,34 +77,14 @@ impl Serve {
     /// Meters an instance up to `until`, as `serve`'s billing does: from where it was
     /// metered last (or its start), never past its end; spot at the floor of the book.
     fn meter(&mut self, inst: &Instance, until: Timestamp) {
-        let (Some(started), Some(site)) = (inst.started_at, inst.site_id) else {
+        let metered = self.metered.get(&inst.id).copied();
+        let Some(iv) = UsageInterval::of_instance(inst, metered, until) else {
             return;
-        };
-        let until = inst.ended_at.map_or(until, |e| until.min(e));
-        let from = self
-            .metered
-            .get(&inst.id)
-            .copied()
-            .unwrap_or(started)
-            .max(started);
-        if until <= from {
-            return;
-        }
-        let iv = UsageInterval {
-            instance: inst.id,
-            tenant: inst.tenant_id,
-            class: inst.class,
-            gpu_model: inst.gpu_model.clone(),
-            site,
-            contract: inst.contract_id,
-            gpus: inst.gpu_count,
-            start: from,
-            end: until,
         };
         let spot: Vec<(Timestamp, Money)> = if inst.class == Class::Spot {
             let floor = self
                 .book
-                .price_at(&inst.gpu_model, site, PriceKind::SpotFloor, self.start)
+                .price_at(&inst.gpu_model, iv.site, PriceKind::SpotFloor, self.start)
                 .unwrap();
             vec![(self.start, floor)]
         } else {
@@ -117,7 +97,7 @@ impl Serve {
             rate_interval(&iv, &self.book, &spot).unwrap()
         };
         self.ledger.extend(records);
-        self.metered.insert(inst.id, until);
+        self.metered.insert(inst.id, iv.end);
     }
 
     /// The contract a reserved launch names: the first active one of its tenant, model and

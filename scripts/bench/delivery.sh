@@ -40,23 +40,30 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# One mode: a fresh control plane and agent, N launches of a 1-GPU container, each
-# terminated once running. Prints the percentiles.
-measure() {
-  local mode="$1" n="$2"; shift 2
+secret() { python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])'; }
+
+# A fresh control plane on the one-node fleet, a tenant `bench` (its key in $tk), and the
+# node's agent (extra agent flags as arguments).
+start_node() {
   stop_server "$dir"; rm -rf "$dir" "$dir-agent"; mkdir -p "$dir"
   start_server "$dir" --fleet examples/one-node.toml --heartbeat-interval "$HEARTBEAT"
-  local op; op=$(cat "$dir/operator.key")
-  nc() { "$BIN" --url "$URL" --api-key "$op" "$@"; }
+  op=$(cat "$dir/operator.key")
   nc tenants create bench >/dev/null
-  local tk enroll
-  tk=$(nc -o json keys create --name bench --role tenant-admin --tenant bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
-  enroll=$(nc -o json keys create --name enroll --role node-agent | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
+  tk=$(nc -o json keys create --name bench --role tenant-admin --tenant bench | secret)
+  local enroll; enroll=$(nc -o json keys create --name enroll --role node-agent | secret)
   "$BIN" agent --server "$URL" --key "$enroll" --backend sim --hostname "$HOST" \
     --runtime podman --state-dir "$dir-agent" --ssh-listen 127.0.0.1 --ssh-host 127.0.0.1 \
     --ssh-ports 22200-22299 --cpu-cores 224 --ram-gib 2048 "$@" >"$dir-agent.log" 2>&1 &
   agent_pid=$!
   sleep 2
+}
+nc() { "$BIN" --url "$URL" --api-key "$op" "$@"; }
+
+# One mode: a fresh control plane and agent, N launches of a 1-GPU container, each
+# terminated once running. Prints the percentiles.
+measure() {
+  local mode="$1" n="$2"; shift 2
+  start_node "$@"
   python3 - "$URL" "$tk" "$n" "$IMAGE" "$mode" <<'PY'
 import json, sys, time, urllib.request
 from datetime import datetime
@@ -97,17 +104,7 @@ if [ -z "${ONLY_AGENT:-}" ]; then
 fi
 
 echo "== the agent with 8 instances running (60 s)"
-stop_server "$dir"; rm -rf "$dir" "$dir-agent"; mkdir -p "$dir"
-start_server "$dir" --fleet examples/one-node.toml --heartbeat-interval "$HEARTBEAT"
-op=$(cat "$dir/operator.key")
-nc() { "$BIN" --url "$URL" --api-key "$op" "$@"; }
-nc tenants create bench >/dev/null
-enroll=$(nc -o json keys create --name enroll --role node-agent | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
-"$BIN" agent --server "$URL" --key "$enroll" --backend sim --hostname "$HOST" \
-  --runtime podman --state-dir "$dir-agent" --ssh-listen 127.0.0.1 --ssh-host 127.0.0.1 \
-  --ssh-ports 22200-22299 --cpu-cores 224 --ram-gib 2048 >"$dir-agent.log" 2>&1 &
-agent_pid=$!
-sleep 2
+start_node
 ids=()
 for _ in $(seq 1 8); do
   # Spot: a one-node site keeps 2% (one GPU) unsold for failover, spot may use it.

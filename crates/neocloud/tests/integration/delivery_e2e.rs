@@ -129,7 +129,7 @@ fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-fn agent(addr: &str, key: &str, host: &str, state: &Path, ports: &str) -> Proc {
+fn agent(addr: &str, key: &str, host: &str, state: &Path, ports: &str, extra: &[&str]) -> Proc {
     Proc(
         Command::new(BIN)
             .args(["agent", "--server", &format!("http://{addr}"), "--key", key])
@@ -141,6 +141,7 @@ fn agent(addr: &str, key: &str, host: &str, state: &Path, ports: &str) -> Proc {
             .arg(state)
             .args(["--ssh-host", "127.0.0.1", "--ssh-listen", "127.0.0.1"])
             .args(["--ssh-ports", ports])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -298,17 +299,18 @@ impl Plane {
         run(&self.addr, &self.tk, args)
     }
 
-    /// The agent of `host`, with its state in `state` and SSH ports of its own.
-    fn agent(&self, host: &str, state: &Path) -> Proc {
-        self.agent_on_ports(host, state, 0)
+    /// The agent of `host`, with its state in `state`, SSH ports of its own and `extra`
+    /// flags.
+    fn agent(&self, host: &str, state: &Path, extra: &[&str]) -> Proc {
+        self.agent_on_ports(host, state, 0, extra)
     }
 
     /// An agent with the `slot`-th range of 10 ports after this run's own.
-    fn agent_on_ports(&self, host: &str, state: &Path, slot: u32) -> Proc {
+    fn agent_on_ports(&self, host: &str, state: &Path, slot: u32, extra: &[&str]) -> Proc {
         let (first, _) = self.ports.split_once('-').unwrap();
         let first: u32 = first.parse::<u32>().unwrap() + slot * 10;
         let ports = format!("{}-{}", first, first + 9);
-        agent(&self.addr, &self.enroll, host, state, &ports)
+        agent(&self.addr, &self.enroll, host, state, &ports, extra)
     }
 
     /// `neocloud ssh INSTANCE -i KEY -- CMD`, host keys not checked.
@@ -404,7 +406,7 @@ fn container_test(db: Db) {
 
     // The node's agent: a unique host name keeps its CDI kind apart from other tests'.
     let state = dir.join("agent");
-    let mut a = plane.agent(&host, &state);
+    let mut a = plane.agent(&host, &state, &[]);
     let running = plane.wait_state(&id, &["provisioning"], "running", 90);
     assert_eq!(running["access"]["host"], "127.0.0.1");
     let ctr = format!("nc-{id}");
@@ -446,10 +448,12 @@ fn container_test(db: Db) {
     assert!(!o.status.success(), "a stranger's key logs in");
 
     // SIGKILL the agent; its successor adopts the container instead of starting it again.
+    // The successor holds no long poll: the terminate below reaches it through heartbeat
+    // answers alone.
     a.0.kill().unwrap();
     a.0.wait().unwrap();
     drop(a);
-    let a2 = plane.agent(&host, &state);
+    let a2 = plane.agent(&host, &state, &["--no-long-poll"]);
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(
         podman(&["inspect", "-f", "{{.State.StartedAt}}", &ctr]),
@@ -526,7 +530,7 @@ fn one_node_test(db: Db) {
     let _agents: Vec<Proc> = (1..=2)
         .map(|n| {
             let host = format!("{tag}-p1-n{n}");
-            plane.agent_on_ports(&host, &plane.dir.join(&host), n)
+            plane.agent_on_ports(&host, &plane.dir.join(&host), n, &[])
         })
         .collect();
     let pubkey = std::fs::read_to_string(plane.dir.join("id_tenant.pub")).unwrap();

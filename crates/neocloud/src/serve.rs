@@ -341,19 +341,17 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 }
                 continue;
             }
-            if let Err(e) = ticker.tick(neocloud_types::Timestamp::now()).await {
+            if let Err(e) = ticker.tick(ticker.now()).await {
                 tracing::warn!(error = %e.internal.unwrap_or(e.message), "scheduler tick failed");
             }
-            if let Err(e) = ticker.health_tick(neocloud_types::Timestamp::now()).await {
+            if let Err(e) = ticker.health_tick(ticker.now()).await {
                 tracing::warn!(error = %e.internal.unwrap_or(e.message), "health tick failed");
             }
         }
     });
     neocloud_api::serve(listener, svc.clone(), shutdown_signal()).await?;
     if svc.is_leader()
-        && let Err(e) = svc
-            .health_flush(neocloud_types::Timestamp::now(), true)
-            .await
+        && let Err(e) = svc.health_flush(svc.now(), true).await
     {
         tracing::warn!(error = %e.internal.unwrap_or(e.message), "could not write the last telemetry");
     }

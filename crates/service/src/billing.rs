@@ -124,7 +124,7 @@ impl Service {
         if let Some(c) = self.idem_replay(p, idem).await? {
             return Ok(c);
         }
-        let now = Timestamp::now();
+        let now = self.now();
         let kind: PriceKind = req.kind.parse().map_err(|e: String| Error::invalid(e))?;
         crate::requests::check_money(
             "price_per_gpu_hour",
@@ -306,7 +306,7 @@ impl Service {
                 .map_err(|e: neocloud_billing::period::MonthParseError| {
                     Error::invalid(e.to_string())
                 })?;
-        let now = Timestamp::now();
+        let now = self.now();
         if month.start() > now {
             return Err(Error::invalid(format!(
                 "{month} has not started: no invoice for a future period"
@@ -495,7 +495,7 @@ impl Service {
                 .map_err(|e: neocloud_billing::period::MonthParseError| {
                     Error::internal(e.to_string())
                 })?;
-        let now = Timestamp::now();
+        let now = self.now();
         if month.end() > now {
             return Err(Error::invalid(format!(
                 "{} is not over yet: finalize after {}",
@@ -639,7 +639,7 @@ impl Service {
     /// now (or its start) to its end, in total and by calendar year.
     pub async fn report_backlog(&self, p: &Principal) -> Result<crate::BacklogReport> {
         auth::authorize(p, Action::ReadCapacity)?;
-        let now = Timestamp::now();
+        let now = self.now();
         // Sums in i128: no count of contracts can wrap the total around to a negative.
         let mut by_year: std::collections::BTreeMap<i32, i128> = Default::default();
         let mut contracts = Vec::new();
@@ -885,7 +885,7 @@ impl Service {
                 .map_err(|e: neocloud_billing::period::MonthParseError| {
                     Error::invalid(e.to_string())
                 })?;
-        let now = Timestamp::now();
+        let now = self.now();
         if m.start() > now {
             return Err(Error::invalid(format!("{m} has not started")));
         }
@@ -977,7 +977,7 @@ impl Service {
                 .map_err(|e: neocloud_billing::period::MonthParseError| {
                     Error::invalid(e.to_string())
                 })?;
-        let now = Timestamp::now();
+        let now = self.now();
         if m.start() > now {
             return Err(Error::invalid(format!("{m} has not started")));
         }

@@ -253,7 +253,7 @@ impl Service {
     /// largest count that fits in the window, and the price.
     pub async fn quote(&self, p: &Principal, t: ContractTerms) -> Result<Quote> {
         auth::authorize(p, Action::ReadContracts)?;
-        let c = self.check_terms(p, &t, Timestamp::now()).await?;
+        let c = self.check_terms(p, &t, self.now()).await?;
         let book = self.price_book().await?;
         let sched = scheduler::lock(&self.sched);
         let q = Self::quote_in(&sched, &book, &t, &c)?;
@@ -284,7 +284,7 @@ impl Service {
             (None, Some(own)) => self.refuse_suspended(own).await?,
             (None, None) => {}
         }
-        let now = Timestamp::now();
+        let now = self.now();
         let sla = parse_sla(t.sla_percent.as_deref())?;
         let c = self.check_terms(p, &t, now).await?;
         let Some(tenant) = c.tenant else {
@@ -417,7 +417,7 @@ impl Service {
                 gpu_count: count,
                 end_at: end,
             },
-            Timestamp::now(),
+            self.now(),
             Some(actor),
             move |_, _| {
                 Ok(Some(crate::writer::extra(move |_, tx| {
@@ -515,7 +515,7 @@ impl Service {
         match self
             .decide(
                 Command::Cancel { id: c.id },
-                Timestamp::now(),
+                self.now(),
                 Some(p.key_id),
                 |_, _| Ok(None),
             )
@@ -617,7 +617,7 @@ impl Service {
         auth::authorize(p, Action::ReadCapacity)?;
         let horizon = i64::from(horizon_days.unwrap_or(3 * 365).min(20 * 365));
         let sites = self.sites(site).await?;
-        let now = Timestamp::now();
+        let now = self.now();
         let sched = scheduler::lock(&self.sched);
         let mut out = Vec::new();
         for s in &sites {

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use neocloud_store::Store;
 use neocloud_types::{
     Delivery, DesiredWorkloads, Instance, InstanceId, NodeId, Shape, SshKey, SshKeyId, TenantId,
-    Timestamp, WorkloadReport,
+    WorkloadReport,
 };
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -409,7 +409,7 @@ impl Service {
             name: req.name,
             public_key,
             fingerprint,
-            created_at: Timestamp::now(),
+            created_at: self.now(),
         };
         Store::ssh_key_insert(&mut tx, &key).await?;
         Store::event_insert(
@@ -597,7 +597,7 @@ impl Service {
                 .collect();
             self.decide(
                 neocloud_scheduler::Command::Reports { node, reports },
-                Timestamp::now(),
+                self.now(),
                 None,
                 |_, _| Ok(None),
             )

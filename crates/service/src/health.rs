@@ -196,8 +196,11 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Monitor {
     /// Loads the nodes that have agents and the policy overrides. Every node counts as heard
     /// from now: a control plane that was down must not fail the fleet for its own absence.
-    pub(crate) async fn load(store: &Store, config: &SchedulerConfig) -> Result<Monitor> {
-        let now = Timestamp::now();
+    pub(crate) async fn load(
+        store: &Store,
+        config: &SchedulerConfig,
+        now: Timestamp,
+    ) -> Result<Monitor> {
         let mut live = HashMap::new();
         for n in store.agent_nodes().await? {
             let count = n.gpus.len();
@@ -659,7 +662,7 @@ impl Service {
                 ));
             }
         }
-        let now = Timestamp::now();
+        let now = self.now();
         let agent_json = serde_json::json!({
             "agent_version": req.agent_version,
             "backend": req.backend,
@@ -794,7 +797,7 @@ impl Service {
     pub async fn agent_heartbeat(&self, p: &Principal, mut hb: Heartbeat) -> Result<HeartbeatAck> {
         auth::authorize(p, Action::AgentHeartbeat)?;
         let node_id = heartbeat_node(p)?;
-        let now = Timestamp::now();
+        let now = self.now();
         validate_heartbeat(&hb, now)?;
         crate::delivery::validate_reports(&hb.workloads)?;
         let reports = std::mem::take(&mut hb.workloads);
@@ -1070,8 +1073,7 @@ impl Service {
                 HealthAction::Fail if node.state != NodeState::Failed => {
                     change = Some(Change {
                         gpus: gpus.clone(),
-                        ..Change::to(NodeState::Failed, reason, w.at.min(Timestamp::now()))
-                            .burn_in(None)
+                        ..Change::to(NodeState::Failed, reason, w.at.min(self.now())).burn_in(None)
                     });
                 }
                 HealthAction::Drain
@@ -1085,7 +1087,7 @@ impl Service {
                 {
                     change = Some(Change {
                         gpus: gpus.clone(),
-                        ..Change::to(NodeState::Draining, reason, w.at.min(Timestamp::now()))
+                        ..Change::to(NodeState::Draining, reason, w.at.min(self.now()))
                             .burn_in(None)
                     });
                 }
@@ -1104,16 +1106,11 @@ impl Service {
                 change = Some(if *passed {
                     Change {
                         burn_in_passed: true,
-                        ..Change::to(
-                            NodeState::Available,
-                            "burn-in passed".into(),
-                            Timestamp::now(),
-                        )
-                        .burn_in(None)
+                        ..Change::to(NodeState::Available, "burn-in passed".into(), self.now())
+                            .burn_in(None)
                     }
                 } else {
-                    Change::to(NodeState::Maintenance, f.detail.clone(), Timestamp::now())
-                        .burn_in(None)
+                    Change::to(NodeState::Maintenance, f.detail.clone(), self.now()).burn_in(None)
                 });
             }
         }
@@ -1121,7 +1118,7 @@ impl Service {
             // GPU health alone changes.
             change = Some(Change {
                 gpus: gpus.clone(),
-                ..Change::to(node.state, String::new(), Timestamp::now())
+                ..Change::to(node.state, String::new(), self.now())
             });
         }
         let new_state = change.as_ref().map_or(node.state, |c| c.to);
@@ -1159,7 +1156,7 @@ impl Service {
                 }
                 if passed {
                     // Re-verification counts from here, not from what was loaded at start.
-                    l.burn_in_passed_at = Some(Timestamp::now());
+                    l.burn_in_passed_at = Some(self.now());
                 }
             }
         }
@@ -1179,7 +1176,7 @@ impl Service {
         actor: Option<ApiKeyId>,
         more: Option<Extra>,
     ) -> Result<()> {
-        let now = Timestamp::now();
+        let now = self.now();
         let cmd = neocloud_scheduler::Command::Node(neocloud_scheduler::NodeChange {
             node: node.id,
             from: Some(from),
@@ -1236,7 +1233,7 @@ impl Service {
                 node.state = st;
             }
             let reason = |default: &str| body.reason.clone().unwrap_or_else(|| default.to_string());
-            let now = Timestamp::now();
+            let now = self.now();
             let bad = |allowed: &str| {
                 Error::new(
                     ErrorCode::Conflict,
@@ -1440,7 +1437,7 @@ impl Service {
         }
         let note = req.note.unwrap_or_else(|| "operator override".into());
         check_text("note", &note, 500)?;
-        let now = Timestamp::now();
+        let now = self.now();
         let mut tx = self.store.begin_write().await?;
         if let Some(c) = Self::idem_lookup(&mut tx, p, idem).await? {
             return Ok(c);
@@ -1489,7 +1486,7 @@ impl Service {
         if let Some(c) = Self::idem_lookup(&mut tx, p, idem).await? {
             return Ok(c);
         }
-        Store::health_rule_put(&mut tx, code, None, "", Timestamp::now()).await?;
+        Store::health_rule_put(&mut tx, code, None, "", self.now()).await?;
         Store::event_insert(
             &mut tx,
             NewEvent {
@@ -1714,7 +1711,7 @@ impl Service {
     /// Registered agents, those heard from within two intervals, and the longest silence
     /// (seconds) among nodes in service.
     pub(crate) fn agent_stats(&self) -> (usize, usize, f64) {
-        let now = Timestamp::now();
+        let now = self.now();
         let live = lock(&self.health.live);
         let window = i64::from(self.health.interval_secs) * 2;
         let fresh = live

@@ -89,7 +89,7 @@ impl Service {
                 req.ssh_key_names.clone(),
             )
             .await?;
-        let now = Timestamp::now();
+        let now = self.now();
         let inst = Instance {
             id: InstanceId::new(),
             tenant_id: tenant.id,
@@ -197,7 +197,7 @@ impl Service {
         if inst.state.is_final() {
             return Ok(inst);
         }
-        let now = Timestamp::now();
+        let now = self.now();
         match self
             .decide(
                 neocloud_scheduler::Command::Terminate { id: inst.id },
@@ -301,7 +301,7 @@ impl Service {
                 class: req.class,
                 max_gpus: req.max_gpus,
             },
-            Timestamp::now(),
+            self.now(),
             Some(actor),
             move |_, _| {
                 Ok(Some(crate::writer::extra(move |_, tx| {

@@ -38,6 +38,7 @@ pub use health::{
 };
 pub use neocloud_allocator::PlacementPolicy;
 pub use neocloud_allocator::Sharing;
+pub use neocloud_types::Clock;
 pub use replica::{ReplicaConfig, ReplicaRole, RoleChange};
 pub use requests::*;
 pub use scheduler::SchedulerConfig;
@@ -130,6 +131,8 @@ pub struct Service {
     logs: std::sync::Arc<delivery::Logs>,
     /// Agents waiting for their node's desired workloads to change.
     waiters: std::sync::Arc<delivery::Waiters>,
+    /// Where the time comes from.
+    clock: Clock,
 }
 
 /// How long an authenticated key is trusted without reading it again, seconds.
@@ -180,7 +183,18 @@ impl Service {
     /// Opens the database at `url`, applies migrations, seeds the built-in GPU catalog and
     /// rebuilds the allocator from the database.
     pub async fn open_with(url: &str, config: SchedulerConfig) -> Result<Service> {
-        let store = Store::open(url).await?;
+        Self::open_with_clock(url, config, Clock::system()).await
+    }
+
+    /// As [`Service::open_with`], reading the time from `clock`: every decision, record and
+    /// expiry is stamped with its time. Tests and differential runs pass a manual clock.
+    pub async fn open_with_clock(
+        url: &str,
+        config: SchedulerConfig,
+        clock: Clock,
+    ) -> Result<Service> {
+        let mut store = Store::open(url).await?;
+        store.set_clock(clock.clone());
         store.gpu_model_seed_builtins().await?;
         Self::price_seed_defaults(&store).await?;
         // Read before the rebuild: a write committed after this read moves the generation,
@@ -189,7 +203,7 @@ impl Service {
             .lease_get(neocloud_store::ALLOCATOR_LEASE)
             .await?
             .generation;
-        let health = health::Monitor::load(&store, &config).await?;
+        let health = health::Monitor::load(&store, &config, clock.now()).await?;
         let sched = std::sync::Arc::new(std::sync::Mutex::new(
             scheduler::load(&store, config).await?,
         ));
@@ -207,7 +221,18 @@ impl Service {
             replication: std::sync::Arc::new(replica::Replication::new(generation)),
             logs: Default::default(),
             waiters: Default::default(),
+            clock,
         })
+    }
+
+    /// The service's time now.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// The service's clock (a manual one can be moved by whoever holds it).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// A fingerprint of the allocator's state (allocations and free GPUs), to compare the
@@ -246,7 +271,7 @@ impl Service {
             role: Role::OperatorAdmin,
             tenant_id: None,
             prefix: minted.prefix.clone(),
-            created_at: Timestamp::now(),
+            created_at: self.now(),
             expires_at: None,
             revoked_at: None,
             last_used_at: None,
@@ -315,7 +340,7 @@ impl Service {
         if !auth::key_matches(presented, &hash) {
             return Err(invalid());
         }
-        let now = Timestamp::now();
+        let now = self.now();
         if key.revoked_at.is_some() {
             return Err(Error::unauthenticated("API key has been revoked"));
         }
@@ -748,7 +773,7 @@ impl Service {
                 site: site_id,
                 watts: watts.unwrap_or(before.power_budget_watts),
             },
-            Timestamp::now(),
+            self.now(),
             Some(actor),
             move |_, _| {
                 Ok(Some(writer::extra(move |_, tx| {
@@ -1132,7 +1157,7 @@ impl Service {
         if let Some(t) = tenant_id {
             self.refuse_suspended(t).await?;
         }
-        let req = req.validate(Timestamp::now())?;
+        let req = req.validate(self.now())?;
         let node_id = match (&req.node, req.role) {
             (None, _) => None,
             (Some(n), Role::NodeAgent) => Some(
@@ -1160,7 +1185,7 @@ impl Service {
             role: req.role,
             tenant_id,
             prefix: minted.prefix.clone(),
-            created_at: Timestamp::now(),
+            created_at: self.now(),
             expires_at: req.expires_at,
             revoked_at: None,
             last_used_at: None,

@@ -265,7 +265,7 @@ impl Service {
                 "Instances waiting for capacity.",
                 &[("", sched.queued().count().to_string())],
             );
-            let now = neocloud_types::Timestamp::now().micros();
+            let now = self.now().micros();
             let oldest = sched
                 .queued()
                 .filter_map(|id| sched.instance(id))

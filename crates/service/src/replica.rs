@@ -139,7 +139,7 @@ impl Service {
                 exclusive,
             });
         });
-        let r = self.leadership_tick(Timestamp::now()).await;
+        let r = self.leadership_tick(self.now()).await;
         self.replication.with(|s| {
             if let Some(s) = s {
                 s.claim = Claim::IfExpired;
@@ -291,7 +291,7 @@ impl Service {
         }
         let fresh = {
             let config = crate::scheduler::lock(&self.sched).config().clone();
-            crate::health::Monitor::load(&self.store, &config).await?
+            crate::health::Monitor::load(&self.store, &config, self.now()).await?
         };
         // The reload may have taken a while: renew, and lead only if the lease is still
         // ours with the same epoch.

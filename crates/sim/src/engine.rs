@@ -1170,7 +1170,7 @@ impl<'a> Engine<'a> {
     }
 }
 
-#[cfg(test)]
+/// What the differential tests and [`crate::Stepper`] read and do besides a whole run.
 impl Engine<'_> {
     /// Cancels a signed contract now: its reserved work ends and its pool is unpinned.
     pub(crate) fn cancel(&mut self, c: usize) -> Result<Result<(), Refused>, SimError> {

@@ -20,6 +20,7 @@ mod error;
 mod fleet;
 mod report;
 mod scenario;
+mod stepper;
 pub mod trace;
 
 pub use chart::{compare_svg, revenue_svg, utilization_svg};
@@ -30,6 +31,7 @@ pub use report::{GpuSeconds, MonthRow, RequestStats, RunResult, SitePower, Total
 pub use scenario::{
     ContractSpec, Failures, GeneratorSpec, Scenario, TenantSpec, Variant, parse_shape, shape_str,
 };
+pub use stepper::{JobState, NodePart, Stepper};
 
 /// Runs one variant of a scenario under one seed. `progress` is called with the share of
 /// simulated time done (0 to 1), about once per simulated hour.

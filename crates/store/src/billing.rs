@@ -76,7 +76,7 @@ impl Store {
         .bind(&p.kind)
         .bind(p.price_per_gpu_hour.micros())
         .bind(p.effective_from.micros())
-        .bind(Timestamp::now().micros())
+        .bind(tx.now().micros())
         .execute(tx.conn())
         .await
         .map_err(|e| {
@@ -124,7 +124,7 @@ impl Store {
     /// so replaying a state change adds nothing. Returns how many were new.
     pub async fn usage_append(tx: &mut WriteTx, records: &[UsageRecord]) -> Result<u64> {
         let mut added = 0;
-        let now = Timestamp::now().micros();
+        let now = tx.now().micros();
         for u in records {
             added += sqlx::query(&format!(
                 "INSERT INTO usage_records ({USAGE_COLS}, created_at)
@@ -251,7 +251,7 @@ impl Store {
         .bind(d.end_at.micros())
         .bind(i64::from(d.gpus))
         .bind(note)
-        .bind(Timestamp::now().micros())
+        .bind(tx.now().micros())
         .execute(tx.conn())
         .await?;
         Ok(())

@@ -104,7 +104,7 @@ impl Store {
     ) -> Result<()> {
         sqlx::query("UPDATE contracts SET state = $1, updated_at = $2 WHERE id = $3")
             .bind(state.as_str())
-            .bind(Timestamp::now().micros())
+            .bind(tx.now().micros())
             .bind(id.to_string())
             .execute(tx.conn())
             .await?;
@@ -123,7 +123,7 @@ impl Store {
         )
         .bind(i64::from(gpu_count))
         .bind(end_at.micros())
-        .bind(Timestamp::now().micros())
+        .bind(tx.now().micros())
         .bind(id.to_string())
         .execute(tx.conn())
         .await?;

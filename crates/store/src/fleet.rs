@@ -191,7 +191,7 @@ impl Store {
         .bind(i64::from(m.memory_gib))
         .bind(i64::from(m.tdp_watts))
         .bind(i64::from(m.builtin))
-        .bind(Timestamp::now().micros())
+        .bind(tx.now().micros())
         .execute(tx.conn())
         .await
         .map_err(|e| {
@@ -549,7 +549,7 @@ impl Store {
     ) -> Result<ImportReport> {
         let mut report = ImportReport::default();
         let mut problems: Vec<String> = Vec::new();
-        let now = Timestamp::now().micros();
+        let now = tx.now().micros();
 
         // GPU models.
         let existing_models: HashMap<String, GpuModel> = {

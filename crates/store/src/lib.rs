@@ -100,6 +100,8 @@ pub struct Store {
     write_lock: Option<Arc<Mutex<()>>>,
     /// Which writes go through (replica mode fences a deposed leader's writes).
     fence: lease::FenceCell,
+    /// The time rows are stamped with.
+    clock: neocloud_types::Clock,
 }
 
 /// An open write transaction. Dropping it without [`WriteTx::commit`] rolls it back.
@@ -108,9 +110,17 @@ pub struct WriteTx {
     _guard: Option<OwnedMutexGuard<()>>,
     /// The fence checked at commit (none for unfenced transactions).
     fence: Option<lease::FenceCell>,
+    /// The store's clock.
+    clock: neocloud_types::Clock,
 }
 
 impl WriteTx {
+    /// The time now, by the store's clock: what rows written in this transaction are
+    /// stamped with.
+    pub fn now(&self) -> neocloud_types::Timestamp {
+        self.clock.now()
+    }
+
     /// Commits every change made in this transaction — in replica mode only while this
     /// replica still holds the allocator lease, checked as the last statement before the
     /// commit (see [`FenceMode`]); otherwise it rolls back with [`StoreError::NotLeader`].
@@ -229,9 +239,20 @@ impl Store {
             // this they would sit on pool connections the lease holder needs.
             write_lock: Some(Arc::new(Mutex::new(()))),
             fence: Default::default(),
+            clock: neocloud_types::Clock::system(),
         };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// Stamps rows written from now on with `clock`'s time instead of the system clock's.
+    pub fn set_clock(&mut self, clock: neocloud_types::Clock) {
+        self.clock = clock;
+    }
+
+    /// The time now, by the store's clock.
+    pub fn now(&self) -> neocloud_types::Timestamp {
+        self.clock.now()
     }
 
     /// Which database this store runs on.
@@ -276,6 +297,7 @@ impl Store {
             tx,
             _guard: guard,
             fence: None,
+            clock: self.clock.clone(),
         })
     }
 
@@ -291,6 +313,7 @@ impl Store {
             tx,
             _guard: None,
             fence: None,
+            clock: self.clock.clone(),
         })
     }
 

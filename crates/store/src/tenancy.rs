@@ -111,7 +111,7 @@ impl Store {
         kind: TenantKind,
         credit_limit: Option<Money>,
     ) -> Result<Tenant> {
-        let now = Timestamp::now();
+        let now = tx.now();
         let t = Tenant {
             id: TenantId::new(),
             name: name.to_string(),
@@ -214,7 +214,7 @@ impl Store {
         if let Some(c) = changes.credit_limit {
             after.credit_limit = c;
         }
-        after.updated_at = Timestamp::now();
+        after.updated_at = tx.now();
         sqlx::query(
             "UPDATE tenants SET display_name = $1, status = $2, credit_limit_micros = $3,
              updated_at = $4 WHERE id = $5",
@@ -318,7 +318,7 @@ impl Store {
         };
         let mut after = before.clone();
         if after.revoked_at.is_none() {
-            let now = Timestamp::now();
+            let now = tx.now();
             after.revoked_at = Some(now);
             sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2")
                 .bind(now.micros())
@@ -356,7 +356,7 @@ impl Store {
              resource_id, before_json, after_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(id.to_string())
-        .bind(Timestamp::now().micros())
+        .bind(tx.now().micros())
         .bind(e.actor.map(|a| a.to_string()))
         .bind(e.tenant_id.map(|t| t.to_string()))
         .bind(e.action)
@@ -480,7 +480,7 @@ impl Store {
         .bind(&rec.fingerprint)
         .bind(i64::from(rec.status))
         .bind(&rec.body)
-        .bind(Timestamp::now().micros())
+        .bind(tx.now().micros())
         .execute(tx.conn())
         .await
         .map_err(|e| {

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod billing;
+pub mod clock;
 pub mod delivery;
 pub mod fleet;
 pub mod health;
@@ -18,6 +19,7 @@ pub mod time;
 
 pub use agent::*;
 pub use billing::*;
+pub use clock::Clock;
 pub use delivery::*;
 pub use fleet::*;
 pub use health::*;

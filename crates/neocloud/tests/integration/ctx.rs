@@ -153,8 +153,18 @@ impl TestContext {
         db: Db,
         config: neocloud_service::SchedulerConfig,
     ) -> Option<TestContext> {
+        Self::start_clocked(db, config, neocloud_service::Clock::system()).await
+    }
+
+    /// A control plane with these scheduling settings that reads the time from `clock`
+    /// (`None`: PostgreSQL is skipped).
+    pub async fn start_clocked(
+        db: Db,
+        config: neocloud_service::SchedulerConfig,
+        clock: neocloud_service::Clock,
+    ) -> Option<TestContext> {
         let url = fresh_database_url(db).await?;
-        let svc = Service::open_with(&url, config).await.unwrap();
+        let svc = Service::open_with_clock(&url, config, clock).await.unwrap();
         let operator_key = svc.bootstrap_operator_key().await.unwrap().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -28,6 +28,7 @@ mod cli;
 mod console;
 mod console_browser;
 mod delivery_e2e;
+mod differential;
 mod faults;
 mod openapi;
 mod replicas;

@@ -652,12 +652,30 @@ pub struct ImportParams {
     dry_run: bool,
 }
 
+/// A fleet file sent as a file's bytes (`application/octet-stream`): the same TOML.
+pub struct FleetFileBytes;
+
+impl utoipa::PartialSchema for FleetFileBytes {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Binary,
+            )))
+            .content_media_type("application/toml")
+            .into()
+    }
+}
+
+impl ToSchema for FleetFileBytes {}
+
 /// Import a fleet file (TOML, see docs/fleet-file.md): adds what is new, updates what
 /// changed, removes nodes of the file's sites that it no longer lists (never one that holds
 /// allocated GPUs). Errors name the line and field.
 #[utoipa::path(post, path = "/v1/fleet/import", tag = "fleet", security(("bearer" = [])),
     params(ImportParams, IdempotencyKey),
-    request_body(content = String, content_type = "application/toml", description = "A fleet file"),
+    request_body(description = "A fleet file, as TOML text or as the bytes of the file",
+        content((String = "application/toml"), (FleetFileBytes = "application/octet-stream"))),
     responses((status = 200, body = ImportReport), (status = 422, body = Problem)))]
 async fn fleet_import(
     State(st): State<AppState>,

@@ -15,6 +15,7 @@ and every JSON body is also checked against the document's schema for its operat
 status, with no property the document does not declare.
 """
 
+import datetime
 import json
 import os
 import re
@@ -132,6 +133,74 @@ def parsed(response, model, status=200):
     return response.parsed
 
 
+def sweep(operator, tenant, launched, spot):
+    """Reads (and a few writes) across the API, each answer checked against the document."""
+    from neocloud_client.api.instances import instance_terminate
+
+    op = operator.get_httpx_client()
+    ten = tenant.get_httpx_client()
+
+    def ok(http, method, path, status=200, **kw):
+        r = http.request(method, path, **kw)
+        assert r.status_code == status, f"{method} {path}: {r.status_code} {r.text[:2000]}"
+        return r.json() if r.headers.get("content-type", "").endswith("json") else r.text
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    month = now.strftime("%Y-%m")
+    start = (now + datetime.timedelta(days=1)).replace(microsecond=0)
+    terms = {
+        "gpu_model": "GB200",
+        "gpu_count": 4,
+        "site": "west",
+        "start_at": start.isoformat().replace("+00:00", "Z"),
+        "end_at": (start + datetime.timedelta(days=30)).isoformat().replace("+00:00", "Z"),
+    }
+    ok(ten, "POST", "/v1/quotes", json=terms)
+    contract = ok(ten, "POST", "/v1/contracts", 201, json=terms)
+    ok(ten, "POST", "/v1/ssh-keys", 201, json={
+        "name": "laptop",
+        "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAII2X/bUI99dqvdvtyPNXdL1arQrCRlcT63YEUGYfnH8q me@laptop",
+    })
+    parsed(instance_terminate.sync_detailed(str(spot.id), client=tenant), Instance)
+
+    ok(op, "GET", "/healthz")
+    ok(op, "GET", "/readyz")
+    ok(op, "GET", "/v1/gpu-models")
+    ok(op, "GET", "/v1/gpu-models/H100-SXM-80GB")
+    ok(op, "GET", "/v1/sites")
+    blocks = ok(op, "GET", "/v1/blocks", params={"site": "east"})["items"]
+    ok(op, "GET", f"/v1/blocks/{blocks[0]['id']}")
+    node = launched.placement[0].node
+    ok(op, "GET", f"/v1/nodes/{node}/health")
+    ok(op, "GET", "/v1/health/rules")
+    ok(op, "GET", "/v1/tenants")
+    keys = ok(op, "GET", "/v1/api-keys")["items"]
+    ok(op, "GET", f"/v1/api-keys/{keys[0]['id']}")
+    ok(op, "GET", "/v1/events")
+    ok(op, "GET", "/v1/events", params={"tenant": "acme", "action": "instance."})
+    ok(op, "GET", "/v1/instances", params={"tenant": "acme", "state": "terminated"})
+    # Launched without a delivery, it runs nothing of its own: no output to read (a 400).
+    ok(op, "GET", f"/v1/instances/{launched.id}/logs", 400)
+    ok(op, "GET", "/v1/ssh-keys", params={"tenant": "acme"})
+    ok(op, "GET", "/v1/quotas")
+    ok(op, "GET", "/v1/contracts")
+    ok(op, "GET", f"/v1/contracts/{contract['id']}")
+    ok(op, "GET", f"/v1/contracts/{contract['id']}/outages")
+    ok(op, "GET", "/v1/capacity", params={"horizon_days": 60})
+    ok(op, "GET", "/v1/prices")
+    ok(op, "GET", "/v1/usage")
+    ok(ten, "GET", "/v1/usage", params={"month": month, "class": "spot"})
+    ok(op, "GET", "/v1/invoices")
+    ok(op, "GET", "/v1/reports/backlog")
+    ok(op, "GET", "/v1/reports/power")
+    ok(op, "GET", "/v1/reports/utilization", params={"month": month})
+    ok(op, "GET", "/v1/reports/margin", params={"month": month})
+    ok(op, "GET", "/v1/reports/revenue", params={"from": month, "to": month})
+    ok(op, "GET", "/v1/spot-prices", params={"site": "east", "gpu_model": "H100-SXM-80GB"})
+    ok(op, "GET", "/v1/nodes", 404, params={"site": "nowhere"})
+    ok(op, "GET", "/v1/sites", 401, headers={"Authorization": "Bearer nope"})
+
+
 def main():
     operator = client(os.environ["NEOCLOUD_OPERATOR_KEY"])
     tenant = client(os.environ["NEOCLOUD_TENANT_KEY"])
@@ -230,6 +299,8 @@ def main():
     assert refused.code.value == "forbidden", refused
     bad = parsed(node_list.sync_detailed(client=operator, limit=0), Problem, 400)
     assert bad.code.value == "invalid_request", bad
+
+    sweep(operator, tenant, launched, spot)
 
     print(f"generated client: {len(checked)} answers checked against the document")
     for what in checked:

@@ -3,7 +3,9 @@
 #   formatting, clippy with -D warnings, and every test on SQLite and on PostgreSQL.
 # Installs PostgreSQL, promtool (to check /metrics), headless Chromium with chromedriver
 # (for the console's browser test), and podman, runc, OpenSSH and busybox (for delivery:
-# containers, SSH, bare-metal accounts) from Debian's packages if missing;
+# containers, SSH, bare-metal accounts) from Debian's packages if missing, and
+# openapi-spec-validator and openapi-python-client from PyPI into target/pytools (to check
+# the OpenAPI document and a client generated from it);
 # starts a throwaway PostgreSQL cluster on a free local port for the duration of the run,
 # and stops it afterwards.
 set -euo pipefail
@@ -40,6 +42,24 @@ fi
 # The browser test must run here, not skip it. Its screenshots land in
 # target/test-artifacts/console/.
 export NEOCLOUD_TEST_REQUIRE_BROWSER=1
+
+# The OpenAPI document is checked by the tools tenants use: a validator and a Python client
+# generator, in a virtualenv of their own (Debian's python3-venv provides `venv`).
+PYTOOLS="$PWD/target/pytools"
+if [ ! -x "$PYTOOLS/bin/openapi-spec-validator" ] || [ ! -x "$PYTOOLS/bin/openapi-python-client" ]; then
+  log "installing openapi-spec-validator and openapi-python-client into target/pytools"
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      python3 python3-venv >/dev/null
+  fi
+  rm -rf "$PYTOOLS"
+  python3 -m venv "$PYTOOLS"
+  "$PYTOOLS/bin/pip" install -q --disable-pip-version-check openapi-spec-validator openapi-python-client
+fi
+# The OpenAPI tests must run those tools here, not skip.
+export NEOCLOUD_TEST_PYTOOLS="$PYTOOLS"
+export NEOCLOUD_TEST_REQUIRE_PYTOOLS=1
 
 # Delivery (containers through podman with CDI devices, SSH into them, bare-metal
 # accounts) runs for real: podman with runc, OpenSSH's server and client, and a static

@@ -65,12 +65,21 @@ fn title(code: ErrorCode) -> &'static str {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        self.into_response_with_status(status)
+    }
+}
+
+impl ApiError {
+    /// The problem+json answer with `status` in place of the one that goes with the code (a
+    /// forwarded write whose answer was lost is `unavailable` but a 502 or 504); the body's
+    /// `status` always equals the answer's.
+    pub fn into_response_with_status(self, status: StatusCode) -> Response {
         let e = self.0;
         if let Some(internal) = &e.internal {
             tracing::error!(code = e.code.as_str(), detail = %internal, "request failed");
         }
-        let status =
-            StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = Problem {
             type_uri: format!("urn:neocloud:problem:{}", e.code.as_str()),
             title: title(e.code).to_string(),

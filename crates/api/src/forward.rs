@@ -138,18 +138,16 @@ pub async fn forward_writes(State(st): State<AppState>, req: Request, next: Next
 /// A forwarded write whose answer was lost: it may or may not have been applied, so this is
 /// not a plain "retry" — only a retry with the same Idempotency-Key is safe.
 fn unanswered(leader: &str, timeout: bool) -> Response {
-    let mut r = crate::ApiError(neocloud_service::Error::new(
+    crate::ApiError(neocloud_service::Error::new(
         neocloud_service::ErrorCode::Unavailable,
         format!(
             "the leader at {leader} took the request but its answer was lost; it may have been \
              applied: retry only with the same Idempotency-Key"
         ),
     ))
-    .into_response();
-    *r.status_mut() = if timeout {
+    .into_response_with_status(if timeout {
         StatusCode::GATEWAY_TIMEOUT
     } else {
         StatusCode::BAD_GATEWAY
-    };
-    r
+    })
 }

@@ -5,6 +5,7 @@
 //! (`/v1/openapi.json`) and the router cannot disagree; the committed copy in `openapi/`
 //! is checked against the code by a test.
 
+mod doc;
 mod error;
 mod extract;
 pub mod forward;
@@ -87,10 +88,12 @@ fn api() -> OpenApiRouter<AppState> {
     routes::register(OpenApiRouter::with_openapi(ApiDoc::openapi()))
 }
 
-/// The OpenAPI document, generated from the handlers.
+/// The OpenAPI document, generated from the handlers and finished for generators: list
+/// items and union variants are named schemas, errors are problem+json with every status
+/// an operation can answer.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, doc) = api().split_for_parts();
-    doc
+    doc::finish(doc)
 }
 
 /// The OpenAPI document as pretty JSON (what `/v1/openapi.json` serves and what is
@@ -104,7 +107,7 @@ pub fn openapi_json() -> String {
 /// The whole HTTP application.
 pub fn app(svc: Service) -> Router {
     let (router, doc) = api().split_for_parts();
-    let doc_json = doc.to_pretty_json().unwrap_or_default();
+    let doc_json = doc::finish(doc).to_pretty_json().unwrap_or_default();
     router
         .route(
             "/v1/openapi.json",

@@ -120,6 +120,7 @@ impl<T> From<neocloud_service::Page<T>> for Paged<T> {
 
 /// Paging parameters.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageParams {
     /// Cursor from a previous page's `next_cursor`.
@@ -278,6 +279,7 @@ async fn site_power_cap(
 
 /// Filters for listing blocks.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct BlockParams {
     /// Only blocks of this site (id or name).
@@ -313,6 +315,7 @@ async fn block_get(
 
 /// Filters and paging for listing nodes.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct NodeParams {
     /// Only nodes of this site (id or name).
@@ -450,6 +453,7 @@ async fn node_repair_complete(
 
 /// How many history entries to return.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LimitParams {
     /// Entries, newest first, 1-1000 (default 100).
@@ -607,6 +611,7 @@ async fn agent_heartbeat(
 
 /// Which desired workloads the agent already has, and how long to wait for others.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadsParams {
     /// The generation the agent last received; the answer waits while it is still current.
@@ -639,6 +644,7 @@ async fn agent_workloads(
 
 /// Options of a fleet import.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ImportParams {
     /// Validate and report what would change, writing nothing.
@@ -646,12 +652,30 @@ pub struct ImportParams {
     dry_run: bool,
 }
 
+/// A fleet file sent as a file's bytes (`application/octet-stream`): the same TOML.
+pub struct FleetFileBytes;
+
+impl utoipa::PartialSchema for FleetFileBytes {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Binary,
+            )))
+            .content_media_type("application/toml")
+            .into()
+    }
+}
+
+impl ToSchema for FleetFileBytes {}
+
 /// Import a fleet file (TOML, see docs/fleet-file.md): adds what is new, updates what
 /// changed, removes nodes of the file's sites that it no longer lists (never one that holds
 /// allocated GPUs). Errors name the line and field.
 #[utoipa::path(post, path = "/v1/fleet/import", tag = "fleet", security(("bearer" = [])),
     params(ImportParams, IdempotencyKey),
-    request_body(content = String, content_type = "application/toml", description = "A fleet file"),
+    request_body(description = "A fleet file, as TOML text or as the bytes of the file",
+        content((String = "application/toml"), (FleetFileBytes = "application/octet-stream"))),
     responses((status = 200, body = ImportReport), (status = 422, body = Problem)))]
 async fn fleet_import(
     State(st): State<AppState>,
@@ -745,6 +769,7 @@ async fn tenant_update(
 
 /// Filters and paging for listing keys.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct KeyParams {
     /// Only keys of this tenant (id or name).
@@ -819,6 +844,7 @@ async fn api_key_revoke(
 
 /// Filters and paging for the audit trail.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventParams {
     /// Only events of this tenant (id or name; operators only, tenants always see their own).
@@ -864,6 +890,7 @@ async fn event_list(
 
 /// Filters and paging for listing instances.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceParams {
     /// Only instances of this tenant (id or name; operators only, tenants always see their own).
@@ -948,6 +975,7 @@ async fn instance_terminate(
 
 /// Where to read an instance's output from.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogParams {
     /// Byte offset to read from (the `next_offset` of the previous read; default 0: all
@@ -982,6 +1010,7 @@ async fn instance_logs(
 
 /// Which tenant's SSH keys.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SshKeyParams {
     /// The tenant (id or name; operators only, tenants always see their own).
@@ -1040,6 +1069,7 @@ async fn ssh_key_delete(
 
 /// Filters for quotas.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaParams {
     /// Only this tenant's quotas (operators; tenants see their own).
@@ -1114,6 +1144,7 @@ async fn contract_sign(
 
 /// Paging for contracts.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ContractParams {
     /// Only this tenant's (operators; tenants see their own).
@@ -1198,6 +1229,7 @@ async fn contract_amend(
 
 /// Filters for the capacity report.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CapacityParams {
     /// Only this site (id or name).
@@ -1235,6 +1267,7 @@ async fn capacity(
 
 /// Filters for the price book.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PriceParams {
     /// Only this GPU model.
@@ -1270,6 +1303,7 @@ async fn price_set(State(st): State<AppState>, Auth(p): Auth, idem: Idem) -> Api
 
 /// Filters, paging and format for the usage ledger.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageParams {
     /// Only this tenant's (operators; tenants see their own).
@@ -1368,6 +1402,7 @@ async fn usage_list(
 
 /// Filters for invoices.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InvoiceParams {
     /// Only this tenant's (operators; tenants see their own).
@@ -1470,6 +1505,7 @@ async fn report_backlog(
 
 /// Months for a report.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RevenueParams {
     /// First month, `YYYY-MM`.
@@ -1509,6 +1545,7 @@ pub struct SpotPrice {
 
 /// The pool to read spot prices of.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SpotParams {
     /// Site id or name.
@@ -1543,6 +1580,7 @@ async fn spot_price_list(
 
 /// A month for a report.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct MonthParams {
     /// Month, `YYYY-MM`.

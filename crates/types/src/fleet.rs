@@ -14,7 +14,7 @@ macro_rules! string_enum {
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
                  serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
         pub enum $name {
-            $($(#[$vdoc])* #[serde(rename = $text)] $variant),+
+            $($(#[$vdoc])* #[serde(rename = $text)] #[schema(rename = $text)] $variant),+
         }
 
         impl $name {

@@ -420,3 +420,82 @@ fn the_shipped_scenarios_load() {
     assert_eq!(bench.fleet.gpu_count(), 220_000);
     assert_eq!(bench.variants.len(), 2);
 }
+
+const COSTS: &str = r#"
+[costs]
+discount_percent = 12
+depreciation_years = 3
+facility_capex_per_mw = "10000000"
+fixed_opex_per_mw_year = "1200000"
+residual = "book"
+
+[costs.financing]
+debt_percent = 50
+interest_percent = 6
+term_years = 1
+
+[[costs.gpus]]
+gpu_model = "H100-SXM-80GB"
+per_gpu = "25000"
+per_node = "50000"
+
+[[costs.gpus]]
+gpu_model = "GB200"
+per_gpu = "40000"
+"#;
+
+#[test]
+fn the_accounts_of_a_run_are_priced_by_hand_and_add_up() {
+    let dir = scratch("costs", |t| format!("{t}\n{COSTS}"));
+    let sc = Scenario::load(&dir.join("small.toml")).unwrap();
+    let r = run_variant(&sc, "keep", 3);
+    let f = &r.finance;
+    let m = |s: &str| s.parse::<Money>().unwrap();
+    // m1: 160 H100 × $25,000 + 20 nodes × $50,000 + 0.3 MW × $10M = $8,000,000;
+    // m2: 64 GB200 × $40,000 + 0.2 MW × $10M = $4,560,000.
+    assert_eq!(f.sites[0].accounts.capex, m("8000000"));
+    assert_eq!(f.sites[0].capex_facility, m("3000000"));
+    assert_eq!(f.sites[1].accounts.capex, m("4560000"));
+    assert_eq!(f.capex, m("12560000"));
+    assert_eq!(f.debt, m("6280000"));
+    assert_eq!(f.equity, m("6280000"));
+    // January 20 to February 19: two months of the accounts.
+    assert_eq!(f.months.len(), 2);
+    let jan = &f.months[0];
+    assert_eq!(jan.month, "2027-01");
+    // 12,560,000 / 36 = 348,888.888… → 348,888.89; then 697,777.78 − 348,888.89.
+    assert_eq!(jan.depreciation, m("348888.89"));
+    assert_eq!(f.months[1].depreciation, m("348888.89"));
+    // 6,280,000 × 6% / 12 = 31,400; then (6,280,000 − 523,333.33) × 0.5% = 28,783.33.
+    assert_eq!(jan.interest, m("31400"));
+    assert_eq!(jan.principal, m("523333.33"));
+    assert_eq!(f.months[1].interest, m("28783.33"));
+    // 0.5 MW × $1.2M a year = $50,000 a month.
+    assert_eq!(jan.fixed_opex, m("50000"));
+    assert_eq!(f.residual_value, m("11862222.22"));
+    assert_eq!(f.debt_outstanding, m("5233333.33"));
+    // The months add up to the run's totals, and each line is what it says.
+    assert_eq!(f.revenue, r.totals.revenue);
+    assert_eq!(f.energy, r.totals.energy_cost);
+    let mut flows = vec![Money::from_micros(-f.equity.micros())];
+    for (k, x) in f.months.iter().enumerate() {
+        let ebitda = x.revenue.micros() - x.energy.micros() - x.fixed_opex.micros();
+        assert_eq!(x.ebitda.micros(), ebitda);
+        assert_eq!(
+            x.net_income.micros(),
+            ebitda - x.depreciation.micros() - x.interest.micros()
+        );
+        let mut cash = ebitda - x.interest.micros() - x.principal.micros();
+        if k + 1 == f.months.len() {
+            cash += f.residual_value.micros() - f.debt_outstanding.micros();
+        }
+        assert_eq!(x.cash_flow.micros(), cash);
+        flows.push(x.cash_flow);
+    }
+    assert_eq!(f.npv, crate::finance::npv(&flows, 0.12));
+    // The sites' revenue adds up to the fleet's.
+    let sites: i64 = f.sites.iter().map(|s| s.accounts.revenue.micros()).sum();
+    assert_eq!(sites, f.revenue.micros());
+    assert!(r.summary().contains("NPV"));
+    assert!(r.finance_csv().starts_with("site,month,revenue"));
+}

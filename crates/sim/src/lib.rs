@@ -27,7 +27,7 @@ pub mod trace;
 
 pub use accounts::{Finance, FinanceMonth, SiteFinance};
 pub use chart::{compare_svg, revenue_svg, utilization_svg};
-pub use compare::{Comparison, Spread, VariantSummary, compare};
+pub use compare::{Comparison, Spread, VariantSummary, Win, compare, parse_seeds};
 pub use costs::{Costs, GpuCost, Residual, SitePlan};
 pub use demand::Job;
 pub use error::SimError;

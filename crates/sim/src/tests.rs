@@ -499,3 +499,183 @@ fn the_accounts_of_a_run_are_priced_by_hand_and_add_up() {
     assert!(r.summary().contains("NPV"));
     assert!(r.finance_csv().starts_with("site,month,revenue"));
 }
+
+#[test]
+fn a_parallel_comparison_equals_a_sequential_one_and_counts_wins() {
+    let dir = scratch("wins", |t| format!("{t}\n{COSTS}"));
+    let sc = Scenario::load(&dir.join("small.toml")).unwrap();
+    let seeds = crate::parse_seeds("1..4").unwrap();
+    assert_eq!(seeds, vec![1, 2, 3, 4]);
+    let one = compare(&sc, &seeds, 1, &mut |_| {}).unwrap();
+    let three = compare(&sc, &seeds, 3, &mut |_| {}).unwrap();
+    assert_eq!(one.to_json(), three.to_json());
+    assert_eq!(one.to_csv(), three.to_csv());
+    assert_eq!(one.table(), three.table());
+    // And each run equals the same run made on its own.
+    for r in &three.runs {
+        assert_eq!(r.to_json(), run_variant(&sc, &r.variant, r.seed).to_json());
+    }
+    // Wins are counted seed by seed from the runs' NPVs.
+    let npv = |v: &str, s: u64| {
+        three
+            .runs
+            .iter()
+            .find(|r| r.variant == v && r.seed == s)
+            .unwrap()
+            .finance
+            .npv
+    };
+    let w = three
+        .wins
+        .iter()
+        .find(|w| w.variant == "keep" && w.over == "lease")
+        .unwrap();
+    let won = seeds
+        .iter()
+        .filter(|&&s| npv("keep", s) > npv("lease", s))
+        .count();
+    assert_eq!(w.seeds_won, won);
+    assert_eq!(w.seeds, 4);
+    assert!((w.probability - won as f64 / 4.0).abs() < 1e-12);
+    // Nearest-rank percentiles of four values: P5 the smallest, P50 the second, P95 the largest.
+    let keep = three.variants.iter().find(|v| v.variant == "keep").unwrap();
+    let mut xs: Vec<f64> = seeds
+        .iter()
+        .map(|&s| npv("keep", s).micros() as f64 / 1e6)
+        .collect();
+    xs.sort_by(f64::total_cmp);
+    assert_eq!(keep.npv_usd.p5, xs[0]);
+    assert_eq!(keep.npv_usd.p50, xs[1]);
+    assert_eq!(keep.npv_usd.p95, xs[3]);
+}
+
+#[test]
+fn seeds_parse_as_lists_and_ranges() {
+    assert_eq!(crate::parse_seeds("1..3,7").unwrap(), vec![1, 2, 3, 7]);
+    assert_eq!(crate::parse_seeds("5").unwrap(), vec![5]);
+    assert_eq!(crate::parse_seeds("1..=2").unwrap(), vec![1, 2]);
+    assert_eq!(crate::parse_seeds("1..200").unwrap().len(), 200);
+    assert!(crate::parse_seeds("").is_err());
+    assert!(crate::parse_seeds("3..1").is_err());
+    assert!(crate::parse_seeds("1,1").is_err());
+}
+
+#[test]
+fn prices_follow_their_curves_through_the_billing_code() {
+    // On-demand H100 falls 50% a year from the scenario's month: February is one month in,
+    // $3.00 + (1.50 − 3.00) × 1/12 = $2.875.
+    let dir = scratch("decline", |t| {
+        t.replacen(
+            "on_demand = \"3.00\"",
+            "on_demand = \"3.00\"\ndecline_percent_per_year = 50",
+            1,
+        )
+    });
+    let sc = Scenario::load(&dir.join("small.toml")).unwrap();
+    let feb: neocloud_types::Timestamp = "2027-02-01T00:00:00Z".parse().unwrap();
+    let jan: neocloud_types::Timestamp = "2027-01-31T23:00:00Z".parse().unwrap();
+    let site = crate::fleet::site_id(0);
+    let kind = neocloud_billing::PriceKind::OnDemand;
+    let at = |t| sc.prices.price_at("H100-SXM-80GB", site, kind, t).unwrap();
+    assert_eq!(at(jan), "3".parse().unwrap());
+    assert_eq!(at(feb), "2.875".parse().unwrap());
+    let r = run_variant(&sc, "keep", 1);
+    let rates: std::collections::BTreeSet<(String, i64)> = r
+        .ledger
+        .iter()
+        .filter(|x| x.class == Class::OnDemand && x.gpu_model == "H100-SXM-80GB")
+        .map(|x| (x.month.to_string(), x.rate.micros()))
+        .collect();
+    assert!(
+        rates.contains(&("2027-01".to_string(), 3_000_000)),
+        "{rates:?}"
+    );
+    assert!(
+        rates.contains(&("2027-02".to_string(), 2_875_000)),
+        "{rates:?}"
+    );
+    assert!(
+        !rates.contains(&("2027-02".to_string(), 3_000_000)),
+        "{rates:?}"
+    );
+
+    // A table of changes by date.
+    let dir = scratch("changes", |t| {
+        t.replacen(
+            "internal_shadow = \"1.80\"",
+            "internal_shadow = \"1.80\"\nchanges = [{ from = \"2027-02-01T00:00:00Z\", on_demand = \"2.50\" }]",
+            1,
+        )
+    });
+    let sc = Scenario::load(&dir.join("small.toml")).unwrap();
+    let at = |t| sc.prices.price_at("H100-SXM-80GB", site, kind, t).unwrap();
+    assert_eq!(at(jan), "3".parse().unwrap());
+    assert_eq!(at(feb), "2.5".parse().unwrap());
+}
+
+#[test]
+fn bad_costs_name_their_field() {
+    for (add, field, why) in [
+        (
+            "[costs]\ndepreciation_schedule = [50, 40]\n",
+            "costs.depreciation_schedule",
+            "add up to 100",
+        ),
+        (
+            "[costs]\ndepreciation_years = 5\ndepreciation_schedule = [100]\n",
+            "costs.depreciation_schedule",
+            "not both",
+        ),
+        (
+            "[costs]\nresidual = \"scrap\"\n",
+            "costs.residual",
+            "not one of: book, market, none",
+        ),
+        (
+            "[costs.financing]\ndebt_percent = 120\n",
+            "costs.financing.debt_percent",
+            "at most 100",
+        ),
+        (
+            "[[costs.gpus]]\ngpu_model = \"A100\"\nper_gpu = \"1\"\n",
+            "costs.gpus[0].gpu_model",
+            "no node of the fleet",
+        ),
+        (
+            "[[costs.gpus]]\ngpu_model = \"GB200\"\nper_gpu = \"-5\"\n",
+            "costs.gpus[0].per_gpu",
+            "must not be negative",
+        ),
+        (
+            "[[sites]]\nsite = \"m1\"\nsolar_mw = 3\n",
+            "sites[0].solar_mw",
+            "only for orbital sites",
+        ),
+        (
+            "[[sites]]\nsite = \"m9\"\n",
+            "sites[0].site",
+            "not in the fleet file",
+        ),
+        (
+            "[[sites]]\nsite = \"m1\"\nservicing_days = [400]\n",
+            "sites[0].servicing_days[0]",
+            "not inside the horizon",
+        ),
+    ] {
+        let dir = scratch("badcosts", |t| format!("{t}\n{add}"));
+        let err = load_err(&dir);
+        assert!(err.contains(field) && err.contains(why), "{add}: {err}");
+    }
+    let dir = scratch("badcurve", |t| {
+        t.replacen(
+            "on_demand = \"3.00\"",
+            "on_demand = \"3.00\"\ndecline_percent_per_year = 10\nchanges = [{ from = \"2027-02-01T00:00:00Z\", on_demand = \"2.50\" }]",
+            1,
+        )
+    });
+    let err = load_err(&dir);
+    assert!(
+        err.contains("prices[0].changes") && err.contains("not both"),
+        "{err}"
+    );
+}

@@ -419,6 +419,72 @@ fn the_shipped_scenarios_load() {
     let bench = Scenario::load(&examples.join("memphis-1-bench.toml")).unwrap();
     assert_eq!(bench.fleet.gpu_count(), 220_000);
     assert_eq!(bench.variants.len(), 2);
+    let orbital = Scenario::load(&examples.join("orbital.toml")).unwrap();
+    let (earth, orbit) = (&orbital.sites[0], &orbital.sites[1]);
+    assert!(!earth.orbital && earth.repair && earth.node_afr.is_none());
+    assert!(orbit.orbital && !orbit.repair);
+    assert_eq!(orbit.node_afr, Some(0.15));
+    assert_eq!(orbit.powered_watts, Some(6_000_000));
+    assert_eq!(orbit.grams_per_node, 500_000);
+}
+
+/// The orbital example, shortened: `edit` changes its text.
+fn orbital(tag: &str, edit: impl Fn(String) -> String) -> Scenario {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let dir = std::env::temp_dir().join(format!("neocloud-sim-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        examples.join("orbital.fleet.toml"),
+        dir.join("orbital.fleet.toml"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(examples.join("orbital.toml"))
+        .unwrap()
+        .replace("horizon_days = 1095", "horizon_days = 120")
+        .replace("arrivals_per_day = 150", "arrivals_per_day = 40")
+        .replace("node_afr = 0.15 ", "node_afr = 3 ");
+    std::fs::write(dir.join("orbital.toml"), edit(text)).unwrap();
+    Scenario::load(&dir.join("orbital.toml")).unwrap()
+}
+
+#[test]
+fn in_orbit_failed_nodes_stay_failed_until_a_servicing_mission() {
+    let sc = orbital("orbit", |t| t);
+    let r = run(&sc, &sc.variants[0], 1, &mut |_| {}).unwrap();
+    let orbit = &r.finance.sites[1].accounts.months;
+    let earth = &r.finance.sites[0].accounts.months;
+    // No repair: the share of GPUs down only grows, month after month.
+    for w in orbit.windows(2) {
+        assert!(w[1].down_percent >= w[0].down_percent, "{orbit:?}");
+    }
+    // 300% a year over 500 nodes, none repaired: most are down by the fourth month; the
+    // ground's are repaired in two days.
+    assert!(orbit[3].down_percent > 30.0, "{:?}", orbit[3]);
+    assert!(earth[3].down_percent < 2.0, "{:?}", earth[3]);
+    let g = &r.totals.gpu_seconds;
+    assert_eq!(g.allocated + g.idle + g.down, g.fleet);
+    // Launch: 500 nodes × 500 kg × $1,000.
+    assert_eq!(
+        r.finance.sites[1].capex_launch,
+        Money::from_micros(250_000_000 * 1_000_000)
+    );
+
+    // A servicing mission on day 62 repairs every failed node: March ends below February.
+    let sc = orbital("serviced", |t| {
+        t.replace("repair = false ", "servicing_days = [62]\nrepair = false ")
+    });
+    let r = run(&sc, &sc.variants[0], 1, &mut |_| {}).unwrap();
+    let orbit = &r.finance.sites[1].accounts.months;
+    assert!(orbit[2].down_percent < orbit[1].down_percent, "{orbit:?}");
+
+    // Half the array: the nodes it cannot power are dark from the start.
+    let sc = orbital("dark", |t| t.replace("solar_mw = 6 ", "solar_mw = 3 "));
+    let r = run(&sc, &sc.variants[0], 1, &mut |_| {}).unwrap();
+    // 3 MW / (10.2 kW × 1.05) = 280 nodes powered, 220 of 500 dark: 44%.
+    let first = &r.finance.sites[1].accounts.months[0];
+    assert!(first.down_percent >= 44.0, "{first:?}");
+    let g = &r.totals.gpu_seconds;
+    assert_eq!(g.allocated + g.idle + g.down, g.fleet);
 }
 
 const COSTS: &str = r#"

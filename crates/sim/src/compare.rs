@@ -41,6 +41,19 @@ fn nearest_rank(sorted: &[f64], p: u32) -> f64 {
 
 impl Spread {
     fn of(xs: &[f64]) -> Spread {
+        if xs.is_empty() {
+            // Nothing to summarise (no seed had an IRR, or none paid back): null in JSON,
+            // a dash in the table.
+            return Spread {
+                mean: f64::NAN,
+                stdev: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+                p5: f64::NAN,
+                p50: f64::NAN,
+                p95: f64::NAN,
+            };
+        }
         let mut sorted = xs.to_vec();
         sorted.sort_by(f64::total_cmp);
         let n = xs.len().max(1) as f64;
@@ -371,7 +384,9 @@ impl Comparison {
                     .iter()
                     .map(|v| {
                         let sp = v.figures()[i].1;
-                        if *big {
+                        if sp.mean.is_nan() {
+                            "—".to_string()
+                        } else if *big {
                             format!(
                                 "{} ± {} [{} / {} / {}]",
                                 millions(sp.mean),

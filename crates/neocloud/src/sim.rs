@@ -28,15 +28,18 @@ pub enum SimCmd {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
-    /// Run every variant over several seeds and print a side-by-side table of the mean and
-    /// spread of revenue, margin, utilization and refused demand. With --out: compare.json,
+    /// Run every variant over several seeds and print a side-by-side table of the mean,
+    /// standard deviation and P5/P50/P95 of revenue, margin, NPV, IRR, utilization and refused
+    /// demand, and how often each variant's NPV beats each other's. With --out: compare.json,
     /// compare.csv, compare.svg, and each run's outputs in <DIR>/<variant>-seed<N>/.
     Compare {
         /// The scenario file (TOML).
         scenario: PathBuf,
-        /// Seeds, comma-separated (default: the scenario's seeds).
-        #[arg(long, value_delimiter = ',')]
-        seeds: Vec<u64>,
+        /// Seeds: numbers and inclusive ranges, comma-separated (`1..200`, `1,2,3`, `1..5,9`;
+        /// default: the scenario's seeds). Each seed is one demand path, run for every
+        /// variant; the statistics do not depend on --threads.
+        #[arg(long)]
+        seeds: Option<String>,
         /// Runs at once (default: the number of CPUs).
         #[arg(long)]
         threads: Option<usize>,
@@ -175,10 +178,9 @@ pub fn run(cmd: SimCmd, json: bool) -> Result<()> {
             out,
         } => {
             let sc = load(&scenario)?;
-            let seeds = if seeds.is_empty() {
-                sc.seeds.clone()
-            } else {
-                seeds
+            let seeds = match &seeds {
+                None => sc.seeds.clone(),
+                Some(s) => neocloud_sim::parse_seeds(s).map_err(|e| anyhow!("--seeds: {e}"))?,
             };
             let threads = threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get)

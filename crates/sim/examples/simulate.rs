@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! cargo run --release -p neocloud-sim --example simulate -- examples/memphis-1-bench.toml [VARIANT] [SEED]
-//! cargo run --release -p neocloud-sim --example simulate -- --compare OUT_DIR SCENARIO.toml
+//! cargo run --release -p neocloud-sim --example simulate -- --compare OUT_DIR SCENARIO.toml [SEEDS]
 //! ```
+//!
+//! `SEEDS` as `sim compare --seeds` takes them (`1..200`, `1,2,3`; default: the scenario's).
 //!
 //! `--compare` does what `neocloud sim compare SCENARIO.toml --out OUT_DIR` does, through the
 //! same library calls, without building the whole binary.
@@ -16,12 +18,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--compare") {
         let (Some(out), Some(path)) = (args.get(1), args.get(2)) else {
-            return Err("usage: simulate --compare OUT_DIR SCENARIO.toml".into());
+            return Err("usage: simulate --compare OUT_DIR SCENARIO.toml [SEEDS]".into());
         };
         let sc = neocloud_sim::Scenario::load(Path::new(path))?;
+        let seeds = match args.get(3) {
+            Some(s) => neocloud_sim::parse_seeds(s)?,
+            None => sc.seeds.clone(),
+        };
         let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         let t = Instant::now();
-        let c = neocloud_sim::compare(&sc, &sc.seeds, threads, &mut |_| {})?;
+        let total = sc.variants.len() * seeds.len();
+        let mut last = 0;
+        let c = neocloud_sim::compare(&sc, &seeds, threads, &mut |share| {
+            // Progress on standard error, one line per run done.
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss,
+                reason = "a share of a small count of runs"
+            )]
+            let done = (share * total as f64).round() as usize;
+            if done > last {
+                last = done;
+                eprintln!("{done}/{total} runs, {:.0} s", t.elapsed().as_secs_f64());
+            }
+        })?;
         let out = Path::new(out);
         std::fs::create_dir_all(out)?;
         std::fs::write(out.join("compare.json"), c.to_json())?;

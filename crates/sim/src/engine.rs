@@ -109,6 +109,19 @@ struct Outage {
     gpus: u32,
 }
 
+/// A Poisson process of node failures over some nodes.
+struct FailGroup {
+    /// Failures per node per year.
+    afr: f64,
+    /// The node slots it covers; `None`: every node of the fleet.
+    slots: Option<Vec<usize>>,
+    /// Its own random stream (`None`: the engine's, for the fleet-wide process).
+    rng: Option<Rng>,
+}
+
+/// Repair events with a payload from here on are servicing missions to site `payload − SERVICE`.
+const SERVICE: u64 = 1 << 40;
+
 /// Per-class counters of requests.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ClassStats {
@@ -140,6 +153,23 @@ pub(crate) struct Tally {
     pub downtime_gpu_secs: i128,
     pub stranded_sum: BTreeMap<(usize, usize), f64>,
     pub samples_taken: u64,
+    /// Allocated GPU-seconds per site.
+    pub site_alloc_secs: Vec<i128>,
+    /// GPU-seconds on failed or unpowered nodes per site.
+    pub site_down_secs: Vec<i128>,
+    /// The cumulative integrals at the close of every month, in order.
+    pub marks: Vec<MonthMark>,
+}
+
+/// The cumulative integrals of a run at the close of a month.
+#[derive(Clone, Debug)]
+pub(crate) struct MonthMark {
+    pub month: Month,
+    /// Seconds after the start at which the month closed.
+    pub at: i64,
+    pub site_watt_secs: Vec<i128>,
+    pub site_alloc_secs: Vec<i128>,
+    pub site_down_secs: Vec<i128>,
 }
 
 /// One sample of the time series.
@@ -240,6 +270,12 @@ pub(crate) struct Engine<'a> {
     contracts: Vec<ContractRun>,
     node_down: Vec<bool>,
     down_gpus: u64,
+    /// GPUs on failed or unpowered nodes, per site.
+    site_down_gpus: Vec<u64>,
+    /// Nodes without power (an orbital site's array cannot carry them): never used.
+    dark: Vec<bool>,
+    /// Node failure processes: the fleet's, then one per site with a rate of its own.
+    fail_groups: Vec<FailGroup>,
     outages: Vec<Outage>,
     pub downtime: Vec<Downtime>,
     pub spot_pools: Vec<(usize, usize)>,
@@ -323,6 +359,9 @@ impl<'a> Engine<'a> {
             contracts: Vec::new(),
             node_down: vec![false; n_nodes],
             down_gpus: 0,
+            site_down_gpus: vec![0; n_sites],
+            dark: vec![false; n_nodes],
+            fail_groups: Vec::new(),
             outages: Vec::new(),
             downtime: Vec::new(),
             spot_series: vec![Vec::new(); spot_pools.len()],
@@ -333,6 +372,8 @@ impl<'a> Engine<'a> {
             tally: Tally {
                 site_watt_secs: vec![0; n_sites],
                 site_peak_watts: vec![0; n_sites],
+                site_alloc_secs: vec![0; n_sites],
+                site_down_secs: vec![0; n_sites],
                 ..Tally::default()
             },
             series: Vec::new(),
@@ -374,8 +415,100 @@ impl<'a> Engine<'a> {
             self.push(t, Kind::Hourly, 0);
             t += HOUR;
         }
-        self.schedule_failure();
+        self.power_down_dark_nodes()?;
+        self.build_fail_groups();
+        for g in 0..self.fail_groups.len() {
+            self.schedule_failure(g);
+        }
+        for (s, plan) in self.sc.sites.iter().enumerate() {
+            for &at in &plan.servicing_secs {
+                self.push(at, Kind::Repair, SERVICE + s as u64);
+            }
+        }
         Ok(())
+    }
+
+    /// Cordons, from the start, the nodes a solar-powered site cannot power: its last nodes
+    /// in file order beyond what the sustained power carries at their peak draw.
+    fn power_down_dark_nodes(&mut self) -> Result<(), SimError> {
+        for (s, plan) in self.sc.sites.iter().enumerate() {
+            let Some(watts) = plan.powered_watts else {
+                continue;
+            };
+            let pue = i128::from(self.sc.fleet.sites[s].pue_milli);
+            let mut used = 0i128;
+            let slots: Vec<usize> = (0..self.fleet.nodes.len())
+                .filter(|&i| self.fleet.nodes[i].site == s)
+                .collect();
+            let peaks: Vec<i128> = self.sc.fleet.sites[s]
+                .nodes
+                .iter()
+                .map(|n| i128::from(n.peak_watts) * pue / 1000)
+                .collect();
+            for (k, slot) in slots.into_iter().enumerate() {
+                used += peaks.get(k).copied().unwrap_or(0);
+                if used <= i128::from(watts) {
+                    continue;
+                }
+                let id = self.fleet.nodes[slot].id;
+                self.apply_ok(Command::Node(NodeChange {
+                    node: id,
+                    from: None,
+                    to: NodeState::Cordoned,
+                    at: self.ts(self.now),
+                    reason: "no power".to_string(),
+                    heal: false,
+                    gpus: Vec::new(),
+                }))?;
+                self.dark[slot] = true;
+                let g = u64::from(self.fleet.nodes[slot].gpus);
+                self.down_gpus += g;
+                self.site_down_gpus[s] += g;
+            }
+        }
+        self.free_cache = None;
+        Ok(())
+    }
+
+    /// The fleet-wide failure process covers the sites without a rate of their own (with
+    /// none, every node, from the engine's stream as it always did); each site with its own
+    /// rate gets its own process and stream.
+    fn build_fail_groups(&mut self) {
+        let own: Vec<usize> = (0..self.sc.sites.len())
+            .filter(|&s| self.sc.sites[s].node_afr.is_some())
+            .collect();
+        let slots = if own.is_empty() {
+            None
+        } else {
+            Some(
+                (0..self.fleet.nodes.len())
+                    .filter(|&i| !own.contains(&self.fleet.nodes[i].site))
+                    .collect(),
+            )
+        };
+        self.fail_groups.push(FailGroup {
+            afr: self.v.failures.node_afr,
+            slots,
+            rng: None,
+        });
+        for s in own {
+            self.fail_groups.push(FailGroup {
+                afr: self.sc.sites[s].node_afr.unwrap_or(0.0),
+                slots: Some(
+                    (0..self.fleet.nodes.len())
+                        .filter(|&i| self.fleet.nodes[i].site == s)
+                        .collect(),
+                ),
+                rng: Some(demand::stream(self.seed, 0x0b17_0000 + s as u64)),
+            });
+        }
+    }
+
+    fn group_draw(&mut self, g: usize, f: impl FnOnce(&mut Rng) -> u64) -> u64 {
+        match &mut self.fail_groups[g].rng {
+            Some(r) => f(r),
+            None => f(&mut self.rng),
+        }
     }
 
     fn secs_of(&self, t: Timestamp) -> i64 {
@@ -394,16 +527,21 @@ impl<'a> Engine<'a> {
             .unwrap_or(0)
     }
 
-    fn schedule_failure(&mut self) {
-        let f = self.v.failures;
-        if f.node_afr <= 0.0 || self.fleet.nodes.is_empty() {
+    fn schedule_failure(&mut self, g: usize) {
+        let grp = &self.fail_groups[g];
+        let n = grp.slots.as_ref().map_or(self.fleet.nodes.len(), Vec::len);
+        if grp.afr <= 0.0 || n == 0 {
             return;
         }
-        let rate = self.fleet.nodes.len() as f64 * f.node_afr / YEAR_S;
-        let gap = whole_seconds(self.rng.exp(1.0 / rate));
-        let t = self.now.saturating_add(gap.max(1));
+        let rate = n as f64 * grp.afr / YEAR_S;
+        let gap = self.group_draw(g, |r| {
+            whole_seconds(r.exp(1.0 / rate)).max(1).unsigned_abs()
+        });
+        let t = self
+            .now
+            .saturating_add(i64::try_from(gap).unwrap_or(i64::MAX));
         if t < self.sc.horizon_secs {
-            self.push(t, Kind::Failure, 0);
+            self.push(t, Kind::Failure, g as u64);
         }
     }
 
@@ -488,6 +626,12 @@ impl<'a> Engine<'a> {
             let free = self.free_total();
             self.tally.free_secs += i128::from(free) * dt;
             self.tally.down_secs += i128::from(self.down_gpus) * dt;
+            for (&(site, _), &g) in &self.alloc_by_pool {
+                self.tally.site_alloc_secs[site] += i128::from(g) * dt;
+            }
+            for (s, &g) in self.site_down_gpus.iter().enumerate() {
+                self.tally.site_down_secs[s] += i128::from(g) * dt;
+            }
             for s in 0..self.fleet.sites.len() {
                 let w = self
                     .sched
@@ -515,17 +659,38 @@ impl<'a> Engine<'a> {
                     self.tick()?;
                 }
             }
+            Kind::Repair if payload >= SERVICE => {
+                let site = usize::try_from(payload - SERVICE).unwrap_or(usize::MAX);
+                for slot in 0..self.fleet.nodes.len() {
+                    if self.fleet.nodes[slot].site == site && self.node_down[slot] {
+                        self.repair(slot)?;
+                    }
+                }
+            }
             Kind::Repair => self.repair(p)?,
             Kind::Failure => {
-                let n = self.rng.below(self.fleet.nodes.len() as u64);
-                let slot = usize::try_from(n).unwrap_or(0);
-                if !self.node_down[slot] {
+                let g = p.min(self.fail_groups.len().saturating_sub(1));
+                let n = match &self.fail_groups[g].slots {
+                    Some(s) => s.len(),
+                    None => self.fleet.nodes.len(),
+                } as u64;
+                let k = usize::try_from(self.group_draw(g, |r| r.below(n))).unwrap_or(0);
+                let slot = match &self.fail_groups[g].slots {
+                    Some(s) => s[k],
+                    None => k,
+                };
+                if !self.node_down[slot] && !self.dark[slot] {
                     self.fail_node(slot)?;
-                    let hours = self.v.failures.repair_hours;
-                    let repair = whole_seconds(self.rng.exp(hours * 3600.0)).max(1);
-                    self.push(self.now.saturating_add(repair), Kind::Repair, slot as u64);
+                    if self.sc.sites[self.fleet.nodes[slot].site].repair {
+                        let hours = self.v.failures.repair_hours;
+                        let repair = self.group_draw(g, |r| {
+                            whole_seconds(r.exp(hours * 3600.0)).max(1).unsigned_abs()
+                        });
+                        let repair = i64::try_from(repair).unwrap_or(i64::MAX);
+                        self.push(self.now.saturating_add(repair), Kind::Repair, slot as u64);
+                    }
                 }
-                self.schedule_failure();
+                self.schedule_failure(g);
             }
             Kind::MonthEnd => {
                 let m = Month::containing(self.ts(self.now - 1));
@@ -1060,6 +1225,7 @@ impl<'a> Engine<'a> {
         }))?;
         self.node_down[slot] = true;
         self.down_gpus += u64::from(self.fleet.nodes[slot].gpus);
+        self.site_down_gpus[self.fleet.nodes[slot].site] += u64::from(self.fleet.nodes[slot].gpus);
         self.free_cache = None;
         Ok(())
     }
@@ -1098,6 +1264,7 @@ impl<'a> Engine<'a> {
         }))?;
         self.node_down[slot] = false;
         self.down_gpus -= u64::from(self.fleet.nodes[slot].gpus);
+        self.site_down_gpus[self.fleet.nodes[slot].site] -= u64::from(self.fleet.nodes[slot].gpus);
         self.free_cache = None;
         Ok(())
     }
@@ -1150,6 +1317,13 @@ impl<'a> Engine<'a> {
         if self.sc.keep_ledger {
             self.ledger.extend(records);
         }
+        self.tally.marks.push(MonthMark {
+            month,
+            at,
+            site_watt_secs: self.tally.site_watt_secs.clone(),
+            site_alloc_secs: self.tally.site_alloc_secs.clone(),
+            site_down_secs: self.tally.site_down_secs.clone(),
+        });
         Ok(())
     }
 

@@ -32,6 +32,8 @@ pub struct NodeInfo {
     pub model: usize,
     /// GPUs.
     pub gpus: u32,
+    /// Index of its site.
+    pub site: usize,
 }
 
 /// A site's facts for reports.
@@ -150,6 +152,7 @@ impl Fleet {
                     id,
                     model,
                     gpus: n.gpu_count,
+                    site: si,
                 });
             }
             snap.sites.push(Site {

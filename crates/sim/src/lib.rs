@@ -11,20 +11,25 @@
 //! The engine reads no clock and no hash-map order reaches an output: the same scenario and
 //! seed give byte-identical results.
 
+mod accounts;
 mod chart;
 mod compare;
 pub mod convert;
+mod costs;
 mod demand;
 mod engine;
 mod error;
+pub mod finance;
 mod fleet;
 mod report;
 mod scenario;
 mod stepper;
 pub mod trace;
 
+pub use accounts::{Finance, FinanceMonth, SiteFinance};
 pub use chart::{compare_svg, revenue_svg, utilization_svg};
-pub use compare::{Comparison, Spread, VariantSummary, compare};
+pub use compare::{Comparison, Spread, VariantSummary, Win, compare, parse_seeds};
+pub use costs::{Costs, GpuCost, Residual, SitePlan};
 pub use demand::Job;
 pub use error::SimError;
 pub use report::{GpuSeconds, MonthRow, RequestStats, RunResult, SitePower, Totals, usd};
@@ -45,7 +50,7 @@ pub fn run(
 }
 
 /// Writes a run's outputs into `dir` (created if missing): `result.json`, `series.csv`,
-/// `months.csv`, `utilization.svg`, `revenue.svg`, and `ledger.jsonl` when the scenario
+/// `months.csv`, `finance.csv`, `utilization.svg`, `revenue.svg`, and `ledger.jsonl` when the scenario
 /// keeps the ledger. Returns the paths written.
 pub fn write_run(
     dir: &std::path::Path,
@@ -55,6 +60,7 @@ pub fn write_run(
         ("result.json", r.to_json()),
         ("series.csv", r.series_csv()),
         ("months.csv", r.months_csv()),
+        ("finance.csv", r.finance_csv()),
         ("utilization.svg", utilization_svg(r)),
         ("revenue.svg", revenue_svg(r)),
     ];

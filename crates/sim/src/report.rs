@@ -142,6 +142,9 @@ pub struct RunResult {
     pub totals: Totals,
     /// Per month.
     pub months: Vec<MonthRow>,
+    /// The business case: capital expenditure, monthly accounts per site and in all, and
+    /// the value of the equity cash flows.
+    pub finance: crate::accounts::Finance,
     /// Column names of the series' per-site and per-pool values.
     pub series_columns: SeriesColumns,
     /// The time series.
@@ -190,7 +193,7 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 }
 
 /// Energy cost of `watt_secs` at `usd_per_mwh`, rounded half to even to the micro-dollar.
-fn energy_cost(watt_secs: i128, usd_per_mwh: Money) -> Money {
+pub(crate) fn energy_cost(watt_secs: i128, usd_per_mwh: Money) -> Money {
     // 1 MWh = 3.6e9 watt-seconds.
     let num = watt_secs * i128::from(usd_per_mwh.micros());
     let den: i128 = 3_600_000_000;
@@ -371,7 +374,9 @@ pub(crate) fn build(e: Engine<'_>) -> RunResult {
         .enumerate()
         .map(|(i, t)| (e.tenant_ids[i], t.name.clone(), t.internal))
         .collect();
+    let finance = crate::accounts::build(sc, &e.fleet, &e.invoices, &t.marks);
     RunResult {
+        finance,
         scenario: sc.name.clone(),
         variant: e.v.name.clone(),
         seed: e.seed,
@@ -472,6 +477,40 @@ impl RunResult {
         s
     }
 
+    /// The accounts month by month as CSV: the fleet (`site` = `all`), then each site.
+    pub fn finance_csv(&self) -> String {
+        let mut s = String::from(
+            "site,month,revenue,energy,fixed_opex,ebitda,depreciation,interest,net_income,principal,cash_flow,utilization_percent,down_percent\n",
+        );
+        let f = &self.finance;
+        let all = std::iter::once(("all", &f.months)).chain(
+            f.sites
+                .iter()
+                .map(|x| (x.site.as_str(), &x.accounts.months)),
+        );
+        for (site, months) in all {
+            for m in months {
+                let _ = writeln!(
+                    s,
+                    "{site},{},{},{},{},{},{},{},{},{},{},{:.3},{:.3}",
+                    m.month,
+                    m.revenue,
+                    m.energy,
+                    m.fixed_opex,
+                    m.ebitda,
+                    m.depreciation,
+                    m.interest,
+                    m.net_income,
+                    m.principal,
+                    m.cash_flow,
+                    m.utilization_percent,
+                    m.down_percent
+                );
+            }
+        }
+        s
+    }
+
     /// The usage ledger as JSON Lines (empty unless the scenario keeps it).
     pub fn ledger_jsonl(&self) -> String {
         let mut s = String::new();
@@ -566,6 +605,61 @@ impl RunResult {
             "  failures       {} nodes, {} pool outages, {:.0} GPU-h short",
             t.node_failures, t.pool_outages, t.pool_downtime_gpu_hours
         );
+        let f = &self.finance;
+        if f.capex != Money::ZERO {
+            let _ = writeln!(
+                s,
+                "  capex          {:>22}  (debt {}, equity {})",
+                usd(f.capex),
+                usd(f.debt),
+                usd(f.equity)
+            );
+            let _ = writeln!(
+                s,
+                "  EBITDA         {:>22}  (after fixed costs {})",
+                usd(f.ebitda),
+                usd(f.fixed_opex)
+            );
+            let _ = writeln!(
+                s,
+                "  net income     {:>22}  ({:.1}%; depreciation {}, interest {})",
+                usd(f.net_income),
+                f.net_margin_percent,
+                usd(f.depreciation),
+                usd(f.interest)
+            );
+            let _ = writeln!(
+                s,
+                "  NPV            {:>22}  (at {:.1}%; IRR {}, payback {}; residual {})",
+                usd(f.npv),
+                f.discount_percent,
+                f.irr_percent
+                    .map_or_else(|| "none".to_string(), |r| format!("{r:.1}%")),
+                f.payback_month.map_or_else(
+                    || "not within the horizon".to_string(),
+                    |m| format!("month {m}")
+                ),
+                usd(f.residual_value)
+            );
+            if f.sites.len() > 1 {
+                for x in &f.sites {
+                    let a = &x.accounts;
+                    let first = a.months.first().map_or(0.0, |m| m.utilization_percent);
+                    let last = a.months.last().map_or(0.0, |m| m.utilization_percent);
+                    let _ = writeln!(
+                        s,
+                        "  site {:<10} capex {}, revenue {}, net {}, NPV {}, utilization {:.1}% → {:.1}% (first → last month)",
+                        x.site,
+                        usd(a.capex),
+                        usd(a.revenue),
+                        usd(a.net_income),
+                        usd(a.npv),
+                        first,
+                        last
+                    );
+                }
+            }
+        }
         s
     }
 }

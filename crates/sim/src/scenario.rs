@@ -18,13 +18,14 @@ use neocloud_fleet::FleetSpec;
 use neocloud_types::{Class, FleetPolicy, GangLevel, Money, Shape, Timestamp, builtin_gpu_models};
 use serde::Deserialize;
 
+use crate::costs::{Costs, RawCosts, RawSite, SitePlan};
 use crate::error::{SimError, invalid};
 use crate::trace::{self, TraceRow};
 
 /// A number written as an integer or a float in TOML.
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(untagged)]
-enum Num {
+pub(crate) enum Num {
     Int(i64),
     Float(f64),
 }
@@ -75,6 +76,10 @@ struct RawScenario {
     demand: RawDemand,
     #[serde(default)]
     variants: Vec<RawVariant>,
+    #[serde(default)]
+    costs: Option<RawCosts>,
+    #[serde(default)]
+    sites: Vec<RawSite>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -101,6 +106,24 @@ struct RawPrice {
     gpu_model: String,
     #[serde(default)]
     site: Option<String>,
+    on_demand: Option<String>,
+    reserved_lt_1y: Option<String>,
+    reserved_1_3y: Option<String>,
+    reserved_ge_3y: Option<String>,
+    spot_floor: Option<String>,
+    spot_ceiling: Option<String>,
+    internal_shadow: Option<String>,
+    #[serde(default)]
+    decline_percent_per_year: Option<Num>,
+    #[serde(default)]
+    changes: Vec<RawPriceChange>,
+}
+
+/// Prices of a `[[prices]]` table from a later instant on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPriceChange {
+    from: String,
     on_demand: Option<String>,
     reserved_lt_1y: Option<String>,
     reserved_1_3y: Option<String>,
@@ -327,16 +350,33 @@ pub struct Scenario {
     pub trace: Arc<Vec<TraceRow>>,
     /// The variants; one named "base" when the file lists none.
     pub variants: Vec<Variant>,
+    /// What the fleet costs and how it is paid for (`[costs]`; zero costs when absent).
+    pub costs: Costs,
+    /// Every site of the fleet, in fleet order, as the business case sees it (`[[sites]]`).
+    pub sites: Vec<SitePlan>,
 }
 
 const DAY: f64 = 86_400.0;
+
+/// The price kinds of a price table's seven columns, with their keys.
+fn price_kinds(values: [&Option<String>; 7]) -> [(PriceKind, &Option<String>, &'static str); 7] {
+    [
+        (PriceKind::OnDemand, values[0], "on_demand"),
+        (PriceKind::ReservedUnder1y, values[1], "reserved_lt_1y"),
+        (PriceKind::Reserved1To3y, values[2], "reserved_1_3y"),
+        (PriceKind::ReservedOver3y, values[3], "reserved_ge_3y"),
+        (PriceKind::SpotFloor, values[4], "spot_floor"),
+        (PriceKind::SpotCeiling, values[5], "spot_ceiling"),
+        (PriceKind::InternalShadow, values[6], "internal_shadow"),
+    ]
+}
 
 fn timestamp(field: &str, s: &str) -> Result<Timestamp, SimError> {
     s.parse::<Timestamp>()
         .map_err(|e| invalid(field, e.to_string()))
 }
 
-fn money(field: &str, s: &str) -> Result<Money, SimError> {
+pub(crate) fn money(field: &str, s: &str) -> Result<Money, SimError> {
     let m: Money = s.parse().map_err(|e| invalid(field, format!("{e}")))?;
     if m < Money::ZERO {
         return Err(invalid(field, format!("must not be negative, got {s}")));
@@ -345,7 +385,7 @@ fn money(field: &str, s: &str) -> Result<Money, SimError> {
 }
 
 /// A finite number at least 0 (and at most `max` when given).
-fn non_negative(
+pub(crate) fn non_negative(
     field: &str,
     v: Option<Num>,
     default: f64,
@@ -616,36 +656,87 @@ impl Scenario {
                 None => None,
                 Some(s) => Some(names.site(&format!("prices[{i}].site"), s)?),
             };
-            let kinds = [
-                (PriceKind::OnDemand, &p.on_demand, "on_demand"),
-                (
-                    PriceKind::ReservedUnder1y,
-                    &p.reserved_lt_1y,
-                    "reserved_lt_1y",
-                ),
-                (PriceKind::Reserved1To3y, &p.reserved_1_3y, "reserved_1_3y"),
-                (
-                    PriceKind::ReservedOver3y,
-                    &p.reserved_ge_3y,
-                    "reserved_ge_3y",
-                ),
-                (PriceKind::SpotFloor, &p.spot_floor, "spot_floor"),
-                (PriceKind::SpotCeiling, &p.spot_ceiling, "spot_ceiling"),
-                (
-                    PriceKind::InternalShadow,
-                    &p.internal_shadow,
-                    "internal_shadow",
-                ),
-            ];
+            let kinds = price_kinds([
+                &p.on_demand,
+                &p.reserved_lt_1y,
+                &p.reserved_1_3y,
+                &p.reserved_ge_3y,
+                &p.spot_floor,
+                &p.spot_ceiling,
+                &p.internal_shadow,
+            ]);
+            let site_id = site.map(crate::fleet::site_id);
+            let decline = match p.decline_percent_per_year {
+                None => None,
+                Some(d) => {
+                    if !p.changes.is_empty() {
+                        return Err(invalid(
+                            format!("prices[{i}].changes"),
+                            "give decline_percent_per_year or changes, not both",
+                        ));
+                    }
+                    let x = non_negative(
+                        &format!("prices[{i}].decline_percent_per_year"),
+                        Some(d),
+                        0.0,
+                        Some(100.0),
+                    )?;
+                    Some((x * 10_000.0).round() as i64)
+                }
+            };
             for (kind, value, key) in kinds {
-                if let Some(v) = value {
-                    entries.push(PriceEntry {
-                        gpu_model: p.gpu_model.clone(),
-                        site: site.map(crate::fleet::site_id),
-                        kind,
-                        price: money(&format!("prices[{i}].{key}"), v)?,
-                        effective_from: Timestamp::from_micros(0),
-                    });
+                let Some(v) = value else { continue };
+                let base = money(&format!("prices[{i}].{key}"), v)?;
+                entries.push(PriceEntry {
+                    gpu_model: p.gpu_model.clone(),
+                    site: site_id,
+                    kind,
+                    price: base,
+                    effective_from: Timestamp::from_micros(0),
+                });
+                // A yearly decline: a new price at the start of every month of the horizon
+                // after the first.
+                if let Some(d) = decline {
+                    let mut month = neocloud_billing::Month::containing(start);
+                    let mut m = 0u32;
+                    loop {
+                        month = month.next();
+                        m += 1;
+                        if month.start().micros() >= start.micros() + horizon_secs * 1_000_000 {
+                            break;
+                        }
+                        entries.push(PriceEntry {
+                            gpu_model: p.gpu_model.clone(),
+                            site: site_id,
+                            kind,
+                            price: crate::finance::declined(base, d, m),
+                            effective_from: month.start(),
+                        });
+                    }
+                }
+            }
+            for (j, c) in p.changes.iter().enumerate() {
+                let f = format!("prices[{i}].changes[{j}]");
+                let from = timestamp(&format!("{f}.from"), &c.from)?;
+                let kinds = price_kinds([
+                    &c.on_demand,
+                    &c.reserved_lt_1y,
+                    &c.reserved_1_3y,
+                    &c.reserved_ge_3y,
+                    &c.spot_floor,
+                    &c.spot_ceiling,
+                    &c.internal_shadow,
+                ]);
+                for (kind, value, key) in kinds {
+                    if let Some(v) = value {
+                        entries.push(PriceEntry {
+                            gpu_model: p.gpu_model.clone(),
+                            site: site_id,
+                            kind,
+                            price: money(&format!("{f}.{key}"), v)?,
+                            effective_from: from,
+                        });
+                    }
                 }
             }
         }
@@ -655,6 +746,8 @@ impl Scenario {
             fleet: &fleet,
             tenants: &tenants,
         };
+        let costs = crate::costs::costs(raw.costs.as_ref(), &fleet)?;
+        let sites = crate::costs::sites(&raw.sites, raw.costs.as_ref(), &fleet, horizon_secs)?;
         let base_failures = failures("failures", raw.failures.as_ref(), None)?;
         let base_contracts = contracts("contracts", &raw.contracts, &names, &prices, start, spare)?;
         let base_generators = generators("demand.generators", &raw.demand.generators, &names)?;
@@ -776,6 +869,8 @@ impl Scenario {
             prices,
             trace: Arc::new(trace_rows),
             variants,
+            costs,
+            sites,
         })
     }
 

@@ -419,4 +419,329 @@ fn the_shipped_scenarios_load() {
     let bench = Scenario::load(&examples.join("memphis-1-bench.toml")).unwrap();
     assert_eq!(bench.fleet.gpu_count(), 220_000);
     assert_eq!(bench.variants.len(), 2);
+    let orbital = Scenario::load(&examples.join("orbital.toml")).unwrap();
+    let (earth, orbit) = (&orbital.sites[0], &orbital.sites[1]);
+    assert!(!earth.orbital && earth.repair && earth.node_afr.is_none());
+    assert!(orbit.orbital && !orbit.repair);
+    assert_eq!(orbit.node_afr, Some(0.15));
+    assert_eq!(orbit.powered_watts, Some(6_000_000));
+    assert_eq!(orbit.grams_per_node, 500_000);
+}
+
+/// The orbital example, shortened: `edit` changes its text.
+fn orbital(tag: &str, edit: impl Fn(String) -> String) -> Scenario {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let dir = std::env::temp_dir().join(format!("neocloud-sim-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        examples.join("orbital.fleet.toml"),
+        dir.join("orbital.fleet.toml"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(examples.join("orbital.toml"))
+        .unwrap()
+        .replace("horizon_days = 1095", "horizon_days = 120")
+        .replace("arrivals_per_day = 150", "arrivals_per_day = 40")
+        .replace("node_afr = 0.15 ", "node_afr = 3 ");
+    std::fs::write(dir.join("orbital.toml"), edit(text)).unwrap();
+    Scenario::load(&dir.join("orbital.toml")).unwrap()
+}
+
+#[test]
+fn in_orbit_failed_nodes_stay_failed_until_a_servicing_mission() {
+    let sc = orbital("orbit", |t| t);
+    let r = run(&sc, &sc.variants[0], 1, &mut |_| {}).unwrap();
+    let orbit = &r.finance.sites[1].accounts.months;
+    let earth = &r.finance.sites[0].accounts.months;
+    // No repair: the share of GPUs down only grows, month after month.
+    for w in orbit.windows(2) {
+        assert!(w[1].down_percent >= w[0].down_percent, "{orbit:?}");
+    }
+    // 300% a year over 500 nodes, none repaired: most are down by the fourth month; the
+    // ground's are repaired in two days.
+    assert!(orbit[3].down_percent > 30.0, "{:?}", orbit[3]);
+    assert!(earth[3].down_percent < 2.0, "{:?}", earth[3]);
+    let g = &r.totals.gpu_seconds;
+    assert_eq!(g.allocated + g.idle + g.down, g.fleet);
+    // Launch: 500 nodes × 500 kg × $1,000.
+    assert_eq!(
+        r.finance.sites[1].capex_launch,
+        Money::from_micros(250_000_000 * 1_000_000)
+    );
+
+    // A servicing mission on day 62 repairs every failed node: March ends below February.
+    let sc = orbital("serviced", |t| {
+        t.replace("repair = false ", "servicing_days = [62]\nrepair = false ")
+    });
+    let r = run(&sc, &sc.variants[0], 1, &mut |_| {}).unwrap();
+    let orbit = &r.finance.sites[1].accounts.months;
+    assert!(orbit[2].down_percent < orbit[1].down_percent, "{orbit:?}");
+
+    // Half the array: the nodes it cannot power are dark from the start.
+    let sc = orbital("dark", |t| t.replace("solar_mw = 6 ", "solar_mw = 3 "));
+    let r = run(&sc, &sc.variants[0], 1, &mut |_| {}).unwrap();
+    // 3 MW / (10.2 kW × 1.05) = 280 nodes powered, 220 of 500 dark: 44%.
+    let first = &r.finance.sites[1].accounts.months[0];
+    assert!(first.down_percent >= 44.0, "{first:?}");
+    let g = &r.totals.gpu_seconds;
+    assert_eq!(g.allocated + g.idle + g.down, g.fleet);
+}
+
+const COSTS: &str = r#"
+[costs]
+discount_percent = 12
+depreciation_years = 3
+facility_capex_per_mw = "10000000"
+fixed_opex_per_mw_year = "1200000"
+residual = "book"
+
+[costs.financing]
+debt_percent = 50
+interest_percent = 6
+term_years = 1
+
+[[costs.gpus]]
+gpu_model = "H100-SXM-80GB"
+per_gpu = "25000"
+per_node = "50000"
+
+[[costs.gpus]]
+gpu_model = "GB200"
+per_gpu = "40000"
+"#;
+
+#[test]
+fn the_accounts_of_a_run_are_priced_by_hand_and_add_up() {
+    let dir = scratch("costs", |t| format!("{t}\n{COSTS}"));
+    let sc = Scenario::load(&dir.join("small.toml")).unwrap();
+    let r = run_variant(&sc, "keep", 3);
+    let f = &r.finance;
+    let m = |s: &str| s.parse::<Money>().unwrap();
+    // m1: 160 H100 × $25,000 + 20 nodes × $50,000 + 0.3 MW × $10M = $8,000,000;
+    // m2: 64 GB200 × $40,000 + 0.2 MW × $10M = $4,560,000.
+    assert_eq!(f.sites[0].accounts.capex, m("8000000"));
+    assert_eq!(f.sites[0].capex_facility, m("3000000"));
+    assert_eq!(f.sites[1].accounts.capex, m("4560000"));
+    assert_eq!(f.capex, m("12560000"));
+    assert_eq!(f.debt, m("6280000"));
+    assert_eq!(f.equity, m("6280000"));
+    // January 20 to February 19: two months of the accounts.
+    assert_eq!(f.months.len(), 2);
+    let jan = &f.months[0];
+    assert_eq!(jan.month, "2027-01");
+    // 12,560,000 / 36 = 348,888.888… → 348,888.89; then 697,777.78 − 348,888.89.
+    assert_eq!(jan.depreciation, m("348888.89"));
+    assert_eq!(f.months[1].depreciation, m("348888.89"));
+    // 6,280,000 × 6% / 12 = 31,400; then (6,280,000 − 523,333.33) × 0.5% = 28,783.33.
+    assert_eq!(jan.interest, m("31400"));
+    assert_eq!(jan.principal, m("523333.33"));
+    assert_eq!(f.months[1].interest, m("28783.33"));
+    // 0.5 MW × $1.2M a year = $50,000 a month.
+    assert_eq!(jan.fixed_opex, m("50000"));
+    assert_eq!(f.residual_value, m("11862222.22"));
+    assert_eq!(f.debt_outstanding, m("5233333.33"));
+    // The months add up to the run's totals, and each line is what it says.
+    assert_eq!(f.revenue, r.totals.revenue);
+    assert_eq!(f.energy, r.totals.energy_cost);
+    let mut flows = vec![Money::from_micros(-f.equity.micros())];
+    for (k, x) in f.months.iter().enumerate() {
+        let ebitda = x.revenue.micros() - x.energy.micros() - x.fixed_opex.micros();
+        assert_eq!(x.ebitda.micros(), ebitda);
+        assert_eq!(
+            x.net_income.micros(),
+            ebitda - x.depreciation.micros() - x.interest.micros()
+        );
+        let mut cash = ebitda - x.interest.micros() - x.principal.micros();
+        if k + 1 == f.months.len() {
+            cash += f.residual_value.micros() - f.debt_outstanding.micros();
+        }
+        assert_eq!(x.cash_flow.micros(), cash);
+        flows.push(x.cash_flow);
+    }
+    assert_eq!(f.npv, crate::finance::npv(&flows, 0.12));
+    // The sites' revenue adds up to the fleet's.
+    let sites: i64 = f.sites.iter().map(|s| s.accounts.revenue.micros()).sum();
+    assert_eq!(sites, f.revenue.micros());
+    assert!(r.summary().contains("NPV"));
+    assert!(r.finance_csv().starts_with("site,month,revenue"));
+}
+
+#[test]
+fn a_parallel_comparison_equals_a_sequential_one_and_counts_wins() {
+    let dir = scratch("wins", |t| format!("{t}\n{COSTS}"));
+    let sc = Scenario::load(&dir.join("small.toml")).unwrap();
+    let seeds = crate::parse_seeds("1..4").unwrap();
+    assert_eq!(seeds, vec![1, 2, 3, 4]);
+    let one = compare(&sc, &seeds, 1, &mut |_| {}).unwrap();
+    let three = compare(&sc, &seeds, 3, &mut |_| {}).unwrap();
+    assert_eq!(one.to_json(), three.to_json());
+    assert_eq!(one.to_csv(), three.to_csv());
+    assert_eq!(one.table(), three.table());
+    // And each run equals the same run made on its own.
+    for r in &three.runs {
+        assert_eq!(r.to_json(), run_variant(&sc, &r.variant, r.seed).to_json());
+    }
+    // Wins are counted seed by seed from the runs' NPVs.
+    let npv = |v: &str, s: u64| {
+        three
+            .runs
+            .iter()
+            .find(|r| r.variant == v && r.seed == s)
+            .unwrap()
+            .finance
+            .npv
+    };
+    let w = three
+        .wins
+        .iter()
+        .find(|w| w.variant == "keep" && w.over == "lease")
+        .unwrap();
+    let won = seeds
+        .iter()
+        .filter(|&&s| npv("keep", s) > npv("lease", s))
+        .count();
+    assert_eq!(w.seeds_won, won);
+    assert_eq!(w.seeds, 4);
+    assert!((w.probability - won as f64 / 4.0).abs() < 1e-12);
+    // Nearest-rank percentiles of four values: P5 the smallest, P50 the second, P95 the largest.
+    let keep = three.variants.iter().find(|v| v.variant == "keep").unwrap();
+    let mut xs: Vec<f64> = seeds
+        .iter()
+        .map(|&s| npv("keep", s).micros() as f64 / 1e6)
+        .collect();
+    xs.sort_by(f64::total_cmp);
+    assert_eq!(keep.npv_usd.p5, xs[0]);
+    assert_eq!(keep.npv_usd.p50, xs[1]);
+    assert_eq!(keep.npv_usd.p95, xs[3]);
+}
+
+#[test]
+fn seeds_parse_as_lists_and_ranges() {
+    assert_eq!(crate::parse_seeds("1..3,7").unwrap(), vec![1, 2, 3, 7]);
+    assert_eq!(crate::parse_seeds("5").unwrap(), vec![5]);
+    assert_eq!(crate::parse_seeds("1..=2").unwrap(), vec![1, 2]);
+    assert_eq!(crate::parse_seeds("1..200").unwrap().len(), 200);
+    assert!(crate::parse_seeds("").is_err());
+    assert!(crate::parse_seeds("3..1").is_err());
+    assert!(crate::parse_seeds("1,1").is_err());
+}
+
+#[test]
+fn prices_follow_their_curves_through_the_billing_code() {
+    // On-demand H100 falls 50% a year from the scenario's month: February is one month in,
+    // $3.00 + (1.50 − 3.00) × 1/12 = $2.875.
+    let dir = scratch("decline", |t| {
+        t.replacen(
+            "on_demand = \"3.00\"",
+            "on_demand = \"3.00\"\ndecline_percent_per_year = 50",
+            1,
+        )
+    });
+    let sc = Scenario::load(&dir.join("small.toml")).unwrap();
+    let feb: neocloud_types::Timestamp = "2027-02-01T00:00:00Z".parse().unwrap();
+    let jan: neocloud_types::Timestamp = "2027-01-31T23:00:00Z".parse().unwrap();
+    let site = crate::fleet::site_id(0);
+    let kind = neocloud_billing::PriceKind::OnDemand;
+    let at = |t| sc.prices.price_at("H100-SXM-80GB", site, kind, t).unwrap();
+    assert_eq!(at(jan), "3".parse().unwrap());
+    assert_eq!(at(feb), "2.875".parse().unwrap());
+    let r = run_variant(&sc, "keep", 1);
+    let rates: std::collections::BTreeSet<(String, i64)> = r
+        .ledger
+        .iter()
+        .filter(|x| x.class == Class::OnDemand && x.gpu_model == "H100-SXM-80GB")
+        .map(|x| (x.month.to_string(), x.rate.micros()))
+        .collect();
+    assert!(
+        rates.contains(&("2027-01".to_string(), 3_000_000)),
+        "{rates:?}"
+    );
+    assert!(
+        rates.contains(&("2027-02".to_string(), 2_875_000)),
+        "{rates:?}"
+    );
+    assert!(
+        !rates.contains(&("2027-02".to_string(), 3_000_000)),
+        "{rates:?}"
+    );
+
+    // A table of changes by date.
+    let dir = scratch("changes", |t| {
+        t.replacen(
+            "internal_shadow = \"1.80\"",
+            "internal_shadow = \"1.80\"\nchanges = [{ from = \"2027-02-01T00:00:00Z\", on_demand = \"2.50\" }]",
+            1,
+        )
+    });
+    let sc = Scenario::load(&dir.join("small.toml")).unwrap();
+    let at = |t| sc.prices.price_at("H100-SXM-80GB", site, kind, t).unwrap();
+    assert_eq!(at(jan), "3".parse().unwrap());
+    assert_eq!(at(feb), "2.5".parse().unwrap());
+}
+
+#[test]
+fn bad_costs_name_their_field() {
+    for (add, field, why) in [
+        (
+            "[costs]\ndepreciation_schedule = [50, 40]\n",
+            "costs.depreciation_schedule",
+            "add up to 100",
+        ),
+        (
+            "[costs]\ndepreciation_years = 5\ndepreciation_schedule = [100]\n",
+            "costs.depreciation_schedule",
+            "not both",
+        ),
+        (
+            "[costs]\nresidual = \"scrap\"\n",
+            "costs.residual",
+            "not one of: book, market, none",
+        ),
+        (
+            "[costs.financing]\ndebt_percent = 120\n",
+            "costs.financing.debt_percent",
+            "at most 100",
+        ),
+        (
+            "[[costs.gpus]]\ngpu_model = \"A100\"\nper_gpu = \"1\"\n",
+            "costs.gpus[0].gpu_model",
+            "no node of the fleet",
+        ),
+        (
+            "[[costs.gpus]]\ngpu_model = \"GB200\"\nper_gpu = \"-5\"\n",
+            "costs.gpus[0].per_gpu",
+            "must not be negative",
+        ),
+        (
+            "[[sites]]\nsite = \"m1\"\nsolar_mw = 3\n",
+            "sites[0].solar_mw",
+            "only for orbital sites",
+        ),
+        (
+            "[[sites]]\nsite = \"m9\"\n",
+            "sites[0].site",
+            "not in the fleet file",
+        ),
+        (
+            "[[sites]]\nsite = \"m1\"\nservicing_days = [400]\n",
+            "sites[0].servicing_days[0]",
+            "not inside the horizon",
+        ),
+    ] {
+        let dir = scratch("badcosts", |t| format!("{t}\n{add}"));
+        let err = load_err(&dir);
+        assert!(err.contains(field) && err.contains(why), "{add}: {err}");
+    }
+    let dir = scratch("badcurve", |t| {
+        t.replacen(
+            "on_demand = \"3.00\"",
+            "on_demand = \"3.00\"\ndecline_percent_per_year = 10\nchanges = [{ from = \"2027-02-01T00:00:00Z\", on_demand = \"2.50\" }]",
+            1,
+        )
+    });
+    let err = load_err(&dir);
+    assert!(
+        err.contains("prices[0].changes") && err.contains("not both"),
+        "{err}"
+    );
 }

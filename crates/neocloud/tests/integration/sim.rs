@@ -84,7 +84,7 @@ fn sim_compare_prints_the_table_and_writes_each_run() {
         "compare",
         data("small.toml").to_str().unwrap(),
         "--seeds",
-        "1,2",
+        "1..2",
         "--threads",
         "2",
         "--out",
@@ -98,6 +98,9 @@ fn sim_compare_prints_the_table_and_writes_each_run() {
         "gross margin $",
         "utilization %",
         "refused GPU-h",
+        "NPV $",
+        "IRR %",
+        "lease beats keep in",
     ] {
         assert!(table.contains(row), "{row}: {table}");
     }
@@ -107,6 +110,7 @@ fn sim_compare_prints_the_table_and_writes_each_run() {
         "compare.csv",
         "compare.svg",
         "lease-seed1/result.json",
+        "lease-seed1/finance.csv",
         "keep-seed2/series.csv",
     ] {
         assert!(dir.join(f).exists(), "{f}");
@@ -114,6 +118,27 @@ fn sim_compare_prints_the_table_and_writes_each_run() {
     let c: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("compare.json")).unwrap()).unwrap();
     assert_eq!(c["variants"].as_array().unwrap().len(), 2);
+    assert_eq!(c["wins"].as_array().unwrap().len(), 2);
+
+    // Seeds that cannot be read are refused with the reason.
+    for (seeds, why) in [
+        ("5..2", "ends before it starts"),
+        ("1,x", "seed 'x' is not a whole number"),
+        ("1..3,2", "seed 2 is given twice"),
+    ] {
+        let o = sim(&[
+            "compare",
+            data("small.toml").to_str().unwrap(),
+            "--seeds",
+            seeds,
+        ]);
+        assert!(!o.status.success(), "{seeds}");
+        assert!(
+            text(&o.stderr).contains(why),
+            "{seeds}: {}",
+            text(&o.stderr)
+        );
+    }
 }
 
 #[test]

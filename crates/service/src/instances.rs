@@ -33,7 +33,7 @@ impl Service {
         }
         let tenant = match (&req.tenant_id, p.tenant_scope()) {
             (Some(t), _) => self.visible_tenant(p, t).await?,
-            (None, Some(own)) => self.store.tenant_get(&own.to_string()).await?,
+            (None, Some(own)) => self.tenant_cached(&own.to_string()).await?,
             (None, None) => {
                 return Err(Error::invalid(
                     "tenant_id is required when an operator key launches",
@@ -60,10 +60,12 @@ impl Service {
             }
             _ => {}
         }
-        self.store
-            .gpu_model_get(&req.gpu_model)
-            .await
-            .or_not_found(|| Error::invalid(format!("unknown GPU model '{}'", req.gpu_model)))?;
+        if !self.gpu_model_known(&req.gpu_model).await? {
+            return Err(Error::invalid(format!(
+                "unknown GPU model '{}'",
+                req.gpu_model
+            )));
+        }
         let site = match &req.site {
             Some(s) => Some(crate::error::stored_id(
                 "site",
@@ -353,6 +355,6 @@ fn launched(effects: &[neocloud_scheduler::Effect], id: InstanceId) -> Option<&I
     })
 }
 
-fn lock_ignoring_poison<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock_ignoring_poison<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -133,6 +133,20 @@ pub struct Service {
     waiters: std::sync::Arc<delivery::Waiters>,
     /// Where the time comes from.
     clock: Clock,
+    /// Tenants recently read, by id and by name (see [`TenantCache`]).
+    tenants: std::sync::Arc<TenantCache>,
+    /// GPU model names known to the catalog (models are never removed).
+    models_known: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Tenants recently read: every launch names its tenant, and reading the row each time
+/// would cost more than the launch's decision. Entries live [`KEY_CACHE_SECS`]; a change
+/// made here drops them at once (another replica sees a suspension within that time).
+#[derive(Default)]
+struct TenantCache {
+    rows: std::sync::Mutex<std::collections::HashMap<String, (Tenant, std::time::Instant)>>,
+    /// Bumped by every change: a read that began before a change never caches its result.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// How long an authenticated key is trusted without reading it again, seconds.
@@ -222,6 +236,8 @@ impl Service {
             logs: Default::default(),
             waiters: Default::default(),
             clock,
+            tenants: Default::default(),
+            models_known: Default::default(),
         })
     }
 
@@ -1009,9 +1025,63 @@ impl Service {
         }
     }
 
+    /// A tenant by id or name, from the cache when read within [`KEY_CACHE_SECS`].
+    pub(crate) async fn tenant_cached(
+        &self,
+        id_or_name: &str,
+    ) -> std::result::Result<Tenant, neocloud_store::StoreError> {
+        use std::sync::atomic::Ordering;
+        let fresh = std::time::Duration::from_secs(KEY_CACHE_SECS);
+        if let Some((t, at)) =
+            crate::instances::lock_ignoring_poison(&self.tenants.rows).get(id_or_name)
+            && at.elapsed() < fresh
+        {
+            return Ok(t.clone());
+        }
+        let generation = self.tenants.generation.load(Ordering::Acquire);
+        let t = self.store.tenant_get(id_or_name).await?;
+        let mut rows = crate::instances::lock_ignoring_poison(&self.tenants.rows);
+        if self.tenants.generation.load(Ordering::Acquire) == generation {
+            if rows.len() > 100_000 {
+                rows.clear();
+            }
+            let now = std::time::Instant::now();
+            rows.insert(t.id.to_string(), (t.clone(), now));
+            rows.insert(t.name.clone(), (t.clone(), now));
+        }
+        Ok(t)
+    }
+
+    /// Drops every cached tenant: called after a tenant changes.
+    fn tenants_changed(&self) {
+        self.tenants
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        crate::instances::lock_ignoring_poison(&self.tenants.rows).clear();
+    }
+
+    /// Whether the catalog has a GPU model of this name (remembered once seen: models are
+    /// never removed).
+    pub(crate) async fn gpu_model_known(&self, name: &str) -> Result<bool> {
+        if crate::instances::lock_ignoring_poison(&self.models_known).contains(name) {
+            return Ok(true);
+        }
+        match self.store.gpu_model_get(name).await {
+            Ok(_) => {
+                let mut known = crate::instances::lock_ignoring_poison(&self.models_known);
+                if known.len() < 100_000 {
+                    known.insert(name.to_string());
+                }
+                Ok(true)
+            }
+            Err(neocloud_store::StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Refuses a change on behalf of a suspended tenant with 403, as instance launches are.
     pub(crate) async fn refuse_suspended(&self, tenant: TenantId) -> Result<()> {
-        let t = self.store.tenant_get(&tenant.to_string()).await?;
+        let t = self.tenant_cached(&tenant.to_string()).await?;
         if t.status == neocloud_types::TenantStatus::Suspended {
             return Err(Error::forbidden(format!(
                 "tenant '{}' is suspended",
@@ -1024,8 +1094,7 @@ impl Service {
     /// Resolves a tenant the caller may see, or reports it not found.
     pub(crate) async fn visible_tenant(&self, p: &Principal, id_or_name: &str) -> Result<Tenant> {
         let t = self
-            .store
-            .tenant_get(id_or_name)
+            .tenant_cached(id_or_name)
             .await
             .or_not_found(|| Error::not_found("tenant", id_or_name))?;
         match p.tenant_scope() {
@@ -1092,6 +1161,9 @@ impl Service {
             return Ok(c);
         }
         let (before, after) = Store::tenant_update(&mut tx, t.id, &changes).await?;
+        // Dropped before the commit too: a launch that reads the row from now on waits for
+        // the write lock's holder or sees the old row and is refused caching it.
+        self.tenants_changed();
         Store::event_insert(
             &mut tx,
             NewEvent {
@@ -1107,6 +1179,7 @@ impl Service {
         .await?;
         Self::idem_store_status(&mut tx, p, idem, 200, &after).await?;
         tx.commit().await?;
+        self.tenants_changed();
         Ok(Created {
             value: after,
             replayed: false,

@@ -76,14 +76,15 @@ impl ErrorClass {
     /// The class of an API error `code`, or of its HTTP `status` when the code is unknown.
     pub fn of(code: &str, status: u16) -> ErrorClass {
         match code {
-            "invalid_request" | "invalid_fleet_file" | "payload_too_large"
-            | "idempotency_key_reused" | "method_not_allowed" => ErrorClass::Usage,
+            "invalid_request"
+            | "invalid_fleet_file"
+            | "payload_too_large"
+            | "idempotency_key_reused"
+            | "method_not_allowed" => ErrorClass::Usage,
             "not_found" => ErrorClass::NotFound,
             "conflict" | "insufficient_capacity" | "quota_exceeded" => ErrorClass::Conflict,
             "unauthenticated" | "forbidden" => ErrorClass::Auth,
-            "internal" | "unavailable" | "storage_full" | "storage_read_only" => {
-                ErrorClass::Server
-            }
+            "internal" | "unavailable" | "storage_full" | "storage_read_only" => ErrorClass::Server,
             _ => match status {
                 401 | 403 => ErrorClass::Auth,
                 404 => ErrorClass::NotFound,
@@ -100,7 +101,7 @@ impl ErrorClass {
 pub enum ClientError {
     /// The API answered with an error (its problem+json body).
     #[error("{}", problem_line(.0))]
-    Api(Problem),
+    Api(Box<Problem>),
     /// The API answered with an error status but no problem+json body.
     #[error("HTTP {status}: {body}")]
     Status {
@@ -110,7 +111,9 @@ pub enum ClientError {
         body: String,
     },
     /// The server could not be reached.
-    #[error("cannot reach neocloud at {base}: is `neocloud serve` running? (set --url or NEOCLOUD_URL)")]
+    #[error(
+        "cannot reach neocloud at {base}: is `neocloud serve` running? (set --url or NEOCLOUD_URL)"
+    )]
     Unreachable {
         /// The base URL tried.
         base: String,
@@ -166,9 +169,7 @@ impl ClientError {
         match self {
             ClientError::Api(p) => ErrorClass::of(&p.code, p.status),
             ClientError::Status { status, .. } => ErrorClass::of("", *status),
-            ClientError::Unreachable { .. } | ClientError::Transport { .. } => {
-                ErrorClass::Network
-            }
+            ClientError::Unreachable { .. } | ClientError::Transport { .. } => ErrorClass::Network,
             ClientError::Decode { .. } => ErrorClass::Server,
             ClientError::Invalid(_) => ErrorClass::Usage,
         }
@@ -203,7 +204,7 @@ impl ClientError {
                 if p.status == 0 {
                     p.status = status;
                 }
-                ClientError::Api(p)
+                ClientError::Api(Box::new(p))
             }
             _ => ClientError::Status {
                 status,
@@ -253,7 +254,10 @@ mod tests {
             r#"{"status":422,"detail":"bad fleet file","code":"invalid_fleet_file","errors":[{"line":7,"column":13,"field":"sites[0].nodes[0].gpu_model","message":"unknown GPU model 'H900'"}]}"#,
         );
         let s = e.to_string();
-        assert!(s.contains("line 7, column 13: sites[0].nodes[0].gpu_model"), "{s}");
+        assert!(
+            s.contains("line 7, column 13: sites[0].nodes[0].gpu_model"),
+            "{s}"
+        );
         assert_eq!(e.class(), ErrorClass::Usage);
     }
 

@@ -178,9 +178,7 @@ impl std::str::FromStr for HealthAction {
             "record" => Ok(HealthAction::Record),
             "drain" => Ok(HealthAction::Drain),
             "fail" => Ok(HealthAction::Fail),
-            _ => Err(format!(
-                "'{s}' is not one of: ignore, record, drain, fail"
-            )),
+            _ => Err(format!("'{s}' is not one of: ignore, record, drain, fail")),
         }
     }
 }

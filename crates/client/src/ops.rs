@@ -10,8 +10,8 @@ use crate::model::{
     AmendContract, ApiKeyCreated, BacklogReport, CapacityLine, ContractTerms, CreateApiKey,
     CreateGpuModel, CreateSshKey, CreateTenant, EventFilter, GenerateInvoice, GpuHistory,
     InstanceFilter, InstanceLogs, LaunchInstance, List, MarginRow, NodeFilter, NodeOp,
-    NodeOperation, Page, PageRequest, PowerRow, Quote, RevenueRow, SetPowerCap, SetPrice,
-    SetQuota, SetXidRule, UpdateTenant, UsageFilter, UtilizationRow, XidRule,
+    NodeOperation, Page, PageRequest, PowerRow, Quote, RevenueRow, SetPowerCap, SetPrice, SetQuota,
+    SetXidRule, UpdateTenant, UsageFilter, UtilizationRow, XidRule,
 };
 use crate::{Body, Client, Idem, Result, opt, seg};
 
@@ -623,10 +623,7 @@ impl Client {
     /// `GET /v1/reports/utilization` for a month (`YYYY-MM`).
     pub async fn utilization(&self, month: &str) -> Result<Vec<UtilizationRow>> {
         Ok(self
-            .get::<List<UtilizationRow>>(
-                "/v1/reports/utilization",
-                &[("month", month.to_string())],
-            )
+            .get::<List<UtilizationRow>>("/v1/reports/utilization", &[("month", month.to_string())])
             .await?
             .items)
     }

@@ -80,9 +80,9 @@ async fn cli_manages_tenants_and_keys_and_reports_errors() {
     assert!(stdout(&o).contains("nck_"), "the secret is printed once");
     assert!(stderr(&o).contains("not shown again"));
 
-    // Errors: one clear line and a non-zero exit.
+    // Errors: one clear line and an exit code by class (docs/cli.md).
     let o = neocloud(&ctx, &op, &["tenants", "show", "nope"]).await;
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(3));
     assert_eq!(
         stderr(&o).trim(),
         "error: tenant 'nope' not found (not_found, HTTP 404)"
@@ -93,14 +93,14 @@ async fn cli_manages_tenants_and_keys_and_reports_errors() {
         &["sites", "list"],
     )
     .await;
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(5));
     assert!(
         stderr(&o).contains("invalid API key (unauthenticated, HTTP 401)"),
         "{}",
         stderr(&o)
     );
     let o = neocloud(&ctx, &op, &["tenants", "create", "Bad Name"]).await;
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("invalid_request"));
     // Usage errors come from the argument parser (exit 2).
     let o = neocloud(&ctx, &op, &["tenants", "frobnicate"]).await;
@@ -121,7 +121,7 @@ async fn cli_manages_tenants_and_keys_and_reports_errors() {
     })
     .await
     .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(6));
     assert!(
         stderr(&o).contains("cannot reach neocloud"),
         "{}",
@@ -194,7 +194,7 @@ async fn cli_imports_fleet_files_and_lists_nodes() {
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[[sites]]\nname = \"s\"\nregion = \"r\"\npower_mw = 1\n[[sites.nodes]]\nname = \"n\"\ngpu_model = \"H900\"\ngpus = 8\n").unwrap();
     let o = neocloud(&ctx, &op, &["fleet", "import", bad.to_str().unwrap()]).await;
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("line 7"), "{}", stderr(&o));
     assert!(stderr(&o).contains("H900"));
 }
@@ -403,7 +403,7 @@ async fn cli_places_sells_and_bills() {
     let o = neocloud(&ctx, &op, &["reports", "backlog"]).await;
     ok(&o);
     assert!(stdout(&o).contains("contracted backlog"));
-    // A refusal is one clear line and a non-zero exit.
+    // A refusal is one clear line and the usage exit code.
     let o = neocloud(
         &ctx,
         &op,
@@ -419,7 +419,7 @@ async fn cli_places_sells_and_bills() {
         ],
     )
     .await;
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("gpus must be 1, 2, 4 or 8"),
         "{}",

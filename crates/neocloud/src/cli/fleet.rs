@@ -189,7 +189,6 @@ pub(crate) async fn sites(cx: &Cx<'_>, cmd: SiteCmd) -> Result<()> {
         ("GPUS", &field("gpu_count")),
         ("MODELS", &gpus_by_model),
         ("PEAK/BUDGET MW", &power),
-        ("ID", &field("id")),
     ];
     let ids = Ids::Field("id");
     match cmd {

@@ -688,7 +688,7 @@ async fn cli_habits_for_scripts_and_shells() {
     .await;
     ok(&o);
     let inst = stdout(&o).trim().to_string();
-    assert!(inst.starts_with("ins_") || !inst.contains(' '), "{inst}");
+    assert!(inst.starts_with("inst_") && !inst.contains(' '), "{inst}");
     let o = neocloud(&ctx, &op, &["-q", "instances", "list"]).await;
     assert_eq!(stdout(&o).trim(), inst);
     let o = neocloud(&ctx, &op, &["-o", "json", "tenants", "list"]).await;

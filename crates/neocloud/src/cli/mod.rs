@@ -15,7 +15,7 @@ use anyhow::{Context, Result, anyhow};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use neocloud_client::Client;
 
-pub(crate) use out::{Cx, report, report_parse_error};
+pub(crate) use out::{Cx, report, report_parse_error, write_stdout};
 
 use crate::serve::{self, ServeArgs};
 

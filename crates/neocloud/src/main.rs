@@ -2,7 +2,6 @@
 
 mod admin;
 mod cli;
-mod client;
 mod serve;
 mod sim;
 
@@ -12,12 +11,23 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let args = match cli::Cli::try_parse() {
+        Ok(a) => a,
+        Err(e) => return ExitCode::from(cli::report_parse_error(&e, json_asked())),
+    };
+    let json = args.json_errors();
     match cli::run(args).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => ExitCode::from(cli::report(&e, json)),
     }
+}
+
+/// Whether the raw arguments ask for JSON output (for errors found while parsing them).
+fn json_asked() -> bool {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    args.iter().enumerate().any(|(i, a)| {
+        a == "-ojson"
+            || a == "--output=json"
+            || ((a == "-o" || a == "--output") && args.get(i + 1).is_some_and(|n| n == "json"))
+    })
 }

@@ -13,6 +13,10 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8080", env = "NEOCLOUD_LISTEN")]
     pub listen: SocketAddr,
+    /// Log format on standard error: `text` (colour only on a terminal) or `json` (one
+    /// object per line, for log collectors).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "NEOCLOUD_LOG_FORMAT")]
+    pub log_format: LogFormat,
     /// Directory for the embedded database and the operator key.
     #[arg(long, default_value = "./neocloud-data", env = "NEOCLOUD_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -130,15 +134,33 @@ fn write_operator_key(dir: &Path, secret: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// How `serve` writes its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Whether to colour what goes to standard error: only on a terminal, and never with
+/// `NO_COLOR` set.
+pub fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Runs the control plane until SIGINT or SIGTERM.
 pub async fn run(args: ServeArgs) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into());
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => log.with_ansi(colour_on_stderr()).init(),
+        LogFormat::Json => log.json().with_ansi(false).init(),
+    }
     if args.demo && !(args.demo_scale > 0.0 && args.demo_scale <= 1.0) {
         bail!(
             "--demo-scale must be greater than 0 and at most 1 (got {})",

@@ -165,11 +165,10 @@ pub fn run(cmd: SimCmd, json: bool) -> Result<()> {
                 }
             }
             if json {
-                println!("{}", r.to_json());
+                crate::cli::write_stdout(format!("{}\n", r.to_json()).as_bytes())
             } else {
-                print!("{}", r.summary());
+                crate::cli::write_stdout(r.summary().as_bytes())
             }
-            Ok(())
         }
         SimCmd::Compare {
             scenario,
@@ -221,11 +220,10 @@ pub fn run(cmd: SimCmd, json: bool) -> Result<()> {
                 }
             }
             if json {
-                println!("{}", c.to_json());
+                crate::cli::write_stdout(format!("{}\n", c.to_json()).as_bytes())
             } else {
-                print!("{}", c.table());
+                crate::cli::write_stdout(c.table().as_bytes())
             }
-            Ok(())
         }
         SimCmd::Convert {
             format: _,
@@ -262,7 +260,7 @@ pub fn run(cmd: SimCmd, json: bool) -> Result<()> {
             match &out {
                 Some(p) => std::fs::write(p, csv)
                     .with_context(|| format!("cannot write {}", p.display()))?,
-                None => print!("{csv}"),
+                None => crate::cli::write_stdout(csv.as_bytes())?,
             }
             eprintln!(
                 "{} task rows: {} requests, {} without GPUs, {} without start and end",

@@ -80,9 +80,9 @@ async fn cli_manages_tenants_and_keys_and_reports_errors() {
     assert!(stdout(&o).contains("nck_"), "the secret is printed once");
     assert!(stderr(&o).contains("not shown again"));
 
-    // Errors: one clear line and a non-zero exit.
+    // Errors: one clear line and an exit code by class (docs/cli.md).
     let o = neocloud(&ctx, &op, &["tenants", "show", "nope"]).await;
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(3));
     assert_eq!(
         stderr(&o).trim(),
         "error: tenant 'nope' not found (not_found, HTTP 404)"
@@ -93,14 +93,14 @@ async fn cli_manages_tenants_and_keys_and_reports_errors() {
         &["sites", "list"],
     )
     .await;
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(5));
     assert!(
         stderr(&o).contains("invalid API key (unauthenticated, HTTP 401)"),
         "{}",
         stderr(&o)
     );
     let o = neocloud(&ctx, &op, &["tenants", "create", "Bad Name"]).await;
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("invalid_request"));
     // Usage errors come from the argument parser (exit 2).
     let o = neocloud(&ctx, &op, &["tenants", "frobnicate"]).await;
@@ -121,7 +121,7 @@ async fn cli_manages_tenants_and_keys_and_reports_errors() {
     })
     .await
     .unwrap();
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(6));
     assert!(
         stderr(&o).contains("cannot reach neocloud"),
         "{}",
@@ -194,7 +194,7 @@ async fn cli_imports_fleet_files_and_lists_nodes() {
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[[sites]]\nname = \"s\"\nregion = \"r\"\npower_mw = 1\n[[sites.nodes]]\nname = \"n\"\ngpu_model = \"H900\"\ngpus = 8\n").unwrap();
     let o = neocloud(&ctx, &op, &["fleet", "import", bad.to_str().unwrap()]).await;
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("line 7"), "{}", stderr(&o));
     assert!(stderr(&o).contains("H900"));
 }
@@ -403,7 +403,7 @@ async fn cli_places_sells_and_bills() {
     let o = neocloud(&ctx, &op, &["reports", "backlog"]).await;
     ok(&o);
     assert!(stdout(&o).contains("contracted backlog"));
-    // A refusal is one clear line and a non-zero exit.
+    // A refusal is one clear line and the usage exit code.
     let o = neocloud(
         &ctx,
         &op,
@@ -419,7 +419,7 @@ async fn cli_places_sells_and_bills() {
         ],
     )
     .await;
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("gpus must be 1, 2, 4 or 8"),
         "{}",
@@ -520,4 +520,291 @@ gpus = 8
     let o = neocloud(&ctx, &op, &["-o", "json", "instances", "list"]).await;
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["items"].as_array().unwrap().len(), 2);
+}
+
+/// Runs the binary with `args`, reads only the first line of its output, then closes the
+/// pipe as `| head -1` does; gives its exit status and standard error.
+async fn neocloud_head(ctx: &TestContext, key: &str, args: &[&str]) -> (Option<i32>, String) {
+    let url = ctx.url("");
+    let key = key.to_string();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .env("NEOCLOUD_URL", url)
+            .env("NEOCLOUD_API_KEY", key)
+            .env("NEOCLOUD_CONFIG", "/nonexistent/neocloud.toml")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty());
+        // The reader is dropped here: the rest of the output goes to a closed pipe.
+        let o = child.wait_with_output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// The CLI's habits for scripts and shells (docs/cli.md): exit codes by class, errors as
+/// JSON, a closed pipe, completion, --quiet, names beside ids, money as money.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_habits_for_scripts_and_shells() {
+    let ctx = TestContext::start(Db::Sqlite).await;
+    let op = ctx.operator_key.clone();
+    ctx.import(&neocloud_fleet::demo_fleet_toml(0.002).unwrap())
+        .await
+        .expect(200);
+    let ok = |o: &Output| assert!(o.status.success(), "{}{}", stdout(o), stderr(o));
+    let o = neocloud(
+        &ctx,
+        &op,
+        &["tenants", "create", "acme", "--credit-limit", "1234567.891"],
+    )
+    .await;
+    ok(&o);
+
+    // Exit codes by class.
+    let code = |o: &Output| o.status.code();
+    assert_eq!(
+        code(&neocloud(&ctx, &op, &["tenants", "show", "nope"]).await),
+        Some(3)
+    );
+    let o = neocloud(&ctx, &op, &["tenants", "create", "acme"]).await;
+    assert_eq!(code(&o), Some(4), "a second tenant acme: {}", stderr(&o));
+    let o = neocloud(
+        &ctx,
+        &op,
+        &[
+            "-q",
+            "keys",
+            "create",
+            "--name",
+            "m",
+            "--role",
+            "tenant-member",
+            "--tenant",
+            "acme",
+        ],
+    )
+    .await;
+    ok(&o);
+    let member = stdout(&o).trim().to_string();
+    assert!(
+        member.starts_with("nck_"),
+        "--quiet prints the secret: {member}"
+    );
+    let o = neocloud(&ctx, &member, &["tenants", "create", "other"]).await;
+    assert_eq!(code(&o), Some(5), "forbidden: {}", stderr(&o));
+    let o = neocloud(
+        &ctx,
+        &op,
+        &[
+            "instances",
+            "launch",
+            "--gpu-model",
+            "H100-SXM-80GB",
+            "--gpus",
+            "1",
+            "--class",
+            "bogus",
+        ],
+    )
+    .await;
+    assert_eq!(code(&o), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--class"), "{}", stderr(&o));
+    assert_eq!(code(&neocloud(&ctx, &op, &["tenants"]).await), Some(2));
+
+    // Errors as JSON under -o json, on standard error; nothing on standard output.
+    let o = neocloud(&ctx, &op, &["-o", "json", "tenants", "show", "nope"]).await;
+    assert_eq!(code(&o), Some(3));
+    assert!(stdout(&o).is_empty());
+    let e: serde_json::Value = serde_json::from_str(stderr(&o).trim()).unwrap();
+    assert_eq!(e["error"]["class"], "not_found");
+    assert_eq!(e["error"]["exit_code"], 3);
+    assert_eq!(e["error"]["problem"]["status"], 404);
+    assert_eq!(e["error"]["problem"]["code"], "not_found");
+    assert_eq!(
+        e["error"]["problem"]["type"],
+        "urn:neocloud:problem:not_found"
+    );
+    let o = neocloud(&ctx, &op, &["-o", "json", "tenants", "frobnicate"]).await;
+    assert_eq!(code(&o), Some(2));
+    let e: serde_json::Value = serde_json::from_str(stderr(&o).trim()).unwrap();
+    assert_eq!(e["error"]["class"], "usage");
+
+    // A reader that stops early (`| head -1`): no panic, exit 0.
+    for args in [
+        &["-o", "json", "nodes", "list", "--all"][..],
+        &["blocks", "list"][..],
+        &["completion", "bash"][..],
+    ] {
+        let (status, err) = neocloud_head(&ctx, &op, args).await;
+        assert_eq!(status, Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+
+    // Shell completion.
+    for (shell, says) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef neocloud"),
+        ("fish", "complete -c neocloud"),
+    ] {
+        let o = neocloud(&ctx, &op, &["completion", shell]).await;
+        ok(&o);
+        let out = stdout(&o);
+        assert!(
+            out.contains(says) && out.contains("instances"),
+            "{shell}: {out:.200}"
+        );
+    }
+
+    // --quiet: ids, one per line.
+    let o = neocloud(
+        &ctx,
+        &op,
+        &[
+            "-q",
+            "instances",
+            "launch",
+            "--tenant",
+            "acme",
+            "--gpu-model",
+            "H100-SXM-80GB",
+            "--gpus",
+            "8",
+            "--name",
+            "trainer",
+        ],
+    )
+    .await;
+    ok(&o);
+    let inst = stdout(&o).trim().to_string();
+    assert!(inst.starts_with("inst_") && !inst.contains(' '), "{inst}");
+    let o = neocloud(&ctx, &op, &["-q", "instances", "list"]).await;
+    assert_eq!(stdout(&o).trim(), inst);
+    let o = neocloud(&ctx, &op, &["-o", "json", "tenants", "list"]).await;
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let ids: Vec<String> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect();
+    let o = neocloud(&ctx, &op, &["--quiet", "tenants", "list"]).await;
+    assert_eq!(stdout(&o).lines().collect::<Vec<_>>(), ids);
+
+    // Names beside ids: the instance's name and its tenant's.
+    let o = neocloud(&ctx, &op, &["instances", "list"]).await;
+    let out = stdout(&o);
+    let header = out.lines().next().unwrap();
+    assert!(
+        header.contains("NAME") && header.contains("TENANT"),
+        "{out}"
+    );
+    let row = out.lines().find(|l| l.contains(&inst)).unwrap();
+    assert!(row.contains("trainer") && row.contains("acme"), "{out}");
+
+    // Money: 2 decimals and thousands in tables, exact in JSON.
+    let o = neocloud(&ctx, &op, &["tenants", "list"]).await;
+    assert!(stdout(&o).contains("1,234,567.89"), "{}", stdout(&o));
+    let o = neocloud(&ctx, &op, &["-o", "json", "tenants", "show", "acme"]).await;
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["credit_limit"], "1234567.891");
+    let terms = [
+        "--tenant",
+        "acme",
+        "--gpu-model",
+        "GB200",
+        "--gpus",
+        "4",
+        "--years",
+        "1",
+        "--site",
+        "memphis-2",
+    ];
+    let mut sign = vec!["-o", "json", "contracts", "sign"];
+    sign.extend_from_slice(&terms);
+    let o = neocloud(&ctx, &op, &sign).await;
+    ok(&o);
+    let k: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let exact = k["total_value"].as_str().unwrap().to_string();
+    let micros: i64 = {
+        let (w, f) = exact.split_once('.').unwrap_or((&exact, ""));
+        w.parse::<i64>().unwrap() * 1_000_000 + format!("{f:0<6}").parse::<i64>().unwrap()
+    };
+    let cents = (micros + 5_000) / 10_000;
+    let whole = (cents / 100).to_string();
+    let mut grouped = String::new();
+    for (i, ch) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(ch);
+    }
+    let shown = format!("{grouped}.{:02}", cents % 100);
+    let o = neocloud(&ctx, &op, &["contracts", "list"]).await;
+    let out = stdout(&o);
+    assert!(out.contains(&shown), "{shown} in {out}");
+    let row = out
+        .lines()
+        .find(|l| l.contains(k["id"].as_str().unwrap()))
+        .unwrap();
+    assert!(
+        row.contains("acme") && row.contains("memphis-2"),
+        "names beside ids: {row}"
+    );
+    assert!(!row.contains(k["tenant_id"].as_str().unwrap()), "{row}");
+    let o = neocloud(&ctx, &op, &["-o", "json", "contracts", "list"]).await;
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["items"][0]["total_value"], exact.as_str());
+}
+
+/// `serve --log-format json` writes one JSON object per line; text logs carry no colour
+/// codes when standard error is not a terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_json_or_plain_text() {
+    for (format, check) in [
+        (
+            "json",
+            (|l: &str| serde_json::from_str::<serde_json::Value>(l).is_ok()) as fn(&str) -> bool,
+        ),
+        ("text", |l: &str| !l.contains('\u{1b}')),
+    ] {
+        let dir = temp_dir();
+        let o = tokio::task::spawn_blocking(move || {
+            // An address in use makes serve log and stop at once.
+            let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = taken.local_addr().unwrap().to_string();
+            let o = Command::new(BIN)
+                .args([
+                    "serve",
+                    "--log-format",
+                    format,
+                    "--listen",
+                    &addr,
+                    "--data-dir",
+                ])
+                .arg(&dir)
+                .env("RUST_LOG", "info")
+                .output()
+                .unwrap();
+            drop(taken);
+            o
+        })
+        .await
+        .unwrap();
+        let err = stderr(&o);
+        let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("error:")).collect();
+        assert!(!lines.is_empty(), "{format}: no log lines: {err}");
+        assert!(lines.iter().all(|l| check(l)), "{format}: {err}");
+    }
 }

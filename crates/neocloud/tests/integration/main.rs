@@ -25,6 +25,7 @@ mod api_scheduler;
 mod api_slices;
 mod api_tenancy;
 mod cli;
+mod client_types;
 mod console;
 mod console_browser;
 mod delivery_e2e;

@@ -98,6 +98,7 @@ pub(crate) fn router(app: AppState, config: LambdaConfig) -> Router {
         .route("/ssh-keys", get(ssh_key_list).post(ssh_key_add))
         .route("/ssh-keys/{id}", delete(ssh_key_delete))
         .route("/file-systems", get(file_systems))
+        .route("/images", get(images))
         .fallback(|| async {
             LambdaError::new(
                 StatusCode::NOT_FOUND,
@@ -372,22 +373,28 @@ impl Body {
 
 // ---- instance types -----------------------------------------------------------------------
 
-/// The name a GPU model takes in instance type names: Lambda's own spelling for the models
-/// Lambda also sells, else the catalog name in lower case with every run of other
-/// characters turned into `_`. The one table of the mapping.
-pub fn model_slug(gpu_model: &str) -> String {
-    let known = match gpu_model {
-        "H100-SXM-80GB" => Some("h100_sxm5"),
-        "H200-SXM-141GB" => Some("h200_sxm5"),
-        "A100-SXM-80GB" => Some("a100_80gb_sxm4"),
-        "B200" => Some("b200_sxm6"),
-        "GB200" => Some("gb200"),
-        "L40S" => Some("l40s"),
-        "MI300X" => Some("mi300x"),
+/// How a GPU model is spelled in Lambda's shapes: Lambda's own spelling for the models
+/// Lambda also sells (type-name part, GPU name, form factor), else `None`. The one table of
+/// the mapping; see [`model_slug`] and [`gpu_description`].
+fn lambda_spelling(gpu_model: &str) -> Option<(&'static str, &'static str, Option<&'static str>)> {
+    match gpu_model {
+        "H100-SXM-80GB" => Some(("h100_sxm5", "H100", Some("SXM5"))),
+        "H200-SXM-141GB" => Some(("h200_sxm5", "H200", Some("SXM5"))),
+        "A100-SXM-80GB" => Some(("a100_80gb_sxm4", "A100", Some("SXM4"))),
+        "B200" => Some(("b200_sxm6", "B200", Some("SXM6"))),
+        "GB200" => Some(("gb200", "GB200", None)),
+        "L40S" => Some(("l40s", "L40S", None)),
+        "MI300X" => Some(("mi300x", "MI300X", None)),
         _ => None,
-    };
-    if let Some(k) = known {
-        return k.to_string();
+    }
+}
+
+/// The name a GPU model takes in instance type names: Lambda's spelling for the models in
+/// [`lambda_spelling`], else the catalog name in lower case with every run of other
+/// characters turned into `_`.
+pub fn model_slug(gpu_model: &str) -> String {
+    if let Some((slug, _, _)) = lambda_spelling(gpu_model) {
+        return slug.to_string();
     }
     let mut out = String::new();
     for c in gpu_model.chars() {
@@ -398,6 +405,20 @@ pub fn model_slug(gpu_model: &str) -> String {
         }
     }
     out.trim_matches('_').to_string()
+}
+
+/// One GPU described as Lambda describes it, `H100 (80 GB SXM5)`: the GPU's name, its
+/// memory (from the catalog) and form factor. Tools parse this (`Nx NAME (MEM GB …)`).
+pub fn gpu_description(gpu_model: &str, memory_gib: Option<u32>) -> String {
+    let (name, form) = match lambda_spelling(gpu_model) {
+        Some((_, name, form)) => (name, form),
+        None => (gpu_model, None),
+    };
+    match (memory_gib, form) {
+        (Some(m), Some(f)) => format!("{name} ({m} GB {f})"),
+        (Some(m), None) => format!("{name} ({m} GB)"),
+        (None, _) => name.to_string(),
+    }
 }
 
 /// The instance type name of `gpus` GPUs of `gpu_model` in one node: `gpu_8x_h100_sxm5`.
@@ -435,10 +456,7 @@ struct InstanceType {
 
 impl InstanceType {
     fn gpu_description(&self) -> String {
-        match self.gpu_memory_gib {
-            Some(m) => format!("{} ({m} GB)", self.gpu_model),
-            None => self.gpu_model.clone(),
-        }
+        gpu_description(&self.gpu_model, self.gpu_memory_gib)
     }
 
     fn to_json(&self) -> Value {
@@ -969,6 +987,35 @@ async fn ssh_key_delete(
     Ok(data(json!({}), c.replayed))
 }
 
+/// `GET /images`: the one image instances are launched with, in every region (tools
+/// such as dstack learn the regions from this list).
+async fn images(State(st): State<LState>, Tenant(p): Tenant) -> LResult<Response> {
+    let mut sites: Vec<(String, String)> = st
+        .app
+        .svc
+        .site_list(&p)
+        .await?
+        .into_iter()
+        .map(|s| (s.name, s.region))
+        .collect();
+    sites.sort();
+    let image = &st.config.image;
+    let list: Vec<Value> = sites
+        .iter()
+        .map(|(name, region)| {
+            json!({
+                "id": format!("{name}/{image}"),
+                "name": image,
+                "description": format!("the container image instances run ({image})"),
+                "family": "neocloud",
+                "version": "1",
+                "region": region_json(name, region),
+            })
+        })
+        .collect();
+    Ok(data(Value::Array(list), false))
+}
+
 /// `GET /file-systems`: none are offered.
 async fn file_systems(Tenant(_): Tenant) -> LResult<Response> {
     Ok(data(json!([]), false))
@@ -984,6 +1031,12 @@ mod tests {
         assert_eq!(type_name(1, "A100-SXM-80GB"), "gpu_1x_a100_80gb_sxm4");
         assert_eq!(type_name(4, "GB200"), "gpu_4x_gb200");
         assert_eq!(model_slug("RTX 6000 Ada--48GB"), "rtx_6000_ada_48gb");
+        assert_eq!(
+            gpu_description("H100-SXM-80GB", Some(80)),
+            "H100 (80 GB SXM5)"
+        );
+        assert_eq!(gpu_description("GB200", Some(186)), "GB200 (186 GB)");
+        assert_eq!(gpu_description("X1", None), "X1");
     }
 
     #[test]

@@ -154,8 +154,8 @@ both_backends!(
         let h8 = &t["data"]["gpu_8x_h100_sxm5"];
         assert_eq!(
             h8["instance_type"],
-            json!({"name": "gpu_8x_h100_sxm5", "description": "8x H100-SXM-80GB (80 GB)",
-                   "gpu_description": "H100-SXM-80GB (80 GB)", "price_cents_per_hour": 2400,
+            json!({"name": "gpu_8x_h100_sxm5", "description": "8x H100 (80 GB SXM5)",
+                   "gpu_description": "H100 (80 GB SXM5)", "price_cents_per_hour": 2400,
                    "specs": {"vcpus": 112, "memory_gib": 2048, "storage_gib": 0, "gpus": 8}})
         );
         assert_eq!(
@@ -326,6 +326,15 @@ both_backends!(
             lget(&ctx, "/file-systems", &acme).await.expect(200),
             json!({"data": []})
         );
+        let images = lget(&ctx, "/images", &acme).await.expect(200);
+        let regions: Vec<&str> = images["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["region"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(regions, ["east", "west"]);
+        assert_eq!(images["data"][0]["name"], "docker.io/library/ubuntu:24.04");
     }
 );
 

@@ -4,8 +4,9 @@
 # Installs PostgreSQL, promtool (to check /metrics), headless Chromium with chromedriver
 # (for the console's browser test), and podman, runc, OpenSSH and busybox (for delivery:
 # containers, SSH, bare-metal accounts) from Debian's packages if missing, and
-# openapi-spec-validator and openapi-python-client from PyPI into target/pytools (to check
-# the OpenAPI document and a client generated from it);
+# openapi-spec-validator, openapi-python-client and lambda-cloud-api-client from PyPI into
+# target/pytools (to check the OpenAPI document, a client generated from it, and the
+# Lambda-compatible API with a Lambda client library);
 # starts a throwaway PostgreSQL cluster on a free local port for the duration of the run,
 # and stops it afterwards.
 set -euo pipefail
@@ -44,8 +45,10 @@ fi
 export NEOCLOUD_TEST_REQUIRE_BROWSER=1
 
 # The OpenAPI document is checked by the tools tenants use: a validator and a Python client
-# generator, in a virtualenv of their own (Debian's python3-venv provides `venv`).
+# generator, in a virtualenv of their own (Debian's python3-venv provides `venv`); the
+# Lambda-compatible API by a Lambda client library from PyPI, pinned.
 PYTOOLS="$PWD/target/pytools"
+LAMBDA_CLIENT="lambda-cloud-api-client==0.1.145"
 if [ ! -x "$PYTOOLS/bin/openapi-spec-validator" ] || [ ! -x "$PYTOOLS/bin/openapi-python-client" ]; then
   log "installing openapi-spec-validator and openapi-python-client into target/pytools"
   if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
@@ -57,7 +60,11 @@ if [ ! -x "$PYTOOLS/bin/openapi-spec-validator" ] || [ ! -x "$PYTOOLS/bin/openap
   python3 -m venv "$PYTOOLS"
   "$PYTOOLS/bin/pip" install -q --disable-pip-version-check openapi-spec-validator openapi-python-client
 fi
-# The OpenAPI tests must run those tools here, not skip.
+if ! "$PYTOOLS/bin/python" -c 'import lambda_cloud_api_client' >/dev/null 2>&1; then
+  log "installing $LAMBDA_CLIENT into target/pytools"
+  "$PYTOOLS/bin/pip" install -q --disable-pip-version-check "$LAMBDA_CLIENT"
+fi
+# The OpenAPI and Lambda tests must run those tools here, not skip.
 export NEOCLOUD_TEST_PYTOOLS="$PYTOOLS"
 export NEOCLOUD_TEST_REQUIRE_PYTOOLS=1
 

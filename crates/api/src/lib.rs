@@ -9,6 +9,7 @@ mod doc;
 mod error;
 mod extract;
 pub mod forward;
+pub mod lambda;
 mod routes;
 
 use std::future::Future;
@@ -21,6 +22,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
 pub use error::{ApiError, Problem};
+pub use lambda::LambdaConfig;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -104,8 +106,14 @@ pub fn openapi_json() -> String {
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
-/// The whole HTTP application.
+/// The whole HTTP application, with the Lambda-compatible API's default settings.
 pub fn app(svc: Service) -> Router {
+    app_with(svc, LambdaConfig::default())
+}
+
+/// The whole HTTP application: `/v1`, `/metrics`, the web console, and the
+/// Lambda-Cloud-compatible API under `/lambda/api/v1` (launching as `lambda` says).
+pub fn app_with(svc: Service, lambda: LambdaConfig) -> Router {
     let (router, doc) = api().split_for_parts();
     let doc_json = doc::finish(doc).to_pretty_json().unwrap_or_default();
     router
@@ -135,6 +143,11 @@ pub fn app(svc: Service) -> Router {
         })
         .route("/metrics", axum::routing::get(metrics))
         .with_state(AppState::new(svc.clone()))
+        // The Lambda-Cloud-compatible API: its own shapes and errors, the same service.
+        .nest(
+            lambda::PREFIX,
+            lambda::router(AppState::new(svc.clone()), lambda),
+        )
         // The web console: HTML pages at `/`, outside `/v1`, calling the same service.
         .merge(neocloud_console::router(svc.clone()))
         .layer(axum::middleware::from_fn_with_state(
@@ -192,7 +205,17 @@ pub async fn serve(
     svc: Service,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(svc))
+    serve_with(listener, svc, LambdaConfig::default(), shutdown).await
+}
+
+/// [`serve`], launching through the Lambda-compatible API as `lambda` says.
+pub async fn serve_with(
+    listener: TcpListener,
+    svc: Service,
+    lambda: LambdaConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app_with(svc, lambda))
         .with_graceful_shutdown(shutdown)
         .await
 }

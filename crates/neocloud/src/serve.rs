@@ -98,6 +98,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub follower_refresh: u32,
+    /// Container image of instances launched through the Lambda-Cloud-compatible API
+    /// (`/lambda/api/v1`).
+    #[arg(long, value_name = "IMAGE", default_value = neocloud_api::lambda::DEFAULT_IMAGE)]
+    pub lambda_image: String,
+    /// Command of those containers, split on whitespace (default `sleep infinity`: a Lambda
+    /// instance lives until terminated); an empty string runs the image's own command.
+    #[arg(long, value_name = "COMMAND")]
+    pub lambda_command: Option<String>,
+    /// Launch whole-node Lambda instance types (`gpu_8x_…` on 8-GPU nodes) as bare-metal
+    /// accounts on their node rather than containers.
+    #[arg(long)]
+    pub lambda_bare_metal: bool,
 }
 
 fn parse_placement(s: &str) -> Result<neocloud_service::PlacementPolicy, String> {
@@ -167,6 +179,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             args.demo_scale
         );
     }
+    // Checked as every launch would check it, before anything starts.
+    neocloud_types::Delivery::Container {
+        image: args.lambda_image.clone(),
+        command: Vec::new(),
+        env: Default::default(),
+    }
+    .validate()
+    .map_err(|e| anyhow::anyhow!("--lambda-image: {e}"))?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
     let url = match &args.database_url {
@@ -371,7 +391,15 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             }
         }
     });
-    neocloud_api::serve(listener, svc.clone(), shutdown_signal()).await?;
+    let lambda = neocloud_api::LambdaConfig {
+        image: args.lambda_image.clone(),
+        command: match &args.lambda_command {
+            Some(c) => c.split_whitespace().map(str::to_string).collect(),
+            None => neocloud_api::LambdaConfig::default().command,
+        },
+        bare_metal_whole_nodes: args.lambda_bare_metal,
+    };
+    neocloud_api::serve_with(listener, svc.clone(), lambda, shutdown_signal()).await?;
     if svc.is_leader()
         && let Err(e) = svc.health_flush(svc.now(), true).await
     {

@@ -701,6 +701,16 @@ impl Scheduler {
             .unwrap_or(0)
     }
 
+    /// Whether `req` would be placed now, deciding nothing: the allocator finds room for
+    /// it and, for on-demand and internal work, its site's sellable capacity takes it.
+    /// A request that names no site is asked of the allocator's first choice only. Work
+    /// that would have to wait for a preemption reads as not placeable.
+    pub fn would_place(&self, req: &Request, now: Timestamp) -> bool {
+        self.alloc
+            .try_place(req)
+            .is_ok_and(|a| self.sellable_verdict(&a, false, now).is_ok())
+    }
+
     /// Whether the policy allows the request's shape, and whether some node of the model
     /// could ever host its CPU and memory.
     pub fn check_shape(&self, inst: &Instance) -> Result<(), Refused> {

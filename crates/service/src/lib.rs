@@ -14,6 +14,7 @@ pub mod error;
 mod health;
 mod instances;
 mod metrics;
+mod offers;
 mod replica;
 mod requests;
 mod scheduler;
@@ -39,6 +40,7 @@ pub use health::{
 pub use neocloud_allocator::PlacementPolicy;
 pub use neocloud_allocator::Sharing;
 pub use neocloud_types::Clock;
+pub use offers::{PlacementAsk, SiteOffer};
 pub use replica::{ReplicaConfig, ReplicaRole, RoleChange};
 pub use requests::*;
 pub use scheduler::SchedulerConfig;

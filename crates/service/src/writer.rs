@@ -6,9 +6,9 @@
 //! waits), releases the lock, and waits for the commit before it answers. So the database
 //! sees the decisions in the order they were made, and no lock is ever held across I/O.
 //!
-//! The writer takes every job waiting at that moment and commits them in one transaction,
-//! each inside its own savepoint (group commit). If a job cannot be written, the decisions
-//! made after it were made on a state the database will never have: the writer fails them
+//! The writer takes every job waiting at that moment and commits them in one transaction
+//! (group commit). If a job cannot be written, the transaction rolls back: the decisions
+//! made with it were made on a state the database will never have, so the writer fails them
 //! too, marks the scheduler stale (new decisions are refused with 503 until it is fresh),
 //! rebuilds it from the database, and swaps it in. Jobs decided on the old state carry its
 //! epoch and are refused, never written.
@@ -33,7 +33,7 @@ const MAX_BATCH: usize = 256;
 /// A future borrowing the transaction.
 pub(crate) type TxFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 
-/// Writes besides the effects, in the same savepoint (before the effects): the rows the
+/// Writes besides the effects, in the same transaction (before the effects): the rows the
 /// service owns (a node's state, an idempotency record, a contract's terms).
 pub(crate) type Extra = Box<dyn for<'a> FnOnce(&'a Store, &'a mut WriteTx) -> TxFuture<'a> + Send>;
 
@@ -217,8 +217,11 @@ struct Write {
     done: oneshot::Sender<Result<()>>,
 }
 
-/// Writes a batch in one transaction, a savepoint per job. Returns whether a job failed
-/// (every job after it fails too: it was decided on top of it).
+/// Writes a batch in one transaction. Returns whether it failed. Jobs carry no savepoints
+/// (two statements fewer for every write): if one job cannot be written, the transaction
+/// rolls back and no job of the batch is written — that job gets its error, the others are
+/// told to retry (they were decided together, on a state the database will not have, and
+/// the scheduler is rebuilt from the database before anything else is decided).
 async fn write_batch(store: &Store, stale: &AtomicBool, writes: Vec<Write>) -> bool {
     let mut tx = match store.begin_write().await {
         Ok(tx) => tx,
@@ -232,11 +235,9 @@ async fn write_batch(store: &Store, stale: &AtomicBool, writes: Vec<Write>) -> b
         }
     };
     let mut book: Option<PriceBook> = None;
-    let mut results: Vec<(oneshot::Sender<Result<()>>, Result<()>)> = Vec::new();
-    let mut failed: Option<Error> = None;
-    // A job alone in its batch needs no savepoint: if it fails, the whole transaction rolls
-    // back (two statements fewer for every write when the service is not busy).
-    let single = writes.len() == 1;
+    let mut dones: Vec<oneshot::Sender<Result<()>>> = Vec::with_capacity(writes.len());
+    // The job that could not be written, and why.
+    let mut failed: Option<(usize, Error)> = None;
     for Write {
         effects,
         extra,
@@ -244,82 +245,67 @@ async fn write_batch(store: &Store, stale: &AtomicBool, writes: Vec<Write>) -> b
         done,
     } in writes
     {
-        if let Some(e) = &failed {
-            let mut err = Error::new(
-                ErrorCode::Unavailable,
-                "an earlier decision could not be written; retry the request",
-            );
-            err.internal = Some(format!(
-                "after: {}",
-                e.internal.as_deref().unwrap_or(&e.message)
-            ));
-            results.push((done, Err(err)));
+        dones.push(done);
+        if failed.is_some() {
             continue;
         }
         let r = async {
-            if !single {
-                Store::raw_execute(&mut tx, "SAVEPOINT job").await?;
+            if let Some(x) = extra {
+                x(store, &mut tx).await?;
             }
-            let r = async {
-                if let Some(x) = extra {
-                    x(store, &mut tx).await?;
-                }
-                write_effects(store, &mut tx, &mut book, &effects, actor).await
-            }
-            .await;
-            if single {
-                return r;
-            }
-            match r {
-                Ok(()) => {
-                    Store::raw_execute(&mut tx, "RELEASE SAVEPOINT job").await?;
-                    Ok(())
-                }
-                Err(e) => {
-                    Store::raw_execute(&mut tx, "ROLLBACK TO SAVEPOINT job").await?;
-                    Store::raw_execute(&mut tx, "RELEASE SAVEPOINT job").await?;
-                    Err(e)
-                }
-            }
+            write_effects(store, &mut tx, &mut book, &effects, actor).await
         }
         .await;
-        if let Err(e) = &r {
-            failed = Some(clone_error(e));
+        if let Err(e) = r {
+            failed = Some((dones.len() - 1, e));
         }
-        results.push((done, r));
     }
-    let committed = if single && failed.is_some() {
-        // Its error is the answer; a failed rollback only adds to the log.
-        if let Err(e) = tx.rollback().await {
-            tracing::warn!(error = %e, "rolling back a failed write");
+    let committed = match failed {
+        Some((at, e)) => {
+            // Its error is the answer; a failed rollback only adds to the log.
+            if let Err(e) = tx.rollback().await {
+                tracing::warn!(error = %e, "rolling back a failed write");
+            }
+            Err((Some(at), e))
         }
-        Ok(())
-    } else {
-        tx.commit().await.map_err(Error::from)
+        None => tx.commit().await.map_err(|e| (None, Error::from(e))),
     };
-    let failed = failed.is_some() || committed.is_err();
-    if failed {
-        // Memory is ahead of the database until the rebuild: nothing may be decided on it
-        // from the moment a client can learn of the failure and retry.
-        stale.store(true, Ordering::SeqCst);
-    }
-    for (done, r) in results {
-        let r = match (&committed, r) {
-            (Ok(()), r) => r,
+    let Err((at, e)) = committed else {
+        for done in dones {
+            let _ = done.send(Ok(()));
+        }
+        return false;
+    };
+    // Memory is ahead of the database until the rebuild: nothing may be decided on it
+    // from the moment a client can learn of the failure and retry.
+    stale.store(true, Ordering::SeqCst);
+    for (i, done) in dones.into_iter().enumerate() {
+        let r = if Some(i) == at {
+            clone_error(&e)
+        } else if at.is_some() {
+            // Decided together with a write that failed: nothing of it was written.
+            let mut err = Error::new(
+                ErrorCode::Unavailable,
+                "a decision committed together with this one could not be written; retry the request",
+            );
+            err.internal = Some(format!(
+                "with: {}",
+                e.internal.as_deref().unwrap_or(&e.message)
+            ));
+            err
+        } else {
             // Every job of the batch fails the way the commit did (a fenced ex-leader's
             // writes are "unavailable", not internal errors).
-            (Err(e), _) => {
-                let mut err = Error::new(e.code, e.message.clone());
-                err.internal = Some(format!(
-                    "committing: {}",
-                    e.internal.as_deref().unwrap_or(&e.message)
-                ));
-                Err(err)
-            }
+            let mut err = Error::new(e.code, e.message.clone());
+            err.internal = Some(format!(
+                "committing: {}",
+                e.internal.as_deref().unwrap_or(&e.message)
+            ));
+            err
         };
-        let _ = done.send(r);
+        let _ = done.send(Err(r));
     }
-    failed
+    true
 }
 
 /// Records one decision's effects in `tx`.
@@ -333,13 +319,17 @@ pub(crate) async fn write_effects(
     for fx in effects {
         match fx {
             Effect::Insert { inst, alloc } => {
-                Store::instance_insert(tx, inst).await?;
                 let action = match alloc {
                     Some(a) => {
-                        Store::instance_hold(tx, inst, &a.gpus, scheduler::held_of(a)).await?;
+                        let held = scheduler::held_of(a);
+                        Store::instance_insert_held(tx, inst, Some(&held)).await?;
+                        Store::instance_hold_placed(tx, inst, &a.gpus, &held).await?;
                         "instance.running"
                     }
-                    None => "instance.pending",
+                    None => {
+                        Store::instance_insert(tx, inst).await?;
+                        "instance.pending"
+                    }
                 };
                 scheduler::event(tx, actor, inst, action, None, None).await?;
             }

@@ -238,6 +238,16 @@ pub use neocloud_types::{AllocatorNode, AllocatorSite};
 impl Store {
     /// Inserts an instance (without placement).
     pub async fn instance_insert(tx: &mut WriteTx, i: &Instance) -> Result<()> {
+        Self::instance_insert_held(tx, i, None).await
+    }
+
+    /// Inserts a new instance with the CPU and memory its placement holds (a launch placed
+    /// at once: one statement instead of an insert and an update).
+    pub async fn instance_insert_held(
+        tx: &mut WriteTx,
+        i: &Instance,
+        held: Option<&Held>,
+    ) -> Result<()> {
         let (kind, gpus, count, level) = match i.shape {
             Shape::Gpus { gpus } => ("gpus", Some(i64::from(gpus)), None, None),
             Shape::Nodes { count, level } => {
@@ -252,7 +262,7 @@ impl Store {
         let t = |t: Option<Timestamp>| t.map(|t| t.micros());
         sqlx::query(&format!(
             "INSERT INTO instances ({INSTANCE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
-             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, NULL, NULL, $24, $25, $26)"
+             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $27, $28, $24, $25, $26)"
         ))
         .bind(i.id.to_string())
         .bind(i.tenant_id.to_string())
@@ -280,6 +290,8 @@ impl Store {
         .bind(delivery_json(i))
         .bind(access_json(i))
         .bind(i.ends_as.map(|s| s.as_str()))
+        .bind(held.and_then(|h| opt_i64(Some(h.cpu_milli))))
+        .bind(held.and_then(|h| opt_i64(Some(h.memory_mib))))
         .execute(tx.conn())
         .await?;
         Ok(())
@@ -294,6 +306,24 @@ impl Store {
         i: &Instance,
         gpus: &[(NodeId, Vec<u32>)],
         held: Held,
+    ) -> Result<()> {
+        Self::instance_hold_placed(tx, i, gpus, &held).await?;
+        sqlx::query("UPDATE instances SET held_cpu_milli = $1, held_memory_mib = $2 WHERE id = $3")
+            .bind(opt_i64(Some(held.cpu_milli)))
+            .bind(opt_i64(Some(held.memory_mib)))
+            .bind(i.id.to_string())
+            .execute(tx.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// As [`Store::instance_hold`], for an instance whose row already carries the CPU and
+    /// memory held ([`Store::instance_insert_held`]).
+    pub async fn instance_hold_placed(
+        tx: &mut WriteTx,
+        i: &Instance,
+        gpus: &[(NodeId, Vec<u32>)],
+        held: &Held,
     ) -> Result<()> {
         if i.shape.is_slice() {
             let [(node, idxs)] = gpus else {
@@ -329,30 +359,8 @@ impl Store {
             .execute(tx.conn())
             .await?;
         } else {
-            for (node, idxs) in gpus {
-                for g in idxs {
-                    let sliced = sqlx::query(
-                        "SELECT instance_id FROM instance_slices WHERE node_id = $1 AND idx = $2",
-                    )
-                    .bind(node.to_string())
-                    .bind(i64::from(*g))
-                    .fetch_optional(tx.conn())
-                    .await?;
-                    if sliced.is_some() {
-                        return Err(StoreError::Conflict(format!(
-                            "GPU {g} of node {node} holds slices of other instances"
-                        )));
-                    }
-                }
-            }
             Self::instance_hold_gpus(tx, i.id, gpus).await?;
         }
-        sqlx::query("UPDATE instances SET held_cpu_milli = $1, held_memory_mib = $2 WHERE id = $3")
-            .bind(opt_i64(Some(held.cpu_milli)))
-            .bind(opt_i64(Some(held.memory_mib)))
-            .bind(i.id.to_string())
-            .execute(tx.conn())
-            .await?;
         Ok(())
     }
 
@@ -396,7 +404,9 @@ impl Store {
             let done = if contiguous {
                 sqlx::query(
                     "UPDATE gpus SET holder = $1
-                     WHERE node_id = $2 AND idx >= $3 AND idx <= $4 AND holder IS NULL",
+                     WHERE node_id = $2 AND idx >= $3 AND idx <= $4 AND holder IS NULL
+                       AND NOT EXISTS (SELECT 1 FROM instance_slices s
+                                       WHERE s.node_id = gpus.node_id AND s.idx = gpus.idx)",
                 )
                 .bind(&holder)
                 .bind(node.to_string())
@@ -409,7 +419,9 @@ impl Store {
                 let mut n = 0;
                 for idx in idxs {
                     n += sqlx::query(
-                        "UPDATE gpus SET holder = $1 WHERE node_id = $2 AND idx = $3 AND holder IS NULL",
+                        "UPDATE gpus SET holder = $1 WHERE node_id = $2 AND idx = $3 AND holder IS NULL
+                           AND NOT EXISTS (SELECT 1 FROM instance_slices s
+                                           WHERE s.node_id = gpus.node_id AND s.idx = gpus.idx)",
                     )
                     .bind(&holder)
                     .bind(node.to_string())
@@ -422,7 +434,7 @@ impl Store {
             };
             if usize::try_from(done).ok() != Some(idxs.len()) {
                 return Err(StoreError::Conflict(format!(
-                    "GPUs {idxs:?} of node {node} are not all free"
+                    "GPUs {idxs:?} of node {node} are not all free (held whole by another instance, or holding slices)"
                 )));
             }
         }

@@ -224,7 +224,11 @@ struct Write {
 /// the scheduler is rebuilt from the database before anything else is decided).
 async fn write_batch(store: &Store, stale: &AtomicBool, writes: Vec<Write>) -> bool {
     let mut tx = match store.begin_write().await {
-        Ok(tx) => tx,
+        Ok(mut tx) => {
+            // Audit events and idempotency records: one statement each for the batch.
+            tx.defer_inserts();
+            tx
+        }
         Err(e) => {
             let e = Error::from(e);
             stale.store(true, Ordering::SeqCst);

@@ -351,12 +351,27 @@ impl Store {
     pub async fn event_insert(tx: &mut WriteTx, e: NewEvent<'_>) -> Result<EventId> {
         let id = EventId::new();
         let json = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string());
+        let at = tx.now().micros();
+        if let Some(d) = tx.deferred.as_mut() {
+            d.events.push(EventRow {
+                id: id.to_string(),
+                at,
+                actor: e.actor.map(|a| a.to_string()),
+                tenant: e.tenant_id.map(|t| t.to_string()),
+                action: e.action.to_string(),
+                kind: e.resource_kind.to_string(),
+                resource: e.resource_id,
+                before: json(&e.before),
+                after: json(&e.after),
+            });
+            return Ok(id);
+        }
         sqlx::query(
             "INSERT INTO events (id, at, actor_key_id, tenant_id, action, resource_kind,
              resource_id, before_json, after_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(id.to_string())
-        .bind(tx.now().micros())
+        .bind(at)
         .bind(e.actor.map(|a| a.to_string()))
         .bind(e.tenant_id.map(|t| t.to_string()))
         .bind(e.action)
@@ -471,6 +486,12 @@ impl Store {
         key: &str,
         rec: &IdempotencyRecord,
     ) -> Result<()> {
+        let at = tx.now().micros();
+        if let Some(d) = tx.deferred.as_mut() {
+            d.idem
+                .push((scope.to_string(), key.to_string(), rec.clone(), at));
+            return Ok(());
+        }
         sqlx::query(
             "INSERT INTO idempotency_keys (scope, idem_key, fingerprint, status, body, created_at)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -480,18 +501,10 @@ impl Store {
         .bind(&rec.fingerprint)
         .bind(i64::from(rec.status))
         .bind(&rec.body)
-        .bind(tx.now().micros())
+        .bind(at)
         .execute(tx.conn())
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(format!(
-                    "another request with Idempotency-Key '{key}' is in progress; retry it"
-                ))
-            } else {
-                e.into()
-            }
-        })?;
+        .map_err(|e| idem_conflict(e, key))?;
         Ok(())
     }
 
@@ -540,5 +553,114 @@ pub(crate) fn paginate<T>(items: &mut Vec<T>, limit: u32, key: impl Fn(&T) -> St
     Page {
         items: std::mem::take(items),
         next_cursor,
+    }
+}
+
+fn idem_conflict(e: sqlx::Error, key: &str) -> StoreError {
+    if is_unique_violation(&e) {
+        StoreError::Conflict(format!(
+            "another request with Idempotency-Key '{key}' is in progress; retry it"
+        ))
+    } else {
+        e.into()
+    }
+}
+
+/// An audit event held back until its transaction commits.
+pub(crate) struct EventRow {
+    id: String,
+    at: i64,
+    actor: Option<String>,
+    tenant: Option<String>,
+    action: String,
+    kind: String,
+    resource: String,
+    before: Option<String>,
+    after: Option<String>,
+}
+
+/// Rows held back until the commit (see [`WriteTx::defer_inserts`]).
+#[derive(Default)]
+pub(crate) struct Deferred {
+    events: Vec<EventRow>,
+    /// (scope, key, record, created_at).
+    idem: Vec<(String, String, IdempotencyRecord, i64)>,
+}
+
+/// `($1, …, $n), ($n+1, …)`: placeholders for `rows` rows of `cols` values.
+fn placeholders(rows: usize, cols: usize) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(rows * cols * 6);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            let sep = if c == 0 { "" } else { ", " };
+            let _ = write!(out, "{sep}${}", r * cols + c + 1);
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// Rows per multi-row statement: far below both databases' limits on bound values.
+const ROWS_PER_STATEMENT: usize = 500;
+
+impl Deferred {
+    /// Writes the rows held back, one multi-row statement per kind (and per 500 rows).
+    pub(crate) async fn flush(self, tx: &mut WriteTx) -> Result<()> {
+        for chunk in self.events.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO events (id, at, actor_key_id, tenant_id, action, resource_kind,
+                 resource_id, before_json, after_json) VALUES {}",
+                placeholders(chunk.len(), 9)
+            );
+            let mut q = sqlx::query(&sql);
+            for e in chunk {
+                q = q
+                    .bind(&e.id)
+                    .bind(e.at)
+                    .bind(&e.actor)
+                    .bind(&e.tenant)
+                    .bind(&e.action)
+                    .bind(&e.kind)
+                    .bind(&e.resource)
+                    .bind(&e.before)
+                    .bind(&e.after);
+            }
+            q.execute(tx.conn()).await?;
+        }
+        for chunk in self.idem.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO idempotency_keys (scope, idem_key, fingerprint, status, body,
+                 created_at) VALUES {}",
+                placeholders(chunk.len(), 6)
+            );
+            let mut q = sqlx::query(&sql);
+            for (scope, key, rec, at) in chunk {
+                q = q
+                    .bind(scope)
+                    .bind(key)
+                    .bind(&rec.fingerprint)
+                    .bind(i64::from(rec.status))
+                    .bind(&rec.body)
+                    .bind(*at);
+            }
+            q.execute(tx.conn()).await.map_err(|e| {
+                let keys: Vec<&str> = chunk.iter().map(|(_, k, _, _)| k.as_str()).collect();
+                idem_conflict(e, &keys.join("', '"))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod deferred_tests {
+    use super::placeholders;
+
+    #[test]
+    fn placeholders_number_every_value_once() {
+        assert_eq!(placeholders(1, 2), "($1, $2)");
+        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
     }
 }

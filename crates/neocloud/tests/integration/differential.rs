@@ -171,23 +171,17 @@ impl Serve {
         self.agents.insert(slot, (key, 0));
     }
 
-    /// Every instance `serve` holds, by id.
-    async fn instances(&self) -> HashMap<String, Value> {
-        let mut out = HashMap::new();
+    /// Every item of a paged list, all pages.
+    async fn all(&self, path: &str) -> Vec<Value> {
+        let mut out = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let path = match &cursor {
-                Some(c) => format!("/v1/instances?limit=1000&cursor={c}"),
-                None => "/v1/instances?limit=1000".to_string(),
+            let url = match &cursor {
+                Some(c) => format!("{path}?limit=1000&cursor={c}"),
+                None => format!("{path}?limit=1000"),
             };
-            let page = self
-                .ctx
-                .get(&path, &self.ctx.operator_key)
-                .await
-                .expect(200);
-            for i in page["items"].as_array().unwrap() {
-                out.insert(i["id"].as_str().unwrap().to_string(), i.clone());
-            }
+            let page = self.ctx.get(&url, &self.ctx.operator_key).await.expect(200);
+            out.extend(page["items"].as_array().unwrap().iter().cloned());
             match page["next_cursor"].as_str() {
                 Some(c) => cursor = Some(c.to_string()),
                 None => return out,
@@ -195,26 +189,18 @@ impl Serve {
         }
     }
 
+    /// Every instance `serve` holds, by id.
+    async fn instances(&self) -> HashMap<String, Value> {
+        self.all("/v1/instances")
+            .await
+            .into_iter()
+            .map(|i| (i["id"].as_str().unwrap().to_string(), i))
+            .collect()
+    }
+
     /// The whole usage ledger.
     async fn usage(&self) -> Vec<Value> {
-        let mut out = Vec::new();
-        let mut cursor: Option<String> = None;
-        loop {
-            let path = match &cursor {
-                Some(c) => format!("/v1/usage?limit=1000&cursor={c}"),
-                None => "/v1/usage?limit=1000".to_string(),
-            };
-            let page = self
-                .ctx
-                .get(&path, &self.ctx.operator_key)
-                .await
-                .expect(200);
-            out.extend(page["items"].as_array().unwrap().iter().cloned());
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_string()),
-                None => return out,
-            }
-        }
+        self.all("/v1/usage").await
     }
 }
 

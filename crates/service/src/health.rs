@@ -1194,8 +1194,8 @@ impl Service {
         let all = match more {
             Some(m) => extra(move |store, tx| {
                 Box::pin(async move {
-                    m(store, &mut *tx).await?;
-                    rows(store, tx).await
+                    m.run(store, &mut *tx).await?;
+                    rows.run(store, tx).await
                 })
             }),
             None => rows,

@@ -143,7 +143,7 @@ impl Service {
                     let Some(put) = Self::idem_put(&p2, Some(&idem), 201, view)? else {
                         return Ok(None);
                     };
-                    Ok(Some(crate::writer::extra(move |_, tx| {
+                    Ok(Some(crate::writer::extra_deferred(move |_, tx| {
                         Box::pin(async move { put.write(tx).await })
                     })))
                 },

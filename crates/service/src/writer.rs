@@ -35,14 +35,40 @@ pub(crate) type TxFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 
 
 /// Writes besides the effects, in the same transaction (before the effects): the rows the
 /// service owns (a node's state, an idempotency record, a contract's terms).
-pub(crate) type Extra = Box<dyn for<'a> FnOnce(&'a Store, &'a mut WriteTx) -> TxFuture<'a> + Send>;
+pub(crate) struct Extra {
+    write: Box<dyn for<'a> FnOnce(&'a Store, &'a mut WriteTx) -> TxFuture<'a> + Send>,
+    /// It writes only rows the batch holds back until its commit (idempotency records,
+    /// audit events), so the instance rows held back need not be written before it.
+    deferred_only: bool,
+}
 
 /// Wraps a closure as [`Extra`] (helps the compiler see the lifetimes).
 pub(crate) fn extra<F>(f: F) -> Extra
 where
     F: for<'a> FnOnce(&'a Store, &'a mut WriteTx) -> TxFuture<'a> + Send + 'static,
 {
-    Box::new(f)
+    Extra {
+        write: Box::new(f),
+        deferred_only: false,
+    }
+}
+
+impl Extra {
+    /// Runs it.
+    pub(crate) fn run<'a>(self, store: &'a Store, tx: &'a mut WriteTx) -> TxFuture<'a> {
+        (self.write)(store, tx)
+    }
+}
+
+/// As [`extra`], for a closure that writes only idempotency records and audit events.
+pub(crate) fn extra_deferred<F>(f: F) -> Extra
+where
+    F: for<'a> FnOnce(&'a Store, &'a mut WriteTx) -> TxFuture<'a> + Send + 'static,
+{
+    Extra {
+        write: Box::new(f),
+        deferred_only: true,
+    }
 }
 
 /// What the writer is asked to do.
@@ -255,7 +281,10 @@ async fn write_batch(store: &Store, stale: &AtomicBool, writes: Vec<Write>) -> b
         }
         let r = async {
             if let Some(x) = extra {
-                x(store, &mut tx).await?;
+                if !x.deferred_only {
+                    tx.flush_deferred_rows().await?;
+                }
+                (x.write)(store, &mut tx).await?;
             }
             write_effects(store, &mut tx, &mut book, &effects, actor).await
         }
@@ -321,6 +350,10 @@ pub(crate) async fn write_effects(
     actor: Option<ApiKeyId>,
 ) -> Result<()> {
     for fx in effects {
+        // New rows wait for the batch's end; anything else may read or change them.
+        if !matches!(fx, Effect::Insert { .. }) {
+            tx.flush_deferred_rows().await?;
+        }
         match fx {
             Effect::Insert { inst, alloc } => {
                 let action = match alloc {

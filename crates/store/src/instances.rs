@@ -59,6 +59,133 @@ fn opt_i64(v: Option<u64>) -> Option<i64> {
     v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
 }
 
+/// The values of one `instances` row, in [`INSTANCE_COLS`] order.
+pub(crate) struct NewInstanceRow {
+    text: [Option<String>; 15],
+    ints: [Option<i64>; 13],
+}
+
+impl NewInstanceRow {
+    /// Values per row.
+    const COLS: usize = 28;
+
+    fn of(i: &Instance, held: Option<&Held>) -> NewInstanceRow {
+        let (kind, gpus, count, level) = match i.shape {
+            Shape::Gpus { gpus } => ("gpus", Some(i64::from(gpus)), None, None),
+            Shape::Nodes { count, level } => {
+                ("nodes", None, Some(i64::from(count)), Some(level.as_str()))
+            }
+            // A share keeps its thousandths where whole GPUs keep their count, a MIG
+            // instance its profile where a gang keeps its level.
+            Shape::Share { milli } => ("share", Some(i64::from(milli)), None, None),
+            Shape::Mig { profile } => ("mig", None, None, Some(profile.as_str())),
+            Shape::Cpu => ("cpu", None, None, None),
+        };
+        let t = |t: Option<Timestamp>| t.map(|t| t.micros());
+        NewInstanceRow {
+            text: [
+                Some(i.id.to_string()),
+                Some(i.tenant_id.to_string()),
+                i.name.clone(),
+                Some(i.class.as_str().to_string()),
+                Some(i.gpu_model.clone()),
+                Some(kind.to_string()),
+                level.map(str::to_string),
+                i.requested_site_id.map(|s| s.to_string()),
+                i.site_id.map(|s| s.to_string()),
+                i.contract_id.map(|c| c.to_string()),
+                Some(i.state.as_str().to_string()),
+                i.reason.clone(),
+                delivery_json(i),
+                access_json(i),
+                i.ends_as.map(|s| s.as_str().to_string()),
+            ],
+            ints: [
+                gpus,
+                count,
+                Some(i64::from(i.gpu_count)),
+                Some(i.created_at.micros()),
+                t(i.started_at),
+                t(i.ended_at),
+                t(i.preempt_at),
+                t(i.wait_until),
+                opt_i64(i.cpu_milli),
+                opt_i64(i.memory_mib),
+                opt_i64(Some(i.shape.gpu_milli(i.gpu_count))),
+                held.and_then(|h| opt_i64(Some(h.cpu_milli))),
+                held.and_then(|h| opt_i64(Some(h.memory_mib))),
+            ],
+        }
+    }
+
+    /// Binds the row's values in column order.
+    fn bind<'q>(
+        &'q self,
+        q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        let [
+            id,
+            tenant,
+            name,
+            class,
+            model,
+            kind,
+            level,
+            req_site,
+            site,
+            contract,
+            state,
+            reason,
+            delivery,
+            access,
+            ends_as,
+        ] = &self.text;
+        let [
+            gpus,
+            count,
+            gpu_count,
+            created,
+            started,
+            ended,
+            preempt,
+            wait,
+            cpu,
+            mem,
+            milli,
+            held_cpu,
+            held_mem,
+        ] = &self.ints;
+        q.bind(id)
+            .bind(tenant)
+            .bind(name)
+            .bind(class)
+            .bind(model)
+            .bind(kind)
+            .bind(gpus)
+            .bind(count)
+            .bind(level)
+            .bind(gpu_count)
+            .bind(req_site)
+            .bind(site)
+            .bind(contract)
+            .bind(state)
+            .bind(reason)
+            .bind(created)
+            .bind(started)
+            .bind(ended)
+            .bind(preempt)
+            .bind(wait)
+            .bind(cpu)
+            .bind(mem)
+            .bind(milli)
+            .bind(held_cpu)
+            .bind(held_mem)
+            .bind(delivery)
+            .bind(access)
+            .bind(ends_as)
+    }
+}
+
 /// An instance row and what its placement holds on each node besides GPUs.
 struct InstanceRow {
     inst: Instance,
@@ -242,58 +369,95 @@ impl Store {
     }
 
     /// Inserts a new instance with the CPU and memory its placement holds (a launch placed
-    /// at once: one statement instead of an insert and an update).
+    /// at once: one statement instead of an insert and an update). In a transaction that
+    /// defers inserts ([`WriteTx::defer_inserts`]) the row waits for the next flush.
     pub async fn instance_insert_held(
         tx: &mut WriteTx,
         i: &Instance,
         held: Option<&Held>,
     ) -> Result<()> {
-        let (kind, gpus, count, level) = match i.shape {
-            Shape::Gpus { gpus } => ("gpus", Some(i64::from(gpus)), None, None),
-            Shape::Nodes { count, level } => {
-                ("nodes", None, Some(i64::from(count)), Some(level.as_str()))
+        let row = NewInstanceRow::of(i, held);
+        if let Some(d) = tx.deferred.as_mut() {
+            d.instances.push(row);
+            return Ok(());
+        }
+        let sql = format!(
+            "INSERT INTO instances ({INSTANCE_COLS}) VALUES {}",
+            crate::tenancy::placeholders(1, NewInstanceRow::COLS)
+        );
+        row.bind(sqlx::query(&sql)).execute(tx.conn()).await?;
+        Ok(())
+    }
+
+    /// Writes instance rows held back by [`WriteTx::defer_inserts`], one multi-row
+    /// statement per 500 rows.
+    pub(crate) async fn instance_insert_rows(
+        tx: &mut WriteTx,
+        rows: &[NewInstanceRow],
+    ) -> Result<()> {
+        for chunk in rows.chunks(crate::tenancy::ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO instances ({INSTANCE_COLS}) VALUES {}",
+                crate::tenancy::placeholders(chunk.len(), NewInstanceRow::COLS)
+            );
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                q = r.bind(q);
             }
-            // A share keeps its thousandths where whole GPUs keep their count, a MIG
-            // instance its profile where a gang keeps its level.
-            Shape::Share { milli } => ("share", Some(i64::from(milli)), None, None),
-            Shape::Mig { profile } => ("mig", None, None, Some(profile.as_str())),
-            Shape::Cpu => ("cpu", None, None, None),
-        };
-        let t = |t: Option<Timestamp>| t.map(|t| t.micros());
-        sqlx::query(&format!(
-            "INSERT INTO instances ({INSTANCE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
-             $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $27, $28, $24, $25, $26)"
-        ))
-        .bind(i.id.to_string())
-        .bind(i.tenant_id.to_string())
-        .bind(i.name.clone())
-        .bind(i.class.as_str())
-        .bind(&i.gpu_model)
-        .bind(kind)
-        .bind(gpus)
-        .bind(count)
-        .bind(level)
-        .bind(i64::from(i.gpu_count))
-        .bind(i.requested_site_id.map(|s| s.to_string()))
-        .bind(i.site_id.map(|s| s.to_string()))
-        .bind(i.contract_id.map(|c| c.to_string()))
-        .bind(i.state.as_str())
-        .bind(i.reason.clone())
-        .bind(i.created_at.micros())
-        .bind(t(i.started_at))
-        .bind(t(i.ended_at))
-        .bind(t(i.preempt_at))
-        .bind(t(i.wait_until))
-        .bind(opt_i64(i.cpu_milli))
-        .bind(opt_i64(i.memory_mib))
-        .bind(opt_i64(Some(i.shape.gpu_milli(i.gpu_count))))
-        .bind(delivery_json(i))
-        .bind(access_json(i))
-        .bind(i.ends_as.map(|s| s.as_str()))
-        .bind(held.and_then(|h| opt_i64(Some(h.cpu_milli))))
-        .bind(held.and_then(|h| opt_i64(Some(h.memory_mib))))
-        .execute(tx.conn())
-        .await?;
+            q.execute(tx.conn()).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes whole GPUs for many instances in one statement: `(holder, node, first, last)`
+    /// ranges of GPU indexes. Refused (nothing changes) unless every GPU is free and holds
+    /// no slices.
+    pub(crate) async fn instance_hold_ranges(
+        tx: &mut WriteTx,
+        ranges: &[(String, String, u32, u32)],
+    ) -> Result<()> {
+        for chunk in ranges.chunks(crate::tenancy::ROWS_PER_STATEMENT) {
+            let mut values = String::new();
+            for r in 0..chunk.len() {
+                let b = r * 4;
+                if r > 0 {
+                    values.push_str(", ");
+                }
+                values.push_str(&format!(
+                    "(CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4
+                ));
+            }
+            let sql = format!(
+                "WITH v (holder, node_id, lo, hi) AS (VALUES {values})
+                 UPDATE gpus SET holder = v.holder FROM v
+                 WHERE gpus.node_id = v.node_id AND gpus.idx >= v.lo AND gpus.idx <= v.hi
+                   AND gpus.holder IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM instance_slices s
+                                   WHERE s.node_id = gpus.node_id AND s.idx = gpus.idx)"
+            );
+            let mut q = sqlx::query(&sql);
+            let mut want = 0u64;
+            for (holder, node, lo, hi) in chunk {
+                want += u64::from(hi - lo + 1);
+                q = q
+                    .bind(holder)
+                    .bind(node)
+                    .bind(i64::from(*lo))
+                    .bind(i64::from(*hi));
+            }
+            let done = q.execute(tx.conn()).await?.rows_affected();
+            if done != want {
+                return Err(StoreError::Conflict(format!(
+                    "{} of {want} GPUs to hold were free (the others are held whole by another \
+                     instance, or hold slices)",
+                    done
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -326,6 +490,8 @@ impl Store {
         held: &Held,
     ) -> Result<()> {
         if i.shape.is_slice() {
+            // Its slice row names the instance: rows held back go first.
+            tx.flush_deferred_rows().await?;
             let [(node, idxs)] = gpus else {
                 return Err(StoreError::Conflict(format!(
                     "a {} instance sits on one node, not {}",
@@ -359,6 +525,22 @@ impl Store {
             .execute(tx.conn())
             .await?;
         } else {
+            let contiguous =
+                gpus.iter()
+                    .all(|(_, idxs)| match (idxs.iter().min(), idxs.iter().max()) {
+                        (Some(&lo), Some(&hi)) => {
+                            usize::try_from(hi - lo + 1).ok() == Some(idxs.len())
+                        }
+                        _ => true,
+                    });
+            if contiguous && let Some(d) = tx.deferred.as_mut() {
+                for (node, idxs) in gpus {
+                    if let (Some(&lo), Some(&hi)) = (idxs.iter().min(), idxs.iter().max()) {
+                        d.holds.push((i.id.to_string(), node.to_string(), lo, hi));
+                    }
+                }
+                return Ok(());
+            }
             Self::instance_hold_gpus(tx, i.id, gpus).await?;
         }
         Ok(())

@@ -117,10 +117,27 @@ pub struct WriteTx {
 }
 
 impl WriteTx {
-    /// Holds audit events and idempotency records written from now on in this transaction
-    /// back until the commit, and writes each kind in one multi-row statement then: a batch
-    /// of many decisions costs a few statements for them instead of two per decision.
-    /// Nothing in the transaction may read those rows back before the commit.
+    /// Writes the instance rows and GPU holds held back so far (audit events and
+    /// idempotency records stay held until the commit): statements that read or change
+    /// those rows must come after this.
+    pub async fn flush_deferred_rows(&mut self) -> Result<()> {
+        let Some(d) = self.deferred.as_mut() else {
+            return Ok(());
+        };
+        if d.instances.is_empty() && d.holds.is_empty() {
+            return Ok(());
+        }
+        let instances = std::mem::take(&mut d.instances);
+        let holds = std::mem::take(&mut d.holds);
+        Store::instance_insert_rows(self, &instances).await?;
+        Store::instance_hold_ranges(self, &holds).await
+    }
+
+    /// Holds new instance rows, whole-GPU holds, audit events and idempotency records written
+    /// from now on in this transaction back, and writes each kind in one multi-row statement
+    /// at the commit (instances and holds also at [`WriteTx::flush_deferred_rows`]): a batch
+    /// of many launches costs a few statements instead of four per launch. Nothing may read
+    /// or change those rows before they are flushed.
     pub fn defer_inserts(&mut self) {
         if self.deferred.is_none() {
             self.deferred = Some(Default::default());

@@ -582,13 +582,17 @@ pub(crate) struct EventRow {
 /// Rows held back until the commit (see [`WriteTx::defer_inserts`]).
 #[derive(Default)]
 pub(crate) struct Deferred {
+    /// New instance rows.
+    pub(crate) instances: Vec<crate::instances::NewInstanceRow>,
+    /// Whole GPUs to hold: (holder, node, first index, last index).
+    pub(crate) holds: Vec<(String, String, u32, u32)>,
     events: Vec<EventRow>,
     /// (scope, key, record, created_at).
     idem: Vec<(String, String, IdempotencyRecord, i64)>,
 }
 
 /// `($1, …, $n), ($n+1, …)`: placeholders for `rows` rows of `cols` values.
-fn placeholders(rows: usize, cols: usize) -> String {
+pub(crate) fn placeholders(rows: usize, cols: usize) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(rows * cols * 6);
     for r in 0..rows {
@@ -603,11 +607,13 @@ fn placeholders(rows: usize, cols: usize) -> String {
 }
 
 /// Rows per multi-row statement: far below both databases' limits on bound values.
-const ROWS_PER_STATEMENT: usize = 500;
+pub(crate) const ROWS_PER_STATEMENT: usize = 500;
 
 impl Deferred {
     /// Writes the rows held back, one multi-row statement per kind (and per 500 rows).
     pub(crate) async fn flush(self, tx: &mut WriteTx) -> Result<()> {
+        Store::instance_insert_rows(tx, &self.instances).await?;
+        Store::instance_hold_ranges(tx, &self.holds).await?;
         for chunk in self.events.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO events (id, at, actor_key_id, tenant_id, action, resource_kind,

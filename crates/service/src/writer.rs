@@ -36,11 +36,14 @@ pub(crate) type TxFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 
 /// Writes besides the effects, in the same transaction (before the effects): the rows the
 /// service owns (a node's state, an idempotency record, a contract's terms).
 pub(crate) struct Extra {
-    write: Box<dyn for<'a> FnOnce(&'a Store, &'a mut WriteTx) -> TxFuture<'a> + Send>,
+    write: ExtraFn,
     /// It writes only rows the batch holds back until its commit (idempotency records,
     /// audit events), so the instance rows held back need not be written before it.
     deferred_only: bool,
 }
+
+/// The closure inside an [`Extra`].
+type ExtraFn = Box<dyn for<'a> FnOnce(&'a Store, &'a mut WriteTx) -> TxFuture<'a> + Send>;
 
 /// Wraps a closure as [`Extra`] (helps the compiler see the lifetimes).
 pub(crate) fn extra<F>(f: F) -> Extra

@@ -383,14 +383,14 @@ impl Store {
         }
         let sql = format!(
             "INSERT INTO instances ({INSTANCE_COLS}) VALUES {}",
-            crate::tenancy::placeholders(1, NewInstanceRow::COLS)
+            crate::tenancy::placeholders(1, NewInstanceRow::COLS, tx.numbered)
         );
         row.bind(sqlx::query(&sql)).execute(tx.conn()).await?;
         Ok(())
     }
 
     /// Writes instance rows held back by [`WriteTx::defer_inserts`], one multi-row
-    /// statement per 500 rows.
+    /// statement per 64 rows.
     pub(crate) async fn instance_insert_rows(
         tx: &mut WriteTx,
         rows: &[NewInstanceRow],
@@ -398,7 +398,7 @@ impl Store {
         for chunk in rows.chunks(crate::tenancy::ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO instances ({INSTANCE_COLS}) VALUES {}",
-                crate::tenancy::placeholders(chunk.len(), NewInstanceRow::COLS)
+                crate::tenancy::placeholders(chunk.len(), NewInstanceRow::COLS, tx.numbered)
             );
             let mut q = sqlx::query(&sql);
             for r in chunk {
@@ -423,12 +423,19 @@ impl Store {
                 if r > 0 {
                     values.push_str(", ");
                 }
+                let p = |k: usize| {
+                    if tx.numbered {
+                        format!("${}", b + k)
+                    } else {
+                        "?".to_string()
+                    }
+                };
                 values.push_str(&format!(
-                    "(CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4
+                    "(CAST({} AS TEXT), CAST({} AS TEXT), CAST({} AS BIGINT), CAST({} AS BIGINT))",
+                    p(1),
+                    p(2),
+                    p(3),
+                    p(4)
                 ));
             }
             let sql = format!(

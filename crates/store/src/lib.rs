@@ -114,6 +114,10 @@ pub struct WriteTx {
     clock: neocloud_types::Clock,
     /// Rows held back until the commit, when [`WriteTx::defer_inserts`] asked for it.
     pub(crate) deferred: Option<tenancy::Deferred>,
+    /// Parameters are written `$1, $2, …` (PostgreSQL) rather than `?` (SQLite, which finds
+    /// a numbered parameter by a linear search when binding: the square of a long
+    /// statement's parameters).
+    pub(crate) numbered: bool,
 }
 
 impl WriteTx {
@@ -339,6 +343,7 @@ impl Store {
             fence: None,
             clock: self.clock.clone(),
             deferred: None,
+            numbered: self.backend == Backend::Postgres,
         })
     }
 
@@ -356,6 +361,7 @@ impl Store {
             fence: None,
             clock: self.clock.clone(),
             deferred: None,
+            numbered: self.backend == Backend::Postgres,
         })
     }
 

@@ -591,26 +591,33 @@ pub(crate) struct Deferred {
     idem: Vec<(String, String, IdempotencyRecord, i64)>,
 }
 
-/// `($1, …, $n), ($n+1, …)`: placeholders for `rows` rows of `cols` values.
-pub(crate) fn placeholders(rows: usize, cols: usize) -> String {
+/// `($1, …, $n), ($n+1, …)` (or `(?, …), (?, …)` when not `numbered`): placeholders for
+/// `rows` rows of `cols` values.
+pub(crate) fn placeholders(rows: usize, cols: usize, numbered: bool) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(rows * cols * 6);
     for r in 0..rows {
         out.push_str(if r == 0 { "(" } else { ", (" });
         for c in 0..cols {
             let sep = if c == 0 { "" } else { ", " };
-            let _ = write!(out, "{sep}${}", r * cols + c + 1);
+            if numbered {
+                let _ = write!(out, "{sep}${}", r * cols + c + 1);
+            } else {
+                let _ = write!(out, "{sep}?");
+            }
         }
         out.push(')');
     }
     out
 }
 
-/// Rows per multi-row statement: far below both databases' limits on bound values.
-pub(crate) const ROWS_PER_STATEMENT: usize = 500;
+/// Rows per multi-row statement: far below both databases' limits on bound values, and
+/// small enough that binding stays cheap (SQLite finds a numbered parameter's name by a
+/// linear search, so binding a statement costs the square of its parameters).
+pub(crate) const ROWS_PER_STATEMENT: usize = 64;
 
 impl Deferred {
-    /// Writes the rows held back, one multi-row statement per kind (and per 500 rows).
+    /// Writes the rows held back, one multi-row statement per kind (and per 64 rows).
     pub(crate) async fn flush(self, tx: &mut WriteTx) -> Result<()> {
         Store::instance_insert_rows(tx, &self.instances).await?;
         Store::instance_hold_ranges(tx, &self.holds).await?;
@@ -618,7 +625,7 @@ impl Deferred {
             let sql = format!(
                 "INSERT INTO events (id, at, actor_key_id, tenant_id, action, resource_kind,
                  resource_id, before_json, after_json) VALUES {}",
-                placeholders(chunk.len(), 9)
+                placeholders(chunk.len(), 9, tx.numbered)
             );
             let mut q = sqlx::query(&sql);
             for e in chunk {
@@ -639,7 +646,7 @@ impl Deferred {
             let sql = format!(
                 "INSERT INTO idempotency_keys (scope, idem_key, fingerprint, status, body,
                  created_at) VALUES {}",
-                placeholders(chunk.len(), 6)
+                placeholders(chunk.len(), 6, tx.numbered)
             );
             let mut q = sqlx::query(&sql);
             for (scope, key, rec, at) in chunk {
@@ -666,7 +673,8 @@ mod deferred_tests {
 
     #[test]
     fn placeholders_number_every_value_once() {
-        assert_eq!(placeholders(1, 2), "($1, $2)");
-        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(placeholders(1, 2, true), "($1, $2)");
+        assert_eq!(placeholders(2, 3, true), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(placeholders(2, 2, false), "(?, ?), (?, ?)");
     }
 }

@@ -496,6 +496,48 @@ both_backends!(
         )
         .await;
         assert!(r.is_err(), "double assignment must fail");
+        drop(tx);
+        // So does a batch that holds its rows back until the commit (the writer's way): a
+        // new instance holding that GPU, written at the commit, fails the commit whole.
+        let holder: (String,) =
+            sqlx::query_as("SELECT holder FROM gpus WHERE holder IS NOT NULL LIMIT 1")
+                .fetch_one(ctx.svc.store().pool())
+                .await
+                .unwrap();
+        let mut other = ctx
+            .svc
+            .store()
+            .instance_get(holder.0.parse().unwrap())
+            .await
+            .unwrap();
+        other.id = neocloud_types::InstanceId::new();
+        let held_gpus = [(
+            held.0.parse().unwrap(),
+            vec![u32::try_from(held.1).unwrap()],
+        )];
+        let h = neocloud_store::Held {
+            cpu_milli: 1000,
+            memory_mib: 1024,
+            mig_start: None,
+        };
+        let mut tx = ctx.svc.store().begin_write().await.unwrap();
+        tx.defer_inserts();
+        neocloud_store::Store::instance_insert_held(&mut tx, &other, Some(&h))
+            .await
+            .unwrap();
+        neocloud_store::Store::instance_hold_placed(&mut tx, &other, &held_gpus, &h)
+            .await
+            .unwrap();
+        assert!(
+            tx.commit().await.is_err(),
+            "a held-back double assignment must fail"
+        );
+        let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM instances WHERE id = $1")
+            .bind(other.id.to_string())
+            .fetch_one(ctx.svc.store().pool())
+            .await
+            .unwrap();
+        assert_eq!(n.0, 0, "nothing of the failed batch is written");
     }
 );
 

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::cli::out::{Buf, write_stdout};
 use anyhow::{Result, anyhow, bail};
 use neocloud_service::ErrorCode;
 use neocloud_store::backup::{self, BackupError, DatabaseLock, DatabaseSummary};
@@ -146,22 +147,22 @@ const HEADLINE_TABLES: &[&str] = &[
     "events",
 ];
 
-fn print_summary(s: &DatabaseSummary) {
+fn print_summary(b: &mut Buf, s: &DatabaseSummary) {
     let total: i64 = s.tables.iter().map(|t| t.rows).sum();
-    println!(
+    b.line(format_args!(
         "  {}, schema version {}, integrity ok",
         human_size(s.size_bytes),
         s.schema_version
-    );
+    ));
     let headline: Vec<String> = HEADLINE_TABLES
         .iter()
         .filter_map(|t| s.rows(t).map(|n| format!("{t} {n}")))
         .collect();
-    println!(
+    b.line(format_args!(
         "  {} tables, {total} rows: {}",
         s.tables.len(),
         headline.join(", ")
-    );
+    ));
 }
 
 fn backup_err(e: BackupError) -> anyhow::Error {
@@ -170,6 +171,8 @@ fn backup_err(e: BackupError) -> anyhow::Error {
 
 /// Runs an `admin` subcommand.
 pub async fn run(cmd: AdminCmd, json: bool) -> Result<()> {
+    // Written at the end, so that a reader that went away (`| head`) ends it quietly.
+    let mut b = Buf::default();
     match cmd {
         AdminCmd::Backup { db, force, out } => {
             let file = database_file(&db, "backup")?;
@@ -183,12 +186,15 @@ pub async fn run(cmd: AdminCmd, json: bool) -> Result<()> {
                 .await
                 .map_err(backup_err)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                b.line(serde_json::to_string_pretty(&summary)?);
             } else {
-                println!("Backed up {} to {}", file.display(), out.display());
-                print_summary(&summary);
+                b.line(format_args!(
+                    "Backed up {} to {}",
+                    file.display(),
+                    out.display()
+                ));
+                print_summary(&mut b, &summary);
             }
-            Ok(())
         }
         AdminCmd::Restore { db, backup } => {
             let file = database_file(&db, "restore")?;
@@ -207,21 +213,26 @@ pub async fn run(cmd: AdminCmd, json: bool) -> Result<()> {
                 .await
                 .map_err(backup_err)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                b.line(serde_json::to_string_pretty(&report)?);
             } else {
-                println!("Restored {} from {}", file.display(), backup.display());
-                print_summary(&report.restored);
+                b.line(format_args!(
+                    "Restored {} from {}",
+                    file.display(),
+                    backup.display()
+                ));
+                print_summary(&mut b, &report.restored);
                 match &report.previous {
-                    Some(p) => println!("  the database it replaced is kept as {}", p.display()),
-                    None => println!("  there was no database before"),
+                    Some(p) => b.line(format_args!(
+                        "  the database it replaced is kept as {}",
+                        p.display()
+                    )),
+                    None => b.line("  there was no database before"),
                 }
-                println!(
-                    "  API keys are the backup's: operator.key still works if it existed then"
-                );
+                b.line("  API keys are the backup's: operator.key still works if it existed then");
             }
-            Ok(())
         }
     }
+    write_stdout(b.0.as_bytes())
 }
 
 /// Takes the lock that tells `admin restore` (and a second `serve`) that this server uses

@@ -6,7 +6,7 @@ mod contracts;
 mod fleet;
 mod instances;
 mod nodes;
-mod out;
+pub(crate) mod out;
 mod tenants;
 
 use std::path::PathBuf;

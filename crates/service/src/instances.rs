@@ -137,14 +137,17 @@ impl Service {
                     let Some(idem) = idem else {
                         return Ok(None);
                     };
-                    let Some(view) = launched(effects, id) else {
+                    let Some(view) = launched(effects, id).cloned() else {
                         return Ok(None);
                     };
-                    let Some(put) = Self::idem_put(&p2, Some(&idem), 201, view)? else {
-                        return Ok(None);
-                    };
+                    // Serialised by the writer, not under the scheduler's lock.
                     Ok(Some(crate::writer::extra_deferred(move |_, tx| {
-                        Box::pin(async move { put.write(tx).await })
+                        Box::pin(async move {
+                            match Self::idem_put(&p2, Some(&idem), 201, &view)? {
+                                Some(put) => put.write(tx).await,
+                                None => Ok(()),
+                            }
+                        })
                     })))
                 },
             )

@@ -19,8 +19,8 @@ use neocloud_billing::{
 };
 use neocloud_scheduler::{Command, Effect, NodeChange, Refused, Scheduler};
 use neocloud_types::{
-    Class, Contract, ContractState, GangLevel, Instance, InstanceId, InstanceState, MigProfile,
-    Money, NodeState, Shape, Timestamp,
+    Class, Contract, ContractState, Instance, InstanceId, InstanceState, Money, NodeState, Shape,
+    Timestamp,
 };
 
 use crate::demand::Job;
@@ -175,38 +175,6 @@ fn check(e: &Engine<'_>, serve: &Serve, jobs: &[(usize, InstanceId)], ctx: &str)
     }
 }
 
-const LEVELS: [GangLevel; 4] = [
-    GangLevel::Site,
-    GangLevel::Pod,
-    GangLevel::LeafGroup,
-    GangLevel::NvlinkDomain,
-];
-const CLASSES: [Class; 4] = [
-    Class::OnDemand,
-    Class::Spot,
-    Class::Internal,
-    Class::Reserved,
-];
-
-fn shape(rng: &mut Rng) -> Shape {
-    let pick = |rng: &mut Rng, n: u64| usize::try_from(rng.below(n)).unwrap();
-    match rng.below(10) {
-        0..=3 => Shape::Gpus {
-            gpus: [1, 2, 4, 8][pick(rng, 4)],
-        },
-        4..=6 => Shape::Nodes {
-            count: 1 + u32::try_from(rng.below(5)).unwrap(),
-            level: LEVELS[pick(rng, 4)],
-        },
-        7..=8 => Shape::Share {
-            milli: [250, 500, 1000][pick(rng, 3)],
-        },
-        _ => Shape::Mig {
-            profile: MigProfile::P1g10gb,
-        },
-    }
-}
-
 /// One seed's stream: `steps` commands, checked every few steps and at the end.
 fn differential(seed: u64, steps: usize) -> Coverage {
     let sc = Scenario::load(
@@ -245,14 +213,14 @@ fn differential(seed: u64, steps: usize) -> Coverage {
             // Launch.
             0..=39 => {
                 let tenant = pick(&mut rng, sc.tenants.len());
-                let class = CLASSES[pick(&mut rng, 4)];
+                let class = crate::CLASSES[pick(&mut rng, 4)];
                 let model = pick(&mut rng, fleet.models.len());
                 let site = match rng.below(3) {
                     0 => None,
                     s => Some(usize::try_from(s).unwrap() - 1),
                 };
                 let max_wait = [0, 0, 600, 7200][pick(&mut rng, 4)];
-                let shape = shape(&mut rng);
+                let shape = crate::random_shape(&mut |n| rng.below(n));
                 let j = e.add_job(Job {
                     arrival: now,
                     tenant: u32::try_from(tenant).unwrap(),

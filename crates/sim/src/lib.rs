@@ -36,7 +36,7 @@ pub use report::{GpuSeconds, MonthRow, RequestStats, RunResult, SitePower, Total
 pub use scenario::{
     ContractSpec, Failures, GeneratorSpec, Scenario, TenantSpec, Variant, parse_shape, shape_str,
 };
-pub use stepper::{JobState, NodePart, Stepper};
+pub use stepper::{CLASSES, JobState, LEVELS, NodePart, Stepper, random_shape};
 
 /// Runs one variant of a scenario under one seed. `progress` is called with the share of
 /// simulated time done (0 to 1), about once per simulated hour.

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use neocloud_billing::UsageRecord;
 use neocloud_scheduler::{Refused, SchedulerConfig};
-use neocloud_types::{InstanceId, NodeId};
+use neocloud_types::{Class, GangLevel, InstanceId, MigProfile, NodeId, Shape};
 
 use crate::demand::Job;
 use crate::engine::{Engine, State, scheduler_config};
@@ -220,5 +220,43 @@ impl<'a> Stepper<'a> {
     /// Usage metered so far (the simulator closes no month within a short run).
     pub fn usage(&self) -> &[UsageRecord] {
         self.e.usage()
+    }
+}
+
+/// Every gang level, for random streams.
+pub const LEVELS: [GangLevel; 4] = [
+    GangLevel::Site,
+    GangLevel::Pod,
+    GangLevel::LeafGroup,
+    GangLevel::NvlinkDomain,
+];
+
+/// Every class of service, for random streams.
+pub const CLASSES: [Class; 4] = [
+    Class::OnDemand,
+    Class::Spot,
+    Class::Internal,
+    Class::Reserved,
+];
+
+/// A random shape for differential tests, drawn with `below(n)` (a number under `n`):
+/// whole GPUs (1, 2, 4 or 8), a gang of 1 to 5 nodes at any level, a share of a quarter,
+/// a half or a whole GPU, or a MIG 1g.10gb instance.
+pub fn random_shape(below: &mut dyn FnMut(u64) -> u64) -> Shape {
+    let mut pick = |n: usize| usize::try_from(below(n as u64)).unwrap_or(0);
+    match pick(10) {
+        0..=3 => Shape::Gpus {
+            gpus: [1, 2, 4, 8][pick(4)],
+        },
+        4..=6 => Shape::Nodes {
+            count: 1 + u32::try_from(pick(5)).unwrap_or(0),
+            level: LEVELS[pick(4)],
+        },
+        7..=8 => Shape::Share {
+            milli: [250, 500, 1000][pick(3)],
+        },
+        _ => Shape::Mig {
+            profile: MigProfile::P1g10gb,
+        },
     }
 }

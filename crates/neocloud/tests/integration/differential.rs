@@ -16,8 +16,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use neocloud_service::Clock;
-use neocloud_sim::{ContractSpec, Job, JobState, NodePart, Scenario, Stepper};
-use neocloud_types::{Class, GangLevel, MigProfile, Money, Shape, Timestamp};
+use neocloud_sim::{
+    CLASSES, ContractSpec, Job, JobState, NodePart, Scenario, Stepper, random_shape,
+};
+use neocloud_types::{Class, Money, Timestamp};
 use serde_json::{Value, json};
 
 use crate::ctx::{Db, TestContext, unique};
@@ -40,37 +42,6 @@ impl Rng {
 
     fn pick(&mut self, n: usize) -> usize {
         usize::try_from(self.below(n as u64)).unwrap()
-    }
-}
-
-const LEVELS: [GangLevel; 4] = [
-    GangLevel::Site,
-    GangLevel::Pod,
-    GangLevel::LeafGroup,
-    GangLevel::NvlinkDomain,
-];
-const CLASSES: [Class; 4] = [
-    Class::OnDemand,
-    Class::Spot,
-    Class::Internal,
-    Class::Reserved,
-];
-
-fn shape(rng: &mut Rng) -> Shape {
-    match rng.below(10) {
-        0..=3 => Shape::Gpus {
-            gpus: [1, 2, 4, 8][rng.pick(4)],
-        },
-        4..=6 => Shape::Nodes {
-            count: 1 + u32::try_from(rng.below(5)).unwrap(),
-            level: LEVELS[rng.pick(4)],
-        },
-        7..=8 => Shape::Share {
-            milli: [250, 500, 1000][rng.pick(3)],
-        },
-        _ => Shape::Mig {
-            profile: MigProfile::P1g10gb,
-        },
     }
 }
 
@@ -375,7 +346,7 @@ async fn differential(db: Db, seed: u64, steps: usize) -> Option<Coverage> {
                     s => Some(usize::try_from(s).unwrap() - 1),
                 };
                 let max_wait = [0, 0, 600, 7200][rng.pick(4)];
-                let shape = shape(&mut rng);
+                let shape = random_shape(&mut |n| rng.below(n));
                 let gpu_model = sim.models()[model].clone();
                 let j = sim
                     .launch(Job {

@@ -139,6 +139,8 @@ impl crate::Service {
                 return Ok(effects);
             }
             let (tx, rx) = tokio::sync::oneshot::channel();
+            // Shared, not copied under the lock: the writer lets go of it before it answers.
+            let effects = std::sync::Arc::new(effects);
             self.writer.send(Job::Write {
                 epoch: self.writer.epoch.load(std::sync::atomic::Ordering::SeqCst),
                 effects: effects.clone(),
@@ -150,6 +152,7 @@ impl crate::Service {
         };
         done.await
             .unwrap_or_else(|_| Err(Error::internal("the writer has stopped")))?;
+        let effects = std::sync::Arc::unwrap_or_clone(effects);
         observe(&effects, now);
         self.waiters.wake(&effects);
         Ok(effects)
@@ -196,7 +199,7 @@ impl crate::Service {
             let _s = lock(&self.sched);
             self.writer.send(Job::Write {
                 epoch: self.writer.epoch.load(std::sync::atomic::Ordering::SeqCst),
-                effects: Vec::new(),
+                effects: Default::default(),
                 extra: Some(extra),
                 actor: None,
                 done: tx,
@@ -233,7 +236,7 @@ impl crate::Service {
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             self.writer.send(Job::Write {
                 epoch: self.writer.epoch.load(std::sync::atomic::Ordering::SeqCst),
-                effects: Vec::new(),
+                effects: Default::default(),
                 extra: Some(extra),
                 actor: None,
                 done: wtx,

@@ -80,8 +80,8 @@ pub(crate) enum Job {
     Write {
         /// The scheduler's epoch when it was decided.
         epoch: u64,
-        /// What to record.
-        effects: Vec<Effect>,
+        /// What to record (shared with the caller, which reads it once it is committed).
+        effects: Arc<Vec<Effect>>,
         /// Rows the service writes with it.
         extra: Option<Extra>,
         /// Who asked (for audit events).
@@ -240,7 +240,7 @@ async fn rebuild(
 
 /// One decision's writes, waiting in a batch.
 struct Write {
-    effects: Vec<Effect>,
+    effects: Arc<Vec<Effect>>,
     extra: Option<Extra>,
     actor: Option<ApiKeyId>,
     done: oneshot::Sender<Result<()>>,

@@ -413,17 +413,7 @@ async fn differential(db: Db, seed: u64, steps: usize) -> Option<Coverage> {
                     .collect();
                 if !running.is_empty() {
                     let j = running[rng.pick(running.len())];
-                    sim.terminate(j).unwrap();
-                    let id = srv.ids[j].clone().unwrap();
-                    let tenant = sim_tenant(&srv, &id).await;
-                    srv.ctx
-                        .post(
-                            &format!("/v1/instances/{id}/terminate"),
-                            &srv.tenants[tenant].2,
-                            &json!({}),
-                        )
-                        .await
-                        .expect(200);
+                    terminate(&mut sim, &srv, j).await;
                 }
             }
             // Sign a contract, starting now or later.
@@ -632,21 +622,26 @@ async fn differential(db: Db, seed: u64, steps: usize) -> Option<Coverage> {
     // Everything still holding GPUs ends now on both sides; then the ledgers must agree.
     for j in 0..srv.ids.len() {
         if matches!(sim.state(j), JobState::Running | JobState::Preempting) {
-            sim.terminate(j).unwrap();
-            let id = srv.ids[j].clone().unwrap();
-            let tenant = sim_tenant(&srv, &id).await;
-            srv.ctx
-                .post(
-                    &format!("/v1/instances/{id}/terminate"),
-                    &srv.tenants[tenant].2,
-                    &json!({}),
-                )
-                .await
-                .expect(200);
+            terminate(&mut sim, &srv, j).await;
         }
     }
     compare_ledgers(&sim, &srv, &what).await;
     Some(seen)
+}
+
+/// Request `j` is terminated on both sides, in `serve` by its tenant's key.
+async fn terminate(sim: &mut Stepper<'_>, srv: &Serve, j: usize) {
+    sim.terminate(j).unwrap();
+    let id = srv.ids[j].clone().unwrap();
+    let tenant = sim_tenant(srv, &id).await;
+    srv.ctx
+        .post(
+            &format!("/v1/instances/{id}/terminate"),
+            &srv.tenants[tenant].2,
+            &json!({}),
+        )
+        .await
+        .expect(200);
 }
 
 /// The tenant (index) that owns instance `id` in `serve`.

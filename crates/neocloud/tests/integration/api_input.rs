@@ -258,6 +258,13 @@ both_backends!(
         ctx.import(FLEET).await.expect(200);
         let t = ctx.tenant("acme").await;
         let (admin, _) = ctx.key("tenant-admin", t["id"].as_str()).await;
+        // A launch before the suspension: the tenant is now read (and kept in memory).
+        let launch = json!({"gpu_model": "H100-SXM-80GB", "gpus": 1});
+        let i = ctx.post("/v1/instances", &admin, &launch).await.expect(201);
+        let iid = i["id"].as_str().unwrap();
+        ctx.post(&format!("/v1/instances/{iid}/terminate"), &admin, &json!({}))
+            .await
+            .expect(200);
         ctx.patch("/v1/tenants/acme", &k, &json!({"status": "suspended"}))
             .await
             .expect(200);
@@ -305,11 +312,12 @@ both_backends!(
         assert_eq!(list["items"].as_array().unwrap().len(), 0, "{list}");
         let keys = ctx.get("/v1/api-keys?tenant=acme", &k).await.expect(200);
         assert_eq!(keys["items"].as_array().unwrap().len(), 1, "{keys}");
-        // Active again, it signs.
+        // Active again, it signs and launches at once (no stale copy of the tenant).
         ctx.patch("/v1/tenants/acme", &k, &json!({"status": "active"}))
             .await
             .expect(200);
         ctx.post("/v1/contracts", &admin, &own).await.expect(201);
+        ctx.post("/v1/instances", &admin, &launch).await.expect(201);
     }
 );
 

@@ -287,7 +287,7 @@ async fn write_batch(store: &Store, stale: &AtomicBool, writes: Vec<Write>) -> b
                 if !x.deferred_only {
                     tx.flush_deferred_rows().await?;
                 }
-                (x.write)(store, &mut tx).await?;
+                x.run(store, &mut tx).await?;
             }
             write_effects(store, &mut tx, &mut book, &effects, actor).await
         }

@@ -262,9 +262,13 @@ both_backends!(
         let launch = json!({"gpu_model": "H100-SXM-80GB", "gpus": 1});
         let i = ctx.post("/v1/instances", &admin, &launch).await.expect(201);
         let iid = i["id"].as_str().unwrap();
-        ctx.post(&format!("/v1/instances/{iid}/terminate"), &admin, &json!({}))
-            .await
-            .expect(200);
+        ctx.post(
+            &format!("/v1/instances/{iid}/terminate"),
+            &admin,
+            &json!({}),
+        )
+        .await
+        .expect(200);
         ctx.patch("/v1/tenants/acme", &k, &json!({"status": "suspended"}))
             .await
             .expect(200);

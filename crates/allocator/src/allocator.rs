@@ -20,8 +20,8 @@ use crate::node::{
     is_aligned_group, level_index, mask_of,
 };
 use crate::{
-    Allocation, Fragmentation, GangLevel, NodeSpec, PlacementPolicy, PowerUse, Refusal, Request,
-    SiteSpec,
+    Allocation, Fragmentation, GangLevel, NodeSpec, NodeView, PlacementPolicy, PowerUse, Refusal,
+    Request, SiteSpec,
 };
 
 /// A site's power envelope and what its nodes draw now.
@@ -498,6 +498,107 @@ impl Allocator {
             }
         }
         best.map(|(_, id)| id)
+    }
+
+    /// A node to take the place of `lost` in the gang `id` at `level`: a node of the same
+    /// site, GPU model and GPU count that the gang may use (its pool, or any pool for spot),
+    /// schedulable and healthy, not already in the gang, in the block at `level` that the
+    /// gang's other nodes share (the lost node's block when none is left), and accepted by
+    /// `usable`. The nearest to `lost` wins (the most levels shared from the pod down), then
+    /// the lowest id. `None` when there is none, `id` holds nothing or `lost` is unknown.
+    pub fn replacement_where(
+        &self,
+        id: InstanceId,
+        lost: NodeId,
+        level: GangLevel,
+        usable: impl Fn(&NodeView) -> bool,
+    ) -> Option<NodeId> {
+        let a = self.allocations.get(&id)?;
+        let lost_slot = self.slot(lost).ok()?;
+        let lost_node = &self.nodes[lost_slot];
+        let li = level_index(level);
+        let anchor = a
+            .gpus
+            .iter()
+            .filter(|(n, _)| *n != lost)
+            .find_map(|(n, _)| self.slot(*n).ok())
+            .unwrap_or(lost_slot);
+        let block = self.nodes[anchor].level_key(li)?;
+        let mut best: Option<(usize, NodeId)> = None;
+        for n in &self.nodes {
+            if n.id == lost
+                || n.site != lost_node.site
+                || n.model != lost_node.model
+                || n.gpus != lost_node.gpus
+                || !n.schedulable
+                || n.unhealthy != 0
+                || (a.class != Class::Spot && n.pool != a.pool)
+                || n.level_key(li) != Some(block)
+                || a.gpus.iter().any(|(g, _)| *g == n.id)
+            {
+                continue;
+            }
+            let view = NodeView {
+                id: n.id,
+                whole_free: n.whole_free(),
+                holders: &n.allocs,
+            };
+            if !usable(&view) {
+                continue;
+            }
+            let shared = (0..3)
+                .take_while(|&d| n.blocks[d].is_some() && n.blocks[d] == lost_node.blocks[d])
+                .count();
+            let better = match best {
+                None => true,
+                Some((s, b)) => shared > s || (shared == s && n.id < b),
+            };
+            if better {
+                best = Some((shared, n.id));
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
+    /// Moves the gang `id` off `lost` and/or onto `gained`: its GPUs on `lost` are given
+    /// back and every GPU of `gained` is taken (it must be free: see
+    /// [`Allocator::replacement_where`]). Returns the allocation before and after; on an
+    /// error nothing changed.
+    pub fn swap_node(
+        &mut self,
+        id: InstanceId,
+        lost: Option<NodeId>,
+        gained: Option<NodeId>,
+    ) -> Result<(Allocation, Allocation), String> {
+        let before = self
+            .allocations
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| format!("instance {id} holds nothing"))?;
+        let Shape::Nodes { level, .. } = before.shape else {
+            return Err(format!("instance {id} is not a gang"));
+        };
+        let mut after = before.clone();
+        after.gpus.retain(|(n, _)| Some(*n) != lost);
+        if let Some(g) = gained {
+            let slot = self.slot(g)?;
+            after.gpus.push((g, (0..self.nodes[slot].gpus).collect()));
+            after.gpus.sort();
+        }
+        if after.gpus.is_empty() {
+            return Err(format!("instance {id} would hold no node"));
+        }
+        after.shape = Shape::Nodes {
+            count: u32::try_from(after.gpus.len()).unwrap_or(u32::MAX),
+            level,
+        };
+        self.release(id);
+        if let Err(e) = self.restore(after.clone()) {
+            // Put it back as it was: those GPUs were its own a moment ago.
+            let _ = self.restore(before);
+            return Err(e);
+        }
+        Ok((before, after))
     }
 
     /// The CPU thousandths and memory MiB `req` takes on `node`: what it asks for, or its

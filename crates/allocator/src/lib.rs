@@ -137,6 +137,17 @@ pub struct Request {
     pub memory_mib: Option<u64>,
 }
 
+/// What [`Allocator::replacement_where`] shows of a candidate node.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeView<'a> {
+    /// The node.
+    pub id: neocloud_types::NodeId,
+    /// Schedulable, healthy and empty: it can be given whole now.
+    pub whole_free: bool,
+    /// Instances holding GPUs there, with their tenants, by instance id.
+    pub holders: &'a [(neocloud_types::InstanceId, neocloud_types::TenantId)],
+}
+
 /// GPUs given to one instance.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Allocation {

@@ -136,6 +136,7 @@ impl LaunchForm {
                 .filter(|k| !k.is_empty())
                 .map(str::to_string)
                 .collect(),
+            on_node_failure: None,
         })
     }
 }

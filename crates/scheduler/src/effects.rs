@@ -53,6 +53,25 @@ pub enum Effect {
         /// Free the GPUs it held.
         release: bool,
     },
+    /// A running gang changed nodes after a node failed: a replacement took the failed
+    /// node's place, the gang shrank, or it runs short until a node of its block is free.
+    Reshape {
+        /// The row before.
+        before: Instance,
+        /// The row after (its placement, GPU count and, for a shrink, its shape).
+        after: Instance,
+        /// Meter the run first, piece by piece: the GPUs it held and until when.
+        meter: Vec<(u32, Timestamp)>,
+        /// The node whose GPUs it gives back.
+        release: Option<NodeId>,
+        /// The GPUs it takes.
+        hold: Option<(NodeId, Vec<u32>)>,
+        /// The audit action: `instance.node_replaced`, `instance.node_lost` or
+        /// `instance.shrunk`.
+        action: &'static str,
+        /// What the audit event records after.
+        detail: serde_json::Value,
+    },
     /// A node joins (`Some`) or leaves (`None`) a contract's pool.
     Pool {
         /// The node.

@@ -19,12 +19,13 @@ use neocloud_allocator::{
 };
 use neocloud_types::{
     AllocatorNode, AllocatorSite, Class, Contract, ContractId, ContractState, FleetPolicy,
-    GangLevel, Instance, InstanceId, InstanceState, NodeId, NodeState, Quota, Shape, Site, SiteId,
-    TenantId, Timestamp,
+    GangLevel, Instance, InstanceId, InstanceState, NodeFailurePolicy, NodeId, NodeState, Quota,
+    Shape, Site, SiteId, TenantId, Timestamp,
 };
 
 mod delivery;
 mod effects;
+mod repair;
 pub use effects::{Effect, Event};
 
 /// Scheduling settings of a control plane.
@@ -264,6 +265,9 @@ pub struct Scheduler {
     by_node: delivery::NodeIndex,
     /// What is known of each delivered instance that holds GPUs.
     tracked: HashMap<InstanceId, delivery::Tracked>,
+    /// Gangs (policy `replace`) running short of nodes after a failure, waiting for a
+    /// node of their block.
+    repairs: BTreeSet<InstanceId>,
 }
 
 /// The request the allocator sees for an instance.
@@ -487,6 +491,7 @@ impl Scheduler {
             counters: Counters::default(),
             by_node: HashMap::new(),
             tracked: HashMap::new(),
+            repairs: BTreeSet::new(),
         };
         for i in snap.live {
             if i.state.is_final() {
@@ -501,12 +506,23 @@ impl Scheduler {
                         .and_then(|p| s.alloc.host_need(p.node_id, &request_of(&i)))
                         .unwrap_or((0, 0)),
                 };
+                // A gang that lost a node holds fewer than it asked for.
+                let shape = match i.shape {
+                    Shape::Nodes { count, level } => {
+                        let held = u32::try_from(i.placement.len()).unwrap_or(u32::MAX);
+                        if held < count && i.on_node_failure == NodeFailurePolicy::Replace {
+                            s.repairs.insert(i.id);
+                        }
+                        Shape::Nodes { count: held, level }
+                    }
+                    other => other,
+                };
                 let a = Allocation {
                     id: i.id,
                     tenant: i.tenant_id,
                     class: i.class,
                     gpu_model: i.gpu_model.clone(),
-                    shape: i.shape,
+                    shape,
                     site: i.site_id.ok_or_else(|| format!("{} has no site", i.id))?,
                     pool: i.contract_id,
                     gpus: i
@@ -1236,6 +1252,9 @@ impl Scheduler {
     /// in the same pass: the ones behind it that ask for the same thing are not tried again
     /// (they are still failed if their deadline passed).
     fn serve_queue(&mut self, now: Timestamp, fx: &mut Vec<Effect>) {
+        if !self.repairs.is_empty() {
+            self.serve_repairs(now, fx);
+        }
         let keys: Vec<_> = self.queue.iter().copied().collect();
         // Needs that found no room in this pass, by hash.
         let mut blocked: HashMap<u64, Vec<Request>> = HashMap::new();
@@ -1321,26 +1340,12 @@ impl Scheduler {
             )));
         }
         let name = self.node_names.get(&c.node).cloned().unwrap_or_default();
-        // Work on a failed node ends at the fault.
-        if c.to == NodeState::Failed {
-            for id in self.alloc.node_holders(c.node) {
-                let Some(i) = self.live.get(&id) else {
-                    continue;
-                };
-                if !i.state.holds_gpus() {
-                    continue;
-                }
-                let end = c.at.max(i.started_at.unwrap_or(c.at)).min(now);
-                self.end(
-                    id,
-                    InstanceState::Failed,
-                    end,
-                    Some(format!("node {name} failed: {}", c.reason)),
-                    "instance.failed",
-                    fx,
-                );
-            }
-        }
+        // Who ran there (before anything moves).
+        let holders = if c.to == NodeState::Failed {
+            self.alloc.node_holders(c.node)
+        } else {
+            Vec::new()
+        };
         if c.heal {
             for g in 0..gpu_count {
                 self.alloc.set_gpu_healthy(c.node, g, true);
@@ -1353,9 +1358,45 @@ impl Scheduler {
         if let Some(n) = self.nodes.get_mut(&c.node) {
             n.0 = c.to;
         }
-        // A pool node out of service leaves the pool; a spare takes its place.
+        // A pool node out of service leaves the pool; a spare takes its place, pinned
+        // first so that a reserved gang of the pool can take it at once.
         let out = matches!(c.to, NodeState::Failed | NodeState::Maintenance);
-        if out && let Some(contract) = self.alloc.node_pool(c.node) {
+        let pool = if out {
+            self.alloc.node_pool(c.node)
+        } else {
+            None
+        };
+        let spare = pool.and_then(|contract| {
+            let spare = self.alloc.spare_near(c.node)?;
+            self.set_pool(spare, Some(contract), fx);
+            Some(spare)
+        });
+        // Work on a failed node: gangs follow their policy (a node of their block takes
+        // the failed one's place, or they shrink); everything else ends at the fault.
+        for id in holders {
+            let Some(i) = self.live.get(&id) else {
+                continue;
+            };
+            if !i.state.holds_gpus() {
+                continue;
+            }
+            if self.node_lost(id, c.node, &c, now, fx) {
+                continue;
+            }
+            let Some(i) = self.live.get(&id) else {
+                continue;
+            };
+            let end = c.at.max(i.started_at.unwrap_or(c.at)).min(now);
+            self.end(
+                id,
+                InstanceState::Failed,
+                end,
+                Some(format!("node {name} failed: {}", c.reason)),
+                "instance.failed",
+                fx,
+            );
+        }
+        if let Some(contract) = pool {
             self.set_pool(c.node, None, fx);
             fx.push(Effect::OutageOpen {
                 contract,
@@ -1364,9 +1405,8 @@ impl Scheduler {
                 at: c.at,
                 note: format!("node {name} {}: {}", c.to, c.reason),
             });
-            match self.alloc.spare_near(c.node) {
+            match spare {
                 Some(spare) => {
-                    self.set_pool(spare, Some(contract), fx);
                     let spare_name = self.node_names.get(&spare).cloned().unwrap_or_default();
                     fx.push(Effect::OutageClose {
                         contract,

@@ -73,7 +73,9 @@ impl Waiters {
         for fx in effects {
             let inst = match fx {
                 Effect::Insert { inst, .. } => inst,
-                Effect::Start { after, .. } | Effect::Update { after, .. } => after,
+                Effect::Start { after, .. }
+                | Effect::Update { after, .. }
+                | Effect::Reshape { after, .. } => after,
                 _ => continue,
             };
             if inst.delivery.is_none() {

@@ -24,6 +24,7 @@ impl Service {
     ) -> Result<Created<Instance>> {
         auth::authorize(p, Action::WriteInstances)?;
         let shape = req.shape()?;
+        let on_node_failure = req.failure_policy(&shape)?;
         if matches!(shape, neocloud_types::Shape::Nodes { .. })
             && (req.cpu_milli.is_some() || req.memory_mib.is_some())
         {
@@ -118,6 +119,7 @@ impl Service {
             authorized_keys: prepared.keys,
             access: None,
             ends_as: None,
+            on_node_failure,
         };
         // A replay answers before any capacity is looked at.
         let _claim = match self.idem_start(p, idem).await? {

@@ -265,6 +265,34 @@ pub struct LaunchInstance {
     /// a bare-metal instance needs at least one.
     #[serde(default)]
     pub ssh_key_names: Vec<String>,
+    /// What happens when one of its nodes fails: `replace` (the default for gangs: a
+    /// healthy node of the same block takes its place and the instance keeps running),
+    /// `shrink` (gangs only: drop the node, bill fewer GPUs) or `fail` (the default for
+    /// everything else: the instance ends `failed`).
+    #[serde(default)]
+    pub on_node_failure: Option<neocloud_types::NodeFailurePolicy>,
+}
+
+impl LaunchInstance {
+    /// The node-failure policy for `shape`: the one asked for, or the shape's default.
+    pub(crate) fn failure_policy(
+        &self,
+        shape: &neocloud_types::Shape,
+    ) -> Result<neocloud_types::NodeFailurePolicy> {
+        use neocloud_types::{NodeFailurePolicy, Shape};
+        match self.on_node_failure {
+            None => Ok(NodeFailurePolicy::default_for(shape)),
+            Some(p @ (NodeFailurePolicy::Replace | NodeFailurePolicy::Shrink))
+                if !matches!(shape, Shape::Nodes { .. }) =>
+            {
+                Err(Error::invalid(format!(
+                    "on_node_failure '{p}' applies to gangs of whole nodes (`nodes`); \
+                     an instance within one node can only `fail`"
+                )))
+            }
+            Some(p) => Ok(p),
+        }
+    }
 }
 
 /// The highest price per GPU-hour the price book takes: $10,000.00. Prices, and so contract

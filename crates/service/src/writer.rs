@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use neocloud_billing::prices::PriceBook;
 use neocloud_scheduler::Effect;
 use neocloud_store::{NewEvent, Store, WriteTx};
-use neocloud_types::ApiKeyId;
+use neocloud_types::{ApiKeyId, Instance};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, ErrorCode, Result};
@@ -425,6 +425,50 @@ pub(crate) async fn write_effects(
                     action,
                     serde_json::to_value(before).ok(),
                     None,
+                )
+                .await?;
+            }
+            Effect::Reshape {
+                before,
+                after,
+                meter,
+                release,
+                hold,
+                action,
+                detail,
+            } => {
+                for &(gpus, until) in meter {
+                    let metered = Store::instance_metered_until_tx(tx, after.id).await?;
+                    if book.is_none() {
+                        *book = Some(crate::billing::book_from(&store.price_list().await?)?);
+                    }
+                    if let Some(b) = book.as_ref() {
+                        let piece = Instance {
+                            gpu_count: gpus,
+                            ..before.clone()
+                        };
+                        crate::billing::meter(store, tx, b, &piece, metered, until).await?;
+                    }
+                }
+                Store::instance_update(tx, after).await?;
+                Store::instance_set_size(tx, after).await?;
+                if let Some(node) = release {
+                    Store::instance_release_node(tx, after.id, *node).await?;
+                }
+                if let Some(g) = hold {
+                    Store::instance_hold_gpus(tx, after.id, std::slice::from_ref(g)).await?;
+                }
+                let mut shown = serde_json::to_value(after).unwrap_or_default();
+                if let Some(o) = shown.as_object_mut() {
+                    o.insert("change".into(), detail.clone());
+                }
+                scheduler::event(
+                    tx,
+                    None,
+                    after,
+                    action,
+                    serde_json::to_value(before).ok(),
+                    Some(shown),
                 )
                 .await?;
             }

@@ -61,6 +61,21 @@ impl Serve {
                     }
                     self.rows.insert(after.id, after);
                 }
+                Effect::Reshape {
+                    before,
+                    after,
+                    meter,
+                    ..
+                } => {
+                    for (gpus, until) in meter {
+                        let piece = Instance {
+                            gpu_count: gpus,
+                            ..before.clone()
+                        };
+                        self.meter(&piece, until);
+                    }
+                    self.rows.insert(after.id, after);
+                }
                 Effect::ContractState { before, state, .. } => {
                     for (c, active) in &mut self.contracts {
                         if c.id == before.id {
@@ -270,6 +285,7 @@ fn differential(seed: u64, steps: usize) -> Coverage {
                         authorized_keys: Vec::new(),
                         access: None,
                         ends_as: None,
+                        on_node_failure: neocloud_types::NodeFailurePolicy::default_for(&shape),
                     };
                     let _refused = serve.apply(Command::Launch(inst), ts);
                 }

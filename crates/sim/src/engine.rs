@@ -149,6 +149,8 @@ pub(crate) struct Tally {
     pub site_peak_watts: Vec<i64>,
     pub classes: [ClassStats; 4],
     pub node_failures: u64,
+    /// Gangs that changed nodes after a failure (replaced, shrunk or left short).
+    pub gang_repairs: u64,
     pub outages: u64,
     pub downtime_gpu_secs: i128,
     pub stranded_sum: BTreeMap<(usize, usize), f64>,
@@ -883,6 +885,7 @@ impl<'a> Engine<'a> {
             authorized_keys: Vec::new(),
             access: None,
             ends_as: None,
+            on_node_failure: neocloud_types::NodeFailurePolicy::default_for(&job.shape),
         };
         let id = inst.id;
         let n = u32::try_from(j).unwrap_or(u32::MAX);
@@ -982,6 +985,7 @@ impl<'a> Engine<'a> {
                         self.close_outage(&o, end);
                     }
                 }
+                Effect::Reshape { after, meter, .. } => self.reshaped(&after, &meter)?,
                 Effect::Pool { .. }
                 | Effect::ContractInsert(_)
                 | Effect::Event(_)
@@ -1018,6 +1022,29 @@ impl<'a> Engine<'a> {
         stats.waits.push(waited);
         let end = self.now.saturating_add(self.jobs[j].duration);
         self.push(end, Kind::Finish, j as u64);
+    }
+
+    /// A running gang changed nodes after a failure: what it ran is metered piece by piece
+    /// and it holds its new GPU count from now on.
+    fn reshaped(&mut self, after: &Instance, meter: &[(u32, Timestamp)]) -> Result<(), SimError> {
+        let Some(j) = self.job_of(after.id) else {
+            return Ok(());
+        };
+        self.release(j);
+        for &(gpus, until) in meter {
+            self.st[j].gpus = gpus;
+            let t = self.secs_of(until);
+            self.meter(j, after.id, t)?;
+        }
+        let gpus = after.gpu_count;
+        self.st[j].gpus = gpus;
+        let c = class_index(self.jobs[j].class);
+        let model = self.jobs[j].model as usize;
+        let site = self.st[j].site as usize;
+        self.alloc_by_class[c] += u64::from(gpus);
+        *self.alloc_by_pool.entry((site, model)).or_default() += u64::from(gpus);
+        self.tally.gang_repairs += 1;
+        Ok(())
     }
 
     /// A request changed state other than by starting: a notice, or its end.

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use neocloud_types::{
-    BlockId, BlockKind, Class, ContractId, GangLevel, Instance, InstanceId, InstanceState, NodeId,
-    NodeState, PlacedNode, Quota, Shape, TenantId, Timestamp,
+    BlockId, BlockKind, Class, ContractId, GangLevel, Instance, InstanceId, InstanceState,
+    NodeFailurePolicy, NodeId, NodeState, PlacedNode, Quota, Shape, TenantId, Timestamp,
 };
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -15,7 +15,7 @@ use crate::{Page, Result, Store, StoreError, WriteTx, enum_col, id_col, opt_id_c
 const INSTANCE_COLS: &str = "id, tenant_id, name, class, gpu_model, shape_kind, shape_gpus, \
      shape_count, shape_level, gpu_count, requested_site_id, site_id, contract_id, state, reason, \
      created_at, started_at, ended_at, preempt_at, wait_until, cpu_milli, memory_mib, gpu_milli, \
-     held_cpu_milli, held_memory_mib, delivery, access, ends_as";
+     held_cpu_milli, held_memory_mib, delivery, access, ends_as, on_node_failure";
 
 /// What the `delivery` column holds: fixed at launch.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -61,13 +61,13 @@ fn opt_i64(v: Option<u64>) -> Option<i64> {
 
 /// The values of one `instances` row, in [`INSTANCE_COLS`] order.
 pub(crate) struct NewInstanceRow {
-    text: [Option<String>; 15],
+    text: [Option<String>; 16],
     ints: [Option<i64>; 13],
 }
 
 impl NewInstanceRow {
     /// Values per row.
-    const COLS: usize = 28;
+    const COLS: usize = 29;
 
     fn of(i: &Instance, held: Option<&Held>) -> NewInstanceRow {
         let (kind, gpus, count, level) = match i.shape {
@@ -99,6 +99,7 @@ impl NewInstanceRow {
                 delivery_json(i),
                 access_json(i),
                 i.ends_as.map(|s| s.as_str().to_string()),
+                Some(i.on_node_failure.as_str().to_string()),
             ],
             ints: [
                 gpus,
@@ -139,6 +140,7 @@ impl NewInstanceRow {
             delivery,
             access,
             ends_as,
+            on_node_failure,
         ] = &self.text;
         let [
             gpus,
@@ -183,6 +185,7 @@ impl NewInstanceRow {
             .bind(delivery)
             .bind(access)
             .bind(ends_as)
+            .bind(on_node_failure)
     }
 }
 
@@ -283,6 +286,10 @@ fn instance_from_row(r: &AnyRow) -> Result<Instance> {
             .try_get::<Option<String>, _>("ends_as")?
             .map(|s| s.parse::<InstanceState>().map_err(StoreError::Corrupt))
             .transpose()?,
+        on_node_failure: match r.try_get::<Option<String>, _>("on_node_failure")? {
+            Some(p) => p.parse().map_err(StoreError::Corrupt)?,
+            None => NodeFailurePolicy::default_for(&shape),
+        },
     })
 }
 
@@ -628,6 +635,40 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Writes a gang's size after one of its nodes failed: its GPU count and, for a gang
+    /// that shrank, its node count.
+    pub async fn instance_set_size(tx: &mut WriteTx, i: &Instance) -> Result<()> {
+        let count = match i.shape {
+            Shape::Nodes { count, .. } => Some(i64::from(count)),
+            _ => None,
+        };
+        sqlx::query(
+            "UPDATE instances SET gpu_count = $1, shape_count = $2, gpu_milli = $3 WHERE id = $4",
+        )
+        .bind(i64::from(i.gpu_count))
+        .bind(count)
+        .bind(opt_i64(Some(i.shape.gpu_milli(i.gpu_count))))
+        .bind(i.id.to_string())
+        .execute(tx.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Frees the GPUs `id` holds on one node.
+    pub async fn instance_release_node(
+        tx: &mut WriteTx,
+        id: InstanceId,
+        node: NodeId,
+    ) -> Result<u64> {
+        let n = sqlx::query("UPDATE gpus SET holder = NULL WHERE holder = $1 AND node_id = $2")
+            .bind(id.to_string())
+            .bind(node.to_string())
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+        Ok(n)
     }
 
     /// Frees every GPU (and slice) held by `id`.

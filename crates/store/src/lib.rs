@@ -203,6 +203,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "delivery",
         include_str!("../migrations/0007_delivery.sql"),
     ),
+    (
+        9,
+        "gang_repair",
+        include_str!("../migrations/0009_gang_repair.sql"),
+    ),
 ];
 
 impl Store {

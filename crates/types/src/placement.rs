@@ -399,6 +399,35 @@ pub struct PlacedNode {
     pub memory_mib: Option<u64>,
 }
 
+string_enum!(
+    /// What happens to a running instance when one of its nodes fails.
+    NodeFailurePolicy {
+        /// The instance ends `failed` (the default for everything but gangs).
+        Fail = "fail",
+        /// A healthy node from the same block at the gang's level takes the failed one's
+        /// place and the instance keeps running (the default for gangs). Until one is free
+        /// the gang runs one node short, billed for the nodes it holds.
+        Replace = "replace",
+        /// The failed node is dropped and the instance keeps running on the others, billed
+        /// for fewer GPUs from the fault on; the last node failing ends it.
+        Shrink = "shrink",
+    }
+);
+
+impl NodeFailurePolicy {
+    /// The policy an instance of `shape` gets when its launch names none.
+    pub fn default_for(shape: &Shape) -> Self {
+        match shape {
+            Shape::Nodes { .. } => NodeFailurePolicy::Replace,
+            _ => NodeFailurePolicy::Fail,
+        }
+    }
+}
+
+fn default_failure_policy() -> NodeFailurePolicy {
+    NodeFailurePolicy::Fail
+}
+
 /// An allocation a tenant runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Instance {
@@ -463,6 +492,9 @@ pub struct Instance {
     /// (`terminated`, `preempted` or `failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ends_as: Option<InstanceState>,
+    /// What happens when one of its nodes fails: `fail`, `replace` or `shrink`.
+    #[serde(default = "default_failure_policy")]
+    pub on_node_failure: NodeFailurePolicy,
 }
 
 /// A limit on how many GPUs a tenant may hold at once, per GPU model and class.

@@ -31,6 +31,7 @@ mod console_browser;
 mod delivery_e2e;
 mod differential;
 mod faults;
+mod gang_repair;
 mod lambda;
 mod openapi;
 mod replicas;

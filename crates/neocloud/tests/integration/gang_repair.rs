@@ -1,0 +1,371 @@
+//! Gangs survive a failed node, through HTTP on both databases with a manual clock: an XID 79
+//! on one node of a running 64-node gang swaps in a node of the same block, and usage bills
+//! exactly what the tenant had; `shrink` drops the node; `fail` ends the gang; a gang whose
+//! block has no free node runs short, gives spot work its notice and is completed when the
+//! notice runs out; a restart keeps a gang that runs short.
+
+use neocloud_service::{Clock, SchedulerConfig};
+use neocloud_types::Timestamp;
+use serde_json::{Value, json};
+
+use crate::ctx::{Db, TestContext};
+
+/// One site, two pods of three leaf groups of 24 nodes of 8 H100: 144 nodes.
+const FLEET: &str = r#"
+[[sites]]
+name = "west"
+region = "us-west"
+power_mw = 20
+pue = 1.1
+[[sites.node_groups]]
+gpu_model = "H100-SXM-80GB"
+gpus = 8
+peak_watts = 10000
+idle_watts = 2000
+nodes_per_block = 24
+layout = [
+  { kind = "pod", count = 2, name = "w-p{n}" },
+  { kind = "leaf_group", count = 3, name = "{parent}-l{n}" },
+]
+name = "{block}-n{n}"
+"#;
+
+const T0: &str = "2027-03-01T00:00:00Z";
+
+struct Gang {
+    ctx: TestContext,
+    clock: Clock,
+    key: String,
+    enroll: String,
+}
+
+fn at(secs: i64) -> Timestamp {
+    T0.parse::<Timestamp>().unwrap().plus_seconds(secs)
+}
+
+/// The pod of a node named `w-pP-lL-nN`.
+fn pod(node: &str) -> &str {
+    &node[..4]
+}
+
+fn nodes(inst: &Value) -> Vec<String> {
+    inst["placement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["node"].as_str().unwrap().to_string())
+        .collect()
+}
+
+impl Gang {
+    async fn start(db: Db) -> Option<Gang> {
+        let clock = Clock::manual(at(0));
+        let ctx = TestContext::start_clocked(db, SchedulerConfig::default(), clock.clone()).await?;
+        ctx.import(FLEET).await.expect(200);
+        let t = ctx.tenant("frontier").await;
+        let (key, _) = ctx.key("tenant-admin", t["id"].as_str()).await;
+        let (enroll, _) = ctx.key("node-agent", None).await;
+        Some(Gang {
+            ctx,
+            clock,
+            key,
+            enroll,
+        })
+    }
+
+    async fn launch(&self, body: Value) -> Value {
+        self.ctx
+            .post("/v1/instances", &self.key, &body)
+            .await
+            .expect(201)
+    }
+
+    async fn instance(&self, id: &str) -> Value {
+        self.ctx
+            .get(&format!("/v1/instances/{id}"), &self.key)
+            .await
+            .expect(200)
+    }
+
+    /// The node's agent registers and reports XID 79 on GPU 0 that happened at `fault`
+    /// (seconds after T0), heard at the clock's time.
+    async fn xid79(&self, host: &str, fault: i64) -> Value {
+        let gpus = |f: &dyn Fn(u32) -> Value| (0..8).map(f).collect::<Vec<_>>();
+        let inv = json!({
+            "hostname": host, "agent_version": "test", "backend": "sim",
+            "cpu_cores": 224, "ram_gib": 2048,
+            "gpus": gpus(&|i| json!({
+                "index": i, "uuid": format!("GPU-{host}-{i}"), "name": "NVIDIA H100 80GB HBM3",
+                "memory_mib": 81559, "pci_bus_id": format!("00000000:{:02X}:00.0", 0x18 + i),
+            })),
+        });
+        let r = self
+            .ctx
+            .post("/v1/agent/register", &self.enroll, &inv)
+            .await
+            .expect(200);
+        let key = r["node_key"].as_str().unwrap().to_string();
+        let beat = json!({
+            "sent_at": self.clock.now().to_string(),
+            "gpus": gpus(&|i| json!({
+                "uuid": format!("GPU-{host}-{i}"), "temperature_c": 41, "power_watts": 350,
+                "utilization_pct": 60, "memory_used_mib": 1000,
+                "ecc_corrected": 0, "ecc_uncorrected": 0,
+            })),
+            "events": [{"seq": 1, "at": at(fault).to_string(), "gpu_uuid": format!("GPU-{host}-0"),
+                        "kind": {"type": "xid", "code": 79}}],
+        });
+        self.ctx
+            .post("/v1/agent/heartbeat", &key, &beat)
+            .await
+            .expect(200)
+    }
+
+    async fn node_state(&self, host: &str) -> Value {
+        self.ctx
+            .get(&format!("/v1/nodes/{host}"), &self.ctx.operator_key)
+            .await
+            .expect(200)["state"]
+            .clone()
+    }
+
+    async fn terminate(&self, id: &str) {
+        self.ctx
+            .post(
+                &format!("/v1/instances/{id}/terminate"),
+                &self.key,
+                &json!({}),
+            )
+            .await
+            .expect(200);
+    }
+
+    /// GPU-seconds billed to instance `id`.
+    async fn gpu_seconds(&self, id: &str) -> i64 {
+        let u = self
+            .ctx
+            .get("/v1/usage?limit=1000", &self.key)
+            .await
+            .expect(200);
+        u["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["instance_id"] == id)
+            .map(|r| r["gpu_seconds"].as_i64().unwrap())
+            .sum()
+    }
+
+    async fn events(&self, action: &str) -> Vec<Value> {
+        self.ctx
+            .get(&format!("/v1/events?action={action}"), &self.key)
+            .await
+            .expect(200)["items"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+/// The issue's case: XID 79 on one node of a running 64-node gang.
+async fn a_failed_node_is_replaced_from_the_same_block(db: Db) {
+    let Some(g) = Gang::start(db).await else {
+        return;
+    };
+    let inst = g
+        .launch(json!({"gpu_model": "H100-SXM-80GB", "nodes": 64, "gang_level": "pod"}))
+        .await;
+    assert_eq!(inst["state"], "running");
+    assert_eq!(inst["on_node_failure"], "replace");
+    let id = inst["id"].as_str().unwrap().to_string();
+    let before = nodes(&inst);
+    assert_eq!(before.len(), 64);
+    let block = pod(&before[0]).to_string();
+    assert!(before.iter().all(|n| pod(n) == block), "{before:?}");
+    // An hour in, GPU 0 of one node falls off the bus; its agent says so 5 s later.
+    // The gang fills two leaf groups and part of a third; the node that fails is in the
+    // third, where free nodes are left.
+    let bad = before.last().unwrap().clone();
+    assert!(before.iter().filter(|n| n[..7] == bad[..7]).count() < 24);
+    g.clock.set(at(3600));
+    let ack = g.xid79(&bad, 3595).await;
+    assert_eq!(ack["state"], "failed");
+    assert_eq!(g.node_state(&bad).await, "failed");
+    let after = g.instance(&id).await;
+    assert_eq!(after["state"], "running", "{after}");
+    assert_eq!(after["gpu_count"], 512);
+    let now = nodes(&after);
+    assert_eq!(now.len(), 64);
+    assert!(!now.contains(&bad), "{now:?}");
+    let new: Vec<&String> = now.iter().filter(|n| !before.contains(n)).collect();
+    assert_eq!(new.len(), 1, "{now:?}");
+    assert_eq!(pod(new[0]), block, "the replacement is in the gang's pod");
+    // In fact in the failed node's own leaf group: the nearest free node.
+    assert_eq!(new[0][..7], bad[..7], "{} for {bad}", new[0]);
+    // The tenant's event log has the swap.
+    let ev = g.events("instance.node_replaced").await;
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    let change = &ev[0]["after"]["change"];
+    assert_eq!(change["failed_node"], bad.as_str());
+    assert_eq!(change["replacement"], new[0].as_str());
+    assert_eq!(ev[0]["resource_id"], id.as_str());
+    // Billing: 64 nodes until the fault, 63 while the fault went unheard, 64 after.
+    g.clock.set(at(7200));
+    g.terminate(&id).await;
+    assert_eq!(g.gpu_seconds(&id).await, 512 * 3595 + 504 * 5 + 512 * 3600);
+}
+
+/// `shrink` drops the node and bills fewer GPUs from the fault on; `fail` ends the gang.
+async fn shrink_and_fail_policies(db: Db) {
+    let Some(g) = Gang::start(db).await else {
+        return;
+    };
+    let shrink = g
+        .launch(
+            json!({"gpu_model": "H100-SXM-80GB", "nodes": 4, "gang_level": "leaf_group",
+                       "on_node_failure": "shrink"}),
+        )
+        .await;
+    let fail = g
+        .launch(
+            json!({"gpu_model": "H100-SXM-80GB", "nodes": 4, "gang_level": "leaf_group",
+                       "on_node_failure": "fail"}),
+        )
+        .await;
+    let (sid, fid) = (
+        shrink["id"].as_str().unwrap().to_string(),
+        fail["id"].as_str().unwrap().to_string(),
+    );
+    g.clock.set(at(100));
+    let bad = nodes(&shrink)[1].clone();
+    g.xid79(&bad, 100).await;
+    let s = g.instance(&sid).await;
+    assert_eq!(s["state"], "running", "{s}");
+    assert_eq!(s["shape"]["count"], 3);
+    assert_eq!(s["gpu_count"], 24);
+    assert!(!nodes(&s).contains(&bad));
+    assert_eq!(g.events("instance.shrunk").await.len(), 1);
+    g.clock.set(at(200));
+    let bad = nodes(&fail)[0].clone();
+    g.xid79(&bad, 200).await;
+    let f = g.instance(&fid).await;
+    assert_eq!(f["state"], "failed", "{f}");
+    assert!(f["reason"].as_str().unwrap().contains("XID 79"), "{f}");
+    assert_eq!(g.gpu_seconds(&fid).await, 32 * 200);
+    g.clock.set(at(300));
+    g.terminate(&sid).await;
+    assert_eq!(g.gpu_seconds(&sid).await, 32 * 100 + 24 * 200);
+    // Replace and shrink are for gangs only; unknown policies are refused.
+    for (body, msg) in [
+        (
+            json!({"gpu_model": "H100-SXM-80GB", "gpus": 8, "on_node_failure": "replace"}),
+            "gangs",
+        ),
+        (
+            json!({"gpu_model": "H100-SXM-80GB", "nodes": 2, "on_node_failure": "heal"}),
+            "on_node_failure",
+        ),
+    ] {
+        let p = g
+            .ctx
+            .post("/v1/instances", &g.key, &body)
+            .await
+            .problem(400, "invalid_request");
+        assert!(p["detail"].as_str().unwrap().contains(msg), "{p}");
+    }
+}
+
+/// A gang whose block has no free node runs one node short, gives spot work on a node of
+/// its block notice, and gets that node when the notice runs out; a restart in between
+/// keeps it short and still repairs it.
+async fn a_gang_without_a_free_node_waits_for_spot_to_leave(db: Db) {
+    let Some(g) = Gang::start(db).await else {
+        return;
+    };
+    // Fill pod 1 entirely: a 64-node gang on leaf groups... and spot on the rest.
+    let gang = g
+        .launch(json!({"gpu_model": "H100-SXM-80GB", "nodes": 64, "gang_level": "pod"}))
+        .await;
+    let id = gang["id"].as_str().unwrap().to_string();
+    let block = pod(&nodes(&gang)[0]).to_string();
+    let spot = g
+        .launch(
+            json!({"class": "spot", "gpu_model": "H100-SXM-80GB", "nodes": 8,
+                       "gang_level": "pod", "site": "west"}),
+        )
+        .await;
+    let spot_id = spot["id"].as_str().unwrap().to_string();
+    // Both pods hold 72 nodes: best fit put the spot gang in the gang's pod only if it
+    // fits there; make sure the rest of that pod is taken by spot work.
+    let spot_nodes = nodes(&spot);
+    assert!(
+        spot_nodes.iter().all(|n| pod(n) == block),
+        "spot landed elsewhere: {spot_nodes:?}"
+    );
+    g.clock.set(at(1000));
+    let bad = nodes(&gang)[0].clone();
+    g.xid79(&bad, 1000).await;
+    let short = g.instance(&id).await;
+    assert_eq!(short["state"], "running", "{short}");
+    assert_eq!(nodes(&short).len(), 63);
+    assert_eq!(short["gpu_count"], 504);
+    assert!(
+        short["reason"].as_str().unwrap().contains("short"),
+        "{short}"
+    );
+    let s = g.instance(&spot_id).await;
+    assert_eq!(s["state"], "preempting", "{s}");
+    // A control plane rebuilt from the database now sees the same short gang.
+    let again = neocloud_service::Service::open_with_clock(
+        &g.ctx.database_url(),
+        SchedulerConfig::default(),
+        g.clock.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        again.allocator_fingerprint().await,
+        g.ctx.svc.allocator_fingerprint().await
+    );
+    drop(again);
+    // The notice runs out: the spot gang is preempted and the gang takes one of its nodes.
+    g.clock.set(at(1100));
+    g.ctx.svc.tick(at(1100)).await.unwrap();
+    let whole = g.instance(&id).await;
+    assert_eq!(whole["state"], "running", "{whole}");
+    assert_eq!(whole["gpu_count"], 512);
+    let now = nodes(&whole);
+    assert_eq!(now.len(), 64);
+    assert!(now.iter().all(|n| pod(n) == block), "{now:?}");
+    assert!(now.iter().any(|n| spot_nodes.contains(n)), "{now:?}");
+    assert!(whole["reason"].is_null(), "{whole}");
+    assert_eq!(g.instance(&spot_id).await["state"], "preempted");
+    let ev = g.events("instance.node_lost").await;
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(g.events("instance.node_replaced").await.len(), 1);
+    // Billed: 64 nodes to the fault, 63 until the node came, 64 after.
+    g.clock.set(at(2000));
+    g.terminate(&id).await;
+    assert_eq!(g.gpu_seconds(&id).await, 512 * 1000 + 504 * 100 + 512 * 900);
+}
+
+macro_rules! on_both {
+    ($($name:ident),+ $(,)?) => {
+        $(mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(crate::ctx::Db::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(crate::ctx::Db::Postgres).await;
+            }
+        })+
+    };
+}
+
+on_both!(
+    a_failed_node_is_replaced_from_the_same_block,
+    shrink_and_fail_policies,
+    a_gang_without_a_free_node_waits_for_spot_to_leave,
+);

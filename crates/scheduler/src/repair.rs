@@ -1,0 +1,264 @@
+//! Gangs that lose a node: what their [`NodeFailurePolicy`] says happens.
+//!
+//! - `replace` (the default for gangs): a healthy, empty node of the same block at the
+//!   gang's level (NVLink domain, leaf group, pod; for a reserved gang, of its contract's
+//!   pool) takes the failed node's place and the instance stays `running`. When none is free
+//!   the gang runs one node short, billed for what it holds; lower-class work on a node of
+//!   the block gets its preemption notice, and the first node of the block to come free
+//!   completes the gang ([`Scheduler::serve_repairs`], before the queue is served).
+//! - `shrink`: the failed node is dropped and the gang goes on with fewer nodes, billed for
+//!   fewer GPUs from the fault on; the last node failing ends it.
+//! - `fail`: the instance ends `failed` (the default for everything within one node).
+//!
+//! Metering follows what the tenant really had: the full gang up to the fault, the nodes it
+//! kept from the fault until the change is decided, and the new shape from then on.
+
+use neocloud_types::{
+    Class, InstanceId, InstanceState, NodeFailurePolicy, NodeId, Shape, Timestamp,
+};
+
+use crate::{Effect, NodeChange, Scheduler, placed_nodes, sold_key};
+
+impl Scheduler {
+    /// `node` failed under the running instance `id`. Returns whether the instance keeps
+    /// running; `false` means the caller ends it `failed`.
+    pub(crate) fn node_lost(
+        &mut self,
+        id: InstanceId,
+        node: NodeId,
+        c: &NodeChange,
+        now: Timestamp,
+        fx: &mut Vec<Effect>,
+    ) -> bool {
+        let Some(i) = self.live.get(&id) else {
+            return false;
+        };
+        let Shape::Nodes { level, .. } = i.shape else {
+            return false;
+        };
+        if !matches!(
+            i.state,
+            InstanceState::Running | InstanceState::Provisioning
+        ) {
+            return false;
+        }
+        let fault = c.at.max(i.started_at.unwrap_or(c.at)).min(now);
+        match i.on_node_failure {
+            NodeFailurePolicy::Fail => false,
+            NodeFailurePolicy::Shrink => {
+                i.placement.len() > 1 && self.reshape(id, Some(node), None, Some(fault), now, c, fx)
+            }
+            NodeFailurePolicy::Replace => {
+                let gained = self
+                    .alloc
+                    .replacement_where(id, node, level, |v| v.whole_free);
+                if !self.reshape(id, Some(node), gained, Some(fault), now, c, fx) {
+                    return false;
+                }
+                if gained.is_none() {
+                    self.repairs.insert(id);
+                    self.vacate_for(id, now, fx);
+                }
+                true
+            }
+        }
+    }
+
+    /// Gives a node of its block to each gang running short, where one is free now. Runs
+    /// before the queue is served: a gang that runs already comes first.
+    pub(crate) fn serve_repairs(&mut self, now: Timestamp, fx: &mut Vec<Effect>) {
+        let waiting: Vec<InstanceId> = self.repairs.iter().copied().collect();
+        for id in waiting {
+            let Some(i) = self.live.get(&id) else {
+                self.repairs.remove(&id);
+                continue;
+            };
+            let (Shape::Nodes { count, level }, Some(anchor)) =
+                (i.shape, i.placement.first().map(|p| p.node_id))
+            else {
+                self.repairs.remove(&id);
+                continue;
+            };
+            let short = usize::try_from(count).unwrap_or(usize::MAX) > i.placement.len();
+            if !short || !i.state.holds_gpus() || i.state == InstanceState::Stopping {
+                self.repairs.remove(&id);
+                continue;
+            }
+            let Some(gained) = self
+                .alloc
+                .replacement_where(id, anchor, level, |v| v.whole_free)
+            else {
+                continue;
+            };
+            let change = NodeChange {
+                node: gained,
+                from: None,
+                to: neocloud_types::NodeState::Available,
+                at: now,
+                reason: "a node of its block came free".into(),
+                heal: false,
+                gpus: Vec::new(),
+            };
+            self.reshape(id, None, Some(gained), None, now, &change, fx);
+            let done = self.live.get(&id).is_none_or(|i| match i.shape {
+                Shape::Nodes { count, .. } => {
+                    usize::try_from(count).unwrap_or(usize::MAX) <= i.placement.len()
+                }
+                _ => true,
+            });
+            if done {
+                self.repairs.remove(&id);
+            }
+        }
+    }
+
+    /// Notifies lower-class work on one node of the block of the short gang `id`: the node
+    /// comes free when the notice runs out.
+    fn vacate_for(&mut self, id: InstanceId, now: Timestamp, fx: &mut Vec<Effect>) {
+        let Some(i) = self.live.get(&id) else {
+            return;
+        };
+        let (Shape::Nodes { level, .. }, Some(anchor)) =
+            (i.shape, i.placement.first().map(|p| p.node_id))
+        else {
+            return;
+        };
+        let policy = self.config.fleet_policy;
+        let mine = i.class.priority(policy);
+        let live = &self.live;
+        let lower = |h: &InstanceId| {
+            live.get(h)
+                .is_some_and(|v| v.class != Class::Reserved && v.class.priority(policy) < mine)
+        };
+        let target = self.alloc.replacement_where(id, anchor, level, |v| {
+            !v.holders.is_empty() && v.holders.iter().all(|(h, _)| lower(h))
+        });
+        let Some(target) = target else {
+            return;
+        };
+        let victims = self.alloc.node_holders(target);
+        self.notify_victims(&victims, id, now, fx);
+    }
+
+    /// Moves the gang `id` off `lost` and/or onto `gained`, meters what it ran before the
+    /// change, and records the change. Returns `false` (nothing changed) when the allocator
+    /// refuses it.
+    #[allow(clippy::too_many_arguments)]
+    fn reshape(
+        &mut self,
+        id: InstanceId,
+        lost: Option<NodeId>,
+        gained: Option<NodeId>,
+        fault: Option<Timestamp>,
+        now: Timestamp,
+        c: &NodeChange,
+        fx: &mut Vec<Effect>,
+    ) -> bool {
+        let Some(before) = self.live.get(&id).cloned() else {
+            return false;
+        };
+        let (old, new) = match self.alloc.swap_node(id, lost, gained) {
+            Ok(x) => x,
+            Err(e) => {
+                fx.push(Effect::Warning(format!(
+                    "could not repair the gang {id}: {e}"
+                )));
+                return false;
+            }
+        };
+        if let Some(k) = sold_key(&old) {
+            let e = self.sold.entry(k).or_default();
+            *e = e.saturating_sub(old.gpu_milli());
+        }
+        if let Some(k) = sold_key(&new) {
+            *self.sold.entry(k).or_default() += new.gpu_milli();
+        }
+        self.untrack(&before);
+        let mut after = before.clone();
+        after.placement = placed_nodes(&new, &self.node_names);
+        after.gpu_count = u32::try_from(new.gpu_count()).unwrap_or(u32::MAX);
+        let Shape::Nodes { count, level } = before.shape else {
+            return false;
+        };
+        let shrink = before.on_node_failure == NodeFailurePolicy::Shrink;
+        if shrink {
+            after.shape = new.shape;
+        }
+        let held = u32::try_from(new.gpus.len()).unwrap_or(u32::MAX);
+        let name =
+            |n: Option<NodeId>| n.map(|n| self.node_names.get(&n).cloned().unwrap_or_default());
+        let (lost_name, gained_name) = (name(lost), name(gained));
+        let short = if shrink {
+            0
+        } else {
+            count.saturating_sub(held)
+        };
+        after.reason = match (&lost_name, short) {
+            (_, 0) => None,
+            (Some(l), n) => Some(format!(
+                "node {l} failed ({}); running {n} node(s) short until a healthy node of its {level} is free",
+                c.reason
+            )),
+            (None, n) => Some(format!(
+                "running {n} node(s) short until a healthy node of its {level} is free"
+            )),
+        };
+        self.track(&after);
+        // Agents: the failed node's stops hearing of it, the new node's starts it.
+        if self.tracked.contains_key(&id) {
+            if let Some(l) = lost {
+                if let Some(set) = self.by_node.get_mut(&l) {
+                    set.remove(&id);
+                    if set.is_empty() {
+                        self.by_node.remove(&l);
+                    }
+                }
+                if let Some(t) = self.tracked.get_mut(&id) {
+                    t.nodes.remove(&l);
+                }
+            }
+            if let Some(g) = gained {
+                self.by_node.entry(g).or_default().insert(id);
+            }
+        }
+        // What ran: the whole gang until the fault, what it kept until now.
+        let mut meter = Vec::new();
+        if before.state == InstanceState::Running && before.started_at.is_some() {
+            let kept = old
+                .gpus
+                .iter()
+                .filter(|(n, _)| Some(*n) != lost)
+                .map(|(_, g)| g.len())
+                .sum::<usize>();
+            if let Some(f) = fault {
+                meter.push((before.gpu_count, f));
+            }
+            meter.push((u32::try_from(kept).unwrap_or(u32::MAX), now));
+        }
+        let action = match (lost, gained) {
+            (_, Some(_)) => "instance.node_replaced",
+            (Some(_), None) if shrink => "instance.shrunk",
+            _ => "instance.node_lost",
+        };
+        let detail = serde_json::json!({
+            "failed_node": lost_name,
+            "replacement": gained_name,
+            "reason": c.reason,
+            "fault_at": fault,
+            "nodes": after.placement.len(),
+            "nodes_short": short,
+            "policy": before.on_node_failure,
+        });
+        self.live.insert(id, after.clone());
+        fx.push(Effect::Reshape {
+            before,
+            after,
+            meter,
+            release: lost,
+            hold: gained.and_then(|g| new.gpus.iter().find(|(n, _)| *n == g).cloned()),
+            action,
+            detail,
+        });
+        true
+    }
+}

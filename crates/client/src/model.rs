@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use neocloud_types::{
     ApiKey, Class, ContractId, Delivery, GangLevel, GpuHealth, HealthEvent, InstanceId, Money,
-    Role, Shape, SiteId, TenantId, TenantKind, TenantStatus, Timestamp,
+    NodeFailurePolicy, Role, Shape, SiteId, TenantId, TenantKind, TenantStatus, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -326,6 +326,10 @@ pub struct LaunchInstance {
     /// Names of the tenant's SSH keys allowed to log in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ssh_key_names: Vec<String>,
+    /// What happens when one of its nodes fails: `replace` (default for gangs), `shrink`
+    /// (gangs only) or `fail` (default for everything else).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_node_failure: Option<NodeFailurePolicy>,
 }
 
 impl LaunchInstance {
@@ -347,6 +351,7 @@ impl LaunchInstance {
             memory_mib: None,
             delivery: None,
             ssh_key_names: Vec::new(),
+            on_node_failure: None,
         }
     }
 }

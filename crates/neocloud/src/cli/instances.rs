@@ -48,6 +48,10 @@ pub(crate) struct LaunchArgs {
     /// For gangs: nvlink_domain, leaf_group, pod or site (default).
     #[arg(long, requires = "nodes")]
     gang_level: Option<String>,
+    /// For gangs, when a node fails: replace (default: a healthy node of the same block
+    /// takes its place), shrink (drop it, bill fewer GPUs) or fail (end the instance).
+    #[arg(long, requires = "nodes", value_name = "POLICY")]
+    on_node_failure: Option<String>,
     /// on-demand (default), spot, internal or reserved.
     #[arg(long, default_value = "on-demand")]
     class: String,
@@ -414,6 +418,7 @@ fn launch_body(args: LaunchArgs) -> Result<(LaunchInstance, Option<String>)> {
         gpus,
         nodes,
         gang_level,
+        on_node_failure,
         share,
         mig,
         cpu_only,
@@ -473,6 +478,9 @@ fn launch_body(args: LaunchArgs) -> Result<(LaunchInstance, Option<String>)> {
     body.gpus = gpus;
     body.nodes = nodes;
     body.gang_level = gang_level.map(|l| parse("--gang-level", &l)).transpose()?;
+    body.on_node_failure = on_node_failure
+        .map(|p| parse("--on-node-failure", &p))
+        .transpose()?;
     body.shape = shape;
     body.cpu_milli = cpu;
     body.memory_mib = memory;

@@ -203,6 +203,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "delivery",
         include_str!("../migrations/0007_delivery.sql"),
     ),
+    (
+        10,
+        "node_unreachable",
+        include_str!("../migrations/0010_node_unreachable.sql"),
+    ),
 ];
 
 impl Store {

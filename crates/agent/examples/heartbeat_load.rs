@@ -278,6 +278,7 @@ async fn run_agent(
             sent_at: Timestamp::now(),
             gpus: agent.sim.sample().unwrap_or_default(),
             events: agent.events.batch(1000),
+            leaving: None,
         };
         let started = Instant::now();
         let result = cp.heartbeat(&agent.key, &body).await;

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use neocloud_types::{
-    AgentEventKind, AgentRegister, BurnInRequest, GpuInventory, Heartbeat, HeartbeatAck, NodeState,
-    Timestamp,
+    AgentEventKind, AgentRegister, BurnInRequest, GpuInventory, Heartbeat, HeartbeatAck, Leaving,
+    LeavingReason, NodeState, Timestamp,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -87,6 +87,8 @@ pub(crate) struct Daemon {
     burn_in_tx: mpsc::UnboundedSender<(String, BurnInOutcome)>,
     burn_in_rx: Option<mpsc::UnboundedReceiver<(String, BurnInOutcome)>>,
     delivery: Delivery,
+    /// Seconds the agent expects to be away when stopped (`--back-within-secs`).
+    back_within_secs: u32,
     /// The key the long poll calls with (`None` until registered).
     key_tx: tokio::sync::watch::Sender<Option<String>>,
 }
@@ -186,6 +188,7 @@ impl Daemon {
             burn_in_tx,
             burn_in_rx: Some(burn_in_rx),
             delivery: Delivery::start(delivery_config, backend),
+            back_within_secs: args.back_within_secs,
             key_tx: tokio::sync::watch::channel(None).0,
         })
     }
@@ -229,9 +232,15 @@ impl Daemon {
         self.burn_in_tasks.abort_all();
         self.collect_events().await;
         let silent = self.silent_until.is_some_and(|t| t > Instant::now());
+        // The last heartbeat says the agent is leaving on purpose and when it expects to be
+        // back: its node is not marked unreachable meanwhile, and what runs there stays.
+        let leaving = Leaving {
+            reason: LeavingReason::Restart,
+            back_within_secs: self.back_within_secs,
+        };
         if self.registered
             && !silent
-            && tokio::time::timeout(FINAL_BEAT, self.heartbeat())
+            && tokio::time::timeout(FINAL_BEAT, self.heartbeat_with(Some(leaving)))
                 .await
                 .is_err()
         {
@@ -401,6 +410,11 @@ impl Daemon {
     }
 
     async fn heartbeat(&mut self) {
+        self.heartbeat_with(None).await;
+    }
+
+    /// A heartbeat; `leaving` in the last one before the agent stops.
+    async fn heartbeat_with(&mut self, leaving: Option<Leaving>) {
         self.collect_events().await;
         let gpus = match with_backend(&self.backend, |b| b.sample())
             .await
@@ -422,6 +436,7 @@ impl Daemon {
             sent_at: Timestamp::now(),
             gpus,
             events,
+            leaving,
         };
         match self.cp.heartbeat(&self.key, &body).await {
             Ok(mut ack) => {

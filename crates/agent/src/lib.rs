@@ -154,6 +154,14 @@ pub struct AgentArgs {
     #[arg(long, value_name = "SECS", default_value_t = 1800)]
     pub burn_in_timeout_secs: u64,
 
+    /// Seconds within which the agent, stopped with SIGTERM or SIGINT, expects to be started
+    /// again (an upgrade, a restart of its service). Said in its last heartbeat: the control
+    /// plane does not mark the node unreachable until then (waiting at most its grace
+    /// period), and what runs on the node keeps running meanwhile.
+    #[arg(long, value_name = "SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub back_within_secs: u32,
+
     /// Most health events kept while the control plane cannot be reached; beyond it the
     /// oldest are dropped.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
@@ -234,7 +242,9 @@ pub struct AgentArgs {
 }
 
 /// Runs the agent until SIGTERM or SIGINT, then sends a last heartbeat with the events still
-/// waiting (waiting at most 5 s for it) and returns `Ok(())`.
+/// waiting and `leaving` (it expects to be back within `--back-within-secs`), waiting at
+/// most 5 s for it, and returns `Ok(())`. Workloads keep running; a restarted agent adopts
+/// them.
 ///
 /// Fails at start when the backend cannot start (NVML missing), the host name cannot be
 /// found, or a fault spec names a GPU that does not exist.

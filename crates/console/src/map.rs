@@ -167,6 +167,7 @@ pub fn state_key(c: &MapCell) -> &'static str {
         NodeState::Draining => "draining",
         NodeState::Maintenance => "maintenance",
         NodeState::Failed => "failed",
+        NodeState::Unreachable => "unreachable",
         NodeState::Provisioning | NodeState::BurnIn => "provisioning",
     }
 }
@@ -178,6 +179,7 @@ pub const STATE_KEYS: &[(&str, &str)] = &[
     ("allocated", "allocated"),
     ("cordoned", "cordoned"),
     ("draining", "draining"),
+    ("unreachable", "unreachable (agent silent)"),
     ("maintenance", "maintenance"),
     ("failed", "failed"),
     ("provisioning", "provisioning / burn-in"),

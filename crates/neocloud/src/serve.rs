@@ -65,10 +65,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub heartbeat_interval: u32,
-    /// Heartbeats in a row a node may miss before it is marked failed.
+    /// Heartbeats in a row a node may miss before it is marked unreachable (it takes no new
+    /// work; what runs there keeps running).
     #[arg(long, value_name = "N", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub missed_heartbeats: u32,
+    /// Seconds after its last heartbeat that a silent node is marked failed (its work then
+    /// fails, a contract pool gets a spare); also the longest an agent that announced a
+    /// restart is waited for. 0 (or anything up to the missed-heartbeat limit) fails a
+    /// silent node at that limit, skipping `unreachable`.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u32).range(0..=604_800))]
+    pub unreachable_grace: u32,
     /// Idle nodes whose last burn-in is older than this run it again, in seconds
     /// (default 7 days); 0 turns re-verification off.
     #[arg(long, value_name = "SECONDS", default_value_t = 604_800)]
@@ -211,6 +219,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         },
         heartbeat_interval_secs: args.heartbeat_interval,
         missed_heartbeats: args.missed_heartbeats,
+        unreachable_grace_secs: i64::from(args.unreachable_grace),
         reverify_idle_secs: i64::from(args.reverify_idle),
         provision_timeout_secs: i64::from(args.provision_timeout),
         stop_timeout_secs: i64::from(args.stop_timeout),

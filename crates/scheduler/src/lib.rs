@@ -48,8 +48,13 @@ pub struct SchedulerConfig {
     pub sharing: Sharing,
     /// How often agents send heartbeats, seconds.
     pub heartbeat_interval_secs: u32,
-    /// Heartbeats in a row a node may miss before it is failed.
+    /// Heartbeats in a row a node may miss before it is `unreachable` (no new work; what
+    /// runs there keeps running).
     pub missed_heartbeats: u32,
+    /// Seconds since its last heartbeat after which a silent node is failed (its work then
+    /// ends as for any fault); an agent that announced a restart is waited for at most this
+    /// long. At most the missed-heartbeat limit fails a silent node at once.
+    pub unreachable_grace_secs: i64,
     /// Idle nodes whose last burn-in is older than this many seconds run it again; 0 never.
     pub reverify_idle_secs: i64,
     /// A delivered instance still provisioning after this many seconds fails.
@@ -74,6 +79,7 @@ impl Default for SchedulerConfig {
             },
             heartbeat_interval_secs: 10,
             missed_heartbeats: 3,
+            unreachable_grace_secs: 300,
             reverify_idle_secs: 7 * 86_400,
             provision_timeout_secs: 600,
             stop_timeout_secs: 600,

@@ -9,9 +9,21 @@
 //! only from the value the request read, so a resent batch adds nothing.
 //!
 //! Lifecycle: `provisioning → burn_in → available`; `available → draining → maintenance →
-//! burn_in → available` for repairs; `→ failed` on a fatal fault or missed heartbeats, and
-//! `failed → burn_in` when the operator marks the repair complete. `cordoned` keeps what
-//! runs and takes nothing new. Only `available` (and `allocated`) nodes take placements.
+//! burn_in → available` for repairs; `→ failed` on a fatal fault, and `failed → burn_in`
+//! when the operator marks the repair complete. `cordoned` keeps what runs and takes
+//! nothing new. Only `available` (and `allocated`) nodes take placements.
+//!
+//! Silence is not failure. A node whose agent misses the missed-heartbeat limit becomes
+//! `unreachable`: it takes no new work, but what runs there keeps running (and billing) and
+//! a contract pool keeps it. A heartbeat returns it to the state it had (kept in memory and
+//! in the node's `unreachable_from` column, so a restart of the control plane does not lose
+//! it). Only silence past the grace period (`unreachable_grace_secs`, counted from the last
+//! heartbeat) fails the node, as a `heartbeat_lost` fact with action `fail`. An agent that
+//! stops on purpose says so in its last heartbeat (`leaving`) with when it expects to be
+//! back (at most the grace period is granted): until then its node is not even
+//! unreachable. Other evidence (a fatal XID, a failed burn-in) acts at once, also on an
+//! unreachable node. All of it is decided by the periodic [`Service::health_tick`] from
+//! memory; a heartbeat writes only when the node's state changes.
 
 use std::collections::HashMap;
 
@@ -172,6 +184,37 @@ pub(crate) struct Live {
     /// Per GPU: remap pending, remap failed, thermal slowdown, as last reported.
     flags: Vec<(bool, bool, bool)>,
     dirty: bool,
+    /// While `unreachable`: the state (and its reason) to return to when heard from again.
+    before: Option<(NodeState, Option<String>)>,
+    /// The agent said it is leaving: not unreachable before this time. With why.
+    away: Option<(Timestamp, String)>,
+}
+
+impl Live {
+    fn new(name: String, now: Timestamp, acked_seq: u64, state: NodeState, gpus: usize) -> Live {
+        Live {
+            name,
+            last_seen: now,
+            acked_seq,
+            state,
+            burn_in: None,
+            burn_in_passed_at: None,
+            uuids: Vec::new(),
+            samples: Vec::new(),
+            flags: vec![(false, false, false); gpus],
+            dirty: false,
+            before: None,
+            away: None,
+        }
+    }
+
+    /// Sets the state; leaving `unreachable` forgets where it came from.
+    fn set(&mut self, state: NodeState) {
+        self.state = state;
+        if state != NodeState::Unreachable {
+            self.before = None;
+        }
+    }
 }
 
 /// Agents, their latest telemetry and the policy overrides. Guarded by plain locks held
@@ -181,6 +224,8 @@ pub(crate) struct Monitor {
     overrides: std::sync::RwLock<HashMap<u32, (HealthAction, String)>>,
     interval_secs: u32,
     missed: u32,
+    /// Seconds of silence after which a node is failed (at least the missed limit).
+    grace_secs: i64,
     reverify_secs: i64,
     flush_secs: i64,
     last_flush: std::sync::Mutex<Timestamp>,
@@ -203,22 +248,14 @@ impl Monitor {
     ) -> Result<Monitor> {
         let mut live = HashMap::new();
         for n in store.agent_nodes().await? {
-            let count = n.gpus.len();
-            live.insert(
-                n.id,
-                Live {
-                    name: n.name,
-                    last_seen: now,
-                    acked_seq: n.seq,
-                    state: n.state,
-                    burn_in: n.burn_in_id,
-                    burn_in_passed_at: n.burn_in_passed_at,
-                    uuids: n.gpus.into_iter().map(|(_, u, _)| u).collect(),
-                    samples: Vec::new(),
-                    flags: vec![(false, false, false); count],
-                    dirty: false,
-                },
-            );
+            let mut l = Live::new(n.name, now, n.seq, n.state, n.gpus.len());
+            l.burn_in = n.burn_in_id;
+            l.burn_in_passed_at = n.burn_in_passed_at;
+            l.uuids = n.gpus.into_iter().map(|(_, u, _)| u).collect();
+            if n.state == NodeState::Unreachable {
+                l.before = n.unreachable_from.map(|s| (s, n.unreachable_from_reason));
+            }
+            live.insert(n.id, l);
         }
         let mut overrides = HashMap::new();
         for r in store.health_rule_list().await? {
@@ -226,11 +263,16 @@ impl Monitor {
                 overrides.insert(r.code, (a, r.note));
             }
         }
+        let interval_secs = config.heartbeat_interval_secs.max(1);
+        let missed = config.missed_heartbeats.max(1);
         Ok(Monitor {
             live: std::sync::Mutex::new(live),
             overrides: std::sync::RwLock::new(overrides),
-            interval_secs: config.heartbeat_interval_secs.max(1),
-            missed: config.missed_heartbeats.max(1),
+            interval_secs,
+            missed,
+            grace_secs: config
+                .unreachable_grace_secs
+                .max(i64::from(interval_secs) * i64::from(missed)),
             reverify_secs: config.reverify_idle_secs,
             flush_secs: 60,
             last_flush: std::sync::Mutex::new(now),
@@ -284,7 +326,7 @@ impl Monitor {
 
     fn set_state(&self, node: NodeId, state: NodeState, burn_in: Option<Option<String>>) {
         if let Some(l) = lock(&self.live).get_mut(&node) {
-            l.state = state;
+            l.set(state);
             if let Some(b) = burn_in {
                 l.burn_in = b;
             }
@@ -426,7 +468,19 @@ fn validate_sample(i: usize, s: &GpuSample) -> Result<()> {
     Ok(())
 }
 
+/// Longest absence an agent may announce, seconds (the control plane waits at most its
+/// grace period anyway).
+const MAX_BACK_WITHIN: u32 = 86_400;
+
 fn validate_heartbeat(hb: &Heartbeat, now: Timestamp) -> Result<()> {
+    if let Some(l) = &hb.leaving
+        && !(1..=MAX_BACK_WITHIN).contains(&l.back_within_secs)
+    {
+        return Err(field(
+            "leaving.back_within_secs",
+            format!("must be 1-{MAX_BACK_WITHIN} seconds"),
+        ));
+    }
     if hb.gpus.len() > MAX_GPUS {
         return Err(field("gpus", format!("at most {MAX_GPUS} GPUs")));
     }
@@ -543,6 +597,18 @@ fn node_rows(
             let gpus_only = c.to == from && c.burn_in.is_none() && !c.heal && !c.burn_in_passed;
             if !gpus_only {
                 Store::node_set_state(tx, node.id, c.to, Some(&c.reason), now).await?;
+                if c.to == NodeState::Unreachable && from != NodeState::Unreachable {
+                    // Kept with the node: a restart of the control plane still knows where
+                    // it returns to.
+                    Store::node_set_unreachable_from(
+                        tx,
+                        node.id,
+                        Some((from, node.state_reason.as_deref())),
+                    )
+                    .await?;
+                } else if from == NodeState::Unreachable && c.to != NodeState::Unreachable {
+                    Store::node_set_unreachable_from(tx, node.id, None).await?;
+                }
                 if let Some(b) = &c.burn_in {
                     Store::node_set_burn_in(
                         tx,
@@ -757,26 +823,22 @@ impl Service {
         {
             let mut live = lock(&self.health.live);
             let flags = vec![(false, false, false); gpus.len()];
-            let l = live.entry(node.id).or_insert_with(|| Live {
-                name: node.name.clone(),
-                last_seen: now,
-                acked_seq: seq,
-                state,
-                burn_in: burn_in.clone(),
-                burn_in_passed_at: None,
-                uuids: Vec::new(),
-                samples: Vec::new(),
-                flags: flags.clone(),
-                dirty: false,
-            });
+            let l = live
+                .entry(node.id)
+                .or_insert_with(|| Live::new(node.name.clone(), now, seq, state, gpus.len()));
             l.last_seen = now;
+            l.away = None;
             l.acked_seq = seq;
-            l.state = state;
+            l.set(state);
             l.burn_in = burn_in.clone();
             l.uuids = gpus.iter().map(|g| Some(g.uuid.clone())).collect();
             if l.flags.len() != gpus.len() {
                 l.flags = flags;
             }
+        }
+        if state == NodeState::Unreachable {
+            // A restarted agent: its node simply continues.
+            state = self.reachable_again(node.id, Some(p.key_id)).await?;
         }
         Ok(AgentRegistered {
             node_id: node.id,
@@ -801,7 +863,7 @@ impl Service {
         validate_heartbeat(&hb, now)?;
         crate::delivery::validate_reports(&hb.workloads)?;
         let reports = std::mem::take(&mut hb.workloads);
-        let (from_seq, facts) = {
+        let (from_seq, facts, restore) = {
             let mut live = lock(&self.health.live);
             let Some(l) = live.get_mut(&node_id) else {
                 return Err(
@@ -834,7 +896,27 @@ impl Service {
                 }
             }
             l.last_seen = now;
+            let restore = l.state == NodeState::Unreachable;
             let mut facts = Vec::new();
+            // Leaving on purpose: not unreachable until the agent's announced time (at most
+            // the grace period) has passed. Any other heartbeat cancels it.
+            l.away = hb.leaving.as_ref().map(|lv| {
+                let secs = i64::from(lv.back_within_secs).min(self.health.grace_secs);
+                facts.push(Fact {
+                    at: now,
+                    gpu: None,
+                    kind: "agent_leaving",
+                    code: None,
+                    action: HealthAction::Record,
+                    detail: format!(
+                        "agent stopping ({}), back within {} s; waited for {secs} s",
+                        lv.reason.as_str(),
+                        lv.back_within_secs
+                    ),
+                    burn_in: None,
+                });
+                (now.plus_seconds(secs), lv.reason.as_str().to_string())
+            });
             for e in hb.events.iter().filter(|e| e.seq > l.acked_seq) {
                 facts.push(self.judge(e, index_of(e.gpu_uuid.as_deref().unwrap_or(""))));
             }
@@ -890,15 +972,33 @@ impl Service {
             if facts.is_empty() {
                 l.flags = flags;
                 l.acked_seq = new_seq;
-                (0, Err(self.ack(l)))
+                (0, Err(self.ack(l)), restore)
             } else {
                 l.flags = flags;
-                (l.acked_seq, Ok((facts, new_seq)))
+                (l.acked_seq, Ok((facts, new_seq)), restore)
             }
         };
+        // Heard from again: an unreachable node returns to its state first, unless the news
+        // fails it anyway (then it fails from `unreachable`).
+        let fails = facts
+            .as_ref()
+            .is_ok_and(|(f, _)| f.iter().any(|f| f.action == HealthAction::Fail));
+        if restore && !fails {
+            self.reachable_again(node_id, Some(p.key_id)).await?;
+        }
         let (facts, to_seq) = match facts {
             Ok(f) => f,
-            Err(ack) => return self.with_desired(node_id, reports, ack).await,
+            Err(ack) if !restore => return self.with_desired(node_id, reports, ack).await,
+            Err(_) => {
+                let ack = {
+                    let live = lock(&self.health.live);
+                    let l = live
+                        .get(&node_id)
+                        .ok_or_else(|| Error::internal("node left the monitor"))?;
+                    self.ack(l)
+                };
+                return self.with_desired(node_id, reports, ack).await;
+            }
         };
         self.health_record(node_id, from_seq, to_seq, facts, Some(p.key_id))
             .await?;
@@ -1150,7 +1250,7 @@ impl Service {
             let mut live = lock(&self.health.live);
             if let Some(l) = live.get_mut(&node_id) {
                 l.acked_seq = l.acked_seq.max(to_seq);
-                l.state = new_state;
+                l.set(new_state);
                 if let Some(b) = burn_in_change {
                     l.burn_in = b;
                 }
@@ -1209,6 +1309,88 @@ impl Service {
             d.remove(&node.id);
         }
         Ok(())
+    }
+
+    /// An `unreachable` node's agent is heard from again: the node returns to the state it
+    /// had before (`cordoned` if that is unknown, so an operator decides). Returns the
+    /// node's state after.
+    async fn reachable_again(&self, node_id: NodeId, actor: Option<ApiKeyId>) -> Result<NodeState> {
+        let before = lock(&self.health.live)
+            .get(&node_id)
+            .and_then(|l| l.before.clone());
+        let node = self.store.node_get(&node_id.to_string()).await?;
+        let (to, reason) = match before {
+            Some((to, reason)) => (
+                to,
+                match reason {
+                    Some(r) => format!("agent heard from again ({to}: {r})"),
+                    None => format!("agent heard from again ({to})"),
+                },
+            ),
+            None => (
+                NodeState::Cordoned,
+                "agent heard from again; the state before it was unreachable is unknown, so \
+                 it stays out of new placements until an operator uncordons it"
+                    .to_string(),
+            ),
+        };
+        let now = self.now();
+        match self
+            .change_node(
+                &node,
+                NodeState::Unreachable,
+                Change::to(to, reason, now),
+                actor,
+                None,
+            )
+            .await
+        {
+            Ok(()) => {
+                self.health.set_state(node_id, to, None);
+                Ok(to)
+            }
+            // Moved on meanwhile (failed at the end of its grace period, say): as it is now.
+            Err(e) if e.message.starts_with(NODE_MOVED) => {
+                let now_state = crate::scheduler::lock(&self.sched)
+                    .node_state(node_id)
+                    .unwrap_or(node.state);
+                self.health.set_state(node_id, now_state, None);
+                Ok(now_state)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Marks a silent node `unreachable` (from `from`, the scheduler's view): no new work,
+    /// what runs stays. Returns false when the node moved on meanwhile.
+    async fn mark_unreachable(
+        &self,
+        node_id: NodeId,
+        from: NodeState,
+        reason: String,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let node = self.store.node_get(&node_id.to_string()).await?;
+        let before_reason = node.state_reason.clone();
+        match self
+            .change_node(
+                &node,
+                from,
+                Change::to(NodeState::Unreachable, reason, now),
+                None,
+                None,
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.message.starts_with(NODE_MOVED) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        if let Some(l) = lock(&self.health.live).get_mut(&node_id) {
+            l.state = NodeState::Unreachable;
+            l.before = Some((from, before_reason));
+        }
+        Ok(true)
     }
 
     /// Applies an operator's lifecycle operation to a node.
@@ -1274,7 +1456,9 @@ impl Service {
                         Change::to(NodeState::Draining, reason("drained by an operator"), now)
                             .burn_in(None)
                     }
-                    NodeState::Failed => return Err(bad("in-service")),
+                    NodeState::Failed | NodeState::Unreachable => {
+                        return Err(bad("in-service (heard from)"));
+                    }
                 },
                 "repair-complete" => match node.state {
                     NodeState::Maintenance | NodeState::Failed => Change {
@@ -1541,16 +1725,30 @@ impl Service {
     /// moves drained nodes to maintenance, re-verifies idle nodes whose last burn-in is old,
     /// and writes telemetry in batches.
     pub async fn health_tick(&self, now: Timestamp) -> Result<()> {
-        let grace = i64::from(self.health.interval_secs) * i64::from(self.health.missed);
-        let (silent, stale) = {
+        let limit = i64::from(self.health.interval_secs) * i64::from(self.health.missed);
+        let grace = self.health.grace_secs;
+        let (silent, gone, stale) = {
             let live = lock(&self.health.live);
+            let watched =
+                |l: &&Live| !matches!(l.state, NodeState::Failed | NodeState::Maintenance);
+            // Silent past the grace period: failed.
             let silent: Vec<(NodeId, Timestamp)> = live
                 .iter()
-                .filter(|(_, l)| {
-                    l.last_seen.plus_seconds(grace) < now
-                        && !matches!(l.state, NodeState::Failed | NodeState::Maintenance)
-                })
+                .filter(|(_, l)| watched(l) && l.last_seen.plus_seconds(grace) < now)
                 .map(|(id, l)| (*id, l.last_seen))
+                .collect();
+            // Silent past the missed-heartbeat limit (and past the time an agent that left
+            // said it would be back): unreachable.
+            let gone: Vec<(NodeId, Timestamp, Option<String>)> = live
+                .iter()
+                .filter(|(_, l)| {
+                    watched(l)
+                        && l.state != NodeState::Unreachable
+                        && l.last_seen.plus_seconds(limit) < now
+                        && l.last_seen.plus_seconds(grace) >= now
+                        && l.away.as_ref().is_none_or(|(until, _)| *until < now)
+                })
+                .map(|(id, l)| (*id, l.last_seen, l.away.as_ref().map(|(_, r)| r.clone())))
                 .collect();
             let stale: Vec<NodeId> = if self.health.reverify_secs > 0 {
                 live.iter()
@@ -1564,7 +1762,7 @@ impl Service {
             } else {
                 Vec::new()
             };
-            (silent, stale)
+            (silent, gone, stale)
         };
         for (node, last) in silent {
             let fact = Fact {
@@ -1574,12 +1772,48 @@ impl Service {
                 code: None,
                 action: HealthAction::Fail,
                 detail: format!(
-                    "missed {} heartbeats (last heard from at {last})",
-                    self.health.missed
+                    "no heartbeat for {grace} s, the unreachable grace period (missed {} \
+                     heartbeats; last heard from at {last})",
+                    grace / i64::from(self.health.interval_secs)
                 ),
                 burn_in: None,
             };
             self.health_record(node, 0, 0, vec![fact], None).await?;
+        }
+        for (node, last, left) in gone {
+            let Some(from) = crate::scheduler::lock(&self.sched).node_state(node) else {
+                continue;
+            };
+            if matches!(
+                from,
+                NodeState::Failed | NodeState::Maintenance | NodeState::Unreachable
+            ) {
+                self.health.set_state(node, from, None);
+                continue;
+            }
+            let reason = match left {
+                Some(why) => format!(
+                    "agent left ({why}) and was not back when it said (last heard from at \
+                     {last}); failed if still silent at {}",
+                    last.plus_seconds(grace)
+                ),
+                None => format!(
+                    "missed {} heartbeats (last heard from at {last}); failed if still silent \
+                     at {}",
+                    self.health.missed,
+                    last.plus_seconds(grace)
+                ),
+            };
+            if !self.mark_unreachable(node, from, reason, now).await? {
+                continue;
+            }
+            // A heartbeat that came in meanwhile found the node still reachable.
+            let heard = lock(&self.health.live)
+                .get(&node)
+                .is_some_and(|l| l.last_seen > last);
+            if heard {
+                self.reachable_again(node, None).await?;
+            }
         }
         // Re-verify idle nodes, a few at a time so capacity never drops at once.
         let mut reverified = 0;
@@ -1708,15 +1942,19 @@ impl Service {
         Ok(())
     }
 
-    /// Registered agents, those heard from within two intervals, and the longest silence
-    /// (seconds) among nodes in service.
-    pub(crate) fn agent_stats(&self) -> (usize, usize, f64) {
+    /// Registered agents, those heard from within two intervals, those whose node is
+    /// `unreachable`, and the longest silence (seconds) among nodes in service.
+    pub(crate) fn agent_stats(&self) -> (usize, usize, usize, f64) {
         let now = self.now();
         let live = lock(&self.health.live);
         let window = i64::from(self.health.interval_secs) * 2;
         let fresh = live
             .values()
             .filter(|l| l.last_seen.plus_seconds(window) >= now)
+            .count();
+        let unreachable = live
+            .values()
+            .filter(|l| l.state == NodeState::Unreachable)
             .count();
         let lag = live
             .values()
@@ -1725,7 +1963,7 @@ impl Service {
             .max()
             .unwrap_or(0);
         #[allow(clippy::cast_precision_loss)]
-        (live.len(), fresh, lag as f64 / 1e6)
+        (live.len(), fresh, unreachable, lag as f64 / 1e6)
     }
 }
 

@@ -322,15 +322,16 @@ impl Service {
             "Instances preempted (their notice ran out).",
             &[("", load(&m.preemptions))],
         );
-        let (agents, fresh, lag) = self.agent_stats();
+        let (agents, fresh, unreachable, lag) = self.agent_stats();
         family(
             &mut out,
             "neocloud_agents",
             "gauge",
-            "Node agents: registered, and heard from within two intervals.",
+            "Node agents: registered, heard from within two intervals, and those whose node is unreachable (silent past the missed-heartbeat limit, within the grace period).",
             &[
                 ("status=\"registered\"", agents.to_string()),
                 ("status=\"fresh\"", fresh.to_string()),
+                ("status=\"unreachable\"", unreachable.to_string()),
             ],
         );
         family(
@@ -392,7 +393,8 @@ impl Service {
     }
 }
 
-/// Whether a node in this state is expected to heartbeat.
+/// Whether a node in this state is expected to heartbeat (an `unreachable` node is: its
+/// silence is what the heartbeat lag measures).
 pub(crate) fn in_service(s: NodeState) -> bool {
     !matches!(s, NodeState::Failed | NodeState::Maintenance)
 }

@@ -306,8 +306,13 @@ async fn verify(path: &Path) -> Result<DatabaseSummary, BackupError> {
             known,
         });
     }
-    // neocloud applies migrations in order from 1, each in its own transaction.
-    let expected: Vec<i64> = (1..=version).collect();
+    // neocloud applies its migrations in the order they are listed, each in its own
+    // transaction (numbers may skip: a number is reserved for each line of work).
+    let expected: Vec<i64> = MIGRATIONS
+        .iter()
+        .map(|m| m.0)
+        .filter(|v| *v <= version)
+        .collect();
     if version == 0 || applied != expected {
         return Err(BackupError::NotNeocloud {
             path: path.to_path_buf(),

@@ -27,6 +27,10 @@ pub struct AgentNode {
     pub seq: u64,
     /// Last heartbeat as last flushed.
     pub last_heartbeat_at: Option<Timestamp>,
+    /// The state an `unreachable` node returns to when its agent is heard from again.
+    pub unreachable_from: Option<NodeState>,
+    /// The reason the node had in that state.
+    pub unreachable_from_reason: Option<String>,
     /// The burn-in the node waits for.
     pub burn_in_id: Option<String>,
     /// When the node last passed burn-in.
@@ -132,7 +136,8 @@ impl Store {
     pub async fn agent_nodes(&self) -> Result<Vec<AgentNode>> {
         let rows = sqlx::query(
             "SELECT id, name, site_id, state, agent_seq, last_heartbeat_at, burn_in_id,
-                    burn_in_passed_at, pool_contract_id
+                    burn_in_passed_at, pool_contract_id, unreachable_from,
+                    unreachable_from_reason
              FROM nodes WHERE agent_registered_at IS NOT NULL ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -163,6 +168,11 @@ impl Store {
                     state: enum_col(r, "state")?,
                     seq: u64::try_from(r.try_get::<i64, _>("agent_seq")?).unwrap_or(0),
                     last_heartbeat_at: ts(r, "last_heartbeat_at")?,
+                    unreachable_from: r
+                        .try_get::<Option<String>, _>("unreachable_from")?
+                        .map(|s| s.parse().map_err(StoreError::Corrupt))
+                        .transpose()?,
+                    unreachable_from_reason: r.try_get("unreachable_from_reason")?,
                     burn_in_id: r.try_get("burn_in_id")?,
                     burn_in_passed_at: ts(r, "burn_in_passed_at")?,
                     pool: opt_id_col(r, "pool_contract_id")?,
@@ -206,6 +216,24 @@ impl Store {
         .bind(state.as_str())
         .bind(reason)
         .bind(now.micros())
+        .bind(node.to_string())
+        .execute(tx.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Sets the state an `unreachable` node returns to when heard from again, and the
+    /// reason it had in it (none to clear them).
+    pub async fn node_set_unreachable_from(
+        tx: &mut WriteTx,
+        node: NodeId,
+        from: Option<(NodeState, Option<&str>)>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE nodes SET unreachable_from = $1, unreachable_from_reason = $2 WHERE id = $3",
+        )
+        .bind(from.map(|(s, _)| s.as_str()))
+        .bind(from.and_then(|(_, r)| r))
         .bind(node.to_string())
         .execute(tx.conn())
         .await?;

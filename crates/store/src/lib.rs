@@ -208,6 +208,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "gang_repair",
         include_str!("../migrations/0009_gang_repair.sql"),
     ),
+    (
+        10,
+        "node_unreachable",
+        include_str!("../migrations/0010_node_unreachable.sql"),
+    ),
 ];
 
 impl Store {

@@ -101,6 +101,44 @@ pub struct Heartbeat {
     /// Every workload the agent knows on the node, with new output.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workloads: Vec<crate::WorkloadReport>,
+    /// Sent in the agent's last heartbeat before it stops on purpose (SIGTERM or SIGINT, as
+    /// a rolling upgrade of the agent does): the node is not marked `unreachable` until the
+    /// time it announces has passed. Any later heartbeat cancels it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaving: Option<Leaving>,
+}
+
+/// An agent that stops on purpose and says when it expects to be back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Leaving {
+    /// Why: `restart` (the agent stops and is started again, e.g. to upgrade it) or
+    /// `shutdown` (the host is going down).
+    pub reason: LeavingReason,
+    /// Seconds within which the agent expects to heartbeat again, 1-86400; the control plane
+    /// waits at most its unreachable grace period.
+    pub back_within_secs: u32,
+}
+
+/// Why an agent stops on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LeavingReason {
+    /// The agent stops and is started again (an upgrade of the agent, a restart of its
+    /// service).
+    Restart,
+    /// The host is shutting down or rebooting.
+    Shutdown,
+}
+
+impl LeavingReason {
+    /// The stable spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeavingReason::Restart => "restart",
+            LeavingReason::Shutdown => "shutdown",
+        }
+    }
 }
 
 /// Telemetry of one GPU at one instant.

@@ -99,8 +99,13 @@ string_enum!(
         Draining = "draining",
         /// Out of service for repair.
         Maintenance = "maintenance",
-        /// Out of service after a fatal fault or lost heartbeats.
+        /// Out of service after a fatal fault, or after its agent stayed silent past the
+        /// operator's grace period.
         Failed = "failed",
+        /// Its agent stopped heartbeating (past the missed-heartbeat limit, within the grace
+        /// period): it takes no new work, but what runs there keeps running (and billing) and
+        /// a contract pool keeps it. Heartbeats again return it to the state it had before.
+        Unreachable = "unreachable",
     }
 );
 

@@ -17,7 +17,7 @@ pub(crate) enum NodeCmd {
         /// Only nodes inside this block (id, name or path within --site).
         #[arg(long)]
         block: Option<String>,
-        /// Only nodes in this state (available, allocated, cordoned, draining, …).
+        /// Only nodes in this state (available, allocated, cordoned, draining, unreachable, …).
         #[arg(long)]
         state: Option<String>,
         /// Only nodes with this GPU model.

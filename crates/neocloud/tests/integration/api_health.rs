@@ -534,11 +534,17 @@ both_backends!(
         ctx.post("/v1/agent/heartbeat", &key, &beat(host, vec![]))
             .await
             .expect(200);
-        // Three intervals without a word: failed, as of the last heartbeat.
+        // Three intervals without a word: unreachable; past the grace period (300 s from
+        // the last heartbeat): failed, as of the last heartbeat.
         ctx.svc.health_tick(Timestamp::now()).await.unwrap();
         assert_eq!(node(&ctx, host).await["state"], "available");
         ctx.svc
             .health_tick(Timestamp::now().plus_seconds(31))
+            .await
+            .unwrap();
+        assert_eq!(node(&ctx, host).await["state"], "unreachable");
+        ctx.svc
+            .health_tick(Timestamp::now().plus_seconds(301))
             .await
             .unwrap();
         let n = node(&ctx, host).await;
@@ -547,7 +553,7 @@ both_backends!(
             n["state_reason"]
                 .as_str()
                 .unwrap()
-                .contains("missed 3 heartbeats")
+                .contains("unreachable grace period")
         );
         // Repaired, it passes burn-in; then the same GPU fails again: its history shows both.
         ctx.post(

@@ -2,7 +2,8 @@
 //! GPUs, podman runtime) and the CLI. A tenant adds an SSH key, launches a 2-GPU container
 //! from an image built offline, logs in with `neocloud ssh` and sees exactly its GPUs and
 //! limits; another key is refused; the agent is killed with SIGKILL and its successor adopts
-//! the running container; `neocloud instances logs` shows the output; terminate stops it,
+//! the running container, then stopped with SIGTERM (as an upgrade does: its node stays in
+//! service) and adopted again; `neocloud instances logs` shows the output; terminate stops it,
 //! removes it and frees the GPUs.
 //!
 //! Needs root, podman, runc, OpenSSH and a static busybox. Without them the test says why
@@ -469,6 +470,48 @@ fn container_test(db: Db) {
     assert_eq!(
         cli(&addr, &tk, &["instances", "show", &id])["state"],
         "running"
+    );
+
+    // SIGTERM, as an upgrade of the agent does: a clean exit that says it is restarting.
+    // The container runs on, the node stays in service (never `unreachable`), and the
+    // agent started again adopts the container.
+    let mut a2 = a2;
+    let pid = a2.0.id().to_string();
+    assert!(Command::new("kill").arg(&pid).status().unwrap().success());
+    assert!(a2.0.wait().unwrap().success(), "a clean exit");
+    drop(a2);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        podman(&["inspect", "-f", "{{.State.Status}}", &ctr]),
+        "running"
+    );
+    let a2 = plane.agent(&host, &state, &["--no-long-poll"]);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        podman(&["inspect", "-f", "{{.State.StartedAt}}", &ctr]),
+        started,
+        "the container was not restarted"
+    );
+    let o = ssh(&key, "echo still-here");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("still-here"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        cli(&addr, &tk, &["instances", "show", &id])["state"],
+        "running"
+    );
+    let st = cli(&addr, &plane.op, &["nodes", "show", &host])["state"].clone();
+    assert!(st == "available" || st == "allocated", "{st}");
+    let history = cli(&addr, &plane.op, &["nodes", "health", &host]);
+    assert!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "agent_leaving"),
+        "{history}"
     );
 
     // The output, through the control plane.

@@ -24,6 +24,7 @@ mod api_instances;
 mod api_scheduler;
 mod api_slices;
 mod api_tenancy;
+mod api_unreachable;
 mod cli;
 mod client_types;
 mod console;

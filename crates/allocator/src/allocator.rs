@@ -130,6 +130,8 @@ pub struct Allocator {
     /// Whether any node ever had CPU or memory modelled: if none, whole-GPU decisions skip
     /// the CPU and memory check.
     pub(crate) host_modelled: bool,
+    /// The spare buffer's nodes, spread over the fabric.
+    pub(crate) spares: crate::spares::Spares,
 }
 
 fn usize_of(n: u32) -> usize {
@@ -168,6 +170,7 @@ impl Allocator {
             workload: crate::slices::Workload::default(),
             frag_memo: crate::slices::FragMemo::default(),
             host_modelled: false,
+            spares: crate::spares::Spares::default(),
         }
     }
 
@@ -344,7 +347,7 @@ impl Allocator {
         }
     }
 
-    fn slot(&self, id: NodeId) -> Result<usize, String> {
+    pub(crate) fn slot(&self, id: NodeId) -> Result<usize, String> {
         self.slots
             .get(&id)
             .copied()
@@ -432,6 +435,9 @@ impl Allocator {
         for &(class, inst) in &refs {
             self.scopes.alloc_ref(&old_key, class, inst, false, 1);
         }
+        if old == Some(crate::SPARE_POOL) {
+            self.spare_taken(slot);
+        }
         self.update_node(slot, true, |n| n.pool = pool);
         let new_key = self.nodes[slot].scope_key();
         for &(class, inst) in &refs {
@@ -457,7 +463,10 @@ impl Allocator {
 
     /// The contract pool a node is pinned to; `None` for unpinned or unknown nodes.
     pub fn node_pool(&self, node: NodeId) -> Option<ContractId> {
-        self.slot(node).ok().and_then(|slot| self.nodes[slot].pool)
+        self.slot(node)
+            .ok()
+            .and_then(|slot| self.nodes[slot].pool)
+            .filter(|&p| p != crate::SPARE_POOL)
     }
 
     /// Instances holding GPUs on a node, by id (empty for unknown nodes).
@@ -475,26 +484,28 @@ impl Allocator {
     pub fn spare_near(&self, node: NodeId) -> Option<NodeId> {
         let slot = self.slot(node).ok()?;
         let me = &self.nodes[slot];
-        let mut best: Option<(usize, NodeId)> = None;
+        let mut best: Option<((usize, bool), NodeId)> = None;
         for n in &self.nodes {
             if n.id == node
                 || n.site != me.site
                 || n.model != me.model
-                || n.pool.is_some()
+                || n.pool.is_some_and(|p| p != crate::SPARE_POOL)
                 || !n.whole_free()
             {
                 continue;
             }
-            // How many levels, from the pod down, the two nodes share.
+            // How many levels, from the pod down, the two nodes share; then the buffer's
+            // own spares before other free nodes.
             let shared = (0..3)
                 .take_while(|&d| n.blocks[d].is_some() && n.blocks[d] == me.blocks[d])
                 .count();
+            let rank = (shared, n.pool == Some(crate::SPARE_POOL));
             let better = match best {
                 None => true,
-                Some((s, id)) => shared > s || (shared == s && n.id < id),
+                Some((r, id)) => rank > r || (rank == r && n.id < id),
             };
             if better {
-                best = Some((shared, n.id));
+                best = Some((rank, n.id));
             }
         }
         best.map(|(_, id)| id)
@@ -524,7 +535,7 @@ impl Allocator {
             .find_map(|(n, _)| self.slot(*n).ok())
             .unwrap_or(lost_slot);
         let block = self.nodes[anchor].level_key(li)?;
-        let mut best: Option<(usize, NodeId)> = None;
+        let mut best: Option<((usize, bool), NodeId)> = None;
         for n in &self.nodes {
             if n.id == lost
                 || n.site != lost_node.site
@@ -532,7 +543,9 @@ impl Allocator {
                 || n.gpus != lost_node.gpus
                 || !n.schedulable
                 || n.unhealthy != 0
-                || (a.class != Class::Spot && n.pool != a.pool)
+                || (a.class != Class::Spot
+                    && n.pool != a.pool
+                    && !(a.pool.is_none() && n.pool == Some(crate::SPARE_POOL)))
                 || n.level_key(li) != Some(block)
                 || a.gpus.iter().any(|(g, _)| *g == n.id)
             {
@@ -546,15 +559,17 @@ impl Allocator {
             if !usable(&view) {
                 continue;
             }
+            // Nearest first; then other free nodes before the spare buffer's.
             let shared = (0..3)
                 .take_while(|&d| n.blocks[d].is_some() && n.blocks[d] == lost_node.blocks[d])
                 .count();
+            let rank = (shared, n.pool != Some(crate::SPARE_POOL));
             let better = match best {
                 None => true,
-                Some((s, b)) => shared > s || (shared == s && n.id < b),
+                Some((r, b)) => rank > r || (rank == r && n.id < b),
             };
             if better {
-                best = Some((shared, n.id));
+                best = Some((rank, n.id));
             }
         }
         best.map(|(_, id)| id)
@@ -582,6 +597,10 @@ impl Allocator {
         after.gpus.retain(|(n, _)| Some(*n) != lost);
         if let Some(g) = gained {
             let slot = self.slot(g)?;
+            // A spare taken for a gang outside any pool leaves the buffer.
+            if before.class != Class::Spot && self.nodes[slot].pool == Some(crate::SPARE_POOL) {
+                self.set_pool(g, before.pool)?;
+            }
             after.gpus.push((g, (0..self.nodes[slot].gpus).collect()));
             after.gpus.sort();
         }

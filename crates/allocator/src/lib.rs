@@ -22,6 +22,7 @@ mod node;
 mod preempt;
 pub mod selling;
 pub mod slices;
+mod spares;
 pub mod synthetic;
 
 #[cfg(test)]
@@ -34,6 +35,7 @@ use neocloud_types::{
 pub use allocator::Allocator;
 pub use check::{NodeSnapshot, Snapshot};
 pub use neocloud_types::{FleetPolicy, GangLevel, MigProfile, Shape};
+pub use spares::SPARE_POOL;
 
 /// How the allocator chooses among nodes and blocks that all fit a request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -503,6 +503,10 @@ pub struct CapacityLine {
     pub total_gpus: i64,
     /// The spare buffer.
     pub spare_buffer_gpus: i64,
+    /// Whole nodes of the buffer pinned as spares now, spread over the leaf groups.
+    pub spare_nodes: u32,
+    /// Spare nodes the spread keeps when none is taken.
+    pub spare_nodes_wanted: u32,
     /// GPUs contracts may promise.
     pub sellable_gpus: i64,
     /// GPUs promised by contracts now.

@@ -558,6 +558,7 @@ impl Scheduler {
             s.index_delivered(&i, None);
             s.live.insert(i.id, i);
         }
+        s.spread_spares();
         for c in snap.contracts {
             if matches!(c.state, ContractState::Signed | ContractState::Active) {
                 s.calendar.commit(
@@ -571,6 +572,35 @@ impl Scheduler {
             }
         }
         Ok(s)
+    }
+
+    /// Spreads each site's spare buffer over its fabric: of the GPUs of a model that are not
+    /// sellable, as many whole nodes as they fill are pinned as spares, a share in each
+    /// leaf group ([`Allocator::spread_spares`]).
+    fn spread_spares(&mut self) {
+        let mut wanted = Vec::new();
+        for site in &self.sites {
+            for m in &site.gpus_by_model {
+                let total = u64::try_from(m.gpus).unwrap_or(0);
+                let buffer = total
+                    - neocloud_allocator::selling::sellable_gpus(
+                        total,
+                        self.config.spare_buffer_milli,
+                    );
+                let size = u64::from(
+                    self.node_size
+                        .get(&m.gpu_model)
+                        .copied()
+                        .unwrap_or(8)
+                        .max(1),
+                );
+                wanted.push((site.id, m.gpu_model.clone(), buffer / size));
+            }
+        }
+        for (site, model, nodes) in wanted {
+            self.alloc
+                .spread_spares(site, &model, u32::try_from(nodes).unwrap_or(u32::MAX));
+        }
     }
 
     /// Applies one command at `now`: the state changes and the effects to record are
@@ -1247,6 +1277,8 @@ impl Scheduler {
             self.counters.preemptions += 1;
         }
         self.delivery_timeouts(now, fx);
+        // Blocks whose spare was taken get one back from their own free nodes.
+        self.alloc.top_up_spares();
         self.advance_contracts(now, fx);
         self.serve_queue(now, fx);
     }

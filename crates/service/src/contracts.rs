@@ -580,6 +580,13 @@ pub struct CapacityLine {
     pub total_gpus: i64,
     /// GPUs never sold by contracts (the spare buffer).
     pub spare_buffer_gpus: i64,
+    /// Whole nodes of the buffer pinned as spares now, a share in each leaf group (pod,
+    /// where there are no leaf groups), so that a failed node is replaced near it. Spot
+    /// work may borrow them; nothing else is placed on them.
+    pub spare_nodes: u32,
+    /// Spare nodes the spread keeps when none is taken: as many whole nodes as the buffer
+    /// fills. A block whose spare replaced a failed node gets one back as its nodes free up.
+    pub spare_nodes_wanted: u32,
     /// GPUs contracts may promise: total minus the spare buffer.
     pub sellable_gpus: i64,
     /// GPUs promised by contracts now.
@@ -637,12 +644,16 @@ impl Service {
                     }
                 }
                 let power = sched.alloc().site_power(s.id);
+                let (spare_nodes, spare_nodes_wanted) =
+                    sched.alloc().spare_count(s.id, &m.gpu_model);
                 out.push(CapacityLine {
                     site_id: s.id,
                     site: s.name.clone(),
                     gpu_model: m.gpu_model.clone(),
                     total_gpus: m.gpus,
                     spare_buffer_gpus: m.gpus - sellable,
+                    spare_nodes,
+                    spare_nodes_wanted,
                     sellable_gpus: sellable,
                     committed_gpus_now: series.first().map(|x| x.1).unwrap_or(0),
                     committed: series

@@ -40,6 +40,11 @@ macro_rules! typed_id {
             pub fn uuid(&self) -> uuid::Uuid {
                 self.0
             }
+
+            /// The id whose UUID is `n`: for fixed, well-known ids.
+            pub const fn from_u128(n: u128) -> Self {
+                Self(uuid::Uuid::from_u128(n))
+            }
         }
 
         impl Default for $name {

@@ -141,7 +141,7 @@ fn answers_are_the_servers() {
     }));
     same_answer::<s::CapacityLine, c::CapacityLine>(json!({
         "site_id": site, "site": "memphis-2", "gpu_model": "GB200", "total_gpus": 72,
-        "spare_buffer_gpus": 8, "sellable_gpus": 64, "committed_gpus_now": 4,
+        "spare_buffer_gpus": 8, "spare_nodes": 1, "spare_nodes_wanted": 1, "sellable_gpus": 64, "committed_gpus_now": 4,
         "committed": [{"at": at, "gpus": 4}], "allocated": [{"class": "spot", "gpus": 2}],
         "free_gpus": 60, "stranded_free_gpus": 2, "stranded_share": 0.5,
         "largest_gang": [{"level": "pod", "nodes": 3}], "site_power_watts": 1000,

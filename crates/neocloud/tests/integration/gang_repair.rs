@@ -59,9 +59,17 @@ fn nodes(inst: &Value) -> Vec<String> {
 
 impl Gang {
     async fn start(db: Db) -> Option<Gang> {
+        Self::start_with(db, SchedulerConfig::default()).await
+    }
+
+    async fn start_with(db: Db, config: SchedulerConfig) -> Option<Gang> {
+        Self::start_fleet(db, config, FLEET).await
+    }
+
+    async fn start_fleet(db: Db, config: SchedulerConfig, fleet: &str) -> Option<Gang> {
         let clock = Clock::manual(at(0));
-        let ctx = TestContext::start_clocked(db, SchedulerConfig::default(), clock.clone()).await?;
-        ctx.import(FLEET).await.expect(200);
+        let ctx = TestContext::start_clocked(db, config, clock.clone()).await?;
+        ctx.import(fleet).await.expect(200);
         let t = ctx.tenant("frontier").await;
         let (key, _) = ctx.key("tenant-admin", t["id"].as_str()).await;
         let (enroll, _) = ctx.key("node-agent", None).await;
@@ -279,7 +287,12 @@ async fn shrink_and_fail_policies(db: Db) {
 /// its block notice, and gets that node when the notice runs out; a restart in between
 /// keeps it short and still repairs it.
 async fn a_gang_without_a_free_node_waits_for_spot_to_leave(db: Db) {
-    let Some(g) = Gang::start(db).await else {
+    // No spare buffer: the gang's pod has no free node once spot work fills it.
+    let config = SchedulerConfig {
+        spare_buffer_milli: 0,
+        ..SchedulerConfig::default()
+    };
+    let Some(g) = Gang::start_with(db, config.clone()).await else {
         return;
     };
     // Fill pod 1 entirely: a 64-node gang on leaf groups... and spot on the rest.
@@ -316,13 +329,10 @@ async fn a_gang_without_a_free_node_waits_for_spot_to_leave(db: Db) {
     let s = g.instance(&spot_id).await;
     assert_eq!(s["state"], "preempting", "{s}");
     // A control plane rebuilt from the database now sees the same short gang.
-    let again = neocloud_service::Service::open_with_clock(
-        &g.ctx.database_url(),
-        SchedulerConfig::default(),
-        g.clock.clone(),
-    )
-    .await
-    .unwrap();
+    let again =
+        neocloud_service::Service::open_with_clock(&g.ctx.database_url(), config, g.clock.clone())
+            .await
+            .unwrap();
     assert_eq!(
         again.allocator_fingerprint().await,
         g.ctx.svc.allocator_fingerprint().await
@@ -349,6 +359,84 @@ async fn a_gang_without_a_free_node_waits_for_spot_to_leave(db: Db) {
     assert_eq!(g.gpu_seconds(&id).await, 512 * 1000 + 504 * 100 + 512 * 900);
 }
 
+async fn capacity(ctx: &TestContext) -> Value {
+    ctx.get(
+        "/v1/capacity?site=memphis-1&gpu_model=H100-SXM-80GB",
+        &ctx.operator_key,
+    )
+    .await
+    .expect(200)["items"][0]
+        .clone()
+}
+
+/// The spare buffer is spread over the fabric: with every other node of memphis-1 pinned to
+/// a contract's pool, a failed pool node in each of 5 random pods of the demo is replaced
+/// from its own pod (in fact its own leaf group), and the capacity report counts the spares.
+async fn spares_replace_failures_in_their_own_pod(db: Db) {
+    let demo = neocloud_fleet::demo_fleet_toml(1.0).unwrap();
+    let Some(g) = Gang::start_fleet(db, SchedulerConfig::default(), &demo).await else {
+        return;
+    };
+    let (ctx, clock, key) = (&g.ctx, &g.clock, &g.key);
+    let c = capacity(ctx).await;
+    // 2% of 220,000 GPUs is 4,400: 550 nodes, one or two in each of the 500 leaf groups.
+    assert_eq!(c["spare_buffer_gpus"], 4400, "{c}");
+    assert_eq!(c["spare_nodes"], 550, "{c}");
+    assert_eq!(c["spare_nodes_wanted"], 550, "{c}");
+    // A lab takes everything the site sells: every node but the spares is in its pool.
+    let contract = ctx
+        .post(
+            "/v1/contracts",
+            key,
+            &json!({"gpu_model": "H100-SXM-80GB", "gpu_count": 215_600, "site": "memphis-1",
+                    "start_at": at(0).to_string(), "end_at": at(7 * 86_400).to_string()}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(contract["state"], "active", "{contract}");
+    // Five random pods, a random pool node in each (the spares are each leaf's last nodes).
+    let mut seed = [0u8; 8];
+    getrandom::fill(&mut seed).unwrap();
+    let mut x = u64::from_le_bytes(seed) | 1;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut pods: Vec<u64> = Vec::new();
+    while pods.len() < 5 {
+        let p = next(25) + 1;
+        if !pods.contains(&p) {
+            pods.push(p);
+        }
+    }
+    for (i, p) in pods.iter().enumerate() {
+        let host = format!("m1-pod{p:02}-leaf{:02}-n{:02}", next(20) + 1, next(50) + 1);
+        clock.set(at(60 * (i as i64 + 1)));
+        let ack = g.xid79(&host, 60 * (i as i64 + 1)).await;
+        assert_eq!(ack["state"], "failed", "{host}");
+        let ev = ctx
+            .get(
+                "/v1/events?action=contract.pool_node_replaced&limit=1",
+                &ctx.operator_key,
+            )
+            .await
+            .expect(200);
+        let e = &ev["items"][0];
+        assert_eq!(e["before"]["node"], host.as_str(), "{e}");
+        let spare = e["after"]["node"].as_str().unwrap();
+        assert_eq!(
+            spare[..17],
+            host[..17],
+            "pods {pods:?}: {host} was replaced by {spare}, outside its leaf group"
+        );
+    }
+    let c = capacity(ctx).await;
+    assert_eq!(c["spare_nodes"], 545, "{c}");
+    assert_eq!(c["spare_nodes_wanted"], 550, "{c}");
+}
+
 macro_rules! on_both {
     ($($name:ident),+ $(,)?) => {
         $(mod $name {
@@ -368,4 +456,5 @@ on_both!(
     a_failed_node_is_replaced_from_the_same_block,
     shrink_and_fail_policies,
     a_gang_without_a_free_node_waits_for_spot_to_leave,
+    spares_replace_failures_in_their_own_pod,
 );

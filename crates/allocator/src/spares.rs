@@ -1,0 +1,181 @@
+//! The spare buffer, spread over the fabric.
+//!
+//! A site keeps a share of its GPUs unsold for failover (see [`crate::selling`]). Left to
+//! itself that share ends up wherever contracts did not pin nodes — typically the last pod
+//! — so a failed node in the first pod would be replaced from the far end of the site,
+//! outside its gang's block. Instead, each leaf group (a pod, for nodes in no leaf group)
+//! keeps its share of the buffer as whole nodes pinned to [`SPARE_POOL`]: contract pools,
+//! on-demand and internal work never take them, spot work may borrow them, and a failure
+//! takes the nearest one. The shares are in proportion to the blocks' nodes (largest
+//! remainder), and a block whose spare was taken is topped up from its own free nodes as
+//! they come free.
+//!
+//! The pinning lives in memory only: it is derived again whenever an allocator is built.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use neocloud_types::{ContractId, NodeId, SiteId};
+
+use crate::Allocator;
+use crate::node::Node;
+
+/// The pseudo-pool spare nodes are pinned to. It is no contract's: no request names it and
+/// [`Allocator::node_pool`] never returns it.
+pub const SPARE_POOL: ContractId = ContractId::from_u128(u128::MAX);
+
+/// A block that keeps spares: (site, interned model, leaf group or else pod).
+pub(crate) type SpareKey = (SiteId, u32, Option<neocloud_types::BlockId>);
+
+/// The spares of every block.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Spares {
+    /// Per block: how many spare nodes it keeps, and its nodes' slots.
+    blocks: BTreeMap<SpareKey, (u32, Vec<usize>)>,
+    /// Blocks holding fewer spares than their share.
+    short: BTreeSet<SpareKey>,
+}
+
+/// The block a node keeps its spares in.
+pub(crate) fn spare_key(n: &Node) -> SpareKey {
+    (n.site, n.model, n.blocks[1].or(n.blocks[0]))
+}
+
+impl Allocator {
+    /// Pins `count` whole nodes of `model` in `site` as spares, spread over its leaf groups
+    /// (pods, for nodes in no leaf group) in proportion to their nodes. Nodes that hold
+    /// work or are pinned to a pool are passed over; a block without enough free nodes is
+    /// topped up later ([`Allocator::top_up_spares`]). Replaces any earlier spread of the
+    /// same site and model.
+    pub fn spread_spares(&mut self, site: SiteId, model: &str, count: u32) {
+        let Some(&m) = self.model_ids.get(model) else {
+            return;
+        };
+        let mut by_block: BTreeMap<SpareKey, Vec<usize>> = BTreeMap::new();
+        for (slot, n) in self.nodes.iter().enumerate() {
+            if n.site == site && n.model == m {
+                by_block.entry(spare_key(n)).or_default().push(slot);
+            }
+        }
+        let total: u64 = by_block.values().map(|v| v.len() as u64).sum();
+        if total == 0 {
+            return;
+        }
+        // Largest remainder: each block its whole share, then one more for the blocks with
+        // the largest fractions (ties to the first block) until `count` are given.
+        let count = u64::from(count).min(total);
+        let mut shares: Vec<(SpareKey, u64, u64)> = by_block
+            .iter()
+            .map(|(k, v)| {
+                let exact = count * v.len() as u64;
+                (*k, exact / total, exact % total)
+            })
+            .collect();
+        let given: u64 = shares.iter().map(|s| s.1).sum();
+        let mut order: Vec<usize> = (0..shares.len()).collect();
+        order.sort_by_key(|&i| (std::cmp::Reverse(shares[i].2), i));
+        for &i in order
+            .iter()
+            .take(usize::try_from(count - given).unwrap_or(0))
+        {
+            shares[i].1 += 1;
+        }
+        // Unpin the old spread of this site and model.
+        let old: Vec<SpareKey> = self
+            .spares
+            .blocks
+            .keys()
+            .filter(|k| k.0 == site && k.1 == m)
+            .copied()
+            .collect();
+        for k in old {
+            if let Some((_, slots)) = self.spares.blocks.remove(&k) {
+                for slot in slots {
+                    if self.nodes[slot].pool == Some(SPARE_POOL) {
+                        let id = self.nodes[slot].id;
+                        let _ = self.set_pool(id, None);
+                    }
+                }
+            }
+            self.spares.short.remove(&k);
+        }
+        for (k, want, _) in shares {
+            let slots = by_block.remove(&k).unwrap_or_default();
+            self.spares
+                .blocks
+                .insert(k, (u32::try_from(want).unwrap_or(u32::MAX), slots));
+            self.spares.short.insert(k);
+        }
+        self.top_up_spares();
+    }
+
+    /// Pins free nodes of blocks that hold fewer spares than their share (a spare was
+    /// taken for a failure) until they have it again. Returns the nodes pinned.
+    pub fn top_up_spares(&mut self) -> usize {
+        let mut pinned = 0;
+        let short: Vec<SpareKey> = self.spares.short.iter().copied().collect();
+        for k in short {
+            let Some((want, slots)) = self.spares.blocks.get(&k) else {
+                self.spares.short.remove(&k);
+                continue;
+            };
+            let want = usize::try_from(*want).unwrap_or(usize::MAX);
+            let have = slots
+                .iter()
+                .filter(|&&s| self.nodes[s].pool == Some(SPARE_POOL))
+                .count();
+            // The last free nodes of the block: placements fill blocks from the front.
+            let free: Vec<NodeId> = slots
+                .iter()
+                .rev()
+                .map(|&s| &self.nodes[s])
+                .filter(|n| n.pool.is_none() && n.whole_free() && n.allocs.is_empty())
+                .map(|n| n.id)
+                .take(want.saturating_sub(have))
+                .collect();
+            let done = have + free.len() >= want;
+            for id in free {
+                if self.set_pool(id, Some(SPARE_POOL)).is_ok() {
+                    pinned += 1;
+                }
+            }
+            if done {
+                self.spares.short.remove(&k);
+            }
+        }
+        pinned
+    }
+
+    /// Whether a node is one of the spare buffer's.
+    pub fn is_spare(&self, node: NodeId) -> bool {
+        self.slot(node)
+            .is_ok_and(|s| self.nodes[s].pool == Some(SPARE_POOL))
+    }
+
+    /// Spare nodes of `model` in `site` now, and how many the spread asks for.
+    pub fn spare_count(&self, site: SiteId, model: &str) -> (u32, u32) {
+        let Some(&m) = self.model_ids.get(model) else {
+            return (0, 0);
+        };
+        let mut have = 0;
+        let mut want = 0;
+        for (k, (w, slots)) in &self.spares.blocks {
+            if k.0 != site || k.1 != m {
+                continue;
+            }
+            want += *w;
+            have += slots
+                .iter()
+                .filter(|&&s| self.nodes[s].pool == Some(SPARE_POOL))
+                .count() as u32;
+        }
+        (have, want)
+    }
+
+    /// Notes that a spare left the buffer: its block is topped up when it can be.
+    pub(crate) fn spare_taken(&mut self, slot: usize) {
+        let k = spare_key(&self.nodes[slot]);
+        if self.spares.blocks.contains_key(&k) {
+            self.spares.short.insert(k);
+        }
+    }
+}

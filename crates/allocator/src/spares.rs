@@ -163,10 +163,11 @@ impl Allocator {
                 continue;
             }
             want += *w;
-            have += slots
+            let pinned = slots
                 .iter()
                 .filter(|&&s| self.nodes[s].pool == Some(SPARE_POOL))
-                .count() as u32;
+                .count();
+            have += u32::try_from(pinned).unwrap_or(u32::MAX);
         }
         (have, want)
     }

@@ -213,6 +213,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "node_unreachable",
         include_str!("../migrations/0010_node_unreachable.sql"),
     ),
+    (
+        11,
+        "maintenance",
+        include_str!("../migrations/0011_maintenance.sql"),
+    ),
 ];
 
 impl Store {

@@ -144,6 +144,10 @@ typed_id!(
     /// Identifies an audit event.
     EventId, "evt", "event"
 );
+typed_id!(
+    /// Identifies a planned maintenance window.
+    MaintenanceId, "mnt", "maintenance window"
+);
 
 #[cfg(test)]
 mod tests {

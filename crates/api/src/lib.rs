@@ -10,6 +10,7 @@ mod error;
 mod extract;
 pub mod forward;
 pub mod lambda;
+mod maintenance;
 mod routes;
 
 use std::future::Future;
@@ -68,7 +69,8 @@ impl AppState {
         (name = "instances", description = "Instances, quotas and the queue."),
         (name = "contracts", description = "Quotes, contracts and the capacity calendar."),
         (name = "billing", description = "The price book and the usage ledger."),
-        (name = "health", description = "Node lifecycle, health history and the XID policy."),
+        (name = "health",
+            description = "Node lifecycle, planned maintenance, health history and the XID policy."),
         (name = "agent", description = "What node agents call: register and heartbeat.")
     )
 )]
@@ -87,7 +89,9 @@ impl utoipa::Modify for BearerAuth {
 }
 
 fn api() -> OpenApiRouter<AppState> {
-    routes::register(OpenApiRouter::with_openapi(ApiDoc::openapi()))
+    maintenance::register(routes::register(OpenApiRouter::with_openapi(
+        ApiDoc::openapi(),
+    )))
 }
 
 /// The OpenAPI document, generated from the handlers and finished for generators: list

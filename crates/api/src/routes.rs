@@ -24,7 +24,7 @@ use crate::AppState;
 use crate::error::{ApiError, Problem};
 use crate::extract::{Auth, Idem, Q, allow};
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Largest fleet file accepted by `POST /v1/fleet/import`.
 pub const FLEET_FILE_LIMIT: usize = 64 << 20;
@@ -144,11 +144,11 @@ pub struct IdempotencyKey {
     idempotency_key: Option<String>,
 }
 
-fn created<T: Serialize>(c: Created<T>) -> Response {
+pub(crate) fn created<T: Serialize>(c: Created<T>) -> Response {
     answer(StatusCode::CREATED, c)
 }
 
-fn ok<T: Serialize>(c: Created<T>) -> Response {
+pub(crate) fn ok<T: Serialize>(c: Created<T>) -> Response {
     answer(StatusCode::OK, c)
 }
 

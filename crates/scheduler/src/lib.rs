@@ -25,6 +25,7 @@ use neocloud_types::{
 
 mod delivery;
 mod effects;
+mod maintenance;
 mod repair;
 pub use effects::{Effect, Event};
 
@@ -195,6 +196,24 @@ pub enum Command {
         node: NodeId,
         /// Its reports.
         reports: Vec<neocloud_types::WorkloadReport>,
+    },
+    /// Planned maintenance announced over `nodes` (already out of new placements), to
+    /// begin at `start_at`: gangs move off, other work gets its notice (see the
+    /// `maintenance` module).
+    Maintain {
+        /// The window.
+        window: neocloud_types::MaintenanceId,
+        /// Its nodes.
+        nodes: Vec<NodeId>,
+        /// When it begins.
+        start_at: Timestamp,
+        /// Why, for the notices.
+        reason: String,
+    },
+    /// A maintenance window was called off: the notices it gave are withdrawn.
+    Unmaintain {
+        /// The window.
+        window: neocloud_types::MaintenanceId,
     },
     /// A site's power limit changed, watts.
     SetPowerLimit {
@@ -646,6 +665,13 @@ impl Scheduler {
             }
             Command::SetPowerLimit { site, watts } => self.alloc.set_power_limit(site, watts),
             Command::Reports { node, reports } => self.reports(node, reports, now, &mut fx),
+            Command::Maintain {
+                window,
+                nodes,
+                start_at,
+                reason,
+            } => self.maintain(window, &nodes, start_at, &reason, now, &mut fx),
+            Command::Unmaintain { window } => self.unmaintain(window, &mut fx),
         }
         Ok(fx)
     }
@@ -1379,7 +1405,7 @@ impl Scheduler {
         }
         let name = self.node_names.get(&c.node).cloned().unwrap_or_default();
         // Who ran there (before anything moves).
-        let holders = if c.to == NodeState::Failed {
+        let holders = if matches!(c.to, NodeState::Failed | NodeState::Maintenance) {
             self.alloc.node_holders(c.node)
         } else {
             Vec::new()
@@ -1410,7 +1436,9 @@ impl Scheduler {
             Some(spare)
         });
         // Work on a failed node: gangs follow their policy (a node of their block takes
-        // the failed one's place, or they shrink); everything else ends at the fault.
+        // the failed one's place, or they shrink); everything else ends at the fault. Work
+        // still on a node going into maintenance is handled alike, but stopped (preempted)
+        // rather than failed.
         for id in holders {
             let Some(i) = self.live.get(&id) else {
                 continue;
@@ -1419,6 +1447,10 @@ impl Scheduler {
                 continue;
             }
             if self.node_lost(id, c.node, &c, now, fx) {
+                continue;
+            }
+            if c.to == NodeState::Maintenance {
+                self.stop_for_maintenance(id, &name, &c, now, fx);
                 continue;
             }
             let Some(i) = self.live.get(&id) else {

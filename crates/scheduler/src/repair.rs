@@ -144,7 +144,7 @@ impl Scheduler {
     /// change, and records the change. Returns `false` (nothing changed) when the allocator
     /// refuses it.
     #[allow(clippy::too_many_arguments)]
-    fn reshape(
+    pub(crate) fn reshape(
         &mut self,
         id: InstanceId,
         lost: Option<NodeId>,

@@ -324,6 +324,11 @@ impl Monitor {
             .map_or(UNKNOWN_XID, |(_, a, _)| *a)
     }
 
+    /// Whether the node has an agent that was heard from.
+    pub(crate) fn has_agent(&self, node: NodeId) -> bool {
+        lock(&self.live).contains_key(&node)
+    }
+
     fn set_state(&self, node: NodeId, state: NodeState, burn_in: Option<Option<String>>) {
         if let Some(l) = lock(&self.live).get_mut(&node) {
             l.set(state);
@@ -334,7 +339,7 @@ impl Monitor {
     }
 }
 
-fn field(field: &str, message: impl Into<String>) -> Error {
+pub(crate) fn field(field: &str, message: impl Into<String>) -> Error {
     let message = message.into();
     let mut e = Error::invalid(format!("{field}: {message}"));
     e.field_errors.push(FieldError {
@@ -352,7 +357,7 @@ const MAX_EVENTS: usize = 1000;
 const MAX_TEXT: usize = 4096;
 const MAX_OUTPUT: usize = 65536;
 
-fn check_text(name: &str, s: &str, max: usize) -> Result<()> {
+pub(crate) fn check_text(name: &str, s: &str, max: usize) -> Result<()> {
     if s.len() > max {
         return Err(field(name, format!("longer than {max} bytes")));
     }
@@ -540,7 +545,7 @@ struct Fact {
 
 /// A lifecycle change to make.
 #[derive(Clone)]
-struct Change {
+pub(crate) struct Change {
     to: NodeState,
     reason: String,
     /// When the fault happened: running work ends then, an outage starts then.
@@ -555,7 +560,7 @@ struct Change {
 
 impl Change {
     /// A move to `to` for `reason` as of `at`, touching nothing else.
-    fn to(to: NodeState, reason: String, at: Timestamp) -> Change {
+    pub(crate) fn to(to: NodeState, reason: String, at: Timestamp) -> Change {
         Change {
             to,
             reason,
@@ -568,7 +573,7 @@ impl Change {
     }
 
     /// The same change, also setting the burn-in waited for (`None` clears it).
-    fn burn_in(mut self, id: Option<String>) -> Change {
+    pub(crate) fn burn_in(mut self, id: Option<String>) -> Change {
         self.burn_in = Some(id);
         self
     }
@@ -577,7 +582,7 @@ impl Change {
 /// What to do in memory once the change is committed.
 /// The start of the message of a node change refused because the node moved on since it was
 /// decided.
-const NODE_MOVED: &str = "node changed meanwhile";
+pub(crate) const NODE_MOVED: &str = "node changed meanwhile";
 
 /// The message of a health report that another request stored first.
 const DUPLICATE_REPORT: &str = "these health events were stored by another request";
@@ -664,7 +669,7 @@ fn node_rows(
     })
 }
 
-fn new_burn_in_id() -> String {
+pub(crate) fn new_burn_in_id() -> String {
     format!("bi_{}", neocloud_types::EventId::new().uuid().simple())
 }
 
@@ -1268,7 +1273,7 @@ impl Service {
     /// with the node's own rows; `more` is written first, in the same transaction. `from` is
     /// the state the change was decided from: if the node moved on meanwhile, nothing
     /// changes and the answer is a conflict ([`NODE_MOVED`]).
-    async fn change_node(
+    pub(crate) async fn change_node(
         &self,
         node: &Node,
         from: NodeState,
@@ -1309,6 +1314,43 @@ impl Service {
             d.remove(&node.id);
         }
         Ok(())
+    }
+
+    /// Moves a node to `to` from whatever state the scheduler has it in now, if `when`
+    /// accepts that state (the system acting, as planned maintenance does). Returns whether
+    /// it moved.
+    pub(crate) async fn move_node(
+        &self,
+        node_id: NodeId,
+        when: impl Fn(NodeState, Option<&str>) -> bool,
+        to: NodeState,
+        reason: String,
+        burn_in: Option<Option<String>>,
+    ) -> Result<bool> {
+        let stored = self.store.node_get(&node_id.to_string()).await?;
+        for _ in 0..3 {
+            let mut node = stored.clone();
+            if let Some(st) = crate::scheduler::lock(&self.sched).node_state(node_id) {
+                node.state = st;
+            }
+            if !when(node.state, node.state_reason.as_deref()) {
+                return Ok(false);
+            }
+            let mut change = Change::to(to, reason.clone(), self.now());
+            change.burn_in = burn_in.clone();
+            match self
+                .change_node(&node, node.state, change, None, None)
+                .await
+            {
+                Ok(()) => {
+                    self.health.set_state(node_id, to, burn_in);
+                    return Ok(true);
+                }
+                Err(e) if e.message.starts_with(NODE_MOVED) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
     }
 
     /// An `unreachable` node's agent is heard from again: the node returns to the state it
@@ -1723,7 +1765,7 @@ impl Service {
 
     /// The health monitor's periodic work at `now`: fails nodes whose agent went silent,
     /// moves drained nodes to maintenance, re-verifies idle nodes whose last burn-in is old,
-    /// and writes telemetry in batches.
+    /// begins and ends planned maintenance windows, and writes telemetry in batches.
     pub async fn health_tick(&self, now: Timestamp) -> Result<()> {
         let limit = i64::from(self.health.interval_secs) * i64::from(self.health.missed);
         let grace = self.health.grace_secs;
@@ -1898,6 +1940,8 @@ impl Service {
             }
             self.health.set_state(node, NodeState::Maintenance, None);
         }
+        // Planned maintenance windows that begin or end.
+        self.maintenance_tick(now).await?;
         self.flush_key_use().await?;
         self.health_flush(now, false).await
     }

@@ -13,6 +13,7 @@ mod delivery;
 pub mod error;
 mod health;
 mod instances;
+mod maintenance;
 mod metrics;
 mod offers;
 mod replica;
@@ -37,6 +38,7 @@ pub use error::{Error, ErrorCode, FieldError, Result};
 pub use health::{
     GpuHistory, HealthAction, NodeOperation, SetXidRule, XidRule, builtin_xid_rules, heartbeat_node,
 };
+pub use maintenance::{MAX_MAINTENANCE_NODES, ScheduleMaintenance};
 pub use neocloud_allocator::PlacementPolicy;
 pub use neocloud_allocator::Sharing;
 pub use neocloud_types::Clock;

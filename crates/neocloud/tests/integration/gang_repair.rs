@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::ctx::{Db, TestContext};
 
 /// One site, two pods of three leaf groups of 24 nodes of 8 H100: 144 nodes.
-const FLEET: &str = r#"
+pub(crate) const FLEET: &str = r#"
 [[sites]]
 name = "west"
 region = "us-west"
@@ -32,23 +32,23 @@ name = "{block}-n{n}"
 
 const T0: &str = "2027-03-01T00:00:00Z";
 
-struct Gang {
-    ctx: TestContext,
-    clock: Clock,
-    key: String,
-    enroll: String,
+pub(crate) struct Gang {
+    pub(crate) ctx: TestContext,
+    pub(crate) clock: Clock,
+    pub(crate) key: String,
+    pub(crate) enroll: String,
 }
 
-fn at(secs: i64) -> Timestamp {
+pub(crate) fn at(secs: i64) -> Timestamp {
     T0.parse::<Timestamp>().unwrap().plus_seconds(secs)
 }
 
 /// The pod of a node named `w-pP-lL-nN`.
-fn pod(node: &str) -> &str {
+pub(crate) fn pod(node: &str) -> &str {
     &node[..4]
 }
 
-fn nodes(inst: &Value) -> Vec<String> {
+pub(crate) fn nodes(inst: &Value) -> Vec<String> {
     inst["placement"]
         .as_array()
         .unwrap()
@@ -58,15 +58,15 @@ fn nodes(inst: &Value) -> Vec<String> {
 }
 
 impl Gang {
-    async fn start(db: Db) -> Option<Gang> {
+    pub(crate) async fn start(db: Db) -> Option<Gang> {
         Self::start_with(db, SchedulerConfig::default()).await
     }
 
-    async fn start_with(db: Db, config: SchedulerConfig) -> Option<Gang> {
+    pub(crate) async fn start_with(db: Db, config: SchedulerConfig) -> Option<Gang> {
         Self::start_fleet(db, config, FLEET).await
     }
 
-    async fn start_fleet(db: Db, config: SchedulerConfig, fleet: &str) -> Option<Gang> {
+    pub(crate) async fn start_fleet(db: Db, config: SchedulerConfig, fleet: &str) -> Option<Gang> {
         let clock = Clock::manual(at(0));
         let ctx = TestContext::start_clocked(db, config, clock.clone()).await?;
         ctx.import(fleet).await.expect(200);
@@ -81,14 +81,14 @@ impl Gang {
         })
     }
 
-    async fn launch(&self, body: Value) -> Value {
+    pub(crate) async fn launch(&self, body: Value) -> Value {
         self.ctx
             .post("/v1/instances", &self.key, &body)
             .await
             .expect(201)
     }
 
-    async fn instance(&self, id: &str) -> Value {
+    pub(crate) async fn instance(&self, id: &str) -> Value {
         self.ctx
             .get(&format!("/v1/instances/{id}"), &self.key)
             .await
@@ -97,7 +97,7 @@ impl Gang {
 
     /// The node's agent registers and reports XID 79 on GPU 0 that happened at `fault`
     /// (seconds after T0), heard at the clock's time.
-    async fn xid79(&self, host: &str, fault: i64) -> Value {
+    pub(crate) async fn xid79(&self, host: &str, fault: i64) -> Value {
         let gpus = |f: &dyn Fn(u32) -> Value| (0..8).map(f).collect::<Vec<_>>();
         let inv = json!({
             "hostname": host, "agent_version": "test", "backend": "sim",
@@ -129,7 +129,7 @@ impl Gang {
             .expect(200)
     }
 
-    async fn node_state(&self, host: &str) -> Value {
+    pub(crate) async fn node_state(&self, host: &str) -> Value {
         self.ctx
             .get(&format!("/v1/nodes/{host}"), &self.ctx.operator_key)
             .await
@@ -137,7 +137,7 @@ impl Gang {
             .clone()
     }
 
-    async fn terminate(&self, id: &str) {
+    pub(crate) async fn terminate(&self, id: &str) {
         self.ctx
             .post(
                 &format!("/v1/instances/{id}/terminate"),
@@ -149,7 +149,7 @@ impl Gang {
     }
 
     /// GPU-seconds billed to instance `id`.
-    async fn gpu_seconds(&self, id: &str) -> i64 {
+    pub(crate) async fn gpu_seconds(&self, id: &str) -> i64 {
         let u = self
             .ctx
             .get("/v1/usage?limit=1000", &self.key)
@@ -164,7 +164,7 @@ impl Gang {
             .sum()
     }
 
-    async fn events(&self, action: &str) -> Vec<Value> {
+    pub(crate) async fn events(&self, action: &str) -> Vec<Value> {
         self.ctx
             .get(&format!("/v1/events?action={action}"), &self.key)
             .await

@@ -34,6 +34,7 @@ mod differential;
 mod faults;
 mod gang_repair;
 mod lambda;
+mod maintenance;
 mod openapi;
 mod replicas;
 mod sim;

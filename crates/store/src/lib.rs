@@ -21,6 +21,7 @@ mod map;
 mod ssh_keys;
 mod storage;
 mod tenancy;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +39,7 @@ pub use lease::*;
 pub use map::*;
 pub use storage::FAILPOINT_SQLITE_MAX_PAGES;
 pub use tenancy::*;
+pub use webhooks::*;
 
 /// The database driver's error, for callers that classify failures.
 pub use sqlx::Error as sqlx_error;
@@ -118,6 +120,8 @@ pub struct WriteTx {
     /// a numbered parameter by a linear search when binding: the square of a long
     /// statement's parameters).
     pub(crate) numbered: bool,
+    /// The number of the last event written in this transaction, once one was.
+    pub(crate) event_seq: Option<i64>,
 }
 
 impl WriteTx {
@@ -217,6 +221,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "maintenance",
         include_str!("../migrations/0011_maintenance.sql"),
+    ),
+    (
+        12,
+        "webhooks",
+        include_str!("../migrations/0012_webhooks.sql"),
     ),
 ];
 
@@ -359,6 +368,7 @@ impl Store {
             clock: self.clock.clone(),
             deferred: None,
             numbered: self.backend == Backend::Postgres,
+            event_seq: None,
         })
     }
 
@@ -377,6 +387,7 @@ impl Store {
             clock: self.clock.clone(),
             deferred: None,
             numbered: self.backend == Backend::Postgres,
+            event_seq: None,
         })
     }
 

@@ -11,6 +11,7 @@ mod extract;
 pub mod forward;
 pub mod lambda;
 mod routes;
+pub mod webhooks;
 
 use std::future::Future;
 
@@ -23,6 +24,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use error::{ApiError, Problem};
 pub use lambda::LambdaConfig;
+pub use webhooks::DispatcherConfig;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -69,7 +71,8 @@ impl AppState {
         (name = "contracts", description = "Quotes, contracts and the capacity calendar."),
         (name = "billing", description = "The price book and the usage ledger."),
         (name = "health", description = "Node lifecycle, health history and the XID policy."),
-        (name = "agent", description = "What node agents call: register and heartbeat.")
+        (name = "agent", description = "What node agents call: register and heartbeat."),
+        (name = "webhooks", description = "URLs subscribed to events: signed deliveries, retried in order, and their log.")
     )
 )]
 struct ApiDoc;

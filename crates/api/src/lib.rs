@@ -63,6 +63,8 @@ impl AppState {
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
+    // What a webhook receives: no operation returns it, receivers' generators want it.
+    components(schemas(neocloud_types::WebhookPayload)),
     tags(
         (name = "system", description = "Health and the API description."),
         (name = "fleet", description = "GPU models, sites, blocks, nodes and fleet-file import."),

@@ -15,8 +15,8 @@ use neocloud_service::{
 use neocloud_types::{
     AgentRegister, AgentRegistered, ApiKey, Block, Class, Contract, DesiredWorkloads, Event,
     GpuModel, HealthEvent, Heartbeat, HeartbeatAck, ImportReport, Instance, InstanceId,
-    InstanceState, Node, NodeState, Outage, Price, Quota, Site, SshKey, Tenant, UsageRecord, Webhook,
-    WebhookDelivery, WebhookDeliveryState,
+    InstanceState, Node, NodeState, Outage, Price, Quota, Site, SshKey, Tenant, UsageRecord,
+    Webhook, WebhookDelivery, WebhookDeliveryState,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};

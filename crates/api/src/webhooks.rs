@@ -60,9 +60,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let allow_private = self.svc.webhook_allow_private();
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = all
                 .iter()
                 .copied()

@@ -9,10 +9,10 @@ use reqwest::Method;
 
 use crate::model::{
     AmendContract, ApiKeyCreated, BacklogReport, CapacityLine, ContractTerms, CreateApiKey,
-    CreateGpuModel, CreateSshKey, CreateTenant, EventFilter, GenerateInvoice, GpuHistory,
-    InstanceFilter, InstanceLogs, LaunchInstance, List, MarginRow, NodeFilter, NodeOp,
+    CreateGpuModel, CreateSshKey, CreateTenant, CreateWebhook, EventFilter, GenerateInvoice,
+    GpuHistory, InstanceFilter, InstanceLogs, LaunchInstance, List, MarginRow, NodeFilter, NodeOp,
     NodeOperation, Page, PageRequest, PowerRow, Quote, RevenueRow, SetPowerCap, SetPrice, SetQuota,
-    SetXidRule, UpdateTenant, UsageFilter, UtilizationRow, XidRule, CreateWebhook, WebhookCreated,
+    SetXidRule, UpdateTenant, UsageFilter, UtilizationRow, WebhookCreated, XidRule,
 };
 use crate::{Body, Client, Idem, Result, opt, seg};
 

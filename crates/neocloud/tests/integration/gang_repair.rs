@@ -32,14 +32,14 @@ name = "{block}-n{n}"
 
 const T0: &str = "2027-03-01T00:00:00Z";
 
-struct Gang {
-    ctx: TestContext,
-    clock: Clock,
-    key: String,
+pub(crate) struct Gang {
+    pub(crate) ctx: TestContext,
+    pub(crate) clock: Clock,
+    pub(crate) key: String,
     enroll: String,
 }
 
-fn at(secs: i64) -> Timestamp {
+pub(crate) fn at(secs: i64) -> Timestamp {
     T0.parse::<Timestamp>().unwrap().plus_seconds(secs)
 }
 
@@ -48,7 +48,7 @@ fn pod(node: &str) -> &str {
     &node[..4]
 }
 
-fn nodes(inst: &Value) -> Vec<String> {
+pub(crate) fn nodes(inst: &Value) -> Vec<String> {
     inst["placement"]
         .as_array()
         .unwrap()
@@ -58,7 +58,7 @@ fn nodes(inst: &Value) -> Vec<String> {
 }
 
 impl Gang {
-    async fn start(db: Db) -> Option<Gang> {
+    pub(crate) async fn start(db: Db) -> Option<Gang> {
         Self::start_with(db, SchedulerConfig::default()).await
     }
 
@@ -81,7 +81,7 @@ impl Gang {
         })
     }
 
-    async fn launch(&self, body: Value) -> Value {
+    pub(crate) async fn launch(&self, body: Value) -> Value {
         self.ctx
             .post("/v1/instances", &self.key, &body)
             .await
@@ -97,7 +97,7 @@ impl Gang {
 
     /// The node's agent registers and reports XID 79 on GPU 0 that happened at `fault`
     /// (seconds after T0), heard at the clock's time.
-    async fn xid79(&self, host: &str, fault: i64) -> Value {
+    pub(crate) async fn xid79(&self, host: &str, fault: i64) -> Value {
         let gpus = |f: &dyn Fn(u32) -> Value| (0..8).map(f).collect::<Vec<_>>();
         let inv = json!({
             "hostname": host, "agent_version": "test", "backend": "sim",

@@ -39,3 +39,4 @@ mod replicas;
 mod sim;
 mod store;
 mod webdriver;
+mod webhooks;

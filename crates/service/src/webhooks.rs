@@ -557,6 +557,11 @@ impl Service {
     pub async fn webhook_fanout(&self) -> Result<u64> {
         let mut queued = 0u64;
         loop {
+            // Nobody listens: nothing to do (a webhook made later starts after its own
+            // creation, wherever the cursor is).
+            if !self.store.webhook_any().await? {
+                return Ok(queued);
+            }
             let last = self.store.event_seq_max().await?;
             let cursor = self.webhook_cursor().await?;
             if last <= cursor {
@@ -564,8 +569,8 @@ impl Service {
             }
             let mut tx = self.store.begin_write().await?;
             let targets = Store::webhook_targets(&mut tx).await?;
-            // Nobody listens: nothing to read. Otherwise from where the oldest webhook
-            // starts, when that is later than the cursor.
+            // From where the oldest webhook starts, when that is later than the cursor
+            // (read again here: one made since receives what commits after it).
             let start = match targets.iter().map(|t| t.after_seq).min() {
                 None => last,
                 Some(oldest) => cursor.max(oldest),

@@ -226,6 +226,14 @@ impl Store {
         Ok(())
     }
 
+    /// Whether any webhook exists.
+    pub async fn webhook_any(&self) -> Result<bool> {
+        Ok(sqlx::query("SELECT id FROM webhooks LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
+    }
+
     /// Every webhook, as events are matched against them.
     pub async fn webhook_targets(tx: &mut WriteTx) -> Result<Vec<WebhookTarget>> {
         let rows = sqlx::query("SELECT id, tenant_id, events, after_seq FROM webhooks ORDER BY id")

@@ -14,7 +14,8 @@ pub(crate) enum WebhookCmd {
     /// Each event is POSTed as JSON ({"webhook_id", "delivery_id", "event"}) with the
     /// header `Neocloud-Signature: t=UNIX,v1=HEX`, HEX being the HMAC-SHA256 of
     /// "UNIX.BODY" keyed with the secret. Deliveries are retried with backoff (5 s doubling
-    /// to 5 min) for 24 hours, one at a time and in order.
+    /// to 5 min) for 24 hours, one at a time and in order. With -q only the id is
+    /// printed: use -o json to keep the secret too.
     ///
     /// Examples:
     ///   neocloud webhooks create https://hooks.example.com/neocloud --event 'instance.*'

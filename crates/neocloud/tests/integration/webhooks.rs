@@ -857,6 +857,79 @@ async fn cli_manages_webhooks() {
     assert_eq!(o.status.code(), Some(3), "not found: {}", stderr(&o));
 }
 
+/// `serve` runs the dispatcher: an operator webhook on a loopback receiver (allowed through
+/// the environment) hears a tenant being created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_delivers_webhooks() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    const BIN: &str = env!("CARGO_BIN_EXE_neocloud");
+    let dir = crate::ctx::temp_dir();
+    let d = dir.clone();
+    let (mut child, addr) = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&d)
+            .env("RUST_LOG", "warn")
+            .env("NEOCLOUD_WEBHOOK_ALLOW_PRIVATE", "true")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("serve exited early").unwrap();
+            if let Some(rest) = line.strip_prefix("neocloud is serving on http://") {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        };
+        (child, addr)
+    })
+    .await
+    .unwrap();
+    let key = std::fs::read_to_string(dir.join("operator.key"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let r = Receiver::start(OK).await;
+    let cli = async |args: Vec<String>| {
+        let (addr, key) = (addr.clone(), key.clone());
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(["--url", &format!("http://{addr}"), "--api-key", &key])
+                .args(args)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let o = cli(vec![
+        "-o".into(),
+        "json".into(),
+        "webhooks".into(),
+        "create".into(),
+        r.url.clone(),
+        "--event".into(),
+        "tenant.*".into(),
+    ])
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    r.set_secret(v["secret"].as_str().unwrap());
+    let o = cli(vec!["tenants".into(), "create".into(), "acme".into()]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    until("the tenant's creation arrived", async || {
+        !r.inbox.got().is_empty()
+    })
+    .await;
+    let g = &r.inbox.got()[0];
+    assert!(g.verified);
+    assert_eq!(g.payload["event"]["action"], "tenant.created");
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
 macro_rules! on_both {
     ($($name:ident),+ $(,)?) => {
         $(mod $name {

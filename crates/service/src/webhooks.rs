@@ -626,8 +626,9 @@ impl Service {
     /// together with every delivery of the webhook that old (the next one is due at once).
     pub async fn webhook_record(&self, d: &DueDelivery, attempt: Attempt) -> Result<()> {
         let now = self.now();
+        let m = &*crate::metrics::METRICS;
         let mut tx = self.store.begin_write().await?;
-        match attempt {
+        let counter = match attempt {
             Attempt::Delivered { status } => {
                 Store::webhook_delivery_update(
                     &mut tx,
@@ -641,6 +642,7 @@ impl Service {
                 )
                 .await?;
                 Store::webhook_schedule(&mut tx, d.webhook_id, now).await?;
+                &m.webhooks_delivered
             }
             Attempt::Failed { status, error } => {
                 let error: String = error.chars().take(500).collect();
@@ -665,6 +667,7 @@ impl Service {
                     )
                     .await?;
                     Store::webhook_schedule(&mut tx, d.webhook_id, now).await?;
+                    &m.webhooks_given_up
                 } else {
                     let next = now.plus_seconds(backoff_secs(d.attempts.saturating_add(1)));
                     Store::webhook_delivery_update(
@@ -679,10 +682,12 @@ impl Service {
                     )
                     .await?;
                     Store::webhook_schedule(&mut tx, d.webhook_id, next).await?;
+                    &m.webhooks_failed
                 }
             }
-        }
+        };
         tx.commit().await?;
+        counter.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -495,6 +495,15 @@ impl Store {
         Ok(Page { items, next_cursor })
     }
 
+    /// How many deliveries are pending, across webhooks.
+    pub async fn webhook_pending(&self) -> Result<u64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'pending'")
+            .fetch_one(&self.pool)
+            .await?;
+        let n: i64 = row.try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Forgets deliveries that ended before `before`.
     pub async fn webhook_deliveries_prune(tx: &mut WriteTx, before: Timestamp) -> Result<u64> {
         let r = sqlx::query(

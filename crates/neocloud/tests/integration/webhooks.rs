@@ -434,6 +434,23 @@ async fn a_receiver_down_for_ten_minutes_gets_every_event_in_order(db: Db) {
             .iter()
             .all(|d| d["event_action"] != "webhook.test")
     );
+    // The metrics count the attempts (counters of this process: at least these).
+    let metrics = ctx
+        .send(reqwest::Method::GET, "/metrics", None, None, &[])
+        .await;
+    let text = metrics.body.as_str().unwrap().to_string();
+    let sample = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
+    assert!(sample("neocloud_webhook_attempts_total{result=\"failed\"}") >= 6.0);
+    assert!(
+        sample("neocloud_webhook_attempts_total{result=\"delivered\"}")
+            >= (expected.len() + 1) as f64
+    );
+    assert!(sample("neocloud_webhook_deliveries_pending") >= 0.0);
     // Filters: the instance webhook received only instance events.
     assert!(
         down.inbox.actions()[..expected.len()]

@@ -12,6 +12,7 @@ pub mod forward;
 pub mod lambda;
 mod maintenance;
 mod routes;
+pub mod webhooks;
 
 use std::future::Future;
 
@@ -24,6 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use error::{ApiError, Problem};
 pub use lambda::LambdaConfig;
+pub use webhooks::DispatcherConfig;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -62,6 +64,8 @@ impl AppState {
         license(name = "Apache-2.0")
     ),
     modifiers(&BearerAuth),
+    // What a webhook receives: no operation returns it, receivers' generators want it.
+    components(schemas(neocloud_types::WebhookPayload)),
     tags(
         (name = "system", description = "Health and the API description."),
         (name = "fleet", description = "GPU models, sites, blocks, nodes and fleet-file import."),
@@ -71,7 +75,8 @@ impl AppState {
         (name = "billing", description = "The price book and the usage ledger."),
         (name = "health",
             description = "Node lifecycle, planned maintenance, health history and the XID policy."),
-        (name = "agent", description = "What node agents call: register and heartbeat.")
+        (name = "agent", description = "What node agents call: register and heartbeat."),
+        (name = "webhooks", description = "URLs subscribed to events: signed deliveries, retried in order, and their log.")
     )
 )]
 struct ApiDoc;

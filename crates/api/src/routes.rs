@@ -9,11 +9,14 @@ use neocloud_service::{
     Created, GpuHistory, LaunchInstance, NodeOperation, Quote, SetPowerCap, SetPrice, SetQuota,
     SetXidRule, UpdateTenant, XidRule,
 };
-use neocloud_service::{CreateSshKey, EventFilter, InstanceLogs, NodeFilter};
+use neocloud_service::{
+    CreateSshKey, CreateWebhook, EventFilter, InstanceLogs, NodeFilter, WebhookCreated,
+};
 use neocloud_types::{
     AgentRegister, AgentRegistered, ApiKey, Block, Class, Contract, DesiredWorkloads, Event,
     GpuModel, HealthEvent, Heartbeat, HeartbeatAck, ImportReport, Instance, InstanceId,
     InstanceState, Node, NodeState, Outage, Price, Quota, Site, SshKey, Tenant, UsageRecord,
+    Webhook, WebhookDelivery, WebhookDeliveryState,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -71,6 +74,10 @@ pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(instance_logs))
         .routes(routes!(ssh_key_list, ssh_key_create))
         .routes(routes!(ssh_key_delete))
+        .routes(routes!(webhook_list, webhook_create))
+        .routes(routes!(webhook_get, webhook_delete))
+        .routes(routes!(webhook_test))
+        .routes(routes!(webhook_deliveries))
         .routes(routes!(quota_list, quota_set))
         .routes(routes!(quote_create))
         .routes(routes!(contract_list, contract_sign))
@@ -1065,6 +1072,131 @@ async fn ssh_key_delete(
         .svc
         .ssh_key_delete(&p, &key, q.tenant.as_deref(), idem.key()?)
         .await?))
+}
+
+// ---- webhooks ---------------------------------------------------------------------------
+
+/// Whose webhooks.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookParams {
+    /// Only this tenant's (id or name; operators only, tenants always see their own).
+    tenant: Option<String>,
+}
+
+/// List webhooks: a tenant's own; for operator keys every one (operator webhooks have no
+/// `tenant_id`). Secrets are never listed.
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", security(("bearer" = [])),
+    params(WebhookParams), responses((status = 200, body = List<Webhook>)))]
+async fn webhook_list(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    q: Q<WebhookParams>,
+) -> ApiResult<Json<List<Webhook>>> {
+    allow(&p, Action::ReadWebhooks)?;
+    let q = q.get()?;
+    Ok(Json(List {
+        items: st.svc.webhook_list(&p, q.tenant.as_deref()).await?,
+    }))
+}
+
+/// Subscribe a URL to events. Deliveries are POSTed as JSON, signed with the secret in the
+/// response (shown this once), retried with backoff for 24 hours, in order.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", security(("bearer" = [])),
+    request_body = CreateWebhook, params(IdempotencyKey),
+    responses((status = 201, body = WebhookCreated), (status = 400, body = Problem),
+              (status = 404, body = Problem)))]
+async fn webhook_create(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    idem: Idem,
+) -> ApiResult<Response> {
+    allow(&p, Action::WriteWebhooks)?;
+    let req: CreateWebhook = idem.json()?;
+    let mut resp = created(st.svc.webhook_create(&p, req, idem.key()?).await?);
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// Read a webhook.
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Webhook id")),
+    responses((status = 200, body = Webhook), (status = 404, body = Problem)))]
+async fn webhook_get(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Webhook>> {
+    Ok(Json(st.svc.webhook_get(&p, &id).await?))
+}
+
+/// Delete a webhook and its delivery log; nothing more is sent to it.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Webhook id"), IdempotencyKey),
+    responses((status = 200, body = Webhook), (status = 404, body = Problem)))]
+async fn webhook_delete(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    idem: Idem,
+) -> ApiResult<Response> {
+    allow(&p, Action::WriteWebhooks)?;
+    Ok(ok(st.svc.webhook_delete(&p, &id, idem.key()?).await?))
+}
+
+/// Queue a `webhook.test` event for this webhook alone (after what it has pending); the
+/// answer is the event. Its delivery shows in the webhook's delivery log.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Webhook id"), IdempotencyKey),
+    responses((status = 202, body = Event), (status = 404, body = Problem)))]
+async fn webhook_test(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    idem: Idem,
+) -> ApiResult<Response> {
+    allow(&p, Action::WriteWebhooks)?;
+    Ok(answer(
+        StatusCode::ACCEPTED,
+        st.svc.webhook_test(&p, &id, idem.key()?).await?,
+    ))
+}
+
+/// Filters and paging for a delivery log.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryParams {
+    /// Only deliveries in this state.
+    state: Option<WebhookDeliveryState>,
+    /// Cursor from a previous page's `next_cursor`.
+    cursor: Option<String>,
+    /// Items per page, 1-1000 (default 100).
+    limit: Option<u32>,
+}
+
+/// A webhook's delivery log, newest event first: each event's state, attempts, the last
+/// status or error, and when it is retried. Ended deliveries are kept 7 days.
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Webhook id"), DeliveryParams),
+    responses((status = 200, body = Paged<WebhookDelivery>), (status = 404, body = Problem)))]
+async fn webhook_deliveries(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    q: Q<DeliveryParams>,
+) -> ApiResult<Json<Paged<WebhookDelivery>>> {
+    allow(&p, Action::ReadWebhooks)?;
+    let q = q.get()?;
+    let page = st
+        .svc
+        .webhook_deliveries(&p, &id, q.state, q.cursor.as_deref(), q.limit)
+        .await?;
+    Ok(Json(page.into()))
 }
 
 /// Filters for quotas.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use neocloud_types::{
     ApiKey, Class, ContractId, Delivery, GangLevel, GpuHealth, HealthEvent, InstanceId, Money,
-    NodeFailurePolicy, Role, Shape, SiteId, TenantId, TenantKind, TenantStatus, Timestamp,
+    NodeFailurePolicy, Role, Shape, SiteId, TenantId, TenantKind, TenantStatus, Timestamp, Webhook,
 };
 use serde::{Deserialize, Serialize};
 
@@ -665,3 +665,27 @@ pub struct MarginRow {
 
 /// Environment variables of a container workload.
 pub type Env = BTreeMap<String, String>;
+
+/// Body of `POST /v1/webhooks`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateWebhook {
+    /// Tenant id or name whose events it receives; an operator key that leaves it out
+    /// creates an operator webhook (every event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Where events are POSTed (http or https).
+    pub url: String,
+    /// Event patterns (`instance.failed`, `instance.*`, `*`); none means every event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+}
+
+/// Answer of `POST /v1/webhooks`: the webhook and, this once, its signing secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookCreated {
+    /// The webhook as it will be listed.
+    #[serde(flatten)]
+    pub webhook: Webhook,
+    /// The key deliveries are signed with; `None` on an idempotent replay.
+    pub secret: Option<String>,
+}

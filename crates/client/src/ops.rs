@@ -2,16 +2,17 @@
 
 use neocloud_types::{
     ApiKey, Block, Contract, Event, GpuModel, HealthEvent, ImportReport, Instance, Invoice, Node,
-    Outage, Price, Quota, Site, SshKey, Tenant, UsageRecord,
+    Outage, Price, Quota, Site, SshKey, Tenant, UsageRecord, Webhook, WebhookDelivery,
+    WebhookDeliveryState,
 };
 use reqwest::Method;
 
 use crate::model::{
     AmendContract, ApiKeyCreated, BacklogReport, CapacityLine, ContractTerms, CreateApiKey,
-    CreateGpuModel, CreateSshKey, CreateTenant, EventFilter, GenerateInvoice, GpuHistory,
-    InstanceFilter, InstanceLogs, LaunchInstance, List, MarginRow, NodeFilter, NodeOp,
+    CreateGpuModel, CreateSshKey, CreateTenant, CreateWebhook, EventFilter, GenerateInvoice,
+    GpuHistory, InstanceFilter, InstanceLogs, LaunchInstance, List, MarginRow, NodeFilter, NodeOp,
     NodeOperation, Page, PageRequest, PowerRow, Quote, RevenueRow, SetPowerCap, SetPrice, SetQuota,
-    SetXidRule, UpdateTenant, UsageFilter, UtilizationRow, XidRule,
+    SetXidRule, UpdateTenant, UsageFilter, UtilizationRow, WebhookCreated, XidRule,
 };
 use crate::{Body, Client, Idem, Result, opt, seg};
 
@@ -415,6 +416,79 @@ impl Client {
             Idem::None,
         )
         .await
+    }
+
+    // ----- webhooks -----
+
+    /// `GET /v1/webhooks`: the caller's tenant's, or for operator keys every one (or one
+    /// tenant's).
+    pub async fn webhooks(&self, tenant: Option<&str>) -> Result<Vec<Webhook>> {
+        let q: Vec<(&'static str, String)> = tenant
+            .map(|t| ("tenant", t.to_string()))
+            .into_iter()
+            .collect();
+        Ok(self.get::<List<Webhook>>("/v1/webhooks", &q).await?.items)
+    }
+
+    /// `GET /v1/webhooks/{id}`.
+    pub async fn webhook(&self, id: &str) -> Result<Webhook> {
+        self.get(&format!("/v1/webhooks/{}", seg(id)), &[]).await
+    }
+
+    /// `POST /v1/webhooks`: the answer holds the signing secret, this once.
+    pub async fn create_webhook(
+        &self,
+        body: &CreateWebhook,
+        idempotency_key: Option<&str>,
+    ) -> Result<WebhookCreated> {
+        self.with_body(
+            Method::POST,
+            "/v1/webhooks",
+            body,
+            Idem::Create(idempotency_key),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/webhooks/{id}`.
+    pub async fn delete_webhook(&self, id: &str) -> Result<Webhook> {
+        self.call(
+            Method::DELETE,
+            &format!("/v1/webhooks/{}", seg(id)),
+            &[],
+            Body::None,
+            Idem::None,
+        )
+        .await
+    }
+
+    /// `POST /v1/webhooks/{id}/test`: queues a `webhook.test` event for it; the answer is
+    /// the event.
+    pub async fn test_webhook(&self, id: &str) -> Result<Event> {
+        self.call(
+            Method::POST,
+            &format!("/v1/webhooks/{}/test", seg(id)),
+            &[],
+            Body::None,
+            Idem::Create(None),
+        )
+        .await
+    }
+
+    /// `GET /v1/webhooks/{id}/deliveries`: one page of its delivery log, newest first.
+    pub async fn webhook_deliveries(
+        &self,
+        id: &str,
+        state: Option<WebhookDeliveryState>,
+        page: &PageRequest,
+    ) -> Result<Page<WebhookDelivery>> {
+        let mut q = Vec::new();
+        if let Some(s) = state {
+            q.push(("state", s.as_str().to_string()));
+        }
+        page.push(&mut q);
+        self.get(&format!("/v1/webhooks/{}/deliveries", seg(id)), &q)
+            .await
     }
 
     /// `GET /v1/quotas`, of one tenant or all.

@@ -118,6 +118,12 @@ pub struct ServeArgs {
     /// accounts on their node rather than containers.
     #[arg(long)]
     pub lambda_bare_metal: bool,
+    /// Let webhooks deliver to loopback and private addresses (127.0.0.0/8, 10.0.0.0/8,
+    /// 192.168.0.0/16, link-local, `localhost`, …): receivers inside the operator's own
+    /// network, tests and demos. Off by default, so a tenant cannot make the control plane
+    /// call into the network it runs in.
+    #[arg(long, env = "NEOCLOUD_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
 }
 
 fn parse_placement(s: &str) -> Result<neocloud_service::PlacementPolicy, String> {
@@ -400,6 +406,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             }
         }
     });
+    // Webhooks: the dispatcher delivers while this replica leads.
+    svc.set_webhook_allow_private(args.webhook_allow_private);
+    neocloud_api::webhooks::spawn(svc.clone(), neocloud_api::DispatcherConfig::default());
     let lambda = neocloud_api::LambdaConfig {
         image: args.lambda_image.clone(),
         command: match &args.lambda_command {

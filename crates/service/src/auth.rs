@@ -79,6 +79,11 @@ pub enum Action {
     AgentRegister,
     /// Send a node's heartbeats and health events (node-agent keys bound to the node).
     AgentHeartbeat,
+    /// Read webhooks and their delivery logs (own tenant's for tenant roles).
+    ReadWebhooks,
+    /// Create, delete and test webhooks (own tenant's for tenant admins; operator webhooks,
+    /// which receive every event, for operator admins).
+    WriteWebhooks,
 }
 
 /// The authorization table: which roles may do what. Every endpoint names its action, and a
@@ -101,6 +106,7 @@ pub fn allowed(role: Role, action: Action) -> bool {
                 | ReadCapacity
                 | ReadContracts
                 | ReadInvoices
+                | ReadWebhooks
         ),
         TenantAdmin => matches!(
             action,
@@ -116,6 +122,8 @@ pub fn allowed(role: Role, action: Action) -> bool {
                 | ReadContracts
                 | WriteContracts
                 | ReadInvoices
+                | ReadWebhooks
+                | WriteWebhooks
         ),
         TenantMember => matches!(
             action,
@@ -128,6 +136,7 @@ pub fn allowed(role: Role, action: Action) -> bool {
                 | ReadQuotas
                 | ReadContracts
                 | ReadInvoices
+                | ReadWebhooks
         ),
         NodeAgent => matches!(action, AgentRegister | AgentHeartbeat),
     }
@@ -229,5 +238,10 @@ mod tests {
         assert!(!allowed(Role::TenantMember, Action::WriteKeys));
         assert!(!allowed(Role::TenantAdmin, Action::ReadFleet));
         assert!(!allowed(Role::NodeAgent, Action::ReadTenants));
+        assert!(allowed(Role::TenantAdmin, Action::WriteWebhooks));
+        assert!(!allowed(Role::TenantMember, Action::WriteWebhooks));
+        assert!(allowed(Role::TenantMember, Action::ReadWebhooks));
+        assert!(!allowed(Role::OperatorViewer, Action::WriteWebhooks));
+        assert!(!allowed(Role::NodeAgent, Action::ReadWebhooks));
     }
 }

@@ -19,6 +19,7 @@ mod offers;
 mod replica;
 mod requests;
 mod scheduler;
+mod webhooks;
 mod writer;
 
 use neocloud_store::{IdempotencyRecord, NewEvent, Store, WriteTx};
@@ -46,11 +47,15 @@ pub use offers::{PlacementAsk, SiteOffer};
 pub use replica::{ReplicaConfig, ReplicaRole, RoleChange};
 pub use requests::*;
 pub use scheduler::SchedulerConfig;
+pub use webhooks::{
+    Attempt, CreateWebhook, WebhookCreated, backoff_secs, check_patterns, check_url,
+    pattern_matches, public_address, signature, signature_header,
+};
 
 /// The filters and the page that the service's list operations take and return. The
 /// service owns them as part of its interface: callers (the HTTP API, the console) name
 /// them from here and never depend on the store themselves.
-pub use neocloud_store::{EventFilter, NodeFilter, Page, UsageFilter};
+pub use neocloud_store::{DueDelivery, EventFilter, NodeFilter, Page, UsageFilter};
 
 /// Most items a list returns in one page.
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -141,6 +146,8 @@ pub struct Service {
     tenants: std::sync::Arc<TenantCache>,
     /// GPU model names known to the catalog (models are never removed).
     models_known: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The operator's webhook settings.
+    webhook_settings: std::sync::Arc<webhooks::Settings>,
 }
 
 /// Tenants recently read: every launch names its tenant, and reading the row each time
@@ -242,6 +249,7 @@ impl Service {
             clock,
             tenants: Default::default(),
             models_known: Default::default(),
+            webhook_settings: Default::default(),
         })
     }
 

@@ -113,6 +113,10 @@ pub(crate) struct Metrics {
     pub(crate) preemptions: AtomicU64,
     pub(crate) heartbeats: AtomicU64,
     pub(crate) health_events: AtomicU64,
+    /// Webhook delivery attempts that were delivered, failed (to be retried), or given up.
+    pub(crate) webhooks_delivered: AtomicU64,
+    pub(crate) webhooks_failed: AtomicU64,
+    pub(crate) webhooks_given_up: AtomicU64,
     /// HTTP requests by (route, method, status), and latency by route.
     http: Mutex<BTreeMap<(String, String, u16), u64>>,
     http_latency: Mutex<BTreeMap<String, std::sync::Arc<Histogram>>>,
@@ -129,6 +133,9 @@ impl Default for Metrics {
             preemptions: AtomicU64::new(0),
             heartbeats: AtomicU64::new(0),
             health_events: AtomicU64::new(0),
+            webhooks_delivered: AtomicU64::new(0),
+            webhooks_failed: AtomicU64::new(0),
+            webhooks_given_up: AtomicU64::new(0),
             http: Mutex::default(),
             http_latency: Mutex::default(),
         }
@@ -354,6 +361,24 @@ impl Service {
             "counter",
             "Health facts stored (XIDs, flags, burn-in results, lost heartbeats).",
             &[("", load(&m.health_events))],
+        );
+        family(
+            &mut out,
+            "neocloud_webhook_attempts_total",
+            "counter",
+            "Webhook delivery attempts: delivered (2xx), failed (retried later), given up (failing 24 hours after the event).",
+            &[
+                ("result=\"delivered\"", load(&m.webhooks_delivered)),
+                ("result=\"failed\"", load(&m.webhooks_failed)),
+                ("result=\"given_up\"", load(&m.webhooks_given_up)),
+            ],
+        );
+        family(
+            &mut out,
+            "neocloud_webhook_deliveries_pending",
+            "gauge",
+            "Webhook deliveries not made yet, across webhooks.",
+            &[("", self.store.webhook_pending().await?.to_string())],
         );
         head(
             &mut out,

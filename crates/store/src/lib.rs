@@ -22,6 +22,7 @@ mod map;
 mod ssh_keys;
 mod storage;
 mod tenancy;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,7 @@ pub use maintenance::MaintenanceRow;
 pub use map::*;
 pub use storage::FAILPOINT_SQLITE_MAX_PAGES;
 pub use tenancy::*;
+pub use webhooks::*;
 
 /// The database driver's error, for callers that classify failures.
 pub use sqlx::Error as sqlx_error;
@@ -120,6 +122,8 @@ pub struct WriteTx {
     /// a numbered parameter by a linear search when binding: the square of a long
     /// statement's parameters).
     pub(crate) numbered: bool,
+    /// The number of the last event written in this transaction, once one was.
+    pub(crate) event_seq: Option<i64>,
 }
 
 impl WriteTx {
@@ -219,6 +223,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "maintenance",
         include_str!("../migrations/0011_maintenance.sql"),
+    ),
+    (
+        12,
+        "webhooks",
+        include_str!("../migrations/0012_webhooks.sql"),
     ),
 ];
 
@@ -361,6 +370,7 @@ impl Store {
             clock: self.clock.clone(),
             deferred: None,
             numbered: self.backend == Backend::Postgres,
+            event_seq: None,
         })
     }
 
@@ -379,6 +389,7 @@ impl Store {
             clock: self.clock.clone(),
             deferred: None,
             numbered: self.backend == Backend::Postgres,
+            event_seq: None,
         })
     }
 

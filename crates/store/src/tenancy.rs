@@ -366,9 +366,11 @@ impl Store {
             });
             return Ok(id);
         }
+        let seq = Self::event_seq_next(tx).await?;
         sqlx::query(
             "INSERT INTO events (id, at, actor_key_id, tenant_id, action, resource_kind,
-             resource_id, before_json, after_json) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             resource_id, before_json, after_json, seq)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(id.to_string())
         .bind(at)
@@ -379,9 +381,36 @@ impl Store {
         .bind(&e.resource_id)
         .bind(json(&e.before))
         .bind(json(&e.after))
+        .bind(seq)
         .execute(tx.conn())
         .await?;
         Ok(id)
+    }
+
+    /// The sequence number of the next event written in this transaction. Events are
+    /// numbered in the order they commit: a transaction that writes events holds the
+    /// process's write lock from its start, SQLite has one writer at a time, and on
+    /// PostgreSQL only the lease holder's commits go through, so the numbers of a
+    /// transaction follow those of every transaction committed before it. Webhooks read
+    /// events in this order.
+    pub(crate) async fn event_seq_next(tx: &mut WriteTx) -> Result<i64> {
+        let next = Self::event_seq_last(tx).await? + 1;
+        tx.event_seq = Some(next);
+        Ok(next)
+    }
+
+    /// The sequence number of the last event written, in this transaction or before it
+    /// (0 when none has one).
+    pub async fn event_seq_last(tx: &mut WriteTx) -> Result<i64> {
+        if let Some(s) = tx.event_seq {
+            return Ok(s);
+        }
+        let row = sqlx::query("SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) FROM events")
+            .fetch_one(tx.conn())
+            .await?;
+        let last: i64 = row.try_get(0)?;
+        tx.event_seq = Some(last);
+        Ok(last)
     }
 
     /// Lists events, newest first.
@@ -624,11 +653,15 @@ impl Deferred {
         for chunk in self.events.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO events (id, at, actor_key_id, tenant_id, action, resource_kind,
-                 resource_id, before_json, after_json) VALUES {}",
-                placeholders(chunk.len(), 9, tx.numbered)
+                 resource_id, before_json, after_json, seq) VALUES {}",
+                placeholders(chunk.len(), 10, tx.numbered)
             );
+            let mut seqs = Vec::with_capacity(chunk.len());
+            for _ in chunk {
+                seqs.push(Store::event_seq_next(tx).await?);
+            }
             let mut q = sqlx::query(&sql);
-            for e in chunk {
+            for (e, seq) in chunk.iter().zip(seqs) {
                 q = q
                     .bind(&e.id)
                     .bind(e.at)
@@ -638,7 +671,8 @@ impl Deferred {
                     .bind(&e.kind)
                     .bind(&e.resource)
                     .bind(&e.before)
-                    .bind(&e.after);
+                    .bind(&e.after)
+                    .bind(seq);
             }
             q.execute(tx.conn()).await?;
         }

@@ -148,6 +148,14 @@ typed_id!(
     /// Identifies a planned maintenance window.
     MaintenanceId, "mnt", "maintenance window"
 );
+typed_id!(
+    /// Identifies a webhook (a URL subscribed to events).
+    WebhookId, "whk", "webhook"
+);
+typed_id!(
+    /// Identifies the delivery of one event to one webhook.
+    WebhookDeliveryId, "whd", "webhook delivery"
+);
 
 #[cfg(test)]
 mod tests {

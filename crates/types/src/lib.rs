@@ -17,6 +17,7 @@ pub mod money;
 pub mod placement;
 pub mod tenancy;
 pub mod time;
+pub mod webhook;
 
 pub use agent::*;
 pub use billing::*;
@@ -30,3 +31,4 @@ pub use money::Money;
 pub use placement::*;
 pub use tenancy::*;
 pub use time::Timestamp;
+pub use webhook::*;

@@ -8,6 +8,7 @@ mod instances;
 mod nodes;
 pub(crate) mod out;
 mod tenants;
+mod webhooks;
 
 use std::path::PathBuf;
 
@@ -110,6 +111,10 @@ enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Events(tenants::EventCmd),
+    /// Webhooks: URLs subscribed to events (preemption notices, replaced gang nodes, failed
+    /// instances, finalized invoices, …), with signed, retried, ordered deliveries.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhookCmd),
     /// Instances: GPUs a tenant runs.
     #[command(subcommand)]
     Instances(instances::InstanceCmd),
@@ -267,6 +272,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Tenants(cmd) => tenants::tenants(&cx, cmd).await,
         Command::Keys(cmd) => tenants::keys(&cx, cmd).await,
         Command::Events(cmd) => tenants::events(&cx, cmd).await,
+        Command::Webhooks(cmd) => webhooks::webhooks(&cx, cmd).await,
         Command::Instances(cmd) => instances::instances(&cx, cmd).await,
         Command::SshKeys(cmd) => instances::ssh_keys(&cx, cmd).await,
         Command::Ssh(args) => instances::ssh(&cx, args).await,

@@ -504,6 +504,54 @@ both_backends!(
             .or("/v1/ssh-keys/desktop", None)
         )
         .await;
+        let mut c = case(
+            M::POST,
+            "/v1/webhooks",
+            "/v1/webhooks",
+            &ka,
+            Some(json!({"url": "https://hooks.example.com/acme", "events": ["instance.*"]})),
+            201,
+            Some("webhook.created"),
+        )
+        .other_body(json!({"url": "https://hooks.example.com/other"}));
+        c.once = &["secret"];
+        let hook = run!(c).await;
+        let hid = hook["id"].as_str().unwrap().to_string();
+        let other = ctx
+            .post(
+                "/v1/webhooks",
+                &ka,
+                &json!({"url": "https://hooks.example.com/second"}),
+            )
+            .await
+            .expect(201);
+        let other_id = other["id"].as_str().unwrap().to_string();
+        run!(
+            case(
+                M::POST,
+                "/v1/webhooks/{id}/test",
+                format!("/v1/webhooks/{hid}/test"),
+                &ka,
+                None,
+                202,
+                Some("webhook.test")
+            )
+            .or(format!("/v1/webhooks/{other_id}/test"), None)
+        )
+        .await;
+        run!(
+            case(
+                M::DELETE,
+                "/v1/webhooks/{id}",
+                format!("/v1/webhooks/{hid}"),
+                &ka,
+                None,
+                200,
+                Some("webhook.deleted")
+            )
+            .or(format!("/v1/webhooks/{other_id}"), None)
+        )
+        .await;
         run!(
             case(
                 M::POST,

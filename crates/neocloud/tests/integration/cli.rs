@@ -8,7 +8,7 @@ use crate::ctx::{Db, TestContext, temp_dir};
 const BIN: &str = env!("CARGO_BIN_EXE_neocloud");
 
 /// Runs the binary with `args` against `ctx` (off the async runtime's threads).
-async fn neocloud(ctx: &TestContext, key: &str, args: &[&str]) -> Output {
+pub(crate) async fn neocloud(ctx: &TestContext, key: &str, args: &[&str]) -> Output {
     let url = ctx.url("");
     let key = key.to_string();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -25,11 +25,11 @@ async fn neocloud(ctx: &TestContext, key: &str, args: &[&str]) -> Output {
     .unwrap()
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 

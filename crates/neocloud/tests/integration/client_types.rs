@@ -125,6 +125,17 @@ fn request_bodies_are_the_servers() {
         action: c::HealthAction::Drain,
         note: Some("why".into()),
     });
+    let w: s::CreateWebhook = accepted(&c::CreateWebhook {
+        tenant_id: Some("acme".into()),
+        url: "https://hooks.example.com/x".into(),
+        events: Some(vec!["instance.*".into()]),
+    });
+    assert_eq!(w.events, Some(vec!["instance.*".to_string()]));
+    let w: s::CreateWebhook = accepted(&c::CreateWebhook {
+        url: "https://hooks.example.com/x".into(),
+        ..Default::default()
+    });
+    assert_eq!(w.events, None, "absent means every event");
 }
 
 #[test]
@@ -173,6 +184,11 @@ fn answers_are_the_servers() {
     same_answer::<s::PowerRow, c::PowerRow>(json!({
         "site_id": site, "site": "memphis-2", "allocated_watts": 1, "budget_watts": 2,
         "cap_watts": 2, "energy_usd_per_mwh": "80", "energy_cost_per_hour": "0.5",
+    }));
+    same_answer::<s::WebhookCreated, c::WebhookCreated>(json!({
+        "id": "whk_01890000000070008000000000000001", "tenant_id": tenant,
+        "url": "https://hooks.example.com/x", "events": ["instance.*"], "created_at": at,
+        "pending_deliveries": 0, "secret": "whsec_00",
     }));
     same_answer::<s::MarginRow, c::MarginRow>(json!({
         "month": "2030-01", "site_id": site, "revenue": "10", "energy_kwh": 3,

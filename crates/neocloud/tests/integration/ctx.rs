@@ -183,6 +183,20 @@ impl TestContext {
         })
     }
 
+    /// Starts the webhook dispatcher, as `serve` does, sending with this per-request
+    /// timeout; webhooks may point at loopback addresses (the tests' receivers).
+    pub fn start_webhooks(&self, timeout: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        self.svc.set_webhook_allow_private(true);
+        neocloud_api::webhooks::spawn(
+            self.svc.clone(),
+            neocloud_api::DispatcherConfig {
+                timeout,
+                poll: std::time::Duration::from_millis(100),
+                ..Default::default()
+            },
+        )
+    }
+
     /// The database this control plane runs on.
     pub fn database_url(&self) -> String {
         self.database_url.clone()

@@ -40,3 +40,4 @@ mod replicas;
 mod sim;
 mod store;
 mod webdriver;
+mod webhooks;

@@ -790,6 +790,73 @@ async fn a_replaced_gang_node_reaches_the_tenants_webhook(db: Db) {
     assert_eq!(got[0].payload["webhook_id"], hook.as_str());
 }
 
+/// A maintenance window's notice reaches the tenant's webhook when it is scheduled, and the
+/// stop when the window begins; both signed, in that order.
+async fn a_maintenance_notice_reaches_the_tenants_webhook(db: Db) {
+    let Some(g) = Gang::start(db).await else {
+        return;
+    };
+    g.ctx.svc.set_webhook_allow_private(true);
+    let r = Receiver::start(OK).await;
+    let (hook, _) = subscribe(
+        &g.ctx,
+        &g.key,
+        &r,
+        json!({"events": ["maintenance.*", "instance.preempted"]}),
+    )
+    .await;
+    g.ctx.start_webhooks(Duration::from_secs(10));
+    let inst = g
+        .launch(json!({"gpu_model": "H100-SXM-80GB", "gpus": 8}))
+        .await;
+    let id = inst["id"].as_str().unwrap().to_string();
+    let node = nodes(&inst)[0].clone();
+    g.clock.set(crate::gang_repair::at(100));
+    let start = crate::gang_repair::at(1900).to_string();
+    let w = g
+        .ctx
+        .post(
+            "/v1/maintenance",
+            &g.ctx.operator_key,
+            &json!({"nodes": [node], "start_at": start,
+                    "end_at": crate::gang_repair::at(5500).to_string(),
+                    "reason": "PSU swap"}),
+        )
+        .await
+        .expect(201);
+    let wid = w["id"].as_str().unwrap().to_string();
+    until("the notice arrived", async || !r.inbox.got().is_empty()).await;
+    let got = r.inbox.got();
+    let e = &got[0].payload["event"];
+    assert_eq!(e["action"], "maintenance.scheduled", "{e}");
+    assert_eq!(e["resource_id"], id.as_str());
+    assert_eq!(e["after"]["maintenance_id"], wid.as_str());
+    assert_eq!(e["after"]["outcome"], "stopped_at_start");
+    assert_eq!(e["after"]["start_at"], start.as_str(), "{e}");
+    assert!(got[0].verified);
+    assert_eq!(got[0].payload["webhook_id"], hook.as_str());
+    // The window begins: the instance is stopped and the tenant hears of it.
+    g.clock.set(crate::gang_repair::at(1900));
+    g.ctx.svc.tick(crate::gang_repair::at(1900)).await.unwrap();
+    g.ctx
+        .svc
+        .health_tick(crate::gang_repair::at(1900))
+        .await
+        .unwrap();
+    until("the stop arrived", async || {
+        r.inbox
+            .actions()
+            .contains(&"instance.preempted".to_string())
+    })
+    .await;
+    let actions = r.inbox.actions();
+    assert_eq!(
+        actions.first().map(String::as_str),
+        Some("maintenance.scheduled")
+    );
+    assert!(r.inbox.got().iter().all(|g| g.verified));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_manages_webhooks() {
     let ctx = TestContext::start(Db::Sqlite).await;
@@ -965,4 +1032,5 @@ macro_rules! on_both {
 on_both!(
     a_receiver_down_for_ten_minutes_gets_every_event_in_order,
     a_replaced_gang_node_reaches_the_tenants_webhook,
+    a_maintenance_notice_reaches_the_tenants_webhook,
 );

@@ -152,13 +152,14 @@ fn problem_line(p: &Problem) -> String {
     };
     let mut msg = format!("{detail} ({code}, HTTP {})", p.status);
     for e in p.errors.iter().take(50) {
-        msg.push_str(&format!(
-            "\n  line {}, column {}: {}: {}",
-            e.line.unwrap_or(0),
-            e.column.unwrap_or(0),
-            e.field,
-            e.message
-        ));
+        let line = match (e.line, e.column) {
+            (Some(l), Some(c)) => format!("line {l}, column {c}: {}: {}", e.field, e.message),
+            _ => format!("{}: {}", e.field, e.message),
+        };
+        // A single error is often the detail itself: say it once.
+        if line != detail {
+            msg.push_str(&format!("\n  {line}"));
+        }
     }
     msg
 }

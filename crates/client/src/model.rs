@@ -689,3 +689,24 @@ pub struct WebhookCreated {
     /// The key deliveries are signed with; `None` on an idempotent replay.
     pub secret: Option<String>,
 }
+
+/// Body of `POST /v1/maintenance`: `nodes`, or a `block` (with its `site` when named by
+/// name or path).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleMaintenance {
+    /// Nodes by id or name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+    /// A block (id, name or path): every node inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<String>,
+    /// The block's site (id or name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// When it begins.
+    pub start_at: Timestamp,
+    /// When it ends.
+    pub end_at: Timestamp,
+    /// Why, shown to tenants in their notices.
+    pub reason: String,
+}

@@ -1,9 +1,9 @@
 //! One method per API operation.
 
 use neocloud_types::{
-    ApiKey, Block, Contract, Event, GpuModel, HealthEvent, ImportReport, Instance, Invoice, Node,
-    Outage, Price, Quota, Site, SshKey, Tenant, UsageRecord, Webhook, WebhookDelivery,
-    WebhookDeliveryState,
+    ApiKey, Block, Contract, Event, GpuModel, HealthEvent, ImportReport, Instance, Invoice,
+    MaintenanceState, MaintenanceWindow, Node, Outage, Price, Quota, Site, SshKey, Tenant,
+    UsageRecord, Webhook, WebhookDelivery, WebhookDeliveryState,
 };
 use reqwest::Method;
 
@@ -11,8 +11,9 @@ use crate::model::{
     AmendContract, ApiKeyCreated, BacklogReport, CapacityLine, ContractTerms, CreateApiKey,
     CreateGpuModel, CreateSshKey, CreateTenant, CreateWebhook, EventFilter, GenerateInvoice,
     GpuHistory, InstanceFilter, InstanceLogs, LaunchInstance, List, MarginRow, NodeFilter, NodeOp,
-    NodeOperation, Page, PageRequest, PowerRow, Quote, RevenueRow, SetPowerCap, SetPrice, SetQuota,
-    SetXidRule, UpdateTenant, UsageFilter, UtilizationRow, WebhookCreated, XidRule,
+    NodeOperation, Page, PageRequest, PowerRow, Quote, RevenueRow, ScheduleMaintenance,
+    SetPowerCap, SetPrice, SetQuota, SetXidRule, UpdateTenant, UsageFilter, UtilizationRow,
+    WebhookCreated, XidRule,
 };
 use crate::{Body, Client, Idem, Result, opt, seg};
 
@@ -414,6 +415,57 @@ impl Client {
             &q,
             Body::None,
             Idem::None,
+        )
+        .await
+    }
+
+    // ----- maintenance -----
+
+    /// `GET /v1/maintenance`: windows, latest start first (operator), optionally in one
+    /// state.
+    pub async fn maintenance_windows(
+        &self,
+        state: Option<MaintenanceState>,
+    ) -> Result<Vec<MaintenanceWindow>> {
+        let q: Vec<(&'static str, String)> = state
+            .map(|s| ("state", s.as_str().to_string()))
+            .into_iter()
+            .collect();
+        Ok(self
+            .get::<List<MaintenanceWindow>>("/v1/maintenance", &q)
+            .await?
+            .items)
+    }
+
+    /// `GET /v1/maintenance/{id}`.
+    pub async fn maintenance_window(&self, id: &str) -> Result<MaintenanceWindow> {
+        self.get(&format!("/v1/maintenance/{}", seg(id)), &[]).await
+    }
+
+    /// `POST /v1/maintenance`: announces a window; its nodes are cordoned at once.
+    pub async fn schedule_maintenance(
+        &self,
+        body: &ScheduleMaintenance,
+        idempotency_key: Option<&str>,
+    ) -> Result<MaintenanceWindow> {
+        self.with_body(
+            Method::POST,
+            "/v1/maintenance",
+            body,
+            Idem::Create(idempotency_key),
+        )
+        .await
+    }
+
+    /// `POST /v1/maintenance/{id}/cancel`: calls off a window not begun, or ends one in
+    /// progress early.
+    pub async fn cancel_maintenance(&self, id: &str) -> Result<MaintenanceWindow> {
+        self.call(
+            Method::POST,
+            &format!("/v1/maintenance/{}/cancel", seg(id)),
+            &[],
+            Body::None,
+            Idem::Create(None),
         )
         .await
     }

@@ -5,6 +5,7 @@ mod billing;
 mod contracts;
 mod fleet;
 mod instances;
+mod maintenance;
 mod nodes;
 pub(crate) mod out;
 mod tenants;
@@ -98,6 +99,10 @@ enum Command {
     /// The health policy: what each NVIDIA XID code does to a node.
     #[command(subcommand)]
     Health(nodes::HealthCmd),
+    /// Planned maintenance: announce a window over nodes or a block; gangs move off, other
+    /// work gets notice and stops when it begins; tenants hear of it.
+    #[command(subcommand)]
+    Maintenance(maintenance::MaintenanceCmd),
     /// Run the node agent on a GPU server: registers the node, sends heartbeats with GPU
     /// telemetry and health events (NVML, or simulated GPUs with --backend sim).
     Agent(neocloud_agent::AgentArgs),
@@ -269,6 +274,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Nodes(cmd) => nodes::nodes(&cx, cmd).await,
         Command::Gpus(cmd) => nodes::gpus(&cx, cmd).await,
         Command::Health(cmd) => nodes::health(&cx, cmd).await,
+        Command::Maintenance(cmd) => maintenance::maintenance(&cx, cmd).await,
         Command::Tenants(cmd) => tenants::tenants(&cx, cmd).await,
         Command::Keys(cmd) => tenants::keys(&cx, cmd).await,
         Command::Events(cmd) => tenants::events(&cx, cmd).await,

@@ -136,6 +136,27 @@ fn request_bodies_are_the_servers() {
         ..Default::default()
     });
     assert_eq!(w.events, None, "absent means every event");
+    let start: neocloud_types::Timestamp = "2026-12-06T10:00:00Z".parse().unwrap();
+    let end: neocloud_types::Timestamp = "2026-12-06T12:00:00Z".parse().unwrap();
+    let m: s::ScheduleMaintenance = accepted(&c::ScheduleMaintenance {
+        block: Some("pod-01/leaf-02".into()),
+        site: Some("memphis-1".into()),
+        start_at: start,
+        end_at: end,
+        reason: "switch firmware".into(),
+        ..Default::default()
+    });
+    assert!(m.nodes.is_empty());
+    assert_eq!(m.block.as_deref(), Some("pod-01/leaf-02"));
+    assert_eq!((m.start_at, m.end_at), (start, end));
+    let m: s::ScheduleMaintenance = accepted(&c::ScheduleMaintenance {
+        nodes: vec!["n1".into(), "n2".into()],
+        start_at: start,
+        end_at: end,
+        reason: "PSU".into(),
+        ..Default::default()
+    });
+    assert_eq!(m.nodes, ["n1", "n2"]);
 }
 
 #[test]

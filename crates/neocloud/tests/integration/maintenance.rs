@@ -322,3 +322,167 @@ on_both!(
     a_leaf_group_goes_into_maintenance_with_notice,
     a_window_called_off_and_bad_requests,
 );
+
+/// The CLI: schedule a leaf group's window with a relative start and a length, list, show,
+/// call it off; usage errors exit 2, an unknown window 3, and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_schedules_and_cancels_maintenance() {
+    use crate::cli::{neocloud, stderr, stdout};
+    let Some(g) = Gang::start(Db::Sqlite).await else {
+        return;
+    };
+    // The server runs on a manual clock, so times are given in full (`+1h` counts from
+    // the real clock; its parsing has unit tests).
+    let start = at(3600).to_string();
+    let single = g
+        .launch(json!({"gpu_model": "H100-SXM-80GB", "gpus": 8}))
+        .await;
+    let node = nodes(&single)[0].clone();
+    let op = g.ctx.operator_key.clone();
+    let run = async |args: &[&str]| neocloud(&g.ctx, &op, args).await;
+
+    // Usage errors, each with a non-zero exit and a message naming what is wrong.
+    for (args, want) in [
+        (
+            vec![
+                "maintenance",
+                "schedule",
+                "--start",
+                &start,
+                "--for",
+                "2h",
+                "--reason",
+                "x",
+            ],
+            "--node",
+        ),
+        (
+            vec![
+                "maintenance",
+                "schedule",
+                "--node",
+                &node,
+                "--start",
+                &start,
+                "--for",
+                "2w",
+                "--reason",
+                "x",
+            ],
+            "--for",
+        ),
+        (
+            vec![
+                "maintenance",
+                "schedule",
+                "--node",
+                &node,
+                "--start",
+                "tomorrow",
+                "--for",
+                "2h",
+                "--reason",
+                "x",
+            ],
+            "--start",
+        ),
+        (
+            vec![
+                "maintenance",
+                "schedule",
+                "--node",
+                &node,
+                "--start",
+                &start,
+                "--reason",
+                "x",
+            ],
+            "--end or --for",
+        ),
+        (
+            vec![
+                "maintenance",
+                "schedule",
+                "--node",
+                &node,
+                "--start",
+                &start,
+                "--for",
+                "60d",
+                "--reason",
+                "x",
+            ],
+            "end_at",
+        ),
+    ] {
+        let o = run(&args).await;
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+    let o = run(&["maintenance", "get", "mnt_00000000000000000000000000"]).await;
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(g.node_state(&node).await, "allocated");
+
+    // The node's leaf group, by path, an hour from now for two hours.
+    let block = leaf(&node).to_string();
+    let o = run(&[
+        "-o",
+        "json",
+        "maintenance",
+        "schedule",
+        "--site",
+        "west",
+        "--block",
+        &block,
+        "--start",
+        &start,
+        "--for",
+        "2h",
+        "--reason",
+        "leaf switch firmware",
+        "--idempotency-key",
+        "cli-1",
+    ])
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let w: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let wid = w["id"].as_str().unwrap().to_string();
+    assert_eq!(w["state"], "scheduled");
+    assert_eq!(w["nodes"].as_array().unwrap().len(), 24);
+    let start: neocloud_types::Timestamp = w["start_at"].as_str().unwrap().parse().unwrap();
+    let end: neocloud_types::Timestamp = w["end_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(end, start.plus_seconds(7200));
+    assert_eq!(g.node_state(&node).await, "cordoned");
+    let i = g.instance(single["id"].as_str().unwrap()).await;
+    assert_eq!(i["state"], "preempting", "{i}");
+    assert_eq!(i["preempt_at"], w["start_at"]);
+
+    // The table names it; -q prints the id only; get shows it.
+    let o = run(&["maintenance", "list", "--state", "scheduled"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(
+        table.contains("NOTIFIED") && table.contains(&wid),
+        "{table}"
+    );
+    assert!(table.contains("leaf switch firmware"), "{table}");
+    let o = run(&["-q", "maintenance", "list"]).await;
+    assert_eq!(stdout(&o).trim(), wid);
+    let o = run(&["maintenance", "list", "--state", "sideways"]).await;
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = run(&["maintenance", "get", &wid]).await;
+    assert!(stdout(&o).contains(&node), "{}", stdout(&o));
+
+    // Called off: the node takes work again, the notice is withdrawn.
+    let o = run(&["-o", "json", "maintenance", "cancel", &wid]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(c["state"], "cancelled");
+    assert_eq!(g.node_state(&node).await, "allocated");
+    assert_eq!(
+        g.instance(single["id"].as_str().unwrap()).await["state"],
+        "running"
+    );
+    let o = run(&["maintenance", "cancel", &wid]).await;
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+}

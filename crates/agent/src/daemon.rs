@@ -207,12 +207,7 @@ impl Daemon {
                 _ = tick.tick() => self.housekeep().await,
                 // A workload changed phase: tell the control plane soon, not a whole
                 // interval later (never while heartbeats are failing and backing off).
-                () = changed.notified() => {
-                    let soon = Instant::now() + EARLY_BEAT;
-                    if self.registered && self.backoff.attempts() == 0 && soon < self.next_call {
-                        self.next_call = soon;
-                    }
-                }
+                () = changed.notified() => self.beat_soon(),
                 Some((id, outcome)) = burn_in_rx.recv() => self.burn_in_done(id, outcome),
                 () = tokio::time::sleep_until(self.next_call) => tokio::select! {
                     () = &mut shutdown => break,
@@ -324,8 +319,23 @@ impl Daemon {
         let events = with_backend(&self.backend, |b| b.take_events())
             .await
             .unwrap_or_default();
+        // Health evidence (an XID, a flag turning on) goes out at once, not a whole interval
+        // later: a failed node in a gang is replaced that much sooner.
+        if !events.is_empty() {
+            self.beat_soon();
+        }
         for (gpu_uuid, kind, at) in events {
             self.queue(gpu_uuid, kind, at);
+        }
+    }
+
+    /// Brings the next heartbeat forward to [`EARLY_BEAT`] from now: something the control
+    /// plane should hear of soon happened (never while heartbeats are failing and backing
+    /// off, nor before registration).
+    fn beat_soon(&mut self) {
+        let soon = Instant::now() + EARLY_BEAT;
+        if self.registered && self.backoff.attempts() == 0 && soon < self.next_call {
+            self.next_call = soon;
         }
     }
 

@@ -34,6 +34,8 @@ struct Plane {
     /// Every event received, duplicates included.
     received: Vec<AgentEvent>,
     state: Option<NodeState>,
+    /// The heartbeat interval the plane asks for (1 s when unset).
+    interval_secs: Option<u32>,
 }
 
 type Shared = Arc<Mutex<Plane>>;
@@ -68,7 +70,7 @@ async fn register(
         node_id: NodeId::new(),
         node: req.hostname,
         state,
-        heartbeat_interval_secs: 1,
+        heartbeat_interval_secs: p.interval_secs.unwrap_or(1),
         last_seq: p.events.keys().last().copied().unwrap_or(0),
         node_key: Some(NODE_KEY.to_string()),
         burn_in: (state == NodeState::BurnIn).then(|| BurnInRequest { id: "bi-1".into() }),
@@ -94,7 +96,7 @@ async fn heartbeat(State(s): State<Shared>, h: HeaderMap, Json(hb): Json<Heartbe
     Json(HeartbeatAck {
         acked_seq: p.events.keys().last().copied().unwrap_or(0),
         state,
-        heartbeat_interval_secs: 1,
+        heartbeat_interval_secs: p.interval_secs.unwrap_or(1),
         burn_in: (state == NodeState::BurnIn).then(|| BurnInRequest { id: "bi-1".into() }),
         desired: None,
     })
@@ -304,4 +306,59 @@ async fn registers_heartbeats_and_delivers_buffered_events_once() {
             .unwrap()
             .starts_with("GPU-")
     );
+}
+
+/// Health evidence does not wait for the next heartbeat: with an interval of an hour, an
+/// XID injected after the first heartbeats still reaches the control plane at once (in a
+/// heartbeat of its own), and nothing else brings heartbeats forward.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_xid_goes_out_at_once_not_an_interval_later() {
+    let plane = Shared::default();
+    plane.lock().unwrap().interval_secs = Some(3600);
+    plane.lock().unwrap().state = Some(NodeState::Available);
+    let server = Server::start(plane.clone(), "127.0.0.1:0".parse().unwrap());
+    let dir = std::env::temp_dir().join(format!("neocloud-agent-xid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fault_file = dir.join("faults");
+    let url = format!("http://{}", server.addr);
+    let cli = Cli::parse_from([
+        "agent",
+        "--server",
+        &url,
+        "--key",
+        ENROLL,
+        "--backend",
+        "sim",
+        "--hostname",
+        "gpu-node-002",
+        "--sim-gpus",
+        "2",
+        "--sim-fault-file",
+        fault_file.to_str().unwrap(),
+        "--state-dir",
+        dir.join("state").to_str().unwrap(),
+    ]);
+    let (stop_agent, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(neocloud_agent::run_until(cli.agent, async {
+        let _ = stopped.await;
+    }));
+    wait_for(&plane, "the first heartbeat", |p| p.beats >= 1).await;
+    // Quiet for a while: no event, so no heartbeat before the hour is up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let beats = plane.lock().unwrap().beats;
+    assert_eq!(beats, 1, "heartbeats without anything to say");
+    inject(&fault_file, "xid:79:1");
+    wait_for(&plane, "XID 79 well before the hour's heartbeat", |p| {
+        xids(&stored(p), 79) == 1
+    })
+    .await;
+    assert_eq!(plane.lock().unwrap().beats, 2);
+    stop_agent.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    server.stop();
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -6,7 +6,7 @@ use neocloud_client::model::{List, ScheduleMaintenance};
 use neocloud_types::Timestamp;
 use serde_json::Value;
 
-use super::out::{Cx, Ids, field, items, parse, record, table, usage};
+use super::out::{Buf, Cx, Ids, field, items, parse, record, table, usage};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum MaintenanceCmd {
@@ -20,16 +20,17 @@ pub(crate) enum MaintenanceCmd {
     /// straight back to service.
     ///
     /// Examples:
-    ///   neocloud maintenance schedule --site memphis-1 --block pod-01/leaf-02 \
+    ///   neocloud maintenance schedule --site memphis-1 --block m1-pod01/m1-pod01-leaf02 \
     ///       --start +1h --for 4h --reason "leaf switch firmware"
-    ///   neocloud maintenance schedule --node mem1-p01-l01-n001 --node mem1-p01-l01-n002 \
+    ///   neocloud maintenance schedule --node m1-pod01-leaf01-n01 --node m1-pod01-leaf01-n02 \
     ///       --start 2026-12-24T02:00:00Z --end 2026-12-24T06:00:00Z --reason "PSU swap"
     #[command(verbatim_doc_comment)]
     Schedule {
         /// A node (id or name), repeatable; or give --block.
         #[arg(long = "node", value_name = "NODE", conflicts_with = "block")]
         nodes: Vec<String>,
-        /// A block (id, name or path such as pod-01/leaf-02): every node inside it.
+        /// A block (id, name or path such as m1-pod01/m1-pod01-leaf02): every node inside
+        /// it.
         #[arg(long)]
         block: Option<String>,
         /// The block's site (id or name), needed with a block name or path.
@@ -108,6 +109,24 @@ fn start_at(s: &str) -> Result<Timestamp> {
     }
 }
 
+/// A window as a record, its node list cut short (`-o json` has every node).
+fn window(v: &Value, b: &mut Buf) {
+    let mut v = v.clone();
+    if let Some(nodes) = v.get("nodes").and_then(Value::as_array) {
+        let names: Vec<&str> = nodes.iter().filter_map(Value::as_str).collect();
+        let mut text = format!(
+            "{}: {}",
+            names.len(),
+            names[..names.len().min(4)].join(", ")
+        );
+        if names.len() > 4 {
+            text.push_str(", … (-o json lists them all)");
+        }
+        v["nodes"] = Value::String(text);
+    }
+    record(&v, b);
+}
+
 /// `neocloud maintenance …`.
 pub(crate) async fn maintenance(cx: &Cx<'_>, cmd: MaintenanceCmd) -> Result<()> {
     let c = cx.client()?;
@@ -143,12 +162,18 @@ pub(crate) async fn maintenance(cx: &Cx<'_>, cmd: MaintenanceCmd) -> Result<()> 
             let w = c
                 .schedule_maintenance(&body, idempotency_key.as_deref())
                 .await?;
-            cx.show(&w, ids, record)?;
+            cx.show(&w, ids, window)?;
+            let plural = |n: usize, one: &str| {
+                if n == 1 {
+                    format!("1 {one}")
+                } else {
+                    format!("{n} {one}s")
+                }
+            };
             cx.hint(&format!(
-                "\n{} nodes cordoned; {} instances notified. Call it off: neocloud maintenance \
-                 cancel {}",
-                w.nodes.len(),
-                w.notified_instances,
+                "\n{} cordoned; {} notified. Call it off: neocloud maintenance cancel {}",
+                plural(w.nodes.len(), "node"),
+                plural(w.notified_instances as usize, "instance"),
                 w.id
             ));
             Ok(())
@@ -185,8 +210,8 @@ pub(crate) async fn maintenance(cx: &Cx<'_>, cmd: MaintenanceCmd) -> Result<()> 
                 )
             })
         }
-        MaintenanceCmd::Get { id } => cx.show(&c.maintenance_window(&id).await?, ids, record),
-        MaintenanceCmd::Cancel { id } => cx.show(&c.cancel_maintenance(&id).await?, ids, record),
+        MaintenanceCmd::Get { id } => cx.show(&c.maintenance_window(&id).await?, ids, window),
+        MaintenanceCmd::Cancel { id } => cx.show(&c.cancel_maintenance(&id).await?, ids, window),
     }
 }
 

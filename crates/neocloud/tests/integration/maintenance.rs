@@ -471,6 +471,12 @@ async fn cli_schedules_and_cancels_maintenance() {
     let o = run(&["maintenance", "list", "--state", "sideways"]).await;
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let o = run(&["maintenance", "get", &wid]).await;
+    let shown = stdout(&o);
+    assert!(
+        shown.contains("24: ") && shown.contains("-o json"),
+        "{shown}"
+    );
+    let o = run(&["-o", "json", "maintenance", "get", &wid]).await;
     assert!(stdout(&o).contains(&node), "{}", stdout(&o));
 
     // Called off: the node takes work again, the notice is withdrawn.

@@ -790,6 +790,90 @@ async fn a_replaced_gang_node_reaches_the_tenants_webhook(db: Db) {
     assert_eq!(got[0].payload["webhook_id"], hook.as_str());
 }
 
+/// The case end to end: XID 79 on one node of a running 64-node reserved gang. The
+/// gang stays `running` on a node of its pod, the failed node is `failed`, the tenant's
+/// webhook receives the swap, usage bills what the tenant had and the contract's outage (its
+/// SLA downtime) lasts from the fault until the pool got a spare.
+async fn a_reserved_gang_repaired_end_to_end(db: Db) {
+    let Some(g) = Gang::start(db).await else {
+        return;
+    };
+    g.ctx.svc.set_webhook_allow_private(true);
+    let r = Receiver::start(OK).await;
+    subscribe(&g.ctx, &g.key, &r, json!({"events": ["instance.*"]})).await;
+    g.ctx.start_webhooks(Duration::from_secs(10));
+    // Everything the site sells (144 nodes less 3 spares) in one contract.
+    let c = g
+        .ctx
+        .post(
+            "/v1/contracts",
+            &g.key,
+            &json!({"gpu_model": "H100-SXM-80GB", "gpu_count": 1128, "site": "west",
+                    "start_at": crate::gang_repair::at(0).to_string(),
+                    "end_at": crate::gang_repair::at(7 * 86_400).to_string()}),
+        )
+        .await
+        .expect(201);
+    let cid = c["id"].as_str().unwrap().to_string();
+    let inst = g
+        .launch(
+            json!({"class": "reserved", "contract_id": cid, "gpu_model": "H100-SXM-80GB",
+                       "nodes": 64, "gang_level": "pod"}),
+        )
+        .await;
+    assert_eq!(inst["state"], "running");
+    let id = inst["id"].as_str().unwrap().to_string();
+    let before = nodes(&inst);
+    let the_pod = crate::gang_repair::pod(&before[0]).to_string();
+    let bad = before.last().unwrap().clone();
+    // GPU 0 falls off the bus an hour in; the agent's heartbeat says so 5 s later.
+    g.clock.set(crate::gang_repair::at(3600));
+    let ack = g.xid79(&bad, 3595).await;
+    assert_eq!(ack["state"], "failed");
+    assert_eq!(g.node_state(&bad).await, "failed");
+    let after = g.instance(&id).await;
+    assert_eq!(after["state"], "running", "{after}");
+    let now = nodes(&after);
+    assert_eq!(now.len(), 64);
+    let new: Vec<&String> = now.iter().filter(|n| !before.contains(n)).collect();
+    assert_eq!(new.len(), 1, "{now:?}");
+    assert!(!now.contains(&bad));
+    assert_eq!(crate::gang_repair::pod(new[0]), the_pod);
+    // The webhook has the swap, signed.
+    until("the swap reached the webhook", async || {
+        r.inbox
+            .actions()
+            .contains(&"instance.node_replaced".to_string())
+    })
+    .await;
+    let got = r.inbox.got();
+    let swap = got
+        .iter()
+        .find(|d| d.payload["event"]["action"] == "instance.node_replaced")
+        .unwrap();
+    assert!(swap.verified);
+    let change = &swap.payload["event"]["after"]["change"];
+    assert_eq!(change["failed_node"], bad.as_str(), "{change}");
+    assert_eq!(change["replacement"], new[0].as_str(), "{change}");
+    // The pool's outage: 8 GPUs from the fault until the spare joined, 5 s.
+    let outages = g
+        .ctx
+        .get(&format!("/v1/contracts/{cid}/outages"), &g.key)
+        .await
+        .expect(200);
+    let o = outages.as_array().unwrap();
+    assert_eq!(o.len(), 1, "{outages}");
+    assert_eq!(o[0]["gpus"], 8);
+    assert_eq!(o[0]["start_at"], crate::gang_repair::at(3595).to_string());
+    assert_eq!(o[0]["end_at"], crate::gang_repair::at(3600).to_string());
+    // Usage: 64 nodes to the fault, 63 while it went unheard, 64 again after.
+    g.clock.set(crate::gang_repair::at(7200));
+    g.terminate(&id).await;
+    assert_eq!(g.gpu_seconds(&id).await, 512 * 3595 + 504 * 5 + 512 * 3600);
+    // Nothing failed: no instance.failed reached the tenant.
+    assert!(!r.inbox.actions().contains(&"instance.failed".to_string()));
+}
+
 /// A maintenance window's notice reaches the tenant's webhook when it is scheduled, and the
 /// stop when the window begins; both signed, in that order.
 async fn a_maintenance_notice_reaches_the_tenants_webhook(db: Db) {
@@ -1033,4 +1117,5 @@ on_both!(
     a_receiver_down_for_ten_minutes_gets_every_event_in_order,
     a_replaced_gang_node_reaches_the_tenants_webhook,
     a_maintenance_notice_reaches_the_tenants_webhook,
+    a_reserved_gang_repaired_end_to_end,
 );

@@ -98,6 +98,13 @@ impl Gang {
     /// The node's agent registers and reports XID 79 on GPU 0 that happened at `fault`
     /// (seconds after T0), heard at the clock's time.
     pub(crate) async fn xid79(&self, host: &str, fault: i64) -> Value {
+        let event = json!({"seq": 1, "at": at(fault).to_string(),
+                           "gpu_uuid": format!("GPU-{host}-0"), "kind": {"type": "xid", "code": 79}});
+        self.agent_beat(host, vec![event]).await
+    }
+
+    /// The node's agent registers and sends one heartbeat with `events`, at the clock's time.
+    pub(crate) async fn agent_beat(&self, host: &str, events: Vec<Value>) -> Value {
         let gpus = |f: &dyn Fn(u32) -> Value| (0..8).map(f).collect::<Vec<_>>();
         let inv = json!({
             "hostname": host, "agent_version": "test", "backend": "sim",
@@ -120,8 +127,7 @@ impl Gang {
                 "utilization_pct": 60, "memory_used_mib": 1000,
                 "ecc_corrected": 0, "ecc_uncorrected": 0,
             })),
-            "events": [{"seq": 1, "at": at(fault).to_string(), "gpu_uuid": format!("GPU-{host}-0"),
-                        "kind": {"type": "xid", "code": 79}}],
+            "events": events,
         });
         self.ctx
             .post("/v1/agent/heartbeat", &key, &beat)
@@ -359,6 +365,49 @@ async fn a_gang_without_a_free_node_waits_for_spot_to_leave(db: Db) {
     assert_eq!(g.gpu_seconds(&id).await, 512 * 1000 + 504 * 100 + 512 * 900);
 }
 
+/// An agent killed outright: its node is `unreachable` past the missed-heartbeat limit (the
+/// gang runs on, whole), `failed` past the grace period, and the gang is then repaired by
+/// the same rule as for a fault, billed one node short from the last heartbeat.
+async fn a_silent_node_past_the_grace_period_is_replaced(db: Db) {
+    let Some(g) = Gang::start(db).await else {
+        return;
+    };
+    let inst = g
+        .launch(json!({"gpu_model": "H100-SXM-80GB", "nodes": 8, "gang_level": "leaf_group"}))
+        .await;
+    let id = inst["id"].as_str().unwrap().to_string();
+    let before = nodes(&inst);
+    let silent = before[3].clone();
+    g.clock.set(at(100));
+    let ack = g.agent_beat(&silent, vec![]).await;
+    assert_eq!(ack["state"], "available", "{ack}");
+    // Nothing more from it. Past 3 missed heartbeats: unreachable, the gang untouched.
+    g.clock.set(at(140));
+    g.ctx.svc.health_tick(at(140)).await.unwrap();
+    assert_eq!(g.node_state(&silent).await, "unreachable");
+    let i = g.instance(&id).await;
+    assert_eq!(i["state"], "running");
+    assert_eq!(nodes(&i), before);
+    // Past the grace period (300 s from the last heartbeat): failed, and replaced.
+    g.clock.set(at(401));
+    g.ctx.svc.health_tick(at(401)).await.unwrap();
+    assert_eq!(g.node_state(&silent).await, "failed");
+    let i = g.instance(&id).await;
+    assert_eq!(i["state"], "running", "{i}");
+    let now = nodes(&i);
+    assert_eq!(now.len(), 8);
+    assert!(!now.contains(&silent), "{now:?}");
+    let new: Vec<&String> = now.iter().filter(|n| !before.contains(n)).collect();
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0][..7], silent[..7], "the same leaf group");
+    let ev = g.events("instance.node_replaced").await;
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    // Billed: 8 nodes to the last heartbeat, 7 from then until the swap, 8 after.
+    g.clock.set(at(1000));
+    g.terminate(&id).await;
+    assert_eq!(g.gpu_seconds(&id).await, 64 * 100 + 56 * 301 + 64 * 599);
+}
+
 async fn capacity(ctx: &TestContext) -> Value {
     ctx.get(
         "/v1/capacity?site=memphis-1&gpu_model=H100-SXM-80GB",
@@ -457,4 +506,5 @@ on_both!(
     shrink_and_fail_policies,
     a_gang_without_a_free_node_waits_for_spot_to_leave,
     spares_replace_failures_in_their_own_pod,
+    a_silent_node_past_the_grace_period_is_replaced,
 );

@@ -141,6 +141,30 @@ impl Service {
         self.gpu_counts().await
     }
 
+    /// Per site: its nodes expected to heartbeat (not provisioning, failed or in
+    /// maintenance) and how many of them have an agent heard from within two intervals.
+    pub(crate) async fn agent_coverage(&self) -> Result<Vec<(String, u64, u64)>> {
+        let fresh = self.fresh_agents();
+        let mut out = Vec::new();
+        for site in self.sites(None).await? {
+            let (layout, unusual) = self.site_cells(site.id).await?;
+            let (mut expected, mut heard) = (0u64, 0u64);
+            for c in layout.iter() {
+                let state = unusual.get(&c.id).copied().unwrap_or(NodeState::Available);
+                if matches!(
+                    state,
+                    NodeState::Provisioning | NodeState::Failed | NodeState::Maintenance
+                ) {
+                    continue;
+                }
+                expected += 1;
+                heard += u64::from(fresh.contains(&c.id));
+            }
+            out.push((site.name, expected, heard));
+        }
+        Ok(out)
+    }
+
     /// GPUs by site, model and stored node state (for the console and `/metrics`).
     pub(crate) async fn gpu_counts(&self) -> Result<Vec<GpuStateCount>> {
         let mut counts: BTreeMap<(String, String, NodeState), i64> = BTreeMap::new();

@@ -622,6 +622,16 @@ impl Service {
         horizon_days: Option<u32>,
     ) -> Result<Vec<CapacityLine>> {
         auth::authorize(p, Action::ReadCapacity)?;
+        self.capacity_lines(site, model, horizon_days).await
+    }
+
+    /// [`Service::capacity`] without the caller's check (`/metrics`).
+    pub(crate) async fn capacity_lines(
+        &self,
+        site: Option<&str>,
+        model: Option<&str>,
+        horizon_days: Option<u32>,
+    ) -> Result<Vec<CapacityLine>> {
         let horizon = i64::from(horizon_days.unwrap_or(3 * 365).min(20 * 365));
         let sites = self.sites(site).await?;
         let now = self.now();

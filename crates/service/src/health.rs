@@ -1988,6 +1988,17 @@ impl Service {
 
     /// Registered agents, those heard from within two intervals, those whose node is
     /// `unreachable`, and the longest silence (seconds) among nodes in service.
+    /// Nodes whose agent was heard from within two heartbeat intervals.
+    pub(crate) fn fresh_agents(&self) -> std::collections::HashSet<NodeId> {
+        let now = self.now();
+        let window = i64::from(self.health.interval_secs) * 2;
+        lock(&self.health.live)
+            .iter()
+            .filter(|(_, l)| l.last_seen.plus_seconds(window) >= now)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     pub(crate) fn agent_stats(&self) -> (usize, usize, usize, f64) {
         let now = self.now();
         let live = lock(&self.health.live);

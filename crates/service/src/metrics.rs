@@ -194,98 +194,36 @@ impl Service {
     pub async fn metrics_text(&self) -> Result<String> {
         let mut out = String::with_capacity(16 * 1024);
         let m = &*METRICS;
-
-        head(
+        let leader = self.is_leader();
+        let role = match (self.replicated(), leader) {
+            (false, _) => "single",
+            (true, true) => "leader",
+            (true, false) => "follower",
+        };
+        family(
             &mut out,
-            "neocloud_gpus",
+            "neocloud_build_info",
             "gauge",
-            "GPUs by site, model and node state.",
+            "Always 1: the version of this replica and its role (single, leader or follower).",
+            &[(
+                &format!(
+                    "version=\"{}\",role=\"{role}\"",
+                    esc(env!("CARGO_PKG_VERSION"))
+                ),
+                "1".to_string(),
+            )],
         );
-        for crate::GpuStateCount {
-            site,
-            gpu_model: model,
-            state,
-            gpus,
-        } in self.gpu_counts().await?
-        {
-            let _ = writeln!(
-                out,
-                "neocloud_gpus{{site=\"{}\",gpu_model=\"{}\",state=\"{}\"}} {gpus}",
-                esc(&site),
-                esc(&model),
-                esc(&state)
-            );
-        }
-        {
-            let sched = crate::scheduler::lock(&self.sched);
-            head(
-                &mut out,
-                "neocloud_gpus_allocated",
-                "gauge",
-                "GPUs held by instances, by site, model and class.",
-            );
-            let mut by: BTreeMap<(String, String, String), u64> = BTreeMap::new();
-            for a in sched.alloc().allocations() {
-                let site = sched
-                    .sites()
-                    .iter()
-                    .find(|s| s.id == a.site)
-                    .map(|s| s.name.clone())
-                    .unwrap_or_default();
-                *by.entry((site, a.gpu_model.clone(), a.class.to_string()))
-                    .or_default() += a.gpu_count();
-            }
-            for ((site, model, class), n) in by {
-                let _ = writeln!(
-                    out,
-                    "neocloud_gpus_allocated{{site=\"{}\",gpu_model=\"{}\",class=\"{}\"}} {n}",
-                    esc(&site),
-                    esc(&model),
-                    esc(&class)
-                );
-            }
-            head(
-                &mut out,
-                "neocloud_site_power_watts",
-                "gauge",
-                "Facility power of a site: allocated (placements, × PUE) and its budget.",
-            );
-            for s in sched.sites() {
-                let p = sched.alloc().site_power(s.id);
-                let _ = writeln!(
-                    out,
-                    "neocloud_site_power_watts{{site=\"{}\",kind=\"allocated\"}} {}",
-                    esc(&s.name),
-                    p.allocated_watts
-                );
-                let _ = writeln!(
-                    out,
-                    "neocloud_site_power_watts{{site=\"{}\",kind=\"budget\"}} {}",
-                    esc(&s.name),
-                    s.power_budget_watts
-                );
-            }
-            family(
-                &mut out,
-                "neocloud_queue_length",
-                "gauge",
-                "Instances waiting for capacity.",
-                &[("", sched.queued().count().to_string())],
-            );
-            let now = self.now().micros();
-            let oldest = sched
-                .queued()
-                .filter_map(|id| sched.instance(id))
-                .map(|q| (now - q.created_at.micros()).max(0))
-                .max()
-                .unwrap_or(0);
-            family(
-                &mut out,
-                "neocloud_queue_oldest_wait_seconds",
-                "gauge",
-                "How long the longest-waiting queued instance has waited (0 when none waits).",
-                &[("", format!("{}", oldest as f64 / 1e6))],
-            );
+        family(
+            &mut out,
+            "neocloud_leader",
+            "gauge",
+            "1 on the replica that decides (the leader, or a server without replicas), 0 on followers. Fleet gauges come from it only.",
+            &[("", u8::from(leader).to_string())],
+        );
+        // The fleet's gauges describe one shared state: only the replica that decides
+        // exports them, so `sum by` over every replica counts each GPU once.
+        if leader {
+            self.fleet_metrics(&mut out).await?;
         }
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
         family(
@@ -329,25 +267,6 @@ impl Service {
             "Instances preempted (their notice ran out).",
             &[("", load(&m.preemptions))],
         );
-        let (agents, fresh, unreachable, lag) = self.agent_stats();
-        family(
-            &mut out,
-            "neocloud_agents",
-            "gauge",
-            "Node agents: registered, heard from within two intervals, and those whose node is unreachable (silent past the missed-heartbeat limit, within the grace period).",
-            &[
-                ("status=\"registered\"", agents.to_string()),
-                ("status=\"fresh\"", fresh.to_string()),
-                ("status=\"unreachable\"", unreachable.to_string()),
-            ],
-        );
-        family(
-            &mut out,
-            "neocloud_heartbeat_lag_seconds",
-            "gauge",
-            "Longest time since a node's agent was heard from, among nodes in service.",
-            &[("", lag.to_string())],
-        );
         family(
             &mut out,
             "neocloud_heartbeats_total",
@@ -372,13 +291,6 @@ impl Service {
                 ("result=\"failed\"", load(&m.webhooks_failed)),
                 ("result=\"given_up\"", load(&m.webhooks_given_up)),
             ],
-        );
-        family(
-            &mut out,
-            "neocloud_webhook_deliveries_pending",
-            "gauge",
-            "Webhook deliveries not made yet, across webhooks.",
-            &[("", self.store.webhook_pending().await?.to_string())],
         );
         head(
             &mut out,
@@ -415,6 +327,212 @@ impl Service {
             );
         }
         Ok(out)
+    }
+
+    /// The fleet's gauges, read from the scheduler's memory, the health monitor and the
+    /// store (leader only).
+    async fn fleet_metrics(&self, out: &mut String) -> Result<()> {
+        head(
+            out,
+            "neocloud_gpus",
+            "gauge",
+            "GPUs by site, model and node state.",
+        );
+        for crate::GpuStateCount {
+            site,
+            gpu_model: model,
+            state,
+            gpus,
+        } in self.gpu_counts().await?
+        {
+            let _ = writeln!(
+                out,
+                "neocloud_gpus{{site=\"{}\",gpu_model=\"{}\",state=\"{}\"}} {gpus}",
+                esc(&site),
+                esc(&model),
+                esc(&state)
+            );
+        }
+        {
+            let sched = crate::scheduler::lock(&self.sched);
+            head(
+                out,
+                "neocloud_gpus_allocated",
+                "gauge",
+                "GPUs held by instances, by site, model and class.",
+            );
+            let mut by: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+            for a in sched.alloc().allocations() {
+                let site = sched
+                    .sites()
+                    .iter()
+                    .find(|s| s.id == a.site)
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default();
+                *by.entry((site, a.gpu_model.clone(), a.class.to_string()))
+                    .or_default() += a.gpu_count();
+            }
+            for ((site, model, class), n) in by {
+                let _ = writeln!(
+                    out,
+                    "neocloud_gpus_allocated{{site=\"{}\",gpu_model=\"{}\",class=\"{}\"}} {n}",
+                    esc(&site),
+                    esc(&model),
+                    esc(&class)
+                );
+            }
+            head(
+                out,
+                "neocloud_site_power_watts",
+                "gauge",
+                "Facility power of a site: allocated (placements, × PUE) and its budget.",
+            );
+            for s in sched.sites() {
+                let p = sched.alloc().site_power(s.id);
+                let _ = writeln!(
+                    out,
+                    "neocloud_site_power_watts{{site=\"{}\",kind=\"allocated\"}} {}",
+                    esc(&s.name),
+                    p.allocated_watts
+                );
+                let _ = writeln!(
+                    out,
+                    "neocloud_site_power_watts{{site=\"{}\",kind=\"budget\"}} {}",
+                    esc(&s.name),
+                    s.power_budget_watts
+                );
+            }
+            family(
+                out,
+                "neocloud_queue_length",
+                "gauge",
+                "Instances waiting for capacity.",
+                &[("", sched.queued().count().to_string())],
+            );
+            let now = self.now().micros();
+            let oldest = sched
+                .queued()
+                .filter_map(|id| sched.instance(id))
+                .map(|q| (now - q.created_at.micros()).max(0))
+                .max()
+                .unwrap_or(0);
+            family(
+                out,
+                "neocloud_queue_oldest_wait_seconds",
+                "gauge",
+                "How long the longest-waiting queued instance has waited (0 when none waits).",
+                &[("", format!("{}", oldest as f64 / 1e6))],
+            );
+        }
+        let (agents, fresh, unreachable, lag) = self.agent_stats();
+        family(
+            out,
+            "neocloud_agents",
+            "gauge",
+            "Node agents: registered, heard from within two intervals, and those whose node is unreachable (silent past the missed-heartbeat limit, within the grace period).",
+            &[
+                ("status=\"registered\"", agents.to_string()),
+                ("status=\"fresh\"", fresh.to_string()),
+                ("status=\"unreachable\"", unreachable.to_string()),
+            ],
+        );
+        family(
+            out,
+            "neocloud_heartbeat_lag_seconds",
+            "gauge",
+            "Longest time since a node's agent was heard from, among nodes in service.",
+            &[("", lag.to_string())],
+        );
+        family(
+            out,
+            "neocloud_webhook_deliveries_pending",
+            "gauge",
+            "Webhook deliveries not made yet, across webhooks.",
+            &[("", self.store.webhook_pending().await?.to_string())],
+        );
+        let lines = self.capacity_lines(None, None, Some(1)).await?;
+        head(
+            out,
+            "neocloud_gpus_sellable",
+            "gauge",
+            "GPUs contracts may promise, by site and model: all GPUs less the spare buffer.",
+        );
+        for l in &lines {
+            let _ = writeln!(
+                out,
+                "neocloud_gpus_sellable{{site=\"{}\",gpu_model=\"{}\"}} {}",
+                esc(&l.site),
+                esc(&l.gpu_model),
+                l.sellable_gpus
+            );
+        }
+        head(
+            out,
+            "neocloud_gpus_committed",
+            "gauge",
+            "GPUs signed contracts promise now, by site and model.",
+        );
+        for l in &lines {
+            let _ = writeln!(
+                out,
+                "neocloud_gpus_committed{{site=\"{}\",gpu_model=\"{}\"}} {}",
+                esc(&l.site),
+                esc(&l.gpu_model),
+                l.committed_gpus_now
+            );
+        }
+        head(
+            out,
+            "neocloud_spare_nodes",
+            "gauge",
+            "Whole nodes pinned as spares (held) and the spread's target (wanted), by site and model.",
+        );
+        for l in &lines {
+            for (kind, n) in [("held", l.spare_nodes), ("wanted", l.spare_nodes_wanted)] {
+                let _ = writeln!(
+                    out,
+                    "neocloud_spare_nodes{{site=\"{}\",gpu_model=\"{}\",kind=\"{kind}\"}} {n}",
+                    esc(&l.site),
+                    esc(&l.gpu_model)
+                );
+            }
+        }
+        let coverage = self.agent_coverage().await?;
+        head(
+            out,
+            "neocloud_agent_coverage_ratio",
+            "gauge",
+            "Share of a site's nodes expected to heartbeat (not provisioning, failed or in maintenance) whose agent was heard from within two intervals; nodes without an agent count as not heard.",
+        );
+        for (site, expected, heard) in &coverage {
+            #[allow(clippy::cast_precision_loss)]
+            let ratio = if *expected == 0 {
+                1.0
+            } else {
+                *heard as f64 / *expected as f64
+            };
+            let _ = writeln!(
+                out,
+                "neocloud_agent_coverage_ratio{{site=\"{}\"}} {ratio}",
+                esc(site)
+            );
+        }
+        head(
+            out,
+            "neocloud_nodes_expected_to_heartbeat",
+            "gauge",
+            "A site's nodes expected to heartbeat, and those of them heard from within two intervals.",
+        );
+        for (site, expected, heard) in &coverage {
+            for (status, n) in [("expected", expected), ("heard", heard)] {
+                let _ = writeln!(
+                    out,
+                    "neocloud_nodes_expected_to_heartbeat{{site=\"{}\",status=\"{status}\"}} {n}",
+                    esc(site)
+                );
+            }
+        }
+        Ok(())
     }
 }
 

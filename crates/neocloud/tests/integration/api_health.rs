@@ -762,6 +762,15 @@ both_backends!(
             "neocloud_http_requests_total{route=\"/v1/nodes/{node}\",method=\"GET\",status=\"200\"}",
             "neocloud_http_request_duration_seconds_bucket{route=\"/v1/agent/heartbeat\",le=\"+Inf\"}",
             "neocloud_allocator_decision_seconds_count",
+            "\nneocloud_leader 1\n",
+            ",role=\"single\"} 1\n",
+            "neocloud_gpus_sellable{site=\"east\",gpu_model=\"H100-SXM-80GB\"} ",
+            "neocloud_gpus_committed{site=\"east\",gpu_model=\"H100-SXM-80GB\"} 0",
+            "neocloud_spare_nodes{site=\"east\",gpu_model=\"H100-SXM-80GB\",kind=\"wanted\"} ",
+            // One agent of the site's 8 nodes heard: the other 7 have none.
+            "neocloud_agent_coverage_ratio{site=\"east\"} 0.125",
+            "neocloud_nodes_expected_to_heartbeat{site=\"east\",status=\"expected\"} 8",
+            "neocloud_nodes_expected_to_heartbeat{site=\"east\",status=\"heard\"} 1",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

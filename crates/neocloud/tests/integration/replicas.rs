@@ -154,6 +154,30 @@ both_backends!(
         )
         .await;
         assert_eq!(s, 200, "{ack}");
+        // /metrics: the fleet's gauges come from the leader only, so a `sum by` over every
+        // replica counts each GPU once; each replica says its role.
+        let metrics = |url: String| async move {
+            reqwest::get(format!("{url}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        };
+        let (ma, mb) = (metrics(a_url.clone()).await, metrics(b_url.clone()).await);
+        assert!(ma.contains("\nneocloud_leader 1\n"), "{ma}");
+        assert!(mb.contains("\nneocloud_leader 0\n"), "{mb}");
+        assert!(ma.contains("role=\"leader\"} 1"), "{ma}");
+        assert!(mb.contains("role=\"follower\"} 1"), "{mb}");
+        for fleet in [
+            "neocloud_gpus{",
+            "neocloud_gpus_allocated{",
+            "neocloud_gpus_sellable{",
+        ] {
+            assert!(ma.contains(fleet), "{fleet} missing on the leader");
+            assert!(!mb.contains(fleet), "{fleet} on a follower:\n{mb}");
+        }
+        assert!(mb.contains("neocloud_http_requests_total{"), "{mb}");
         // The console too: sign in and post a form through the follower.
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

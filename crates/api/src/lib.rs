@@ -167,6 +167,10 @@ pub fn app_with(svc: Service, lambda: LambdaConfig) -> Router {
             AppState::new(svc),
             record_request,
         ))
+        // Gzip for clients that ask (browsers do): console pages, the map and big lists
+        // shrink several times. A forwarded answer already encoded by the leader is passed
+        // on as it is.
+        .layer(tower_http::compression::CompressionLayer::new())
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 

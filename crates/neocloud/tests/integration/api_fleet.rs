@@ -352,3 +352,35 @@ async fn the_alibaba_trace_fleet_imports_and_places() {
         "V100M32"
     );
 }
+
+/// Responses are gzipped for clients that ask (browsers do) and plain for those that do not;
+/// the gzipped body is the same document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_are_gzipped_for_clients_that_ask() {
+    use std::io::Read;
+    let ctx = TestContext::start(crate::ctx::Db::Sqlite).await;
+    let url = ctx.url("/v1/openapi.json");
+    let http = reqwest::Client::new();
+    let plain = http.get(&url).send().await.unwrap();
+    assert!(plain.headers().get("content-encoding").is_none());
+    let plain = plain.bytes().await.unwrap();
+    let gz = http
+        .get(&url)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    let gz = gz.bytes().await.unwrap();
+    assert!(
+        gz.len() * 4 < plain.len(),
+        "{} vs {}",
+        gz.len(),
+        plain.len()
+    );
+    let mut back = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..])
+        .read_to_end(&mut back)
+        .unwrap();
+    assert_eq!(back, plain);
+}

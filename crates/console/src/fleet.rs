@@ -7,10 +7,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, PreEscaped, html};
-use neocloud_service::{Action, NodeOperation, auth};
-use neocloud_types::Class;
+use neocloud_service::{Action, NodeOperation, Service, auth};
+use neocloud_types::{Class, GpuHealth, Instance, NodeState, Shape};
 
-use crate::layout::{Page, num, pct, ts, ts_opt};
+use crate::layout::{Page, ago, num, pct, ts};
 use crate::map::{ColorBy, Layout, STATE_KEYS, state_key, tenant_order};
 use crate::svg::{Series, meter, stacked_bars};
 use crate::{Console, PageError, Session, url_encode};
@@ -249,44 +249,89 @@ pub async fn node(
     let p = &session.principal;
     let n = st.svc.node_get(p, &node).await?;
     let history = st.svc.node_health(p, &n.id.to_string(), Some(100)).await?;
+    let work = st.svc.node_instances(p, n.id).await?;
+    let names = if work.is_empty() {
+        BTreeMap::new()
+    } else {
+        crate::sales::tenant_names(&st, &session).await?
+    };
+    let now = st.svc.now();
     let can_change = auth::allowed(p.role, Action::WriteFleet);
+    let ops = Service::node_operations(n.state);
+    // A GPU that is not healthy reports nothing worth reading (one that fell off the bus
+    // last said 35% busy).
+    let live = |h: GpuHealth| h == GpuHealth::Healthy;
     let body = html! {
         table.kv {
             tr { th { "State" } td { span class={ "dot st-" (n.state) } {} b #node-state { (n.state) } @if let Some(r) = &n.state_reason { " — " (r) } } }
+            tr { th { "Since" } td { (ts(n.updated_at)) " (" (ago(now, n.updated_at)) ")" } }
             tr { th { "Site" } td { a href={ "/sites/" (url_encode(&n.site)) } { (n.site) } } }
             tr { th { "Blocks" } td { (n.block_path) } }
             tr { th { "GPUs" } td { (n.gpu_count) " × " (n.gpu_model) } }
             tr { th { "CPU / RAM" } td { (n.cpu_cores) " cores · " (n.ram_gib) " GiB" } }
             tr { th { "Power" } td { (n.idle_watts) " W idle · " (n.peak_watts) " W peak" } }
-            tr { th { "Last heartbeat" } td { (ts_opt(n.last_heartbeat_at)) } }
+            tr { th { "Last heartbeat" } td #heartbeat {
+                @match n.last_heartbeat_at {
+                    Some(t) => { span title=(t.to_string()) { (ago(now, t)) } " (" (ts(t)) ")" }
+                    None => { span.muted { "never: no agent has registered for this node" } }
+                }
+            } }
         }
         @if can_change {
-            div.actions {
-                @for (op, label) in [("cordon", "Cordon"), ("uncordon", "Uncordon"), ("drain", "Drain"), ("repair-complete", "Repair complete")] {
-                    form method="post" action={ "/nodes/" (url_encode(&n.name)) "/" (op) } data-confirm={ (label) " " (n.name) "?" } {
-                        input type="hidden" name="csrf" value=(session.csrf);
-                        input type="text" name="reason" placeholder="reason" maxlength="200";
-                        button type="submit" id={ "op-" (op) } { (label) }
+            @if ops.is_empty() {
+                p.muted #no-ops { "No operation applies to a " (n.state) " node: it returns with its agent, or fails when the grace period ends." }
+            } @else {
+                div.actions {
+                    @for (op, label) in ops {
+                        form method="post" action={ "/nodes/" (url_encode(&n.name)) "/" (op) } data-confirm={ (label) " " (n.name) "?" } {
+                            input type="hidden" name="csrf" value=(session.csrf);
+                            input type="text" name="reason" placeholder="reason" maxlength="200";
+                            button type="submit" id={ "op-" (op) } { (label) }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "What runs here" }
+        @if work.is_empty() {
+            p.muted #no-work { "Nothing: no live instance holds part of this node." }
+        } @else {
+            table.grid #work {
+                thead { tr { th { "instance" } th { "tenant" } th { "class" } th { "state" } th { "GPUs here" } th { "slot" } th { "shape" } } }
+                tbody {
+                    @for i in &work {
+                        @let here = i.placement.iter().find(|pl| pl.node_id == n.id);
+                        tr {
+                            td { a href={ "/instances/" (i.id) } { (i.name.as_deref().unwrap_or("")) @if i.name.is_some() { " " } code { (i.id) } } }
+                            td { (names.get(&i.tenant_id).map_or_else(|| i.tenant_id.to_string(), Clone::clone)) }
+                            td { (i.class) }
+                            td { (i.state) }
+                            td { @if let Some(pl) = here { (pl.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")) } }
+                            td { (slot(i, here)) }
+                            td { (shape_text(i)) }
+                        }
                     }
                 }
             }
         }
         h2 { "GPUs" }
         table.grid {
-            thead { tr { th { "#" } th { "UUID" } th { "health" } th { "product" } th.num { "°C" } th.num { "W" } th.num { "util %" } th.num { "ECC corr." } th.num { "ECC uncorr." } th { "flags" } } }
+            thead { tr { th { "#" } th { "UUID" } th { "health" } th { "held by" } th { "product" } th.num { "°C" } th.num { "W" } th.num { "util %" } th.num { "ECC corr." } th.num { "ECC uncorr." } th { "flags" } } }
             tbody {
                 @for g in n.gpus.iter().flatten() {
                     tr {
                         td { (g.index) }
                         td { @if let Some(u) = &g.uuid { a href={ "/gpus/" (url_encode(u)) } { (u) } } @else { span.muted { "not reported" } } }
                         td { span class={ "dot gpu-" (g.health) } {} (g.health) }
+                        td { (holders_of(&work, n.id, g.index)) }
                         td { (g.product.as_deref().unwrap_or("—")) }
-                        @if let Some(t) = &g.telemetry {
+                        @if let Some(t) = g.telemetry.as_ref().filter(|_| live(g.health)) {
                             td.num { (t.temperature_c) } td.num { (t.power_watts) } td.num { (t.utilization_pct) }
                             td.num { (t.ecc_corrected) } td.num { (t.ecc_uncorrected) }
                             td { @if t.remap_pending { "remap pending " } @if t.remap_failed { "remap failed " } @if t.thermal_slowdown { "thermal slowdown" } }
                         } @else {
-                            td.num { "—" } td.num { "—" } td.num { "—" } td.num { "—" } td.num { "—" } td {}
+                            td.num { "—" } td.num { "—" } td.num { "—" } td.num { "—" } td.num { "—" }
+                            td { @if !live(g.health) { span.muted { "no telemetry while " (g.health) } } }
                         }
                     }
                 }
@@ -296,6 +341,108 @@ pub async fn node(
         (health_table(&history))
     };
     Ok(Page::new(&session, "overview", format!("Node {}", n.name)).render(body))
+}
+
+/// Which part of a GPU an instance holds on a node: a MIG profile and its first slice, a
+/// share of the GPU, or whole GPUs.
+fn slot(i: &Instance, here: Option<&neocloud_types::PlacedNode>) -> String {
+    match &i.shape {
+        Shape::Mig { profile } => match here.and_then(|pl| pl.mig_start) {
+            Some(start) => format!("MIG {profile} from slice {start}"),
+            None => format!("MIG {profile}"),
+        },
+        Shape::Share { milli } => format!("{}.{:03} of the GPU", milli / 1000, milli % 1000),
+        Shape::Cpu => "CPU only".to_string(),
+        _ => "whole GPUs".to_string(),
+    }
+}
+
+fn shape_text(i: &Instance) -> String {
+    match &i.shape {
+        Shape::Nodes { count, level } => format!("gang of {count} nodes ({level})"),
+        Shape::Gpus { gpus } => format!("{gpus} GPUs"),
+        Shape::Share { .. } => "GPU share".to_string(),
+        Shape::Mig { .. } => "MIG instance".to_string(),
+        Shape::Cpu => "CPU only".to_string(),
+    }
+}
+
+/// The instances holding GPU `index` of `node`, by id.
+fn holders_of(work: &[Instance], node: neocloud_types::NodeId, index: u32) -> Markup {
+    html! {
+        @for i in work.iter().filter(|i| i.placement.iter().any(|pl| pl.node_id == node && pl.gpus.contains(&index))) {
+            a href={ "/instances/" (i.id) } { code { (i.id.to_string().get(..13).unwrap_or("")) "…" } } " "
+        }
+    }
+}
+
+/// Nodes that need an operator: every node not `available`/`allocated`, by site, state and
+/// block, with how long each has been so.
+pub async fn problems(
+    State(st): State<Console>,
+    session: Session,
+    query: Result<Query<ProblemQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, PageError> {
+    let Query(q) = query.map_err(|e| PageError::Invalid(e.body_text()))?;
+    let state = q
+        .state
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<NodeState>()
+                .map_err(|_| PageError::Invalid(format!("state: no node state '{s}'")))
+        })
+        .transpose()?;
+    let site = q.site.as_deref().filter(|s| !s.is_empty());
+    let p = &session.principal;
+    let pr = st.svc.problem_nodes(p, site, state, 500).await?;
+    let now = st.svc.now();
+    let total: u64 = pr.counts.iter().map(|c| c.2).sum();
+    let body = html! {
+        @if total == 0 {
+            p.lede #no-problems { "Every node is available or allocated." }
+        } @else {
+            p.lede { (num(total as i64)) " nodes need attention or are out of service." }
+            table.grid #problem-counts {
+                thead { tr { th { "site" } th { "state" } th.num { "nodes" } } }
+                tbody {
+                    @for (s, stt, n) in &pr.counts {
+                        tr {
+                            td { a href={ "/problems?site=" (url_encode(s)) } { (s) } }
+                            td { a href={ "/problems?site=" (url_encode(s)) "&state=" (stt) } { span class={ "dot st-" (stt) } {} (stt) } }
+                            td.num { (num(*n as i64)) }
+                        }
+                    }
+                }
+            }
+            h2 { "Nodes" @if let Some(s) = site { " in " (s) } @if let Some(x) = state { ", " (x) } }
+            p.muted { "At most 500 of each site and state, sorted by site, block and name." }
+            table.grid #problem-nodes {
+                thead { tr { th { "node" } th { "site" } th { "block" } th { "state" } th { "since" } th { "reason" } } }
+                tbody {
+                    @for n in &pr.nodes {
+                        tr {
+                            td { a href={ "/nodes/" (url_encode(&n.name)) } { (n.name) } }
+                            td { (n.site) }
+                            td { (n.block_path) }
+                            td { span class={ "dot st-" (n.state) } {} (n.state) }
+                            td title=(n.updated_at.to_string()) { (ago(now, n.updated_at)) }
+                            td { (n.state_reason.as_deref().unwrap_or("")) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(Page::new(&session, "problems", "Problems").render(body))
+}
+
+#[derive(serde::Deserialize)]
+pub struct ProblemQuery {
+    #[serde(default)]
+    site: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
 }
 
 fn health_table(events: &[neocloud_types::HealthEvent]) -> Markup {

@@ -70,6 +70,7 @@ impl<'a> Page<'a> {
         let nav: &[(&str, &str, &str)] = if s.is_operator() {
             &[
                 ("overview", "/", "Fleet"),
+                ("problems", "/problems", "Problems"),
                 ("contracts", "/contracts", "Contracts"),
                 ("instances", "/instances", "Instances"),
                 ("reports", "/reports", "Revenue"),
@@ -221,6 +222,19 @@ pub fn ts(t: Timestamp) -> String {
     }
 }
 
+/// How long ago `t` was, from `now`, to the second under a minute: `12 s ago`,
+/// `4 min ago`, `3 h 05 min ago`, `2 d 4 h ago`; `in the future` for clock skew.
+pub fn ago(now: Timestamp, t: Timestamp) -> String {
+    let secs = (now.micros() - t.micros()) / 1_000_000;
+    match secs {
+        s if s < 0 => "in the future".to_string(),
+        s if s < 60 => format!("{s} s ago"),
+        s if s < 3600 => format!("{} min {:02} s ago", s / 60, s % 60),
+        s if s < 86_400 => format!("{} h {:02} min ago", s / 3600, s % 3600 / 60),
+        s => format!("{} d {} h ago", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
 /// An optional time, or a dash.
 pub fn ts_opt(t: Option<Timestamp>) -> String {
     t.map_or_else(|| "—".to_string(), ts)
@@ -261,5 +275,11 @@ mod tests {
         );
         assert_eq!(gpu_hours(5400), "1.50");
         assert_eq!(ts(Timestamp::from_micros(0)), "1970-01-01 00:00 UTC");
+        let t = Timestamp::from_micros(1_000_000_000_000);
+        assert_eq!(ago(t.plus_seconds(12), t), "12 s ago");
+        assert_eq!(ago(t.plus_seconds(245), t), "4 min 05 s ago");
+        assert_eq!(ago(t.plus_seconds(3 * 3600 + 300), t), "3 h 05 min ago");
+        assert_eq!(ago(t.plus_seconds(2 * 86_400 + 4 * 3600), t), "2 d 4 h ago");
+        assert_eq!(ago(t, t.plus_seconds(5)), "in the future");
     }
 }

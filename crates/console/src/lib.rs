@@ -47,6 +47,7 @@ pub fn router(svc: Service) -> Router {
         .route("/sign-out", post(sign_out))
         .route("/sites/{site}", get(fleet::site))
         .route("/sites/{site}/at", get(fleet::site_at))
+        .route("/problems", get(fleet::problems))
         .route("/nodes/{node}", get(fleet::node))
         .route("/nodes/{node}/{op}", post(fleet::node_op))
         .route("/gpus/{uuid}", get(fleet::gpu))

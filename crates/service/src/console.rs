@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use neocloud_store::NodeCell;
 
-use neocloud_types::{ContractId, NodeId, NodeState, Site, SiteId, TenantId};
+use neocloud_types::{ContractId, Instance, Node, NodeId, NodeState, Site, SiteId, TenantId};
 
 use crate::auth::{self, Action, Principal};
 use crate::error::Result;
@@ -30,6 +30,15 @@ pub struct MapCell {
     /// Who the node works for: the tenant of the first instance on it, else the tenant of
     /// the contract pool it is pinned to.
     pub tenant: Option<TenantId>,
+}
+
+/// Nodes needing attention: [`Service::problem_nodes`].
+#[derive(Clone, Debug)]
+pub struct ProblemNodes {
+    /// Per site and state, how many nodes are in it.
+    pub counts: Vec<(String, NodeState, u64)>,
+    /// The nodes (at most the limit per site and state), by site, block and name.
+    pub nodes: Vec<Node>,
 }
 
 /// A site's nodes in topology order, with what a map colours by.
@@ -139,6 +148,68 @@ impl Service {
     pub async fn gpu_state_counts(&self, p: &Principal) -> Result<Vec<GpuStateCount>> {
         auth::authorize(p, Action::ReadCapacity)?;
         self.gpu_counts().await
+    }
+
+    /// The live instances holding part of a node, as the scheduler has them (operators).
+    pub async fn node_instances(&self, p: &Principal, node: NodeId) -> Result<Vec<Instance>> {
+        auth::authorize(p, Action::ReadFleet)?;
+        auth::authorize(p, Action::ReadInstances)?;
+        let sched = crate::scheduler::lock(&self.sched);
+        let mut out: Vec<Instance> = sched
+            .alloc()
+            .node_holders(node)
+            .into_iter()
+            .filter_map(|id| sched.instance(id).cloned())
+            .collect();
+        out.sort_by_key(|i| i.id);
+        Ok(out)
+    }
+
+    /// Every node out of service or needing attention (not `available`/`allocated`), by
+    /// site then block and name, at most `limit` of each state; with the count of each
+    /// state per site. Operators.
+    pub async fn problem_nodes(
+        &self,
+        p: &Principal,
+        site: Option<&str>,
+        state: Option<NodeState>,
+        limit: u32,
+    ) -> Result<ProblemNodes> {
+        auth::authorize(p, Action::ReadFleet)?;
+        let mut counts = Vec::new();
+        let mut nodes = Vec::new();
+        for s in self.sites(site).await? {
+            let (_, unusual) = self.site_cells(s.id).await?;
+            let mut by: BTreeMap<NodeState, u64> = BTreeMap::new();
+            for st in unusual.values() {
+                *by.entry(*st).or_default() += 1;
+            }
+            for (st, n) in by {
+                counts.push((s.name.clone(), st, n));
+                if state.is_some_and(|x| x != st) {
+                    continue;
+                }
+                let filter = neocloud_store::NodeFilter {
+                    site: Some(s.id.to_string()),
+                    state: Some(st),
+                    ..Default::default()
+                };
+                let page = self
+                    .store
+                    .node_list(&filter, None, crate::page_limit(Some(limit))?)
+                    .await?;
+                nodes.extend(page.items);
+            }
+        }
+        let sched = crate::scheduler::lock(&self.sched);
+        for n in &mut nodes {
+            crate::allocated_view(sched.alloc(), n);
+        }
+        drop(sched);
+        nodes.sort_by(|a, b| {
+            (&a.site, &a.block_path, &a.name).cmp(&(&b.site, &b.block_path, &b.name))
+        });
+        Ok(ProblemNodes { counts, nodes })
     }
 
     /// Per site: its nodes expected to heartbeat (not provisioning, failed or in

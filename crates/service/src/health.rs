@@ -1534,6 +1534,21 @@ impl Service {
         }
     }
 
+    /// The operations that change a node in `state` (what `node_operate` accepts and does
+    /// not answer as a no-op), with a label: what a console offers on the node's page.
+    pub fn node_operations(state: NodeState) -> &'static [(&'static str, &'static str)] {
+        match state {
+            NodeState::Available | NodeState::Allocated | NodeState::BurnIn => {
+                &[("cordon", "Cordon"), ("drain", "Drain")]
+            }
+            NodeState::Cordoned => &[("uncordon", "Uncordon"), ("drain", "Drain")],
+            NodeState::Draining => &[("uncordon", "Uncordon")],
+            NodeState::Provisioning => &[("drain", "Drain")],
+            NodeState::Maintenance | NodeState::Failed => &[("repair-complete", "Repair complete")],
+            NodeState::Unreachable => &[],
+        }
+    }
+
     /// Cordons a node: it takes no new work; what runs there stays.
     pub async fn node_cordon(&self, p: &Principal, id: &str, body: NodeOperation) -> Result<Node> {
         self.node_operate(p, id, "cordon", body).await

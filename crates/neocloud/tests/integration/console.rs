@@ -136,6 +136,8 @@ const PAGES: &[&str] = &[
     "/sites/east?color=tenant",
     "/sites/east/at?x=1&y=16",
     "/nodes/e-p1-l1-n1",
+    "/problems",
+    "/problems?site=east&state=cordoned",
     "/contracts",
     "/reports",
     "/events",
@@ -515,6 +517,29 @@ both_backends!(
         assert_eq!(g.location.as_deref(), Some("/sites/east"));
         let node = b.get("/nodes/e-p1-l1-n1").await.body;
         assert!(node.contains("Health history"));
+        // What runs on it: alpha's instance, on the GPUs it holds, with its tenant's name.
+        let a = ctx
+            .get(&format!("/v1/instances/{inst_a}"), &ctx.operator_key)
+            .await
+            .expect(200);
+        let host = a["placement"][0]["node"].as_str().unwrap();
+        let held = b.get(&format!("/nodes/{host}")).await.body;
+        assert!(held.contains(r#"id="work""#), "{held}");
+        assert!(held.contains(&format!("/instances/{inst_a}")), "{held}");
+        assert!(
+            held.contains("alpha") && held.contains("whole GPUs"),
+            "{held}"
+        );
+        // No agent: said so, not a blank.
+        assert!(node.contains("never: no agent"), "{node}");
+        // Only the operations that apply to an available node.
+        assert!(node.contains(r#"id="op-cordon""#) && node.contains(r#"id="op-drain""#));
+        assert!(!node.contains(r#"id="op-uncordon""#));
+        assert!(!node.contains(r#"id="op-repair-complete""#));
+        // Nothing needs attention yet.
+        let pr = b.get("/problems").await;
+        assert_eq!(pr.status, 200);
+        assert!(pr.body.contains(r#"id="no-problems""#), "{}", pr.body);
         // Bad input is a clear 4xx page.
         assert_eq!(b.get("/sites/nowhere").await.status, 404);
         let g = b.get("/sites/east?color=rainbow").await;
@@ -532,6 +557,24 @@ both_backends!(
         assert_eq!(g.status, 303);
         let node = b.get("/nodes/e-p1-l1-n1").await.body;
         assert!(node.contains(r#"id="node-state">cordoned<"#));
+        assert!(node.contains(r#"id="op-uncordon""#) && node.contains(r#"id="op-drain""#));
+        assert!(!node.contains(r#"id="op-cordon""#));
+        // The problems view lists it, counted per site and state, linked, with its reason.
+        let pr = b.get("/problems").await.body;
+        assert!(pr.contains(r#"id="problem-counts""#), "{pr}");
+        assert!(
+            pr.contains(r#"href="/problems?site=east&amp;state=cordoned""#),
+            "{pr}"
+        );
+        assert!(
+            pr.contains(r#"href="/nodes/e-p1-l1-n1""#) && pr.contains("fan"),
+            "{pr}"
+        );
+        let only = b.get("/problems?state=failed").await.body;
+        assert!(!only.contains(r#"href="/nodes/e-p1-l1-n1""#), "{only}");
+        let g = b.get("/problems?state=sideways").await;
+        assert_eq!(g.status, 400);
+        assert!(g.body.contains("no node state"), "{}", g.body);
         let g = b
             .post("/nodes/e-p1-l1-n1/explode", &[("csrf", &token)])
             .await;

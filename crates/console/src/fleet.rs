@@ -49,6 +49,31 @@ pub async fn overview_response(st: &Console, session: Session) -> Result<Respons
         );
         *free.entry(l.site.as_str()).or_default() += l.free_gpus;
     }
+    // Sold but idle: GPUs contracts promise now beyond what reserved work holds; the
+    // rest of the free GPUs are unsold.
+    let mut sold_idle: BTreeMap<&str, u64> = BTreeMap::new();
+    for l in &lines {
+        let reserved: u64 = l
+            .allocated
+            .iter()
+            .filter(|c| c.class == Class::Reserved)
+            .map(|c| c.gpus)
+            .sum();
+        *sold_idle.entry(l.site.as_str()).or_default() += u64::try_from(l.committed_gpus_now)
+            .unwrap_or(0)
+            .saturating_sub(reserved);
+    }
+    // Out of service or needing attention, per site and model: every state but these.
+    let in_service = |st: &str| matches!(st, "available" | "allocated");
+    let mut unhealthy: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for s in &states {
+        if !in_service(&s.state) {
+            *unhealthy
+                .entry((s.site.as_str(), s.gpu_model.as_str()))
+                .or_default() += s.gpus;
+        }
+    }
+    let problems = st.svc.problem_counts(p).await?;
     let categories: Vec<String> = sites.iter().map(|s| s.name.clone()).collect();
     let mut series: Vec<Series> = CLASSES
         .iter()
@@ -67,18 +92,73 @@ pub async fn overview_response(st: &Console, session: Session) -> Result<Respons
                 .collect(),
         })
         .collect();
+    let idle = |s: &str| sold_idle.get(s).copied().unwrap_or(0);
     series.push(Series {
-        name: "free".into(),
+        name: "sold, idle".into(),
+        class: "cls-sold".into(),
+        values: sites
+            .iter()
+            .map(|s| idle(&s.name).min(free.get(s.name.as_str()).copied().unwrap_or(0)) as f64)
+            .collect(),
+    });
+    series.push(Series {
+        name: "unsold, free".into(),
         class: "cls-free".into(),
         values: sites
             .iter()
-            .map(|s| free.get(s.name.as_str()).copied().unwrap_or(0) as f64)
+            .map(|s| {
+                free.get(s.name.as_str())
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(idle(&s.name)) as f64
+            })
             .collect(),
     });
     let total_gpus: i64 = sites.iter().map(|s| s.gpu_count).sum();
     let body = html! {
         p.lede { (sites.len()) " sites, " (num(total_gpus)) " GPUs." }
-        (stacked_bars("GPUs by class per site", &categories, &series, ""))
+        (stacked_bars("GPUs per site: allocated by class, sold but idle, unsold", &categories, &series, ""))
+        h2 { "Sold, sellable and allocated" }
+        table.grid #business {
+            thead { tr {
+                th { "site" } th { "GPU model" } th.num { "GPUs" }
+                th.num title="All GPUs less the spare buffer: what contracts may promise" { "sellable" }
+                th.num title="What signed contracts promise now" { "sold" } th.num { "sold % of sellable" }
+                th.num { "allocated" } th.num { "allocated %" } th.num { "free" }
+                th.num title="Whole nodes pinned as spares across the leaf groups / the target" { "spare nodes" }
+                th.num title="GPUs on nodes not available or allocated: failed, unreachable, cordoned, draining, maintenance, burn-in, provisioning" { "out of service" }
+            } }
+            tbody {
+                @for l in &lines {
+                    @let held: u64 = l.allocated.iter().map(|c| c.gpus).sum();
+                    @let out = unhealthy.get(&(l.site.as_str(), l.gpu_model.as_str())).copied().unwrap_or(0);
+                    tr {
+                        td { a href={ "/sites/" (url_encode(&l.site)) } { (l.site) } }
+                        td { (l.gpu_model) }
+                        td.num { (num(l.total_gpus)) }
+                        td.num { (num(l.sellable_gpus)) }
+                        td.num { (num(l.committed_gpus_now)) }
+                        td.num { (pct(l.committed_gpus_now as f64, l.sellable_gpus as f64)) }
+                        td.num { (num(held as i64)) }
+                        td.num { (pct(held as f64, l.total_gpus as f64)) }
+                        td.num { (num(l.free_gpus as i64)) }
+                        td.num { (num(i64::from(l.spare_nodes))) " / " (num(i64::from(l.spare_nodes_wanted))) }
+                        td.num { @if out > 0 { a href={ "/problems?site=" (url_encode(&l.site)) } { (num(out)) } } @else { "0" } }
+                    }
+                }
+            }
+        }
+        h2 { "Problems" }
+        @if problems.is_empty() {
+            p.muted #fleet-healthy { "Every node is available or allocated." }
+        } @else {
+            ul.problems #fleet-problems {
+                @for (site, state, n) in &problems {
+                    li { a href={ "/problems?site=" (url_encode(site)) "&state=" (state) } {
+                        span class={ "dot st-" (state) } {} (site) ": " (num(*n as i64)) " " (state) } }
+                }
+            }
+        }
         div.cards {
             @for s in &sites {
                 @let a = alloc.get(s.name.as_str());
@@ -94,6 +174,7 @@ pub async fn overview_response(st: &Console, session: Session) -> Result<Respons
                         }
                         tr { th { "Nodes" } td.num { (num(s.node_count)) } }
                         tr { th { "Allocated" } td.num { (num(held as i64)) " (" (pct(held as f64, s.gpu_count as f64)) ")" } }
+                        tr { th { "Sold, idle" } td.num { (num(idle(&s.name) as i64)) } }
                     }
                     h3 { "GPUs by node state" }
                     table.kv {
@@ -264,7 +345,7 @@ pub async fn node(
     let body = html! {
         table.kv {
             tr { th { "State" } td { span class={ "dot st-" (n.state) } {} b #node-state { (n.state) } @if let Some(r) = &n.state_reason { " — " (r) } } }
-            tr { th { "Since" } td { (ts(n.updated_at)) " (" (ago(now, n.updated_at)) ")" } }
+            tr { th { "Last changed" } td { (ts(n.updated_at)) " (" (ago(now, n.updated_at)) ")" } }
             tr { th { "Site" } td { a href={ "/sites/" (url_encode(&n.site)) } { (n.site) } } }
             tr { th { "Blocks" } td { (n.block_path) } }
             tr { th { "GPUs" } td { (n.gpu_count) " × " (n.gpu_model) } }

@@ -165,6 +165,22 @@ impl Service {
         Ok(out)
     }
 
+    /// Per site and stored state other than `available`: how many nodes are in it
+    /// (operators; from the map's cached layout, a few milliseconds on the full demo).
+    pub async fn problem_counts(&self, p: &Principal) -> Result<Vec<(String, NodeState, u64)>> {
+        auth::authorize(p, Action::ReadFleet)?;
+        let mut counts = Vec::new();
+        for s in self.sites(None).await? {
+            let (_, unusual) = self.site_cells(s.id).await?;
+            let mut by: BTreeMap<NodeState, u64> = BTreeMap::new();
+            for st in unusual.values() {
+                *by.entry(*st).or_default() += 1;
+            }
+            counts.extend(by.into_iter().map(|(st, n)| (s.name.clone(), st, n)));
+        }
+        Ok(counts)
+    }
+
     /// Every node out of service or needing attention (not `available`/`allocated`), by
     /// site then block and name, at most `limit` of each state; with the count of each
     /// state per site. Operators.

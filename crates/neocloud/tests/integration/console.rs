@@ -540,6 +540,9 @@ both_backends!(
         let pr = b.get("/problems").await;
         assert_eq!(pr.status, 200);
         assert!(pr.body.contains(r#"id="no-problems""#), "{}", pr.body);
+        let home = b.get("/").await.body;
+        assert!(home.contains(r#"id="business""#) && home.contains("sold % of sellable"));
+        assert!(home.contains(r#"id="fleet-healthy""#), "{home}");
         // Bad input is a clear 4xx page.
         assert_eq!(b.get("/sites/nowhere").await.status, 404);
         let g = b.get("/sites/east?color=rainbow").await;
@@ -570,6 +573,9 @@ both_backends!(
             pr.contains(r#"href="/nodes/e-p1-l1-n1""#) && pr.contains("fan"),
             "{pr}"
         );
+        let home = b.get("/").await.body;
+        assert!(home.contains(r#"id="fleet-problems""#), "{home}");
+        assert!(home.contains("east: 1 cordoned"), "{home}");
         let only = b.get("/problems?state=failed").await.body;
         assert!(!only.contains(r#"href="/nodes/e-p1-l1-n1""#), "{only}");
         let g = b.get("/problems?state=sideways").await;

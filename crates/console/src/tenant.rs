@@ -461,24 +461,51 @@ pub async fn instance(
         }
         None => None,
     };
+    // A gang of many nodes: its blocks first (nodes out of service named), the node list
+    // folded away.
+    let big = i.placement.len() > 8;
+    let blocks = if big {
+        st.svc.placement_blocks(p, &i).await?
+    } else {
+        Vec::new()
+    };
     let body = html! {
+        @if can_change && live(i.state) {
+            form.top-action method="post" action={ "/instances/" (i.id) "/terminate" } data-confirm="Terminate this instance?" {
+                input type="hidden" name="csrf" value=(session.csrf);
+                button.danger #terminate type="submit" { "Terminate" }
+            }
+        }
         table.kv {
             tr { th { "State" } td { span class={ "dot inst-" (i.state) } {} b #instance-state { (i.state) } @if let Some(r) = &i.reason { " — " (r) } } }
             tr { th { "Class" } td { (i.class) } }
             tr { th { "Shape" } td { (shape_text(&i.shape)) " · " (i.gpu_count) " × " (i.gpu_model) } }
-            tr { th { "Placement" } td {
-                @for n in &i.placement {
-                    @if session.is_operator() { a href={ "/nodes/" (url_encode(&n.node)) } { (n.node) } } @else { (n.node) }
-                    @if n.gpus.is_empty() { " (CPU only)" } @else {
-                        " GPUs " (n.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+            @if big {
+                tr { th { "Placement" } td #placement-summary {
+                    (i.placement.len()) " nodes in " (blocks.len()) " block" @if blocks.len() != 1 { "s" }
+                    table.grid #placement-blocks {
+                        thead { tr { th { "block" } th.num { "nodes" } th { "out of service" } } }
+                        tbody {
+                            @for b in &blocks {
+                                tr {
+                                    td { (if b.block_path.is_empty() { "—" } else { b.block_path.as_str() }) }
+                                    td.num { (b.nodes) }
+                                    td {
+                                        @for (name, state) in &b.out_of_service {
+                                            @if session.is_operator() { a href={ "/nodes/" (url_encode(name)) } { (name) } } @else { (name) }
+                                            " (" (state) ") "
+                                        }
+                                    }
+                                }
+                            }
+                        }
                     }
-                    @if let Some(s) = n.mig_start { " · MIG slot " (s) }
-                    @if let Some(c) = n.cpu_milli { " · " (c as f64 / 1000.0) " cores" }
-                    @if let Some(m) = n.memory_mib { " · " (m / 1024) " GiB" }
-                    br;
-                }
-            } }
-            tr { th { "Created" } td { (ts(i.created_at)) } }
+                } }
+            }
+            tr { th { @if big { "Nodes" } @else { "Placement" } } td {
+                @if big { details #placement-nodes { summary { "All " (i.placement.len()) " nodes" } (node_list(&session, &i)) } }
+                @else { (node_list(&session, &i)) }
+            } }            tr { th { "Created" } td { (ts(i.created_at)) } }
             tr { th { "Started" } td { (ts_opt(i.started_at)) } }
             tr { th { "Ended" } td { (ts_opt(i.ended_at)) } }
             @if let Some(t) = i.preempt_at { tr { th { "Preempted at" } td { (ts(t)) } } }
@@ -499,12 +526,6 @@ pub async fn instance(
                 } }
             }
         }
-        @if can_change && live(i.state) {
-            form method="post" action={ "/instances/" (i.id) "/terminate" } data-confirm="Terminate this instance?" {
-                input type="hidden" name="csrf" value=(session.csrf);
-                button.danger #terminate type="submit" { "Terminate" }
-            }
-        }
         @if let Some(out) = &output {
             h2 { "Output" }
             @if out.data.is_empty() { p.muted { "No output yet." } }
@@ -522,6 +543,22 @@ pub async fn instance(
         ),
     )
     .render(body))
+}
+
+/// An instance's nodes, one per line, with the GPUs and slots it holds on each.
+fn node_list(session: &Session, i: &neocloud_types::Instance) -> Markup {
+    html! {
+        @for n in &i.placement {
+            @if session.is_operator() { a href={ "/nodes/" (url_encode(&n.node)) } { (n.node) } } @else { (n.node) }
+            @if n.gpus.is_empty() { " (CPU only)" } @else {
+                " GPUs " (n.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+            }
+            @if let Some(s) = n.mig_start { " · MIG slot " (s) }
+            @if let Some(c) = n.cpu_milli { " · " (c as f64 / 1000.0) " cores" }
+            @if let Some(m) = n.memory_mib { " · " (m / 1024) " GiB" }
+            br;
+        }
+    }
 }
 
 fn usage_table(records: &[neocloud_types::UsageRecord]) -> Markup {

@@ -32,6 +32,17 @@ pub struct MapCell {
     pub tenant: Option<TenantId>,
 }
 
+/// The nodes of an instance in one block: [`Service::placement_blocks`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlacementBlock {
+    /// The block's path from the site down (empty outside any block).
+    pub block_path: String,
+    /// The instance's nodes in it.
+    pub nodes: u32,
+    /// Those of them not in service, with their state.
+    pub out_of_service: Vec<(String, NodeState)>,
+}
+
 /// Nodes needing attention: [`Service::problem_nodes`].
 #[derive(Clone, Debug)]
 pub struct ProblemNodes {
@@ -162,6 +173,48 @@ impl Service {
             .filter_map(|id| sched.instance(id).cloned())
             .collect();
         out.sort_by_key(|i| i.id);
+        Ok(out)
+    }
+
+    /// An instance's nodes grouped by the block they sit in (leaf group, else the deepest
+    /// block), largest group first; each group's nodes that are out of service (failed,
+    /// unreachable, in maintenance, …) are named. For pages of large gangs.
+    pub async fn placement_blocks(
+        &self,
+        p: &Principal,
+        inst: &Instance,
+    ) -> Result<Vec<PlacementBlock>> {
+        auth::authorize(p, Action::ReadInstances)?;
+        let Some(site) = inst.site_id else {
+            return Ok(Vec::new());
+        };
+        let (layout, unusual) = self.site_cells(site).await?;
+        let mine: std::collections::HashSet<NodeId> =
+            inst.placement.iter().map(|pl| pl.node_id).collect();
+        let mut by: BTreeMap<String, PlacementBlock> = BTreeMap::new();
+        for c in layout.iter().filter(|c| mine.contains(&c.id)) {
+            let b = by
+                .entry(c.block_path.clone())
+                .or_insert_with(|| PlacementBlock {
+                    block_path: c.block_path.clone(),
+                    nodes: 0,
+                    out_of_service: Vec::new(),
+                });
+            b.nodes += 1;
+            if let Some(st) = unusual.get(&c.id)
+                && *st != NodeState::Available
+            {
+                b.out_of_service.push((c.name.clone(), *st));
+            }
+        }
+        let mut out: Vec<PlacementBlock> = by.into_values().collect();
+        out.sort_by(|a, b| {
+            (b.out_of_service.len(), b.nodes, &a.block_path).cmp(&(
+                a.out_of_service.len(),
+                a.nodes,
+                &b.block_path,
+            ))
+        });
         Ok(out)
     }
 

@@ -634,3 +634,42 @@ both_backends!(
         assert!(list.contains("0.250 of a GPU") && list.contains("MIG 3g.40gb"));
     }
 );
+
+/// The page of a large gang: its blocks first, with the node out of service named; the node
+/// list folded; Terminate above the fold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_gang_page_is_summarised() {
+    let Some(g) = crate::gang_repair::Gang::start(crate::ctx::Db::Sqlite).await else {
+        return;
+    };
+    let inst = g
+        .launch(json!({"gpu_model": "H100-SXM-80GB", "nodes": 30, "gang_level": "pod"}))
+        .await;
+    let id = inst["id"].as_str().unwrap();
+    let nodes = crate::gang_repair::nodes(&inst);
+    let odd = nodes.last().unwrap();
+    g.ctx
+        .post(
+            &format!("/v1/nodes/{odd}/cordon"),
+            &g.ctx.operator_key,
+            &json!({"reason": "fan"}),
+        )
+        .await
+        .expect(200);
+    let mut b = Browser::new(&g.ctx);
+    b.sign_in(&g.ctx.operator_key).await;
+    let page = b.get(&format!("/instances/{id}")).await.body;
+    assert!(page.contains(r#"id="placement-blocks""#), "{page}");
+    assert!(page.contains("30 nodes in 2 blocks"), "{page}");
+    assert!(page.contains(&format!("{odd}</a> (cordoned)")), "{page}");
+    assert!(page.contains(r#"<details id="placement-nodes">"#), "{page}");
+    let terminate = page.find(r#"id="terminate""#).unwrap();
+    assert!(terminate < page.find(r#"id="placement-blocks""#).unwrap());
+    // A tenant sees the same summary, without links to nodes.
+    let mut t = Browser::new(&g.ctx);
+    t.sign_in(&g.key).await;
+    let page = t.get(&format!("/instances/{id}")).await.body;
+    assert!(page.contains("30 nodes in 2 blocks"), "{page}");
+    assert!(page.contains(&format!("{odd} (cordoned)")), "{page}");
+    assert!(!page.contains("/nodes/"), "{page}");
+}

@@ -63,6 +63,10 @@ pub fn router(svc: Service) -> Router {
         .route("/invoices/{id}/csv", get(tenant::invoice_csv))
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
+        .layer(axum::middleware::from_fn_with_state(
+            Console { svc: svc.clone() },
+            with_nav,
+        ))
         .with_state(Console { svc })
 }
 
@@ -210,7 +214,52 @@ impl IntoResponse for PageError {
                 )
             }
         };
-        layout::error_page(status, title, &message, hint.as_deref())
+        let mut r = layout::error_page(status, title, &message, hint.as_deref());
+        r.extensions_mut().insert(ErrorView {
+            status,
+            title,
+            message,
+            hint,
+        });
+        r
+    }
+}
+
+/// What an error page says, kept on its response so that [`with_nav`] can draw it again
+/// inside the signed-in page shell.
+#[derive(Clone)]
+struct ErrorView {
+    status: StatusCode,
+    title: &'static str,
+    message: String,
+    hint: Option<String>,
+}
+
+/// Error pages of a signed-in browser keep the navigation: an error response is drawn
+/// again in the page shell when the request carries a valid session (only errors pay for
+/// the second look at the key).
+async fn with_nav(
+    State(st): State<Console>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = req.headers().clone();
+    let resp = next.run(req).await;
+    let Some(view) = resp.extensions().get::<ErrorView>().cloned() else {
+        return resp;
+    };
+    let (mut parts, ()) = axum::http::Request::new(()).into_parts();
+    parts.headers = headers;
+    match Session::from_request_parts(&mut parts, &st).await {
+        Ok(session) => Page::new(&session, "", view.title).render_status(
+            view.status,
+            maud::html! {
+                p.error role="alert" { (view.message) }
+                @if let Some(h) = &view.hint { p.muted { (h) } }
+                p { a href="/" { "Back to the console" } }
+            },
+        ),
+        Err(_) => resp,
     }
 }
 

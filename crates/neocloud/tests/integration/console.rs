@@ -544,7 +544,11 @@ both_backends!(
         assert!(home.contains(r#"id="business""#) && home.contains("sold % of sellable"));
         assert!(home.contains(r#"id="fleet-healthy""#), "{home}");
         // Bad input is a clear 4xx page.
-        assert_eq!(b.get("/sites/nowhere").await.status, 404);
+        let g = b.get("/sites/nowhere").await;
+        assert_eq!(g.status, 404);
+        // The error page keeps the signed-in navigation.
+        assert!(g.body.contains(r#"href="/problems""#), "{}", g.body);
+        assert!(g.body.contains("nowhere") && g.body.contains(r#"id="sign-out""#));
         let g = b.get("/sites/east?color=rainbow").await;
         assert_eq!(g.status, 400);
         assert!(g.body.contains("color must be"));

@@ -83,6 +83,7 @@ impl<'a> Page<'a> {
                 ("contracts", "/contracts", "Contracts"),
                 ("usage", "/usage", "Usage"),
                 ("invoices", "/invoices", "Invoices"),
+                ("events", "/events", "Events"),
             ]
         };
         let who = match &s.tenant_name {

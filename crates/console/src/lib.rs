@@ -52,6 +52,7 @@ pub fn router(svc: Service) -> Router {
         .route("/nodes/{node}/{op}", post(fleet::node_op))
         .route("/gpus/{uuid}", get(fleet::gpu))
         .route("/contracts", get(sales::contracts))
+        .route("/contracts/{id}", get(sales::contract))
         .route("/reports", get(sales::reports))
         .route("/events", get(sales::events))
         .route("/instances", get(tenant::instances).post(tenant::launch))

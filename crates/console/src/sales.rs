@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use maud::html;
 use neocloud_service::EventFilter;
 use neocloud_service::{Action, auth};
-use neocloud_types::{Class, Money, TenantId, Timestamp};
+use neocloud_types::{ApiKeyId, Class, Money, TenantId, Timestamp};
 
-use crate::layout::{Page, money, money_m, num, pct, ts};
+use crate::layout::{Page, money, money_m, num, pct, ts, ts_opt};
 use crate::svg::{Series, stacked_bars, step_lines};
 use crate::{Console, PageError, Session, url_encode};
 
@@ -47,6 +47,30 @@ fn year_month(t: Timestamp) -> (i32, u32) {
     let y = s.get(0..4).and_then(|v| v.parse().ok()).unwrap_or(1970);
     let m = s.get(5..7).and_then(|v| v.parse().ok()).unwrap_or(1);
     (y, m)
+}
+
+/// `Dec 2026` for a time.
+fn month_label(t: Timestamp) -> String {
+    const NAMES: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (y, m) = year_month(t);
+    let name = NAMES
+        .get(usize::try_from(m).unwrap_or(1).saturating_sub(1))
+        .copied()
+        .unwrap_or("?");
+    format!("{name} {y}")
+}
+
+/// Labels of a three-year time axis starting now: the month now and the same month of the
+/// next three years.
+fn year_labels(now: Timestamp) -> Vec<(f64, String)> {
+    (0..=3)
+        .map(|y| {
+            let at = now.plus_months(12 * y).unwrap_or(now);
+            ((at.micros() - now.micros()) as f64 / 1e6, month_label(at))
+        })
+        .collect()
 }
 
 /// The twelve months ending with the current one, `YYYY-MM`.
@@ -88,7 +112,7 @@ pub async fn contracts(State(st): State<Console>, session: Session) -> Result<Re
                     @let committed = Series { name: "committed".into(), class: "committed".into(), values: l.committed.iter().map(|c| c.gpus as f64).collect() };
                     @let sellable = Series { name: "sellable".into(), class: "sellable".into(), values: vec![l.sellable_gpus as f64] };
                     @let total = Series { name: "all GPUs".into(), class: "total".into(), values: vec![l.total_gpus as f64] };
-                    @let labels: Vec<(f64, String)> = (0..=3).map(|y| (f64::from(y) * 365.0 * 86_400.0, if y == 0 { "now".to_string() } else { format!("+{y}y") })).collect();
+                    @let labels = year_labels(Timestamp::from_micros(now));
                     figure {
                         figcaption { (l.site) " · " (l.gpu_model) ": " (num(l.committed_gpus_now)) " of " (num(l.sellable_gpus)) " sellable GPUs committed now" }
                         (step_lines(&format!("{} {} capacity calendar", l.site, l.gpu_model), span, &[(total, vec![0.0]), (sellable, vec![0.0]), (committed, xs)], &labels, ""))
@@ -105,7 +129,7 @@ pub async fn contracts(State(st): State<Console>, session: Session) -> Result<Re
                 tbody {
                     @for c in &list.items {
                         tr {
-                            td { code { (c.id) } }
+                            td { a href={ "/contracts/" (c.id) } { code { (c.id) } } }
                             td { (name_of(&names, c.tenant_id)) }
                             td.num { (num(i64::from(c.gpu_count))) }
                             td { (c.gpu_model) }
@@ -122,6 +146,94 @@ pub async fn contracts(State(st): State<Console>, session: Session) -> Result<Re
         }
     };
     Ok(Page::new(&session, "contracts", "Contracts").render(body))
+}
+
+/// One contract: its terms, its pool and the work under it, its outages and what they
+/// cost in availability, and its audit trail.
+pub async fn contract(
+    State(st): State<Console>,
+    session: Session,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let p = &session.principal;
+    let cw = st.svc.contract_work(p, &id).await?;
+    let (c, work) = (&cw.contract, &cw.instances);
+    let outages = st.svc.contract_outages(p, &id).await?;
+    let names = tenant_names(&st, &session).await?;
+    let now = st.svc.now();
+    let held: u32 = work.iter().map(|i| i.gpu_count).sum();
+    // Downtime so far, GPU-seconds, open outages up to now.
+    let down: i64 = outages
+        .iter()
+        .map(|o| {
+            let end = o.end_at.unwrap_or(now).min(now);
+            i64::from(o.gpus) * ((end.micros() - o.start_at.micros()).max(0) / 1_000_000)
+        })
+        .sum();
+    let elapsed = (now.min(c.end_at).micros() - c.start_at.micros()).max(0) / 1_000_000;
+    let promised = i64::from(c.gpu_count) * elapsed;
+    let body = html! {
+        table.kv #contract {
+            tr { th { "Tenant" } td { (name_of(&names, c.tenant_id)) } }
+            tr { th { "State" } td { (c.state) } }
+            tr { th { "GPUs" } td { (num(i64::from(c.gpu_count))) " × " (c.gpu_model) } }
+            tr { th { "Term" } td { (ts(c.start_at)) " → " (ts(c.end_at)) } }
+            tr { th { "Price" } td { "$" (c.price_per_gpu_hour) " per GPU-hour · value " (money(c.total_value)) } }
+            tr { th { "SLA" } td { (c.sla_percent) "% availability" } }
+            @if let Some(b) = c.single_block { tr { th { "Single block" } td { (b) } } }
+        }
+        h2 { "Pool" }
+        p #pool {
+            (num(cw.pool_nodes as i64)) " nodes pinned, " (num(cw.pool_gpus as i64)) " of the " (num(i64::from(c.gpu_count))) " GPUs promised"
+            @if cw.pool_gpus < u64::from(c.gpu_count) && c.state == neocloud_types::ContractState::Active { " — " b { (num(i64::from(c.gpu_count) - cw.pool_gpus as i64)) " GPUs short" } ", refilled as capacity frees up" }
+            " · " (num(i64::from(held))) " GPUs running under it in " (work.len()) " instance" @if work.len() != 1 { "s" }
+        }
+        @if !work.is_empty() {
+            table.grid #contract-work {
+                thead { tr { th { "instance" } th { "shape" } th.num { "GPUs" } th { "state" } th { "started" } } }
+                tbody {
+                    @for i in work.iter().take(200) {
+                        tr {
+                            td { a href={ "/instances/" (i.id) } { (i.name.as_deref().unwrap_or("")) @if i.name.is_some() { " " } code { (i.id) } } }
+                            td { (crate::tenant::shape_text(&i.shape)) }
+                            td.num { (num(i64::from(i.gpu_count))) }
+                            td { (i.state) }
+                            td { (ts_opt(i.started_at)) }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Outages" }
+        p #availability {
+            @if now < c.start_at {
+                "The term has not begun."
+            } @else {
+                @let share = if promised > 0 { 1.0 - down as f64 / promised as f64 } else { 1.0 };
+                "Availability so far: " b { (format!("{:.4}%", 100.0 * share)) }
+                " (" (num(down / 3600)) " GPU-hours down of " (num(promised / 3600)) " promised) against the SLA's " (c.sla_percent) "%."
+            }
+        }
+        @if outages.is_empty() {
+            p.muted #no-outages { "No outages." }
+        } @else {
+            table.grid #outages {
+                thead { tr { th { "from" } th { "to" } th.num { "GPUs" } th { "reason" } } }
+                tbody {
+                    @for o in &outages {
+                        tr {
+                            td { (ts(o.start_at)) }
+                            td { @if let Some(e) = o.end_at { (ts(e)) } @else { b { "open" } } }
+                            td.num { (o.gpus) }
+                            td { (o.reason) }
+                        }
+                    }
+                }
+            }
+        }
+        p { a href={ "/events?resource=" (c.id) } { "Its events →" } }
+    };
+    Ok(Page::new(&session, "contracts", format!("Contract {}", c.id)).render(body))
 }
 
 /// Revenue by month and class, the contracted backlog by year, and power now.
@@ -221,6 +333,54 @@ pub struct EventQuery {
     cursor: Option<String>,
 }
 
+/// JSON as people read it: indented.
+fn pretty(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}
+
+/// Names of the API keys the session may list, by id (none when it may not list keys).
+async fn key_names(st: &Console, session: &Session) -> BTreeMap<ApiKeyId, String> {
+    let mut names = BTreeMap::new();
+    if !auth::allowed(session.principal.role, Action::ReadKeys) {
+        return names;
+    }
+    let mut cursor: Option<String> = None;
+    for _ in 0..20 {
+        let Ok(page) = st
+            .svc
+            .api_key_list(&session.principal, None, cursor.as_deref(), Some(1000))
+            .await
+        else {
+            break;
+        };
+        for k in page.items {
+            names.insert(k.id, k.name);
+        }
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    names
+}
+
+/// A resource id linked to its page where the console has one.
+fn resource_link(session: &Session, kind: &str, id: &str) -> maud::Markup {
+    let href = match kind {
+        "instance" => Some(format!("/instances/{}", url_encode(id))),
+        "contract" => Some(format!("/contracts/{}", url_encode(id))),
+        "invoice" => Some(format!("/invoices/{}", url_encode(id))),
+        "node" if session.is_operator() => Some(format!("/nodes/{}", url_encode(id))),
+        _ => None,
+    };
+    html! {
+        @match href {
+            Some(h) => { a href=(h) { code { (id) } } }
+            None => { code { (id) } }
+        }
+    }
+}
+
 fn nonempty(s: &Option<String>) -> Option<&str> {
     s.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
@@ -247,6 +407,7 @@ pub async fn events(
         .event_list(p, filter, nonempty(&q.cursor), Some(50))
         .await?;
     let names = tenant_names(&st, &session).await?;
+    let keys = key_names(&st, &session).await;
     let next = page.next_cursor.as_ref().map(|c| {
         let mut url = format!("/events?cursor={}", url_encode(c));
         for (k, v) in [
@@ -279,15 +440,15 @@ pub async fn events(
                         tr {
                             td { (ts(e.at)) }
                             td { code { (e.action) } }
-                            td { (e.resource_kind) " " code { (e.resource_id) } }
+                            td { (e.resource_kind) " " (resource_link(&session, &e.resource_kind, &e.resource_id)) }
                             td { @if let Some(t) = e.tenant_id { (name_of(&names, t)) } }
-                            td { @if let Some(k) = e.actor_key_id { code { (k) } } @else { span.muted { "system" } } }
+                            td { @if let Some(k) = e.actor_key_id { @if let Some(n) = keys.get(&k) { (n) } @else { code { (k) } } } @else { span.muted { "system" } } }
                             td {
                                 @if e.before.is_some() || e.after.is_some() {
                                     details {
                                         summary { "before / after" }
-                                        @if let Some(b) = &e.before { pre { (b.to_string()) } }
-                                        @if let Some(a) = &e.after { pre { (a.to_string()) } }
+                                        @if let Some(b) = &e.before { h4 { "before" } pre { (pretty(b)) } }
+                                        @if let Some(a) = &e.after { h4 { "after" } pre { (pretty(a)) } }
                                     }
                                 }
                             }

@@ -61,16 +61,34 @@ fn nice_step(max: f64) -> f64 {
 /// A compact label for an axis value: 1.2k, 3.4M, 5.6B.
 pub fn short(v: f64) -> String {
     let a = v.abs();
-    if a >= 1e9 {
-        format!("{:.1}B", v / 1e9)
+    let (x, suffix) = if a >= 1e9 {
+        (v / 1e9, "B")
     } else if a >= 1e6 {
-        format!("{:.1}M", v / 1e6)
+        (v / 1e6, "M")
     } else if a >= 1e3 {
-        format!("{:.1}k", v / 1e3)
-    } else if a.fract() == 0.0 {
-        format!("{v:.0}")
+        (v / 1e3, "k")
     } else {
-        format!("{v:.1}")
+        (v, "")
+    };
+    // One decimal only where it says something: 300M, 2.5k, 12.
+    let text = format!("{x:.1}");
+    let text = text.strip_suffix(".0").unwrap_or(&text);
+    format!("{text}{suffix}")
+}
+
+/// A value with its unit as people write it: `$300M`, `12k GPUs`, `40%`.
+pub fn with_unit(v: f64, unit: &str) -> String {
+    match unit {
+        "" => short(v),
+        "$" => {
+            if v < 0.0 {
+                format!("-${}", short(-v))
+            } else {
+                format!("${}", short(v))
+            }
+        }
+        "%" => format!("{}%", short(v)),
+        u => format!("{} {u}", short(v)),
     }
 }
 
@@ -108,8 +126,8 @@ fn y_axis(out: &mut String, max: f64, unit: &str) -> f64 {
             W - RIGHT,
             LEFT - 6.0,
             y + 4.0,
-            esc(&short(v)),
-            esc(unit)
+            esc(&with_unit(v, unit)),
+            ""
         );
         v += step;
     }
@@ -162,12 +180,11 @@ pub fn stacked_bars(title: &str, categories: &[String], series: &[Series], unit:
             base -= h;
             let _ = write!(
                 out,
-                r#"<rect x="{x:.1}" y="{base:.1}" width="{bar:.1}" height="{h:.1}" class="{}"><title>{} {}: {}{}</title></rect>"#,
+                r#"<rect x="{x:.1}" y="{base:.1}" width="{bar:.1}" height="{h:.1}" class="{}"><title>{} {}: {}</title></rect>"#,
                 esc(&s.class),
                 esc(cat),
                 esc(&s.name),
-                esc(&short(v)),
-                esc(unit)
+                esc(&with_unit(v, unit))
             );
         }
         // Label every category when they fit, else every few.
@@ -268,6 +285,17 @@ mod tests {
         assert_eq!(nice_step(100.0), 25.0);
         assert_eq!(nice_step(220_000.0), 100_000.0);
         assert_eq!(nice_step(0.0), 1.0);
+    }
+
+    #[test]
+    fn figures_carry_their_unit() {
+        assert_eq!(short(300_000_000.0), "300M");
+        assert_eq!(short(2_500.0), "2.5k");
+        assert_eq!(short(12.0), "12");
+        assert_eq!(with_unit(300_000_000.0, "$"), "$300M");
+        assert_eq!(with_unit(-1_500.0, "$"), "-$1.5k");
+        assert_eq!(with_unit(215_600.0, "GPUs"), "215.6k GPUs");
+        assert_eq!(with_unit(40.0, "%"), "40%");
     }
 
     #[test]

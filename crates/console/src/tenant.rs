@@ -149,7 +149,7 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-fn shape_text(s: &Shape) -> String {
+pub(crate) fn shape_text(s: &Shape) -> String {
     match s {
         Shape::Gpus { gpus } => format!("{gpus} GPU{}", if *gpus == 1 { "" } else { "s" }),
         Shape::Nodes { count, level } => format!("{count} nodes in one {level}"),

@@ -43,6 +43,19 @@ pub struct PlacementBlock {
     pub out_of_service: Vec<(String, NodeState)>,
 }
 
+/// A contract with its pool and work: [`Service::contract_work`].
+#[derive(Clone, Debug)]
+pub struct ContractWork {
+    /// The contract.
+    pub contract: neocloud_types::Contract,
+    /// Nodes pinned to its pool now.
+    pub pool_nodes: usize,
+    /// Their GPUs.
+    pub pool_gpus: u64,
+    /// Live instances running under it.
+    pub instances: Vec<Instance>,
+}
+
 /// Nodes needing attention: [`Service::problem_nodes`].
 #[derive(Clone, Debug)]
 pub struct ProblemNodes {
@@ -216,6 +229,38 @@ impl Service {
             ))
         });
         Ok(out)
+    }
+
+    /// A contract (as [`Service::contract_get`] shows it to the caller) with its pool as the
+    /// scheduler has it: the nodes pinned to it now, and the live instances running under
+    /// it.
+    pub async fn contract_work(&self, p: &Principal, id: &str) -> Result<ContractWork> {
+        let contract = self.contract_get(p, id).await?;
+        auth::authorize(p, Action::ReadInstances)?;
+        let (pool, mut instances) = {
+            let sched = crate::scheduler::lock(&self.sched);
+            let pool: std::collections::HashSet<NodeId> =
+                sched.pool_nodes(contract.id).into_iter().collect();
+            let instances: Vec<Instance> = sched
+                .live()
+                .filter(|i| i.contract_id == Some(contract.id))
+                .cloned()
+                .collect();
+            (pool, instances)
+        };
+        instances.sort_by_key(|i| i.id);
+        let (layout, _) = self.site_cells(contract.site_id).await?;
+        let pool_gpus = layout
+            .iter()
+            .filter(|c| pool.contains(&c.id))
+            .map(|c| u64::from(c.gpu_count))
+            .sum();
+        Ok(ContractWork {
+            contract,
+            pool_nodes: pool.len(),
+            pool_gpus,
+            instances,
+        })
     }
 
     /// Per site and stored state other than `available`: how many nodes are in it

@@ -31,7 +31,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use auth::{Action, Principal};
-pub use console::{GpuStateCount, MapCell, PlacementBlock, ProblemNodes, SiteMap};
+pub use console::{ContractWork, GpuStateCount, MapCell, PlacementBlock, ProblemNodes, SiteMap};
 pub use contracts::{CapacityLine, ClassCount, Committed, GangRoom};
 pub use delivery::{CreateSshKey, InstanceLogs, parse_public_key};
 use error::OrNotFound;

@@ -677,3 +677,66 @@ async fn a_large_gang_page_is_summarised() {
     assert!(page.contains(&format!("{odd} (cordoned)")), "{page}");
     assert!(!page.contains("/nodes/"), "{page}");
 }
+
+/// A contract's page: its terms, pool and work, outages and availability, its events;
+/// linked from the list and from the audit trail; another tenant's is not found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contract_has_its_own_page() {
+    let ctx = TestContext::start(crate::ctx::Db::Sqlite).await;
+    let (key_a, _, key_b, _) = two_tenants(&ctx).await;
+    let now = neocloud_types::Timestamp::now();
+    let c = ctx
+        .post(
+            "/v1/contracts",
+            &key_a,
+            &json!({"gpu_model": "H100-SXM-80GB", "gpu_count": 16, "site": "east",
+                    "start_at": now.to_string(),
+                    "end_at": now.plus_seconds(30 * 86_400).to_string()}),
+        )
+        .await
+        .expect(201);
+    let cid = c["id"].as_str().unwrap().to_string();
+    let i = ctx
+        .post(
+            "/v1/instances",
+            &key_a,
+            &json!({"class": "reserved", "contract_id": cid, "gpu_model": "H100-SXM-80GB",
+                    "gpus": 8, "name": "train-1"}),
+        )
+        .await
+        .expect(201);
+    let iid = i["id"].as_str().unwrap();
+    let mut b = Browser::new(&ctx);
+    b.sign_in(&key_a).await;
+    let list = b.get("/contracts").await.body;
+    assert!(
+        list.contains(&format!(r#"href="/contracts/{cid}""#)),
+        "{list}"
+    );
+    let page = b.get(&format!("/contracts/{cid}")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let page = page.body;
+    assert!(
+        page.contains("2 nodes pinned, 16 of the 16 GPUs promised"),
+        "{page}"
+    );
+    assert!(page.contains(&format!("/instances/{iid}")) && page.contains("train-1"));
+    assert!(page.contains(r#"id="no-outages""#) && page.contains("Availability so far"));
+    assert!(page.contains(&format!("/events?resource={cid}")));
+    // The tenant has its audit trail in the navigation; the contract's events link back.
+    assert!(page.contains(r#"href="/events""#), "{page}");
+    let ev = b.get(&format!("/events?resource={cid}")).await.body;
+    assert!(ev.contains(&format!(r#"href="/contracts/{cid}""#)), "{ev}");
+    // Before/after is indented JSON, not one line.
+    assert!(ev.contains("{\n  &quot;"), "{ev}");
+    // Another tenant's contract is not found, and unknown ids too.
+    let mut other = Browser::new(&ctx);
+    other.sign_in(&key_b).await;
+    assert_eq!(other.get(&format!("/contracts/{cid}")).await.status, 404);
+    assert_eq!(
+        b.get("/contracts/ctr_00000000000000000000000000")
+            .await
+            .status,
+        404
+    );
+}

@@ -122,12 +122,11 @@ fn y_axis(out: &mut String, max: f64, unit: &str) -> f64 {
         let y = TOP + plot_h - v / top * plot_h;
         let _ = write!(
             out,
-            r#"<line x1="{LEFT}" x2="{:.0}" y1="{y:.1}" y2="{y:.1}" class="grid"/><text x="{:.0}" y="{:.1}" class="axis" text-anchor="end">{}{}</text>"#,
+            r#"<line x1="{LEFT}" x2="{:.0}" y1="{y:.1}" y2="{y:.1}" class="grid"/><text x="{:.0}" y="{:.1}" class="axis" text-anchor="end">{}</text>"#,
             W - RIGHT,
             LEFT - 6.0,
             y + 4.0,
             esc(&with_unit(v, unit)),
-            ""
         );
         v += step;
     }

@@ -1495,11 +1495,11 @@ async fn usage_list(
         None | Some("json") => Ok(Json(Paged::from(page)).into_response()),
         Some("csv") => {
             let mut out = String::from(
-                "instance_id,tenant_id,class,gpu_model,site_id,contract_id,gpus,month,start_at,end_at,gpu_seconds,rate,amount\n",
+                "instance_id,tenant_id,class,gpu_model,site_id,contract_id,gpus,gpu_milli,month,start_at,end_at,gpu_seconds,rate,amount\n",
             );
             for u in &page.items {
                 out.push_str(&format!(
-                    "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                    "{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                     u.instance_id,
                     u.tenant_id,
                     u.class,
@@ -1507,6 +1507,8 @@ async fn usage_list(
                     u.site_id,
                     u.contract_id.map(|c| c.to_string()).unwrap_or_default(),
                     u.gpus,
+                    // A share or MIG instance's thousandths of a GPU; empty for whole GPUs.
+                    u.gpu_milli.map(|m| m.to_string()).unwrap_or_default(),
                     u.month,
                     u.start_at,
                     u.end_at,

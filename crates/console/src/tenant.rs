@@ -451,6 +451,8 @@ pub async fn instance(
             Some(100),
         )
         .await?;
+    // What it has run up since it was last metered, rated as the ledger will rate it.
+    let open = st.svc.usage_unmetered(p, &id).await?;
     let can_change = auth::allowed(p.role, neocloud_service::Action::WriteInstances);
     // The last 16 KiB of a delivered instance's output.
     let output = match &i.delivery {
@@ -505,7 +507,17 @@ pub async fn instance(
             tr { th { @if big { "Nodes" } @else { "Placement" } } td {
                 @if big { details #placement-nodes { summary { "All " (i.placement.len()) " nodes" } (node_list(&session, &i)) } }
                 @else { (node_list(&session, &i)) }
-            } }            tr { th { "Created" } td { (ts(i.created_at)) } }
+            } }            @if let Some(last) = open.last() {
+                tr { th { "Rate now" } td #instance-rate {
+                    "$" (last.rate) " per GPU-hour"
+                    @if let Some(m) = last.gpu_milli { " × " (part(Some(m))) } @else { " × " (last.gpus) " GPUs" }
+                } }
+            }
+            tr { th { "Cost so far" } td #instance-cost {
+                (money(neocloud_types::Money::from_micros(amount_of(&usage.items).micros() + amount_of(&open).micros())))
+                @if !open.is_empty() { span.muted { " (" (money(amount_of(&open))) " of it since the last metering, recorded when it stops or at the month's invoice)" } }
+            } }
+            tr { th { "Created" } td { (ts(i.created_at)) } }
             tr { th { "Started" } td { (ts_opt(i.started_at)) } }
             tr { th { "Ended" } td { (ts_opt(i.ended_at)) } }
             @if let Some(t) = i.preempt_at { tr { th { "Preempted at" } td { (ts(t)) } } }
@@ -532,6 +544,11 @@ pub async fn instance(
             @else { pre #instance-output { (out.data) } }
         }
         h2 { "Usage" }
+        @if !open.is_empty() {
+            h3 { "Running, not yet metered" }
+            (usage_table(&open))
+            h3 { "Metered" }
+        }
         (usage_table(&usage.items))
     };
     Ok(Page::new(
@@ -561,13 +578,27 @@ fn node_list(session: &Session, i: &neocloud_types::Instance) -> Markup {
     }
 }
 
+/// The part of a GPU a usage record rates: a share or MIG instance's thousandths, or whole
+/// GPUs.
+fn part(milli: Option<u64>) -> String {
+    match milli {
+        Some(m) => format!("{}.{:03} GPU", m / 1000, m % 1000),
+        None => "whole".to_string(),
+    }
+}
+
+/// The sum of records' amounts.
+fn amount_of(records: &[neocloud_types::UsageRecord]) -> neocloud_types::Money {
+    neocloud_types::Money::from_micros(records.iter().map(|r| r.amount.micros()).sum())
+}
+
 fn usage_table(records: &[neocloud_types::UsageRecord]) -> Markup {
     html! {
         @if records.is_empty() {
             p.muted #no-usage { "Nothing metered yet: usage is recorded when an instance stops, and when a month is invoiced for the instances still running." }
         } @else {
             table.grid #usage {
-                thead { tr { th { "instance" } th { "class" } th { "model" } th.num { "GPUs" } th { "from" } th { "to" } th.num { "GPU-hours" } th.num { "$/GPU-h" } th.num { "amount" } } }
+                thead { tr { th { "instance" } th { "class" } th { "model" } th.num { "GPUs" } th { "part" } th { "from" } th { "to" } th.num { "GPU-hours" } th.num { "$/GPU-h" } th.num { "amount" } } }
                 tbody {
                     @for r in records {
                         tr {
@@ -575,6 +606,7 @@ fn usage_table(records: &[neocloud_types::UsageRecord]) -> Markup {
                             td { (r.class) }
                             td { (r.gpu_model) }
                             td.num { (r.gpus) }
+                            td { (part(r.gpu_milli)) }
                             td { (ts(r.start_at)) }
                             td { (ts(r.end_at)) }
                             td.num.gpu-seconds data-gpu-seconds=(r.gpu_seconds) { (gpu_hours(r.gpu_seconds)) }
@@ -646,10 +678,40 @@ pub async fn usage(
         .await?;
     let total: i64 = page.items.iter().map(|r| r.amount.micros()).sum();
     let gpu_seconds: i64 = page.items.iter().map(|r| r.gpu_seconds).sum();
+    // Running instances' usage not metered yet (the first page only).
+    let mut open = Vec::new();
+    if q.cursor.is_none() {
+        let running = st
+            .svc
+            .instance_list(
+                &session.principal,
+                None,
+                Some(neocloud_types::InstanceState::Running),
+                None,
+                Some(100),
+            )
+            .await?;
+        for i in &running.items {
+            open.extend(
+                st.svc
+                    .usage_unmetered(&session.principal, &i.id.to_string())
+                    .await?,
+            );
+        }
+        if let Some(m) = &month {
+            open.retain(|r| &r.month == m);
+        }
+    }
     let body = html! {
         form.filters method="get" action="/usage" {
             label { "month " input type="month" name="month" value=[month.as_deref()]; }
             button type="submit" { "Show" }
+        }
+        @if !open.is_empty() {
+            h2 { "Running now, not yet metered" }
+            p.muted { "Rated as the ledger will record it when each instance stops, or at the month's invoice: " (money(amount_of(&open))) " so far." }
+            div #usage-running { (usage_table(&open)) }
+            h2 { "Metered" }
         }
         p { (num(page.items.len() as i64)) " records on this page · " (gpu_hours(gpu_seconds)) " GPU-hours · " (money(neocloud_types::Money::from_micros(total))) }
         (usage_table(&page.items))

@@ -196,6 +196,22 @@ impl Service {
         filter.tenant_id = self.scoped_tenant(p, tenant).await?;
         Ok(self.store.usage_list(&filter, cursor, limit).await?)
     }
+
+    /// What a live instance has run up and not yet metered (the ledger records it when it
+    /// stops, and at each month's invoice): the records metering it now would write. Empty
+    /// for an instance that has ended or not started.
+    pub async fn usage_unmetered(&self, p: &Principal, id: &str) -> Result<Vec<UsageRecord>> {
+        auth::authorize(p, Action::ReadInstances)?;
+        let inst = self.visible_instance(p, id).await?;
+        if inst.state.is_final() || inst.started_at.is_none() {
+            return Ok(Vec::new());
+        }
+        let book = self.price_book().await?;
+        let metered = self.store.instance_metered_until(inst.id).await?;
+        Ok(rate_open(&self.store, &book, &inst, metered, self.now())
+            .await?
+            .unwrap_or_default())
+    }
 }
 
 /// Meters a running instance into the ledger from where it was last metered (or its start)
@@ -209,8 +225,25 @@ pub(crate) async fn meter(
     metered_until: Option<Timestamp>,
     until: Timestamp,
 ) -> Result<()> {
-    let Some(iv) = UsageInterval::of_instance(inst, metered_until, until) else {
+    let Some(rows) = rate_open(store, book, inst, metered_until, until).await? else {
         return Ok(());
+    };
+    Store::usage_append(tx, &rows).await?;
+    Store::instance_set_metered_until(tx, inst.id, until).await?;
+    Ok(())
+}
+
+/// The usage records metering `inst` from `metered_until` (or its start) to `until` would
+/// write, rated as [`meter`] rates them; `None` when there is nothing to meter.
+pub(crate) async fn rate_open(
+    store: &Store,
+    book: &PriceBook,
+    inst: &Instance,
+    metered_until: Option<Timestamp>,
+    until: Timestamp,
+) -> Result<Option<Vec<UsageRecord>>> {
+    let Some(iv) = UsageInterval::of_instance(inst, metered_until, until) else {
+        return Ok(None);
     };
     // Spot is priced per interval at the spot price then in force: the recorded series
     // (recomputed from the pool's utilization), and the floor before its first point.
@@ -264,9 +297,7 @@ pub(crate) async fn meter(
             amount: r.amount,
         })
         .collect();
-    Store::usage_append(tx, &rows).await?;
-    Store::instance_set_metered_until(tx, inst.id, until).await?;
-    Ok(())
+    Ok(Some(rows))
 }
 
 fn line_view(l: &neocloud_billing::invoice::InvoiceLine) -> neocloud_types::InvoiceLine {

@@ -191,7 +191,11 @@ both_backends!(
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert!(lines[0].starts_with("instance_id,tenant_id,class"));
+        assert!(lines[0].contains(",gpus,gpu_milli,month,"), "{text}");
         assert!(lines[1].starts_with(&id));
+        // Whole GPUs: the part column is empty, and every row has every column.
+        let cols = lines[0].split(',').count();
+        assert_eq!(lines[1].split(',').count(), cols, "{text}");
     }
 );
 

@@ -740,3 +740,31 @@ async fn a_contract_has_its_own_page() {
         404
     );
 }
+
+/// A running instance's page says what it costs now and so far; the usage page lists what
+/// running instances have run up, for the tenant's own instances only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_instances_show_their_cost() {
+    let ctx = TestContext::start(crate::ctx::Db::Sqlite).await;
+    let (key_a, inst_a, _key_b, inst_b) = two_tenants(&ctx).await;
+    // Usage counts whole seconds.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let mut b = Browser::new(&ctx);
+    b.sign_in(&key_a).await;
+    let page = b.get(&format!("/instances/{inst_a}")).await.body;
+    assert!(page.contains(r#"id="instance-rate""#), "{page}");
+    assert!(
+        page.contains("per GPU-hour") && page.contains("× 2 GPUs"),
+        "{page}"
+    );
+    assert!(page.contains(r#"id="instance-cost""#), "{page}");
+    assert!(page.contains("Running, not yet metered"), "{page}");
+    let usage = b.get("/usage").await.body;
+    assert!(usage.contains(r#"id="usage-running""#), "{usage}");
+    assert!(usage.contains(&inst_a), "{usage}");
+    assert!(
+        !usage.contains(&inst_b),
+        "another tenant's instance: {usage}"
+    );
+    assert!(usage.contains(">whole<"), "{usage}");
+}

@@ -12,6 +12,20 @@ document.addEventListener("DOMContentLoaded", () => {
   const wrap = document.querySelector(".mapwrap");
   const svg = wrap && wrap.querySelector("svg");
   if (svg) {
+    // Zoom: the SVG keeps its viewBox, so clicks still map to the same coordinates.
+    const base = { w: Number(svg.getAttribute("width")), h: Number(svg.getAttribute("height")) };
+    const bar = document.querySelector(".zoom");
+    let scale = 1;
+    const apply = () => {
+      svg.setAttribute("width", String(Math.round(base.w * scale)));
+      svg.setAttribute("height", String(Math.round(base.h * scale)));
+    };
+    if (bar && base.w > 0) {
+      bar.hidden = false;
+      document.getElementById("zoom-in").addEventListener("click", () => { scale = Math.min(scale * 1.5, 8); apply(); });
+      document.getElementById("zoom-out").addEventListener("click", () => { scale = Math.max(scale / 1.5, 0.25); apply(); });
+      document.getElementById("zoom-fit").addEventListener("click", () => { scale = (wrap.clientWidth - 20) / base.w; apply(); });
+    }
     svg.addEventListener("click", (e) => {
       const m = svg.getScreenCTM();
       if (!m) return;

@@ -208,6 +208,9 @@ pub async fn overview_response(st: &Console, session: Session) -> Result<Respons
 pub struct MapQuery {
     #[serde(default)]
     color: Option<String>,
+    /// A node name, or part of one, to find.
+    #[serde(default)]
+    find: Option<String>,
 }
 
 fn color_of(q: Option<&str>) -> Result<ColorBy, PageError> {
@@ -231,6 +234,28 @@ pub async fn site(
     let by = color_of(q.color.as_deref())?;
     let p = &session.principal;
     let map = st.svc.site_map(p, &site).await?;
+    // Find a node: an exact name, or the only name containing the text, opens the node;
+    // several are listed (50 at most); none is said.
+    let find = q.find.as_deref().map(str::trim).filter(|f| !f.is_empty());
+    let mut found: Vec<&str> = Vec::new();
+    if let Some(f) = find {
+        if f.len() > 200 {
+            return Err(PageError::Invalid("find: at most 200 characters".into()));
+        }
+        if let Some(c) = map.cells.iter().find(|c| c.name == f) {
+            return Ok(Redirect::to(&format!("/nodes/{}", url_encode(&c.name))).into_response());
+        }
+        found = map
+            .cells
+            .iter()
+            .filter(|c| c.name.contains(f) || c.block_path.contains(f))
+            .map(|c| c.name.as_str())
+            .take(51)
+            .collect();
+        if let [only] = found.as_slice() {
+            return Ok(Redirect::to(&format!("/nodes/{}", url_encode(only))).into_response());
+        }
+    }
     let lines = st.svc.capacity(p, Some(&site), None, Some(1)).await?;
     let layout = Layout::of(&map.cells);
     let tenants = tenant_order(&map.cells);
@@ -265,6 +290,22 @@ pub async fn site(
             }
         }
         h2 { "Topology" }
+        form.filters #find method="get" action=(base) {
+            label { "Find a node " input type="search" name="find" value=[find] placeholder="name or block, e.g. leaf07-n12" maxlength="200"; }
+            @if by == ColorBy::Tenant { input type="hidden" name="color" value="tenant"; }
+            button type="submit" { "Find" }
+            " "
+            a href="/problems" { "Nodes needing attention →" }
+        }
+        @if let Some(f) = find {
+            @if found.is_empty() {
+                p.error role="alert" #find-none { "No node of " (s.name) " matches “" (f) "”." }
+            } @else {
+                p #find-many { (if found.len() > 50 { "More than 50".to_string() } else { found.len().to_string() }) " nodes match “" (f) "”: "
+                    @for n in found.iter().take(50) { a href={ "/nodes/" (url_encode(n)) } { (n) } " " }
+                }
+            }
+        }
         p.toolbar {
             "Colour by: "
             a href={ (base) "?color=state" } class=[(by == ColorBy::State).then_some("active")] #color-state { "state" }
@@ -287,6 +328,12 @@ pub async fn site(
                     li { span.dot.t-none {} "no tenant " (num((map.cells.len() - tenants.iter().map(|t| t.1).sum::<usize>()) as i64)) }
                 }
             }
+        }
+        p.zoom hidden {
+            "Zoom: "
+            button type="button" #zoom-out { "−" }
+            button type="button" #zoom-in { "+" }
+            button type="button" #zoom-fit { "fit to width" }
         }
         div.mapwrap data-at={ (base) "/at" } data-color=(if by == ColorBy::Tenant { "tenant" } else { "state" }) {
             (PreEscaped(svg))

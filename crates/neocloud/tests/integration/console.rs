@@ -513,6 +513,23 @@ both_backends!(
         let g = b.get("/sites/east/at?x=1&y=15").await;
         assert_eq!(g.status, 303);
         assert_eq!(g.location.as_deref(), Some("/nodes/e-p1-l1-n1"));
+        // Find a node: an exact name opens it; part of a name or block lists the matches;
+        // nothing matching is said; the map stays.
+        let g = b.get("/sites/east?find=e-p1-l1-n1").await;
+        assert_eq!(g.status, 303);
+        assert_eq!(g.location.as_deref(), Some("/nodes/e-p1-l1-n1"));
+        let g = b.get("/sites/east?find=e-p1-l2").await;
+        assert_eq!(g.status, 200);
+        assert!(g.body.contains(r#"id="find-many""#), "{}", g.body);
+        assert!(g.body.contains(r#"href="/nodes/e-p1-l2-n4""#), "{}", g.body);
+        let g = b.get("/sites/east?find=nothing-like-it").await;
+        assert!(g.body.contains(r#"id="find-none""#) && g.body.contains(r#"id="topology""#));
+        assert_eq!(
+            b.get(&format!("/sites/east?find={}", "x".repeat(300)))
+                .await
+                .status,
+            400
+        );
         let g = b.get("/sites/east/at?x=5000&y=5000").await;
         assert_eq!(g.location.as_deref(), Some("/sites/east"));
         let node = b.get("/nodes/e-p1-l1-n1").await.body;

@@ -236,6 +236,19 @@ async fn a_tenant_and_an_operator_in_a_real_browser() {
     d.goto(&format!("{base}/sites/memphis-1")).await;
     d.find("svg#topology").await;
     d.screenshot(&shots.join("07-topology-by-state.png")).await;
+    // Zoom in and back: the map grows and shrinks, and a click still finds its node.
+    let width = async || {
+        d.script("return Number(document.querySelector('#topology').getAttribute('width'));")
+            .await
+            .as_f64()
+            .unwrap()
+    };
+    let w0 = width().await;
+    d.click("#zoom-in").await;
+    let w1 = width().await;
+    assert!((w1 - w0 * 1.5).abs() <= 1.0, "zoomed {w0} -> {w1}");
+    d.click("#zoom-out").await;
+    assert!((width().await - w0).abs() <= 1.0);
     // A click on the first square opens that node (the script clicks where it is drawn).
     d.script(
         "const s = document.querySelector('#topology'); \

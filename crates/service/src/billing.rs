@@ -680,8 +680,13 @@ impl Service {
                 .map(Money::from_micros)
                 .map_err(|_| Error::internal(format!("backlog of {v} micro-dollars overflows")))
         };
+        // The current month's commitment is revenue already (invoices bill it whole, and
+        // the revenue report counts it): the backlog starts with the next month.
+        let next_month = neocloud_billing::period::Month::containing(now)
+            .next()
+            .start();
         for c in self.store.contract_list_live().await? {
-            let from = c.start_at.max(now);
+            let from = c.start_at.max(next_month);
             if from >= c.end_at {
                 continue;
             }

@@ -94,7 +94,7 @@ pub fn with_unit(v: f64, unit: &str) -> String {
 
 const W: f64 = 760.0;
 const H: f64 = 260.0;
-const LEFT: f64 = 64.0;
+const LEFT: f64 = 84.0;
 const RIGHT: f64 = 16.0;
 const TOP: f64 = 28.0;
 const BOTTOM: f64 = 36.0;

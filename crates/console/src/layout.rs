@@ -71,6 +71,7 @@ impl<'a> Page<'a> {
             &[
                 ("overview", "/", "Fleet"),
                 ("problems", "/problems", "Problems"),
+                ("tenants", "/tenants", "Tenants"),
                 ("contracts", "/contracts", "Contracts"),
                 ("instances", "/instances", "Instances"),
                 ("reports", "/reports", "Revenue"),

@@ -13,6 +13,7 @@
 //!   history, contracts and the capacity calendar, revenue and backlog, the event log;
 //! - tenants: instances (launch, terminate), contracts, usage, invoices (with CSV).
 
+mod admin;
 mod fleet;
 mod layout;
 pub mod map;
@@ -59,8 +60,14 @@ pub fn router(svc: Service) -> Router {
         .route("/instances/{id}", get(tenant::instance))
         .route("/instances/{id}/terminate", post(tenant::terminate))
         .route("/usage", get(tenant::usage))
-        .route("/invoices", get(tenant::invoices))
+        .route(
+            "/invoices",
+            get(tenant::invoices).post(admin::generate_invoice),
+        )
         .route("/invoices/{id}", get(tenant::invoice))
+        .route("/invoices/{id}/finalize", post(admin::finalize_invoice))
+        .route("/tenants", get(admin::tenants))
+        .route("/tenants/{name}", get(admin::tenant))
         .route("/invoices/{id}/csv", get(tenant::invoice_csv))
         .route("/assets/console.css", get(css))
         .route("/assets/console.js", get(js))
@@ -196,9 +203,11 @@ impl IntoResponse for PageError {
                 }
                 let status = StatusCode::from_u16(e.code.http_status())
                     .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                let title = match e.code {
-                    ErrorCode::NotFound => "Not found",
-                    ErrorCode::Forbidden => "Not allowed",
+                let title = match (e.code, status.as_u16()) {
+                    (ErrorCode::NotFound, _) => "Not found",
+                    (ErrorCode::Forbidden, _) => "Not allowed",
+                    (_, 400 | 422) => "Invalid request",
+                    (_, 409) => "Not possible now",
                     _ => "Something went wrong",
                 };
                 let hint = e

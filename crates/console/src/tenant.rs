@@ -726,7 +726,26 @@ pub async fn usage(
 pub async fn invoices(State(st): State<Console>, session: Session) -> Result<Response, PageError> {
     let list = st.svc.invoice_list(&session.principal, None).await?;
     let names = tenant_names(&st, &session).await?;
+    let can_bill = session.is_operator()
+        && auth::allowed(
+            session.principal.role,
+            neocloud_service::Action::WriteInvoices,
+        );
+    let this_month = neocloud_types::Timestamp::now().to_string()[..7].to_string();
     let body = html! {
+        @if can_bill {
+            form.filters #generate method="post" action="/invoices" {
+                input type="hidden" name="csrf" value=(session.csrf);
+                input type="hidden" name="idem" value={ "console-" (neocloud_types::InstanceId::new()) };
+                label { "Invoice " select name="tenant" required {
+                    option value="" { "tenant…" }
+                    @for (id, name) in &names { option value=(id) { (name) } }
+                } }
+                label { " for " input type="month" name="month" value=(this_month) required; }
+                button type="submit" #generate-submit { "Generate" }
+                span.muted { " A draft is generated again with what was metered since; a finalized invoice never changes." }
+            }
+        }
         @if list.is_empty() {
             p.muted #no-invoices { "No invoices yet: they are generated monthly." }
         } @else {
@@ -757,8 +776,29 @@ pub async fn invoice(
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let inv = st.svc.invoice_get(&session.principal, &id).await?;
+    let can_bill = session.is_operator()
+        && auth::allowed(
+            session.principal.role,
+            neocloud_service::Action::WriteInvoices,
+        );
+    let draft = inv.state == "draft";
+    // A month can be finalized once it is over.
+    let over = inv
+        .month
+        .parse::<neocloud_billing::Month>()
+        .is_ok_and(|m| m.next().start() <= st.svc.now());
     let body = html! {
-        p { "Month " (inv.month) " · " (inv.state) " · created " (ts(inv.created_at)) " · " a href={ "/invoices/" (url_encode(&inv.id)) "/csv" } #csv { "Download CSV" } }
+        p { "Month " (inv.month) " · " b #invoice-state { (inv.state) } " · created " (ts(inv.created_at)) " · " a href={ "/invoices/" (url_encode(&inv.id)) "/csv" } #csv { "Download CSV" } }
+        @if can_bill && draft && !over {
+            p.muted #finalize-later { "A draft: it can be finalized once " (inv.month) " is over." }
+        }
+        @if can_bill && draft && over {
+            form.top-action method="post" action={ "/invoices/" (url_encode(&inv.id)) "/finalize" } data-confirm="Finalize this invoice? It will never change again." {
+                input type="hidden" name="csrf" value=(session.csrf);
+                button type="submit" #finalize { "Finalize" }
+                span.muted { " A draft changes when it is generated again; a finalized invoice never does." }
+            }
+        }
         table.grid #lines {
             thead { tr { th { "line" } th { "description" } th { "model" } th.num { "GPU-hours" } th.num { "amount" } } }
             tbody {

@@ -138,6 +138,7 @@ const PAGES: &[&str] = &[
     "/nodes/e-p1-l1-n1",
     "/problems",
     "/problems?site=east&state=cordoned",
+    "/tenants",
     "/contracts",
     "/reports",
     "/events",
@@ -152,6 +153,7 @@ const FORMS: &[&str] = &[
     "/instances",
     "/nodes/e-p1-l1-n1/cordon",
     "/instances/inst_00000000000000000000000000/terminate",
+    "/invoices/inv_x/finalize",
 ];
 
 both_backends!(every_page_needs_a_session, |ctx: TestContext| async move {
@@ -784,4 +786,91 @@ async fn running_instances_show_their_cost() {
         "another tenant's instance: {usage}"
     );
     assert!(usage.contains(">whole<"), "{usage}");
+}
+
+/// Operators see tenants with their quotas, keys and invoices, and generate and finalize
+/// invoices from the console; a double submit generates once; tenants cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_manage_tenants_and_invoices() {
+    let ctx = TestContext::start(crate::ctx::Db::Sqlite).await;
+    let (key_a, _, _, _) = two_tenants(&ctx).await;
+    let alpha = ctx
+        .get("/v1/tenants/alpha", &ctx.operator_key)
+        .await
+        .expect(200);
+    let alpha_id = alpha["id"].as_str().unwrap().to_string();
+    let mut b = Browser::new(&ctx);
+    b.sign_in(&ctx.operator_key).await;
+    let list = b.get("/tenants").await.body;
+    assert!(list.contains(r#"href="/tenants/alpha""#) && list.contains(r#"href="/tenants/beta""#));
+    let page = b.get("/tenants/alpha").await.body;
+    assert!(
+        page.contains(r#"id="keys""#) && page.contains("tenant-admin"),
+        "{page}"
+    );
+    assert!(page.contains(r#"id="no-invoices""#), "{page}");
+    assert!(page.contains("/events?tenant=alpha"), "{page}");
+    assert_eq!(b.get("/tenants/nobody").await.status, 404);
+    // Generate this month's invoice from the form; the same form again replays.
+    let form = b.get("/invoices").await.body;
+    assert!(form.contains(r#"id="generate""#), "{form}");
+    let token = Browser::csrf(&form);
+    // Last month: over, so it can be finalized.
+    let month = neocloud_billing::Month::containing(neocloud_types::Timestamp::now())
+        .prev()
+        .to_string();
+    let origin = format!("http://{}", ctx.addr);
+    let fields = [
+        ("csrf", token.as_str()),
+        ("tenant", alpha_id.as_str()),
+        ("month", month.as_str()),
+        ("idem", "console-test-1"),
+    ];
+    let g = b
+        .post_with("/invoices", &fields, &[("origin", origin.as_str())])
+        .await;
+    assert_eq!(g.status, 303, "{}", g.body);
+    let at = g.location.clone().unwrap();
+    assert!(at.starts_with("/invoices/"), "{at}");
+    let again = b
+        .post_with("/invoices", &fields, &[("origin", origin.as_str())])
+        .await;
+    assert_eq!(again.location.as_deref(), Some(at.as_str()));
+    let inv = b.get(&at).await.body;
+    assert!(inv.contains(r#"id="finalize""#), "{inv}");
+    let g = b
+        .post_with(
+            &format!("{at}/finalize"),
+            &[("csrf", token.as_str())],
+            &[("origin", origin.as_str())],
+        )
+        .await;
+    assert_eq!(g.status, 303, "{}", g.body);
+    let inv = b.get(&at).await.body;
+    assert!(inv.contains(r#"id="invoice-state">finalized<"#), "{inv}");
+    assert!(!inv.contains(r#"id="finalize""#));
+    assert!(
+        b.get("/tenants/alpha")
+            .await
+            .body
+            .contains(r#"id="tenant-invoices""#)
+    );
+    // A tenant has no such form, and its post is refused.
+    let mut t = Browser::new(&ctx);
+    t.sign_in(&key_a).await;
+    let mine = t.get("/invoices").await.body;
+    assert!(!mine.contains(r#"id="generate""#));
+    let tt = Browser::csrf(&mine);
+    let g = t
+        .post_with(
+            "/invoices",
+            &[
+                ("csrf", tt.as_str()),
+                ("tenant", alpha_id.as_str()),
+                ("month", month.as_str()),
+            ],
+            &[("origin", origin.as_str())],
+        )
+        .await;
+    assert_eq!(g.status, 403, "{}", g.body);
 }

@@ -17,7 +17,12 @@ start=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 end=$(date -u -d '+3 years' +%Y-%m-%dT%H:%M:%SZ)
 contract=$(api /v1/contracts "{\"tenant_id\":\"frontier-lab\",\"gpu_model\":\"H100-SXM-80GB\",\"gpu_count\":215600,\"start_at\":\"$start\",\"end_at\":\"$end\",\"site\":\"memphis-1\",\"sla_percent\":\"99.9\"}" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-api /v1/instances "{\"tenant_id\":\"frontier-lab\",\"class\":\"reserved\",\"contract_id\":\"$contract\",\"gpu_model\":\"H100-SXM-80GB\",\"nodes\":1024,\"gang_level\":\"pod\"}" >/dev/null
+gang=$(api /v1/instances "{\"tenant_id\":\"frontier-lab\",\"class\":\"reserved\",\"contract_id\":\"$contract\",\"gpu_model\":\"H100-SXM-80GB\",\"nodes\":1024,\"gang_level\":\"pod\"}" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+# A few nodes needing attention, for the problems view.
+for n in m1-pod05-leaf03-n07 m1-pod09-leaf11-n02 m1-pod20-leaf01-n40; do
+  api "/v1/nodes/$n/cordon" '{"reason":"bench"}' >/dev/null
+done
 api /v1/instances '{"tenant_id":"home-lab","class":"internal","gpu_model":"GB200","nodes":18,"gang_level":"nvlink_domain"}' >/dev/null
 api /v1/tenants '{"name":"acme-ai"}' >/dev/null
 for _ in 1 2 3 4 5; do
@@ -29,10 +34,16 @@ for site in memphis-1 memphis-2; do curl -s -H "$COOKIE" -o /dev/null "$URL/site
 dur=${DURATION:-10s}
 echo "== baseline: GET /healthz"
 wrk -t1 -c1 -d"$dur" --latency "$URL/healthz" | grep -E '^ +(50|99)%|Requests/sec'
-for page in / /sites/memphis-1 "/sites/memphis-1?color=tenant" /sites/memphis-2 \
-            /nodes/m1-pod03-leaf07-n12 /contracts /reports /events /instances /usage /invoices; do
+for page in / /problems /sites/memphis-1 "/sites/memphis-1?color=tenant" /sites/memphis-2 \
+            /nodes/m1-pod03-leaf07-n12 /nodes/m1-pod01-leaf01-n01 /contracts "/contracts/$contract" \
+            "/instances/$gang" /tenants /tenants/frontier-lab /reports /events /instances /usage /invoices; do
   bytes=$(curl -s -H "$COOKIE" -o /dev/null -w '%{http_code} %{size_download}' "$URL$page")
-  echo "== GET $page ($bytes bytes)"
+  gz=$(curl -s -H "$COOKIE" -H 'Accept-Encoding: gzip' -o /dev/null -w '%{size_download}' "$URL$page")
+  echo "== GET $page ($bytes bytes, $gz gzipped)"
   wrk -t1 -c1 -d"$dur" --latency -H "$COOKIE" "$URL$page" | grep -E '^ +(50|99)%|Requests/sec'
 done
+# What a browser gets: the largest page gzipped (the compression's cost included).
+echo "== GET /sites/memphis-1, Accept-Encoding: gzip"
+wrk -t1 -c1 -d"$dur" --latency -H "$COOKIE" -H 'Accept-Encoding: gzip' "$URL/sites/memphis-1" |
+  grep -E '^ +(50|99)%|Requests/sec'
 stop_server "$dir"

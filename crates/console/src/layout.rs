@@ -208,6 +208,21 @@ pub fn money(m: Money) -> String {
     format!("{sign}${}.{:02}", num(whole), abs % 100)
 }
 
+/// Money as recorded, to the micro-dollar without trailing zeros (at least cents):
+/// `$0.005`, `$12.50`. Usage records are exact below the cent; invoices round their sums,
+/// so a record shown rounded could disagree with the invoice that bills it.
+pub fn money_exact(m: Money) -> String {
+    let micros = i128::from(m.micros());
+    let sign = if micros < 0 { "-" } else { "" };
+    let abs = micros.unsigned_abs();
+    let whole = i64::try_from(abs / 1_000_000).unwrap_or(i64::MAX);
+    let mut frac = format!("{:06}", abs % 1_000_000);
+    while frac.len() > 2 && frac.ends_with('0') {
+        frac.pop();
+    }
+    format!("{sign}${}.{frac}", num(whole))
+}
+
 /// Money in millions for headline figures: `$1,234.6M`.
 pub fn money_m(m: Money) -> String {
     let tenths = m.micros() / 100_000_000_000;
@@ -276,6 +291,13 @@ mod tests {
             "$1,234.5M"
         );
         assert_eq!(gpu_hours(5400), "1.50");
+        assert_eq!(money_exact(Money::from_micros(5_000)), "$0.005");
+        assert_eq!(money_exact(Money::from_micros(12_500_000)), "$12.50");
+        assert_eq!(
+            money_exact(Money::from_micros(1_234_567_891)),
+            "$1,234.567891"
+        );
+        assert_eq!(money_exact(Money::from_micros(-10_000)), "-$0.01");
         assert_eq!(ts(Timestamp::from_micros(0)), "1970-01-01 00:00 UTC");
         let t = Timestamp::from_micros(1_000_000_000_000);
         assert_eq!(ago(t.plus_seconds(12), t), "12 s ago");

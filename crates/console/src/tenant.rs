@@ -11,7 +11,7 @@ use neocloud_service::UsageFilter;
 use neocloud_service::{Idempotency, LaunchInstance, auth};
 use neocloud_types::{Class, ContractId, GangLevel, InstanceId, InstanceState, Shape};
 
-use crate::layout::{Page, alert, gpu_hours, money, num, ts, ts_opt};
+use crate::layout::{Page, alert, gpu_hours, money, money_exact, num, ts, ts_opt};
 use crate::sales::tenant_names;
 use crate::{Console, PageError, Session, url_encode};
 
@@ -611,7 +611,7 @@ fn usage_table(records: &[neocloud_types::UsageRecord]) -> Markup {
                             td { (ts(r.end_at)) }
                             td.num.gpu-seconds data-gpu-seconds=(r.gpu_seconds) { (gpu_hours(r.gpu_seconds)) }
                             td.num { (r.rate) }
-                            td.num { (money(r.amount)) }
+                            td.num { (money_exact(r.amount)) }
                         }
                     }
                 }

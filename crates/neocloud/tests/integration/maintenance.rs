@@ -163,6 +163,73 @@ async fn a_leaf_group_goes_into_maintenance_with_notice(db: Db) {
     assert_eq!(g.gpu_seconds(&gang_id).await, 240 * 12_000);
 }
 
+/// A gang with no free node to move to is repaired when the window begins, as for a
+/// failure: it runs short through the window, billed for what it holds, and is whole again
+/// when the window ends and its nodes come back.
+async fn a_gang_that_cannot_move_yet_runs_short_through_the_window(db: Db) {
+    let Some(g) = Gang::start(db).await else {
+        return;
+    };
+    // 70 of a pod's 72 nodes: two are free.
+    let gang = g
+        .launch(json!({"gpu_model": "H100-SXM-80GB", "nodes": 70, "gang_level": "pod"}))
+        .await;
+    let id = gang["id"].as_str().unwrap().to_string();
+    let before = nodes(&gang);
+    let the_pod = pod(&before[0]).to_string();
+    // A leaf group the gang fills whole.
+    let mut leaves: Vec<&str> = before.iter().map(|n| leaf(n)).collect();
+    leaves.dedup();
+    let target = leaves
+        .iter()
+        .copied()
+        .find(|l| before.iter().filter(|n| leaf(n) == *l).count() == 24)
+        .unwrap()
+        .to_string();
+    g.clock.set(at(1000));
+    let w = schedule(
+        &g,
+        &json!({"site": "west", "block": target, "start_at": at(4600).to_string(),
+                "end_at": at(11_800).to_string(), "reason": "leaf switch swap"}),
+        "mnt-short",
+    )
+    .await
+    .expect(201);
+    let wid = w["id"].as_str().unwrap().to_string();
+    // Two nodes moved now, onto the pod's two free nodes; the rest wait for the start.
+    assert_eq!(g.events("instance.node_replaced").await.len(), 2);
+    let ev = g.events("maintenance.scheduled").await;
+    assert_eq!(ev[0]["after"]["outcome"], "moved_at_start", "{ev:?}");
+    let i = g.instance(&id).await;
+    assert_eq!(i["state"], "running");
+    assert_eq!(i["gpu_count"], 560);
+    assert_eq!(nodes(&i).iter().filter(|n| leaf(n) == target).count(), 22);
+    // The window begins: the 22 nodes go into maintenance, the gang runs on 48 nodes.
+    g.clock.set(at(4600));
+    g.ctx.svc.tick(at(4600)).await.unwrap();
+    g.ctx.svc.health_tick(at(4600)).await.unwrap();
+    assert_eq!(window(&g, &wid).await["state"], "in_progress");
+    let i = g.instance(&id).await;
+    assert_eq!(i["state"], "running", "{i}");
+    assert_eq!(i["gpu_count"], 384, "{i}");
+    assert!(nodes(&i).iter().all(|n| leaf(n) != target));
+    // It ends: the nodes come back (no agent: straight to service) and the gang is whole
+    // again, inside its pod.
+    g.clock.set(at(11_800));
+    g.ctx.svc.health_tick(at(11_800)).await.unwrap();
+    g.ctx.svc.tick(at(11_800)).await.unwrap();
+    assert_eq!(window(&g, &wid).await["state"], "completed");
+    let i = g.instance(&id).await;
+    assert_eq!(i["gpu_count"], 560, "{i}");
+    assert!(nodes(&i).iter().all(|n| pod(n) == the_pod));
+    g.clock.set(at(12_000));
+    g.terminate(&id).await;
+    assert_eq!(
+        g.gpu_seconds(&id).await,
+        560 * 4600 + 384 * 7200 + 560 * 200
+    );
+}
+
 /// A window called off before it begins withdraws its notices and uncordons its nodes;
 /// bad requests are refused and change nothing.
 async fn a_window_called_off_and_bad_requests(db: Db) {
@@ -320,6 +387,7 @@ macro_rules! on_both {
 
 on_both!(
     a_leaf_group_goes_into_maintenance_with_notice,
+    a_gang_that_cannot_move_yet_runs_short_through_the_window,
     a_window_called_off_and_bad_requests,
 );
 

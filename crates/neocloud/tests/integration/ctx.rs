@@ -38,6 +38,24 @@ macro_rules! both_backends {
     };
 }
 
+/// Runs tests written as `async fn name(db: Db)` (which start their own context) on SQLite
+/// and on PostgreSQL: `on_both!(name_a, name_b)` makes `name_a::sqlite`, `name_a::postgres`, …
+#[macro_export]
+macro_rules! on_both {
+    ($($name:ident),+ $(,)?) => {
+        $(mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::ctx::Db::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::ctx::Db::Postgres).await;
+            }
+        })+
+    };
+}
+
 /// A unique, lowercase suffix for names of temporary things.
 pub fn unique() -> String {
     let mut b = [0u8; 6];

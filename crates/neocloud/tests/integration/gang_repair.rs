@@ -486,22 +486,7 @@ async fn spares_replace_failures_in_their_own_pod(db: Db) {
     assert_eq!(c["spare_nodes_wanted"], 550, "{c}");
 }
 
-macro_rules! on_both {
-    ($($name:ident),+ $(,)?) => {
-        $(mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(crate::ctx::Db::Sqlite).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(crate::ctx::Db::Postgres).await;
-            }
-        })+
-    };
-}
-
-on_both!(
+crate::on_both!(
     a_failed_node_is_replaced_from_the_same_block,
     shrink_and_fail_policies,
     a_gang_without_a_free_node_waits_for_spot_to_leave,

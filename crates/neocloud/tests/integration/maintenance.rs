@@ -370,22 +370,7 @@ async fn a_window_called_off_and_bad_requests(db: Db) {
     assert_eq!(g.gpu_seconds(&id).await, 8 * 3700);
 }
 
-macro_rules! on_both {
-    ($($name:ident),+ $(,)?) => {
-        $(mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(crate::ctx::Db::Sqlite).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(crate::ctx::Db::Postgres).await;
-            }
-        })+
-    };
-}
-
-on_both!(
+crate::on_both!(
     a_leaf_group_goes_into_maintenance_with_notice,
     a_gang_that_cannot_move_yet_runs_short_through_the_window,
     a_window_called_off_and_bad_requests,

@@ -1098,22 +1098,7 @@ async fn serve_delivers_webhooks() {
     let _ = child.wait();
 }
 
-macro_rules! on_both {
-    ($($name:ident),+ $(,)?) => {
-        $(mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(crate::ctx::Db::Sqlite).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$name(crate::ctx::Db::Postgres).await;
-            }
-        })+
-    };
-}
-
-on_both!(
+crate::on_both!(
     a_receiver_down_for_ten_minutes_gets_every_event_in_order,
     a_replaced_gang_node_reaches_the_tenants_webhook,
     a_maintenance_notice_reaches_the_tenants_webhook,

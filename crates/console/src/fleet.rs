@@ -524,9 +524,23 @@ pub async fn problems(
     let site = q.site.as_deref().filter(|s| !s.is_empty());
     let p = &session.principal;
     let pr = st.svc.problem_nodes(p, site, state, 500).await?;
+    let coverage = st.svc.agent_coverage_of(p).await?;
     let now = st.svc.now();
     let total: u64 = pr.counts.iter().map(|c| c.2).sum();
     let body = html! {
+        table.grid #coverage {
+            thead { tr { th { "site" } th.num { "nodes expected to heartbeat" } th.num { "heard within two intervals" } th.num { "not heard (silent or no agent)" } } }
+            tbody {
+                @for (s, expected, heard) in &coverage {
+                    tr {
+                        td { (s) }
+                        td.num { (num(*expected as i64)) }
+                        td.num { (num(*heard as i64)) " (" (pct(*heard as f64, *expected as f64)) ")" }
+                        td.num { (num((expected - heard) as i64)) }
+                    }
+                }
+            }
+        }
         @if total == 0 {
             p.lede #no-problems { "Every node is available or allocated." }
         } @else {

@@ -328,6 +328,12 @@ impl Service {
 
     /// Per site: its nodes expected to heartbeat (not provisioning, failed or in
     /// maintenance) and how many of them have an agent heard from within two intervals.
+    pub async fn agent_coverage_of(&self, p: &Principal) -> Result<Vec<(String, u64, u64)>> {
+        auth::authorize(p, Action::ReadFleet)?;
+        self.agent_coverage().await
+    }
+
+    /// [`Service::agent_coverage_of`] without the caller's check (`/metrics`).
     pub(crate) async fn agent_coverage(&self) -> Result<Vec<(String, u64, u64)>> {
         let fresh = self.fresh_agents();
         let mut out = Vec::new();

@@ -559,6 +559,9 @@ both_backends!(
         let pr = b.get("/problems").await;
         assert_eq!(pr.status, 200);
         assert!(pr.body.contains(r#"id="no-problems""#), "{}", pr.body);
+        // Agent coverage per site: no node of east has an agent.
+        assert!(pr.body.contains(r#"id="coverage""#), "{}", pr.body);
+        assert!(pr.body.contains("0 (0.0%)"), "{}", pr.body);
         let home = b.get("/").await.body;
         assert!(home.contains(r#"id="business""#) && home.contains("sold % of sellable"));
         assert!(home.contains(r#"id="fleet-healthy""#), "{home}");

@@ -7,8 +7,9 @@
 #   2. baseline: restarts without live instances (hyperfine);
 #   3. tenants, a reserved contract, and LIVE (default 100,000) launches through
 #      POST /v1/instances with wrk and scripts/bench/live.lua (mixed shapes and classes).
-# Then, every run: restarts with the live instances (hyperfine), and the count of live
-# instances read from the database.
+# Then, every run: the count of live instances read from the database, the baseline again
+# on a second data directory with the same fleet and no instances ($BENCH_DIR/mil, imported
+# on first use), and restarts with the live instances (hyperfine).
 #
 #   RUNS=3 LIVE=100000 scripts/bench/live-restart.sh         # set-up if needed, then measure
 #   FRESH=1 scripts/bench/live-restart.sh                    # throw the data directory away first
@@ -40,10 +41,12 @@ print(f"live instances: {sum(r[2] for r in rows)} ({gangs} multi-node gangs), "
 PY
 }
 
+# restart NAME [DATA_DIR]: hyperfine of restarts on DATA_DIR (default: the live one).
 restart() {
-  hyperfine --shell=bash --runs "$runs" --prepare "stop_server $dir" \
-    --command-name "$1" "start_server $dir --fleet $FLEET"
-  stop_server "$dir"
+  local d="${2:-$dir}"
+  hyperfine --shell=bash --runs "$runs" --prepare "stop_server $d" \
+    --command-name "$1" "start_server $d --fleet $FLEET"
+  stop_server "$d"
 }
 
 [ -n "${FRESH:-}" ] && { stop_server "$dir"; rm -rf "$dir"; }
@@ -80,5 +83,13 @@ if [ ! -f "$dir/filled" ]; then
   touch "$dir/filled"
 fi
 count_live
+base="$BENCH_DIR/mil"
+if [ ! -f "$base/imported" ]; then
+  stop_server "$base"; rm -rf "$base"; mkdir -p "$base"
+  start_server "$base" --fleet "$FLEET"; stop_server "$base"
+  touch "$base/imported"
+fi
+echo "== baseline: restart without live instances ($BIN)"
+restart "restart, no live instances" "$base"
 echo "== restart with live instances ($BIN)"
 restart "restart, live instances"

@@ -9,7 +9,8 @@
 #      POST /v1/instances with wrk and scripts/bench/live.lua (mixed shapes and classes).
 # Then, every run: the count of live instances read from the database, the baseline again
 # on a second data directory with the same fleet and no instances ($BENCH_DIR/mil, imported
-# on first use), and restarts with the live instances (hyperfine).
+# on first use), restarts with the live instances (hyperfine), and the server's CPU seconds
+# for one more.
 #
 #   RUNS=3 LIVE=100000 scripts/bench/live-restart.sh         # set-up if needed, then measure
 #   FRESH=1 scripts/bench/live-restart.sh                    # throw the data directory away first
@@ -93,3 +94,9 @@ echo "== baseline: restart without live instances ($BIN)"
 restart "restart, no live instances" "$base"
 echo "== restart with live instances ($BIN)"
 restart "restart, live instances"
+# The server's own CPU for one more restart: less sensitive than the wall time to other work
+# on the machine.
+start_server "$dir" --fleet "$FLEET"
+echo "server CPU until /readyz (user+sys): $(awk '{print ($14 + $15) / 100}' "/proc/$(cat "$dir.pid")/stat") s;" \
+  "$(grep -o 'startup_ms=[0-9]*' "$dir.log")"
+stop_server "$dir"

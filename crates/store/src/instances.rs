@@ -351,6 +351,19 @@ fn u64_of(v: Option<i64>, col: &str) -> Result<Option<u64>> {
         .transpose()
 }
 
+impl Store {
+    /// A read-only transaction whose reads all see one moment of the database: SQLite's
+    /// read transaction is a snapshot (WAL), PostgreSQL's needs REPEATABLE READ (each
+    /// statement of a READ COMMITTED one sees the latest commits).
+    async fn begin_snapshot(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        let begin = match self.backend {
+            crate::Backend::Sqlite => "BEGIN",
+            crate::Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        };
+        Ok(self.pool.begin_with(begin).await?)
+    }
+}
+
 /// Runs `f` on a thread of its own, so that decoding a large read does not hold up the
 /// reads beside it.
 async fn off_thread<T: Send + 'static>(
@@ -955,7 +968,7 @@ impl Store {
     /// first, with placements: what the allocator and the queue are rebuilt from.
     pub async fn instance_list_live(&self) -> Result<Vec<Instance>> {
         // A restart reads every live instance and every held GPU: as batches of records
-        // ([`packed`]), a few hundred rows in all, each read on its own connection at once.
+        // ([`packed`]), a few hundred rows in all.
         static SQL: LazyLock<[String; 4]> = LazyLock::new(|| {
             [
                 packed::batched_sql(
@@ -979,28 +992,30 @@ impl Store {
                 packed::batched_sql(&packed::record_sql(NAMES), "FROM nodes", "id"),
             ]
         });
-        let fetch = |i: usize| sqlx::query(&SQL[i]).fetch_all(&self.pool);
-        // Each result is decoded on a thread of its own as soon as it is in, beside the
-        // reads still running.
-        let instances = async {
-            let rows = fetch(0).await?;
-            off_thread(move || {
-                let mut items = Vec::new();
-                for r in &rows {
-                    for rec in packed::records(r)? {
-                        items.push(InstanceRow::parse(Fields::new(rec, INSTANCE_READ))?);
-                    }
+        // One snapshot, so that an instance and the GPUs it holds are read as of one
+        // moment (a launch or a release committed between two reads would otherwise leave a
+        // running instance without its GPUs). Each result is decoded on a thread of its
+        // own as soon as it is in, beside the reads after it.
+        let mut tx = self.begin_snapshot().await?;
+        let rows = sqlx::query(&SQL[0]).fetch_all(&mut *tx).await?;
+        let instances = off_thread(move || {
+            let mut items = Vec::new();
+            for r in &rows {
+                for rec in packed::records(r)? {
+                    items.push(InstanceRow::parse(Fields::new(rec, INSTANCE_READ))?);
                 }
-                items.sort_unstable_by_key(|i| i.inst.id);
-                Ok(items)
-            })
-            .await
-        };
+            }
+            items.sort_unstable_by_key(|i| i.inst.id);
+            Ok(items)
+        });
         let placements = async {
-            let (held, slices, names) = tokio::try_join!(fetch(1), fetch(2), fetch(3))?;
+            let held = sqlx::query(&SQL[1]).fetch_all(&mut *tx).await?;
+            let slices = sqlx::query(&SQL[2]).fetch_all(&mut *tx).await?;
+            let names = sqlx::query(&SQL[3]).fetch_all(&mut *tx).await?;
             off_thread(move || live_placements(&held, &slices, &names)).await
         };
         let (items, mut by_holder) = tokio::try_join!(instances, placements)?;
+        tx.commit().await?;
         Ok(items
             .into_iter()
             .map(|i| {
@@ -1123,17 +1138,21 @@ impl Store {
                 "n.id",
             )
         });
-        // The four reads run at once, each on its own connection.
-        let (sites, blocks, unhealthy, rows) = tokio::try_join!(
-            sqlx::query(
-                "SELECT id, power_budget_watts, power_cap_watts, pue_milli FROM sites ORDER BY id",
-            )
-            .fetch_all(&self.pool),
-            sqlx::query("SELECT id, kind, parent_id FROM blocks").fetch_all(&self.pool),
-            sqlx::query("SELECT node_id, idx FROM gpus WHERE health <> 'healthy'")
-                .fetch_all(&self.pool),
-            sqlx::query(&SQL).fetch_all(&self.pool),
-        )?;
+        // One snapshot, so that every node's blocks and site are read with it.
+        let mut tx = self.begin_snapshot().await?;
+        let sites = sqlx::query(
+            "SELECT id, power_budget_watts, power_cap_watts, pue_milli FROM sites ORDER BY id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let blocks = sqlx::query("SELECT id, kind, parent_id FROM blocks")
+            .fetch_all(&mut *tx)
+            .await?;
+        let unhealthy = sqlx::query("SELECT node_id, idx FROM gpus WHERE health <> 'healthy'")
+            .fetch_all(&mut *tx)
+            .await?;
+        let rows = sqlx::query(&SQL).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
         let sites = sites
             .iter()
             .map(|r| {

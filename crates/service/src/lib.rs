@@ -228,10 +228,12 @@ impl Service {
             .lease_get(neocloud_store::ALLOCATOR_LEASE)
             .await?
             .generation;
-        let health = health::Monitor::load(&store, &config, clock.now()).await?;
-        let sched = std::sync::Arc::new(std::sync::Mutex::new(
-            scheduler::load(&store, config).await?,
-        ));
+        // Both are reads of the same database: they run at once.
+        let (health, sched) = tokio::try_join!(
+            health::Monitor::load(&store, &config, clock.now()),
+            scheduler::load(&store, config.clone()),
+        )?;
+        let sched = std::sync::Arc::new(std::sync::Mutex::new(sched));
         let writer = writer::spawn(store.clone(), sched.clone());
         Ok(Service {
             store,

@@ -1,6 +1,8 @@
 //! Instances and the GPUs they hold, quotas, and what the allocator is rebuilt from.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use neocloud_types::{
     BlockId, BlockKind, Class, ContractId, GangLevel, Instance, InstanceId, InstanceState,
@@ -9,8 +11,11 @@ use neocloud_types::{
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+mod packed;
+use packed::{Col, Fields};
+
 use crate::tenancy::paginate;
-use crate::{Page, Result, Store, StoreError, WriteTx, enum_col, id_col, opt_id_col, u32_col};
+use crate::{Page, Result, Store, StoreError, WriteTx, enum_col, id_col, u32_col};
 
 const INSTANCE_COLS: &str = "id, tenant_id, name, class, gpu_model, shape_kind, shape_gpus, \
      shape_count, shape_level, gpu_count, requested_site_id, site_id, contract_id, state, reason, \
@@ -27,9 +32,8 @@ struct DeliveryCol {
     authorized_keys: Vec<String>,
 }
 
-fn json_col<T: serde::de::DeserializeOwned>(r: &AnyRow, c: &str) -> Result<Option<T>> {
-    r.try_get::<Option<String>, _>(c)?
-        .map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{c}: {e}"))))
+fn json_of<T: serde::de::DeserializeOwned>(text: Option<&str>, c: &str) -> Result<Option<T>> {
+    text.map(|s| serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("{c}: {e}"))))
         .transpose()
 }
 
@@ -47,12 +51,6 @@ fn access_json(i: &Instance) -> Option<String> {
     i.access
         .as_ref()
         .and_then(|a| serde_json::to_string(a).ok())
-}
-
-fn opt_u64(r: &AnyRow, c: &str) -> Result<Option<u64>> {
-    r.try_get::<Option<i64>, _>(c)?
-        .map(|v| u64::try_from(v).map_err(|_| StoreError::Corrupt(c.into())))
-        .transpose()
 }
 
 fn opt_i64(v: Option<u64>) -> Option<i64> {
@@ -196,14 +194,99 @@ struct InstanceRow {
 }
 
 impl InstanceRow {
+    /// Reads a row of [`instance_select`].
     fn read(r: &AnyRow) -> Result<InstanceRow> {
-        Ok(InstanceRow {
-            inst: instance_from_row(r)?,
-            held: (
-                opt_u64(r, "held_cpu_milli")?,
-                opt_u64(r, "held_memory_mib")?,
-            ),
-        })
+        InstanceRow::parse(Fields::of(r, INSTANCE_READ)?)
+    }
+
+    /// Reads a record of [`INSTANCE_READ`].
+    fn parse(mut f: Fields<'_>) -> Result<InstanceRow> {
+        let id = f.parse()?;
+        let tenant_id = f.parse()?;
+        let name = f.opt_text()?.map(Cow::into_owned);
+        let class = f.parse::<Class>()?;
+        let gpu_model = f.owned_text()?;
+        let kind = f.text()?;
+        let shape_gpus = f.opt_parse::<i64>()?;
+        let shape_count = f.opt_parse::<i64>()?;
+        let shape_level = f.opt()?;
+        let gpu_count = u32_of(Some(f.parse()?), "gpu_count")?;
+        let requested_site_id = f.opt_parse()?;
+        let site_id = f.opt_parse()?;
+        let contract_id = f.opt_parse()?;
+        let state = f.parse::<InstanceState>()?;
+        let reason = f.opt_text()?.map(Cow::into_owned);
+        let created_at = Timestamp::from_micros(f.parse()?);
+        let mut time = || Ok::<_, StoreError>(f.opt_parse()?.map(Timestamp::from_micros));
+        let (started_at, ended_at, preempt_at, wait_until) = (time()?, time()?, time()?, time()?);
+        let cpu_milli = u64_of(f.opt_parse()?, "cpu_milli")?;
+        let memory_mib = u64_of(f.opt_parse()?, "memory_mib")?;
+        let held = (
+            u64_of(f.opt_parse()?, "held_cpu_milli")?,
+            u64_of(f.opt_parse()?, "held_memory_mib")?,
+        );
+        let delivery: Option<DeliveryCol> = json_of(f.opt_text()?.as_deref(), "delivery")?;
+        let access = json_of(f.opt_text()?.as_deref(), "access")?;
+        let ends_as = f.opt_parse::<InstanceState>()?;
+        let on_node_failure = f.opt_parse::<NodeFailurePolicy>()?;
+        f.end()?;
+        let shape = match kind {
+            "gpus" => Shape::Gpus {
+                gpus: u32_of(shape_gpus, "shape_gpus")?,
+            },
+            "nodes" => Shape::Nodes {
+                count: u32_of(shape_count, "shape_count")?,
+                level: shape_level
+                    .unwrap_or_default()
+                    .parse::<GangLevel>()
+                    .map_err(StoreError::Corrupt)?,
+            },
+            "share" => Shape::Share {
+                milli: u32_of(shape_gpus, "shape_gpus")?,
+            },
+            "mig" => Shape::Mig {
+                profile: shape_level
+                    .unwrap_or_default()
+                    .parse()
+                    .map_err(StoreError::Corrupt)?,
+            },
+            "cpu" => Shape::Cpu,
+            other => return Err(StoreError::Corrupt(format!("shape_kind {other}"))),
+        };
+        let (delivery, ssh_key_names, authorized_keys) = match delivery {
+            Some(d) => (Some(d.delivery), d.ssh_key_names, d.authorized_keys),
+            None => (None, Vec::new(), Vec::new()),
+        };
+        let inst = Instance {
+            id,
+            tenant_id,
+            name,
+            class,
+            gpu_model,
+            shape,
+            gpu_count,
+            cpu_milli,
+            memory_mib,
+            requested_site_id,
+            site_id,
+            contract_id,
+            state,
+            reason,
+            placement: Vec::new(),
+            created_at,
+            started_at,
+            ended_at,
+            preempt_at,
+            wait_until,
+            delivery,
+            ssh_key_names,
+            authorized_keys,
+            access,
+            ends_as,
+            on_node_failure: on_node_failure
+                .unwrap_or_else(|| NodeFailurePolicy::default_for(&shape)),
+        };
+        Ok(InstanceRow { inst, held })
     }
 
     /// The instance with `placement`, each node marked with the CPU and memory it holds.
@@ -218,80 +301,176 @@ impl InstanceRow {
     }
 }
 
-fn ts(r: &AnyRow, c: &str) -> Result<Option<Timestamp>> {
-    Ok(r.try_get::<Option<i64>, _>(c)?.map(Timestamp::from_micros))
+/// The columns of `instances` as [`InstanceRow::parse`] reads them, in this order.
+const INSTANCE_READ: &[Col] = &[
+    Col::Plain("id"),
+    Col::Plain("tenant_id"),
+    Col::Text("name"),
+    Col::Plain("class"),
+    Col::Text("gpu_model"),
+    Col::Plain("shape_kind"),
+    Col::Plain("shape_gpus"),
+    Col::Plain("shape_count"),
+    Col::Plain("shape_level"),
+    Col::Plain("gpu_count"),
+    Col::Plain("requested_site_id"),
+    Col::Plain("site_id"),
+    Col::Plain("contract_id"),
+    Col::Plain("state"),
+    Col::Text("reason"),
+    Col::Plain("created_at"),
+    Col::Plain("started_at"),
+    Col::Plain("ended_at"),
+    Col::Plain("preempt_at"),
+    Col::Plain("wait_until"),
+    Col::Plain("cpu_milli"),
+    Col::Plain("memory_mib"),
+    Col::Plain("held_cpu_milli"),
+    Col::Plain("held_memory_mib"),
+    Col::Text("delivery"),
+    Col::Text("access"),
+    Col::Plain("ends_as"),
+    Col::Plain("on_node_failure"),
+];
+
+/// What `SELECT … FROM instances` selects for [`InstanceRow::read`]: the row as one record.
+fn instance_select() -> &'static str {
+    static SELECT: LazyLock<String> =
+        LazyLock::new(|| format!("{} AS packed", packed::record_sql(INSTANCE_READ)));
+    &SELECT
 }
 
-fn instance_from_row(r: &AnyRow) -> Result<Instance> {
-    let kind: String = r.try_get("shape_kind")?;
-    let shape = match kind.as_str() {
-        "gpus" => Shape::Gpus {
-            gpus: u32::try_from(r.try_get::<Option<i64>, _>("shape_gpus")?.unwrap_or(0))
-                .map_err(|_| StoreError::Corrupt("shape_gpus".into()))?,
-        },
-        "nodes" => Shape::Nodes {
-            count: u32::try_from(r.try_get::<Option<i64>, _>("shape_count")?.unwrap_or(0))
-                .map_err(|_| StoreError::Corrupt("shape_count".into()))?,
-            level: r
-                .try_get::<Option<String>, _>("shape_level")?
-                .unwrap_or_default()
-                .parse::<GangLevel>()
-                .map_err(StoreError::Corrupt)?,
-        },
-        "share" => Shape::Share {
-            milli: u32::try_from(r.try_get::<Option<i64>, _>("shape_gpus")?.unwrap_or(0))
-                .map_err(|_| StoreError::Corrupt("shape_gpus".into()))?,
-        },
-        "mig" => Shape::Mig {
-            profile: r
-                .try_get::<Option<String>, _>("shape_level")?
-                .unwrap_or_default()
-                .parse()
-                .map_err(StoreError::Corrupt)?,
-        },
-        "cpu" => Shape::Cpu,
-        other => return Err(StoreError::Corrupt(format!("shape_kind {other}"))),
-    };
-    let delivery: Option<DeliveryCol> = json_col(r, "delivery")?;
-    let (delivery, ssh_key_names, authorized_keys) = match delivery {
-        Some(d) => (Some(d.delivery), d.ssh_key_names, d.authorized_keys),
-        None => (None, Vec::new(), Vec::new()),
-    };
-    Ok(Instance {
-        id: id_col(r, "id")?,
-        tenant_id: id_col(r, "tenant_id")?,
-        name: r.try_get("name")?,
-        class: enum_col::<Class>(r, "class")?,
-        gpu_model: r.try_get("gpu_model")?,
-        shape,
-        gpu_count: u32_col(r, "gpu_count")?,
-        cpu_milli: opt_u64(r, "cpu_milli")?,
-        memory_mib: opt_u64(r, "memory_mib")?,
-        requested_site_id: opt_id_col(r, "requested_site_id")?,
-        site_id: opt_id_col(r, "site_id")?,
-        contract_id: opt_id_col(r, "contract_id")?,
-        state: enum_col::<InstanceState>(r, "state")?,
-        reason: r.try_get("reason")?,
-        placement: Vec::new(),
-        created_at: Timestamp::from_micros(r.try_get("created_at")?),
-        started_at: ts(r, "started_at")?,
-        ended_at: ts(r, "ended_at")?,
-        preempt_at: ts(r, "preempt_at")?,
-        wait_until: ts(r, "wait_until")?,
-        delivery,
-        ssh_key_names,
-        authorized_keys,
-        access: json_col(r, "access")?,
-        ends_as: r
-            .try_get::<Option<String>, _>("ends_as")?
-            .map(|s| s.parse::<InstanceState>().map_err(StoreError::Corrupt))
-            .transpose()?,
-        on_node_failure: match r.try_get::<Option<String>, _>("on_node_failure")? {
-            Some(p) => p.parse().map_err(StoreError::Corrupt)?,
-            None => NodeFailurePolicy::default_for(&shape),
-        },
-    })
+/// A count stored as BIGINT that must fit 32 bits.
+fn u32_of(v: Option<i64>, col: &str) -> Result<u32> {
+    u32::try_from(v.unwrap_or(0)).map_err(|_| StoreError::Corrupt(col.into()))
 }
+
+/// A non-negative quantity stored as BIGINT.
+fn u64_of(v: Option<i64>, col: &str) -> Result<Option<u64>> {
+    v.map(|v| u64::try_from(v).map_err(|_| StoreError::Corrupt(col.into())))
+        .transpose()
+}
+
+impl Store {
+    /// A read-only transaction whose reads all see one moment of the database: SQLite's
+    /// read transaction is a snapshot (WAL), PostgreSQL's needs REPEATABLE READ (each
+    /// statement of a READ COMMITTED one sees the latest commits).
+    async fn begin_snapshot(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        let begin = match self.backend {
+            crate::Backend::Sqlite => "BEGIN",
+            crate::Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        };
+        Ok(self.pool.begin_with(begin).await?)
+    }
+}
+
+/// Runs `f` on a thread of its own, so that decoding a large read does not hold up the
+/// reads beside it.
+async fn off_thread<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => Err(StoreError::Invalid(format!("a read was cancelled: {e}"))),
+        },
+    }
+}
+
+/// The placements of live instances from the batches of [`Store::instance_list_live`]:
+/// `held` (each holder's GPUs), `slices` (slices and CPU-only instances) and `names` (each
+/// node's name). Each holder's nodes are ordered by name, each node's GPUs by index (as a
+/// read of one instance orders them); a GPU or slice of a node that is gone is left out.
+fn live_placements(
+    held: &[AnyRow],
+    slices: &[AnyRow],
+    names: &[AnyRow],
+) -> Result<HashMap<InstanceId, Vec<PlacedNode>>> {
+    let node_id = |id: &str| {
+        id.parse::<NodeId>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    };
+    let mut node_names: HashMap<&str, Cow<'_, str>> = HashMap::new();
+    for r in names {
+        for rec in packed::records(r)? {
+            let mut f = Fields::new(rec, NAMES);
+            let (id, name) = (f.text()?, f.opt_text()?.unwrap_or_default());
+            f.end()?;
+            node_names.insert(id, name);
+        }
+    }
+    let mut by_holder: HashMap<InstanceId, Vec<PlacedNode>> = HashMap::new();
+    let mut gpus: Vec<(&str, u32)> = Vec::new();
+    for r in held {
+        for rec in packed::records(r)? {
+            let mut f = Fields::new(rec, HELD);
+            let (holder, list) = (f.parse::<InstanceId>()?, f.text()?);
+            f.end()?;
+            gpus.clear();
+            for g in list.split('/') {
+                let parsed = g
+                    .split_once(':')
+                    .and_then(|(node, idx)| Some((node, idx.parse().ok()?)));
+                let Some(g) = parsed else {
+                    return Err(StoreError::Corrupt(format!("GPUs of {holder}: '{g}'")));
+                };
+                gpus.push(g);
+            }
+            gpus.sort_unstable();
+            let mut placed: Vec<PlacedNode> = Vec::new();
+            for group in gpus.chunk_by(|a, b| a.0 == b.0) {
+                let node = group[0].0;
+                let Some(name) = node_names.get(node) else {
+                    continue;
+                };
+                placed.push(PlacedNode {
+                    node_id: node_id(node)?,
+                    node: name.to_string(),
+                    gpus: group.iter().map(|&(_, idx)| idx).collect(),
+                    mig_start: None,
+                    cpu_milli: None,
+                    memory_mib: None,
+                });
+            }
+            placed.sort_by(|a, b| a.node.cmp(&b.node));
+            by_holder.insert(holder, placed);
+        }
+    }
+    for r in slices {
+        for rec in packed::records(r)? {
+            let mut f = Fields::new(rec, SLICES);
+            let (instance, node) = (f.parse::<InstanceId>()?, f.text()?);
+            let idx = f.opt_parse::<u32>()?;
+            let mig_start = f.opt_parse::<u32>()?;
+            f.end()?;
+            let Some(name) = node_names.get(node) else {
+                continue;
+            };
+            by_holder.entry(instance).or_default().push(PlacedNode {
+                node_id: node_id(node)?,
+                node: name.to_string(),
+                gpus: idx.into_iter().collect(),
+                mig_start,
+                cpu_milli: None,
+                memory_mib: None,
+            });
+        }
+    }
+    Ok(by_holder)
+}
+
+/// The GPUs of each holder, `node:index/node:index/…`, for [`live_placements`].
+const HELD: &[Col] = &[Col::Plain("h.holder"), Col::Plain("h.gpus")];
+/// Slices and CPU-only instances, for [`live_placements`].
+const SLICES: &[Col] = &[
+    Col::Plain("instance_id"),
+    Col::Plain("node_id"),
+    Col::Plain("idx"),
+    Col::Plain("mig_start"),
+];
+/// Each node's name, for [`live_placements`].
+const NAMES: &[Col] = &[Col::Plain("id"), Col::Text("name")];
 
 /// Groups `(holder, node_id, name, idx)` rows, ordered by holder, node and index, into each
 /// holder's placement.
@@ -720,7 +899,8 @@ impl Store {
     /// Reads an instance with its placement.
     pub async fn instance_get(&self, id: InstanceId) -> Result<Instance> {
         let row = sqlx::query(&format!(
-            "SELECT {INSTANCE_COLS} FROM instances WHERE id = $1"
+            "SELECT {} FROM instances WHERE id = $1",
+            instance_select()
         ))
         .bind(id.to_string())
         .fetch_optional(&self.pool)
@@ -748,9 +928,10 @@ impl Store {
         limit: u32,
     ) -> Result<Page<Instance>> {
         let rows = sqlx::query(&format!(
-            "SELECT {INSTANCE_COLS} FROM instances
+            "SELECT {} FROM instances
              WHERE ($1 = '' OR tenant_id = $1) AND ($2 = '' OR state = $2) AND ($3 = '' OR id < $3)
-             ORDER BY id DESC LIMIT $4"
+             ORDER BY id DESC LIMIT $4",
+            instance_select()
         ))
         .bind(filter.tenant_id.map(|t| t.to_string()).unwrap_or_default())
         .bind(filter.state.map(|s| s.as_str()).unwrap_or(""))
@@ -786,31 +967,59 @@ impl Store {
     /// Every instance that is not final (pending, running, terminating, preempting), oldest
     /// first, with placements: what the allocator and the queue are rebuilt from.
     pub async fn instance_list_live(&self) -> Result<Vec<Instance>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {INSTANCE_COLS} FROM instances
-             WHERE state IN ('pending', 'provisioning', 'running', 'terminating', 'preempting', 'stopping') ORDER BY id"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        let items = rows
-            .iter()
-            .map(InstanceRow::read)
-            .collect::<Result<Vec<_>>>()?;
-        let rows = sqlx::query(
-            "SELECT g.holder, g.node_id, n.name, g.idx FROM gpus g JOIN nodes n ON n.id = g.node_id
-             WHERE g.holder IS NOT NULL ORDER BY g.holder, n.name, g.idx",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut by_holder = group_placements(&rows)?;
-        let rows = sqlx::query(&format!("SELECT {SLICE_COLS}"))
-            .fetch_all(&self.pool)
-            .await?;
-        add_slices(&mut by_holder, &rows)?;
+        // A restart reads every live instance and every held GPU: as batches of records
+        // ([`packed`]), a few hundred rows in all.
+        static SQL: LazyLock<[String; 4]> = LazyLock::new(|| {
+            [
+                packed::batched_sql(
+                    &packed::record_sql(INSTANCE_READ),
+                    "FROM instances WHERE state IN ('pending', 'provisioning', 'running', \
+                     'terminating', 'preempting', 'stopping')",
+                    "id",
+                ),
+                packed::batched_sql(
+                    &packed::record_sql(HELD),
+                    "FROM (SELECT holder, string_agg(CAST(node_id AS TEXT) || ':' || \
+                     CAST(idx AS TEXT), '/') AS gpus FROM gpus WHERE holder IS NOT NULL \
+                     GROUP BY holder) h",
+                    "h.holder",
+                ),
+                packed::batched_sql(
+                    &packed::record_sql(SLICES),
+                    "FROM instance_slices",
+                    "instance_id",
+                ),
+                packed::batched_sql(&packed::record_sql(NAMES), "FROM nodes", "id"),
+            ]
+        });
+        // One snapshot, so that an instance and the GPUs it holds are read as of one
+        // moment (a launch or a release committed between two reads would otherwise leave a
+        // running instance without its GPUs). Each result is decoded on a thread of its
+        // own as soon as it is in, beside the reads after it.
+        let mut tx = self.begin_snapshot().await?;
+        let rows = sqlx::query(&SQL[0]).fetch_all(&mut *tx).await?;
+        let instances = off_thread(move || {
+            let mut items = Vec::new();
+            for r in &rows {
+                for rec in packed::records(r)? {
+                    items.push(InstanceRow::parse(Fields::new(rec, INSTANCE_READ))?);
+                }
+            }
+            items.sort_unstable_by_key(|i| i.inst.id);
+            Ok(items)
+        });
+        let placements = async {
+            let held = sqlx::query(&SQL[1]).fetch_all(&mut *tx).await?;
+            let slices = sqlx::query(&SQL[2]).fetch_all(&mut *tx).await?;
+            let names = sqlx::query(&SQL[3]).fetch_all(&mut *tx).await?;
+            off_thread(move || live_placements(&held, &slices, &names)).await
+        };
+        let (items, mut by_holder) = tokio::try_join!(instances, placements)?;
+        tx.commit().await?;
         Ok(items
             .into_iter()
             .map(|i| {
-                let p = by_holder.remove(&i.inst.id.to_string());
+                let p = by_holder.remove(&i.inst.id);
                 i.with(p)
             })
             .collect())
@@ -819,13 +1028,16 @@ impl Store {
     /// Preempting instances whose notice has run out at `now`.
     pub async fn instance_list_preemptions_due(&self, now: Timestamp) -> Result<Vec<Instance>> {
         let rows = sqlx::query(&format!(
-            "SELECT {INSTANCE_COLS} FROM instances
-             WHERE state = 'preempting' AND preempt_at <= $1 ORDER BY id"
+            "SELECT {} FROM instances
+             WHERE state = 'preempting' AND preempt_at <= $1 ORDER BY id",
+            instance_select()
         ))
         .bind(now.micros())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(instance_from_row).collect()
+        rows.iter()
+            .map(|r| InstanceRow::read(r).map(|i| i.inst))
+            .collect()
     }
 
     /// Thousandths of a GPU held per (tenant, model, class) by live instances, for quota
@@ -902,85 +1114,141 @@ impl Store {
 
     /// Sites and nodes as the allocator needs them.
     pub async fn allocator_fleet(&self) -> Result<(Vec<AllocatorSite>, Vec<AllocatorNode>)> {
+        // Every node, as batches of records ([`packed`]): a restart reads a few hundred
+        // rows, not one per node.
+        const NODES: &[Col] = &[
+            Col::Plain("n.id"),
+            Col::Text("n.name"),
+            Col::Plain("n.site_id"),
+            Col::Plain("n.block_id"),
+            Col::Text("n.gpu_model"),
+            Col::Plain("n.gpu_count"),
+            Col::Plain("n.idle_watts"),
+            Col::Plain("n.peak_watts"),
+            Col::Plain("n.state"),
+            Col::Plain("n.pool_contract_id"),
+            Col::Plain("n.cpu_cores"),
+            Col::Plain("n.ram_gib"),
+            Col::Plain("COALESCE(m.memory_gib, 0)"),
+        ];
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            packed::batched_sql(
+                &packed::record_sql(NODES),
+                "FROM nodes n LEFT JOIN gpu_models m ON m.name = n.gpu_model",
+                "n.id",
+            )
+        });
+        // One snapshot, so that every node's blocks and site are read with it.
+        let mut tx = self.begin_snapshot().await?;
         let sites = sqlx::query(
             "SELECT id, power_budget_watts, power_cap_watts, pue_milli FROM sites ORDER BY id",
         )
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(AllocatorSite {
-                id: id_col(r, "id")?,
-                power_budget_watts: r
-                    .try_get::<Option<i64>, _>("power_cap_watts")?
-                    .unwrap_or(r.try_get("power_budget_watts")?),
-                pue_milli: u32_col(r, "pue_milli")?,
+        .fetch_all(&mut *tx)
+        .await?;
+        let blocks = sqlx::query("SELECT id, kind, parent_id FROM blocks")
+            .fetch_all(&mut *tx)
+            .await?;
+        let unhealthy = sqlx::query("SELECT node_id, idx FROM gpus WHERE health <> 'healthy'")
+            .fetch_all(&mut *tx)
+            .await?;
+        let rows = sqlx::query(&SQL).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let sites = sites
+            .iter()
+            .map(|r| {
+                Ok(AllocatorSite {
+                    id: id_col(r, "id")?,
+                    power_budget_watts: r
+                        .try_get::<Option<i64>, _>("power_cap_watts")?
+                        .unwrap_or(r.try_get("power_budget_watts")?),
+                    pue_milli: u32_col(r, "pue_milli")?,
+                })
             })
-        })
-        .collect::<Result<Vec<_>>>()?;
-        let mut blocks: HashMap<String, (BlockKind, BlockId, Option<String>)> = HashMap::new();
-        for r in sqlx::query("SELECT id, kind, parent_id FROM blocks")
-            .fetch_all(&self.pool)
-            .await?
-        {
+            .collect::<Result<Vec<_>>>()?;
+        let mut by_id: HashMap<String, (BlockKind, BlockId, Option<String>)> = HashMap::new();
+        for r in &blocks {
             let id: String = r.try_get("id")?;
-            blocks.insert(
-                id.clone(),
-                (
-                    enum_col::<BlockKind>(&r, "kind")?,
-                    id_col(&r, "id")?,
-                    r.try_get("parent_id")?,
-                ),
+            let block = (
+                enum_col::<BlockKind>(r, "kind")?,
+                id_col(r, "id")?,
+                r.try_get("parent_id")?,
             );
+            by_id.insert(id, block);
         }
-        let mut unhealthy: HashMap<String, Vec<u32>> = HashMap::new();
-        for r in sqlx::query("SELECT node_id, idx FROM gpus WHERE health <> 'healthy'")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            unhealthy
+        let blocks = by_id;
+        let mut by_node: HashMap<String, Vec<u32>> = HashMap::new();
+        for r in &unhealthy {
+            by_node
                 .entry(r.try_get("node_id")?)
                 .or_default()
-                .push(u32_col(&r, "idx")?);
+                .push(u32_col(r, "idx")?);
         }
-        let rows = sqlx::query(
-            "SELECT n.id, n.name, n.site_id, n.block_id, n.gpu_model, n.gpu_count, n.idle_watts,
-                    n.peak_watts, n.state, n.pool_contract_id, n.cpu_cores, n.ram_gib,
-                    COALESCE(m.memory_gib, 0) AS gpu_memory_gib
-             FROM nodes n LEFT JOIN gpu_models m ON m.name = n.gpu_model ORDER BY n.id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut nodes = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let id: String = r.try_get("id")?;
-            let mut chain = Vec::new();
-            let mut cur: Option<String> = r.try_get("block_id")?;
-            while let Some(b) = cur {
-                let Some((kind, bid, parent)) = blocks.get(&b) else {
-                    break;
-                };
-                chain.push((*kind, *bid));
-                cur = parent.clone();
+        let mut unhealthy = by_node;
+        // Decoded on a thread of its own (see [`off_thread`]).
+        let nodes = off_thread(move || {
+            // Each block's chain of blocks from the site down, worked out once per block.
+            let mut chains: HashMap<&str, Vec<(BlockKind, BlockId)>> = HashMap::new();
+            let mut nodes = Vec::new();
+            for r in &rows {
+                for rec in packed::records(r)? {
+                    let mut f = Fields::new(rec, NODES);
+                    let id = f.text()?;
+                    let name = f.owned_text()?;
+                    let site_id = f.parse()?;
+                    let block_id = f.opt()?;
+                    let gpu_model = f.owned_text()?;
+                    let gpus = f.parse()?;
+                    let idle_watts = f.parse()?;
+                    let peak_watts = f.parse()?;
+                    let state = f.parse::<NodeState>()?;
+                    let pool = f.opt_parse()?;
+                    let cpu_cores = f.parse()?;
+                    let ram_gib = f.parse()?;
+                    let gpu_memory_gib = f.parse()?;
+                    f.end()?;
+                    let chain = match block_id {
+                        None => Vec::new(),
+                        Some(b) => chains
+                            .entry(b)
+                            .or_insert_with(|| {
+                                let mut chain = Vec::new();
+                                let mut cur = Some(b);
+                                while let Some((kind, bid, parent)) =
+                                    cur.and_then(|b| blocks.get(b))
+                                {
+                                    chain.push((*kind, *bid));
+                                    cur = parent.as_deref();
+                                }
+                                chain.reverse();
+                                chain
+                            })
+                            .clone(),
+                    };
+                    nodes.push(AllocatorNode {
+                        id: id.parse().map_err(|e: neocloud_types::IdParseError| {
+                            StoreError::Corrupt(e.to_string())
+                        })?,
+                        name,
+                        site_id,
+                        blocks: chain,
+                        gpu_model,
+                        gpus,
+                        idle_watts,
+                        peak_watts,
+                        state,
+                        pool,
+                        unhealthy_gpus: unhealthy.remove(id).unwrap_or_default(),
+                        cpu_cores,
+                        ram_gib,
+                        gpu_memory_gib,
+                    });
+                }
             }
-            chain.reverse();
-            nodes.push(AllocatorNode {
-                id: id_col(r, "id")?,
-                name: r.try_get("name")?,
-                site_id: id_col(r, "site_id")?,
-                blocks: chain,
-                gpu_model: r.try_get("gpu_model")?,
-                gpus: u32_col(r, "gpu_count")?,
-                idle_watts: u32_col(r, "idle_watts")?,
-                peak_watts: u32_col(r, "peak_watts")?,
-                state: enum_col::<NodeState>(r, "state")?,
-                pool: opt_id_col(r, "pool_contract_id")?,
-                unhealthy_gpus: unhealthy.remove(&id).unwrap_or_default(),
-                cpu_cores: u32_col(r, "cpu_cores")?,
-                ram_gib: u32_col(r, "ram_gib")?,
-                gpu_memory_gib: u32_col(r, "gpu_memory_gib")?,
-            });
-        }
+            // In the order of their ids, as the allocator has always been given them.
+            nodes.sort_unstable_by_key(|n: &AllocatorNode| n.id);
+            Ok(nodes)
+        })
+        .await?;
         Ok((sites, nodes))
     }
 

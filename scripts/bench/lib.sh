@@ -18,7 +18,15 @@ start_server() {
 
 stop_server() {
   local dir="$1"
-  if [ -f "$dir.pid" ]; then kill "$(cat "$dir.pid")" 2>/dev/null || true; wait "$(cat "$dir.pid")" 2>/dev/null || true; rm -f "$dir.pid"; fi
+  if [ -f "$dir.pid" ]; then
+    local pid; pid=$(cat "$dir.pid")
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    # Not our child when called from another shell (hyperfine's --prepare): wait until the
+    # process is gone, so the next start does not find the data directory still locked.
+    for _ in $(seq 1 1200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    rm -f "$dir.pid"
+  fi
   # Wait for the port to be free.
   for _ in $(seq 1 100); do curl -s "$URL/healthz" >/dev/null 2>&1 || return 0; sleep 0.05; done
 }

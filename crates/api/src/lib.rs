@@ -168,9 +168,13 @@ pub fn app_with(svc: Service, lambda: LambdaConfig) -> Router {
             record_request,
         ))
         // Gzip for clients that ask (browsers do): console pages, the map and big lists
-        // shrink several times. A forwarded answer already encoded by the leader is passed
-        // on as it is.
-        .layer(tower_http::compression::CompressionLayer::new())
+        // shrink several times. The fastest level: the 491 KB memphis-1 map costs about 10 ms
+        // instead of 70 at the default, for a slightly larger result. A forwarded answer
+        // already encoded by the leader is passed on as it is.
+        .layer(
+            tower_http::compression::CompressionLayer::new()
+                .quality(tower_http::compression::CompressionLevel::Fastest),
+        )
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 

@@ -12,6 +12,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasherDefault;
 
 use neocloud_allocator::calendar::{Calendar, CapacityKey};
 use neocloud_allocator::{
@@ -332,7 +333,7 @@ pub fn placed_nodes(
 /// with the same need fit or do not fit alike.
 fn need_hash(i: &Instance) -> u64 {
     use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = NeedHasher::default();
     i.tenant_id.hash(&mut h);
     i.class.hash(&mut h);
     i.shape.hash(&mut h);
@@ -342,6 +343,55 @@ fn need_hash(i: &Instance) -> u64 {
     i.memory_mib.hash(&mut h);
     i.gpu_model.hash(&mut h);
     h.finish()
+}
+
+/// The hasher of [`need_hash`] and of the needs one pass of the queue found no room for. A
+/// hash only groups needs within one pass (they are then compared in full with
+/// [`same_need`]), so a multiply-fold is enough: it never reaches a decision.
+#[derive(Clone, Copy, Debug, Default)]
+struct NeedHasher(u64);
+
+impl NeedHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl std::hash::Hasher for NeedHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// Whether a pending instance asks the allocator for exactly what `r` asks (ids aside).
@@ -1321,7 +1371,8 @@ impl Scheduler {
         }
         let keys: Vec<_> = self.queue.iter().copied().collect();
         // Needs that found no room in this pass, by hash.
-        let mut blocked: HashMap<u64, Vec<Request>> = HashMap::new();
+        let mut blocked: HashMap<u64, Vec<Request>, BuildHasherDefault<NeedHasher>> =
+            HashMap::default();
         for key in keys {
             let Some(inst) = self.live.get(&key.1) else {
                 self.queue.remove(&key);

@@ -329,19 +329,16 @@ pub fn placed_nodes(
         .collect()
 }
 
-/// A hash of what a pending instance asks the allocator for, its id aside: two instances
-/// with the same need fit or do not fit alike.
+/// A hash of part of what a pending instance asks the allocator for, its id aside: two
+/// instances with the same need have the same hash. It only buckets needs, which
+/// [`same_need`] then compares in full, so it reads the few fields that tell most needs
+/// apart (it runs for every queued instance on every pass).
 fn need_hash(i: &Instance) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = NeedHasher::default();
     i.tenant_id.hash(&mut h);
     i.class.hash(&mut h);
     i.shape.hash(&mut h);
-    i.requested_site_id.hash(&mut h);
-    i.contract_id.hash(&mut h);
-    i.cpu_milli.hash(&mut h);
-    i.memory_mib.hash(&mut h);
-    i.gpu_model.hash(&mut h);
     h.finish()
 }
 

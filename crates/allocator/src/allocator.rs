@@ -12,12 +12,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use neocloud_types::{Class, ContractId, FleetPolicy, InstanceId, NodeId, Shape, SiteId};
+use neocloud_types::{BlockId, Class, ContractId, FleetPolicy, InstanceId, NodeId, Shape, SiteId};
 
 use crate::index::{Bucket, PartialKey, ScopeKey, Scopes, Tier, apply, apply_whole_many};
 use crate::node::{
-    BlockKey, Load, Node, SHAPES, choose_group, facility_watts, full_mask, group_mask, indexes_of,
-    is_aligned_group, level_index, mask_of,
+    BlockKey, Load, Node, SHAPES, choose_group, depth_of, facility_watts, full_mask, group_mask,
+    indexes_of, is_aligned_group, level_index, mask_of,
 };
 use crate::{
     Allocation, Fragmentation, GangLevel, NodeSpec, NodeView, PlacementPolicy, PowerUse, Refusal,
@@ -132,6 +132,10 @@ pub struct Allocator {
     pub(crate) host_modelled: bool,
     /// The spare buffer's nodes, spread over the fabric.
     pub(crate) spares: crate::spares::Spares,
+    /// The slots of every node of each block, by (block depth, block): where a gang's
+    /// replacement and a failed node's spare are looked for. A node's blocks never change
+    /// once it is added.
+    pub(crate) members: IdMap<(usize, BlockId), Vec<usize>>,
 }
 
 fn usize_of(n: u32) -> usize {
@@ -171,6 +175,7 @@ impl Allocator {
             frag_memo: crate::slices::FragMemo::default(),
             host_modelled: false,
             spares: crate::spares::Spares::default(),
+            members: IdMap::default(),
         }
     }
 
@@ -287,6 +292,14 @@ impl Allocator {
             site.load.idle += i64::from(node.idle_watts);
         }
         apply(&mut self.scopes, &node, true, true, self.placement);
+        for (depth, b) in blocks.iter().enumerate() {
+            if let Some(b) = *b {
+                self.members
+                    .entry((depth, b))
+                    .or_default()
+                    .push(self.nodes.len());
+            }
+        }
         self.slots.insert(n.id, self.nodes.len());
         self.nodes.push(node);
         Ok(())
@@ -327,14 +340,37 @@ impl Allocator {
                 self.model_sizes.remove(&node.model);
             }
         }
+        let blocks = node.blocks;
         if let Some(pool) = node.pool {
             self.unpin(pool);
+        }
+        for (depth, b) in blocks.iter().enumerate() {
+            if let Some(b) = *b
+                && let Some(m) = self.members.get_mut(&(depth, b))
+            {
+                m.retain(|&x| x != slot);
+                if m.is_empty() {
+                    self.members.remove(&(depth, b));
+                }
+            }
         }
         self.slots.remove(&id);
         self.nodes.swap_remove(slot);
         if let Some(moved) = self.nodes.get(slot) {
             self.slots.insert(moved.id, slot);
+            // The last node took the removed one's slot.
+            let last = self.nodes.len();
+            for (depth, b) in moved.blocks.iter().enumerate() {
+                if let Some(b) = *b
+                    && let Some(m) = self.members.get_mut(&(depth, b))
+                {
+                    for x in m.iter_mut().filter(|x| **x == last) {
+                        *x = slot;
+                    }
+                }
+            }
         }
+        self.spare_blocks_all_changed();
         Ok(())
     }
 
@@ -365,6 +401,7 @@ impl Allocator {
             self.placement,
         );
         f(&mut self.nodes[slot]);
+        self.spare_block_changed(slot);
         apply(
             &mut self.scopes,
             &self.nodes[slot],
@@ -484,31 +521,52 @@ impl Allocator {
     pub fn spare_near(&self, node: NodeId) -> Option<NodeId> {
         let slot = self.slot(node).ok()?;
         let me = &self.nodes[slot];
-        let mut best: Option<((usize, bool), NodeId)> = None;
-        for n in &self.nodes {
+        // How many levels, from the pod down, a candidate shares with `node`, then the
+        // buffer's own spares before other free nodes; `None` for a node that cannot be one.
+        let rank = |n: &Node| {
             if n.id == node
                 || n.site != me.site
                 || n.model != me.model
                 || n.pool.is_some_and(|p| p != crate::SPARE_POOL)
                 || !n.whole_free()
             {
-                continue;
+                return None;
             }
-            // How many levels, from the pod down, the two nodes share; then the buffer's
-            // own spares before other free nodes.
             let shared = (0..3)
                 .take_while(|&d| n.blocks[d].is_some() && n.blocks[d] == me.blocks[d])
                 .count();
-            let rank = (shared, n.pool == Some(crate::SPARE_POOL));
-            let better = match best {
-                None => true,
-                Some((r, id)) => rank > r || (rank == r && n.id < id),
+            Some((shared, n.pool == Some(crate::SPARE_POOL)))
+        };
+        // The greatest (rank, lowest id) among `nodes` whose rank shares `at_least` levels.
+        let best_of = |nodes: &mut dyn Iterator<Item = &Node>, at_least: usize| {
+            let mut best: Option<((usize, bool), NodeId)> = None;
+            for n in nodes {
+                let Some(r) = rank(n).filter(|r| r.0 >= at_least) else {
+                    continue;
+                };
+                let better = match best {
+                    None => true,
+                    Some((b, id)) => r > b || (r == b && n.id < id),
+                };
+                if better {
+                    best = Some((r, n.id));
+                }
+            }
+            best.map(|(_, id)| id)
+        };
+        // A node sharing `k` levels is in `node`'s block at depth k − 1: the deepest block
+        // with a candidate holds the best one, so the whole fleet is looked at last.
+        for k in (1..=3).rev() {
+            let Some(b) = me.blocks[k - 1] else {
+                continue;
             };
-            if better {
-                best = Some((rank, n.id));
+            let members = self.members.get(&(k - 1, b)).map_or(&[][..], Vec::as_slice);
+            let mut nodes = members.iter().map(|&s| &self.nodes[s]);
+            if let Some(id) = best_of(&mut nodes, k) {
+                return Some(id);
             }
         }
-        best.map(|(_, id)| id)
+        best_of(&mut self.nodes.iter(), 0)
     }
 
     /// A node to take the place of `lost` in the gang `id` at `level`: a node of the same
@@ -536,7 +594,7 @@ impl Allocator {
             .unwrap_or(lost_slot);
         let block = self.nodes[anchor].level_key(li)?;
         let mut best: Option<((usize, bool), NodeId)> = None;
-        for n in &self.nodes {
+        let mut consider = |n: &Node| {
             if n.id == lost
                 || n.site != lost_node.site
                 || n.model != lost_node.model
@@ -547,17 +605,17 @@ impl Allocator {
                     && n.pool != a.pool
                     && !(a.pool.is_none() && n.pool == Some(crate::SPARE_POOL)))
                 || n.level_key(li) != Some(block)
-                || a.gpus.iter().any(|(g, _)| *g == n.id)
             {
-                continue;
+                return;
             }
             let view = NodeView {
                 id: n.id,
                 whole_free: n.whole_free(),
                 holders: &n.allocs,
             };
-            if !usable(&view) {
-                continue;
+            // The gang's own nodes last: a long list, and they are seldom usable.
+            if !usable(&view) || a.gpus.iter().any(|(g, _)| *g == n.id) {
+                return;
             }
             // Nearest first; then other free nodes before the spare buffer's.
             let shared = (0..3)
@@ -571,6 +629,16 @@ impl Allocator {
             if better {
                 best = Some((rank, n.id));
             }
+        };
+        // The winner is the greatest by (rank, lowest id), whatever the order looked in: only
+        // the block's own nodes need to be looked at.
+        match block.and_then(|b| depth_of(li).map(|d| (d, b))) {
+            Some(key) => {
+                for &slot in self.members.get(&key).map_or(&[][..], Vec::as_slice) {
+                    consider(&self.nodes[slot]);
+                }
+            }
+            None => self.nodes.iter().for_each(consider),
         }
         best.map(|(_, id)| id)
     }
@@ -781,6 +849,7 @@ impl Allocator {
             n.cpu_used = 0;
             n.mem_used = 0;
             busy += n.span_watts() * i64::from(mask.count_ones());
+            self.spare_block_changed(slot);
         }
         if let Some(site) = self.sites.get_mut(&key.site) {
             site.load.add(key.gpus, -busy);

@@ -29,6 +29,16 @@ pub(crate) fn level_index(level: GangLevel) -> usize {
     }
 }
 
+/// The depth in [`Node::blocks`] of the blocks of a level index; `None` for the site.
+pub(crate) fn depth_of(level: usize) -> Option<usize> {
+    match level {
+        0 => Some(2),
+        1 => Some(1),
+        2 => Some(0),
+        _ => None,
+    }
+}
+
 /// A block at one level; `None` is the whole site (the pseudo-block of level "site", or the
 /// innermost block of a node that sits in no block).
 pub(crate) type BlockKey = Option<BlockId>;

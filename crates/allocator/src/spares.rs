@@ -33,6 +33,9 @@ pub(crate) struct Spares {
     blocks: BTreeMap<SpareKey, (u32, Vec<usize>)>,
     /// Blocks holding fewer spares than their share.
     short: BTreeSet<SpareKey>,
+    /// Short blocks that a top-up found without a free node, none of whose nodes changed
+    /// since: the next top-up would pin nothing there, so it passes them over.
+    quiet: BTreeSet<SpareKey>,
 }
 
 /// The block a node keeps its spares in.
@@ -97,6 +100,7 @@ impl Allocator {
                 }
             }
             self.spares.short.remove(&k);
+            self.spares.quiet.remove(&k);
         }
         for (k, want, _) in shares {
             let slots = by_block.remove(&k).unwrap_or_default();
@@ -112,7 +116,12 @@ impl Allocator {
     /// taken for a failure) until they have it again. Returns the nodes pinned.
     pub fn top_up_spares(&mut self) -> usize {
         let mut pinned = 0;
-        let short: Vec<SpareKey> = self.spares.short.iter().copied().collect();
+        let short: Vec<SpareKey> = self
+            .spares
+            .short
+            .difference(&self.spares.quiet)
+            .copied()
+            .collect();
         for k in short {
             let Some((want, slots)) = self.spares.blocks.get(&k) else {
                 self.spares.short.remove(&k);
@@ -140,9 +149,27 @@ impl Allocator {
             }
             if done {
                 self.spares.short.remove(&k);
+            } else {
+                // Every free node it had is pinned now: it waits for one of its nodes to
+                // change.
+                self.spares.quiet.insert(k);
             }
         }
         pinned
+    }
+
+    /// Forgets which short blocks were found without a free node (nodes moved slots).
+    pub(crate) fn spare_blocks_all_changed(&mut self) {
+        self.spares.quiet.clear();
+    }
+
+    /// Notes that the node in `slot` changed (its work, pool, health or cordon): a short
+    /// block of it is looked at again by the next top-up.
+    pub(crate) fn spare_block_changed(&mut self, slot: usize) {
+        if !self.spares.quiet.is_empty() {
+            let k = spare_key(&self.nodes[slot]);
+            self.spares.quiet.remove(&k);
+        }
     }
 
     /// Whether a node is one of the spare buffer's.
@@ -177,6 +204,7 @@ impl Allocator {
         let k = spare_key(&self.nodes[slot]);
         if self.spares.blocks.contains_key(&k) {
             self.spares.short.insert(k);
+            self.spares.quiet.remove(&k);
         }
     }
 }

@@ -12,6 +12,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasherDefault;
 
 use neocloud_allocator::calendar::{Calendar, CapacityKey};
 use neocloud_allocator::{
@@ -257,8 +258,9 @@ pub struct Scheduler {
     alloc: Allocator,
     calendar: Calendar,
     config: SchedulerConfig,
-    /// Pending instances by (priority descending, arrival).
-    queue: BTreeSet<(Reverse<u8>, InstanceId)>,
+    /// Pending instances by (priority descending, arrival), with what a pass over the queue
+    /// reads of each.
+    queue: BTreeSet<Queued>,
     /// Preemption deadlines: (when the notice runs out, instance). An entry whose instance
     /// is no longer preempting with that deadline is stale and skipped when it comes due.
     notices: BTreeSet<(Timestamp, InstanceId)>,
@@ -328,32 +330,118 @@ pub fn placed_nodes(
         .collect()
 }
 
-/// A hash of what a pending instance asks the allocator for, its id aside: two instances
-/// with the same need fit or do not fit alike.
+/// A hash of part of what a pending instance asks the allocator for, its id aside: two
+/// instances with the same need have the same hash. It only buckets needs, which
+/// [`same_request`] then compares in full, so it reads the few fields that tell most needs
+/// apart (it runs for every queued instance on every pass).
 fn need_hash(i: &Instance) -> u64 {
     use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = NeedHasher::default();
     i.tenant_id.hash(&mut h);
     i.class.hash(&mut h);
     i.shape.hash(&mut h);
-    i.requested_site_id.hash(&mut h);
-    i.contract_id.hash(&mut h);
-    i.cpu_milli.hash(&mut h);
-    i.memory_mib.hash(&mut h);
-    i.gpu_model.hash(&mut h);
     h.finish()
 }
 
-/// Whether a pending instance asks the allocator for exactly what `r` asks (ids aside).
-fn same_need(r: &Request, i: &Instance) -> bool {
-    r.tenant == i.tenant_id
-        && r.class == i.class
-        && r.shape == i.shape
-        && r.site == i.requested_site_id
-        && r.pool == i.contract_id
-        && r.cpu_milli == i.cpu_milli
-        && r.memory_mib == i.memory_mib
-        && r.gpu_model == i.gpu_model
+/// The hasher of [`need_hash`] and of the needs one pass of the queue found no room for. A
+/// hash only groups needs within one pass (they are then compared in full with
+/// [`same_request`]), so a multiply-fold is enough: it never reaches a decision.
+#[derive(Clone, Copy, Debug, Default)]
+struct NeedHasher(u64);
+
+impl NeedHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl std::hash::Hasher for NeedHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Whether two requests ask the allocator for the same thing (ids aside).
+fn same_request(a: &Request, b: &Request) -> bool {
+    a.tenant == b.tenant
+        && a.class == b.class
+        && a.shape == b.shape
+        && a.site == b.site
+        && a.pool == b.pool
+        && a.cpu_milli == b.cpu_milli
+        && a.memory_mib == b.memory_mib
+        && a.gpu_model == b.gpu_model
+}
+
+/// A pending instance in the queue: its place (priority descending, then id), and what a
+/// pass over the queue reads of it, none of which changes while it waits. Ordered and
+/// compared by its place alone.
+#[derive(Clone, Debug)]
+struct Queued {
+    place: (Reverse<u8>, InstanceId),
+    /// Its deadline in the queue.
+    wait_until: Option<Timestamp>,
+    /// [`need_hash`] of the instance.
+    need: u64,
+    /// What it asks the allocator for ([`request_of`] the instance).
+    req: Request,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.place == other.place
+    }
+}
+
+impl Eq for Queued {}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.place.cmp(&other.place)
+    }
+}
+
+impl std::borrow::Borrow<(Reverse<u8>, InstanceId)> for Queued {
+    fn borrow(&self) -> &(Reverse<u8>, InstanceId) {
+        &self.place
+    }
 }
 
 /// Whether a node in this state takes new work.
@@ -732,7 +820,7 @@ impl Scheduler {
 
     /// Pending instances, in the order the queue serves them.
     pub fn queued(&self) -> impl Iterator<Item = InstanceId> + '_ {
-        self.queue.iter().map(|(_, id)| *id)
+        self.queue.iter().map(|q| q.place.1)
     }
 
     /// Signed and active contracts.
@@ -833,8 +921,18 @@ impl Scheduler {
 
     // ----- bookkeeping -----
 
-    fn queue_key(&self, i: &Instance) -> (Reverse<u8>, InstanceId) {
+    fn queue_place(&self, i: &Instance) -> (Reverse<u8>, InstanceId) {
         (Reverse(i.class.priority(self.config.fleet_policy)), i.id)
+    }
+
+    /// The queue's entry for a pending instance.
+    fn queue_key(&self, i: &Instance) -> Queued {
+        Queued {
+            place: self.queue_place(i),
+            wait_until: i.wait_until,
+            need: need_hash(i),
+            req: request_of(i),
+        }
     }
 
     fn quota_key(i: &Instance) -> (TenantId, String, Class) {
@@ -1039,7 +1137,7 @@ impl Scheduler {
         if held {
             self.release(id);
         } else {
-            self.queue.remove(&self.queue_key(&before));
+            self.queue.remove(&self.queue_place(&before));
         }
         self.untrack(&before);
         self.unindex_delivered(&before);
@@ -1319,24 +1417,31 @@ impl Scheduler {
         if !self.repairs.is_empty() {
             self.serve_repairs(now, fx);
         }
-        let keys: Vec<_> = self.queue.iter().copied().collect();
         // Needs that found no room in this pass, by hash.
-        let mut blocked: HashMap<u64, Vec<Request>> = HashMap::new();
-        for key in keys {
-            let Some(inst) = self.live.get(&key.1) else {
-                self.queue.remove(&key);
-                continue;
-            };
-            let wait_until = inst.wait_until;
+        let mut blocked: HashMap<u64, Vec<Request>, BuildHasherDefault<NeedHasher>> =
+            HashMap::default();
+        // The pass walks the queue as it was at its start; nothing it calls reads the queue,
+        // and the entries it places or fails leave it at the end. An entry holds what the
+        // pass reads, so one whose need is blocked already is passed over without reading
+        // its instance.
+        let queue = std::mem::take(&mut self.queue);
+        let mut gone: Vec<(Reverse<u8>, InstanceId)> = Vec::new();
+        for q in &queue {
+            let key = q.place;
+            let wait_until = q.wait_until;
             let expired = wait_until.is_some_and(|t| t <= now);
-            let need = need_hash(inst);
+            let need = q.need;
             let seen = blocked
                 .get(&need)
-                .is_some_and(|b| b.iter().any(|r| same_need(r, inst)));
+                .is_some_and(|b| b.iter().any(|r| same_request(r, &q.req)));
             if seen && !expired {
                 continue;
             }
-            let req = request_of(inst);
+            if !self.live.contains_key(&key.1) {
+                gone.push(key);
+                continue;
+            }
+            let req = q.req.clone();
             // In-memory checks first: most ticks start nothing. What the allocator would
             // place first is also checked against the sellable capacity, so that a request
             // that cannot be sold is not placed and released again.
@@ -1346,7 +1451,7 @@ impl Scheduler {
                     .try_place(&req)
                     .is_ok_and(|a| self.may_sell(&req, &a, now));
             if fits && let Ok(a) = self.place_checked(&req, now) {
-                self.queue.remove(&key);
+                gone.push(key);
                 let Some(mut i) = self.live.remove(&key.1) else {
                     continue;
                 };
@@ -1372,6 +1477,8 @@ impl Scheduler {
                     "no capacity before its deadline {}",
                     wait_until.map(|t| t.to_string()).unwrap_or_default()
                 );
+                // A pending instance: `end` takes it out of the queue, which is `gone` here.
+                gone.push(key);
                 self.end(
                     key.1,
                     InstanceState::Failed,
@@ -1381,6 +1488,10 @@ impl Scheduler {
                     fx,
                 );
             }
+        }
+        self.queue = queue;
+        for key in &gone {
+            self.queue.remove(key);
         }
     }
 

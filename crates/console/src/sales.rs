@@ -161,6 +161,20 @@ pub async fn contract(
     let outages = st.svc.contract_outages(p, &id).await?;
     let names = tenant_names(&st, &session).await?;
     let now = st.svc.now();
+    // SLA credits its invoices granted, by month.
+    let credits: Vec<(String, String, Money)> = st
+        .svc
+        .invoice_list(p, Some(&c.tenant_id.to_string()))
+        .await?
+        .into_iter()
+        .flat_map(|inv| {
+            let (month, state) = (inv.month.clone(), inv.state.clone());
+            inv.lines
+                .into_iter()
+                .filter(|l| l.kind == "sla-credit" && l.contract_id == Some(c.id))
+                .map(move |l| (month.clone(), state.clone(), l.amount))
+        })
+        .collect();
     let held: u32 = work.iter().map(|i| i.gpu_count).sum();
     // Downtime so far, GPU-seconds, open outages up to now.
     let down: i64 = outages
@@ -229,6 +243,15 @@ pub async fn contract(
                         }
                     }
                 }
+            }
+        }
+        h2 { "SLA credits" }
+        @if credits.is_empty() {
+            p.muted #no-credits { "No credit on its invoices so far: credits are granted on the monthly invoice when a month's availability falls below the SLA." }
+        } @else {
+            table.grid #credits {
+                thead { tr { th { "month" } th { "invoice" } th.num { "credit" } } }
+                tbody { @for (m, st, a) in &credits { tr { td { (m) } td { (st) } td.num { (money(*a)) } } } }
             }
         }
         p { a href={ "/events?resource=" (c.id) } { "Its events →" } }

@@ -453,6 +453,7 @@ pub async fn instance(
         .await?;
     // What it has run up since it was last metered, rated as the ledger will rate it.
     let open = st.svc.usage_unmetered(p, &id).await?;
+    let names = instance_names(&st, &session, &[&open, &usage.items]).await;
     let can_change = auth::allowed(p.role, neocloud_service::Action::WriteInstances);
     // The last 16 KiB of a delivered instance's output.
     let output = match &i.delivery {
@@ -546,10 +547,10 @@ pub async fn instance(
         h2 { "Usage" }
         @if !open.is_empty() {
             h3 { "Running, not yet metered" }
-            (usage_table(&open))
+            (usage_table(&open, &names))
             h3 { "Metered" }
         }
-        (usage_table(&usage.items))
+        (usage_table(&usage.items, &names))
     };
     Ok(Page::new(
         &session,
@@ -592,7 +593,36 @@ fn amount_of(records: &[neocloud_types::UsageRecord]) -> neocloud_types::Money {
     neocloud_types::Money::from_micros(records.iter().map(|r| r.amount.micros()).sum())
 }
 
-fn usage_table(records: &[neocloud_types::UsageRecord]) -> Markup {
+/// Names of the named instances among `records` (at most 200 looked up).
+async fn instance_names(
+    st: &Console,
+    session: &Session,
+    records: &[&[neocloud_types::UsageRecord]],
+) -> std::collections::HashMap<neocloud_types::InstanceId, String> {
+    let mut ids: Vec<neocloud_types::InstanceId> = records
+        .iter()
+        .flat_map(|r| r.iter().map(|u| u.instance_id))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let mut names = std::collections::HashMap::new();
+    for id in ids.into_iter().take(200) {
+        if let Ok(i) = st
+            .svc
+            .instance_get(&session.principal, &id.to_string())
+            .await
+            && let Some(n) = i.name
+        {
+            names.insert(id, n);
+        }
+    }
+    names
+}
+
+fn usage_table(
+    records: &[neocloud_types::UsageRecord],
+    names: &std::collections::HashMap<neocloud_types::InstanceId, String>,
+) -> Markup {
     html! {
         @if records.is_empty() {
             p.muted #no-usage { "Nothing metered yet: usage is recorded when an instance stops, and when a month is invoiced for the instances still running." }
@@ -602,7 +632,7 @@ fn usage_table(records: &[neocloud_types::UsageRecord]) -> Markup {
                 tbody {
                     @for r in records {
                         tr {
-                            td { a href={ "/instances/" (r.instance_id) } { code { (r.instance_id) } } }
+                            td { a href={ "/instances/" (r.instance_id) } { @if let Some(n) = names.get(&r.instance_id) { (n) " " } code { (r.instance_id) } } }
                             td { (r.class) }
                             td { (r.gpu_model) }
                             td.num { (r.gpus) }
@@ -702,6 +732,7 @@ pub async fn usage(
             open.retain(|r| &r.month == m);
         }
     }
+    let names = instance_names(&st, &session, &[&open, &page.items]).await;
     let body = html! {
         form.filters method="get" action="/usage" {
             label { "month " input type="month" name="month" value=[month.as_deref()]; }
@@ -710,11 +741,11 @@ pub async fn usage(
         @if !open.is_empty() {
             h2 { "Running now, not yet metered" }
             p.muted { "Rated as the ledger will record it when each instance stops, or at the month's invoice: " (money(amount_of(&open))) " so far." }
-            div #usage-running { (usage_table(&open)) }
+            div #usage-running { (usage_table(&open, &names)) }
             h2 { "Metered" }
         }
         p { (num(page.items.len() as i64)) " records on this page · " (gpu_hours(gpu_seconds)) " GPU-hours · " (money(neocloud_types::Money::from_micros(total))) }
-        (usage_table(&page.items))
+        (usage_table(&page.items, &names))
         @if let Some(c) = &page.next_cursor {
             p { a href={ "/usage?cursor=" (url_encode(c)) @if let Some(m) = &month { "&month=" (url_encode(m)) } } { "More →" } }
         }

@@ -405,8 +405,13 @@ fn live_placements(
     for r in held {
         for rec in packed::records(r)? {
             let mut f = Fields::new(rec, HELD);
-            let (holder, list) = (f.parse::<InstanceId>()?, f.text()?);
+            let (holder, list) = (f.text()?, f.text()?);
             f.end()?;
+            // A holder that is no instance's id holds for nothing live (the instances read
+            // beside it say what is): left out, as a holder of no live instance is.
+            let Ok(holder) = holder.parse::<InstanceId>() else {
+                continue;
+            };
             gpus.clear();
             for g in list.split('/') {
                 let parsed = g

@@ -744,6 +744,7 @@ async fn a_contract_has_its_own_page() {
     );
     assert!(page.contains(&format!("/instances/{iid}")) && page.contains("train-1"));
     assert!(page.contains(r#"id="no-outages""#) && page.contains("Availability so far"));
+    assert!(page.contains(r#"id="no-credits""#), "{page}");
     assert!(page.contains(&format!("/events?resource={cid}")));
     // The tenant has its audit trail in the navigation; the contract's events link back.
     assert!(page.contains(r#"href="/events""#), "{page}");
@@ -789,6 +790,8 @@ async fn running_instances_show_their_cost() {
         "another tenant's instance: {usage}"
     );
     assert!(usage.contains(">whole<"), "{usage}");
+    // Instances are named where they have a name.
+    assert!(usage.contains("alpha-job"), "{usage}");
 }
 
 /// Operators see tenants with their quotas, keys and invoices, and generate and finalize

@@ -641,6 +641,42 @@ both_backends!(
         )
         .await;
 
+        let start = Timestamp::now().plus_seconds(3600);
+        let window = |reason: &str| {
+            json!({"nodes": ["e-p1-l1-n4"], "start_at": start.to_string(),
+                   "end_at": start.plus_seconds(3600).to_string(), "reason": reason})
+        };
+        let w = run!(
+            case(
+                M::POST,
+                "/v1/maintenance",
+                "/v1/maintenance",
+                &k,
+                Some(window("PSU swap")),
+                201,
+                Some("maintenance.scheduled")
+            )
+            .other_body(window("BMC update"))
+        )
+        .await;
+        let wid = w["id"].as_str().unwrap().to_string();
+        run!(
+            case(
+                M::POST,
+                "/v1/maintenance/{id}/cancel",
+                format!("/v1/maintenance/{wid}/cancel"),
+                &k,
+                None,
+                200,
+                Some("maintenance.cancelled")
+            )
+            .or(
+                "/v1/maintenance/mnt_00000000000000000000000000/cancel",
+                None
+            )
+        )
+        .await;
+
         // Every state-changing operation of the API was checked.
         let documented: BTreeSet<String> =
             documented_writes().into_iter().map(|(op, _)| op).collect();

@@ -15,6 +15,18 @@ fn leaf(node: &str) -> &str {
     &node[..7]
 }
 
+/// The leaf groups of `nodes`, each with how many of them it holds.
+fn leaves_by_count(nodes: &[String]) -> Vec<(String, usize)> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for n in nodes {
+        match out.iter_mut().find(|l| l.0 == leaf(n)) {
+            Some(l) => l.1 += 1,
+            None => out.push((leaf(n).to_string(), 1)),
+        }
+    }
+    out
+}
+
 async fn schedule(g: &Gang, body: &Value, idem: &str) -> crate::ctx::Resp {
     g.ctx
         .send(
@@ -47,14 +59,11 @@ async fn a_leaf_group_goes_into_maintenance_with_notice(db: Db) {
     let before = nodes(&gang);
     let the_pod = pod(&before[0]).to_string();
     // The leaf group the gang only partly fills is the one to maintain.
-    let mut leaves: Vec<&str> = before.iter().map(|n| leaf(n)).collect();
-    leaves.dedup();
-    let target = leaves
-        .iter()
-        .copied()
-        .min_by_key(|l| before.iter().filter(|n| leaf(n) == *l).count())
+    let target = leaves_by_count(&before)
+        .into_iter()
+        .min_by_key(|l| l.1)
         .unwrap()
-        .to_string();
+        .0;
     let on_target = before.iter().filter(|n| leaf(n) == target).count();
     assert!(on_target > 0 && on_target < 24, "{before:?}");
     // Single-node work lands beside it (best fit fills the part-used leaf group first).
@@ -178,14 +187,11 @@ async fn a_gang_that_cannot_move_yet_runs_short_through_the_window(db: Db) {
     let before = nodes(&gang);
     let the_pod = pod(&before[0]).to_string();
     // A leaf group the gang fills whole.
-    let mut leaves: Vec<&str> = before.iter().map(|n| leaf(n)).collect();
-    leaves.dedup();
-    let target = leaves
-        .iter()
-        .copied()
-        .find(|l| before.iter().filter(|n| leaf(n) == *l).count() == 24)
+    let target = leaves_by_count(&before)
+        .into_iter()
+        .find(|l| l.1 == 24)
         .unwrap()
-        .to_string();
+        .0;
     g.clock.set(at(1000));
     let w = schedule(
         &g,

@@ -5,9 +5,10 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
-use neocloud_service::{Action, Idempotency, auth};
+use neocloud_service::{Action, CreateApiKey, Idempotency, SetQuota, auth};
+use neocloud_types::{Class, Role};
 
-use crate::layout::{Page, money, ts, ts_opt};
+use crate::layout::{Page, alert, money, ts, ts_opt};
 use crate::{Console, PageError, Session, url_encode};
 
 /// Every tenant with its kind, status, credit limit and quotas.
@@ -52,8 +53,20 @@ pub async fn tenant(
     session: Session,
     Path(name): Path<String>,
 ) -> Result<Response, PageError> {
+    tenant_page(&st, &session, &name, None, None).await
+}
+
+/// The tenant page, with the outcome of a form above it: an error, or a new key's secret
+/// (shown this once).
+async fn tenant_page(
+    st: &Console,
+    session: &Session,
+    name: &str,
+    error: Option<&str>,
+    secret: Option<(&str, &str)>,
+) -> Result<Response, PageError> {
     let p = &session.principal;
-    let t = st.svc.tenant_get(p, &name).await?;
+    let t = st.svc.tenant_get(p, name).await?;
     let id = t.id.to_string();
     let quotas = st.svc.quota_list(p, Some(&id)).await?;
     let keys = if auth::allowed(p.role, Action::ReadKeys) {
@@ -62,7 +75,18 @@ pub async fn tenant(
         None
     };
     let invoices = st.svc.invoice_list(p, Some(&id)).await?;
+    let can_quota = auth::allowed(p.role, Action::WriteQuotas);
+    let can_keys = auth::allowed(p.role, Action::WriteKeys);
+    let base = format!("/tenants/{}", url_encode(&t.name));
+    let models = st.svc.gpu_model_list(p).await.unwrap_or_default();
     let body = html! {
+        (alert(error))
+        @if let Some((key_name, secret)) = secret {
+            div.notice #new-secret {
+                p { "The secret of key " b { (key_name) } ", shown this once (only its hash is kept):" }
+                pre { (secret) }
+            }
+        }
         table.kv #tenant {
             tr { th { "Name" } td { (t.name) " · " (t.display_name) } }
             tr { th { "Kind" } td { (t.kind) } }
@@ -78,6 +102,15 @@ pub async fn tenant(
             table.grid #quotas {
                 thead { tr { th { "GPU model" } th { "class" } th.num { "at most GPUs" } } }
                 tbody { @for q in &quotas { tr { td { (q.gpu_model) } td { (q.class) } td.num { (q.max_gpus) } } } }
+            }
+        }
+        @if can_quota {
+            form.filters #set-quota method="post" action={ (base) "/quota" } {
+                input type="hidden" name="csrf" value=(session.csrf);
+                label { "Quota: " select name="gpu_model" required { @for m in &models { option value=(m.name) { (m.name) } } } }
+                label { " " select name="class" { @for c in ["on-demand", "spot", "reserved", "internal"] { option value=(c) { (c) } } } }
+                label { " at most " input type="number" name="max_gpus" min="0" max="1000000" placeholder="GPUs (empty: no quota)"; }
+                button type="submit" #set-quota-submit { "Set" }
             }
         }
         @if let Some(keys) = &keys {
@@ -96,11 +129,28 @@ pub async fn tenant(
                                 td { (ts(k.created_at)) }
                                 td { (ts_opt(k.last_used_at)) }
                                 td { (ts_opt(k.expires_at)) }
-                                td { (ts_opt(k.revoked_at)) }
+                                td {
+                                    (ts_opt(k.revoked_at))
+                                    @if can_keys && k.revoked_at.is_none() {
+                                        form method="post" action={ (base) "/keys/" (k.id) "/revoke" } data-confirm={ "Revoke key " (k.name) "? It stops working at once." } {
+                                            input type="hidden" name="csrf" value=(session.csrf);
+                                            button.danger type="submit" id={ "revoke-" (k.name) } { "Revoke" }
+                                        }
+                                    }
+                                }
                             }
                         }
                     }
                 }
+            }
+        }
+        @if can_keys {
+            form.filters #create-key method="post" action={ (base) "/keys" } {
+                input type="hidden" name="csrf" value=(session.csrf);
+                input type="hidden" name="idem" value={ "console-" (neocloud_types::InstanceId::new()) };
+                label { "New key: name " input type="text" name="name" required maxlength="100" placeholder="ci-deploy"; }
+                label { " role " select name="role" { @for r in ["tenant-admin", "tenant-member"] { option value=(r) { (r) } } } }
+                button type="submit" #create-key-submit { "Create" }
             }
         }
         h2 { "Invoices" }
@@ -122,7 +172,12 @@ pub async fn tenant(
             }
         }
     };
-    Ok(Page::new(&session, "tenants", format!("Tenant {}", t.name)).render(body))
+    let status = if error.is_some() {
+        axum::http::StatusCode::BAD_REQUEST
+    } else {
+        axum::http::StatusCode::OK
+    };
+    Ok(Page::new(session, "tenants", format!("Tenant {}", t.name)).render_status(status, body))
 }
 
 #[derive(serde::Deserialize)]
@@ -192,4 +247,143 @@ pub async fn finalize_invoice(
         .invoice_finalize(&session.principal, &id, None)
         .await?;
     Ok(Redirect::to(&format!("/invoices/{}", url_encode(&inv.value.id))).into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub struct QuotaForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    gpu_model: String,
+    #[serde(default)]
+    class: String,
+    #[serde(default)]
+    max_gpus: String,
+}
+
+/// Sets (or, with no number, removes) one of a tenant's quotas.
+pub async fn set_quota(
+    State(st): State<Console>,
+    session: Session,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    form: Result<axum::Form<QuotaForm>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, PageError> {
+    let axum::Form(f) = form.map_err(|e| PageError::Invalid(e.body_text()))?;
+    session.check_form(&headers, &f.csrf)?;
+    let class: Class = match f.class.parse() {
+        Ok(c) => c,
+        Err(_) => {
+            return tenant_page(
+                &st,
+                &session,
+                &name,
+                Some("class: choose one of the list"),
+                None,
+            )
+            .await;
+        }
+    };
+    let max = f.max_gpus.trim();
+    let max_gpus = if max.is_empty() {
+        None
+    } else {
+        match max.parse::<u32>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                let msg = format!("max_gpus: '{max}' is not a whole number of GPUs (0 to 1000000)");
+                return tenant_page(&st, &session, &name, Some(&msg), None).await;
+            }
+        }
+    };
+    let req = SetQuota {
+        tenant_id: name.clone(),
+        gpu_model: f.gpu_model.trim().to_string(),
+        class,
+        max_gpus,
+    };
+    match st.svc.quota_set(&session.principal, req, None).await {
+        Ok(_) => Ok(Redirect::to(&format!("/tenants/{}", url_encode(&name))).into_response()),
+        Err(e) if e.code.http_status() == 400 => {
+            tenant_page(&st, &session, &name, Some(&e.message), None).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct KeyForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    idem: String,
+}
+
+/// Creates an API key for a tenant; the page shows its secret this once.
+pub async fn create_key(
+    State(st): State<Console>,
+    session: Session,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    form: Result<axum::Form<KeyForm>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, PageError> {
+    let axum::Form(f) = form.map_err(|e| PageError::Invalid(e.body_text()))?;
+    session.check_form(&headers, &f.csrf)?;
+    let role: Role = match f.role.parse() {
+        Ok(r) => r,
+        Err(_) => {
+            return tenant_page(
+                &st,
+                &session,
+                &name,
+                Some("role: choose one of the list"),
+                None,
+            )
+            .await;
+        }
+    };
+    let key_name = f.name.trim().to_string();
+    let idem = form_idem(&session, &format!("key {name} {key_name} {role}"), &f.idem);
+    let req = CreateApiKey {
+        name: key_name.clone(),
+        role,
+        tenant_id: Some(name.clone()),
+        expires_at: None,
+        node: None,
+    };
+    match st
+        .svc
+        .api_key_create(&session.principal, req, idem.as_ref())
+        .await
+    {
+        Ok(created) => match created.value.secret {
+            Some(secret) => {
+                tenant_page(&st, &session, &name, None, Some((&key_name, &secret))).await
+            }
+            // A replay: the secret was shown the first time and is not kept.
+            None => Ok(Redirect::to(&format!("/tenants/{}", url_encode(&name))).into_response()),
+        },
+        Err(e) if e.code.http_status() == 400 || e.code.http_status() == 409 => {
+            tenant_page(&st, &session, &name, Some(&e.message), None).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Revokes a tenant's key at once.
+pub async fn revoke_key(
+    State(st): State<Console>,
+    session: Session,
+    headers: HeaderMap,
+    Path((name, id)): Path<(String, String)>,
+    form: Result<axum::Form<FinalizeForm>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, PageError> {
+    let axum::Form(f) = form.map_err(|e| PageError::Invalid(e.body_text()))?;
+    session.check_form(&headers, &f.csrf)?;
+    st.svc.api_key_revoke(&session.principal, &id, None).await?;
+    Ok(Redirect::to(&format!("/tenants/{}", url_encode(&name))).into_response())
 }

@@ -880,3 +880,89 @@ async fn operators_manage_tenants_and_invoices() {
         .await;
     assert_eq!(g.status, 403, "{}", g.body);
 }
+
+/// Operator admins set a tenant's quota, create a key (its secret shown once) and revoke
+/// it from the tenant's page; bad input is said on the page and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_set_quotas_and_manage_keys() {
+    let ctx = TestContext::start(crate::ctx::Db::Sqlite).await;
+    two_tenants(&ctx).await;
+    let mut b = Browser::new(&ctx);
+    b.sign_in(&ctx.operator_key).await;
+    let page = b.get("/tenants/alpha").await.body;
+    assert!(page.contains(r#"id="set-quota""#) && page.contains(r#"id="create-key""#));
+    let token = Browser::csrf(&page);
+    let quota = |max: &'static str| {
+        [
+            ("csrf", token.clone()),
+            ("gpu_model", "H100-SXM-80GB".to_string()),
+            ("class", "on-demand".to_string()),
+            ("max_gpus", max.to_string()),
+        ]
+    };
+    let post = async |path: &str, form: &[(&str, String)]| {
+        let f: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        b.post(path, &f).await
+    };
+    let g = post("/tenants/alpha/quota", &quota("16")).await;
+    assert_eq!(g.status, 303, "{}", g.body);
+    let q = ctx
+        .get("/v1/quotas?tenant=alpha", &ctx.operator_key)
+        .await
+        .expect(200);
+    assert_eq!(q["items"][0]["max_gpus"], 16, "{q}");
+    // Not a number: said on the page, nothing changed.
+    let g = post("/tenants/alpha/quota", &quota("lots")).await;
+    assert_eq!(g.status, 400);
+    assert!(g.body.contains("not a whole number"), "{}", g.body);
+    let q = ctx
+        .get("/v1/quotas?tenant=alpha", &ctx.operator_key)
+        .await
+        .expect(200);
+    assert_eq!(q["items"][0]["max_gpus"], 16);
+    // A key: the secret is on the page once, and it works.
+    let form = [
+        ("csrf", token.clone()),
+        ("name", "ci-deploy".to_string()),
+        ("role", "tenant-member".to_string()),
+        ("idem", "console-key-1".to_string()),
+    ];
+    let g = post("/tenants/alpha/keys", &form).await;
+    assert_eq!(g.status, 200, "{}", g.body);
+    assert!(g.body.contains(r#"id="new-secret""#), "{}", g.body);
+    let secret = g
+        .body
+        .split("<pre>")
+        .nth(1)
+        .unwrap()
+        .split("</pre>")
+        .next()
+        .unwrap();
+    ctx.get("/v1/instances", secret).await.expect(200);
+    // The same form again: no second key, no secret.
+    let again = post("/tenants/alpha/keys", &form).await;
+    assert_eq!(again.status, 303);
+    let page = b.get("/tenants/alpha").await.body;
+    assert_eq!(page.matches(">ci-deploy<").count(), 1, "{page}");
+    // Revoke it: it stops working.
+    let keys = ctx
+        .get("/v1/api-keys?tenant=alpha", &ctx.operator_key)
+        .await
+        .expect(200);
+    let kid = keys["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "ci-deploy")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let g = post(
+        &format!("/tenants/alpha/keys/{kid}/revoke"),
+        &[("csrf", token.clone())],
+    )
+    .await;
+    assert_eq!(g.status, 303, "{}", g.body);
+    ctx.get("/v1/instances", secret).await.expect(401);
+}

@@ -1494,17 +1494,32 @@ async fn usage_list(
     match q.format.as_deref() {
         None | Some("json") => Ok(Json(Paged::from(page)).into_response()),
         Some("csv") => {
+            // Names beside the ids, for people reading the file.
+            let tenants: std::collections::HashMap<_, String> = st
+                .svc
+                .tenant_list(&p, None, Some(1000))
+                .await
+                .map(|l| l.items.into_iter().map(|t| (t.id, t.name)).collect())
+                .unwrap_or_default();
+            let sites: std::collections::HashMap<_, String> = st
+                .svc
+                .site_list(&p)
+                .await
+                .map(|l| l.into_iter().map(|s| (s.id, s.name)).collect())
+                .unwrap_or_default();
             let mut out = String::from(
-                "instance_id,tenant_id,class,gpu_model,site_id,contract_id,gpus,gpu_milli,month,start_at,end_at,gpu_seconds,rate,amount\n",
+                "instance_id,tenant_id,tenant,class,gpu_model,site_id,site,contract_id,gpus,gpu_milli,month,start_at,end_at,gpu_seconds,rate,amount\n",
             );
             for u in &page.items {
                 out.push_str(&format!(
-                    "{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                    "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                     u.instance_id,
                     u.tenant_id,
+                    tenants.get(&u.tenant_id).map_or("", String::as_str),
                     u.class,
                     u.gpu_model,
                     u.site_id,
+                    sites.get(&u.site_id).map_or("", String::as_str),
                     u.contract_id.map(|c| c.to_string()).unwrap_or_default(),
                     u.gpus,
                     // A share or MIG instance's thousandths of a GPU; empty for whole GPUs.

@@ -864,13 +864,27 @@ pub async fn invoice_csv(
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
     let inv = st.svc.invoice_get(&session.principal, &id).await?;
+    // Names beside the ids, for people reading the file; ids for programs.
+    let tenant = st
+        .svc
+        .tenant_get(&session.principal, &inv.tenant_id.to_string())
+        .await
+        .map(|t| t.name)
+        .unwrap_or_default();
+    let sites: std::collections::HashMap<neocloud_types::SiteId, String> = st
+        .svc
+        .site_list(&session.principal)
+        .await
+        .map(|l| l.into_iter().map(|s| (s.id, s.name)).collect())
+        .unwrap_or_default();
     let mut out = String::from(
-        "invoice,tenant_id,month,kind,description,contract_id,class,gpu_model,site_id,gpu_seconds,amount_usd,billed\n",
+        "invoice,tenant_id,tenant,month,kind,description,contract_id,class,gpu_model,site_id,site,gpu_seconds,amount_usd,billed\n",
     );
     for l in &inv.lines {
         let row = [
             inv.id.clone(),
             inv.tenant_id.to_string(),
+            tenant.clone(),
             inv.month.clone(),
             l.kind.clone(),
             l.description.clone(),
@@ -878,6 +892,9 @@ pub async fn invoice_csv(
             l.class.map(|c| c.to_string()).unwrap_or_default(),
             l.gpu_model.clone().unwrap_or_default(),
             l.site_id.map(|s| s.to_string()).unwrap_or_default(),
+            l.site_id
+                .and_then(|s| sites.get(&s).cloned())
+                .unwrap_or_default(),
             l.quantity_gpu_seconds.to_string(),
             l.amount.to_string(),
             l.billed.to_string(),

@@ -190,8 +190,13 @@ both_backends!(
         let text = csv.body.as_str().unwrap().to_string();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
-        assert!(lines[0].starts_with("instance_id,tenant_id,class"));
+        assert!(lines[0].starts_with("instance_id,tenant_id,"));
         assert!(lines[0].contains(",gpus,gpu_milli,month,"), "{text}");
+        assert!(
+            lines[0].starts_with("instance_id,tenant_id,tenant,class,"),
+            "{text}"
+        );
+        assert!(lines[1].contains(",acme,"), "names beside ids: {text}");
         assert!(lines[1].starts_with(&id));
         // Whole GPUs: the part column is empty, and every row has every column.
         let cols = lines[0].split(',').count();

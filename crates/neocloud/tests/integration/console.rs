@@ -363,8 +363,12 @@ both_backends!(a_tenant_sees_only_its_own, |ctx: TestContext| async move {
     }
     let g = b.get(&format!("/invoices/{}/csv", invoices[0])).await;
     assert_eq!(g.status, 200);
-    assert!(g.body.starts_with("invoice,tenant_id,month,kind"));
+    assert!(g.body.starts_with("invoice,tenant_id,tenant,month,kind"));
     assert!(g.body.contains(&invoices[0]));
+    // Names beside the ids: the tenant, and the site of each metered line.
+    let line = g.body.lines().nth(1).unwrap();
+    assert!(line.contains(",alpha,"), "{}", g.body);
+    assert!(g.body.contains(",east,"), "{}", g.body);
     // Operator pages are not a tenant's.
     for page in ["/sites/east", "/nodes/e-p1-l1-n1", "/reports"] {
         assert_eq!(b.get(page).await.status, 403, "{page}");

@@ -24,6 +24,9 @@ const MAX_COLS: u32 = 60;
 const FLOW_WIDTH: u32 = 1400;
 const LABEL_H: u32 = 14;
 const PAD: u32 = 12;
+/// Extra space between the rows of two blocks (leaf groups, NVLink domains), so that a
+/// block's wrapped rows read as one and blocks stand apart.
+const BLOCK_GAP: u32 = 3;
 
 /// A panel (outermost block) of the map.
 #[derive(Clone, Debug)]
@@ -104,7 +107,17 @@ impl Layout {
             }
             let cols = u(rows.iter().map(|r| r.1).max().unwrap_or(0));
             let pw = (cols * CELL).max(60);
-            let ph = LABEL_H + u(rows.len()) * CELL;
+            // Each row's offset in the panel: a gap where a new block begins.
+            let mut offsets = Vec::with_capacity(rows.len());
+            let mut y = LABEL_H;
+            for (r, (first, _)) in rows.iter().enumerate() {
+                if r > 0 && cells[*first].block_path != cells[rows[r - 1].0].block_path {
+                    y += BLOCK_GAP;
+                }
+                offsets.push(y);
+                y += CELL;
+            }
+            let ph = y;
             if cx > 0 && cx + pw > FLOW_WIDTH {
                 cx = 0;
                 cy += line_h + PAD;
@@ -119,8 +132,8 @@ impl Layout {
                 x: cx,
                 y: cy,
             });
-            for (r, (first, n)) in rows.iter().enumerate() {
-                let y = cy + LABEL_H + u(r) * CELL;
+            for ((first, n), off) in rows.iter().zip(&offsets) {
+                let y = cy + off;
                 l.rows.push(Row {
                     path: cells[*first].block_path.clone(),
                     x: cx,

@@ -176,6 +176,55 @@ pub async fn contract(
         })
         .collect();
     let held: u32 = work.iter().map(|i| i.gpu_count).sum();
+    // The calendar over the next three years: this contract's promise, and for operators
+    // the site's committed GPUs (every contract) against what it may sell.
+    let span = 3.0 * 365.0 * 86_400.0;
+    let at = |t: Timestamp| (t.micros() - now.micros()) as f64 / 1e6;
+    let mine = Series {
+        name: "this contract".into(),
+        class: "committed".into(),
+        values: vec![
+            if c.start_at <= now {
+                f64::from(c.gpu_count)
+            } else {
+                0.0
+            },
+            f64::from(c.gpu_count),
+            0.0,
+        ],
+    };
+    let mut lines = vec![(
+        mine,
+        vec![0.0, at(c.start_at).max(0.0), at(c.end_at).max(0.0)],
+    )];
+    if auth::allowed(p.role, Action::ReadCapacity) {
+        let site_id = c.site_id.to_string();
+        if let Some(l) = st
+            .svc
+            .capacity(p, Some(&site_id), Some(&c.gpu_model), Some(3 * 365))
+            .await?
+            .into_iter()
+            .next()
+        {
+            lines.push((
+                Series {
+                    name: "all contracts".into(),
+                    class: "total".into(),
+                    values: l.committed.iter().map(|x| x.gpus as f64).collect(),
+                },
+                l.committed.iter().map(|x| at(x.at)).collect(),
+            ));
+            lines.push((
+                Series {
+                    name: "sellable".into(),
+                    class: "sellable".into(),
+                    values: vec![l.sellable_gpus as f64],
+                },
+                vec![0.0],
+            ));
+        }
+    }
+    let labels = year_labels(now);
     // Downtime so far, GPU-seconds, open outages up to now.
     let down: i64 = outages
         .iter()
@@ -195,6 +244,13 @@ pub async fn contract(
             tr { th { "Price" } td { "$" (c.price_per_gpu_hour) " per GPU-hour · value " (money(c.total_value)) } }
             tr { th { "SLA" } td { (c.sla_percent) "% availability" } }
             @if let Some(b) = c.single_block { tr { th { "Single block" } td { (b) } } }
+        }
+        h2 { "Calendar" }
+        div.charts #contract-calendar {
+            figure {
+                figcaption { (num(i64::from(c.gpu_count))) " GPUs promised from " (ts(c.start_at)) " to " (ts(c.end_at)) }
+                (step_lines(&format!("contract {} calendar", c.id), span, &lines, &labels, "GPUs"))
+            }
         }
         h2 { "Pool" }
         p #pool {

@@ -749,6 +749,7 @@ async fn a_contract_has_its_own_page() {
     assert!(page.contains(&format!("/instances/{iid}")) && page.contains("train-1"));
     assert!(page.contains(r#"id="no-outages""#) && page.contains("Availability so far"));
     assert!(page.contains(r#"id="no-credits""#), "{page}");
+    assert!(page.contains(r#"id="contract-calendar""#), "{page}");
     assert!(page.contains(&format!("/events?resource={cid}")));
     // The tenant has its audit trail in the navigation; the contract's events link back.
     assert!(page.contains(r#"href="/events""#), "{page}");

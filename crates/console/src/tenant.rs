@@ -453,7 +453,8 @@ pub async fn instance(
         .await?;
     // What it has run up since it was last metered, rated as the ledger will rate it.
     let open = st.svc.usage_unmetered(p, &id).await?;
-    let names = instance_names(&st, &session, &[&open, &usage.items]).await;
+    // Every record here is this instance's.
+    let names: std::collections::HashMap<_, _> = i.name.iter().map(|n| (i.id, n.clone())).collect();
     let can_change = auth::allowed(p.role, neocloud_service::Action::WriteInstances);
     // The last 16 KiB of a delivered instance's output.
     let output = match &i.delivery {
@@ -593,20 +594,23 @@ fn amount_of(records: &[neocloud_types::UsageRecord]) -> neocloud_types::Money {
     neocloud_types::Money::from_micros(records.iter().map(|r| r.amount.micros()).sum())
 }
 
-/// Names of the named instances among `records` (at most 200 looked up).
+/// Names of the named instances among `records` that `known` does not name (at most 50
+/// looked up).
 async fn instance_names(
     st: &Console,
     session: &Session,
     records: &[&[neocloud_types::UsageRecord]],
+    known: &std::collections::HashMap<neocloud_types::InstanceId, String>,
 ) -> std::collections::HashMap<neocloud_types::InstanceId, String> {
     let mut ids: Vec<neocloud_types::InstanceId> = records
         .iter()
         .flat_map(|r| r.iter().map(|u| u.instance_id))
+        .filter(|id| !known.contains_key(id))
         .collect();
     ids.sort();
     ids.dedup();
     let mut names = std::collections::HashMap::new();
-    for id in ids.into_iter().take(200) {
+    for id in ids.into_iter().take(50) {
         if let Ok(i) = st
             .svc
             .instance_get(&session.principal, &id.to_string())
@@ -710,6 +714,7 @@ pub async fn usage(
     let gpu_seconds: i64 = page.items.iter().map(|r| r.gpu_seconds).sum();
     // Running instances' usage not metered yet (the first page only).
     let mut open = Vec::new();
+    let mut known = std::collections::HashMap::new();
     if q.cursor.is_none() {
         let running = st
             .svc
@@ -722,6 +727,9 @@ pub async fn usage(
             )
             .await?;
         for i in &running.items {
+            if let Some(n) = &i.name {
+                known.insert(i.id, n.clone());
+            }
             open.extend(
                 st.svc
                     .usage_unmetered(&session.principal, &i.id.to_string())
@@ -732,7 +740,8 @@ pub async fn usage(
             open.retain(|r| &r.month == m);
         }
     }
-    let names = instance_names(&st, &session, &[&open, &page.items]).await;
+    let mut names = instance_names(&st, &session, &[&page.items], &known).await;
+    names.extend(known);
     let body = html! {
         form.filters method="get" action="/usage" {
             label { "month " input type="month" name="month" value=[month.as_deref()]; }

@@ -70,14 +70,18 @@ pub(crate) fn lock(cell: &SchedCell) -> Held<'_> {
 pub(crate) async fn load(store: &Store, config: SchedulerConfig) -> Result<Scheduler> {
     let started = std::time::Instant::now();
     // The reads run at once, each on its own connection: decoding rows is most of their
-    // time, and this spreads it over the cores.
+    // time, and this spreads it over the cores. They all read one state of the database (a
+    // replica may load while the leader writes): an instance launched between two reads
+    // would otherwise be live without its GPUs, or under a contract not read.
+    let view = store.read_view().await?;
     let (fleet, live, sites, contracts, quotas) = tokio::join!(
-        store.allocator_fleet(),
-        store.instance_list_live(),
-        store.site_list(),
-        store.contract_list_live(),
-        store.quota_list(None),
+        view.allocator_fleet(),
+        view.instance_list_live(),
+        view.site_list(),
+        view.contract_list_live(),
+        view.quota_list(None),
     );
+    view.read_view_end().await?;
     let (alloc_sites, nodes) = fleet?;
     let snap = Snapshot {
         sites: sites?,

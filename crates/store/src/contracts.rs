@@ -167,11 +167,9 @@ impl Store {
 
     /// Every signed or active contract (the calendar is rebuilt from these).
     pub async fn contract_list_live(&self) -> Result<Vec<Contract>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLS} FROM contracts WHERE state IN ('signed', 'active') ORDER BY id"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
+        let sql =
+            format!("SELECT {COLS} FROM contracts WHERE state IN ('signed', 'active') ORDER BY id");
+        let rows = self.fetch_all_viewed(sqlx::query(&sql)).await?;
         rows.iter().map(from_row).collect()
     }
 

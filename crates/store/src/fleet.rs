@@ -253,7 +253,7 @@ impl Store {
         if !clause.is_empty() {
             q = q.bind(arg);
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = self.fetch_all_viewed(q).await?;
         let mut sites = Vec::with_capacity(rows.len());
         for r in &rows {
             let pue_milli = u32_col(r, "pue_milli")?;

@@ -351,19 +351,6 @@ fn u64_of(v: Option<i64>, col: &str) -> Result<Option<u64>> {
         .transpose()
 }
 
-impl Store {
-    /// A read-only transaction whose reads all see one moment of the database: SQLite's
-    /// read transaction is a snapshot (WAL), PostgreSQL's needs REPEATABLE READ (each
-    /// statement of a READ COMMITTED one sees the latest commits).
-    async fn begin_snapshot(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        let begin = match self.backend {
-            crate::Backend::Sqlite => "BEGIN",
-            crate::Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-        };
-        Ok(self.pool.begin_with(begin).await?)
-    }
-}
-
 /// Runs `f` on a thread of its own, so that decoding a large read does not hold up the
 /// reads beside it.
 async fn off_thread<T: Send + 'static>(
@@ -1098,13 +1085,12 @@ impl Store {
 
     /// Lists quotas (of one tenant, or all).
     pub async fn quota_list(&self, tenant: Option<TenantId>) -> Result<Vec<Quota>> {
-        let rows = sqlx::query(
+        let q = sqlx::query(
             "SELECT tenant_id, gpu_model, class, max_gpus FROM quotas
              WHERE ($1 = '' OR tenant_id = $1) ORDER BY tenant_id, gpu_model, class",
         )
-        .bind(tenant.map(|t| t.to_string()).unwrap_or_default())
-        .fetch_all(&self.pool)
-        .await?;
+        .bind(tenant.map(|t| t.to_string()).unwrap_or_default());
+        let rows = self.fetch_all_viewed(q).await?;
         rows.iter()
             .map(|r| {
                 Ok(Quota {

@@ -106,6 +106,24 @@ pub struct Store {
     fence: lease::FenceCell,
     /// The time rows are stamped with.
     clock: neocloud_types::Clock,
+    /// Set on the copy [`Store::read_view`] returns: what keeps its reads on one state.
+    view: Option<Arc<View>>,
+}
+
+/// What keeps the reads of a [`Store::read_view`] on one state of the database, while
+/// each runs on a connection of its own.
+struct View {
+    /// PostgreSQL: the snapshot every read imports (`SET TRANSACTION SNAPSHOT`).
+    snapshot: Option<String>,
+    /// What holds that state while the view lives: on PostgreSQL the transaction that
+    /// exported the snapshot; on SQLite a write transaction (this process's write lock and
+    /// the database's), so that nothing commits between the view's reads.
+    hold: std::sync::Mutex<Option<ViewHold>>,
+}
+
+enum ViewHold {
+    Writer(WriteTx),
+    Exporter(sqlx::Transaction<'static, Any>),
 }
 
 /// An open write transaction. Dropping it without [`WriteTx::commit`] rolls it back.
@@ -310,6 +328,7 @@ impl Store {
             write_lock: Some(Arc::new(Mutex::new(()))),
             fence: Default::default(),
             clock: neocloud_types::Clock::system(),
+            view: None,
         };
         store.migrate().await?;
         Ok(store)
@@ -391,6 +410,88 @@ impl Store {
             numbered: self.backend == Backend::Postgres,
             event_seq: None,
         })
+    }
+
+    /// A copy of the store whose snapshot reads (the ones a scheduler is built from:
+    /// [`Store::allocator_fleet`], [`Store::instance_list_live`], [`Store::site_list`],
+    /// [`Store::contract_list_live`], [`Store::quota_list`]) all see one state of the
+    /// database, though each runs on a connection of its own, at once. On PostgreSQL the
+    /// state is a snapshot exported by a transaction held open for the view (writers go on
+    /// meanwhile); on SQLite the view holds the write lock, so writers wait until
+    /// [`Store::read_view_end`]. Dropping the copy ends the view too, less promptly.
+    pub async fn read_view(&self) -> Result<Store> {
+        let (snapshot, hold) = match self.backend {
+            Backend::Sqlite => (None, ViewHold::Writer(self.begin_write_unfenced().await?)),
+            Backend::Postgres => {
+                let mut tx = self
+                    .pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .await?;
+                let id: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                // Interpolated into SET TRANSACTION SNAPSHOT below: keep it to what
+                // PostgreSQL writes (hex digits and dashes).
+                if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                    return Err(StoreError::Corrupt(format!("snapshot id '{id}'")));
+                }
+                (Some(id), ViewHold::Exporter(tx))
+            }
+        };
+        let mut view = self.clone();
+        view.view = Some(Arc::new(View {
+            snapshot,
+            hold: std::sync::Mutex::new(Some(hold)),
+        }));
+        Ok(view)
+    }
+
+    /// Ends a view from [`Store::read_view`] (its transaction rolled back, the write lock
+    /// released); a store that is no view is left as it is.
+    pub async fn read_view_end(&self) -> Result<()> {
+        let hold = self.view.as_ref().and_then(|v| {
+            v.hold
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+        });
+        match hold {
+            Some(ViewHold::Writer(tx)) => tx.rollback().await,
+            Some(ViewHold::Exporter(tx)) => Ok(tx.rollback().await?),
+            None => Ok(()),
+        }
+    }
+
+    /// A read-only transaction whose reads all see one moment of the database: SQLite's
+    /// read transaction is a snapshot (WAL), PostgreSQL's needs REPEATABLE READ (each
+    /// statement of a READ COMMITTED one sees the latest commits). In a view it is the
+    /// view's moment.
+    pub(crate) async fn begin_snapshot(&self) -> Result<sqlx::Transaction<'static, Any>> {
+        let begin = match self.backend {
+            Backend::Sqlite => "BEGIN",
+            Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        };
+        let mut tx = self.pool.begin_with(begin).await?;
+        if let Some(id) = self.view.as_ref().and_then(|v| v.snapshot.as_deref()) {
+            tx.execute(format!("SET TRANSACTION SNAPSHOT '{id}'").as_str())
+                .await?;
+        }
+        Ok(tx)
+    }
+
+    /// Rows of `q`: in a view, read in a transaction on the view's state; otherwise
+    /// straight from the pool.
+    pub(crate) async fn fetch_all_viewed<'q>(
+        &self,
+        q: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<Vec<sqlx::any::AnyRow>> {
+        if self.view.is_none() {
+            return Ok(q.fetch_all(&self.pool).await?);
+        }
+        let mut tx = self.begin_snapshot().await?;
+        let rows = q.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(rows)
     }
 
     /// Checks that the database answers (for `/readyz`).

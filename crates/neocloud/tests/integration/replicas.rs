@@ -343,3 +343,106 @@ both_backends!(
         assert_eq!(third.role().unwrap().epoch, epoch + 2);
     }
 );
+
+both_backends!(
+    replicas_load_one_state_while_the_leader_writes,
+    |ctx: TestContext| async move {
+        // A replica that starts, or a follower that refreshes, while the leader writes
+        // reads the fleet, the live instances and the contracts on several connections at
+        // once; they must all see one state. The leader here pins a node to a new contract,
+        // launches a reserved instance on it, launches and terminates an on-demand one and
+        // cancels the contract (unpinning the node), as fast as it can: a read of the nodes'
+        // pools from one moment and of the instances from another would restore a reserved
+        // instance on a node of no pool, and the load would fail.
+        let k = ctx.operator_key.clone();
+        ctx.import(FLEET).await.expect(200);
+        ctx.tenant("acme").await;
+        let a_url = ctx.url("");
+        let a = ctx.svc.clone();
+        assert_eq!(
+            a.enable_replication(config("rep-a", &a_url), false)
+                .await
+                .unwrap(),
+            RoleChange::BecameLeader
+        );
+        let (b, b_url) = replica(&ctx).await;
+        assert_eq!(
+            b.enable_replication(config("rep-b", &b_url), false)
+                .await
+                .unwrap(),
+            RoleChange::Same
+        );
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (url, k, stop) = (a_url.clone(), k.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut rounds = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let now = Timestamp::now();
+                    let (s, c) = post(
+                        &url,
+                        &k,
+                        "/v1/contracts",
+                        json!({"tenant_id": "acme", "gpu_model": "H100-SXM-80GB",
+                               "gpu_count": 8, "site": "east", "start_at": now.to_string(),
+                               "end_at": now.plus_seconds(86_400).to_string()}),
+                    )
+                    .await;
+                    assert_eq!(s, 201, "{c}");
+                    let cid = c["id"].as_str().unwrap().to_string();
+                    let (s, r) = post(
+                        &url,
+                        &k,
+                        "/v1/instances",
+                        json!({"tenant_id": "acme", "class": "reserved", "contract_id": cid,
+                               "gpu_model": "H100-SXM-80GB", "gpus": 8}),
+                    )
+                    .await;
+                    assert_eq!(s, 201, "{r}");
+                    let (s, od) = launch8(&url, &k).await;
+                    assert_eq!(s, 201, "{od}");
+                    let id = od["id"].as_str().unwrap();
+                    let (s, t) = post(
+                        &url,
+                        &k,
+                        &format!("/v1/instances/{id}/terminate"),
+                        json!({}),
+                    )
+                    .await;
+                    assert_eq!(s, 200, "{t}");
+                    let (s, t) =
+                        post(&url, &k, &format!("/v1/contracts/{cid}/cancel"), json!({})).await;
+                    assert_eq!(s, 200, "{t}");
+                    rounds += 1;
+                }
+                rounds
+            })
+        };
+        let mut loads = 0;
+        for round in 0..16 {
+            // A replica starting: it loads before anything else.
+            let started = Service::open(&ctx.database_url()).await;
+            if let Err(e) = &started {
+                panic!("replica start {round}: {e} ({:?})", e.internal);
+            }
+            drop(started);
+            // The follower refreshing its copy (its refresh period is zero).
+            for _ in 0..3 {
+                a.leadership_tick(Timestamp::now()).await.unwrap();
+                let r = b.leadership_tick(Timestamp::now()).await;
+                assert!(r.is_ok(), "follower refresh in round {round}: {r:?}");
+                loads += 1;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let rounds = writer.await.unwrap();
+        assert!(
+            rounds >= 3,
+            "the leader wrote while replicas loaded ({rounds} rounds)"
+        );
+        // Once the writes stop, the follower's copy is the leader's.
+        b.leadership_tick(Timestamp::now()).await.unwrap();
+        assert_eq!(allocated(&b_url, &k).await, allocated(&a_url, &k).await);
+        assert!(loads >= 48);
+    }
+);

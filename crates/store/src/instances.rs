@@ -620,8 +620,8 @@ impl Store {
         ranges: &[(String, String, u32, u32)],
     ) -> Result<()> {
         const GANG: usize = 16;
-        let mut groups: HashMap<(&str, u32, u32), Vec<&(String, String, u32, u32)>> =
-            HashMap::new();
+        type Range = (String, String, u32, u32);
+        let mut groups: HashMap<(&str, u32, u32), Vec<&Range>> = HashMap::new();
         for r in ranges {
             groups.entry((r.0.as_str(), r.2, r.3)).or_default().push(r);
         }

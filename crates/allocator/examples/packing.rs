@@ -13,7 +13,8 @@
 //! cargo run --release -p neocloud-allocator --example packing -- DIR [SEEDS]
 //! ```
 //!
-//! `DIR` holds `openb_node_list_gpu_node.csv` and `openb_pod_list_default.csv`; `SEEDS`
+//! `DIR` holds `openb_node_list_gpu_node.csv` and `openb_pod_list_default.csv` (read by
+//! `common/openb.rs`: a malformed row stops the run with its file and line); `SEEDS`
 //! (default 10) seeds 42, 43, … are run for every policy.
 
 use std::time::Instant;
@@ -24,80 +25,31 @@ use neocloud_allocator::{
 };
 use neocloud_types::Class;
 
-/// One task of the trace.
-#[derive(Clone, Debug)]
-struct Task {
-    cpu_milli: u64,
-    memory_mib: u64,
-    gpus: u32,
-    gpu_milli: u32,
-    models: Vec<String>,
-}
+#[path = "common/openb.rs"]
+mod openb;
 
-impl Task {
-    /// GPU thousandths the task asks for.
-    fn gpu_demand(&self) -> u64 {
-        u64::from(self.gpus) * u64::from(self.gpu_milli)
-    }
+use openb::{Node, Task};
 
-    fn shape(&self) -> Shape {
-        match (self.gpus, self.gpu_milli) {
-            (0, _) | (_, 0) => Shape::Cpu,
-            (1, m) if m < 1000 => Shape::Share { milli: m },
-            (k, _) => Shape::Gpus { gpus: k },
-        }
+fn shape(t: &Task) -> Shape {
+    match (t.gpus, t.gpu_milli) {
+        (0, _) | (_, 0) => Shape::Cpu,
+        (1, m) if m < 1000 => Shape::Share { milli: m },
+        (k, _) => Shape::Gpus { gpus: k },
     }
 }
 
-struct Node {
-    cpu_milli: u64,
-    memory_mib: u64,
-    gpus: u32,
-    model: String,
-}
-
-fn read_csv(path: &str) -> Result<Vec<Vec<String>>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    let mut rows = Vec::new();
-    for line in text.lines().skip(1) {
-        if !line.trim().is_empty() {
-            rows.push(line.split(',').map(|f| f.trim().to_string()).collect());
-        }
-    }
-    Ok(rows)
-}
-
-fn num(row: &[String], i: usize, what: &str) -> Result<u64, String> {
-    row.get(i)
-        .and_then(|v| v.parse::<u64>().ok())
-        .ok_or_else(|| format!("row {row:?}: column {what} is not a count"))
+fn read(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
 }
 
 fn load(dir: &str) -> Result<(Vec<Node>, Vec<Task>), String> {
-    let mut nodes = Vec::new();
-    for row in read_csv(&format!("{dir}/openb_node_list_gpu_node.csv"))? {
-        nodes.push(Node {
-            cpu_milli: num(&row, 1, "cpu_milli")?,
-            memory_mib: num(&row, 2, "memory_mib")?,
-            gpus: u32::try_from(num(&row, 3, "gpu")?).map_err(|e| e.to_string())?,
-            model: row.get(4).cloned().unwrap_or_default(),
-        });
-    }
-    let mut tasks = Vec::new();
-    for row in read_csv(&format!("{dir}/openb_pod_list_default.csv"))? {
-        let spec = row.get(5).cloned().unwrap_or_default();
-        tasks.push(Task {
-            cpu_milli: num(&row, 1, "cpu_milli")?,
-            memory_mib: num(&row, 2, "memory_mib")?,
-            gpus: u32::try_from(num(&row, 3, "num_gpu")?).map_err(|e| e.to_string())?,
-            gpu_milli: u32::try_from(num(&row, 4, "gpu_milli")?).map_err(|e| e.to_string())?,
-            models: spec
-                .split('|')
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect(),
-        });
-    }
+    let path = format!("{dir}/openb_node_list_gpu_node.csv");
+    let nodes = openb::read_nodes(&path, &read(&path)?)?;
+    let mut models: Vec<&str> = nodes.iter().map(|n| n.model.as_str()).collect();
+    models.sort_unstable();
+    models.dedup();
+    let path = format!("{dir}/openb_pod_list_default.csv");
+    let tasks = openb::read_tasks(&path, &read(&path)?, &models)?;
     Ok((nodes, tasks))
 }
 
@@ -182,7 +134,7 @@ fn run(
                 tenant: tenant_id(1),
                 class: Class::OnDemand,
                 gpu_model: model,
-                shape: t.shape(),
+                shape: shape(t),
                 site: None,
                 pool: None,
                 cpu_milli: Some(t.cpu_milli),
@@ -194,7 +146,7 @@ fn run(
                     break;
                 }
                 Err(_) => {
-                    let k = match t.shape() {
+                    let k = match shape(t) {
                         Shape::Cpu => 0,
                         Shape::Share { .. } => 1,
                         Shape::Gpus { gpus: 1 } => 2,
@@ -307,7 +259,14 @@ fn mean_sd(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-fn main() -> Result<(), String> {
+fn main() {
+    if let Err(e) = packing() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn packing() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
     let dir = args
         .next()

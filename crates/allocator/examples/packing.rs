@@ -81,6 +81,20 @@ fn tuned(tasks: &[Task], capacity_milli: u64, ratio_pct: u64, seed: u64) -> Vec<
 
 fn build(nodes: &[Node], placement: PlacementPolicy) -> Result<Allocator, String> {
     let mut a = Allocator::new(FleetPolicy::LabFirst, placement);
+    // The boards' topologies: the allocator's default for the trace's model codes (V100:
+    // NVLink quads; T4, P100, A10 and the undisclosed G1–G3: aligned groups), or as
+    // PACKING_TOPOLOGY says (`MODEL=TOPOLOGY,…`, e.g. `G2=nvswitch`).
+    if let Ok(list) = std::env::var("PACKING_TOPOLOGY") {
+        for item in list.split(',').filter(|s| !s.trim().is_empty()) {
+            let (model, topology) = item
+                .split_once('=')
+                .ok_or_else(|| format!("PACKING_TOPOLOGY: '{item}' is not MODEL=TOPOLOGY"))?;
+            let topology = topology
+                .parse()
+                .map_err(|e| format!("PACKING_TOPOLOGY: {model}: {e}"))?;
+            a.set_model_topology(model.trim(), topology)?;
+        }
+    }
     let site = site_id(1);
     a.add_site(SiteSpec {
         id: site,

@@ -32,7 +32,7 @@ use neocloud_types::{MigFamily, MigProfile, NodeId, Shape, TenantId};
 
 use crate::PlacementPolicy;
 use crate::allocator::{Allocator, Decision, IdHasher, Scope};
-use crate::node::{GpuSlices, Node, choose_group, full_mask, group_mask};
+use crate::node::{GpuSlices, Node, choose_group, full_mask, set_count};
 use crate::{Allocation, Refusal, Request};
 
 /// What a request takes of one node's GPUs.
@@ -115,8 +115,9 @@ pub(crate) struct GroupKey {
     pub mem_free: u64,
     /// Healthy GPUs' states, largest free first.
     pub gpus: Vec<GpuKey>,
-    /// Entirely free aligned groups of 2, 4 and 8 GPUs: which GPUs are free matters to
-    /// whole-GPU shapes, not only how many (free GPUs 1-2 hold no aligned pair, 0-1 do).
+    /// How many instances of 2, 4 and 8 whole GPUs the free GPUs could host at once under
+    /// the board's topology: which GPUs are free matters to whole-GPU shapes, not only how
+    /// many (on an aligned board free GPUs 1-2 hold no pair, 0-1 do; on NVSwitch both do).
     pub aligned: [u8; 3],
 }
 
@@ -263,15 +264,8 @@ impl Node {
             .collect();
         gpus.sort_unstable_by(|a, b| b.cmp(a));
         let free = self.free();
-        let aligned = [2u32, 4, 8].map(|k| {
-            let n = (0..self.gpus / k)
-                .filter(|i| {
-                    let g = group_mask(i * k, k);
-                    free & g == g
-                })
-                .count();
-            u8::try_from(n).unwrap_or(u8::MAX)
-        });
+        let aligned = [2u32, 4, 8]
+            .map(|k| u8::try_from(set_count(self.topology, free, self.gpus, k)).unwrap_or(u8::MAX));
         GroupKey {
             owner: self.owner(),
             sharing: self.sharing,
@@ -387,6 +381,9 @@ struct View {
     /// Per healthy GPU: (free thousandths usable by shares, free MIG slices mask or None
     /// when the GPU takes no MIG instance).
     gpus: Vec<(u16, Option<u8>)>,
+    /// Instances of 1, 2, 4 and 8 whole GPUs the entirely free GPUs could host at once
+    /// under the board's topology.
+    sets: [u8; 4],
 }
 
 /// A task type of the workload, as the fragmentation measure weighs it.
@@ -771,9 +768,9 @@ impl Allocator {
                     PlacementPolicy::FirstFit => PlacementPolicy::FirstFit,
                     _ => PlacementPolicy::BestFit,
                 };
-                if let Some((offset, _)) = choose_group(free, node.gpus, k, policy) {
+                if let Some((mask, _)) = choose_group(node.topology, free, node.gpus, k, policy) {
                     out.push(Pick {
-                        mask: group_mask(offset, k),
+                        mask,
                         mig_start: None,
                         gpu_free_after: total_free(u64::from(k) * 1000),
                         gpu_left: 0,
@@ -868,10 +865,18 @@ impl Allocator {
             }
             gpus.push((milli, mig));
         }
+        let taken = match after {
+            Some((Need::Cpu, _)) | None => 0,
+            Some((_, p)) => p.mask,
+        };
+        let free = node.free() & !taken;
         View {
             cpu_free: node.cpu_free().saturating_sub(cpu),
             mem_free: node.mem_free().saturating_sub(mem),
             gpus,
+            sets: [1u32, 2, 4, 8].map(|k| {
+                u8::try_from(set_count(node.topology, free, node.gpus, k)).unwrap_or(u8::MAX)
+            }),
         }
     }
 
@@ -924,12 +929,16 @@ impl Allocator {
             let (base, gpu_copies, per_copy) = match t.need {
                 Need::Cpu => (0, 0, 0),
                 Need::Whole(k) => {
-                    let whole = v.gpus.iter().filter(|g| g.0 == 1000).count() as u64;
-                    if whole < u64::from(k) {
+                    // Copies the board's topology lets the free whole GPUs host.
+                    let copies = crate::node::SHAPES
+                        .iter()
+                        .position(|&s| s == k)
+                        .map_or(0, |i| u64::from(v.sets[i]));
+                    if copies == 0 {
                         (free_total, 0, 0)
                     } else {
                         let partial: u64 = v.gpus.iter().filter(|g| g.0 < 1000).map(free_of).sum();
-                        (partial, whole / u64::from(k.max(1)), u64::from(k) * 1000)
+                        (partial, copies, u64::from(k) * 1000)
                     }
                 }
                 Need::Share(want) => {

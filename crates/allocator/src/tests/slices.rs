@@ -415,6 +415,8 @@ fn whole_gpu_shapes_find_an_aligned_group_among_nodes_with_as_many_free_gpus() {
         let mut a = Allocator::new(FleetPolicy::LabFirst, placement);
         let n1 = node(&mut a, 1, true, false);
         let n2 = node(&mut a, 2, true, false);
+        a.set_model_topology(H100, neocloud_types::BoardTopology::ALIGNED)
+            .unwrap();
         let mut id = 100;
         for (n, taken) in [(n1, [0, 3, 4, 5, 6, 7]), (n2, [2, 3, 4, 5, 6, 7])] {
             for g in taken {

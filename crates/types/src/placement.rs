@@ -632,8 +632,13 @@ impl BoardTopology {
     pub fn of_model(name: &str) -> BoardTopology {
         let n = name.to_ascii_uppercase();
         let any = |words: &[&str]| words.iter().any(|w| n.contains(w));
+        // PCIe cards (no NVLink, or bridges between two at most): GPUs behind one PCIe
+        // switch in pairs, a NUMA node's in quads.
+        let pcie = BoardTopology {
+            levels: 1 << 1 | 1 << 2,
+        };
         if any(&["PCIE"]) {
-            BoardTopology::ALIGNED
+            pcie
         } else if any(&[
             "SXM", "GB200", "GB300", "B200", "B300", "H200", "H100", "H800", "A800", "MI300",
             "MI325", "MI355",
@@ -644,6 +649,8 @@ impl BoardTopology {
         } else if any(&["V100"]) {
             // SXM2 hybrid cube-mesh: each quad all-to-all over NVLink, quads partly linked.
             BoardTopology { levels: 1 << 2 }
+        } else if any(&["T4", "P100", "A10", "A30", "A40", "L4", "L40", "RTX"]) {
+            pcie
         } else {
             BoardTopology::ALIGNED
         }
@@ -777,10 +784,12 @@ mod tests {
             ("B200", "nvswitch"),
             ("GB200", "nvswitch"),
             ("MI300X", "nvswitch"),
-            ("L40S", "aligned"),
-            ("H100-PCIe-80GB", "aligned"),
+            ("L40S", "groups:2,4"),
+            ("H100-PCIe-80GB", "groups:2,4"),
             ("V100M32", "groups:4"),
-            ("T4", "aligned"),
+            ("T4", "groups:2,4"),
+            ("A10", "groups:2,4"),
+            ("G2", "aligned"),
         ] {
             assert_eq!(T::of_model(m).to_string(), t, "{m}");
         }

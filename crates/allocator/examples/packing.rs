@@ -10,8 +10,12 @@
 //! cluster's GPU capacity allocated at the end (and when 100 % had arrived), over seeds.
 //!
 //! ```text
-//! cargo run --release -p neocloud-allocator --example packing -- DIR [SEEDS]
+//! cargo run --release -p neocloud-allocator --example packing -- DIR [SEEDS] [MIX]
 //! ```
+//!
+//! `MIX` (default `default`, the trace's task list) resamples the task list before each
+//! seed's tuning, to measure the policy on other mixes: `multi-gpu`, `sharing`,
+//! `constrained` (tasks that accept only some GPU models) and `cpu` (see [`MIXES`]).
 //!
 //! `DIR` holds `openb_node_list_gpu_node.csv` and `openb_pod_list_default.csv` (read by
 //! `common/openb.rs`: a malformed row stops the run with its file and line); `SEEDS`
@@ -51,6 +55,119 @@ fn load(dir: &str) -> Result<(Vec<Node>, Vec<Task>), String> {
     let path = format!("{dir}/openb_pod_list_default.csv");
     let tasks = openb::read_tasks(&path, &read(&path)?, &models)?;
     Ok((nodes, tasks))
+}
+
+/// A task list resampled from the trace's: `name` and what it changes.
+const MIXES: [(&str, &str); 5] = [
+    ("default", "the trace's task list as it is"),
+    (
+        "multi-gpu",
+        "multi-GPU tasks (2, 4, 8 GPUs) drawn 8× as often: about 40 % of the GPUs asked",
+    ),
+    (
+        "sharing",
+        "tasks sharing one GPU drawn 3× as often: about half the GPUs asked",
+    ),
+    (
+        "constrained",
+        "half the GPU tasks accept only 1 or 2 models (gpu_spec), drawn by GPU capacity among those with a node they fit",
+    ),
+    (
+        "cpu",
+        "CPU-only tasks drawn 2× as often: the tasks ask about 120 % of the cores per GPU asked",
+    ),
+];
+
+/// Which kind of task: CPU only, a share of one GPU, one GPU, several GPUs.
+fn kind(t: &Task) -> usize {
+    match (t.gpus, t.gpu_milli) {
+        (0, _) => 0,
+        (1, m) if m < 1000 => 1,
+        (1, _) => 2,
+        _ => 3,
+    }
+}
+
+/// The trace's task list resampled for a mix (as many tasks, drawn with replacement, each
+/// kind weighted by the mix), for one seed. `default` is the list itself.
+fn resample(tasks: &[Task], nodes: &[Node], mix: &str, seed: u64) -> Vec<Task> {
+    let weights: [u64; 4] = match mix {
+        "multi-gpu" => [1, 1, 1, 8],
+        "sharing" => [1, 3, 1, 1],
+        "cpu" => [2, 1, 1, 1],
+        "constrained" => [1, 1, 1, 1],
+        _ => return tasks.to_vec(),
+    };
+    let mut rng = Rng::new(seed ^ 0x0005_eed0_fa11_7a5c);
+    let by_kind: Vec<Vec<&Task>> = (0..4)
+        .map(|k| tasks.iter().filter(|t| kind(t) == k).collect())
+        .collect();
+    let total: u64 = (0..4).map(|k| by_kind[k].len() as u64 * weights[k]).sum();
+    let mut models: Vec<(&str, u64)> = Vec::new();
+    for n in nodes {
+        match models.iter_mut().find(|(m, _)| *m == n.model) {
+            Some(m) => m.1 += u64::from(n.gpus),
+            None => models.push((&n.model, u64::from(n.gpus))),
+        }
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    while out.len() < tasks.len() {
+        let mut pick = rng.below(total.max(1));
+        let Some(k) = (0..4).find(|&k| {
+            let w = by_kind[k].len() as u64 * weights[k];
+            if pick < w {
+                true
+            } else {
+                pick -= w;
+                false
+            }
+        }) else {
+            break;
+        };
+        let list = &by_kind[k];
+        let mut t = list[usize::try_from(rng.below(list.len() as u64)).unwrap_or(0)].clone();
+        if mix == "constrained" && t.gpus > 0 && rng.chance(0.5) {
+            // Models with a node the task fits, by GPU capacity; one, or two half the time.
+            let fits: Vec<(&str, u64)> = models
+                .iter()
+                .filter(|(m, _)| {
+                    nodes.iter().any(|n| {
+                        n.model == *m
+                            && n.gpus >= t.gpus
+                            && n.cpu_milli >= t.cpu_milli
+                            && n.memory_mib >= t.memory_mib
+                    })
+                })
+                .copied()
+                .collect();
+            let draw = |rng: &mut Rng, except: Option<&str>| {
+                let pool: Vec<&(&str, u64)> =
+                    fits.iter().filter(|(m, _)| Some(*m) != except).collect();
+                let sum: u64 = pool.iter().map(|(_, g)| g).sum();
+                let mut p = rng.below(sum.max(1));
+                pool.iter()
+                    .find(|(_, g)| {
+                        if p < *g {
+                            true
+                        } else {
+                            p -= g;
+                            false
+                        }
+                    })
+                    .map(|(m, _)| m.to_string())
+            };
+            if let Some(first) = draw(&mut rng, None) {
+                let second = if rng.chance(0.5) {
+                    draw(&mut rng, Some(&first))
+                } else {
+                    None
+                };
+                t.models = std::iter::once(first).chain(second).collect();
+            }
+        }
+        out.push(t);
+    }
+    out
 }
 
 /// The task list of one seed: shuffled, then tuned to `ratio` of the GPU capacity.
@@ -284,12 +401,17 @@ fn packing() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
     let dir = args
         .next()
-        .ok_or("usage: packing DIR [SEEDS] (DIR: the trace's csv files)")?;
+        .ok_or("usage: packing DIR [SEEDS] [MIX] (DIR: the trace's csv files)")?;
     let seeds: u64 = match args.next() {
         Some(s) => s
             .parse()
             .map_err(|_| format!("SEEDS: '{s}' is not a count"))?,
         None => 10,
+    };
+    let mix = args.next().unwrap_or_else(|| "default".to_string());
+    let Some((_, about)) = MIXES.iter().find(|(m, _)| *m == mix) else {
+        let names: Vec<&str> = MIXES.iter().map(|(m, _)| *m).collect();
+        return Err(format!("MIX: '{mix}' is not one of {}", names.join(", ")));
     };
     let (nodes, tasks) = load(&dir)?;
     let capacity: u64 = nodes.iter().map(|n| u64::from(n.gpus) * 1000).sum();
@@ -300,6 +422,26 @@ fn packing() -> Result<(), String> {
         tasks.len(),
         tasks.iter().map(Task::gpu_demand).sum::<u64>() as f64 / 1000.0
     );
+    if mix != "default" {
+        let sample = resample(&tasks, &nodes, &mix, 42);
+        let demand = |k: usize| -> f64 {
+            sample
+                .iter()
+                .filter(|t| kind(t) == k)
+                .map(Task::gpu_demand)
+                .sum::<u64>() as f64
+        };
+        let all: f64 = (0..4).map(demand).sum::<f64>().max(1.0);
+        println!(
+            "mix {mix}: {about}; seed 42's sample: GPUs asked by shares {:.0} %, one GPU \
+             {:.0} %, several {:.0} %; {:.0} % of GPU tasks name models",
+            demand(1) * 100.0 / all,
+            demand(2) * 100.0 / all,
+            demand(3) * 100.0 / all,
+            sample.iter().filter(|t| !t.models.is_empty()).count() as f64 * 100.0
+                / sample.iter().filter(|t| t.gpus > 0).count().max(1) as f64
+        );
+    }
     let policies = [
         ("first-fit", PlacementPolicy::FirstFit),
         ("best-fit", PlacementPolicy::BestFit),
@@ -314,7 +456,8 @@ fn packing() -> Result<(), String> {
         let mut full = Vec::new();
         let mut speed = Vec::new();
         for s in 0..seeds {
-            let list = tuned(&tasks, capacity, 130, 42 + s);
+            let base = resample(&tasks, &nodes, &mix, 42 + s);
+            let list = tuned(&base, capacity, 130, 42 + s);
             let (e, f, v) = run(&nodes, &list, p)?;
             end.push(e);
             full.push(f);

@@ -13,6 +13,9 @@
 //! cargo run --release -p neocloud-allocator --example packing -- DIR [SEEDS] [MIX]
 //! ```
 //!
+//! A task whose gpu_spec lists models is one decision among them
+//! (`Allocator::place_among`); with `PACKING_PER_MODEL` set it is tried model by model.
+//!
 //! `MIX` (default `default`, the trace's task list) resamples the task list before each
 //! seed's tuning, to measure the policy on other mixes: `multi-gpu`, `sharing`,
 //! `constrained` (tasks that accept only some GPU models) and `cpu` (see [`MIXES`]).
@@ -251,43 +254,57 @@ fn run(
     let capacity: u64 = nodes.iter().map(|n| u64::from(n.gpus) * 1000).sum();
     let (mut arrived, mut allocated, mut at_full) = (0u64, 0u64, None);
     let mut fails = [(0u64, 0u64, 0u64); 4];
+    let per_model = std::env::var("PACKING_PER_MODEL").is_ok();
     let started = Instant::now();
     for (i, t) in list.iter().enumerate() {
         arrived += t.gpu_demand();
-        let models: Vec<String> = if t.models.is_empty() {
-            vec![String::new()]
-        } else {
-            t.models.clone()
+        let req = Request {
+            id: instance_id(i as u64 + 1),
+            tenant: tenant_id(1),
+            class: Class::OnDemand,
+            gpu_model: String::new(),
+            shape: shape(t),
+            site: None,
+            pool: None,
+            cpu_milli: Some(t.cpu_milli),
+            memory_mib: Some(t.memory_mib),
         };
-        for model in models {
-            let req = Request {
-                id: instance_id(i as u64 + 1),
-                tenant: tenant_id(1),
-                class: Class::OnDemand,
-                gpu_model: model,
-                shape: shape(t),
-                site: None,
-                pool: None,
-                cpu_milli: Some(t.cpu_milli),
-                memory_mib: Some(t.memory_mib),
-            };
-            match a.place(&req) {
-                Ok(_) => {
-                    allocated += t.gpu_demand();
+        // A task that accepts some models is one decision among them (an empty gpu_model
+        // is any model).
+        let placed = if t.models.is_empty() {
+            a.place(&req).map(|_| ()).map_err(|e| e.to_string())
+        } else if per_model {
+            // As measured before: model by model, each try a request of its own.
+            let mut tried = Err(String::new());
+            for m in &t.models {
+                let r = Request {
+                    gpu_model: m.clone(),
+                    ..req.clone()
+                };
+                tried = a.place(&r).map_err(|e| e.to_string());
+                if tried.is_ok() {
                     break;
                 }
-                Err(_) => {
-                    let k = match shape(t) {
-                        Shape::Cpu => 0,
-                        Shape::Share { .. } => 1,
-                        Shape::Gpus { gpus: 1 } => 2,
-                        _ => 3,
-                    };
-                    fails[k].0 += 1;
-                    fails[k].1 += t.gpu_demand();
-                    if arrived < capacity {
-                        fails[k].2 += 1;
-                    }
+            }
+            tried.map(|_| ())
+        } else {
+            a.place_among(&req, &t.models)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        match placed {
+            Ok(_) => allocated += t.gpu_demand(),
+            Err(_) => {
+                let k = match shape(t) {
+                    Shape::Cpu => 0,
+                    Shape::Share { .. } => 1,
+                    Shape::Gpus { gpus: 1 } => 2,
+                    _ => 3,
+                };
+                fails[k].0 += 1;
+                fails[k].1 += t.gpu_demand();
+                if arrived < capacity {
+                    fails[k].2 += 1;
                 }
             }
         }

@@ -775,13 +775,58 @@ impl Allocator {
 
     /// Decides where `req` goes and records it.
     pub fn place(&mut self, req: &Request) -> Result<Allocation, Refusal> {
+        let scope = self.scope_of(req);
         if self.placement == PlacementPolicy::Fragmentation
-            && let Some(t) = self.task_type(req)
+            && let Some(t) = self.task_type(req, scope.as_ref().ok())
         {
             self.workload.record(t);
         }
-        let decision = self.decide(req)?;
+        let decision = self.decide_in(req, scope?)?;
         Ok(self.commit(req, &decision))
+    }
+
+    /// Decides where `req` goes on a node of any of `models` (its own `gpu_model` is not
+    /// read) and records it: one decision that compares nodes across the models, and one
+    /// request in the workload the fragmentation-aware policy learns from. Models no node
+    /// has are skipped; refused when none is left.
+    pub fn place_among(&mut self, req: &Request, models: &[String]) -> Result<Allocation, Refusal> {
+        let scope = self.scope_among(req, models);
+        if self.placement == PlacementPolicy::Fragmentation
+            && let Ok(scope) = &scope
+            && let Some(t) = self.task_type(req, Some(scope))
+        {
+            self.workload.record(t);
+        }
+        let decision = self.decide_in(req, scope?)?;
+        Ok(self.commit(req, &decision))
+    }
+
+    /// The scope of `req` for any of `models`.
+    fn scope_among(&self, req: &Request, models: &[String]) -> Result<Scope, Refusal> {
+        if matches!(req.shape, Shape::Nodes { .. }) {
+            return Err(Refusal::BadShape {
+                reason: "a gang names one GPU model".to_string(),
+            });
+        }
+        let mut ids: Vec<u32> = models
+            .iter()
+            .filter_map(|m| self.model_ids.get(m).copied())
+            .filter(|m| self.model_sizes.contains_key(m))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Err(Refusal::UnknownModel {
+                model: models.join("|"),
+            });
+        }
+        let any = Request {
+            gpu_model: String::new(),
+            ..req.clone()
+        };
+        let mut scope = self.scope_of(&any)?;
+        scope.models = ids;
+        Ok(scope)
     }
 
     /// Decides where `req` would go, without recording anything.
@@ -1269,7 +1314,10 @@ impl Allocator {
     }
 
     fn decide(&self, req: &Request) -> Result<Decision, Refusal> {
-        let scope = self.scope_of(req)?;
+        self.decide_in(req, self.scope_of(req)?)
+    }
+
+    fn decide_in(&self, req: &Request, scope: Scope) -> Result<Decision, Refusal> {
         match req.shape {
             Shape::Nodes { count, level } => self.decide_nodes(req, &scope, count, level),
             Shape::Gpus { gpus }

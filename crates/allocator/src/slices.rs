@@ -389,7 +389,9 @@ struct View {
 /// A task type of the workload, as the fragmentation measure weighs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct TaskType {
-    pub model: u32,
+    /// The models it accepts: bit `m` for model `m`; every bit for any model (or when a
+    /// model it accepts has an id above 63).
+    pub models: u64,
     pub need: Need,
     pub cpu_milli: u64,
     pub mem_mib: u64,
@@ -479,16 +481,24 @@ impl Workload {
 }
 
 impl Allocator {
-    /// The task type of a request, for the workload.
-    pub(crate) fn task_type(&self, req: &Request) -> Option<TaskType> {
+    /// The task type of a request, for the workload: what it asked for (its scope, when
+    /// it has a valid one, says which models it accepts).
+    pub(crate) fn task_type(&self, req: &Request, scope: Option<&Scope>) -> Option<TaskType> {
         let need = Need::of(req.shape)?;
-        let model = if req.gpu_model.is_empty() {
-            u32::MAX
+        let list: &[u32] = match scope {
+            Some(s) if s.model == u32::MAX && s.models.len() < self.model_sizes.len() => &s.models,
+            Some(s) if s.model != u32::MAX => std::slice::from_ref(&s.model),
+            Some(_) => &[],
+            None if req.gpu_model.is_empty() => &[],
+            None => std::slice::from_ref(self.model_ids.get(&req.gpu_model)?),
+        };
+        let models = if list.is_empty() || list.iter().any(|&m| m > 63) {
+            u64::MAX
         } else {
-            *self.model_ids.get(&req.gpu_model)?
+            list.iter().fold(0u64, |mask, &m| mask | 1 << m)
         };
         Some(TaskType {
-            model,
+            models,
             need,
             cpu_milli: req.cpu_milli.unwrap_or(0),
             mem_mib: req.memory_mib.unwrap_or(0),
@@ -911,10 +921,8 @@ impl Allocator {
             _ => u64::from(m),
         };
         for &(t, w) in &self.workload.types {
-            if (t.model != u32::MAX && t.model != model)
-                || v.cpu_free < t.cpu_milli
-                || v.mem_free < t.mem_mib
-            {
+            let accepts = t.models == u64::MAX || (model < 64 && t.models >> model & 1 == 1);
+            if !accepts || v.cpu_free < t.cpu_milli || v.mem_free < t.mem_mib {
                 total += w * free_total;
                 continue;
             }

@@ -111,6 +111,17 @@ fn select(topology: BoardTopology, free: u64, f: u64, k: u32, domain: u32) -> u6
     if f.count_ones() == k {
         return f;
     }
+    if topology.group_sizes().all(|s| s >= domain) {
+        // No smaller group to keep whole: the lowest k (no allocation on this hot path).
+        let mut rest = f;
+        let mut pick = 0u64;
+        for _ in 0..k {
+            let low = rest & rest.wrapping_neg();
+            pick |= low;
+            rest &= !low;
+        }
+        return pick;
+    }
     let mut gs: Vec<(u64, u32)> = indexes_of(f)
         .into_iter()
         .map(|g| {

@@ -10,10 +10,18 @@
 //! cluster's GPU capacity allocated at the end (and when 100 % had arrived), over seeds.
 //!
 //! ```text
-//! cargo run --release -p neocloud-allocator --example packing -- DIR [SEEDS]
+//! cargo run --release -p neocloud-allocator --example packing -- DIR [SEEDS] [MIX]
 //! ```
 //!
-//! `DIR` holds `openb_node_list_gpu_node.csv` and `openb_pod_list_default.csv`; `SEEDS`
+//! A task whose gpu_spec lists models is one decision among them
+//! (`Allocator::place_among`); with `PACKING_PER_MODEL` set it is tried model by model.
+//!
+//! `MIX` (default `default`, the trace's task list) resamples the task list before each
+//! seed's tuning, to measure the policy on other mixes: `multi-gpu`, `sharing`,
+//! `constrained` (tasks that accept only some GPU models) and `cpu` (see [`MIXES`]).
+//!
+//! `DIR` holds `openb_node_list_gpu_node.csv` and `openb_pod_list_default.csv` (read by
+//! `common/openb.rs`: a malformed row stops the run with its file and line); `SEEDS`
 //! (default 10) seeds 42, 43, … are run for every policy.
 
 use std::time::Instant;
@@ -24,81 +32,145 @@ use neocloud_allocator::{
 };
 use neocloud_types::Class;
 
-/// One task of the trace.
-#[derive(Clone, Debug)]
-struct Task {
-    cpu_milli: u64,
-    memory_mib: u64,
-    gpus: u32,
-    gpu_milli: u32,
-    models: Vec<String>,
-}
+#[path = "common/openb.rs"]
+mod openb;
 
-impl Task {
-    /// GPU thousandths the task asks for.
-    fn gpu_demand(&self) -> u64 {
-        u64::from(self.gpus) * u64::from(self.gpu_milli)
-    }
+use openb::{Node, Task};
 
-    fn shape(&self) -> Shape {
-        match (self.gpus, self.gpu_milli) {
-            (0, _) | (_, 0) => Shape::Cpu,
-            (1, m) if m < 1000 => Shape::Share { milli: m },
-            (k, _) => Shape::Gpus { gpus: k },
-        }
+fn shape(t: &Task) -> Shape {
+    match (t.gpus, t.gpu_milli) {
+        (0, _) | (_, 0) => Shape::Cpu,
+        (1, m) if m < 1000 => Shape::Share { milli: m },
+        (k, _) => Shape::Gpus { gpus: k },
     }
 }
 
-struct Node {
-    cpu_milli: u64,
-    memory_mib: u64,
-    gpus: u32,
-    model: String,
-}
-
-fn read_csv(path: &str) -> Result<Vec<Vec<String>>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    let mut rows = Vec::new();
-    for line in text.lines().skip(1) {
-        if !line.trim().is_empty() {
-            rows.push(line.split(',').map(|f| f.trim().to_string()).collect());
-        }
-    }
-    Ok(rows)
-}
-
-fn num(row: &[String], i: usize, what: &str) -> Result<u64, String> {
-    row.get(i)
-        .and_then(|v| v.parse::<u64>().ok())
-        .ok_or_else(|| format!("row {row:?}: column {what} is not a count"))
+fn read(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))
 }
 
 fn load(dir: &str) -> Result<(Vec<Node>, Vec<Task>), String> {
-    let mut nodes = Vec::new();
-    for row in read_csv(&format!("{dir}/openb_node_list_gpu_node.csv"))? {
-        nodes.push(Node {
-            cpu_milli: num(&row, 1, "cpu_milli")?,
-            memory_mib: num(&row, 2, "memory_mib")?,
-            gpus: u32::try_from(num(&row, 3, "gpu")?).map_err(|e| e.to_string())?,
-            model: row.get(4).cloned().unwrap_or_default(),
-        });
-    }
-    let mut tasks = Vec::new();
-    for row in read_csv(&format!("{dir}/openb_pod_list_default.csv"))? {
-        let spec = row.get(5).cloned().unwrap_or_default();
-        tasks.push(Task {
-            cpu_milli: num(&row, 1, "cpu_milli")?,
-            memory_mib: num(&row, 2, "memory_mib")?,
-            gpus: u32::try_from(num(&row, 3, "num_gpu")?).map_err(|e| e.to_string())?,
-            gpu_milli: u32::try_from(num(&row, 4, "gpu_milli")?).map_err(|e| e.to_string())?,
-            models: spec
-                .split('|')
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect(),
-        });
-    }
+    let path = format!("{dir}/openb_node_list_gpu_node.csv");
+    let nodes = openb::read_nodes(&path, &read(&path)?)?;
+    let mut models: Vec<&str> = nodes.iter().map(|n| n.model.as_str()).collect();
+    models.sort_unstable();
+    models.dedup();
+    let path = format!("{dir}/openb_pod_list_default.csv");
+    let tasks = openb::read_tasks(&path, &read(&path)?, &models)?;
     Ok((nodes, tasks))
+}
+
+/// A task list resampled from the trace's: `name` and what it changes.
+const MIXES: [(&str, &str); 5] = [
+    ("default", "the trace's task list as it is"),
+    (
+        "multi-gpu",
+        "multi-GPU tasks (2, 4, 8 GPUs) drawn 8× as often: about 40 % of the GPUs asked",
+    ),
+    (
+        "sharing",
+        "tasks sharing one GPU drawn 3× as often: about half the GPUs asked",
+    ),
+    (
+        "constrained",
+        "half the GPU tasks accept only 1 or 2 models (gpu_spec), drawn by GPU capacity among those with a node they fit",
+    ),
+    (
+        "cpu",
+        "CPU-only tasks drawn 2× as often: the tasks ask about 120 % of the cores per GPU asked",
+    ),
+];
+
+/// Which kind of task: CPU only, a share of one GPU, one GPU, several GPUs.
+fn kind(t: &Task) -> usize {
+    match (t.gpus, t.gpu_milli) {
+        (0, _) => 0,
+        (1, m) if m < 1000 => 1,
+        (1, _) => 2,
+        _ => 3,
+    }
+}
+
+/// The trace's task list resampled for a mix (as many tasks, drawn with replacement, each
+/// kind weighted by the mix), for one seed. `default` is the list itself.
+fn resample(tasks: &[Task], nodes: &[Node], mix: &str, seed: u64) -> Vec<Task> {
+    let weights: [u64; 4] = match mix {
+        "multi-gpu" => [1, 1, 1, 8],
+        "sharing" => [1, 3, 1, 1],
+        "cpu" => [2, 1, 1, 1],
+        "constrained" => [1, 1, 1, 1],
+        _ => return tasks.to_vec(),
+    };
+    let mut rng = Rng::new(seed ^ 0x0005_eed0_fa11_7a5c);
+    let by_kind: Vec<Vec<&Task>> = (0..4)
+        .map(|k| tasks.iter().filter(|t| kind(t) == k).collect())
+        .collect();
+    let total: u64 = (0..4).map(|k| by_kind[k].len() as u64 * weights[k]).sum();
+    let mut models: Vec<(&str, u64)> = Vec::new();
+    for n in nodes {
+        match models.iter_mut().find(|(m, _)| *m == n.model) {
+            Some(m) => m.1 += u64::from(n.gpus),
+            None => models.push((&n.model, u64::from(n.gpus))),
+        }
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    while out.len() < tasks.len() {
+        let mut pick = rng.below(total.max(1));
+        let Some(k) = (0..4).find(|&k| {
+            let w = by_kind[k].len() as u64 * weights[k];
+            if pick < w {
+                true
+            } else {
+                pick -= w;
+                false
+            }
+        }) else {
+            break;
+        };
+        let list = &by_kind[k];
+        let mut t = list[usize::try_from(rng.below(list.len() as u64)).unwrap_or(0)].clone();
+        if mix == "constrained" && t.gpus > 0 && rng.chance(0.5) {
+            // Models with a node the task fits, by GPU capacity; one, or two half the time.
+            let fits: Vec<(&str, u64)> = models
+                .iter()
+                .filter(|(m, _)| {
+                    nodes.iter().any(|n| {
+                        n.model == *m
+                            && n.gpus >= t.gpus
+                            && n.cpu_milli >= t.cpu_milli
+                            && n.memory_mib >= t.memory_mib
+                    })
+                })
+                .copied()
+                .collect();
+            let draw = |rng: &mut Rng, except: Option<&str>| {
+                let pool: Vec<&(&str, u64)> =
+                    fits.iter().filter(|(m, _)| Some(*m) != except).collect();
+                let sum: u64 = pool.iter().map(|(_, g)| g).sum();
+                let mut p = rng.below(sum.max(1));
+                pool.iter()
+                    .find(|(_, g)| {
+                        if p < *g {
+                            true
+                        } else {
+                            p -= g;
+                            false
+                        }
+                    })
+                    .map(|(m, _)| m.to_string())
+            };
+            if let Some(first) = draw(&mut rng, None) {
+                let second = if rng.chance(0.5) {
+                    draw(&mut rng, Some(&first))
+                } else {
+                    None
+                };
+                t.models = std::iter::once(first).chain(second).collect();
+            }
+        }
+        out.push(t);
+    }
+    out
 }
 
 /// The task list of one seed: shuffled, then tuned to `ratio` of the GPU capacity.
@@ -129,6 +201,20 @@ fn tuned(tasks: &[Task], capacity_milli: u64, ratio_pct: u64, seed: u64) -> Vec<
 
 fn build(nodes: &[Node], placement: PlacementPolicy) -> Result<Allocator, String> {
     let mut a = Allocator::new(FleetPolicy::LabFirst, placement);
+    // The boards' topologies: the allocator's default for the trace's model codes (V100:
+    // NVLink quads; T4, P100, A10 and the undisclosed G1–G3: aligned groups), or as
+    // PACKING_TOPOLOGY says (`MODEL=TOPOLOGY,…`, e.g. `G2=nvswitch`).
+    if let Ok(list) = std::env::var("PACKING_TOPOLOGY") {
+        for item in list.split(',').filter(|s| !s.trim().is_empty()) {
+            let (model, topology) = item
+                .split_once('=')
+                .ok_or_else(|| format!("PACKING_TOPOLOGY: '{item}' is not MODEL=TOPOLOGY"))?;
+            let topology = topology
+                .parse()
+                .map_err(|e| format!("PACKING_TOPOLOGY: {model}: {e}"))?;
+            a.set_model_topology(model.trim(), topology)?;
+        }
+    }
     let site = site_id(1);
     a.add_site(SiteSpec {
         id: site,
@@ -168,43 +254,57 @@ fn run(
     let capacity: u64 = nodes.iter().map(|n| u64::from(n.gpus) * 1000).sum();
     let (mut arrived, mut allocated, mut at_full) = (0u64, 0u64, None);
     let mut fails = [(0u64, 0u64, 0u64); 4];
+    let per_model = std::env::var("PACKING_PER_MODEL").is_ok();
     let started = Instant::now();
     for (i, t) in list.iter().enumerate() {
         arrived += t.gpu_demand();
-        let models: Vec<String> = if t.models.is_empty() {
-            vec![String::new()]
-        } else {
-            t.models.clone()
+        let req = Request {
+            id: instance_id(i as u64 + 1),
+            tenant: tenant_id(1),
+            class: Class::OnDemand,
+            gpu_model: String::new(),
+            shape: shape(t),
+            site: None,
+            pool: None,
+            cpu_milli: Some(t.cpu_milli),
+            memory_mib: Some(t.memory_mib),
         };
-        for model in models {
-            let req = Request {
-                id: instance_id(i as u64 + 1),
-                tenant: tenant_id(1),
-                class: Class::OnDemand,
-                gpu_model: model,
-                shape: t.shape(),
-                site: None,
-                pool: None,
-                cpu_milli: Some(t.cpu_milli),
-                memory_mib: Some(t.memory_mib),
-            };
-            match a.place(&req) {
-                Ok(_) => {
-                    allocated += t.gpu_demand();
+        // A task that accepts some models is one decision among them (an empty gpu_model
+        // is any model).
+        let placed = if t.models.is_empty() {
+            a.place(&req).map(|_| ()).map_err(|e| e.to_string())
+        } else if per_model {
+            // As measured before: model by model, each try a request of its own.
+            let mut tried = Err(String::new());
+            for m in &t.models {
+                let r = Request {
+                    gpu_model: m.clone(),
+                    ..req.clone()
+                };
+                tried = a.place(&r).map_err(|e| e.to_string());
+                if tried.is_ok() {
                     break;
                 }
-                Err(_) => {
-                    let k = match t.shape() {
-                        Shape::Cpu => 0,
-                        Shape::Share { .. } => 1,
-                        Shape::Gpus { gpus: 1 } => 2,
-                        _ => 3,
-                    };
-                    fails[k].0 += 1;
-                    fails[k].1 += t.gpu_demand();
-                    if arrived < capacity {
-                        fails[k].2 += 1;
-                    }
+            }
+            tried.map(|_| ())
+        } else {
+            a.place_among(&req, &t.models)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        match placed {
+            Ok(_) => allocated += t.gpu_demand(),
+            Err(_) => {
+                let k = match shape(t) {
+                    Shape::Cpu => 0,
+                    Shape::Share { .. } => 1,
+                    Shape::Gpus { gpus: 1 } => 2,
+                    _ => 3,
+                };
+                fails[k].0 += 1;
+                fails[k].1 += t.gpu_demand();
+                if arrived < capacity {
+                    fails[k].2 += 1;
                 }
             }
         }
@@ -307,16 +407,28 @@ fn mean_sd(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-fn main() -> Result<(), String> {
+fn main() {
+    if let Err(e) = packing() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn packing() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
     let dir = args
         .next()
-        .ok_or("usage: packing DIR [SEEDS] (DIR: the trace's csv files)")?;
+        .ok_or("usage: packing DIR [SEEDS] [MIX] (DIR: the trace's csv files)")?;
     let seeds: u64 = match args.next() {
         Some(s) => s
             .parse()
             .map_err(|_| format!("SEEDS: '{s}' is not a count"))?,
         None => 10,
+    };
+    let mix = args.next().unwrap_or_else(|| "default".to_string());
+    let Some((_, about)) = MIXES.iter().find(|(m, _)| *m == mix) else {
+        let names: Vec<&str> = MIXES.iter().map(|(m, _)| *m).collect();
+        return Err(format!("MIX: '{mix}' is not one of {}", names.join(", ")));
     };
     let (nodes, tasks) = load(&dir)?;
     let capacity: u64 = nodes.iter().map(|n| u64::from(n.gpus) * 1000).sum();
@@ -327,6 +439,26 @@ fn main() -> Result<(), String> {
         tasks.len(),
         tasks.iter().map(Task::gpu_demand).sum::<u64>() as f64 / 1000.0
     );
+    if mix != "default" {
+        let sample = resample(&tasks, &nodes, &mix, 42);
+        let demand = |k: usize| -> f64 {
+            sample
+                .iter()
+                .filter(|t| kind(t) == k)
+                .map(Task::gpu_demand)
+                .sum::<u64>() as f64
+        };
+        let all: f64 = (0..4).map(demand).sum::<f64>().max(1.0);
+        println!(
+            "mix {mix}: {about}; seed 42's sample: GPUs asked by shares {:.0} %, one GPU \
+             {:.0} %, several {:.0} %; {:.0} % of GPU tasks name models",
+            demand(1) * 100.0 / all,
+            demand(2) * 100.0 / all,
+            demand(3) * 100.0 / all,
+            sample.iter().filter(|t| !t.models.is_empty()).count() as f64 * 100.0
+                / sample.iter().filter(|t| t.gpus > 0).count().max(1) as f64
+        );
+    }
     let policies = [
         ("first-fit", PlacementPolicy::FirstFit),
         ("best-fit", PlacementPolicy::BestFit),
@@ -341,7 +473,8 @@ fn main() -> Result<(), String> {
         let mut full = Vec::new();
         let mut speed = Vec::new();
         for s in 0..seeds {
-            let list = tuned(&tasks, capacity, 130, 42 + s);
+            let base = resample(&tasks, &nodes, &mix, 42 + s);
+            let list = tuned(&base, capacity, 130, 42 + s);
             let (e, f, v) = run(&nodes, &list, p)?;
             end.push(e);
             full.push(f);

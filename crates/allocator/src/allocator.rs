@@ -12,12 +12,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use neocloud_types::{BlockId, Class, ContractId, FleetPolicy, InstanceId, NodeId, Shape, SiteId};
+use neocloud_types::{
+    BlockId, BoardTopology, Class, ContractId, FleetPolicy, InstanceId, NodeId, Shape, SiteId,
+};
 
 use crate::index::{Bucket, PartialKey, ScopeKey, Scopes, Tier, apply, apply_whole_many};
 use crate::node::{
-    BlockKey, Load, Node, SHAPES, choose_group, depth_of, facility_watts, full_mask, group_mask,
-    indexes_of, is_aligned_group, level_index, mask_of,
+    BlockKey, Load, Node, SHAPES, choose_group, depth_of, facility_watts, full_mask, indexes_of,
+    is_valid_group, level_index, mask_of,
 };
 use crate::{
     Allocation, Fragmentation, GangLevel, NodeSpec, NodeView, PlacementPolicy, PowerUse, Refusal,
@@ -112,6 +114,9 @@ pub struct Allocator {
     pub(crate) model_ids: BTreeMap<String, u32>,
     /// Per model, its MIG geometry (taken from its first node that has one).
     pub(crate) model_mig: BTreeMap<u32, neocloud_types::MigFamily>,
+    /// Per model, how its boards' GPUs connect; a model not listed is
+    /// [`BoardTopology::of_model`] of its name.
+    pub(crate) model_topology: BTreeMap<u32, BoardTopology>,
     /// Per model, how many nodes have each GPU count.
     pub(crate) model_sizes: BTreeMap<u32, BTreeMap<u32, u32>>,
     pub(crate) nodes: Vec<Node>,
@@ -142,13 +147,19 @@ fn usize_of(n: u32) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
-/// How an aligned group of `k` GPUs is described to a tenant whose request did not fit.
-fn group_words(k: u32) -> String {
+/// How a group of `k` GPUs on a board of `topology` is described to a tenant whose request
+/// did not fit.
+fn group_words(k: u32, topology: BoardTopology) -> String {
+    let domain = topology.domain(k);
     match k {
         1 => "a free GPU".to_string(),
-        2 => "a free aligned pair of GPUs (0-1, 2-3, …)".to_string(),
-        4 => "a free aligned quad of GPUs (0-3 or 4-7)".to_string(),
-        _ => format!("{k} free GPUs"),
+        _ if domain >= 64 => format!("{k} free GPUs"),
+        2 if domain == 2 => "a free aligned pair of GPUs (0-1, 2-3, …)".to_string(),
+        4 if domain == 4 => "a free aligned quad of GPUs (0-3 or 4-7)".to_string(),
+        _ => format!(
+            "{k} free GPUs inside one group of {domain} (0-{}, …)",
+            domain - 1
+        ),
     }
 }
 
@@ -166,6 +177,7 @@ impl Allocator {
             model_ids: BTreeMap::new(),
             model_sizes: BTreeMap::new(),
             model_mig: BTreeMap::new(),
+            model_topology: BTreeMap::new(),
             nodes: Vec::new(),
             slots: SlotMap::default(),
             scopes: Scopes::default(),
@@ -256,6 +268,7 @@ impl Allocator {
             blocks[usize::from(depth)] = Some(id);
         }
         let model = self.intern(&n.gpu_model);
+        let topology = self.topology_of(model);
         self.host_modelled |= n.cpu_milli > 0 || n.memory_mib > 0;
         if let Some(f) = n.mig {
             self.model_mig.entry(model).or_insert(f);
@@ -279,6 +292,7 @@ impl Allocator {
             cpu_used: 0,
             mem_used: 0,
             mig: n.mig,
+            topology,
             sharing: n.sharing,
             slices: Vec::new(),
         };
@@ -303,6 +317,58 @@ impl Allocator {
         self.slots.insert(n.id, self.nodes.len());
         self.nodes.push(node);
         Ok(())
+    }
+
+    /// Says how the GPUs of `model`'s boards connect (see [`BoardTopology`]). Without it a
+    /// model is [`BoardTopology::of_model`] of its name. Nodes of the model already known
+    /// take the new topology; refused when work placed by the old one holds GPUs that the
+    /// new one would not give together.
+    pub fn set_model_topology(
+        &mut self,
+        model: &str,
+        topology: BoardTopology,
+    ) -> Result<(), String> {
+        let m = self.intern(model);
+        if self.topology_of(m) == topology {
+            self.model_topology.insert(m, topology);
+            return Ok(());
+        }
+        for a in self.allocations().filter(|a| a.gpu_model == model) {
+            let Shape::Gpus { gpus: k } = a.shape else {
+                continue;
+            };
+            for (node, indexes) in &a.gpus {
+                let n = &self.nodes[self.slot(*node)?];
+                if !is_valid_group(topology, mask_of(indexes), n.gpus, k) {
+                    return Err(format!(
+                        "GPU model '{model}': instance {} holds GPUs {indexes:?} of node {node}, \
+                         which topology {topology} does not give together",
+                        a.id
+                    ));
+                }
+            }
+        }
+        self.model_topology.insert(m, topology);
+        for slot in 0..self.nodes.len() {
+            if self.nodes[slot].model == m {
+                self.update_node(slot, false, |n| n.topology = topology);
+            }
+        }
+        self.frag_memo = crate::slices::FragMemo::default();
+        Ok(())
+    }
+
+    /// How the GPUs of a model's boards connect.
+    pub fn model_topology(&self, model: &str) -> BoardTopology {
+        self.model_ids
+            .get(model)
+            .map_or_else(|| BoardTopology::of_model(model), |&m| self.topology_of(m))
+    }
+
+    pub(crate) fn topology_of(&self, model: u32) -> BoardTopology {
+        self.model_topology.get(&model).copied().unwrap_or_else(|| {
+            BoardTopology::of_model(self.models.get(model as usize).map_or("", String::as_str))
+        })
     }
 
     fn intern(&mut self, model: &str) -> u32 {
@@ -709,13 +775,58 @@ impl Allocator {
 
     /// Decides where `req` goes and records it.
     pub fn place(&mut self, req: &Request) -> Result<Allocation, Refusal> {
+        let scope = self.scope_of(req);
         if self.placement == PlacementPolicy::Fragmentation
-            && let Some(t) = self.task_type(req)
+            && let Some(t) = self.task_type(req, scope.as_ref().ok())
         {
             self.workload.record(t);
         }
-        let decision = self.decide(req)?;
+        let decision = self.decide_in(req, scope?)?;
         Ok(self.commit(req, &decision))
+    }
+
+    /// Decides where `req` goes on a node of any of `models` (its own `gpu_model` is not
+    /// read) and records it: one decision that compares nodes across the models, and one
+    /// request in the workload the fragmentation-aware policy learns from. Models no node
+    /// has are skipped; refused when none is left.
+    pub fn place_among(&mut self, req: &Request, models: &[String]) -> Result<Allocation, Refusal> {
+        let scope = self.scope_among(req, models);
+        if self.placement == PlacementPolicy::Fragmentation
+            && let Ok(scope) = &scope
+            && let Some(t) = self.task_type(req, Some(scope))
+        {
+            self.workload.record(t);
+        }
+        let decision = self.decide_in(req, scope?)?;
+        Ok(self.commit(req, &decision))
+    }
+
+    /// The scope of `req` for any of `models`.
+    fn scope_among(&self, req: &Request, models: &[String]) -> Result<Scope, Refusal> {
+        if matches!(req.shape, Shape::Nodes { .. }) {
+            return Err(Refusal::BadShape {
+                reason: "a gang names one GPU model".to_string(),
+            });
+        }
+        let mut ids: Vec<u32> = models
+            .iter()
+            .filter_map(|m| self.model_ids.get(m).copied())
+            .filter(|m| self.model_sizes.contains_key(m))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Err(Refusal::UnknownModel {
+                model: models.join("|"),
+            });
+        }
+        let any = Request {
+            gpu_model: String::new(),
+            ..req.clone()
+        };
+        let mut scope = self.scope_of(&any)?;
+        scope.models = ids;
+        Ok(scope)
     }
 
     /// Decides where `req` would go, without recording anything.
@@ -964,10 +1075,17 @@ impl Allocator {
             Shape::Gpus { gpus } => {
                 let ok = SHAPES.contains(&gpus)
                     && picks.len() == 1
-                    && is_aligned_group(picks[0].1, self.nodes[picks[0].0].gpus, gpus);
+                    && is_valid_group(
+                        self.nodes[picks[0].0].topology,
+                        picks[0].1,
+                        self.nodes[picks[0].0].gpus,
+                        gpus,
+                    );
                 if !ok {
                     return Err(format!(
-                        "instance {id}: {gpus} GPUs must be one aligned group in one node"
+                        "instance {id}: {gpus} GPUs must be one group of its board's topology \
+                         ({}) in one node (an aligned group where the board's groups are aligned)",
+                        self.topology_of(model)
                     ));
                 }
             }
@@ -1196,7 +1314,10 @@ impl Allocator {
     }
 
     fn decide(&self, req: &Request) -> Result<Decision, Refusal> {
-        let scope = self.scope_of(req)?;
+        self.decide_in(req, self.scope_of(req)?)
+    }
+
+    fn decide_in(&self, req: &Request, scope: Scope) -> Result<Decision, Refusal> {
         match req.shape {
             Shape::Nodes { count, level } => self.decide_nodes(req, &scope, count, level),
             Shape::Gpus { gpus }
@@ -1304,11 +1425,11 @@ impl Allocator {
                     continue;
                 };
                 let node = &self.nodes[slot];
-                let Some((offset, _)) = choose_group(node.free(), node.gpus, k, self.placement)
+                let Some((mask, _)) =
+                    choose_group(node.topology, node.free(), node.gpus, k, self.placement)
                 else {
                     continue;
                 };
-                let mask = group_mask(offset, k);
                 let host = crate::slices::host_need(node, req);
                 if !node.host_fits(host.0, host.1) {
                     host_short.set(true);
@@ -1356,7 +1477,7 @@ impl Allocator {
             reason: format!(
                 "no {} node{site_words} has {}{host}{who}",
                 req.gpu_model,
-                group_words(k)
+                group_words(k, self.topology_of(scope.model))
             ),
         })
     }

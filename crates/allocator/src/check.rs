@@ -15,7 +15,7 @@ use neocloud_types::{
 
 use crate::allocator::Allocator;
 use crate::index::{Scopes, apply};
-use crate::node::{Load, SHAPES, indexes_of, is_aligned_group, mask_of};
+use crate::node::{Load, SHAPES, indexes_of, is_valid_group, mask_of};
 use crate::{Allocation, PlacementPolicy, SiteSpec};
 
 /// One node as a snapshot sees it.
@@ -49,6 +49,8 @@ pub struct NodeSnapshot {
     pub memory_mib: u64,
     /// MIG geometry.
     pub mig: Option<neocloud_types::MigFamily>,
+    /// How its GPUs connect (its model's).
+    pub topology: neocloud_types::BoardTopology,
     /// What it may run besides whole GPUs.
     pub sharing: crate::Sharing,
 }
@@ -119,6 +121,7 @@ impl Allocator {
                 cpu_milli: n.cpu_milli,
                 memory_mib: n.mem_mib,
                 mig: n.mig,
+                topology: n.topology,
                 sharing: n.sharing,
             })
             .collect();
@@ -409,9 +412,12 @@ impl Allocator {
                 Shape::Gpus { gpus } => {
                     if a.gpus.len() != 1
                         || !SHAPES.contains(&gpus)
-                        || !is_aligned_group(mask, n.gpus, gpus)
+                        || !is_valid_group(n.topology, mask, n.gpus, gpus)
                     {
-                        return Err(format!("allocation {id}: not one aligned group of {gpus}"));
+                        return Err(format!(
+                            "allocation {id}: not one group of {gpus} of its board ({})",
+                            n.topology
+                        ));
                     }
                 }
                 Shape::Nodes { count, .. } => {
@@ -438,6 +444,7 @@ impl Allocator {
             a.add_site(site.clone());
         }
         for n in &s.nodes {
+            a.set_model_topology(&n.gpu_model, n.topology)?;
             a.add_node(crate::NodeSpec {
                 id: n.id,
                 site: n.site,

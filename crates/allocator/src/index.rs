@@ -440,7 +440,8 @@ pub(crate) fn apply(
             };
             let free_u8 = u8::try_from(free_count).unwrap_or(u8::MAX);
             for (i, &k) in SHAPES.iter().enumerate() {
-                if let Some((_, score)) = choose_group(free, node.gpus, k, placement) {
+                if let Some((_, score)) = choose_group(node.topology, free, node.gpus, k, placement)
+                {
                     let pk = match placement {
                         PlacementPolicy::FirstFit => (0, 0, node.id),
                         _ => (score, free_u8, node.id),

@@ -1,13 +1,17 @@
-//! One node's GPUs as bit masks, and the aligned groups that sub-node shapes use.
+//! One node's GPUs as bit masks, and the groups of GPUs that sub-node shapes use.
 //!
-//! A shape of k GPUs (k = 1, 2, 4, 8) takes an aligned group: GPU indexes `o..o+k` with `o`
-//! a multiple of k. Keeping groups aligned is what lets a freed pair or quad be reused by
-//! the next pair or quad, the way a buddy allocator keeps memory reusable.
+//! A shape of k GPUs (k = 1, 2, 4, 8) takes k GPUs inside one group of its board's
+//! topology ([`BoardTopology`]): any k free GPUs on an all-to-all board (NVSwitch), the
+//! GPUs of one PCIe switch, NUMA node or NVLink quad elsewhere. On a board of aligned groups
+//! (GPU indexes `o..o+k` with `o` a multiple of k, the rule for boards not known better)
+//! keeping groups whole is what lets a freed pair or quad be reused by the next pair or
+//! quad, the way a buddy allocator keeps memory reusable; the choice inside a node breaks
+//! as few free groups as it can.
 
 use std::collections::BTreeMap;
 
 use neocloud_types::{
-    BlockId, ContractId, GangLevel, InstanceId, MigFamily, NodeId, SiteId, TenantId,
+    BlockId, BoardTopology, ContractId, GangLevel, InstanceId, MigFamily, NodeId, SiteId, TenantId,
 };
 
 use crate::{PlacementPolicy, Sharing};
@@ -73,66 +77,129 @@ pub(crate) fn indexes_of(mask: u64) -> Vec<u32> {
     out
 }
 
-/// Size class of the largest free aligned block that contains the group at `offset` (log2
-/// of its size). A group inside an already broken block scores low: taking it keeps larger
-/// free blocks intact.
-fn enclosing_free_block(free: u64, gpus: u32, offset: u32, k: u32) -> u8 {
-    let mut size = k;
-    let mut score = 0u8;
-    while let Some(next) = size.checked_mul(2) {
-        if next > gpus || next > 64 {
-            break;
-        }
-        let start = offset / next * next;
-        if start + next > gpus {
-            break;
-        }
-        let block = group_mask(start, next);
-        if free & block != block {
-            break;
-        }
-        size = next;
-        score += 1;
-    }
-    score
+/// The block of `size` GPUs (a group of the board, or the whole board at 64) holding GPU `g`.
+fn block_of(g: u32, size: u32) -> u64 {
+    group_mask(g / size * size, size)
 }
 
-/// The aligned group of `k` free GPUs that `policy` takes in a node with free mask `free`,
-/// as (offset, score); `None` when no aligned group of `k` is free. Best-fit takes the
-/// group in the most broken block (lowest score), the others the lowest offset.
+/// How many intact free blocks the pick `pick` of `k` GPUs breaks: the groups of the board
+/// larger than `k` (and no larger than the board) whose GPUs are all free and which the
+/// pick would cut into. A pick inside an already broken group scores low: taking it keeps
+/// larger free groups intact (on an aligned board, the size class of the largest free
+/// aligned block around the pick).
+fn breaks(topology: BoardTopology, free: u64, gpus: u32, pick: u64, k: u32) -> u8 {
+    if pick == 0 {
+        return 0;
+    }
+    let g = pick.trailing_zeros();
+    let mut n = 0u8;
+    for size in topology.group_sizes() {
+        if size <= k || size > gpus {
+            continue;
+        }
+        let block = block_of(g, size);
+        if g / size * size + size <= gpus && free & block == block {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// `k` of the free GPUs `f` of one block: those in the most broken smaller groups first,
+/// then the lowest indexes, so that the smaller groups left free stay whole.
+fn select(topology: BoardTopology, free: u64, f: u64, k: u32, domain: u32) -> u64 {
+    if f.count_ones() == k {
+        return f;
+    }
+    if topology.group_sizes().all(|s| s >= domain) {
+        // No smaller group to keep whole: the lowest k (no allocation on this hot path).
+        let mut rest = f;
+        let mut pick = 0u64;
+        for _ in 0..k {
+            let low = rest & rest.wrapping_neg();
+            pick |= low;
+            rest &= !low;
+        }
+        return pick;
+    }
+    let mut gs: Vec<(u64, u32)> = indexes_of(f)
+        .into_iter()
+        .map(|g| {
+            // Free GPUs of g's group at each level below the domain, largest level first.
+            let key = topology
+                .group_sizes()
+                .filter(|&s| s < domain)
+                .fold(0u64, |key, s| {
+                    key << 7 | u64::from((free & block_of(g, s)).count_ones())
+                });
+            (key, g)
+        })
+        .collect();
+    gs.sort_unstable();
+    gs.iter()
+        .take(usize::try_from(k).unwrap_or(0))
+        .fold(0, |m, &(_, g)| m | 1u64 << g)
+}
+
+/// The `k` free GPUs that `policy` takes in a node of `gpus` GPUs with free mask `free`
+/// and board `topology`, as (mask, score); `None` when no group of the board holds `k` free
+/// GPUs. The score counts the intact free groups the pick breaks (see [`breaks`]).
+/// Best-fit takes the pick that breaks the fewest, the others the one in the lowest block.
 pub(crate) fn choose_group(
+    topology: BoardTopology,
     free: u64,
     gpus: u32,
     k: u32,
     policy: PlacementPolicy,
-) -> Option<(u32, u8)> {
+) -> Option<(u64, u8)> {
     if k == 0 || k > gpus {
         return None;
     }
-    let mut best: Option<(u32, u8)> = None;
-    let mut offset = 0;
-    while offset + k <= gpus {
-        let g = group_mask(offset, k);
-        if free & g == g {
-            let score = enclosing_free_block(free, gpus, offset, k);
-            match (policy, best) {
-                (PlacementPolicy::BestFit, Some((_, s))) if score >= s => {}
-                (PlacementPolicy::BestFit, _) => best = Some((offset, score)),
-                _ => return Some((offset, score)),
-            }
+    let free = free & full_mask(gpus);
+    let domain = topology.domain(k).min(64);
+    let mut best: Option<(u64, u8)> = None;
+    let mut start = 0;
+    while start < gpus {
+        let f = free & group_mask(start, domain);
+        start += domain;
+        if f.count_ones() < k {
+            continue;
         }
-        offset += k;
+        let pick = select(topology, free, f, k, domain);
+        let score = breaks(topology, free, gpus, pick, k);
+        match (policy, best) {
+            (PlacementPolicy::BestFit, Some((_, s))) if score >= s => {}
+            (PlacementPolicy::BestFit, _) => best = Some((pick, score)),
+            _ => return Some((pick, score)),
+        }
     }
     best
 }
 
-/// Whether `mask` is one aligned group of `k` GPUs inside a node of `gpus` GPUs.
-pub(crate) fn is_aligned_group(mask: u64, gpus: u32, k: u32) -> bool {
-    if k == 0 || k > gpus || mask.count_ones() != k {
+/// How many instances of `k` GPUs the free GPUs `free` of a node could host at once: per
+/// group that `k` GPUs must share, its free GPUs divided by `k`.
+pub(crate) fn set_count(topology: BoardTopology, free: u64, gpus: u32, k: u32) -> u32 {
+    if k == 0 || k > gpus {
+        return 0;
+    }
+    let domain = topology.domain(k).min(64);
+    let mut n = 0;
+    let mut start = 0;
+    while start < gpus {
+        n += (free & full_mask(gpus) & group_mask(start, domain)).count_ones() / k;
+        start += domain;
+    }
+    n
+}
+
+/// Whether `mask` is `k` GPUs of a node of `gpus` GPUs that one instance may take on a
+/// board of `topology`: all inside one group of the size `k` GPUs must share.
+pub(crate) fn is_valid_group(topology: BoardTopology, mask: u64, gpus: u32, k: u32) -> bool {
+    if k == 0 || k > gpus || mask.count_ones() != k || mask & !full_mask(gpus) != 0 {
         return false;
     }
-    let offset = mask.trailing_zeros();
-    offset.is_multiple_of(k) && offset + k <= gpus && mask == group_mask(offset, k)
+    let domain = topology.domain(k).min(64);
+    mask & !block_of(mask.trailing_zeros(), domain) == 0
 }
 
 /// Facility watts of `it_watts` of IT load at `pue_milli`, rounded up.
@@ -168,6 +235,8 @@ pub(crate) struct Node {
     pub cpu_used: u64,
     pub mem_used: u64,
     pub mig: Option<MigFamily>,
+    /// How its GPUs connect (its model's).
+    pub topology: BoardTopology,
     pub sharing: Sharing,
     /// Per GPU, its slices; empty until the node first holds one.
     pub slices: Vec<GpuSlices>,
@@ -318,45 +387,98 @@ pub(crate) fn ceil_div(a: i128, b: i128) -> i128 {
 mod tests {
     use super::*;
 
+    const A: BoardTopology = BoardTopology::ALIGNED;
+
     #[test]
     fn groups_are_aligned() {
-        assert!(is_aligned_group(0b1100, 8, 2));
-        assert!(!is_aligned_group(0b0110, 8, 2));
-        assert!(is_aligned_group(0xf0, 8, 4));
-        assert!(!is_aligned_group(0x3c, 8, 4));
-        assert!(is_aligned_group(0xff, 8, 8));
-        assert!(!is_aligned_group(0xff, 4, 8));
-        assert!(is_aligned_group(0xf, 4, 4));
+        assert!(is_valid_group(A, 0b1100, 8, 2));
+        assert!(!is_valid_group(A, 0b0110, 8, 2));
+        assert!(is_valid_group(A, 0xf0, 8, 4));
+        assert!(!is_valid_group(A, 0x3c, 8, 4));
+        assert!(is_valid_group(A, 0xff, 8, 8));
+        assert!(!is_valid_group(A, 0xff, 4, 8));
+        assert!(is_valid_group(A, 0xf, 4, 4));
+        assert!(!is_valid_group(A, 0x1_0000_0000, 8, 1));
+    }
+
+    #[test]
+    fn groups_follow_the_board() {
+        let nvswitch = BoardTopology::NVSWITCH;
+        let quads = BoardTopology::groups(&[4]).unwrap();
+        // Any set on NVSwitch.
+        assert!(is_valid_group(nvswitch, 0b1000_0110, 8, 3));
+        assert!(is_valid_group(nvswitch, 0b1000_0010, 8, 2));
+        // Pairs anywhere inside a quad, not across quads.
+        assert!(is_valid_group(quads, 0b0110, 8, 2));
+        assert!(is_valid_group(quads, 0b1001, 8, 2));
+        assert!(!is_valid_group(quads, 0b1_1000, 8, 2));
+        assert!(is_valid_group(quads, 0xff, 8, 8));
+        // Free GPUs 1, 2, 5, 6: two pairs on quads, any pair on NVSwitch, no pair aligned.
+        let free = 0b0110_0110;
+        assert_eq!(set_count(A, free, 8, 2), 0);
+        assert_eq!(set_count(quads, free, 8, 2), 2);
+        assert_eq!(set_count(nvswitch, free, 8, 2), 2);
+        assert_eq!(set_count(nvswitch, free, 8, 4), 1);
+        assert_eq!(set_count(quads, free, 8, 4), 0);
+        assert_eq!(
+            choose_group(nvswitch, free, 8, 4, PlacementPolicy::BestFit),
+            Some((free, 0))
+        );
+        assert_eq!(
+            choose_group(quads, free, 8, 2, PlacementPolicy::BestFit),
+            Some((0b0110, 0))
+        );
+        // On quads a single goes to the broken quad, not the whole one.
+        assert_eq!(
+            choose_group(quads, 0xf2, 8, 1, PlacementPolicy::BestFit),
+            Some((0b10, 0))
+        );
+        // PCIe switch pairs inside NUMA quads: a single fills the broken pair of the
+        // broken quad.
+        let pcie = BoardTopology::groups(&[2, 4]).unwrap();
+        assert_eq!(
+            choose_group(pcie, 0b1111_1110, 8, 1, PlacementPolicy::BestFit),
+            Some((0b10, 0))
+        );
     }
 
     #[test]
     fn best_fit_takes_the_group_in_the_most_broken_block() {
+        let mask = |offset: u32, k: u32| group_mask(offset, k);
         // GPU 0 used: GPU 1 is a lone single, 2-3 a pair, 4-7 a quad.
         let free = 0xfe;
         assert_eq!(
-            choose_group(free, 8, 1, PlacementPolicy::BestFit),
-            Some((1, 0))
+            choose_group(A, free, 8, 1, PlacementPolicy::BestFit),
+            Some((mask(1, 1), 0))
         );
         assert_eq!(
-            choose_group(free, 8, 2, PlacementPolicy::BestFit),
-            Some((2, 0))
+            choose_group(A, free, 8, 2, PlacementPolicy::BestFit),
+            Some((mask(2, 2), 0))
         );
         assert_eq!(
-            choose_group(free, 8, 4, PlacementPolicy::BestFit),
-            Some((4, 0))
+            choose_group(A, free, 8, 4, PlacementPolicy::BestFit),
+            Some((mask(4, 4), 0))
         );
-        assert_eq!(choose_group(free, 8, 8, PlacementPolicy::BestFit), None);
+        assert_eq!(choose_group(A, free, 8, 8, PlacementPolicy::BestFit), None);
         // First-fit takes the lowest free offset even if it breaks a pair.
         assert_eq!(
-            choose_group(0xfc, 8, 1, PlacementPolicy::FirstFit),
-            Some((2, 1))
+            choose_group(A, 0xfc, 8, 1, PlacementPolicy::FirstFit),
+            Some((mask(2, 1), 1))
         );
         assert_eq!(
-            choose_group(0xfd, 8, 1, PlacementPolicy::BestFit),
-            Some((0, 0))
+            choose_group(A, 0xfd, 8, 1, PlacementPolicy::BestFit),
+            Some((mask(0, 1), 0))
         );
         // Free GPUs 1 and 2 are not an aligned pair.
-        assert_eq!(choose_group(0b0110, 8, 2, PlacementPolicy::BestFit), None);
+        assert_eq!(
+            choose_group(A, 0b0110, 8, 2, PlacementPolicy::BestFit),
+            None
+        );
+        // A quad next to a free quad breaks the board's free 8-block.
+        assert_eq!(
+            choose_group(A, 0xff, 8, 4, PlacementPolicy::BestFit),
+            Some((mask(0, 4), 1))
+        );
     }
 
     #[test]

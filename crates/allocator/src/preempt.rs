@@ -6,7 +6,8 @@
 //! GPUs, per site:
 //!
 //! - one node's GPUs: every node that holds a victim is examined, every aligned group on it
-//!   priced at the GPUs of the allocations that overlap it (plus, on a node that is not
+//!   (valid on every board) and, per group of the board's topology, its k cheapest GPUs
+//!   priced at the GPUs of the allocations that overlap them (plus, on a node that is not
 //!   shareable, the other tenants' work); the cheapest group wins. A gang victim costs all
 //!   its GPUs, so a 1-GPU request does not tear down a 64-node job when a spot single will
 //!   do;
@@ -30,7 +31,7 @@ use neocloud_types::{Class, InstanceId, NodeId, Shape, SiteId};
 use crate::allocator::Allocator;
 use crate::index::{Bucket, ScopeKey};
 use crate::node::BlockKey;
-use crate::node::{SHAPES, facility_watts, group_mask, level_index, mask_of};
+use crate::node::{SHAPES, facility_watts, group_mask, indexes_of, level_index, mask_of};
 use crate::{GangLevel, Refusal, Request};
 
 /// Victims chosen so far, and what the placement may add to the site's draw: one
@@ -267,7 +268,7 @@ impl Allocator {
             .collect()
     }
 
-    /// The cheapest aligned group of `k` GPUs on one node to free for `req`, as (GPUs
+    /// The cheapest group of `k` GPUs on one node to free for `req`, as (GPUs
     /// preempted, group mask); `None` when every group holds work `req` may not preempt.
     fn node_plan(&self, req: &Request, slot: usize, k: u32) -> Option<(u64, u64)> {
         let node = &self.nodes[slot];
@@ -292,10 +293,35 @@ impl Allocator {
             .collect();
         let (need_cpu, need_mem) = crate::slices::host_need(node, req);
         let mut best: Option<(u64, u64)> = None;
-        let mut offset = 0;
-        while offset + k <= node.gpus {
-            let group = group_mask(offset, k);
-            offset += k;
+        // Aligned groups (valid on every board), and per group of the board's topology the
+        // k cheapest GPUs whose holders may all go (where the board is not aligned, they
+        // may be GPUs no aligned group holds together).
+        let mut groups: Vec<u64> = (0..node.gpus / k).map(|i| group_mask(i * k, k)).collect();
+        let domain = node.topology.domain(k).min(64);
+        let mut start = 0;
+        while start < node.gpus {
+            let block = group_mask(start, domain) & node.full() & !node.unhealthy;
+            start += domain;
+            let mut gpus: Vec<(u64, u32)> = Vec::new();
+            for g in indexes_of(block) {
+                let bit = 1u64 << g;
+                let holders = held.iter().filter(|h| h.0 & bit != 0);
+                if holders.clone().all(|h| h.1) {
+                    gpus.push((holders.map(|h| h.3).sum(), g));
+                }
+            }
+            if gpus.len() >= usize::try_from(k).unwrap_or(usize::MAX) {
+                gpus.sort_unstable();
+                let pick = gpus
+                    .iter()
+                    .take(usize::try_from(k).unwrap_or(0))
+                    .fold(0u64, |m, &(_, g)| m | 1u64 << g);
+                if !groups.contains(&pick) {
+                    groups.push(pick);
+                }
+            }
+        }
+        for group in groups {
             if node.unhealthy & group != 0 {
                 continue;
             }

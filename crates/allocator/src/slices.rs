@@ -32,7 +32,7 @@ use neocloud_types::{MigFamily, MigProfile, NodeId, Shape, TenantId};
 
 use crate::PlacementPolicy;
 use crate::allocator::{Allocator, Decision, IdHasher, Scope};
-use crate::node::{GpuSlices, Node, choose_group, full_mask, group_mask};
+use crate::node::{GpuSlices, Node, choose_group, full_mask, set_count};
 use crate::{Allocation, Refusal, Request};
 
 /// What a request takes of one node's GPUs.
@@ -115,8 +115,9 @@ pub(crate) struct GroupKey {
     pub mem_free: u64,
     /// Healthy GPUs' states, largest free first.
     pub gpus: Vec<GpuKey>,
-    /// Entirely free aligned groups of 2, 4 and 8 GPUs: which GPUs are free matters to
-    /// whole-GPU shapes, not only how many (free GPUs 1-2 hold no aligned pair, 0-1 do).
+    /// How many instances of 2, 4 and 8 whole GPUs the free GPUs could host at once under
+    /// the board's topology: which GPUs are free matters to whole-GPU shapes, not only how
+    /// many (on an aligned board free GPUs 1-2 hold no pair, 0-1 do; on NVSwitch both do).
     pub aligned: [u8; 3],
 }
 
@@ -263,15 +264,8 @@ impl Node {
             .collect();
         gpus.sort_unstable_by(|a, b| b.cmp(a));
         let free = self.free();
-        let aligned = [2u32, 4, 8].map(|k| {
-            let n = (0..self.gpus / k)
-                .filter(|i| {
-                    let g = group_mask(i * k, k);
-                    free & g == g
-                })
-                .count();
-            u8::try_from(n).unwrap_or(u8::MAX)
-        });
+        let aligned = [2u32, 4, 8]
+            .map(|k| u8::try_from(set_count(self.topology, free, self.gpus, k)).unwrap_or(u8::MAX));
         GroupKey {
             owner: self.owner(),
             sharing: self.sharing,
@@ -387,12 +381,17 @@ struct View {
     /// Per healthy GPU: (free thousandths usable by shares, free MIG slices mask or None
     /// when the GPU takes no MIG instance).
     gpus: Vec<(u16, Option<u8>)>,
+    /// Instances of 1, 2, 4 and 8 whole GPUs the entirely free GPUs could host at once
+    /// under the board's topology.
+    sets: [u8; 4],
 }
 
 /// A task type of the workload, as the fragmentation measure weighs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct TaskType {
-    pub model: u32,
+    /// The models it accepts: bit `m` for model `m`; every bit for any model (or when a
+    /// model it accepts has an id above 63).
+    pub models: u64,
     pub need: Need,
     pub cpu_milli: u64,
     pub mem_mib: u64,
@@ -482,16 +481,24 @@ impl Workload {
 }
 
 impl Allocator {
-    /// The task type of a request, for the workload.
-    pub(crate) fn task_type(&self, req: &Request) -> Option<TaskType> {
+    /// The task type of a request, for the workload: what it asked for (its scope, when
+    /// it has a valid one, says which models it accepts).
+    pub(crate) fn task_type(&self, req: &Request, scope: Option<&Scope>) -> Option<TaskType> {
         let need = Need::of(req.shape)?;
-        let model = if req.gpu_model.is_empty() {
-            u32::MAX
+        let list: &[u32] = match scope {
+            Some(s) if s.model == u32::MAX && s.models.len() < self.model_sizes.len() => &s.models,
+            Some(s) if s.model != u32::MAX => std::slice::from_ref(&s.model),
+            Some(_) => &[],
+            None if req.gpu_model.is_empty() => &[],
+            None => std::slice::from_ref(self.model_ids.get(&req.gpu_model)?),
+        };
+        let models = if list.is_empty() || list.iter().any(|&m| m > 63) {
+            u64::MAX
         } else {
-            *self.model_ids.get(&req.gpu_model)?
+            list.iter().fold(0u64, |mask, &m| mask | 1 << m)
         };
         Some(TaskType {
-            model,
+            models,
             need,
             cpu_milli: req.cpu_milli.unwrap_or(0),
             mem_mib: req.memory_mib.unwrap_or(0),
@@ -771,9 +778,9 @@ impl Allocator {
                     PlacementPolicy::FirstFit => PlacementPolicy::FirstFit,
                     _ => PlacementPolicy::BestFit,
                 };
-                if let Some((offset, _)) = choose_group(free, node.gpus, k, policy) {
+                if let Some((mask, _)) = choose_group(node.topology, free, node.gpus, k, policy) {
                     out.push(Pick {
-                        mask: group_mask(offset, k),
+                        mask,
                         mig_start: None,
                         gpu_free_after: total_free(u64::from(k) * 1000),
                         gpu_left: 0,
@@ -868,10 +875,18 @@ impl Allocator {
             }
             gpus.push((milli, mig));
         }
+        let taken = match after {
+            Some((Need::Cpu, _)) | None => 0,
+            Some((_, p)) => p.mask,
+        };
+        let free = node.free() & !taken;
         View {
             cpu_free: node.cpu_free().saturating_sub(cpu),
             mem_free: node.mem_free().saturating_sub(mem),
             gpus,
+            sets: [1u32, 2, 4, 8].map(|k| {
+                u8::try_from(set_count(node.topology, free, node.gpus, k)).unwrap_or(u8::MAX)
+            }),
         }
     }
 
@@ -906,10 +921,8 @@ impl Allocator {
             _ => u64::from(m),
         };
         for &(t, w) in &self.workload.types {
-            if (t.model != u32::MAX && t.model != model)
-                || v.cpu_free < t.cpu_milli
-                || v.mem_free < t.mem_mib
-            {
+            let accepts = t.models == u64::MAX || (model < 64 && t.models >> model & 1 == 1);
+            if !accepts || v.cpu_free < t.cpu_milli || v.mem_free < t.mem_mib {
                 total += w * free_total;
                 continue;
             }
@@ -924,12 +937,16 @@ impl Allocator {
             let (base, gpu_copies, per_copy) = match t.need {
                 Need::Cpu => (0, 0, 0),
                 Need::Whole(k) => {
-                    let whole = v.gpus.iter().filter(|g| g.0 == 1000).count() as u64;
-                    if whole < u64::from(k) {
+                    // Copies the board's topology lets the free whole GPUs host.
+                    let copies = crate::node::SHAPES
+                        .iter()
+                        .position(|&s| s == k)
+                        .map_or(0, |i| u64::from(v.sets[i]));
+                    if copies == 0 {
                         (free_total, 0, 0)
                     } else {
                         let partial: u64 = v.gpus.iter().filter(|g| g.0 < 1000).map(free_of).sum();
-                        (partial, whole / u64::from(k.max(1)), u64::from(k) * 1000)
+                        (partial, copies, u64::from(k) * 1000)
                     }
                 }
                 Need::Share(want) => {

@@ -15,7 +15,22 @@ struct Model {
     memory_gib: u32,
     tdp_watts: u32,
     note: &'static str,
+    /// How a board's GPUs connect (see `BoardTopology`), and why.
+    topology: (&'static str, &'static str),
 }
+
+const PCIE: (&str, &str) = (
+    "groups:2,4",
+    "PCIe cards: GPUs in pairs behind a PCIe switch, quads per NUMA node",
+);
+const CUBE_MESH: (&str, &str) = (
+    "groups:4",
+    "SXM2 boards: NVLink hybrid cube-mesh, each quad all-to-all",
+);
+const UNKNOWN_BOARD: (&str, &str) = (
+    "aligned",
+    "board undisclosed: aligned groups, the rule for a board not known",
+);
 
 const MODELS: &[Model] = &[
     Model {
@@ -24,6 +39,7 @@ const MODELS: &[Model] = &[
         memory_gib: 16,
         tdp_watts: 70,
         note: "Tesla T4",
+        topology: PCIE,
     },
     Model {
         code: "P100",
@@ -31,6 +47,7 @@ const MODELS: &[Model] = &[
         memory_gib: 16,
         tdp_watts: 250,
         note: "Tesla P100 16 GB",
+        topology: PCIE,
     },
     Model {
         code: "V100M16",
@@ -38,6 +55,7 @@ const MODELS: &[Model] = &[
         memory_gib: 16,
         tdp_watts: 300,
         note: "Tesla V100 16 GB",
+        topology: CUBE_MESH,
     },
     Model {
         code: "V100M32",
@@ -45,6 +63,7 @@ const MODELS: &[Model] = &[
         memory_gib: 32,
         tdp_watts: 300,
         note: "Tesla V100 32 GB",
+        topology: CUBE_MESH,
     },
     Model {
         code: "A10",
@@ -52,6 +71,7 @@ const MODELS: &[Model] = &[
         memory_gib: 24,
         tdp_watts: 150,
         note: "A10",
+        topology: PCIE,
     },
     Model {
         code: "G1",
@@ -59,6 +79,7 @@ const MODELS: &[Model] = &[
         memory_gib: 32,
         tdp_watts: 300,
         note: ASSUMED,
+        topology: UNKNOWN_BOARD,
     },
     Model {
         code: "G2",
@@ -66,6 +87,7 @@ const MODELS: &[Model] = &[
         memory_gib: 32,
         tdp_watts: 300,
         note: ASSUMED,
+        topology: UNKNOWN_BOARD,
     },
     Model {
         code: "G3",
@@ -73,6 +95,7 @@ const MODELS: &[Model] = &[
         memory_gib: 32,
         tdp_watts: 300,
         note: ASSUMED,
+        topology: UNKNOWN_BOARD,
     },
 ];
 
@@ -221,8 +244,9 @@ fn render(rows: &[Row<'_>], cpu_only: u64) -> String {
             continue;
         }
         w(format_args!(
-            "\n# {}\n[[gpu_models]]\nname = \"{}\"\nvendor = \"{}\"\nmemory_gib = {}\ntdp_watts = {}\n",
-            m.note, m.code, m.vendor, m.memory_gib, m.tdp_watts
+            "\n# {}\n[[gpu_models]]\nname = \"{}\"\nvendor = \"{}\"\nmemory_gib = {}\ntdp_watts = {}\n\
+             # {}\ntopology = \"{}\"\n",
+            m.note, m.code, m.vendor, m.memory_gib, m.tdp_watts, m.topology.1, m.topology.0
         ));
     }
     w(format_args!(
@@ -253,6 +277,21 @@ mod tests {
     use std::path::PathBuf;
 
     const HEADER: &str = "sn,cpu_milli,memory_mib,gpu,model\n";
+
+    #[test]
+    fn alibaba_model_topologies_are_the_allocators_defaults() {
+        // The packing measurement reads the trace's CSV, not this file: the allocator's
+        // default for each code must be what the file says.
+        for m in MODELS {
+            let t: neocloud_types::BoardTopology = m.topology.0.parse().unwrap();
+            assert_eq!(
+                t,
+                neocloud_types::BoardTopology::of_model(m.code),
+                "{}",
+                m.code
+            );
+        }
+    }
 
     fn example_path() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))

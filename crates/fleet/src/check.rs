@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::str::FromStr;
 
-use neocloud_types::{BlockKind, GpuModel, Money, SiteKind};
+use neocloud_types::{BlockKind, BoardTopology, GpuModel, Money, SiteKind};
 use toml::de::{DeTable, DeValue};
 
 use crate::errors::{Diag, FleetErrors, thousands};
@@ -32,7 +32,7 @@ pub(crate) fn default_peak_watts(gpus: u64, tdp_watts: u64) -> u64 {
 
 const ORDER: &str = "pod → leaf_group → nvlink_domain";
 
-const MODEL_KEYS: &[&str] = &["name", "vendor", "memory_gib", "tdp_watts"];
+const MODEL_KEYS: &[&str] = &["name", "vendor", "memory_gib", "tdp_watts", "topology"];
 const SITE_KEYS: &[&str] = &[
     "name",
     "region",
@@ -261,6 +261,16 @@ fn read_models(d: &mut Diag<'_>, root: &Table<'_, '_>, catalog: &[GpuModel]) -> 
         };
         let memory = t.req_u32(d, "memory_gib", 1, MAX_MEMORY_GIB);
         let tdp = t.req_u32(d, "tdp_watts", 1, MAX_TDP_WATTS);
+        let topology = match t.opt_str(d, "topology") {
+            Some(v) => match v.value.parse::<BoardTopology>() {
+                Ok(topology) => Some(topology),
+                Err(e) => {
+                    d.push(&v.span, t.field("topology"), e);
+                    None
+                }
+            },
+            None => None,
+        };
         let Some(name) = name else { continue };
         if let Some(line) = first_line.get(&name.value) {
             d.push(
@@ -281,26 +291,29 @@ fn read_models(d: &mut Diag<'_>, root: &Table<'_, '_>, catalog: &[GpuModel]) -> 
         if d.count() != before {
             continue;
         }
+        let builtin_topology = BoardTopology::of_model(&name.value);
         let spec = GpuModelSpec {
             name: name.value.clone(),
             vendor,
             memory_gib: memory.value,
             tdp_watts: tdp.value,
+            topology: topology.unwrap_or(builtin_topology),
         };
         match catalog.iter().find(|c| c.name == spec.name) {
             Some(c)
                 if c.builtin
                     && (c.vendor != spec.vendor
                         || c.memory_gib != spec.memory_gib
-                        || c.tdp_watts != spec.tdp_watts) =>
+                        || c.tdp_watts != spec.tdp_watts
+                        || spec.topology != builtin_topology) =>
             {
                 d.push(
                     &name.span,
                     t.field("name"),
                     format!(
-                        "GPU model '{}' is built in as {}, {} GiB, {} W; a fleet file may \
-                         only repeat it identically",
-                        c.name, c.vendor, c.memory_gib, c.tdp_watts
+                        "GPU model '{}' is built in as {}, {} GiB, {} W, topology {}; a fleet \
+                         file may only repeat it identically",
+                        c.name, c.vendor, c.memory_gib, c.tdp_watts, builtin_topology
                     ),
                 );
             }

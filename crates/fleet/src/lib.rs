@@ -25,7 +25,7 @@ pub use alibaba::alibaba_nodes_to_fleet_toml;
 pub use demo::demo_fleet_toml;
 pub use errors::{FleetError, FleetErrors, MAX_ERRORS};
 
-use neocloud_types::{BlockKind, GpuModel, Money, SiteKind};
+use neocloud_types::{BlockKind, BoardTopology, GpuModel, Money, SiteKind};
 
 /// Most nodes one fleet file may expand to; larger files are rejected before expansion.
 pub const MAX_NODES: u64 = 2_000_000;
@@ -71,6 +71,9 @@ pub struct GpuModelSpec {
     pub memory_gib: u32,
     /// Thermal design power of one GPU, watts.
     pub tdp_watts: u32,
+    /// How the GPUs of one board connect (`topology`); when the file does not say,
+    /// [`BoardTopology::of_model`] of the name.
+    pub topology: BoardTopology,
 }
 
 /// One site with all of its blocks and nodes.

@@ -560,7 +560,33 @@ fn catalog_models_built_in_may_only_be_repeated_identically() {
         "[[gpu_models]]\nname = \"B200\"\nvendor = \"NVIDIA\"\nmemory_gib = 192\ntdp_watts = 1000\n",
         2,
         "gpu_models[0].name",
-        "GPU model 'B200' is built in as NVIDIA, 180 GiB, 1000 W; a fleet file may only repeat it identically",
+        "GPU model 'B200' is built in as NVIDIA, 180 GiB, 1000 W, topology nvswitch; a fleet file may only repeat it identically",
+    );
+}
+
+#[test]
+fn gpu_models_say_how_their_boards_connect() {
+    use neocloud_types::BoardTopology;
+    let spec = ok(
+        "[[gpu_models]]\nname = \"L4X\"\nmemory_gib = 24\ntdp_watts = 72\n\
+         topology = \"groups:2,4\"\n[[gpu_models]]\nname = \"Y\"\nmemory_gib = 8\n\
+         tdp_watts = 8\n[[gpu_models]]\nname = \"H100-SXM-80GB\"\nvendor = \"NVIDIA\"\n\
+         memory_gib = 80\ntdp_watts = 700\ntopology = \"nvswitch\"\n",
+    );
+    assert_eq!(
+        spec.gpu_models[0].topology,
+        BoardTopology::groups(&[2, 4]).unwrap()
+    );
+    // Not said: the rule for a board not known.
+    assert_eq!(spec.gpu_models[1].topology, BoardTopology::ALIGNED);
+    // A built-in model may repeat its own topology, not another.
+    assert_eq!(spec.gpu_models[2].topology, BoardTopology::NVSWITCH);
+    one_error(
+        "[[gpu_models]]\nname = \"H100-SXM-80GB\"\nvendor = \"NVIDIA\"\nmemory_gib = 80\n\
+         tdp_watts = 700\ntopology = \"aligned\"\n",
+        2,
+        "gpu_models[0].name",
+        "is built in as NVIDIA, 80 GiB, 700 W, topology nvswitch",
     );
 }
 
@@ -858,6 +884,16 @@ fn counts_and_figures_out_of_range() {
         ("memory_gib", "0", "must be between 1 and 16,384"),
         ("tdp_watts", "20000", "must be between 1 and 10,000"),
         ("vendor", "\"\"", "must be 1–63 characters"),
+        (
+            "topology",
+            "\"groups:3\"",
+            "a group of GPUs is a power of two",
+        ),
+        (
+            "topology",
+            "\"mesh\"",
+            "is not one of nvswitch, aligned, groups:N,M,…",
+        ),
     ] {
         let mut model = vec![
             "name = \"X\"".to_string(),

@@ -557,6 +557,162 @@ pub struct Contract {
     pub updated_at: crate::Timestamp,
 }
 
+/// How the GPUs of one board (a node of one GPU model) connect, as placement sees it.
+///
+/// Work of several GPUs runs best on GPUs that talk to each other directly. A board is
+/// either all-to-all (NVSwitch on 8-GPU SXM boards and GB200 trays, AMD's Infinity Fabric
+/// mesh on MI300X: every set of GPUs is equally connected) or built from nested groups of
+/// consecutive GPU indexes (a PCIe switch's GPUs, a NUMA node's, an NVLink-bridged pair, a
+/// quad of a V100 hybrid cube-mesh). Group sizes are powers of two, each dividing the next.
+///
+/// The placement rule: `k` GPUs lie inside one group of the smallest size that holds `k`
+/// (any `k` GPUs of that group), or anywhere on the board when no group is that large.
+/// On an all-to-all board any `k` free GPUs fit.
+///
+/// Written as `nvswitch` (all-to-all), `groups:2,4` (the group sizes, smallest first), or
+/// `aligned` (groups of every power of two: a pair is GPUs 0-1, 2-3, …, a quad 0-3 or 4-7;
+/// the rule for boards whose topology is not known).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BoardTopology {
+    /// Bit `i` (1 to 6) set: the board has aligned groups of `2^i` GPUs.
+    levels: u8,
+}
+
+impl BoardTopology {
+    /// Every set of GPUs is equally connected.
+    pub const NVSWITCH: BoardTopology = BoardTopology { levels: 0 };
+    /// Groups of every power of two: the rule when nothing is known of the board.
+    pub const ALIGNED: BoardTopology = BoardTopology {
+        levels: 0b0111_1110,
+    };
+
+    /// A board of nested groups of these sizes (powers of two from 2 to 64, ascending).
+    /// No size at all is [`BoardTopology::NVSWITCH`].
+    pub fn groups(sizes: &[u32]) -> Result<BoardTopology, String> {
+        let mut levels = 0u8;
+        let mut last = 1u32;
+        for &s in sizes {
+            if !s.is_power_of_two() || !(2..=64).contains(&s) {
+                return Err(format!(
+                    "a group of GPUs is a power of two from 2 to 64, not {s}"
+                ));
+            }
+            if s <= last {
+                return Err(format!(
+                    "group sizes go smallest first, each once: {s} after {last}"
+                ));
+            }
+            last = s;
+            levels |= 1 << s.trailing_zeros();
+        }
+        Ok(BoardTopology { levels })
+    }
+
+    /// The group sizes, smallest first (empty on an all-to-all board).
+    pub fn group_sizes(self) -> impl Iterator<Item = u32> {
+        (1..=6u32)
+            .filter(move |i| self.levels & (1 << i) != 0)
+            .map(|i| 1 << i)
+    }
+
+    /// Whether every set of GPUs is equally connected.
+    pub fn all_to_all(self) -> bool {
+        self.levels == 0
+    }
+
+    /// The size of the group `k` GPUs must share: the smallest group that holds `k`, or
+    /// 64 (the whole board) when none does.
+    pub fn domain(self, k: u32) -> u32 {
+        self.group_sizes().find(|&s| s >= k).unwrap_or(64)
+    }
+
+    /// The topology of a GPU model known by name: the built-in models, the usual SXM, OAM
+    /// and PCIe parts, and the Alibaba GPU cluster trace's model codes. Anything else is
+    /// [`BoardTopology::ALIGNED`].
+    pub fn of_model(name: &str) -> BoardTopology {
+        let n = name.to_ascii_uppercase();
+        let any = |words: &[&str]| words.iter().any(|w| n.contains(w));
+        // PCIe cards (no NVLink, or bridges between two at most): GPUs behind one PCIe
+        // switch in pairs, a NUMA node's in quads.
+        let pcie = BoardTopology {
+            levels: 1 << 1 | 1 << 2,
+        };
+        if any(&["PCIE"]) {
+            pcie
+        } else if any(&[
+            "SXM", "GB200", "GB300", "B200", "B300", "H200", "H100", "H800", "A800", "MI300",
+            "MI325", "MI355",
+        ]) {
+            // HGX/DGX boards (NVSwitch), GB200 trays (NVLink switch trays), AMD OAM boards
+            // (an all-to-all Infinity Fabric mesh).
+            BoardTopology::NVSWITCH
+        } else if any(&["V100"]) {
+            // SXM2 hybrid cube-mesh: each quad all-to-all over NVLink, quads partly linked.
+            BoardTopology { levels: 1 << 2 }
+        } else if any(&["T4", "P100", "A10", "A30", "A40", "L4", "L40", "RTX"]) {
+            pcie
+        } else {
+            BoardTopology::ALIGNED
+        }
+    }
+}
+
+impl std::fmt::Display for BoardTopology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if *self == BoardTopology::NVSWITCH {
+            return f.write_str("nvswitch");
+        }
+        if *self == BoardTopology::ALIGNED {
+            return f.write_str("aligned");
+        }
+        let sizes: Vec<String> = self.group_sizes().map(|s| s.to_string()).collect();
+        write!(f, "groups:{}", sizes.join(","))
+    }
+}
+
+impl std::str::FromStr for BoardTopology {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "nvswitch" | "all-to-all" => Ok(BoardTopology::NVSWITCH),
+            "aligned" => Ok(BoardTopology::ALIGNED),
+            other => {
+                let Some(list) = other.strip_prefix("groups:") else {
+                    return Err(format!(
+                        "board topology '{other}' is not one of nvswitch, aligned, groups:N,M,…"
+                    ));
+                };
+                let sizes = list
+                    .split(',')
+                    .map(|x| {
+                        x.trim()
+                            .parse::<u32>()
+                            .map_err(|_| format!("group size '{}' is not a number", x.trim()))
+                    })
+                    .collect::<Result<Vec<u32>, String>>()?;
+                if sizes.is_empty() {
+                    return Err("groups: names at least one size".to_string());
+                }
+                BoardTopology::groups(&sizes)
+            }
+        }
+    }
+}
+
+impl Serialize for BoardTopology {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for BoardTopology {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,6 +737,61 @@ mod tests {
         ] {
             let e = serde_json::from_str::<Shape>(bad).unwrap_err().to_string();
             assert!(e.contains("unknown field"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn board_topologies() {
+        use super::BoardTopology as T;
+        for (text, sizes) in [
+            ("nvswitch", vec![]),
+            ("aligned", vec![2, 4, 8, 16, 32, 64]),
+            ("groups:2,4", vec![2, 4]),
+            ("groups:4", vec![4]),
+        ] {
+            let t: T = text.parse().unwrap();
+            assert_eq!(t.group_sizes().collect::<Vec<_>>(), sizes);
+            assert_eq!(t.to_string(), text);
+            assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{text}\""));
+        }
+        assert_eq!("all-to-all".parse::<T>().unwrap(), T::NVSWITCH);
+        for bad in [
+            "groups:",
+            "groups:3",
+            "groups:4,2",
+            "groups:2,2",
+            "groups:128",
+            "mesh",
+        ] {
+            assert!(bad.parse::<T>().is_err(), "{bad}");
+        }
+        let pcie = T::groups(&[2, 4]).unwrap();
+        assert_eq!(
+            (
+                pcie.domain(1),
+                pcie.domain(2),
+                pcie.domain(3),
+                pcie.domain(8)
+            ),
+            (2, 2, 4, 64)
+        );
+        assert_eq!(T::NVSWITCH.domain(2), 64);
+        // The built-in models.
+        for (m, t) in [
+            ("A100-SXM-80GB", "nvswitch"),
+            ("H100-SXM-80GB", "nvswitch"),
+            ("H200-SXM-141GB", "nvswitch"),
+            ("B200", "nvswitch"),
+            ("GB200", "nvswitch"),
+            ("MI300X", "nvswitch"),
+            ("L40S", "groups:2,4"),
+            ("H100-PCIe-80GB", "groups:2,4"),
+            ("V100M32", "groups:4"),
+            ("T4", "groups:2,4"),
+            ("A10", "groups:2,4"),
+            ("G2", "aligned"),
+        ] {
+            assert_eq!(T::of_model(m).to_string(), t, "{m}");
         }
     }
 }

@@ -9,7 +9,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use neocloud_types::{BlockKind, Class, FleetPolicy, GangLevel, NodeId, Shape, SiteId};
+use neocloud_types::{
+    BlockKind, BoardTopology, Class, FleetPolicy, GangLevel, NodeId, Shape, SiteId,
+};
 use proptest::prelude::*;
 
 use super::{GB200, H100};
@@ -106,7 +108,7 @@ fn node(
 /// Two sites; site 1: two pods of H100 nodes (8 GPUs) and two NVLink domains of GB200 trays
 /// (4 GPUs); site 2: one leaf group of H100 nodes with another power profile. Odd nodes are
 /// shareable.
-fn world(policy: FleetPolicy, placement: PlacementPolicy) -> World {
+fn world(policy: FleetPolicy, placement: PlacementPolicy, topology: BoardTopology) -> World {
     let (s1, s2) = (site_id(1), site_id(2));
     let mut specs = Vec::new();
     for n in 1..=9u64 {
@@ -150,6 +152,7 @@ fn world(policy: FleetPolicy, placement: PlacementPolicy) -> World {
     for s in &sites {
         a.add_site(s.clone());
     }
+    a.set_model_topology(H100, topology).unwrap();
     for n in &specs {
         a.add_node(n.clone()).unwrap();
     }
@@ -277,8 +280,11 @@ impl World {
                 blocks.insert(block);
                 assert_eq!(gpus.len(), n.gpus as usize, "a gang takes whole nodes");
             } else {
-                let k = u32::try_from(gpus.len()).unwrap();
-                assert!(gpus[0] % k == 0 && gpus.windows(2).all(|w| w[1] == w[0] + 1));
+                let topology = self.a.model_topology(&n.gpu_model);
+                assert!(
+                    connected(topology, gpus, n.gpus),
+                    "GPUs {gpus:?} are not one group of {topology}"
+                );
             }
         }
         assert!(blocks.len() <= 1, "gang spans blocks: {blocks:?}");
@@ -485,6 +491,28 @@ impl World {
     }
 }
 
+/// Whether `gpus` (ascending) of a node of `node_gpus` GPUs are one group that `topology`
+/// gives one instance, worked out from the rule's words: all inside one block of the
+/// smallest group size that holds them (the whole board when none does).
+fn connected(topology: BoardTopology, gpus: &[u32], node_gpus: u32) -> bool {
+    let k = u32::try_from(gpus.len()).unwrap();
+    let size = topology.group_sizes().find(|&s| s >= k).unwrap_or(64);
+    k > 0
+        && gpus.windows(2).all(|w| w[0] < w[1])
+        && gpus
+            .iter()
+            .all(|&g| g < node_gpus && g / size == gpus[0] / size)
+}
+
+fn topology() -> impl Strategy<Value = BoardTopology> {
+    prop_oneof![
+        Just(BoardTopology::NVSWITCH),
+        Just(BoardTopology::ALIGNED),
+        Just(BoardTopology::groups(&[4]).unwrap()),
+        Just(BoardTopology::groups(&[2, 4]).unwrap()),
+    ]
+}
+
 fn placement() -> impl Strategy<Value = PlacementPolicy> {
     prop_oneof![
         2 => Just(PlacementPolicy::BestFit),
@@ -500,10 +528,11 @@ proptest! {
     fn invariants_hold_under_random_operations(
         cloud_first in any::<bool>(),
         placement in placement(),
+        topology in topology(),
         ops in proptest::collection::vec(op(), 1..60),
     ) {
         let policy = if cloud_first { FleetPolicy::CloudFirst } else { FleetPolicy::LabFirst };
-        let mut w = world(policy, placement);
+        let mut w = world(policy, placement, topology);
         for op in &ops {
             w.step(op);
         }
@@ -515,11 +544,12 @@ proptest! {
     fn preemption_plans_are_sound_on_a_full_fleet(
         cloud_first in any::<bool>(),
         placement in placement(),
+        topology in topology(),
         fill in proptest::collection::vec(req(&[1, 2, 3, 3, 3], &[0, 1, 2, 3, 3, 4, 6, 7]), 40..80),
         claims in proptest::collection::vec(req(&[0, 0, 1, 2], &[0, 1, 2, 3, 4, 5, 6, 7]), 1..20),
     ) {
         let policy = if cloud_first { FleetPolicy::CloudFirst } else { FleetPolicy::LabFirst };
-        let mut w = world(policy, placement);
+        let mut w = world(policy, placement, topology);
         for r in &fill {
             let req = w.request(r);
             let _ = w.a.place(&req);
@@ -527,6 +557,67 @@ proptest! {
         w.check_all();
         for r in &claims {
             w.step(&Op::PreemptAndPlace(r.clone()));
+        }
+    }
+
+    /// The rule of a board's topology, from outside: every placement of k whole GPUs is one
+    /// group the topology gives together, and a refusal means that no node has a group
+    /// with k free GPUs (on NVSwitch: no node has k free GPUs at all), for every policy.
+    #[test]
+    fn whole_gpus_are_refused_only_when_no_group_of_the_board_has_room(
+        placement in prop_oneof![
+            Just(PlacementPolicy::BestFit),
+            Just(PlacementPolicy::FirstFit),
+            Just(PlacementPolicy::WorstFit),
+            Just(PlacementPolicy::Fragmentation),
+        ],
+        topology in topology(),
+        ops in proptest::collection::vec((0u32..4, 0u8..3, any::<usize>()), 1..150),
+    ) {
+        let mut a = Allocator::new(FleetPolicy::LabFirst, placement);
+        let s = super::site(&mut a, 1);
+        a.set_model_topology(H100, topology).unwrap();
+        for n in 1..=3 {
+            super::h100(&mut a, s, n, 100, 101, true);
+        }
+        let mut next = 0;
+        for (shape, what, pick) in ops {
+            if what == 0 {
+                let ids: Vec<_> = a.allocations().map(|x| x.id).collect();
+                if !ids.is_empty() {
+                    a.release(ids[pick % ids.len()]);
+                }
+                continue;
+            }
+            next += 1;
+            let k = 1u32 << shape;
+            match a.place(&super::gpus(next, 1, Class::OnDemand, k)) {
+                Ok(got) => {
+                    let (node, gpus) = &got.gpus[0];
+                    prop_assert!(connected(topology, gpus, 8), "{node}: {gpus:?}");
+                }
+                Err(e) => {
+                    let size = topology.group_sizes().find(|&s| s >= k).unwrap_or(64);
+                    for n in 1..=3 {
+                        let used: BTreeSet<u32> = a
+                            .allocations()
+                            .flat_map(|x| x.gpus.iter())
+                            .filter(|(id, _)| *id == node_id(n))
+                            .flat_map(|(_, g)| g.iter().copied())
+                            .collect();
+                        for block in (0..8).step_by(usize::try_from(size.min(8)).unwrap()) {
+                            let free = (block..(block + size).min(8))
+                                .filter(|g| !used.contains(g))
+                                .count();
+                            prop_assert!(
+                                free < usize::try_from(k).unwrap(),
+                                "{k} GPUs refused ({e}) with {free} free in one group of node {n}"
+                            );
+                        }
+                    }
+                }
+            }
+            a.check_invariants().unwrap();
         }
     }
 }

@@ -1,6 +1,6 @@
 //! One test per placement rule.
 
-use neocloud_types::{BlockKind, Class, FleetPolicy, GangLevel, Shape};
+use neocloud_types::{BlockKind, BoardTopology, Class, FleetPolicy, GangLevel, Shape};
 
 use super::*;
 use crate::synthetic::{Grid, allocator, contract_id, instance_id};
@@ -14,6 +14,7 @@ fn on(a: &Allocation) -> (NodeId, Vec<u32>) {
 #[test]
 fn sub_node_shapes_take_aligned_groups_and_fill_one_node_first() {
     let (mut a, _) = two_leaves(PlacementPolicy::BestFit, 2);
+    a.set_model_topology(H100, BoardTopology::ALIGNED).unwrap();
     let one = a.place(&gpus(1, 1, Class::OnDemand, 1)).unwrap();
     let node = on(&one).0;
     assert_eq!(on(&one).1, vec![0]);
@@ -139,6 +140,7 @@ fn best_fit_prefers_the_fullest_node_and_first_fit_the_lowest_id() {
 #[test]
 fn best_fit_fills_holes_before_breaking_free_blocks() {
     let (mut a, _) = two_leaves(PlacementPolicy::BestFit, 2);
+    a.set_model_topology(H100, BoardTopology::ALIGNED).unwrap();
     // Node 1: a quad used, its free GPUs are one whole quad. Node 2: one GPU used, so GPU 1
     // is a hole and 2-3 a lone pair.
     hold(&mut a, 10, 1, vec![0, 1, 2, 3]);
@@ -532,6 +534,8 @@ fn preemption_makes_room_under_the_power_limit() {
 #[test]
 fn restore_rebuilds_exactly_and_refuses_double_assignment() {
     let (mut a, s) = two_leaves(PlacementPolicy::BestFit, 3);
+    a.set_model_topology(H100, BoardTopology::groups(&[4]).unwrap())
+        .unwrap();
     a.set_pool(node_id(103), Some(contract_id(1))).unwrap();
     a.set_gpu_healthy(node_id(3), 5, false);
     a.set_schedulable(node_id(2), false);
@@ -556,8 +560,15 @@ fn restore_rebuilds_exactly_and_refuses_double_assignment() {
     assert!(err.contains("already held by inst_"), "{err}");
     let mut misaligned = a.allocation(instance_id(1)).unwrap().clone();
     misaligned.id = instance_id(98);
+    misaligned.gpus = vec![(node_id(3), vec![3, 7])];
+    let err = c.restore(misaligned.clone()).unwrap_err();
+    assert!(
+        err.contains("one group of its board's topology (groups:4)"),
+        "{err}"
+    );
+    // Inside one quad any pair is connected.
     misaligned.gpus = vec![(node_id(3), vec![1, 2])];
-    assert!(c.restore(misaligned).unwrap_err().contains("aligned"));
+    c.clone().restore(misaligned).unwrap();
     let err = c
         .restore(Allocation {
             id: instance_id(97),

@@ -415,6 +415,8 @@ fn whole_gpu_shapes_find_an_aligned_group_among_nodes_with_as_many_free_gpus() {
         let mut a = Allocator::new(FleetPolicy::LabFirst, placement);
         let n1 = node(&mut a, 1, true, false);
         let n2 = node(&mut a, 2, true, false);
+        a.set_model_topology(H100, neocloud_types::BoardTopology::ALIGNED)
+            .unwrap();
         let mut id = 100;
         for (n, taken) in [(n1, [0, 3, 4, 5, 6, 7]), (n2, [2, 3, 4, 5, 6, 7])] {
             for g in taken {
@@ -500,4 +502,56 @@ fn on_unshared_nodes_a_tenant_fills_its_node_before_opening_another() {
         assert_eq!(z.gpus[0].0, n2, "{placement:?}");
         a.check_invariants().unwrap();
     }
+}
+
+#[test]
+fn a_request_among_models_is_one_decision_and_one_request_learnt() {
+    // Node 1 is an H100 node with one GPU left; node 2 an empty node of another model.
+    let mut a = Allocator::new(FleetPolicy::LabFirst, PlacementPolicy::Fragmentation);
+    let n1 = node(&mut a, 1, true, false);
+    let s = site(&mut a, 1);
+    a.add_node(NodeSpec {
+        id: node_id(2),
+        site: s,
+        gpu_model: "L40S".into(),
+        gpus: 8,
+        blocks: Vec::new(),
+        idle_watts: 1000,
+        peak_watts: 9000,
+        shareable: true,
+        cpu_milli: 96_000,
+        memory_mib: 1 << 20,
+        mig: None,
+        sharing: Sharing {
+            slices: true,
+            tenants_per_gpu: false,
+            cpu_only: true,
+        },
+    })
+    .unwrap();
+    for g in 0..7 {
+        let mut al = a
+            .try_place(&req(100 + g, 1, Shape::Gpus { gpus: 1 }))
+            .unwrap();
+        al.gpus = vec![(n1, vec![u32::try_from(g).unwrap()])];
+        a.restore(al).unwrap();
+    }
+    let models = vec!["L40S".to_string(), H100.to_string(), "nope".to_string()];
+    assert!(a.workload.types.is_empty());
+    let got = a
+        .place_among(&req(1, 2, Shape::Gpus { gpus: 1 }), &models)
+        .unwrap();
+    // Compared across both models: the last GPU of the H100 node, not a fresh L40S node.
+    assert_eq!(got.gpus, vec![(n1, vec![7])]);
+    assert_eq!(got.gpu_model, H100);
+    // One request learnt; it accepts every model the fleet has: any model.
+    assert_eq!(a.workload.types.len(), 1);
+    assert_eq!(a.workload.types[0].1, 1);
+    assert_eq!(a.workload.types[0].0.models, u64::MAX);
+    // None of the models known: refused, nothing learnt.
+    let err = a
+        .place_among(&req(2, 2, Shape::Gpus { gpus: 1 }), &["nope".to_string()])
+        .unwrap_err();
+    assert!(matches!(err, Refusal::UnknownModel { .. }), "{err}");
+    a.check_invariants().unwrap();
 }

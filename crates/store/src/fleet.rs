@@ -632,6 +632,7 @@ impl Store {
             let rows = sqlx::query(
                 "SELECT node_id, CAST(COUNT(*) AS BIGINT) AS n FROM (
                      SELECT node_id FROM gpus WHERE holder IS NOT NULL
+                     UNION ALL SELECT g.node_id FROM node_holds w JOIN gpus g ON g.node_id = w.node_id
                      UNION ALL SELECT node_id FROM instance_slices) h GROUP BY node_id",
             )
             .fetch_all(tx.conn())

@@ -496,8 +496,10 @@ impl Store {
     pub async fn instances_on_node(&self, node: NodeId) -> Result<Vec<neocloud_types::InstanceId>> {
         let rows = sqlx::query(
             "SELECT DISTINCT holder FROM gpus WHERE node_id = $1 AND holder IS NOT NULL
-             UNION SELECT instance_id AS holder FROM instance_slices WHERE node_id = $2",
+             UNION SELECT instance_id AS holder FROM instance_slices WHERE node_id = $2
+             UNION SELECT holder FROM node_holds WHERE node_id = $3",
         )
+        .bind(node.to_string())
         .bind(node.to_string())
         .bind(node.to_string())
         .fetch_all(&self.pool)

@@ -473,6 +473,46 @@ const HELD_NODES: &[Col] = &[
     Col::Plain("string_agg(CAST(g.idx AS TEXT), '/')"),
 ];
 
+/// Nodes held whole, a record each: holder, node id, node name and its GPU count, for
+/// [`add_whole_nodes`].
+const WHOLE_NODES: &[Col] = &[
+    Col::Plain("h.holder"),
+    Col::Plain("h.node_id"),
+    Col::Text("n.name"),
+    Col::Plain("n.gpu_count"),
+];
+
+/// Adds the records of [`WHOLE_NODES`] to the placements, nodes kept in name order.
+fn add_whole_nodes(out: &mut HashMap<String, Vec<PlacedNode>>, rows: &[AnyRow]) -> Result<()> {
+    for r in rows {
+        let Some(batch) = r.try_get::<Option<&str>, _>("batch")? else {
+            continue;
+        };
+        for rec in batch.split(';') {
+            let mut f = Fields::new(rec, WHOLE_NODES);
+            let holder = f.text()?.to_string();
+            let node_id: NodeId = f.parse()?;
+            let node = f.opt_text()?.unwrap_or_default().into_owned();
+            let gpus: u32 = f.parse()?;
+            f.end()?;
+            let list = out.entry(holder).or_default();
+            let at = list.partition_point(|p| p.node < node);
+            list.insert(
+                at,
+                PlacedNode {
+                    node_id,
+                    node,
+                    gpus: (0..gpus).collect(),
+                    mig_start: None,
+                    cpu_milli: None,
+                    memory_mib: None,
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Groups the records of [`HELD_NODES`] into each holder's placement: nodes ordered by name,
 /// each node's GPUs by index.
 fn group_placements(rows: &[AnyRow]) -> Result<HashMap<String, Vec<PlacedNode>>> {
@@ -611,73 +651,82 @@ impl Store {
 
     /// Takes whole GPUs for many instances: `(holder, node, first, last)` ranges of GPU
     /// indexes. Refused (nothing changes) unless every GPU is free and holds no slices.
-    /// Many ranges of one holder over the same indexes (the nodes of a gang) are taken by
-    /// one statement per 1,000 nodes, `node_id IN (…)` on the key: a list of `VALUES`
-    /// joined to the table costs SQLite a scan per row, cheap for the few ranges of each
-    /// launch of a batch, not for a gang's 1,024.
+    /// Whole nodes of a holder that takes several (a gang's) are held by a row per node in
+    /// `node_holds`, one statement per 1,000 nodes; other ranges mark each GPU's
+    /// `gpus.holder`, many ranges to a statement.
     pub(crate) async fn instance_hold_ranges(
         tx: &mut WriteTx,
         ranges: &[(String, String, u32, u32)],
     ) -> Result<()> {
-        const GANG: usize = 16;
         type Range = (String, String, u32, u32);
         let mut groups: HashMap<(&str, u32, u32), Vec<&Range>> = HashMap::new();
         for r in ranges {
             groups.entry((r.0.as_str(), r.2, r.3)).or_default().push(r);
         }
         let mut rest = Vec::new();
-        let mut gangs = Vec::new();
-        for (key, members) in groups {
-            if members.len() >= GANG {
-                gangs.push((key, members));
+        for ((holder, lo, hi), members) in groups {
+            if lo == 0 && members.len() >= 2 {
+                for chunk in members.chunks(1000) {
+                    let nodes: Vec<&str> = chunk.iter().map(|r| r.1.as_str()).collect();
+                    Self::hold_nodes(tx, holder, hi + 1, &nodes).await?;
+                }
             } else {
                 rest.extend(members);
-            }
-        }
-        for ((holder, lo, hi), members) in gangs {
-            for chunk in members.chunks(1000) {
-                Self::hold_nodes(tx, holder, lo, hi, chunk).await?;
             }
         }
         Self::hold_values(tx, &rest).await
     }
 
-    /// GPUs `lo..=hi` of each node of `nodes` for `holder`, in one statement.
-    async fn hold_nodes(
-        tx: &mut WriteTx,
-        holder: &str,
-        lo: u32,
-        hi: u32,
-        nodes: &[&(String, String, u32, u32)],
-    ) -> Result<()> {
+    /// All `gpus` GPUs of each of `nodes` for `holder`: a row per node whose GPUs are all
+    /// free in `node_holds`; the GPUs of a node with more GPUs than that one by one.
+    /// Refused unless every GPU was free.
+    async fn hold_nodes(tx: &mut WriteTx, holder: &str, gpus: u32, nodes: &[&str]) -> Result<()> {
+        let numbered = tx.numbered;
         let mark = |i: usize| {
-            if tx.numbered {
+            if numbered {
                 format!("${i}")
             } else {
                 "?".to_string()
             }
         };
-        let marks: Vec<String> = (0..nodes.len()).map(|i| mark(i + 4)).collect();
+        let marks: Vec<String> = (0..nodes.len()).map(|i| mark(i + 3)).collect();
+        let marks = marks.join(", ");
         let sql = format!(
-            "UPDATE gpus SET holder = {}
-             WHERE idx >= {} AND idx <= {} AND node_id IN ({})
-               AND holder IS NULL
-               AND NOT EXISTS (SELECT 1 FROM instance_slices s
-                               WHERE s.node_id = gpus.node_id AND s.idx = gpus.idx)",
+            "INSERT INTO node_holds (node_id, holder)
+             SELECT n.id, {} FROM nodes n
+             WHERE n.gpu_count = {} AND n.id IN ({marks})
+               AND NOT EXISTS (SELECT 1 FROM gpus g
+                               WHERE g.node_id = n.id AND g.holder IS NOT NULL)
+               AND NOT EXISTS (SELECT 1 FROM instance_slices s WHERE s.node_id = n.id)
+             ON CONFLICT (node_id) DO NOTHING",
             mark(1),
-            mark(2),
-            mark(3),
-            marks.join(", ")
+            mark(2)
         );
-        let mut q = sqlx::query(&sql)
-            .bind(holder)
-            .bind(i64::from(lo))
-            .bind(i64::from(hi));
-        for r in nodes {
-            q = q.bind(r.1.as_str());
+        let mut q = sqlx::query(&sql).bind(holder).bind(i64::from(gpus));
+        for node in nodes {
+            q = q.bind(*node);
         }
-        let want = u64::from(hi - lo + 1) * nodes.len() as u64;
-        let done = q.execute(tx.conn()).await?.rows_affected();
+        let whole = q.execute(tx.conn()).await?.rows_affected();
+        let want = u64::from(gpus) * nodes.len() as u64;
+        let mut done = whole * u64::from(gpus);
+        if done < want {
+            // Nodes with more GPUs than that, or GPUs taken: GPU by GPU (a node held whole by
+            // another instance, or just now by this one, is left alone).
+            let sql = format!(
+                "UPDATE gpus SET holder = {}
+                 WHERE idx < {} AND node_id IN ({marks}) AND holder IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM node_holds h WHERE h.node_id = gpus.node_id)
+                   AND NOT EXISTS (SELECT 1 FROM instance_slices s
+                                   WHERE s.node_id = gpus.node_id AND s.idx = gpus.idx)",
+                mark(1),
+                mark(2)
+            );
+            let mut q = sqlx::query(&sql).bind(holder).bind(i64::from(gpus));
+            for node in nodes {
+                q = q.bind(*node);
+            }
+            done += q.execute(tx.conn()).await?.rows_affected();
+        }
         if done != want {
             return Err(StoreError::Conflict(format!(
                 "{done} of {want} GPUs to hold were free (the others are held whole by another \
@@ -716,6 +765,7 @@ impl Store {
                  UPDATE gpus SET holder = v.holder FROM v
                  WHERE gpus.node_id = v.node_id AND gpus.idx >= v.lo AND gpus.idx <= v.hi
                    AND gpus.holder IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM node_holds h WHERE h.node_id = gpus.node_id)
                    AND NOT EXISTS (SELECT 1 FROM instance_slices s
                                    WHERE s.node_id = gpus.node_id AND s.idx = gpus.idx)"
             );
@@ -782,10 +832,12 @@ impl Store {
             let idx = idxs.first().copied();
             if let Some(g) = idx {
                 let whole = sqlx::query(
-                    "SELECT holder FROM gpus WHERE node_id = $1 AND idx = $2 AND holder IS NOT NULL",
+                    "SELECT holder FROM gpus WHERE node_id = $1 AND idx = $2 AND holder IS NOT NULL
+                     UNION ALL SELECT holder FROM node_holds WHERE node_id = $3",
                 )
                 .bind(node.to_string())
                 .bind(i64::from(g))
+                .bind(node.to_string())
                 .fetch_optional(tx.conn())
                 .await?;
                 if whole.is_some() {
@@ -867,6 +919,7 @@ impl Store {
                 sqlx::query(
                     "UPDATE gpus SET holder = $1
                      WHERE node_id = $2 AND idx >= $3 AND idx <= $4 AND holder IS NULL
+                       AND NOT EXISTS (SELECT 1 FROM node_holds h WHERE h.node_id = gpus.node_id)
                        AND NOT EXISTS (SELECT 1 FROM instance_slices s
                                        WHERE s.node_id = gpus.node_id AND s.idx = gpus.idx)",
                 )
@@ -882,6 +935,7 @@ impl Store {
                 for idx in idxs {
                     n += sqlx::query(
                         "UPDATE gpus SET holder = $1 WHERE node_id = $2 AND idx = $3 AND holder IS NULL
+                           AND NOT EXISTS (SELECT 1 FROM node_holds h WHERE h.node_id = gpus.node_id)
                            AND NOT EXISTS (SELECT 1 FROM instance_slices s
                                            WHERE s.node_id = gpus.node_id AND s.idx = gpus.idx)",
                     )
@@ -922,7 +976,8 @@ impl Store {
         Ok(())
     }
 
-    /// Frees the GPUs `id` holds on one node.
+    /// Frees the GPUs `id` holds on one node. Returns the rows freed (GPUs held one by one,
+    /// plus one for a node held whole).
     pub async fn instance_release_node(
         tx: &mut WriteTx,
         id: InstanceId,
@@ -934,12 +989,24 @@ impl Store {
             .execute(tx.conn())
             .await?
             .rows_affected();
-        Ok(n)
+        let whole = sqlx::query("DELETE FROM node_holds WHERE holder = $1 AND node_id = $2")
+            .bind(id.to_string())
+            .bind(node.to_string())
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+        Ok(n + whole)
     }
 
-    /// Frees every GPU (and slice) held by `id`.
+    /// Frees every GPU (and slice) held by `id`. Returns the rows freed (GPUs held one by
+    /// one, nodes held whole, slices).
     pub async fn instance_release_gpus(tx: &mut WriteTx, id: InstanceId) -> Result<u64> {
         let whole = sqlx::query("UPDATE gpus SET holder = NULL WHERE holder = $1")
+            .bind(id.to_string())
+            .execute(tx.conn())
+            .await?
+            .rows_affected();
+        let nodes = sqlx::query("DELETE FROM node_holds WHERE holder = $1")
             .bind(id.to_string())
             .execute(tx.conn())
             .await?
@@ -949,7 +1016,7 @@ impl Store {
             .execute(tx.conn())
             .await?
             .rows_affected();
-        Ok(whole + slices)
+        Ok(whole + nodes + slices)
     }
 
     async fn placements_of(&self, ids: &[String]) -> Result<HashMap<String, Vec<PlacedNode>>> {
@@ -974,6 +1041,19 @@ impl Store {
             }
             let rows = q.fetch_all(&self.pool).await?;
             out.extend(group_placements(&rows)?);
+            // Nodes held whole: their GPUs are 0 to the node's count.
+            let sql = format!(
+                "SELECT string_agg(r, ';') AS batch FROM
+                   (SELECT {} AS r FROM node_holds h JOIN nodes n ON n.id = h.node_id
+                    WHERE h.holder IN ({})) x",
+                packed::record_sql(WHOLE_NODES),
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            add_whole_nodes(&mut out, &q.fetch_all(&self.pool).await?)?;
             let sql = format!(
                 "SELECT {SLICE_COLS} WHERE s.instance_id IN ({})",
                 marks.join(", ")
@@ -1071,7 +1151,10 @@ impl Store {
                 packed::batched_sql(
                     &packed::record_sql(HELD),
                     "FROM (SELECT holder, string_agg(CAST(node_id AS TEXT) || ':' || \
-                     CAST(idx AS TEXT), '/') AS gpus FROM gpus WHERE holder IS NOT NULL \
+                     CAST(idx AS TEXT), '/') AS gpus FROM \
+                     (SELECT holder, node_id, idx FROM gpus WHERE holder IS NOT NULL \
+                      UNION ALL SELECT w.holder, g.node_id, g.idx \
+                      FROM node_holds w JOIN gpus g ON g.node_id = w.node_id) u \
                      GROUP BY holder) h",
                     "h.holder",
                 ),

@@ -247,6 +247,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "webhooks",
         include_str!("../migrations/0012_webhooks.sql"),
     ),
+    (
+        13,
+        "node_holds",
+        include_str!("../migrations/0013_node_holds.sql"),
+    ),
 ];
 
 impl Store {

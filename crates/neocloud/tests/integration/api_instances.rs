@@ -538,6 +538,100 @@ both_backends!(
             .await
             .unwrap();
         assert_eq!(n.0, 0, "nothing of the failed batch is written");
+
+        // The 3-node gang's nodes are held whole, a row per node, not a holder per GPU.
+        let gang: (String,) =
+            sqlx::query_as("SELECT id FROM instances WHERE shape_count = 3 AND state = 'running'")
+                .fetch_one(ctx.svc.store().pool())
+                .await
+                .unwrap();
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT node_id FROM node_holds WHERE holder = $1 ORDER BY node_id")
+                .bind(&gang.0)
+                .fetch_all(ctx.svc.store().pool())
+                .await
+                .unwrap();
+        assert_eq!(rows.len(), 3);
+        let per_gpu: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM gpus WHERE holder = $1")
+            .bind(&gang.0)
+            .fetch_one(ctx.svc.store().pool())
+            .await
+            .unwrap();
+        assert_eq!(per_gpu.0, 0);
+        let read = ctx
+            .svc
+            .store()
+            .instance_get(gang.0.parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(read.placement.len(), 3);
+        assert!(
+            read.placement
+                .iter()
+                .all(|p| p.gpus == (0..8).collect::<Vec<u32>>())
+        );
+        // A GPU of such a node is refused to anyone else: one GPU, or the node whole in
+        // another gang's batch (held back to the commit, the writer's way).
+        let node: neocloud_types::NodeId = rows[0].0.parse().unwrap();
+        let mut tx = ctx.svc.store().begin_write().await.unwrap();
+        let r = neocloud_store::Store::instance_hold_gpus(
+            &mut tx,
+            neocloud_types::InstanceId::new(),
+            &[(node, vec![5])],
+        )
+        .await;
+        assert!(r.is_err(), "a GPU of a node held whole must be refused");
+        drop(tx);
+        let mut other = read.clone();
+        other.id = neocloud_types::InstanceId::new();
+        let free: Vec<(String,)> = sqlx::query_as(
+            "SELECT n.id FROM nodes n WHERE n.gpu_count = 8
+               AND NOT EXISTS (SELECT 1 FROM gpus g WHERE g.node_id = n.id AND g.holder IS NOT NULL)
+               AND NOT EXISTS (SELECT 1 FROM node_holds w WHERE w.node_id = n.id)
+               AND NOT EXISTS (SELECT 1 FROM instance_slices s WHERE s.node_id = n.id)
+             ORDER BY n.id LIMIT 1",
+        )
+        .fetch_all(ctx.svc.store().pool())
+        .await
+        .unwrap();
+        let all8: Vec<u32> = (0..8).collect();
+        let both = [
+            (free[0].0.parse().unwrap(), all8.clone()),
+            (node, all8.clone()),
+        ];
+        let mut tx = ctx.svc.store().begin_write().await.unwrap();
+        tx.defer_inserts();
+        neocloud_store::Store::instance_insert_held(&mut tx, &other, Some(&h))
+            .await
+            .unwrap();
+        neocloud_store::Store::instance_hold_placed(&mut tx, &other, &both, &h)
+            .await
+            .unwrap();
+        assert!(
+            tx.commit().await.is_err(),
+            "a node held whole twice must fail"
+        );
+        let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM node_holds WHERE node_id = $1")
+            .bind(free[0].0.as_str())
+            .fetch_one(ctx.svc.store().pool())
+            .await
+            .unwrap();
+        assert_eq!(n.0, 0, "nothing of the failed batch is written");
+        // Terminated, the gang leaves no row behind.
+        let k = ctx.operator_key.clone();
+        ctx.post(
+            &format!("/v1/instances/{}/terminate", gang.0),
+            &k,
+            &json!({}),
+        )
+        .await
+        .expect(200);
+        let left: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM node_holds WHERE holder = $1")
+            .bind(&gang.0)
+            .fetch_one(ctx.svc.store().pool())
+            .await
+            .unwrap();
+        assert_eq!(left.0, 0);
     }
 );
 

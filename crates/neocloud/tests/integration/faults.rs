@@ -548,10 +548,14 @@ async fn run(backend: Db, n: usize) {
     let mut violations: Vec<String> = Vec::new();
 
     // 1. A GPU belongs to at most one running instance, and a live instance holds exactly
-    //    its GPUs.
+    //    its GPUs: those it holds one by one (`gpus.holder`) and those of the nodes it holds
+    //    whole (`node_holds`).
     let held = sqlx::query(
-        "SELECT i.id, i.state, i.gpu_count, CAST(COUNT(g.holder) AS BIGINT) AS held
-         FROM instances i LEFT JOIN gpus g ON g.holder = i.id GROUP BY i.id, i.state, i.gpu_count",
+        "SELECT i.id, i.state, i.gpu_count, CAST(
+             (SELECT COUNT(*) FROM gpus g WHERE g.holder = i.id)
+             + COALESCE((SELECT SUM(n.gpu_count) FROM node_holds w JOIN nodes n ON n.id = w.node_id
+                         WHERE w.holder = i.id), 0) AS BIGINT) AS held
+         FROM instances i",
     )
     .fetch_all(&pool)
     .await
@@ -568,12 +572,29 @@ async fn run(backend: Db, n: usize) {
         }
     }
     let total_held: i64 = held.iter().map(|r| r.get::<i64, _>("held")).sum();
-    let distinct: i64 =
-        sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM gpus WHERE holder IS NOT NULL")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-            .get("n");
+    let distinct: i64 = sqlx::query(
+        "SELECT CAST((SELECT COUNT(*) FROM gpus WHERE holder IS NOT NULL)
+             + COALESCE((SELECT SUM(n.gpu_count) FROM node_holds w
+                         JOIN nodes n ON n.id = w.node_id), 0) AS BIGINT) AS n",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+    .get("n");
+    let both: i64 = sqlx::query(
+        "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM node_holds w
+         WHERE EXISTS (SELECT 1 FROM gpus g WHERE g.node_id = w.node_id AND g.holder IS NOT NULL)
+            OR EXISTS (SELECT 1 FROM instance_slices s WHERE s.node_id = w.node_id)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+    .get("n");
+    if both != 0 {
+        violations.push(format!(
+            "{both} nodes held whole also hold GPUs one by one or slices"
+        ));
+    }
     if total_held != distinct {
         violations.push(format!("{total_held} holds on {distinct} GPUs"));
     }

@@ -184,7 +184,7 @@ pub(crate) fn spawn(store: Store, sched: SchedCell) -> Writer {
             }
             // A failed batch has marked the scheduler stale already.
             if failed || !rebuilds.is_empty() {
-                let r = rebuild(&store, &sched, &epoch, &stale).await;
+                let r = rebuild(&store, &sched, &epoch, &stale, &mut rx, &mut rebuilds).await;
                 rebuilt.notify_waiters();
                 for done in rebuilds {
                     let _ = done.send(r.as_ref().map(|_| ()).map_err(clone_error));
@@ -209,14 +209,21 @@ fn clone_error(e: &Error) -> Error {
 }
 
 /// Rebuilds the scheduler from the database until it succeeds (each failed try waits a
-/// moment), then swaps it in under the lock and moves to a new epoch.
+/// moment), then swaps it in under the lock and moves to a new epoch. While it fails, the
+/// writes queued meanwhile are refused at once (they were decided on the memory being
+/// replaced), and after [`REBUILD_PATIENCE`] those waiting for the rebuild (`waiting`, and
+/// any that ask meanwhile) are told it has not succeeded (503) instead of waiting without
+/// end; it goes on trying.
 async fn rebuild(
     store: &Store,
     sched: &SchedCell,
     epoch: &AtomicU64,
     stale: &AtomicBool,
+    rx: &mut mpsc::UnboundedReceiver<Job>,
+    waiting: &mut Vec<oneshot::Sender<Result<()>>>,
 ) -> Result<()> {
     let config = scheduler::lock(sched).config().clone();
+    let started = tokio::time::Instant::now();
     let mut tries = 0;
     loop {
         match scheduler::load(store, config.clone()).await {
@@ -229,7 +236,27 @@ async fn rebuild(
             }
             Err(e) => {
                 tries += 1;
-                tracing::error!(error = %e.internal.as_deref().unwrap_or(&e.message), tries, "rebuilding the scheduler failed; retrying");
+                let detail = e.internal.as_deref().unwrap_or(&e.message).to_string();
+                tracing::error!(error = %detail, tries, "rebuilding the scheduler failed; retrying");
+                while let Ok(job) = rx.try_recv() {
+                    match job {
+                        Job::Write { done, .. } => {
+                            let _ = done.send(Err(stale_error()));
+                        }
+                        Job::Rebuild { done } => waiting.push(done),
+                    }
+                }
+                if started.elapsed() >= REBUILD_PATIENCE {
+                    for done in waiting.drain(..) {
+                        let mut err = Error::new(
+                            ErrorCode::Unavailable,
+                            "the scheduler cannot be rebuilt from the database (the server log \
+                             says why); it keeps trying, and nothing is decided until it succeeds",
+                        );
+                        err.internal = Some(detail.clone());
+                        let _ = done.send(Err(err));
+                    }
+                }
                 // The database is the truth and nothing may be decided without it: try
                 // until it answers (decisions wait meanwhile, then are refused with 503).
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -237,6 +264,9 @@ async fn rebuild(
         }
     }
 }
+
+/// How long those waiting for a rebuild wait before they are told it fails.
+const REBUILD_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// One decision's writes, waiting in a batch.
 struct Write {

@@ -1108,3 +1108,80 @@ name = "gpu-node-{n}"
         .expect(201);
     }
 );
+
+both_backends!(
+    a_rebuild_that_keeps_failing_refuses_instead_of_hanging,
+    |ctx: TestContext| async move {
+        // After a failed write the scheduler is rebuilt from the database before anything is
+        // decided again. When the database cannot be loaded (here: rows edited under the
+        // server), requests are refused with 503 in bounded time instead of waiting without
+        // end, and everything works again once the rows are right.
+        use std::time::{Duration, Instant};
+        let k = ctx.operator_key.clone();
+        ctx.import(crate::api_health::FLEET).await.expect(200);
+        ctx.tenant("acme").await;
+        let one = json!({"tenant_id": "acme", "gpu_model": "H100-SXM-80GB", "gpus": 1});
+        let x = ctx.post("/v1/instances", &k, &one).await.expect(201);
+        let xid = x["id"].as_str().unwrap().to_string();
+        let pool = ctx.svc.store().pool().clone();
+        let (node, idx): (String, i64) =
+            sqlx::query_as("SELECT node_id, idx FROM gpus WHERE holder = $1")
+                .bind(&xid)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        // Every GPU taken by a holder that is no instance (the next launch fails at its
+        // commit), x's own included (a load fails: x runs without its GPU).
+        sqlx::query("UPDATE gpus SET holder = 'broken' WHERE holder IS NULL OR holder = $1")
+            .bind(&xid)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let bounded = Duration::from_secs(30);
+        let r = tokio::time::timeout(bounded, ctx.post("/v1/instances", &k, &one))
+            .await
+            .expect("the failing launch is answered");
+        assert!(r.status.as_u16() >= 400, "{}", r.body);
+        // Rebuilding now fails on every try. A launch waits a few seconds, then 503.
+        let t = Instant::now();
+        let r = tokio::time::timeout(bounded, ctx.post("/v1/instances", &k, &one))
+            .await
+            .expect("a launch during the rebuild is answered");
+        r.problem(503, "unavailable");
+        assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+        // A fleet import (a write, then a rebuild) is refused, not left waiting.
+        let r = tokio::time::timeout(bounded, ctx.import(crate::api_health::FLEET))
+            .await
+            .expect("an import during the rebuild is answered");
+        r.problem(503, "unavailable");
+        // So is an operator's reload, after the rebuild has failed for a while.
+        let e = tokio::time::timeout(bounded, ctx.svc.reload_scheduler())
+            .await
+            .expect("a reload during the rebuild is answered")
+            .unwrap_err();
+        assert_eq!(e.code, neocloud_service::ErrorCode::Unavailable, "{e:?}");
+        // The rows put right, the next try succeeds and launches work again.
+        sqlx::query("UPDATE gpus SET holder = NULL WHERE holder = 'broken'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE gpus SET holder = $1 WHERE node_id = $2 AND idx = $3")
+            .bind(&xid)
+            .bind(&node)
+            .bind(idx)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let t = Instant::now();
+        loop {
+            let r = ctx.post("/v1/instances", &k, &one).await;
+            if r.status.as_u16() == 201 {
+                break;
+            }
+            assert!(t.elapsed() < bounded, "still refused: {}", r.body);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let list = ctx.get("/v1/instances", &k).await.expect(200);
+        assert_eq!(list["items"].as_array().unwrap().len(), 2, "{list}");
+    }
+);

@@ -269,5 +269,55 @@ async fn a_tenant_and_an_operator_in_a_real_browser() {
     d.goto(&format!("{base}/events")).await;
     d.find("#events").await;
     d.screenshot(&shots.join("11-events.png")).await;
+
+    // At phone width (390 CSS pixels) no page is wider than the screen: the navigation
+    // wraps below the title, and a wide table scrolls inside itself.
+    d.resize(390, 844).await;
+    for (page, table) in [
+        ("/", None),
+        ("/problems", None),
+        ("/instances", Some("table.grid")),
+        ("/events", Some("table.grid")),
+        ("/contracts", Some("table.grid")),
+    ] {
+        d.goto(&format!("{base}{page}")).await;
+        let inner = d.script("return window.innerWidth").await;
+        let wide = d
+            .script("return document.documentElement.scrollWidth")
+            .await;
+        let (inner, wide) = (inner.as_f64().unwrap(), wide.as_f64().unwrap());
+        assert!(inner <= 400.0, "the window did not shrink: {inner}");
+        let culprits = d
+            .script(
+                "return [...document.querySelectorAll('body *')]
+                   .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
+                   .slice(0, 8)
+                   .map(e => e.tagName + (e.id ? '#' + e.id : '') + '.' + e.className)
+                   .join(' ')",
+            )
+            .await;
+        assert!(
+            wide <= inner + 1.0,
+            "{page} is {wide} px wide on a {inner} px screen: {culprits}"
+        );
+        // Every link of the navigation is on screen (it wrapped rather than ran off).
+        let off = d
+            .script(
+                "return [...document.querySelectorAll('header.top nav a')]
+                   .filter(a => a.getBoundingClientRect().right > window.innerWidth + 1).length",
+            )
+            .await;
+        assert_eq!(off.as_u64(), Some(0), "{page}: navigation links off screen");
+        if let Some(css) = table {
+            let scrolls = d
+                .script(&format!(
+                    "const t = document.querySelector('{css}');
+                     return t ? getComputedStyle(t).overflowX : 'none'"
+                ))
+                .await;
+            assert_eq!(scrolls, "auto", "{page}: its table does not scroll");
+        }
+    }
+    d.screenshot(&shots.join("12-phone-contracts.png")).await;
     d.quit().await;
 }

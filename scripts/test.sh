@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh Debian machine with Rust:
 #   formatting, clippy with -D warnings, and every test on SQLite and on PostgreSQL.
 # Installs PostgreSQL, promtool (to check /metrics), headless Chromium with chromedriver
-# (for the console's browser test), and podman, runc, OpenSSH and busybox (for delivery:
+# (for the console's browser test) and axe-core from the npm registry (its accessibility
+# checks), and podman, runc, OpenSSH and busybox (for delivery:
 # containers, SSH, bare-metal accounts) from Debian's packages if missing, and
 # openapi-spec-validator, openapi-python-client and lambda-cloud-api-client from PyPI into
 # target/pytools (to check the OpenAPI document, a client generated from it, and the
@@ -43,6 +44,23 @@ fi
 # The browser test must run here, not skip it. Its screenshots land in
 # target/test-artifacts/console/.
 export NEOCLOUD_TEST_REQUIRE_BROWSER=1
+# It walks the console at the full demo's size (45,500 nodes, 292,000 GPUs).
+export NEOCLOUD_TEST_CONSOLE_SCALE=1
+
+# The browser test runs axe-core (from the npm registry, pinned) on every console page it
+# walks; Node.js and npm from Debian's packages if missing.
+AXE_VERSION=4.10.2
+NPMTOOLS="$PWD/target/npmtools"
+if ! grep -qs "\"version\": \"$AXE_VERSION\"" "$NPMTOOLS/node_modules/axe-core/package.json"; then
+  if ! command -v npm >/dev/null 2>&1; then
+    log "installing Node.js and npm from Debian's packages (for axe-core)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
+  fi
+  log "installing axe-core $AXE_VERSION into target/npmtools"
+  npm install --prefix "$NPMTOOLS" --no-audit --no-fund --silent "axe-core@$AXE_VERSION"
+fi
+export NEOCLOUD_TEST_AXE_JS="$NPMTOOLS/node_modules/axe-core/axe.min.js"
 
 # The OpenAPI document is checked by the tools tenants use: a validator and a Python client
 # generator, in a virtualenv of their own (Debian's python3-venv provides `venv`); the

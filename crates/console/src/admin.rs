@@ -108,7 +108,7 @@ async fn tenant_page(
             form.filters #set-quota method="post" action={ (base) "/quota" } {
                 input type="hidden" name="csrf" value=(session.csrf);
                 label { "Quota: " select name="gpu_model" required { @for m in &models { option value=(m.name) { (m.name) } } } }
-                label { " " select name="class" { @for c in ["on-demand", "spot", "reserved", "internal"] { option value=(c) { (c) } } } }
+                label { " class " select name="class" aria-label="class" { @for c in ["on-demand", "spot", "reserved", "internal"] { option value=(c) { (c) } } } }
                 label { " at most " input type="number" name="max_gpus" min="0" max="1000000" placeholder="GPUs (empty: no quota)"; }
                 button type="submit" #set-quota-submit { "Set" }
             }

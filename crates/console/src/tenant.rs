@@ -468,6 +468,13 @@ pub async fn instance(
     // A gang of many nodes: its blocks first (nodes out of service named), the node list
     // folded away.
     let big = i.placement.len() > 8;
+    // An operator sees whose it is.
+    let owner = if session.is_operator() {
+        let t = st.svc.tenant_get(p, &i.tenant_id.to_string()).await?;
+        Some(t.name)
+    } else {
+        None
+    };
     let blocks = if big {
         st.svc.placement_blocks(p, &i).await?
     } else {
@@ -482,6 +489,9 @@ pub async fn instance(
         }
         table.kv {
             tr { th { "State" } td { span class={ "dot inst-" (i.state) } {} b #instance-state { (i.state) } @if let Some(r) = &i.reason { " — " (r) } } }
+            @if let Some(name) = &owner {
+                tr { th { "Tenant" } td { a href={ "/tenants/" (url_encode(name)) } { (name) } } }
+            }
             tr { th { "Class" } td { (i.class) } }
             tr { th { "Shape" } td { (shape_text(&i.shape)) " · " (i.gpu_count) " × " (i.gpu_model) } }
             @if big {

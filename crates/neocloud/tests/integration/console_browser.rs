@@ -30,6 +30,40 @@ impl Drop for Serve {
     }
 }
 
+/// axe-core's `axe.min.js`: `NEOCLOUD_TEST_AXE_JS`, or where scripts/test.sh installs it
+/// (target/npmtools). Without it the checks are skipped, unless the browser test is
+/// required (scripts/test.sh), where that is a failure.
+fn axe_source() -> Option<String> {
+    let path = std::env::var("NEOCLOUD_TEST_AXE_JS").map_or_else(
+        |_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/npmtools/node_modules/axe-core/axe.min.js")
+        },
+        PathBuf::from,
+    );
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            assert!(
+                std::env::var("NEOCLOUD_TEST_REQUIRE_BROWSER").is_err(),
+                "axe-core must be installed for the browser test ({}: {e})",
+                path.display()
+            );
+            eprintln!("skipping the accessibility checks: {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+/// Adds axe-core's serious and critical violations on the page now open to `found`.
+async fn audit(d: &Driver, axe: Option<&str>, page: &str, found: &mut Vec<String>) {
+    if let Some(src) = axe {
+        for v in d.axe(src).await {
+            found.push(format!("{page}: {v}"));
+        }
+    }
+}
+
 fn artifacts() -> PathBuf {
     let dir = std::env::var("NEOCLOUD_TEST_ARTIFACTS").map_or_else(
         |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts/console"),
@@ -120,7 +154,7 @@ async fn a_tenant_and_an_operator_in_a_real_browser() {
         "site": "memphis-1", "sla_percent": "99.9"}),
     )
     .await;
-    api(
+    let gang = api(
         &http,
         &base,
         &operator,
@@ -165,6 +199,9 @@ async fn a_tenant_and_an_operator_in_a_real_browser() {
     d.goto(&format!("{base}/instances")).await;
     d.wait_path("/sign-in").await;
     d.screenshot(&shots.join("01-sign-in.png")).await;
+    let axe = axe_source();
+    let mut a11y: Vec<String> = Vec::new();
+    audit(&d, axe.as_deref(), "/sign-in", &mut a11y).await;
     d.type_into("#key", &tenant_key).await;
     d.click("#sign-in").await;
     d.wait_path("/instances").await;
@@ -180,6 +217,7 @@ async fn a_tenant_and_an_operator_in_a_real_browser() {
     let id = path.trim_start_matches("/instances/").to_string();
     assert_eq!(d.text("#instance-state").await, "running");
     d.screenshot(&shots.join("02-instance-running.png")).await;
+    audit(&d, axe.as_deref(), "/instances/{id} (tenant)", &mut a11y).await;
 
     // Let it run for whole seconds, then terminate it through the confirm dialog.
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -210,9 +248,14 @@ async fn a_tenant_and_an_operator_in_a_real_browser() {
         "usage of {id}: {gpu_seconds} GPU-seconds"
     );
     d.screenshot(&shots.join("03-usage.png")).await;
+    audit(&d, axe.as_deref(), "/usage (tenant)", &mut a11y).await;
     d.goto(&format!("{base}/instances")).await;
     assert!(d.count(&format!("tr[data-instance='{id}']")).await == 1);
     d.screenshot(&shots.join("04-instances.png")).await;
+    audit(&d, axe.as_deref(), "/instances (tenant)", &mut a11y).await;
+    d.goto(&format!("{base}/events")).await;
+    d.find("#events").await;
+    audit(&d, axe.as_deref(), "/events (tenant)", &mut a11y).await;
 
     // Sign out; the operator signs in and opens the fleet and the memphis-1 map.
     d.click("#sign-out").await;
@@ -270,6 +313,84 @@ async fn a_tenant_and_an_operator_in_a_real_browser() {
     d.find("#events").await;
     d.screenshot(&shots.join("11-events.png")).await;
 
+    // The operator walks every page: each shows what it is for, by name, and passes
+    // axe-core's checks (no serious or critical violation).
+    let gang_id = gang["id"].as_str().unwrap().to_string();
+    let gang_nodes = gang["placement"].as_array().unwrap();
+    let worked = gang_nodes[0]["node"].as_str().unwrap().to_string();
+    let cordoned = gang_nodes[1]["node"].as_str().unwrap().to_string();
+    api(
+        &http,
+        &base,
+        &operator,
+        &format!("/v1/nodes/{cordoned}/cordon"),
+        json!({"reason": "fan replaced"}),
+    )
+    .await;
+    let cid = c["id"].as_str().unwrap().to_string();
+    let pages: Vec<(String, &str, Vec<String>)> = vec![
+        (
+            "/".into(),
+            "section.card[data-site='memphis-1']",
+            vec!["sellable".into(), "Sold".into()],
+        ),
+        (
+            "/problems".into(),
+            "#problem-nodes",
+            vec![cordoned.clone(), "fan replaced".into()],
+        ),
+        ("/sites/memphis-1".into(), "svg#topology", vec![]),
+        (
+            format!("/nodes/{worked}"),
+            "#work",
+            vec![gang_id.clone(), "frontier-lab".into()],
+        ),
+        (
+            format!("/instances/{gang_id}"),
+            "#placement-blocks",
+            vec!["frontier-lab".into()],
+        ),
+        (
+            "/contracts".into(),
+            "#contracts",
+            vec!["frontier-lab".into()],
+        ),
+        (
+            format!("/contracts/{cid}"),
+            "#contract-calendar",
+            vec!["frontier-lab".into(), gang_id.clone()],
+        ),
+        ("/tenants".into(), "#tenants", vec!["Acme AI".into()]),
+        (
+            "/tenants/acme-ai".into(),
+            "#keys",
+            vec!["acme browser".into()],
+        ),
+        ("/reports".into(), "#backlog-total", vec![]),
+        ("/invoices".into(), "main", vec![]),
+        ("/usage".into(), "main", vec![]),
+        ("/instances".into(), "#instances", vec![gang_id.clone()]),
+        ("/events".into(), "#events", vec!["acme browser".into()]),
+    ];
+    for (page, css, shows) in &pages {
+        d.goto(&format!("{base}{page}")).await;
+        d.find(css).await;
+        let text = d.text("main").await;
+        for want in shows {
+            assert!(
+                text.contains(want.as_str()),
+                "{page} does not show '{want}'"
+            );
+        }
+        audit(&d, axe.as_deref(), page, &mut a11y).await;
+    }
+    d.screenshot(&shots.join("12-problems-walked.png")).await;
+    assert!(
+        a11y.is_empty(),
+        "axe-core finds serious or critical violations:\n{}",
+        a11y.join("\n")
+    );
+
     // At phone width (390 CSS pixels) no page is wider than the screen: the navigation
     // wraps below the title, and a wide table scrolls inside itself.
     d.resize(390, 844).await;
@@ -318,6 +439,6 @@ async fn a_tenant_and_an_operator_in_a_real_browser() {
             assert_eq!(scrolls, "auto", "{page}: its table does not scroll");
         }
     }
-    d.screenshot(&shots.join("12-phone-contracts.png")).await;
+    d.screenshot(&shots.join("13-phone-contracts.png")).await;
     d.quit().await;
 }

@@ -446,3 +446,164 @@ both_backends!(
         assert!(loads >= 48);
     }
 );
+
+/// The text of a replica's /metrics.
+async fn scrape(url: &str) -> String {
+    reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Runs `promtool` with `args` (and `stdin`), if installed; scripts/test.sh requires it.
+fn promtool(args: &[&str], stdin: &str) -> Option<String> {
+    use std::io::Write;
+    let have = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok();
+    assert!(
+        have || std::env::var("NEOCLOUD_TEST_REQUIRE_PROMTOOL").is_err(),
+        "promtool is required but not installed"
+    );
+    if !have {
+        return None;
+    }
+    let mut child = std::process::Command::new("promtool")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "promtool {args:?}: {out}");
+    Some(out)
+}
+
+both_backends!(
+    three_replicas_feed_the_dashboard_without_double_counting,
+    |ctx: TestContext| async move {
+        // Three replicas scraped as Prometheus would (each series labelled with its
+        // `instance`). Every dashboard query evaluates over the three scrapes, and the
+        // fleet's totals are the fleet's, not three times it: only the leader exports them.
+        let k = ctx.operator_key.clone();
+        ctx.import(FLEET).await.expect(200);
+        ctx.tenant("acme").await;
+        let urls = [ctx.url(""), String::new(), String::new()];
+        let a = ctx.svc.clone();
+        assert_eq!(
+            a.enable_replication(config("rep-a", &urls[0]), false)
+                .await
+                .unwrap(),
+            RoleChange::BecameLeader
+        );
+        let (b, b_url) = replica(&ctx).await;
+        let (c, c_url) = replica(&ctx).await;
+        let urls = [urls[0].clone(), b_url, c_url];
+        for (svc, (id, url)) in [(&b, ("rep-b", &urls[1])), (&c, ("rep-c", &urls[2]))] {
+            assert_eq!(
+                svc.enable_replication(config(id, url), false)
+                    .await
+                    .unwrap(),
+                RoleChange::Same
+            );
+        }
+        let (s, i) = launch8(&urls[1], &k).await;
+        assert_eq!(s, 201, "{i}");
+        for svc in [&b, &c] {
+            svc.leadership_tick(Timestamp::now()).await.unwrap();
+        }
+        // The truth, from the API.
+        let site = get(&urls[0], &k, "/v1/sites/east").await;
+        let total = site["gpu_count"].as_u64().unwrap();
+        assert_eq!(total, 64, "{site}");
+
+        // The scrapes as promtool's test input: each series at a constant value for 10
+        // minutes, labelled with its replica.
+        let mut series = String::new();
+        for (n, url) in urls.iter().enumerate() {
+            let text = scrape(url).await;
+            promtool(&["check", "metrics"], &text);
+            for line in text
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+            {
+                let (name_labels, value) = line.rsplit_once(' ').unwrap();
+                let inst = format!("instance=\"r{n}\"");
+                let labelled = match name_labels.split_once('{') {
+                    Some((name, rest)) if rest.starts_with('}') => format!("{name}{{{inst}}}"),
+                    Some((name, rest)) => format!("{name}{{{inst},{rest}"),
+                    None => format!("{name_labels}{{{inst}}}"),
+                };
+                let v = if value.contains("Inf") || value.contains("NaN") {
+                    "0"
+                } else {
+                    value
+                };
+                series.push_str(&format!(
+                    "      - series: '{}'\n        values: '{v}x10'\n",
+                    labelled.replace('\'', "''")
+                ));
+            }
+        }
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../../../docs/grafana/neocloud.json")).unwrap();
+        let mut tests = String::new();
+        let mut exprs = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for t in panel["targets"].as_array().into_iter().flatten() {
+                let Some(expr) = t["expr"].as_str() else {
+                    continue;
+                };
+                let expr = expr.replace("$site", ".*");
+                // Each query parses and evaluates over the three scrapes.
+                tests.push_str(&format!(
+                    "      - expr: 'count({}) * 0 + 1 or vector(1)'\n        eval_time: 5m\n        exp_samples:\n          - labels: '{{}}'\n            value: 1\n",
+                    expr.replace('\'', "''")
+                ));
+                exprs += 1;
+            }
+        }
+        assert!(exprs >= 15, "{exprs} dashboard queries");
+        // And the fleet's totals, as the dashboard sums them over every replica, are the
+        // fleet's: 64 GPUs, 8 allocated, one leader.
+        for (expr, want) in [
+            (
+                "sum(sum by (site, state) (neocloud_gpus{site=~\".*\"}))".to_string(),
+                total,
+            ),
+            (
+                "sum(sum by (site, class) (neocloud_gpus_allocated{site=~\".*\"}))".into(),
+                8,
+            ),
+            ("sum(sum by (instance) (neocloud_leader))".into(), 1),
+            ("count(neocloud_leader)".into(), 3),
+        ] {
+            tests.push_str(&format!(
+                "      - expr: '{}'\n        eval_time: 5m\n        exp_samples:\n          - labels: '{{}}'\n            value: {want}\n",
+                expr.replace('\'', "''")
+            ));
+        }
+        let file = format!(
+            "rule_files: []\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{series}    promql_expr_test:\n{tests}"
+        );
+        let dir = crate::ctx::temp_dir();
+        let path = dir.join("dashboard-test.yml");
+        std::fs::write(&path, &file).unwrap();
+        promtool(&["test", "rules", path.to_str().unwrap()], "");
+    }
+);

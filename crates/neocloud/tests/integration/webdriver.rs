@@ -232,6 +232,38 @@ impl Driver {
         }
     }
 
+    /// Runs axe-core (`source`: axe.min.js) on the page and returns its serious and
+    /// critical violations, one line each: rule, help, and up to three elements.
+    pub async fn axe(&self, source: &str) -> Vec<String> {
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": format!("{source}\nreturn true;"), "args": []})),
+        )
+        .await;
+        let v = self
+            .call(
+                "POST",
+                "/execute/async",
+                Some(
+                    json!({"script": "const done = arguments[arguments.length - 1];
+                    axe.run(document, {resultTypes: ['violations']}).then(r => done(
+                      r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
+                        .map(v => v.id + ' (' + v.impact + '): ' + v.help + ' at ' +
+                             v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(', '))));",
+                    "args": []}),
+                ),
+            )
+            .await;
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| x.as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Resizes the browser window (CSS pixels).
     pub async fn resize(&self, width: u32, height: u32) {
         self.call(

@@ -19,9 +19,9 @@ use neocloud_allocator::{
     Allocation, Allocator, NodeSpec, PlacementPolicy, Refusal, Request, Sharing, SiteSpec,
 };
 use neocloud_types::{
-    AllocatorNode, AllocatorSite, Class, Contract, ContractId, ContractState, FleetPolicy,
-    GangLevel, Instance, InstanceId, InstanceState, NodeFailurePolicy, NodeId, NodeState, Quota,
-    Shape, Site, SiteId, TenantId, Timestamp,
+    AllocatorNode, AllocatorSite, BoardTopology, Class, Contract, ContractId, ContractState,
+    FleetPolicy, GangLevel, Instance, InstanceId, InstanceState, NodeFailurePolicy, NodeId,
+    NodeState, Quota, Shape, Site, SiteId, TenantId, Timestamp,
 };
 
 mod delivery;
@@ -240,6 +240,9 @@ pub struct Snapshot {
     pub contracts: Vec<Contract>,
     /// Every quota.
     pub quotas: Vec<Quota>,
+    /// The board topology of each GPU model that has one of its own (the fleet file's
+    /// `topology`); any other model takes the rule for its name.
+    pub topologies: BTreeMap<String, BoardTopology>,
 }
 
 /// Counters of decisions, read by metrics.
@@ -295,6 +298,9 @@ pub struct Scheduler {
     /// Gangs (policy `replace`) running short of nodes after a failure, waiting for a
     /// node of their block.
     repairs: BTreeSet<InstanceId>,
+    /// What the build had to leave as it was (a model's topology that the work already
+    /// placed does not fit), for the caller to log.
+    warnings: Vec<String>,
 }
 
 /// The request the allocator sees for an instance.
@@ -534,6 +540,22 @@ impl Scheduler {
                 }
             }
         }
+        // Work is restored under the most permissive topology (any GPUs together), and each
+        // model's own (the fleet file's, else the rule for its name) set after it: work placed
+        // by a topology an import has since changed keeps its GPUs, and its model keeps
+        // taking any set until that work ends (the next build applies the new one).
+        let mut topologies: BTreeMap<String, BoardTopology> = BTreeMap::new();
+        for n in &snap.nodes {
+            if !topologies.contains_key(&n.gpu_model) {
+                let t = snap
+                    .topologies
+                    .get(&n.gpu_model)
+                    .copied()
+                    .unwrap_or_else(|| BoardTopology::of_model(&n.gpu_model));
+                topologies.insert(n.gpu_model.clone(), t);
+                alloc.set_model_topology(&n.gpu_model, BoardTopology::NVSWITCH)?;
+            }
+        }
         let mut node_size: BTreeMap<String, u32> = BTreeMap::new();
         let mut node_host: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut node_names = HashMap::with_capacity(snap.nodes.len());
@@ -605,6 +627,7 @@ impl Scheduler {
             by_node: HashMap::new(),
             tracked: HashMap::new(),
             repairs: BTreeSet::new(),
+            warnings: Vec::new(),
         };
         for i in snap.live {
             if i.state.is_final() {
@@ -664,6 +687,13 @@ impl Scheduler {
             s.track(&i);
             s.index_delivered(&i, None);
             s.live.insert(i.id, i);
+        }
+        for (model, &topology) in &topologies {
+            if let Err(e) = s.alloc.set_model_topology(model, topology) {
+                s.warnings.push(format!(
+                    "{e}; the model takes any GPUs together until that work ends"
+                ));
+            }
         }
         s.spread_spares();
         for c in snap.contracts {
@@ -847,6 +877,12 @@ impl Scheduler {
         self.contracts
             .values()
             .any(|c| c.state == ContractState::Active && !self.pools_full.contains(&c.id))
+    }
+
+    /// What the build left as it was, for the caller to log: a model whose topology the
+    /// work already placed does not fit.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// Decision counters.

@@ -73,6 +73,7 @@ impl CreateGpuModel {
         let vendor = self.vendor.unwrap_or_else(|| "unknown".into());
         validate_label("vendor", &vendor)?;
         Ok(GpuModel {
+            topology: neocloud_types::BoardTopology::of_model(&self.name),
             name: self.name,
             vendor,
             memory_gib: self.memory_gib,

@@ -247,6 +247,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "webhooks",
         include_str!("../migrations/0012_webhooks.sql"),
     ),
+    (
+        14,
+        "gpu_model_topology",
+        include_str!("../migrations/0014_gpu_model_topology.sql"),
+    ),
 ];
 
 impl Store {

@@ -74,7 +74,10 @@ string_enum!(
     from = "ShapeBody"
 )]
 pub enum Shape {
-    /// 1, 2, 4 or 8 GPUs inside one node, on an aligned group of GPU indexes.
+    /// 1, 2, 4 or 8 GPUs inside one node, taken together as the board's topology allows
+    /// (the model's `topology`): any free GPUs on an NVSwitch board, one group of its
+    /// real topology elsewhere (GPUs behind one PCIe switch, an NVLink quad), an aligned
+    /// group of GPU indexes where the board is not known.
     Gpus {
         /// Number of GPUs: 1, 2, 4 or 8.
         gpus: u32,

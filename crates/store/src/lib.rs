@@ -249,8 +249,8 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         14,
-        "gpu_model_topology",
-        include_str!("../migrations/0014_gpu_model_topology.sql"),
+        "gpu_models",
+        include_str!("../migrations/0014_gpu_models.sql"),
     ),
 ];
 

@@ -340,6 +340,9 @@ async fn a_queued_request_takes_the_first_model_that_frees(ctx: TestContext) {
     .await;
     assert_eq!(q["state"], "pending", "{q}");
     assert_eq!(models_of(&q), [H100, H200]);
+    // An import rebuilds the scheduler from the database: the queued request keeps its
+    // models.
+    ctx.import(TWO_MODELS).await.expect(200);
     // The H200 frees: the queued request starts there.
     let id = h200["id"].as_str().unwrap();
     ctx.post(&format!("/v1/instances/{id}/terminate"), &key, &json!({}))
@@ -361,6 +364,14 @@ async fn a_queued_request_takes_the_first_model_that_frees(ctx: TestContext) {
     assert_eq!(now["gpu_model"], H200, "{now}");
     assert_eq!(held(&now).0, "h200-1");
     assert_eq!(held(&h100).0, "h100-1");
+    let back = ctx
+        .svc
+        .store()
+        .instance_get(qid.parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(back.gpu_model, H200);
+    assert_eq!(back.gpu_models, [H100, H200]);
 }
 
 both_backends!(
@@ -442,6 +453,26 @@ async fn the_cli_launches_on_several_models(ctx: TestContext) {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("twice"),
         "{out:?}"
+    );
+    // `show` says what it accepted.
+    let l = ctx.get("/v1/instances", &key).await.expect(200);
+    let several = l["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["gpu_models"].is_array())
+        .unwrap();
+    let out = crate::cli::neocloud(
+        &ctx,
+        &key,
+        &["instances", "show", several["id"].as_str().unwrap()],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("accepts  H100-SXM-80GB, H200-SXM-141GB"),
+        "{text}"
     );
     // The list shows the model each runs on.
     let out = crate::cli::neocloud(&ctx, &key, &["instances", "list"]).await;

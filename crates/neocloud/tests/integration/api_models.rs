@@ -112,6 +112,47 @@ both_backends!(
     }
 );
 
+both_backends!(
+    a_changed_topology_waits_for_the_work_placed_by_the_old_one,
+    |ctx: TestContext| async move {
+        ctx.import(&fleet("ACME-NV8", "nvswitch")).await.expect(200);
+        let (node, on, gpus) = two_after_freeing_one_and_two(&ctx, "ACME-NV8").await;
+        assert_eq!((&on, &gpus), (&node, &vec![1, 2]));
+        // The board is PCIe after all: the import applies (the scheduler is rebuilt), and
+        // the pair on GPUs 1 and 2 keeps running.
+        ctx.import(&fleet("ACME-NV8", "groups:2,4"))
+            .await
+            .expect(200);
+        let m = ctx
+            .get("/v1/gpu-models/ACME-NV8", &ctx.operator_key)
+            .await
+            .expect(200);
+        assert_eq!(m["topology"], "groups:2,4", "{m}");
+        let key = ctx.key("tenant-admin", Some("acme")).await.0;
+        let l = ctx.get("/v1/instances", &key).await.expect(200);
+        let running: Vec<&Value> = l["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["state"] == "running")
+            .collect();
+        assert_eq!(running.len(), 7, "{l}");
+        assert!(running.iter().any(|i| held(i).1 == [1, 2]), "{l}");
+        // Once it ends, the next rebuild gives the board's pairs only: GPUs 1 and 2, free
+        // again, are no pair.
+        let pair = running.iter().find(|i| held(i).1 == [1, 2]).unwrap();
+        let id = pair["id"].as_str().unwrap();
+        ctx.post(&format!("/v1/instances/{id}/terminate"), &key, &json!({}))
+            .await
+            .expect(200);
+        ctx.import(&fleet("ACME-NV8", "groups:2,4"))
+            .await
+            .expect(200);
+        let two = launch(&ctx, &key, json!({"gpu_model": "ACME-NV8", "gpus": 2})).await;
+        assert_ne!(held(&two).0, node, "{two}");
+    }
+);
+
 // ----- requests that accept several models -----
 
 const H100: &str = "H100-SXM-80GB";

@@ -209,6 +209,7 @@ no_spares!(
     quotas_count_the_model_placed_on,
     a_queued_request_takes_the_first_model_that_frees,
     the_cli_launches_on_several_models,
+    a_request_of_several_models_preempts_spot_on_one_of_them,
 );
 
 fn models_of(i: &Value) -> Vec<&str> {
@@ -520,4 +521,50 @@ async fn the_cli_launches_on_several_models(ctx: TestContext) {
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.matches(H200).count(), 2, "{text}");
+}
+
+async fn a_request_of_several_models_preempts_spot_on_one_of_them(ctx: TestContext) {
+    ctx.import(TWO_MODELS).await.expect(200);
+    let key = tenant_key(&ctx, "acme").await;
+    let spot_key = tenant_key(&ctx, "bravo").await;
+    let s100 = launch(
+        &ctx,
+        &spot_key,
+        json!({"gpu_model": H100, "gpus": 8, "class": "spot"}),
+    )
+    .await;
+    let s200 = launch(
+        &ctx,
+        &spot_key,
+        json!({"gpu_model": H200, "gpus": 8, "class": "spot"}),
+    )
+    .await;
+    // On-demand outranks spot: one spot instance, on one of the accepted models, gets a
+    // notice; the request waits for it.
+    let od = launch(&ctx, &key, json!({"gpu_models": [H200, H100], "gpus": 8})).await;
+    assert_eq!(od["state"], "pending", "{od}");
+    assert!(od["reason"].as_str().unwrap().contains("preempted"), "{od}");
+    let state = |i: Value| i["state"].as_str().unwrap().to_string();
+    let get = |id: &Value, k: &str| {
+        let path = format!("/v1/instances/{}", id.as_str().unwrap());
+        let k = k.to_string();
+        let ctx = &ctx;
+        async move { ctx.get(&path, &k).await.expect(200) }
+    };
+    let (a, b) = (
+        get(&s100["id"], &spot_key).await,
+        get(&s200["id"], &spot_key).await,
+    );
+    let victim = match (state(a.clone()).as_str(), state(b.clone()).as_str()) {
+        ("running", "preempting") => b,
+        ("preempting", "running") => a,
+        other => panic!("one spot instance is preempted: {other:?}"),
+    };
+    let deadline: neocloud_types::Timestamp =
+        victim["preempt_at"].as_str().unwrap().parse().unwrap();
+    ctx.svc.tick(deadline).await.unwrap();
+    let od = get(&od["id"], &key).await;
+    assert_eq!(od["state"], "running", "{od}");
+    assert_eq!(od["gpu_model"], victim["gpu_model"], "{od}");
+    assert_eq!(models_of(&od), [H200, H100]);
 }

@@ -114,6 +114,10 @@ pub struct CreateGpuModel {
     pub memory_gib: u32,
     /// Power at full load in watts.
     pub tdp_watts: u32,
+    /// How the GPUs of one board connect: `nvswitch`, `groups:N,M,…` or `aligned`; by
+    /// default the rule for the model's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<String>,
 }
 
 /// Body of `PUT /v1/sites/{site}/power-cap`.

@@ -48,6 +48,11 @@ pub struct CreateGpuModel {
     pub memory_gib: u32,
     /// Power at full load in watts (1-100000).
     pub tdp_watts: u32,
+    /// How the GPUs of one board connect: `nvswitch`, `groups:N,M,…` (nested groups of
+    /// consecutive GPU indexes, smallest first, powers of two from 2 to 64) or `aligned`;
+    /// by default the rule for the model's name.
+    #[serde(default)]
+    pub topology: Option<String>,
 }
 
 impl CreateGpuModel {
@@ -72,8 +77,14 @@ impl CreateGpuModel {
         }
         let vendor = self.vendor.unwrap_or_else(|| "unknown".into());
         validate_label("vendor", &vendor)?;
+        let topology = match &self.topology {
+            Some(t) => t
+                .parse::<neocloud_types::BoardTopology>()
+                .map_err(|e| Error::invalid(format!("topology: {e}")))?,
+            None => neocloud_types::BoardTopology::of_model(&self.name),
+        };
         Ok(GpuModel {
-            topology: neocloud_types::BoardTopology::of_model(&self.name),
+            topology,
             name: self.name,
             vendor,
             memory_gib: self.memory_gib,

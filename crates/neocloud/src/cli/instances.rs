@@ -360,10 +360,6 @@ pub(crate) async fn instances(cx: &Cx<'_>, cmd: InstanceCmd) -> Result<()> {
         InstanceCmd::Show { id } => cx.show(&c.instance(&id).await?, ids, |v, b| {
             record(v, b);
             b.line(format_args!("holds  {}", shape_cell(v)));
-            if let Some(models) = v.get("gpu_models").and_then(Value::as_array) {
-                let models: Vec<&str> = models.iter().filter_map(Value::as_str).collect();
-                b.line(format_args!("accepts  {}", models.join(", ")));
-            }
             if let Some(d) = v.pointer("/delivery/mode").and_then(Value::as_str) {
                 b.line(format_args!("delivery  {d}"));
             }

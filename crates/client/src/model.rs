@@ -114,6 +114,10 @@ pub struct CreateGpuModel {
     pub memory_gib: u32,
     /// Power at full load in watts.
     pub tdp_watts: u32,
+    /// How the GPUs of one board connect: `nvswitch`, `groups:N,M,…` or `aligned`; by
+    /// default the rule for the model's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<String>,
 }
 
 /// Body of `PUT /v1/sites/{site}/power-cap`.
@@ -291,8 +295,13 @@ pub struct LaunchInstance {
     pub name: Option<String>,
     /// Class of service.
     pub class: Class,
-    /// GPU model.
-    pub gpu_model: String,
+    /// GPU model (or `gpu_models`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_model: Option<String>,
+    /// GPU models any of which will do, instead of `gpu_model`: placed on the best node of
+    /// any of them, billed and counted in quotas as the one it lands on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_models: Vec<String>,
     /// GPUs in one node: 1, 2, 4 or 8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpus: Option<u32>,
@@ -336,10 +345,19 @@ impl LaunchInstance {
     /// A launch of `gpu_model` in `class` with nothing else set (give a size next).
     pub fn new(gpu_model: impl Into<String>, class: Class) -> LaunchInstance {
         LaunchInstance {
+            gpu_model: Some(gpu_model.into()),
+            ..LaunchInstance::among(Vec::new(), class)
+        }
+    }
+
+    /// A launch that accepts any of `gpu_models` in `class`, with nothing else set.
+    pub fn among(gpu_models: Vec<String>, class: Class) -> LaunchInstance {
+        LaunchInstance {
             tenant_id: None,
             name: None,
             class,
-            gpu_model: gpu_model.into(),
+            gpu_model: None,
+            gpu_models,
             gpus: None,
             nodes: None,
             gang_level: None,

@@ -113,7 +113,8 @@ impl LaunchForm {
             tenant_id: opt(&self.tenant),
             name: opt(&self.name),
             class,
-            gpu_model: self.gpu_model.trim().to_string(),
+            gpu_model: Some(self.gpu_model.trim().to_string()),
+            gpu_models: None,
             gpus,
             nodes,
             // A gang level chosen with a GPU shape is the form's leftover, not a request.

@@ -600,6 +600,7 @@ fn catalog_models_added_earlier_take_the_files_figures() {
         memory_gib: 16,
         tdp_watts: 70,
         builtin: false,
+        topology: neocloud_types::BoardTopology::of_model("T4"),
     });
     let node = "[[sites.nodes]]\nname = \"n\"\ngpu_model = \"T4\"\ngpus = 1\n";
     let file = format!("{SITE}{node}");

@@ -19,9 +19,9 @@ use neocloud_allocator::{
     Allocation, Allocator, NodeSpec, PlacementPolicy, Refusal, Request, Sharing, SiteSpec,
 };
 use neocloud_types::{
-    AllocatorNode, AllocatorSite, Class, Contract, ContractId, ContractState, FleetPolicy,
-    GangLevel, Instance, InstanceId, InstanceState, NodeFailurePolicy, NodeId, NodeState, Quota,
-    Shape, Site, SiteId, TenantId, Timestamp,
+    AllocatorNode, AllocatorSite, BoardTopology, Class, Contract, ContractId, ContractState,
+    FleetPolicy, GangLevel, Instance, InstanceId, InstanceState, NodeFailurePolicy, NodeId,
+    NodeState, Quota, Shape, Site, SiteId, TenantId, Timestamp,
 };
 
 mod delivery;
@@ -240,6 +240,9 @@ pub struct Snapshot {
     pub contracts: Vec<Contract>,
     /// Every quota.
     pub quotas: Vec<Quota>,
+    /// The board topology of each GPU model that has one of its own (the fleet file's
+    /// `topology`); any other model takes the rule for its name.
+    pub topologies: BTreeMap<String, BoardTopology>,
 }
 
 /// Counters of decisions, read by metrics.
@@ -295,6 +298,9 @@ pub struct Scheduler {
     /// Gangs (policy `replace`) running short of nodes after a failure, waiting for a
     /// node of their block.
     repairs: BTreeSet<InstanceId>,
+    /// What the build had to leave as it was (a model's topology that the work already
+    /// placed does not fit), for the caller to log.
+    warnings: Vec<String>,
 }
 
 /// The request the allocator sees for an instance.
@@ -404,6 +410,10 @@ fn same_request(a: &Request, b: &Request) -> bool {
         && a.gpu_model == b.gpu_model
 }
 
+/// What a queued request asks for: the allocator's request and the models it accepts when
+/// it accepts several.
+type Need = (Request, Vec<String>);
+
 /// A pending instance in the queue: its place (priority descending, then id), and what a
 /// pass over the queue reads of it, none of which changes while it waits. Ordered and
 /// compared by its place alone.
@@ -416,6 +426,8 @@ struct Queued {
     need: u64,
     /// What it asks the allocator for ([`request_of`] the instance).
     req: Request,
+    /// The GPU models it accepts, when it accepts several (its `gpu_models`).
+    models: Vec<String>,
 }
 
 impl PartialEq for Queued {
@@ -534,6 +546,22 @@ impl Scheduler {
                 }
             }
         }
+        // Work is restored under the most permissive topology (any GPUs together), and each
+        // model's own (the fleet file's, else the rule for its name) set after it: work placed
+        // by a topology an import has since changed keeps its GPUs, and its model keeps
+        // taking any set until that work ends (the next build applies the new one).
+        let mut topologies: BTreeMap<String, BoardTopology> = BTreeMap::new();
+        for n in &snap.nodes {
+            if !topologies.contains_key(&n.gpu_model) {
+                let t = snap
+                    .topologies
+                    .get(&n.gpu_model)
+                    .copied()
+                    .unwrap_or_else(|| BoardTopology::of_model(&n.gpu_model));
+                topologies.insert(n.gpu_model.clone(), t);
+                alloc.set_model_topology(&n.gpu_model, BoardTopology::NVSWITCH)?;
+            }
+        }
         let mut node_size: BTreeMap<String, u32> = BTreeMap::new();
         let mut node_host: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut node_names = HashMap::with_capacity(snap.nodes.len());
@@ -605,6 +633,7 @@ impl Scheduler {
             by_node: HashMap::new(),
             tracked: HashMap::new(),
             repairs: BTreeSet::new(),
+            warnings: Vec::new(),
         };
         for i in snap.live {
             if i.state.is_final() {
@@ -664,6 +693,13 @@ impl Scheduler {
             s.track(&i);
             s.index_delivered(&i, None);
             s.live.insert(i.id, i);
+        }
+        for (model, &topology) in &topologies {
+            if let Err(e) = s.alloc.set_model_topology(model, topology) {
+                s.warnings.push(format!(
+                    "{e}; the model takes any GPUs together until that work ends"
+                ));
+            }
         }
         s.spread_spares();
         for c in snap.contracts {
@@ -849,6 +885,12 @@ impl Scheduler {
             .any(|c| c.state == ContractState::Active && !self.pools_full.contains(&c.id))
     }
 
+    /// What the build left as it was, for the caller to log: a model whose topology the
+    /// work already placed does not fit.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
     /// Decision counters.
     pub fn counters(&self) -> Counters {
         self.counters
@@ -896,14 +938,29 @@ impl Scheduler {
             }
             _ => {}
         }
-        if let Some(&(cpu, mem)) = self.node_host.get(&inst.gpu_model) {
+        // One that accepts several models needs a model some node of which can host it.
+        let mut first = None;
+        for model in std::iter::once(&inst.gpu_model).chain(inst.gpu_models.iter()) {
+            match self.check_host(inst, model) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Whether some node of `model` could ever host the CPU and memory `inst` asks for.
+    fn check_host(&self, inst: &Instance, model: &str) -> Result<(), Refused> {
+        if let Some(&(cpu, mem)) = self.node_host.get(model) {
             if let Some(c) = inst.cpu_milli
                 && cpu > 0
                 && c > cpu
             {
                 return Err(Refused::Invalid(format!(
                     "cpu_milli {c} is more than any {} node has ({cpu} thousandths of a core)",
-                    inst.gpu_model
+                    model
                 )));
             }
             if let Some(m) = inst.memory_mib
@@ -912,7 +969,7 @@ impl Scheduler {
             {
                 return Err(Refused::Invalid(format!(
                     "memory_mib {m} is more than any {} node has ({mem} MiB)",
-                    inst.gpu_model
+                    model
                 )));
             }
         }
@@ -932,6 +989,7 @@ impl Scheduler {
             wait_until: i.wait_until,
             need: need_hash(i),
             req: request_of(i),
+            models: i.gpu_models.clone(),
         }
     }
 
@@ -939,9 +997,15 @@ impl Scheduler {
         (i.tenant_id, i.gpu_model.clone(), i.class)
     }
 
+    /// Whether an instance counts in its quota: always, but while one that accepts several
+    /// models waits (it counts as the model it is placed on, once it is).
+    fn counted(i: &Instance) -> bool {
+        i.gpu_models.is_empty() || i.state != InstanceState::Pending
+    }
+
     fn track(&mut self, i: &Instance) {
         let m = i.shape.gpu_milli(i.gpu_count);
-        if m > 0 {
+        if m > 0 && Self::counted(i) {
             *self.used.entry(Self::quota_key(i)).or_default() += m;
         }
     }
@@ -949,6 +1013,7 @@ impl Scheduler {
     fn untrack(&mut self, i: &Instance) {
         let m = i.shape.gpu_milli(i.gpu_count);
         if m > 0
+            && Self::counted(i)
             && let Some(u) = self.used.get_mut(&Self::quota_key(i))
         {
             *u = u.saturating_sub(m);
@@ -1005,6 +1070,53 @@ impl Scheduler {
                 .map_err(|r| (r, false))?;
         }
         neocloud_allocator::selling::place_within_sellable(&mut Selling { s: self, now }, req)
+    }
+
+    /// Places a request that accepts any of `models` in one decision across them
+    /// ([`Allocator::place_among`]). On-demand and internal work is then held to the
+    /// sellable capacity of the model it landed on; when that refuses, the decision is
+    /// made again without that model. The flag of an error says whether the allocator
+    /// refused (`true`) or the sellable capacity did (`false`).
+    fn place_among_checked(
+        &mut self,
+        req: &Request,
+        models: &[String],
+        now: Timestamp,
+    ) -> Result<Allocation, (Refusal, bool)> {
+        let mut left = models.to_vec();
+        let mut last: Option<(Refusal, bool)> = None;
+        while !left.is_empty() {
+            let a = match self.alloc.place_among(req, &left) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.counters.refused += 1;
+                    return Err(last.unwrap_or((e, true)));
+                }
+            };
+            self.counters.placed += 1;
+            if let Some(k) = sold_key(&a) {
+                *self.sold.entry(k).or_default() += a.gpu_milli();
+            }
+            if !matches!(req.class, Class::OnDemand | Class::Internal) {
+                return Ok(a);
+            }
+            match self.sellable_verdict(&a, true, now) {
+                Ok(()) => return Ok(a),
+                Err(refusal) => {
+                    self.release(a.id);
+                    left.retain(|m| *m != a.gpu_model);
+                    last = Some((refusal, false));
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            (
+                Refusal::UnknownModel {
+                    model: models.join("|"),
+                },
+                true,
+            )
+        }))
     }
 
     /// At an allocation's site and model, now: the site, the thousandths of GPUs on-demand
@@ -1172,7 +1284,22 @@ impl Scheduler {
         }
         self.check_shape(&inst)?;
         let request = request_of(&inst);
-        let placed = self.place_checked(&request, now);
+        // A request that accepts several models is placed on those its quotas leave room on.
+        let multi = !inst.gpu_models.is_empty();
+        let models = if multi {
+            let models = self.models_within_quota(&inst);
+            if models.is_empty() {
+                return Err(self.quota_refusal(&inst));
+            }
+            models
+        } else {
+            Vec::new()
+        };
+        let placed = if multi {
+            self.place_among_checked(&request, &models, now)
+        } else {
+            self.place_checked(&request, now)
+        };
         // A malformed request is refused, never queued: waiting cannot fix it.
         if let Err((
             r @ (Refusal::BadShape { .. }
@@ -1189,7 +1316,17 @@ impl Scheduler {
             Ok(a) => u32::try_from(a.gpu_count()).unwrap_or(u32::MAX),
             Err(_) => self.shape_gpus(&inst),
         };
-        if let Err(e) = self.check_quota(&inst) {
+        if let Ok(a) = &placed {
+            inst.gpu_model.clone_from(&a.gpu_model);
+        }
+        // One that accepts several models and waits counts in no quota yet (it had room on
+        // one of them above).
+        let quota = if multi && placed.is_err() {
+            Ok(())
+        } else {
+            self.check_quota(&inst)
+        };
+        if let Err(e) = quota {
             if let Ok(a) = &placed {
                 self.release(a.id);
             }
@@ -1211,9 +1348,20 @@ impl Scheduler {
             }
             Err((refusal, preemption_may_help)) => {
                 let victims = if inst.class != Class::Spot && preemption_may_help {
-                    self.alloc
-                        .preemption_plan(&request)
-                        .filter(|v| !v.is_empty())
+                    if multi {
+                        // The first accepted model where preempting makes room.
+                        models.iter().find_map(|m| {
+                            let r = Request {
+                                gpu_model: m.clone(),
+                                ..request.clone()
+                            };
+                            self.alloc.preemption_plan(&r).filter(|v| !v.is_empty())
+                        })
+                    } else {
+                        self.alloc
+                            .preemption_plan(&request)
+                            .filter(|v| !v.is_empty())
+                    }
                 } else {
                     None
                 };
@@ -1258,20 +1406,54 @@ impl Scheduler {
     }
 
     fn check_quota(&self, inst: &Instance) -> Result<(), Refused> {
+        self.check_quota_on(inst, &inst.gpu_model)
+    }
+
+    /// The accepted models of an instance that accepts several on which its tenant's quotas
+    /// leave it room, in its order.
+    fn models_within_quota(&self, inst: &Instance) -> Vec<String> {
+        inst.gpu_models
+            .iter()
+            .filter(|m| self.check_quota_on(inst, m).is_ok())
+            .cloned()
+            .collect()
+    }
+
+    /// The refusal of an instance that accepts several models, none of which its quotas
+    /// leave room on: every model's reason.
+    fn quota_refusal(&self, inst: &Instance) -> Refused {
+        let reasons: Vec<String> = inst
+            .gpu_models
+            .iter()
+            .filter_map(|m| match self.check_quota_on(inst, m) {
+                Err(Refused::Quota(r)) => Some(r),
+                _ => None,
+            })
+            .collect();
+        Refused::Quota(reasons.join("; "))
+    }
+
+    /// The quota check of `inst` as if it ran on `model`.
+    fn check_quota_on(&self, inst: &Instance, model: &str) -> Result<(), Refused> {
         let Some(q) = self.quotas.iter().find(|q| {
-            q.tenant_id == inst.tenant_id && q.gpu_model == inst.gpu_model && q.class == inst.class
+            q.tenant_id == inst.tenant_id && q.gpu_model == model && q.class == inst.class
         }) else {
             return Ok(());
         };
         // Thousandths of a GPU: a share counts its share, a MIG instance its compute slices
         // out of 7, CPU-only nothing; the sum, rounded up to whole GPUs, is held to the quota.
-        let used = self.quota_used(inst.tenant_id, &inst.gpu_model, inst.class);
-        let asks = inst.shape.gpu_milli(inst.gpu_count);
+        let used = self.quota_used(inst.tenant_id, model, inst.class);
+        // Before it is placed or queued, what its shape will hold.
+        let count = match inst.gpu_count {
+            0 => self.shape_gpus(inst),
+            n => n,
+        };
+        let asks = inst.shape.gpu_milli(count);
         if asks > 0 && (used + asks).div_ceil(1000) > u64::from(q.max_gpus) {
             return Err(Refused::Quota(format!(
                 "quota for {} {} GPUs is {}; {} are in use and this asks for {}",
                 inst.class,
-                inst.gpu_model,
+                model,
                 q.max_gpus,
                 gpus_text(used),
                 gpus_text(asks)
@@ -1418,7 +1600,7 @@ impl Scheduler {
             self.serve_repairs(now, fx);
         }
         // Needs that found no room in this pass, by hash.
-        let mut blocked: HashMap<u64, Vec<Request>, BuildHasherDefault<NeedHasher>> =
+        let mut blocked: HashMap<u64, Vec<Need>, BuildHasherDefault<NeedHasher>> =
             HashMap::default();
         // The pass walks the queue as it was at its start; nothing it calls reads the queue,
         // and the entries it places or fails leave it at the end. An entry holds what the
@@ -1431,9 +1613,10 @@ impl Scheduler {
             let wait_until = q.wait_until;
             let expired = wait_until.is_some_and(|t| t <= now);
             let need = q.need;
-            let seen = blocked
-                .get(&need)
-                .is_some_and(|b| b.iter().any(|r| same_request(r, &q.req)));
+            let seen = blocked.get(&need).is_some_and(|b| {
+                b.iter()
+                    .any(|(r, m)| same_request(r, &q.req) && *m == q.models)
+            });
             if seen && !expired {
                 continue;
             }
@@ -1445,22 +1628,46 @@ impl Scheduler {
             // In-memory checks first: most ticks start nothing. What the allocator would
             // place first is also checked against the sellable capacity, so that a request
             // that cannot be sold is not placed and released again.
-            let fits = !seen
-                && self
-                    .alloc
-                    .try_place(&req)
-                    .is_ok_and(|a| self.may_sell(&req, &a, now));
-            if fits && let Ok(a) = self.place_checked(&req, now) {
+            // One that accepts several models is placed on those its quotas leave room on
+            // now, in one decision.
+            let placed = if q.models.is_empty() {
+                let fits = !seen
+                    && self
+                        .alloc
+                        .try_place(&req)
+                        .is_ok_and(|a| self.may_sell(&req, &a, now));
+                if fits {
+                    self.place_checked(&req, now).ok()
+                } else {
+                    None
+                }
+            } else {
+                let models = match self.live.get(&key.1) {
+                    Some(i) if !seen => self.models_within_quota(i),
+                    _ => Vec::new(),
+                };
+                if models.is_empty() {
+                    None
+                } else {
+                    self.place_among_checked(&req, &models, now).ok()
+                }
+            };
+            if let Some(a) = placed {
                 gone.push(key);
                 let Some(mut i) = self.live.remove(&key.1) else {
                     continue;
                 };
                 let before = i.clone();
+                let counted = Self::counted(&i);
+                i.gpu_model.clone_from(&a.gpu_model);
                 i.reason = None;
                 i.site_id = Some(a.site);
                 i.wait_until = None;
                 i.placement = placed_nodes(&a, &self.node_names);
                 self.placed_state(&mut i, now);
+                if !counted {
+                    self.track(&i);
+                }
                 self.live.insert(i.id, i.clone());
                 fx.push(Effect::Start {
                     before,
@@ -1470,7 +1677,10 @@ impl Scheduler {
                 continue;
             }
             if !seen {
-                blocked.entry(need).or_default().push(req);
+                blocked
+                    .entry(need)
+                    .or_default()
+                    .push((req, q.models.clone()));
             }
             if expired {
                 let reason = format!(

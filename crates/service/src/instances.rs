@@ -61,11 +61,28 @@ impl Service {
             }
             _ => {}
         }
-        if !self.gpu_model_known(&req.gpu_model).await? {
-            return Err(Error::invalid(format!(
-                "unknown GPU model '{}'",
-                req.gpu_model
-            )));
+        let (gpu_model, gpu_models) = req.models()?;
+        if !gpu_models.is_empty() {
+            let one = match shape {
+                neocloud_types::Shape::Nodes { .. } => Some("a gang runs on one GPU model"),
+                neocloud_types::Shape::Mig { .. } => {
+                    Some("a MIG profile is a partition of one GPU model's GPU")
+                }
+                _ if req.class == Class::Reserved => {
+                    Some("a reserved instance runs on its contract's GPU model")
+                }
+                _ => None,
+            };
+            if let Some(why) = one {
+                return Err(Error::invalid(format!(
+                    "{why}: give gpu_model, not gpu_models"
+                )));
+            }
+        }
+        for m in std::iter::once(&gpu_model).chain(gpu_models.iter().skip(1)) {
+            if !self.gpu_model_known(m).await? {
+                return Err(Error::invalid(format!("unknown GPU model '{m}'")));
+            }
         }
         let site = match &req.site {
             Some(s) => Some(crate::error::stored_id(
@@ -98,7 +115,8 @@ impl Service {
             tenant_id: tenant.id,
             name: req.name.clone(),
             class: req.class,
-            gpu_model: req.gpu_model.clone(),
+            gpu_model,
+            gpu_models,
             shape,
             gpu_count: 0,
             cpu_milli: req.cpu_milli,

@@ -48,6 +48,11 @@ pub struct CreateGpuModel {
     pub memory_gib: u32,
     /// Power at full load in watts (1-100000).
     pub tdp_watts: u32,
+    /// How the GPUs of one board connect: `nvswitch`, `groups:N,M,…` (nested groups of
+    /// consecutive GPU indexes, smallest first, powers of two from 2 to 64) or `aligned`;
+    /// by default the rule for the model's name.
+    #[serde(default)]
+    pub topology: Option<String>,
 }
 
 impl CreateGpuModel {
@@ -72,7 +77,14 @@ impl CreateGpuModel {
         }
         let vendor = self.vendor.unwrap_or_else(|| "unknown".into());
         validate_label("vendor", &vendor)?;
+        let topology = match &self.topology {
+            Some(t) => t
+                .parse::<neocloud_types::BoardTopology>()
+                .map_err(|e| Error::invalid(format!("topology: {e}")))?,
+            None => neocloud_types::BoardTopology::of_model(&self.name),
+        };
         Ok(GpuModel {
+            topology,
             name: self.name,
             vendor,
             memory_gib: self.memory_gib,
@@ -219,8 +231,15 @@ pub struct LaunchInstance {
     /// (needs `contract_id`).
     #[serde(default = "default_class")]
     pub class: neocloud_types::Class,
-    /// GPU model, e.g. `H100-SXM-80GB`.
-    pub gpu_model: String,
+    /// GPU model, e.g. `H100-SXM-80GB`. Give this or `gpu_models`.
+    #[serde(default)]
+    pub gpu_model: Option<String>,
+    /// GPU models any of which will do (1 to 16, each once), e.g. `["H100-SXM-80GB",
+    /// "H200-SXM-141GB"]`, instead of `gpu_model`: one decision places it on the best node
+    /// of any of them, and it runs, is billed and counts in quotas as the model it was placed
+    /// on. Not for gangs, MIG instances or class `reserved` (a contract is for one model).
+    #[serde(default)]
+    pub gpu_models: Option<Vec<String>>,
     /// GPUs in one node: 1, 2, 4 or 8. Give this, `nodes` or `shape`.
     #[serde(default)]
     pub gpus: Option<u32>,
@@ -273,7 +292,46 @@ pub struct LaunchInstance {
     pub on_node_failure: Option<neocloud_types::NodeFailurePolicy>,
 }
 
+/// The most GPU models one launch may accept.
+pub const MAX_GPU_MODELS: usize = 16;
+
 impl LaunchInstance {
+    /// The models it accepts: `gpu_model` alone (and no list), or the `gpu_models` list
+    /// (its first model, and the list). Checks the form only; the service checks that the
+    /// models exist.
+    pub(crate) fn models(&self) -> Result<(String, Vec<String>)> {
+        match (&self.gpu_model, &self.gpu_models) {
+            (Some(_), Some(_)) => Err(Error::invalid(
+                "give gpu_model (one GPU model) or gpu_models (several), not both",
+            )),
+            (None, None) => Err(Error::invalid(
+                "gpu_model is required (or gpu_models, a list of GPU models any of which will do)",
+            )),
+            (Some(m), None) => Ok((m.clone(), Vec::new())),
+            (None, Some(list)) => {
+                let Some(first) = list.first() else {
+                    return Err(Error::invalid(
+                        "gpu_models names no GPU model: give at least one",
+                    ));
+                };
+                if list.len() > MAX_GPU_MODELS {
+                    return Err(Error::invalid(format!(
+                        "gpu_models names {} GPU models; at most {MAX_GPU_MODELS}",
+                        list.len()
+                    )));
+                }
+                for (i, m) in list.iter().enumerate() {
+                    if list[..i].contains(m) {
+                        return Err(Error::invalid(format!(
+                            "gpu_models names GPU model '{m}' twice"
+                        )));
+                    }
+                }
+                Ok((first.clone(), list.clone()))
+            }
+        }
+    }
+
     /// The node-failure policy for `shape`: the one asked for, or the shape's default.
     pub(crate) fn failure_policy(
         &self,

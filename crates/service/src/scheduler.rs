@@ -74,12 +74,13 @@ pub(crate) async fn load(store: &Store, config: SchedulerConfig) -> Result<Sched
     // replica may load while the leader writes): an instance launched between two reads
     // would otherwise be live without its GPUs, or under a contract not read.
     let view = store.read_view().await?;
-    let (fleet, live, sites, contracts, quotas) = tokio::join!(
+    let (fleet, live, sites, contracts, quotas, topologies) = tokio::join!(
         view.allocator_fleet(),
         view.instance_list_live(),
         view.site_list(),
         view.contract_list_live(),
         view.quota_list(None),
+        view.gpu_model_topologies(),
     );
     view.read_view_end().await?;
     let (alloc_sites, nodes) = fleet?;
@@ -90,10 +91,14 @@ pub(crate) async fn load(store: &Store, config: SchedulerConfig) -> Result<Sched
         live: live?,
         contracts: contracts?,
         quotas: quotas?,
+        topologies: topologies?,
     };
     let (nodes, live) = (snap.nodes.len(), snap.live.len());
     let read = started.elapsed();
     let s = Scheduler::new(config, snap).map_err(Error::internal)?;
+    for w in s.warnings() {
+        tracing::warn!("scheduler load: {w}");
+    }
     tracing::debug!(
         nodes,
         live,

@@ -265,6 +265,7 @@ fn differential(seed: u64, steps: usize) -> Coverage {
                         name: None,
                         class,
                         gpu_model,
+                        gpu_models: Vec::new(),
                         shape,
                         gpu_count: 0,
                         cpu_milli: None,

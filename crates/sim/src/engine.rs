@@ -865,6 +865,7 @@ impl<'a> Engine<'a> {
             name: None,
             class,
             gpu_model: self.fleet.models[job.model as usize].clone(),
+            gpu_models: Vec::new(),
             shape: job.shape,
             gpu_count: 0,
             cpu_milli: None,

@@ -79,7 +79,16 @@ impl Fleet {
                 .find(|g| g.name == m)
                 .map_or(0, |g| g.memory_gib)
         };
-        let mut snap = Snapshot::default();
+        let mut snap = Snapshot {
+            // The boards of the file's models as the file describes them (built-in models
+            // take the rule for their names, as in `serve`).
+            topologies: spec
+                .gpu_models
+                .iter()
+                .map(|g| (g.name.clone(), g.topology))
+                .collect(),
+            ..Snapshot::default()
+        };
         let mut nodes = Vec::new();
         let mut sites = Vec::new();
         let mut pools: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();

@@ -745,3 +745,46 @@ fn bad_costs_name_their_field() {
         "{err}"
     );
 }
+
+#[test]
+fn the_fleet_files_board_topologies_reach_the_allocator() {
+    // Names whose rule differs from the file: the file wins; a model the file leaves
+    // alone keeps its name's rule.
+    let file = r#"
+[[gpu_models]]
+name = "ACME-NV8"
+memory_gib = 80
+tdp_watts = 700
+topology = "nvswitch"
+[[gpu_models]]
+name = "ACME-SXM8"
+memory_gib = 80
+tdp_watts = 700
+topology = "groups:2,4"
+[[sites]]
+name = "s"
+region = "r"
+power_mw = 1
+[[sites.nodes]]
+name = "a"
+gpu_model = "ACME-NV8"
+gpus = 8
+[[sites.nodes]]
+name = "b"
+gpu_model = "ACME-SXM8"
+gpus = 8
+[[sites.nodes]]
+name = "c"
+gpu_model = "L40S"
+gpus = 8
+"#;
+    let spec = neocloud_fleet::parse(file, &neocloud_types::builtin_gpu_models()).unwrap();
+    let (_, snap) = crate::fleet::Fleet::build(&spec, "2026-01-01T00:00:00Z".parse().unwrap());
+    let sched =
+        neocloud_scheduler::Scheduler::new(neocloud_scheduler::SchedulerConfig::default(), snap)
+            .unwrap();
+    let t = |m: &str| sched.alloc().model_topology(m).to_string();
+    assert_eq!(t("ACME-NV8"), "nvswitch");
+    assert_eq!(t("ACME-SXM8"), "groups:2,4");
+    assert_eq!(t("L40S"), "groups:2,4");
+}

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use neocloud_fleet::{FleetSpec, NodeSpec, SiteSpec};
 use neocloud_types::{
-    Block, BlockId, BlockKind, Gpu, GpuHealth, GpuModel, ImportReport, ModelCount, Money, Node,
-    NodeId, NodeState, Site, SiteId, SiteKind, Timestamp,
+    Block, BlockId, BlockKind, BoardTopology, Gpu, GpuHealth, GpuModel, ImportReport, ModelCount,
+    Money, Node, NodeId, NodeState, Site, SiteId, SiteKind, Timestamp,
 };
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
@@ -30,14 +30,30 @@ pub struct NodeFilter {
     pub gpu_model: Option<String>,
 }
 
+const GPU_MODEL_COLS: &str = "name, vendor, memory_gib, tdp_watts, builtin, topology";
+
 fn gpu_model_from_row(r: &AnyRow) -> Result<GpuModel> {
+    let name: String = r.try_get("name")?;
+    let topology = match r.try_get::<Option<String>, _>("topology")? {
+        Some(t) => t
+            .parse::<BoardTopology>()
+            .map_err(|e| StoreError::Corrupt(format!("GPU model '{name}': {e}")))?,
+        None => BoardTopology::of_model(&name),
+    };
     Ok(GpuModel {
-        name: r.try_get("name")?,
         vendor: r.try_get("vendor")?,
         memory_gib: u32_col(r, "memory_gib")?,
         tdp_watts: u32_col(r, "tdp_watts")?,
         builtin: r.try_get::<i64, _>("builtin")? != 0,
+        topology,
+        name,
     })
+}
+
+/// The topology column of a model: NULL when it is the rule for the model's name, so that
+/// such a model follows the rule.
+fn topology_col(name: &str, topology: BoardTopology) -> Option<String> {
+    (topology != BoardTopology::of_model(name)).then(|| topology.to_string())
 }
 
 const NODE_COLS: &str = "n.id, n.name, n.site_id, s.name AS site_name, n.block_id, n.block_path, \
@@ -155,19 +171,37 @@ struct ExistingBlock {
 impl Store {
     /// Lists the GPU model catalog by name.
     pub async fn gpu_model_list(&self) -> Result<Vec<GpuModel>> {
-        let rows = sqlx::query(
-            "SELECT name, vendor, memory_gib, tdp_watts, builtin FROM gpu_models ORDER BY name",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {GPU_MODEL_COLS} FROM gpu_models ORDER BY name"
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(gpu_model_from_row).collect()
     }
 
+    /// The board topology of every model that has one of its own (see
+    /// [`BoardTopology`]); a model not listed takes the rule for its name. Read in the
+    /// store's view (see [`Store::read_view`]) when it has one.
+    pub async fn gpu_model_topologies(&self) -> Result<BTreeMap<String, BoardTopology>> {
+        let q = sqlx::query("SELECT name, topology FROM gpu_models WHERE topology IS NOT NULL");
+        let rows = self.fetch_all_viewed(q).await?;
+        rows.iter()
+            .map(|r| {
+                let name: String = r.try_get("name")?;
+                let text: String = r.try_get("topology")?;
+                let t = text
+                    .parse::<BoardTopology>()
+                    .map_err(|e| StoreError::Corrupt(format!("GPU model '{name}': {e}")))?;
+                Ok((name, t))
+            })
+            .collect()
+    }
+
     /// Reads one GPU model.
     pub async fn gpu_model_get(&self, name: &str) -> Result<GpuModel> {
-        let row = sqlx::query(
-            "SELECT name, vendor, memory_gib, tdp_watts, builtin FROM gpu_models WHERE name = $1",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {GPU_MODEL_COLS} FROM gpu_models WHERE name = $1"
+        ))
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
@@ -183,8 +217,9 @@ impl Store {
     /// Adds a GPU model to the catalog.
     pub async fn gpu_model_create(tx: &mut WriteTx, m: &GpuModel) -> Result<()> {
         sqlx::query(
-            "INSERT INTO gpu_models (name, vendor, memory_gib, tdp_watts, builtin, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO gpu_models (name, vendor, memory_gib, tdp_watts, builtin, created_at,
+                                     topology)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&m.name)
         .bind(&m.vendor)
@@ -192,6 +227,7 @@ impl Store {
         .bind(i64::from(m.tdp_watts))
         .bind(i64::from(m.builtin))
         .bind(tx.now().micros())
+        .bind(topology_col(&m.name, m.topology))
         .execute(tx.conn())
         .await
         .map_err(|e| {
@@ -553,10 +589,9 @@ impl Store {
 
         // GPU models.
         let existing_models: HashMap<String, GpuModel> = {
-            let rows =
-                sqlx::query("SELECT name, vendor, memory_gib, tdp_watts, builtin FROM gpu_models")
-                    .fetch_all(tx.conn())
-                    .await?;
+            let rows = sqlx::query(&format!("SELECT {GPU_MODEL_COLS} FROM gpu_models"))
+                .fetch_all(tx.conn())
+                .await?;
             rows.iter()
                 .map(|r| gpu_model_from_row(r).map(|m| (m.name.clone(), m)))
                 .collect::<Result<_>>()?
@@ -566,19 +601,22 @@ impl Store {
                 Some(e)
                     if e.vendor == m.vendor
                         && e.memory_gib == m.memory_gib
-                        && e.tdp_watts == m.tdp_watts => {}
+                        && e.tdp_watts == m.tdp_watts
+                        && e.topology == m.topology => {}
                 Some(e) if e.builtin => problems.push(format!(
                     "GPU model '{}' is built in and cannot be redefined",
                     m.name
                 )),
                 Some(_) => {
                     sqlx::query(
-                        "UPDATE gpu_models SET vendor = $1, memory_gib = $2, tdp_watts = $3
-                         WHERE name = $4",
+                        "UPDATE gpu_models SET vendor = $1, memory_gib = $2, tdp_watts = $3,
+                                               topology = $4
+                         WHERE name = $5",
                     )
                     .bind(&m.vendor)
                     .bind(i64::from(m.memory_gib))
                     .bind(i64::from(m.tdp_watts))
+                    .bind(topology_col(&m.name, m.topology))
                     .bind(&m.name)
                     .execute(tx.conn())
                     .await?;
@@ -593,6 +631,7 @@ impl Store {
                             memory_gib: m.memory_gib,
                             tdp_watts: m.tdp_watts,
                             builtin: false,
+                            topology: m.topology,
                         },
                     )
                     .await?;

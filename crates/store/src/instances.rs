@@ -20,7 +20,7 @@ use crate::{Page, Result, Store, StoreError, WriteTx, enum_col, id_col, u32_col}
 const INSTANCE_COLS: &str = "id, tenant_id, name, class, gpu_model, shape_kind, shape_gpus, \
      shape_count, shape_level, gpu_count, requested_site_id, site_id, contract_id, state, reason, \
      created_at, started_at, ended_at, preempt_at, wait_until, cpu_milli, memory_mib, gpu_milli, \
-     held_cpu_milli, held_memory_mib, delivery, access, ends_as, on_node_failure";
+     held_cpu_milli, held_memory_mib, delivery, access, ends_as, on_node_failure, gpu_models";
 
 /// What the `delivery` column holds: fixed at launch.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -59,13 +59,19 @@ fn opt_i64(v: Option<u64>) -> Option<i64> {
 
 /// The values of one `instances` row, in [`INSTANCE_COLS`] order.
 pub(crate) struct NewInstanceRow {
-    text: [Option<String>; 16],
+    text: [Option<String>; 17],
     ints: [Option<i64>; 13],
+}
+
+/// The `gpu_models` column: the accepted models joined by commas (a model name has none);
+/// NULL when the launch named one.
+fn gpu_models_col(i: &Instance) -> Option<String> {
+    (!i.gpu_models.is_empty()).then(|| i.gpu_models.join(","))
 }
 
 impl NewInstanceRow {
     /// Values per row.
-    const COLS: usize = 29;
+    const COLS: usize = 30;
 
     fn of(i: &Instance, held: Option<&Held>) -> NewInstanceRow {
         let (kind, gpus, count, level) = match i.shape {
@@ -98,6 +104,7 @@ impl NewInstanceRow {
                 access_json(i),
                 i.ends_as.map(|s| s.as_str().to_string()),
                 Some(i.on_node_failure.as_str().to_string()),
+                gpu_models_col(i),
             ],
             ints: [
                 gpus,
@@ -139,6 +146,7 @@ impl NewInstanceRow {
             access,
             ends_as,
             on_node_failure,
+            gpu_models,
         ] = &self.text;
         let [
             gpus,
@@ -184,6 +192,7 @@ impl NewInstanceRow {
             .bind(access)
             .bind(ends_as)
             .bind(on_node_failure)
+            .bind(gpu_models)
     }
 }
 
@@ -229,6 +238,10 @@ impl InstanceRow {
         let access = json_of(f.opt_text()?.as_deref(), "access")?;
         let ends_as = f.opt_parse::<InstanceState>()?;
         let on_node_failure = f.opt_parse::<NodeFailurePolicy>()?;
+        let gpu_models = f
+            .opt_text()?
+            .map(|t| t.split(',').map(str::to_string).collect())
+            .unwrap_or_default();
         f.end()?;
         let shape = match kind {
             "gpus" => Shape::Gpus {
@@ -263,6 +276,7 @@ impl InstanceRow {
             name,
             class,
             gpu_model,
+            gpu_models,
             shape,
             gpu_count,
             cpu_milli,
@@ -331,6 +345,7 @@ const INSTANCE_READ: &[Col] = &[
     Col::Text("access"),
     Col::Plain("ends_as"),
     Col::Plain("on_node_failure"),
+    Col::Text("gpu_models"),
 ];
 
 /// What `SELECT … FROM instances` selects for [`InstanceRow::read`]: the row as one record.
@@ -878,13 +893,14 @@ impl Store {
         Ok(())
     }
 
-    /// Writes an instance's state, reason, site and times.
+    /// Writes an instance's state, reason, site, times and the model it was placed on.
     pub async fn instance_update(tx: &mut WriteTx, i: &Instance) -> Result<()> {
         let t = |t: Option<Timestamp>| t.map(|t| t.micros());
         sqlx::query(
             "UPDATE instances SET state = $1, reason = $2, site_id = $3, started_at = $4,
-             ended_at = $5, preempt_at = $6, wait_until = $7, access = $8, ends_as = $9
-             WHERE id = $10",
+             ended_at = $5, preempt_at = $6, wait_until = $7, access = $8, ends_as = $9,
+             gpu_model = $10
+             WHERE id = $11",
         )
         .bind(i.state.as_str())
         .bind(i.reason.clone())
@@ -895,6 +911,7 @@ impl Store {
         .bind(t(i.wait_until))
         .bind(access_json(i))
         .bind(i.ends_as.map(|s| s.as_str()))
+        .bind(&i.gpu_model)
         .bind(i.id.to_string())
         .execute(tx.conn())
         .await?;

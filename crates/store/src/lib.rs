@@ -252,6 +252,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "node_holds",
         include_str!("../migrations/0013_node_holds.sql"),
     ),
+    (
+        14,
+        "gpu_models",
+        include_str!("../migrations/0014_gpu_models.sql"),
+    ),
 ];
 
 impl Store {

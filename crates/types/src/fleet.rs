@@ -134,6 +134,11 @@ pub struct GpuModel {
     pub tdp_watts: u32,
     /// Whether the model ships with neocloud (built-in models cannot be changed).
     pub builtin: bool,
+    /// How the GPUs of one board connect, as placement uses it: `nvswitch` (any GPUs
+    /// together), `groups:N,M,…` (consecutive groups of GPU indexes, smallest first) or
+    /// `aligned`. A model whose fleet file gave none takes the rule for its name.
+    #[schema(value_type = String, example = "nvswitch")]
+    pub topology: crate::BoardTopology,
 }
 
 /// A data center and its power envelope.
@@ -274,6 +279,7 @@ pub fn builtin_gpu_models() -> Vec<GpuModel> {
         memory_gib,
         tdp_watts,
         builtin: true,
+        topology: crate::BoardTopology::of_model(name),
     };
     vec![
         m("A100-SXM-80GB", "NVIDIA", 80, 400),

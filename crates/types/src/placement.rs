@@ -74,7 +74,10 @@ string_enum!(
     from = "ShapeBody"
 )]
 pub enum Shape {
-    /// 1, 2, 4 or 8 GPUs inside one node, on an aligned group of GPU indexes.
+    /// 1, 2, 4 or 8 GPUs inside one node, taken together as the board's topology allows
+    /// (the model's `topology`): any free GPUs on an NVSwitch board, one group of its
+    /// real topology elsewhere (GPUs behind one PCIe switch, an NVLink quad), an aligned
+    /// group of GPU indexes where the board is not known.
     Gpus {
         /// Number of GPUs: 1, 2, 4 or 8.
         gpus: u32,
@@ -439,8 +442,13 @@ pub struct Instance {
     pub name: Option<String>,
     /// Class of service.
     pub class: Class,
-    /// GPU model.
+    /// GPU model: the one it runs on.
     pub gpu_model: String,
+    /// The GPU models the launch accepted (`gpu_models`), in its order; absent when it
+    /// named one. `gpu_model` is then the model it was placed on (while it waits, the first
+    /// of these): the one it is billed and counted in quotas as.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_models: Vec<String>,
     /// What was asked for.
     pub shape: Shape,
     /// GPUs the instance holds (or will hold); a share or MIG instance holds part of one

@@ -46,6 +46,10 @@ pub(crate) enum GpuModelCmd {
         /// Power at full load, watts.
         #[arg(long)]
         tdp_watts: u32,
+        /// How one board's GPUs connect: nvswitch, groups:N,M,… (e.g. groups:2,4 for PCIe
+        /// pairs and quads) or aligned; by default the rule for the name.
+        #[arg(long)]
+        topology: Option<String>,
         /// Makes a retry safe: the same key never creates twice.
         #[arg(long)]
         idempotency_key: Option<String>,
@@ -128,6 +132,7 @@ pub(crate) async fn gpu_models(cx: &Cx<'_>, cmd: GpuModelCmd) -> Result<()> {
         ("MEMORY GiB", &field("memory_gib")),
         ("TDP W", &field("tdp_watts")),
         ("BUILT-IN", &field("builtin")),
+        ("TOPOLOGY", &field("topology")),
     ];
     let ids = Ids::Field("name");
     match cmd {
@@ -143,6 +148,7 @@ pub(crate) async fn gpu_models(cx: &Cx<'_>, cmd: GpuModelCmd) -> Result<()> {
             vendor,
             memory_gib,
             tdp_watts,
+            topology,
             idempotency_key,
         } => {
             let body = CreateGpuModel {
@@ -150,6 +156,7 @@ pub(crate) async fn gpu_models(cx: &Cx<'_>, cmd: GpuModelCmd) -> Result<()> {
                 vendor,
                 memory_gib,
                 tdp_watts,
+                topology,
             };
             let m = c
                 .create_gpu_model(&body, idempotency_key.as_deref())

@@ -19,8 +19,11 @@ use super::out::{
 #[derive(clap::Args, Debug)]
 pub(crate) struct LaunchArgs {
     /// GPU model, e.g. H100-SXM-80GB (for --cpu-only: the model of the nodes to run on).
-    #[arg(long)]
-    gpu_model: String,
+    /// Several (repeated, or a comma list: H100-SXM-80GB,H200-SXM-141GB) accept any of
+    /// them: the instance runs on, and is billed and counted in quotas as, the one it is
+    /// placed on.
+    #[arg(long, required = true, value_delimiter = ',', value_name = "MODEL")]
+    gpu_model: Vec<String>,
     /// GPUs in one node: 1, 2, 4 or 8.
     #[arg(long, conflicts_with_all = ["nodes", "share", "mig", "cpu_only"])]
     gpus: Option<u32>,
@@ -474,7 +477,11 @@ fn launch_body(args: LaunchArgs) -> Result<(LaunchInstance, Option<String>)> {
     } else {
         None
     };
-    let mut body = LaunchInstance::new(gpu_model, parse("--class", &class)?);
+    let class = parse("--class", &class)?;
+    let mut body = match <[String; 1]>::try_from(gpu_model) {
+        Ok([one]) => LaunchInstance::new(one, class),
+        Err(several) => LaunchInstance::among(several, class),
+    };
     body.gpus = gpus;
     body.nodes = nodes;
     body.gang_level = gang_level.map(|l| parse("--gang-level", &l)).transpose()?;

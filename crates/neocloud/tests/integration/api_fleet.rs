@@ -310,6 +310,23 @@ both_backends!(
         .await
         .expect(201);
         assert_eq!(created["name"], "MI325X");
+        // MI3xx is all-to-all by its name; a board may say otherwise, or nothing sensible.
+        assert_eq!(created["topology"], "nvswitch");
+        let pcie = ctx
+            .post("/v1/gpu-models", k, &serde_json::json!({"name": "MI325X-OAM4", "memory_gib": 256, "tdp_watts": 1000, "topology": "groups:2,4"}))
+            .await
+            .expect(201);
+        assert_eq!(pcie["topology"], "groups:2,4");
+        let again = ctx.get("/v1/gpu-models/MI325X-OAM4", k).await.expect(200);
+        assert_eq!(again["topology"], "groups:2,4");
+        let bad = ctx
+            .post("/v1/gpu-models", k, &serde_json::json!({"name": "X1", "memory_gib": 1, "tdp_watts": 1, "topology": "groups:3"}))
+            .await
+            .problem(400, "invalid_request");
+        assert!(
+            bad["detail"].as_str().unwrap().contains("topology"),
+            "{bad}"
+        );
         // A built-in cannot be redefined by a file.
         let redefine = "[[gpu_models]]\nname = \"H100-SXM-80GB\"\nvendor = \"NVIDIA\"\nmemory_gib = 81\ntdp_watts = 700\n";
         ctx.import(redefine)

@@ -43,6 +43,7 @@ fn request_bodies_are_the_servers() {
         vendor: Some("AMD".into()),
         memory_gib: 256,
         tdp_watts: 1000,
+        topology: Some("groups:2,4".into()),
     });
     let b: s::CreateTenant = accepted(&c::CreateTenant {
         name: "acme".into(),

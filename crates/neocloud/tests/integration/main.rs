@@ -21,6 +21,7 @@ mod api_health;
 mod api_idempotency;
 mod api_input;
 mod api_instances;
+mod api_models;
 mod api_scheduler;
 mod api_slices;
 mod api_tenancy;

@@ -92,6 +92,7 @@ async fn instance_text_round_trips(db: Db) {
         name: name.map(str::to_string),
         class: Class::OnDemand,
         gpu_model: "H100-SXM-80GB".into(),
+        gpu_models: Vec::new(),
         shape,
         gpu_count: 8,
         cpu_milli: Some(16_000),

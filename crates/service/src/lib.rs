@@ -127,7 +127,7 @@ pub struct Service {
     >,
     /// Keys recently read, by prefix: heartbeats arrive thousands a second, and a key read
     /// from the database on each would cost more than the heartbeat. Entries live
-    /// [`KEY_CACHE_SECS`]; revoking a key here drops its entry at once (another replica
+    /// [`KEY_CACHE_SECS`] ([`NODE_KEY_CACHE_SECS`] for node-agent keys); revoking a key here drops its entry at once (another replica
     /// sees a revocation within that time).
     keys: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, CachedKey>>>,
     /// Agents, heartbeats and the health policy.
@@ -162,6 +162,12 @@ struct TenantCache {
 
 /// How long an authenticated key is trusted without reading it again, seconds.
 pub const KEY_CACHE_SECS: u64 = 10;
+
+/// As [`KEY_CACHE_SECS`] for node-agent keys: an agent beats every 10 s, so with the
+/// general time nearly every heartbeat read its key from the database. Revoking a key
+/// drops it from the cache of the replica that revokes it (the leader, where forwarded
+/// heartbeats are answered) at once.
+pub const NODE_KEY_CACHE_SECS: u64 = 300;
 
 #[derive(Clone)]
 struct CachedKey {
@@ -340,7 +346,14 @@ impl Service {
             .lock()
             .ok()
             .and_then(|m| m.get(prefix).cloned())
-            .filter(|c| c.read_at.elapsed().as_secs() < KEY_CACHE_SECS);
+            .filter(|c| {
+                let ttl = if c.key.role == Role::NodeAgent {
+                    NODE_KEY_CACHE_SECS
+                } else {
+                    KEY_CACHE_SECS
+                };
+                c.read_at.elapsed().as_secs() < ttl
+            });
         let (key, hash) = match cached {
             Some(c) => (c.key, c.hash),
             None => {

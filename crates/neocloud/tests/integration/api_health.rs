@@ -802,36 +802,6 @@ both_backends!(
             assert!(families.contains_key(family), "no TYPE for {line}");
         }
         // Checked by Prometheus's own linter (scripts/test.sh installs it and requires it).
-        let have = std::process::Command::new("promtool")
-            .arg("--version")
-            .output()
-            .is_ok();
-        assert!(
-            have || std::env::var("NEOCLOUD_TEST_REQUIRE_PROMTOOL").is_err(),
-            "promtool is required but not installed"
-        );
-        if have {
-            use std::io::Write;
-            let mut child = std::process::Command::new("promtool")
-                .args(["check", "metrics"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(text.as_bytes())
-                .unwrap();
-            let o = child.wait_with_output().unwrap();
-            assert!(
-                o.status.success(),
-                "promtool: {}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
+        crate::ctx::promtool(&["check", "metrics"], &text);
     }
 );

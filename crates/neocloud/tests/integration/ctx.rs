@@ -325,3 +325,42 @@ impl TestContext {
         )
     }
 }
+
+/// Runs `promtool` with `args`, `stdin` on its input, if it is installed (scripts/test.sh
+/// installs it and requires it: `NEOCLOUD_TEST_REQUIRE_PROMTOOL`); fails the test on a
+/// non-zero exit. Returns what it printed, or None without promtool.
+pub fn promtool(args: &[&str], stdin: &str) -> Option<String> {
+    use std::io::Write;
+    let have = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok();
+    assert!(
+        have || std::env::var("NEOCLOUD_TEST_REQUIRE_PROMTOOL").is_err(),
+        "promtool is required but not installed"
+    );
+    if !have {
+        return None;
+    }
+    let mut child = std::process::Command::new("promtool")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "promtool {args:?}: {out}");
+    Some(out)
+}

@@ -27,6 +27,27 @@ async fn replica(ctx: &TestContext) -> (Service, String) {
     (svc, url)
 }
 
+/// The context's service as the leader ("rep-a") and another replica as its follower
+/// ("rep-b"): (leader, its URL, follower, its URL).
+async fn leader_and_follower(ctx: &TestContext) -> (Service, String, Service, String) {
+    let a_url = ctx.url("");
+    let a = ctx.svc.clone();
+    assert_eq!(
+        a.enable_replication(config("rep-a", &a_url), false)
+            .await
+            .unwrap(),
+        RoleChange::BecameLeader
+    );
+    let (b, b_url) = replica(ctx).await;
+    assert_eq!(
+        b.enable_replication(config("rep-b", &b_url), false)
+            .await
+            .unwrap(),
+        RoleChange::Same
+    );
+    (a, a_url, b, b_url)
+}
+
 fn config(id: &str, url: &str) -> ReplicaConfig {
     ReplicaConfig {
         id: id.to_string(),
@@ -103,21 +124,7 @@ both_backends!(
         let k = ctx.operator_key.clone();
         ctx.import(FLEET).await.expect(200);
         let t0 = Timestamp::now();
-        let a_url = ctx.url("");
-        let a = ctx.svc.clone();
-        assert_eq!(
-            a.enable_replication(config("rep-a", &a_url), false)
-                .await
-                .unwrap(),
-            RoleChange::BecameLeader
-        );
-        let (b, b_url) = replica(&ctx).await;
-        assert_eq!(
-            b.enable_replication(config("rep-b", &b_url), false)
-                .await
-                .unwrap(),
-            RoleChange::Same
-        );
+        let (a, a_url, b, b_url) = leader_and_follower(&ctx).await;
         assert!(a.is_leader() && !b.is_leader());
         assert!(readyz(&a_url).await.starts_with("ready (leader, epoch "));
         assert_eq!(readyz(&b_url).await, format!("ready (follower of {a_url})"));
@@ -357,21 +364,7 @@ both_backends!(
         let k = ctx.operator_key.clone();
         ctx.import(FLEET).await.expect(200);
         ctx.tenant("acme").await;
-        let a_url = ctx.url("");
-        let a = ctx.svc.clone();
-        assert_eq!(
-            a.enable_replication(config("rep-a", &a_url), false)
-                .await
-                .unwrap(),
-            RoleChange::BecameLeader
-        );
-        let (b, b_url) = replica(&ctx).await;
-        assert_eq!(
-            b.enable_replication(config("rep-b", &b_url), false)
-                .await
-                .unwrap(),
-            RoleChange::Same
-        );
+        let (a, a_url, b, b_url) = leader_and_follower(&ctx).await;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
             let (url, k, stop) = (a_url.clone(), k.clone(), stop.clone());
@@ -457,43 +450,6 @@ async fn scrape(url: &str) -> String {
         .unwrap()
 }
 
-/// Runs `promtool` with `args` (and `stdin`), if installed; scripts/test.sh requires it.
-fn promtool(args: &[&str], stdin: &str) -> Option<String> {
-    use std::io::Write;
-    let have = std::process::Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok();
-    assert!(
-        have || std::env::var("NEOCLOUD_TEST_REQUIRE_PROMTOOL").is_err(),
-        "promtool is required but not installed"
-    );
-    if !have {
-        return None;
-    }
-    let mut child = std::process::Command::new("promtool")
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "promtool {args:?}: {out}");
-    Some(out)
-}
-
 both_backends!(
     three_replicas_feed_the_dashboard_without_double_counting,
     |ctx: TestContext| async move {
@@ -503,25 +459,15 @@ both_backends!(
         let k = ctx.operator_key.clone();
         ctx.import(FLEET).await.expect(200);
         ctx.tenant("acme").await;
-        let urls = [ctx.url(""), String::new(), String::new()];
-        let a = ctx.svc.clone();
+        let (_a, a_url, b, b_url) = leader_and_follower(&ctx).await;
+        let (c, c_url) = replica(&ctx).await;
         assert_eq!(
-            a.enable_replication(config("rep-a", &urls[0]), false)
+            c.enable_replication(config("rep-c", &c_url), false)
                 .await
                 .unwrap(),
-            RoleChange::BecameLeader
+            RoleChange::Same
         );
-        let (b, b_url) = replica(&ctx).await;
-        let (c, c_url) = replica(&ctx).await;
-        let urls = [urls[0].clone(), b_url, c_url];
-        for (svc, (id, url)) in [(&b, ("rep-b", &urls[1])), (&c, ("rep-c", &urls[2]))] {
-            assert_eq!(
-                svc.enable_replication(config(id, url), false)
-                    .await
-                    .unwrap(),
-                RoleChange::Same
-            );
-        }
+        let urls = [a_url, b_url, c_url];
         let (s, i) = launch8(&urls[1], &k).await;
         assert_eq!(s, 201, "{i}");
         for svc in [&b, &c] {
@@ -537,7 +483,7 @@ both_backends!(
         let mut series = String::new();
         for (n, url) in urls.iter().enumerate() {
             let text = scrape(url).await;
-            promtool(&["check", "metrics"], &text);
+            crate::ctx::promtool(&["check", "metrics"], &text);
             for line in text
                 .lines()
                 .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -604,6 +550,6 @@ both_backends!(
         let dir = crate::ctx::temp_dir();
         let path = dir.join("dashboard-test.yml");
         std::fs::write(&path, &file).unwrap();
-        promtool(&["test", "rules", path.to_str().unwrap()], "");
+        crate::ctx::promtool(&["test", "rules", path.to_str().unwrap()], "");
     }
 );

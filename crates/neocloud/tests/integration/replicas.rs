@@ -553,3 +553,63 @@ both_backends!(
         crate::ctx::promtool(&["test", "rules", path.to_str().unwrap()], "");
     }
 );
+
+both_backends!(
+    a_forwarded_write_whose_answer_is_lost_says_so_with_the_status_sent,
+    |ctx: TestContext| async move {
+        // The leader takes a forwarded write and its connection breaks before it answers:
+        // the follower answers 502 (the write may have been applied: retry only with the
+        // same Idempotency-Key), and the problem body says 502 too, not the 503 that
+        // `unavailable` otherwise goes with.
+        let k = ctx.operator_key.clone();
+        ctx.import(FLEET).await.expect(200);
+        ctx.tenant("acme").await;
+        let (_a, _a_url, b, b_url) = leader_and_follower(&ctx).await;
+        // A "leader" that reads the request and hangs up without a word.
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone_url = format!("http://{}", gone.local_addr().unwrap());
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            loop {
+                let Ok((mut sock, _)) = gone.accept().await else {
+                    return;
+                };
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                drop(sock);
+            }
+        });
+        sqlx::query("UPDATE leases SET holder_url = $1 WHERE name = 'allocator'")
+            .bind(&gone_url)
+            .execute(ctx.svc.store().pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            b.leadership_tick(Timestamp::now()).await.unwrap(),
+            RoleChange::Same
+        );
+        let r = reqwest::Client::new()
+            .post(format!("{b_url}/v1/instances"))
+            .bearer_auth(&k)
+            .header("Idempotency-Key", "lost-1")
+            .json(&json!({"tenant_id": "acme", "gpu_model": "H100-SXM-80GB", "gpus": 8}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 502);
+        assert_eq!(
+            r.headers()["content-type"].to_str().unwrap(),
+            "application/problem+json"
+        );
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["status"], 502, "{body}");
+        assert_eq!(body["code"], "unavailable", "{body}");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("same Idempotency-Key"),
+            "{body}"
+        );
+    }
+);

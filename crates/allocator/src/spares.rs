@@ -3,8 +3,10 @@
 //! A site keeps a share of its GPUs unsold for failover (see [`crate::selling`]). Left to
 //! itself that share ends up wherever contracts did not pin nodes — typically the last pod
 //! — so a failed node in the first pod would be replaced from the far end of the site,
-//! outside its gang's block. Instead, each leaf group (a pod, for nodes in no leaf group)
-//! keeps its share of the buffer as whole nodes pinned to [`SPARE_POOL`]: contract pools,
+//! outside its gang's block. Instead, each pod (a leaf group, for nodes in no pod) keeps its
+//! share of the buffer as whole nodes pinned to [`SPARE_POOL`], its last free nodes, so that
+//! the spares of a pod sit in as few of its leaf groups as they fill and every other leaf
+//! group can be sold whole (a spare in every leaf group would leave none whole): contract pools,
 //! on-demand and internal work never take them, spot work may borrow them, and a failure
 //! takes the nearest one. The shares are in proportion to the blocks' nodes (largest
 //! remainder), and a block whose spare was taken is topped up from its own free nodes as
@@ -23,7 +25,7 @@ use crate::node::Node;
 /// [`Allocator::node_pool`] never returns it.
 pub const SPARE_POOL: ContractId = ContractId::from_u128(u128::MAX);
 
-/// A block that keeps spares: (site, interned model, leaf group or else pod).
+/// A block that keeps spares: (site, interned model, pod or else leaf group).
 pub(crate) type SpareKey = (SiteId, u32, Option<neocloud_types::BlockId>);
 
 /// The spares of every block.
@@ -38,14 +40,16 @@ pub(crate) struct Spares {
     quiet: BTreeSet<SpareKey>,
 }
 
-/// The block a node keeps its spares in.
+/// The block a node keeps its spares in: its pod (its leaf group, for nodes in no pod). Not
+/// the leaf group: a spare in every leaf group would leave no leaf group whole, and a gang
+/// that asks for one (a common training shape) could never run.
 pub(crate) fn spare_key(n: &Node) -> SpareKey {
-    (n.site, n.model, n.blocks[1].or(n.blocks[0]))
+    (n.site, n.model, n.blocks[0].or(n.blocks[1]))
 }
 
 impl Allocator {
-    /// Pins `count` whole nodes of `model` in `site` as spares, spread over its leaf groups
-    /// (pods, for nodes in no leaf group) in proportion to their nodes. Nodes that hold
+    /// Pins `count` whole nodes of `model` in `site` as spares, spread over its pods (leaf
+    /// groups, for nodes in no pod) in proportion to their nodes. Nodes that hold
     /// work or are pinned to a pool are passed over; a block without enough free nodes is
     /// topped up later ([`Allocator::top_up_spares`]). Replaces any earlier spread of the
     /// same site and model.

@@ -719,7 +719,7 @@ impl Scheduler {
 
     /// Spreads each site's spare buffer over its fabric: of the GPUs of a model that are not
     /// sellable, as many whole nodes as they fill are pinned as spares, a share in each
-    /// leaf group ([`Allocator::spread_spares`]).
+    /// pod ([`Allocator::spread_spares`]).
     fn spread_spares(&mut self) {
         let mut wanted = Vec::new();
         for site in &self.sites {

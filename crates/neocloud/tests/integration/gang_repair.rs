@@ -420,7 +420,8 @@ async fn capacity(ctx: &TestContext) -> Value {
 
 /// The spare buffer is spread over the fabric: with every other node of memphis-1 pinned to
 /// a contract's pool, a failed pool node in each of 5 random pods of the demo is replaced
-/// from its own pod (in fact its own leaf group), and the capacity report counts the spares.
+/// from its own pod, and the capacity report counts the spares. The spares sit at the end of
+/// each pod, so every other leaf group can be sold whole: a gang of a whole leaf group runs.
 async fn spares_replace_failures_in_their_own_pod(db: Db) {
     let demo = neocloud_fleet::demo_fleet_toml(1.0).unwrap();
     let Some(g) = Gang::start_fleet(db, SchedulerConfig::default(), &demo).await else {
@@ -428,10 +429,35 @@ async fn spares_replace_failures_in_their_own_pod(db: Db) {
     };
     let (ctx, clock, key) = (&g.ctx, &g.clock, &g.key);
     let c = capacity(ctx).await;
-    // 2% of 220,000 GPUs is 4,400: 550 nodes, one or two in each of the 500 leaf groups.
+    // 2% of 220,000 GPUs is 4,400: 550 nodes, 22 in each of the 25 pods (the last 22 nodes
+    // of its last leaf group), so 19 of each pod's 20 leaf groups are whole.
     assert_eq!(c["spare_buffer_gpus"], 4400, "{c}");
     assert_eq!(c["spare_nodes"], 550, "{c}");
     assert_eq!(c["spare_nodes_wanted"], 550, "{c}");
+    let largest = c["largest_gang"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["level"] == "leaf_group")
+        .unwrap()["nodes"]
+        .clone();
+    assert_eq!(largest, 55, "a whole leaf group is free: {c}");
+    let whole = ctx
+        .post(
+            "/v1/instances",
+            key,
+            &json!({"gpu_model": "H100-SXM-80GB", "nodes": 55, "gang_level": "leaf_group"}),
+        )
+        .await
+        .expect(201);
+    assert_eq!(whole["state"], "running", "{whole}");
+    ctx.post(
+        &format!("/v1/instances/{}/terminate", whole["id"].as_str().unwrap()),
+        key,
+        &json!({}),
+    )
+    .await
+    .expect(200);
     // A lab takes everything the site sells: every node but the spares is in its pool.
     let contract = ctx
         .post(
@@ -443,7 +469,7 @@ async fn spares_replace_failures_in_their_own_pod(db: Db) {
         .await
         .expect(201);
     assert_eq!(contract["state"], "active", "{contract}");
-    // Five random pods, a random pool node in each (the spares are each leaf's last nodes).
+    // Five random pods, a random pool node in each.
     let mut seed = [0u8; 8];
     getrandom::fill(&mut seed).unwrap();
     let mut x = u64::from_le_bytes(seed) | 1;
@@ -461,7 +487,8 @@ async fn spares_replace_failures_in_their_own_pod(db: Db) {
         }
     }
     for (i, p) in pods.iter().enumerate() {
-        let host = format!("m1-pod{p:02}-leaf{:02}-n{:02}", next(20) + 1, next(50) + 1);
+        // Leaf groups 1–19 are the pool's whole; the pod's spares end leaf group 20.
+        let host = format!("m1-pod{p:02}-leaf{:02}-n{:02}", next(19) + 1, next(55) + 1);
         clock.set(at(60 * (i as i64 + 1)));
         let ack = g.xid79(&host, 60 * (i as i64 + 1)).await;
         assert_eq!(ack["state"], "failed", "{host}");
@@ -476,9 +503,9 @@ async fn spares_replace_failures_in_their_own_pod(db: Db) {
         assert_eq!(e["before"]["node"], host.as_str(), "{e}");
         let spare = e["after"]["node"].as_str().unwrap();
         assert_eq!(
-            spare[..17],
-            host[..17],
-            "pods {pods:?}: {host} was replaced by {spare}, outside its leaf group"
+            spare[..8],
+            host[..8],
+            "pods {pods:?}: {host} was replaced by {spare}, outside its pod"
         );
     }
     let c = capacity(ctx).await;

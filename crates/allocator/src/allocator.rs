@@ -141,6 +141,9 @@ pub struct Allocator {
     /// replacement and a failed node's spare are looked for. A node's blocks never change
     /// once it is added.
     pub(crate) members: IdMap<(usize, BlockId), Vec<usize>>,
+    /// [`Allocator::largest_block`]'s answers, by (model, site, level index); forgotten
+    /// whenever a node is added or removed.
+    largest_blocks: HashMap<(u32, Option<SiteId>, usize), u32>,
 }
 
 fn usize_of(n: u32) -> usize {
@@ -188,6 +191,7 @@ impl Allocator {
             host_modelled: false,
             spares: crate::spares::Spares::default(),
             members: IdMap::default(),
+            largest_blocks: HashMap::new(),
         }
     }
 
@@ -225,8 +229,37 @@ impl Allocator {
         }
     }
 
+    /// The most nodes of `model` that one block at `level` holds, in `site` or in any site:
+    /// a gang of more nodes at that level can never run there, whatever frees. Nodes in no
+    /// block of that level count as one block per site (an upper bound: only what can
+    /// never fit is refused on this). Computed once per model, site and level until a node
+    /// is added or removed.
+    pub fn largest_block(&mut self, model: &str, site: Option<SiteId>, level: GangLevel) -> u32 {
+        let Some(&m) = self.model_ids.get(model) else {
+            return 0;
+        };
+        let li = crate::node::level_index(level);
+        if let Some(&n) = self.largest_blocks.get(&(m, site, li)) {
+            return n;
+        }
+        let depth = crate::node::depth_of(li);
+        let mut counts: HashMap<(SiteId, Option<BlockId>), u32> = HashMap::new();
+        for n in self
+            .nodes
+            .iter()
+            .filter(|n| n.model == m && site.is_none_or(|s| s == n.site))
+        {
+            let block = depth.and_then(|d| n.blocks[d]);
+            *counts.entry((n.site, block)).or_default() += 1;
+        }
+        let most = counts.values().copied().max().unwrap_or(0);
+        self.largest_blocks.insert((m, site, li), most);
+        most
+    }
+
     /// Adds a node: schedulable, every GPU healthy, in no pool.
     pub fn add_node(&mut self, n: NodeSpec) -> Result<(), String> {
+        self.largest_blocks.clear();
         if !self.sites.contains_key(&n.site) {
             return Err(format!("node {}: site {} is not known", n.id, n.site));
         }
@@ -383,6 +416,7 @@ impl Allocator {
 
     /// Removes a node that holds no allocation.
     pub fn remove_node(&mut self, id: NodeId) -> Result<(), String> {
+        self.largest_blocks.clear();
         let slot = self.slot(id)?;
         let node = &self.nodes[slot];
         if let Some(&(inst, _)) = node.allocs.first() {

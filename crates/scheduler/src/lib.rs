@@ -1310,6 +1310,33 @@ impl Scheduler {
         {
             return Err(refused_of(r.clone()));
         }
+        // Nor a gang larger than every block of its level: no release makes room for it.
+        if placed.is_err()
+            && !multi
+            && !request.gpu_model.is_empty()
+            && let Shape::Nodes { count, level } = request.shape
+        {
+            let most = self
+                .alloc
+                .largest_block(&request.gpu_model, request.site, level);
+            if most < count {
+                let site = match request.site {
+                    Some(id) => format!(
+                        " in site {}",
+                        self.sites
+                            .iter()
+                            .find(|s| s.id == id)
+                            .map_or(id.to_string(), |s| s.name.clone())
+                    ),
+                    None => String::new(),
+                };
+                return Err(Refused::Capacity(format!(
+                    "a gang of {count} nodes at level {level} can never run: the largest {level} \
+                     of {}{site} has {most} nodes",
+                    request.gpu_model
+                )));
+            }
+        }
         // GPUs this instance will hold: known from the placement, or from the shape and the
         // node size of the model.
         inst.gpu_count = match &placed {

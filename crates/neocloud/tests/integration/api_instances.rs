@@ -1185,3 +1185,47 @@ both_backends!(
         assert_eq!(list["items"].as_array().unwrap().len(), 2, "{list}");
     }
 );
+
+both_backends!(
+    a_gang_larger_than_every_block_is_refused_at_once,
+    |ctx: TestContext| async move {
+        // Leaf groups of 4 nodes, one pod of 8: a 5-node leaf-group gang (or a 9-node pod
+        // gang) can never run, so it is refused at once, not queued to expire.
+        let k = ctx.operator_key.clone();
+        ctx.import(crate::api_health::FLEET).await.expect(200);
+        ctx.tenant("acme").await;
+        let launch = |nodes: u32, level: &str| {
+            json!({"tenant_id": "acme", "gpu_model": "H100-SXM-80GB", "nodes": nodes,
+                   "gang_level": level, "wait_seconds": 3600})
+        };
+        for (nodes, level, most) in [(5, "leaf_group", 4), (9, "pod", 8), (9, "site", 8)] {
+            let e = ctx
+                .post("/v1/instances", &k, &launch(nodes, level))
+                .await
+                .problem(409, "insufficient_capacity");
+            let detail = e["detail"].as_str().unwrap();
+            assert!(
+                detail.contains("can never run") && detail.contains(&format!("has {most} nodes")),
+                "{detail}"
+            );
+        }
+        let list = ctx.get("/v1/instances", &k).await.expect(200);
+        assert_eq!(
+            list["items"].as_array().unwrap().len(),
+            0,
+            "nothing queued: {list}"
+        );
+        // A gang that fits a block but not now still waits for room.
+        let first = ctx
+            .post("/v1/instances", &k, &launch(4, "leaf_group"))
+            .await
+            .expect(201);
+        assert_eq!(first["state"], "running", "{first}");
+        // The other leaf group is not all for sale (the spare buffer): it waits.
+        let second = ctx
+            .post("/v1/instances", &k, &launch(4, "leaf_group"))
+            .await
+            .expect(201);
+        assert_eq!(second["state"], "pending", "{second}");
+    }
+);

@@ -500,10 +500,7 @@ const WHOLE_NODES: &[Col] = &[
 /// Adds the records of [`WHOLE_NODES`] to the placements, nodes kept in name order.
 fn add_whole_nodes(out: &mut HashMap<String, Vec<PlacedNode>>, rows: &[AnyRow]) -> Result<()> {
     for r in rows {
-        let Some(batch) = r.try_get::<Option<&str>, _>("batch")? else {
-            continue;
-        };
-        for rec in batch.split(';') {
+        for rec in packed::records(r)? {
             let mut f = Fields::new(rec, WHOLE_NODES);
             let holder = f.text()?.to_string();
             let node_id: NodeId = f.parse()?;
@@ -533,10 +530,7 @@ fn add_whole_nodes(out: &mut HashMap<String, Vec<PlacedNode>>, rows: &[AnyRow]) 
 fn group_placements(rows: &[AnyRow]) -> Result<HashMap<String, Vec<PlacedNode>>> {
     let mut out: HashMap<String, Vec<PlacedNode>> = HashMap::new();
     for r in rows {
-        let Some(batch) = r.try_get::<Option<&str>, _>("batch")? else {
-            continue;
-        };
-        for rec in batch.split(';') {
+        for rec in packed::records(r)? {
             let mut f = Fields::new(rec, HELD_NODES);
             let holder = f.text()?.to_string();
             let node_id: NodeId = f.parse()?;
@@ -1045,12 +1039,13 @@ impl Store {
             let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             // A record per node rather than a row per GPU: a 1,024-node gang is 1,024
             // records in one value, not 8,192 rows through the driver (about 20 ms).
-            let sql = format!(
-                "SELECT string_agg(r, ';') AS batch FROM
-                   (SELECT {} AS r FROM gpus g JOIN nodes n ON n.id = g.node_id
-                    WHERE g.holder IN ({}) GROUP BY g.holder, g.node_id, n.name) x",
-                packed::record_sql(HELD_NODES),
-                marks.join(", ")
+            let sql = packed::one_batch_sql(
+                &packed::record_sql(HELD_NODES),
+                &format!(
+                    "FROM gpus g JOIN nodes n ON n.id = g.node_id
+                     WHERE g.holder IN ({}) GROUP BY g.holder, g.node_id, n.name",
+                    marks.join(", ")
+                ),
             );
             let mut q = sqlx::query(&sql);
             for id in chunk {
@@ -1059,12 +1054,12 @@ impl Store {
             let rows = q.fetch_all(&self.pool).await?;
             out.extend(group_placements(&rows)?);
             // Nodes held whole: their GPUs are 0 to the node's count.
-            let sql = format!(
-                "SELECT string_agg(r, ';') AS batch FROM
-                   (SELECT {} AS r FROM node_holds h JOIN nodes n ON n.id = h.node_id
-                    WHERE h.holder IN ({})) x",
-                packed::record_sql(WHOLE_NODES),
-                marks.join(", ")
+            let sql = packed::one_batch_sql(
+                &packed::record_sql(WHOLE_NODES),
+                &format!(
+                    "FROM node_holds h JOIN nodes n ON n.id = h.node_id WHERE h.holder IN ({})",
+                    marks.join(", ")
+                ),
             );
             let mut q = sqlx::query(&sql);
             for id in chunk {

@@ -200,6 +200,24 @@ both_backends!(
         ctx.post("/v1/agent/heartbeat", &again, &beat("e-p1-l1-n1", vec![]))
             .await
             .expect(200);
+        // Node keys are trusted from memory for minutes, but a revocation takes effect at
+        // once: the key just used (and cached) is refused right after.
+        let keys = ctx.get("/v1/api-keys", &ctx.operator_key).await.expect(200);
+        let id = keys["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == "agent e-p1-l1-n1" && k["revoked_at"].is_null())
+            .unwrap_or_else(|| panic!("the node's live key: {keys}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        ctx.delete(&format!("/v1/api-keys/{id}"), &ctx.operator_key)
+            .await
+            .expect(200);
+        ctx.post("/v1/agent/heartbeat", &again, &beat("e-p1-l1-n1", vec![]))
+            .await
+            .problem(401, "unauthenticated");
         // Keys bound to a node can be minted by the operator too; only node-agent keys.
         let v = ctx
             .post(

@@ -27,6 +27,13 @@ async fn replica(ctx: &TestContext) -> (Service, String) {
     (svc, url)
 }
 
+/// Imports the test fleet and creates tenant acme; returns the operator's key.
+async fn fleet_with_acme(ctx: &TestContext) -> String {
+    ctx.import(FLEET).await.expect(200);
+    ctx.tenant("acme").await;
+    ctx.operator_key.clone()
+}
+
 /// The context's service as the leader ("rep-a") and another replica as its follower
 /// ("rep-b"): (leader, its URL, follower, its URL).
 async fn leader_and_follower(ctx: &TestContext) -> (Service, String, Service, String) {
@@ -361,9 +368,7 @@ both_backends!(
         // cancels the contract (unpinning the node), as fast as it can: a read of the nodes'
         // pools from one moment and of the instances from another would restore a reserved
         // instance on a node of no pool, and the load would fail.
-        let k = ctx.operator_key.clone();
-        ctx.import(FLEET).await.expect(200);
-        ctx.tenant("acme").await;
+        let k = fleet_with_acme(&ctx).await;
         let (a, a_url, b, b_url) = leader_and_follower(&ctx).await;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
@@ -456,9 +461,7 @@ both_backends!(
         // Three replicas scraped as Prometheus would (each series labelled with its
         // `instance`). Every dashboard query evaluates over the three scrapes, and the
         // fleet's totals are the fleet's, not three times it: only the leader exports them.
-        let k = ctx.operator_key.clone();
-        ctx.import(FLEET).await.expect(200);
-        ctx.tenant("acme").await;
+        let k = fleet_with_acme(&ctx).await;
         let (_a, a_url, b, b_url) = leader_and_follower(&ctx).await;
         let (c, c_url) = replica(&ctx).await;
         assert_eq!(
@@ -561,9 +564,7 @@ both_backends!(
         // the follower answers 502 (the write may have been applied: retry only with the
         // same Idempotency-Key), and the problem body says 502 too, not the 503 that
         // `unavailable` otherwise goes with.
-        let k = ctx.operator_key.clone();
-        ctx.import(FLEET).await.expect(200);
-        ctx.tenant("acme").await;
+        let k = fleet_with_acme(&ctx).await;
         let (_a, _a_url, b, b_url) = leader_and_follower(&ctx).await;
         // A "leader" that reads the request and hangs up without a word.
         let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

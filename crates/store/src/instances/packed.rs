@@ -75,10 +75,18 @@ pub(super) fn batched_sql(record: &str, from: &str, key: &str) -> String {
     )
 }
 
-/// The records of a batch row of [`batched_sql`].
-pub(super) fn records(row: &AnyRow) -> Result<std::str::Split<'_, char>> {
-    let batch: &str = row.try_get("batch")?;
-    Ok(batch.split(RECORD))
+/// A query whose one row is one batch (column `batch`) of the records `record` of the rows
+/// `from` selects (`FROM … WHERE … [GROUP BY …]`): for reads of a few thousand records, where
+/// buckets would only add rows. No row selected gives a NULL batch.
+pub(super) fn one_batch_sql(record: &str, from: &str) -> String {
+    format!("SELECT string_agg(r, '{RECORD}') AS batch FROM (SELECT {record} AS r {from}) x")
+}
+
+/// The records of a batch row of [`batched_sql`] or [`one_batch_sql`] (none for a NULL
+/// batch).
+pub(super) fn records(row: &AnyRow) -> Result<impl Iterator<Item = &str>> {
+    let batch: Option<&str> = row.try_get("batch")?;
+    Ok(batch.into_iter().flat_map(|b| b.split(RECORD)))
 }
 
 /// The fields of one record, read in the order they were written.

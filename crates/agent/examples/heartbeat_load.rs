@@ -34,8 +34,10 @@ use tokio::time::Instant;
 /// latency.
 #[derive(Parser)]
 struct Args {
-    /// URL of the control plane.
-    #[arg(long, env = "NEOCLOUD_SERVER", value_name = "URL")]
+    /// URL of the control plane, or several replicas' URLs separated by commas: each agent
+    /// then beats to one chosen by its node's name (spread evenly) and fails over to the
+    /// next, as `neocloud agent` does. Nodes are listed at the first.
+    #[arg(long, env = "NEOCLOUD_SERVER", value_name = "URL[,URL...]")]
     server: String,
     /// Enrollment key (a node-agent key bound to no node) used to register every agent.
     #[arg(long, value_name = "KEY")]
@@ -90,6 +92,8 @@ struct NodePage {
 
 /// One registered, simulated agent.
 struct Agent {
+    /// The node's name (which replica it beats to).
+    name: String,
     key: String,
     sim: SimBackend,
     events: EventBuffer,
@@ -155,7 +159,8 @@ async fn list_nodes(http: &reqwest::Client, args: &Args) -> Result<Vec<NodeItem>
         if let Some(c) = cursor.take() {
             query.push(("cursor", c));
         }
-        let url = format!("{}/v1/nodes", args.server.trim_end_matches('/'));
+        let first = args.server.split(',').next().unwrap_or_default().trim();
+        let url = format!("{}/v1/nodes", first.trim_end_matches('/'));
         let resp = http
             .get(&url)
             .bearer_auth(&args.operator_key)
@@ -217,6 +222,7 @@ async fn register_all(
         match reg {
             Ok(reg) => {
                 let mut agent = Agent {
+                    name,
                     key: reg.node_key.unwrap_or_else(|| args.key.clone()),
                     sim,
                     events: EventBuffer::new(1000),
@@ -246,6 +252,7 @@ async fn run_agent(
     event_permille: u64,
 ) -> Stats {
     let mut stats = Stats::default();
+    let cp = cp.starting_at(&agent.name);
     let mut slot = first;
     while slot < end {
         let now = Instant::now();

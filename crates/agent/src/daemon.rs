@@ -161,7 +161,7 @@ impl Daemon {
         let (burn_in_tx, burn_in_rx) = mpsc::unbounded_channel();
         let key = args.key.expose().to_string();
         Ok(Daemon {
-            cp: ControlPlane::new(&args.server)?,
+            cp: ControlPlane::new(&args.server)?.starting_at(&hostname),
             backend: backend.clone(),
             inventory,
             register_body,

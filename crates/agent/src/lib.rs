@@ -82,8 +82,11 @@ impl FromStr for SecretKey {
 /// telemetry and health events until stopped (SIGTERM or Ctrl-C).
 #[derive(Clone, Debug, clap::Args)]
 pub struct AgentArgs {
-    /// URL of the control plane, e.g. `http://neocloud.internal:8080`.
-    #[arg(long, env = "NEOCLOUD_AGENT_SERVER", value_name = "URL")]
+    /// URL of the control plane, e.g. `http://neocloud.internal:8080`, or the URLs of
+    /// several replicas separated by commas: the agent starts at one chosen by its host
+    /// name (so a fleet given the same list spreads over it) and moves to the next when one
+    /// cannot be reached or answers 502, 503 or 504. Any replica answers heartbeats.
+    #[arg(long, env = "NEOCLOUD_AGENT_SERVER", value_name = "URL[,URL...]")]
     pub server: String,
 
     /// Node-agent API key: an enrollment key, or a key bound to this node. When the control

@@ -58,11 +58,11 @@ pub async fn forward_writes(State(st): State<AppState>, req: Request, next: Next
                 .into(),
         );
     }
-    let Some(leader) = st.svc.role().and_then(|r| r.leader_url) else {
-        return unavailable(
-            "no control-plane replica leads right now (failover in progress); retry".into(),
-        );
-    };
+    // A heartbeat is answered here when it has no news (the handler passes it on itself
+    // when it has).
+    if req.method() == Method::POST && req.uri().path() == AGENT_HEARTBEAT {
+        return next.run(req).await;
+    }
     let path = req
         .uri()
         .path_and_query()
@@ -79,22 +79,44 @@ pub async fn forward_writes(State(st): State<AppState>, req: Request, next: Next
             .into_response();
         }
     };
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    to_leader(&st, parts.method, &path, &parts.headers, peer, body).await
+}
+
+/// The path of agents' heartbeats, which a follower answers itself unless they carry news.
+pub const AGENT_HEARTBEAT: &str = "/v1/agent/heartbeat";
+
+/// Passes a request to the leader unchanged and returns its answer (or the 502/503/504
+/// that says why there is none).
+pub async fn to_leader(
+    st: &AppState,
+    method: Method,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(leader) = st.svc.role().and_then(|r| r.leader_url) else {
+        return unavailable(
+            "no control-plane replica leads right now (failover in progress); retry".into(),
+        );
+    };
     let url = format!("{}{path}", leader.trim_end_matches('/'));
-    let mut out = st.http.request(parts.method.clone(), &url).body(body);
-    for (name, value) in &parts.headers {
+    let mut out = st.http.request(method, &url).body(body);
+    for (name, value) in headers {
         if !hop_by_hop(name) {
             out = out.header(name, value);
         }
     }
-    if let Some(peer) = parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-    {
-        out = out.header("x-forwarded-for", peer.0.ip().to_string());
+    if let Some(peer) = peer {
+        out = out.header("x-forwarded-for", peer.ip().to_string());
     }
     // The leader checks console forms' origin against the host the browser used.
-    if !parts.headers.contains_key("x-forwarded-host")
-        && let Some(host) = parts.headers.get(header::HOST)
+    if !headers.contains_key("x-forwarded-host")
+        && let Some(host) = headers.get(header::HOST)
     {
         out = out.header("x-forwarded-host", host);
     }

@@ -607,10 +607,43 @@ async fn agent_heartbeat(
 ) -> ApiResult<Response> {
     allow(&p, Action::AgentHeartbeat)?;
     neocloud_service::heartbeat_node(&p)?;
-    let req: Heartbeat = idem.json()?;
+    let mut req: Heartbeat = idem.json()?;
+    let svc = &st.svc;
+    // A replica that does not lead answers a heartbeat without news itself and passes the
+    // rest on to the leader (one with an Idempotency-Key too: the leader keeps the record).
+    if !svc.is_leader() {
+        let passed = match idem.key()? {
+            None => match svc.agent_heartbeat_here(&p, &mut req)? {
+                neocloud_service::Heard::Here(ack) => return Ok(Json(ack).into_response()),
+                neocloud_service::Heard::Leader(passed) => Some(passed),
+            },
+            Some(_) => None,
+        };
+        let resp = crate::forward::to_leader(
+            &st,
+            axum::http::Method::POST,
+            crate::forward::AGENT_HEARTBEAT,
+            &idem.headers,
+            None,
+            idem.body.clone(),
+        )
+        .await;
+        let Some(passed) = passed.filter(|_| resp.status() == StatusCode::OK) else {
+            return Ok(resp);
+        };
+        let (parts, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, 16 * 1024 * 1024)
+            .await
+            .unwrap_or_default();
+        if let Ok(ack) = serde_json::from_slice::<HeartbeatAck>(&bytes)
+            && let Err(e) = svc.agent_passed(passed, &ack).await
+        {
+            tracing::debug!(error = %e.message, "could not learn the leader's answer to a heartbeat");
+        }
+        return Ok(Response::from_parts(parts, axum::body::Body::from(bytes)));
+    }
     // Without the header (agents send none: their events carry sequence numbers) this is
     // the plain heartbeat, with no extra read.
-    let svc = &st.svc;
     Ok(ok(svc
         .idempotent(&p, idem.key()?, 200, svc.agent_heartbeat(&p, req))
         .await?))

@@ -391,10 +391,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         loop {
             every.tick().await;
             // Only the leader runs the scheduler and the health work; a follower only
-            // writes the last-used times of the keys it saw.
+            // writes the last-used times of the keys it saw, when it heard from the agents
+            // it answered, and their telemetry.
             if !ticker.is_leader() {
                 if let Err(e) = ticker.flush_key_use().await {
                     tracing::debug!(error = %e.internal.unwrap_or(e.message), "could not record key use");
+                }
+                if let Err(e) = ticker.follower_agent_flush(ticker.now()).await {
+                    tracing::warn!(error = %e.internal.unwrap_or(e.message), "could not record which agents were heard");
                 }
                 continue;
             }

@@ -181,6 +181,8 @@ pub(crate) struct Live {
     burn_in_passed_at: Option<Timestamp>,
     uuids: Vec<Option<String>>,
     samples: Vec<GpuSample>,
+    /// When `samples` were reported here (another replica may have newer ones).
+    samples_at: Timestamp,
     /// Per GPU: remap pending, remap failed, thermal slowdown, as last reported.
     flags: Vec<(bool, bool, bool)>,
     dirty: bool,
@@ -201,6 +203,7 @@ impl Live {
             burn_in_passed_at: None,
             uuids: Vec::new(),
             samples: Vec::new(),
+            samples_at: now,
             flags: vec![(false, false, false); gpus],
             dirty: false,
             before: None,
@@ -215,6 +218,26 @@ impl Live {
             self.before = None;
         }
     }
+}
+
+/// What a replica that does not lead did with a heartbeat.
+#[derive(Debug)]
+pub enum Heard {
+    /// Answered here: nothing in it needs the leader.
+    Here(HeartbeatAck),
+    /// It has news (or this replica cannot tell): the leader must take it, and
+    /// [`Service::agent_passed`] then records the leader's answer here.
+    Leader(Passed),
+}
+
+/// A heartbeat passed on to the leader, for [`Service::agent_passed`].
+#[derive(Debug)]
+pub struct Passed {
+    node: NodeId,
+    /// This replica does not know the node's agent as it now is: read it again.
+    relearn: bool,
+    /// The GPU flags to remember once the leader has seen them.
+    flags: Option<Vec<(bool, bool, bool)>>,
 }
 
 /// Agents, their latest telemetry and the policy overrides. Guarded by plain locks held
@@ -232,7 +255,16 @@ pub(crate) struct Monitor {
     /// Nodes in `draining`, watched until their work has ended (kept here so that the
     /// periodic work never scans the nodes table).
     draining: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
+    /// On a replica that does not lead: nodes whose heartbeats it answered since it last
+    /// wrote them to the database, with when.
+    seen: std::sync::Mutex<HashMap<NodeId, Timestamp>>,
+    last_seen_flush: std::sync::Mutex<Timestamp>,
 }
+
+/// How often a replica that does not lead writes which agents it heard from (seconds).
+/// Well under the missed-heartbeat limit, so that the leader never counts a node silent
+/// that another replica heard.
+const SEEN_FLUSH_SECS: i64 = 2;
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -248,14 +280,8 @@ impl Monitor {
     ) -> Result<Monitor> {
         let mut live = HashMap::new();
         for n in store.agent_nodes().await? {
-            let mut l = Live::new(n.name, now, n.seq, n.state, n.gpus.len());
-            l.burn_in = n.burn_in_id;
-            l.burn_in_passed_at = n.burn_in_passed_at;
-            l.uuids = n.gpus.into_iter().map(|(_, u, _)| u).collect();
-            if n.state == NodeState::Unreachable {
-                l.before = n.unreachable_from.map(|s| (s, n.unreachable_from_reason));
-            }
-            live.insert(n.id, l);
+            let id = n.id;
+            live.insert(id, Self::live_of(n, now));
         }
         let mut overrides = HashMap::new();
         for r in store.health_rule_list().await? {
@@ -283,7 +309,20 @@ impl Monitor {
                     .into_iter()
                     .collect(),
             ),
+            seen: std::sync::Mutex::new(HashMap::new()),
+            last_seen_flush: std::sync::Mutex::new(now),
         })
+    }
+
+    fn live_of(n: neocloud_store::AgentNode, now: Timestamp) -> Live {
+        let mut l = Live::new(n.name, now, n.seq, n.state, n.gpus.len());
+        l.burn_in = n.burn_in_id;
+        l.burn_in_passed_at = n.burn_in_passed_at;
+        l.uuids = n.gpus.into_iter().map(|(_, u, _)| u).collect();
+        if n.state == NodeState::Unreachable {
+            l.before = n.unreachable_from.map(|s| (s, n.unreachable_from_reason));
+        }
+        l
     }
 
     /// Takes over the state of a freshly loaded monitor (a replica that becomes the leader
@@ -307,6 +346,8 @@ impl Monitor {
             .draining
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // A replica that leads hears its agents directly.
+        lock(&self.seen).clear();
     }
 
     fn xid_action(&self, code: u32) -> HealthAction {
@@ -970,6 +1011,7 @@ impl Service {
                 .last()
                 .map_or(l.acked_seq, |e| e.seq.max(l.acked_seq));
             l.samples = hb.gpus;
+            l.samples_at = now;
             l.dirty = true;
             crate::metrics::METRICS
                 .heartbeats
@@ -1015,6 +1057,213 @@ impl Service {
             self.ack(l)
         };
         self.with_desired(node_id, reports, ack).await
+    }
+
+    /// On a replica that does not lead: answers a heartbeat without news from this
+    /// replica's memory, or says that the leader must take it ([`Heard::Leader`]).
+    ///
+    /// News is anything that may change the database: an event not yet acknowledged, a GPU
+    /// flag that turned on, an agent leaving, a workload report that is not "still running
+    /// as recorded" or carries output, a GPU this replica does not know, a node it does
+    /// not know or whose state is not a steady one (available, allocated, cordoned,
+    /// draining). Everything else touches only memory: the node's telemetry and when it
+    /// was heard from, written in batches ([`Service::follower_agent_flush`]) for the
+    /// leader to read before it counts a node silent.
+    pub fn agent_heartbeat_here(&self, p: &Principal, hb: &mut Heartbeat) -> Result<Heard> {
+        auth::authorize(p, Action::AgentHeartbeat)?;
+        let node_id = heartbeat_node(p)?;
+        let now = self.now();
+        validate_heartbeat(hb, now)?;
+        crate::delivery::validate_reports(&hb.workloads)?;
+        let leader = |relearn: bool, flags| {
+            crate::metrics::METRICS
+                .heartbeats_passed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Heard::Leader(Passed {
+                node: node_id,
+                relearn,
+                flags,
+            }))
+        };
+        if hb.leaving.is_some() {
+            return leader(false, None);
+        }
+        let (state, steady) = {
+            let s = crate::scheduler::lock(&self.sched);
+            let steady = hb.workloads.iter().all(|r| {
+                r.log.is_empty()
+                    && r.phase == neocloud_types::WorkloadPhase::Running
+                    && s.instance(r.instance_id).is_some_and(|i| {
+                        i.state == neocloud_types::InstanceState::Running
+                            && i.placement.iter().any(|p| p.node_id == node_id)
+                            && (r.access.is_none() || r.access == i.access)
+                    })
+            });
+            (s.node_state(node_id), steady)
+        };
+        let Some(state) = state.filter(|s| {
+            matches!(
+                s,
+                NodeState::Available
+                    | NodeState::Allocated
+                    | NodeState::Cordoned
+                    | NodeState::Draining
+            )
+        }) else {
+            return leader(false, None);
+        };
+        if !steady {
+            return leader(false, None);
+        }
+        let ack = {
+            let mut live = lock(&self.health.live);
+            let Some(l) = live.get_mut(&node_id) else {
+                return leader(true, None);
+            };
+            let index_of = |u: &str| l.uuids.iter().position(|x| x.as_deref() == Some(u));
+            if hb.gpus.iter().any(|g| index_of(&g.uuid).is_none())
+                || hb
+                    .events
+                    .iter()
+                    .any(|e| e.gpu_uuid.as_deref().is_some_and(|u| index_of(u).is_none()))
+            {
+                return leader(true, None);
+            }
+            if hb.events.iter().any(|e| e.seq > l.acked_seq) {
+                return leader(false, None);
+            }
+            let mut flags = l.flags.clone();
+            let mut turned_on = false;
+            for g in &hb.gpus {
+                if let Some(slot) = index_of(&g.uuid).and_then(|i| flags.get_mut(i)) {
+                    turned_on |= (g.remap_pending && !slot.0)
+                        || (g.remap_failed && !slot.1)
+                        || (g.thermal_slowdown && !slot.2);
+                    *slot = (g.remap_pending, g.remap_failed, g.thermal_slowdown);
+                }
+            }
+            if turned_on {
+                return leader(false, Some(flags));
+            }
+            l.flags = flags;
+            l.last_seen = now;
+            l.away = None;
+            l.set(state);
+            l.samples = std::mem::take(&mut hb.gpus);
+            l.samples_at = now;
+            l.dirty = true;
+            lock(&self.health.seen).insert(node_id, now);
+            crate::metrics::METRICS
+                .heartbeats
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.ack(l)
+        };
+        let mut ack = ack;
+        ack.desired = Some(
+            crate::scheduler::lock(&self.sched).desired(node_id, crate::delivery::STOP_GRACE_SECS),
+        );
+        Ok(Heard::Here(ack))
+    }
+
+    /// After the leader took a heartbeat this replica passed on ([`Heard::Leader`]):
+    /// remembers what it acknowledged and the GPU flags it was told, and learns the node's
+    /// agent from the database when this replica did not know it (a new registration, new
+    /// GPUs), so that the node's next heartbeats are answered here.
+    pub async fn agent_passed(&self, passed: Passed, ack: &HeartbeatAck) -> Result<()> {
+        let known = {
+            let mut live = lock(&self.health.live);
+            match live.get_mut(&passed.node) {
+                Some(l) if !passed.relearn => {
+                    l.acked_seq = l.acked_seq.max(ack.acked_seq);
+                    l.set(ack.state);
+                    if let Some(f) = passed.flags {
+                        l.flags = f;
+                    }
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !known && let Some(n) = self.store.agent_node(passed.node).await? {
+            let mut l = Monitor::live_of(n, self.now());
+            l.acked_seq = l.acked_seq.max(ack.acked_seq);
+            lock(&self.health.live).insert(passed.node, l);
+        }
+        Ok(())
+    }
+
+    /// On a replica that does not lead: writes when it last heard from each agent (every
+    /// couple of seconds) and their latest telemetry (at the flush interval). Neither
+    /// write is fenced: they change nothing the leader decides with.
+    pub async fn follower_agent_flush(&self, now: Timestamp) -> Result<()> {
+        {
+            let mut last = lock(&self.health.last_seen_flush);
+            if last.plus_seconds(SEEN_FLUSH_SECS) > now {
+                return Ok(());
+            }
+            *last = now;
+        }
+        let batch: Vec<(NodeId, Timestamp)> = lock(&self.health.seen).drain().collect();
+
+        if !batch.is_empty() {
+            let wrote = async {
+                let mut tx = self.store.begin_write_unfenced().await?;
+                Store::agent_seen_put(&mut tx, &batch).await?;
+                tx.commit().await?;
+                Ok::<_, Error>(())
+            }
+            .await;
+            if let Err(e) = wrote {
+                // Kept for the next try; a later time heard wins.
+                let mut seen = lock(&self.health.seen);
+                for (node, at) in batch {
+                    let t = seen.entry(node).or_insert(at);
+                    if *t < at {
+                        *t = at;
+                    }
+                }
+                return Err(e);
+            }
+        }
+        self.health_flush(now, false).await
+    }
+
+    /// The leader: nodes it has not heard from itself for a heartbeat interval may have
+    /// been heard by another replica. Reads when, for those nodes only, and returns an
+    /// `unreachable` one that was heard again to its state.
+    async fn heard_elsewhere(&self, now: Timestamp) -> Result<()> {
+        let interval = i64::from(self.health.interval_secs);
+        let ask: Vec<NodeId> = lock(&self.health.live)
+            .iter()
+            .filter(|(_, l)| {
+                !matches!(l.state, NodeState::Failed | NodeState::Maintenance)
+                    && l.last_seen.plus_seconds(interval) < now
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if ask.is_empty() {
+            return Ok(());
+        }
+        let heard = self.store.agent_seen_get(&ask).await?;
+        let mut back = Vec::new();
+        {
+            let mut live = lock(&self.health.live);
+            for (node, at) in heard {
+                if let Some(l) = live.get_mut(&node)
+                    && at > l.last_seen
+                {
+                    l.last_seen = at;
+                    l.away = None;
+                    if l.state == NodeState::Unreachable {
+                        back.push(node);
+                    }
+                }
+            }
+        }
+        for node in back {
+            self.reachable_again(node, None).await?;
+        }
+        Ok(())
     }
 
     /// Takes the heartbeat's workload reports and puts what should run on the node into
@@ -1763,25 +2012,44 @@ impl Service {
     }
 
     /// Latest telemetry and heartbeat time of a node from memory, when its agent reports.
-    pub(crate) fn node_live(&self, node: &mut Node) {
-        let live = lock(&self.health.live);
-        let Some(l) = live.get(&node.id) else { return };
-        node.last_heartbeat_at = Some(l.last_seen);
+    /// When another replica heard the agent since (its heartbeats go there), the telemetry
+    /// is the one that replica last wrote.
+    pub(crate) async fn node_live(&self, node: &mut Node) -> Result<()> {
+        let (samples, elsewhere) = {
+            let live = lock(&self.health.live);
+            let Some(l) = live.get(&node.id) else {
+                return Ok(());
+            };
+            node.last_heartbeat_at = Some(l.last_seen);
+            let elsewhere = l
+                .samples_at
+                .plus_seconds(i64::from(self.health.interval_secs) * 2)
+                < l.last_seen;
+            (l.samples.clone(), elsewhere)
+        };
+        let samples = match elsewhere {
+            true => match self.store.node_telemetry(node.id).await? {
+                Some(json) => serde_json::from_str(&json).unwrap_or(samples),
+                None => samples,
+            },
+            false => samples,
+        };
         if let Some(gpus) = &mut node.gpus {
             for g in gpus.iter_mut() {
-                g.telemetry = l
-                    .samples
+                g.telemetry = samples
                     .iter()
                     .find(|s| Some(&s.uuid) == g.uuid.as_ref())
                     .cloned();
             }
         }
+        Ok(())
     }
 
     /// The health monitor's periodic work at `now`: fails nodes whose agent went silent,
     /// moves drained nodes to maintenance, re-verifies idle nodes whose last burn-in is old,
     /// begins and ends planned maintenance windows, and writes telemetry in batches.
     pub async fn health_tick(&self, now: Timestamp) -> Result<()> {
+        self.heard_elsewhere(now).await?;
         let limit = i64::from(self.health.interval_secs) * i64::from(self.health.missed);
         let grace = self.health.grace_secs;
         let (silent, gone, stale) = {
@@ -1992,12 +2260,17 @@ impl Service {
                     )
                 })
                 .collect();
-            let mut tx = self.store.begin_write().await?;
+            // Any replica writes the telemetry of the agents it hears (the leader decides
+            // nothing with it).
+            let mut tx = self.store.begin_write_unfenced().await?;
             Store::node_telemetry_flush(&mut tx, &batch).await?;
             tx.commit().await?;
         }
-        // Thousands of agents registering grow tables fast; keep the planner's view fresh.
-        self.store.optimize().await?;
+        if self.is_leader() {
+            // Thousands of agents registering grow tables fast; keep the planner's view
+            // fresh.
+            self.store.optimize().await?;
+        }
         Ok(())
     }
 

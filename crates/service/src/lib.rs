@@ -37,7 +37,8 @@ pub use delivery::{CreateSshKey, InstanceLogs, parse_public_key};
 use error::OrNotFound;
 pub use error::{Error, ErrorCode, FieldError, Result};
 pub use health::{
-    GpuHistory, HealthAction, NodeOperation, SetXidRule, XidRule, builtin_xid_rules, heartbeat_node,
+    GpuHistory, HealthAction, Heard, NodeOperation, Passed, SetXidRule, XidRule, builtin_xid_rules,
+    heartbeat_node,
 };
 pub use maintenance::{MAX_MAINTENANCE_NODES, ScheduleMaintenance};
 pub use neocloud_allocator::PlacementPolicy;
@@ -892,7 +893,7 @@ impl Service {
     pub async fn node_get(&self, p: &Principal, id_or_name: &str) -> Result<Node> {
         auth::authorize(p, Action::ReadFleet)?;
         let mut node = self.store.node_get(id_or_name).await?;
-        self.node_live(&mut node);
+        self.node_live(&mut node).await?;
         allocated_view(scheduler::lock(&self.sched).alloc(), &mut node);
         Ok(node)
     }

@@ -112,6 +112,8 @@ pub(crate) struct Metrics {
     pub(crate) queue_wait: Histogram,
     pub(crate) preemptions: AtomicU64,
     pub(crate) heartbeats: AtomicU64,
+    /// Heartbeats a replica that does not lead passed on to the leader (they had news).
+    pub(crate) heartbeats_passed: AtomicU64,
     pub(crate) health_events: AtomicU64,
     /// Webhook delivery attempts that were delivered, failed (to be retried), or given up.
     pub(crate) webhooks_delivered: AtomicU64,
@@ -132,6 +134,7 @@ impl Default for Metrics {
             queue_wait: Histogram::new(&WAIT_BUCKETS),
             preemptions: AtomicU64::new(0),
             heartbeats: AtomicU64::new(0),
+            heartbeats_passed: AtomicU64::new(0),
             health_events: AtomicU64::new(0),
             webhooks_delivered: AtomicU64::new(0),
             webhooks_failed: AtomicU64::new(0),
@@ -271,8 +274,15 @@ impl Service {
             &mut out,
             "neocloud_heartbeats_total",
             "counter",
-            "Heartbeats accepted.",
+            "Heartbeats accepted (on a follower: answered there, without news).",
             &[("", load(&m.heartbeats))],
+        );
+        family(
+            &mut out,
+            "neocloud_heartbeats_passed_total",
+            "counter",
+            "Heartbeats a follower passed on to the leader because they carried news.",
+            &[("", load(&m.heartbeats_passed))],
         );
         family(
             &mut out,

@@ -9,7 +9,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::{
-    DowntimeRow, Result, Store, StoreError, WriteTx, enum_col, id_col, opt_id_col, u32_col,
+    Backend, DowntimeRow, Result, Store, StoreError, WriteTx, enum_col, id_col, opt_id_col, u32_col,
 };
 
 /// What the control plane remembers of a node that has an agent, loaded at start.
@@ -134,24 +134,43 @@ impl Store {
 
     /// Nodes that have an agent, with what the health monitor needs.
     pub async fn agent_nodes(&self) -> Result<Vec<AgentNode>> {
-        let rows = sqlx::query(
+        self.agent_nodes_of(None).await
+    }
+
+    /// One node's agent record, as [`Store::agent_nodes`] gives it for every node.
+    pub async fn agent_node(&self, node: NodeId) -> Result<Option<AgentNode>> {
+        Ok(self.agent_nodes_of(Some(node)).await?.into_iter().next())
+    }
+
+    async fn agent_nodes_of(&self, only: Option<NodeId>) -> Result<Vec<AgentNode>> {
+        let (of_node, of_gpu) = match only {
+            Some(_) => (" AND id = $1", " AND n.id = $1"),
+            None => ("", ""),
+        };
+        let only = only.map(|n| n.to_string());
+        let sql = format!(
             "SELECT id, name, site_id, state, agent_seq, last_heartbeat_at, burn_in_id,
                     burn_in_passed_at, pool_contract_id, unreachable_from,
                     unreachable_from_reason
-             FROM nodes WHERE agent_registered_at IS NOT NULL ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut gpus: std::collections::HashMap<String, Vec<(u32, Option<String>, GpuHealth)>> =
-            Default::default();
-        for r in sqlx::query(
+             FROM nodes WHERE agent_registered_at IS NOT NULL{of_node} ORDER BY id"
+        );
+        let mut q = sqlx::query(&sql);
+        if let Some(id) = &only {
+            q = q.bind(id.clone());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let sql = format!(
             "SELECT g.node_id, g.idx, g.uuid, g.health FROM gpus g
              JOIN nodes n ON n.id = g.node_id
-             WHERE n.agent_registered_at IS NOT NULL ORDER BY g.node_id, g.idx",
-        )
-        .fetch_all(&self.pool)
-        .await?
-        {
+             WHERE n.agent_registered_at IS NOT NULL{of_gpu} ORDER BY g.node_id, g.idx"
+        );
+        let mut q = sqlx::query(&sql);
+        if let Some(id) = only {
+            q = q.bind(id);
+        }
+        let mut gpus: std::collections::HashMap<String, Vec<(u32, Option<String>, GpuHealth)>> =
+            Default::default();
+        for r in q.fetch_all(&self.pool).await? {
             gpus.entry(r.try_get("node_id")?).or_default().push((
                 u32_col(&r, "idx")?,
                 r.try_get("uuid")?,
@@ -341,6 +360,68 @@ impl Store {
             .await?;
         }
         Ok(())
+    }
+
+    /// Records when replicas that do not lead last heard from these nodes' agents (a later
+    /// time only ever replaces an earlier one). One statement per 500 nodes.
+    pub async fn agent_seen_put(tx: &mut WriteTx, rows: &[(NodeId, Timestamp)]) -> Result<()> {
+        let numbered = tx.numbered;
+        for chunk in rows.chunks(500) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    if numbered {
+                        format!("(${}, ${})", 2 * i + 1, 2 * i + 2)
+                    } else {
+                        "(?, ?)".to_string()
+                    }
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO agent_seen (node_id, seen_at) VALUES {}
+                 ON CONFLICT (node_id) DO UPDATE SET seen_at = excluded.seen_at
+                 WHERE excluded.seen_at > agent_seen.seen_at",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for (node, at) in chunk {
+                q = q.bind(node.to_string()).bind(at.micros());
+            }
+            q.execute(tx.conn()).await?;
+        }
+        Ok(())
+    }
+
+    /// When replicas that do not lead last heard from these nodes' agents, for those heard
+    /// from at all. One query per 500 nodes.
+    pub async fn agent_seen_get(&self, nodes: &[NodeId]) -> Result<Vec<(NodeId, Timestamp)>> {
+        let numbered = self.backend == Backend::Postgres;
+        let mut out = Vec::new();
+        for chunk in nodes.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len())
+                .map(|i| {
+                    if numbered {
+                        format!("${i}")
+                    } else {
+                        "?".to_string()
+                    }
+                })
+                .collect();
+            let sql = format!(
+                "SELECT node_id, seen_at FROM agent_seen WHERE node_id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for node in chunk {
+                q = q.bind(node.to_string());
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.push((
+                    id_col(&r, "node_id")?,
+                    Timestamp::from_micros(r.try_get::<i64, _>("seen_at")?),
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// The telemetry last flushed for a node (JSON array of samples).

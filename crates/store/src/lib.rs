@@ -257,6 +257,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "gpu_models",
         include_str!("../migrations/0014_gpu_models.sql"),
     ),
+    (
+        15,
+        "agent_seen",
+        include_str!("../migrations/0015_agent_seen.sql"),
+    ),
 ];
 
 impl Store {

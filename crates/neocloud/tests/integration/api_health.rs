@@ -54,7 +54,7 @@ pub(crate) fn beat(host: &str, events: Vec<Value>) -> Value {
     })
 }
 
-fn xid(seq: u64, host: &str, gpu: u32, code: u32) -> Value {
+pub(crate) fn xid(seq: u64, host: &str, gpu: u32, code: u32) -> Value {
     json!({"seq": seq, "at": Timestamp::now().to_string(), "gpu_uuid": uuid(host, gpu),
            "kind": {"type": "xid", "code": code}})
 }

@@ -614,3 +614,141 @@ both_backends!(
         );
     }
 );
+
+/// A counter's value in a replica's /metrics.
+async fn counter(url: &str, name: &str) -> u64 {
+    let text = scrape(url).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+both_backends!(
+    a_follower_answers_heartbeats_without_news_and_the_leader_hears_of_them,
+    |ctx: TestContext| async move {
+        use crate::api_health::{beat, inventory, xid};
+        let k = ctx.operator_key.clone();
+        ctx.import(FLEET).await.expect(200);
+        let (a, a_url, b, b_url) = leader_and_follower(&ctx).await;
+        let host = "e-p1-l1-n3";
+        let (enroll, _) = ctx.key("node-agent", None).await;
+        let (s, reg) = post(&b_url, &enroll, "/v1/agent/register", inventory(host)).await;
+        assert_eq!(s, 200, "{reg}");
+        let node_key = reg["node_key"].as_str().unwrap().to_string();
+        // (Both replicas run in this process and share its counters: every heartbeat the
+        // follower passes on is counted once as passed and once as accepted by the leader.)
+        let passed = || counter(&b_url, "neocloud_heartbeats_passed_total");
+        let beats = || counter(&a_url, "neocloud_heartbeats_total");
+        let hb = |events: Vec<serde_json::Value>| {
+            let (b_url, node_key) = (b_url.clone(), node_key.clone());
+            async move { post(&b_url, &node_key, "/v1/agent/heartbeat", beat(host, events)).await }
+        };
+
+        // The follower did not know this agent (it registered through the leader): its
+        // first heartbeat goes to the leader, and the follower learns the agent from it.
+        let (s, ack) = hb(vec![]).await;
+        assert_eq!(s, 200, "{ack}");
+        assert_eq!(ack["state"], "available");
+        assert_eq!((passed().await, beats().await), (1, 1));
+        // Heartbeats without news are answered by the follower alone, with the same
+        // answer (state, interval, what should run).
+        for _ in 0..3 {
+            let (s, here) = hb(vec![]).await;
+            assert_eq!(s, 200, "{here}");
+            assert_eq!(here["state"], ack["state"]);
+            assert_eq!(here["heartbeat_interval_secs"], 10);
+            assert_eq!(here["desired"]["workloads"], json!([]), "{here}");
+        }
+        assert_eq!((passed().await, beats().await), (1, 4), "3 answered here");
+
+        // An event is news: the leader stores it and acknowledges it; sent again (the
+        // agent did not get the answer), the follower knows it was acknowledged.
+        let (s, ack) = hb(vec![xid(1, host, 2, 13)]).await;
+        assert_eq!(s, 200, "{ack}");
+        assert_eq!(ack["acked_seq"], 1);
+        assert_eq!(passed().await, 2);
+        let (s, again) = hb(vec![xid(1, host, 2, 13)]).await;
+        assert_eq!((s, &again["acked_seq"]), (200, &json!(1)), "{again}");
+        assert_eq!(passed().await, 2, "an acknowledged event is not news");
+        let events = get(&a_url, &k, &format!("/v1/nodes/{host}/health?limit=1000")).await;
+        let xids = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["code"] == 13)
+            .count();
+        assert_eq!(xids, 1, "{events}");
+        // A GPU flag that turns on is news once; the same flag again is not.
+        let mut hot = beat(host, vec![]);
+        hot["gpus"][5]["thermal_slowdown"] = json!(true);
+        for _ in 0..2 {
+            let (s, r) = post(&b_url, &node_key, "/v1/agent/heartbeat", hot.clone()).await;
+            assert_eq!(s, 200, "{r}");
+        }
+        assert_eq!(passed().await, 3);
+        // Bad input is refused where it arrives, and changes nothing.
+        let mut bad = beat(host, vec![]);
+        bad["gpus"][0]["uuid"] = json!("GPU-not-mine");
+        let (s, r) = post(&b_url, &node_key, "/v1/agent/heartbeat", bad).await;
+        assert_eq!(s, 400, "{r}");
+        let (s, r) = post(
+            &b_url,
+            &node_key,
+            "/v1/agent/heartbeat",
+            json!({"sent_at": "yesterday"}),
+        )
+        .await;
+        assert_eq!(s, 400, "{r}");
+
+        // The leader hears of them through the database: before it counts the node silent,
+        // it reads when the follower last heard it.
+        let heard = Timestamp::now();
+        let (s, _) = hb(vec![]).await;
+        assert_eq!(s, 200);
+        b.follower_agent_flush(heard.plus_seconds(3)).await.unwrap();
+        a.health_tick(heard.plus_seconds(25)).await.unwrap();
+        let node = get(&a_url, &k, &format!("/v1/nodes/{host}")).await;
+        assert_eq!(node["state"], "available", "{node}");
+        let last: Timestamp = node["last_heartbeat_at"].as_str().unwrap().parse().unwrap();
+        assert!(
+            last >= heard,
+            "the leader knows the follower's time: {node}"
+        );
+        // Its telemetry is what the follower wrote, not what the leader saw last.
+        assert_eq!(
+            node["gpus"][5]["telemetry"]["thermal_slowdown"], true,
+            "{node}"
+        );
+        // Silent everywhere past the missed-heartbeat limit: unreachable.
+        a.health_tick(heard.plus_seconds(45)).await.unwrap();
+        assert_eq!(
+            get(&a_url, &k, &format!("/v1/nodes/{host}")).await["state"],
+            "unreachable"
+        );
+        // Heard again by the follower (which has not caught up and still answers): the
+        // leader returns the node to service from the database, no heartbeat of its own.
+        // (Heartbeats carry the real time, which has hardly moved: the next tick is given a
+        // time within the missed-heartbeat limit of it.)
+        let (s, r) = hb(vec![]).await;
+        assert_eq!(s, 200, "{r}");
+        b.follower_agent_flush(heard.plus_seconds(6)).await.unwrap();
+        a.health_tick(heard.plus_seconds(20)).await.unwrap();
+        let n = get(&a_url, &k, &format!("/v1/nodes/{host}")).await;
+        assert_eq!(n["state"], "available", "{n} {r}");
+        // Once the follower has caught up with a state that is not steady, it passes the
+        // node's heartbeats on: the leader decides.
+        a.health_tick(heard.plus_seconds(90)).await.unwrap();
+        b.leadership_tick(Timestamp::now()).await.unwrap();
+        let before = passed().await;
+        let (s, r) = hb(vec![]).await;
+        assert_eq!((s, &r["state"]), (200, &json!("available")), "{r}");
+        assert_eq!(passed().await, before + 1);
+        assert_eq!(
+            get(&a_url, &k, &format!("/v1/nodes/{host}")).await["state"],
+            "available"
+        );
+    }
+);

@@ -8,6 +8,12 @@
 //! 1, 2, 6 and 8 against the database and against every acknowledged response, and that no
 //! retried contract or downtime was recorded twice.
 //!
+//! Meanwhile a simulated agent on every node beats every second, spread over the replicas as
+//! `neocloud agent --server A,B,C` spreads them (followers answer heartbeats without news
+//! themselves), failing over when its replica dies, and sends an event now and then. No node
+//! may be failed for silence, and every event an agent had acknowledged must be stored
+//! exactly once.
+//!
 //! Bounded: `NEOCLOUD_TEST_FAULTS_SECS` seconds of load (20 by default; the soak run in
 //! `docs/deployment.md` uses more). It prints a report: operations acknowledged, kills
 //! survived, failovers and how long each took, invariant violations (must be 0).
@@ -62,6 +68,9 @@ impl Replica {
         let bin = std::env::var("NEOCLOUD_TEST_SERVE_BIN").unwrap_or_else(|_| BIN.to_string());
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "--database-url", db, "--lease-ttl", "2"])
+            // Agents beat every second: unreachable after 3 s of silence, failed after 12.
+            .args(["--heartbeat-interval", "1", "--missed-heartbeats", "3"])
+            .args(["--unreachable-grace", "12"])
             .args(["--follower-refresh", "1", "--listen"])
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--data-dir")
@@ -392,6 +401,110 @@ async fn a_single_sqlite_process_survives_kill_9_and_loses_nothing() {
     run(Db::Sqlite, 1).await;
 }
 
+/// What one simulated agent did.
+struct AgentRun {
+    host: String,
+    /// Events it made.
+    sent: u64,
+    /// Events still unacknowledged when it stopped.
+    waiting: usize,
+    beats: u64,
+    failed_calls: u64,
+}
+
+/// A node's agent until `until` (then until its events are acknowledged, 30 s at most): a
+/// heartbeat every second to the replica it is on, an XID 13 with each tenth.
+async fn agent(urls: Vec<String>, enroll: String, host: String, until: Instant) -> AgentRun {
+    use neocloud_agent::backend::GpuBackend;
+    use neocloud_agent::buffer::EventBuffer;
+    use neocloud_agent::client::ControlPlane;
+    use neocloud_agent::sim::SimBackend;
+    use neocloud_types::{AgentEventKind, AgentRegister, Heartbeat, Timestamp};
+    // As the real agent does: a call gives up well within the missed-heartbeat limit.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let cp = ControlPlane::with_client(client, &urls.join(",")).starting_at(&host);
+    let mut sim = SimBackend::new(&host, 8, "H100-SXM-80GB", true);
+    let inventory = sim.inventory().unwrap();
+    let body = AgentRegister {
+        hostname: host.clone(),
+        agent_version: "fault-suite".into(),
+        backend: "sim".into(),
+        driver_version: None,
+        cpu_cores: 112,
+        ram_gib: 2048,
+        gpus: inventory.clone(),
+    };
+    let mut run = AgentRun {
+        host: host.clone(),
+        sent: 0,
+        waiting: 0,
+        beats: 0,
+        failed_calls: 0,
+    };
+    let mut events = EventBuffer::new(100_000);
+    let mut pushed = 0;
+    let mut key = None;
+    let mut seed = host
+        .bytes()
+        .fold(17u64, |h, b| h.wrapping_mul(31) ^ u64::from(b));
+    let give_up = until + Duration::from_secs(30);
+    loop {
+        let now = Instant::now();
+        if (now >= until && events.is_empty() && key.is_some()) || now >= give_up {
+            break;
+        }
+        let Some(k) = key.clone() else {
+            match cp.register(&enroll, &body).await {
+                Ok(r) => {
+                    events.on_register(r.last_seq);
+                    key = Some(r.node_key.unwrap_or_else(|| enroll.clone()));
+                }
+                Err(_) => {
+                    run.failed_calls += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            continue;
+        };
+        if now < until && next(&mut seed).is_multiple_of(10) {
+            let kind = AgentEventKind::Xid {
+                code: 13,
+                detail: Some("fault suite".into()),
+            };
+            events.push(Some(inventory[0].uuid.clone()), kind, Timestamp::now());
+            pushed += 1;
+        }
+        let beat = Heartbeat {
+            generation: None,
+            workloads: Vec::new(),
+            sent_at: Timestamp::now(),
+            gpus: sim.sample().unwrap_or_default(),
+            events: events.batch(100),
+            leaving: None,
+        };
+        match cp.heartbeat(&k, &beat).await {
+            Ok(ack) => {
+                events.ack(ack.acked_seq);
+                run.beats += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                run.failed_calls += 1;
+                if matches!(e.status(), Some(401 | 404 | 409)) {
+                    key = None;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    run.waiting = events.len();
+    run.sent = pushed;
+    run
+}
+
 async fn run(backend: Db, n: usize) {
     let Some(db) = fresh_database_url(backend).await else {
         return;
@@ -436,6 +549,28 @@ async fn run(backend: Db, n: usize) {
     // Load for `secs` seconds, four workers.
     let log = Arc::new(Mutex::new(Log::default()));
     let until = Instant::now() + Duration::from_secs(secs);
+    // An agent on every node (4 leaf groups of 8), enrolled with one node-agent key.
+    // (A replayed creation does not show the secret again: then another key.)
+    let enroll = loop {
+        let created = write(
+            &client,
+            &urls,
+            &key,
+            "/v1/api-keys",
+            &format!("enroll-{}", unique()),
+            &json!({"name": "fault-suite agents", "role": "node-agent"}),
+            &mut seed,
+        )
+        .await
+        .expect("enrollment key");
+        if let Some(secret) = created["secret"].as_str() {
+            break secret.to_string();
+        }
+    };
+    let agents: Vec<_> = (1..=4)
+        .flat_map(|l| (1..=8).map(move |n| format!("f-p1-l{l}-n{n}")))
+        .map(|host| tokio::spawn(agent(urls.clone(), enroll.clone(), host, until)))
+        .collect();
     let workers: Vec<_> = (0..4)
         .map(|w| {
             tokio::spawn(worker(
@@ -520,6 +655,10 @@ async fn run(backend: Db, n: usize) {
     }
     for w in workers {
         w.await.unwrap();
+    }
+    let mut agent_runs = Vec::new();
+    for a in agents {
+        agent_runs.push(a.await.unwrap());
     }
 
     // Settle: one leader, everything committed.
@@ -763,6 +902,92 @@ async fn run(backend: Db, n: usize) {
             }
         }
     }
+    // 9. Agents spread over the replicas: no node failed for silence, and every event an
+    //    agent made was acknowledged and stored exactly once.
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get::<i64, _>("n")
+        }
+    };
+    let lost = count(
+        "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM health_events WHERE kind = 'heartbeat_lost'",
+    )
+    .await;
+    if lost > 0 {
+        violations.push(format!("{lost} nodes failed for silence"));
+    }
+    let unreachable = count(
+        "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM health_events
+         WHERE kind = 'state' AND action = 'unreachable'",
+    )
+    .await;
+    // A follower that answered an agent tells the leader through the database within 2 s:
+    // without that, a run marks a dozen nodes or more unreachable (17 when tried). A
+    // heartbeat slower than the agents' 2 s limit on an overloaded machine may mark one.
+    if unreachable > 2 {
+        violations.push(format!(
+            "{unreachable} times a node was marked unreachable while its agent beat"
+        ));
+    }
+    let (mut beats, mut events, mut agent_failures) = (0, 0, 0);
+    for a in &agent_runs {
+        beats += a.beats;
+        events += a.sent;
+        agent_failures += a.failed_calls;
+        let stored: i64 = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM health_events h
+             JOIN nodes n ON n.id = h.node_id
+             WHERE n.name = $1 AND h.kind = 'xid' AND h.code = 13",
+        )
+        .bind(&a.host)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("n");
+        if a.waiting > 0 || a.beats == 0 {
+            violations.push(format!(
+                "agent {} stopped with {} events unacknowledged after {} heartbeats",
+                a.host, a.waiting, a.beats
+            ));
+        }
+        if u64::try_from(stored).ok() != Some(a.sent) {
+            violations.push(format!(
+                "agent {} made {} events, {stored} stored",
+                a.host, a.sent
+            ));
+        }
+    }
+    let mut answered_by_followers = 0;
+    for u in &urls {
+        let m = client
+            .get(format!("{u}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("\nneocloud_leader 0\n") {
+            answered_by_followers += m
+                .lines()
+                .find_map(|l| l.strip_prefix("neocloud_heartbeats_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    println!(
+        "fault suite agents: {} agents, {beats} heartbeats acknowledged ({answered_by_followers} \
+         answered by the followers that are up now, since their start), {events} events made, \
+         {agent_failures} calls failed and were retried; nodes failed for silence {lost}, \
+         marked unreachable {unreachable}",
+        agent_runs.len()
+    );
+
     // Throughput: acknowledged writes per second overall, and inside the failover windows
     // (from the kill until a new leader answers).
     let run = until

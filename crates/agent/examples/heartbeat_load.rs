@@ -70,6 +70,11 @@ struct Args {
     /// Print only the `RESULT {json}` line.
     #[arg(long)]
     json_only: bool,
+    /// After the heartbeat phase, a third phase as long with the same agents beating to
+    /// these servers instead (comma-separated): e.g. the leader alone, then the followers,
+    /// in one run with the same registrations.
+    #[arg(long, value_name = "URL[,URL...]")]
+    then_server: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -250,7 +255,7 @@ async fn run_agent(
     end: Instant,
     interval: Duration,
     event_permille: u64,
-) -> Stats {
+) -> (Stats, Agent) {
     let mut stats = Stats::default();
     let cp = cp.starting_at(&agent.name);
     let mut slot = first;
@@ -302,7 +307,7 @@ async fn run_agent(
         }
         slot += interval;
     }
-    stats
+    (stats, agent)
 }
 
 #[tokio::main]
@@ -353,77 +358,86 @@ async fn main() -> Result<()> {
     let n = agents.len();
     let interval = Duration::from_secs(args.interval_secs.max(1));
     let target_rate = n as f64 / interval.as_secs_f64();
-    say(format!(
-        "phase 2: {n} agents, a heartbeat every {} s each ({target_rate:.0}/s) for {} s",
-        interval.as_secs(),
-        args.duration_secs
-    ));
-    let start = Instant::now() + Duration::from_millis(500);
-    let end = start + Duration::from_secs(args.duration_secs);
-    let mut tasks = JoinSet::new();
-    for (i, agent) in agents.into_iter().enumerate() {
-        let offset = interval.mul_f64(i as f64 / n as f64);
-        let cp = cp.clone();
-        tasks.spawn(run_agent(
-            cp,
-            agent,
-            start + offset,
-            end,
-            interval,
-            args.event_permille,
+    let mut agents = agents;
+    let phases = std::iter::once((2, args.server.as_str()))
+        .chain(args.then_server.as_deref().map(|s| (3, s)));
+    for (phase, servers) in phases {
+        say(format!(
+            "phase {phase}: {n} agents, a heartbeat every {} s each ({target_rate:.0}/s) for {} s to {servers}",
+            interval.as_secs(),
+            args.duration_secs
         ));
-    }
-    let mut stats = Stats::default();
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok(s) = joined {
-            stats.merge(s);
+        let cp = ControlPlane::with_client(http.clone(), servers);
+        let start = Instant::now() + Duration::from_millis(500);
+        let end = start + Duration::from_secs(args.duration_secs);
+        let mut tasks = JoinSet::new();
+        for (i, agent) in std::mem::take(&mut agents).into_iter().enumerate() {
+            let offset = interval.mul_f64(i as f64 / n as f64);
+            let cp = cp.clone();
+            tasks.spawn(run_agent(
+                cp,
+                agent,
+                start + offset,
+                end,
+                interval,
+                args.event_permille,
+            ));
         }
+        let mut stats = Stats::default();
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((s, agent)) = joined {
+                stats.merge(s);
+                agents.push(agent);
+            }
+        }
+        let elapsed = Instant::now()
+            .saturating_duration_since(start)
+            .as_secs_f64();
+        let window = (args.duration_secs as f64).min(elapsed).max(1e-9);
+        stats.latencies_us.sort_unstable();
+        stats.start_lag_us.sort_unstable();
+        let sent = stats.latencies_us.len() as u64;
+        let failed: u64 = stats.errors.values().sum();
+        let achieved = sent as f64 / window;
+        let lat = |q| quantile_ms(&stats.latencies_us, q);
+        let max_ms = stats.latencies_us.last().copied().unwrap_or(0) as f64 / 1000.0;
+        say(format!(
+            "  target {target_rate:.0} heartbeats/s, achieved {achieved:.0}/s ({sent} sent, {failed} failed)"
+        ));
+        say(format!("  errors by status: {:?}", stats.errors));
+        say(format!(
+            "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {max_ms:.2}",
+            lat(500),
+            lat(900),
+            lat(990),
+            lat(999)
+        ));
+        say(format!(
+            "  late starts (previous still in flight): {} (max {:.0} ms); scheduler lag p99 {:.2} ms",
+            stats.late,
+            stats.max_late.as_secs_f64() * 1000.0,
+            quantile_ms(&stats.start_lag_us, 990)
+        ));
+        let result = serde_json::json!({
+            "phase": phase,
+            "servers": servers,
+            "site": args.site,
+            "agents": n,
+            "interval_secs": interval.as_secs(),
+            "duration_secs": args.duration_secs,
+            "registrations": {"ok": n, "failed": asked - n, "per_sec": reg_rate, "errors": reg_errors},
+            "target_rate": target_rate,
+            "achieved_rate": achieved,
+            "heartbeats": sent,
+            "failed": failed,
+            "errors": stats.errors,
+            "latency_ms": {"p50": lat(500), "p90": lat(900), "p99": lat(990),
+                           "p999": lat(999), "max": max_ms},
+            "late": stats.late,
+            "max_late_ms": stats.max_late.as_secs_f64() * 1000.0,
+            "scheduler_lag_p99_ms": quantile_ms(&stats.start_lag_us, 990),
+        });
+        println!("RESULT {result}");
     }
-    let elapsed = Instant::now()
-        .saturating_duration_since(start)
-        .as_secs_f64();
-    let window = (args.duration_secs as f64).min(elapsed).max(1e-9);
-    stats.latencies_us.sort_unstable();
-    stats.start_lag_us.sort_unstable();
-    let sent = stats.latencies_us.len() as u64;
-    let failed: u64 = stats.errors.values().sum();
-    let achieved = sent as f64 / window;
-    let lat = |q| quantile_ms(&stats.latencies_us, q);
-    let max_ms = stats.latencies_us.last().copied().unwrap_or(0) as f64 / 1000.0;
-    say(format!(
-        "  target {target_rate:.0} heartbeats/s, achieved {achieved:.0}/s ({sent} sent, {failed} failed)"
-    ));
-    say(format!("  errors by status: {:?}", stats.errors));
-    say(format!(
-        "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {max_ms:.2}",
-        lat(500),
-        lat(900),
-        lat(990),
-        lat(999)
-    ));
-    say(format!(
-        "  late starts (previous still in flight): {} (max {:.0} ms); scheduler lag p99 {:.2} ms",
-        stats.late,
-        stats.max_late.as_secs_f64() * 1000.0,
-        quantile_ms(&stats.start_lag_us, 990)
-    ));
-    let result = serde_json::json!({
-        "site": args.site,
-        "agents": n,
-        "interval_secs": interval.as_secs(),
-        "duration_secs": args.duration_secs,
-        "registrations": {"ok": n, "failed": asked - n, "per_sec": reg_rate, "errors": reg_errors},
-        "target_rate": target_rate,
-        "achieved_rate": achieved,
-        "heartbeats": sent,
-        "failed": failed,
-        "errors": stats.errors,
-        "latency_ms": {"p50": lat(500), "p90": lat(900), "p99": lat(990),
-                       "p999": lat(999), "max": max_ms},
-        "late": stats.late,
-        "max_late_ms": stats.max_late.as_secs_f64() * 1000.0,
-        "scheduler_lag_p99_ms": quantile_ms(&stats.start_lag_us, 990),
-    });
-    println!("RESULT {result}");
     Ok(())
 }

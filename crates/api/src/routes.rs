@@ -1037,13 +1037,27 @@ async fn instance_logs(
     State(st): State<AppState>,
     Auth(p): Auth,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    uri: axum::extract::OriginalUri,
     q: Q<LogParams>,
-) -> ApiResult<Json<InstanceLogs>> {
+) -> ApiResult<Response> {
     allow(&p, Action::ReadInstances)?;
     let q = q.get()?;
-    Ok(Json(
-        st.svc.instance_logs(&p, &id, q.offset, q.limit).await?,
-    ))
+    // Output is kept by the replica that took the agents' reports: heartbeats that carry
+    // output go to the leader, so a follower reads it there.
+    if !st.svc.is_leader() {
+        let path = uri.0.path_and_query().map_or("/", |p| p.as_str());
+        return Ok(crate::forward::to_leader(
+            &st,
+            axum::http::Method::GET,
+            path,
+            &headers,
+            None,
+            axum::body::Bytes::new(),
+        )
+        .await);
+    }
+    Ok(Json(st.svc.instance_logs(&p, &id, q.offset, q.limit).await?).into_response())
 }
 
 // ---- SSH keys ---------------------------------------------------------------------------

@@ -752,3 +752,82 @@ both_backends!(
         );
     }
 );
+
+both_backends!(
+    workload_reports_through_a_follower_reach_the_leader_only_when_they_change_something,
+    |ctx: TestContext| async move {
+        use crate::api_health::{beat, inventory};
+        ctx.import(FLEET).await.expect(200);
+        ctx.tenant("acme").await;
+        let (_a, a_url, b, b_url) = leader_and_follower(&ctx).await;
+        let (acme, _) = ctx.key("tenant-admin", Some("acme")).await;
+        let (s, inst) = post(
+            &b_url,
+            &acme,
+            "/v1/instances",
+            json!({"gpu_model": "H100-SXM-80GB", "gpus": 8,
+                   "delivery": {"mode": "container", "image": "localhost/trainer:1",
+                                "command": ["sleep", "1d"]}}),
+        )
+        .await;
+        assert_eq!(s, 201, "{inst}");
+        assert_eq!(inst["state"], "provisioning");
+        let id = inst["id"].as_str().unwrap().to_string();
+        let host = inst["placement"][0]["node"].as_str().unwrap().to_string();
+        let (enroll, _) = ctx.key("node-agent", None).await;
+        let (s, reg) = post(&b_url, &enroll, "/v1/agent/register", inventory(&host)).await;
+        assert_eq!(s, 200, "{reg}");
+        let node_key = reg["node_key"].as_str().unwrap().to_string();
+        b.leadership_tick(Timestamp::now()).await.unwrap();
+        let passed = || counter(&b_url, "neocloud_heartbeats_passed_total");
+        let report = |log: &str, offset: u64| {
+            let mut hb = beat(&host, vec![]);
+            hb["workloads"] = json!([{
+                "instance_id": id, "phase": "running", "since": Timestamp::now().to_string(),
+                "access": {"host": "10.0.0.5", "port": 2201, "user": "root"},
+                "log_offset": offset, "log": log,
+            }]);
+            let (b_url, node_key) = (b_url.clone(), node_key.clone());
+            async move { post(&b_url, &node_key, "/v1/agent/heartbeat", hb).await }
+        };
+        // The follower learns the agent from its first heartbeat (passed on), which also
+        // tells the leader the workload runs: the instance is running.
+        let (s, ack) = report("hello\n", 0).await;
+        assert_eq!(s, 200, "{ack}");
+        assert_eq!(passed().await, 1);
+        let i = get(&a_url, &acme, &format!("/v1/instances/{id}")).await;
+        assert_eq!(i["state"], "running", "{i}");
+        // Still running as recorded, no output: answered by the follower once it has
+        // caught up; what should run comes from its copy.
+        let (s, ack) = report("", 6).await;
+        assert_eq!(s, 200, "{ack}");
+        assert_eq!(passed().await, 2, "the follower had not caught up yet");
+        b.leadership_tick(Timestamp::now()).await.unwrap();
+        for _ in 0..3 {
+            let (s, ack) = report("", 6).await;
+            assert_eq!(s, 200, "{ack}");
+            assert_eq!(
+                ack["desired"]["workloads"][0]["instance_id"],
+                json!(id),
+                "{ack}"
+            );
+        }
+        assert_eq!(passed().await, 2);
+        // Output is news: the leader keeps it, and reading it through the follower reads
+        // the leader's.
+        let (s, _) = report("world\n", 6).await;
+        assert_eq!(s, 200);
+        assert_eq!(passed().await, 3);
+        let logs = get(&b_url, &acme, &format!("/v1/instances/{id}/logs")).await;
+        assert_eq!(logs["data"], "hello\nworld\n", "{logs}");
+        // The workload stopped: news.
+        let mut hb = beat(&host, vec![]);
+        hb["workloads"] = json!([{"instance_id": id, "phase": "failed",
+            "since": Timestamp::now().to_string(), "reason": "exit 1", "exit_code": 1}]);
+        let (s, ack) = post(&b_url, &node_key, "/v1/agent/heartbeat", hb).await;
+        assert_eq!(s, 200, "{ack}");
+        assert_eq!(passed().await, 4);
+        let i = get(&a_url, &acme, &format!("/v1/instances/{id}")).await;
+        assert_ne!(i["state"], "running", "{i}");
+    }
+);

@@ -4,8 +4,10 @@
 # first to the leader alone (the one-server baseline; the followers idle) and then, for as
 # long, to the two followers (`--server F1,F2`: each agent starts at one chosen by its node's
 # name and fails over to the other, as `neocloud agent` does), which answer heartbeats
-# without news themselves. Reports each replica's CPU (user+sys seconds over the phase) in
-# cores and per heartbeat.
+# without news themselves. Reports each replica's CPU (user+sys seconds) in cores and per
+# heartbeat, over each phase once every agent has beaten once in it (a follower learns an
+# agent registered through the leader from its first heartbeat, which it passes on), and
+# over 20 s with no heartbeats before the agents register (the idle baseline).
 #
 #   DATABASE_URL=postgres://postgres@127.0.0.1:5432 scripts/bench/heartbeats-replicas.sh
 #   DATABASE_URL=… FLEET=examples/million-gpus.fleet.toml SITE=giga-1 INTERVAL=60 \
@@ -60,27 +62,32 @@ enroll=$("$BIN" --url "${urls[0]}" --api-key "$op" -o json keys create --name be
          python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
 cpu() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
 snap() { local out=""; for p in "${pids[@]}"; do out="$out $(cpu "$p")"; done; echo "$out $(date +%s.%N)"; }
+i0=$(snap); sleep 20; i1=$(snap)
 "$LOADGEN" --server "${urls[0]}" --then-server "${urls[1]},${urls[2]}" --key "$enroll" \
   --operator-key "$op" --site "$SITE" --interval-secs "$INTERVAL" --duration-secs "$DURATION" \
   ${AGENTS:+--agents "$AGENTS"} 2>&1 | tee "$dir/loadgen.out" &
 gen=$!
 wait_for() { until grep -q "^$1" "$dir/loadgen.out" 2>/dev/null || ! kill -0 $gen 2>/dev/null; do sleep 0.1; done; }
-wait_for "phase 2"; s2=$(snap)
-wait_for "phase 3"; s3=$(snap)
+# Each phase is measured from one interval after it starts (every agent has beaten once)
+# to its end.
+wait_for "phase 2"; sleep $((INTERVAL + 1)); s2=$(snap)
+wait_for "phase 3"; s3=$(snap); sleep $((INTERVAL + 1)); s3w=$(snap)
 wait $gen; s4=$(snap)
-report() { # report LABEL BEFORE AFTER BEATS
+report() { # report LABEL BEFORE AFTER HEARTBEATS_PER_SEC
   python3 - "$1" "$2" "$3" "$4" <<'PY'
 import sys
-label, a, b, beats = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), float(sys.argv[4])
+label, a, b, rate = sys.argv[1], sys.argv[2].split(), sys.argv[3].split(), float(sys.argv[4])
 secs = float(b[-1]) - float(a[-1])
+beats = rate * secs
 names = ["leader", "follower 1", "follower 2"]
 parts = []
 for n, x, y in zip(names, a[:-1], b[:-1]):
     c = float(y) - float(x)
     parts.append(f"{n} {c / secs:.3f} cores ({c * 1e6 / max(beats, 1):.1f} µs/heartbeat)")
-print(f"== {label}: {secs:.0f} s, {beats:.0f} heartbeats: " + "; ".join(parts))
+print(f"== {label}: {secs:.0f} s, ~{beats:.0f} heartbeats: " + "; ".join(parts))
 PY
 }
-beats() { grep '^RESULT' "$dir/loadgen.out" | sed -n "$1p" | python3 -c 'import json,sys; print(json.loads(sys.stdin.read()[7:])["heartbeats"])'; }
-report "phase 2, all heartbeats to the leader" "$s2" "$s3" "$(beats 1)"
-report "phase 3, all heartbeats to the followers" "$s3" "$s4" "$(beats 2)"
+rate() { grep '^RESULT' "$dir/loadgen.out" | sed -n "$1p" | python3 -c 'import json,sys; print(json.loads(sys.stdin.read()[7:])["achieved_rate"])'; }
+report "idle, before the agents register" "$i0" "$i1" 0
+report "phase 2, all heartbeats to the leader" "$s2" "$s3" "$(rate 1)"
+report "phase 3, all heartbeats to the followers" "$s3w" "$s4" "$(rate 2)"

@@ -635,10 +635,8 @@ async fn agent_heartbeat(
         let bytes = axum::body::to_bytes(body, 16 * 1024 * 1024)
             .await
             .unwrap_or_default();
-        if let Ok(ack) = serde_json::from_slice::<HeartbeatAck>(&bytes)
-            && let Err(e) = svc.agent_passed(passed, &ack).await
-        {
-            tracing::debug!(error = %e.message, "could not learn the leader's answer to a heartbeat");
+        if let Ok(ack) = serde_json::from_slice::<HeartbeatAck>(&bytes) {
+            svc.agent_passed(passed, &ack);
         }
         return Ok(Response::from_parts(parts, axum::body::Body::from(bytes)));
     }

@@ -259,6 +259,9 @@ pub(crate) struct Monitor {
     /// wrote them to the database, with when.
     seen: std::sync::Mutex<HashMap<NodeId, Timestamp>>,
     last_seen_flush: std::sync::Mutex<Timestamp>,
+    /// On a replica that does not lead: agents to read from the database (registered
+    /// through the leader, or with new GPUs), in one batch at its next tick.
+    to_learn: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
 }
 
 /// How often a replica that does not lead writes which agents it heard from (seconds).
@@ -311,6 +314,7 @@ impl Monitor {
             ),
             seen: std::sync::Mutex::new(HashMap::new()),
             last_seen_flush: std::sync::Mutex::new(now),
+            to_learn: std::sync::Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
@@ -348,6 +352,7 @@ impl Monitor {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // A replica that leads hears its agents directly.
         lock(&self.seen).clear();
+        lock(&self.to_learn).clear();
     }
 
     fn xid_action(&self, code: u32) -> HealthAction {
@@ -1166,28 +1171,46 @@ impl Service {
     }
 
     /// After the leader took a heartbeat this replica passed on ([`Heard::Leader`]):
-    /// remembers what it acknowledged and the GPU flags it was told, and learns the node's
-    /// agent from the database when this replica did not know it (a new registration, new
-    /// GPUs), so that the node's next heartbeats are answered here.
-    pub async fn agent_passed(&self, passed: Passed, ack: &HeartbeatAck) -> Result<()> {
-        let known = {
-            let mut live = lock(&self.health.live);
-            match live.get_mut(&passed.node) {
-                Some(l) if !passed.relearn => {
-                    l.acked_seq = l.acked_seq.max(ack.acked_seq);
-                    l.set(ack.state);
-                    if let Some(f) = passed.flags {
-                        l.flags = f;
-                    }
-                    true
+    /// remembers what it acknowledged and the GPU flags it was told. An agent this replica
+    /// did not know (a new registration, new GPUs) is read from the database at its next
+    /// tick, with the others of that moment in one batch ([`Service::follower_agent_flush`]),
+    /// so that its next heartbeats are answered here.
+    pub fn agent_passed(&self, passed: Passed, ack: &HeartbeatAck) {
+        let mut live = lock(&self.health.live);
+        match live.get_mut(&passed.node) {
+            Some(l) if !passed.relearn => {
+                l.acked_seq = l.acked_seq.max(ack.acked_seq);
+                l.set(ack.state);
+                if let Some(f) = passed.flags {
+                    l.flags = f;
                 }
-                _ => false,
+            }
+            _ => {
+                lock(&self.health.to_learn).insert(passed.node);
+            }
+        }
+    }
+
+    /// Reads the agents this replica was told of since its last tick.
+    async fn learn_agents(&self) -> Result<()> {
+        let nodes: Vec<NodeId> = std::mem::take(&mut *lock(&self.health.to_learn))
+            .into_iter()
+            .collect();
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let read = match self.store.agent_nodes_in(&nodes).await {
+            Ok(r) => r,
+            Err(e) => {
+                lock(&self.health.to_learn).extend(nodes);
+                return Err(e.into());
             }
         };
-        if !known && let Some(n) = self.store.agent_node(passed.node).await? {
-            let mut l = Monitor::live_of(n, self.now());
-            l.acked_seq = l.acked_seq.max(ack.acked_seq);
-            lock(&self.health.live).insert(passed.node, l);
+        let now = self.now();
+        let mut live = lock(&self.health.live);
+        for n in read {
+            let id = n.id;
+            live.insert(id, Monitor::live_of(n, now));
         }
         Ok(())
     }
@@ -1196,6 +1219,7 @@ impl Service {
     /// couple of seconds) and their latest telemetry (at the flush interval). Neither
     /// write is fenced: they change nothing the leader decides with.
     pub async fn follower_agent_flush(&self, now: Timestamp) -> Result<()> {
+        self.learn_agents().await?;
         {
             let mut last = lock(&self.health.last_seen_flush);
             if last.plus_seconds(SEEN_FLUSH_SECS) > now {
@@ -1483,7 +1507,9 @@ impl Service {
                 self.change_node(&node, node.state, c, actor, Some(events))
                     .await
             }
-            None => self.write_ordered(events).await,
+            // Events alone change nothing a follower's copy holds: followers need not
+            // rebuild for them.
+            None => self.write_ordered(events.quiet()).await,
         };
         match written {
             Ok(()) => {

@@ -40,6 +40,10 @@ pub(crate) struct Extra {
     /// It writes only rows the batch holds back until its commit (idempotency records,
     /// audit events), so the instance rows held back need not be written before it.
     deferred_only: bool,
+    /// It changes nothing a follower's copy of the allocator holds (health events alone):
+    /// a batch of only such writes leaves the lease's write counter as it is, so followers
+    /// do not rebuild for it.
+    quiet: bool,
 }
 
 /// The closure inside an [`Extra`].
@@ -53,10 +57,17 @@ where
     Extra {
         write: Box::new(f),
         deferred_only: false,
+        quiet: false,
     }
 }
 
 impl Extra {
+    /// Marks it as changing nothing a follower's copy of the allocator holds.
+    pub(crate) fn quiet(mut self) -> Extra {
+        self.quiet = true;
+        self
+    }
+
     /// Runs it.
     pub(crate) fn run<'a>(self, store: &'a Store, tx: &'a mut WriteTx) -> TxFuture<'a> {
         (self.write)(store, tx)
@@ -71,6 +82,7 @@ where
     Extra {
         write: Box::new(f),
         deferred_only: true,
+        quiet: false,
     }
 }
 
@@ -282,10 +294,16 @@ struct Write {
 /// told to retry (they were decided together, on a state the database will not have, and
 /// the scheduler is rebuilt from the database before anything else is decided).
 async fn write_batch(store: &Store, stale: &AtomicBool, writes: Vec<Write>) -> bool {
+    let quiet = writes
+        .iter()
+        .all(|w| w.effects.is_empty() && w.extra.as_ref().is_some_and(|x| x.quiet));
     let mut tx = match store.begin_write().await {
         Ok(mut tx) => {
             // Audit events and idempotency records: one statement each for the batch.
             tx.defer_inserts();
+            if quiet {
+                tx.keep_generation();
+            }
             tx
         }
         Err(e) => {

@@ -137,17 +137,43 @@ impl Store {
         self.agent_nodes_of(None).await
     }
 
-    /// One node's agent record, as [`Store::agent_nodes`] gives it for every node.
-    pub async fn agent_node(&self, node: NodeId) -> Result<Option<AgentNode>> {
-        Ok(self.agent_nodes_of(Some(node)).await?.into_iter().next())
+    /// The agent records of these nodes (those that have an agent), as
+    /// [`Store::agent_nodes`] gives them for every node. One query each for nodes and GPUs
+    /// per 500 nodes.
+    pub async fn agent_nodes_in(&self, nodes: &[NodeId]) -> Result<Vec<AgentNode>> {
+        let mut out = Vec::new();
+        for chunk in nodes.chunks(500) {
+            out.extend(self.agent_nodes_of(Some(chunk)).await?);
+        }
+        Ok(out)
     }
 
-    async fn agent_nodes_of(&self, only: Option<NodeId>) -> Result<Vec<AgentNode>> {
+    async fn agent_nodes_of(&self, only: Option<&[NodeId]>) -> Result<Vec<AgentNode>> {
+        let numbered = self.backend == Backend::Postgres;
         let (of_node, of_gpu) = match only {
-            Some(_) => (" AND id = $1", " AND n.id = $1"),
-            None => ("", ""),
+            Some(ids) => {
+                let marks: Vec<String> = (1..=ids.len())
+                    .map(|i| {
+                        if numbered {
+                            format!("${i}")
+                        } else {
+                            "?".into()
+                        }
+                    })
+                    .collect();
+                let marks = marks.join(", ");
+                (
+                    format!(" AND id IN ({marks})"),
+                    format!(" AND n.id IN ({marks})"),
+                )
+            }
+            None => (String::new(), String::new()),
         };
-        let only = only.map(|n| n.to_string());
+        let only: Vec<String> = only
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let sql = format!(
             "SELECT id, name, site_id, state, agent_seq, last_heartbeat_at, burn_in_id,
                     burn_in_passed_at, pool_contract_id, unreachable_from,
@@ -155,7 +181,7 @@ impl Store {
              FROM nodes WHERE agent_registered_at IS NOT NULL{of_node} ORDER BY id"
         );
         let mut q = sqlx::query(&sql);
-        if let Some(id) = &only {
+        for id in &only {
             q = q.bind(id.clone());
         }
         let rows = q.fetch_all(&self.pool).await?;
@@ -165,7 +191,7 @@ impl Store {
              WHERE n.agent_registered_at IS NOT NULL{of_gpu} ORDER BY g.node_id, g.idx"
         );
         let mut q = sqlx::query(&sql);
-        if let Some(id) = only {
+        for id in only {
             q = q.bind(id);
         }
         let mut gpus: std::collections::HashMap<String, Vec<(u32, Option<String>, GpuHealth)>> =

@@ -76,13 +76,15 @@ pub(crate) async fn fence_check(tx: &mut WriteTx, mode: &FenceMode) -> Result<()
         FenceMode::Off => Ok(()),
         FenceMode::Follower => Err(StoreError::NotLeader),
         FenceMode::Leader { holder, epoch } => {
+            let step = i64::from(tx.moves_generation);
             let r = sqlx::query(
-                "UPDATE leases SET generation = generation + 1
+                "UPDATE leases SET generation = generation + $4
                  WHERE name = $1 AND holder = $2 AND epoch = $3",
             )
             .bind(ALLOCATOR_LEASE)
             .bind(holder)
             .bind(epoch)
+            .bind(step)
             .execute(tx.conn())
             .await?;
             if r.rows_affected() == 1 {

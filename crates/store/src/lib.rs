@@ -142,6 +142,8 @@ pub struct WriteTx {
     pub(crate) numbered: bool,
     /// The number of the last event written in this transaction, once one was.
     pub(crate) event_seq: Option<i64>,
+    /// Whether committing moves the lease's write counter (which makes followers rebuild).
+    pub(crate) moves_generation: bool,
 }
 
 impl WriteTx {
@@ -176,6 +178,13 @@ impl WriteTx {
     /// stamped with.
     pub fn now(&self) -> neocloud_types::Timestamp {
         self.clock.now()
+    }
+
+    /// Commits without moving the lease's write counter: for writes that change nothing a
+    /// follower's copy of the allocator holds (health events alone), so that followers do
+    /// not rebuild for them. The fence is checked all the same.
+    pub fn keep_generation(&mut self) {
+        self.moves_generation = false;
     }
 
     /// Commits every change made in this transaction — in replica mode only while this
@@ -405,6 +414,7 @@ impl Store {
             deferred: None,
             numbered: self.backend == Backend::Postgres,
             event_seq: None,
+            moves_generation: true,
         })
     }
 
@@ -424,6 +434,7 @@ impl Store {
             deferred: None,
             numbered: self.backend == Backend::Postgres,
             event_seq: None,
+            moves_generation: true,
         })
     }
 

@@ -648,11 +648,16 @@ both_backends!(
         };
 
         // The follower did not know this agent (it registered through the leader): its
-        // first heartbeat goes to the leader, and the follower learns the agent from it.
+        // first heartbeat goes to the leader, and the follower reads the agent at its next
+        // tick (with every other it was told of meanwhile, in one batch).
         let (s, ack) = hb(vec![]).await;
         assert_eq!(s, 200, "{ack}");
         assert_eq!(ack["state"], "available");
         assert_eq!((passed().await, beats().await), (1, 1));
+        let (s, _) = hb(vec![]).await;
+        assert_eq!(s, 200);
+        assert_eq!((passed().await, beats().await), (2, 2), "not learned yet");
+        b.follower_agent_flush(Timestamp::now()).await.unwrap();
         // Heartbeats without news are answered by the follower alone, with the same
         // answer (state, interval, what should run).
         for _ in 0..3 {
@@ -662,17 +667,38 @@ both_backends!(
             assert_eq!(here["heartbeat_interval_secs"], 10);
             assert_eq!(here["desired"]["workloads"], json!([]), "{here}");
         }
-        assert_eq!((passed().await, beats().await), (1, 4), "3 answered here");
+        assert_eq!((passed().await, beats().await), (2, 5), "3 answered here");
 
         // An event is news: the leader stores it and acknowledges it; sent again (the
-        // agent did not get the answer), the follower knows it was acknowledged.
+        // agent did not get the answer), the follower knows it was acknowledged. Storing
+        // events alone does not move the lease's write counter: followers do not rebuild
+        // their copy of the allocator for them.
+        let generation = || async {
+            sqlx::any::install_default_drivers();
+            let pool = sqlx::any::AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(&ctx.database_url())
+                .await
+                .unwrap();
+            let g: i64 = sqlx::Row::get(
+                &sqlx::query("SELECT generation FROM leases")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap(),
+                "generation",
+            );
+            pool.close().await;
+            g
+        };
+        let g0 = generation().await;
         let (s, ack) = hb(vec![xid(1, host, 2, 13)]).await;
         assert_eq!(s, 200, "{ack}");
         assert_eq!(ack["acked_seq"], 1);
-        assert_eq!(passed().await, 2);
+        assert_eq!(passed().await, 3);
+        assert_eq!(generation().await, g0, "events alone are quiet");
         let (s, again) = hb(vec![xid(1, host, 2, 13)]).await;
         assert_eq!((s, &again["acked_seq"]), (200, &json!(1)), "{again}");
-        assert_eq!(passed().await, 2, "an acknowledged event is not news");
+        assert_eq!(passed().await, 3, "an acknowledged event is not news");
         let events = get(&a_url, &k, &format!("/v1/nodes/{host}/health?limit=1000")).await;
         let xids = events
             .as_array()
@@ -688,7 +714,7 @@ both_backends!(
             let (s, r) = post(&b_url, &node_key, "/v1/agent/heartbeat", hot.clone()).await;
             assert_eq!(s, 200, "{r}");
         }
-        assert_eq!(passed().await, 3);
+        assert_eq!(passed().await, 4);
         // Bad input is refused where it arrives, and changes nothing.
         let mut bad = beat(host, vec![]);
         bad["gpus"][0]["uuid"] = json!("GPU-not-mine");
@@ -738,6 +764,8 @@ both_backends!(
         a.health_tick(heard.plus_seconds(20)).await.unwrap();
         let n = get(&a_url, &k, &format!("/v1/nodes/{host}")).await;
         assert_eq!(n["state"], "available", "{n} {r}");
+        // A state change moves the counter.
+        assert!(generation().await > g0);
         // Once the follower has caught up with a state that is not steady, it passes the
         // node's heartbeats on: the leader decides.
         a.health_tick(heard.plus_seconds(90)).await.unwrap();
@@ -795,6 +823,7 @@ both_backends!(
         let (s, ack) = report("hello\n", 0).await;
         assert_eq!(s, 200, "{ack}");
         assert_eq!(passed().await, 1);
+        b.follower_agent_flush(Timestamp::now()).await.unwrap();
         let i = get(&a_url, &acme, &format!("/v1/instances/{id}")).await;
         assert_eq!(i["state"], "running", "{i}");
         // Still running as recorded, no output: answered by the follower once it has

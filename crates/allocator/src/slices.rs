@@ -21,8 +21,10 @@
 //! weighted by how often each was asked for. [`PlacementPolicy::Fragmentation`] places a
 //! request where that sum grows least; ties go to the tighter fit, then the lower node id.
 //! Unlike the paper, CPU-only task types only count free GPUs of nodes whose CPU they cannot
-//! fit (a CPU task never uses a GPU, so a node that can host it wastes nothing for it), and
-//! memory bounds fit as CPU does.
+//! fit (a CPU task never uses a GPU, so a node that can host it wastes nothing for it),
+//! memory bounds fit as CPU does, and a whole-GPU type that can run on the node counts only
+//! the entirely free GPUs it cannot use (what shares leave free on a partly used GPU is
+//! counted by the share types, at their sizes, and not again by every whole-GPU type).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
@@ -942,11 +944,13 @@ impl Allocator {
                         .iter()
                         .position(|&s| s == k)
                         .map_or(0, |i| u64::from(v.sets[i]));
+                    // Only entirely free GPUs: what shares leave free on a partly used GPU is
+                    // the share types' fragment, counted at the sizes they ask for, not again
+                    // for every whole-GPU type.
                     if copies == 0 {
-                        (free_total, 0, 0)
+                        (u64::from(v.sets[0]) * 1000, 0, 0)
                     } else {
-                        let partial: u64 = v.gpus.iter().filter(|g| g.0 < 1000).map(free_of).sum();
-                        (partial, copies, u64::from(k) * 1000)
+                        (0, copies, u64::from(k) * 1000)
                     }
                 }
                 Need::Share(want) => {

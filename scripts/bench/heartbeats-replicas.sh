@@ -15,6 +15,9 @@
 #
 # DATABASE_URL names a PostgreSQL server (no database): the script creates a database of its
 # own there (with psql) and drops it at the end. The generator runs on the same machine.
+# SERVE_ARGS go to every replica: on a small machine with the million-GPU fleet, a longer
+# lease and follower refresh (`--lease-ttl 30 --follower-refresh 30`) keep 125,000
+# registrations from starving the lease renewals with followers' rebuilds.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${DATABASE_URL:?set DATABASE_URL to a PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432}"
@@ -42,7 +45,7 @@ start() { # start INDEX [args...]
   local i="$1"; shift
   local port=$((PORT0 + i))
   "$BIN" serve --listen "127.0.0.1:$port" --data-dir "$dir/r$i" --database-url "$dburl" \
-    --heartbeat-interval "$INTERVAL" "$@" >"$dir/r$i.log" 2>&1 &
+    --heartbeat-interval "$INTERVAL" ${SERVE_ARGS:-} "$@" >"$dir/r$i.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 60000); do
     curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0

@@ -183,6 +183,8 @@ pub(crate) struct Live {
     samples: Vec<GpuSample>,
     /// When `samples` were reported here (another replica may have newer ones).
     samples_at: Timestamp,
+    /// When the leader last read whether another replica heard the agent.
+    asked: Timestamp,
     /// Per GPU: remap pending, remap failed, thermal slowdown, as last reported.
     flags: Vec<(bool, bool, bool)>,
     dirty: bool,
@@ -204,6 +206,7 @@ impl Live {
             uuids: Vec::new(),
             samples: Vec::new(),
             samples_at: now,
+            asked: now,
             flags: vec![(false, false, false); gpus],
             dirty: false,
             before: None,
@@ -1255,15 +1258,34 @@ impl Service {
     /// The leader: nodes it has not heard from itself for a heartbeat interval may have
     /// been heard by another replica. Reads when, for those nodes only, and returns an
     /// `unreachable` one that was heard again to its state.
+    ///
+    /// A node is asked about once its next heartbeat should have reached the database
+    /// through a follower (an interval and two of the followers' flushes after the last one
+    /// known here), then at most every half interval while nothing newer is there; and
+    /// always just before this tick would mark it unreachable or failed.
     async fn heard_elsewhere(&self, now: Timestamp) -> Result<()> {
         let interval = i64::from(self.health.interval_secs);
+        let limit = interval * i64::from(self.health.missed);
+        let grace = self.health.grace_secs;
+        let settle = interval + 2 * SEEN_FLUSH_SECS;
+        let retry = (interval / 2).max(1);
         let ask: Vec<NodeId> = lock(&self.health.live)
-            .iter()
+            .iter_mut()
             .filter(|(_, l)| {
-                !matches!(l.state, NodeState::Failed | NodeState::Maintenance)
-                    && l.last_seen.plus_seconds(interval) < now
+                if matches!(l.state, NodeState::Failed | NodeState::Maintenance) {
+                    return false;
+                }
+                let marks_now = (l.state != NodeState::Unreachable
+                    && l.last_seen.plus_seconds(limit) < now)
+                    || l.last_seen.plus_seconds(grace) < now;
+                marks_now
+                    || (l.last_seen.plus_seconds(settle) < now
+                        && l.asked.plus_seconds(retry) <= now)
             })
-            .map(|(id, _)| *id)
+            .map(|(id, l)| {
+                l.asked = now;
+                *id
+            })
             .collect();
         if ask.is_empty() {
             return Ok(());

@@ -298,6 +298,12 @@ pub struct Scheduler {
     /// Gangs (policy `replace`) running short of nodes after a failure, waiting for a
     /// node of their block.
     repairs: BTreeSet<InstanceId>,
+    /// Gangs of `repairs` that found no node of their block at their last look, none of
+    /// whose nodes changed since: the next look would find none either, so it is skipped.
+    quiet_repairs: repair::QuietRepairs,
+    /// Each node's site and blocks by depth (pod, leaf group, NVLink domain): which waiting
+    /// repairs a change of the node may concern.
+    node_blocks: HashMap<NodeId, repair::NodeBlocks, BuildHasherDefault<NeedHasher>>,
     /// What the build had to leave as it was (a model's topology that the work already
     /// placed does not fit), for the caller to log.
     warnings: Vec<String>,
@@ -351,7 +357,9 @@ fn need_hash(i: &Instance) -> u64 {
 
 /// The hasher of [`need_hash`] and of the needs one pass of the queue found no room for. A
 /// hash only groups needs within one pass (they are then compared in full with
-/// [`same_request`]), so a multiply-fold is enough: it never reaches a decision.
+/// [`same_request`]), so a multiply-fold is enough: it never reaches a decision. Maps that
+/// are only looked up, never walked (a node's blocks, the repairs waiting on a block), use it
+/// too.
 #[derive(Clone, Copy, Debug, Default)]
 struct NeedHasher(u64);
 
@@ -567,8 +575,11 @@ impl Scheduler {
         let mut node_names = HashMap::with_capacity(snap.nodes.len());
         let mut nodes = HashMap::with_capacity(snap.nodes.len());
         let mut pools: HashMap<ContractId, BTreeSet<NodeId>> = HashMap::new();
+        let mut node_blocks: HashMap<_, _, BuildHasherDefault<NeedHasher>> =
+            HashMap::with_capacity_and_hasher(snap.nodes.len(), BuildHasherDefault::default());
         for n in snap.nodes {
             let id = n.id;
+            node_blocks.insert(id, repair::NodeBlocks::of(&n));
             // An unnamed node is left out: its placements show an empty name either way.
             if !n.name.is_empty() {
                 node_names.insert(id, n.name.clone());
@@ -633,6 +644,8 @@ impl Scheduler {
             by_node: HashMap::new(),
             tracked: HashMap::new(),
             repairs: BTreeSet::new(),
+            quiet_repairs: repair::QuietRepairs::default(),
+            node_blocks,
             warnings: Vec::new(),
         };
         for i in snap.live {
@@ -1037,11 +1050,12 @@ impl Scheduler {
     /// Releases through the allocator and keeps the sellable counters in step.
     fn release(&mut self, id: InstanceId) -> Option<Allocation> {
         let a = self.alloc.release(id);
-        if let Some(a) = &a
-            && let Some(k) = sold_key(a)
-        {
-            let e = self.sold.entry(k).or_default();
-            *e = e.saturating_sub(a.gpu_milli());
+        if let Some(a) = &a {
+            if let Some(k) = sold_key(a) {
+                let e = self.sold.entry(k).or_default();
+                *e = e.saturating_sub(a.gpu_milli());
+            }
+            self.nodes_touched(a.gpus.iter().map(|(n, _)| *n));
         }
         a
     }
@@ -1767,6 +1781,7 @@ impl Scheduler {
             self.alloc.set_gpu_healthy(c.node, g, healthy);
         }
         self.alloc.set_schedulable(c.node, schedulable(c.to));
+        self.node_touched(c.node);
         if let Some(n) = self.nodes.get_mut(&c.node) {
             n.0 = c.to;
         }
@@ -1863,6 +1878,7 @@ impl Scheduler {
 
     fn set_pool(&mut self, node: NodeId, pool: Option<ContractId>, fx: &mut Vec<Effect>) {
         let old = self.alloc.node_pool(node);
+        self.node_touched(node);
         if let Err(e) = self.alloc.set_pool(node, pool) {
             fx.push(Effect::Warning(format!(
                 "could not move node {node} between pools: {e}"

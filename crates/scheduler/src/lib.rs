@@ -303,7 +303,7 @@ pub struct Scheduler {
     quiet_repairs: repair::QuietRepairs,
     /// Each node's site and blocks by depth (pod, leaf group, NVLink domain): which waiting
     /// repairs a change of the node may concern.
-    node_blocks: HashMap<NodeId, repair::NodeBlocks, BuildHasherDefault<NeedHasher>>,
+    node_blocks: HashMap<NodeId, repair::NodeBlocks>,
     /// What the build had to leave as it was (a model's topology that the work already
     /// placed does not fit), for the caller to log.
     warnings: Vec<String>,
@@ -357,9 +357,7 @@ fn need_hash(i: &Instance) -> u64 {
 
 /// The hasher of [`need_hash`] and of the needs one pass of the queue found no room for. A
 /// hash only groups needs within one pass (they are then compared in full with
-/// [`same_request`]), so a multiply-fold is enough: it never reaches a decision. Maps that
-/// are only looked up, never walked (a node's blocks, the repairs waiting on a block), use it
-/// too.
+/// [`same_request`]), so a multiply-fold is enough: it never reaches a decision.
 #[derive(Clone, Copy, Debug, Default)]
 struct NeedHasher(u64);
 
@@ -575,8 +573,7 @@ impl Scheduler {
         let mut node_names = HashMap::with_capacity(snap.nodes.len());
         let mut nodes = HashMap::with_capacity(snap.nodes.len());
         let mut pools: HashMap<ContractId, BTreeSet<NodeId>> = HashMap::new();
-        let mut node_blocks: HashMap<_, _, BuildHasherDefault<NeedHasher>> =
-            HashMap::with_capacity_and_hasher(snap.nodes.len(), BuildHasherDefault::default());
+        let mut node_blocks = HashMap::with_capacity(snap.nodes.len());
         for n in snap.nodes {
             let id = n.id;
             node_blocks.insert(id, repair::NodeBlocks::of(&n));

@@ -14,14 +14,13 @@
 //! kept from the fault until the change is decided, and the new shape from then on.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasherDefault;
 
 use neocloud_types::{
     AllocatorNode, BlockId, Class, GangLevel, Instance, InstanceId, InstanceState,
     NodeFailurePolicy, NodeId, Shape, SiteId, Timestamp,
 };
 
-use crate::{Effect, NeedHasher, NodeChange, Scheduler, placed_nodes, sold_key};
+use crate::{Effect, NodeChange, Scheduler, placed_nodes, sold_key};
 
 /// A node's site and its blocks by depth (pod, leaf group, NVLink domain).
 #[derive(Clone, Copy, Debug)]
@@ -60,7 +59,7 @@ enum Watch {
 /// find nothing, exactly as before.
 #[derive(Debug, Default)]
 pub(crate) struct QuietRepairs {
-    by_watch: HashMap<Watch, Vec<InstanceId>, BuildHasherDefault<NeedHasher>>,
+    by_watch: HashMap<Watch, Vec<InstanceId>>,
     ids: HashSet<InstanceId>,
 }
 

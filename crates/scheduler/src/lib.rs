@@ -11,7 +11,7 @@
 //! A command that is refused ([`Refused`]) changes nothing.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 
 use neocloud_allocator::calendar::{Calendar, CapacityKey};
@@ -27,6 +27,7 @@ use neocloud_types::{
 mod delivery;
 mod effects;
 mod maintenance;
+mod queue;
 mod repair;
 pub use effects::{Effect, Event};
 
@@ -262,8 +263,8 @@ pub struct Scheduler {
     calendar: Calendar,
     config: SchedulerConfig,
     /// Pending instances by (priority descending, arrival), with what a pass over the queue
-    /// reads of each.
-    queue: BTreeSet<Queued>,
+    /// reads of each, also by need and by deadline.
+    queue: queue::Queue,
     /// Preemption deadlines: (when the notice runs out, instance). An entry whose instance
     /// is no longer preempting with that deadline is stale and skipped when it comes due.
     notices: BTreeSet<(Timestamp, InstanceId)>,
@@ -416,16 +417,14 @@ fn same_request(a: &Request, b: &Request) -> bool {
         && a.gpu_model == b.gpu_model
 }
 
-/// What a queued request asks for: the allocator's request and the models it accepts when
-/// it accepts several.
-type Need = (Request, Vec<String>);
+/// A place in the queue: priority descending, then id.
+type Place = (Reverse<u8>, InstanceId);
 
-/// A pending instance in the queue: its place (priority descending, then id), and what a
-/// pass over the queue reads of it, none of which changes while it waits. Ordered and
-/// compared by its place alone.
+/// A pending instance in the queue: its place, and what a pass over the queue reads of it,
+/// none of which changes while it waits. Ordered and compared by its place alone.
 #[derive(Clone, Debug)]
 struct Queued {
-    place: (Reverse<u8>, InstanceId),
+    place: Place,
     /// Its deadline in the queue.
     wait_until: Option<Timestamp>,
     /// [`need_hash`] of the instance.
@@ -623,7 +622,7 @@ impl Scheduler {
             alloc,
             calendar: Calendar::new(),
             config,
-            queue: BTreeSet::new(),
+            queue: queue::Queue::default(),
             notices: BTreeSet::new(),
             live: HashMap::with_capacity(snap.live.len()),
             sites: snap.sites,
@@ -988,7 +987,7 @@ impl Scheduler {
 
     // ----- bookkeeping -----
 
-    fn queue_place(&self, i: &Instance) -> (Reverse<u8>, InstanceId) {
+    fn queue_place(&self, i: &Instance) -> Place {
         (Reverse(i.class.priority(self.config.fleet_policy)), i.id)
     }
 
@@ -1632,34 +1631,41 @@ impl Scheduler {
     ///
     /// A pass only places, it never frees, so a request that found no room finds none later
     /// in the same pass: the ones behind it that ask for the same thing are not tried again
-    /// (they are still failed if their deadline passed).
+    /// (they are still failed if their deadline passed). So the pass looks, in queue order,
+    /// only at the first request of each need, at the next one of a need whose request it
+    /// placed, and at those whose deadline passed (see the `queue` module).
     fn serve_queue(&mut self, now: Timestamp, fx: &mut Vec<Effect>) {
         if !self.repairs.is_empty() {
             self.serve_repairs(now, fx);
         }
-        // Needs that found no room in this pass, by hash.
-        let mut blocked: HashMap<u64, Vec<Need>, BuildHasherDefault<NeedHasher>> =
-            HashMap::default();
-        // The pass walks the queue as it was at its start; nothing it calls reads the queue,
+        // The pass reads the queue as it was at its start; nothing it calls reads the queue,
         // and the entries it places or fails leave it at the end. An entry holds what the
-        // pass reads, so one whose need is blocked already is passed over without reading
-        // its instance.
+        // pass reads.
         let queue = std::mem::take(&mut self.queue);
-        let mut gone: Vec<(Reverse<u8>, InstanceId)> = Vec::new();
-        for q in &queue {
-            let key = q.place;
+        // Needs that found no room in this pass.
+        let mut blocked: HashSet<queue::NeedId, BuildHasherDefault<NeedHasher>> =
+            HashSet::default();
+        let mut todo: BTreeSet<Place> = queue.first_of_each_need().collect();
+        todo.extend(queue.due(now));
+        let mut gone: Vec<Place> = Vec::new();
+        while let Some(key) = todo.pop_first() {
+            let Some(q) = queue.get(&key) else {
+                continue;
+            };
+            let Some(need_id) = queue.need_of(q) else {
+                continue;
+            };
             let wait_until = q.wait_until;
             let expired = wait_until.is_some_and(|t| t <= now);
-            let need = q.need;
-            let seen = blocked.get(&need).is_some_and(|b| {
-                b.iter()
-                    .any(|(r, m)| same_request(r, &q.req) && *m == q.models)
-            });
+            let seen = blocked.contains(&need_id);
             if seen && !expired {
                 continue;
             }
             if !self.live.contains_key(&key.1) {
                 gone.push(key);
+                if !seen {
+                    todo.extend(queue.next_of_need(need_id, &key));
+                }
                 continue;
             }
             let req = q.req.clone();
@@ -1692,6 +1698,7 @@ impl Scheduler {
             };
             if let Some(a) = placed {
                 gone.push(key);
+                todo.extend(queue.next_of_need(need_id, &key));
                 let Some(mut i) = self.live.remove(&key.1) else {
                     continue;
                 };
@@ -1715,10 +1722,7 @@ impl Scheduler {
                 continue;
             }
             if !seen {
-                blocked
-                    .entry(need)
-                    .or_default()
-                    .push((req, q.models.clone()));
+                blocked.insert(need_id);
             }
             if expired {
                 let reason = format!(

@@ -284,7 +284,7 @@ impl Scheduler {
         c: &NodeChange,
         fx: &mut Vec<Effect>,
     ) -> bool {
-        let Some(before) = self.live.get(&id).cloned() else {
+        let Some(mut before) = self.live.get(&id).cloned() else {
             return false;
         };
         // The gang's own nodes change: it looks again.
@@ -309,7 +309,10 @@ impl Scheduler {
             *self.sold.entry(k).or_default() += new.gpu_milli();
         }
         self.untrack(&before);
+        // The instance after the change, its placement built anew rather than copied.
+        let placement = std::mem::take(&mut before.placement);
         let mut after = before.clone();
+        before.placement = placement;
         after.placement = placed_nodes(&new, &self.node_names);
         after.gpu_count = u32::try_from(new.gpu_count()).unwrap_or(u32::MAX);
         let Shape::Nodes { count, level } = before.shape else {

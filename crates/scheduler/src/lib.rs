@@ -356,9 +356,9 @@ fn need_hash(i: &Instance) -> u64 {
     h.finish()
 }
 
-/// The hasher of [`need_hash`] and of the needs one pass of the queue found no room for. A
-/// hash only groups needs within one pass (they are then compared in full with
-/// [`same_request`]), so a multiply-fold is enough: it never reaches a decision.
+/// The hasher of [`need_hash`], of the queue's index by need and of the needs one pass of
+/// the queue found no room for. A hash only groups needs (they are then compared in full
+/// with [`same_request`]), so a multiply-fold is enough: it never reaches a decision.
 #[derive(Clone, Copy, Debug, Default)]
 struct NeedHasher(u64);
 

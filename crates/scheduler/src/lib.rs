@@ -11,7 +11,7 @@
 //! A command that is refused ([`Refused`]) changes nothing.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 
 use neocloud_allocator::calendar::{Calendar, CapacityKey};
@@ -27,6 +27,7 @@ use neocloud_types::{
 mod delivery;
 mod effects;
 mod maintenance;
+mod queue;
 mod repair;
 pub use effects::{Effect, Event};
 
@@ -262,8 +263,8 @@ pub struct Scheduler {
     calendar: Calendar,
     config: SchedulerConfig,
     /// Pending instances by (priority descending, arrival), with what a pass over the queue
-    /// reads of each.
-    queue: BTreeSet<Queued>,
+    /// reads of each, also by need and by deadline.
+    queue: queue::Queue,
     /// Preemption deadlines: (when the notice runs out, instance). An entry whose instance
     /// is no longer preempting with that deadline is stale and skipped when it comes due.
     notices: BTreeSet<(Timestamp, InstanceId)>,
@@ -298,6 +299,12 @@ pub struct Scheduler {
     /// Gangs (policy `replace`) running short of nodes after a failure, waiting for a
     /// node of their block.
     repairs: BTreeSet<InstanceId>,
+    /// Gangs of `repairs` that found no node of their block at their last look, none of
+    /// whose nodes changed since: the next look would find none either, so it is skipped.
+    quiet_repairs: repair::QuietRepairs,
+    /// Each node's site and blocks by depth (pod, leaf group, NVLink domain): which waiting
+    /// repairs a change of the node may concern.
+    node_blocks: HashMap<NodeId, repair::NodeBlocks>,
     /// What the build had to leave as it was (a model's topology that the work already
     /// placed does not fit), for the caller to log.
     warnings: Vec<String>,
@@ -349,9 +356,9 @@ fn need_hash(i: &Instance) -> u64 {
     h.finish()
 }
 
-/// The hasher of [`need_hash`] and of the needs one pass of the queue found no room for. A
-/// hash only groups needs within one pass (they are then compared in full with
-/// [`same_request`]), so a multiply-fold is enough: it never reaches a decision.
+/// The hasher of [`need_hash`], of the queue's index by need and of the needs one pass of
+/// the queue found no room for. A hash only groups needs (they are then compared in full
+/// with [`same_request`]), so a multiply-fold is enough: it never reaches a decision.
 #[derive(Clone, Copy, Debug, Default)]
 struct NeedHasher(u64);
 
@@ -410,16 +417,14 @@ fn same_request(a: &Request, b: &Request) -> bool {
         && a.gpu_model == b.gpu_model
 }
 
-/// What a queued request asks for: the allocator's request and the models it accepts when
-/// it accepts several.
-type Need = (Request, Vec<String>);
+/// A place in the queue: priority descending, then id.
+type Place = (Reverse<u8>, InstanceId);
 
-/// A pending instance in the queue: its place (priority descending, then id), and what a
-/// pass over the queue reads of it, none of which changes while it waits. Ordered and
-/// compared by its place alone.
+/// A pending instance in the queue: its place, and what a pass over the queue reads of it,
+/// none of which changes while it waits. Ordered and compared by its place alone.
 #[derive(Clone, Debug)]
 struct Queued {
-    place: (Reverse<u8>, InstanceId),
+    place: Place,
     /// Its deadline in the queue.
     wait_until: Option<Timestamp>,
     /// [`need_hash`] of the instance.
@@ -567,8 +572,10 @@ impl Scheduler {
         let mut node_names = HashMap::with_capacity(snap.nodes.len());
         let mut nodes = HashMap::with_capacity(snap.nodes.len());
         let mut pools: HashMap<ContractId, BTreeSet<NodeId>> = HashMap::new();
+        let mut node_blocks = HashMap::with_capacity(snap.nodes.len());
         for n in snap.nodes {
             let id = n.id;
+            node_blocks.insert(id, repair::NodeBlocks::of(&n));
             // An unnamed node is left out: its placements show an empty name either way.
             if !n.name.is_empty() {
                 node_names.insert(id, n.name.clone());
@@ -615,7 +622,7 @@ impl Scheduler {
             alloc,
             calendar: Calendar::new(),
             config,
-            queue: BTreeSet::new(),
+            queue: queue::Queue::default(),
             notices: BTreeSet::new(),
             live: HashMap::with_capacity(snap.live.len()),
             sites: snap.sites,
@@ -633,6 +640,8 @@ impl Scheduler {
             by_node: HashMap::new(),
             tracked: HashMap::new(),
             repairs: BTreeSet::new(),
+            quiet_repairs: repair::QuietRepairs::default(),
+            node_blocks,
             warnings: Vec::new(),
         };
         for i in snap.live {
@@ -978,7 +987,7 @@ impl Scheduler {
 
     // ----- bookkeeping -----
 
-    fn queue_place(&self, i: &Instance) -> (Reverse<u8>, InstanceId) {
+    fn queue_place(&self, i: &Instance) -> Place {
         (Reverse(i.class.priority(self.config.fleet_policy)), i.id)
     }
 
@@ -1037,11 +1046,12 @@ impl Scheduler {
     /// Releases through the allocator and keeps the sellable counters in step.
     fn release(&mut self, id: InstanceId) -> Option<Allocation> {
         let a = self.alloc.release(id);
-        if let Some(a) = &a
-            && let Some(k) = sold_key(a)
-        {
-            let e = self.sold.entry(k).or_default();
-            *e = e.saturating_sub(a.gpu_milli());
+        if let Some(a) = &a {
+            if let Some(k) = sold_key(a) {
+                let e = self.sold.entry(k).or_default();
+                *e = e.saturating_sub(a.gpu_milli());
+            }
+            self.nodes_touched(a.gpus.iter().map(|(n, _)| *n));
         }
         a
     }
@@ -1621,34 +1631,41 @@ impl Scheduler {
     ///
     /// A pass only places, it never frees, so a request that found no room finds none later
     /// in the same pass: the ones behind it that ask for the same thing are not tried again
-    /// (they are still failed if their deadline passed).
+    /// (they are still failed if their deadline passed). So the pass looks, in queue order,
+    /// only at the first request of each need, at the next one of a need whose request it
+    /// placed, and at those whose deadline passed (see the `queue` module).
     fn serve_queue(&mut self, now: Timestamp, fx: &mut Vec<Effect>) {
         if !self.repairs.is_empty() {
             self.serve_repairs(now, fx);
         }
-        // Needs that found no room in this pass, by hash.
-        let mut blocked: HashMap<u64, Vec<Need>, BuildHasherDefault<NeedHasher>> =
-            HashMap::default();
-        // The pass walks the queue as it was at its start; nothing it calls reads the queue,
+        // The pass reads the queue as it was at its start; nothing it calls reads the queue,
         // and the entries it places or fails leave it at the end. An entry holds what the
-        // pass reads, so one whose need is blocked already is passed over without reading
-        // its instance.
+        // pass reads.
         let queue = std::mem::take(&mut self.queue);
-        let mut gone: Vec<(Reverse<u8>, InstanceId)> = Vec::new();
-        for q in &queue {
-            let key = q.place;
+        // Needs that found no room in this pass.
+        let mut blocked: HashSet<queue::NeedId, BuildHasherDefault<NeedHasher>> =
+            HashSet::default();
+        let mut todo: BTreeSet<Place> = queue.first_of_each_need().collect();
+        todo.extend(queue.due(now));
+        let mut gone: Vec<Place> = Vec::new();
+        while let Some(key) = todo.pop_first() {
+            let Some(q) = queue.get(&key) else {
+                continue;
+            };
+            let Some(need_id) = queue.need_of(q) else {
+                continue;
+            };
             let wait_until = q.wait_until;
             let expired = wait_until.is_some_and(|t| t <= now);
-            let need = q.need;
-            let seen = blocked.get(&need).is_some_and(|b| {
-                b.iter()
-                    .any(|(r, m)| same_request(r, &q.req) && *m == q.models)
-            });
+            let seen = blocked.contains(&need_id);
             if seen && !expired {
                 continue;
             }
             if !self.live.contains_key(&key.1) {
                 gone.push(key);
+                if !seen {
+                    todo.extend(queue.next_of_need(need_id, &key));
+                }
                 continue;
             }
             let req = q.req.clone();
@@ -1681,6 +1698,7 @@ impl Scheduler {
             };
             if let Some(a) = placed {
                 gone.push(key);
+                todo.extend(queue.next_of_need(need_id, &key));
                 let Some(mut i) = self.live.remove(&key.1) else {
                     continue;
                 };
@@ -1704,10 +1722,7 @@ impl Scheduler {
                 continue;
             }
             if !seen {
-                blocked
-                    .entry(need)
-                    .or_default()
-                    .push((req, q.models.clone()));
+                blocked.insert(need_id);
             }
             if expired {
                 let reason = format!(
@@ -1767,6 +1782,7 @@ impl Scheduler {
             self.alloc.set_gpu_healthy(c.node, g, healthy);
         }
         self.alloc.set_schedulable(c.node, schedulable(c.to));
+        self.node_touched(c.node);
         if let Some(n) = self.nodes.get_mut(&c.node) {
             n.0 = c.to;
         }
@@ -1863,6 +1879,7 @@ impl Scheduler {
 
     fn set_pool(&mut self, node: NodeId, pool: Option<ContractId>, fx: &mut Vec<Effect>) {
         let old = self.alloc.node_pool(node);
+        self.node_touched(node);
         if let Err(e) = self.alloc.set_pool(node, pool) {
             fx.push(Effect::Warning(format!(
                 "could not move node {node} between pools: {e}"

@@ -13,11 +13,70 @@
 //! Metering follows what the tenant really had: the full gang up to the fault, the nodes it
 //! kept from the fault until the change is decided, and the new shape from then on.
 
+use std::collections::{HashMap, HashSet};
+
 use neocloud_types::{
-    Class, InstanceId, InstanceState, NodeFailurePolicy, NodeId, Shape, Timestamp,
+    AllocatorNode, BlockId, Class, GangLevel, Instance, InstanceId, InstanceState,
+    NodeFailurePolicy, NodeId, Shape, SiteId, Timestamp,
 };
 
 use crate::{Effect, NodeChange, Scheduler, placed_nodes, sold_key};
+
+/// A node's site and its blocks by depth (pod, leaf group, NVLink domain).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NodeBlocks {
+    site: SiteId,
+    blocks: [Option<BlockId>; 3],
+}
+
+impl NodeBlocks {
+    pub(crate) fn of(n: &AllocatorNode) -> NodeBlocks {
+        let mut blocks = [None; 3];
+        for &(kind, id) in &n.blocks {
+            if let Some(b) = blocks.get_mut(usize::from(kind.depth())) {
+                *b = Some(id);
+            }
+        }
+        NodeBlocks {
+            site: n.site_id,
+            blocks,
+        }
+    }
+}
+
+/// What a gang running short waits on: a change to a node of its block, or of its site
+/// (a gang of level `site`, or one on nodes in no block of its level).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Watch {
+    Block(BlockId),
+    Site(SiteId),
+}
+
+/// Gangs running short whose last look for a node of their block found none. Only a change
+/// to one of the block's nodes (work released there, its cordon, health or pool) can make
+/// one usable, and each such change wakes the gangs that wait on the block; placements only
+/// take nodes. A quiet gang is passed over by [`Scheduler::serve_repairs`]: the look would
+/// find nothing, exactly as before.
+#[derive(Debug, Default)]
+pub(crate) struct QuietRepairs {
+    by_watch: HashMap<Watch, Vec<InstanceId>>,
+    ids: HashSet<InstanceId>,
+}
+
+impl QuietRepairs {
+    fn wake(&mut self, w: Watch) {
+        if let Some(ids) = self.by_watch.remove(&w) {
+            for id in ids {
+                self.ids.remove(&id);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_watch.clear();
+        self.ids.clear();
+    }
+}
 
 impl Scheduler {
     /// `node` failed under the running instance `id`. Returns whether the instance keeps
@@ -64,30 +123,101 @@ impl Scheduler {
         }
     }
 
+    /// A node changed in a way that may make it usable for a gang running short (work
+    /// released there, its cordon, health or pool): the gangs that wait on its block look
+    /// again.
+    pub(crate) fn node_touched(&mut self, node: NodeId) {
+        self.nodes_touched(std::iter::once(node));
+    }
+
+    /// [`Scheduler::node_touched`] for several nodes; those of a block come one after
+    /// another (a gang's, sorted), so each block is woken once for them.
+    pub(crate) fn nodes_touched(&mut self, nodes: impl IntoIterator<Item = NodeId>) {
+        if self.quiet_repairs.ids.is_empty() {
+            return;
+        }
+        let mut last: Option<NodeBlocks> = None;
+        for node in nodes {
+            let Some(nb) = self.node_blocks.get(&node).copied() else {
+                self.quiet_repairs.clear();
+                return;
+            };
+            if last.is_some_and(|l| l.site == nb.site && l.blocks == nb.blocks) {
+                continue;
+            }
+            last = Some(nb);
+            self.quiet_repairs.wake(Watch::Site(nb.site));
+            for b in nb.blocks.into_iter().flatten() {
+                self.quiet_repairs.wake(Watch::Block(b));
+            }
+            if self.quiet_repairs.ids.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// What the short gang `i` of `level` waits on: the block of that level of the node
+    /// [`neocloud_allocator::Allocator::replacement_where`] takes the block from (its second
+    /// node, or its only one), else its site; `None` for a node the scheduler does not know.
+    fn repair_watch(&self, i: &Instance, level: GangLevel) -> Option<Watch> {
+        let node = i.placement.get(1).or(i.placement.first());
+        let nb = node.and_then(|p| self.node_blocks.get(&p.node_id));
+        let depth = match level {
+            GangLevel::Pod => Some(0),
+            GangLevel::LeafGroup => Some(1),
+            GangLevel::NvlinkDomain => Some(2),
+            GangLevel::Site => None,
+        };
+        let nb = nb?;
+        Some(match depth.and_then(|d| nb.blocks[d]) {
+            Some(b) => Watch::Block(b),
+            None => Watch::Site(nb.site),
+        })
+    }
+
+    fn repair_done(&mut self, id: InstanceId) {
+        self.repairs.remove(&id);
+        self.quiet_repairs.ids.remove(&id);
+    }
+
     /// Gives a node of its block to each gang running short, where one is free now. Runs
     /// before the queue is served: a gang that runs already comes first.
     pub(crate) fn serve_repairs(&mut self, now: Timestamp, fx: &mut Vec<Effect>) {
         let waiting: Vec<InstanceId> = self.repairs.iter().copied().collect();
         for id in waiting {
             let Some(i) = self.live.get(&id) else {
-                self.repairs.remove(&id);
+                self.repair_done(id);
                 continue;
             };
             let (Shape::Nodes { count, level }, Some(anchor)) =
                 (i.shape, i.placement.first().map(|p| p.node_id))
             else {
-                self.repairs.remove(&id);
+                self.repair_done(id);
                 continue;
             };
             let short = usize::try_from(count).unwrap_or(usize::MAX) > i.placement.len();
             if !short || !i.state.holds_gpus() || i.state == InstanceState::Stopping {
-                self.repairs.remove(&id);
+                self.repair_done(id);
+                continue;
+            }
+            if self.quiet_repairs.ids.contains(&id) {
+                // Tests and debug builds check that the look it skips would find nothing.
+                debug_assert!(
+                    self.alloc
+                        .replacement_where(id, anchor, level, |v| v.whole_free)
+                        .is_none(),
+                    "the quiet gang {id} has a node of its block free"
+                );
                 continue;
             }
             let Some(gained) = self
                 .alloc
                 .replacement_where(id, anchor, level, |v| v.whole_free)
             else {
+                if let Some(w) = self.repair_watch(i, level) {
+                    self.quiet_repairs.ids.insert(id);
+                    self.quiet_repairs.by_watch.entry(w).or_default().push(id);
+                }
                 continue;
             };
             let change = NodeChange {
@@ -107,7 +237,7 @@ impl Scheduler {
                 _ => true,
             });
             if done {
-                self.repairs.remove(&id);
+                self.repair_done(id);
             }
         }
     }
@@ -154,9 +284,14 @@ impl Scheduler {
         c: &NodeChange,
         fx: &mut Vec<Effect>,
     ) -> bool {
-        let Some(before) = self.live.get(&id).cloned() else {
+        let Some(mut before) = self.live.get(&id).cloned() else {
             return false;
         };
+        // The gang's own nodes change: it looks again.
+        self.quiet_repairs.ids.remove(&id);
+        if let Some(l) = lost {
+            self.node_touched(l);
+        }
         let (old, new) = match self.alloc.swap_node(id, lost, gained) {
             Ok(x) => x,
             Err(e) => {
@@ -174,7 +309,10 @@ impl Scheduler {
             *self.sold.entry(k).or_default() += new.gpu_milli();
         }
         self.untrack(&before);
+        // The instance after the change, its placement built anew rather than copied.
+        let placement = std::mem::take(&mut before.placement);
         let mut after = before.clone();
+        before.placement = placement;
         after.placement = placed_nodes(&new, &self.node_names);
         after.gpu_count = u32::try_from(new.gpu_count()).unwrap_or(u32::MAX);
         let Shape::Nodes { count, level } = before.shape else {

@@ -281,6 +281,8 @@ pub(crate) struct Engine<'a> {
     outages: Vec<Outage>,
     pub downtime: Vec<Downtime>,
     pub spot_pools: Vec<(usize, usize)>,
+    /// GPUs of each spot pool's site and model (the fleet does not change during a run).
+    spot_pool_gpus: Vec<u64>,
     spot_series: Vec<Vec<(Timestamp, Money)>>,
     month_records: Vec<UsageRecord>,
     pub ledger: Vec<UsageRecord>,
@@ -367,6 +369,10 @@ impl<'a> Engine<'a> {
             outages: Vec::new(),
             downtime: Vec::new(),
             spot_series: vec![Vec::new(); spot_pools.len()],
+            spot_pool_gpus: spot_pools
+                .iter()
+                .map(|&(s, m)| fleet.gpus_of(s, m))
+                .collect(),
             spot_pools,
             month_records: Vec::new(),
             ledger: Vec::new(),
@@ -1165,7 +1171,7 @@ impl<'a> Engine<'a> {
         // Spot prices, once an hour per pool, from the pool's utilization.
         for p in 0..self.spot_pools.len() {
             let (site, model) = self.spot_pools[p];
-            let total = self.fleet.gpus_of(site, model).max(1);
+            let total = self.spot_pool_gpus[p].max(1);
             let used = self.alloc_by_pool.get(&(site, model)).copied().unwrap_or(0);
             let u = u32::try_from(used * 1000 / total).unwrap_or(1000);
             let sid = self.fleet.sites[site].id;

@@ -402,11 +402,21 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 }
                 continue;
             }
+            // A round that took seconds (the database paused) could not see what the
+            // followers heard meanwhile: the health monitor waits before judging silence.
+            let began = std::time::Instant::now();
             if let Err(e) = ticker.tick(ticker.now()).await {
                 tracing::warn!(error = %e.internal.unwrap_or(e.message), "scheduler tick failed");
             }
+            if began.elapsed() > std::time::Duration::from_secs(2) {
+                ticker.health_stalled(began.elapsed());
+            }
+            let began = std::time::Instant::now();
             if let Err(e) = ticker.health_tick(ticker.now()).await {
                 tracing::warn!(error = %e.internal.unwrap_or(e.message), "health tick failed");
+            }
+            if began.elapsed() > std::time::Duration::from_secs(2) {
+                ticker.health_stalled(began.elapsed());
             }
         }
     });

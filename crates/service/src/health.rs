@@ -265,6 +265,8 @@ pub(crate) struct Monitor {
     /// On a replica that does not lead: agents to read from the database (registered
     /// through the leader, or with new GPUs), in one batch at its next tick.
     to_learn: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
+    /// Until when silence is not judged (real time), after the periodic work stalled.
+    blind_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// How often a replica that does not lead writes which agents it heard from (seconds).
@@ -318,6 +320,7 @@ impl Monitor {
             seen: std::sync::Mutex::new(HashMap::new()),
             last_seen_flush: std::sync::Mutex::new(now),
             to_learn: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            blind_until: std::sync::Mutex::new(None),
         })
     }
 
@@ -1218,6 +1221,20 @@ impl Service {
         Ok(())
     }
 
+    /// The periodic work stalled (its last round took `took`: a database pause, a frozen
+    /// process): what followers heard meanwhile reaches the database late, so silence is
+    /// not judged until they have written twice more.
+    pub fn health_stalled(&self, took: std::time::Duration) {
+        let wait =
+            std::time::Duration::from_secs(u64::try_from(2 * SEEN_FLUSH_SECS + 1).unwrap_or(5));
+        *lock(&self.health.blind_until) = Some(std::time::Instant::now() + wait);
+        tracing::info!(
+            took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            "the periodic work stalled; silence is judged again in {} s",
+            wait.as_secs()
+        );
+    }
+
     /// On a replica that does not lead: writes when it last heard from each agent (every
     /// couple of seconds) and their latest telemetry (at the flush interval). Neither
     /// write is fenced: they change nothing the leader decides with.
@@ -2097,13 +2114,21 @@ impl Service {
     /// moves drained nodes to maintenance, re-verifies idle nodes whose last burn-in is old,
     /// begins and ends planned maintenance windows, and writes telemetry in batches.
     pub async fn health_tick(&self, now: Timestamp) -> Result<()> {
+        let began = std::time::Instant::now();
         self.heard_elsewhere(now).await?;
+        if began.elapsed() > std::time::Duration::from_secs(2) {
+            self.health_stalled(began.elapsed());
+        }
+        let blind =
+            lock(&self.health.blind_until).is_some_and(|until| std::time::Instant::now() < until);
         let limit = i64::from(self.health.interval_secs) * i64::from(self.health.missed);
         let grace = self.health.grace_secs;
         let (silent, gone, stale) = {
             let live = lock(&self.health.live);
-            let watched =
-                |l: &&Live| !matches!(l.state, NodeState::Failed | NodeState::Maintenance);
+            // Blind: nobody is silent this tick.
+            let watched = |l: &&Live| {
+                !blind && !matches!(l.state, NodeState::Failed | NodeState::Maintenance)
+            };
             // Silent past the grace period: failed.
             let silent: Vec<(NodeId, Timestamp)> = live
                 .iter()

@@ -152,19 +152,10 @@ impl Store {
         let numbered = self.backend == Backend::Postgres;
         let (of_node, of_gpu) = match only {
             Some(ids) => {
-                let marks: Vec<String> = (1..=ids.len())
-                    .map(|i| {
-                        if numbered {
-                            format!("${i}")
-                        } else {
-                            "?".into()
-                        }
-                    })
-                    .collect();
-                let marks = marks.join(", ");
+                let marks = crate::tenancy::placeholders(1, ids.len(), numbered);
                 (
-                    format!(" AND id IN ({marks})"),
-                    format!(" AND n.id IN ({marks})"),
+                    format!(" AND id IN {marks}"),
+                    format!(" AND n.id IN {marks}"),
                 )
             }
             None => (String::new(), String::new()),
@@ -393,20 +384,11 @@ impl Store {
     pub async fn agent_seen_put(tx: &mut WriteTx, rows: &[(NodeId, Timestamp)]) -> Result<()> {
         let numbered = tx.numbered;
         for chunk in rows.chunks(500) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    if numbered {
-                        format!("(${}, ${})", 2 * i + 1, 2 * i + 2)
-                    } else {
-                        "(?, ?)".to_string()
-                    }
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO agent_seen (node_id, seen_at) VALUES {}
                  ON CONFLICT (node_id) DO UPDATE SET seen_at = excluded.seen_at
                  WHERE excluded.seen_at > agent_seen.seen_at",
-                values.join(", ")
+                crate::tenancy::placeholders(chunk.len(), 2, numbered)
             );
             let mut q = sqlx::query(&sql);
             for (node, at) in chunk {
@@ -423,18 +405,9 @@ impl Store {
         let numbered = self.backend == Backend::Postgres;
         let mut out = Vec::new();
         for chunk in nodes.chunks(500) {
-            let marks: Vec<String> = (1..=chunk.len())
-                .map(|i| {
-                    if numbered {
-                        format!("${i}")
-                    } else {
-                        "?".to_string()
-                    }
-                })
-                .collect();
             let sql = format!(
-                "SELECT node_id, seen_at FROM agent_seen WHERE node_id IN ({})",
-                marks.join(", ")
+                "SELECT node_id, seen_at FROM agent_seen WHERE node_id IN {}",
+                crate::tenancy::placeholders(1, chunk.len(), numbered)
             );
             let mut q = sqlx::query(&sql);
             for node in chunk {

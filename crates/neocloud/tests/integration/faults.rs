@@ -68,8 +68,8 @@ impl Replica {
         let bin = std::env::var("NEOCLOUD_TEST_SERVE_BIN").unwrap_or_else(|_| BIN.to_string());
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "--database-url", db, "--lease-ttl", "2"])
-            // Agents beat every second: unreachable after 3 s of silence, failed after 12.
-            .args(["--heartbeat-interval", "1", "--missed-heartbeats", "3"])
+            // Agents beat every second: unreachable after 4 s of silence, failed after 12.
+            .args(["--heartbeat-interval", "1", "--missed-heartbeats", "4"])
             .args(["--unreachable-grace", "12"])
             .args(["--follower-refresh", "1", "--listen"])
             .arg(format!("127.0.0.1:{}", self.port))
@@ -569,7 +569,12 @@ async fn run(backend: Db, n: usize) {
     };
     let agents: Vec<_> = (1..=4)
         .flat_map(|l| (1..=8).map(move |n| format!("f-p1-l{l}-n{n}")))
-        .map(|host| tokio::spawn(agent(urls.clone(), enroll.clone(), host, until)))
+        // They beat 6 s past the chaos and the load: the last leader then hears of them
+        // only through the followers for longer than the missed-heartbeat limit.
+        .map(|host| {
+            let end = until + Duration::from_secs(6);
+            tokio::spawn(agent(urls.clone(), enroll.clone(), host, end))
+        })
         .collect();
     let workers: Vec<_> = (0..4)
         .map(|w| {
@@ -927,9 +932,10 @@ async fn run(backend: Db, n: usize) {
     )
     .await;
     // A follower that answered an agent tells the leader through the database within 2 s:
-    // without that, a run marks a dozen nodes or more unreachable (17 when tried). A
-    // heartbeat slower than the agents' 2 s limit on an overloaded machine may mark one.
-    if unreachable > 2 {
+    // without that, a run marks a dozen nodes or more unreachable. A heartbeat slower than
+    // the agents' 2 s limit on an overloaded machine may mark one. (A single process has no
+    // followers: there, marks only say the machine was overloaded, and are reported.)
+    if n > 1 && unreachable > 2 {
         violations.push(format!(
             "{unreachable} times a node was marked unreachable while its agent beat"
         ));

@@ -970,14 +970,7 @@ async fn run(backend: Db, n: usize) {
     }
     let mut answered_by_followers = 0;
     for u in &urls {
-        let m = client
-            .get(format!("{u}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = crate::replicas::scrape(u).await;
         if m.contains("\nneocloud_leader 0\n") {
             answered_by_followers += m
                 .lines()

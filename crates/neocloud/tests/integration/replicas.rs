@@ -446,7 +446,7 @@ both_backends!(
 );
 
 /// The text of a replica's /metrics.
-async fn scrape(url: &str) -> String {
+pub(crate) async fn scrape(url: &str) -> String {
     reqwest::get(format!("{url}/metrics"))
         .await
         .unwrap()

@@ -223,6 +223,57 @@ impl Live {
     }
 }
 
+/// The GPU flags a heartbeat reports (remap pending, remap failed, thermal slowdown, per
+/// GPU index), and a fact for each that turned on since `before`.
+fn flags_turned_on(
+    before: &[(bool, bool, bool)],
+    gpus: &[GpuSample],
+    index_of: impl Fn(&str) -> Option<u32>,
+    now: Timestamp,
+) -> (Vec<(bool, bool, bool)>, Vec<Fact>) {
+    let mut flags = before.to_vec();
+    let mut facts = Vec::new();
+    for s in gpus {
+        let Some(i) = index_of(&s.uuid) else { continue };
+        let Some(slot) = usize::try_from(i).ok().and_then(|i| flags.get_mut(i)) else {
+            continue;
+        };
+        let gpu = Some((i, s.uuid.clone()));
+        let fact = |kind: &'static str, action, detail: &str| Fact {
+            at: now,
+            gpu: gpu.clone(),
+            kind,
+            code: None,
+            action,
+            detail: detail.to_string(),
+            burn_in: None,
+        };
+        if s.remap_pending && !slot.0 {
+            facts.push(fact(
+                "remap_pending",
+                HealthAction::Drain,
+                "rows wait to be remapped at the next GPU reset",
+            ));
+        }
+        if s.remap_failed && !slot.1 {
+            facts.push(fact(
+                "remap_failed",
+                HealthAction::Fail,
+                "row remapping failed",
+            ));
+        }
+        if s.thermal_slowdown && !slot.2 {
+            facts.push(fact(
+                "thermal_slowdown",
+                HealthAction::Record,
+                &format!("thermal slowdown at {} °C", s.temperature_c),
+            ));
+        }
+        *slot = (s.remap_pending, s.remap_failed, s.thermal_slowdown);
+    }
+    (flags, facts)
+}
+
 /// What a replica that does not lead did with a heartbeat.
 #[derive(Debug)]
 pub enum Heard {
@@ -978,45 +1029,8 @@ impl Service {
                 facts.push(self.judge(e, index_of(e.gpu_uuid.as_deref().unwrap_or(""))));
             }
             // Flags that turned on since the last heartbeat are facts too.
-            let mut flags = l.flags.clone();
-            for s in &hb.gpus {
-                let Some(i) = index_of(&s.uuid) else { continue };
-                let Some(slot) = usize::try_from(i).ok().and_then(|i| flags.get_mut(i)) else {
-                    continue;
-                };
-                let gpu = Some((i, s.uuid.clone()));
-                let fact = |kind: &'static str, action, detail: &str| Fact {
-                    at: now,
-                    gpu: gpu.clone(),
-                    kind,
-                    code: None,
-                    action,
-                    detail: detail.to_string(),
-                    burn_in: None,
-                };
-                if s.remap_pending && !slot.0 {
-                    facts.push(fact(
-                        "remap_pending",
-                        HealthAction::Drain,
-                        "rows wait to be remapped at the next GPU reset",
-                    ));
-                }
-                if s.remap_failed && !slot.1 {
-                    facts.push(fact(
-                        "remap_failed",
-                        HealthAction::Fail,
-                        "row remapping failed",
-                    ));
-                }
-                if s.thermal_slowdown && !slot.2 {
-                    facts.push(fact(
-                        "thermal_slowdown",
-                        HealthAction::Record,
-                        &format!("thermal slowdown at {} °C", s.temperature_c),
-                    ));
-                }
-                *slot = (s.remap_pending, s.remap_failed, s.thermal_slowdown);
-            }
+            let (flags, flag_facts) = flags_turned_on(&l.flags, &hb.gpus, index_of, now);
+            facts.extend(flag_facts);
             let new_seq = hb
                 .events
                 .last()
@@ -1143,17 +1157,9 @@ impl Service {
             if hb.events.iter().any(|e| e.seq > l.acked_seq) {
                 return leader(false, None);
             }
-            let mut flags = l.flags.clone();
-            let mut turned_on = false;
-            for g in &hb.gpus {
-                if let Some(slot) = index_of(&g.uuid).and_then(|i| flags.get_mut(i)) {
-                    turned_on |= (g.remap_pending && !slot.0)
-                        || (g.remap_failed && !slot.1)
-                        || (g.thermal_slowdown && !slot.2);
-                    *slot = (g.remap_pending, g.remap_failed, g.thermal_slowdown);
-                }
-            }
-            if turned_on {
+            let index_of = |u: &str| index_of(u).and_then(|i| u32::try_from(i).ok());
+            let (flags, turned_on) = flags_turned_on(&l.flags, &hb.gpus, index_of, now);
+            if !turned_on.is_empty() {
                 return leader(false, Some(flags));
             }
             l.flags = flags;

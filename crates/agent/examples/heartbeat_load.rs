@@ -67,6 +67,10 @@ struct Args {
     /// Heartbeats per thousand that carry a new event.
     #[arg(long, value_name = "N", default_value_t = 1)]
     event_permille: u64,
+    /// Send GPU telemetry in the full form (`gpus`, one object per GPU with its UUID)
+    /// instead of the compact rows `neocloud agent` sends (`gpu_rows`).
+    #[arg(long)]
+    full_telemetry: bool,
     /// Print only the `RESULT {json}` line.
     #[arg(long)]
     json_only: bool,
@@ -101,6 +105,8 @@ struct Agent {
     name: String,
     key: String,
     sim: SimBackend,
+    /// The GPUs as registered (the compact rows name them by index).
+    inventory: Vec<neocloud_types::GpuInventory>,
     events: EventBuffer,
     burn_ins: HashSet<String>,
 }
@@ -221,7 +227,7 @@ async fn register_all(
     let mut agents = Vec::new();
     let mut errors = BTreeMap::new();
     while let Some(joined) = tasks.join_next().await {
-        let Ok((name, reg, sim)) = joined else {
+        let Ok((name, reg, mut sim)) = joined else {
             continue;
         };
         match reg {
@@ -229,6 +235,7 @@ async fn register_all(
                 let mut agent = Agent {
                     name,
                     key: reg.node_key.unwrap_or_else(|| args.key.clone()),
+                    inventory: sim.inventory().unwrap_or_default(),
                     sim,
                     events: EventBuffer::new(1000),
                     burn_ins: HashSet::new(),
@@ -255,6 +262,7 @@ async fn run_agent(
     end: Instant,
     interval: Duration,
     event_permille: u64,
+    full_telemetry: bool,
 ) -> (Stats, Agent) {
     let mut stats = Stats::default();
     let cp = cp.starting_at(&agent.name);
@@ -284,14 +292,18 @@ async fn run_agent(
                 .and_then(|g| g.first().map(|g| g.uuid.clone()));
             agent.events.push(uuid, kind, Timestamp::now());
         }
-        let body = Heartbeat {
+        let mut body = Heartbeat {
             generation: None,
             workloads: Vec::new(),
             sent_at: Timestamp::now(),
             gpus: agent.sim.sample().unwrap_or_default(),
+            gpu_rows: Vec::new(),
             events: agent.events.batch(1000),
             leaving: None,
         };
+        if !full_telemetry {
+            body.compact(&agent.inventory);
+        }
         let started = Instant::now();
         let result = cp.heartbeat(&agent.key, &body).await;
         let took = started.elapsed();
@@ -381,6 +393,7 @@ async fn main() -> Result<()> {
                 end,
                 interval,
                 args.event_permille,
+                args.full_telemetry,
             ));
         }
         let mut stats = Stats::default();

@@ -91,6 +91,9 @@ pub(crate) struct Daemon {
     back_within_secs: u32,
     /// The key the long poll calls with (`None` until registered).
     key_tx: tokio::sync::watch::Sender<Option<String>>,
+    /// Sends GPU telemetry as compact rows (`gpu_rows`); off after a control plane too old
+    /// to know them refused one.
+    compact: bool,
 }
 
 impl Daemon {
@@ -164,6 +167,7 @@ impl Daemon {
             cp: ControlPlane::new(&args.server)?.starting_at(&hostname),
             backend: backend.clone(),
             inventory,
+            compact: true,
             register_body,
             original_key: key.clone(),
             key,
@@ -440,14 +444,18 @@ impl Daemon {
         let sent = events.len();
         let last_sent = events.last().map(|e| e.seq);
         let mut beat = self.delivery.beat();
-        let body = Heartbeat {
+        let mut body = Heartbeat {
             generation: beat.generation,
             workloads: std::mem::take(&mut beat.workloads),
             sent_at: Timestamp::now(),
             gpus,
+            gpu_rows: Vec::new(),
             events,
             leaving,
         };
+        if self.compact {
+            body.compact(&self.inventory);
+        }
         match self.cp.heartbeat(&self.key, &body).await {
             Ok(mut ack) => {
                 self.delivery.acked(beat, ack.desired.take());
@@ -501,6 +509,16 @@ impl Daemon {
                 status: 404 | 409, ..
             } => {
                 tracing::warn!(error = %e, "node unknown or replaced; registering again");
+            }
+            // A control plane older than the compact telemetry: the full form from now on.
+            CallError::Status {
+                status: 400,
+                detail,
+            } if self.compact && detail.contains("gpu_rows") => {
+                tracing::warn!(error = %e, "the control plane does not take compact telemetry; sending the full form");
+                self.compact = false;
+                self.next_call = Instant::now();
+                return;
             }
             // The control plane refuses events it finds invalid; sending them again would
             // block every later heartbeat, so they are dropped.

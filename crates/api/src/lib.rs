@@ -27,18 +27,29 @@ pub use error::{ApiError, Problem};
 pub use lambda::LambdaConfig;
 pub use webhooks::DispatcherConfig;
 
-/// What every handler can reach.
+/// What every handler can reach. Cloned for every request (each extractor and middleware
+/// takes its own copy), so it is one reference count, not a copy of the service's handles.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(std::sync::Arc<Shared>);
+
+/// The parts of [`AppState`].
+pub struct Shared {
     /// The service.
     pub svc: Service,
     /// The client a follower forwards writes to the leader with.
     pub http: reqwest::Client,
 }
 
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
 impl AppState {
     fn new(svc: Service) -> Self {
-        AppState {
+        AppState(std::sync::Arc::new(Shared {
             svc,
             http: reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(2))
@@ -46,7 +57,7 @@ impl AppState {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
-        }
+        }))
     }
 }
 

@@ -31,7 +31,7 @@ use neocloud_store::{NewEvent, Store};
 use neocloud_types::{
     AgentEvent, AgentEventKind, AgentRegister, AgentRegistered, ApiKey, ApiKeyId, BurnInRequest,
     GpuHealth, GpuSample, HealthEvent, Heartbeat, HeartbeatAck, Node, NodeId, NodeState, Outage,
-    Role, Timestamp,
+    ROW_REMAP_FAILED, ROW_REMAP_PENDING, ROW_THERMAL_SLOWDOWN, Role, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -576,6 +576,96 @@ fn validate_sample(i: usize, s: &GpuSample) -> Result<()> {
     Ok(())
 }
 
+/// Checks the compact rows of a heartbeat ([`Heartbeat::gpu_rows`]) for what they can
+/// say without the node: ranges as [`validate_sample`] has them, each index once.
+fn validate_rows(hb: &Heartbeat) -> Result<()> {
+    if hb.gpu_rows.is_empty() {
+        return Ok(());
+    }
+    if !hb.gpus.is_empty() {
+        return Err(field("gpu_rows", "send gpus or gpu_rows, not both"));
+    }
+    if hb.gpu_rows.len() > MAX_GPUS {
+        return Err(field("gpu_rows", format!("at most {MAX_GPUS} GPUs")));
+    }
+    // Column: name, lowest, highest.
+    const COLUMNS: [(&str, i64, i64); 8] = [
+        ("index", 0, MAX_GPUS as i64 - 1),
+        ("temperature_c", -40, 150),
+        ("power_watts", 0, 5_000),
+        ("utilization_pct", 0, 100),
+        ("memory_used_mib", 0, 16 * 1024 * 1024),
+        ("ecc_corrected", 0, 1_000_000_000_000),
+        ("ecc_uncorrected", 0, 1_000_000_000_000),
+        ("flags", 0, 7),
+    ];
+    let mut seen = 0u64;
+    for (i, row) in hb.gpu_rows.iter().enumerate() {
+        if row.len() != COLUMNS.len() {
+            return Err(field(
+                &format!("gpu_rows[{i}]"),
+                format!(
+                    "a row has {} integers: index, temperature_c, power_watts, \
+                     utilization_pct, memory_used_mib, ecc_corrected, ecc_uncorrected, flags",
+                    COLUMNS.len()
+                ),
+            ));
+        }
+        for (c, (&v, (name, lo, hi))) in row.iter().zip(COLUMNS).enumerate() {
+            if !(lo..=hi).contains(&v) {
+                return Err(field(
+                    &format!("gpu_rows[{i}][{c}]"),
+                    format!("{name} must be {lo} to {hi}"),
+                ));
+            }
+        }
+        let bit = 1u64 << row[0];
+        if seen & bit != 0 {
+            return Err(field(
+                &format!("gpu_rows[{i}][0]"),
+                format!("GPU index {} appears twice", row[0]),
+            ));
+        }
+        seen |= bit;
+    }
+    Ok(())
+}
+
+/// Turns checked compact rows into samples of the GPUs registered at their indexes;
+/// `Err(i)` names the first row whose index has no registered GPU.
+fn expand_rows(hb: &mut Heartbeat, uuids: &[Option<String>]) -> std::result::Result<(), usize> {
+    if hb.gpu_rows.is_empty() {
+        return Ok(());
+    }
+    let mut gpus = Vec::with_capacity(hb.gpu_rows.len());
+    for (i, r) in hb.gpu_rows.iter().enumerate() {
+        // In range: checked by `validate_rows`.
+        let num = |v: i64| u64::try_from(v).unwrap_or(0);
+        let Some(uuid) = usize::try_from(r[0])
+            .ok()
+            .and_then(|x| uuids.get(x))
+            .and_then(Clone::clone)
+        else {
+            return Err(i);
+        };
+        gpus.push(GpuSample {
+            uuid,
+            temperature_c: i32::try_from(r[1]).unwrap_or(0),
+            power_watts: u32::try_from(r[2]).unwrap_or(0),
+            utilization_pct: u32::try_from(r[3]).unwrap_or(0),
+            memory_used_mib: num(r[4]),
+            ecc_corrected: num(r[5]),
+            ecc_uncorrected: num(r[6]),
+            remap_pending: r[7] & ROW_REMAP_PENDING != 0,
+            remap_failed: r[7] & ROW_REMAP_FAILED != 0,
+            thermal_slowdown: r[7] & ROW_THERMAL_SLOWDOWN != 0,
+        });
+    }
+    hb.gpus = gpus;
+    hb.gpu_rows = Vec::new();
+    Ok(())
+}
+
 /// Longest absence an agent may announce, seconds (the control plane waits at most its
 /// grace period anyway).
 const MAX_BACK_WITHIN: u32 = 86_400;
@@ -595,6 +685,7 @@ fn validate_heartbeat(hb: &Heartbeat, now: Timestamp) -> Result<()> {
     for (i, s) in hb.gpus.iter().enumerate() {
         validate_sample(i, s)?;
     }
+    validate_rows(hb)?;
     if hb.events.len() > MAX_EVENTS {
         return Err(field(
             "events",
@@ -979,6 +1070,15 @@ impl Service {
                         .with_hint("register the agent first (POST /v1/agent/register)"),
                 );
             };
+            if let Err(i) = expand_rows(&mut hb, &l.uuids) {
+                return Err(field(
+                    &format!("gpu_rows[{i}][0]"),
+                    format!(
+                        "node '{}' has no GPU registered at index {}",
+                        l.name, hb.gpu_rows[i][0]
+                    ),
+                ));
+            }
             let index_of = |u: &str| -> Option<u32> {
                 l.uuids
                     .iter()
@@ -1145,6 +1245,9 @@ impl Service {
             let Some(l) = live.get_mut(&node_id) else {
                 return leader(true, None);
             };
+            if expand_rows(hb, &l.uuids).is_err() {
+                return leader(true, None);
+            }
             let index_of = |u: &str| l.uuids.iter().position(|x| x.as_deref() == Some(u));
             if hb.gpus.iter().any(|g| index_of(&g.uuid).is_none())
                 || hb

@@ -90,8 +90,17 @@ pub struct BurnInRequest {
 pub struct Heartbeat {
     /// When the agent sent it (its clock).
     pub sent_at: Timestamp,
-    /// Latest telemetry of each GPU.
+    /// Latest telemetry of each GPU. Agents may send `gpu_rows` instead (not both).
+    #[serde(default)]
     pub gpus: Vec<GpuSample>,
+    /// The same telemetry as `gpus` in a compact form, one row of eight integers per GPU:
+    /// `[index, temperature_c, power_watts, utilization_pct, memory_used_mib,
+    /// ecc_corrected, ecc_uncorrected, flags]`, where `index` is the GPU's index as
+    /// registered (its UUID is the one registered at that index) and `flags` adds 1 for
+    /// `remap_pending`, 2 for `remap_failed` and 4 for `thermal_slowdown`. About a sixth
+    /// of the bytes of `gpus`, with no UUIDs to parse and compare.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_rows: Vec<Vec<i64>>,
     /// Health events not yet acknowledged, oldest first.
     #[serde(default)]
     pub events: Vec<AgentEvent>,
@@ -137,6 +146,65 @@ impl LeavingReason {
         match self {
             LeavingReason::Restart => "restart",
             LeavingReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// In a compact GPU row ([`Heartbeat::gpu_rows`]): rows wait to be remapped.
+pub const ROW_REMAP_PENDING: i64 = 1;
+/// In a compact GPU row: a row remapping has failed.
+pub const ROW_REMAP_FAILED: i64 = 2;
+/// In a compact GPU row: the GPU slows its clocks because it is too hot.
+pub const ROW_THERMAL_SLOWDOWN: i64 = 4;
+
+impl GpuSample {
+    /// This sample as a compact row ([`Heartbeat::gpu_rows`]) of the GPU at `index`.
+    /// Counters beyond `i64::MAX` (never seen: the control plane refuses more than 10^12)
+    /// are capped there.
+    pub fn row(&self, index: u32) -> Vec<i64> {
+        let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        vec![
+            i64::from(index),
+            i64::from(self.temperature_c),
+            i64::from(self.power_watts),
+            i64::from(self.utilization_pct),
+            big(self.memory_used_mib),
+            big(self.ecc_corrected),
+            big(self.ecc_uncorrected),
+            if self.remap_pending {
+                ROW_REMAP_PENDING
+            } else {
+                0
+            } | if self.remap_failed {
+                ROW_REMAP_FAILED
+            } else {
+                0
+            } | if self.thermal_slowdown {
+                ROW_THERMAL_SLOWDOWN
+            } else {
+                0
+            },
+        ]
+    }
+}
+
+impl Heartbeat {
+    /// Moves `gpus` into the compact `gpu_rows`, each GPU at its index in `inventory` (what
+    /// the agent registered). Leaves them as they are when one is not in the inventory.
+    pub fn compact(&mut self, inventory: &[GpuInventory]) {
+        let rows: Option<Vec<Vec<i64>>> = self
+            .gpus
+            .iter()
+            .map(|s| {
+                inventory
+                    .iter()
+                    .find(|g| g.uuid == s.uuid)
+                    .map(|g| s.row(g.index))
+            })
+            .collect();
+        if let Some(rows) = rows {
+            self.gpu_rows = rows;
+            self.gpus = Vec::new();
         }
     }
 }

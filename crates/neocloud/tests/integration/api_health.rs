@@ -823,3 +823,105 @@ both_backends!(
         crate::ctx::promtool(&["check", "metrics"], &text);
     }
 );
+
+/// A heartbeat with its telemetry as compact rows (`gpu_rows`, what `neocloud agent` sends).
+fn row_beat(rows: Vec<Value>) -> Value {
+    json!({"sent_at": Timestamp::now().to_string(), "gpu_rows": rows, "events": []})
+}
+
+both_backends!(
+    compact_telemetry_rows_mean_what_the_full_form_means,
+    |ctx: TestContext| async move {
+        let enroll = setup(&ctx).await;
+        let host = "e-p1-l1-n2";
+        let key = register(&ctx, &enroll, host).await;
+        // Eight rows, out of order: each names its GPU by the index it registered at.
+        let rows: Vec<Value> = (0..8u32)
+            .rev()
+            .map(|i| json!([i, 40 + i, 300 + i, 50 + i, 1000 * i, i, 0, 0]))
+            .collect();
+        let ack = ctx
+            .post("/v1/agent/heartbeat", &key, &row_beat(rows.clone()))
+            .await
+            .expect(200);
+        assert_eq!(ack["state"], "available");
+        let n = node(&ctx, host).await;
+        for i in 0..8u32 {
+            let t = &n["gpus"][i as usize]["telemetry"];
+            assert_eq!(n["gpus"][i as usize]["uuid"], uuid(host, i));
+            assert_eq!(t["temperature_c"], 40 + i, "{t}");
+            assert_eq!(t["power_watts"], 300 + i);
+            assert_eq!(t["utilization_pct"], 50 + i);
+            assert_eq!(t["memory_used_mib"], 1000 * i);
+            assert_eq!(t["ecc_corrected"], i);
+        }
+        // Bad rows are refused whole, naming the row and column, and change nothing.
+        let before = health_events(&ctx, host).await.len();
+        let with = |row: usize, value: Value| {
+            let mut r = rows.clone();
+            r[row] = value;
+            row_beat(r)
+        };
+        let mut both = row_beat(rows.clone());
+        both["gpus"] = beat(host, vec![])["gpus"].clone();
+        let cases: Vec<(Value, &str)> = vec![
+            (both, "gpu_rows"),
+            (
+                with(0, json!([8, 40, 300, 50, 0, 0, 0, 0])),
+                "gpu_rows[0][0]",
+            ),
+            (
+                with(1, json!([7, 40, 300, 50, 0, 0, 0, 0])),
+                "gpu_rows[1][0]",
+            ),
+            (
+                with(2, json!([5, -300, 300, 50, 0, 0, 0, 0])),
+                "gpu_rows[2][1]",
+            ),
+            (
+                with(3, json!([4, 40, 300, 250, 0, 0, 0, 0])),
+                "gpu_rows[3][3]",
+            ),
+            (
+                with(3, json!([4, 40, 300, 50, -1, 0, 0, 0])),
+                "gpu_rows[3][4]",
+            ),
+            (
+                with(4, json!([3, 40, 300, 50, 0, 0, 0, 8])),
+                "gpu_rows[4][7]",
+            ),
+            (with(4, json!([3, 40, 300, 50, 0, 0, 0])), "gpu_rows"),
+            (with(4, json!([3, 40, 300, 50, 0, 0, 0, 0, 9])), "gpu_rows"),
+            (with(4, json!([3, "hot", 300, 50, 0, 0, 0, 0])), "gpu_rows"),
+            (with(4, json!([3, 40, 300, 50, 0, 0, 0, 1e30])), "gpu_rows"),
+        ];
+        for (body, names) in cases {
+            let p = ctx
+                .post("/v1/agent/heartbeat", &key, &body)
+                .await
+                .problem(400, "invalid_request");
+            let said = p.to_string();
+            assert!(said.contains(names), "{names}: {p}");
+        }
+        let n = node(&ctx, host).await;
+        assert_eq!(n["gpus"][3]["telemetry"]["temperature_c"], 43);
+        assert_eq!(health_events(&ctx, host).await.len(), before);
+        // Flags: a pending row remap on GPU 5 (flag 1) drains the node as the full form does,
+        // and the event names that GPU.
+        let ack = ctx
+            .post(
+                "/v1/agent/heartbeat",
+                &key,
+                &with(2, json!([5, 45, 305, 55, 5000, 5, 0, 1])),
+            )
+            .await
+            .expect(200);
+        assert_eq!(ack["state"], "draining");
+        let h = health_events(&ctx, host).await;
+        let remap = h
+            .iter()
+            .find(|e| e["kind"] == "remap_pending")
+            .unwrap_or_else(|| panic!("{h:?}"));
+        assert_eq!(remap["gpu_uuid"], uuid(host, 5), "{remap}");
+    }
+);

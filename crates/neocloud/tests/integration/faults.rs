@@ -450,6 +450,7 @@ async fn agent(urls: Vec<String>, enroll: String, host: String, until: Instant) 
     let mut seed = host
         .bytes()
         .fold(17u64, |h, b| h.wrapping_mul(31) ^ u64::from(b));
+    let compact = seed % 2 == 0;
     let give_up = until + Duration::from_secs(30);
     loop {
         let now = Instant::now();
@@ -477,14 +478,20 @@ async fn agent(urls: Vec<String>, enroll: String, host: String, until: Instant) 
             events.push(Some(inventory[0].uuid.clone()), kind, Timestamp::now());
             pushed += 1;
         }
-        let beat = Heartbeat {
+        let mut beat = Heartbeat {
             generation: None,
             workloads: Vec::new(),
             sent_at: Timestamp::now(),
             gpus: sim.sample().unwrap_or_default(),
+            gpu_rows: Vec::new(),
             events: events.batch(100),
             leaving: None,
         };
+        // Half the agents send the compact telemetry `neocloud agent` sends, half the full
+        // form: both through followers and leaders.
+        if compact {
+            beat.compact(&inventory);
+        }
         match cp.heartbeat(&k, &beat).await {
             Ok(ack) => {
                 events.ack(ack.acked_seq);

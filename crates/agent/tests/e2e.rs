@@ -36,6 +36,12 @@ struct Plane {
     state: Option<NodeState>,
     /// The heartbeat interval the plane asks for (1 s when unset).
     interval_secs: Option<u32>,
+    /// Refuses compact telemetry as a control plane older than it does (400).
+    refuse_rows: bool,
+    /// Heartbeats refused for their compact telemetry.
+    refused_rows: usize,
+    /// Heartbeats with the full telemetry form.
+    full_beats: usize,
 }
 
 type Shared = Arc<Mutex<Plane>>;
@@ -83,8 +89,28 @@ async fn heartbeat(State(s): State<Shared>, h: HeaderMap, Json(hb): Json<Heartbe
         return problem(StatusCode::UNAUTHORIZED, "heartbeats need the node key");
     }
     let mut p = s.lock().unwrap();
+    if p.refuse_rows && !hb.gpu_rows.is_empty() {
+        p.refused_rows += 1;
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "invalid request body: gpu_rows: unknown field `gpu_rows`",
+        );
+    }
     p.beats += 1;
-    assert_eq!(hb.gpus.len(), 2);
+    // The agent sends its telemetry as compact rows, one per GPU by registered index,
+    // unless the plane refused them.
+    if hb.gpu_rows.is_empty() {
+        assert_eq!(hb.gpus.len(), 2);
+        p.full_beats += 1;
+    } else {
+        assert!(hb.gpus.is_empty());
+        assert_eq!(hb.gpu_rows.len(), 2);
+        assert!(hb.gpu_rows.iter().all(|r| r.len() == 8));
+        assert_eq!(
+            hb.gpu_rows.iter().map(|r| r[0]).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+    }
     for e in hb.events {
         if matches!(e.kind, AgentEventKind::BurnIn { passed: true, .. }) {
             p.state = Some(NodeState::Available);
@@ -353,6 +379,54 @@ async fn an_xid_goes_out_at_once_not_an_interval_later() {
     })
     .await;
     assert_eq!(plane.lock().unwrap().beats, 2);
+    stop_agent.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    server.stop();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_control_plane_gets_the_full_telemetry_form() {
+    let plane = Shared::default();
+    plane.lock().unwrap().refuse_rows = true;
+    plane.lock().unwrap().state = Some(NodeState::Available);
+    let server = Server::start(plane.clone(), "127.0.0.1:0".parse().unwrap());
+    let dir = std::env::temp_dir().join(format!("neocloud-agent-old-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("http://{}", server.addr);
+    let cli = Cli::parse_from([
+        "agent",
+        "--server",
+        &url,
+        "--key",
+        ENROLL,
+        "--backend",
+        "sim",
+        "--hostname",
+        "gpu-node-003",
+        "--sim-gpus",
+        "2",
+        "--state-dir",
+        dir.join("state").to_str().unwrap(),
+    ]);
+    let (stop_agent, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(neocloud_agent::run_until(cli.agent, async {
+        let _ = stopped.await;
+    }));
+    wait_for(&plane, "two heartbeats in the full form", |p| {
+        p.full_beats >= 2
+    })
+    .await;
+    {
+        let p = plane.lock().unwrap();
+        // Refused once, then the full form every time (the first right away).
+        assert_eq!(p.refused_rows, 1);
+        assert_eq!(p.beats, p.full_beats);
+    }
     stop_agent.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), agent)
         .await

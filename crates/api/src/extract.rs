@@ -153,18 +153,27 @@ impl axum::extract::FromRequest<AppState> for Idem {
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, ApiError> {
-        let headers = req.headers().clone();
-        let method = req.method().clone();
-        // The path as the client sent it, also under a nested router.
-        let target = req
-            .extensions()
-            .get::<axum::extract::OriginalUri>()
-            .map_or_else(|| req.uri().clone(), |o| o.0.clone());
+        // The headers are moved out, not copied: reading the body needs none of them.
+        let (mut parts, body) = req.into_parts();
+        let headers = std::mem::take(&mut parts.headers);
         let key = idempotency_key(&headers);
+        // Method and path as the client sent them (also under a nested router), for the
+        // fingerprint of a request with a key.
+        let target = matches!(key, Ok(Some(_))).then(|| {
+            let uri = parts
+                .extensions
+                .get::<axum::extract::OriginalUri>()
+                .map_or_else(|| parts.uri.clone(), |o| o.0.clone());
+            (parts.method.clone(), uri)
+        });
+        let req = axum::extract::Request::from_parts(parts, body);
         let RawBody(body) = RawBody::from_request(req, state).await?;
         let key = match key {
             Ok(k) => Ok(k.map(|key| Idempotency {
-                fingerprint: fingerprint(&method, &target, &body),
+                fingerprint: target
+                    .as_ref()
+                    .map(|(method, uri)| fingerprint(method, uri, &body))
+                    .unwrap_or_default(),
                 key,
             })),
             Err(e) => Err(e.0.message),

@@ -211,16 +211,17 @@ async fn record_request(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    // Both are reference counted or inline: nothing is copied per request.
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
-    let method = req.method().as_str().to_string();
+        .cloned();
+    let method = req.method().clone();
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
     st.svc.record_http(
-        &route,
-        &method,
+        route.as_ref().map_or("unmatched", |m| m.as_str()),
+        method.as_str(),
         resp.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );

@@ -170,7 +170,31 @@ pub const KEY_CACHE_SECS: u64 = 10;
 /// heartbeats are answered) at once.
 pub const NODE_KEY_CACHE_SECS: u64 = 300;
 
-#[derive(Clone)]
+/// What authenticating needs of a key, copied out of the cache.
+struct KeyFacts {
+    id: ApiKeyId,
+    role: Role,
+    tenant_id: Option<neocloud_types::TenantId>,
+    node_id: Option<neocloud_types::NodeId>,
+    revoked: bool,
+    expires_at: Option<Timestamp>,
+    last_used_at: Option<Timestamp>,
+}
+
+impl KeyFacts {
+    fn of(k: &ApiKey) -> KeyFacts {
+        KeyFacts {
+            id: k.id,
+            role: k.role,
+            tenant_id: k.tenant_id,
+            node_id: k.node_id,
+            revoked: k.revoked_at.is_some(),
+            expires_at: k.expires_at,
+            last_used_at: k.last_used_at,
+        }
+    }
+}
+
 struct CachedKey {
     key: ApiKey,
     hash: String,
@@ -342,27 +366,30 @@ impl Service {
         };
         let invalid = || Error::unauthenticated("invalid API key");
         let prefix = auth::key_prefix(presented).ok_or_else(invalid)?;
-        let cached = self
-            .keys
-            .lock()
-            .ok()
-            .and_then(|m| m.get(prefix).cloned())
-            .filter(|c| {
-                let ttl = if c.key.role == Role::NodeAgent {
-                    NODE_KEY_CACHE_SECS
-                } else {
-                    KEY_CACHE_SECS
-                };
-                c.read_at.elapsed().as_secs() < ttl
-            });
-        let (key, hash) = match cached {
-            Some(c) => (c.key, c.hash),
+        // What is needed of a cached key is copied out under the lock (the hash is checked
+        // there too): a heartbeat clones no strings here.
+        let fresh = |c: &CachedKey| {
+            let ttl = if c.key.role == Role::NodeAgent {
+                NODE_KEY_CACHE_SECS
+            } else {
+                KEY_CACHE_SECS
+            };
+            c.read_at.elapsed().as_secs() < ttl
+        };
+        let cached = self.keys.lock().ok().and_then(|m| {
+            m.get(prefix)
+                .filter(|c| fresh(c))
+                .map(|c| (KeyFacts::of(&c.key), auth::key_matches(presented, &c.hash)))
+        });
+        let (key, matches) = match cached {
+            Some(found) => found,
             None => {
                 let (key, hash) = self
                     .store
                     .api_key_by_prefix(prefix)
                     .await?
                     .ok_or_else(invalid)?;
+                let found = (KeyFacts::of(&key), auth::key_matches(presented, &hash));
                 if let Ok(mut m) = self.keys.lock() {
                     // Bounded: a flood of made-up prefixes never gets here (they are not
                     // found), and real keys are few; clear rather than grow without end.
@@ -372,20 +399,20 @@ impl Service {
                     m.insert(
                         prefix.to_string(),
                         CachedKey {
-                            key: key.clone(),
-                            hash: hash.clone(),
+                            key,
+                            hash,
                             read_at: std::time::Instant::now(),
                         },
                     );
                 }
-                (key, hash)
+                found
             }
         };
-        if !auth::key_matches(presented, &hash) {
+        if !matches {
             return Err(invalid());
         }
         let now = self.now();
-        if key.revoked_at.is_some() {
+        if key.revoked {
             return Err(Error::unauthenticated("API key has been revoked"));
         }
         if auth::expired(key.expires_at, now) {

@@ -44,6 +44,15 @@ const WAIT_BUCKETS: [f64; 10] = [
 ];
 
 /// A histogram with fixed buckets (latency buckets unless made with [`Histogram::new`]).
+/// One route template's requests.
+#[derive(Clone, Default)]
+struct RouteStats {
+    /// By method and status.
+    counts: BTreeMap<(&'static str, u16), u64>,
+    /// Latency of every request.
+    latency: std::sync::Arc<Histogram>,
+}
+
 pub(crate) struct Histogram {
     bounds: &'static [f64],
     counts: Vec<AtomicU64>,
@@ -120,8 +129,8 @@ pub(crate) struct Metrics {
     pub(crate) webhooks_failed: AtomicU64,
     pub(crate) webhooks_given_up: AtomicU64,
     /// HTTP requests by (route, method, status), and latency by route.
-    http: Mutex<BTreeMap<(String, String, u16), u64>>,
-    http_latency: Mutex<BTreeMap<String, std::sync::Arc<Histogram>>>,
+    /// Requests by route template: counts by method and status, and latency.
+    http: Mutex<BTreeMap<String, RouteStats>>,
 }
 
 impl Default for Metrics {
@@ -140,7 +149,6 @@ impl Default for Metrics {
             webhooks_failed: AtomicU64::new(0),
             webhooks_given_up: AtomicU64::new(0),
             http: Mutex::default(),
-            http_latency: Mutex::default(),
         }
     }
 }
@@ -178,18 +186,25 @@ impl Service {
     /// Records one HTTP request: `route` is the matched path template (never the raw path,
     /// so ids do not explode the series).
     pub fn record_http(&self, route: &str, method: &str, status: u16, secs: f64) {
-        let m = &*METRICS;
-        if let Ok(mut h) = m.http.lock() {
-            *h.entry((route.to_string(), method.to_string(), status))
-                .or_default() += 1;
-        }
-        let hist = m.http_latency.lock().ok().map(|mut l| {
-            l.entry(route.to_string())
-                .or_insert_with(Default::default)
-                .clone()
-        });
-        if let Some(h) = hist {
-            h.observe(secs);
+        // Known methods by a static name: a request allocates nothing here once its route
+        // has been seen.
+        let method = match method {
+            "GET" => "GET",
+            "POST" => "POST",
+            "PUT" => "PUT",
+            "PATCH" => "PATCH",
+            "DELETE" => "DELETE",
+            "HEAD" => "HEAD",
+            "OPTIONS" => "OPTIONS",
+            _ => "other",
+        };
+        if let Ok(mut h) = METRICS.http.lock() {
+            let r = match h.get_mut(route) {
+                Some(r) => r,
+                None => h.entry(route.to_string()).or_default(),
+            };
+            *r.counts.entry((method, status)).or_default() += 1;
+            r.latency.observe(secs);
         }
     }
 
@@ -308,8 +323,13 @@ impl Service {
             "counter",
             "HTTP requests by route, method and status.",
         );
-        if let Ok(h) = m.http.lock() {
-            for ((route, method, status), n) in h.iter() {
+        let routes: Vec<(String, RouteStats)> = m
+            .http
+            .lock()
+            .map(|h| h.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        for (route, r) in &routes {
+            for ((method, status), n) in &r.counts {
                 let _ = writeln!(
                     out,
                     "neocloud_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
@@ -324,16 +344,11 @@ impl Service {
             "histogram",
             "HTTP request latency by route.",
         );
-        let routes: Vec<(String, std::sync::Arc<Histogram>)> = m
-            .http_latency
-            .lock()
-            .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default();
-        for (route, h) in routes {
-            h.render(
+        for (route, r) in &routes {
+            r.latency.render(
                 &mut out,
                 "neocloud_http_request_duration_seconds",
-                &format!("route=\"{}\"", esc(&route)),
+                &format!("route=\"{}\"", esc(route)),
             );
         }
         Ok(out)

@@ -129,8 +129,14 @@ log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "tests on SQLite and PostgreSQL"
+# Every temporary file of the tests (databases, fleet files, agents' state) goes to one
+# directory of this run: removed when the tests pass, kept for inspection when they fail.
+TEST_TMP="$(mktemp -d -t neocloud-tests.XXXXXX)"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
+  TMPDIR="$TEST_TMP" cargo nextest run --workspace --locked --no-fail-fast ||
+    { log "tests failed; their files are in $TEST_TMP"; exit 1; }
 else
-  cargo test --workspace --locked --no-fail-fast
+  TMPDIR="$TEST_TMP" cargo test --workspace --locked --no-fail-fast ||
+    { log "tests failed; their files are in $TEST_TMP"; exit 1; }
 fi
+rm -rf "$TEST_TMP"

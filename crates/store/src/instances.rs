@@ -287,6 +287,7 @@ impl InstanceRow {
             state,
             reason,
             placement: Vec::new(),
+            placement_summary: None,
             created_at,
             started_at,
             ended_at,

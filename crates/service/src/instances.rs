@@ -192,9 +192,24 @@ impl Service {
     }
 
     pub(crate) async fn visible_instance(&self, p: &Principal, id: &str) -> Result<Instance> {
+        self.visible_instance_read(p, id, true).await
+    }
+
+    /// [`Self::visible_instance`], without its placement unless `placed`.
+    async fn visible_instance_read(
+        &self,
+        p: &Principal,
+        id: &str,
+        placed: bool,
+    ) -> Result<Instance> {
         let not_found = || Error::not_found("instance", id);
         let iid: InstanceId = id.parse().map_err(|_| not_found())?;
-        let inst = self.store.instance_get(iid).await.or_not_found(not_found)?;
+        let read = if placed {
+            self.store.instance_get(iid).await
+        } else {
+            self.store.instance_get_unplaced(iid).await
+        };
+        let inst = read.or_not_found(not_found)?;
         match p.tenant_scope() {
             Some(own) if own != inst.tenant_id => Err(not_found()),
             _ => Ok(inst),
@@ -265,7 +280,9 @@ impl Service {
     /// Terminates an instance: its GPUs are freed at once and the queue is served.
     pub async fn instance_terminate(&self, p: &Principal, id: &str) -> Result<Instance> {
         auth::authorize(p, Action::WriteInstances)?;
-        let inst = self.visible_instance(p, id).await?;
+        // Its tenant and state are all it takes (an ended instance holds nothing): a
+        // large gang's placement is not read twice.
+        let inst = self.visible_instance_read(p, id, false).await?;
         if inst.state.is_final() {
             return Ok(inst);
         }

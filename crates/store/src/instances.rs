@@ -1114,6 +1114,22 @@ impl Store {
 
     /// Reads an instance with its placement.
     pub async fn instance_get(&self, id: InstanceId) -> Result<Instance> {
+        let row = self.instance_row(id).await?;
+        let id = row.inst.id.to_string();
+        let placement = self
+            .placements_of(std::slice::from_ref(&id))
+            .await?
+            .remove(&id);
+        Ok(row.with(placement))
+    }
+
+    /// Reads an instance without its placement (`placement` is empty): for a caller that
+    /// needs its tenant and state only (a 1,024-node gang's placement is 1,024 records).
+    pub async fn instance_get_unplaced(&self, id: InstanceId) -> Result<Instance> {
+        Ok(self.instance_row(id).await?.with(None))
+    }
+
+    async fn instance_row(&self, id: InstanceId) -> Result<InstanceRow> {
         let row = sqlx::query(&format!(
             "SELECT {} FROM instances WHERE id = $1",
             instance_select()
@@ -1127,13 +1143,7 @@ impl Store {
                 id: id.to_string(),
             });
         };
-        let row = InstanceRow::read(&row)?;
-        let id = row.inst.id.to_string();
-        let placement = self
-            .placements_of(std::slice::from_ref(&id))
-            .await?
-            .remove(&id);
-        Ok(row.with(placement))
+        InstanceRow::read(&row)
     }
 
     /// Lists instances, newest first, with placements.

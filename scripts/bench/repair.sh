@@ -50,6 +50,19 @@ def now():
 def gpus(host, f):
     return [f(host, i) for i in range(8)]
 
+def nodes_of(inst):
+    # An instance on more than 128 nodes is answered with its nodes counted by block:
+    # they are read page by page.
+    if "placement_summary" not in inst:
+        return [p["node"] for p in inst["placement"]]
+    nodes, cursor = [], ""
+    while True:
+        page = call("GET", f"/v1/instances/{inst['id']}/nodes?limit=1000{cursor}", op)
+        nodes += [p["node"] for p in page["items"]]
+        if "next_cursor" not in page:
+            return nodes
+        cursor = f"&cursor={page['next_cursor']}"
+
 quiet, reported, running = [], [], []
 for rep in range(reps):
     inst = call("POST", "/v1/instances", op, {
@@ -57,7 +70,7 @@ for rep in range(reps):
         "nodes": size, "gang_level": "pod"}, want=201)
     assert inst["state"] == "running", inst
     iid = inst["id"]
-    before = [p["node"] for p in inst["placement"]]
+    before = nodes_of(inst)
     host = before[-1]
     node = call("POST", "/v1/agent/register", enroll, {
         "hostname": host, "agent_version": "bench", "backend": "sim",
@@ -87,7 +100,7 @@ for rep in range(reps):
     assert ack["state"] == "failed", ack
     while True:
         cur = call("GET", f"/v1/instances/{iid}", op)
-        nodes = [p["node"] for p in cur["placement"]]
+        nodes = nodes_of(cur)
         if cur["state"] == "running" and len(nodes) == size and host not in nodes:
             break
         if time.perf_counter() - t0 > 30:

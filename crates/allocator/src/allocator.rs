@@ -598,6 +598,15 @@ impl Allocator {
         Some(n.used == n.full())
     }
 
+    /// The block a node is counted in when a large instance's nodes are summarised: its
+    /// leaf group, else its pod, else its NVLink domain; `None` for a node in no block or
+    /// unknown.
+    pub fn node_block(&self, node: NodeId) -> Option<BlockId> {
+        let slot = self.slot(node).ok()?;
+        let [pod, leaf, domain] = self.nodes[slot].blocks;
+        leaf.or(pod).or(domain)
+    }
+
     /// The contract pool a node is pinned to; `None` for unpinned or unknown nodes.
     pub fn node_pool(&self, node: NodeId) -> Option<ContractId> {
         self.slot(node)

@@ -15,8 +15,8 @@ use neocloud_service::{
 use neocloud_types::{
     AgentRegister, AgentRegistered, ApiKey, Block, Class, Contract, DesiredWorkloads, Event,
     GpuModel, HealthEvent, Heartbeat, HeartbeatAck, ImportReport, Instance, InstanceId,
-    InstanceState, Node, NodeState, Outage, Price, Quota, Site, SshKey, Tenant, UsageRecord,
-    Webhook, WebhookDelivery, WebhookDeliveryState,
+    InstanceState, Node, NodeState, Outage, PlacedNode, Price, Quota, Site, SshKey, Tenant,
+    UsageRecord, Webhook, WebhookDelivery, WebhookDeliveryState,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -72,6 +72,7 @@ pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(instance_get))
         .routes(routes!(instance_terminate))
         .routes(routes!(instance_logs))
+        .routes(routes!(instance_nodes))
         .routes(routes!(ssh_key_list, ssh_key_create))
         .routes(routes!(ssh_key_delete))
         .routes(routes!(webhook_list, webhook_create))
@@ -961,12 +962,20 @@ async fn instance_list(
             q.limit,
         )
         .await?;
-    Ok(Json(page.into()))
+    let mut page: Paged<Instance> = page.into();
+    page.items = page
+        .items
+        .into_iter()
+        .map(|i| st.svc.instance_shown(i))
+        .collect();
+    Ok(Json(page))
 }
 
 /// Launch an instance. It is placed at once (`running`), queued (`pending`: it asked to
 /// wait, or lower-priority work is being preempted for it), or refused with the reason
-/// (`insufficient_capacity`, `quota_exceeded`).
+/// (`insufficient_capacity`, `quota_exceeded`). An instance on more than 128 nodes is
+/// answered with `placement_summary` (its nodes counted by block) and an empty
+/// `placement`; `GET /v1/instances/{id}/nodes` pages through its nodes.
 #[utoipa::path(post, path = "/v1/instances", tag = "instances", security(("bearer" = [])),
     request_body = LaunchInstance, params(IdempotencyKey),
     responses((status = 201, body = Instance), (status = 400, body = Problem),
@@ -990,7 +999,32 @@ async fn instance_get(
     Auth(p): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Instance>> {
-    Ok(Json(st.svc.instance_get(&p, &id).await?))
+    let inst = st.svc.instance_get(&p, &id).await?;
+    Ok(Json(st.svc.instance_shown(inst)))
+}
+
+/// A page of an instance's nodes, by node id: the entries of its `placement`, for an
+/// instance on more than 128 nodes, whose answer counts them by block instead
+/// (`placement_summary`).
+#[utoipa::path(get, path = "/v1/instances/{id}/nodes", tag = "instances",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Instance id"), PageParams),
+    responses((status = 200, body = Paged<PlacedNode>), (status = 400, body = Problem),
+              (status = 404, body = Problem)))]
+async fn instance_nodes(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    q: Q<PageParams>,
+) -> ApiResult<Json<Paged<PlacedNode>>> {
+    allow(&p, Action::ReadInstances)?;
+    let q = q.get()?;
+    Ok(Json(
+        st.svc
+            .instance_nodes(&p, &id, q.cursor.as_deref(), q.limit)
+            .await?
+            .into(),
+    ))
 }
 
 /// Terminate an instance; its GPUs are freed at once.
@@ -1006,9 +1040,8 @@ async fn instance_terminate(
 ) -> ApiResult<Response> {
     allow(&p, Action::WriteInstances)?;
     let svc = &st.svc;
-    Ok(ok(svc
-        .idempotent(&p, idem.key()?, 200, svc.instance_terminate(&p, &id))
-        .await?))
+    let shown = async { Ok(svc.instance_shown(svc.instance_terminate(&p, &id).await?)) };
+    Ok(ok(svc.idempotent(&p, idem.key()?, 200, shown).await?))
 }
 
 /// Where to read an instance's output from.

@@ -2,8 +2,8 @@
 
 use neocloud_types::{
     ApiKey, Block, Contract, Event, GpuModel, HealthEvent, ImportReport, Instance, Invoice,
-    MaintenanceState, MaintenanceWindow, Node, Outage, Price, Quota, Site, SshKey, Tenant,
-    UsageRecord, Webhook, WebhookDelivery, WebhookDeliveryState,
+    MaintenanceState, MaintenanceWindow, Node, Outage, PlacedNode, Price, Quota, Site, SshKey,
+    Tenant, UsageRecord, Webhook, WebhookDelivery, WebhookDeliveryState,
 };
 use reqwest::Method;
 
@@ -356,6 +356,29 @@ impl Client {
     /// `GET /v1/instances/{id}`.
     pub async fn instance(&self, id: &str) -> Result<Instance> {
         self.get(&format!("/v1/instances/{}", seg(id)), &[]).await
+    }
+
+    /// `GET /v1/instances/{id}/nodes`: one page of its nodes, by node id.
+    pub async fn instance_nodes(&self, id: &str, page: &PageRequest) -> Result<Page<PlacedNode>> {
+        let mut q = Vec::new();
+        page.push(&mut q);
+        self.get(&format!("/v1/instances/{}/nodes", seg(id)), &q)
+            .await
+    }
+
+    /// Every node of an instance: its `placement`, read page by page where its answer
+    /// summarises them (`placement_summary`, an instance on more than 128 nodes).
+    pub async fn instance_all_nodes(&self, id: &str) -> Result<Vec<PlacedNode>> {
+        let mut page = PageRequest::first(1000);
+        let mut all = Vec::new();
+        loop {
+            let p = self.instance_nodes(id, &page).await?;
+            all.extend(p.items);
+            match p.next_cursor {
+                Some(c) => page.cursor = Some(c),
+                None => return Ok(all),
+            }
+        }
     }
 
     /// `POST /v1/instances/{id}/terminate`.

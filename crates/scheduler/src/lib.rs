@@ -873,6 +873,12 @@ impl Scheduler {
         self.contracts.values()
     }
 
+    /// The block a node is counted in when a large instance's nodes are summarised (see
+    /// [`Allocator::node_block`]).
+    pub fn node_block(&self, node: NodeId) -> Option<neocloud_types::BlockId> {
+        self.alloc.node_block(node)
+    }
+
     /// Nodes pinned to a contract's pool.
     pub fn pool_nodes(&self, c: ContractId) -> Vec<NodeId> {
         self.pools

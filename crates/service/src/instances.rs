@@ -2,7 +2,8 @@
 
 use neocloud_store::{InstanceFilter, Page, Store};
 use neocloud_types::{
-    Class, Instance, InstanceId, InstanceState, Quota, TenantKind, TenantStatus, Timestamp,
+    Class, Instance, InstanceId, InstanceState, NodeId, PlacedNode, Quota, TenantKind,
+    TenantStatus, Timestamp,
 };
 
 use crate::auth::{self, Action, Principal};
@@ -127,6 +128,7 @@ impl Service {
             state: InstanceState::Pending,
             reason: None,
             placement: Vec::new(),
+            placement_summary: None,
             created_at: now,
             started_at: None,
             ended_at: None,
@@ -147,33 +149,41 @@ impl Service {
         let id = inst.id;
         let p2 = p.clone();
         let idem = idem.cloned();
-        let effects = self
-            .decide(
-                neocloud_scheduler::Command::Launch(inst),
-                now,
-                Some(p.key_id),
-                move |_, effects| {
-                    // The answer, recorded with the launch so a retry replays it.
-                    let Some(idem) = idem else {
-                        return Ok(None);
-                    };
-                    let Some(view) = launched(effects, id).cloned() else {
-                        return Ok(None);
-                    };
-                    // Serialised by the writer, not under the scheduler's lock.
-                    Ok(Some(crate::writer::extra_deferred(move |_, tx| {
-                        Box::pin(async move {
-                            match Self::idem_put(&p2, Some(&idem), 201, &view)? {
-                                Some(put) => put.write(tx).await,
-                                None => Ok(()),
-                            }
-                        })
-                    })))
-                },
-            )
-            .await?;
-        let value = launched(&effects, id)
-            .cloned()
+        // The answer as shown (a large gang summarised), made under the scheduler's lock.
+        let answer = std::sync::OnceLock::new();
+        let slot = &answer;
+        self.decide(
+            neocloud_scheduler::Command::Launch(inst),
+            now,
+            Some(p.key_id),
+            move |s, effects| {
+                let Some(view) = launched(effects, id) else {
+                    return Ok(None);
+                };
+                let view = if view.placement.len() > neocloud_types::LISTED_NODES {
+                    view.clone().summarised(|n| s.node_block(n))
+                } else {
+                    view.clone()
+                };
+                let _ = slot.set(view.clone());
+                // The answer, recorded with the launch so a retry replays it.
+                let Some(idem) = idem else {
+                    return Ok(None);
+                };
+                // Serialised by the writer, not under the scheduler's lock.
+                Ok(Some(crate::writer::extra_deferred(move |_, tx| {
+                    Box::pin(async move {
+                        match Self::idem_put(&p2, Some(&idem), 201, &view)? {
+                            Some(put) => put.write(tx).await,
+                            None => Ok(()),
+                        }
+                    })
+                })))
+            },
+        )
+        .await?;
+        let value = answer
+            .into_inner()
             .ok_or_else(|| Error::internal("the launch recorded no instance"))?;
         Ok(Created {
             value,
@@ -182,9 +192,24 @@ impl Service {
     }
 
     pub(crate) async fn visible_instance(&self, p: &Principal, id: &str) -> Result<Instance> {
+        self.visible_instance_read(p, id, true).await
+    }
+
+    /// [`Self::visible_instance`], without its placement unless `placed`.
+    async fn visible_instance_read(
+        &self,
+        p: &Principal,
+        id: &str,
+        placed: bool,
+    ) -> Result<Instance> {
         let not_found = || Error::not_found("instance", id);
         let iid: InstanceId = id.parse().map_err(|_| not_found())?;
-        let inst = self.store.instance_get(iid).await.or_not_found(not_found)?;
+        let read = if placed {
+            self.store.instance_get(iid).await
+        } else {
+            self.store.instance_get_unplaced(iid).await
+        };
+        let inst = read.or_not_found(not_found)?;
         match p.tenant_scope() {
             Some(own) if own != inst.tenant_id => Err(not_found()),
             _ => Ok(inst),
@@ -195,6 +220,43 @@ impl Service {
     pub async fn instance_get(&self, p: &Principal, id: &str) -> Result<Instance> {
         auth::authorize(p, Action::ReadInstances)?;
         self.visible_instance(p, id).await
+    }
+
+    /// An instance as the API shows it: on more than [`neocloud_types::LISTED_NODES`]
+    /// nodes, its nodes counted by block in `placement_summary` instead of listed
+    /// ([`Instance::summarised`]; [`Self::instance_nodes`] pages through them).
+    pub fn instance_shown(&self, inst: Instance) -> Instance {
+        crate::scheduler::shown(&self.sched, inst)
+    }
+
+    /// A page of an instance's nodes, by node id: what its `placement` lists, for an
+    /// instance too large to list them all in its answer.
+    pub async fn instance_nodes(
+        &self,
+        p: &Principal,
+        id: &str,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Page<PlacedNode>> {
+        auth::authorize(p, Action::ReadInstances)?;
+        let limit = page_limit(limit)? as usize;
+        let after = cursor
+            .map(|c| {
+                c.parse::<NodeId>()
+                    .map_err(|_| Error::invalid("cursor is not one this list gave"))
+            })
+            .transpose()?;
+        let mut nodes = self.visible_instance(p, id).await?.placement;
+        nodes.sort_unstable_by_key(|n| n.node_id);
+        let from = after.map_or(0, |a| nodes.partition_point(|n| n.node_id <= a));
+        let to = nodes.len().min(from.saturating_add(limit));
+        let next_cursor = (to < nodes.len()).then(|| nodes[to - 1].node_id.to_string());
+        nodes.truncate(to);
+        nodes.drain(..from);
+        Ok(Page {
+            items: nodes,
+            next_cursor,
+        })
     }
 
     /// Lists instances, newest first (a tenant key sees its own).
@@ -218,7 +280,9 @@ impl Service {
     /// Terminates an instance: its GPUs are freed at once and the queue is served.
     pub async fn instance_terminate(&self, p: &Principal, id: &str) -> Result<Instance> {
         auth::authorize(p, Action::WriteInstances)?;
-        let inst = self.visible_instance(p, id).await?;
+        // Its tenant and state are all it takes (an ended instance holds nothing): a
+        // large gang's placement is not read twice.
+        let inst = self.visible_instance_read(p, id, false).await?;
         if inst.state.is_final() {
             return Ok(inst);
         }

@@ -316,9 +316,30 @@ fn observe(effects: &[Effect], now: Timestamp) {
     }
 }
 
-/// Writes an instance's audit event.
+/// An instance as answers and audit events show it: one on more than
+/// [`neocloud_types::LISTED_NODES`] nodes has its nodes counted by block
+/// ([`Instance::summarised`]); the scheduler's lock is taken only for such an instance.
+pub(crate) fn shown(sched: &SchedCell, i: Instance) -> Instance {
+    if i.placement.len() <= neocloud_types::LISTED_NODES {
+        return i;
+    }
+    let s = lock(sched);
+    i.summarised(|n| s.node_block(n))
+}
+
+/// [`shown`], as JSON, of an instance the caller keeps.
+pub(crate) fn shown_json(sched: &SchedCell, i: &Instance) -> Option<serde_json::Value> {
+    if i.placement.len() <= neocloud_types::LISTED_NODES {
+        return serde_json::to_value(i).ok();
+    }
+    serde_json::to_value(shown(sched, i.clone())).ok()
+}
+
+/// Writes an instance's audit event; `after` defaults to the instance as shown
+/// ([`shown_json`]).
 pub(crate) async fn event(
     tx: &mut WriteTx,
+    sched: &SchedCell,
     actor: Option<ApiKeyId>,
     i: &Instance,
     action: &str,
@@ -334,7 +355,7 @@ pub(crate) async fn event(
             resource_kind: "instance",
             resource_id: i.id.to_string(),
             before,
-            after: after.or_else(|| serde_json::to_value(i).ok()),
+            after: after.or_else(|| shown_json(sched, i)),
         },
     )
     .await?;

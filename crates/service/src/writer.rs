@@ -192,7 +192,7 @@ pub(crate) fn spawn(store: Store, sched: SchedCell) -> Writer {
             }
             let mut failed = false;
             if !writes.is_empty() {
-                failed = write_batch(&store, &stale, writes).await;
+                failed = write_batch(&store, &sched, &stale, writes).await;
             }
             // A failed batch has marked the scheduler stale already.
             if failed || !rebuilds.is_empty() {
@@ -293,7 +293,12 @@ struct Write {
 /// rolls back and no job of the batch is written — that job gets its error, the others are
 /// told to retry (they were decided together, on a state the database will not have, and
 /// the scheduler is rebuilt from the database before anything else is decided).
-async fn write_batch(store: &Store, stale: &AtomicBool, writes: Vec<Write>) -> bool {
+async fn write_batch(
+    store: &Store,
+    sched: &SchedCell,
+    stale: &AtomicBool,
+    writes: Vec<Write>,
+) -> bool {
     let quiet = writes
         .iter()
         .all(|w| w.effects.is_empty() && w.extra.as_ref().is_some_and(|x| x.quiet));
@@ -337,7 +342,7 @@ async fn write_batch(store: &Store, stale: &AtomicBool, writes: Vec<Write>) -> b
                 }
                 x.run(store, &mut tx).await?;
             }
-            write_effects(store, &mut tx, &mut book, &effects, actor).await
+            write_effects(store, sched, &mut tx, &mut book, &effects, actor).await
         }
         .await;
         if let Err(e) = r {
@@ -395,6 +400,7 @@ async fn write_batch(store: &Store, stale: &AtomicBool, writes: Vec<Write>) -> b
 /// Records one decision's effects in `tx`.
 pub(crate) async fn write_effects(
     store: &Store,
+    sched: &SchedCell,
     tx: &mut WriteTx,
     book: &mut Option<PriceBook>,
     effects: &[Effect],
@@ -419,7 +425,7 @@ pub(crate) async fn write_effects(
                         "instance.pending"
                     }
                 };
-                scheduler::event(tx, actor, inst, action, None, None).await?;
+                scheduler::event(tx, sched, actor, inst, action, None, None).await?;
             }
             Effect::Start {
                 before,
@@ -430,10 +436,11 @@ pub(crate) async fn write_effects(
                 Store::instance_hold(tx, after, &alloc.gpus, scheduler::held_of(alloc)).await?;
                 scheduler::event(
                     tx,
+                    sched,
                     None,
                     after,
                     "instance.running",
-                    serde_json::to_value(before).ok(),
+                    scheduler::shown_json(sched, before),
                     None,
                 )
                 .await?;
@@ -468,10 +475,11 @@ pub(crate) async fn write_effects(
                 };
                 scheduler::event(
                     tx,
+                    sched,
                     who,
                     after,
                     action,
-                    serde_json::to_value(before).ok(),
+                    scheduler::shown_json(sched, before),
                     None,
                 )
                 .await?;
@@ -506,16 +514,17 @@ pub(crate) async fn write_effects(
                 if let Some(g) = hold {
                     Store::instance_hold_gpus(tx, after.id, std::slice::from_ref(g)).await?;
                 }
-                let mut shown = serde_json::to_value(after).unwrap_or_default();
+                let mut shown = scheduler::shown_json(sched, after).unwrap_or_default();
                 if let Some(o) = shown.as_object_mut() {
                     o.insert("change".into(), detail.clone());
                 }
                 scheduler::event(
                     tx,
+                    sched,
                     None,
                     after,
                     action,
-                    serde_json::to_value(before).ok(),
+                    scheduler::shown_json(sched, before),
                     Some(shown),
                 )
                 .await?;

@@ -276,6 +276,7 @@ fn differential(seed: u64, steps: usize) -> Coverage {
                         state: InstanceState::Pending,
                         reason: None,
                         placement: Vec::new(),
+                        placement_summary: None,
                         created_at: ts,
                         started_at: None,
                         ended_at: None,

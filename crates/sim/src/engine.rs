@@ -882,6 +882,7 @@ impl<'a> Engine<'a> {
             state: InstanceState::Pending,
             reason: None,
             placement: Vec::new(),
+            placement_summary: None,
             created_at: now,
             started_at: None,
             ended_at: None,

@@ -287,6 +287,7 @@ impl InstanceRow {
             state,
             reason,
             placement: Vec::new(),
+            placement_summary: None,
             created_at,
             started_at,
             ended_at,
@@ -661,11 +662,15 @@ impl Store {
     /// Takes whole GPUs for many instances: `(holder, node, first, last)` ranges of GPU
     /// indexes. Refused (nothing changes) unless every GPU is free and holds no slices.
     /// Whole nodes of a holder that takes several (a gang's) are held by a row per node in
-    /// `node_holds`, one statement per 1,000 nodes; other ranges mark each GPU's
+    /// `node_holds`, one statement per holder (on SQLite per 1,000 nodes); other ranges mark each GPU's
     /// `gpus.holder`, many ranges to a statement.
+    ///
+    /// `gangs` names the holders whose every range is a whole node (a gang's, by its
+    /// shape): on PostgreSQL their nodes' GPU counts are not read again.
     pub(crate) async fn instance_hold_ranges(
         tx: &mut WriteTx,
         ranges: &[(String, String, u32, u32)],
+        gangs: &std::collections::HashSet<String>,
     ) -> Result<()> {
         type Range = (String, String, u32, u32);
         let mut groups: HashMap<(&str, u32, u32), Vec<&Range>> = HashMap::new();
@@ -675,9 +680,12 @@ impl Store {
         let mut rest = Vec::new();
         for ((holder, lo, hi), members) in groups {
             if lo == 0 && members.len() >= 2 {
-                for chunk in members.chunks(1000) {
+                // PostgreSQL takes the nodes as one value ([`Store::hold_nodes`]).
+                let per = if tx.numbered { members.len() } else { 1000 };
+                for chunk in members.chunks(per) {
                     let nodes: Vec<&str> = chunk.iter().map(|r| r.1.as_str()).collect();
-                    Self::hold_nodes(tx, holder, hi + 1, &nodes).await?;
+                    let gang = gangs.contains(holder);
+                    Self::hold_nodes(tx, holder, hi + 1, &nodes, gang).await?;
                 }
             } else {
                 rest.extend(members);
@@ -689,58 +697,108 @@ impl Store {
     /// All `gpus` GPUs of each of `nodes` for `holder`: a row per node whose GPUs are all
     /// free in `node_holds`; the GPUs of a node with more GPUs than that one by one.
     /// Refused unless every GPU was free.
-    async fn hold_nodes(tx: &mut WriteTx, holder: &str, gpus: u32, nodes: &[&str]) -> Result<()> {
+    ///
+    /// On PostgreSQL the nodes go as one value (`a,b,…`, split by the server) and a node
+    /// held whole already fails the insert on the key: a thousand bound values and the
+    /// speculative insert of `ON CONFLICT` cost a 1,024-node gang more than the rows
+    /// themselves (about 4 ms of 8). The failed statement ends the transaction, which the
+    /// writer rolls back on any error. SQLite keeps a list of values and skips such a node.
+    ///
+    /// A `gang`'s nodes are whole by its shape: on PostgreSQL they are not looked up in
+    /// `nodes` to compare their GPU count (1,024 index lookups, 2-3 ms of a 1,024-node
+    /// gang's 5-8 ms insert here). The database still refuses a node with a GPU held or a
+    /// slice, and a node held whole already.
+    async fn hold_nodes(
+        tx: &mut WriteTx,
+        holder: &str,
+        gpus: u32,
+        nodes: &[&str],
+        gang: bool,
+    ) -> Result<()> {
         let numbered = tx.numbered;
-        let mark = |i: usize| {
-            if numbered {
-                format!("${i}")
-            } else {
-                "?".to_string()
-            }
+        let (set, list) = if numbered {
+            (
+                "= ANY(string_to_array($3, ','))".to_string(),
+                nodes.join(","),
+            )
+        } else {
+            (
+                format!("IN ({})", vec!["?"; nodes.len()].join(", ")),
+                String::new(),
+            )
         };
-        let marks: Vec<String> = (0..nodes.len()).map(|i| mark(i + 3)).collect();
-        let marks = marks.join(", ");
+        let (p1, p2) = if numbered { ("$1", "$2") } else { ("?", "?") };
+        type Query<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+        fn bound<'q>(
+            sql: &'q str,
+            holder: &'q str,
+            gpus: u32,
+            list: Option<&'q str>,
+            nodes: &[&'q str],
+        ) -> Query<'q> {
+            let q = sqlx::query(sql).bind(holder).bind(i64::from(gpus));
+            match list {
+                Some(l) => q.bind(l),
+                None => nodes.iter().fold(q, |q, node| q.bind(*node)),
+            }
+        }
+        let list = numbered.then_some(list.as_str());
+        let on_conflict = if numbered {
+            ""
+        } else {
+            "ON CONFLICT (node_id) DO NOTHING"
+        };
         let sql = format!(
             "INSERT INTO node_holds (node_id, holder)
-             SELECT n.id, {} FROM nodes n
-             WHERE n.gpu_count = {} AND n.id IN ({marks})
+             SELECT n.id, {p1} FROM nodes n
+             WHERE n.gpu_count = {p2} AND n.id {set}
                AND NOT EXISTS (SELECT 1 FROM gpus g
                                WHERE g.node_id = n.id AND g.holder IS NOT NULL)
                AND NOT EXISTS (SELECT 1 FROM instance_slices s WHERE s.node_id = n.id)
-             ON CONFLICT (node_id) DO NOTHING",
-            mark(1),
-            mark(2)
+             {on_conflict}"
         );
-        let mut q = sqlx::query(&sql).bind(holder).bind(i64::from(gpus));
-        for node in nodes {
-            q = q.bind(*node);
-        }
-        let whole = q.execute(tx.conn()).await?.rows_affected();
+        let refused = |done: u64, want: u64| {
+            StoreError::Conflict(format!(
+                "{done} of {want} GPUs to hold were free (the others are held whole by another \
+                 instance, or hold slices)"
+            ))
+        };
         let want = u64::from(gpus) * nodes.len() as u64;
+        let insert = match (list, gang) {
+            (Some(list), true) => sqlx::query(
+                "INSERT INTO node_holds (node_id, holder)
+                 SELECT x.id, $1 FROM unnest(string_to_array($2, ',')) AS x(id)
+                 WHERE NOT EXISTS (SELECT 1 FROM gpus g
+                                   WHERE g.node_id = x.id AND g.holder IS NOT NULL)
+                   AND NOT EXISTS (SELECT 1 FROM instance_slices s WHERE s.node_id = x.id)",
+            )
+            .bind(holder)
+            .bind(list),
+            _ => bound(&sql, holder, gpus, list, nodes),
+        };
+        let whole = match insert.execute(tx.conn()).await {
+            Ok(r) => r.rows_affected(),
+            Err(e) if crate::is_unique_violation(&e) => return Err(refused(0, want)),
+            Err(e) => return Err(e.into()),
+        };
         let mut done = whole * u64::from(gpus);
         if done < want {
             // Nodes with more GPUs than that, or GPUs taken: GPU by GPU (a node held whole by
             // another instance, or just now by this one, is left alone).
             let sql = format!(
-                "UPDATE gpus SET holder = {}
-                 WHERE idx < {} AND node_id IN ({marks}) AND holder IS NULL
+                "UPDATE gpus SET holder = {p1}
+                 WHERE idx < {p2} AND node_id {set} AND holder IS NULL
                    AND NOT EXISTS (SELECT 1 FROM node_holds h WHERE h.node_id = gpus.node_id)
                    AND NOT EXISTS (SELECT 1 FROM instance_slices s
-                                   WHERE s.node_id = gpus.node_id AND s.idx = gpus.idx)",
-                mark(1),
-                mark(2)
+                                   WHERE s.node_id = gpus.node_id AND s.idx = gpus.idx)"
             );
-            let mut q = sqlx::query(&sql).bind(holder).bind(i64::from(gpus));
-            for node in nodes {
-                q = q.bind(*node);
-            }
-            done += q.execute(tx.conn()).await?.rows_affected();
+            done += bound(&sql, holder, gpus, list, nodes)
+                .execute(tx.conn())
+                .await?
+                .rows_affected();
         }
         if done != want {
-            return Err(StoreError::Conflict(format!(
-                "{done} of {want} GPUs to hold were free (the others are held whole by another \
-                 instance, or hold slices)"
-            )));
+            return Err(refused(done, want));
         }
         Ok(())
     }
@@ -879,6 +937,9 @@ impl Store {
                     if let (Some(&lo), Some(&hi)) = (idxs.iter().min(), idxs.iter().max()) {
                         d.holds.push((i.id.to_string(), node.to_string(), lo, hi));
                     }
+                }
+                if matches!(i.shape, neocloud_types::Shape::Nodes { .. }) {
+                    d.gangs.insert(i.id.to_string());
                 }
                 return Ok(());
             }
@@ -1081,6 +1142,22 @@ impl Store {
 
     /// Reads an instance with its placement.
     pub async fn instance_get(&self, id: InstanceId) -> Result<Instance> {
+        let row = self.instance_row(id).await?;
+        let id = row.inst.id.to_string();
+        let placement = self
+            .placements_of(std::slice::from_ref(&id))
+            .await?
+            .remove(&id);
+        Ok(row.with(placement))
+    }
+
+    /// Reads an instance without its placement (`placement` is empty): for a caller that
+    /// needs its tenant and state only (a 1,024-node gang's placement is 1,024 records).
+    pub async fn instance_get_unplaced(&self, id: InstanceId) -> Result<Instance> {
+        Ok(self.instance_row(id).await?.with(None))
+    }
+
+    async fn instance_row(&self, id: InstanceId) -> Result<InstanceRow> {
         let row = sqlx::query(&format!(
             "SELECT {} FROM instances WHERE id = $1",
             instance_select()
@@ -1094,13 +1171,7 @@ impl Store {
                 id: id.to_string(),
             });
         };
-        let row = InstanceRow::read(&row)?;
-        let id = row.inst.id.to_string();
-        let placement = self
-            .placements_of(std::slice::from_ref(&id))
-            .await?
-            .remove(&id);
-        Ok(row.with(placement))
+        InstanceRow::read(&row)
     }
 
     /// Lists instances, newest first, with placements.

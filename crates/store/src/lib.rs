@@ -159,8 +159,9 @@ impl WriteTx {
         }
         let instances = std::mem::take(&mut d.instances);
         let holds = std::mem::take(&mut d.holds);
+        let gangs = std::mem::take(&mut d.gangs);
         Store::instance_insert_rows(self, &instances).await?;
-        Store::instance_hold_ranges(self, &holds).await
+        Store::instance_hold_ranges(self, &holds, &gangs).await
     }
 
     /// Holds new instance rows, whole-GPU holds, audit events and idempotency records written

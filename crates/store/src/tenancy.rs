@@ -615,6 +615,8 @@ pub(crate) struct Deferred {
     pub(crate) instances: Vec<crate::instances::NewInstanceRow>,
     /// Whole GPUs to hold: (holder, node, first index, last index).
     pub(crate) holds: Vec<(String, String, u32, u32)>,
+    /// Holders of `holds` that are gangs: each of their ranges is a whole node.
+    pub(crate) gangs: std::collections::HashSet<String>,
     events: Vec<EventRow>,
     /// (scope, key, record, created_at).
     idem: Vec<(String, String, IdempotencyRecord, i64)>,
@@ -649,7 +651,7 @@ impl Deferred {
     /// Writes the rows held back, one multi-row statement per kind (and per 64 rows).
     pub(crate) async fn flush(self, tx: &mut WriteTx) -> Result<()> {
         Store::instance_insert_rows(tx, &self.instances).await?;
-        Store::instance_hold_ranges(tx, &self.holds).await?;
+        Store::instance_hold_ranges(tx, &self.holds, &self.gangs).await?;
         for chunk in self.events.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO events (id, at, actor_key_id, tenant_id, action, resource_kind,

@@ -402,6 +402,76 @@ pub struct PlacedNode {
     pub memory_mib: Option<u64>,
 }
 
+/// Most nodes an instance's answer lists in `placement`; a larger one is summarised (see
+/// [`Instance::summarised`]).
+pub const LISTED_NODES: usize = 128;
+
+/// A large instance's nodes counted by block, in place of listing them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PlacementSummary {
+    /// Nodes it holds GPUs on.
+    pub nodes: u32,
+    /// GPUs it holds on them.
+    pub gpus: u32,
+    /// Its nodes by the block they sit in (leaf group, else pod, else NVLink domain), most
+    /// nodes first, then by block id.
+    pub blocks: Vec<BlockNodes>,
+}
+
+/// An instance's nodes in one block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BlockNodes {
+    /// The block; null for nodes in none.
+    pub block_id: Option<crate::BlockId>,
+    /// The instance's nodes in it.
+    pub nodes: u32,
+    /// The instance's GPUs on those nodes.
+    pub gpus: u32,
+}
+
+impl Instance {
+    /// The instance as an answer shows it: on more than [`LISTED_NODES`] nodes, its
+    /// placement is replaced by a [`PlacementSummary`], each node counted in the block
+    /// `block_of` says (a whole node's answer is 150 bytes: a 1,024-node gang's would be
+    /// 150 KB, written with its audit event and idempotency record). Otherwise, or shown
+    /// already, unchanged.
+    pub fn summarised(
+        mut self,
+        block_of: impl Fn(crate::NodeId) -> Option<crate::BlockId>,
+    ) -> Instance {
+        if self.placement.len() <= LISTED_NODES {
+            return self;
+        }
+        let mut by: std::collections::BTreeMap<Option<crate::BlockId>, (u32, u32)> =
+            std::collections::BTreeMap::new();
+        let mut gpus = 0u32;
+        for p in &self.placement {
+            let n = u32::try_from(p.gpus.len()).unwrap_or(u32::MAX);
+            let e = by.entry(block_of(p.node_id)).or_default();
+            e.0 += 1;
+            e.1 = e.1.saturating_add(n);
+            gpus = gpus.saturating_add(n);
+        }
+        let mut blocks: Vec<BlockNodes> = by
+            .into_iter()
+            .map(|(block_id, (nodes, gpus))| BlockNodes {
+                block_id,
+                nodes,
+                gpus,
+            })
+            .collect();
+        // Stable: equal counts stay in block order.
+        blocks.sort_by_key(|b| std::cmp::Reverse(b.nodes));
+        self.placement_summary = Some(PlacementSummary {
+            nodes: u32::try_from(self.placement.len()).unwrap_or(u32::MAX),
+            gpus,
+            blocks,
+        });
+        self.placement = Vec::new();
+        self
+    }
+}
+
 string_enum!(
     /// What happens to a running instance when one of its nodes fails.
     NodeFailurePolicy {
@@ -471,8 +541,14 @@ pub struct Instance {
     pub state: InstanceState,
     /// Why it is pending, failed or preempted.
     pub reason: Option<String>,
-    /// Where it runs.
+    /// Where it runs: each node it holds GPUs (or a slice, or CPU) on. An instance on more
+    /// than 128 nodes is shown with this empty and `placement_summary` in its place;
+    /// `GET /v1/instances/{id}/nodes` pages through its nodes.
     pub placement: Vec<PlacedNode>,
+    /// For an instance on more than 128 nodes, in place of `placement`:
+    /// its nodes and GPUs counted by block. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_summary: Option<PlacementSummary>,
     /// When it was accepted.
     pub created_at: crate::Timestamp,
     /// When it started running.

@@ -206,6 +206,16 @@ pub(crate) struct SshArgs {
 }
 
 fn placement_cell(v: &Value) -> String {
+    // A large instance's answer counts its nodes by block instead of listing them.
+    if let Some(s) = v.get("placement_summary").filter(|s| s.is_object()) {
+        let blocks = s["blocks"].as_array().map_or(0, Vec::len);
+        return format!(
+            "{} nodes, {} GPUs in {blocks} block{}",
+            cell(&s["nodes"]),
+            cell(&s["gpus"]),
+            if blocks == 1 { "" } else { "s" }
+        );
+    }
     v.get("placement")
         .and_then(Value::as_array)
         .map(|a| {
@@ -357,30 +367,52 @@ pub(crate) async fn instances(cx: &Cx<'_>, cmd: InstanceCmd) -> Result<()> {
             ];
             cx.show(&page, ids, |v, b| table(b, items(v), cols))
         }
-        InstanceCmd::Show { id } => cx.show(&c.instance(&id).await?, ids, |v, b| {
-            record(v, b);
-            b.line(format_args!("holds  {}", shape_cell(v)));
-            if let Some(d) = v.pointer("/delivery/mode").and_then(Value::as_str) {
-                b.line(format_args!("delivery  {d}"));
+        InstanceCmd::Show { id } => {
+            let mut inst = c.instance(&id).await?;
+            // A large instance's answer counts its nodes by block: list them all here.
+            if inst.placement_summary.is_some() {
+                inst.placement = c.instance_all_nodes(&id).await?;
             }
-            if let Some(a) = access_of(v) {
-                b.line(format_args!("ssh  {}", a.join(" ")));
-            }
-            if let Some(p) = v.get("placement").and_then(Value::as_array) {
-                b.line("");
-                table(
-                    b,
-                    p,
-                    &[
-                        ("NODE", &field("node")),
-                        ("GPUS", &field("gpus")),
-                        ("MIG SLOT", &field("mig_start")),
-                        ("CPU", &cores_cell),
-                        ("MEMORY MIB", &field("memory_mib")),
-                    ],
-                );
-            }
-        }),
+            cx.show(&inst, ids, |v, b| {
+                record(v, b);
+                b.line(format_args!("holds  {}", shape_cell(v)));
+                if let Some(d) = v.pointer("/delivery/mode").and_then(Value::as_str) {
+                    b.line(format_args!("delivery  {d}"));
+                }
+                if let Some(a) = access_of(v) {
+                    b.line(format_args!("ssh  {}", a.join(" ")));
+                }
+                if let Some(s) = v.get("placement_summary").filter(|s| s.is_object()) {
+                    b.line(format_args!("placement  {}", placement_cell(v)));
+                    if let Some(blocks) = s["blocks"].as_array() {
+                        b.line("");
+                        table(
+                            b,
+                            blocks,
+                            &[
+                                ("BLOCK", &field("block_id")),
+                                ("NODES", &field("nodes")),
+                                ("GPUS", &field("gpus")),
+                            ],
+                        );
+                    }
+                }
+                if let Some(p) = v.get("placement").and_then(Value::as_array) {
+                    b.line("");
+                    table(
+                        b,
+                        p,
+                        &[
+                            ("NODE", &field("node")),
+                            ("GPUS", &field("gpus")),
+                            ("MIG SLOT", &field("mig_start")),
+                            ("CPU", &cores_cell),
+                            ("MEMORY MIB", &field("memory_mib")),
+                        ],
+                    );
+                }
+            })
+        }
         InstanceCmd::Logs { id, follow } => {
             let mut offset: u64 = 0;
             loop {

@@ -1229,3 +1229,224 @@ both_backends!(
         assert_eq!(second["state"], "pending", "{second}");
     }
 );
+
+/// One pod of 5 leaf groups × 30 nodes of 8 H100 (150 nodes): room for gangs past the
+/// 128 nodes an answer lists.
+const BIG_POD: &str = r#"
+[[sites]]
+name = "big"
+region = "us-east"
+power_mw = 20
+pue = 1.1
+[[sites.node_groups]]
+gpu_model = "H100-SXM-80GB"
+gpus = 8
+peak_watts = 10000
+idle_watts = 2000
+nodes_per_block = 30
+layout = [
+  { kind = "pod", count = 1, name = "b-p{n}" },
+  { kind = "leaf_group", count = 5, name = "{parent}-l{n}" },
+]
+name = "{block}-n{n}"
+"#;
+
+/// Every node of an instance through `GET /v1/instances/{id}/nodes`, `limit` at a time.
+async fn paged_nodes(ctx: &TestContext, key: &str, id: &str, limit: u32) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = ctx
+            .get(
+                &format!("/v1/instances/{id}/nodes?limit={limit}{cursor}"),
+                key,
+            )
+            .await
+            .expect(200);
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= limit as usize, "{page}");
+        all.extend(items.iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => return all,
+        }
+    }
+}
+
+both_backends!(
+    large_gang_summarised_and_nodes_paged,
+    |ctx: TestContext| async move {
+        ctx.import(BIG_POD).await.expect(200);
+        let a = ctx.tenant("acme").await;
+        let (ka, _) = ctx.key("tenant-admin", a["id"].as_str()).await;
+        let b = ctx.tenant("bravo").await;
+        let (kb, _) = ctx.key("tenant-admin", b["id"].as_str()).await;
+        let launch =
+            |n: u32| json!({"gpu_model": "H100-SXM-80GB", "nodes": n, "gang_level": "pod"});
+
+        // 128 nodes: listed in full, as any smaller instance.
+        let g = ctx
+            .post("/v1/instances", &ka, &launch(128))
+            .await
+            .expect(201);
+        assert_eq!(g["placement"].as_array().unwrap().len(), 128);
+        assert!(
+            g.get("placement_summary").is_none(),
+            "{}",
+            g["placement_summary"]
+        );
+        let id = g["id"].as_str().unwrap().to_string();
+        let paged = paged_nodes(&ctx, &ka, &id, 50).await;
+        assert_eq!(paged.len(), 128);
+        ctx.post(&format!("/v1/instances/{id}/terminate"), &ka, &json!({}))
+            .await
+            .expect(200);
+
+        // 140 nodes: counted by leaf group, none listed.
+        let g = ctx
+            .post("/v1/instances", &ka, &launch(140))
+            .await
+            .expect(201);
+        assert_eq!(g["state"], "running");
+        assert_eq!(g["gpu_count"], 1120);
+        assert_eq!(g["placement"], json!([]));
+        let s = &g["placement_summary"];
+        assert_eq!(s["nodes"], 140, "{s}");
+        assert_eq!(s["gpus"], 1120, "{s}");
+        let blocks = s["blocks"].as_array().unwrap();
+        assert_eq!(blocks.len(), 5, "{s}");
+        let counts: Vec<u64> = blocks
+            .iter()
+            .map(|b| b["nodes"].as_u64().unwrap())
+            .collect();
+        assert_eq!(counts.iter().sum::<u64>(), 140);
+        assert!(
+            counts.windows(2).all(|w| w[0] >= w[1]),
+            "most nodes first: {s}"
+        );
+        assert!(blocks.iter().all(|b| b["block_id"].is_string()), "{s}");
+        assert!(
+            blocks
+                .iter()
+                .all(|b| b["gpus"].as_u64() == b["nodes"].as_u64().map(|n| n * 8)),
+            "{s}"
+        );
+        let id = g["id"].as_str().unwrap().to_string();
+
+        // Read, listed and replayed the same way.
+        let read = ctx
+            .get(&format!("/v1/instances/{id}"), &ka)
+            .await
+            .expect(200);
+        assert_eq!(read["placement_summary"], *s);
+        assert_eq!(read["placement"], json!([]));
+        let list = ctx.get("/v1/instances", &ka).await.expect(200);
+        let listed = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == id.as_str())
+            .unwrap();
+        assert_eq!(listed["placement_summary"], *s);
+        // The audit event carries the summary too.
+        let ev = ctx
+            .get(
+                &format!("/v1/events?resource_id={id}&action=instance.running"),
+                &ctx.operator_key,
+            )
+            .await
+            .expect(200);
+        assert_eq!(ev["items"][0]["after"]["placement_summary"], *s, "{ev}");
+        assert_eq!(ev["items"][0]["after"]["placement"], json!([]));
+
+        // The nodes, paged by node id: every node once, 8 GPUs each.
+        let nodes = paged_nodes(&ctx, &ka, &id, 33).await;
+        assert_eq!(nodes.len(), 140);
+        let ids: Vec<&str> = nodes
+            .iter()
+            .map(|n| n["node_id"].as_str().unwrap())
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "by node id, once each");
+        assert!(
+            nodes
+                .iter()
+                .all(|n| n["gpus"] == json!([0, 1, 2, 3, 4, 5, 6, 7]))
+        );
+        let all = paged_nodes(&ctx, &ka, &id, 1000).await;
+        assert_eq!(all, nodes);
+        // The default page is 100 nodes.
+        let first = ctx
+            .get(&format!("/v1/instances/{id}/nodes"), &ka)
+            .await
+            .expect(200);
+        assert_eq!(first["items"].as_array().unwrap().len(), 100);
+        assert_eq!(first["next_cursor"], ids[99]);
+        // The last node as cursor: an empty last page.
+        let last = ctx
+            .get(
+                &format!("/v1/instances/{id}/nodes?cursor={}", ids[139]),
+                &ka,
+            )
+            .await
+            .expect(200);
+        assert_eq!(last["items"], json!([]));
+        assert!(last.get("next_cursor").is_none());
+
+        // Bad input.
+        for q in [
+            "limit=0",
+            "limit=1001",
+            "limit=x",
+            "cursor=m1-n1",
+            "cursor=",
+            "page=2",
+        ] {
+            ctx.get(&format!("/v1/instances/{id}/nodes?{q}"), &ka)
+                .await
+                .problem(400, "invalid_request");
+        }
+        // Another tenant's instance, and an unknown one, are not found.
+        ctx.get(&format!("/v1/instances/{id}/nodes"), &kb)
+            .await
+            .problem(404, "not_found");
+        ctx.get("/v1/instances/nope/nodes", &ka)
+            .await
+            .problem(404, "not_found");
+        // The operator reads any tenant's.
+        let op = paged_nodes(&ctx, &ctx.operator_key, &id, 1000).await;
+        assert_eq!(op, nodes);
+
+        // A small instance pages as one page; the terminate answer is summarised too, and
+        // an ended instance has no nodes.
+        let small = ctx
+            .post(
+                "/v1/instances",
+                &kb,
+                &json!({"gpu_model": "H100-SXM-80GB", "gpus": 2}),
+            )
+            .await
+            .expect(201);
+        let sid = small["id"].as_str().unwrap();
+        let sn = ctx
+            .get(&format!("/v1/instances/{sid}/nodes"), &kb)
+            .await
+            .expect(200);
+        assert_eq!(sn["items"], small["placement"]);
+        let t = ctx
+            .post(&format!("/v1/instances/{id}/terminate"), &ka, &json!({}))
+            .await
+            .expect(200);
+        assert_eq!(t["state"], "terminated");
+        let ended = ctx
+            .get(&format!("/v1/instances/{id}/nodes"), &ka)
+            .await
+            .expect(200);
+        assert_eq!(ended["items"], json!([]));
+        // Its nodes are free again.
+        let again = ctx
+            .post("/v1/instances", &ka, &launch(140))
+            .await
+            .expect(201);
+        assert_eq!(again["placement_summary"]["nodes"], 140);
+    }
+);

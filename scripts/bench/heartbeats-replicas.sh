@@ -76,6 +76,10 @@ wait_for() { until grep -q "^$1" "$dir/loadgen.out" 2>/dev/null || ! kill -0 $ge
 wait_for "phase 2"; sleep $((INTERVAL + 1)); s2=$(snap)
 wait_for "phase 3"; s3=$(snap); sleep $((INTERVAL + 1)); s3w=$(snap)
 wait $gen; s4=$(snap)
+# Heartbeats each replica answered itself, and those its handler passed on to the leader.
+for i in 0 1 2; do
+  echo "== replica $i: $(curl -s "${urls[$i]}/metrics" | grep -E '^neocloud_heartbeats(_passed)?_total' | tr '\n' ' ')"
+done
 report() { # report LABEL BEFORE AFTER HEARTBEATS_PER_SEC
   python3 - "$1" "$2" "$3" "$4" <<'PY'
 import sys

@@ -2,7 +2,8 @@
 # Heartbeat load: one simulated agent per node of a site, each beating every 10 s, over real
 # HTTP from the load generator (crates/agent/examples/heartbeat_load.rs), against a release
 # `neocloud serve` on SQLite. Reports the generator's latency percentiles and the server's CPU
-# (user+sys seconds over the heartbeat phase) and resident memory.
+# (user+sys seconds from one interval into the heartbeat phase to its end, over that time)
+# and resident memory.
 #
 #   scripts/bench/heartbeats.sh                     # 27,500 agents: memphis-1 of the demo
 #   FLEET=examples/million-gpus.fleet.toml SITE=giga-1 scripts/bench/heartbeats.sh   # 125,000
@@ -35,8 +36,10 @@ echo "== server before registration: RSS $(rss)"
   --interval-secs "$INTERVAL" --duration-secs "$DURATION" ${AGENTS:+--agents "$AGENTS"} \
   2>&1 | tee "$dir/loadgen.out" &
 gen=$!
-# The heartbeat phase starts when the generator prints it; measure the server's CPU across it.
+# The heartbeat phase starts when the generator prints it; measure the server's CPU from one
+# interval later (every agent has beaten once: its node key is read and cached) to its end.
 until grep -q "^phase 2" "$dir/loadgen.out" 2>/dev/null || ! kill -0 $gen 2>/dev/null; do sleep 0.2; done
+sleep "$INTERVAL"
 c0=$(cpu); t0=$(date +%s.%N)
 wait $gen
 c1=$(cpu); t1=$(date +%s.%N)

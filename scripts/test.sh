@@ -132,6 +132,8 @@ log "tests on SQLite and PostgreSQL"
 # Every temporary file of the tests (databases, fleet files, agents' state) goes to one
 # directory of this run: removed when the tests pass, kept for inspection when they fail.
 TEST_TMP="$(mktemp -d -t neocloud-tests.XXXXXX)"
+# Some tests run the binary as another user (nobody), who must reach their directories.
+chmod 755 "$TEST_TMP"
 if cargo nextest --version >/dev/null 2>&1; then
   TMPDIR="$TEST_TMP" cargo nextest run --workspace --locked --no-fail-fast ||
     { log "tests failed; their files are in $TEST_TMP"; exit 1; }

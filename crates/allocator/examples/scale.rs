@@ -9,6 +9,11 @@
 
 use std::time::{Duration, Instant};
 
+/// The allocator `neocloud serve` runs with: decisions allocate (placements, index entries),
+/// so their speed depends on it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use neocloud_allocator::synthetic::{Grid, Rng, allocator, instance_id, tenant_id};
 use neocloud_allocator::{Allocator, FleetPolicy, GangLevel, PlacementPolicy, Request, Shape};
 use neocloud_types::{Class, InstanceId};

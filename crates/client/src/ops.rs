@@ -369,16 +369,8 @@ impl Client {
     /// Every node of an instance: its `placement`, read page by page where its answer
     /// summarises them (`placement_summary`, an instance on more than 128 nodes).
     pub async fn instance_all_nodes(&self, id: &str) -> Result<Vec<PlacedNode>> {
-        let mut page = PageRequest::first(1000);
-        let mut all = Vec::new();
-        loop {
-            let p = self.instance_nodes(id, &page).await?;
-            all.extend(p.items);
-            match p.next_cursor {
-                Some(c) => page.cursor = Some(c),
-                None => return Ok(all),
-            }
-        }
+        self.all_pages(&format!("/v1/instances/{}/nodes", seg(id)), &[])
+            .await
     }
 
     /// `POST /v1/instances/{id}/terminate`.

@@ -160,11 +160,7 @@ impl Service {
                 let Some(view) = launched(effects, id) else {
                     return Ok(None);
                 };
-                let view = if view.placement.len() > neocloud_types::LISTED_NODES {
-                    view.clone().summarised(|n| s.node_block(n))
-                } else {
-                    view.clone()
-                };
+                let view = view.clone().summarised(|n| s.node_block(n));
                 let _ = slot.set(view.clone());
                 // The answer, recorded with the launch so a retry replays it.
                 let Some(idem) = idem else {

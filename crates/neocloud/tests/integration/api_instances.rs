@@ -1232,7 +1232,7 @@ both_backends!(
 
 /// One pod of 5 leaf groups × 30 nodes of 8 H100 (150 nodes): room for gangs past the
 /// 128 nodes an answer lists.
-const BIG_POD: &str = r#"
+pub(crate) const BIG_POD: &str = r#"
 [[sites]]
 name = "big"
 region = "us-east"

@@ -808,3 +808,41 @@ async fn serve_logs_json_or_plain_text() {
         assert!(lines.iter().all(|l| check(l)), "{format}: {err}");
     }
 }
+
+/// `instances show` of a gang on more than 128 nodes, whose answer counts its nodes by
+/// block: the CLI reads every node page by page and lists them with the summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_shows_every_node_of_a_large_gang() {
+    let ctx = TestContext::start(Db::Sqlite).await;
+    let op = ctx.operator_key.clone();
+    ctx.import(crate::api_instances::BIG_POD).await.expect(200);
+    let a = ctx.tenant("acme").await;
+    let g = ctx
+        .post(
+            "/v1/instances",
+            &op,
+            &serde_json::json!({"tenant_id": a["id"], "gpu_model": "H100-SXM-80GB",
+                                "nodes": 140, "gang_level": "pod"}),
+        )
+        .await
+        .expect(201);
+    assert!(g["placement_summary"].is_object(), "{g}");
+    let id = g["id"].as_str().unwrap();
+    let o = neocloud(&ctx, &op, &["-o", "json", "instances", "show", id]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let nodes = v["placement"].as_array().unwrap();
+    assert_eq!(nodes.len(), 140, "{v}");
+    let mut names: Vec<&str> = nodes.iter().map(|n| n["node"].as_str().unwrap()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), 140);
+    assert_eq!(v["placement_summary"]["nodes"], 140);
+    let o = neocloud(&ctx, &op, &["instances", "show", id]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("140 nodes, 1120 GPUs"), "{out}");
+    for name in names {
+        assert!(out.contains(name), "{name} missing: {out}");
+    }
+}

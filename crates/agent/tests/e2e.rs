@@ -219,6 +219,34 @@ struct Cli {
     agent: AgentArgs,
 }
 
+/// A running agent of the test and the way to stop it.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Starts an agent with `args` (after the program name).
+    fn start(args: &[&str]) -> Running {
+        let cli = Cli::parse_from(std::iter::once("agent").chain(args.iter().copied()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(neocloud_agent::run_until(cli.agent, async {
+            let _ = stopped.await;
+        }));
+        Running { stop, task }
+    }
+
+    /// Stops it as SIGTERM would and waits (10 s at most) for it to end cleanly.
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_heartbeats_and_delivers_buffered_events_once() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
@@ -347,8 +375,7 @@ async fn an_xid_goes_out_at_once_not_an_interval_later() {
     std::fs::create_dir_all(&dir).unwrap();
     let fault_file = dir.join("faults");
     let url = format!("http://{}", server.addr);
-    let cli = Cli::parse_from([
-        "agent",
+    let agent = Running::start(&[
         "--server",
         &url,
         "--key",
@@ -364,10 +391,6 @@ async fn an_xid_goes_out_at_once_not_an_interval_later() {
         "--state-dir",
         dir.join("state").to_str().unwrap(),
     ]);
-    let (stop_agent, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(neocloud_agent::run_until(cli.agent, async {
-        let _ = stopped.await;
-    }));
     wait_for(&plane, "the first heartbeat", |p| p.beats >= 1).await;
     // Quiet for a while: no event, so no heartbeat before the hour is up.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -379,12 +402,7 @@ async fn an_xid_goes_out_at_once_not_an_interval_later() {
     })
     .await;
     assert_eq!(plane.lock().unwrap().beats, 2);
-    stop_agent.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    agent.stop().await;
     server.stop();
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -398,8 +416,7 @@ async fn an_older_control_plane_gets_the_full_telemetry_form() {
     let dir = std::env::temp_dir().join(format!("neocloud-agent-old-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let url = format!("http://{}", server.addr);
-    let cli = Cli::parse_from([
-        "agent",
+    let agent = Running::start(&[
         "--server",
         &url,
         "--key",
@@ -413,10 +430,6 @@ async fn an_older_control_plane_gets_the_full_telemetry_form() {
         "--state-dir",
         dir.join("state").to_str().unwrap(),
     ]);
-    let (stop_agent, stopped) = tokio::sync::oneshot::channel::<()>();
-    let agent = tokio::spawn(neocloud_agent::run_until(cli.agent, async {
-        let _ = stopped.await;
-    }));
     wait_for(&plane, "two heartbeats in the full form", |p| {
         p.full_beats >= 2
     })
@@ -427,12 +440,7 @@ async fn an_older_control_plane_gets_the_full_telemetry_form() {
         assert_eq!(p.refused_rows, 1);
         assert_eq!(p.beats, p.full_beats);
     }
-    stop_agent.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), agent)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    agent.stop().await;
     server.stop();
     std::fs::remove_dir_all(&dir).ok();
 }

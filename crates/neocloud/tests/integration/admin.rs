@@ -20,16 +20,16 @@ use crate::ctx::temp_dir;
 const BIN: &str = env!("CARGO_BIN_EXE_neocloud");
 
 /// A `neocloud serve` process on a data directory.
-struct Serve {
-    child: Child,
-    base: String,
+pub(crate) struct Serve {
+    pub(crate) child: Child,
+    pub(crate) base: String,
     key: String,
     http: reqwest::Client,
 }
 
 impl Serve {
     /// Starts serve on `data` (with extra environment) and waits for its "serving" line.
-    async fn start(data: &Path, env: &[(&str, String)]) -> Serve {
+    pub(crate) async fn start(data: &Path, env: &[(&str, String)]) -> Serve {
         Self::start_with(data, &[], env).await
     }
 
@@ -127,7 +127,7 @@ impl Serve {
     }
 
     /// SIGTERM, and a clean exit.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let pid = self.child.id().to_string();
         let status = tokio::task::spawn_blocking(move || {
             Command::new("kill").arg(pid).status().unwrap();

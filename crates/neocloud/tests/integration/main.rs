@@ -28,6 +28,7 @@ mod api_tenancy;
 mod api_unreachable;
 mod cli;
 mod client_types;
+mod connections;
 mod console;
 mod console_browser;
 mod delivery_e2e;

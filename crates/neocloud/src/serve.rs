@@ -235,6 +235,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .await
         .map_err(|e| crate::admin::open_error(e, &url))
         .with_context(|| format!("opening the database {}", neocloud_store_redact(&url)))?;
+    raise_open_files_limit();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -474,5 +475,46 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+/// Open files (connections among them) a server of a large fleet needs at least: each agent
+/// keeps a connection open, and 125,000 nodes over three replicas are 42,000 each.
+const OPEN_FILES_WANTED: u64 = 65_536;
+
+/// Raises the soft limit on open files to the hard limit. The usual soft limit (1,024) is
+/// below what one replica's agents need; past it new connections are refused. Warns when
+/// even the hard limit is below [`OPEN_FILES_WANTED`].
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let (Some(soft), hard) = (lim.current, lim.maximum) else {
+        return; // already unlimited
+    };
+    let mut now = soft;
+    if hard.is_none_or(|h| h > soft) {
+        // An unlimited hard limit still has the kernel's ceiling (fs.nr_open): ask for that.
+        let target = hard.unwrap_or(1 << 20);
+        let mut want = rustix::process::Rlimit {
+            current: Some(target),
+            maximum: hard,
+        };
+        if setrlimit(Resource::Nofile, want.clone()).is_err() && hard.is_none() {
+            want.current = Some(OPEN_FILES_WANTED.max(soft));
+            let _ = setrlimit(Resource::Nofile, want);
+        }
+        now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+        if now != soft {
+            tracing::info!(from = soft, to = now, "raised the open-files limit");
+        }
+    }
+    if now < OPEN_FILES_WANTED {
+        tracing::warn!(
+            limit = now,
+            wanted = OPEN_FILES_WANTED,
+            "the open-files limit is low for a large fleet (each agent keeps a connection \
+             open); raise it (systemd: LimitNOFILE=, a shell: ulimit -Hn) before serving \
+             thousands of nodes"
+        );
     }
 }

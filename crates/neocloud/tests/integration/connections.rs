@@ -62,3 +62,75 @@ async fn an_open_connection_costs_the_server_little_memory() {
     );
     serve.stop().await;
 }
+
+/// `serve` started with a low soft limit on open files raises it to the hard limit, so a
+/// replica can hold its agents' connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_raises_its_open_files_limit() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    const BIN: &str = env!("CARGO_BIN_EXE_neocloud");
+    let data = temp_dir();
+    let hard: u64 = {
+        let o = Command::new("sh")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .unwrap();
+        let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        if s == "unlimited" {
+            u64::MAX
+        } else {
+            s.parse().unwrap()
+        }
+    };
+    if hard <= 512 {
+        eprintln!("the hard open-files limit is {hard}: nothing to raise");
+        return;
+    }
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -Sn 512 && exec \"$0\" serve --listen 127.0.0.1:0 --data-dir \"$1\"",
+            BIN,
+        ])
+        .arg(&data)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("NEOCLOUD_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(data.join("serve.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        for line in BufReader::new(out).lines() {
+            let line = line.unwrap();
+            let done = line.contains("neocloud is serving");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let row = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_string();
+    let soft: u64 = row.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert!(soft > 512, "soft limit not raised: {row}");
+    assert!(lines.iter().any(|l| l.contains("neocloud is serving")));
+    let log = std::fs::read_to_string(data.join("serve.log")).unwrap();
+    assert!(
+        log.contains("raised the open-files limit"),
+        "no log line says so: {log}"
+    );
+}

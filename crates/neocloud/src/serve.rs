@@ -499,7 +499,7 @@ fn raise_open_files_limit() {
             current: Some(target),
             maximum: hard,
         };
-        if setrlimit(Resource::Nofile, want.clone()).is_err() && hard.is_none() {
+        if setrlimit(Resource::Nofile, want).is_err() && hard.is_none() {
             want.current = Some(OPEN_FILES_WANTED.max(soft));
             let _ = setrlimit(Resource::Nofile, want);
         }

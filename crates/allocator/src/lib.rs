@@ -32,7 +32,7 @@ use neocloud_types::{
     BlockId, BlockKind, Class, ContractId, InstanceId, MigFamily, NodeId, SiteId, TenantId,
 };
 
-pub use allocator::Allocator;
+pub use allocator::{Allocator, IdHasher, IdMap};
 pub use check::{NodeSnapshot, Snapshot};
 pub use neocloud_types::{FleetPolicy, GangLevel, MigProfile, Shape};
 pub use spares::SPARE_POOL;

@@ -16,7 +16,7 @@ use std::hash::BuildHasherDefault;
 
 use neocloud_allocator::calendar::{Calendar, CapacityKey};
 use neocloud_allocator::{
-    Allocation, Allocator, NodeSpec, PlacementPolicy, Refusal, Request, Sharing, SiteSpec,
+    Allocation, Allocator, IdMap, NodeSpec, PlacementPolicy, Refusal, Request, Sharing, SiteSpec,
 };
 use neocloud_types::{
     AllocatorNode, AllocatorSite, BoardTopology, Class, Contract, ContractId, ContractState,
@@ -269,15 +269,15 @@ pub struct Scheduler {
     /// is no longer preempting with that deadline is stale and skipped when it comes due.
     notices: BTreeSet<(Timestamp, InstanceId)>,
     /// Every instance that has not ended, as it stands.
-    live: HashMap<InstanceId, Instance>,
+    live: IdMap<InstanceId, Instance>,
     sites: Vec<Site>,
     /// GPUs per node of each model (the largest node of that model).
     node_size: BTreeMap<String, u32>,
     /// The most CPU (thousandths) and memory (MiB) one node of each model has.
     node_host: BTreeMap<String, (u64, u64)>,
-    node_names: HashMap<NodeId, String>,
+    node_names: IdMap<NodeId, String>,
     /// Each node's lifecycle state and GPU count.
-    nodes: HashMap<NodeId, (NodeState, u32)>,
+    nodes: IdMap<NodeId, (NodeState, u32)>,
     /// Thousandths of GPUs held by on-demand and internal work outside pools, per (site,
     /// model): what the sellable check counts.
     sold: HashMap<(SiteId, String), u64>,
@@ -295,7 +295,7 @@ pub struct Scheduler {
     /// Delivered instances placed on each node.
     by_node: delivery::NodeIndex,
     /// What is known of each delivered instance that holds GPUs.
-    tracked: HashMap<InstanceId, delivery::Tracked>,
+    tracked: IdMap<InstanceId, delivery::Tracked>,
     /// Gangs (policy `replace`) running short of nodes after a failure, waiting for a
     /// node of their block.
     repairs: BTreeSet<InstanceId>,
@@ -304,7 +304,7 @@ pub struct Scheduler {
     quiet_repairs: repair::QuietRepairs,
     /// Each node's site and blocks by depth (pod, leaf group, NVLink domain): which waiting
     /// repairs a change of the node may concern.
-    node_blocks: HashMap<NodeId, repair::NodeBlocks>,
+    node_blocks: IdMap<NodeId, repair::NodeBlocks>,
     /// What the build had to leave as it was (a model's topology that the work already
     /// placed does not fit), for the caller to log.
     warnings: Vec<String>,
@@ -328,7 +328,7 @@ pub fn request_of(i: &Instance) -> Request {
 /// An allocation's placement as an instance shows it.
 pub fn placed_nodes(
     a: &Allocation,
-    names: &HashMap<NodeId, String>,
+    names: &IdMap<NodeId, String>,
 ) -> Vec<neocloud_types::PlacedNode> {
     a.gpus
         .iter()
@@ -569,10 +569,10 @@ impl Scheduler {
         }
         let mut node_size: BTreeMap<String, u32> = BTreeMap::new();
         let mut node_host: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        let mut node_names = HashMap::with_capacity(snap.nodes.len());
-        let mut nodes = HashMap::with_capacity(snap.nodes.len());
+        let mut node_names = IdMap::with_capacity_and_hasher(snap.nodes.len(), Default::default());
+        let mut nodes = IdMap::with_capacity_and_hasher(snap.nodes.len(), Default::default());
         let mut pools: HashMap<ContractId, BTreeSet<NodeId>> = HashMap::new();
-        let mut node_blocks = HashMap::with_capacity(snap.nodes.len());
+        let mut node_blocks = IdMap::with_capacity_and_hasher(snap.nodes.len(), Default::default());
         for n in snap.nodes {
             let id = n.id;
             node_blocks.insert(id, repair::NodeBlocks::of(&n));
@@ -624,7 +624,7 @@ impl Scheduler {
             config,
             queue: queue::Queue::default(),
             notices: BTreeSet::new(),
-            live: HashMap::with_capacity(snap.live.len()),
+            live: IdMap::with_capacity_and_hasher(snap.live.len(), Default::default()),
             sites: snap.sites,
             node_size,
             node_host,
@@ -638,7 +638,7 @@ impl Scheduler {
             pools_full: BTreeSet::new(),
             counters: Counters::default(),
             by_node: HashMap::new(),
-            tracked: HashMap::new(),
+            tracked: IdMap::default(),
             repairs: BTreeSet::new(),
             quiet_repairs: repair::QuietRepairs::default(),
             node_blocks,
@@ -839,7 +839,7 @@ impl Scheduler {
     }
 
     /// Node names by id.
-    pub fn node_names(&self) -> &HashMap<NodeId, String> {
+    pub fn node_names(&self) -> &IdMap<NodeId, String> {
         &self.node_names
     }
 

@@ -38,6 +38,8 @@ enum Op {
     Healthy(usize, u32, bool),
     Pool(usize, u8),
     PowerLimit(usize, u8),
+    /// A gang loses one of its nodes (`lose`), gains another (`gain`), or both.
+    SwapNode(usize, usize, bool, bool),
     RemoveAndAdd(usize),
 }
 
@@ -69,6 +71,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<usize>(), 0u8..3).prop_map(|(n, p)| Op::Pool(n, p)),
         1 => (0usize..2, 40u8..110).prop_map(|(s, p)| Op::PowerLimit(s, p)),
         1 => any::<usize>().prop_map(Op::RemoveAndAdd),
+        2 => (any::<usize>(), any::<usize>(), any::<bool>(), any::<bool>())
+            .prop_map(|(g, n, lose, gain)| Op::SwapNode(g, n, lose, gain)),
     ]
 }
 
@@ -478,6 +482,59 @@ impl World {
                     .sum();
                 let watts = facility_watts(peak, site.pue_milli) * i64::from(*percent) / 100;
                 self.a.set_power_limit(site.id, watts);
+            }
+            Op::SwapNode(g, n, lose, gain) => {
+                let gangs: Vec<Allocation> = self
+                    .a
+                    .allocations()
+                    .filter(|a| matches!(a.shape, Shape::Nodes { .. }))
+                    .cloned()
+                    .collect();
+                if gangs.is_empty() || !(*lose || *gain) {
+                    return;
+                }
+                let gang = &gangs[g % gangs.len()];
+                let lost = lose.then(|| gang.gpus[n % gang.gpus.len()].0);
+                let gained = gain.then(|| self.nth(*n)).filter(|node| {
+                    // Only an entirely free node: the scheduler swaps in what
+                    // `replacement_where` found.
+                    self.a
+                        .allocations()
+                        .all(|a| a.gpus.iter().all(|(x, _)| x != node))
+                });
+                if *gain && gained.is_none() {
+                    return;
+                }
+                // The long way on a copy: give the whole gang back, take it again.
+                let mut long = self.a.clone();
+                let got = self.a.swap_node(gang.id, lost, gained);
+                let mut want = gang.clone();
+                want.gpus.retain(|(x, _)| Some(*x) != lost);
+                if let Some(g) = gained {
+                    let size = self.specs[&g].gpus;
+                    want.gpus.push((g, (0..size).collect()));
+                    want.gpus.sort();
+                }
+                match got {
+                    Ok((before, after)) => {
+                        assert_eq!(&before, gang);
+                        assert_eq!(after.gpus, want.gpus);
+                        if let Some(g) = gained
+                            && gang.class != Class::Spot
+                            && long.is_spare(g)
+                        {
+                            long.set_pool(g, gang.pool).unwrap();
+                        }
+                        long.release(gang.id).unwrap();
+                        long.restore(after.clone()).unwrap();
+                        long.check_invariants().unwrap();
+                        assert_eq!(self.a.fingerprint(), long.fingerprint());
+                        assert_eq!(self.a.free_gpus(None, H100), long.free_gpus(None, H100),);
+                    }
+                    Err(_) => {
+                        assert!(want.gpus.is_empty() || self.a.allocation(gang.id) == Some(gang))
+                    }
+                }
             }
             Op::RemoveAndAdd(n) => {
                 let id = self.nth(*n);

@@ -486,16 +486,29 @@ pub(crate) fn apply_whole_many(
     } else {
         bucket.free_gpus = bucket.free_gpus.saturating_sub(gpus);
     }
+    // A gang's nodes come in slot order, where a block's nodes sit next to each other: each
+    // run of one block is re-keyed once (a block met in two runs is re-keyed twice, to the
+    // same end).
+    let mut run: Vec<NodeId> = Vec::with_capacity(nodes.len());
     for (level, index) in bucket.levels.iter_mut().enumerate() {
-        let mut groups: BTreeMap<BlockKey, Vec<NodeId>> = BTreeMap::new();
+        let mut current: Option<BlockKey> = None;
         for n in nodes {
-            if let Some(block) = n.level_key(level) {
-                groups.entry(block).or_default().push(n.id);
+            let Some(block) = n.level_key(level) else {
+                continue;
+            };
+            if current != Some(block) {
+                if let Some(c) = current {
+                    index.change_many(c, &run, add);
+                }
+                run.clear();
+                current = Some(block);
             }
+            run.push(n.id);
         }
-        for (block, ids) in groups {
-            index.change_many(block, &ids, add);
+        if let Some(c) = current {
+            index.change_many(c, &run, add);
         }
+        run.clear();
     }
     if placement == PlacementPolicy::FirstFit {
         // First-fit keeps entirely free nodes in the shape sets too.

@@ -11,6 +11,7 @@
 //! - [`AgentArgs`] and [`run`]: the command line and the daemon (module `daemon`);
 //! - [`backend::GpuBackend`]: where GPU facts come from — [`nvml`] (real GPUs) or [`sim`]
 //!   (simulated GPUs with injectable [`fault`]s);
+//! - [`relay`]: `neocloud relay`, which passes many agents' heartbeats on in one request;
 //! - [`buffer`], [`backoff`], [`client`], [`host`]: the event buffer, retry delays, the HTTP
 //!   client of the control plane, and facts about the host.
 
@@ -27,6 +28,7 @@ pub mod delivery;
 pub mod fault;
 pub mod host;
 pub mod nvml;
+pub mod relay;
 pub mod sim;
 
 pub use delivery::{PortRange, PullPolicy, RuntimeKind};
@@ -265,7 +267,7 @@ pub async fn run_until(
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

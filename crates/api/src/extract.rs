@@ -123,6 +123,16 @@ pub struct Idem {
 }
 
 impl Idem {
+    /// A request without an Idempotency-Key made of its headers and body: one heartbeat of
+    /// a relayed batch.
+    pub(crate) fn without_key(headers: HeaderMap, body: axum::body::Bytes) -> Self {
+        Idem {
+            key: Ok(None),
+            headers,
+            body,
+        }
+    }
+
     /// The key, for the service, or the 400 a malformed header gets.
     pub fn key(&self) -> Result<Option<&Idempotency>, ApiError> {
         match &self.key {

@@ -59,8 +59,10 @@ pub async fn forward_writes(State(st): State<AppState>, req: Request, next: Next
         );
     }
     // A heartbeat is answered here when it has no news (the handler passes it on itself
-    // when it has).
-    if req.method() == Method::POST && req.uri().path() == AGENT_HEARTBEAT {
+    // when it has), and so is each heartbeat of a relay's batch.
+    if req.method() == Method::POST
+        && matches!(req.uri().path(), AGENT_HEARTBEAT | AGENT_HEARTBEATS)
+    {
         return next.run(req).await;
     }
     let path = req
@@ -88,6 +90,10 @@ pub async fn forward_writes(State(st): State<AppState>, req: Request, next: Next
 
 /// The path of agents' heartbeats, which a follower answers itself unless they carry news.
 pub const AGENT_HEARTBEAT: &str = "/v1/agent/heartbeat";
+
+/// The path of relays' batches of heartbeats: each heartbeat is answered here or passed on
+/// alone, as if it had come alone.
+pub const AGENT_HEARTBEATS: &str = "/v1/agent/heartbeats";
 
 /// Passes a request to the leader unchanged and returns its answer (or the 502/503/504
 /// that says why there is none).

@@ -10,13 +10,14 @@ use neocloud_service::{
     SetXidRule, UpdateTenant, XidRule,
 };
 use neocloud_service::{
-    CreateSshKey, CreateWebhook, EventFilter, InstanceLogs, NodeFilter, WebhookCreated,
+    CreateSshKey, CreateWebhook, EventFilter, InstanceLogs, NodeFilter, Principal, WebhookCreated,
 };
 use neocloud_types::{
     AgentRegister, AgentRegistered, ApiKey, Block, Class, Contract, DesiredWorkloads, Event,
-    GpuModel, HealthEvent, Heartbeat, HeartbeatAck, ImportReport, Instance, InstanceId,
-    InstanceState, Node, NodeState, Outage, PlacedNode, Price, Quota, Site, SshKey, Tenant,
-    UsageRecord, Webhook, WebhookDelivery, WebhookDeliveryState,
+    GpuModel, HealthEvent, Heartbeat, HeartbeatAck, HeartbeatBatch, HeartbeatBatchAnswer,
+    ImportReport, Instance, InstanceId, InstanceState, Node, NodeState, Outage, PlacedNode, Price,
+    Quota, RelayedAnswer, RelayedHeartbeat, Site, SshKey, Tenant, UsageRecord, Webhook,
+    WebhookDelivery, WebhookDeliveryState,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -55,6 +56,7 @@ pub(crate) fn register(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(contract_outages))
         .routes(routes!(agent_register))
         .routes(routes!(agent_heartbeat))
+        .routes(routes!(agent_heartbeats))
         .routes(routes!(agent_workloads))
         // Fleet files of explicit node lists run to megabytes; other bodies keep the 2 MiB
         // default.
@@ -607,21 +609,27 @@ async fn agent_heartbeat(
     idem: Idem,
 ) -> ApiResult<Response> {
     allow(&p, Action::AgentHeartbeat)?;
-    neocloud_service::heartbeat_node(&p)?;
+    heartbeat_one(&st, &p, &idem).await
+}
+
+/// One heartbeat of the node `p` speaks for, however it came (alone, or in a relay's
+/// batch): answered here on a follower when it has no news, else taken by the leader.
+async fn heartbeat_one(st: &AppState, p: &Principal, idem: &Idem) -> ApiResult<Response> {
+    neocloud_service::heartbeat_node(p)?;
     let mut req: Heartbeat = idem.json()?;
     let svc = &st.svc;
     // A replica that does not lead answers a heartbeat without news itself and passes the
     // rest on to the leader (one with an Idempotency-Key too: the leader keeps the record).
     if !svc.is_leader() {
         let passed = match idem.key()? {
-            None => match svc.agent_heartbeat_here(&p, &mut req)? {
+            None => match svc.agent_heartbeat_here(p, &mut req)? {
                 neocloud_service::Heard::Here(ack) => return Ok(Json(ack).into_response()),
                 neocloud_service::Heard::Leader(passed) => Some(passed),
             },
             Some(_) => None,
         };
         let resp = crate::forward::to_leader(
-            &st,
+            st,
             axum::http::Method::POST,
             crate::forward::AGENT_HEARTBEAT,
             &idem.headers,
@@ -644,8 +652,82 @@ async fn agent_heartbeat(
     // Without the header (agents send none: their events carry sequence numbers) this is
     // the plain heartbeat, with no extra read.
     Ok(ok(svc
-        .idempotent(&p, idem.key()?, 200, svc.agent_heartbeat(&p, req))
+        .idempotent(p, idem.key()?, 200, svc.agent_heartbeat(p, req))
         .await?))
+}
+
+/// Heartbeats of many nodes in one request, as `neocloud relay` sends them (node-agent key:
+/// an enrollment key, or any node's). Each heartbeat carries its own node's key and is
+/// taken exactly as if it had come alone; its answer (status and body) stands in the same
+/// place of the answer. A heartbeat refused (bad key, bad body, unknown GPU) is refused
+/// alone: the others are taken.
+#[utoipa::path(post, path = "/v1/agent/heartbeats", tag = "agent", security(("bearer" = [])),
+    request_body = HeartbeatBatch,
+    responses((status = 200, body = HeartbeatBatchAnswer), (status = 400, body = Problem),
+        (status = 403, body = Problem)))]
+async fn agent_heartbeats(
+    State(st): State<AppState>,
+    Auth(p): Auth,
+    idem: Idem,
+) -> ApiResult<Json<HeartbeatBatchAnswer>> {
+    allow(&p, Action::AgentHeartbeat)?;
+    if idem.key()?.is_some() {
+        return Err(ApiError::invalid(
+            "a batch of heartbeats takes no Idempotency-Key: each heartbeat's events carry \
+             sequence numbers, so sending a batch again is safe",
+        ));
+    }
+    let batch: HeartbeatBatch = idem.json()?;
+    if batch.heartbeats.len() > neocloud_types::HEARTBEAT_BATCH_MAX {
+        return Err(ApiError::invalid(format!(
+            "heartbeats: {} heartbeats in one batch; at most {} are taken",
+            batch.heartbeats.len(),
+            neocloud_types::HEARTBEAT_BATCH_MAX
+        )));
+    }
+    let mut answers = Vec::with_capacity(batch.heartbeats.len());
+    for item in batch.heartbeats {
+        answers.push(relayed_one(&st, item).await);
+    }
+    Ok(Json(HeartbeatBatchAnswer { answers }))
+}
+
+/// One heartbeat of a batch, answered as it would have been alone.
+async fn relayed_one(st: &AppState, item: RelayedHeartbeat) -> RelayedAnswer {
+    let resp = match st.svc.authenticate(Some(item.key.trim())).await {
+        Err(e) => ApiError(e).into_response(),
+        Ok(p) => {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            // A heartbeat with news that a follower passes to the leader goes with its own
+            // node's key.
+            if let Ok(v) = HeaderValue::try_from(format!("Bearer {}", item.key.trim())) {
+                headers.insert(header::AUTHORIZATION, v);
+            }
+            let body = axum::body::Bytes::from(String::from(Box::<str>::from(item.heartbeat)));
+            let idem = Idem::without_key(headers, body);
+            let answered = match allow(&p, Action::AgentHeartbeat) {
+                Ok(()) => heartbeat_one(st, &p, &idem).await,
+                Err(e) => Err(e),
+            };
+            answered.unwrap_or_else(IntoResponse::into_response)
+        }
+    };
+    let status = resp.status().as_u16();
+    let bytes = axum::body::to_bytes(resp.into_body(), 16 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let body = String::from_utf8(bytes.to_vec())
+        .ok()
+        .and_then(|s| serde_json::value::RawValue::from_string(s).ok())
+        .unwrap_or_else(|| {
+            serde_json::value::to_raw_value("the answer could not be read")
+                .unwrap_or_else(|_| Box::default())
+        });
+    RelayedAnswer { status, body }
 }
 
 /// Which desired workloads the agent already has, and how long to wait for others.

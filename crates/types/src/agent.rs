@@ -296,3 +296,46 @@ pub struct HeartbeatAck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired: Option<crate::DesiredWorkloads>,
 }
+
+/// Most heartbeats one batch may carry.
+pub const HEARTBEAT_BATCH_MAX: usize = 1000;
+
+/// Heartbeats of many nodes in one request, as a relay sends them
+/// (`POST /v1/agent/heartbeats`): each is taken as if its node had sent it alone, with its
+/// own node-agent key.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatBatch {
+    /// The heartbeats, at most 1,000; answered in the same order.
+    pub heartbeats: Vec<RelayedHeartbeat>,
+}
+
+/// One node's heartbeat inside a batch.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelayedHeartbeat {
+    /// The node's own node-agent key (what its agent sent as `Authorization: Bearer`).
+    pub key: String,
+    /// The heartbeat exactly as the agent sent it (a [`Heartbeat`]); one that is not
+    /// valid is refused alone, with a 400 in its place of the answer.
+    #[schema(value_type = Heartbeat)]
+    pub heartbeat: Box<serde_json::value::RawValue>,
+}
+
+/// The answers to a batch of heartbeats, one per heartbeat, in the batch's order.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatBatchAnswer {
+    /// What each heartbeat would have been answered had it come alone.
+    pub answers: Vec<RelayedAnswer>,
+}
+
+/// The answer to one heartbeat of a batch.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RelayedAnswer {
+    /// The HTTP status it would have had (200, or the problem's status).
+    pub status: u16,
+    /// The body it would have had: a [`HeartbeatAck`] on 200, else an
+    /// `application/problem+json` object.
+    #[schema(value_type = Object)]
+    pub body: Box<serde_json::value::RawValue>,
+}

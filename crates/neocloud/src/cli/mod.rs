@@ -106,6 +106,10 @@ enum Command {
     /// Run the node agent on a GPU server: registers the node, sends heartbeats with GPU
     /// telemetry and health events (NVML, or simulated GPUs with --backend sim).
     Agent(neocloud_agent::AgentArgs),
+    /// Run a heartbeat relay for the agents of a rack or a row: it passes their heartbeats
+    /// on to the control plane in batches (one request for hundreds of nodes) and
+    /// everything else unchanged; agents point --server at it.
+    Relay(neocloud_agent::relay::RelayArgs),
 
     /// Tenants: customers and the operator's own lab.
     #[command(subcommand)]
@@ -259,6 +263,17 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .with_writer(std::io::stderr)
                 .init();
             neocloud_agent::run(args).await
+        }
+        Command::Relay(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_ansi(crate::serve::colour_on_stderr())
+                .with_writer(std::io::stderr)
+                .init();
+            neocloud_agent::relay::run(args).await
         }
         Command::Sim(cmd) => crate::sim::run(cmd, cx.json()),
         Command::Admin(cmd) => crate::admin::run(cmd, cx.json()).await,

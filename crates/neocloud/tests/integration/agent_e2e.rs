@@ -363,3 +363,153 @@ fn agents_heartbeat_fail_on_xid_79_and_deliver_buffered_events_once() {
     assert!(agent.wait().unwrap().success());
     server.stop();
 }
+
+/// A `neocloud relay` process.
+struct RelayProc {
+    child: Child,
+    addr: String,
+}
+
+impl RelayProc {
+    fn start(server: &str, key: &str, log: &Path) -> RelayProc {
+        let mut child = Command::new(BIN)
+            .args(["relay", "--listen", "127.0.0.1:0", "--server", server])
+            .args(["--key", key, "--max-wait-ms", "50"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("relay exited early").unwrap();
+            if let Some(rest) = line.strip_prefix("neocloud relay is listening on http://") {
+                break rest.trim().to_string();
+            }
+        };
+        RelayProc { child, addr }
+    }
+}
+
+impl Drop for RelayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The counters a relay logs when it stops: (heartbeats, batches, passed through).
+fn relay_counts(log: &Path) -> (u64, u64, u64) {
+    let text = std::fs::read_to_string(log).unwrap();
+    let stopped = text
+        .lines()
+        .find(|l| l.contains("relay stopped"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let count = |name: &str| -> u64 {
+        stopped
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{stopped}"))
+    };
+    (
+        count("heartbeats"),
+        count("batches"),
+        count("passed_through"),
+    )
+}
+
+/// Agents that send their heartbeats through two relays: registered through them, failed
+/// by an XID 79 a relayed heartbeat carries, and all heard from through the other relay
+/// once one stops.
+#[test]
+fn agents_heartbeat_through_relays_and_fail_over_when_one_stops() {
+    let dir = temp_dir();
+    std::fs::write(dir.join("fleet.toml"), FLEET).unwrap();
+    let server = Server::start(&dir, "127.0.0.1:0");
+    let addr = server.addr.clone();
+    let op = std::fs::read_to_string(dir.join("data/operator.key"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let enroll = cli(
+        &addr,
+        &op,
+        &["keys", "create", "--name", "enroll", "--role", "node-agent"],
+    )["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cp = format!("http://{addr}");
+    let logs = [dir.join("relay-1.log"), dir.join("relay-2.log")];
+    let mut first = RelayProc::start(&cp, &enroll, &logs[0]);
+    let mut second = RelayProc::start(&cp, &enroll, &logs[1]);
+    let relays = format!("http://{},http://{}", first.addr, second.addr);
+    let hosts = ["e-p1-l1-n1", "e-p1-l1-n2", "e-p1-l1-n3", "e-p1-l1-n4"];
+    let mut agents = Vec::new();
+    for h in hosts {
+        let agent = Command::new(BIN)
+            .args(["agent", "--key", &enroll, "--server", &relays])
+            .args(["--backend", "sim", "--hostname", h, "--sim-fault-file"])
+            .arg(dir.join(format!("faults-{h}")))
+            .args(["--runtime", "none", "--no-long-poll", "--state-dir"])
+            .arg(dir.join(format!("agent-{h}")))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        agents.push(agent);
+    }
+    let show = |h: &str| cli(&addr, &op, &["nodes", "show", h]);
+    for h in hosts {
+        wait_for(20, "telemetry through a relay", || {
+            let n = show(h);
+            (n["gpus"][7]["telemetry"]["temperature_c"].is_number() && n["state"] == "available")
+                .then_some(())
+        });
+    }
+    // News in a relayed heartbeat: GPU 3 of the second node falls off the bus.
+    write_fault(&dir.join(format!("faults-{}", hosts[1])), "xid:79:3");
+    wait_for(20, "the node to fail", || {
+        (show(hosts[1])["state"] == "failed").then_some(())
+    });
+    assert_eq!(xids(&history(&addr, &op, hosts[1]), 79), 1);
+
+    // One relay stops: every agent is heard from again, through the other.
+    sigterm(&first.child);
+    assert!(first.child.wait().unwrap().success());
+    let before: Vec<Value> = hosts
+        .iter()
+        .map(|h| show(h)["last_heartbeat_at"].clone())
+        .collect();
+    for (h, b) in hosts.iter().zip(&before) {
+        wait_for(20, "a heartbeat through the other relay", || {
+            (show(h)["last_heartbeat_at"] != *b).then_some(())
+        });
+    }
+    for h in [hosts[0], hosts[2], hosts[3]] {
+        assert_eq!(show(h)["state"], "available", "nothing falsely failed");
+    }
+    assert_eq!(xids(&history(&addr, &op, hosts[1]), 79), 1);
+    sigterm(&second.child);
+    assert!(second.child.wait().unwrap().success());
+    // What the relays say they did: every heartbeat went in a batch, registrations went
+    // through unchanged.
+    let (h1, b1, p1) = relay_counts(&logs[0]);
+    let (h2, b2, p2) = relay_counts(&logs[1]);
+    assert!(h1 + h2 >= 8, "{h1} + {h2} heartbeats");
+    assert!(
+        h2 >= 4,
+        "the second relay took every agent: {h2} heartbeats"
+    );
+    assert!(b1 <= h1 && b2 <= h2 && b1 + b2 >= 1);
+    assert!(p1 + p2 >= 4, "{p1} + {p2} passed through");
+    for a in &agents {
+        sigterm(a);
+    }
+    for mut a in agents {
+        assert!(a.wait().unwrap().success());
+    }
+    server.stop();
+}

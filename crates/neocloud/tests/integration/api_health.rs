@@ -925,3 +925,153 @@ both_backends!(
         assert_eq!(remap["gpu_uuid"], uuid(host, 5), "{remap}");
     }
 );
+
+fn xids_of(events: &[Value], code: u64) -> usize {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "xid" && e["code"] == code)
+        .count()
+}
+
+both_backends!(
+    a_batch_of_heartbeats_answers_each_as_if_it_had_come_alone,
+    |ctx: TestContext| async move {
+        let enroll = setup(&ctx).await;
+        let (a, b) = ("e-p1-l1-n1", "e-p1-l1-n2");
+        let ka = register(&ctx, &enroll, a).await;
+        let kb = register(&ctx, &enroll, b).await;
+        ctx.tenant("acme").await;
+        let (tenant_key, _) = ctx.key("tenant-admin", Some("acme")).await;
+        let item = |key: &str, hb: Value| json!({"key": key, "heartbeat": hb});
+        let batch = json!({"heartbeats": [
+            item(&ka, beat(a, vec![])),
+            // News: XID 79 fails node b.
+            item(&kb, beat(b, vec![xid(1, b, 3, 79)])),
+            item("nck_not_a_key", beat(a, vec![])),
+            item(&ka, json!({"sent_at": Timestamp::now().to_string(), "gpus": "none"})),
+            item(&ka, beat(b, vec![])),
+            item(&tenant_key, beat(a, vec![])),
+            item(&enroll, beat(a, vec![])),
+        ]});
+        // The relay's own key: the enrollment key will do.
+        let r = ctx
+            .post("/v1/agent/heartbeats", &enroll, &batch)
+            .await
+            .expect(200);
+        let answers = r["answers"].as_array().unwrap();
+        assert_eq!(answers.len(), 7, "{r}");
+        let status: Vec<u64> = answers
+            .iter()
+            .map(|x| x["status"].as_u64().unwrap())
+            .collect();
+        assert_eq!(status, [200, 200, 401, 400, 400, 403, 403], "{r}");
+        assert_eq!(answers[0]["body"]["state"], "available");
+        assert_eq!(answers[1]["body"]["state"], "failed");
+        assert_eq!(answers[1]["body"]["acked_seq"], 1);
+        // Each refusal is the problem the heartbeat alone would have got.
+        assert_eq!(answers[2]["body"]["code"], "unauthenticated");
+        assert_eq!(answers[2]["body"]["status"], 401);
+        assert!(
+            answers[3]["body"]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("gpus"),
+            "{}",
+            answers[3]
+        );
+        assert!(
+            answers[4]["body"]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("is not a GPU of node"),
+            "{}",
+            answers[4]
+        );
+        assert_eq!(answers[5]["body"]["code"], "forbidden");
+        // An enrollment key speaks for no node.
+        assert!(
+            answers[6]["body"]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("enrollment key"),
+            "{}",
+            answers[6]
+        );
+        let n = node(&ctx, b).await;
+        assert_eq!(n["state"], "failed");
+        assert!(
+            n["state_reason"].as_str().unwrap().contains("XID 79"),
+            "{n}"
+        );
+        assert_eq!(node(&ctx, a).await["state"], "available");
+        // The same batch again (a relay retrying after a lost answer) stores nothing new.
+        let events_b = health_events(&ctx, b).await;
+        assert_eq!(xids_of(&events_b, 79), 1, "{events_b:?}");
+        let again = ctx
+            .post("/v1/agent/heartbeats", &enroll, &batch)
+            .await
+            .expect(200);
+        assert_eq!(again["answers"][1]["body"]["acked_seq"], 1);
+        assert_eq!(health_events(&ctx, b).await, events_b);
+
+        // Bad batches are refused whole, and change nothing.
+        let before_a = node(&ctx, a).await["last_heartbeat_at"].clone();
+        let too_many: Vec<Value> = (0..1001).map(|_| item(&ka, beat(a, vec![]))).collect();
+        let p = ctx
+            .post(
+                "/v1/agent/heartbeats",
+                &enroll,
+                &json!({"heartbeats": too_many}),
+            )
+            .await
+            .problem(400, "invalid_request");
+        assert!(
+            p["detail"].as_str().unwrap().contains("at most 1000"),
+            "{p}"
+        );
+        ctx.post("/v1/agent/heartbeats", &tenant_key, &batch)
+            .await
+            .problem(403, "forbidden");
+        ctx.send(
+            reqwest::Method::POST,
+            "/v1/agent/heartbeats",
+            None,
+            Some(("application/json", serde_json::to_vec(&batch).unwrap())),
+            &[],
+        )
+        .await
+        .problem(401, "unauthenticated");
+        ctx.send(
+            reqwest::Method::POST,
+            "/v1/agent/heartbeats",
+            Some(&enroll),
+            Some(("application/json", serde_json::to_vec(&batch).unwrap())),
+            &[("idempotency-key", "k1")],
+        )
+        .await
+        .problem(400, "invalid_request");
+        for bad in [
+            &b"{\"heartbeats\": ["[..],
+            b"{\"heartbeats\": 3}",
+            b"{\"heartbeats\": [], \"extra\": 1}",
+            b"{\"heartbeats\": [{\"key\": 5, \"heartbeat\": {}}]}",
+        ] {
+            ctx.send(
+                reqwest::Method::POST,
+                "/v1/agent/heartbeats",
+                Some(&enroll),
+                Some(("application/json", bad.to_vec())),
+                &[],
+            )
+            .await
+            .problem(400, "invalid_request");
+        }
+        assert_eq!(node(&ctx, a).await["last_heartbeat_at"], before_a);
+        // An empty batch is answered with no answers.
+        let r = ctx
+            .post("/v1/agent/heartbeats", &enroll, &json!({"heartbeats": []}))
+            .await
+            .expect(200);
+        assert_eq!(r["answers"], json!([]));
+    }
+);

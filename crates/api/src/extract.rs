@@ -73,7 +73,10 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Q<T> {
 }
 
 /// Parses a JSON request body, requiring a JSON content type and naming what is wrong.
-pub fn json_body<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+pub fn json_body<'a, T: serde::Deserialize<'a>>(
+    headers: &HeaderMap,
+    body: &'a [u8],
+) -> Result<T, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

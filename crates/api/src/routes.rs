@@ -16,8 +16,7 @@ use neocloud_types::{
     AgentRegister, AgentRegistered, ApiKey, Block, Class, Contract, DesiredWorkloads, Event,
     GpuModel, HealthEvent, Heartbeat, HeartbeatAck, HeartbeatBatch, HeartbeatBatchAnswer,
     ImportReport, Instance, InstanceId, InstanceState, Node, NodeState, Outage, PlacedNode, Price,
-    Quota, RelayedAnswer, RelayedHeartbeat, Site, SshKey, Tenant, UsageRecord, Webhook,
-    WebhookDelivery, WebhookDeliveryState,
+    Quota, Site, SshKey, Tenant, UsageRecord, Webhook, WebhookDelivery, WebhookDeliveryState,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -669,7 +668,7 @@ async fn agent_heartbeats(
     State(st): State<AppState>,
     Auth(p): Auth,
     idem: Idem,
-) -> ApiResult<Json<HeartbeatBatchAnswer>> {
+) -> ApiResult<Response> {
     allow(&p, Action::AgentHeartbeat)?;
     if idem.key()?.is_some() {
         return Err(ApiError::invalid(
@@ -677,7 +676,9 @@ async fn agent_heartbeats(
              sequence numbers, so sending a batch again is safe",
         ));
     }
-    let batch: HeartbeatBatch = idem.json()?;
+    // Read in place: each heartbeat is a slice of the request's body, parsed once, by the
+    // handler of a single heartbeat.
+    let batch: BatchIn<'_> = crate::extract::json_body(&idem.headers, &idem.body)?;
     if batch.heartbeats.len() > neocloud_types::HEARTBEAT_BATCH_MAX {
         return Err(ApiError::invalid(format!(
             "heartbeats: {} heartbeats in one batch; at most {} are taken",
@@ -685,16 +686,61 @@ async fn agent_heartbeats(
             neocloud_types::HEARTBEAT_BATCH_MAX
         )));
     }
-    let mut answers = Vec::with_capacity(batch.heartbeats.len());
-    for item in batch.heartbeats {
-        answers.push(relayed_one(&st, item).await);
+    // The answer is written as it comes ([`HeartbeatBatchAnswer`]): each body is already JSON.
+    let mut out = Vec::with_capacity(64 + batch.heartbeats.len() * 256);
+    out.extend_from_slice(b"{\"answers\":[");
+    for (n, item) in batch.heartbeats.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        let body = idem.body.slice_ref(item.heartbeat.get().as_bytes());
+        let (status, answer) = relayed_one(&st, &item.key, body).await;
+        out.extend_from_slice(b"{\"status\":");
+        out.extend_from_slice(status.to_string().as_bytes());
+        out.extend_from_slice(b",\"body\":");
+        if answer.first() == Some(&b'{') {
+            out.extend_from_slice(&answer);
+        } else {
+            // Not an object (never from this server; a proxy's page): as a JSON string.
+            let text = serde_json::to_vec(&String::from_utf8_lossy(&answer)).unwrap_or_default();
+            out.extend_from_slice(&text);
+        }
+        out.push(b'}');
     }
-    Ok(Json(HeartbeatBatchAnswer { answers }))
+    out.extend_from_slice(b"]}");
+    let mut resp = Response::new(axum::body::Body::from(out));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
 }
 
-/// One heartbeat of a batch, answered as it would have been alone.
-async fn relayed_one(st: &AppState, item: RelayedHeartbeat) -> RelayedAnswer {
-    let resp = match st.svc.authenticate(Some(item.key.trim())).await {
+/// A batch as read: borrowed from the request's body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchIn<'a> {
+    #[serde(borrow)]
+    heartbeats: Vec<ItemIn<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemIn<'a> {
+    #[serde(borrow)]
+    key: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    heartbeat: &'a serde_json::value::RawValue,
+}
+
+/// One heartbeat of a batch, answered (status and JSON body) as it would have been alone.
+async fn relayed_one(
+    st: &AppState,
+    key: &str,
+    body: axum::body::Bytes,
+) -> (u16, axum::body::Bytes) {
+    let key = key.trim();
+    let resp = match st.svc.authenticate(Some(key)).await {
         Err(e) => ApiError(e).into_response(),
         Ok(p) => {
             let mut headers = axum::http::HeaderMap::new();
@@ -702,15 +748,17 @@ async fn relayed_one(st: &AppState, item: RelayedHeartbeat) -> RelayedAnswer {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            // A heartbeat with news that a follower passes to the leader goes with its own
-            // node's key.
-            if let Ok(v) = HeaderValue::try_from(format!("Bearer {}", item.key.trim())) {
-                headers.insert(header::AUTHORIZATION, v);
-            }
-            let body = axum::body::Bytes::from(String::from(Box::<str>::from(item.heartbeat)));
-            let idem = Idem::without_key(headers, body);
             let answered = match allow(&p, Action::AgentHeartbeat) {
-                Ok(()) => heartbeat_one(st, &p, &idem).await,
+                Ok(()) => {
+                    // A heartbeat with news that a follower passes to the leader goes with
+                    // its own node's key.
+                    if !st.svc.is_leader()
+                        && let Ok(v) = HeaderValue::try_from(format!("Bearer {key}"))
+                    {
+                        headers.insert(header::AUTHORIZATION, v);
+                    }
+                    heartbeat_one(st, &p, &Idem::without_key(headers, body)).await
+                }
                 Err(e) => Err(e),
             };
             answered.unwrap_or_else(IntoResponse::into_response)
@@ -720,14 +768,7 @@ async fn relayed_one(st: &AppState, item: RelayedHeartbeat) -> RelayedAnswer {
     let bytes = axum::body::to_bytes(resp.into_body(), 16 * 1024 * 1024)
         .await
         .unwrap_or_default();
-    let body = String::from_utf8(bytes.to_vec())
-        .ok()
-        .and_then(|s| serde_json::value::RawValue::from_string(s).ok())
-        .unwrap_or_else(|| {
-            serde_json::value::to_raw_value("the answer could not be read")
-                .unwrap_or_else(|_| Box::default())
-        });
-    RelayedAnswer { status, body }
+    (status, bytes)
 }
 
 /// Which desired workloads the agent already has, and how long to wait for others.

@@ -100,7 +100,7 @@ pub struct Heartbeat {
     /// `remap_pending`, 2 for `remap_failed` and 4 for `thermal_slowdown`. About a sixth
     /// of the bytes of `gpus`, with no UUIDs to parse and compare.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub gpu_rows: Vec<Vec<i64>>,
+    pub gpu_rows: Vec<GpuRow>,
     /// Health events not yet acknowledged, oldest first.
     #[serde(default)]
     pub events: Vec<AgentEvent>,
@@ -161,9 +161,9 @@ impl GpuSample {
     /// This sample as a compact row ([`Heartbeat::gpu_rows`]) of the GPU at `index`.
     /// Counters beyond `i64::MAX` (never seen: the control plane refuses more than 10^12)
     /// are capped there.
-    pub fn row(&self, index: u32) -> Vec<i64> {
+    pub fn row(&self, index: u32) -> GpuRow {
         let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        vec![
+        GpuRow([
             i64::from(index),
             i64::from(self.temperature_c),
             i64::from(self.power_watts),
@@ -184,15 +184,82 @@ impl GpuSample {
             } else {
                 0
             },
-        ]
+        ])
     }
 }
+
+/// One GPU's telemetry as a compact row of [`Heartbeat::gpu_rows`]: eight integers,
+/// `[index, temperature_c, power_watts, utilization_pct, memory_used_mib, ecc_corrected,
+/// ecc_uncorrected, flags]`. Read without an allocation; a row of another length is
+/// refused as it is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpuRow(pub [i64; 8]);
+
+/// What a row holds, for errors.
+const ROW_EXPECTED: &str = "a row of 8 integers: index, temperature_c, power_watts, \
+     utilization_pct, memory_used_mib, ecc_corrected, ecc_uncorrected, flags";
+
+impl std::ops::Deref for GpuRow {
+    type Target = [i64; 8];
+    fn deref(&self) -> &[i64; 8] {
+        &self.0
+    }
+}
+
+impl Serialize for GpuRow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for GpuRow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Row;
+        impl<'de> serde::de::Visitor<'de> for Row {
+            type Value = GpuRow;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(ROW_EXPECTED)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<GpuRow, A::Error> {
+                let mut row = [0i64; 8];
+                for (i, v) in row.iter_mut().enumerate() {
+                    *v = seq
+                        .next_element()?
+                        .ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+                }
+                if seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(serde::de::Error::invalid_length(9, &self));
+                }
+                Ok(GpuRow(row))
+            }
+        }
+        d.deserialize_seq(Row)
+    }
+}
+
+impl utoipa::PartialSchema for GpuRow {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ArrayBuilder::new()
+            .items(utoipa::openapi::ObjectBuilder::new().schema_type(
+                utoipa::openapi::schema::SchemaType::Type(utoipa::openapi::schema::Type::Integer),
+            ))
+            .min_items(Some(8))
+            .max_items(Some(8))
+            .description(Some(ROW_EXPECTED))
+            .into()
+    }
+}
+
+impl ToSchema for GpuRow {}
 
 impl Heartbeat {
     /// Moves `gpus` into the compact `gpu_rows`, each GPU at its index in `inventory` (what
     /// the agent registered). Leaves them as they are when one is not in the inventory.
     pub fn compact(&mut self, inventory: &[GpuInventory]) {
-        let rows: Option<Vec<Vec<i64>>> = self
+        let rows: Option<Vec<GpuRow>> = self
             .gpus
             .iter()
             .map(|s| {

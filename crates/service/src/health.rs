@@ -30,8 +30,8 @@ use std::collections::HashMap;
 use neocloud_store::{NewEvent, Store};
 use neocloud_types::{
     AgentEvent, AgentEventKind, AgentRegister, AgentRegistered, ApiKey, ApiKeyId, BurnInRequest,
-    GpuHealth, GpuSample, HealthEvent, Heartbeat, HeartbeatAck, Node, NodeId, NodeState, Outage,
-    ROW_REMAP_FAILED, ROW_REMAP_PENDING, ROW_THERMAL_SLOWDOWN, Role, Timestamp,
+    GpuHealth, GpuRow, GpuSample, HealthEvent, Heartbeat, HeartbeatAck, Node, NodeId, NodeState,
+    Outage, Role, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -631,7 +631,6 @@ fn expand_rows(hb: &mut Heartbeat, uuids: &[Option<String>]) -> std::result::Res
     let mut gpus = Vec::with_capacity(hb.gpu_rows.len());
     for (i, r) in hb.gpu_rows.iter().enumerate() {
         // In range: checked by `validate_rows`.
-        let num = |v: i64| u64::try_from(v).unwrap_or(0);
         let Some(uuid) = usize::try_from(r[0])
             .ok()
             .and_then(|x| uuids.get(x))
@@ -639,22 +638,28 @@ fn expand_rows(hb: &mut Heartbeat, uuids: &[Option<String>]) -> std::result::Res
         else {
             return Err(i);
         };
-        gpus.push(GpuSample {
-            uuid,
-            temperature_c: i32::try_from(r[1]).unwrap_or(0),
-            power_watts: u32::try_from(r[2]).unwrap_or(0),
-            utilization_pct: u32::try_from(r[3]).unwrap_or(0),
-            memory_used_mib: num(r[4]),
-            ecc_corrected: num(r[5]),
-            ecc_uncorrected: num(r[6]),
-            remap_pending: r[7] & ROW_REMAP_PENDING != 0,
-            remap_failed: r[7] & ROW_REMAP_FAILED != 0,
-            thermal_slowdown: r[7] & ROW_THERMAL_SLOWDOWN != 0,
-        });
+        gpus.push(r.sample(uuid));
     }
     hb.gpus = gpus;
     hb.gpu_rows = Vec::new();
     Ok(())
+}
+
+/// Telemetry as flushed to the database: compact rows of the node's GPUs by index, or
+/// (as older versions wrote it) full samples.
+fn stored_samples(json: &str, node: &Node) -> Option<Vec<GpuSample>> {
+    if let Ok(rows) = serde_json::from_str::<Vec<GpuRow>>(json) {
+        let gpus = node.gpus.as_ref()?;
+        return Some(
+            rows.iter()
+                .filter_map(|r| {
+                    let g = gpus.iter().find(|g| i64::from(g.index) == r[0])?;
+                    Some(r.sample(g.uuid.clone()?))
+                })
+                .collect(),
+        );
+    }
+    serde_json::from_str(json).ok()
 }
 
 /// Longest absence an agent may announce, seconds (the control plane waits at most its
@@ -2194,7 +2199,7 @@ impl Service {
         };
         let samples = match elsewhere {
             true => match self.store.node_telemetry(node.id).await? {
-                Some(json) => serde_json::from_str(&json).unwrap_or(samples),
+                Some(json) => stored_samples(&json, node).unwrap_or(samples),
                 None => samples,
             },
             false => samples,
@@ -2412,27 +2417,31 @@ impl Service {
             }
             *last = now;
         }
-        let rows: Vec<(NodeId, Timestamp, Vec<GpuSample>)> = {
+        // Stored as compact rows (a sixth of the bytes of the samples), each GPU by its
+        // registered index; a sample of a GPU not registered keeps the full form.
+        let rows: Vec<(NodeId, Timestamp, String)> = {
             let mut live = lock(&self.health.live);
             live.iter_mut()
                 .filter(|(_, l)| l.dirty)
                 .map(|(id, l)| {
                     l.dirty = false;
-                    (*id, l.last_seen, l.samples.clone())
+                    let compact: Option<Vec<GpuRow>> = l
+                        .samples
+                        .iter()
+                        .map(|s| {
+                            let i = l.uuids.iter().position(|u| u.as_ref() == Some(&s.uuid))?;
+                            Some(s.row(u32::try_from(i).ok()?))
+                        })
+                        .collect();
+                    let json = match compact {
+                        Some(rows) => serde_json::to_string(&rows),
+                        None => serde_json::to_string(&l.samples),
+                    };
+                    (*id, l.last_seen, json.unwrap_or_else(|_| "[]".into()))
                 })
                 .collect()
         };
-        for chunk in rows.chunks(500) {
-            let batch: Vec<(NodeId, Timestamp, String)> = chunk
-                .iter()
-                .map(|(id, at, s)| {
-                    (
-                        *id,
-                        *at,
-                        serde_json::to_string(s).unwrap_or_else(|_| "[]".into()),
-                    )
-                })
-                .collect();
+        for batch in rows.chunks(500) {
             // Any replica writes the telemetry of the agents it hears (the leader decides
             // nothing with it).
             let mut tx = self.store.begin_write_unfenced().await?;

@@ -199,6 +199,27 @@ pub struct GpuRow(pub [i64; 8]);
 const ROW_EXPECTED: &str = "a row of 8 integers: index, temperature_c, power_watts, \
      utilization_pct, memory_used_mib, ecc_corrected, ecc_uncorrected, flags";
 
+impl GpuRow {
+    /// The sample this row holds, of the GPU `uuid` (the one registered at the row's
+    /// index). Values out of their range (checked where rows are taken in) read as 0.
+    pub fn sample(&self, uuid: String) -> GpuSample {
+        let r = &self.0;
+        let num = |v: i64| u64::try_from(v).unwrap_or(0);
+        GpuSample {
+            uuid,
+            temperature_c: i32::try_from(r[1]).unwrap_or(0),
+            power_watts: u32::try_from(r[2]).unwrap_or(0),
+            utilization_pct: u32::try_from(r[3]).unwrap_or(0),
+            memory_used_mib: num(r[4]),
+            ecc_corrected: num(r[5]),
+            ecc_uncorrected: num(r[6]),
+            remap_pending: r[7] & ROW_REMAP_PENDING != 0,
+            remap_failed: r[7] & ROW_REMAP_FAILED != 0,
+            thermal_slowdown: r[7] & ROW_THERMAL_SLOWDOWN != 0,
+        }
+    }
+}
+
 impl std::ops::Deref for GpuRow {
     type Target = [i64; 8];
     fn deref(&self) -> &[i64; 8] {

@@ -2445,7 +2445,7 @@ impl Service {
             // Any replica writes the telemetry of the agents it hears (the leader decides
             // nothing with it).
             let mut tx = self.store.begin_write_unfenced().await?;
-            Store::node_telemetry_flush(&mut tx, &batch).await?;
+            Store::node_telemetry_flush(&mut tx, batch).await?;
             tx.commit().await?;
         }
         if self.is_leader() {

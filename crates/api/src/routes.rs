@@ -659,9 +659,10 @@ async fn heartbeat_one(st: &AppState, p: &Principal, idem: &Idem) -> ApiResult<R
 /// an enrollment key, or any node's). Each heartbeat carries its own node's key and is
 /// taken exactly as if it had come alone; its answer (status and body) stands in the same
 /// place of the answer. A heartbeat refused (bad key, bad body, unknown GPU) is refused
-/// alone: the others are taken.
+/// alone: the others are taken. With an Idempotency-Key the whole answer is kept and
+/// replayed (agents' events carry sequence numbers, so a resent batch is safe without one).
 #[utoipa::path(post, path = "/v1/agent/heartbeats", tag = "agent", security(("bearer" = [])),
-    request_body = HeartbeatBatch,
+    request_body = HeartbeatBatch, params(IdempotencyKey),
     responses((status = 200, body = HeartbeatBatchAnswer), (status = 400, body = Problem),
         (status = 403, body = Problem)))]
 async fn agent_heartbeats(
@@ -670,11 +671,17 @@ async fn agent_heartbeats(
     idem: Idem,
 ) -> ApiResult<Response> {
     allow(&p, Action::AgentHeartbeat)?;
-    if idem.key()?.is_some() {
-        return Err(ApiError::invalid(
-            "a batch of heartbeats takes no Idempotency-Key: each heartbeat's events carry \
-             sequence numbers, so sending a batch again is safe",
-        ));
+    // With an Idempotency-Key the leader keeps the record, as for a single heartbeat.
+    if idem.key()?.is_some() && !st.svc.is_leader() {
+        return Ok(crate::forward::to_leader(
+            &st,
+            axum::http::Method::POST,
+            crate::forward::AGENT_HEARTBEATS,
+            &idem.headers,
+            None,
+            idem.body.clone(),
+        )
+        .await);
     }
     // Read in place: each heartbeat is a slice of the request's body, parsed once, by the
     // handler of a single heartbeat.
@@ -686,15 +693,36 @@ async fn agent_heartbeats(
             neocloud_types::HEARTBEAT_BATCH_MAX
         )));
     }
-    // The answer is written as it comes ([`HeartbeatBatchAnswer`]): each body is already JSON.
+    if let Some(key) = idem.key()? {
+        let svc = &st.svc;
+        let answer = async {
+            let bytes = batch_answer(&st, &batch, &idem.body).await;
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .map_err(|e| neocloud_service::Error::internal(e.to_string()))
+        };
+        return Ok(ok(svc.idempotent(&p, Some(key), 200, answer).await?));
+    }
+    let mut resp = Response::new(axum::body::Body::from(
+        batch_answer(&st, &batch, &idem.body).await,
+    ));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+/// The answers to a batch ([`HeartbeatBatchAnswer`]), written as they come: each body is
+/// already JSON.
+async fn batch_answer(st: &AppState, batch: &BatchIn<'_>, body: &axum::body::Bytes) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + batch.heartbeats.len() * 256);
     out.extend_from_slice(b"{\"answers\":[");
     for (n, item) in batch.heartbeats.iter().enumerate() {
         if n > 0 {
             out.push(b',');
         }
-        let body = idem.body.slice_ref(item.heartbeat.get().as_bytes());
-        let (status, answer) = relayed_one(&st, &item.key, body).await;
+        let one = body.slice_ref(item.heartbeat.get().as_bytes());
+        let (status, answer) = relayed_one(st, &item.key, one).await;
         out.extend_from_slice(b"{\"status\":");
         out.extend_from_slice(status.to_string().as_bytes());
         out.extend_from_slice(b",\"body\":");
@@ -708,12 +736,7 @@ async fn agent_heartbeats(
         out.push(b'}');
     }
     out.extend_from_slice(b"]}");
-    let mut resp = Response::new(axum::body::Body::from(out));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
+    out
 }
 
 /// A batch as read: borrowed from the request's body.

@@ -1041,15 +1041,6 @@ both_backends!(
         )
         .await
         .problem(401, "unauthenticated");
-        ctx.send(
-            reqwest::Method::POST,
-            "/v1/agent/heartbeats",
-            Some(&enroll),
-            Some(("application/json", serde_json::to_vec(&batch).unwrap())),
-            &[("idempotency-key", "k1")],
-        )
-        .await
-        .problem(400, "invalid_request");
         for bad in [
             &b"{\"heartbeats\": ["[..],
             b"{\"heartbeats\": 3}",

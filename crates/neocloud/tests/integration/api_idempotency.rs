@@ -640,6 +640,20 @@ both_backends!(
             .other_body(beat("e-p1-l1-n1", vec![]))
         )
         .await;
+        let batch = |b: Value| json!({"heartbeats": [{"key": node_key, "heartbeat": b}]});
+        run!(
+            case(
+                M::POST,
+                "/v1/agent/heartbeats",
+                "/v1/agent/heartbeats",
+                &node_key,
+                Some(batch(beat("e-p1-l1-n1", vec![]))),
+                200,
+                None
+            )
+            .other_body(batch(beat("e-p1-l1-n1", vec![])))
+        )
+        .await;
 
         let start = Timestamp::now().plus_seconds(3600);
         let window = |reason: &str| {

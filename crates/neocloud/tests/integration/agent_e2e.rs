@@ -513,3 +513,52 @@ fn agents_heartbeat_through_relays_and_fail_over_when_one_stops() {
     }
     server.stop();
 }
+
+/// A relay started with bad options says what is wrong and exits non-zero.
+#[test]
+fn a_relay_with_bad_options_says_why_and_exits() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--server", "ftp://cp.internal", "--key", "k"],
+            "not an http:// or https:// URL",
+        ),
+        (
+            &["--server", " , ", "--key", "k"],
+            "give the control plane's URL",
+        ),
+        (
+            &[
+                "--server",
+                "http://cp.internal",
+                "--key",
+                "k",
+                "--max-batch",
+                "0",
+            ],
+            "--max-batch",
+        ),
+        (
+            &[
+                "--server",
+                "http://cp.internal",
+                "--key",
+                "k",
+                "--max-wait-ms",
+                "5000",
+            ],
+            "--max-wait-ms",
+        ),
+    ];
+    for (args, says) in cases {
+        let o = Command::new(BIN)
+            .args(["relay", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("NEOCLOUD_RELAY_SERVER")
+            .env_remove("NEOCLOUD_RELAY_KEY")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

@@ -2228,43 +2228,37 @@ impl Service {
             lock(&self.health.blind_until).is_some_and(|until| std::time::Instant::now() < until);
         let limit = i64::from(self.health.interval_secs) * i64::from(self.health.missed);
         let grace = self.health.grace_secs;
+        // One pass over the agents (125,000 of them on a large fleet, twice a second).
         let (silent, gone, stale) = {
             let live = lock(&self.health.live);
-            // Blind: nobody is silent this tick.
-            let watched = |l: &&Live| {
-                !blind && !matches!(l.state, NodeState::Failed | NodeState::Maintenance)
-            };
-            // Silent past the grace period: failed.
-            let silent: Vec<(NodeId, Timestamp)> = live
-                .iter()
-                .filter(|(_, l)| watched(l) && l.last_seen.plus_seconds(grace) < now)
-                .map(|(id, l)| (*id, l.last_seen))
-                .collect();
-            // Silent past the missed-heartbeat limit (and past the time an agent that left
-            // said it would be back): unreachable.
-            let gone: Vec<(NodeId, Timestamp, Option<String>)> = live
-                .iter()
-                .filter(|(_, l)| {
-                    watched(l)
-                        && l.state != NodeState::Unreachable
+            let mut silent: Vec<(NodeId, Timestamp)> = Vec::new();
+            let mut gone: Vec<(NodeId, Timestamp, Option<String>)> = Vec::new();
+            let mut stale: Vec<NodeId> = Vec::new();
+            for (id, l) in live.iter() {
+                // Blind: nobody is silent this tick.
+                let watched =
+                    !blind && !matches!(l.state, NodeState::Failed | NodeState::Maintenance);
+                if watched {
+                    if l.last_seen.plus_seconds(grace) < now {
+                        // Silent past the grace period: failed.
+                        silent.push((*id, l.last_seen));
+                    } else if l.state != NodeState::Unreachable
                         && l.last_seen.plus_seconds(limit) < now
-                        && l.last_seen.plus_seconds(grace) >= now
                         && l.away.as_ref().is_none_or(|(until, _)| *until < now)
-                })
-                .map(|(id, l)| (*id, l.last_seen, l.away.as_ref().map(|(_, r)| r.clone())))
-                .collect();
-            let stale: Vec<NodeId> = if self.health.reverify_secs > 0 {
-                live.iter()
-                    .filter(|(_, l)| {
-                        l.state == NodeState::Available
-                            && l.burn_in_passed_at
-                                .is_some_and(|t| t.plus_seconds(self.health.reverify_secs) < now)
-                    })
-                    .map(|(id, _)| *id)
-                    .collect()
-            } else {
-                Vec::new()
-            };
+                    {
+                        // Silent past the missed-heartbeat limit (and past the time an
+                        // agent that left said it would be back): unreachable.
+                        gone.push((*id, l.last_seen, l.away.as_ref().map(|(_, r)| r.clone())));
+                    }
+                }
+                if self.health.reverify_secs > 0
+                    && l.state == NodeState::Available
+                    && l.burn_in_passed_at
+                        .is_some_and(|t| t.plus_seconds(self.health.reverify_secs) < now)
+                {
+                    stale.push(*id);
+                }
+            }
             (silent, gone, stale)
         };
         for (node, last) in silent {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use neocloud_types::{HEARTBEAT_BATCH_MAX, HeartbeatBatch, HeartbeatBatchAnswer, RelayedHeartbeat};
 use serde_json::value::RawValue;
@@ -227,12 +227,9 @@ async fn heartbeat(State(relay): State<Arc<Relay>>, req: Request) -> Response {
         .map(|k| k.trim().to_string());
     let alone = key.is_none() || req.headers().contains_key("idempotency-key");
     let (parts, body) = req.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, 16 * 1024 * 1024).await else {
-        return respond(problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the heartbeat is too large",
-        ));
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let parsed = std::str::from_utf8(&body)
         .ok()
@@ -407,30 +404,26 @@ async fn post_batch(relay: &Relay, body: Vec<u8>) -> Result<HeartbeatBatchAnswer
     Err(last)
 }
 
-fn hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "host"
-            | "content-length"
-    )
+/// A request's body, up to what the control plane itself takes (fleet files are the
+/// largest); a larger one is answered 413 here.
+async fn read_body(body: Body) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, 64 * 1024 * 1024)
+        .await
+        .map_err(|_| {
+            respond(problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is too large",
+            ))
+        })
 }
 
 /// Anything but a batched heartbeat: passed to the control plane unchanged.
 async fn pass_through(State(relay): State<Arc<Relay>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, 64 * 1024 * 1024).await else {
-        return respond(problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the request body is too large",
-        ));
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     forward(&relay, parts.method, &parts.uri, &parts.headers, body).await
 }
@@ -455,7 +448,7 @@ async fn forward(
             .request(method.clone(), format!("{server}{target}"))
             .body(body.clone());
         for (name, value) in headers {
-            if !hop_by_hop(name) {
+            if !neocloud_types::hop_by_hop_header(name.as_str()) {
                 out = out.header(name, value);
             }
         }
@@ -481,7 +474,7 @@ async fn forward(
             StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
         let mut out_headers = HeaderMap::new();
         for (name, value) in resp.headers() {
-            if !hop_by_hop(name) {
+            if !neocloud_types::hop_by_hop_header(name.as_str()) {
                 out_headers.append(name.clone(), value.clone());
             }
         }

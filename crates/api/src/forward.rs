@@ -9,7 +9,7 @@
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -20,21 +20,6 @@ pub const FORWARDED: &str = "x-neocloud-forwarded";
 
 /// Largest body forwarded (fleet files are the largest requests).
 const MAX_BODY: usize = 64 * 1024 * 1024;
-
-fn hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "host"
-            | "content-length"
-    )
-}
 
 fn unavailable(message: String) -> Response {
     let mut r = crate::ApiError(neocloud_service::Error::new(
@@ -113,7 +98,7 @@ pub async fn to_leader(
     let url = format!("{}{path}", leader.trim_end_matches('/'));
     let mut out = st.http.request(method, &url).body(body);
     for (name, value) in headers {
-        if !hop_by_hop(name) {
+        if !neocloud_types::hop_by_hop_header(name.as_str()) {
             out = out.header(name, value);
         }
     }
@@ -145,7 +130,7 @@ pub async fn to_leader(
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut headers = axum::http::HeaderMap::new();
     for (name, value) in resp.headers() {
-        if !hop_by_hop(name) {
+        if !neocloud_types::hop_by_hop_header(name.as_str()) {
             headers.append(name.clone(), value.clone());
         }
     }

@@ -32,3 +32,21 @@ pub use placement::*;
 pub use tenancy::*;
 pub use time::Timestamp;
 pub use webhook::*;
+
+/// Whether a header (lower-case name) belongs to one HTTP connection and is not passed on
+/// by a replica forwarding a write or by a relay: the hop-by-hop headers of RFC 9110, plus
+/// `host` and `content-length`, which the next hop sets itself.
+pub fn hop_by_hop_header(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}

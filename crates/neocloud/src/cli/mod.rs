@@ -248,31 +248,29 @@ impl Cli {
     }
 }
 
+/// Logs of a long-running daemon (the agent, the relay) to stderr, `info` unless RUST_LOG
+/// says otherwise.
+fn daemon_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(crate::serve::colour_on_stderr())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
     let cx = Cx::new(&cli.global);
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Agent(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_ansi(crate::serve::colour_on_stderr())
-                .with_writer(std::io::stderr)
-                .init();
+            daemon_logs();
             neocloud_agent::run(args).await
         }
         Command::Relay(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_ansi(crate::serve::colour_on_stderr())
-                .with_writer(std::io::stderr)
-                .init();
+            daemon_logs();
             neocloud_agent::relay::run(args).await
         }
         Command::Sim(cmd) => crate::sim::run(cmd, cx.json()),

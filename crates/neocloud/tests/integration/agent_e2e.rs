@@ -95,6 +95,26 @@ fn cli(addr: &str, key: &str, args: &[&str]) -> Value {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
+/// The operator key `serve` wrote in its data directory.
+fn operator_key(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("data/operator.key"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// A new enrollment key (node-agent, bound to no node).
+fn enrollment_key(addr: &str, op: &str) -> String {
+    cli(
+        addr,
+        op,
+        &["keys", "create", "--name", "enroll", "--role", "node-agent"],
+    )["secret"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// Polls `f` every 100 ms until it returns Some, or panics after `secs`.
 fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -133,10 +153,7 @@ fn agents_heartbeat_fail_on_xid_79_and_deliver_buffered_events_once() {
     std::fs::write(dir.join("fleet.toml"), FLEET).unwrap();
     let server = Server::start(&dir, "127.0.0.1:0");
     let addr = server.addr.clone();
-    let op = std::fs::read_to_string(dir.join("data/operator.key"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let op = operator_key(&dir);
 
     // A tenant leases two nodes and runs reserved work on one of them.
     cli(&addr, &op, &["tenants", "create", "acme"]);
@@ -196,14 +213,7 @@ fn agents_heartbeat_fail_on_xid_79_and_deliver_buffered_events_once() {
     let host = inst["placement"][0]["node"].as_str().unwrap().to_string();
 
     // The agent on that node enrolls with an enrollment key and starts heartbeating.
-    let enroll = cli(
-        &addr,
-        &op,
-        &["keys", "create", "--name", "enroll", "--role", "node-agent"],
-    )["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let enroll = enrollment_key(&addr, &op);
     let faults = dir.join("faults");
     let mut agent = Command::new(BIN)
         .args([
@@ -428,18 +438,8 @@ fn agents_heartbeat_through_relays_and_fail_over_when_one_stops() {
     std::fs::write(dir.join("fleet.toml"), FLEET).unwrap();
     let server = Server::start(&dir, "127.0.0.1:0");
     let addr = server.addr.clone();
-    let op = std::fs::read_to_string(dir.join("data/operator.key"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let enroll = cli(
-        &addr,
-        &op,
-        &["keys", "create", "--name", "enroll", "--role", "node-agent"],
-    )["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let op = operator_key(&dir);
+    let enroll = enrollment_key(&addr, &op);
     let cp = format!("http://{addr}");
     let logs = [dir.join("relay-1.log"), dir.join("relay-2.log")];
     let mut first = RelayProc::start(&cp, &enroll, &logs[0]);

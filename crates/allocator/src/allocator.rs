@@ -16,7 +16,9 @@ use neocloud_types::{
     BlockId, BoardTopology, Class, ContractId, FleetPolicy, InstanceId, NodeId, Shape, SiteId,
 };
 
-use crate::index::{Bucket, PartialKey, ScopeKey, Scopes, Tier, apply, apply_whole_many};
+use crate::index::{
+    Bucket, PartialKey, ScopeKey, Scopes, Tier, apply, apply_held_many, apply_whole_many,
+};
 use crate::node::{
     BlockKey, Load, Node, SHAPES, choose_group, depth_of, facility_watts, full_mask, indexes_of,
     is_valid_group, level_index, mask_of,
@@ -320,6 +322,8 @@ impl Allocator {
             unhealthy: 0,
             used: 0,
             allocs: Vec::new(),
+            classes: [0; 4],
+            share: 0,
             cpu_milli: n.cpu_milli,
             mem_mib: n.memory_mib,
             cpu_used: 0,
@@ -338,7 +342,14 @@ impl Allocator {
         if let Some(site) = self.sites.get_mut(&n.site) {
             site.load.idle += i64::from(node.idle_watts);
         }
-        apply(&mut self.scopes, &node, true, true, self.placement);
+        apply(
+            &mut self.scopes,
+            &node,
+            true,
+            true,
+            self.placement,
+            self.policy,
+        );
         for (depth, b) in blocks.iter().enumerate() {
             if let Some(b) = *b {
                 self.members
@@ -425,7 +436,14 @@ impl Allocator {
                 node.allocs.len()
             ));
         }
-        apply(&mut self.scopes, node, false, true, self.placement);
+        apply(
+            &mut self.scopes,
+            node,
+            false,
+            true,
+            self.placement,
+            self.policy,
+        );
         if let Some(site) = self.sites.get_mut(&node.site) {
             site.load.idle -= i64::from(node.idle_watts);
         }
@@ -499,6 +517,7 @@ impl Allocator {
             false,
             member,
             self.placement,
+            self.policy,
         );
         f(&mut self.nodes[slot]);
         self.spare_block_changed(slot);
@@ -508,6 +527,7 @@ impl Allocator {
             true,
             member,
             self.placement,
+            self.policy,
         );
     }
 
@@ -1036,15 +1056,20 @@ impl Allocator {
         };
         let nodes: Vec<&Node> = picks.iter().map(|&(slot, _)| &self.nodes[slot]).collect();
         apply_whole_many(&mut self.scopes, &key, &nodes, false, self.placement);
+        let share = crate::node::plan_share(a);
         let mut busy = 0;
         for &(slot, mask) in picks {
             let n = &mut self.nodes[slot];
             n.used |= mask;
             n.allocs.push((id, tenant));
+            n.classes[crate::node::class_index(a.class)] += 1;
+            n.share += share;
             n.cpu_used = n.cpu_milli;
             n.mem_used = n.mem_mib;
             busy += n.span_watts() * i64::from(mask.count_ones());
         }
+        let nodes: Vec<&Node> = picks.iter().map(|&(slot, _)| &self.nodes[slot]).collect();
+        apply_held_many(&mut self.scopes, &key, &nodes, true, self.policy);
         if let Some(site) = self.sites.get_mut(&key.site) {
             site.load.add(key.gpus, busy);
         }
@@ -1097,11 +1122,15 @@ impl Allocator {
         };
         let count = u32::try_from(picks.len()).unwrap_or(u32::MAX);
         self.scopes.alloc_ref(&key, a.class, a.id, false, count);
+        let nodes: Vec<&Node> = picks.iter().map(|&(slot, _)| &self.nodes[slot]).collect();
+        apply_held_many(&mut self.scopes, &key, &nodes, false, self.policy);
         let mut busy = 0;
         for &(slot, mask) in &picks {
             let n = &mut self.nodes[slot];
             n.used &= !mask;
             n.allocs.clear();
+            n.classes = [0; 4];
+            n.share = 0;
             n.cpu_used = 0;
             n.mem_used = 0;
             busy += n.span_watts() * i64::from(mask.count_ones());

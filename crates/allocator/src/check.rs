@@ -248,6 +248,22 @@ impl Allocator {
             if n.allocs != held[slot] {
                 return Err(format!("node {}: allocation list is stale", n.id));
             }
+            let mut classes = [0u16; 4];
+            let mut share = 0;
+            for (inst, _) in &n.allocs {
+                if let Some(a) = self.allocations.get(inst) {
+                    classes[crate::node::class_index(a.class)] += 1;
+                    share += crate::node::plan_share(a);
+                }
+            }
+            if (n.classes, n.share) != (classes, share) {
+                return Err(format!(
+                    "node {}: counts work by class and share as {:?}, its allocations say {:?}",
+                    n.id,
+                    (n.classes, n.share),
+                    (classes, share)
+                ));
+            }
             if !n.shareable && n.allocs.iter().any(|&(_, t)| Some(t) != n.owner()) {
                 return Err(format!(
                     "node {} is not shareable but holds work of two tenants (invariant 4)",
@@ -257,7 +273,7 @@ impl Allocator {
         }
         let mut fresh = Scopes::default();
         for n in &self.nodes {
-            apply(&mut fresh, n, true, true, self.placement);
+            apply(&mut fresh, n, true, true, self.placement, self.policy);
         }
         for a in self.allocations() {
             for (node, _) in &a.gpus {

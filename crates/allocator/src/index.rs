@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use neocloud_types::{Class, ContractId, InstanceId, NodeId, SiteId, TenantId};
+use neocloud_types::{Class, ContractId, FleetPolicy, InstanceId, NodeId, SiteId, TenantId};
 
 use crate::PlacementPolicy;
 use crate::allocator::IdMap;
@@ -146,6 +146,10 @@ pub(crate) struct Bucket {
     /// Allocations holding GPUs in this scope, with how many of their nodes are here: the
     /// candidates for preemption. Hashed: preemption orders what it takes from here.
     pub allocs: IdMap<(Class, InstanceId), u32>,
+    /// Per level, per block: its schedulable, healthy nodes that hold work, counted by the
+    /// highest priority of that work (see [`Node::top_priority`]). A gang's preemption plan
+    /// reads here which blocks could free enough nodes before it looks at any victim.
+    pub held: [BTreeMap<BlockKey, [Held; 4]>; LEVELS],
     /// Schedulable nodes that take slices or CPU-only work (every node, under the
     /// fragmentation policy), grouped by identical free state.
     /// Hashed: only looked up; decisions walk the ordered sets below.
@@ -166,6 +170,9 @@ pub(crate) struct Bucket {
     /// go.
     pub by_cpu: BTreeMap<(u64, GroupKey), NodeId>,
 }
+
+/// Nodes counted in [`Bucket::held`]: how many, and the sum of their [`Node::share`].
+pub(crate) type Held = (u32, u64);
 
 /// An ordered index of groups: (free GPU thousandths, group) → the group's lowest node id.
 pub(crate) type GroupIndex = BTreeMap<(u64, GroupKey), NodeId>;
@@ -379,9 +386,11 @@ pub(crate) fn apply(
     add: bool,
     member: bool,
     placement: PlacementPolicy,
+    policy: FleetPolicy,
 ) {
     let key = node.scope_key();
     let bucket = scopes.entry(&key);
+    held_change(bucket, node, add, policy);
     let span = node.peak_watts.saturating_sub(node.idle_watts);
     if member && add {
         bucket.nodes += 1;
@@ -467,6 +476,77 @@ pub(crate) fn apply(
     if member && !add {
         scopes.prune(&key);
     }
+}
+
+/// Counts (or stops counting) a node in its scope's [`Bucket::held`]: only schedulable,
+/// healthy nodes that hold work are counted.
+fn held_change(bucket: &mut Bucket, node: &Node, add: bool, policy: FleetPolicy) {
+    held_change_many(bucket, &[node], add, policy);
+}
+
+/// [`held_change`] for many nodes of one scope: each run of nodes of one block whose work
+/// has the same highest priority is counted at once (a gang's nodes come in slot order,
+/// where a block's nodes sit next to each other).
+fn held_change_many(bucket: &mut Bucket, nodes: &[&Node], add: bool, policy: FleetPolicy) {
+    for (level, held) in bucket.held.iter_mut().enumerate() {
+        // (block, highest priority, nodes, their shares)
+        let mut run: Option<(BlockKey, usize, u32, u64)> = None;
+        for node in nodes {
+            if !node.schedulable || node.unhealthy != 0 {
+                continue;
+            }
+            let (Some(top), Some(block)) = (node.top_priority(policy), node.level_key(level))
+            else {
+                continue;
+            };
+            let top = usize::from(top).min(3);
+            match &mut run {
+                Some((b, t, n, share)) if *b == block && *t == top => {
+                    *n += 1;
+                    *share += node.share;
+                }
+                _ => {
+                    if let Some(r) = run.replace((block, top, 1, node.share)) {
+                        count_held(held, r, add);
+                    }
+                }
+            }
+        }
+        if let Some(r) = run {
+            count_held(held, r, add);
+        }
+    }
+}
+
+fn count_held(
+    held: &mut BTreeMap<BlockKey, [Held; 4]>,
+    (block, top, n, share): (BlockKey, usize, u32, u64),
+    add: bool,
+) {
+    if add {
+        let h = &mut held.entry(block).or_default()[top];
+        h.0 += n;
+        h.1 += share;
+    } else if let Some(counts) = held.get_mut(&block) {
+        let h = &mut counts[top];
+        h.0 = h.0.saturating_sub(n);
+        h.1 = h.1.saturating_sub(share);
+        if counts.iter().all(|&(n, _)| n == 0) {
+            held.remove(&block);
+        }
+    }
+}
+
+/// [`held_change`] for the nodes of a gang (all of scope `key`) whose other indexes go
+/// through [`apply_whole_many`].
+pub(crate) fn apply_held_many(
+    scopes: &mut Scopes,
+    key: &ScopeKey,
+    nodes: &[&Node],
+    add: bool,
+    policy: FleetPolicy,
+) {
+    held_change_many(scopes.entry(key), nodes, add, policy);
 }
 
 /// What [`apply`] does for nodes that are entirely free before (`add == false`) or after

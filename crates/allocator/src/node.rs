@@ -11,10 +11,11 @@
 use std::collections::BTreeMap;
 
 use neocloud_types::{
-    BlockId, BoardTopology, ContractId, GangLevel, InstanceId, MigFamily, NodeId, SiteId, TenantId,
+    BlockId, BoardTopology, Class, ContractId, FleetPolicy, GangLevel, InstanceId, MigFamily,
+    NodeId, SiteId, TenantId,
 };
 
-use crate::{PlacementPolicy, Sharing};
+use crate::{Allocation, PlacementPolicy, Sharing};
 
 /// The sub-node shapes, smallest first; an index into this array names a shape in indexes.
 pub(crate) const SHAPES: [u32; 4] = [1, 2, 4, 8];
@@ -42,6 +43,30 @@ pub(crate) fn depth_of(level: usize) -> Option<usize> {
         _ => None,
     }
 }
+
+/// A class's place in [`Node::classes`].
+pub(crate) fn class_index(class: Class) -> usize {
+    match class {
+        Class::Reserved => 0,
+        Class::Internal => 1,
+        Class::OnDemand => 2,
+        Class::Spot => 3,
+    }
+}
+
+/// An allocation's share of each of its nodes, as a preemption plan prices it: its GPUs
+/// over its nodes, rounded up.
+pub(crate) fn plan_share(a: &Allocation) -> u64 {
+    a.gpu_count().div_ceil(a.gpus.len().max(1) as u64)
+}
+
+/// The classes in [`class_index`] order.
+const CLASSES: [Class; 4] = [
+    Class::Reserved,
+    Class::Internal,
+    Class::OnDemand,
+    Class::Spot,
+];
 
 /// A block at one level; `None` is the whole site (the pseudo-block of level "site", or the
 /// innermost block of a node that sits in no block).
@@ -228,6 +253,11 @@ pub(crate) struct Node {
     pub used: u64,
     /// Allocations holding GPUs here, sorted by instance id.
     pub allocs: Vec<(InstanceId, TenantId)>,
+    /// How many of `allocs` are of each class (by [`class_index`]): what the preemption
+    /// index reads, without looking the allocations up.
+    pub classes: [u16; 4],
+    /// The sum of [`plan_share`] over `allocs`: what a gang's preemption plan prices the node at.
+    pub share: u64,
     /// CPU capacity, thousandths of a core (0: not modelled).
     pub cpu_milli: u64,
     /// Memory capacity, MiB (0: not modelled).
@@ -322,6 +352,17 @@ impl Node {
     /// Watts between idle and peak.
     pub fn span_watts(&self) -> i64 {
         i64::from(self.peak_watts.saturating_sub(self.idle_watts))
+    }
+
+    /// The highest priority (under `policy`) of the work the node holds; `None` when it
+    /// holds none.
+    pub fn top_priority(&self, policy: FleetPolicy) -> Option<u8> {
+        CLASSES
+            .iter()
+            .zip(self.classes)
+            .filter(|&(_, n)| n > 0)
+            .map(|(c, _)| c.priority(policy))
+            .max()
     }
 
     /// The node's block at a level index (see [`LEVELS`]); `None` when the node has no

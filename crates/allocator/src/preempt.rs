@@ -20,9 +20,12 @@
 //! The plan is exact about feasibility (a plan it returns makes the request placeable) but
 //! greedy about cost. It reads only the victims' nodes, never the whole fleet.
 //!
-//! TODO-perf: a plan costs O(eligible victims in scope): about 20 ms on a 220,000-GPU site
-//! packed with 34,000 spot allocations. Planning is rare (a placement already failed); an
-//! index of nodes by preemptible GPUs would make it logarithmic if it ever matters.
+//! A gang plan first reads, per block, how many schedulable, healthy nodes hold only work of
+//! each highest class (an index kept with the others): blocks that could not gather the
+//! gang are never read, and a block that needs every such node is priced from the index
+//! and read only if it can win. A plan for single GPUs still reads every node holding a
+//! victim in its scopes (O(eligible victims)); planning is rare for those (a placement
+//! already failed).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -45,6 +48,9 @@ type Held = (u64, bool, bool, u64, (u64, u64));
 
 /// A node a gang plan could free: (GPUs preempted there, id, slot).
 type Freeable = (u64, NodeId, usize);
+
+/// A block a gang plan could use (see [`Allocator::gang_blocks`]).
+type GangBlock = (u64, usize, Option<Vec<Freeable>>, BlockKey);
 
 impl Allocator {
     /// The lower-class allocations whose release would make `req` placeable: empty when it
@@ -133,16 +139,116 @@ impl Allocator {
         nodes
     }
 
-    /// The nodes of a scope that become entirely free once their victims go, per block of
-    /// level `li`, as (GPUs preempted there, id, slot): schedulable, healthy nodes every one
-    /// of whose allocations `req` may preempt, each priced at its victims' shares (a
-    /// victim's GPUs over its nodes, rounded up).
+    /// The blocks of level `li` of a scope where a gang of `need` nodes could go once
+    /// lower-class work is preempted, as (lower bound of the GPUs preempted, order, the
+    /// cheapest nodes to free, block). The nodes are (GPUs preempted there, id, slot):
+    /// schedulable, healthy nodes every one of whose allocations `req` may preempt, each
+    /// priced at its victims' shares (see [`crate::node::plan_share`]); `None` where the gang
+    /// needs every such node of the block, whose bound is then read from the index and
+    /// whose nodes are read only if the plan gets that far.
+    ///
+    /// Below the site level the scope's [`Bucket::held`] says which blocks could gather
+    /// enough nodes, and only their nodes are read: a plan's victims are usually spread
+    /// over the whole site, the blocks that could take the gang few. At the site level
+    /// the victims are read.
+    fn gang_blocks(
+        &self,
+        req: &Request,
+        key: &ScopeKey,
+        b: &Bucket,
+        li: usize,
+        need: usize,
+    ) -> Vec<GangBlock> {
+        let free = |block: &BlockKey| b.levels[li].blocks.get(block).map_or(0, BTreeSet::len);
+        let pick = |bj: usize, block: BlockKey, mut nodes: Vec<Freeable>| {
+            let have = free(&block);
+            if have + nodes.len() < need {
+                return None;
+            }
+            let take = need - have;
+            if take < nodes.len() {
+                nodes.select_nth_unstable(take);
+                nodes.truncate(take);
+            }
+            let bound = nodes.iter().map(|n| n.0).sum();
+            Some((bound, bj, Some(nodes), block))
+        };
+        if crate::node::depth_of(li).is_none() {
+            return self
+                .freeable_by_victims(req, key, b, li)
+                .into_iter()
+                .enumerate()
+                .filter_map(|(bj, (block, nodes))| pick(bj, block, nodes))
+                .collect();
+        }
+        let mut out = Vec::new();
+        let rank = usize::from(req.class.priority(self.policy)).min(4);
+        // Blocks are numbered in key order among those with a freeable node, as the reading
+        // from the victims would number them (ties go to the lower number).
+        let mut bj = 0;
+        for (&block, held) in &b.held[li] {
+            let (n, share) = held[..rank].iter().fold((0usize, 0u64), |(n, s), h| {
+                (n + usize::try_from(h.0).unwrap_or(0), s + h.1)
+            });
+            if n == 0 {
+                continue;
+            }
+            bj += 1;
+            let have = free(&block);
+            if have + n < need {
+                continue;
+            }
+            if have + n == need {
+                out.push((share, bj - 1, None, block));
+            } else {
+                out.extend(pick(
+                    bj - 1,
+                    block,
+                    self.block_freeable(req, key, li, block),
+                ));
+            }
+        }
+        out
+    }
+
+    /// The freeable nodes (see [`Allocator::gang_blocks`]) of one block below the site
+    /// level, read from the block's members.
+    fn block_freeable(
+        &self,
+        req: &Request,
+        key: &ScopeKey,
+        li: usize,
+        block: BlockKey,
+    ) -> Vec<Freeable> {
+        let rank = usize::from(req.class.priority(self.policy)).min(4);
+        let (Some(depth), Some(id)) = (crate::node::depth_of(li), block) else {
+            return Vec::new();
+        };
+        let members = self
+            .members
+            .get(&(depth, id))
+            .map_or(&[][..], Vec::as_slice);
+        members
+            .iter()
+            .filter_map(|&slot| {
+                let node = &self.nodes[slot];
+                let eligible = node
+                    .top_priority(self.policy)
+                    .is_some_and(|p| usize::from(p) < rank);
+                (eligible && node.schedulable && node.unhealthy == 0 && node.scope_key() == *key)
+                    .then_some((node.share, node.id, slot))
+            })
+            .collect()
+    }
+
+    /// Every block of level `li` with a freeable node (see [`Allocator::gang_blocks`]),
+    /// read from the scope's victims.
     ///
     /// One pass over the scope's eligible allocations, each priced once, gives (slot,
     /// share) per victim and node; sorted by slot, each node is then read once, in slot
     /// order. A node is freeable when every allocation it holds was counted (all of them are
     /// in the scope's allocation index, so the count tells whether all may go).
-    fn freeable_nodes(
+    fn freeable_by_victims(
         &self,
         req: &Request,
         key: &ScopeKey,
@@ -157,7 +263,7 @@ impl Allocator {
             let Some(a) = self.allocations.get(&inst) else {
                 continue;
             };
-            let share = a.gpu_count().div_ceil(a.gpus.len().max(1) as u64);
+            let share = crate::node::plan_share(a);
             held.extend(
                 a.gpus
                     .iter()
@@ -385,29 +491,12 @@ impl Allocator {
             if index.largest() >= count {
                 return Some((BTreeSet::new(), adds));
             }
-            // Nodes that become entirely free once their victims go, per block, as (GPUs
-            // preempted there, id, slot): ids unique (the order inside a block does not
-            // matter: only the set of each block's cheapest nodes is used).
-            let freeable = self.freeable_nodes(req, &key, b, li);
             // Per block the cheapest nodes it needs, and a lower bound of their cost (each
             // victim costs at least its share on each chosen node); exact costs only for
             // blocks whose bound can still win.
-            let mut blocks: Vec<(u64, usize, Vec<Freeable>)> = Vec::new();
-            for (bj, (block, mut nodes)) in freeable.into_iter().enumerate() {
-                let free = index.blocks.get(&block).map_or(0, BTreeSet::len);
-                if free + nodes.len() < need_all {
-                    continue;
-                }
-                let take = need_all - free;
-                if take < nodes.len() {
-                    nodes.select_nth_unstable(take);
-                    nodes.truncate(take);
-                }
-                let bound = nodes.iter().map(|n| n.0).sum();
-                blocks.push((bound, bj, nodes));
-            }
+            let mut blocks = self.gang_blocks(req, &key, b, li, need_all);
             blocks.sort_unstable_by_key(|b| (b.0, b.1));
-            for (bound, bj, nodes) in blocks {
+            for (bound, bj, nodes, block) in blocks {
                 // The cost is at least the bound: a block that cannot beat the best so far
                 // (cheaper, or as cheap and earlier) is not priced.
                 if best
@@ -416,6 +505,7 @@ impl Allocator {
                 {
                     continue;
                 }
+                let nodes = nodes.unwrap_or_else(|| self.block_freeable(req, &key, li, block));
                 let victims: BTreeSet<InstanceId> = nodes
                     .iter()
                     .flat_map(|&(_, _, slot)| self.nodes[slot].allocs.iter().map(|&(i, _)| i))
@@ -496,7 +586,7 @@ mod tests {
 
     use super::Freeable;
     use crate::index::{Bucket, ScopeKey};
-    use crate::node::{BlockKey, LEVELS};
+    use crate::node::{BlockKey, LEVEL_SITE, LEVELS};
     use crate::synthetic::{Grid, Rng, allocator, contract_id, instance_id, tenant_id};
     use crate::{Allocator, PlacementPolicy, Request};
 
@@ -525,7 +615,7 @@ mod tests {
             for (inst, _) in &node.allocs {
                 let v = &a.allocations[inst];
                 ok &= a.eligible(req, v.class);
-                share += v.gpu_count().div_ceil(v.gpus.len().max(1) as u64);
+                share += crate::node::plan_share(v);
             }
             if ok {
                 out.entry(block).or_default().push((share, id, slot));
@@ -642,9 +732,35 @@ mod tests {
                         };
                         for li in 0..LEVELS {
                             for (key, b) in a.scope_buckets(&req, &scope) {
-                                let fast = sorted(a.freeable_nodes(&req, &key, b, li));
+                                let fast = sorted(a.freeable_by_victims(&req, &key, b, li));
                                 assert_eq!(fast, sorted(per_node(&a, &req, &key, b, li)));
                                 checked += usize::from(!fast.is_empty());
+                                if li == LEVEL_SITE {
+                                    continue;
+                                }
+                                // The index counts, and the block's members, say the same.
+                                let rank = usize::from(req.class.priority(a.policy));
+                                let mut counted = BTreeMap::new();
+                                for (&block, held) in &b.held[li] {
+                                    let (n, share) = held[..rank]
+                                        .iter()
+                                        .fold((0, 0), |(n, s), h| (n + h.0 as usize, s + h.1));
+                                    if n > 0 {
+                                        counted.insert(block, (n, share));
+                                    }
+                                }
+                                let read: BTreeMap<_, _> = fast
+                                    .iter()
+                                    .map(|(block, nodes)| {
+                                        (*block, (nodes.len(), nodes.iter().map(|x| x.0).sum()))
+                                    })
+                                    .collect();
+                                assert_eq!(counted, read);
+                                for (block, nodes) in &fast {
+                                    let mut members = a.block_freeable(&req, &key, li, *block);
+                                    members.sort_unstable_by_key(|&(_, id, _)| id);
+                                    assert_eq!(&members, nodes);
+                                }
                             }
                         }
                     }

@@ -309,6 +309,8 @@ impl Node {
         self.used |= mask;
         let at = self.allocs.partition_point(|&(i, _)| i < a.id);
         self.allocs.insert(at, (a.id, a.tenant));
+        self.classes[crate::node::class_index(a.class)] += 1;
+        self.share += crate::node::plan_share(a);
     }
 
     /// Undoes [`Node::take`].
@@ -335,7 +337,13 @@ impl Node {
         } else {
             self.used &= !mask;
         }
+        let before = self.allocs.len();
         self.allocs.retain(|&(i, _)| i != a.id);
+        if self.allocs.len() < before {
+            let n = &mut self.classes[crate::node::class_index(a.class)];
+            *n = n.saturating_sub(1);
+            self.share = self.share.saturating_sub(crate::node::plan_share(a));
+        }
     }
 
     /// (GPU, thousandths, MIG mask) of a slice allocation on this node.

@@ -9,6 +9,8 @@
 #   FLEET=examples/million-gpus.fleet.toml SITE=giga-1 scripts/bench/heartbeats.sh   # 125,000
 #   RELAYS=2 scripts/bench/heartbeats.sh            # agents beat to 2 relays (neocloud relay),
 #                                                  # which pass them on in batches
+#   BATCH=500 scripts/bench/heartbeats.sh           # the generator sends batches of 500 itself,
+#                                                  # as relays on other machines would
 #
 # The generator runs on the same machine and takes CPU from the server: on a 2-core machine
 # the figures are a lower bound of what one server does.
@@ -58,6 +60,7 @@ relay_cpu() {
 }
 "$LOADGEN" --server "$servers" --key "$enroll" --operator-key "$op" --site "$SITE" \
   --interval-secs "$INTERVAL" --duration-secs "$DURATION" ${AGENTS:+--agents "$AGENTS"} \
+  ${BATCH:+--batch "$BATCH"} \
   2>&1 | tee "$dir/loadgen.out" &
 gen=$!
 # The heartbeat phase starts when the generator prints it; measure the server's CPU from one

@@ -13,6 +13,12 @@
 //! an event (XID 13, an application fault the policy ignores; burn-in requests are answered
 //! with a pass). It prints the target and achieved rates, errors by status, latency
 //! percentiles, and the same figures as one JSON line starting with `RESULT `.
+//!
+//! With `--batch N` the generator plays the relays' part itself: each group of N agents
+//! (neighbours in start time) is sent as one `POST /v1/agent/heartbeats` per interval,
+//! keyed with the enrollment key as a relay would be, and each agent reads its own answer.
+//! That measures the control plane alone at rates where relays would need machines of their
+//! own; latencies are then per batch.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -79,6 +85,10 @@ struct Args {
     /// in one run with the same registrations.
     #[arg(long, value_name = "URL[,URL...]")]
     then_server: Option<String>,
+    /// Send the heartbeats of N agents at a time in one batch (1 to 1,000), as relays pass
+    /// them on, instead of each agent alone.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    batch: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -129,6 +139,9 @@ impl Agent {
 /// What one agent measured in phase 2.
 #[derive(Default)]
 struct Stats {
+    /// Heartbeats sent (in batches or alone).
+    sent: u64,
+    /// One per request: per heartbeat, or per batch with `--batch`.
     latencies_us: Vec<u64>,
     start_lag_us: Vec<u64>,
     errors: BTreeMap<String, u64>,
@@ -138,6 +151,7 @@ struct Stats {
 
 impl Stats {
     fn merge(&mut self, other: Stats) {
+        self.sent += other.sent;
         self.latencies_us.extend(other.latencies_us);
         self.start_lag_us.extend(other.start_lag_us);
         for (k, v) in other.errors {
@@ -280,30 +294,8 @@ async fn run_agent(
                 .start_lag_us
                 .push(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX));
         }
-        if event_permille > 0 && getrandom::u64().unwrap_or(u64::MAX) % 1000 < event_permille {
-            let kind = AgentEventKind::Xid {
-                code: 13,
-                detail: Some("load test".into()),
-            };
-            let uuid = agent
-                .sim
-                .inventory()
-                .ok()
-                .and_then(|g| g.first().map(|g| g.uuid.clone()));
-            agent.events.push(uuid, kind, Timestamp::now());
-        }
-        let mut body = Heartbeat {
-            generation: None,
-            workloads: Vec::new(),
-            sent_at: Timestamp::now(),
-            gpus: agent.sim.sample().unwrap_or_default(),
-            gpu_rows: Vec::new(),
-            events: agent.events.batch(1000),
-            leaving: None,
-        };
-        if !full_telemetry {
-            body.compact(&agent.inventory);
-        }
+        let body = next_heartbeat(&mut agent, event_permille, full_telemetry);
+        stats.sent += 1;
         let started = Instant::now();
         let result = cp.heartbeat(&agent.key, &body).await;
         let took = started.elapsed();
@@ -320,6 +312,137 @@ async fn run_agent(
         slot += interval;
     }
     (stats, agent)
+}
+
+/// One agent's next heartbeat: an event now and then, a sample per GPU.
+fn next_heartbeat(agent: &mut Agent, event_permille: u64, full_telemetry: bool) -> Heartbeat {
+    if event_permille > 0 && getrandom::u64().unwrap_or(u64::MAX) % 1000 < event_permille {
+        let kind = AgentEventKind::Xid {
+            code: 13,
+            detail: Some("load test".into()),
+        };
+        let uuid = agent
+            .sim
+            .inventory()
+            .ok()
+            .and_then(|g| g.first().map(|g| g.uuid.clone()));
+        agent.events.push(uuid, kind, Timestamp::now());
+    }
+    let mut body = Heartbeat {
+        generation: None,
+        workloads: Vec::new(),
+        sent_at: Timestamp::now(),
+        gpus: agent.sim.sample().unwrap_or_default(),
+        gpu_rows: Vec::new(),
+        events: agent.events.batch(1000),
+        leaving: None,
+    };
+    if !full_telemetry {
+        body.compact(&agent.inventory);
+    }
+    body
+}
+
+/// What a group of agents sends as one batch each interval (see `--batch`).
+struct Group {
+    http: reqwest::Client,
+    /// `…/v1/agent/heartbeats` of the first server.
+    url: String,
+    /// The key the batch itself is sent with (the enrollment key, as a relay's).
+    key: String,
+    agents: Vec<Agent>,
+}
+
+/// One batch: every agent's heartbeat, and each answer read by its agent. Errors are
+/// counted per heartbeat; one latency per batch.
+async fn send_batch(
+    g: &mut Group,
+    stats: &mut Stats,
+    event_permille: u64,
+    full_telemetry: bool,
+) -> Result<(), String> {
+    let mut heartbeats = Vec::with_capacity(g.agents.len());
+    for agent in &mut g.agents {
+        let body = next_heartbeat(agent, event_permille, full_telemetry);
+        let raw = serde_json::value::to_raw_value(&body).map_err(|e| e.to_string())?;
+        heartbeats.push(neocloud_types::RelayedHeartbeat {
+            key: agent.key.clone(),
+            heartbeat: raw,
+        });
+    }
+    let batch = neocloud_types::HeartbeatBatch { heartbeats };
+    stats.sent += g.agents.len() as u64;
+    let started = Instant::now();
+    let resp = g
+        .http
+        .post(&g.url)
+        .bearer_auth(&g.key)
+        .json(&batch)
+        .send()
+        .await
+        .map_err(|_| "transport".to_string())?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(|_| "transport".to_string())?;
+    stats
+        .latencies_us
+        .push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+    if !status.is_success() {
+        return Err(status.as_u16().to_string());
+    }
+    let answer: neocloud_types::HeartbeatBatchAnswer =
+        serde_json::from_slice(&bytes).map_err(|_| "unreadable answer".to_string())?;
+    if answer.answers.len() != g.agents.len() {
+        return Err("answers miscounted".to_string());
+    }
+    for (agent, a) in g.agents.iter_mut().zip(answer.answers) {
+        if a.status != 200 {
+            *stats.errors.entry(a.status.to_string()).or_default() += 1;
+            continue;
+        }
+        match serde_json::from_str::<neocloud_types::HeartbeatAck>(a.body.get()) {
+            Ok(ack) => {
+                agent.events.ack(ack.acked_seq);
+                agent.burn_in(ack.burn_in);
+            }
+            Err(_) => {
+                *stats
+                    .errors
+                    .entry("unreadable ack".to_string())
+                    .or_default() += 1
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_group(
+    mut g: Group,
+    first: Instant,
+    end: Instant,
+    interval: Duration,
+    event_permille: u64,
+    full_telemetry: bool,
+) -> (Stats, Vec<Agent>) {
+    let mut stats = Stats::default();
+    let mut slot = first;
+    while slot < end {
+        let now = Instant::now();
+        if now > slot {
+            stats.late += 1;
+            stats.max_late = stats.max_late.max(now - slot);
+        } else {
+            tokio::time::sleep_until(slot).await;
+            let lag = Instant::now().saturating_duration_since(slot);
+            stats
+                .start_lag_us
+                .push(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX));
+        }
+        if let Err(e) = send_batch(&mut g, &mut stats, event_permille, full_telemetry).await {
+            *stats.errors.entry(e).or_default() += g.agents.len() as u64;
+        }
+        slot += interval;
+    }
+    (stats, g.agents)
 }
 
 #[tokio::main]
@@ -382,25 +505,62 @@ async fn main() -> Result<()> {
         let cp = ControlPlane::with_client(http.clone(), servers);
         let start = Instant::now() + Duration::from_millis(500);
         let end = start + Duration::from_secs(args.duration_secs);
-        let mut tasks = JoinSet::new();
-        for (i, agent) in std::mem::take(&mut agents).into_iter().enumerate() {
-            let offset = interval.mul_f64(i as f64 / n as f64);
-            let cp = cp.clone();
-            tasks.spawn(run_agent(
-                cp,
-                agent,
-                start + offset,
-                end,
-                interval,
-                args.event_permille,
-                args.full_telemetry,
-            ));
-        }
         let mut stats = Stats::default();
-        while let Some(joined) = tasks.join_next().await {
-            if let Ok((s, agent)) = joined {
-                stats.merge(s);
-                agents.push(agent);
+        if let Some(size) = args.batch {
+            let size = usize::from(size);
+            let first = servers.split(',').next().unwrap_or_default().trim();
+            let url = format!("{}/v1/agent/heartbeats", first.trim_end_matches('/'));
+            let mut tasks = JoinSet::new();
+            let mut all = std::mem::take(&mut agents).into_iter();
+            let mut i = 0;
+            loop {
+                let group: Vec<Agent> = all.by_ref().take(size).collect();
+                if group.is_empty() {
+                    break;
+                }
+                let offset = interval.mul_f64(i as f64 / n as f64);
+                i += group.len();
+                let g = Group {
+                    http: http.clone(),
+                    url: url.clone(),
+                    key: args.key.clone(),
+                    agents: group,
+                };
+                tasks.spawn(run_group(
+                    g,
+                    start + offset,
+                    end,
+                    interval,
+                    args.event_permille,
+                    args.full_telemetry,
+                ));
+            }
+            while let Some(joined) = tasks.join_next().await {
+                if let Ok((s, group)) = joined {
+                    stats.merge(s);
+                    agents.extend(group);
+                }
+            }
+        } else {
+            let mut tasks = JoinSet::new();
+            for (i, agent) in std::mem::take(&mut agents).into_iter().enumerate() {
+                let offset = interval.mul_f64(i as f64 / n as f64);
+                let cp = cp.clone();
+                tasks.spawn(run_agent(
+                    cp,
+                    agent,
+                    start + offset,
+                    end,
+                    interval,
+                    args.event_permille,
+                    args.full_telemetry,
+                ));
+            }
+            while let Some(joined) = tasks.join_next().await {
+                if let Ok((s, agent)) = joined {
+                    stats.merge(s);
+                    agents.push(agent);
+                }
             }
         }
         let elapsed = Instant::now()
@@ -409,7 +569,7 @@ async fn main() -> Result<()> {
         let window = (args.duration_secs as f64).min(elapsed).max(1e-9);
         stats.latencies_us.sort_unstable();
         stats.start_lag_us.sort_unstable();
-        let sent = stats.latencies_us.len() as u64;
+        let sent = stats.sent;
         let failed: u64 = stats.errors.values().sum();
         let achieved = sent as f64 / window;
         let lat = |q| quantile_ms(&stats.latencies_us, q);
@@ -419,7 +579,8 @@ async fn main() -> Result<()> {
         ));
         say(format!("  errors by status: {:?}", stats.errors));
         say(format!(
-            "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {max_ms:.2}",
+            "  {}latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {max_ms:.2}",
+            if args.batch.is_some() { "batch " } else { "" },
             lat(500),
             lat(900),
             lat(990),
@@ -442,6 +603,7 @@ async fn main() -> Result<()> {
             "target_rate": target_rate,
             "achieved_rate": achieved,
             "heartbeats": sent,
+            "batch": args.batch,
             "failed": failed,
             "errors": stats.errors,
             "latency_ms": {"p50": lat(500), "p90": lat(900), "p99": lat(990),

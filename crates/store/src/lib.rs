@@ -597,69 +597,19 @@ impl Store {
     pub async fn analyze(&self) -> Result<()> {
         // Only the fleet's tables: statistics of small tables taken now (a handful of keys)
         // would later steer the planner into scanning them once they have grown.
-        match self.backend {
-            Backend::Sqlite => {
-                self.sqlite_statistics("ANALYZE nodes; ANALYZE gpus; ANALYZE blocks; ANALYZE sites")
-                    .await
-            }
-            Backend::Postgres => {
-                (&self.pool)
-                    .execute("ANALYZE nodes, gpus, blocks, sites")
-                    .await?;
-                Ok(())
-            }
-        }
-    }
-
-    /// Runs SQLite statements that refresh the planner's statistics, then drops the sampled
-    /// key values (`sqlite_stat4`) of indexes whose leading column is nearly unique (at most
-    /// 64 rows per value on average, from `sqlite_stat1`: a node's id, a GPU's node).
-    ///
-    /// With samples, SQLite prepares a statement again at every new binding of a parameter
-    /// compared with an indexed column, and for such columns the samples cannot change a
-    /// plan (an equality there is always selective). Samples of skewed columns (a node's
-    /// state, its pool) are kept: there they tell a rare value from a common one. They are
-    /// dropped in the same transaction, so no connection reads them, and this one reloads
-    /// its statistics after.
-    async fn sqlite_statistics(&self, sql: &str) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        conn.execute("BEGIN IMMEDIATE").await?;
-        let done: Result<()> = async {
-            conn.execute(sql).await?;
-            let samples: Option<i64> = sqlx::query_scalar(
-                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'sqlite_stat4'",
-            )
-            .fetch_optional(&mut *conn)
-            .await?;
-            if samples.is_some() {
-                // `stat` is "rows rows-per-leading-value …"; the cast reads the number.
-                conn.execute(
-                    "DELETE FROM sqlite_stat4 WHERE idx IN (SELECT idx FROM sqlite_stat1 \
-                     WHERE CAST(substr(stat, instr(stat, ' ') + 1) AS INTEGER) <= 64)",
-                )
-                .await?;
-            }
-            Ok(())
-        }
-        .await;
-        match done {
-            Ok(()) => {
-                conn.execute("COMMIT").await?;
-                conn.execute("ANALYZE sqlite_schema").await?;
-                Ok(())
-            }
-            Err(e) => {
-                let _ = conn.execute("ROLLBACK").await;
-                Err(e)
-            }
-        }
+        let sql = match self.backend {
+            Backend::Sqlite => "ANALYZE nodes; ANALYZE gpus; ANALYZE blocks; ANALYZE sites",
+            Backend::Postgres => "ANALYZE nodes, gpus, blocks, sites",
+        };
+        (&self.pool).execute(sql).await?;
+        Ok(())
     }
 
     /// Lets the database refresh statistics that went stale as tables grew (SQLite's
     /// `PRAGMA optimize`, cheap when nothing changed; PostgreSQL's autovacuum does it itself).
     pub async fn optimize(&self) -> Result<()> {
         if self.backend == Backend::Sqlite {
-            self.sqlite_statistics("PRAGMA optimize").await?;
+            sqlx::query("PRAGMA optimize").execute(&self.pool).await?;
         }
         Ok(())
     }

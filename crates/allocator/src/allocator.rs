@@ -18,6 +18,7 @@ use neocloud_types::{
 
 use crate::index::{
     Bucket, PartialKey, ScopeKey, Scopes, Tier, apply, apply_held_many, apply_whole_many,
+    held_moved, held_state,
 };
 use crate::node::{
     BlockKey, Load, Node, SHAPES, choose_group, depth_of, facility_watts, full_mask, indexes_of,
@@ -511,6 +512,7 @@ impl Allocator {
     /// Changes one node's state through `f`, keeping the indexes in step. Power is the
     /// caller's. `member`: `f` may move the node to another scope.
     fn update_node(&mut self, slot: usize, member: bool, f: impl FnOnce(&mut Node)) {
+        let held_before = held_state(&self.nodes[slot], self.policy);
         apply(
             &mut self.scopes,
             &self.nodes[slot],
@@ -529,6 +531,10 @@ impl Allocator {
             self.placement,
             self.policy,
         );
+        if !member {
+            let after = held_state(&self.nodes[slot], self.policy);
+            held_moved(&mut self.scopes, &self.nodes[slot], held_before, after);
+        }
     }
 
     /// Cordons (`false`) or uncordons (`true`) a node: an unschedulable node takes no new

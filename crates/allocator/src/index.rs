@@ -149,7 +149,7 @@ pub(crate) struct Bucket {
     /// Per level, per block: its schedulable, healthy nodes that hold work, counted by the
     /// highest priority of that work (see [`Node::top_priority`]). A gang's preemption plan
     /// reads here which blocks could free enough nodes before it looks at any victim.
-    pub held: [BTreeMap<BlockKey, [Held; 4]>; LEVELS],
+    pub held: [IdMap<BlockKey, [Held; 4]>; LEVELS],
     /// Schedulable nodes that take slices or CPU-only work (every node, under the
     /// fragmentation policy), grouped by identical free state.
     /// Hashed: only looked up; decisions walk the ordered sets below.
@@ -390,7 +390,10 @@ pub(crate) fn apply(
 ) {
     let key = node.scope_key();
     let bucket = scopes.entry(&key);
-    held_change(bucket, node, add, policy);
+    if member {
+        // Otherwise `update_node` moves the node's count itself (see `held_moved`).
+        held_change(bucket, node, add, policy);
+    }
     let span = node.peak_watts.saturating_sub(node.idle_watts);
     if member && add {
         bucket.nodes += 1;
@@ -519,7 +522,7 @@ fn held_change_many(bucket: &mut Bucket, nodes: &[&Node], add: bool, policy: Fle
 }
 
 fn count_held(
-    held: &mut BTreeMap<BlockKey, [Held; 4]>,
+    held: &mut IdMap<BlockKey, [Held; 4]>,
     (block, top, n, share): (BlockKey, usize, u32, u64),
     add: bool,
 ) {
@@ -533,6 +536,51 @@ fn count_held(
         h.1 = h.1.saturating_sub(share);
         if counts.iter().all(|&(n, _)| n == 0) {
             held.remove(&block);
+        }
+    }
+}
+
+/// How a node counts in [`Bucket::held`]: (highest priority of its work, its share);
+/// `None` when it does not count.
+pub(crate) fn held_state(node: &Node, policy: FleetPolicy) -> Option<(usize, u64)> {
+    if !node.schedulable || node.unhealthy != 0 {
+        return None;
+    }
+    let top = node.top_priority(policy)?;
+    Some((usize::from(top).min(3), node.share))
+}
+
+/// Moves a node's count in [`Bucket::held`] from `before` to `after` (see [`held_state`]),
+/// the node staying in its scope: one lookup per level when only its share changed.
+pub(crate) fn held_moved(
+    scopes: &mut Scopes,
+    node: &Node,
+    before: Option<(usize, u64)>,
+    after: Option<(usize, u64)>,
+) {
+    if before == after {
+        return;
+    }
+    let bucket = scopes.entry(&node.scope_key());
+    for (level, held) in bucket.held.iter_mut().enumerate() {
+        let Some(block) = node.level_key(level) else {
+            continue;
+        };
+        match (before, after) {
+            (Some((t0, s0)), Some((t1, s1))) if t0 == t1 => {
+                if let Some(counts) = held.get_mut(&block) {
+                    let h = &mut counts[t0].1;
+                    *h = h.saturating_sub(s0).saturating_add(s1);
+                }
+            }
+            _ => {
+                if let Some((t, s)) = before {
+                    count_held(held, (block, t, 1, s), false);
+                }
+                if let Some((t, s)) = after {
+                    count_held(held, (block, t, 1, s), true);
+                }
+            }
         }
     }
 }

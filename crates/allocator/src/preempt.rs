@@ -50,7 +50,7 @@ type Held = (u64, bool, bool, u64, (u64, u64));
 type Freeable = (u64, NodeId, usize);
 
 /// A block a gang plan could use (see [`Allocator::gang_blocks`]).
-type GangBlock = (u64, usize, Option<Vec<Freeable>>, BlockKey);
+type GangBlock = (u64, BlockKey, Option<Vec<Freeable>>);
 
 impl Allocator {
     /// The lower-class allocations whose release would make `req` placeable: empty when it
@@ -140,8 +140,8 @@ impl Allocator {
     }
 
     /// The blocks of level `li` of a scope where a gang of `need` nodes could go once
-    /// lower-class work is preempted, as (lower bound of the GPUs preempted, order, the
-    /// cheapest nodes to free, block). The nodes are (GPUs preempted there, id, slot):
+    /// lower-class work is preempted, as (lower bound of the GPUs preempted, block, the
+    /// cheapest nodes to free). The nodes are (GPUs preempted there, id, slot):
     /// schedulable, healthy nodes every one of whose allocations `req` may preempt, each
     /// priced at its victims' shares (see [`crate::node::plan_share`]); `None` where the gang
     /// needs every such node of the block, whose bound is then read from the index and
@@ -160,7 +160,7 @@ impl Allocator {
         need: usize,
     ) -> Vec<GangBlock> {
         let free = |block: &BlockKey| b.levels[li].blocks.get(block).map_or(0, BTreeSet::len);
-        let pick = |bj: usize, block: BlockKey, mut nodes: Vec<Freeable>| {
+        let pick = |block: BlockKey, mut nodes: Vec<Freeable>| {
             let have = free(&block);
             if have + nodes.len() < need {
                 return None;
@@ -171,41 +171,33 @@ impl Allocator {
                 nodes.truncate(take);
             }
             let bound = nodes.iter().map(|n| n.0).sum();
-            Some((bound, bj, Some(nodes), block))
+            Some((bound, block, Some(nodes)))
         };
         if crate::node::depth_of(li).is_none() {
             return self
                 .freeable_by_victims(req, key, b, li)
                 .into_iter()
-                .enumerate()
-                .filter_map(|(bj, (block, nodes))| pick(bj, block, nodes))
+                .filter_map(|(block, nodes)| pick(block, nodes))
                 .collect();
         }
-        let mut out = Vec::new();
         let rank = usize::from(req.class.priority(self.policy)).min(4);
-        // Blocks are numbered in key order among those with a freeable node, as the reading
-        // from the victims would number them (ties go to the lower number).
-        let mut bj = 0;
-        for (&block, held) in &b.held[li] {
-            let (n, share) = held[..rank].iter().fold((0usize, 0u64), |(n, s), h| {
-                (n + usize::try_from(h.0).unwrap_or(0), s + h.1)
-            });
-            if n == 0 {
-                continue;
-            }
-            bj += 1;
-            let have = free(&block);
-            if have + n < need {
-                continue;
-            }
-            if have + n == need {
-                out.push((share, bj - 1, None, block));
+        let mut candidates: Vec<(BlockKey, usize, u64)> = b.held[li]
+            .iter()
+            .filter_map(|(&block, held)| {
+                let (n, share) = held[..rank].iter().fold((0usize, 0u64), |(n, s), h| {
+                    (n + usize::try_from(h.0).unwrap_or(0), s + h.1)
+                });
+                (n > 0 && free(&block) + n >= need).then_some((block, n, share))
+            })
+            .collect();
+        // Hashed: the plan must not depend on the map's order.
+        candidates.sort_unstable_by_key(|c| c.0);
+        let mut out = Vec::with_capacity(candidates.len());
+        for (block, n, share) in candidates {
+            if free(&block) + n == need {
+                out.push((share, block, None));
             } else {
-                out.extend(pick(
-                    bj - 1,
-                    block,
-                    self.block_freeable(req, key, li, block),
-                ));
+                out.extend(pick(block, self.block_freeable(req, key, li, block)));
             }
         }
         out
@@ -485,7 +477,7 @@ impl Allocator {
             .collect();
         // The cheapest plan, ties to the earliest scope and then block (as visiting them in
         // order and keeping only strictly cheaper plans would give).
-        let mut best: Option<(u64, (usize, usize), BTreeSet<InstanceId>)> = None;
+        let mut best: Option<(u64, (usize, BlockKey), BTreeSet<InstanceId>)> = None;
         for (bi, &(key, b)) in buckets.iter().enumerate() {
             let index = &b.levels[li];
             if index.largest() >= count {
@@ -496,12 +488,12 @@ impl Allocator {
             // blocks whose bound can still win.
             let mut blocks = self.gang_blocks(req, &key, b, li, need_all);
             blocks.sort_unstable_by_key(|b| (b.0, b.1));
-            for (bound, bj, nodes, block) in blocks {
+            for (bound, block, nodes) in blocks {
                 // The cost is at least the bound: a block that cannot beat the best so far
                 // (cheaper, or as cheap and earlier) is not priced.
                 if best
                     .as_ref()
-                    .is_some_and(|(c, k, _)| (bound, (bi, bj)) > (*c, *k))
+                    .is_some_and(|(c, k, _)| (bound, (bi, block)) > (*c, *k))
                 {
                     continue;
                 }
@@ -513,9 +505,9 @@ impl Allocator {
                 let cost = self.cost(&victims);
                 if best
                     .as_ref()
-                    .is_none_or(|(c, k, _)| (cost, (bi, bj)) < (*c, *k))
+                    .is_none_or(|(c, k, _)| (cost, (bi, block)) < (*c, *k))
                 {
-                    best = Some((cost, (bi, bj), victims));
+                    best = Some((cost, (bi, block), victims));
                 }
             }
         }

@@ -150,6 +150,21 @@ struct Stats {
 }
 
 impl Stats {
+    /// Waits until `slot`, counting a late start (the previous request was still in flight
+    /// when this one was due) or how late the timer woke.
+    async fn wait_for(&mut self, slot: Instant) {
+        let now = Instant::now();
+        if now > slot {
+            self.late += 1;
+            self.max_late = self.max_late.max(now - slot);
+        } else {
+            tokio::time::sleep_until(slot).await;
+            let lag = Instant::now().saturating_duration_since(slot);
+            self.start_lag_us
+                .push(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX));
+        }
+    }
+
     fn merge(&mut self, other: Stats) {
         self.sent += other.sent;
         self.latencies_us.extend(other.latencies_us);
@@ -282,18 +297,7 @@ async fn run_agent(
     let cp = cp.starting_at(&agent.name);
     let mut slot = first;
     while slot < end {
-        let now = Instant::now();
-        if now > slot {
-            // The previous heartbeat was still in flight when this one was due.
-            stats.late += 1;
-            stats.max_late = stats.max_late.max(now - slot);
-        } else {
-            tokio::time::sleep_until(slot).await;
-            let lag = Instant::now().saturating_duration_since(slot);
-            stats
-                .start_lag_us
-                .push(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX));
-        }
+        stats.wait_for(slot).await;
         let body = next_heartbeat(&mut agent, event_permille, full_telemetry);
         stats.sent += 1;
         let started = Instant::now();
@@ -426,17 +430,7 @@ async fn run_group(
     let mut stats = Stats::default();
     let mut slot = first;
     while slot < end {
-        let now = Instant::now();
-        if now > slot {
-            stats.late += 1;
-            stats.max_late = stats.max_late.max(now - slot);
-        } else {
-            tokio::time::sleep_until(slot).await;
-            let lag = Instant::now().saturating_duration_since(slot);
-            stats
-                .start_lag_us
-                .push(u64::try_from(lag.as_micros()).unwrap_or(u64::MAX));
-        }
+        stats.wait_for(slot).await;
         if let Err(e) = send_batch(&mut g, &mut stats, event_permille, full_telemetry).await {
             *stats.errors.entry(e).or_default() += g.agents.len() as u64;
         }

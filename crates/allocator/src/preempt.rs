@@ -18,7 +18,8 @@
 //!   scopes are added, smallest first, until it is not.
 //!
 //! The plan is exact about feasibility (a plan it returns makes the request placeable) but
-//! greedy about cost. It reads only the victims' nodes, never the whole fleet.
+//! greedy about cost. It reads only the victims' nodes, or the members of the blocks that
+//! could take a gang, never the whole fleet.
 //!
 //! A gang plan first reads, per block, how many schedulable, healthy nodes hold only work of
 //! each highest class (an index kept with the others): blocks that could not gather the
@@ -181,20 +182,22 @@ impl Allocator {
                 .collect();
         }
         let rank = usize::from(req.class.priority(self.policy)).min(4);
-        let mut candidates: Vec<(BlockKey, usize, u64)> = b.held[li]
+        // (block, its free nodes, nodes holding only lower-class work, their shares)
+        let mut candidates: Vec<(BlockKey, usize, usize, u64)> = b.held[li]
             .iter()
             .filter_map(|(&block, held)| {
                 let (n, share) = held[..rank].iter().fold((0usize, 0u64), |(n, s), h| {
                     (n + usize::try_from(h.0).unwrap_or(0), s + h.1)
                 });
-                (n > 0 && free(&block) + n >= need).then_some((block, n, share))
+                let have = free(&block);
+                (n > 0 && have + n >= need).then_some((block, have, n, share))
             })
             .collect();
         // Hashed: the plan must not depend on the map's order.
         candidates.sort_unstable_by_key(|c| c.0);
         let mut out = Vec::with_capacity(candidates.len());
-        for (block, n, share) in candidates {
-            if free(&block) + n == need {
+        for (block, have, n, share) in candidates {
+            if have + n == need {
                 out.push((share, block, None));
             } else {
                 out.extend(pick(block, self.block_freeable(req, key, li, block)));

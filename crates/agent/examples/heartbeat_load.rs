@@ -8,7 +8,10 @@
 //!
 //! Phase 1 lists the site's nodes (operator key) and registers one simulated agent per node
 //! with the enrollment key (`--register-concurrency` at a time); each agent then uses the
-//! node key it got back. Phase 2 has every agent send a heartbeat each interval, start times
+//! node key it got back. As a real agent does, each one beats as soon as it is registered
+//! and every interval after, until phase 2 begins: registering 125,000 agents takes
+//! minutes, longer than the missed-heartbeat limit, and agents left silent meanwhile would
+//! be marked unreachable and come back during phase 2, which is then no steady state. Phase 2 has every agent send a heartbeat each interval, start times
 //! spread evenly over the interval, each with one simulated sample per GPU and, now and then,
 //! an event (XID 13, an application fault the policy ignores; burn-in requests are answered
 //! with a pass). It prints the target and achieved rates, errors by status, latency
@@ -224,6 +227,7 @@ async fn list_nodes(http: &reqwest::Client, args: &Args) -> Result<Vec<NodeItem>
 
 async fn register_all(
     cp: &ControlPlane,
+    http: &reqwest::Client,
     args: &Args,
     nodes: Vec<NodeItem>,
 ) -> (Vec<Agent>, BTreeMap<String, u64>) {
@@ -253,9 +257,33 @@ async fn register_all(
             (node.name, reg, sim)
         });
     }
-    let mut agents = Vec::new();
     let mut errors = BTreeMap::new();
+    // Registered agents, kept alive in groups until phase 2 begins.
+    let chunk = args.batch.map_or(500, usize::from);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut alive = JoinSet::new();
+    let mut pending: Vec<Agent> = Vec::new();
+    let first = args.server.split(',').next().unwrap_or_default().trim();
+    let url = format!("{}/v1/agent/heartbeats", first.trim_end_matches('/'));
+    let keep = |group: Vec<Agent>, alive: &mut JoinSet<_>| {
+        let g = Group {
+            http: http.clone(),
+            url: url.clone(),
+            key: args.key.clone(),
+            agents: group,
+        };
+        alive.spawn(keep_alive(
+            cp.clone(),
+            g,
+            args.batch.is_some(),
+            Duration::from_secs(args.interval_secs.max(1)),
+            stopped.clone(),
+        ));
+    };
     while let Some(joined) = tasks.join_next().await {
+        if pending.len() >= chunk {
+            keep(std::mem::take(&mut pending), &mut alive);
+        }
         let Ok((name, reg, mut sim)) = joined else {
             continue;
         };
@@ -271,7 +299,7 @@ async fn register_all(
                 };
                 agent.events.on_register(reg.last_seq);
                 agent.burn_in(reg.burn_in);
-                agents.push(agent);
+                pending.push(agent);
             }
             Err(e) => {
                 if !args.json_only && errors.is_empty() {
@@ -281,7 +309,64 @@ async fn register_all(
             }
         }
     }
+    let _ = stop.send(true);
+    let mut agents = pending;
+    let (mut beats, mut failed) = (0u64, 0u64);
+    while let Some(joined) = alive.join_next().await {
+        if let Ok((group, stats)) = joined {
+            agents.extend(group);
+            beats += stats.sent;
+            failed += stats.errors.values().sum::<u64>();
+        }
+    }
+    if !args.json_only {
+        println!("  kept registered agents alive meanwhile: {beats} heartbeats, {failed} failed");
+    }
     (agents, errors)
+}
+
+/// Beats for a group of registered agents (`g`) at once and every interval after (alone, or as
+/// one batch with `batched`), until `stop` turns true; returns the agents.
+async fn keep_alive(
+    cp: ControlPlane,
+    mut g: Group,
+    batched: bool,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> (Vec<Agent>, Stats) {
+    let mut stats = Stats::default();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        if batched {
+            if let Err(e) = send_batch(&mut g, &mut stats, 0, false).await {
+                *stats.errors.entry(e).or_default() += g.agents.len() as u64;
+            }
+        } else {
+            for agent in &mut g.agents {
+                let body = next_heartbeat(agent, 0, false);
+                stats.sent += 1;
+                match cp
+                    .clone()
+                    .starting_at(&agent.name)
+                    .heartbeat(&agent.key, &body)
+                    .await
+                {
+                    Ok(ack) => {
+                        agent.events.ack(ack.acked_seq);
+                        agent.burn_in(ack.burn_in);
+                    }
+                    Err(e) => *stats.errors.entry(error_key(&e)).or_default() += 1,
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    (g.agents, stats)
 }
 
 async fn run_agent(
@@ -474,7 +559,7 @@ async fn main() -> Result<()> {
 
     let t0 = Instant::now();
     let asked = nodes.len();
-    let (agents, reg_errors) = register_all(&cp, &args, nodes).await;
+    let (agents, reg_errors) = register_all(&cp, &http, &args, nodes).await;
     let reg_secs = t0.elapsed().as_secs_f64();
     let reg_rate = agents.len() as f64 / reg_secs.max(1e-9);
     say(format!(

@@ -11,6 +11,8 @@
 #                                                  # which pass them on in batches
 #   BATCH=500 scripts/bench/heartbeats.sh           # the generator sends batches of 500 itself,
 #                                                  # as relays on other machines would
+#   LOADGEN_ARGS=--silent-while-registering ...     # agents silent until the heartbeat phase:
+#                                                  # a site coming back from an outage
 #
 # The generator runs on the same machine and takes CPU from the server: on a 2-core machine
 # the figures are a lower bound of what one server does.
@@ -60,7 +62,7 @@ relay_cpu() {
 }
 "$LOADGEN" --server "$servers" --key "$enroll" --operator-key "$op" --site "$SITE" \
   --interval-secs "$INTERVAL" --duration-secs "$DURATION" ${AGENTS:+--agents "$AGENTS"} \
-  ${BATCH:+--batch "$BATCH"} \
+  ${BATCH:+--batch "$BATCH"} ${LOADGEN_ARGS:-} \
   2>&1 | tee "$dir/loadgen.out" &
 gen=$!
 # The heartbeat phase starts when the generator prints it; measure the server's CPU from one

@@ -11,7 +11,8 @@
 //! node key it got back. As a real agent does, each one beats as soon as it is registered
 //! and every interval after, until phase 2 begins: registering 125,000 agents takes
 //! minutes, longer than the missed-heartbeat limit, and agents left silent meanwhile would
-//! be marked unreachable and come back during phase 2, which is then no steady state. Phase 2 has every agent send a heartbeat each interval, start times
+//! be marked unreachable and come back during phase 2, which is then no steady state
+//! (`--silent-while-registering` measures that case: a site back from an outage). Phase 2 has every agent send a heartbeat each interval, start times
 //! spread evenly over the interval, each with one simulated sample per GPU and, now and then,
 //! an event (XID 13, an application fault the policy ignores; burn-in requests are answered
 //! with a pass). It prints the target and achieved rates, errors by status, latency
@@ -92,6 +93,11 @@ struct Args {
     /// them on, instead of each agent alone.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
     batch: Option<u16>,
+    /// Agents stay silent from their registration until phase 2, as after an outage of the
+    /// whole site: those registered longer than the missed-heartbeat limit before phase 2
+    /// are marked unreachable meanwhile and come back during it.
+    #[arg(long)]
+    silent_while_registering: bool,
 }
 
 #[derive(Deserialize)]
@@ -281,7 +287,7 @@ async fn register_all(
         ));
     };
     while let Some(joined) = tasks.join_next().await {
-        if pending.len() >= chunk {
+        if pending.len() >= chunk && !args.silent_while_registering {
             keep(std::mem::take(&mut pending), &mut alive);
         }
         let Ok((name, reg, mut sim)) = joined else {
@@ -319,7 +325,7 @@ async fn register_all(
             failed += stats.errors.values().sum::<u64>();
         }
     }
-    if !args.json_only {
+    if !args.json_only && !args.silent_while_registering {
         println!("  kept registered agents alive meanwhile: {beats} heartbeats, {failed} failed");
     }
     (agents, errors)

@@ -712,17 +712,47 @@ async fn agent_heartbeats(
     Ok(resp)
 }
 
-/// The answers to a batch ([`HeartbeatBatchAnswer`]), written as they come: each body is
+/// Heartbeats of one batch taken at once.
+const BATCH_SIDE_BY_SIDE: usize = 16;
+
+/// The answers to a batch ([`HeartbeatBatchAnswer`]), in the batch's order; each body is
 /// already JSON.
+///
+/// The heartbeats are taken side by side, [`BATCH_SIDE_BY_SIDE`] at a time, so that those
+/// with news (each waiting for its commit) share the writer's transactions instead of
+/// waiting for each other: 500 nodes back from `unreachable` in one batch are then a few
+/// dozen commits, not 500 in a row. A node
+/// whose heartbeat comes twice in one batch has the later one taken after the others.
 async fn batch_answer(st: &AppState, batch: &BatchIn<'_>, body: &axum::body::Bytes) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + batch.heartbeats.len() * 256);
+    let items = &batch.heartbeats;
+    let one = |i: usize| {
+        let item = &items[i];
+        relayed_one(
+            st,
+            &item.key,
+            body.slice_ref(item.heartbeat.get().as_bytes()),
+        )
+    };
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    let (first, again): (Vec<usize>, Vec<usize>) =
+        (0..items.len()).partition(|&i| seen.insert(items[i].key.trim()));
+    // A few at a time: enough to group the commits of news, while a batch without news
+    // costs about what it does one by one (all 500 at once cost 3 µs more a heartbeat).
+    let mut answers: Vec<(usize, (u16, axum::body::Bytes))> = Vec::with_capacity(items.len());
+    for group in first.chunks(BATCH_SIDE_BY_SIDE) {
+        let taken = futures_util::future::join_all(group.iter().map(|&i| one(i))).await;
+        answers.extend(group.iter().copied().zip(taken));
+    }
+    for i in again {
+        answers.push((i, one(i).await));
+    }
+    answers.sort_unstable_by_key(|(i, _)| *i);
+    let mut out = Vec::with_capacity(64 + items.len() * 256);
     out.extend_from_slice(b"{\"answers\":[");
-    for (n, item) in batch.heartbeats.iter().enumerate() {
+    for (n, (_, (status, answer))) in answers.into_iter().enumerate() {
         if n > 0 {
             out.push(b',');
         }
-        let one = body.slice_ref(item.heartbeat.get().as_bytes());
-        let (status, answer) = relayed_one(st, &item.key, one).await;
         out.extend_from_slice(b"{\"status\":");
         out.extend_from_slice(status.to_string().as_bytes());
         out.extend_from_slice(b",\"body\":");

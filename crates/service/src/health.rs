@@ -318,6 +318,10 @@ pub(crate) struct Monitor {
     to_learn: std::sync::Mutex<std::collections::BTreeSet<NodeId>>,
     /// Until when silence is not judged (real time), after the periodic work stalled.
     blind_until: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Heartbeats with news written at once ([`SIDE_BY_SIDE`]): enough to fill the
+    /// writer's group commits, few enough that a site back from an outage (tens of
+    /// thousands of nodes in a few seconds) does not exhaust the database pools.
+    news: tokio::sync::Semaphore,
 }
 
 /// How often a replica that does not lead writes which agents it heard from (seconds).
@@ -372,6 +376,7 @@ impl Monitor {
             last_seen_flush: std::sync::Mutex::new(now),
             to_learn: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             blind_until: std::sync::Mutex::new(None),
+            news: tokio::sync::Semaphore::new(SIDE_BY_SIDE),
         })
     }
 
@@ -660,6 +665,27 @@ fn stored_samples(json: &str, node: &Node) -> Option<Vec<GpuSample>> {
         );
     }
     serde_json::from_str(json).ok()
+}
+
+/// Node changes of one health round taken at once (see [`side_by_side`]), and heartbeats
+/// with news written at once.
+const SIDE_BY_SIDE: usize = 64;
+
+/// Runs `f` on every item, [`SIDE_BY_SIDE`] at a time, so that their commits share the
+/// writer's transactions; stops after the first group in which one failed, with its error.
+async fn side_by_side<T, F, Fut>(items: Vec<T>, f: F) -> Result<()>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let group = items.by_ref().take(SIDE_BY_SIDE).map(&f);
+        for done in futures_util::future::join_all(group).await {
+            done?;
+        }
+    }
+    Ok(())
 }
 
 /// Longest absence an agent may announce, seconds (the control plane waits at most its
@@ -1145,6 +1171,18 @@ impl Service {
                 l.flags = flags;
                 (l.acked_seq, Ok((facts, new_seq)), restore)
             }
+        };
+        // News waits for its turn to be written.
+        let _turn = if restore || facts.is_ok() {
+            Some(
+                self.health
+                    .news
+                    .acquire()
+                    .await
+                    .map_err(|_| Error::internal("the health monitor is closed"))?,
+            )
+        } else {
+            None
         };
         // Heard from again: an unreachable node returns to its state first, unless the news
         // fails it anyway (then it fails from `unreachable`).
@@ -2261,7 +2299,9 @@ impl Service {
             }
             (silent, gone, stale)
         };
-        for (node, last) in silent {
+        // Node changes go side by side, so that they share the writer's commits: a rack or
+        // a site gone silent at once is a few transactions per round, not one per node.
+        side_by_side(silent, |(node, last)| async move {
             let fact = Fact {
                 at: last,
                 gpu: None,
@@ -2275,18 +2315,19 @@ impl Service {
                 ),
                 burn_in: None,
             };
-            self.health_record(node, 0, 0, vec![fact], None).await?;
-        }
-        for (node, last, left) in gone {
+            self.health_record(node, 0, 0, vec![fact], None).await
+        })
+        .await?;
+        side_by_side(gone, |(node, last, left)| async move {
             let Some(from) = crate::scheduler::lock(&self.sched).node_state(node) else {
-                continue;
+                return Ok(());
             };
             if matches!(
                 from,
                 NodeState::Failed | NodeState::Maintenance | NodeState::Unreachable
             ) {
                 self.health.set_state(node, from, None);
-                continue;
+                return Ok(());
             }
             let reason = match left {
                 Some(why) => format!(
@@ -2302,7 +2343,7 @@ impl Service {
                 ),
             };
             if !self.mark_unreachable(node, from, reason, now).await? {
-                continue;
+                return Ok(());
             }
             // A heartbeat that came in meanwhile found the node still reachable.
             let heard = lock(&self.health.live)
@@ -2311,7 +2352,9 @@ impl Service {
             if heard {
                 self.reachable_again(node, None).await?;
             }
-        }
+            Ok(())
+        })
+        .await?;
         // Re-verify idle nodes, a few at a time so capacity never drops at once.
         let mut reverified = 0;
         for node in stale {

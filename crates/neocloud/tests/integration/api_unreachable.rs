@@ -639,3 +639,89 @@ clocked!(
         assert_eq!(u["items"][0]["gpu_seconds"], 8 * (end - start), "{u}");
     }
 );
+
+clocked!(
+    a_site_gone_silent_is_marked_in_one_round_and_comes_back_in_one_batch,
+    SchedulerConfig::default(),
+    |ctx: TestContext, clock: Clock| async move {
+        // 100 nodes (25 leaf groups of 4): more than one round's group of node changes.
+        let fleet = FLEET.replace(
+            "{ kind = \"leaf_group\", count = 2",
+            "{ kind = \"leaf_group\", count = 25",
+        );
+        ctx.import(&fleet).await.expect(200);
+        let enroll = ctx.key("node-agent", None).await.0;
+        let hosts: Vec<String> = (1..=25)
+            .flat_map(|l| (1..=4).map(move |n| format!("e-p1-l{l}-n{n}")))
+            .collect();
+        let mut keys = Vec::new();
+        for h in &hosts {
+            let k = register(&ctx, &enroll, h).await;
+            ctx.post("/v1/agent/heartbeat", &k, &beat(h, vec![]))
+                .await
+                .expect(200);
+            keys.push(k);
+        }
+        // A site's network goes: one round marks every node unreachable.
+        pass(&ctx, &clock, 31).await;
+        for h in &hosts {
+            assert_eq!(state(&ctx, h).await, "unreachable", "{h}");
+        }
+        // It comes back through a relay: one batch with every node, the first node twice
+        // (its agent beat again, with a new event, before the relay passed the batch on).
+        let item = |k: &str, hb: Value| json!({"key": k, "heartbeat": hb});
+        let first = &hosts[0];
+        let xid = |seq: u64| {
+            json!({"seq": seq, "at": Timestamp::now().to_string(),
+                   "gpu_uuid": format!("GPU-{first}-2"), "kind": {"type": "xid", "code": 13}})
+        };
+        let mut items = vec![item(&keys[0], beat(first, vec![xid(1)]))];
+        for (h, k) in hosts.iter().zip(&keys).skip(1) {
+            items.push(item(k, beat(h, vec![])));
+        }
+        items.push(item(&keys[0], beat(first, vec![xid(1), xid(2)])));
+        let r = ctx
+            .post(
+                "/v1/agent/heartbeats",
+                &enroll,
+                &json!({"heartbeats": items}),
+            )
+            .await
+            .expect(200);
+        let answers = r["answers"].as_array().unwrap();
+        assert_eq!(answers.len(), 101, "{r}");
+        for (i, a) in answers.iter().enumerate() {
+            assert_eq!(a["status"], 200, "answer {i}: {a}");
+            assert_eq!(a["body"]["state"], "available", "answer {i}: {a}");
+        }
+        // In the batch's order: the first node's two answers acknowledge its two events.
+        assert_eq!(answers[0]["body"]["acked_seq"], 1);
+        assert_eq!(answers[100]["body"]["acked_seq"], 2);
+        for h in &hosts {
+            assert_eq!(state(&ctx, h).await, "available", "{h}");
+            assert_eq!(
+                transitions(&ctx, h).await,
+                [
+                    ("available".to_string(), "unreachable".to_string()),
+                    ("unreachable".to_string(), "available".to_string())
+                ],
+                "{h}"
+            );
+        }
+        // Each event stored once.
+        let events = ctx
+            .get(
+                &format!("/v1/nodes/{first}/health?limit=100"),
+                &ctx.operator_key,
+            )
+            .await
+            .expect(200);
+        let xids = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "xid")
+            .count();
+        assert_eq!(xids, 2, "{events}");
+    }
+);

@@ -341,10 +341,12 @@ async fn keep_alive(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> (Vec<Agent>, Stats) {
     let mut stats = Stats::default();
+    let mut next = Instant::now();
     loop {
         if *stop.borrow() {
             break;
         }
+        next += interval;
         if batched {
             if let Err(e) = send_batch(&mut g, &mut stats, 0, false).await {
                 *stats.errors.entry(e).or_default() += g.agents.len() as u64;
@@ -368,7 +370,7 @@ async fn keep_alive(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep_until(next) => {}
             _ = stop.changed() => break,
         }
     }

@@ -1172,50 +1172,58 @@ impl Service {
                 (l.acked_seq, Ok((facts, new_seq)), restore)
             }
         };
-        // News waits for its turn to be written.
-        let _turn = if restore || facts.is_ok() {
-            Some(
-                self.health
-                    .news
-                    .acquire()
-                    .await
-                    .map_err(|_| Error::internal("the health monitor is closed"))?,
-            )
-        } else {
-            None
+        let ack = match facts {
+            Err(ack) if !restore => ack,
+            // News, already taken out of memory (flags, the leaving notice): written by a
+            // task of its own, so that a caller that goes away meanwhile (a relay that gave
+            // up waiting, while a whole site comes back) does not lose it halfway.
+            facts => {
+                let svc = self.clone();
+                let key = p.key_id;
+                tokio::spawn(
+                    async move { svc.write_news(node_id, from_seq, facts, restore, key).await },
+                )
+                .await
+                .map_err(|e| Error::internal(format!("writing a heartbeat's news: {e}")))??
+            }
         };
+        self.with_desired(node_id, reports, ack).await
+    }
+
+    /// Writes a heartbeat's news (its facts from `from_seq`, and the node's return from
+    /// `unreachable` when `restore`), waiting for one of the [`SIDE_BY_SIDE`] turns so that
+    /// the commits of many nodes are grouped; returns the acknowledgement.
+    async fn write_news(
+        &self,
+        node_id: NodeId,
+        from_seq: u64,
+        facts: std::result::Result<(Vec<Fact>, u64), HeartbeatAck>,
+        restore: bool,
+        actor: ApiKeyId,
+    ) -> Result<HeartbeatAck> {
+        let _turn = self
+            .health
+            .news
+            .acquire()
+            .await
+            .map_err(|_| Error::internal("the health monitor is closed"))?;
         // Heard from again: an unreachable node returns to its state first, unless the news
         // fails it anyway (then it fails from `unreachable`).
         let fails = facts
             .as_ref()
             .is_ok_and(|(f, _)| f.iter().any(|f| f.action == HealthAction::Fail));
         if restore && !fails {
-            self.reachable_again(node_id, Some(p.key_id)).await?;
+            self.reachable_again(node_id, Some(actor)).await?;
         }
-        let (facts, to_seq) = match facts {
-            Ok(f) => f,
-            Err(ack) if !restore => return self.with_desired(node_id, reports, ack).await,
-            Err(_) => {
-                let ack = {
-                    let live = lock(&self.health.live);
-                    let l = live
-                        .get(&node_id)
-                        .ok_or_else(|| Error::internal("node left the monitor"))?;
-                    self.ack(l)
-                };
-                return self.with_desired(node_id, reports, ack).await;
-            }
-        };
-        self.health_record(node_id, from_seq, to_seq, facts, Some(p.key_id))
-            .await?;
-        let ack = {
-            let live = lock(&self.health.live);
-            let l = live
-                .get(&node_id)
-                .ok_or_else(|| Error::internal("node left the monitor"))?;
-            self.ack(l)
-        };
-        self.with_desired(node_id, reports, ack).await
+        if let Ok((facts, to_seq)) = facts {
+            self.health_record(node_id, from_seq, to_seq, facts, Some(actor))
+                .await?;
+        }
+        let live = lock(&self.health.live);
+        let l = live
+            .get(&node_id)
+            .ok_or_else(|| Error::internal("node left the monitor"))?;
+        Ok(self.ack(l))
     }
 
     /// On a replica that does not lead: answers a heartbeat without news from this

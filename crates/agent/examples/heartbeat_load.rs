@@ -123,6 +123,8 @@ struct Agent {
     /// The node's name (which replica it beats to).
     name: String,
     key: String,
+    /// Where it beats alone: the servers of the phase, starting at the one its name picks.
+    cp: ControlPlane,
     sim: SimBackend,
     /// The GPUs as registered (the compact rows name them by index).
     inventory: Vec<neocloud_types::GpuInventory>,
@@ -276,12 +278,11 @@ async fn register_all(
             http: http.clone(),
             url: url.clone(),
             key: args.key.clone(),
+            batched: args.batch.is_some(),
             agents: group,
         };
         alive.spawn(keep_alive(
-            cp.clone(),
             g,
-            args.batch.is_some(),
             Duration::from_secs(args.interval_secs.max(1)),
             stopped.clone(),
         ));
@@ -296,6 +297,7 @@ async fn register_all(
         match reg {
             Ok(reg) => {
                 let mut agent = Agent {
+                    cp: cp.clone().starting_at(&name),
                     name,
                     key: reg.node_key.unwrap_or_else(|| args.key.clone()),
                     inventory: sim.inventory().unwrap_or_default(),
@@ -331,12 +333,10 @@ async fn register_all(
     (agents, errors)
 }
 
-/// Beats for a group of registered agents (`g`) at once and every interval after (alone, or as
-/// one batch with `batched`), until `stop` turns true; returns the agents.
+/// Beats for a group of registered agents at once and every interval after, until `stop`
+/// turns true; returns the agents.
 async fn keep_alive(
-    cp: ControlPlane,
     mut g: Group,
-    batched: bool,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> (Vec<Agent>, Stats) {
@@ -347,28 +347,7 @@ async fn keep_alive(
             break;
         }
         next += interval;
-        if batched {
-            if let Err(e) = send_batch(&mut g, &mut stats, 0, false).await {
-                *stats.errors.entry(e).or_default() += g.agents.len() as u64;
-            }
-        } else {
-            for agent in &mut g.agents {
-                let body = next_heartbeat(agent, 0, false);
-                stats.sent += 1;
-                match cp
-                    .clone()
-                    .starting_at(&agent.name)
-                    .heartbeat(&agent.key, &body)
-                    .await
-                {
-                    Ok(ack) => {
-                        agent.events.ack(ack.acked_seq);
-                        agent.burn_in(ack.burn_in);
-                    }
-                    Err(e) => *stats.errors.entry(error_key(&e)).or_default() += 1,
-                }
-            }
-        }
+        send_round(&mut g, &mut stats, 0, false).await;
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
             _ = stop.changed() => break,
@@ -377,38 +356,27 @@ async fn keep_alive(
     (g.agents, stats)
 }
 
-async fn run_agent(
-    cp: ControlPlane,
-    mut agent: Agent,
-    first: Instant,
-    end: Instant,
-    interval: Duration,
+/// One heartbeat of one agent, alone; its latency and answer go into `stats`.
+async fn send_alone(
+    agent: &mut Agent,
+    stats: &mut Stats,
     event_permille: u64,
     full_telemetry: bool,
-) -> (Stats, Agent) {
-    let mut stats = Stats::default();
-    let cp = cp.starting_at(&agent.name);
-    let mut slot = first;
-    while slot < end {
-        stats.wait_for(slot).await;
-        let body = next_heartbeat(&mut agent, event_permille, full_telemetry);
-        stats.sent += 1;
-        let started = Instant::now();
-        let result = cp.heartbeat(&agent.key, &body).await;
-        let took = started.elapsed();
-        stats
-            .latencies_us
-            .push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
-        match result {
-            Ok(ack) => {
-                agent.events.ack(ack.acked_seq);
-                agent.burn_in(ack.burn_in);
-            }
-            Err(e) => *stats.errors.entry(error_key(&e)).or_default() += 1,
+) {
+    let body = next_heartbeat(agent, event_permille, full_telemetry);
+    stats.sent += 1;
+    let started = Instant::now();
+    let result = agent.cp.heartbeat(&agent.key, &body).await;
+    stats
+        .latencies_us
+        .push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+    match result {
+        Ok(ack) => {
+            agent.events.ack(ack.acked_seq);
+            agent.burn_in(ack.burn_in);
         }
-        slot += interval;
+        Err(e) => *stats.errors.entry(error_key(&e)).or_default() += 1,
     }
-    (stats, agent)
 }
 
 /// One agent's next heartbeat: an event now and then, a sample per GPU.
@@ -440,14 +408,28 @@ fn next_heartbeat(agent: &mut Agent, event_permille: u64, full_telemetry: bool) 
     body
 }
 
-/// What a group of agents sends as one batch each interval (see `--batch`).
+/// Agents that beat together each interval: as one batch (see `--batch`), or each alone.
 struct Group {
     http: reqwest::Client,
     /// `…/v1/agent/heartbeats` of the first server.
     url: String,
     /// The key the batch itself is sent with (the enrollment key, as a relay's).
     key: String,
+    /// One batch for the whole group; otherwise each agent beats alone, in turn.
+    batched: bool,
     agents: Vec<Agent>,
+}
+
+/// One interval's heartbeats of a group. Latency is recorded per request: per batch, or
+/// per heartbeat sent alone.
+async fn send_round(g: &mut Group, stats: &mut Stats, event_permille: u64, full_telemetry: bool) {
+    if !g.batched {
+        for agent in &mut g.agents {
+            send_alone(agent, stats, event_permille, full_telemetry).await;
+        }
+    } else if let Err(e) = send_batch(g, stats, event_permille, full_telemetry).await {
+        *stats.errors.entry(e).or_default() += g.agents.len() as u64;
+    }
 }
 
 /// One batch: every agent's heartbeat, and each answer read by its agent. Errors are
@@ -512,6 +494,8 @@ async fn send_batch(
     Ok(())
 }
 
+/// A group's heartbeats each interval from `first` until `end`; returns what it measured
+/// and the agents.
 async fn run_group(
     mut g: Group,
     first: Instant,
@@ -524,9 +508,7 @@ async fn run_group(
     let mut slot = first;
     while slot < end {
         stats.wait_for(slot).await;
-        if let Err(e) = send_batch(&mut g, &mut stats, event_permille, full_telemetry).await {
-            *stats.errors.entry(e).or_default() += g.agents.len() as u64;
-        }
+        send_round(&mut g, &mut stats, event_permille, full_telemetry).await;
         slot += interval;
     }
     (stats, g.agents)
@@ -593,61 +575,43 @@ async fn main() -> Result<()> {
         let start = Instant::now() + Duration::from_millis(500);
         let end = start + Duration::from_secs(args.duration_secs);
         let mut stats = Stats::default();
-        if let Some(size) = args.batch {
-            let size = usize::from(size);
-            let first = servers.split(',').next().unwrap_or_default().trim();
-            let url = format!("{}/v1/agent/heartbeats", first.trim_end_matches('/'));
-            let mut tasks = JoinSet::new();
-            let mut all = std::mem::take(&mut agents).into_iter();
-            let mut i = 0;
-            loop {
-                let group: Vec<Agent> = all.by_ref().take(size).collect();
-                if group.is_empty() {
-                    break;
-                }
-                let offset = interval.mul_f64(i as f64 / n as f64);
-                i += group.len();
-                let g = Group {
-                    http: http.clone(),
-                    url: url.clone(),
-                    key: args.key.clone(),
-                    agents: group,
-                };
-                tasks.spawn(run_group(
-                    g,
-                    start + offset,
-                    end,
-                    interval,
-                    args.event_permille,
-                    args.full_telemetry,
-                ));
+        // Groups of neighbours in start time: a batch each, or one agent each.
+        let size = args.batch.map_or(1, usize::from);
+        let first = servers.split(',').next().unwrap_or_default().trim();
+        let url = format!("{}/v1/agent/heartbeats", first.trim_end_matches('/'));
+        let mut tasks = JoinSet::new();
+        let mut all = std::mem::take(&mut agents).into_iter();
+        let mut i = 0;
+        loop {
+            let mut group: Vec<Agent> = all.by_ref().take(size).collect();
+            if group.is_empty() {
+                break;
             }
-            while let Some(joined) = tasks.join_next().await {
-                if let Ok((s, group)) = joined {
-                    stats.merge(s);
-                    agents.extend(group);
-                }
+            for agent in &mut group {
+                agent.cp = cp.clone().starting_at(&agent.name);
             }
-        } else {
-            let mut tasks = JoinSet::new();
-            for (i, agent) in std::mem::take(&mut agents).into_iter().enumerate() {
-                let offset = interval.mul_f64(i as f64 / n as f64);
-                let cp = cp.clone();
-                tasks.spawn(run_agent(
-                    cp,
-                    agent,
-                    start + offset,
-                    end,
-                    interval,
-                    args.event_permille,
-                    args.full_telemetry,
-                ));
-            }
-            while let Some(joined) = tasks.join_next().await {
-                if let Ok((s, agent)) = joined {
-                    stats.merge(s);
-                    agents.push(agent);
-                }
+            let offset = interval.mul_f64(i as f64 / n as f64);
+            i += group.len();
+            let g = Group {
+                http: http.clone(),
+                url: url.clone(),
+                key: args.key.clone(),
+                batched: args.batch.is_some(),
+                agents: group,
+            };
+            tasks.spawn(run_group(
+                g,
+                start + offset,
+                end,
+                interval,
+                args.event_permille,
+                args.full_telemetry,
+            ));
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((s, group)) = joined {
+                stats.merge(s);
+                agents.extend(group);
             }
         }
         let elapsed = Instant::now()

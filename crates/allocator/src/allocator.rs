@@ -106,6 +106,68 @@ pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 /// Node id → slot.
 pub(crate) type SlotMap = IdMap<NodeId, usize>;
 
+/// An allocation as the allocator keeps it: with the slot and GPU mask of each of its
+/// nodes, in the order of `gpus`, so that a release finds its nodes without a lookup per
+/// node. Reads as the [`Allocation`] it holds.
+#[derive(Clone, Debug)]
+pub(crate) struct Held {
+    pub a: Allocation,
+    pub picks: Picks,
+}
+
+/// The slot and mask of each node of an allocation; one node (most allocations) is kept
+/// inline, so that a release reads no other memory to find it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Picks {
+    One([(usize, u64); 1]),
+    Many(Vec<(usize, u64)>),
+}
+
+impl Picks {
+    pub fn new(mut picks: Vec<(usize, u64)>) -> Self {
+        if picks.len() == 1 {
+            Picks::One([picks.remove(0)])
+        } else {
+            Picks::Many(picks)
+        }
+    }
+
+    pub fn into_vec(self) -> Vec<(usize, u64)> {
+        match self {
+            Picks::One(p) => p.to_vec(),
+            Picks::Many(v) => v,
+        }
+    }
+}
+
+impl std::ops::Deref for Picks {
+    type Target = [(usize, u64)];
+
+    fn deref(&self) -> &[(usize, u64)] {
+        match self {
+            Picks::One(p) => p,
+            Picks::Many(v) => v,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Picks {
+    fn deref_mut(&mut self) -> &mut [(usize, u64)] {
+        match self {
+            Picks::One(p) => p,
+            Picks::Many(v) => v,
+        }
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = Allocation;
+
+    fn deref(&self) -> &Allocation {
+        &self.a
+    }
+}
+
 /// Places allocations on concrete GPUs. See the crate documentation.
 #[derive(Clone, Debug)]
 pub struct Allocator {
@@ -131,7 +193,7 @@ pub struct Allocator {
     pub(crate) pools: BTreeMap<ContractId, u32>,
     /// Allocations by instance. Hashed (looked up on every release); every iteration that
     /// can reach a caller or a decision goes through [`Allocator::allocations`], sorted.
-    pub(crate) allocations: IdMap<InstanceId, Allocation>,
+    pub(crate) allocations: IdMap<InstanceId, Held>,
     /// Recent requests' task types, for the fragmentation-aware policy.
     pub(crate) workload: crate::slices::Workload,
     pub(crate) frag_memo: crate::slices::FragMemo,
@@ -479,6 +541,13 @@ impl Allocator {
             self.slots.insert(moved.id, slot);
             // The last node took the removed one's slot.
             let last = self.nodes.len();
+            for (inst, _) in &moved.allocs {
+                if let Some(h) = self.allocations.get_mut(inst) {
+                    for pick in h.picks.iter_mut().filter(|p| p.0 == last) {
+                        pick.0 = slot;
+                    }
+                }
+            }
             for (depth, b) in moved.blocks.iter().enumerate() {
                 if let Some(b) = *b
                     && let Some(m) = self.members.get_mut(&(depth, b))
@@ -791,7 +860,7 @@ impl Allocator {
         let before = self
             .allocations
             .get(&id)
-            .cloned()
+            .map(|h| h.a.clone())
             .ok_or_else(|| format!("instance {id} holds nothing"))?;
         let Shape::Nodes { level, .. } = before.shape else {
             return Err(format!("instance {id} is not a gang"));
@@ -883,10 +952,15 @@ impl Allocator {
             }
         }
         let mut after = before.clone();
+        let mut picks = self
+            .allocations
+            .get(&before.id)
+            .map(|h| h.picks.clone().into_vec())
+            .unwrap_or_default();
         if let Some(i) = lost_at {
-            let (node_id, indexes) = after.gpus.remove(i);
-            if let Some(&slot) = self.slots.get(&node_id) {
-                let mask = mask_of(&indexes);
+            after.gpus.remove(i);
+            if i < picks.len() {
+                let (slot, mask) = picks.remove(i);
                 let used = self.nodes[slot].used;
                 let key = self.nodes[slot].scope_key();
                 self.scopes
@@ -901,8 +975,11 @@ impl Allocator {
             }
         }
         if let (Some(g), Some(slot)) = (gained, gained_slot) {
-            after.gpus.push((g, (0..self.nodes[slot].gpus).collect()));
-            after.gpus.sort();
+            let at = after.gpus.partition_point(|(n, _)| *n < g);
+            after
+                .gpus
+                .insert(at, (g, (0..self.nodes[slot].gpus).collect()));
+            picks.insert(at.min(picks.len()), (slot, self.nodes[slot].full()));
         }
         after.shape = Shape::Nodes {
             count: u32::try_from(after.gpus.len()).unwrap_or(u32::MAX),
@@ -921,7 +998,13 @@ impl Allocator {
             let key = node.scope_key();
             self.scopes.alloc_ref(&key, after.class, after.id, true, 1);
         }
-        self.allocations.insert(after.id, after.clone());
+        self.allocations.insert(
+            after.id,
+            Held {
+                a: after.clone(),
+                picks: Picks::new(picks),
+            },
+        );
         Ok(Some(after))
     }
 
@@ -1007,13 +1090,25 @@ impl Allocator {
     }
 
     fn allocation_of(&self, req: &Request, d: &Decision) -> Allocation {
-        let mut gpus: Vec<(NodeId, Vec<u32>)> = d
-            .picks
+        self.allocation_with_picks(req, d).0
+    }
+
+    /// The allocation of a decision, and the slot and mask of each of its nodes in the
+    /// order of its `gpus` (node id order).
+    fn allocation_with_picks(
+        &self,
+        req: &Request,
+        d: &Decision,
+    ) -> (Allocation, Vec<(usize, u64)>) {
+        let mut picks = d.picks.clone();
+        if picks.len() > 1 {
+            picks.sort_unstable_by_key(|&(slot, _)| self.nodes[slot].id);
+        }
+        let gpus: Vec<(NodeId, Vec<u32>)> = picks
             .iter()
             .map(|&(slot, mask)| (self.nodes[slot].id, indexes_of(mask)))
             .collect();
-        gpus.sort();
-        Allocation {
+        let a = Allocation {
             id: req.id,
             tenant: req.tenant,
             class: req.class,
@@ -1032,13 +1127,20 @@ impl Allocator {
             cpu_milli: d.host.0,
             memory_mib: d.host.1,
             mig_start: d.mig_start,
-        }
+        };
+        (a, picks)
     }
 
     fn commit(&mut self, req: &Request, d: &Decision) -> Allocation {
-        let a = self.allocation_of(req, d);
+        let (a, picks) = self.allocation_with_picks(req, d);
         self.hold(&a, &d.picks);
-        self.allocations.insert(a.id, a.clone());
+        self.allocations.insert(
+            a.id,
+            Held {
+                a: a.clone(),
+                picks: Picks::new(picks),
+            },
+        );
         a
     }
 
@@ -1105,14 +1207,9 @@ impl Allocator {
 
     /// Releases an instance's GPUs; `None` when it holds none.
     pub fn release(&mut self, id: InstanceId) -> Option<Allocation> {
-        let a = self.allocations.remove(&id)?;
-        let picks: Vec<(usize, u64)> = a
-            .gpus
-            .iter()
-            .filter_map(|(node, indexes)| Some((*self.slots.get(node)?, mask_of(indexes))))
-            .collect();
+        let Held { a, picks } = self.allocations.remove(&id)?;
         let Some(key) = self.gang_scope(&picks, false) else {
-            for &(slot, mask) in &picks {
+            for &(slot, mask) in picks.iter() {
                 let before = self.nodes[slot].used;
                 let key = self.nodes[slot].scope_key();
                 self.scopes.alloc_ref(&key, a.class, a.id, false, 1);
@@ -1131,7 +1228,7 @@ impl Allocator {
         let nodes: Vec<&Node> = picks.iter().map(|&(slot, _)| &self.nodes[slot]).collect();
         apply_held_many(&mut self.scopes, &key, &nodes, false, self.policy);
         let mut busy = 0;
-        for &(slot, mask) in &picks {
+        for &(slot, mask) in picks.iter() {
             let n = &mut self.nodes[slot];
             n.used &= !mask;
             n.allocs.clear();
@@ -1157,7 +1254,13 @@ impl Allocator {
     pub fn restore(&mut self, a: Allocation) -> Result<(), String> {
         let (a, picks) = self.check_restore(a)?;
         self.hold(&a, &picks);
-        self.allocations.insert(a.id, a);
+        self.allocations.insert(
+            a.id,
+            Held {
+                a,
+                picks: Picks::new(picks),
+            },
+        );
         Ok(())
     }
 
@@ -1291,12 +1394,12 @@ impl Allocator {
 
     /// The allocation of an instance.
     pub fn allocation(&self, id: InstanceId) -> Option<&Allocation> {
-        self.allocations.get(&id)
+        self.allocations.get(&id).map(|h| &h.a)
     }
 
     /// Every allocation, by instance id.
     pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
-        let mut all: Vec<&Allocation> = self.allocations.values().collect();
+        let mut all: Vec<&Allocation> = self.allocations.values().map(|h| &h.a).collect();
         all.sort_unstable_by_key(|a| a.id);
         all.into_iter()
     }

@@ -168,6 +168,22 @@ impl Allocator {
         let mut sliced: Vec<BTreeMap<u32, SliceSum>> = vec![BTreeMap::new(); self.nodes.len()];
         let mut host = vec![(0u64, 0u64); self.nodes.len()];
         for (id, a) in &self.allocations {
+            let kept: Vec<(usize, u64)> = a
+                .gpus
+                .iter()
+                .map(|(node, indexes)| {
+                    (
+                        self.slots.get(node).copied().unwrap_or(usize::MAX),
+                        crate::node::mask_of(indexes),
+                    )
+                })
+                .collect();
+            if kept[..] != a.picks[..] {
+                return Err(format!(
+                    "instance {id}: kept slots and masks {:?}, its nodes say {kept:?}",
+                    &a.picks[..]
+                ));
+            }
             self.check_allocation(*id, a, &mut used, &mut held, &mut sliced)?;
             for (node, _) in &a.gpus {
                 if let Some(&slot) = self.slots.get(node) {

@@ -78,11 +78,14 @@ pub enum SimCmd {
     },
 }
 
-/// A progress bar on standard error, drawn only when it is a terminal.
+/// Progress on standard error, with the time taken and an estimate of the time left. On a
+/// terminal, a bar redrawn at each percent; otherwise (a log file, a CI job, `nohup`), one
+/// line at each tenth, so that a run of hours shows how far it is without flooding the log.
 struct Bar {
     label: String,
     on: bool,
     last: i64,
+    started: std::time::Instant,
 }
 
 impl Bar {
@@ -91,6 +94,7 @@ impl Bar {
             label: label.to_string(),
             on: std::io::stderr().is_terminal(),
             last: -1,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -99,23 +103,35 @@ impl Bar {
         reason = "a share clamped to 0..=1, times 100"
     )]
     fn set(&mut self, share: f64) {
-        if !self.on {
+        let share = share.clamp(0.0, 1.0);
+        let pct = (share * 100.0).floor() as i64;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let Some(step) = due(self.on, self.last, pct, elapsed) else {
             return;
-        }
-        let pct = (share.clamp(0.0, 1.0) * 100.0).floor() as i64;
-        if pct == self.last {
-            return;
-        }
-        self.last = pct;
-        let filled = usize::try_from(pct * 40 / 100).unwrap_or(0);
+        };
+        self.last = step;
+        let times = if share > 0.0 && share < 1.0 {
+            format!(
+                "{} elapsed, about {} left",
+                clock(elapsed),
+                clock(elapsed * (1.0 - share) / share)
+            )
+        } else {
+            format!("{} elapsed", clock(elapsed))
+        };
         let mut err = std::io::stderr();
-        let _ = write!(
-            err,
-            "\r{} [{}{}] {pct:>3}%",
-            self.label,
-            "#".repeat(filled),
-            " ".repeat(40 - filled)
-        );
+        if self.on {
+            let filled = usize::try_from(pct * 40 / 100).unwrap_or(0);
+            let _ = write!(
+                err,
+                "\r{} [{}{}] {pct:>3}%  {times}\x1b[K",
+                self.label,
+                "#".repeat(filled),
+                " ".repeat(40 - filled)
+            );
+        } else {
+            let _ = writeln!(err, "{}: {pct}% done, {times}", self.label);
+        }
         let _ = err.flush();
     }
 
@@ -123,6 +139,34 @@ impl Bar {
         if self.on {
             let _ = writeln!(std::io::stderr());
         }
+    }
+}
+
+/// Seconds a job runs before progress lines start where standard error is not a terminal:
+/// a short run stays quiet but for its last line.
+const QUIET_SECS: f64 = 2.0;
+
+/// Whether progress at `pct` percent, `elapsed` seconds in, is drawn, and the step it
+/// counts as (`last` is the step drawn before): on a terminal every new percent; otherwise
+/// every new tenth once [`QUIET_SECS`] have passed, and the end.
+fn due(terminal: bool, last: i64, pct: i64, elapsed: f64) -> Option<i64> {
+    let step = if terminal { pct } else { pct / 10 * 10 };
+    let show = step != last && (terminal || pct >= 100 || (step > 0 && elapsed >= QUIET_SECS));
+    show.then_some(step)
+}
+
+/// Seconds as `1h02m`, `3m05s` or `42s`.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a non-negative duration in seconds, rounded"
+)]
+fn clock(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, _) => format!("{h}h{m:02}m"),
     }
 }
 
@@ -268,5 +312,37 @@ pub fn run(cmd: SimCmd, json: bool) -> Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn progress_lines_come_at_each_tenth_after_a_quiet_start() {
+        use super::due;
+        // A terminal: every new percent, from the start.
+        assert_eq!(due(true, -1, 0, 0.0), Some(0));
+        assert_eq!(due(true, 0, 1, 0.1), Some(1));
+        assert_eq!(due(true, 1, 1, 0.2), None);
+        // Not a terminal: nothing in the first seconds but the end.
+        assert_eq!(due(false, -1, 37, 1.0), None);
+        assert_eq!(due(false, -1, 100, 1.0), Some(100));
+        // Then one line per tenth, at the first percent of each.
+        assert_eq!(due(false, -1, 37, 3.0), Some(30));
+        assert_eq!(due(false, 30, 39, 4.0), None);
+        assert_eq!(due(false, 30, 41, 5.0), Some(40));
+        assert_eq!(due(false, 40, 0, 9.0), None);
+        assert_eq!(due(false, 90, 100, 9.0), Some(100));
+        assert_eq!(due(false, 100, 100, 9.0), None);
+    }
+
+    #[test]
+    fn clock_reads_like_a_duration() {
+        assert_eq!(super::clock(0.0), "0s");
+        assert_eq!(super::clock(-3.0), "0s");
+        assert_eq!(super::clock(42.4), "42s");
+        assert_eq!(super::clock(185.0), "3m05s");
+        assert_eq!(super::clock(3600.0), "1h00m");
+        assert_eq!(super::clock(7_950.0), "2h12m");
     }
 }

@@ -1334,14 +1334,13 @@ impl<'a> Engine<'a> {
             self.close_outage(&o, at);
             self.outages[i].start = at;
         }
-        let records = std::mem::take(&mut self.month_records);
         for (t, spec) in self.sc.tenants.iter().enumerate() {
             let inv = build_invoice(
                 self.tenant_ids[t],
                 spec.internal,
                 month,
                 &self.terms,
-                &records,
+                &self.month_records,
                 &self.downtime,
                 &SlaPolicy::default(),
             );
@@ -1349,8 +1348,12 @@ impl<'a> Engine<'a> {
                 self.invoices.push(inv);
             }
         }
+        // The month's buffer keeps its memory for the next month: growing it again from
+        // nothing every month had the kernel hand out (and zero) fresh pages each time.
         if self.sc.keep_ledger {
-            self.ledger.extend(records);
+            self.ledger.extend(self.month_records.drain(..));
+        } else {
+            self.month_records.clear();
         }
         self.tally.marks.push(MonthMark {
             month,

@@ -93,6 +93,17 @@ fn sim_compare_prints_the_table_and_writes_each_run() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     let table = text(&o.stdout);
     assert!(table.contains("2 variants × 2 seeds"), "{table}");
+    // Standard error is not a terminal here: progress comes as lines, never as a redrawn
+    // bar; a run this short only says when it ended and how long it took.
+    let err = text(&o.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("% done")).collect();
+    assert!(!lines.is_empty(), "{err}");
+    let last = lines[lines.len() - 1];
+    assert!(
+        last.starts_with("small: 4 runs: 100% done, ") && last.ends_with(" elapsed"),
+        "{err}"
+    );
+    assert!(!err.contains('\r'), "{err}");
     for row in [
         "revenue $",
         "gross margin $",

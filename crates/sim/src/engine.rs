@@ -1351,7 +1351,7 @@ impl<'a> Engine<'a> {
         // The month's buffer keeps its memory for the next month: growing it again from
         // nothing every month had the kernel hand out (and zero) fresh pages each time.
         if self.sc.keep_ledger {
-            self.ledger.extend(self.month_records.drain(..));
+            self.ledger.append(&mut self.month_records);
         } else {
             self.month_records.clear();
         }

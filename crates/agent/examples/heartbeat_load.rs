@@ -274,15 +274,8 @@ async fn register_all(
     let first = args.server.split(',').next().unwrap_or_default().trim();
     let url = format!("{}/v1/agent/heartbeats", first.trim_end_matches('/'));
     let keep = |group: Vec<Agent>, alive: &mut JoinSet<_>| {
-        let g = Group {
-            http: http.clone(),
-            url: url.clone(),
-            key: args.key.clone(),
-            batched: args.batch.is_some(),
-            agents: group,
-        };
         alive.spawn(keep_alive(
-            g,
+            Group::new(http, &url, args, group),
             Duration::from_secs(args.interval_secs.max(1)),
             stopped.clone(),
         ));
@@ -418,6 +411,19 @@ struct Group {
     /// One batch for the whole group; otherwise each agent beats alone, in turn.
     batched: bool,
     agents: Vec<Agent>,
+}
+
+impl Group {
+    /// A group of `agents` sending to `url` the way `args` asks (batched or alone).
+    fn new(http: &reqwest::Client, url: &str, args: &Args, agents: Vec<Agent>) -> Group {
+        Group {
+            http: http.clone(),
+            url: url.to_string(),
+            key: args.key.clone(),
+            batched: args.batch.is_some(),
+            agents,
+        }
+    }
 }
 
 /// One interval's heartbeats of a group. Latency is recorded per request: per batch, or
@@ -592,15 +598,8 @@ async fn main() -> Result<()> {
             }
             let offset = interval.mul_f64(i as f64 / n as f64);
             i += group.len();
-            let g = Group {
-                http: http.clone(),
-                url: url.clone(),
-                key: args.key.clone(),
-                batched: args.batch.is_some(),
-                agents: group,
-            };
             tasks.spawn(run_group(
-                g,
+                Group::new(&http, &url, &args, group),
                 start + offset,
                 end,
                 interval,

@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use neocloud_types::{
-    BlockId, BoardTopology, Class, ContractId, FleetPolicy, InstanceId, NodeId, Shape, SiteId,
+    BlockId, BoardTopology, Class, ContractId, FleetPolicy, GpuIndexes, InstanceId, NodeId, Shape,
+    SiteId,
 };
 
 use crate::index::{
@@ -1104,7 +1105,7 @@ impl Allocator {
         if picks.len() > 1 {
             picks.sort_unstable_by_key(|&(slot, _)| self.nodes[slot].id);
         }
-        let gpus: Vec<(NodeId, Vec<u32>)> = picks
+        let gpus: Vec<(NodeId, GpuIndexes)> = picks
             .iter()
             .map(|&(slot, mask)| (self.nodes[slot].id, indexes_of(mask)))
             .collect();

@@ -117,7 +117,7 @@ impl Allocator {
                 shareable: n.shareable,
                 pool: n.pool,
                 schedulable: n.schedulable,
-                unhealthy_gpus: indexes_of(n.unhealthy),
+                unhealthy_gpus: indexes_of(n.unhealthy).to_vec(),
                 cpu_milli: n.cpu_milli,
                 memory_mib: n.mem_mib,
                 mig: n.mig,

@@ -29,7 +29,8 @@ pub mod synthetic;
 mod tests;
 
 use neocloud_types::{
-    BlockId, BlockKind, Class, ContractId, InstanceId, MigFamily, NodeId, SiteId, TenantId,
+    BlockId, BlockKind, Class, ContractId, GpuIndexes, InstanceId, MigFamily, NodeId, SiteId,
+    TenantId,
 };
 
 pub use allocator::{Allocator, IdHasher, IdMap};
@@ -170,7 +171,7 @@ pub struct Allocation {
     /// Nodes and GPU indexes, both sorted ascending. A gang holds every GPU of its nodes; a
     /// share or MIG instance names its one GPU; a CPU-only instance names its node and no
     /// GPU.
-    pub gpus: Vec<(NodeId, Vec<u32>)>,
+    pub gpus: Vec<(NodeId, GpuIndexes)>,
     /// CPU thousandths of a core held on each of its nodes.
     pub cpu_milli: u64,
     /// Memory MiB held on each of its nodes.

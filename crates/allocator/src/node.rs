@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 
 use neocloud_types::{
-    BlockId, BoardTopology, Class, ContractId, FleetPolicy, GangLevel, InstanceId, MigFamily,
-    NodeId, SiteId, TenantId,
+    BlockId, BoardTopology, Class, ContractId, FleetPolicy, GangLevel, GpuIndexes, InstanceId,
+    MigFamily, NodeId, SiteId, TenantId,
 };
 
 use crate::{Allocation, PlacementPolicy, Sharing};
@@ -92,8 +92,8 @@ pub(crate) fn mask_of(indexes: &[u32]) -> u64 {
 }
 
 /// The indexes set in a mask, ascending.
-pub(crate) fn indexes_of(mask: u64) -> Vec<u32> {
-    let mut out = Vec::with_capacity(usize::try_from(mask.count_ones()).unwrap_or(0));
+pub(crate) fn indexes_of(mask: u64) -> GpuIndexes {
+    let mut out = GpuIndexes::new();
     let mut rest = mask;
     while rest != 0 {
         out.push(rest.trailing_zeros());

@@ -578,7 +578,7 @@ pub async fn instance(
 /// An instance's nodes, one per line, with the GPUs and slots it holds on each.
 fn node_list(session: &Session, i: &neocloud_types::Instance) -> Markup {
     html! {
-        @for n in &i.placement {
+        @for n in i.placement.iter() {
             @if session.is_operator() { a href={ "/nodes/" (url_encode(&n.node)) } { (n.node) } } @else { (n.node) }
             @if n.gpus.is_empty() { " (CPU only)" } @else {
                 " GPUs " (n.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(","))

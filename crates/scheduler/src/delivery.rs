@@ -54,7 +54,7 @@ impl Scheduler {
         if !Self::delivered(i) || !i.state.holds_gpus() {
             return;
         }
-        for p in &i.placement {
+        for p in i.placement.iter() {
             self.by_node.entry(p.node_id).or_default().insert(i.id);
         }
         self.tracked.insert(
@@ -71,7 +71,7 @@ impl Scheduler {
         if self.tracked.remove(&i.id).is_none() {
             return;
         }
-        for p in &i.placement {
+        for p in i.placement.iter() {
             if let Some(set) = self.by_node.get_mut(&p.node_id) {
                 set.remove(&i.id);
                 if set.is_empty() {
@@ -105,7 +105,7 @@ impl Scheduler {
                     instance_id: i.id,
                     tenant_id: i.tenant_id,
                     delivery,
-                    gpus: p.gpus.clone(),
+                    gpus: p.gpus.to_vec(),
                     mig_start: p.mig_start,
                     mig_profile,
                     share_milli,

@@ -1,7 +1,9 @@
 //! What a decision asks the durable store to record.
 
 use neocloud_allocator::Allocation;
-use neocloud_types::{Contract, ContractId, ContractState, Instance, NodeId, TenantId, Timestamp};
+use neocloud_types::{
+    Contract, ContractId, ContractState, GpuIndexes, Instance, NodeId, TenantId, Timestamp,
+};
 
 /// An audit event that is not an instance's own.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,7 +67,7 @@ pub enum Effect {
         /// The node whose GPUs it gives back.
         release: Option<NodeId>,
         /// The GPUs it takes.
-        hold: Option<(NodeId, Vec<u32>)>,
+        hold: Option<(NodeId, GpuIndexes)>,
         /// The audit action: `instance.node_replaced`, `instance.node_lost` or
         /// `instance.shrunk`.
         action: &'static str,

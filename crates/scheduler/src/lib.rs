@@ -326,10 +326,7 @@ pub fn request_of(i: &Instance) -> Request {
 }
 
 /// An allocation's placement as an instance shows it.
-pub fn placed_nodes(
-    a: &Allocation,
-    names: &IdMap<NodeId, String>,
-) -> Vec<neocloud_types::PlacedNode> {
+pub fn placed_nodes(a: &Allocation, names: &IdMap<NodeId, String>) -> neocloud_types::PlacedNodes {
     a.gpus
         .iter()
         .map(|(n, g)| neocloud_types::PlacedNode {

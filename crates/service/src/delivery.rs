@@ -81,7 +81,7 @@ impl Waiters {
             if inst.delivery.is_none() {
                 continue;
             }
-            for p in &inst.placement {
+            for p in inst.placement.iter() {
                 if let Some(n) = map.get(&p.node_id) {
                     n.notify_waiters();
                 }

@@ -127,7 +127,7 @@ impl Service {
             contract_id: req.contract_id,
             state: InstanceState::Pending,
             reason: None,
-            placement: Vec::new(),
+            placement: Default::default(),
             placement_summary: None,
             created_at: now,
             started_at: None,
@@ -242,7 +242,7 @@ impl Service {
                     .map_err(|_| Error::invalid("cursor is not one this list gave"))
             })
             .transpose()?;
-        let mut nodes = self.visible_instance(p, id).await?.placement;
+        let mut nodes = self.visible_instance(p, id).await?.placement.to_vec();
         nodes.sort_unstable_by_key(|n| n.node_id);
         let from = after.map_or(0, |a| nodes.partition_point(|n| n.node_id <= a));
         let to = nodes.len().min(from.saturating_add(limit));

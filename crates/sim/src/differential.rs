@@ -275,7 +275,7 @@ fn differential(seed: u64, steps: usize) -> Coverage {
                         contract_id,
                         state: InstanceState::Pending,
                         reason: None,
-                        placement: Vec::new(),
+                        placement: Default::default(),
                         placement_summary: None,
                         created_at: ts,
                         started_at: None,

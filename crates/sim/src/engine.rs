@@ -881,7 +881,7 @@ impl<'a> Engine<'a> {
             contract_id: pool.map(|c| self.contracts[c as usize].id),
             state: InstanceState::Pending,
             reason: None,
-            placement: Vec::new(),
+            placement: Default::default(),
             placement_summary: None,
             created_at: now,
             started_at: None,

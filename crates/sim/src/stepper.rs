@@ -204,7 +204,7 @@ impl<'a> Stepper<'a> {
                     .slot_of
                     .get(&p.node_id)
                     .map_or_else(String::new, |&s| self.names[s].clone()),
-                gpus: p.gpus.clone(),
+                gpus: p.gpus.to_vec(),
                 mig_start: p.mig_start,
             })
             .collect();

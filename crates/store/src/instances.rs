@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use neocloud_types::{
-    BlockId, BlockKind, Class, ContractId, GangLevel, Instance, InstanceId, InstanceState,
-    NodeFailurePolicy, NodeId, NodeState, PlacedNode, Quota, Shape, TenantId, Timestamp,
+    BlockId, BlockKind, Class, ContractId, GangLevel, GpuIndexes, Instance, InstanceId,
+    InstanceState, NodeFailurePolicy, NodeId, NodeState, PlacedNode, PlacedNodes, Quota, Shape,
+    TenantId, Timestamp,
 };
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -286,7 +287,7 @@ impl InstanceRow {
             contract_id,
             state,
             reason,
-            placement: Vec::new(),
+            placement: PlacedNodes::default(),
             placement_summary: None,
             created_at,
             started_at,
@@ -307,11 +308,12 @@ impl InstanceRow {
     /// The instance with `placement`, each node marked with the CPU and memory it holds.
     fn with(self, placement: Option<Vec<PlacedNode>>) -> Instance {
         let mut i = self.inst;
-        i.placement = placement.unwrap_or_default();
-        for p in &mut i.placement {
+        let mut placement = placement.unwrap_or_default();
+        for p in &mut placement {
             p.cpu_milli = self.held.0;
             p.memory_mib = self.held.1;
         }
+        i.placement = placement.into();
         i
     }
 }
@@ -541,7 +543,7 @@ fn group_placements(rows: &[AnyRow]) -> Result<HashMap<String, Vec<PlacedNode>>>
             let mut gpus = list
                 .split('/')
                 .map(|g| g.parse::<u32>())
-                .collect::<Result<Vec<u32>, _>>()
+                .collect::<Result<GpuIndexes, _>>()
                 .map_err(|e| StoreError::Corrupt(format!("GPUs of {holder}: {e}")))?;
             gpus.sort_unstable();
             out.entry(holder).or_default().push(PlacedNode {
@@ -566,8 +568,11 @@ fn add_slices(out: &mut HashMap<String, Vec<PlacedNode>>, rows: &[AnyRow]) -> Re
     for r in rows {
         let idx: Option<i64> = r.try_get("idx")?;
         let gpus = match idx {
-            Some(i) => vec![u32::try_from(i).map_err(|_| StoreError::Corrupt("idx".into()))?],
-            None => Vec::new(),
+            Some(i) => GpuIndexes::from_elem(
+                u32::try_from(i).map_err(|_| StoreError::Corrupt("idx".into()))?,
+                1,
+            ),
+            None => GpuIndexes::new(),
         };
         let mig_start = r
             .try_get::<Option<i64>, _>("mig_start")?
@@ -865,7 +870,7 @@ impl Store {
     pub async fn instance_hold(
         tx: &mut WriteTx,
         i: &Instance,
-        gpus: &[(NodeId, Vec<u32>)],
+        gpus: &[(NodeId, GpuIndexes)],
         held: Held,
     ) -> Result<()> {
         Self::instance_hold_placed(tx, i, gpus, &held).await?;
@@ -883,7 +888,7 @@ impl Store {
     pub async fn instance_hold_placed(
         tx: &mut WriteTx,
         i: &Instance,
-        gpus: &[(NodeId, Vec<u32>)],
+        gpus: &[(NodeId, GpuIndexes)],
         held: &Held,
     ) -> Result<()> {
         if i.shape.is_slice() {
@@ -979,7 +984,7 @@ impl Store {
     pub async fn instance_hold_gpus(
         tx: &mut WriteTx,
         id: InstanceId,
-        gpus: &[(NodeId, Vec<u32>)],
+        gpus: &[(NodeId, GpuIndexes)],
     ) -> Result<()> {
         let holder = id.to_string();
         for (node, idxs) in gpus {

@@ -381,6 +381,15 @@ impl InstanceState {
     }
 }
 
+/// The GPU indexes an instance holds on one node, ascending. Up to 8 (a board's usual
+/// count) sit inline, so copying a placement allocates nothing per node. Serialized as a
+/// list of integers.
+pub type GpuIndexes = smallvec::SmallVec<[u32; 8]>;
+
+/// An instance's nodes, shared: copies of an instance (the scheduler's, its effects', the
+/// writer's) share one list, which changes only when the instance moves.
+pub type PlacedNodes = std::sync::Arc<[PlacedNode]>;
+
 /// GPUs of one node held by an instance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PlacedNode {
@@ -390,7 +399,8 @@ pub struct PlacedNode {
     pub node: String,
     /// GPU indexes on that node: the one GPU of a share or MIG instance, none for a
     /// CPU-only instance.
-    pub gpus: Vec<u32>,
+    #[schema(value_type = Vec<u32>)]
+    pub gpus: GpuIndexes,
     /// For a MIG instance: the first memory slice (0-7) of its GPU instance on that GPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mig_start: Option<u32>,
@@ -445,7 +455,7 @@ impl Instance {
         let mut by: std::collections::BTreeMap<Option<crate::BlockId>, (u32, u32)> =
             std::collections::BTreeMap::new();
         let mut gpus = 0u32;
-        for p in &self.placement {
+        for p in self.placement.iter() {
             let n = u32::try_from(p.gpus.len()).unwrap_or(u32::MAX);
             let e = by.entry(block_of(p.node_id)).or_default();
             e.0 += 1;
@@ -467,7 +477,7 @@ impl Instance {
             gpus,
             blocks,
         });
-        self.placement = Vec::new();
+        self.placement = PlacedNodes::default();
         self
     }
 }
@@ -544,7 +554,8 @@ pub struct Instance {
     /// Where it runs: each node it holds GPUs (or a slice, or CPU) on. An instance on more
     /// than 128 nodes is shown with this empty and `placement_summary` in its place;
     /// `GET /v1/instances/{id}/nodes` pages through its nodes.
-    pub placement: Vec<PlacedNode>,
+    #[schema(value_type = Vec<PlacedNode>)]
+    pub placement: PlacedNodes,
     /// For an instance on more than 128 nodes, in place of `placement`:
     /// its nodes and GPUs counted by block. Absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]

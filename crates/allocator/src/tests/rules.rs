@@ -8,7 +8,7 @@ use crate::{Allocation, Refusal};
 
 fn on(a: &Allocation) -> (NodeId, Vec<u32>) {
     assert_eq!(a.gpus.len(), 1, "{a:?}");
-    a.gpus[0].clone()
+    (a.gpus[0].0, a.gpus[0].1.to_vec())
 }
 
 #[test]
@@ -111,7 +111,7 @@ fn hold(a: &mut Allocator, id: u64, node: u64, gpus: Vec<u32>) {
         shape: Shape::Gpus { gpus: k },
         site: crate::synthetic::site_id(1),
         pool: None,
-        gpus: vec![(node_id(node), gpus)],
+        gpus: vec![(node_id(node), gpus.into())],
         cpu_milli: 0,
         memory_mib: 0,
         mig_start: None,
@@ -187,7 +187,7 @@ fn gangs_stay_in_one_block_of_their_level() {
         shape: Shape::Gpus { gpus: 1 },
         site: crate::synthetic::site_id(1),
         pool: None,
-        gpus: vec![(node_id(1), vec![0])],
+        gpus: vec![(node_id(1), vec![0].into())],
         cpu_milli: 0,
         memory_mib: 0,
         mig_start: None,
@@ -240,7 +240,7 @@ fn gang_best_fit_takes_the_tightest_block() {
         shape: Shape::Gpus { gpus: 1 },
         site: crate::synthetic::site_id(1),
         pool: None,
-        gpus: vec![(node_id(101), vec![0])],
+        gpus: vec![(node_id(101), vec![0].into())],
         cpu_milli: 0,
         memory_mib: 0,
         mig_start: None,
@@ -274,7 +274,7 @@ fn nvlink_gangs_use_nvlink_domains() {
     r.gpu_model = GB200.into();
     let g = a.place(&r).unwrap();
     assert_eq!(g.gpus.len(), 3);
-    assert_eq!(g.gpus[0].1, vec![0, 1, 2, 3]);
+    assert_eq!(g.gpus[0].1.as_slice(), [0, 1, 2, 3]);
     r.id = instance_id(2);
     r.shape = Shape::Nodes {
         count: 4,
@@ -351,7 +351,7 @@ fn unshared_nodes_hold_one_tenant() {
             shape: Shape::Gpus { gpus: 1 },
             site: s,
             pool: None,
-            gpus: vec![(n1, vec![7])],
+            gpus: vec![(n1, vec![7].into())],
             cpu_milli: 0,
             memory_mib: 0,
             mig_start: None,
@@ -489,7 +489,7 @@ fn gang_preemption_frees_whole_nodes_in_one_block() {
         shape,
         site: s,
         pool: None,
-        gpus: vec![(node_id(node), gpus)],
+        gpus: vec![(node_id(node), gpus.into())],
         cpu_milli: 0,
         memory_mib: 0,
         mig_start: None,
@@ -560,14 +560,14 @@ fn restore_rebuilds_exactly_and_refuses_double_assignment() {
     assert!(err.contains("already held by inst_"), "{err}");
     let mut misaligned = a.allocation(instance_id(1)).unwrap().clone();
     misaligned.id = instance_id(98);
-    misaligned.gpus = vec![(node_id(3), vec![3, 7])];
+    misaligned.gpus = vec![(node_id(3), vec![3, 7].into())];
     let err = c.restore(misaligned.clone()).unwrap_err();
     assert!(
         err.contains("one group of its board's topology (groups:4)"),
         "{err}"
     );
     // Inside one quad any pair is connected.
-    misaligned.gpus = vec![(node_id(3), vec![1, 2])];
+    misaligned.gpus = vec![(node_id(3), vec![1, 2].into())];
     c.clone().restore(misaligned).unwrap();
     let err = c
         .restore(Allocation {
@@ -578,7 +578,7 @@ fn restore_rebuilds_exactly_and_refuses_double_assignment() {
             shape: Shape::Gpus { gpus: 1 },
             site: s,
             pool: None,
-            gpus: vec![(node_id(103), vec![7])],
+            gpus: vec![(node_id(103), vec![7].into())],
             cpu_milli: 0,
             memory_mib: 0,
             mig_start: None,

@@ -424,12 +424,12 @@ fn whole_gpu_shapes_find_an_aligned_group_among_nodes_with_as_many_free_gpus() {
                 let mut al = a
                     .try_place(&req(id, 1, Shape::Gpus { gpus: 1 }))
                     .expect("room for one GPU");
-                al.gpus = vec![(n, vec![g])];
+                al.gpus = vec![(n, vec![g].into())];
                 a.restore(al).unwrap();
             }
         }
         let got = a.place(&req(1, 2, Shape::Gpus { gpus: 2 })).unwrap();
-        assert_eq!(got.gpus, vec![(n2, vec![0, 1])], "{placement:?}");
+        assert_eq!(got.gpus, vec![(n2, vec![0, 1].into())], "{placement:?}");
         a.check_invariants().unwrap();
     }
 }
@@ -533,7 +533,7 @@ fn a_request_among_models_is_one_decision_and_one_request_learnt() {
         let mut al = a
             .try_place(&req(100 + g, 1, Shape::Gpus { gpus: 1 }))
             .unwrap();
-        al.gpus = vec![(n1, vec![u32::try_from(g).unwrap()])];
+        al.gpus = vec![(n1, vec![u32::try_from(g).unwrap()].into())];
         a.restore(al).unwrap();
     }
     let models = vec!["L40S".to_string(), H100.to_string(), "nope".to_string()];
@@ -542,7 +542,7 @@ fn a_request_among_models_is_one_decision_and_one_request_learnt() {
         .place_among(&req(1, 2, Shape::Gpus { gpus: 1 }), &models)
         .unwrap();
     // Compared across both models: the last GPU of the H100 node, not a fresh L40S node.
-    assert_eq!(got.gpus, vec![(n1, vec![7])]);
+    assert_eq!(got.gpus, vec![(n1, vec![7].into())]);
     assert_eq!(got.gpu_model, H100);
     // One request learnt; it accepts every model the fleet has: any model.
     assert_eq!(a.workload.types.len(), 1);

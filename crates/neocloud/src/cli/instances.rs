@@ -371,7 +371,7 @@ pub(crate) async fn instances(cx: &Cx<'_>, cmd: InstanceCmd) -> Result<()> {
             let mut inst = c.instance(&id).await?;
             // A large instance's answer counts its nodes by block: list them all here.
             if inst.placement_summary.is_some() {
-                inst.placement = c.instance_all_nodes(&id).await?;
+                inst.placement = c.instance_all_nodes(&id).await?.into();
             }
             cx.show(&inst, ids, |v, b| {
                 record(v, b);

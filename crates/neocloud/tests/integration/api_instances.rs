@@ -491,7 +491,7 @@ both_backends!(
             neocloud_types::InstanceId::new(),
             &[(
                 held.0.parse().unwrap(),
-                vec![u32::try_from(held.1).unwrap()],
+                vec![u32::try_from(held.1).unwrap()].into(),
             )],
         )
         .await;
@@ -513,7 +513,7 @@ both_backends!(
         other.id = neocloud_types::InstanceId::new();
         let held_gpus = [(
             held.0.parse().unwrap(),
-            vec![u32::try_from(held.1).unwrap()],
+            vec![u32::try_from(held.1).unwrap()].into(),
         )];
         let h = neocloud_store::Held {
             cpu_milli: 1000,
@@ -568,7 +568,7 @@ both_backends!(
         assert!(
             read.placement
                 .iter()
-                .all(|p| p.gpus == (0..8).collect::<Vec<u32>>())
+                .all(|p| p.gpus.as_slice() == (0..8).collect::<Vec<u32>>())
         );
         // A GPU of such a node is refused to anyone else: one GPU, or the node whole in
         // another gang's batch (held back to the commit, the writer's way).
@@ -577,7 +577,7 @@ both_backends!(
         let r = neocloud_store::Store::instance_hold_gpus(
             &mut tx,
             neocloud_types::InstanceId::new(),
-            &[(node, vec![5])],
+            &[(node, vec![5].into())],
         )
         .await;
         assert!(r.is_err(), "a GPU of a node held whole must be refused");
@@ -594,7 +594,7 @@ both_backends!(
         .fetch_all(ctx.svc.store().pool())
         .await
         .unwrap();
-        let all8: Vec<u32> = (0..8).collect();
+        let all8: neocloud_types::GpuIndexes = (0..8).collect();
         let both = [
             (free[0].0.parse().unwrap(), all8.clone()),
             (node, all8.clone()),

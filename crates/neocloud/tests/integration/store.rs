@@ -102,7 +102,7 @@ async fn instance_text_round_trips(db: Db) {
         contract_id: None,
         state: InstanceState::Pending,
         reason: reason.map(str::to_string),
-        placement: Vec::new(),
+        placement: Default::default(),
         placement_summary: None,
         created_at: Timestamp::from_micros(1_800_000_000_123_456),
         started_at: None,

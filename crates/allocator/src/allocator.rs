@@ -210,6 +210,8 @@ pub struct Allocator {
     /// [`Allocator::largest_block`]'s answers, by (model, site, level index); forgotten
     /// whenever a node is added or removed.
     largest_blocks: HashMap<(u32, Option<SiteId>, usize), u32>,
+    /// What [`Allocator::released_blocks`] answers.
+    released: Vec<(SiteId, [Option<BlockId>; 3])>,
 }
 
 fn usize_of(n: u32) -> usize {
@@ -258,6 +260,7 @@ impl Allocator {
             spares: crate::spares::Spares::default(),
             members: IdMap::default(),
             largest_blocks: HashMap::new(),
+            released: Vec::new(),
         }
     }
 
@@ -1206,9 +1209,26 @@ impl Allocator {
         (picks.len() > 1 && picks.iter().all(whole)).then_some(key)
     }
 
+    /// The site and blocks (pod, leaf group, NVLink domain) of the nodes the last
+    /// [`Allocator::release`] gave GPUs back on, in the allocation's node order, each run of
+    /// nodes with the same site and blocks once; empty when it released nothing. A caller
+    /// that watches blocks reads this rather than looking each node up: the release has just
+    /// read those nodes.
+    pub fn released_blocks(&self) -> &[(SiteId, [Option<BlockId>; 3])] {
+        &self.released
+    }
+
     /// Releases an instance's GPUs; `None` when it holds none.
     pub fn release(&mut self, id: InstanceId) -> Option<Allocation> {
+        self.released.clear();
         let Held { a, picks } = self.allocations.remove(&id)?;
+        for &(slot, _) in picks.iter() {
+            let n = &self.nodes[slot];
+            let b = (n.site, n.blocks);
+            if self.released.last() != Some(&b) {
+                self.released.push(b);
+            }
+        }
         let Some(key) = self.gang_scope(&picks, false) else {
             for &(slot, mask) in picks.iter() {
                 let before = self.nodes[slot].used;

@@ -1054,7 +1054,7 @@ impl Scheduler {
                 let e = self.sold.entry(k).or_default();
                 *e = e.saturating_sub(a.gpu_milli());
             }
-            self.nodes_touched(a.gpus.iter().map(|(n, _)| *n));
+            self.released_touched();
         }
         a
     }

@@ -156,6 +156,24 @@ impl Scheduler {
         }
     }
 
+    /// [`Scheduler::nodes_touched`] for the nodes the allocator's last release gave GPUs
+    /// back on, read from the allocator (which has just read those nodes) rather than
+    /// looked up one by one.
+    pub(crate) fn released_touched(&mut self) {
+        if self.quiet_repairs.ids.is_empty() {
+            return;
+        }
+        for &(site, blocks) in self.alloc.released_blocks() {
+            self.quiet_repairs.wake(Watch::Site(site));
+            for b in blocks.into_iter().flatten() {
+                self.quiet_repairs.wake(Watch::Block(b));
+            }
+            if self.quiet_repairs.ids.is_empty() {
+                return;
+            }
+        }
+    }
+
     /// What the short gang `i` of `level` waits on: the block of that level of the node
     /// [`neocloud_allocator::Allocator::replacement_where`] takes the block from (its second
     /// node, or its only one), else its site; `None` for a node the scheduler does not know.

@@ -377,6 +377,7 @@ impl Allocator {
         }
         let node = Node {
             id: n.id,
+            slot: u32::try_from(self.nodes.len()).map_err(|_| "too many nodes".to_string())?,
             site: n.site,
             model,
             gpus: n.gpus,
@@ -540,6 +541,29 @@ impl Allocator {
             }
         }
         self.slots.remove(&id);
+        let last = self.nodes.len() - 1;
+        if last != slot {
+            // The last node takes the removed one's slot: its index entries carry the slot.
+            let moved = &self.nodes[last];
+            apply(
+                &mut self.scopes,
+                moved,
+                false,
+                false,
+                self.placement,
+                self.policy,
+            );
+            self.nodes[last].slot = u32::try_from(slot).unwrap_or(u32::MAX);
+            let moved = &self.nodes[last];
+            apply(
+                &mut self.scopes,
+                moved,
+                true,
+                false,
+                self.placement,
+                self.policy,
+            );
+        }
         self.nodes.swap_remove(slot);
         if let Some(moved) = self.nodes.get(slot) {
             self.slots.insert(moved.id, slot);
@@ -1834,13 +1858,12 @@ impl Allocator {
                 let mut picks = Vec::with_capacity(usize_of(count));
                 let mut busy = 0i64;
                 let mut host = (0, 0);
-                for id in set.iter().take(usize_of(count)) {
-                    if let Some(&slot) = self.slots.get(id) {
-                        let n = &self.nodes[slot];
-                        busy += n.span_watts() * i64::from(n.gpus);
-                        picks.push((slot, full_mask(n.gpus)));
-                        host = (n.cpu_milli, n.mem_mib);
-                    }
+                for &(_, slot) in set.iter().take(usize_of(count)) {
+                    let slot = usize_of(slot);
+                    let n = &self.nodes[slot];
+                    busy += n.span_watts() * i64::from(n.gpus);
+                    picks.push((slot, full_mask(n.gpus)));
+                    host = (n.cpu_milli, n.mem_mib);
                 }
                 match self.power_check(key.site, key.gpus, busy) {
                     Ok(()) => {

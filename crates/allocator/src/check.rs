@@ -159,7 +159,7 @@ impl Allocator {
             return Err("node lookup and node list differ in length".to_string());
         }
         for (slot, n) in self.nodes.iter().enumerate() {
-            if self.slots.get(&n.id) != Some(&slot) {
+            if self.slots.get(&n.id) != Some(&slot) || usize::try_from(n.slot) != Ok(slot) {
                 return Err(format!("node {} is not found at its slot", n.id));
             }
         }

@@ -57,12 +57,13 @@ pub(crate) type PartialKey = (u8, u8, NodeId);
 pub(crate) struct Level {
     /// (free whole nodes, block) for every block with at least one.
     pub by_count: BTreeSet<(u32, BlockKey)>,
-    /// The free whole nodes of each block, in id order (the order gangs take them in).
-    pub blocks: BTreeMap<BlockKey, BTreeSet<NodeId>>,
+    /// The free whole nodes of each block, in id order (the order gangs take them in), each
+    /// with its slot.
+    pub blocks: BTreeMap<BlockKey, BTreeSet<(NodeId, u32)>>,
 }
 
 impl Level {
-    fn insert(&mut self, key: BlockKey, node: NodeId) {
+    fn insert(&mut self, key: BlockKey, node: (NodeId, u32)) {
         let set = self.blocks.entry(key).or_default();
         let before = count(set);
         if set.insert(node) {
@@ -73,7 +74,7 @@ impl Level {
         }
     }
 
-    fn remove(&mut self, key: BlockKey, node: NodeId) {
+    fn remove(&mut self, key: BlockKey, node: (NodeId, u32)) {
         let Some(set) = self.blocks.get_mut(&key) else {
             return;
         };
@@ -89,7 +90,7 @@ impl Level {
     }
 
     /// Adds or removes many nodes of one block, re-keying the block once.
-    fn change_many(&mut self, key: BlockKey, nodes: &[NodeId], add: bool) {
+    fn change_many(&mut self, key: BlockKey, nodes: &[(NodeId, u32)], add: bool) {
         let set = self.blocks.entry(key).or_default();
         let before = count(set);
         for id in nodes {
@@ -121,7 +122,7 @@ impl Level {
     }
 }
 
-fn count(set: &BTreeSet<NodeId>) -> u32 {
+fn count(set: &BTreeSet<(NodeId, u32)>) -> u32 {
     u32::try_from(set.len()).unwrap_or(u32::MAX)
 }
 
@@ -255,7 +256,7 @@ impl Bucket {
             level.by_count.first()
         };
         let &(count, block) = found?;
-        let node = *level.blocks.get(&block)?.first()?;
+        let (node, _) = *level.blocks.get(&block)?.first()?;
         Some((count, block, node))
     }
 }
@@ -437,9 +438,9 @@ pub(crate) fn apply(
             for (level, index) in bucket.levels.iter_mut().enumerate() {
                 if let Some(block) = node.level_key(level) {
                     if add {
-                        index.insert(block, node.id);
+                        index.insert(block, (node.id, node.slot));
                     } else {
-                        index.remove(block, node.id);
+                        index.remove(block, (node.id, node.slot));
                     }
                 }
             }
@@ -617,7 +618,7 @@ pub(crate) fn apply_whole_many(
     // A gang's nodes come in slot order, where a block's nodes sit next to each other: each
     // run of one block is re-keyed once (a block met in two runs is re-keyed twice, to the
     // same end).
-    let mut run: Vec<NodeId> = Vec::with_capacity(nodes.len());
+    let mut run: Vec<(NodeId, u32)> = Vec::with_capacity(nodes.len());
     for (level, index) in bucket.levels.iter_mut().enumerate() {
         let mut current: Option<BlockKey> = None;
         for n in nodes {
@@ -631,7 +632,7 @@ pub(crate) fn apply_whole_many(
                 run.clear();
                 current = Some(block);
             }
-            run.push(n.id);
+            run.push((n.id, n.slot));
         }
         if let Some(c) = current {
             index.change_many(c, &run, add);

@@ -237,6 +237,9 @@ pub(crate) fn facility_watts(it_watts: i64, pue_milli: u32) -> i64 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Node {
     pub id: NodeId,
+    /// Its slot in the allocator's node list (kept when another node is removed), stored
+    /// with it in the free-node index so that a gang's picks need no lookup by id.
+    pub slot: u32,
     pub site: SiteId,
     /// Interned model name (see `Allocator::models`).
     pub model: u32,

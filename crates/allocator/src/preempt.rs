@@ -326,7 +326,13 @@ impl Allocator {
                 .into_iter()
                 .flatten()
                 .filter_map(|set| set.first().map(|&(_, _, id)| id))
-                .chain(level.blocks.get(&None).and_then(|s| s.first()).copied())
+                .chain(
+                    level
+                        .blocks
+                        .get(&None)
+                        .and_then(|s| s.first())
+                        .map(|&(id, _)| id),
+                )
                 .collect();
             fits_already |= !fit.is_empty();
             candidates.extend(fit);

@@ -1123,15 +1123,16 @@ impl Allocator {
 
     /// The allocation of a decision, and the slot and mask of each of its nodes in the
     /// order of its `gpus` (node id order).
-    fn allocation_with_picks(
-        &self,
-        req: &Request,
-        d: &Decision,
-    ) -> (Allocation, Vec<(usize, u64)>) {
-        let mut picks = d.picks.clone();
-        if picks.len() > 1 {
-            picks.sort_unstable_by_key(|&(slot, _)| self.nodes[slot].id);
-        }
+    fn allocation_with_picks(&self, req: &Request, d: &Decision) -> (Allocation, Picks) {
+        // One node (most allocations) is kept inline: nothing to allocate or sort.
+        let picks = match d.picks.as_slice() {
+            &[one] => Picks::One([one]),
+            many => {
+                let mut v = many.to_vec();
+                v.sort_unstable_by_key(|&(slot, _)| self.nodes[slot].id);
+                Picks::Many(v)
+            }
+        };
         let gpus: Vec<(NodeId, GpuIndexes)> = picks
             .iter()
             .map(|&(slot, mask)| (self.nodes[slot].id, indexes_of(mask)))
@@ -1166,7 +1167,7 @@ impl Allocator {
             a.id,
             Held {
                 a: a.clone(),
-                picks: Picks::new(picks),
+                picks,
             },
         );
         a

@@ -210,8 +210,9 @@ pub struct Allocator {
     /// [`Allocator::largest_block`]'s answers, by (model, site, level index); forgotten
     /// whenever a node is added or removed.
     largest_blocks: HashMap<(u32, Option<SiteId>, usize), u32>,
-    /// What [`Allocator::released_blocks`] answers.
-    released: Vec<(SiteId, [Option<BlockId>; 3])>,
+    /// The nodes the last [`Allocator::release`] gave GPUs back on, kept (moved, not
+    /// copied) for [`Allocator::released_blocks`].
+    released: Picks,
 }
 
 fn usize_of(n: u32) -> usize {
@@ -260,7 +261,7 @@ impl Allocator {
             spares: crate::spares::Spares::default(),
             members: IdMap::default(),
             largest_blocks: HashMap::new(),
-            released: Vec::new(),
+            released: Picks::Many(Vec::new()),
         }
     }
 
@@ -1234,26 +1235,23 @@ impl Allocator {
         (picks.len() > 1 && picks.iter().all(whole)).then_some(key)
     }
 
-    /// The site and blocks (pod, leaf group, NVLink domain) of the nodes the last
-    /// [`Allocator::release`] gave GPUs back on, in the allocation's node order, each run of
-    /// nodes with the same site and blocks once; empty when it released nothing. A caller
-    /// that watches blocks reads this rather than looking each node up: the release has just
-    /// read those nodes.
-    pub fn released_blocks(&self) -> &[(SiteId, [Option<BlockId>; 3])] {
-        &self.released
+    /// The site and blocks (pod, leaf group, NVLink domain) of each node the last
+    /// [`Allocator::release`] gave GPUs back on, in the allocation's node order; none when
+    /// it released nothing. A caller that watches blocks reads this rather than looking each
+    /// node up by id: it costs the release nothing, and these nodes were just read.
+    pub fn released_blocks(&self) -> impl Iterator<Item = (SiteId, [Option<BlockId>; 3])> + '_ {
+        self.released
+            .iter()
+            .filter_map(|&(slot, _)| self.nodes.get(slot))
+            .map(|n| (n.site, n.blocks))
     }
 
     /// Releases an instance's GPUs; `None` when it holds none.
     pub fn release(&mut self, id: InstanceId) -> Option<Allocation> {
-        self.released.clear();
-        let Held { a, picks } = self.allocations.remove(&id)?;
-        for &(slot, _) in picks.iter() {
-            let n = &self.nodes[slot];
-            let b = (n.site, n.blocks);
-            if self.released.last() != Some(&b) {
-                self.released.push(b);
-            }
-        }
+        let Some(Held { a, picks }) = self.allocations.remove(&id) else {
+            self.released = Picks::Many(Vec::new());
+            return None;
+        };
         let Some(key) = self.gang_scope(&picks, false) else {
             for &(slot, mask) in picks.iter() {
                 let before = self.nodes[slot].used;
@@ -1267,6 +1265,7 @@ impl Allocator {
                     site.load.add(node.gpus, -busy);
                 }
             }
+            self.released = picks;
             return Some(a);
         };
         let count = u32::try_from(picks.len()).unwrap_or(u32::MAX);
@@ -1290,6 +1289,7 @@ impl Allocator {
         }
         let nodes: Vec<&Node> = picks.iter().map(|&(slot, _)| &self.nodes[slot]).collect();
         apply_whole_many(&mut self.scopes, &key, &nodes, true, self.placement);
+        self.released = picks;
         Some(a)
     }
 

@@ -76,6 +76,30 @@ impl QuietRepairs {
         self.by_watch.clear();
         self.ids.clear();
     }
+
+    /// Wakes the gangs that wait on the site or a block of each node (`None`: a node the
+    /// scheduler does not know, which wakes them all). Nodes of one block come one after
+    /// another (a gang's, sorted), so each block is woken once for them.
+    fn wake_nodes(&mut self, nodes: impl IntoIterator<Item = Option<NodeBlocks>>) {
+        let mut last: Option<NodeBlocks> = None;
+        for nb in nodes {
+            if self.ids.is_empty() {
+                return;
+            }
+            let Some(nb) = nb else {
+                self.clear();
+                return;
+            };
+            if last.is_some_and(|l| l.site == nb.site && l.blocks == nb.blocks) {
+                continue;
+            }
+            last = Some(nb);
+            self.wake(Watch::Site(nb.site));
+            for b in nb.blocks.into_iter().flatten() {
+                self.wake(Watch::Block(b));
+            }
+        }
+    }
 }
 
 impl Scheduler {
@@ -130,48 +154,21 @@ impl Scheduler {
         self.nodes_touched(std::iter::once(node));
     }
 
-    /// [`Scheduler::node_touched`] for several nodes; those of a block come one after
-    /// another (a gang's, sorted), so each block is woken once for them.
+    /// [`Scheduler::node_touched`] for several nodes.
     pub(crate) fn nodes_touched(&mut self, nodes: impl IntoIterator<Item = NodeId>) {
-        if self.quiet_repairs.ids.is_empty() {
-            return;
-        }
-        let mut last: Option<NodeBlocks> = None;
-        for node in nodes {
-            let Some(nb) = self.node_blocks.get(&node).copied() else {
-                self.quiet_repairs.clear();
-                return;
-            };
-            if last.is_some_and(|l| l.site == nb.site && l.blocks == nb.blocks) {
-                continue;
-            }
-            last = Some(nb);
-            self.quiet_repairs.wake(Watch::Site(nb.site));
-            for b in nb.blocks.into_iter().flatten() {
-                self.quiet_repairs.wake(Watch::Block(b));
-            }
-            if self.quiet_repairs.ids.is_empty() {
-                return;
-            }
-        }
+        let known = &self.node_blocks;
+        self.quiet_repairs
+            .wake_nodes(nodes.into_iter().map(|n| known.get(&n).copied()));
     }
 
     /// [`Scheduler::nodes_touched`] for the nodes the allocator's last release gave GPUs
-    /// back on, read from the allocator (which has just read those nodes) rather than
-    /// looked up one by one.
+    /// back on, read from the allocator's nodes rather than looked up by id.
     pub(crate) fn released_touched(&mut self) {
-        if self.quiet_repairs.ids.is_empty() {
-            return;
-        }
-        for &(site, blocks) in self.alloc.released_blocks() {
-            self.quiet_repairs.wake(Watch::Site(site));
-            for b in blocks.into_iter().flatten() {
-                self.quiet_repairs.wake(Watch::Block(b));
-            }
-            if self.quiet_repairs.ids.is_empty() {
-                return;
-            }
-        }
+        let nodes = self
+            .alloc
+            .released_blocks()
+            .map(|(site, blocks)| Some(NodeBlocks { site, blocks }));
+        self.quiet_repairs.wake_nodes(nodes);
     }
 
     /// What the short gang `i` of `level` waits on: the block of that level of the node

@@ -22,8 +22,24 @@ pub struct IdParseError {
 macro_rules! typed_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Clone, Copy, PartialEq, Eq, Hash)]
         pub struct $name(uuid::Uuid);
+
+        // Ordered as the UUID's bytes are, compared as one 128-bit integer: the derived
+        // order compares a byte slice through `memcmp`, a call per comparison in every
+        // ordered map keyed by an id.
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+
+        impl Ord for $name {
+            #[inline]
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                self.0.as_u128().cmp(&other.0.as_u128())
+            }
+        }
 
         impl $name {
             /// The prefix of this kind of id.
@@ -160,6 +176,30 @@ typed_id!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_order_as_their_bytes_and_their_text() {
+        // Ids whose bytes differ first in a late byte, an early one, and at the top bit:
+        // the order is the bytes' order (and so the text's), as the UUID's own.
+        let raw = [
+            0u128,
+            1,
+            0xff,
+            0x100,
+            1 << 64,
+            (1 << 64) | 0xff,
+            1 << 127,
+            u128::MAX,
+        ];
+        for &a in &raw {
+            for &b in &raw {
+                let (x, y) = (NodeId::from_u128(a), NodeId::from_u128(b));
+                assert_eq!(x.cmp(&y), x.uuid().as_bytes().cmp(y.uuid().as_bytes()));
+                assert_eq!(x.cmp(&y), x.to_string().cmp(&y.to_string()));
+                assert_eq!(x.partial_cmp(&y), Some(x.cmp(&y)));
+            }
+        }
+    }
 
     #[test]
     fn ids_round_trip_and_reject_other_kinds() {

@@ -215,7 +215,7 @@ pub struct Allocator {
     released: Picks,
 }
 
-fn usize_of(n: u32) -> usize {
+pub(crate) fn usize_of(n: u32) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
@@ -1739,7 +1739,8 @@ impl Allocator {
                     continue;
                 }
                 // A whole node, opened where it breaks the fewest free blocks.
-                if let Some((count, block, id)) = b.whole_pick(worst) {
+                if let Some((count, block, slot)) = b.whole_pick(worst) {
+                    let id = self.nodes[usize_of(slot)].id;
                     let rank = if worst {
                         (0, u32::MAX - count, 0, block, id)
                     } else {
@@ -1840,7 +1841,7 @@ impl Allocator {
                     PlacementPolicy::FirstFit => idx
                         .blocks
                         .iter()
-                        .find(|(_, s)| s.len() >= usize_of(count))
+                        .find(|(_, s)| s.len() >= count)
                         .map(|(&blk, _)| (0, blk)),
                 };
                 if let Some(rank) = found {
@@ -1859,7 +1860,7 @@ impl Allocator {
                 let mut picks = Vec::with_capacity(usize_of(count));
                 let mut busy = 0i64;
                 let mut host = (0, 0);
-                for &(_, slot) in set.iter().take(usize_of(count)) {
+                for slot in set.iter().take(usize_of(count)) {
                     let slot = usize_of(slot);
                     let n = &self.nodes[slot];
                     busy += n.span_watts() * i64::from(n.gpus);

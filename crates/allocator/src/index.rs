@@ -52,55 +52,115 @@ impl Node {
 /// first entry is the lowest id.
 pub(crate) type PartialKey = (u8, u8, NodeId);
 
+/// The entirely free nodes of one block, by slot: a sparse bitset (64 slots a word, only
+/// words with a bit set kept). A block's nodes sit in neighbouring slots, so a gang that
+/// takes or returns a block's nodes changes a word per 64 nodes, and a single node's change
+/// is one lookup keyed by a small integer. Slots are taken in ascending order, which is
+/// the nodes' id order wherever nodes were added in id order and none removed (a removed
+/// node's slot goes to the last node).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FreeNodes {
+    len: u32,
+    words: BTreeMap<u32, u64>,
+}
+
+impl FreeNodes {
+    /// Sets or clears one word's `bits`; returns how many changed.
+    fn change_word(&mut self, word: u32, bits: u64, add: bool) -> u32 {
+        let changed = if add {
+            let w = self.words.entry(word).or_insert(0);
+            let new = bits & !*w;
+            *w |= new;
+            new.count_ones()
+        } else {
+            let Some(w) = self.words.get_mut(&word) else {
+                return 0;
+            };
+            let gone = bits & *w;
+            *w &= !gone;
+            if *w == 0 {
+                self.words.remove(&word);
+            }
+            gone.count_ones()
+        };
+        if add {
+            self.len += changed;
+        } else {
+            self.len -= changed;
+        }
+        changed
+    }
+
+    /// Adds (or removes) slots, each word changed once per run of slots in it.
+    fn change(&mut self, slots: impl IntoIterator<Item = u32>, add: bool) -> u32 {
+        let mut changed = 0;
+        let mut run: Option<(u32, u64)> = None;
+        for slot in slots {
+            let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+            match &mut run {
+                Some((w, bits)) if *w == word => *bits |= bit,
+                _ => {
+                    if let Some((w, bits)) = run.replace((word, bit)) {
+                        changed += self.change_word(w, bits, add);
+                    }
+                }
+            }
+        }
+        if let Some((w, bits)) = run {
+            changed += self.change_word(w, bits, add);
+        }
+        changed
+    }
+
+    /// How many free nodes.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// The lowest free slot.
+    pub fn first(&self) -> Option<u32> {
+        self.words
+            .first_key_value()
+            .map(|(&w, &bits)| w * 64 + bits.trailing_zeros())
+    }
+
+    /// The free slots, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.words.iter().flat_map(|(&w, &bits)| {
+            let mut rest = bits;
+            std::iter::from_fn(move || {
+                if rest == 0 {
+                    return None;
+                }
+                let b = rest.trailing_zeros();
+                rest &= rest - 1;
+                Some(w * 64 + b)
+            })
+        })
+    }
+}
+
 /// Entirely free nodes of one level, per block.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Level {
     /// (free whole nodes, block) for every block with at least one.
     pub by_count: BTreeSet<(u32, BlockKey)>,
-    /// The free whole nodes of each block, in id order (the order gangs take them in), each
-    /// with its slot.
-    pub blocks: BTreeMap<BlockKey, BTreeSet<(NodeId, u32)>>,
+    /// The free whole nodes of each block, by slot (the order gangs take them in).
+    pub blocks: BTreeMap<BlockKey, FreeNodes>,
 }
 
 impl Level {
-    fn insert(&mut self, key: BlockKey, node: (NodeId, u32)) {
+    /// Adds or removes nodes (by slot) of one block, re-keying the block once.
+    fn change(&mut self, key: BlockKey, slots: impl IntoIterator<Item = u32>, add: bool) {
         let set = self.blocks.entry(key).or_default();
-        let before = count(set);
-        if set.insert(node) {
-            if before > 0 {
-                self.by_count.remove(&(before, key));
-            }
-            self.by_count.insert((before + 1, key));
-        }
-    }
-
-    fn remove(&mut self, key: BlockKey, node: (NodeId, u32)) {
-        let Some(set) = self.blocks.get_mut(&key) else {
-            return;
-        };
-        let before = count(set);
-        if set.remove(&node) {
-            self.by_count.remove(&(before, key));
-            if before > 1 {
-                self.by_count.insert((before - 1, key));
-            } else {
+        let before = set.len();
+        if set.change(slots, add) == 0 {
+            if before == 0 {
                 self.blocks.remove(&key);
             }
+            return;
         }
-    }
-
-    /// Adds or removes many nodes of one block, re-keying the block once.
-    fn change_many(&mut self, key: BlockKey, nodes: &[(NodeId, u32)], add: bool) {
-        let set = self.blocks.entry(key).or_default();
-        let before = count(set);
-        for id in nodes {
-            if add {
-                set.insert(*id);
-            } else {
-                set.remove(id);
-            }
-        }
-        let after = count(set);
+        let after = set.len();
         if before > 0 {
             self.by_count.remove(&(before, key));
         }
@@ -113,17 +173,13 @@ impl Level {
 
     /// Free whole nodes in a block.
     pub fn count(&self, key: &BlockKey) -> u32 {
-        self.blocks.get(key).map_or(0, count)
+        self.blocks.get(key).map_or(0, FreeNodes::len)
     }
 
     /// The most free whole nodes in one block.
     pub fn largest(&self) -> u32 {
         self.by_count.last().map_or(0, |&(c, _)| c)
     }
-}
-
-fn count(set: &BTreeSet<(NodeId, u32)>) -> u32 {
-    u32::try_from(set.len()).unwrap_or(u32::MAX)
 }
 
 /// One set per sub-node shape.
@@ -248,7 +304,7 @@ impl Bucket {
     ///
     /// Measured against descending from the emptiest pod into its emptiest leaf group
     /// (`examples/quality.rs`): the innermost block alone refused slightly less.
-    pub fn whole_pick(&self, most: bool) -> Option<(u32, BlockKey, NodeId)> {
+    pub fn whole_pick(&self, most: bool) -> Option<(u32, BlockKey, u32)> {
         let level = self.levels.iter().find(|l| !l.by_count.is_empty())?;
         let found = if most {
             level.by_count.last()
@@ -256,8 +312,8 @@ impl Bucket {
             level.by_count.first()
         };
         let &(count, block) = found?;
-        let (node, _) = *level.blocks.get(&block)?.first()?;
-        Some((count, block, node))
+        let slot = level.blocks.get(&block)?.first()?;
+        Some((count, block, slot))
     }
 }
 
@@ -437,11 +493,7 @@ pub(crate) fn apply(
         if whole {
             for (level, index) in bucket.levels.iter_mut().enumerate() {
                 if let Some(block) = node.level_key(level) {
-                    if add {
-                        index.insert(block, (node.id, node.slot));
-                    } else {
-                        index.remove(block, (node.id, node.slot));
-                    }
+                    index.change(block, [node.slot], add);
                 }
             }
         }
@@ -618,26 +670,19 @@ pub(crate) fn apply_whole_many(
     // A gang's nodes come in slot order, where a block's nodes sit next to each other: each
     // run of one block is re-keyed once (a block met in two runs is re-keyed twice, to the
     // same end).
-    let mut run: Vec<(NodeId, u32)> = Vec::with_capacity(nodes.len());
     for (level, index) in bucket.levels.iter_mut().enumerate() {
-        let mut current: Option<BlockKey> = None;
-        for n in nodes {
-            let Some(block) = n.level_key(level) else {
-                continue;
-            };
-            if current != Some(block) {
-                if let Some(c) = current {
-                    index.change_many(c, &run, add);
-                }
-                run.clear();
-                current = Some(block);
+        let mut start = 0;
+        while start < nodes.len() {
+            let block = nodes[start].level_key(level);
+            let end = nodes[start..]
+                .iter()
+                .position(|n| n.level_key(level) != block)
+                .map_or(nodes.len(), |p| start + p);
+            if let Some(block) = block {
+                index.change(block, nodes[start..end].iter().map(|n| n.slot), add);
             }
-            run.push((n.id, n.slot));
+            start = end;
         }
-        if let Some(c) = current {
-            index.change_many(c, &run, add);
-        }
-        run.clear();
     }
     if placement == PlacementPolicy::FirstFit {
         // First-fit keeps entirely free nodes in the shape sets too.
@@ -652,5 +697,33 @@ pub(crate) fn apply_whole_many(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FreeNodes;
+
+    #[test]
+    fn free_nodes_keep_slots_across_words_in_order() {
+        let mut f = FreeNodes::default();
+        // A run that crosses a word, a lone slot far off, and a slot added twice.
+        assert_eq!(f.change([60, 61, 62, 63, 64, 65, 1000], true), 7);
+        assert_eq!(f.change([64], true), 0);
+        assert_eq!(f.len(), 7);
+        assert_eq!(f.first(), Some(60));
+        assert_eq!(
+            f.iter().collect::<Vec<_>>(),
+            vec![60, 61, 62, 63, 64, 65, 1000]
+        );
+        // Removing what is not there changes nothing; emptied words are dropped.
+        assert_eq!(f.change([5, 63, 64, 999], false), 2);
+        assert_eq!(f.iter().collect::<Vec<_>>(), vec![60, 61, 62, 65, 1000]);
+        assert_eq!(f.change([60, 61, 62, 65], false), 4);
+        assert_eq!(f.first(), Some(1000));
+        assert_eq!(f.words.len(), 1);
+        assert_eq!(f.change([1000], false), 1);
+        assert_eq!((f.len(), f.first()), (0, None));
+        assert_eq!(f, FreeNodes::default());
     }
 }

@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use neocloud_types::{Class, InstanceId, NodeId, Shape, SiteId};
 
-use crate::allocator::Allocator;
+use crate::allocator::{Allocator, usize_of};
 use crate::index::{Bucket, ScopeKey};
 use crate::node::BlockKey;
 use crate::node::{SHAPES, facility_watts, group_mask, indexes_of, level_index, mask_of};
@@ -160,7 +160,7 @@ impl Allocator {
         li: usize,
         need: usize,
     ) -> Vec<GangBlock> {
-        let free = |block: &BlockKey| b.levels[li].blocks.get(block).map_or(0, BTreeSet::len);
+        let free = |block: &BlockKey| usize_of(b.levels[li].count(block));
         let pick = |block: BlockKey, mut nodes: Vec<Freeable>| {
             let have = free(&block);
             if have + nodes.len() < need {
@@ -331,7 +331,7 @@ impl Allocator {
                         .blocks
                         .get(&None)
                         .and_then(|s| s.first())
-                        .map(|&(id, _)| id),
+                        .map(|slot| self.nodes[usize_of(slot)].id),
                 )
                 .collect();
             fits_already |= !fit.is_empty();

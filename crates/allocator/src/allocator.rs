@@ -219,6 +219,14 @@ pub(crate) fn usize_of(n: u32) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
+/// A refusal for lack of capacity, unexplained (see [`Allocator::try_place_quiet`]).
+pub(crate) fn quiet_refusal() -> Refusal {
+    Refusal::NoCapacity {
+        free_gpus: 0,
+        reason: String::new(),
+    }
+}
+
 /// How a group of `k` GPUs on a board of `topology` is described to a tenant whose request
 /// did not fit.
 fn group_words(k: u32, topology: BoardTopology) -> String {
@@ -1064,7 +1072,7 @@ impl Allocator {
         {
             self.workload.record(t);
         }
-        let decision = self.decide_in(req, scope?)?;
+        let decision = self.decide_in(req, scope?, true)?;
         Ok(self.commit(req, &decision))
     }
 
@@ -1080,7 +1088,7 @@ impl Allocator {
         {
             self.workload.record(t);
         }
-        let decision = self.decide_in(req, scope?)?;
+        let decision = self.decide_in(req, scope?, true)?;
         Ok(self.commit(req, &decision))
     }
 
@@ -1114,7 +1122,16 @@ impl Allocator {
 
     /// Decides where `req` would go, without recording anything.
     pub fn try_place(&self, req: &Request) -> Result<Allocation, Refusal> {
-        let decision = self.decide(req)?;
+        let decision = self.decide(req, true)?;
+        Ok(self.allocation_of(req, &decision))
+    }
+
+    /// [`Allocator::try_place`] for a caller that only wants to know whether (and where)
+    /// `req` fits: a refusal for lack of capacity comes without its explanation (an empty
+    /// reason and no free-GPU count), which costs as much to write as the decision when
+    /// nothing fits.
+    pub fn try_place_quiet(&self, req: &Request) -> Result<Allocation, Refusal> {
+        let decision = self.decide(req, false)?;
         Ok(self.allocation_of(req, &decision))
     }
 
@@ -1642,20 +1659,22 @@ impl Allocator {
             .flat_map(move |&t| self.scopes.buckets(scope.model, t, req.site))
     }
 
-    fn decide(&self, req: &Request) -> Result<Decision, Refusal> {
-        self.decide_in(req, self.scope_of(req)?)
+    fn decide(&self, req: &Request, explain: bool) -> Result<Decision, Refusal> {
+        self.decide_in(req, self.scope_of(req)?, explain)
     }
 
-    fn decide_in(&self, req: &Request, scope: Scope) -> Result<Decision, Refusal> {
+    /// The decision for `req` among `scope`; without `explain`, a refusal for lack of
+    /// capacity is [`quiet_refusal`].
+    fn decide_in(&self, req: &Request, scope: Scope, explain: bool) -> Result<Decision, Refusal> {
         match req.shape {
-            Shape::Nodes { count, level } => self.decide_nodes(req, &scope, count, level),
+            Shape::Nodes { count, level } => self.decide_nodes(req, &scope, count, level, explain),
             Shape::Gpus { gpus }
                 if self.placement != PlacementPolicy::Fragmentation && scope.model != u32::MAX =>
             {
-                self.decide_gpus(req, &scope, gpus)
+                self.decide_gpus(req, &scope, gpus, explain)
             }
             shape => match crate::slices::Need::of(shape) {
-                Some(need) => self.decide_grouped(req, &scope, need),
+                Some(need) => self.decide_grouped(req, &scope, need, explain),
                 None => Err(Refusal::BadShape {
                     reason: "the shape does not fit in one node".to_string(),
                 }),
@@ -1683,7 +1702,13 @@ impl Allocator {
         }
     }
 
-    fn decide_gpus(&self, req: &Request, scope: &Scope, k: u32) -> Result<Decision, Refusal> {
+    fn decide_gpus(
+        &self,
+        req: &Request,
+        scope: &Scope,
+        k: u32,
+        explain: bool,
+    ) -> Result<Decision, Refusal> {
         // Whether a node with the GPUs was passed over for its CPU or memory.
         let host_short = std::cell::Cell::new(false);
         let ki = SHAPES.iter().position(|&s| s == k).unwrap_or(0);
@@ -1784,6 +1809,9 @@ impl Allocator {
         if let Some(r) = power_refusal {
             return Err(r);
         }
+        if !explain {
+            return Err(quiet_refusal());
+        }
         let free_gpus = self
             .scope_buckets(req, scope)
             .map(|(_, b)| b.free_gpus)
@@ -1818,6 +1846,7 @@ impl Allocator {
         scope: &Scope,
         count: u32,
         level: GangLevel,
+        explain: bool,
     ) -> Result<Decision, Refusal> {
         let li = level_index(level);
         let mut power_refusal = None;
@@ -1884,6 +1913,9 @@ impl Allocator {
         }
         if let Some(r) = power_refusal {
             return Err(r);
+        }
+        if !explain {
+            return Err(quiet_refusal());
         }
         let free_gpus = self
             .scope_buckets(req, scope)

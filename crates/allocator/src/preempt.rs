@@ -59,7 +59,7 @@ impl Allocator {
     /// Deterministic; see the module documentation for how victims are chosen.
     pub fn preemption_plan(&self, req: &Request) -> Option<Vec<InstanceId>> {
         let scope = self.scope_of(req).ok()?;
-        match self.try_place(req) {
+        match self.try_place_quiet(req) {
             Ok(_) => return Some(Vec::new()),
             Err(Refusal::NoCapacity { .. } | Refusal::PowerLimit { .. }) => {}
             Err(_) => return None,

@@ -539,6 +539,7 @@ impl Allocator {
         req: &Request,
         scope: &Scope,
         need: Need,
+        explain: bool,
     ) -> Result<Decision, Refusal> {
         let mut power_refusal = None;
         let mut any_group = false;
@@ -663,6 +664,9 @@ impl Allocator {
         }
         if let Some(r) = power_refusal {
             return Err(r);
+        }
+        if !explain {
+            return Err(crate::allocator::quiet_refusal());
         }
         let what = match need {
             Need::Whole(k) => format!("{k} free GPU(s) with the CPU and memory asked for"),

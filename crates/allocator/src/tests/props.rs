@@ -411,13 +411,25 @@ impl World {
                 let req = self.request(r);
                 let before = self.a.snapshot();
                 let tried = self.a.try_place(&req);
+                let quiet = self.a.try_place_quiet(&req);
                 match self.a.place(&req) {
                     Ok(got) => {
                         assert_eq!(tried.as_ref(), Ok(&got));
+                        assert_eq!(quiet.as_ref(), Ok(&got));
                         self.check_new(&before, &req, &got);
                     }
                     Err(e) => {
                         assert_eq!(tried, Err(e.clone()));
+                        // The quiet decision refuses the same way, only without the words.
+                        match (&e, quiet) {
+                            (
+                                Refusal::NoCapacity { .. },
+                                Err(Refusal::NoCapacity { reason, .. }),
+                            ) => {
+                                assert!(reason.is_empty());
+                            }
+                            (_, quiet) => assert_eq!(quiet, Err(e.clone())),
+                        }
                         assert_eq!(self.a.snapshot(), before, "a refusal changed state");
                         if let Refusal::PowerLimit {
                             allocated_watts,

@@ -297,11 +297,10 @@ pub struct Scheduler {
     /// What is known of each delivered instance that holds GPUs.
     tracked: IdMap<InstanceId, delivery::Tracked>,
     /// Gangs (policy `replace`) running short of nodes after a failure, waiting for a
-    /// node of their block.
-    repairs: BTreeSet<InstanceId>,
-    /// Gangs of `repairs` that found no node of their block at their last look, none of
-    /// whose nodes changed since: the next look would find none either, so it is skipped.
-    quiet_repairs: repair::QuietRepairs,
+    /// node of their block; those whose last look found none, and none of whose block's
+    /// nodes changed since, are quiet: the next look would find none either, so it is
+    /// skipped.
+    repairs: repair::Repairs,
     /// Each node's site and blocks by depth (pod, leaf group, NVLink domain): which waiting
     /// repairs a change of the node may concern.
     node_blocks: IdMap<NodeId, repair::NodeBlocks>,
@@ -636,8 +635,7 @@ impl Scheduler {
             counters: Counters::default(),
             by_node: HashMap::new(),
             tracked: IdMap::default(),
-            repairs: BTreeSet::new(),
-            quiet_repairs: repair::QuietRepairs::default(),
+            repairs: repair::Repairs::default(),
             node_blocks,
             warnings: Vec::new(),
         };
@@ -927,7 +925,7 @@ impl Scheduler {
     /// that would have to wait for a preemption reads as not placeable.
     pub fn would_place(&self, req: &Request, now: Timestamp) -> bool {
         self.alloc
-            .try_place(req)
+            .try_place_quiet(req)
             .is_ok_and(|a| self.sellable_verdict(&a, false, now).is_ok())
     }
 
@@ -1681,7 +1679,7 @@ impl Scheduler {
                 let fits = !seen
                     && self
                         .alloc
-                        .try_place(&req)
+                        .try_place_quiet(&req)
                         .is_ok_and(|a| self.may_sell(&req, &a, now));
                 if fits {
                     self.place_checked(&req, now).ok()
@@ -2149,7 +2147,7 @@ impl Scheduler {
                 cpu_milli: None,
                 memory_mib: None,
             };
-            let Ok(a) = self.alloc.try_place(&probe) else {
+            let Ok(a) = self.alloc.try_place_quiet(&probe) else {
                 break;
             };
             for (node, _) in &a.gpus {

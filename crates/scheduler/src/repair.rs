@@ -13,7 +13,7 @@
 //! Metering follows what the tenant really had: the full gang up to the fault, the nodes it
 //! kept from the fault until the change is decided, and the new shape from then on.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use neocloud_types::{
     AllocatorNode, BlockId, Class, GangLevel, Instance, InstanceId, InstanceState,
@@ -52,29 +52,71 @@ enum Watch {
     Site(SiteId),
 }
 
-/// Gangs running short whose last look for a node of their block found none. Only a change
-/// to one of the block's nodes (work released there, its cordon, health or pool) can make
-/// one usable, and each such change wakes the gangs that wait on the block; placements only
-/// take nodes. A quiet gang is passed over by [`Scheduler::serve_repairs`]: the look would
-/// find nothing, exactly as before.
+/// Gangs (policy `replace`) running short of nodes after a failure, waiting for a node of
+/// their block: each is either awake (looked at by [`Scheduler::serve_repairs`]) or quiet.
+///
+/// A quiet gang's last look for a node of its block found none. Only a change to one of the
+/// block's nodes (work released there, its cordon, health or pool) can make one usable,
+/// and each such change wakes the gangs that wait on the block; placements only take nodes.
+/// A quiet gang is passed over by [`Scheduler::serve_repairs`] without being looked up: the
+/// look would find nothing, exactly as before. Only awake gangs cost a pass anything.
 #[derive(Debug, Default)]
-pub(crate) struct QuietRepairs {
+pub(crate) struct Repairs {
+    /// Gangs to look at, in id order (the order they are served in).
+    awake: BTreeSet<InstanceId>,
+    /// Gangs that wait on a watch.
+    quiet: HashSet<InstanceId>,
     by_watch: HashMap<Watch, Vec<InstanceId>>,
-    ids: HashSet<InstanceId>,
 }
 
-impl QuietRepairs {
+impl Repairs {
+    /// A gang starts (or goes on) waiting, and looks at the next pass.
+    pub(crate) fn insert(&mut self, id: InstanceId) {
+        self.quiet.remove(&id);
+        self.awake.insert(id);
+    }
+
+    /// Whether no gang waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.awake.is_empty() && self.quiet.is_empty()
+    }
+
+    /// Whether a pass has a gang to look at.
+    fn any_awake(&self) -> bool {
+        !self.awake.is_empty()
+    }
+
+    /// The gang waits no more.
+    fn done(&mut self, id: InstanceId) {
+        self.awake.remove(&id);
+        self.quiet.remove(&id);
+    }
+
+    /// The gang found nothing and waits on `w`.
+    fn quiet(&mut self, id: InstanceId, w: Watch) {
+        self.awake.remove(&id);
+        self.quiet.insert(id);
+        self.by_watch.entry(w).or_default().push(id);
+    }
+
+    /// The gang's own nodes changed: it looks again (if it waits).
+    fn wake_one(&mut self, id: InstanceId) {
+        if self.quiet.remove(&id) {
+            self.awake.insert(id);
+        }
+    }
+
     fn wake(&mut self, w: Watch) {
         if let Some(ids) = self.by_watch.remove(&w) {
             for id in ids {
-                self.ids.remove(&id);
+                self.wake_one(id);
             }
         }
     }
 
-    fn clear(&mut self) {
+    fn wake_all(&mut self) {
         self.by_watch.clear();
-        self.ids.clear();
+        self.awake.extend(self.quiet.drain());
     }
 
     /// Wakes the gangs that wait on the site or a block of each node (`None`: a node the
@@ -83,11 +125,11 @@ impl QuietRepairs {
     fn wake_nodes(&mut self, nodes: impl IntoIterator<Item = Option<NodeBlocks>>) {
         let mut last: Option<NodeBlocks> = None;
         for nb in nodes {
-            if self.ids.is_empty() {
+            if self.quiet.is_empty() {
                 return;
             }
             let Some(nb) = nb else {
-                self.clear();
+                self.wake_all();
                 return;
             };
             if last.is_some_and(|l| l.site == nb.site && l.blocks == nb.blocks) {
@@ -157,7 +199,7 @@ impl Scheduler {
     /// [`Scheduler::node_touched`] for several nodes.
     pub(crate) fn nodes_touched(&mut self, nodes: impl IntoIterator<Item = NodeId>) {
         let known = &self.node_blocks;
-        self.quiet_repairs
+        self.repairs
             .wake_nodes(nodes.into_iter().map(|n| known.get(&n).copied()));
     }
 
@@ -168,7 +210,7 @@ impl Scheduler {
             .alloc
             .released_blocks()
             .map(|(site, blocks)| Some(NodeBlocks { site, blocks }));
-        self.quiet_repairs.wake_nodes(nodes);
+        self.repairs.wake_nodes(nodes);
     }
 
     /// What the short gang `i` of `level` waits on: the block of that level of the node
@@ -191,14 +233,19 @@ impl Scheduler {
     }
 
     fn repair_done(&mut self, id: InstanceId) {
-        self.repairs.remove(&id);
-        self.quiet_repairs.ids.remove(&id);
+        self.repairs.done(id);
     }
 
     /// Gives a node of its block to each gang running short, where one is free now. Runs
     /// before the queue is served: a gang that runs already comes first.
     pub(crate) fn serve_repairs(&mut self, now: Timestamp, fx: &mut Vec<Effect>) {
-        let waiting: Vec<InstanceId> = self.repairs.iter().copied().collect();
+        if cfg!(debug_assertions) {
+            self.check_quiet_repairs();
+        }
+        if !self.repairs.any_awake() {
+            return;
+        }
+        let waiting: Vec<InstanceId> = self.repairs.awake.iter().copied().collect();
         for id in waiting {
             let Some(i) = self.live.get(&id) else {
                 self.repair_done(id);
@@ -215,23 +262,12 @@ impl Scheduler {
                 self.repair_done(id);
                 continue;
             }
-            if self.quiet_repairs.ids.contains(&id) {
-                // Tests and debug builds check that the look it skips would find nothing.
-                debug_assert!(
-                    self.alloc
-                        .replacement_where(id, anchor, level, |v| v.whole_free)
-                        .is_none(),
-                    "the quiet gang {id} has a node of its block free"
-                );
-                continue;
-            }
             let Some(gained) = self
                 .alloc
                 .replacement_where(id, anchor, level, |v| v.whole_free)
             else {
                 if let Some(w) = self.repair_watch(i, level) {
-                    self.quiet_repairs.ids.insert(id);
-                    self.quiet_repairs.by_watch.entry(w).or_default().push(id);
+                    self.repairs.quiet(id, w);
                 }
                 continue;
             };
@@ -254,6 +290,30 @@ impl Scheduler {
             if done {
                 self.repair_done(id);
             }
+        }
+    }
+
+    /// Tests and debug builds check that the look a quiet gang skips would find nothing.
+    fn check_quiet_repairs(&self) {
+        for &id in &self.repairs.quiet {
+            let Some(i) = self.live.get(&id) else {
+                continue;
+            };
+            let (Shape::Nodes { count, level }, Some(anchor)) =
+                (i.shape, i.placement.first().map(|p| p.node_id))
+            else {
+                continue;
+            };
+            let short = usize::try_from(count).unwrap_or(usize::MAX) > i.placement.len();
+            if !short || !i.state.holds_gpus() || i.state == InstanceState::Stopping {
+                continue;
+            }
+            assert!(
+                self.alloc
+                    .replacement_where(id, anchor, level, |v| v.whole_free)
+                    .is_none(),
+                "the quiet gang {id} has a node of its block free"
+            );
         }
     }
 
@@ -303,7 +363,7 @@ impl Scheduler {
             return false;
         };
         // The gang's own nodes change: it looks again.
-        self.quiet_repairs.ids.remove(&id);
+        self.repairs.wake_one(id);
         if let Some(l) = lost {
             self.node_touched(l);
         }

@@ -1480,6 +1480,17 @@ impl Allocator {
         self.all_buckets(m, site).map(|(_, b)| b.free_gpus).sum()
     }
 
+    /// Free GPUs of every model, site and pool: [`Allocator::free_gpus`] summed over the
+    /// models, without looking any up.
+    pub fn free_gpus_all(&self) -> u64 {
+        self.scopes
+            .map
+            .values()
+            .flat_map(|inner| inner.values())
+            .map(|b| b.free_gpus)
+            .sum()
+    }
+
     /// Every bucket of a model, every pool included.
     fn all_buckets(
         &self,

@@ -164,7 +164,18 @@ pub fn jobs(sc: &Scenario, v: &Variant, models: &[String], seed: u64) -> Vec<Job
             .and_then(|i| u32::try_from(i).ok())
             .unwrap_or(0)
     };
-    let mut out = Vec::new();
+    // Room for what the generators are expected to draw, and half as much again (growth,
+    // volatility, relaunches appended later): a year's list is a million requests, and
+    // growing it by doubling copies it each time, into memory touched for the first time.
+    // Room reserved and never used costs no memory.
+    let years = sc.horizon_secs as f64 / YEAR;
+    let expected: f64 = v
+        .generators
+        .iter()
+        .map(|g| g.arrivals_per_day * 365.0 * years * (1.0 + g.growth_per_year.max(0.0) * years))
+        .sum();
+    let room = (expected * 1.5).clamp(0.0, 1e8) as usize;
+    let mut out = Vec::with_capacity(sc.trace.len() + room);
     for r in sc.trace.iter() {
         if r.arrival_s >= sc.horizon_secs {
             continue;

@@ -315,7 +315,9 @@ impl<'a> Engine<'a> {
     ) -> Result<Self, SimError> {
         let (fleet, snap) = Fleet::build(&sc.fleet, sc.start);
         let sched = Scheduler::new(config, snap).map_err(SimError::Scheduler)?;
-        let st = vec![JobState::NEW; jobs.len()];
+        // As much room as the list of requests has, for the relaunches appended to both.
+        let mut st = Vec::with_capacity(jobs.capacity());
+        st.resize(jobs.len(), JobState::NEW);
         let mut min_node_gpus = vec![u32::MAX; fleet.models.len()];
         for n in &fleet.nodes {
             min_node_gpus[n.model] = min_node_gpus[n.model].min(n.gpus);
@@ -614,12 +616,7 @@ impl<'a> Engine<'a> {
         if let Some(f) = self.free_cache {
             return f;
         }
-        let f = self
-            .fleet
-            .models
-            .iter()
-            .map(|m| self.sched.alloc().free_gpus(None, m))
-            .sum();
+        let f = self.sched.alloc().free_gpus_all();
         self.free_cache = Some(f);
         f
     }

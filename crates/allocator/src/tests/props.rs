@@ -350,6 +350,7 @@ impl World {
             }
         }
         let snap = self.a.snapshot();
+        let mut all = 0;
         for model in [H100, GB200] {
             let free: u64 = snap
                 .nodes
@@ -362,7 +363,9 @@ impl World {
                 })
                 .sum();
             assert_eq!(self.a.free_gpus(None, model), free);
+            all += free;
         }
+        assert_eq!(self.a.free_gpus_all(), all);
         for s in &self.sites {
             self.facility(s.id);
         }

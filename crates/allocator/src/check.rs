@@ -163,6 +163,7 @@ impl Allocator {
                 return Err(format!("node {} is not found at its slot", n.id));
             }
         }
+        self.check_spares()?;
         let mut used = vec![0u64; self.nodes.len()];
         let mut held: Vec<Vec<(InstanceId, TenantId)>> = vec![Vec::new(); self.nodes.len()];
         let mut sliced: Vec<BTreeMap<u32, SliceSum>> = vec![BTreeMap::new(); self.nodes.len()];

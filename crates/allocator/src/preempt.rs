@@ -182,6 +182,9 @@ impl Allocator {
                 .collect();
         }
         let rank = usize::from(req.class.priority(self.policy)).min(4);
+        // No block has more free nodes than the level's largest: a block whose freeable
+        // nodes cannot make up the rest even then is passed over without its count.
+        let most_free = usize_of(b.levels[li].largest());
         // (block, its free nodes, nodes holding only lower-class work, their shares)
         let mut candidates: Vec<(BlockKey, usize, usize, u64)> = b.held[li]
             .iter()
@@ -189,6 +192,9 @@ impl Allocator {
                 let (n, share) = held[..rank].iter().fold((0usize, 0u64), |(n, s), h| {
                     (n + usize::try_from(h.0).unwrap_or(0), s + h.1)
                 });
+                if n == 0 || n + most_free < need {
+                    return None;
+                }
                 let have = free(&block);
                 (n > 0 && have + n >= need).then_some((block, have, n, share))
             })

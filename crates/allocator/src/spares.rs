@@ -47,6 +47,11 @@ pub(crate) fn spare_key(n: &Node) -> SpareKey {
     (n.site, n.model, n.blocks[0].or(n.blocks[1]))
 }
 
+/// Whether a top-up may pin the node as a spare: free, in no pool, holding nothing.
+fn spare_candidate(n: &Node) -> bool {
+    n.pool.is_none() && n.whole_free() && n.allocs.is_empty()
+}
+
 impl Allocator {
     /// Pins `count` whole nodes of `model` in `site` as spares, spread over its pods (leaf
     /// groups, for nodes in no pod) in proportion to their nodes. Nodes that hold
@@ -141,7 +146,7 @@ impl Allocator {
                 .iter()
                 .rev()
                 .map(|&s| &self.nodes[s])
-                .filter(|n| n.pool.is_none() && n.whole_free() && n.allocs.is_empty())
+                .filter(|n| spare_candidate(n))
                 .map(|n| n.id)
                 .take(want.saturating_sub(have))
                 .collect();
@@ -168,9 +173,11 @@ impl Allocator {
     }
 
     /// Notes that the node in `slot` changed (its work, pool, health or cordon): a short
-    /// block of it is looked at again by the next top-up.
+    /// block of it is looked at again by the next top-up if the node could be pinned now.
+    /// A quiet block had no such node at its last look, and only a node that becomes one
+    /// can change that (work placed on a node, for one, never does).
     pub(crate) fn spare_block_changed(&mut self, slot: usize) {
-        if !self.spares.quiet.is_empty() {
+        if !self.spares.quiet.is_empty() && spare_candidate(&self.nodes[slot]) {
             let k = spare_key(&self.nodes[slot]);
             self.spares.quiet.remove(&k);
         }
@@ -201,6 +208,23 @@ impl Allocator {
             have += u32::try_from(pinned).unwrap_or(u32::MAX);
         }
         (have, want)
+    }
+
+    /// A block the top-up passes over (quiet) has no node it could pin: its look would
+    /// find nothing.
+    pub(crate) fn check_spares(&self) -> Result<(), String> {
+        for k in &self.spares.quiet {
+            let Some((_, slots)) = self.spares.blocks.get(k) else {
+                continue;
+            };
+            if let Some(&s) = slots.iter().find(|&&s| spare_candidate(&self.nodes[s])) {
+                return Err(format!(
+                    "spare block {k:?} is passed over, but its node {} could be pinned",
+                    self.nodes[s].id
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Notes that a spare left the buffer: its block is topped up when it can be.

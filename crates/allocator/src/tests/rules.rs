@@ -760,3 +760,31 @@ fn a_spare_comes_from_the_same_leaf_then_the_pod_then_the_site() {
     assert_eq!(a.node_full(node_id(2)), Some(false));
     assert_eq!(a.node_full(node_id(999)), None);
 }
+
+#[test]
+fn a_block_short_of_its_spare_is_topped_up_when_a_node_of_it_comes_free() {
+    let (mut a, s) = two_leaves(PlacementPolicy::BestFit, 2);
+    a.spread_spares(s, H100, 1);
+    assert_eq!(a.spare_count(s, H100), (1, 1));
+    assert!(a.is_spare(node_id(102)), "the pod's last free node");
+    for (inst, node) in [(1, 1), (2, 2), (3, 101)] {
+        hold(&mut a, inst, node, vec![0]);
+    }
+    // The spare is taken, and work lands on it: the pod has no free node to pin.
+    a.set_pool(node_id(102), None).unwrap();
+    hold(&mut a, 4, 102, vec![0]);
+    assert_eq!(a.top_up_spares(), 0);
+    assert_eq!(a.spare_count(s, H100), (0, 1));
+    a.check_invariants().unwrap();
+    // More work on a busy node frees nothing; the pod is passed over.
+    hold(&mut a, 5, 1, vec![1]);
+    assert_eq!(a.top_up_spares(), 0);
+    a.check_invariants().unwrap();
+    // Node 101 comes free: the next top-up pins it.
+    assert!(a.release(instance_id(3)).is_some());
+    a.check_invariants().unwrap();
+    assert_eq!(a.top_up_spares(), 1);
+    assert!(a.is_spare(node_id(101)));
+    assert_eq!(a.spare_count(s, H100), (1, 1));
+    a.check_invariants().unwrap();
+}

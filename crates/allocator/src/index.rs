@@ -544,32 +544,37 @@ fn held_change(bucket: &mut Bucket, node: &Node, add: bool, policy: FleetPolicy)
 /// has the same highest priority is counted at once (a gang's nodes come in slot order,
 /// where a block's nodes sit next to each other).
 fn held_change_many(bucket: &mut Bucket, nodes: &[&Node], add: bool, policy: FleetPolicy) {
-    for (level, held) in bucket.held.iter_mut().enumerate() {
-        // (block, highest priority, nodes, their shares)
-        let mut run: Option<(BlockKey, usize, u32, u64)> = None;
-        for node in nodes {
-            if !node.schedulable || node.unhealthy != 0 {
-                continue;
-            }
-            let (Some(top), Some(block)) = (node.top_priority(policy), node.level_key(level))
-            else {
+    // Per level, the run being counted: (block, highest priority, nodes, their shares). Each
+    // node's priority is read once for all levels.
+    let mut runs: [Option<(BlockKey, usize, u32, u64)>; LEVELS] = [None; LEVELS];
+    for node in nodes {
+        if !node.schedulable || node.unhealthy != 0 {
+            continue;
+        }
+        let Some(top) = node.top_priority(policy) else {
+            continue;
+        };
+        let top = usize::from(top).min(3);
+        for (level, run) in runs.iter_mut().enumerate() {
+            let Some(block) = node.level_key(level) else {
                 continue;
             };
-            let top = usize::from(top).min(3);
-            match &mut run {
+            match run {
                 Some((b, t, n, share)) if *b == block && *t == top => {
                     *n += 1;
                     *share += node.share;
                 }
                 _ => {
                     if let Some(r) = run.replace((block, top, 1, node.share)) {
-                        count_held(held, r, add);
+                        count_held(&mut bucket.held[level], r, add);
                     }
                 }
             }
         }
+    }
+    for (level, run) in runs.into_iter().enumerate() {
         if let Some(r) = run {
-            count_held(held, r, add);
+            count_held(&mut bucket.held[level], r, add);
         }
     }
 }

@@ -280,11 +280,11 @@ pub struct Scheduler {
     nodes: IdMap<NodeId, (NodeState, u32)>,
     /// Thousandths of GPUs held by on-demand and internal work outside pools, per (site,
     /// model): what the sellable check counts.
-    sold: HashMap<(SiteId, String), u64>,
+    sold: ByModel<SiteId>,
     quotas: Vec<Quota>,
     /// Thousandths of GPUs each tenant holds or waits for, per (model, class): what quotas
     /// count.
-    used: HashMap<(TenantId, String, Class), u64>,
+    used: ByModel<(TenantId, Class)>,
     /// Signed and active contracts.
     contracts: BTreeMap<ContractId, Contract>,
     /// Nodes pinned to each contract's pool.
@@ -463,9 +463,49 @@ pub fn schedulable(state: NodeState) -> bool {
 }
 
 /// The sellable counter an allocation counts in, if any.
-fn sold_key(a: &Allocation) -> Option<(SiteId, String)> {
+fn sold_key(a: &Allocation) -> Option<(SiteId, &str)> {
     (a.pool.is_none() && matches!(a.class, Class::OnDemand | Class::Internal))
-        .then(|| (a.site, a.gpu_model.clone()))
+        .then_some((a.site, a.gpu_model.as_str()))
+}
+
+/// Counters by a key and a GPU model, read and changed with the model's name borrowed: a
+/// key that owns the name would be built (the name copied) on every placement and release.
+#[derive(Debug)]
+pub(crate) struct ByModel<K>(HashMap<K, HashMap<String, u64>>);
+
+impl<K> Default for ByModel<K> {
+    fn default() -> Self {
+        Self(HashMap::new())
+    }
+}
+
+impl<K: std::hash::Hash + Eq> ByModel<K> {
+    /// The count of `(key, model)`; 0 when none was kept.
+    pub(crate) fn get(&self, key: &K, model: &str) -> u64 {
+        self.0
+            .get(key)
+            .and_then(|m| m.get(model))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Adds `n`.
+    pub(crate) fn add(&mut self, key: K, model: &str, n: u64) {
+        let m = self.0.entry(key).or_default();
+        match m.get_mut(model) {
+            Some(v) => *v += n,
+            None => {
+                m.insert(model.to_string(), n);
+            }
+        }
+    }
+
+    /// Takes `n` away, down to 0 at most.
+    pub(crate) fn sub(&mut self, key: &K, model: &str, n: u64) {
+        if let Some(v) = self.0.get_mut(key).and_then(|m| m.get_mut(model)) {
+            *v = v.saturating_sub(n);
+        }
+    }
 }
 
 /// GPUs of a model in a site that may be sold (to contracts, on-demand and internal work):
@@ -626,9 +666,9 @@ impl Scheduler {
             node_host,
             node_names,
             nodes,
-            sold: HashMap::new(),
+            sold: ByModel::default(),
             quotas: snap.quotas,
-            used: HashMap::new(),
+            used: ByModel::default(),
             contracts: BTreeMap::new(),
             pools,
             pools_full: BTreeSet::new(),
@@ -680,8 +720,8 @@ impl Scheduler {
                     memory_mib,
                     mig_start: first.and_then(|p| p.mig_start),
                 };
-                if let Some(k) = sold_key(&a) {
-                    *s.sold.entry(k).or_default() += a.gpu_milli();
+                if let Some((site, model)) = sold_key(&a) {
+                    s.sold.add(site, model, a.gpu_milli());
                 }
                 s.alloc
                     .restore(a)
@@ -913,10 +953,7 @@ impl Scheduler {
 
     /// Thousandths of GPUs of a model and class a tenant holds or waits for.
     pub fn quota_used(&self, tenant: TenantId, model: &str, class: Class) -> u64 {
-        self.used
-            .get(&(tenant, model.to_string(), class))
-            .copied()
-            .unwrap_or(0)
+        self.used.get(&(tenant, class), model)
     }
 
     /// Whether `req` would be placed now, deciding nothing: the allocator finds room for
@@ -1003,8 +1040,8 @@ impl Scheduler {
         }
     }
 
-    fn quota_key(i: &Instance) -> (TenantId, String, Class) {
-        (i.tenant_id, i.gpu_model.clone(), i.class)
+    fn quota_key(i: &Instance) -> (TenantId, Class) {
+        (i.tenant_id, i.class)
     }
 
     /// Whether an instance counts in its quota: always, but while one that accepts several
@@ -1016,17 +1053,14 @@ impl Scheduler {
     fn track(&mut self, i: &Instance) {
         let m = i.shape.gpu_milli(i.gpu_count);
         if m > 0 && Self::counted(i) {
-            *self.used.entry(Self::quota_key(i)).or_default() += m;
+            self.used.add(Self::quota_key(i), &i.gpu_model, m);
         }
     }
 
     fn untrack(&mut self, i: &Instance) {
         let m = i.shape.gpu_milli(i.gpu_count);
-        if m > 0
-            && Self::counted(i)
-            && let Some(u) = self.used.get_mut(&Self::quota_key(i))
-        {
-            *u = u.saturating_sub(m);
+        if m > 0 && Self::counted(i) {
+            self.used.sub(&Self::quota_key(i), &i.gpu_model, m);
         }
     }
 
@@ -1035,8 +1069,8 @@ impl Scheduler {
         let r = self.alloc.place(req);
         if let Ok(a) = &r {
             self.counters.placed += 1;
-            if let Some(k) = sold_key(a) {
-                *self.sold.entry(k).or_default() += a.gpu_milli();
+            if let Some((site, model)) = sold_key(a) {
+                self.sold.add(site, model, a.gpu_milli());
             }
         } else {
             self.counters.refused += 1;
@@ -1048,9 +1082,8 @@ impl Scheduler {
     fn release(&mut self, id: InstanceId) -> Option<Allocation> {
         let a = self.alloc.release(id);
         if let Some(a) = &a {
-            if let Some(k) = sold_key(a) {
-                let e = self.sold.entry(k).or_default();
-                *e = e.saturating_sub(a.gpu_milli());
+            if let Some((site, model)) = sold_key(a) {
+                self.sold.sub(&site, model, a.gpu_milli());
             }
             self.released_touched();
         }
@@ -1105,8 +1138,8 @@ impl Scheduler {
                 }
             };
             self.counters.placed += 1;
-            if let Some(k) = sold_key(&a) {
-                *self.sold.entry(k).or_default() += a.gpu_milli();
+            if let Some((site, model)) = sold_key(&a) {
+                self.sold.add(site, model, a.gpu_milli());
             }
             if !matches!(req.class, Class::OnDemand | Class::Internal) {
                 return Ok(a);
@@ -1139,11 +1172,7 @@ impl Scheduler {
         let key = CapacityKey::new(site.id, &a.gpu_model);
         let at = now.micros();
         let committed = u64::try_from(self.calendar.committed_peak(&key, at, at + 1)).unwrap_or(0);
-        let held_milli = self
-            .sold
-            .get(&(site.id, a.gpu_model.clone()))
-            .copied()
-            .unwrap_or(0);
+        let held_milli = self.sold.get(&site.id, &a.gpu_model);
         Some((site, held_milli, committed, sellable))
     }
 

@@ -376,12 +376,11 @@ impl Scheduler {
                 return false;
             }
         };
-        if let Some(k) = sold_key(&old) {
-            let e = self.sold.entry(k).or_default();
-            *e = e.saturating_sub(old.gpu_milli());
+        if let Some((site, model)) = sold_key(&old) {
+            self.sold.sub(&site, model, old.gpu_milli());
         }
-        if let Some(k) = sold_key(&new) {
-            *self.sold.entry(k).or_default() += new.gpu_milli();
+        if let Some((site, model)) = sold_key(&new) {
+            self.sold.add(site, model, new.gpu_milli());
         }
         self.untrack(&before);
         // The instance after the change, its placement built anew rather than copied.

@@ -21,7 +21,7 @@ use neocloud_allocator::{
 use neocloud_types::{
     AllocatorNode, AllocatorSite, BoardTopology, Class, Contract, ContractId, ContractState,
     FleetPolicy, GangLevel, Instance, InstanceId, InstanceState, NodeFailurePolicy, NodeId,
-    NodeState, Quota, Shape, Site, SiteId, TenantId, Timestamp,
+    NodeName, NodeState, Quota, Shape, Site, SiteId, TenantId, Timestamp,
 };
 
 mod delivery;
@@ -275,7 +275,7 @@ pub struct Scheduler {
     node_size: BTreeMap<String, u32>,
     /// The most CPU (thousandths) and memory (MiB) one node of each model has.
     node_host: BTreeMap<String, (u64, u64)>,
-    node_names: IdMap<NodeId, String>,
+    node_names: IdMap<NodeId, NodeName>,
     /// Each node's lifecycle state and GPU count.
     nodes: IdMap<NodeId, (NodeState, u32)>,
     /// Thousandths of GPUs held by on-demand and internal work outside pools, per (site,
@@ -325,7 +325,10 @@ pub fn request_of(i: &Instance) -> Request {
 }
 
 /// An allocation's placement as an instance shows it.
-pub fn placed_nodes(a: &Allocation, names: &IdMap<NodeId, String>) -> neocloud_types::PlacedNodes {
+pub fn placed_nodes(
+    a: &Allocation,
+    names: &IdMap<NodeId, NodeName>,
+) -> neocloud_types::PlacedNodes {
     a.gpus
         .iter()
         .map(|(n, g)| neocloud_types::PlacedNode {
@@ -614,7 +617,7 @@ impl Scheduler {
             node_blocks.insert(id, repair::NodeBlocks::of(&n));
             // An unnamed node is left out: its placements show an empty name either way.
             if !n.name.is_empty() {
-                node_names.insert(id, n.name.clone());
+                node_names.insert(id, NodeName::from(n.name.as_str()));
             }
             nodes.insert(id, (n.state, n.gpus));
             let size = node_size.entry(n.gpu_model.clone()).or_default();
@@ -874,7 +877,7 @@ impl Scheduler {
     }
 
     /// Node names by id.
-    pub fn node_names(&self) -> &IdMap<NodeId, String> {
+    pub fn node_names(&self) -> &IdMap<NodeId, NodeName> {
         &self.node_names
     }
 

@@ -58,7 +58,12 @@ impl Scheduler {
             let tenant = i.tenant_id;
             let names: Vec<String> = held
                 .iter()
-                .map(|n| self.node_names.get(n).cloned().unwrap_or_default())
+                .map(|n| {
+                    self.node_names
+                        .get(n)
+                        .map(|s| s.to_string())
+                        .unwrap_or_default()
+                })
                 .collect();
             let outcome = match (i.shape, i.on_node_failure) {
                 (Shape::Nodes { level, .. }, NodeFailurePolicy::Replace)

@@ -6,8 +6,8 @@ use std::sync::LazyLock;
 
 use neocloud_types::{
     BlockId, BlockKind, Class, ContractId, GangLevel, GpuIndexes, Instance, InstanceId,
-    InstanceState, NodeFailurePolicy, NodeId, NodeState, PlacedNode, PlacedNodes, Quota, Shape,
-    TenantId, Timestamp,
+    InstanceState, NodeFailurePolicy, NodeId, NodeName, NodeState, PlacedNode, PlacedNodes, Quota,
+    Shape, TenantId, Timestamp,
 };
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -436,7 +436,7 @@ fn live_placements(
                 };
                 placed.push(PlacedNode {
                     node_id: node_id(node)?,
-                    node: name.to_string(),
+                    node: NodeName::from(&name[..]),
                     gpus: group.iter().map(|&(_, idx)| idx).collect(),
                     mig_start: None,
                     cpu_milli: None,
@@ -459,7 +459,7 @@ fn live_placements(
             };
             by_holder.entry(instance).or_default().push(PlacedNode {
                 node_id: node_id(node)?,
-                node: name.to_string(),
+                node: NodeName::from(&name[..]),
                 gpus: idx.into_iter().collect(),
                 mig_start,
                 cpu_milli: None,
@@ -511,12 +511,12 @@ fn add_whole_nodes(out: &mut HashMap<String, Vec<PlacedNode>>, rows: &[AnyRow]) 
             let gpus: u32 = f.parse()?;
             f.end()?;
             let list = out.entry(holder).or_default();
-            let at = list.partition_point(|p| p.node < node);
+            let at = list.partition_point(|p| *p.node < *node);
             list.insert(
                 at,
                 PlacedNode {
                     node_id,
-                    node,
+                    node: node.into(),
                     gpus: (0..gpus).collect(),
                     mig_start: None,
                     cpu_milli: None,
@@ -548,7 +548,7 @@ fn group_placements(rows: &[AnyRow]) -> Result<HashMap<String, Vec<PlacedNode>>>
             gpus.sort_unstable();
             out.entry(holder).or_default().push(PlacedNode {
                 node_id,
-                node,
+                node: node.into(),
                 gpus,
                 mig_start: None,
                 cpu_milli: None,
@@ -582,7 +582,7 @@ fn add_slices(out: &mut HashMap<String, Vec<PlacedNode>>, rows: &[AnyRow]) -> Re
             .or_default()
             .push(PlacedNode {
                 node_id: id_col(r, "node_id")?,
-                node: r.try_get("name")?,
+                node: r.try_get::<String, _>("name")?.into(),
                 gpus,
                 mig_start,
                 cpu_milli: None,

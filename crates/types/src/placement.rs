@@ -386,6 +386,10 @@ impl InstanceState {
 /// list of integers.
 pub type GpuIndexes = smallvec::SmallVec<[u32; 8]>;
 
+/// A node's name as placements carry it: shared, so that a placement refers to the name
+/// instead of copying it.
+pub type NodeName = std::sync::Arc<str>;
+
 /// An instance's nodes, shared: copies of an instance (the scheduler's, its effects', the
 /// writer's) share one list, which changes only when the instance moves.
 pub type PlacedNodes = std::sync::Arc<[PlacedNode]>;
@@ -395,8 +399,10 @@ pub type PlacedNodes = std::sync::Arc<[PlacedNode]>;
 pub struct PlacedNode {
     /// Node id.
     pub node_id: crate::NodeId,
-    /// Node name.
-    pub node: String,
+    /// Node name, shared with the scheduler's table of names (placing a gang copies no
+    /// name). Serialized as a string.
+    #[schema(value_type = String)]
+    pub node: NodeName,
     /// GPU indexes on that node: the one GPU of a share or MIG instance, none for a
     /// CPU-only instance.
     #[schema(value_type = Vec<u32>)]

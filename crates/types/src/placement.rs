@@ -386,8 +386,8 @@ impl InstanceState {
 /// list of integers.
 pub type GpuIndexes = smallvec::SmallVec<[u32; 8]>;
 
-/// A node's name as placements carry it: shared, so that a placement refers to the name
-/// instead of copying it.
+/// A node's name as placements carry it: shared with the scheduler's table of names, so that
+/// placing a gang copies no name. Serialized as a string.
 pub type NodeName = std::sync::Arc<str>;
 
 /// An instance's nodes, shared: copies of an instance (the scheduler's, its effects', the
@@ -399,8 +399,7 @@ pub type PlacedNodes = std::sync::Arc<[PlacedNode]>;
 pub struct PlacedNode {
     /// Node id.
     pub node_id: crate::NodeId,
-    /// Node name, shared with the scheduler's table of names (placing a gang copies no
-    /// name). Serialized as a string.
+    /// Node name.
     #[schema(value_type = String)]
     pub node: NodeName,
     /// GPU indexes on that node: the one GPU of a share or MIG instance, none for a

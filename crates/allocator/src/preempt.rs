@@ -196,7 +196,7 @@ impl Allocator {
                     return None;
                 }
                 let have = free(&block);
-                (n > 0 && have + n >= need).then_some((block, have, n, share))
+                (have + n >= need).then_some((block, have, n, share))
             })
             .collect();
         // Hashed: the plan must not depend on the map's order.

@@ -144,6 +144,18 @@ impl Repairs {
     }
 }
 
+/// The level and first node of a gang that still waits for a node of its block: one that
+/// runs short of its count, holds GPUs and is not stopping; `None` for anything else.
+fn waiting_gang(i: &Instance) -> Option<(GangLevel, NodeId)> {
+    let (Shape::Nodes { count, level }, Some(anchor)) =
+        (i.shape, i.placement.first().map(|p| p.node_id))
+    else {
+        return None;
+    };
+    let short = usize::try_from(count).unwrap_or(usize::MAX) > i.placement.len();
+    (short && i.state.holds_gpus() && i.state != InstanceState::Stopping).then_some((level, anchor))
+}
+
 impl Scheduler {
     /// `node` failed under the running instance `id`. Returns whether the instance keeps
     /// running; `false` means the caller ends it `failed`.
@@ -251,17 +263,10 @@ impl Scheduler {
                 self.repair_done(id);
                 continue;
             };
-            let (Shape::Nodes { count, level }, Some(anchor)) =
-                (i.shape, i.placement.first().map(|p| p.node_id))
-            else {
+            let Some((level, anchor)) = waiting_gang(i) else {
                 self.repair_done(id);
                 continue;
             };
-            let short = usize::try_from(count).unwrap_or(usize::MAX) > i.placement.len();
-            if !short || !i.state.holds_gpus() || i.state == InstanceState::Stopping {
-                self.repair_done(id);
-                continue;
-            }
             let Some(gained) = self
                 .alloc
                 .replacement_where(id, anchor, level, |v| v.whole_free)
@@ -296,18 +301,9 @@ impl Scheduler {
     /// Tests and debug builds check that the look a quiet gang skips would find nothing.
     fn check_quiet_repairs(&self) {
         for &id in &self.repairs.quiet {
-            let Some(i) = self.live.get(&id) else {
+            let Some((level, anchor)) = self.live.get(&id).and_then(waiting_gang) else {
                 continue;
             };
-            let (Shape::Nodes { count, level }, Some(anchor)) =
-                (i.shape, i.placement.first().map(|p| p.node_id))
-            else {
-                continue;
-            };
-            let short = usize::try_from(count).unwrap_or(usize::MAX) > i.placement.len();
-            if !short || !i.state.holds_gpus() || i.state == InstanceState::Stopping {
-                continue;
-            }
             assert!(
                 self.alloc
                     .replacement_where(id, anchor, level, |v| v.whole_free)
